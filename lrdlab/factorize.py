@@ -1,0 +1,87 @@
+"""Tensor maths of the decompositions: pure functions on weight tensors.
+
+All factors are computed in float64 and returned in the weight's dtype, so a full-rank
+decomposition reproduces the layer to float32 round-off.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+TUCKER_METHODS = ("hosvd", "hooi")
+
+
+def singular_values(matrix: Tensor) -> Tensor:
+    """Singular values (descending) of a 2-D tensor, in float64."""
+    return torch.linalg.svdvals(matrix.detach().double())
+
+
+def svd_factors(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Truncated SVD ``W ≈ last @ first`` with √Σ split evenly (paper §1).
+
+    ``weight`` is ``[S, C]``; returns ``first`` ``[R, C]`` (= √Σ Vᵀ) and ``last`` ``[S, R]`` (= U √Σ).
+    """
+    W = weight.detach().double()
+    U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+    root = s[:rank].sqrt()
+    first = root[:, None] * Vh[:rank]
+    last = U[:, :rank] * root
+    return first.to(weight.dtype), last.to(weight.dtype)
+
+
+def leading_left_vectors(matrix: Tensor, rank: int) -> Tensor:
+    """The ``rank`` leading left singular vectors of a wide float64 matrix, via its Gram matrix."""
+    if matrix.shape[0] > matrix.shape[1]:  # tall: the SVD itself is the cheaper route
+        return torch.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
+    _, vectors = torch.linalg.eigh(matrix @ matrix.T)
+    return vectors.flip(-1)[:, :rank]
+
+
+def mode_unfolding(weight: Tensor, mode: int) -> Tensor:
+    """Mode-``mode`` unfolding of a conv weight ``[S, C, kh, kw]`` (0: output channels, 1: input)."""
+    return weight.movedim(mode, 0).reshape(weight.shape[mode], -1)
+
+
+def tucker2_factors(
+    weight: Tensor, r1: int, r2: int, method: str = "hosvd", n_iter_max: int = 100
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tucker-2 over the two channel modes of ``[S, C, kh, kw]``.
+
+    Returns ``u_in`` ``[C, R1]``, ``core`` ``[R2, R1, kh, kw]`` and ``u_out`` ``[S, R2]`` with
+    ``W ≈ core ×₀ u_out ×₁ u_in``. ``hosvd`` takes one SVD per mode; ``hooi`` refines it with
+    tensorly's ``partial_tucker`` (HOOI initialised by SVD).
+    """
+    if method not in TUCKER_METHODS:
+        raise ValueError(f"Tucker method must be one of {TUCKER_METHODS} (got {method!r})")
+    W = weight.detach().double()
+    if method == "hosvd":
+        u_out = leading_left_vectors(mode_unfolding(W, 0), r2)
+        u_in = leading_left_vectors(mode_unfolding(W, 1), r1)
+    else:
+        import tensorly as tl
+        from tensorly.decomposition import partial_tucker
+
+        with tl.backend_context("pytorch"):
+            (_, factors), _ = partial_tucker(W, rank=[r2, r1], modes=[0, 1], init="svd", n_iter_max=n_iter_max)
+        u_out, u_in = factors
+    core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
+    return u_in.to(weight.dtype), core.to(weight.dtype), u_out.to(weight.dtype)
+
+
+def block_diagonal_core(core: Tensor, branches: int) -> Tensor:
+    """Grouped-conv weight ``[R2, R1/N, kh, kw]`` holding the N diagonal blocks of a Tucker core.
+
+    The off-diagonal blocks are dropped: exact for N = 1, an approximation otherwise.
+    """
+    r2, r1 = core.shape[:2]
+    if r1 % branches or r2 % branches:
+        raise ValueError(f"ranks ({r1}, {r2}) must be multiples of the branch count {branches}")
+    b1, b2 = r1 // branches, r2 // branches
+    blocks = [core[g * b2 : (g + 1) * b2, g * b1 : (g + 1) * b1] for g in range(branches)]
+    return torch.cat(blocks, dim=0)
+
+
+def reconstruct_tucker2(u_in: Tensor, core: Tensor, u_out: Tensor) -> Tensor:
+    """``core ×₀ u_out ×₁ u_in``: the dense ``[S, C, kh, kw]`` weight a Tucker-2 triple stands for."""
+    return torch.einsum("abij,sa,cb->scij", core, u_out, u_in)
