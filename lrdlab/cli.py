@@ -1,0 +1,205 @@
+"""The ``lrdlab`` command line. JSON output (``--format json`` / ``--json``) is a stable interface.
+
+Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int`` registered in
+:data:`SUBCOMMANDS`; heavy imports happen inside the ``_run_`` functions so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registered model name, e.g. resnet50 (see `lrdlab models`)")
+    p.add_argument("--image-size", type=int, default=None, help="input height = width (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+
+
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    policy = p.add_mutually_exclusive_group()
+    policy.add_argument("--ratio", type=float, help="per-layer compression target α (default 2: halve the weights)")
+    policy.add_argument("--energy", type=float, help="keep this fraction of Σσ² per layer")
+    policy.add_argument("--vbmf", action="store_true", help="ranks by empirical variational Bayes (VBMF)")
+    policy.add_argument("--rank", type=int, help="one fixed rank for every layer")
+    p.add_argument("--granularity", type=int, default=1, help="round ranks to multiples of G (default 1)")
+    p.add_argument("--rounding", choices=["down", "up", "nearest"], default="down")
+    p.add_argument("--method", choices=["auto", "tucker2", "channel_svd"], default="auto",
+                   help="form of k×k convs (Linear and 1×1 convs always use SVD)")
+    p.add_argument("--tucker", choices=["hosvd", "hooi"], default="hosvd")
+    p.add_argument("--branches", type=int, default=1, help="branched Tucker: groups of the core (default 1)")
+    p.add_argument("--include", nargs="*", default=None, metavar="PATTERN", help="only layers matching these globs")
+    p.add_argument("--exclude", nargs="*", default=None, metavar="PATTERN",
+                   help="skip layers matching these globs, e.g. conv1 '*.downsample.*'")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's setting for ResNets: ratio 2, stem and downsample convs excluded")
+
+
+def _build(args: argparse.Namespace):
+    from . import models
+
+    model = models.get_model(args.model, num_classes=args.num_classes).eval()
+    c, h, w = models.input_size(args.model)
+    if args.image_size:
+        h = w = args.image_size
+    return model, (1, c, h, w)
+
+
+def _plan_from_args(model, args: argparse.Namespace):
+    from .plan import make_plan
+
+    exclude = list(args.exclude or [])
+    ratio = args.ratio
+    if args.paper:
+        exclude += [p for p in PAPER_EXCLUDE if p not in exclude]
+    if ratio is None and args.energy is None and not args.vbmf and args.rank is None:
+        ratio = 2.0
+    return make_plan(
+        model, ratio=ratio, energy=args.energy, vbmf=args.vbmf, rank=args.rank, granularity=args.granularity,
+        rounding=args.rounding, method=args.method, tucker=args.tucker, branches=args.branches,
+        include=args.include, exclude=exclude or None, model_name=args.model,
+    )
+
+
+PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
+
+
+def stats_dict(model, decomposed, plan, input_shape) -> dict[str, Any]:
+    """The stable JSON report of a plan: layers, params and FLOPs of original and decomposed model."""
+    from .counting import FLOP_COUNTER, count_flops, count_params, percent_change
+
+    p0, p1 = count_params(model), count_params(decomposed)
+    f0, f1 = count_flops(model, input_shape), count_flops(decomposed, input_shape)
+    out = plan.to_dict()
+    out["input_shape"] = list(input_shape)
+    out["params"] = {"original": p0, "decomposed": p1, "change_pct": round(percent_change(p0, p1), 4)}
+    out["flops"] = {"original": f0, "decomposed": f1, "change_pct": round(percent_change(f0, f1), 4),
+                    "counter": FLOP_COUNTER}
+    return out
+
+
+def _print_stats(report: dict[str, Any]) -> None:
+    p, f = report["params"], report["flops"]
+    print(f"model {report['model']}, input {tuple(report['input_shape'])}")
+    print(f"params: {p['original']:,} → {p['decomposed']:,} ({p['change_pct']:+.2f}%)")
+    print(f"FLOPs:  {f['original']:,} → {f['decomposed']:,} ({f['change_pct']:+.2f}%)  [{f['counter']}]")
+
+
+# --- plan ------------------------------------------------------------------------------------------
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="plan the decomposition of a model and print it")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--out", type=Path, help="also save the plan as JSON here")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .plan import decompose
+
+    model, shape = _build(args)
+    plan = _plan_from_args(model, args)
+    if args.out:
+        plan.save(args.out)
+    if args.format == "csv":
+        print(plan.to_frame().to_csv(index=False), end="")
+    elif args.format == "json":
+        print(json.dumps(stats_dict(model, decompose(model, plan), plan, shape), indent=2))
+    else:
+        print(plan)
+    return 0
+
+
+# --- stats -----------------------------------------------------------------------------------------
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="params and FLOPs of the original and decomposed model")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _load_or_make_plan(model, args):
+    from .plan import Plan
+
+    return Plan.load(args.plan) if getattr(args, "plan", None) else _plan_from_args(model, args)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from .plan import decompose
+
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    report = stats_dict(model, decompose(model, plan), plan, shape)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(plan.summary())
+        _print_stats(report)
+    return 0
+
+
+# --- decompose -------------------------------------------------------------------------------------
+def _add_decompose(sub) -> None:
+    p = sub.add_parser("decompose", help="decompose a model and save plan.json + state_dict.pt")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    p.add_argument("--out", type=Path, required=True, help="directory for plan.json and state_dict.pt")
+
+
+def _run_decompose(args: argparse.Namespace) -> int:
+    from .plan import decompose, save_decomposed
+
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    decomposed = decompose(model, plan, progress=True)
+    save_decomposed(decomposed, plan, args.out)
+    _print_stats(stats_dict(model, decomposed, plan, shape))
+    print(f"saved {args.out / 'plan.json'} and {args.out / 'state_dict.pt'}")
+    return 0
+
+
+# --- models ----------------------------------------------------------------------------------------
+def _add_models(sub) -> None:
+    sub.add_parser("models", help="list the registered models")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:16s} input {spec.input_size}  {spec.num_classes:5d} classes  {spec.description}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "plan": (_add_plan, _run_plan),
+    "stats": (_add_stats, _run_stats),
+    "decompose": (_add_decompose, _run_decompose),
+    "models": (_add_models, _run_models),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrdlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command][1](args)
+    except ValueError as err:
+        print(f"lrdlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
