@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -83,6 +84,16 @@ def default_method(module: nn.Module) -> str:
     return "tucker2"
 
 
+def full_ranks(original: dict[str, Any], method: str) -> list[int]:
+    """The largest ranks of a layer (``describe()`` dict): decomposing at these reproduces it exactly."""
+    C, S, k2 = original["in_channels"], original["out_channels"], math.prod(original["kernel_size"])
+    if method == "svd":
+        return [min(C, S)]
+    if method == "channel_svd":
+        return [min(C * k2, S)]
+    return [min(C, S * k2), min(S, C * k2)]
+
+
 def _conv(cin: int, cout: int, kernel, bias: bool, like: dict | None = None, groups: int = 1) -> nn.Conv2d:
     spatial = {}
     if like is not None:
@@ -132,8 +143,14 @@ def decompose_layer(
     if reason:
         raise ValueError(reason)
     original = describe(module)
-    layer = build(original, method, tuple(ranks), branches)
     weight = module.weight
+    limit = full_ranks(original, method)
+    if len(ranks) != len(limit) or any(not 1 <= r <= top for r, top in zip(ranks, limit)):
+        raise ValueError(f"ranks {tuple(ranks)} are impossible for {method} of this {original['type']}; "
+                         f"each must be in 1..{tuple(limit)}")
+    with torch.device("meta"):  # no point initialising weights that are overwritten below
+        layer = build(original, method, tuple(ranks), branches)
+    layer = layer.to_empty(device=weight.device).to(weight.dtype)
     S, C = weight.shape[:2]
     if method in ("svd", "channel_svd"):
         first, last = factorize.svd_factors(weight.reshape(S, -1), ranks[0])
@@ -146,4 +163,4 @@ def decompose_layer(
         layer.last.weight.copy_(u_out[:, :, None, None])
     if module.bias is not None:
         layer.last.bias.copy_(module.bias)
-    return layer.to(device=weight.device, dtype=weight.dtype)
+    return layer

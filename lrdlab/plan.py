@@ -19,7 +19,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import factorize, ranks
-from .layers import LowRankLayer, build, decompose_layer, default_method, describe, unsupported_reason
+from .layers import (
+    LowRankLayer,
+    build,
+    decompose_layer,
+    default_method,
+    describe,
+    full_ranks,
+    unsupported_reason,
+)
 
 K_BY_K_METHODS = ("tucker2", "channel_svd")
 
@@ -178,16 +186,6 @@ def params_of(info: dict[str, Any], method: str | None, layer_ranks: list[int] |
     return ranks.tucker2_params(C, S, kernel, layer_ranks[0], layer_ranks[1], branches) + bias
 
 
-def max_ranks(info: dict[str, Any], method: str) -> list[int]:
-    """The full ranks of a layer: decomposing at these reproduces it exactly."""
-    C, S, kernel = info["in_channels"], info["out_channels"], info["kernel_size"]
-    if method == "svd":
-        return [min(C, S)]
-    if method == "channel_svd":
-        return [min(C * math.prod(kernel), S)]
-    return [C, S]
-
-
 def _spectra(module: nn.Module, method: str) -> list[torch.Tensor]:
     """Singular values that decide each rank: the matrix for SVD, the two channel unfoldings for Tucker."""
     W = module.weight.detach()
@@ -223,14 +221,14 @@ def _policy_ranks(name, module, info, method, policy: dict[str, Any]) -> tuple[l
     if chosen is None:
         return [], "not in the rank dict"
     if chosen == "full":
-        return max_ranks(info, method), "full rank"
+        return full_ranks(info, method), "full rank"
     chosen = [int(chosen)] if isinstance(chosen, (int, float)) else [int(r) for r in chosen]
     want = 2 if method == "tucker2" else 1
     if len(chosen) == 1 and want == 2:
         chosen = chosen * 2
     if len(chosen) != want:
         raise ValueError(f"layer {name!r}: method {method} takes {want} rank(s), got {chosen}")
-    limit = max_ranks(info, method)
+    limit = full_ranks(info, method)
     for r, top in zip(chosen, limit):
         if r < 1 or r > top:
             raise ValueError(
@@ -244,7 +242,7 @@ def _round_and_check(row: LayerPlan, info, method, target, granularity, rounding
     """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
     branches = row.branches if method == "tucker2" else 1
     step = math.lcm(granularity, branches)
-    limit = max_ranks(info, method)
+    limit = full_ranks(info, method)
     if any(r < 1 for r in target):
         row.keep(f"kept: {why} gives rank 0")
         return
@@ -412,10 +410,7 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
                 f"the plan was made for {plan.model!r} — make a new plan for this model"
             )
         if row.decomposed:
-            if row.method == "tucker2":
-                limit = max_ranks(info, "tucker2")
-            else:
-                limit = max_ranks(info, row.method)
+            limit = full_ranks(info, row.method)
             if not row.ranks or len(row.ranks) != len(limit) or any(r < 1 or r > t for r, t in zip(row.ranks, limit)):
                 raise ValueError(f"layer {row.name!r}: ranks {row.ranks} are impossible for {row.method}; "
                                  f"each must be in 1..{limit}")
