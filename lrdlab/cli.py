@@ -98,7 +98,7 @@ def _add_plan(sub) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .plan import decompose
+    from .plan import planned_structure
 
     model, shape = _build(args)
     plan = _plan_from_args(model, args)
@@ -107,7 +107,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(plan.to_frame().to_csv(index=False), end="")
     elif args.format == "json":
-        print(json.dumps(stats_dict(model, decompose(model, plan), plan, shape), indent=2))
+        print(json.dumps(stats_dict(model, planned_structure(model, plan), plan, shape), indent=2))
     else:
         print(plan)
     return 0
@@ -129,11 +129,11 @@ def _load_or_make_plan(model, args):
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from .plan import decompose
+    from .plan import planned_structure
 
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
-    report = stats_dict(model, decompose(model, plan), plan, shape)
+    report = stats_dict(model, planned_structure(model, plan), plan, shape)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

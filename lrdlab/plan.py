@@ -243,30 +243,30 @@ def _round_and_check(row: LayerPlan, info, method, target, granularity, rounding
     branches = row.branches if method == "tucker2" else 1
     step = math.lcm(granularity, branches)
     limit = full_ranks(info, method)
+
+    def saves(layer_ranks: list[int]) -> bool:
+        return allow_larger or params_of(info, method, layer_ranks, branches) < row.params_before
+
     if any(r < 1 for r in target):
         row.keep(f"kept: {why} gives rank 0")
         return
-    if allow_larger:
-        ceilings = limit
-    elif method == "tucker2":  # largest equal-ratio pair that still saves parameters
-        r1_top = ranks.max_saving_rank(
-            lambda r: params_of(info, method, [r, max(1, round(r * target[1] / target[0]))], branches),
-            row.params_before, limit[0])
-        ceilings = [min(r1_top, limit[0]), min(max(1, round(r1_top * target[1] / target[0])), limit[1])]
-    else:
-        ceilings = [ranks.max_saving_rank(lambda r: params_of(info, method, [r]), row.params_before, limit[0])]
+    if not saves(list(target)):
+        after = params_of(info, method, list(target), branches)
+        row.keep(f"kept: {why} ranks {list(target)} do not save parameters ({after:,} >= {row.params_before:,})")
+        return
     try:
-        final = [ranks.round_rank(min(r, top) if top >= 1 else r, step, rounding, top)
-                 for r, top in zip(target, ceilings)]
+        final = [ranks.round_rank(r, step, rounding, top) for r, top in zip(target, limit)]
+        if not saves(final) and rounding != "down":  # rounding up went past the break-even: round down instead
+            final = [ranks.round_rank(r, step, "down", top) for r, top in zip(target, limit)]
     except ValueError as err:
         row.keep(f"kept: {err}")
         return
     after = params_of(info, method, final, branches)
-    if after >= row.params_before and not allow_larger:
-        row.keep(f"kept: ranks {final} do not save parameters ({after:,} >= {row.params_before:,})")
+    if not saves(final):
+        row.keep(f"kept: at granularity {step} ranks {final} do not save parameters ({after:,} >= {row.params_before:,})")
         return
     row.method, row.ranks, row.target_ranks, row.params_after = method, final, list(target), after
-    note = f"{why}"
+    note = why
     if final != list(target):
         note += f", rounded {','.join(map(str, target))}→{','.join(map(str, final))} (g={step})"
     if after >= row.params_before:
@@ -448,6 +448,13 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     for name, layer in new.items():
         _set_module(model, name, layer)
     return model
+
+
+def planned_structure(model: nn.Module, plan: Plan) -> nn.Module:
+    """A weightless (meta-device) copy of ``model`` shaped as the plan says: for counting params and FLOPs fast."""
+    check_plan(model, plan)
+    with torch.device("meta"):
+        return apply_structure(copy.deepcopy(model).to("meta"), plan)
 
 
 def save_decomposed(model: nn.Module, plan: Plan, directory: str | Path) -> Path:

@@ -108,7 +108,7 @@ def energy_rank(singular_values: Sequence[float] | np.ndarray, energy: float) ->
 def round_rank(rank: int, granularity: int, mode: str = "down", max_rank: int | None = None) -> int:
     """Round ``rank`` to a multiple of ``granularity``: never below it, never above ``max_rank``.
 
-    ``max_rank`` is the largest rank that still saves parameters (see :func:`max_saving_rank`).
+    ``max_rank`` is the largest usable rank (the full rank, or :func:`max_saving_rank`).
     Raises ``ValueError`` when no multiple of ``granularity`` fits.
     """
     if granularity < 1 or int(granularity) != granularity:
@@ -128,7 +128,7 @@ def round_rank(rank: int, granularity: int, mode: str = "down", max_rank: int | 
     if max_rank is not None:
         ceiling = (max_rank // g) * g
         if ceiling < g:
-            raise ValueError(f"no multiple of granularity {g} is <= {max_rank}, the largest rank that saves parameters")
+            raise ValueError(f"no multiple of granularity {g} is <= {max_rank}, the largest usable rank")
         r = min(r, ceiling)
     return r
 
