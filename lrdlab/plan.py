@@ -263,7 +263,8 @@ def _round_and_check(row: LayerPlan, info, method, target, granularity, rounding
         return
     after = params_of(info, method, final, branches)
     if not saves(final):
-        row.keep(f"kept: at granularity {step} ranks {final} do not save parameters ({after:,} >= {row.params_before:,})")
+        row.keep(f"kept: at granularity {step} ranks {final} do not save parameters "
+                 f"({after:,} >= {row.params_before:,})")
         return
     row.method, row.ranks, row.target_ranks, row.params_after = method, final, list(target), after
     note = why
