@@ -176,11 +176,31 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- reproduce -------------------------------------------------------------------------------------
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the papers' tables and figures on this machine: report.md + figures")
+    p.add_argument("--quick", action="store_true", help="the small version (< 10 min on 2 CPU cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from .measure import check_device
+    from .reproduce import Settings, reproduce
+
+    check_device(args.device)
+    out = args.out or Path("reports") / ("quick" if args.quick else "full")
+    reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out)))
+    return 0
+
+
 SUBCOMMANDS = {
     "plan": (_add_plan, _run_plan),
     "stats": (_add_stats, _run_stats),
     "decompose": (_add_decompose, _run_decompose),
     "models": (_add_models, _run_models),
+    "reproduce": (_add_reproduce, _run_reproduce),
 }
 
 
