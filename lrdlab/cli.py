@@ -195,12 +195,81 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench -----------------------------------------------------------------------------------------
+def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3) -> None:
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measured throughput of original vs decomposed model, beside the FLOP ideal")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    _add_speed_arguments(p)
+    p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .optimize import bench_plan, format_bench
+
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
+                        rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
+                        channels_last=args.channels_last, compile=args.compile, progress=not args.json)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0
+
+
+# --- optimize --------------------------------------------------------------------------------------
+def _add_optimize(sub) -> None:
+    p = sub.add_parser("optimize", help="measured rank search (paper Algorithm 1): optimized plan + T1 table")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help="a plan JSON to optimize (default: plan from the options above)")
+    _add_speed_arguments(p, repeats=10)
+    p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
+    p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved timing passes per layer (default 1)")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="layer-time cache (data/cache)")
+    p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
+    p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from .optimize import optimize_plan, rank_table
+
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    new, traces = optimize_plan(
+        model, plan, (args.batch, *shape[1:]), device=args.device,
+        dtype=None if args.dtype == "fp32" else args.dtype, backward=args.backward, lower=args.lower,
+        granularity=args.granularity, repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
+    )
+    new.save(args.out)
+    if args.traces:
+        traces.to_csv(args.traces, index=False)
+    print(rank_table(plan, new).to_string(index=False))
+    print(new.summary())
+    print(f"saved {args.out}")
+    return 0
+
+
 SUBCOMMANDS = {
     "plan": (_add_plan, _run_plan),
     "stats": (_add_stats, _run_stats),
     "decompose": (_add_decompose, _run_decompose),
     "models": (_add_models, _run_models),
     "reproduce": (_add_reproduce, _run_reproduce),
+    "bench": (_add_bench, _run_bench),
+    "optimize": (_add_optimize, _run_optimize),
 }
 
 

@@ -459,3 +459,83 @@ def rank_time_sweep(
         rows.append({"rank": r, "time_ms": 1e3 * med, "time_lo_ms": 1e3 * q1, "time_hi_ms": 1e3 * q3,
                      "original_ms": original_ms, "params": after, "params_removed_pct": 100 * (1 - after / before)})
     return pd.DataFrame(rows)
+
+
+# --- whole-model bench -------------------------------------------------------------------------------
+
+
+def bench_plan(
+    model: nn.Module,
+    plan: Plan,
+    input_shape: Sequence[int],
+    *,
+    device: str = "cpu",
+    train: bool = False,
+    rounds: int = 5,
+    warmup: int = 2,
+    repeats: int = 3,
+    dtype: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Original vs decomposed (plan structure, random factor weights) measured interleaved, with the FLOP ideal.
+
+    Returns a JSON-able report: machine, settings, params and FLOPs of both, the FLOP-ideal speed-up
+    (original FLOPs / decomposed FLOPs) and per mode (inference, and train with ``train``) the
+    median times, throughputs, the measured speed-up (median of per-round ratios, with quartiles)
+    and ``realised`` = (speed-up − 1) / (ideal − 1).
+    """
+    check_plan(model, plan)
+    shape = measure.check_shape(input_shape)
+    dev = measure.check_device(device)
+    decomposed = shaped_model(model, plan)
+    before, after = model_costs(model, shape), model_costs(decomposed, shape)
+    ideal = measure.ideal_speedup(before["flops"], after["flops"])
+    report: dict[str, Any] = {
+        "model": plan.model, "input_shape": list(shape), "machine": measure.machine_info(dev),
+        "settings": {"rounds": rounds, "warmup": warmup, "repeats": repeats, "dtype": measure.check_dtype(dtype),
+                     "channels_last": channels_last, "compile": compile},
+        "layers_decomposed": len(plan.decomposed_layers),
+        "params": {"original": before["params"], "decomposed": after["params"]},
+        "flops": {"original": before["flops"], "decomposed": after["flops"]},
+        "ideal_speedup": ideal,
+    }
+    for mode in ["inference"] + (["train"] if train else []):
+        if progress:
+            print(f"timing original vs decomposed ({mode}, {rounds} interleaved rounds) …", flush=True)
+        df = measure.compare({"original": model, "decomposed": decomposed}, shape, mode=mode, rounds=rounds,
+                             device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype,
+                             channels_last=channels_last, compile=compile)
+        o, d = df.iloc[0], df.iloc[1]
+        report[mode] = {
+            "original_s": float(o["median_s"]), "decomposed_s": float(d["median_s"]),
+            "original_throughput": float(o["throughput"]), "decomposed_throughput": float(d["throughput"]),
+            "speedup": float(d["speedup_vs_first"]), "speedup_q1": float(d["speedup_q1"]),
+            "speedup_q3": float(d["speedup_q3"]), "spread_original": float(o["spread"]),
+            "spread_decomposed": float(d["spread"]),
+            "realised": measure.realised_fraction(float(d["speedup_vs_first"]), ideal),
+        }
+    return report
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """The bench report as a few lines of text."""
+    m = report["machine"]
+    lines = [
+        f"{report['model']}, input {tuple(report['input_shape'])}, {m['device']} ({m['device_name']}, "
+        f"{m['torch_threads']} threads), torch {m['torch_version']}",
+        f"params {report['params']['original']:,} → {report['params']['decomposed']:,}; "
+        f"FLOPs {report['flops']['original']:,} → {report['flops']['decomposed']:,}; "
+        f"FLOP-ideal speed-up ×{report['ideal_speedup']:.3f}",
+    ]
+    for mode in ("inference", "train"):
+        if mode not in report:
+            continue
+        r = report[mode]
+        lines.append(
+            f"{mode:9s}: original {r['original_throughput']:.1f}/s, decomposed {r['decomposed_throughput']:.1f}/s, "
+            f"speed-up ×{r['speedup']:.3f} (IQR {r['speedup_q1']:.3f}–{r['speedup_q3']:.3f}), "
+            f"{100 * r['realised']:.0f}% of the FLOP ideal realised"
+        )
+    return "\n".join(lines)
