@@ -207,10 +207,10 @@ def merge_report(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> list[dic
 # --- merging one block ----------------------------------------------------------------------------------
 
 
-def _identity_bn(like: nn.BatchNorm2d | nn.Identity, channels: int, shift: torch.Tensor | None) -> nn.BatchNorm2d:
+def _identity_bn(like: nn.Module, channels: int, shift: torch.Tensor | None, weight: torch.Tensor) -> nn.BatchNorm2d:
     """A BatchNorm2d that is ``x + shift`` in eval mode (running stats 0 / 1), settings copied from ``like``."""
     kw = {"eps": like.eps, "momentum": like.momentum} if isinstance(like, nn.BatchNorm2d) else {}
-    bn = nn.BatchNorm2d(channels, **kw)
+    bn = nn.BatchNorm2d(channels, device=weight.device, dtype=weight.dtype, **kw)
     with torch.no_grad():
         bn.weight.fill_(float(bn.eps + 1.0) ** 0.5)
         if shift is not None:
@@ -236,8 +236,8 @@ def _merge_block(block: nn.Module, bn: str) -> dict[str, nn.Module]:
         parts.update(bn1=nn.Identity(), bn2=nn.Identity())
     else:  # fresh: BN in the rank spaces, identity in eval mode; conv1's bias moves into bn1's shift
         shift, conv1.bias = conv1.bias.detach().clone(), None
-        parts.update(bn1=_identity_bn(block.bn1, conv1.out_channels, shift),
-                     bn2=_identity_bn(block.bn2, low.core.out_channels, None))
+        parts.update(bn1=_identity_bn(block.bn1, conv1.out_channels, shift, low.core.weight),
+                     bn2=_identity_bn(block.bn2, low.core.out_channels, None, low.core.weight))
     return {k: v.to(device=device, dtype=dtype) for k, v in parts.items()}
 
 
