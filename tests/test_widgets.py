@@ -1,0 +1,90 @@
+"""The explorers driven without a browser: set control values, read the state, readout and image."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from lrdlab import factorize, plots, widgets
+from lrdlab.plan import make_plan
+
+
+@pytest.fixture
+def lab(tmp_cache):
+    return widgets.RankLab(cache=widgets.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
+
+
+def test_state_ranks_params_and_error_agree_with_the_library(lab):
+    s = lab.state("resnet18", "layer1.0.conv2", 2.0, 8)
+    row = make_plan(widgets._model("resnet18"), ratio=2.0, granularity=8)["layer1.0.conv2"]
+    assert s["ranks"] == tuple(row.ranks) == (32, 32) and s["target_ranks"] == [38, 38]
+    assert s["params_after"] == row.params_after
+    assert s["compression_ratio"] == pytest.approx(row.params_before / row.params_after)
+    assert s["flops_before"] == 2 * 64 * 64 * 9 * 56 * 56  # one 224×224 image: 56×56 outputs
+    assert s["flops_after"] < s["flops_before"]
+    W = widgets._model("resnet18").get_submodule("layer1.0.conv2").weight
+    with plots.one_thread():
+        rec = factorize.reconstruct_tucker2(*factorize.tucker2_factors(W, 32, 32))
+    assert s["rel_error"] == pytest.approx(((rec - W).norm() / W.norm()).item(), rel=1e-4)
+    assert s["time_ms"] is None and s["original_ms"] is None  # empty cache
+
+
+def test_svd_layer_error_is_eckart_young(lab):
+    s = lab.state("resnet18", "fc", 4.0, 1)
+    W = widgets._model("resnet18").fc.weight.detach().double()
+    with plots.one_thread():
+        sigma = torch.linalg.svdvals(W)
+    r = s["ranks"][0]
+    assert s["rel_error"] == pytest.approx((sigma[r:].norm() / sigma.norm()).item(), rel=1e-6)
+
+
+def test_measure_fills_the_disk_cache_with_progress(lab, tmp_cache):
+    s = lab.state("resnet18", "layer4.1.conv2", 2.0, 64)
+    calls = []
+    s = lab.ensure_times(s, progress=lambda done, total: calls.append((done, total)))
+    assert s["time_ms"] > 0 and s["original_ms"] > 0 and s["time_source"] == "here"
+    assert calls[-1][0] == calls[-1][1] and len(calls) == 2 * calls[-1][1]  # original and decomposed
+    saved = json.loads((tmp_cache / "t.json").read_text())
+    assert saved["machine"]["torch"] == torch.__version__ and len(saved["times"]) == 2
+    again = widgets.RankLab(cache=widgets.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
+    assert again.state("resnet18", "layer4.1.conv2", 2.0, 64)["time_ms"] == s["time_ms"]
+
+
+def test_reference_times_are_used_and_labelled(tmp_cache, tmp_path):
+    ref = tmp_path / "ref.json"
+    key = "resnet18|fc|orig|2x512"
+    ref.write_text(json.dumps({"machine": {"cpu": "Test CPU"}, "times": {key: 1.5}}))
+    lab = widgets.RankLab(cache=widgets.TimeCache(path=tmp_cache / "t.json", reference=ref), batch=2)
+    s = lab.state("resnet18", "fc", 2.0, 1)
+    assert (s["original_ms"], s["original_source"]) == (1.5, "reference")
+    assert "reference, Test CPU" in widgets.readout_text(s, "Test CPU")
+
+
+def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
+    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab)
+    for g in widgets.GRANULARITIES:  # first pass measures what is missing
+        ex.granularity.value = g
+    ex.render_seconds.clear()
+    images, readouts = set(), set()
+    for g in reversed(widgets.GRANULARITIES):  # second pass: everything cached
+        ex.granularity.value = g
+        images.add(ex.image.value)
+        readouts.add(ex.readout.value)
+        assert ex.state["granularity"] == g and ex.state["ranks"][0] % g == 0
+        assert f"g={g}," in ex.readout.value
+    median = statistics.median(ex.render_seconds)
+    print(f"rank explorer redraw over cached data: median {median * 1000:.0f} ms, max "
+          f"{max(ex.render_seconds) * 1000:.0f} ms over {len(ex.render_seconds)} moves")
+    assert median < 1.0
+    assert len(readouts) >= 5 and len(images) >= 5  # distinct ranks → distinct plots
+    assert ex.progress.layout.visibility == "hidden"
+
+
+def test_rank_explorer_switches_model_and_layer(lab):
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False)
+    ex.model.value = "resnet34"
+    assert ex.layer.value in ex.layer.options and ex.state["model"] == "resnet34"
+    ex.layer.value = "layer1.0.conv1"
+    assert ex.state["layer"] == "layer1.0.conv1" and ex.state["time_ms"] is None
+    assert "not measured" in ex.readout.value
