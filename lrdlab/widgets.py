@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import factorize, models, plots
+from . import factorize, measure, models, plots
 from .counting import count_flops
 from .layers import build, describe, unsupported_reason
 from .plan import make_plan
@@ -48,37 +47,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LRDLAB_CACHE", Path.home() / ".cache" / "lrdlab"))
 
 
-def machine() -> dict[str, Any]:
-    """The machine a measurement was taken on (CPU model, cores, torch version)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
 # --- timing and its cache -----------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def time_forward_ms(module: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: int = 7,
+def time_forward_ms(module: nn.Module, input_shape: tuple[int, ...], warmup: int = 2, repeats: int = 7,
                     progress: Callable[[int, int], None] | None = None) -> float:
-    """Median wall time (ms) of ``module(x)`` over ``repeats`` runs after ``warmup`` runs (CPU)."""
-    module.eval()
-    total = warmup + repeats
-    times = []
-    for i in range(total):
-        start = time.perf_counter()
-        module(x)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    """Median ms of one forward pass on random input (:func:`lrdlab.measure.time_function`), reporting progress."""
+    step = measure.layer_step(module, input_shape)
+    total, done = warmup + repeats, [0]
+
+    def run() -> None:
+        step()
+        done[0] += 1
         if progress:
-            progress(i + 1, total)
-    return 1000.0 * float(np.median(times))
+            progress(done[0], total)
+
+    return 1000.0 * float(np.median(measure.time_function(run, "cpu", warmup, repeats)))
 
 
 def _key(model: str, layer: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...]) -> str:
@@ -121,7 +105,7 @@ class TimeCache:
         self.local[key] = float(ms)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"machine": machine(), "times": self.local}, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps({"machine": measure.machine_info(), "times": self.local}, indent=1, sort_keys=True))
         tmp.replace(self.path)
 
     def layer_times(self, model: str, layer: str, input_shape: tuple[int, ...]) -> pd.DataFrame:
@@ -289,8 +273,7 @@ class RankLab:
             module = module.to_empty(device="cpu")  # time does not depend on the values
             for p in module.parameters():
                 torch.nn.init.normal_(p, std=0.01)
-        torch.manual_seed(0)
-        ms = time_forward_ms(module, torch.randn(shape), progress=progress)
+        ms = time_forward_ms(module, shape, progress=progress)
         self.cache.put(_key(model, name, None if layer_ranks is None else tuple(layer_ranks), shape), ms)
         return ms
 
