@@ -1,0 +1,217 @@
+"""P1 Table 2 and the branched-Tucker sweep (F6): each structural technique measured against the original.
+
+- :func:`technique_models` — original, vanilla LRD, layer freezing and layer merging of one model.
+- :func:`techniques_table` — their layers, params, FLOPs and measured train / inference speed-ups (T2).
+- :func:`branch_structures` / :func:`branch_sweep` — branched Tucker for N ∈ {1, 2, 4, 8} (F6).
+- :func:`merge_accuracy` — accuracy of each layer-merging BN option before and after a short fine-tune.
+- :func:`bottleneck_net` — a small Bottleneck ResNet that trains on a CPU in seconds.
+
+Every function returns plain JSON-able dicts (``rows`` plus the machine and settings), written under
+``data/`` by ``python -m lrdlab.techniques`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from . import factorize
+from .counting import FLOP_COUNTER, count_flops, count_params, percent_change
+from .merge import DEFAULT_BN, count_layers, merge_bottlenecks
+from .plan import Plan, decompose, make_plan
+
+PAPER_EXCLUDE = ["conv1", "*.downsample.*"]  # the same as lrdlab.cli.PAPER_EXCLUDE (no CLI import here)
+
+
+# --- a small bottleneck model ----------------------------------------------------------------------------
+
+
+class BottleneckNet(nn.Module):
+    """A 3×3 stem, stages of torchvision ``Bottleneck`` blocks, global average pooling and ``fc``.
+
+    Layer names follow torchvision's ResNets (``conv1``, ``layer1.0.conv2``, ``…downsample.0``, ``fc``).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, planes: Sequence[int] = (16, 32, 64),
+                 blocks: Sequence[int] = (1, 1, 1), stem: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.relu = nn.ReLU(inplace=True)
+        width = stem
+        for i, (p, n) in enumerate(zip(planes, blocks)):
+            layers = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                down = None
+                if stride != 1 or width != p * Bottleneck.expansion:
+                    down = nn.Sequential(nn.Conv2d(width, p * Bottleneck.expansion, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(p * Bottleneck.expansion))
+                layers.append(Bottleneck(width, p, stride=stride, downsample=down))
+                width = p * Bottleneck.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        self.num_stages = len(planes)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def bottleneck_net(num_classes: int = 10, in_channels: int = 3, **kw: Any) -> BottleneckNet:
+    """A small Bottleneck ResNet (≈0.2 M parameters by default) for accuracy studies on a CPU."""
+    return BottleneckNet(num_classes=num_classes, in_channels=in_channels, **kw)
+
+
+# --- the techniques of P1 Table 2 ----------------------------------------------------------------------------
+
+
+def with_branches(plan: Plan, branches: int) -> Plan:
+    """A copy of ``plan`` whose Tucker-2 rows use ``branches`` groups at the *same* ranks (core params ÷ N)."""
+    out = copy.deepcopy(plan)
+    for row in out.layers:
+        if row.method != "tucker2":
+            continue
+        r1, r2 = row.ranks
+        if r1 % branches or r2 % branches:
+            raise ValueError(f"layer {row.name!r}: ranks {row.ranks} are not multiples of {branches} branches; "
+                             f"make the plan with granularity={branches} (or a multiple)")
+        k2 = row.kernel_size[0] * row.kernel_size[1]
+        row.params_after += k2 * r1 * r2 // branches - k2 * r1 * r2 // row.branches
+        row.branches = branches
+    out.settings = {**out.settings, "branches": branches}
+    return out
+
+
+def regular_freezing(model: nn.Module) -> nn.Module:
+    """``model`` (decomposed) with P1's regular freezing applied: only the SVD ``last`` / Tucker ``core`` train."""
+    from .freezing import Freezer
+
+    Freezer(model, mode="regular")
+    return model
+
+
+def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> dict[str, nn.Module]:
+    """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``."""
+    vanilla = decompose(model, plan)
+    return {
+        "original": model,
+        "vanilla LRD": vanilla,
+        "layer freezing": regular_freezing(copy.deepcopy(vanilla)),
+        "layer merging": merge_bottlenecks(model, plan, bn=bn),
+    }
+
+
+def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """Layers (P1's count), params and forward FLOPs of ``model``, and their % change vs ``original``."""
+    p0, p1 = count_params(original), count_params(model)
+    f0, f1 = count_flops(original, input_shape), count_flops(model, input_shape)
+    return {
+        "method": name, "layers": count_layers(model), "params": p1, "params_pct": percent_change(p0, p1),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops": f1, "flops_pct": percent_change(f0, f1),
+    }
+
+
+def _speedups(models: dict[str, nn.Module], shape, mode: str, rounds: int, warmup: int, repeats: int):
+    from .measure import compare
+
+    frame = compare(models, shape, mode=mode, rounds=rounds, warmup=warmup, repeats=repeats)
+    return {r["name"]: r for r in frame.to_dict("records")}
+
+
+def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], rounds: int = 3, warmup: int = 1,
+                  repeats: int = 2, modes: Sequence[str] = ("train", "inference")) -> dict[str, dict[str, Any]]:
+    """Measured train / inference time and speed-up % vs the first model (interleaved, lrdlab.measure.compare)."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for mode in modes:
+        for name, r in _speedups(models, input_shape, mode, rounds, warmup, repeats).items():
+            out[name].update({
+                f"{mode}_s": r["median_s"], f"{mode}_img_s": r["throughput"],
+                f"{mode}_speedup_pct": 100.0 * (r["speedup_vs_first"] - 1),
+                f"{mode}_speedup_iqr_pct": [100.0 * (r["speedup_q1"] - 1), 100.0 * (r["speedup_q3"] - 1)],
+            })
+    return out
+
+
+def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: int = 224, ratio: float = 2.0,
+                     exclude: Sequence[str] = PAPER_EXCLUDE, bn: str = DEFAULT_BN, rounds: int = 3, warmup: int = 1,
+                     repeats: int = 2, speed: bool = True) -> dict[str, Any]:
+    """P1 Table 2 rows for ``model_name`` (random weights): structure, and measured speed when ``speed``."""
+    from .measure import machine_info
+    from .models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(model_name).eval()
+    plan = make_plan(model, ratio=ratio, exclude=list(exclude), model_name=model_name)
+    models = technique_models(model, plan, bn=bn)
+    shape = (batch, 3, image_size, image_size)
+    rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]
+    if speed:
+        timing = speed_columns(models, shape, rounds, warmup, repeats)
+        for row in rows:
+            row.update(timing[row["method"]])
+    return {
+        "what": f"P1 Table 2 rows for {model_name}: % change vs the original (random weights, structure and speed)",
+        "model": model_name, "input_shape": list(shape), "ratio": ratio, "exclude": list(exclude),
+        "merge_bn": bn, "flop_counter": FLOP_COUNTER,
+        "speed": {"harness": "lrdlab.measure.compare (interleaved, median of per-round ratios)", "rounds": rounds,
+                  "warmup": warmup, "repeats": repeats, "train_step": "forward + backward + SGD step, random labels"}
+        if speed else None,
+        "machine": machine_info("cpu"), "rows": rows,
+    }
+
+
+# --- branched Tucker -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def block_diagonal_error(module: nn.Conv2d, ranks: Sequence[int], branches: int, tucker: str = "hosvd") -> dict:
+    """Relative weight error of Tucker-2 at ``ranks`` with the core cut to ``branches`` diagonal blocks.
+
+    Returns ``weight_rel_error`` ‖W − Ŵ_N‖/‖W‖, ``tucker_rel_error`` (N = 1, the rank truncation alone)
+    and ``core_energy_dropped`` (share of the core's ‖·‖² in the dropped off-diagonal blocks).
+    """
+    W = module.weight.detach().double()
+    u_in, core, u_out = factorize.tucker2_factors(W, ranks[0], ranks[1], method=tucker)
+    blocks = factorize.block_diagonal_core(core, branches)
+    r2, r1 = core.shape[:2]
+    b1, b2 = r1 // branches, r2 // branches
+    cut = torch.zeros_like(core)
+    for g in range(branches):
+        cut[g * b2:(g + 1) * b2, g * b1:(g + 1) * b1] = blocks[g * b2:(g + 1) * b2]
+    norm = W.norm()
+    return {
+        "weight_rel_error": ((W - factorize.reconstruct_tucker2(u_in, cut, u_out)).norm() / norm).item(),
+        "tucker_rel_error": ((W - factorize.reconstruct_tucker2(u_in, core, u_out)).norm() / norm).item(),
+        "core_energy_dropped": (1 - blocks.norm() ** 2 / core.norm() ** 2).item() if core.norm() > 0 else 0.0,
+    }
+
+
+def branch_structures(model: nn.Module, plan: Plan, branches: Sequence[int], input_shape: Sequence[int],
+                      ) -> tuple[dict[int, nn.Module], list[dict[str, Any]]]:
+    """Decomposed models with each branch count at the plan's ranks, and their structure rows.
+
+    Each row: ``branches``, params / FLOPs (and % vs the original), the mean relative weight error
+    of the Tucker layers (``weight_rel_error``, N = 1 is Tucker alone) and ``core_energy_dropped``.
+    """
+    models, rows = {}, []
+    tucker = [r for r in plan.layers if r.method == "tucker2"]
+    for n in branches:
+        p = with_branches(plan, n)
+        models[n] = decompose(model, p)
+        errors = [block_diagonal_error(model.get_submodule(r.name), r.ranks, n) for r in tucker]
+        row = structure_row(f"N={n}", models[n], model, input_shape)
+        row.update(branches=n, tucker_layers=len(tucker),
+                   weight_rel_error=sum(e["weight_rel_error"] for e in errors) / max(len(errors), 1),
+                   core_energy_dropped=sum(e["core_energy_dropped"] for e in errors) / max(len(errors), 1))
+        rows.append(row)
+    return models, rows
