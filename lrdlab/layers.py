@@ -126,6 +126,9 @@ def build(original: dict[str, Any], method: str, ranks: tuple[int, ...], branche
         factors = OrderedDict(first=_conv(C, r, tuple(kernel), False, like=original), last=_conv(r, S, 1, bias))
     else:
         r1, r2 = ranks
+        if not isinstance(branches, int) or branches < 1 or r1 % branches or r2 % branches:
+            raise ValueError(f"branched Tucker: ranks ({r1}, {r2}) must be multiples of the branch count "
+                             f"{branches!r} (a positive int); round them or choose another branch count")
         factors = OrderedDict(
             first=_conv(C, r1, 1, False),
             core=_conv(r1, r2, tuple(kernel), False, like=original, groups=branches),
