@@ -334,6 +334,62 @@ def model_costs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     return {"params": count_params(model), "flops": count_flops(model, input_shape)}
 
 
+def speed_table(
+    model: nn.Module,
+    plans: dict[str, Plan],
+    input_shape: Sequence[int],
+    *,
+    device: str = "cpu",
+    train: bool = False,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 3,
+    train_warmup: int | None = None,
+    train_repeats: int | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+):
+    """Params, FLOPs and measured speed-up vs the original of each plan, all timed interleaved.
+
+    One row per plan (the original model is the baseline, not a row). Columns: name, layers, params,
+    flops, params_removed_pct, flops_removed_pct, ideal_speedup (original FLOPs / FLOPs), time_ms,
+    original_ms, speedup (×, median of per-round ratios), speedup_pct, speedup_q1/q3, throughput,
+    spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed ``train_``.
+    """
+    import pandas as pd
+
+    shape = measure.check_shape(input_shape)
+    base = model_costs(model, shape)
+    models, info = {"original": model}, {}
+    for name, plan in plans.items():
+        m = shaped_model(model, plan)
+        models[name] = m
+        info[name] = {"name": name, "layers": len(plan.decomposed_layers), **model_costs(m, shape)}
+    results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress)}
+    if train:
+        results["train"] = _compare(models, shape, "train", device, rounds,
+                                    warmup if train_warmup is None else train_warmup,
+                                    repeats if train_repeats is None else train_repeats, dtype, progress)
+    rows = []
+    for name, row in info.items():
+        ideal = measure.ideal_speedup(base["flops"], row["flops"])
+        out = {**row, "params_removed_pct": 100 * (1 - row["params"] / base["params"]),
+               "flops_removed_pct": 100 * (1 - row["flops"] / base["flops"]), "ideal_speedup": ideal}
+        for mode, df in results.items():
+            out.update(_speed_columns(df, name, "" if mode == "inference" else "train_", ideal))
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+                      exclude: Sequence[str] | None = tuple(PAPER_EXCLUDE), **plan_kw) -> dict[str, Plan]:
+    """``{"g=G": plan}``: a ratio plan with ranks rounded down to multiples of each G."""
+    names = [n for n, _ in model.named_modules()]
+    exclude = [p for p in (exclude or []) if any(_glob(n, p) for n in names)]
+    return {f"g={g}": make_plan(model, ratio=ratio, granularity=int(g), exclude=exclude or None, **plan_kw)
+            for g in granularities}
+
+
 def granularity_sweep(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -352,34 +408,14 @@ def granularity_sweep(
 ):
     """F9: for each granularity g, a ratio plan rounded to multiples of g; params, FLOPs and measured time.
 
-    The original and all g are timed interleaved (:func:`lrdlab.measure.compare`). Columns:
-    granularity, layers, params, flops, params_removed_pct, flops_removed_pct, time_ms,
-    original_ms, speedup (×, median of per-round ratios), speedup_pct, speedup_q1/q3, ideal_speedup,
-    realised (fraction of the FLOP-ideal gain); with ``train`` also the same for training (train_*).
+    The original and all g are timed interleaved (:func:`lrdlab.measure.compare`). Columns: those of
+    :func:`speed_table` plus ``granularity``.
     """
-    import pandas as pd
-
-    exclude = [p for p in (exclude or []) if any(_glob(n, p) for n, _ in model.named_modules())]
-    base = model_costs(model, input_shape)
-    models, info = {"original": model}, {}
-    for g in tqdm(list(granularities), desc="plans", disable=not progress, leave=False):
-        plan = make_plan(model, ratio=ratio, granularity=int(g), exclude=exclude or None, **plan_kw)
-        m = shaped_model(model, plan)
-        models[f"g={g}"] = m
-        info[f"g={g}"] = {"granularity": int(g), "layers": len(plan.decomposed_layers), **model_costs(m, input_shape)}
-    modes = ["inference"] + (["train"] if train else [])
-    results = {mode: _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress)
-               for mode in modes}
-    rows = []
-    for name, row in info.items():
-        ideal = measure.ideal_speedup(base["flops"], row["flops"])
-        out = {**row, "params_removed_pct": 100 * (1 - row["params"] / base["params"]),
-               "flops_removed_pct": 100 * (1 - row["flops"] / base["flops"]), "ideal_speedup": ideal}
-        for mode, df in results.items():
-            prefix = "" if mode == "inference" else "train_"
-            out.update(_speed_columns(df, name, prefix, ideal))
-        rows.append(out)
-    return pd.DataFrame(rows)
+    plans = granularity_plans(model, ratio, granularities, exclude, **plan_kw)
+    df = speed_table(model, plans, input_shape, device=device, train=train, rounds=rounds, warmup=warmup,
+                     repeats=repeats, dtype=dtype, progress=progress)
+    df.insert(0, "granularity", [int(g) for g in granularities])
+    return df
 
 
 def _glob(name: str, pattern: str) -> bool:
@@ -389,9 +425,8 @@ def _glob(name: str, pattern: str) -> bool:
 
 
 def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress):
-    desc = f"timing {len(models)} models ({mode}, {rounds} interleaved rounds)"
     if progress:
-        print(desc, flush=True)
+        print(f"timing {len(models)} models ({mode}, {rounds} interleaved rounds)", flush=True)
     return measure.compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup,
                            repeats=repeats, dtype=dtype)
 
@@ -539,3 +574,121 @@ def format_bench(report: dict[str, Any]) -> str:
             f"{100 * r['realised']:.0f}% of the FLOP ideal realised"
         )
     return "\n".join(lines)
+
+
+# --- recording the benchmarks (python -m lrdlab.optimize --record data/) ----------------------------
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def record_resnet50(out: Path, *, image_size: int = 128, batch: int = 8, device: str = "cpu", rounds: int = 3,
+                    lower: float = 0.75, layer_repeats: int = 10, cache_dir: str | Path | None = CACHE_DIR,
+                    granularities: Sequence[int] = (2, 4, 8, 16, 32, 64), train: bool = True) -> Path:
+    """ResNet-50 at 2x (stem + downsample excluded): vanilla vs optimized ranks vs granularities, inference + train."""
+    import torchvision
+
+    dev = measure.check_device(device)
+    tag = f"resnet50_{dev.type}"
+    shape = (batch, 3, image_size, image_size)
+    load_before = os.getloadavg()
+    model = torchvision.models.resnet50().eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    opt_fwd, traces_fwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, repeats=layer_repeats,
+                                        cache_dir=cache_dir)
+    plans = {"vanilla 2x": vanilla, "optimized (fwd)": opt_fwd}
+    outputs = {"plan_fwd": opt_fwd, "traces_fwd": traces_fwd}
+    if train:
+        opt_bwd, traces_bwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, backward=True,
+                                            repeats=max(3, layer_repeats // 2), cache_dir=cache_dir)
+        plans["optimized (fwd+bwd)"] = opt_bwd
+        outputs.update(plan_bwd=opt_bwd, traces_bwd=traces_bwd)
+    for name, plan in granularity_plans(model, 2, granularities, PAPER_EXCLUDE, model_name="resnet50").items():
+        plans[name] = plan
+    table = speed_table(model, plans, shape, device=str(dev), train=train, rounds=rounds, warmup=1, repeats=3,
+                        train_warmup=1, train_repeats=1)
+    table.insert(1, "granularity", [1, 1, *([1] if train else []), *granularities])
+    table.to_csv(out / f"bench_{tag}.csv", index=False)
+    t1 = rank_table(vanilla, opt_fwd)
+    if train:
+        t1["optimized (fwd+bwd)"] = rank_table(vanilla, outputs["plan_bwd"])["optimized"]
+    t1.to_csv(out / f"optimize_{tag}_t1.csv", index=False)
+    outputs["plan_fwd"].save(out / f"optimize_{tag}_plan.json")
+    outputs["traces_fwd"].drop(columns=["key"]).to_csv(out / f"optimize_{tag}_traces.csv", index=False)
+    if train:
+        outputs["plan_bwd"].save(out / f"optimize_{tag}_plan_train.json")
+        outputs["traces_bwd"].drop(columns=["key"]).to_csv(out / f"optimize_{tag}_traces_train.csv", index=False)
+    meta = {
+        "what": "ResNet-50 (torchvision, random weights) at ratio 2, conv1 and *.downsample.* excluded: original vs "
+                "vanilla LRD vs Algorithm-1 optimized ranks vs ranks rounded to multiples of g; factors random "
+                "(time does not depend on values). speedup = median over interleaved rounds of original/variant "
+                "time; realised = (speedup-1)/(ideal-1), ideal = original FLOPs / variant FLOPs.",
+        "command": f"python -m lrdlab.optimize --record {out} --only resnet50 --image-size {image_size} "
+                   f"--batch {batch} --rounds {rounds} --threads {torch.get_num_threads()}",
+        "input_shape": list(shape), "machine": measure.machine_info(dev),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "settings": {"rounds": rounds, "inference": {"warmup": 1, "repeats": 3},
+                     "train": {"warmup": 1, "repeats": 1, "optimizer": "SGD momentum 0.9", "labels": "random"},
+                     "search": {"lower": lower, "layer_repeats": layer_repeats, "granularity": 1}},
+        "rows": table.to_dict(orient="records"),
+        "t1": t1.to_dict(orient="records"),
+    }
+    path = out / f"bench_{tag}.json"
+    _write_json(path, meta)
+    return path
+
+
+def record_f1(out: Path, *, input_shape: Sequence[int] = (8, 512, 7, 7), ranks: Sequence[int] = range(242, 270),
+              device: str = "cpu", rounds: int = 3, repeats: int = 5) -> Path:
+    """F1/F2: the [512,512,3,3] conv (ResNet layer4 conv2) by Tucker-2 at r = 242…269, time per batch."""
+    dev = measure.check_device(device)
+    load_before = os.getloadavg()
+    df = rank_time_sweep(512, 512, 3, list(ranks), input_shape, device=str(dev), rounds=rounds, repeats=repeats)
+    tag = f"f1_conv512_{dev.type}"
+    df.to_csv(out / f"optimize_{tag}.csv", index=False)
+    from .plots import find_cliffs
+
+    meta = {
+        "what": "Tucker-2 (r1 = r2 = r) of a 512→512 3×3 conv, stride 1, padding 1, forward only, fp32; "
+                "time per batch, median (and quartiles) over rounds × repeats interleaved samples",
+        "command": f"python -m lrdlab.optimize --record {out} --only f1 --threads {torch.get_num_threads()}",
+        "input_shape": list(input_shape), "machine": measure.machine_info(dev),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "settings": {"rounds": rounds, "repeats": repeats, "warmup": 3},
+        "cliffs_5pct": find_cliffs(df["rank"], df["time_ms"], 0.05),
+        "largest_drop": {"rank": int(pick_rank(dict(zip(df["rank"], df["time_ms"]))))},
+        "rows": df.to_dict(orient="records"),
+    }
+    path = out / f"optimize_{tag}.json"
+    _write_json(path, meta)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lrdlab.optimize", description="record lrdlab's speed benchmarks")
+    p.add_argument("--record", type=Path, required=True, help="output directory, e.g. data/")
+    p.add_argument("--only", choices=["resnet50", "f1"], default=None, help="one part (default: both)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-train", action="store_true", help="inference only")
+    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.record.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "f1"):
+        print("wrote", record_f1(args.record, device=args.device))
+    if args.only in (None, "resnet50"):
+        print("wrote", record_resnet50(args.record, image_size=args.image_size, batch=args.batch, device=args.device,
+                                       rounds=args.rounds, cache_dir=args.cache_dir, train=not args.no_train))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
