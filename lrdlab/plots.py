@@ -38,6 +38,13 @@ def style():
         yield
 
 
+class LrdFigure(Figure):
+    """A ``Figure`` that shows itself as PNG in Jupyter even when pyplot was never imported."""
+
+    def _repr_png_(self) -> bytes:
+        return to_png(self, dpi=100)
+
+
 @contextmanager
 def one_thread():
     """Run small LAPACK calls on one thread: MKL's OpenMP threads on a busy CPU (other processes using
@@ -58,7 +65,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float
 
     ``layout=None`` skips constrained layout (several times faster to draw: for widgets).
     """
-    fig = Figure(figsize=(width, height), layout=layout)
+    fig = LrdFigure(figsize=(width, height), layout=layout)
     axes = fig.subplots(nrows, ncols, **kw)
     return fig, axes
 
