@@ -38,9 +38,9 @@ class BottleneckNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, planes: Sequence[int] = (16, 32, 64),
-                 blocks: Sequence[int] = (1, 1, 1), stem: int = 32) -> None:
+                 blocks: Sequence[int] = (1, 1, 1), stem: int = 32, stem_stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         width = stem
@@ -215,3 +215,187 @@ def branch_structures(model: nn.Module, plan: Plan, branches: Sequence[int], inp
                    core_energy_dropped=sum(e["core_energy_dropped"] for e in errors) / max(len(errors), 1))
         rows.append(row)
     return models, rows
+
+
+# --- accuracy on a small model -----------------------------------------------------------------------------
+
+
+def _evaluate(model: nn.Module, loader) -> float:
+    from .train import evaluate
+
+    return evaluate(model, loader)["accuracy"]
+
+
+def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
+               **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.data.get_loaders``); returns model, loaders, summary."""
+    from .data import get_loaders
+    from .train import fit, set_seed
+
+    loaders = get_loaders(data, batch_size=batch, seed=seed)
+    set_seed(seed)
+    model = bottleneck_net(num_classes=loaders.num_classes, in_channels=loaders.input_size[0], **net_kw)
+    history = fit(model, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="base")
+    model.eval()
+    summary = {"data": data, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "net": net_kw,
+               "accuracy": float(history["accuracy"].iloc[-1]), "train_s": float(history["wall_s"].iloc[-1]),
+               "input_shape": list(loaders.input_size)}
+    return model, loaders, summary
+
+
+def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
+    """Accuracy before and after fine-tuning a copy of ``model`` for ``epochs`` (OneCycle SGD)."""
+    from .train import fit
+
+    before = _evaluate(model, loaders.test)
+    net = copy.deepcopy(model)
+    history = fit(net, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="finetune")
+    return {"acc_before": before, "acc_after": float(history["accuracy"].iloc[-1]),
+            "acc_curve": [float(a) for a in history["accuracy"]], "finetune_s": float(history["wall_s"].iloc[-1])}
+
+
+def merge_variants(model: nn.Module, plan: Plan, calibration: list[torch.Tensor]) -> dict[str, nn.Module]:
+    """The layer-merging options to compare: each ``bn`` mode (``fresh`` with and without calibration)."""
+    return {
+        "vanilla LRD (= merge bn='exact')": merge_bottlenecks(model, plan, bn="exact"),
+        "merge bn='fold'": merge_bottlenecks(model, plan, bn="fold"),
+        "merge bn='fresh', calibrated": merge_bottlenecks(model, plan, bn="fresh", calibration=calibration),
+        "merge bn='fresh', identity stats": merge_bottlenecks(model, plan, bn="fresh"),
+    }
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    import statistics
+
+    out: dict[str, Any] = {"seeds": len(runs)}
+    for key in ("acc_before", "acc_after", "finetune_s"):
+        vals = [r[key] for r in runs]
+        out[key] = statistics.mean(vals)
+        out[f"{key}_min"], out[f"{key}_max"] = min(vals), max(vals)
+    out["runs"] = runs
+    return out
+
+
+def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int = 2, ft_lr: float = 0.01,
+                   seeds: Sequence[int] = (0, 1, 2), branches: Sequence[int] = (1, 2, 4, 8), granularity: int = 8,
+                   calib_batches: int = 8, ratio: float = 2.0, exclude: Sequence[str] = PAPER_EXCLUDE,
+                   speed_rounds: int = 5, progress: bool = True, net: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Layer-merging options and branch counts on a small Bottleneck net: accuracy before / after fine-tuning.
+
+    One base model is trained; the plan (ratio 2, ranks rounded to multiples of ``granularity`` so every
+    branch count divides them) is shared by all variants; each variant is fine-tuned ``ft_epochs``
+    once per seed. Branch variants also get measured inference / train speed (batch of the loaders).
+    """
+    from tqdm.auto import tqdm
+
+    from .measure import machine_info
+
+    net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
+    base, loaders, summary = train_base(data, base_epochs, **net)
+    plan = make_plan(base, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name="bottleneck_net")
+    calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
+    variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
+    bmodels, brows = branch_structures(base, plan, branches, (1, *loaders.input_size))
+    variants.update({f"branches N={n}": m for n, m in bmodels.items()})
+    rows = {name: structure_row(name, m, base, (1, *loaders.input_size)) for name, m in variants.items()}
+    for name, m in tqdm(variants.items(), desc="accuracy study", disable=not progress):
+        rows[name].update(_summarise([finetune(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
+    shape = (loaders.train.batch_size, *loaders.input_size)
+    timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
+    timing = speed_columns(timed, shape, rounds=speed_rounds, warmup=2, repeats=3)
+    for row in brows:
+        row.update(rows[f"branches N={row['branches']}"])
+        row.update(timing[f"N={row['branches']}"])
+        row["method"] = f"N={row['branches']}"
+    return {
+        "what": "accuracy (%) of each layer-merging option and branch count before / after a short fine-tune",
+        "base": summary, "plan": {"ratio": ratio, "granularity": granularity, "exclude": list(exclude),
+                                  "tucker_ranks": {r.name: r.ranks for r in plan.layers if r.method == "tucker2"}},
+        "finetune": {"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd",
+                     "seeds": list(seeds)},
+        "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": timing["original"],
+        "machine": machine_info("cpu"), "merge_rows": [rows[n] for n in variants if not n.startswith("branches")],
+        "branch_rows": brows,
+    }
+
+
+def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 4, 8), batch: int = 8,
+                 image_size: int = 224, ratio: float = 2.0, granularity: int = 8,
+                 exclude: Sequence[str] = PAPER_EXCLUDE, rounds: int = 3, warmup: int = 1, repeats: int = 2,
+                 speed: bool = True) -> dict[str, Any]:
+    """F6 on a registered model (random weights): params, FLOPs, weight error and speed for each branch count.
+
+    All counts use the same ranks (ratio ``ratio`` ranks rounded down to multiples of ``granularity``),
+    so only the core's grouping changes: core parameters ÷ N.
+    """
+    from .measure import machine_info
+    from .models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(model_name).eval()
+    plan = make_plan(model, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name=model_name)
+    models, rows = branch_structures(model, plan, branches, (1, 3, image_size, image_size))
+    shape = (batch, 3, image_size, image_size)
+    if speed:
+        timing = speed_columns({"original": model, **{f"N={n}": m for n, m in models.items()}}, shape,
+                               rounds, warmup, repeats)
+        for row in rows:
+            row.update(timing[f"N={row['branches']}"])
+    return {
+        "what": f"branched Tucker sweep (F6) on {model_name}: same ranks, core as N groups; % change vs original",
+        "model": model_name, "input_shape": list(shape), "ratio": ratio, "granularity": granularity,
+        "exclude": list(exclude), "flop_counter": FLOP_COUNTER, "machine": machine_info("cpu"),
+        "speed": {"harness": "lrdlab.measure.compare", "rounds": rounds, "warmup": warmup, "repeats": repeats}
+        if speed else None,
+        "rows": rows,
+    }
+
+
+# --- command line: python -m lrdlab.techniques {table,branch,accuracy} ------------------------------------
+
+
+def _write(result: dict[str, Any], path: str) -> None:
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m lrdlab.techniques", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["table", "branch", "accuracy"])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--bn", default=DEFAULT_BN, help="merge option for the table's layer-merging row")
+    p.add_argument("--data", default="mnist5k")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--base-epochs", type=int, default=5)
+    p.add_argument("--ft-epochs", type=int, default=2)
+    p.add_argument("--out", required=True, help="JSON file to write")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.what == "table":
+        result = techniques_table(args.model, args.batch, args.image_size, bn=args.bn, rounds=args.rounds)
+    elif args.what == "branch":
+        result = branch_sweep(args.model, batch=args.batch, image_size=args.image_size, rounds=args.rounds)
+    else:
+        result = accuracy_study(args.data, base_epochs=args.base_epochs, ft_epochs=args.ft_epochs, seeds=args.seeds)
+    result["command"] = "python -m lrdlab.techniques " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["wall_s"] = time.perf_counter() - t0
+    _write(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
