@@ -148,10 +148,13 @@ def pick_rank(trace: dict[int, float]) -> int:
     return best
 
 
-def scaled_ranks(target: Sequence[int], r: int) -> tuple[int, ...]:
-    """Ranks at leading rank r, the others scaled like the target (Tucker r2 = r·R2/R1; r1 = r2 when R1 = R2)."""
+def scaled_ranks(target: Sequence[int], r: int, multiple: int = 1) -> tuple[int, ...]:
+    """Ranks at leading rank r, the others scaled like the target (Tucker r2 = r·R2/R1; r1 = r2 when R1 = R2).
+
+    ``multiple`` (the branches of a branched Tucker core) rounds the scaled ranks down to its multiples.
+    """
     R = target[0]
-    return tuple([r] + [max(1, round(r * t / R)) for t in target[1:]])
+    return tuple([r] + [max(multiple, round(r * t / R) // multiple * multiple) for t in target[1:]])
 
 
 def _label(ranks: Sequence[int]) -> str:
@@ -191,8 +194,8 @@ def search_layer(
     each time is the median over passes. Times found in ``cache`` under ``key`` are not re-measured.
     """
     info = describe(module)
-    leading = candidate_ranks(int(target[0]), lower, granularity)
-    full = {r: scaled_ranks(target, r) for r in leading}
+    leading = candidate_ranks(int(target[0]), lower, math.lcm(granularity, branches))
+    full = {r: scaled_ranks(target, r, branches) for r in leading}
     labels = {"original": None, **{_label(full[r]): full[r] for r in leading}}
     times: dict[str, float] = {}
     todo = []

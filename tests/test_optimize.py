@@ -244,3 +244,13 @@ def test_cli_optimize_writes_a_plan(tmp_path, capsys):
     assert all(r.reason.startswith(("optimized: ", "ORG: original faster")) for r in plan.layers
                if r.target_ranks is not None or r.decomposed)
     assert (tmp_path / "t.csv").read_text().startswith("layer,")
+
+
+def test_branched_tucker_searches_multiples_of_the_branches():
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1))
+    plan = make_plan(model, ratio=2, branches=4, exclude=["0"])
+    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None, time_fn=FakeTimer(),
+                                progress=False)
+    for label in traces["ranks"]:
+        assert all(int(r) % 4 == 0 for r in label.split(","))
+    assert scaled_ranks((32, 44), 16, 4) == (16, 20)
