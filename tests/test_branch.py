@@ -162,3 +162,37 @@ def test_impossible_branch_counts_raise():
         decompose_layer(m, "tucker2", (8, 12), branches=5)
     with pytest.raises(ValueError, match="branches"):
         make_plan(bottleneck_net(), ratio=2, branches=0)
+
+
+# --- the recorded tables' building blocks ------------------------------------------------------------------
+
+
+def test_with_branches_keeps_ranks_and_divides_core_params():
+    from lrdlab.techniques import with_branches
+
+    model = bottleneck_net().eval()
+    plan = make_plan(model, ratio=2, granularity=8, exclude=["conv1"])
+    for n in (1, 2, 4, 8):
+        p = with_branches(plan, n)
+        assert [r.ranks for r in p.layers] == [r.ranks for r in plan.layers]
+        out = decompose(model, p)
+        for r in p.layers:
+            if r.method == "tucker2":
+                assert r.branches == n and count_params(out.get_submodule(r.name)) == r.params_after
+    with pytest.raises(ValueError, match="multiples"):
+        with_branches(make_plan(model, ratio=2, exclude=["conv1"]), 8)
+
+
+def test_branch_structures_rows():
+    from lrdlab.techniques import branch_structures
+
+    model = bottleneck_net().eval()
+    plan = make_plan(model, ratio=2, granularity=8, exclude=["conv1", "*.downsample.*"])
+    models, rows = branch_structures(model, plan, (1, 2, 4, 8), (1, 3, 16, 16))
+    assert [r["branches"] for r in rows] == [1, 2, 4, 8]
+    assert [r["params"] for r in rows] == sorted((r["params"] for r in rows), reverse=True)
+    assert [r["flops"] for r in rows] == sorted((r["flops"] for r in rows), reverse=True)
+    assert rows[0]["core_energy_dropped"] == 0 and rows[-1]["core_energy_dropped"] > 0
+    errors = [r["weight_rel_error"] for r in rows]
+    assert errors == sorted(errors)
+    assert models[4].layer3[0].conv2.core.groups == 4

@@ -307,3 +307,19 @@ def test_merged_model_trains():
         loss = nn.functional.cross_entropy(merged(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3]))
         loss.backward()
         assert merged.layer2[0].conv2.weight.grad is not None
+
+
+def test_technique_models_for_table2():
+    from lrdlab.techniques import structure_row, technique_models
+
+    model = small().float()
+    plan = make_plan(model, ratio=2, exclude=["conv1", "*.downsample.*"])
+    models = technique_models(model, plan)
+    assert list(models) == ["original", "vanilla LRD", "layer freezing", "layer merging"]
+    rows = {n: structure_row(n, m, model, (1, 3, 16, 16)) for n, m in models.items()}
+    assert rows["original"]["params_pct"] == 0 and rows["original"]["layers"] == count_layers(model)
+    assert rows["layer merging"]["layers"] == rows["original"]["layers"] + 1  # the fc is SVD-decomposed
+    assert rows["vanilla LRD"]["layers"] == rows["original"]["layers"] + 3 * 4 + 1
+    assert rows["layer freezing"]["params"] == rows["vanilla LRD"]["params"]
+    assert rows["layer freezing"]["trainable_params"] < rows["vanilla LRD"]["trainable_params"]
+    assert rows["layer merging"]["flops_pct"] < rows["vanilla LRD"]["flops_pct"] < 0
