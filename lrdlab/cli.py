@@ -262,6 +262,56 @@ def _run_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -----------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune (original or decomposed, with freezing); torchrun-ready")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help="a plan JSON: decompose before training (or give --ratio etc.)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), digits, cifar10, imagenet:PATH")
+    p.add_argument("--data-root", type=Path, help="CIFAR-10 folder holding cifar-10-batches-py/")
+    p.add_argument("--cache-dir", type=Path, default=None, help="dataset cache (default data/cache)")
+    p.add_argument("--subset", type=int, help="use only this many training images")
+    p.add_argument("--weights", help="start from this state_dict file (e.g. a trained original)")
+    p.add_argument("--freeze", choices=["none", "regular", "sequential"], default="none")
+    p.add_argument("--period", type=int, default=1, help="sequential freezing: rotate every N units (default 1)")
+    p.add_argument("--unit", choices=["epoch", "iteration"], default="epoch", help="unit of --period")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128, help="global batch size (split across torchrun ranks)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (OneCycle)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from . import models
+    from .data import get_loaders
+    from .train import init_distributed, train_and_save
+
+    init_distributed()
+    c, h, _ = models.input_size(args.model)
+    small = args.data in ("mnist5k", "digits")
+    loaders = get_loaders(args.data, args.batch, cache_dir=args.cache_dir, root=args.data_root, subset=args.subset,
+                          image_size=args.image_size or (None if small else h), channels=c if small else None,
+                          seed=args.seed)
+    model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
+    policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
+    plan = _load_or_make_plan(model, args) if policy else None
+    history = train_and_save(model, loaders, args.out, plan=plan, freeze=args.freeze, period=args.period,
+                             unit=args.unit, epochs=args.epochs, lr=args.lr, resume=args.resume, device=args.device,
+                             seed=args.seed, optimizer=args.optimizer, schedule=args.schedule,
+                             weight_decay=args.weight_decay, label=args.model)
+    last = history.iloc[-1]
+    print(f"{args.model}: epoch {int(last['epoch'])}, test top-1 {last['accuracy']:.2f}%, "
+          f"{history['train_img_s'].median():.0f} img/s (median epoch); wrote {args.out}")
+    return 0
+
+
 SUBCOMMANDS = {
     "plan": (_add_plan, _run_plan),
     "stats": (_add_stats, _run_stats),
@@ -270,6 +320,7 @@ SUBCOMMANDS = {
     "reproduce": (_add_reproduce, _run_reproduce),
     "bench": (_add_bench, _run_bench),
     "optimize": (_add_optimize, _run_optimize),
+    "train": (_add_train, _run_train),
 }
 
 
