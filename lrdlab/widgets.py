@@ -50,21 +50,6 @@ def default_cache_dir() -> Path:
 # --- timing and its cache -----------------------------------------------------------------------
 
 
-def time_forward_ms(module: nn.Module, input_shape: tuple[int, ...], warmup: int = 2, repeats: int = 7,
-                    progress: Callable[[int, int], None] | None = None) -> float:
-    """Median ms of one forward pass on random input (:func:`lrdlab.measure.time_function`), reporting progress."""
-    step = measure.layer_step(module, input_shape)
-    total, done = warmup + repeats, [0]
-
-    def run() -> None:
-        step()
-        done[0] += 1
-        if progress:
-            progress(done[0], total)
-
-    return 1000.0 * float(np.median(measure.time_function(run, "cpu", warmup, repeats)))
-
-
 def _key(model: str, layer: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...]) -> str:
     r = "orig" if ranks is None else "x".join(map(str, ranks))
     return f"{model}|{layer}|{r}|{'x'.join(map(str, input_shape))}"
@@ -260,32 +245,51 @@ class RankLab:
             kept = energy[min(layer_ranks[0], len(energy)) - 1]
         return math.sqrt(max(0.0, 1.0 - kept))
 
-    def measure_times(self, model: str, name: str, layer_ranks: tuple[int, ...] | None,
-                      progress: Callable[[int, int], None] | None = None) -> float:
-        """Measure (here) and cache the time of the original layer (``None``) or its decomposition."""
+    def _timing_module(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> nn.Module:
+        if layer_ranks is None:
+            return data.module
+        with torch.device("meta"):
+            module = build(data.info, data.method, tuple(layer_ranks))
+        module = module.to_empty(device="cpu")  # time does not depend on the values
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.01)
+        return module
+
+    def measure_times(self, model: str, name: str, todo: list[tuple[int, ...] | None],
+                      progress: Callable[[int, int], None] | None = None, rounds: int = 3) -> dict:
+        """Measure (here) and cache layer times: ``None`` is the original layer, a tuple a decomposition.
+
+        The variants are timed interleaved, A B A B …, ``rounds`` times (:func:`lrdlab.measure.compare`,
+        one warm-up and three timed runs per round); each time is the median over rounds.
+        """
         data = self.layer(model, name)
         shape = self.timing_shape(data)
-        if layer_ranks is None:
-            module = data.module
-        else:
-            with torch.device("meta"):
-                module = build(data.info, data.method, tuple(layer_ranks))
-            module = module.to_empty(device="cpu")  # time does not depend on the values
-            for p in module.parameters():
-                torch.nn.init.normal_(p, std=0.01)
-        ms = time_forward_ms(module, shape, progress=progress)
-        self.cache.put(_key(model, name, None if layer_ranks is None else tuple(layer_ranks), shape), ms)
-        return ms
+        variants = {str(r): self._timing_module(data, r) for r in todo}
+        per_round: dict[str, list[float]] = {k: [] for k in variants}
+        for i in range(rounds):
+            df = measure.compare(variants, shape, rounds=1, warmup=1, repeats=3)
+            for k, sec in zip(df["name"], df["median_s"]):
+                per_round[k].append(sec)
+            if progress:
+                progress(i + 1, rounds)
+        out = {}
+        for r in todo:
+            out[r] = 1000.0 * float(np.median(per_round[str(r)]))
+            self.cache.put(_key(model, name, None if r is None else tuple(r), shape), out[r])
+        return out
 
     def ensure_times(self, state: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> dict:
-        """Measure whatever of (original, chosen ranks) is missing from the cache; return the fresh state."""
-        todo = []
-        if state["original_ms"] is None:
-            todo.append(None)
+        """Measure whatever of (original, chosen ranks) is missing from the cache; return the fresh state.
+
+        When the chosen ranks are missing the original is re-timed beside them, so the pair is comparable.
+        """
+        todo: list[tuple[int, ...] | None] = []
         if state["ranks"] and state["time_ms"] is None:
-            todo.append(state["ranks"])
-        for r in todo:
-            self.measure_times(state["model"], state["layer"], r, progress)
+            todo = [None, state["ranks"]]
+        elif state["original_ms"] is None:
+            todo = [None]
+        if todo:
+            self.measure_times(state["model"], state["layer"], todo, progress)
         return self.state(state["model"], state["layer"], state["ratio"], state["granularity"]) if todo else state
 
     def figure(self, state: dict[str, Any]) -> Figure:
@@ -370,14 +374,18 @@ class RankExplorer:
         names = model_names or [m for m in models.MODELS if m.startswith("resnet")]
         self.model = W.Dropdown(options=names, value=model, description="model")
         self.layer = W.Dropdown(options=self.lab.layer_names(model), value=layer, description="layer")
-        self.ratio = W.SelectionSlider(options=list(RATIOS), value=ratio, description="compression",
-                                       continuous_update=False)
+        self.ratio = W.SelectionSlider(options=list(RATIOS), value=ratio, description="compression α",
+                                       continuous_update=False, style={"description_width": "initial"})
         self.granularity = W.SelectionSlider(options=list(GRANULARITIES), value=granularity,
-                                             description="granularity", continuous_update=False)
+                                             description="granularity g", continuous_update=False,
+                                             style={"description_width": "initial"})
         self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times")
         self.progress = W.IntProgress(min=0, max=1, value=0, description="measuring", layout={"visibility": "hidden"})
         self.image = W.Image(format="png")
         self.readout = W.HTML()
+        for control, css in ((self.ratio, "lrd-ratio"), (self.granularity, "lrd-granularity"),
+                             (self.image, "lrd-plot"), (self.readout, "lrd-readout")):
+            control.add_class(css)  # stable handles for browser tests and custom CSS
         self.render_seconds: list[float] = []
         self.state: dict[str, Any] = {}
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
@@ -424,7 +432,7 @@ def rank_explorer(**kwargs) -> RankExplorer:
 
 def build_reference_layer_times(
     model: str = DEFAULT_MODEL, layers: list[str] | None = None, ratios=RATIOS, granularities=GRANULARITIES,
-    batch: int = 8, path: Path = REFERENCE_LAYER_TIMES,
+    batch: int = 8, path: Path = REFERENCE_LAYER_TIMES, rounds: int = 7,
 ) -> Path:
     """Measure every (ratio, granularity) rank of ``layers`` on this machine and write the shipped reference.
 
@@ -443,10 +451,14 @@ def build_reference_layer_times(
                 r = lab.state(model, name, ratio, g)["ranks"]
                 if r and (name, r) not in todo:
                     todo.append((name, r))
-    for name, r in tqdm(todo, desc="layer times"):
-        lab.measure_times(model, name, r)
+    by_layer: dict[str, list] = {}
+    for name, r in todo:
+        by_layer.setdefault(name, []).append(r)
+    for name, variants in tqdm(by_layer.items(), desc="layer times"):
+        lab.measure_times(model, name, variants, rounds=rounds)
     data = json.loads(path.read_text())
-    data["settings"] = {"batch": batch, "warmup": 2, "repeats": 7, "statistic": "median", "dtype": "float32",
+    data["settings"] = {"batch": batch, "rounds": rounds, "warmup": 1, "repeats": 3, "interleaved": True,
+                        "statistic": "median over rounds of the median of repeats", "dtype": "float32",
                         "model_weights": "random (time does not depend on values)"}
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
     return path
