@@ -312,6 +312,38 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- merge -----------------------------------------------------------------------------------------
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="layer merging: bottlenecks Tucker-2 decomposed and merged back to 3 convs")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--bn", choices=["fold", "fresh", "exact"], default="fold",
+                   help="BN/ReLU between merged convs: fold (default), fresh (new BN), exact (no merge across ReLU)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_bottlenecks, merge_report
+    from .plan import decompose
+    from .techniques import structure_row
+
+    model, shape = _build(args)
+    plan = _plan_from_args(model, args)
+    blocks = merge_report(model, plan, args.bn)
+    models = {"original": model, "vanilla LRD": decompose(model, plan),
+              f"layer merging (bn={args.bn})": merge_bottlenecks(model, plan, bn=args.bn)}
+    rows = [structure_row(name, m, model, shape) for name, m in models.items()]
+    if args.json:
+        print(json.dumps({"model": args.model, "bn": args.bn, "input_shape": list(shape), "blocks": blocks,
+                          "rows": rows}, indent=2))
+        return 0
+    print(f"{sum(b['merged'] for b in blocks)} of {len(blocks)} bottlenecks merged (bn={args.bn})")
+    for r in rows:
+        print(f"{r['method']:28s} layers {r['layers']:4d}  params {r['params']:>12,} ({r['params_pct']:+7.2f}%)  "
+              f"FLOPs {r['flops']:>15,} ({r['flops_pct']:+7.2f}%)")
+    return 0
+
+
 SUBCOMMANDS = {
     "plan": (_add_plan, _run_plan),
     "stats": (_add_stats, _run_stats),
@@ -321,6 +353,7 @@ SUBCOMMANDS = {
     "bench": (_add_bench, _run_bench),
     "optimize": (_add_optimize, _run_optimize),
     "train": (_add_train, _run_train),
+    "merge": (_add_merge, _run_merge),
 }
 
 
