@@ -18,6 +18,7 @@ a single-process run and a ``torchrun`` run see the same shuffled order, split a
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -174,6 +175,11 @@ def _cifar_class():
         def _check_integrity(self) -> bool:
             base = Path(self.root) / self.base_folder
             return all((base / name).is_file() for name in CIFAR_FILES)
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
     return LocalCIFAR10
 
