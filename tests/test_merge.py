@@ -323,3 +323,24 @@ def test_technique_models_for_table2():
     assert rows["layer freezing"]["params"] == rows["vanilla LRD"]["params"]
     assert rows["layer freezing"]["trainable_params"] < rows["vanilla LRD"]["trainable_params"]
     assert rows["layer merging"]["flops_pct"] < rows["vanilla LRD"]["flops_pct"] < 0
+
+
+def test_cli_merge_rejects_models_without_bottlenecks(capsys):
+    from lrdlab.cli import main
+
+    assert main(["merge", "resnet18", "--paper", "--image-size", "32"]) == 2
+    assert "no bottleneck" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_merge_resnet50_json(capsys):
+    import json
+
+    from lrdlab.cli import main
+
+    assert main(["merge", "resnet50", "--paper", "--json", "--image-size", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(b["merged"] for b in report["blocks"]) == 16
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["original"]["layers"] == 50 and rows["vanilla LRD"]["layers"] == 115
+    assert rows["layer merging (bn=fold)"]["layers"] == 51  # 50 + the SVD-decomposed fc
