@@ -88,3 +88,55 @@ def test_rank_explorer_switches_model_and_layer(lab):
     ex.layer.value = "layer1.0.conv1"
     assert ex.state["layer"] == "layer1.0.conv1" and ex.state["time_ms"] is None
     assert "not measured" in ex.readout.value
+
+
+# --- freezing explorer ----------------------------------------------------------------------------------
+
+
+def _study(tmp_path):
+    """A tiny study file in run_freezing_study's format (numbers are placeholders for the reader's logic)."""
+    history = [{"variant": v, "mode": m, "epoch": e, "wall_s": 2.0 * e, "accuracy": 50 + 10 * e, "loss": 1.0 / (e + 1),
+                "train_img_s": 100.0 if e else None}
+               for v, m in (("original", "original"), ("lrd", "none"), ("lrd", "regular"), ("lrd", "sequential"))
+               for e in range(3)]
+    throughput = [{"technique": t, "train_img_s": x} for t, x in (("original", 100), ("lrd", 110),
+                                                                  ("lrd+sequential[0]", 120))]
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"history": history, "throughput": throughput, "machine": {"cpu": "Test CPU"},
+                                "settings": {"model": "resnet20", "data": "digits", "epochs": 1, "period": 1,
+                                             "finetune_epochs": 1, "batch_size": 64}}))
+    return path
+
+
+def test_study_runs_become_explorer_runs(tmp_path):
+    runs = widgets.runs_from_study(json.loads(_study(tmp_path).read_text()))
+    assert set(runs["run"]) == {"none", "regular", "sequential N=1"}  # the from-scratch original is not a fine-tune
+    assert list(runs.columns) == widgets.RUN_COLUMNS and (runs["source"] == "reference").all()
+    setup = widgets.FreezingSetup.from_study({"model": "resnet20", "epochs": 4, "period": 1, "lr": 0.1})
+    assert setup.pretrain_epochs == 4 and setup.lr == 0.1
+
+
+@pytest.mark.slow
+def test_freezing_explorer_selects_cached_runs_and_adds_a_new_one(tmp_path, tmp_cache):
+    setup = widgets.FreezingSetup(data="digits", pretrain_epochs=1, finetune_epochs=1, image_size=8, channels=3,
+                                  batch_size=64)
+    lab = widgets.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
+    ex = widgets.FreezingExplorer(lab=lab, mode="none", period=1)
+    assert ex.selected == ["none"]
+    first = ex.image.value
+    ex.mode.value = "sequential"
+    assert ex.selected == ["sequential N=1"] and ex.image.value != first
+    ex.period.value = 2
+    assert ex.selected == [] and "none cached" in ex.status.value
+    ex.run_button.click()  # trains the base model once, then fine-tunes with sequential freezing, N=2
+    assert ex.selected == ["sequential N=2"]
+    new = lab.runs()[lab.runs()["run"] == "sequential N=2"]
+    assert list(new["epoch"]) == [0, 1] and (new["source"] == "here").all() and new["accuracy"].iloc[-1] > 20
+    saved = json.loads((tmp_cache / "freezing_runs.json").read_text())
+    assert {r["run"] for r in saved["history"]} == {"sequential N=2"}
+    again = widgets.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
+    assert again.find("sequential", 2) == ["sequential N=2"]  # persisted across sessions
+    ex.render_seconds.clear()
+    for mode in ("none", "regular", "sequential"):
+        ex.mode.value = mode
+    assert statistics.median(ex.render_seconds) < 1.0
