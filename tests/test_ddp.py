@@ -71,3 +71,15 @@ def test_two_gloo_processes_match_one(tmp_path):
     # sequential freezing really froze something: its weights differ from plain fine-tuning
     seq, plain = single["sequential"]["state"], single["none"]["state"]
     assert not torch.allclose(seq["1.first.weight"], plain["1.first.weight"])
+
+
+@pytest.mark.slow
+def test_lrdlab_train_runs_under_torchrun(tmp_path):
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lrdlab.cli",
+         "train", "resnet20", "--data", "digits", "--subset", "256", "--epochs", "1", "--batch", "64",
+         "--ratio", "2", "--exclude", "conv1", "--freeze", "sequential", "--out", "run"], tmp_path)
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["world_size"].tolist() == [2, 2] and history["epoch"].tolist() == [0, 1]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "plan.json").is_file()
