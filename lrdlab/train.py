@@ -234,6 +234,8 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if freezer is not None and _unwrap(freezer.model) is not _unwrap(model):
+        raise ValueError("the freezer was built for another model; build it as Freezer(model, ...) for this one")
     dev = torch.device(device)
     rank, size = world()
     set_seed(seed)
@@ -325,6 +327,10 @@ STUDY_SCHEMA = {
 }
 
 
+STUDY_QUICK = {"epochs": 2, "finetune_epochs": 2, "subset": 1024, "bench_rounds": 3}
+STUDY_FULL = {"epochs": 4, "finetune_epochs": 3, "subset": None, "bench_rounds": 5}
+
+
 def _variant_throughput(models: dict[str, nn.Module], batch: tuple[int, ...], rounds: int,
                         device: str) -> dict[str, tuple[float, float]]:
     """(median s/step, median speed-up vs the first model) for each model, timed interleaved."""
@@ -405,7 +411,8 @@ def run_freezing_study(
     (``make_plan(ratio, exclude)``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
     ``epochs``) with the same data order. Returns ``{"history", "throughput", "settings", "machine",
     "schema"}`` (DataFrames for the first two) and writes them as JSON to ``out`` when given. Quick:
-    ``epochs=2, finetune_epochs=1, subset=1000`` takes a few minutes on 2 cores.
+    ``run_freezing_study(**STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
+    recorded ``data/freezing_mnist5k.json``.
     """
     from .data import get_loaders
     from .measure import machine_info
@@ -418,7 +425,11 @@ def run_freezing_study(
         "model", "data", "epochs", "finetune_epochs", "ratio", "modes", "period", "unit", "batch_size", "lr",
         "finetune_lr", "subset", "seed", "device", "bench_rounds")}
     settings["exclude"] = list(exclude or [])
-    loaders = get_loaders(data, batch_size, cache_dir=cache_dir, subset=subset, seed=seed)
+    from .models import input_size
+
+    small = data in ("mnist5k", "digits")  # embedded grey digits: repeat to the model's channels
+    loaders = get_loaders(data, batch_size, cache_dir=cache_dir, subset=subset, seed=seed,
+                          channels=input_size(model)[0] if small else None)
     set_seed(seed)
     original = get_model(model, num_classes=loaders.num_classes)
     histories = [fit(original, loaders.train, loaders.test, epochs, lr, device=device, seed=seed,

@@ -174,3 +174,23 @@ def test_study_roundtrip(tmp_path):
     back = load_study(save_study(result, tmp_path / "s.json"))
     pd.testing.assert_frame_equal(back["history"], result["history"])
     assert back["settings"] == {"epochs": 1}
+
+
+def test_fit_rejects_a_freezer_of_another_model(digits):
+    with pytest.raises(ValueError, match="another model"):
+        fit(mlp(), digits.train, digits.test, 1, freezer=Freezer(mlp(decomposed=True), "regular"), progress=False)
+
+
+def test_freezing_study_small(tmp_path):
+    from lrdlab.train import run_freezing_study
+
+    r = run_freezing_study(model="resnet20", data="digits", epochs=1, finetune_epochs=2, subset=128, batch_size=64,
+                           bench_rounds=1, progress=False, out=tmp_path / "study.json")
+    h, t = r["history"], r["throughput"]
+    assert set(h["mode"]) == {"original", "none", "regular", "sequential"}
+    assert h[h["mode"] == "sequential"]["phase"].tolist() == [0, 0, 1]
+    assert h[h["mode"] == "regular"]["trainable_params"].iloc[-1] < h[h["mode"] == "none"]["trainable_params"].iloc[-1]
+    assert {"original", "lrd", "lrd+regular", "lrd+sequential"} <= set(t["technique"])
+    assert (t["train_img_s"] > 0).all() and r["settings"]["exclude_applied"] == ["conv1"]
+    assert r["machine"]["torch_version"] == torch.__version__
+    assert load_study(tmp_path / "study.json")["history"].shape == h.shape
