@@ -249,7 +249,15 @@ def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> di
 
     before = _evaluate(model, loaders.test)
     net = copy.deepcopy(model)
-    history = fit(net, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="finetune")
+    sampler = getattr(loaders.train, "sampler", None)
+    order = getattr(sampler, "seed", None)
+    if order is not None:  # the seed also picks the data order (fine-tuning is otherwise deterministic)
+        sampler.seed = seed
+    try:
+        history = fit(net, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="finetune")
+    finally:
+        if order is not None:
+            sampler.seed = order
     return {"acc_before": before, "acc_after": float(history["accuracy"].iloc[-1]),
             "acc_curve": [float(a) for a in history["accuracy"]], "finetune_s": float(history["wall_s"].iloc[-1])}
 
@@ -298,7 +306,12 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
     bmodels, brows = branch_structures(base, plan, branches, (1, *loaders.input_size))
     variants.update({f"branches N={n}": m for n, m in bmodels.items()})
     rows = {name: structure_row(name, m, base, (1, *loaders.input_size)) for name, m in variants.items()}
+    vanilla = next(n for n in variants if n.startswith("vanilla"))
     for name, m in tqdm(variants.items(), desc="accuracy study", disable=not progress):
+        if name == "branches N=1":  # the very same model as vanilla LRD (tested): same numbers
+            rows[name].update({k: v for k, v in rows[vanilla].items() if k not in ("method",)})
+            rows[name]["same_model_as"] = vanilla
+            continue
         rows[name].update(_summarise([finetune(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
     shape = (loaders.train.batch_size, *loaders.input_size)
     timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
