@@ -367,10 +367,29 @@ def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 
 # --- command line: python -m lrdlab.techniques {table,branch,accuracy} ------------------------------------
 
 
+SCHEMA = {
+    "rows[]": "one model each (techniques_*: a technique; branch_*: a branch count N)",
+    "method": "row name: 'original', 'vanilla LRD', 'layer freezing', 'layer merging', a merge option, or 'N=n'",
+    "layers": "Conv2d + Linear layers, downsample convs not counted (P1's count: ResNet-50 = 50)",
+    "params, params_pct": "all parameters, and % change vs the original (−50 = halved)",
+    "trainable_params": "parameters with requires_grad (layer freezing: first/last factors frozen)",
+    "flops, flops_pct": "forward FLOPs of one image (torch.utils.flop_counter, 2 per multiply-add), % change",
+    "train_s, inference_s": "median seconds per batch (input_shape) over rounds; train = fwd + bwd + SGD step",
+    "train_img_s, inference_img_s": "images per second (batch / median time)",
+    "train_speedup_pct, inference_speedup_pct": "median over interleaved rounds of (original time / this time − 1)·100",
+    "*_speedup_iqr_pct": "first and third quartile of that per-round speed-up, %",
+    "branches, weight_rel_error": "N, and mean over Tucker layers of ‖W − Ŵ_N‖/‖W‖ (N = 1: Tucker truncation alone)",
+    "core_energy_dropped": "mean share of the Tucker core's ‖·‖² in the off-diagonal blocks that branching drops",
+    "acc_before, acc_after": "test top-1 % before / after fine-tuning (mean over seeds; _min/_max; runs[] per seed)",
+    "machine": "device, CPU model, cores, torch threads and version the timings were taken on",
+}
+
+
 def _write(result: dict[str, Any], path: str) -> None:
     import json
     from pathlib import Path
 
+    result.setdefault("schema", SCHEMA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path}")
