@@ -201,6 +201,16 @@ def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
     p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
 
 
 def _add_bench(sub) -> None:
@@ -219,6 +229,7 @@ def _add_bench(sub) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from .optimize import bench_plan, format_bench
 
+    _set_threads(args)
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
@@ -246,6 +257,7 @@ def _add_optimize(sub) -> None:
 def _run_optimize(args: argparse.Namespace) -> int:
     from .optimize import optimize_plan, rank_table
 
+    _set_threads(args)
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     new, traces = optimize_plan(
