@@ -393,14 +393,14 @@ def plot_speedup_vs_flops(
 
 # --- F6: branch sweep ---------------------------------------------------------------------------
 
-_BRANCH_PANELS = (("params", "parameters"), ("flops", "FLOPs"), ("time_ms", "time per batch (ms)"),
-                  ("accuracy", "accuracy (%)"))
+_BRANCH_PANELS = (("params", "parameters"), ("flops", "FLOPs"), ("weight_rel_error", "relative weight error"),
+                  ("time_ms", "time per batch (ms)"), ("accuracy", "accuracy (%)"))
 
 
 def plot_branch_sweep(df: pd.DataFrame, hue: str | None = None, title: str = "Branched Tucker sweep") -> Figure:
-    """F6: params, FLOPs, time and accuracy vs number of branches N (one panel per present column).
+    """F6: params, FLOPs, weight error, time and accuracy vs branches N (one panel per present column).
 
-    ``df`` columns: ``branches`` and any of ``params``, ``flops``, ``time_ms``, ``accuracy``;
+    ``df`` columns: ``branches`` and any of ``params``, ``flops``, ``weight_rel_error``, ``time_ms``, ``accuracy``;
     optional ``hue`` column (e.g. ``layer`` or ``model``) draws one line per value.
     """
     _require(df, ["branches"], "plot_branch_sweep")
