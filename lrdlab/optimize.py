@@ -72,13 +72,18 @@ def layer_input_shapes(model: nn.Module, names: Sequence[str], example_input_sha
 
 
 def shape_key(info: dict[str, Any], input_shape: Sequence[int], method: str, device: str, dtype: str | None,
-              backward: bool) -> str:
-    """The cache key of one layer configuration: layer shape, input shape, method, device, dtype, batch, pass."""
+              backward: bool, timing: dict[str, Any] | None = None) -> str:
+    """The cache key of one layer configuration: layer shape, input shape, method, device, dtype, batch, pass.
+
+    ``timing`` (warm-up, repeats, rounds) is part of the key: a more careful measurement is not
+    answered by a cheaper one.
+    """
     dev = torch.device(device)
     return json.dumps({
         "layer": info, "input": list(input_shape), "method": method, "device": dev.type,
         "device_name": measure.device_name(dev), "dtype": measure.check_dtype(dtype), "batch": int(input_shape[0]),
         "backward": bool(backward), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "timing": timing or {},
     }, sort_keys=True)
 
 
@@ -267,6 +272,7 @@ def optimize_plan(
     candidate_ranks(1, lower, granularity)  # validates lower and granularity
     timer = time_fn or default_time_fn(str(dev), backward, warmup, repeats, dtype)
     cache = TimingCache(cache_dir)
+    timing = {"warmup": warmup, "repeats": repeats, "rounds": rounds, "timer": "injected" if time_fn else "time_layer"}
     rows = plan.decomposed_layers
     inputs = layer_input_shapes(model, [r.name for r in rows], shape)
     new = Plan.from_dict(copy.deepcopy(plan.to_dict()))
@@ -274,7 +280,7 @@ def optimize_plan(
     for row in tqdm(rows, desc="Algorithm 1", disable=not progress):
         module = model.get_submodule(row.name)
         info = describe(module)
-        key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward)
+        key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
         T, trace, full = search_layer(
             module, row.method, row.ranks, inputs[row.name], timer, lower=lower, granularity=granularity,
             branches=row.branches, rounds=rounds, cache=cache, key=key, progress=progress, desc=row.name,
@@ -586,8 +592,9 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
-def record_resnet50(out: Path, *, image_size: int = 128, batch: int = 8, device: str = "cpu", rounds: int = 3,
-                    lower: float = 0.75, layer_repeats: int = 10, cache_dir: str | Path | None = CACHE_DIR,
+def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device: str = "cpu", rounds: int = 5,
+                    lower: float = 0.75, layer_repeats: int = 5, search_rounds: int = 3,
+                    cache_dir: str | Path | None = CACHE_DIR,
                     granularities: Sequence[int] = (2, 4, 8, 16, 32, 64), train: bool = True) -> Path:
     """ResNet-50 at 2x (stem + downsample excluded): vanilla vs optimized ranks vs granularities, inference + train."""
     import torchvision
@@ -599,12 +606,13 @@ def record_resnet50(out: Path, *, image_size: int = 128, batch: int = 8, device:
     model = torchvision.models.resnet50().eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     opt_fwd, traces_fwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, repeats=layer_repeats,
-                                        cache_dir=cache_dir)
+                                        rounds=search_rounds, cache_dir=cache_dir)
     plans = {"vanilla 2x": vanilla, "optimized (fwd)": opt_fwd}
     outputs = {"plan_fwd": opt_fwd, "traces_fwd": traces_fwd}
     if train:
         opt_bwd, traces_bwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, backward=True,
-                                            repeats=max(3, layer_repeats // 2), cache_dir=cache_dir)
+                                            repeats=max(3, layer_repeats // 2), rounds=max(1, search_rounds - 1),
+                                            cache_dir=cache_dir)
         plans["optimized (fwd+bwd)"] = opt_bwd
         outputs.update(plan_bwd=opt_bwd, traces_bwd=traces_bwd)
     for name, plan in granularity_plans(model, 2, granularities, PAPER_EXCLUDE, model_name="resnet50").items():
@@ -628,12 +636,15 @@ def record_resnet50(out: Path, *, image_size: int = 128, batch: int = 8, device:
                 "(time does not depend on values). speedup = median over interleaved rounds of original/variant "
                 "time; realised = (speedup-1)/(ideal-1), ideal = original FLOPs / variant FLOPs.",
         "command": f"python -m lrdlab.optimize --record {out} --only resnet50 --image-size {image_size} "
-                   f"--batch {batch} --rounds {rounds} --threads {torch.get_num_threads()}",
+                   f"--batch {batch} --rounds {rounds} --search-rounds {search_rounds} "
+                   f"--threads {torch.get_num_threads()}",
         "input_shape": list(shape), "machine": measure.machine_info(dev),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "settings": {"rounds": rounds, "inference": {"warmup": 1, "repeats": 3},
                      "train": {"warmup": 1, "repeats": 1, "optimizer": "SGD momentum 0.9", "labels": "random"},
-                     "search": {"lower": lower, "layer_repeats": layer_repeats, "granularity": 1}},
+                     "search": {"lower": lower, "granularity": 1, "forward": {"repeats": layer_repeats,
+                                "rounds": search_rounds}, "forward+backward": {"repeats": max(3, layer_repeats // 2),
+                                "rounds": max(1, search_rounds - 1)}, "warmup": 3}},
         "rows": table.to_dict(orient="records"),
         "t1": t1.to_dict(orient="records"),
     }
@@ -675,9 +686,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--record", type=Path, required=True, help="output directory, e.g. data/")
     p.add_argument("--only", choices=["resnet50", "f1"], default=None, help="one part (default: both)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the whole-model timing")
+    p.add_argument("--search-rounds", type=int, default=3, help="interleaved passes of the per-layer rank search")
     p.add_argument("--no-train", action="store_true", help="inference only")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -689,7 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrote", record_f1(args.record, device=args.device))
     if args.only in (None, "resnet50"):
         print("wrote", record_resnet50(args.record, image_size=args.image_size, batch=args.batch, device=args.device,
-                                       rounds=args.rounds, cache_dir=args.cache_dir, train=not args.no_train))
+                                       rounds=args.rounds, search_rounds=args.search_rounds,
+                                       cache_dir=args.cache_dir, train=not args.no_train))
     return 0
 
 
