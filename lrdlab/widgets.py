@@ -37,7 +37,7 @@ from .plan import make_plan
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 REFERENCE_LAYER_TIMES = DATA_DIR / "reference_layer_times.json"
-REFERENCE_FREEZING = DATA_DIR / "reference_freezing.csv"
+REFERENCE_FREEZING = DATA_DIR / "reference_freezing.json"
 RATIOS = (1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 GRANULARITIES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_MODEL, DEFAULT_LAYER = "resnet50", "layer4.1.conv2"
