@@ -345,8 +345,9 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     """F7: training and inference throughput of original, LRD, LRD + regular and + sequential freezing.
 
     Every variant's training step is timed interleaved with the others (``measure.compare``); the
-    sequential variant is timed once per phase (each phase trains a different factor) and its time
-    is the mean over phases, since every phase lasts equally long.
+    sequential variant is timed once per phase 0..L-1 (each phase trains a different factor; L is the
+    longest rotation, 3 for Tucker-2) and its time is the mean over those phases, since every phase
+    lasts equally long.
     """
     from .measure import compare
 
