@@ -441,6 +441,7 @@ def build_reference_layer_times(
     """
     from tqdm.auto import tqdm
 
+    load_before = os.getloadavg()
     cache = TimeCache(path=path, reference=None)
     lab = RankLab(cache=cache, batch=batch)
     layers = layers or [DEFAULT_LAYER]
@@ -461,6 +462,9 @@ def build_reference_layer_times(
     data["settings"] = {"batch": batch, "rounds": rounds, "warmup": 1, "repeats": 3, "interleaved": True,
                         "statistic": "median over rounds of the median of repeats", "dtype": "float32",
                         "model_weights": "random (time does not depend on values)"}
+    data["load_average_before"], data["load_average_after"] = list(load_before), list(os.getloadavg())
+    data["command"] = ("python -c \"import torch; torch.set_num_threads(1); from lrdlab.widgets import "
+                       f"build_reference_layer_times as b; b(layers={list(layers)!r}, rounds={rounds})\"")
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
     return path
 
