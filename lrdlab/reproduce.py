@@ -136,12 +136,24 @@ def stage_granularity(settings: Settings) -> dict[str, Any]:
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 
+def stage_freezing(settings: Settings) -> dict[str, Any]:
+    """F7/F8 (P2-style): ResNet-20 trained on the data, decomposed at 2x, fine-tuned with none/regular/sequential."""
+    from .train import STUDY_FULL, STUDY_QUICK, run_freezing_study
+
+    preset = STUDY_QUICK if settings.quick else STUDY_FULL
+    weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
+    result = run_freezing_study(model="resnet20", data=settings.data, device=settings.device, progress=True,
+                                save_original=weights, **preset)
+    return {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
+
+
 STAGES: list[tuple[str, str, Callable[[Settings], dict[str, Any]]]] = [
     ("paper_models", "ranks, layers, params and FLOPs of ResNet-50/101/152 at 2x", stage_paper_models),
     ("decompose_time", "time to decompose ResNet-50", stage_decompose_time),
     ("rank_time", "F1/F2: time vs Tucker rank of the [512,512,3,3] conv", stage_rank_time),
     ("optimize", "T1/F3: Algorithm 1 rank search on ResNet-152 and ResNet-50", stage_optimize),
     ("granularity", "F9: rank granularity sweep on ResNet-50", stage_granularity),
+    ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
 ]
 
 
@@ -243,6 +255,43 @@ def render_granularity(report, res: dict[str, Any]) -> None:
                  "realised = fraction of the FLOP-ideal speed-up.")
 
 
+def render_freezing(report, res: dict[str, Any], out: Path) -> None:
+    from . import plots
+    from .models import get_model as build
+
+    history = pd.DataFrame(res["history"])
+    throughput = pd.DataFrame(res["throughput"])
+    st = res["settings"]
+    report.heading("F7/F8 — freezing: throughput and convergence (ResNet-20 on the embedded data)")
+    report.text(f"ResNet-20 trained {st['epochs']} epochs on {st['data']} (subset {st.get('subset') or 'all'}), "
+                f"decomposed at {st['ratio']}x ({st['decomposed_layers']} layers), then fine-tuned "
+                f"{st['finetune_epochs']} epochs per freezing mode (period {st['period']} {st['unit']}).")
+    main = throughput[~throughput["technique"].str.contains(r"\[")]
+    report.figure(plots.plot_throughput(main), "F7_throughput",
+                  "F7: training and inference throughput by technique (timed interleaved; sequential = mean over "
+                  "its phases).")
+    report.table(main[["technique", "train_img_s", "train_speedup_pct", "infer_img_s", "infer_speedup_pct"]],
+                 "Speed-ups vs the original model, medians of interleaved per-round ratios.")
+    lrd = history[history["variant"] == "lrd"].copy()
+    orig = history[history["variant"] == "original"].copy()
+    report.figure(plots.plot_convergence(lrd), "F8_convergence",
+                  "F8: test accuracy and loss of the 2x model during fine-tuning, vs epoch and vs wall-clock "
+                  "seconds, per freezing mode.")
+    final = history[history["epoch"] == history.groupby("mode")["epoch"].transform("max")]
+    report.table(final[["mode", "epoch", "accuracy", "loss", "wall_s"]],
+                 f"Final test metrics (accuracy: top-1 %); the original reached {orig['accuracy'].iloc[-1]:.2f}%.")
+    weights = out / "cache" / "resnet20_trained.pt"
+    if weights.exists():
+        model = build("resnet20", num_classes=10)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        plan = make_plan(model, ratio=2)
+        names = [r.name for r in plan.decomposed_layers][:: max(1, len(plan.decomposed_layers) // 4)][:4]
+        fig = plots.plot_spectra(model, ranks_by_layer={n: plan[n].ranks[0] for n in names}, names=names)
+        report.heading("F10 — singular-value spectra of the trained ResNet-20")
+        report.figure(fig, "F10_spectra", "F10: normalised singular values (log) and cumulative energy per layer; "
+                      "markers: the 2x rank.")
+
+
 def environment_block(settings: Settings) -> dict[str, Any]:
     from .measure import machine_info
 
@@ -277,6 +326,8 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_optimize(report, results["optimize"])
     if "granularity" in results:
         render_granularity(report, results["granularity"])
+    if "freezing" in results:
+        render_freezing(report, results["freezing"], Path(settings.out))
     d = results["decompose_time"]
     report.text(f"Decomposing the {d['layers']} layers of ResNet-50 (HOSVD, 2x) takes {d['median_s']:.2f} s "
                 f"(median of 3, {d['threads']} threads).")

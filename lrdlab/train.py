@@ -404,9 +404,12 @@ def run_freezing_study(
     device: str = "cpu",
     bench_rounds: int = 5,
     out: str | Path | None = None,
+    save_original: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the original, decompose it at ``ratio``, fine-tune with each freezing mode; F7 + F8 data.
+
+    ``save_original`` writes the trained original's ``state_dict`` there (e.g. for spectra plots).
 
     The original is trained from scratch for ``epochs``; its trained weights are decomposed
     (``make_plan(ratio, exclude)``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
@@ -436,6 +439,9 @@ def run_freezing_study(
     histories = [fit(original, loaders.train, loaders.test, epochs, lr, device=device, seed=seed,
                      progress=progress, label="original").assign(variant="original", mode="original")]
     original = original.cpu().eval()
+    if save_original is not None:
+        Path(save_original).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(original.state_dict(), save_original)
     names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     exclude = [p for p in exclude or [] if any(fnmatch.fnmatchcase(n, p) for n in names)]  # paper's, where they apply
     plan = make_plan(original, ratio=ratio, exclude=exclude or None, model_name=model)
