@@ -329,8 +329,8 @@ def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="layer merging: bottlenecks Tucker-2 decomposed and merged back to 3 convs")
     _add_model_arguments(p)
     _add_plan_arguments(p)
-    p.add_argument("--bn", choices=["fold", "fresh", "exact"], default="fold",
-                   help="BN/ReLU between merged convs: fold (default), fresh (new BN), exact (no merge across ReLU)")
+    p.add_argument("--bn", choices=["fresh", "fold", "exact"], default="fresh",
+                   help="BN/ReLU between merged convs: fresh (new BN, default), fold (no BN), exact (no merge)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

@@ -99,15 +99,21 @@ def regular_freezing(model: nn.Module) -> nn.Module:
     return model
 
 
-def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> dict[str, nn.Module]:
-    """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``."""
+def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN, also: Sequence[str] = ()
+                     ) -> dict[str, nn.Module]:
+    """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``.
+
+    ``layer merging`` uses merge option ``bn``; each option in ``also`` adds a ``layer merging (bn=…)`` row.
+    """
     vanilla = decompose(model, plan)
-    return {
+    out = {
         "original": model,
         "vanilla LRD": vanilla,
         "layer freezing": regular_freezing(copy.deepcopy(vanilla)),
         "layer merging": merge_bottlenecks(model, plan, bn=bn),
     }
+    out.update({f"layer merging (bn={b})": merge_bottlenecks(model, plan, bn=b) for b in also if b != bn})
+    return out
 
 
 def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
@@ -144,15 +150,18 @@ def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], roun
 
 def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: int = 224, ratio: float = 2.0,
                      exclude: Sequence[str] = PAPER_EXCLUDE, bn: str = DEFAULT_BN, rounds: int = 3, warmup: int = 1,
-                     repeats: int = 2, speed: bool = True) -> dict[str, Any]:
-    """P1 Table 2 rows for ``model_name`` (random weights): structure, and measured speed when ``speed``."""
+                     repeats: int = 2, speed: bool = True, also: Sequence[str] = ("fold",)) -> dict[str, Any]:
+    """P1 Table 2 rows for ``model_name`` (random weights): structure, and measured speed when ``speed``.
+
+    The ``layer merging`` row uses merge option ``bn``; ``also`` adds rows for other options.
+    """
     from .measure import machine_info
     from .models import get_model
 
     torch.manual_seed(0)
     model = get_model(model_name).eval()
     plan = make_plan(model, ratio=ratio, exclude=list(exclude), model_name=model_name)
-    models = technique_models(model, plan, bn=bn)
+    models = technique_models(model, plan, bn=bn, also=also)
     shape = (batch, 3, image_size, image_size)
     rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]
     if speed:
@@ -364,7 +373,21 @@ def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 
     }
 
 
-# --- command line: python -m lrdlab.techniques {table,branch,accuracy} ------------------------------------
+def combine_branch_sweep(resnet: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Any]:
+    """F6 in one file: the large model's structure / speed sweep and the small model's accuracy sweep."""
+    return {
+        "what": "branched Tucker sweep (F6), N ∈ {1, 2, 4, 8} at the same ranks: core parameters ÷ N",
+        "large_model": {k: v for k, v in resnet.items() if k != "schema"},
+        "small_model": {
+            "what": "BottleneckNet on " + accuracy["base"]["data"] + ": accuracy before / after fine-tuning, speed",
+            "base": accuracy["base"], "plan": accuracy["plan"], "finetune": accuracy["finetune"],
+            "speed_input_shape": accuracy["speed_input_shape"], "machine": accuracy["machine"],
+            "command": accuracy.get("command"), "rows": accuracy["branch_rows"],
+        },
+    }
+
+
+# --- command line: python -m lrdlab.techniques {table,branch,accuracy,combine} -----------------------------
 
 
 SCHEMA = {
@@ -401,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     import time
 
     p = argparse.ArgumentParser(prog="python -m lrdlab.techniques", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["table", "branch", "accuracy"])
+    p.add_argument("what", choices=["table", "branch", "accuracy", "combine"],
+                   help="combine: --inputs BRANCH_JSON ACCURACY_JSON → one F6 file")
+    p.add_argument("--inputs", nargs=2, default=["data/branch_resnet50_cpu.json",
+                                                 "data/techniques_accuracy_mnist5k.json"])
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
@@ -421,8 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         result = techniques_table(args.model, args.batch, args.image_size, bn=args.bn, rounds=args.rounds)
     elif args.what == "branch":
         result = branch_sweep(args.model, batch=args.batch, image_size=args.image_size, rounds=args.rounds)
-    else:
+    elif args.what == "accuracy":
         result = accuracy_study(args.data, base_epochs=args.base_epochs, ft_epochs=args.ft_epochs, seeds=args.seeds)
+    else:
+        import json
+        from pathlib import Path
+
+        result = combine_branch_sweep(*(json.loads(Path(f).read_text()) for f in args.inputs))
     result["command"] = "python -m lrdlab.techniques " + " ".join(argv if argv is not None else sys.argv[1:])
     result["wall_s"] = time.perf_counter() - t0
     _write(result, args.out)

@@ -343,4 +343,4 @@ def test_cli_merge_resnet50_json(capsys):
     assert sum(b["merged"] for b in report["blocks"]) == 16
     rows = {r["method"]: r for r in report["rows"]}
     assert rows["original"]["layers"] == 50 and rows["vanilla LRD"]["layers"] == 115
-    assert rows["layer merging (bn=fold)"]["layers"] == 51  # 50 + the SVD-decomposed fc
+    assert rows["layer merging (bn=fresh)"]["layers"] == 51  # 50 + the SVD-decomposed fc
