@@ -2,8 +2,10 @@
 
 - :func:`technique_models` — original, vanilla LRD, layer freezing and layer merging of one model.
 - :func:`techniques_table` — their layers, params, FLOPs and measured train / inference speed-ups (T2).
-- :func:`branch_structures` / :func:`branch_sweep` — branched Tucker for N ∈ {1, 2, 4, 8} (F6).
-- :func:`merge_accuracy` — accuracy of each layer-merging BN option before and after a short fine-tune.
+- :func:`branch_structures` / :func:`branch_sweep` — branched Tucker for N ∈ {1, 2, 4, 8} (F6), at the same
+  ranks (:func:`with_branches`); :func:`block_diagonal_error` — the error the dropped off-diagonal blocks add.
+- :func:`accuracy_study` — accuracy of each layer-merging BN option and branch count, before and after
+  a short fine-tune, on a small trained model.
 - :func:`bottleneck_net` — a small Bottleneck ResNet that trains on a CPU in seconds.
 
 Every function returns plain JSON-able dicts (``rows`` plus the machine and settings), written under
