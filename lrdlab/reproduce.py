@@ -66,7 +66,7 @@ def weight_layers(model: nn.Module) -> int:
     )
 
 
-def stage_paper_models(settings: Settings) -> dict[str, Any]:
+def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T1 "2x ranks" and T2's structural columns (layers, params, FLOPs) for ResNet-50/101/152 at 224×224."""
     rows, ranks = [], {}
     for name in ("resnet50", "resnet101", "resnet152"):
@@ -84,7 +84,7 @@ def stage_paper_models(settings: Settings) -> dict[str, Any]:
     return {"models": rows, "resnet152_ranks": ranks, "flop_counter": FLOP_COUNTER}
 
 
-def stage_decompose_time(settings: Settings) -> dict[str, Any]:
+def stage_decompose_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """Wall time to decompose all bottleneck convs + fc of ResNet-50 at 2x with HOSVD (median of 3)."""
     model = get_model("resnet50").eval()
     plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE)
@@ -97,7 +97,7 @@ def stage_decompose_time(settings: Settings) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
-def stage_rank_time(settings: Settings) -> dict[str, Any]:
+def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F1/F2: the [512, 512, 3, 3] conv (ResNet-152 layer4, 7×7 input at 224 px) by Tucker-2 at r = 242…269."""
     from .optimize import rank_time_sweep
 
@@ -108,7 +108,7 @@ def stage_rank_time(settings: Settings) -> dict[str, Any]:
     return {"input_shape": list(shape), "sweep": df.to_dict(orient="records")}
 
 
-def stage_optimize(settings: Settings) -> dict[str, Any]:
+def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T1 optimized ranks and F3 traces: Algorithm 1 over ResNet-152 (and ResNet-50, sharing the shape cache)."""
     from .optimize import optimize_plan
 
@@ -127,7 +127,7 @@ def stage_optimize(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def stage_granularity(settings: Settings) -> dict[str, Any]:
+def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F9: ResNet-50 at 2x with ranks rounded to multiples of g, measured against the original."""
     from .optimize import granularity_sweep
 
@@ -136,7 +136,7 @@ def stage_granularity(settings: Settings) -> dict[str, Any]:
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 
-def stage_freezing(settings: Settings) -> dict[str, Any]:
+def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F7/F8 (P2-style): ResNet-20 trained on the data, decomposed at 2x, fine-tuned with none/regular/sequential."""
     from .train import STUDY_FULL, STUDY_QUICK, run_freezing_study
 
@@ -147,13 +147,48 @@ def stage_freezing(settings: Settings) -> dict[str, Any]:
     return {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
 
 
-STAGES: list[tuple[str, str, Callable[[Settings], dict[str, Any]]]] = [
+def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
+    from .plan import Plan
+    from .techniques import speed_columns, structure_row, technique_models
+
+    torch.manual_seed(0)
+    model = get_model("resnet50").eval()
+    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    models = technique_models(model, plan)
+    optimized = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
+    models = {**dict(list(models.items())[:2]), "optimized ranks": decompose(model, optimized),
+              **dict(list(models.items())[2:])}
+    count_shape = (1, 3, 224, 224)
+    rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
+    timing = speed_columns(models, settings.bench_shape, rounds=3 if settings.quick else 5, warmup=1,
+                           repeats=2 if settings.quick else 3)
+    for row in rows:
+        row.update(timing[row["method"]])
+    return {"input_shape": list(settings.bench_shape), "rows": rows}
+
+
+def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F6: branched Tucker N ∈ {1, 2, 4, 8} on ResNet-50 (structure, speed); accuracy on a small net in full mode."""
+    from .techniques import accuracy_study, branch_sweep
+
+    n, c, h, w = settings.bench_shape
+    out = {"resnet50": branch_sweep("resnet50", (1, 2, 4, 8), batch=n, image_size=h,
+                                    rounds=3 if settings.quick else 5)}
+    if not settings.quick:
+        out["accuracy"] = accuracy_study(data=settings.data, progress=True)
+    return out
+
+
+STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]]]] = [
     ("paper_models", "ranks, layers, params and FLOPs of ResNet-50/101/152 at 2x", stage_paper_models),
     ("decompose_time", "time to decompose ResNet-50", stage_decompose_time),
     ("rank_time", "F1/F2: time vs Tucker rank of the [512,512,3,3] conv", stage_rank_time),
     ("optimize", "T1/F3: Algorithm 1 rank search on ResNet-152 and ResNet-50", stage_optimize),
     ("granularity", "F9: rank granularity sweep on ResNet-50", stage_granularity),
     ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
+    ("techniques", "T2/F4/F5: each technique on ResNet-50, measured", stage_techniques),
+    ("branches", "F6: branched Tucker sweep", stage_branches),
 ]
 
 
@@ -171,7 +206,7 @@ def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
             continue
         print(f"[{i}/{len(stages)}] {what} …", flush=True)
         start = time.perf_counter()
-        results[name] = fn(settings)
+        results[name] = fn(settings, results)
         results[name]["_seconds"] = time.perf_counter() - start
         path.write_text(json.dumps(results[name], indent=1, default=str))
         print(f"      done in {results[name]['_seconds']:.0f} s", flush=True)
@@ -255,6 +290,75 @@ def render_granularity(report, res: dict[str, Any]) -> None:
                  "realised = fraction of the FLOP-ideal speed-up.")
 
 
+PAPER_METHODS = {"vanilla LRD": "vanilla", "optimized ranks": "optimized", "layer freezing": "freezing",
+                 "layer merging": "merging"}
+
+
+def table2(rows: list[dict[str, Any]], model: str = "resnet50") -> pd.DataFrame:
+    """P1 Table 2 for one model: the paper's numbers, this machine's, and their ratio (ours / paper)."""
+    out = []
+    for r in rows:
+        key = PAPER_METHODS.get(r["method"])
+        if key is None:
+            continue
+        layers, params, flops, train, infer = paper.TABLE2[(model, key)]
+        out.append({"method": r["method"], "layers (paper)": layers, "layers": r["layers"],
+                    "params % (paper)": params, "params %": r["params_pct"],
+                    "FLOPs % (paper)": flops, "FLOPs %": r["flops_pct"],
+                    "train speed-up % (paper)": train, "train speed-up %": r["train_speedup_pct"],
+                    "train ratio": r["train_speedup_pct"] / train,
+                    "infer speed-up % (paper)": infer, "infer speed-up %": r["inference_speedup_pct"],
+                    "infer ratio": r["inference_speedup_pct"] / infer})
+    return pd.DataFrame(out)
+
+
+def render_techniques(report, results: dict[str, Any]) -> None:
+    from . import plots
+
+    res = results["techniques"]
+    rows = res["rows"]
+    report.heading("T2 — ResNet-50: each technique's layers, params, FLOPs and measured speed-ups, paper vs lrdlab")
+    report.table(table2(rows), f"Speed-ups measured here on input {tuple(res['input_shape'])}, interleaved "
+                 "(median of per-round ratios vs the original); the paper's hardware, batch and precision are not "
+                 "stated. Ratio = this machine / paper. 'layer freezing' is regular freezing (training only: its "
+                 "inference model is vanilla LRD's).")
+    ours = pd.DataFrame([{"model": "this machine", "method": r["method"], "train_speedup_pct": r["train_speedup_pct"],
+                          "infer_speedup_pct": r["inference_speedup_pct"]} for r in rows if r["method"] != "original"])
+    theirs = pd.DataFrame([{"model": "paper", "method": m, "train_speedup_pct": paper.TABLE2[("resnet50", k)][3],
+                            "infer_speedup_pct": paper.TABLE2[("resnet50", k)][4]} for m, k in PAPER_METHODS.items()])
+    report.figure(plots.plot_speedup(pd.concat([theirs, ours], ignore_index=True),
+                                     title="Speed-up by technique, ResNet-50"), "F4_speedup",
+                  "F4: training and inference speed-up (%) by technique, the paper's beside this machine's.")
+    points = [{"method": r["method"], "flops_removed_pct": -r["flops_pct"], "speedup_pct": r["inference_speedup_pct"],
+               "model": "technique"} for r in rows if r["method"] != "original"]
+    if "granularity" in results:
+        points += [{"method": f"g={int(g['granularity'])}", "flops_removed_pct": g["flops_removed_pct"],
+                    "speedup_pct": g["speedup_pct"], "model": "granularity"} for g in results["granularity"]["sweep"]]
+    report.figure(plots.plot_speedup_vs_flops(pd.DataFrame(points)), "F5_speedup_vs_flops",
+                  "F5: measured inference speed-up vs FLOPs removed; the dashed line is the ideal (time ∝ FLOPs).")
+
+
+def render_branches(report, res: dict[str, Any]) -> None:
+    from . import plots
+
+    big = pd.DataFrame(res["resnet50"]["rows"])
+    big["time_ms"] = 1e3 * big["inference_s"]
+    report.heading("F6 — branched Tucker: N groups in the core at the same ranks")
+    report.figure(plots.plot_branch_sweep(big), "F6_branches",
+                  f"F6: ResNet-50 (ranks at 2x rounded to multiples of 8): params, FLOPs, relative weight error of "
+                  f"the block-diagonal core, inference time per batch {tuple(res['resnet50']['input_shape'])}.")
+    cols = ["branches", "params_pct", "flops_pct", "weight_rel_error", "inference_speedup_pct", "train_speedup_pct"]
+    report.table(big[cols], "% change vs the original; speed-ups interleaved against the original.")
+    if "accuracy" in res:
+        acc = pd.DataFrame(res["accuracy"]["branch_rows"])
+        report.table(acc[["branches", "params_pct", "acc_before", "acc_after"]],
+                     "Small Bottleneck net on the embedded data: accuracy before and after a short fine-tune.")
+    else:
+        report.text("Accuracy per branch count is measured in the full run (a small Bottleneck net trained and "
+                    "fine-tuned per N); the quick run skips it. A recorded run is in "
+                    "data/techniques_accuracy_mnist5k.json.")
+
+
 def render_freezing(report, res: dict[str, Any], out: Path) -> None:
     from . import plots
     from .models import get_model as build
@@ -326,6 +430,10 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_optimize(report, results["optimize"])
     if "granularity" in results:
         render_granularity(report, results["granularity"])
+    if "techniques" in results:
+        render_techniques(report, results)
+    if "branches" in results:
+        render_branches(report, results["branches"])
     if "freezing" in results:
         render_freezing(report, results["freezing"], Path(settings.out))
     d = results["decompose_time"]
