@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .paper import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
+
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name, e.g. resnet50 (see `lrdlab models`)")
@@ -64,7 +66,6 @@ def _plan_from_args(model, args: argparse.Namespace):
     )
 
 
-PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
 
 
 def stats_dict(model, decomposed, plan, input_shape) -> dict[str, Any]:

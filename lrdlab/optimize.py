@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from . import measure
 from .layers import build, describe
+from .paper import PAPER_EXCLUDE
 from .plan import Plan, apply_structure, check_plan, make_plan, params_of
 
 CACHE_DIR = Path("data/cache")
-PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
 TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
 
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from . import paper
-from .cli import PAPER_EXCLUDE
 from .counting import FLOP_COUNTER, count_flops, count_params, percent_change
 from .models import get_model
+from .paper import PAPER_EXCLUDE
 from .plan import decompose, make_plan, planned_structure
 
 

@@ -25,10 +25,8 @@ from torchvision.models.resnet import Bottleneck
 from . import factorize
 from .counting import FLOP_COUNTER, count_flops, count_params, percent_change
 from .merge import DEFAULT_BN, count_layers, merge_bottlenecks
+from .paper import PAPER_EXCLUDE
 from .plan import Plan, decompose, make_plan
-
-PAPER_EXCLUDE = ["conv1", "*.downsample.*"]  # the same as lrdlab.cli.PAPER_EXCLUDE (no CLI import here)
-
 
 # --- a small bottleneck model ----------------------------------------------------------------------------
 

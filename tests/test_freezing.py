@@ -10,14 +10,6 @@ from lrdlab.freezing import DEFAULT_ORDER, Freezer, layer_order, low_rank_layers
 from lrdlab.layers import decompose_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_decomposed(seed: int = 0) -> nn.Module:
     """conv3×3 (Tucker-2) → BN → conv1×1 (SVD) → pool → Linear (SVD) → Linear (kept)."""
     torch.manual_seed(seed)

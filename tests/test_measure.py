@@ -17,15 +17,6 @@ from lrdlab import measure
 from lrdlab.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, oversubscribed CPU, 2-thread ops wait on each other's time slices."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_timer(durations):
     """A clock whose successive (start, stop) readings are `durations` apart."""
     ticks = [0.0]

@@ -27,15 +27,6 @@ from lrdlab.optimize import (
 from lrdlab.plan import Plan
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, oversubscribed CPU, 2-thread ops wait on each other's time slices."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny() -> nn.Module:
     """Plan at ratio 2 (conv '0' excluded): '2' and '4' are 32→32 at rank 19, '6' 32→64 at 27, '9' Linear at 4."""
     torch.manual_seed(0)

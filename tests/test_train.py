@@ -17,14 +17,6 @@ from lrdlab.models import MODELS, get_model, input_size, load_weights
 from lrdlab.train import evaluate, fit, load_study, save_study
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return get_loaders("digits", 64)
