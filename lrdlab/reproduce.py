@@ -43,7 +43,7 @@ class Settings:
         """Whole-model timing input for the ResNet-50 speed tables (T2, F9)."""
         if self.gpu:
             return (64, 3, 224, 224)
-        return (4, 3, 112, 112) if self.quick else (8, 3, 224, 224)
+        return (8, 3, 112, 112) if self.quick else (8, 3, 224, 224)
 
     @property
     def layer_batch(self) -> int:
@@ -52,7 +52,12 @@ class Settings:
 
     @property
     def repeats(self) -> int:
-        return 5 if self.quick else 10
+        return 10
+
+    @property
+    def rounds(self) -> int:
+        """Interleaved A B A B … rounds of every comparison (more rounds: less noise)."""
+        return 3 if self.quick else 5
 
 
 # --- stages: computing (cached) -----------------------------------------------------------------------
@@ -104,7 +109,7 @@ def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, An
     ranks = list(range(paper.FIG2_CLIFF["ranks"][0], paper.FIG2_CLIFF["ranks"][1] + 1))
     shape = (settings.layer_batch * (8 if not settings.gpu else 1), 512, 7, 7)
     df = rank_time_sweep(512, 512, 3, ranks, shape, device=settings.device, repeats=settings.repeats,
-                         rounds=3, dtype="bf16" if settings.gpu else None)
+                         rounds=settings.rounds, dtype="bf16" if settings.gpu else None)
     return {"input_shape": list(shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -119,7 +124,7 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
         model = get_model(name).eval()
         plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
         optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
-                                          repeats=settings.repeats, cache_dir=cache_dir)
+                                          repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir)
         out[name] = {"plan": optimized.to_dict(), "traces": traces.to_dict(orient="records")}
     out["ranks"] = {row["name"]: ("ORG" if row["method"] is None else row["ranks"][0])
                     for row in out["resnet152"]["plan"]["layers"] if row["reason"].startswith(("optimized", "ORG"))}
@@ -132,7 +137,7 @@ def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, 
     from .optimize import granularity_sweep
 
     df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, device=settings.device,
-                           train=True, rounds=3 if settings.quick else 5)
+                           train=True, rounds=settings.rounds)
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -140,7 +145,8 @@ def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     """F7/F8 (P2-style): ResNet-20 trained on the data, decomposed at 2x, fine-tuned with none/regular/sequential."""
     from .train import STUDY_FULL, STUDY_QUICK, run_freezing_study
 
-    preset = STUDY_QUICK if settings.quick else STUDY_FULL
+    # quick: the whole embedded data set, shorter training (~2 min on 2 cores); full: the recorded study
+    preset = {**STUDY_QUICK, "epochs": 4, "subset": None} if settings.quick else STUDY_FULL
     weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
     result = run_freezing_study(model="resnet20", data=settings.data, device=settings.device, progress=True,
                                 save_original=weights, **preset)
@@ -161,8 +167,7 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
               **dict(list(models.items())[2:])}
     count_shape = (1, 3, 224, 224)
     rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
-    timing = speed_columns(models, settings.bench_shape, rounds=3 if settings.quick else 5, warmup=1,
-                           repeats=2 if settings.quick else 3)
+    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
     for row in rows:
         row.update(timing[row["method"]])
     return {"input_shape": list(settings.bench_shape), "rows": rows}
@@ -174,7 +179,7 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 
     n, c, h, w = settings.bench_shape
     out = {"resnet50": branch_sweep("resnet50", (1, 2, 4, 8), batch=n, image_size=h,
-                                    rounds=3 if settings.quick else 5)}
+                                    rounds=settings.rounds)}
     if not settings.quick:
         out["accuracy"] = accuracy_study(data=settings.data, progress=True)
     return out
