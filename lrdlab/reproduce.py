@@ -326,7 +326,8 @@ def render_techniques(report, results: dict[str, Any]) -> None:
     report.table(table2(rows), f"Speed-ups measured here on input {tuple(res['input_shape'])}, interleaved "
                  "(median of per-round ratios vs the original); the paper's hardware, batch and precision are not "
                  "stated. Ratio = this machine / paper. 'layer freezing' is regular freezing (training only: its "
-                 "inference model is vanilla LRD's).")
+                 "inference model is vanilla LRD's, so any gap between their inference columns is measurement "
+                 "noise — a fair gauge of it).")
     ours = pd.DataFrame([{"model": "this machine", "method": r["method"], "train_speedup_pct": r["train_speedup_pct"],
                           "infer_speedup_pct": r["inference_speedup_pct"]} for r in rows if r["method"] != "original"])
     theirs = pd.DataFrame([{"model": "paper", "method": m, "train_speedup_pct": paper.TABLE2[("resnet50", k)][3],
