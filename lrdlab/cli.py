@@ -40,6 +40,14 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="the paper's setting for ResNets: ratio 2, stem and downsample convs excluded")
 
 
+def _add_model_and_plan(p: argparse.ArgumentParser,
+                        plan_help: str = "a plan JSON (default: plan from the options above)") -> None:
+    """MODEL, the plan options, and ``--plan FILE`` to use a saved plan instead."""
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--plan", type=Path, help=plan_help)
+
+
 def _build(args: argparse.Namespace):
     from . import models
 
@@ -117,9 +125,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 # --- stats -----------------------------------------------------------------------------------------
 def _add_stats(sub) -> None:
     p = sub.add_parser("stats", help="params and FLOPs of the original and decomposed model")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
-    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    _add_model_and_plan(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -146,9 +152,7 @@ def _run_stats(args: argparse.Namespace) -> int:
 # --- decompose -------------------------------------------------------------------------------------
 def _add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="decompose a model and save plan.json + state_dict.pt")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
-    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    _add_model_and_plan(p)
     p.add_argument("--out", type=Path, required=True, help="directory for plan.json and state_dict.pt")
 
 
@@ -216,9 +220,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measured throughput of original vs decomposed model, beside the FLOP ideal")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
-    p.add_argument("--plan", type=Path, help="a plan JSON (default: plan from the options above)")
+    _add_model_and_plan(p)
     _add_speed_arguments(p)
     p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
@@ -243,9 +245,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 # --- optimize --------------------------------------------------------------------------------------
 def _add_optimize(sub) -> None:
     p = sub.add_parser("optimize", help="measured rank search (paper Algorithm 1): optimized plan + T1 table")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
-    p.add_argument("--plan", type=Path, help="a plan JSON to optimize (default: plan from the options above)")
+    _add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
     _add_speed_arguments(p, repeats=10)
     p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
     p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
@@ -278,9 +278,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 # --- train -----------------------------------------------------------------------------------------
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune (original or decomposed, with freezing); torchrun-ready")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
-    p.add_argument("--plan", type=Path, help="a plan JSON: decompose before training (or give --ratio etc.)")
+    _add_model_and_plan(p, "a plan JSON: decompose before training (or give --ratio etc.)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), digits, cifar10, imagenet:PATH")
     p.add_argument("--data-root", type=Path, help="CIFAR-10 folder holding cifar-10-batches-py/")
     p.add_argument("--cache-dir", type=Path, default=None, help="dataset cache (default data/cache)")
