@@ -1,19 +1,94 @@
 """lrdlab: low-rank decomposition of neural networks, measured and explorable.
 
-The everyday API is re-exported here; the modules hold the rest (see docs/architecture.md).
+The everyday API lives here; each name is imported from its stage only when first used, so
+``import lrdlab`` stays light (no plotting, widget or data-set libraries). The stages, in the order
+data flows through them (each imports only the ones before it; see docs/architecture.md):
+
+- :mod:`lrdlab.lowrank`  — ranks, decomposition methods, plans, low-rank layers, merging
+- :mod:`lrdlab.finetune` — freezing schedules and the training loop
+- :mod:`lrdlab.measure`  — params/FLOPs, timing, the measured rank search, sweeps, the cache
+- :mod:`lrdlab.zoo`      — models, data sets, trained reference weights
+- :mod:`lrdlab.explore`  — plots, labs and widgets
+- :mod:`lrdlab.paper`    — the papers' numbers, studies, the reproduction and its report
 """
 
-from .counting import count_flops, count_params
-from .data import get_loaders
-from .freezing import Freezer
-from .layers import LowRankLayer, decompose_layer
-from .models import get_model
-from .plan import LayerPlan, Plan, decompose, load_decomposed, make_plan, save_decomposed
-from .train import evaluate, fit, run_freezing_study
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_API = {
+    "LayerPlan": "lrdlab.lowrank.plan",
+    "Plan": "lrdlab.lowrank.plan",
+    "make_plan": "lrdlab.lowrank.plan",
+    "LowRankLayer": "lrdlab.lowrank.layers",
+    "decompose_layer": "lrdlab.lowrank.layers",
+    "decompose": "lrdlab.lowrank.decompose",
+    "save_decomposed": "lrdlab.lowrank.decompose",
+    "load_decomposed": "lrdlab.lowrank.decompose",
+    "merge_bottlenecks": "lrdlab.lowrank.merge",
+    "Freezer": "lrdlab.finetune.freezing",
+    "fit": "lrdlab.finetune.loop",
+    "evaluate": "lrdlab.finetune.loop",
+    "count_params": "lrdlab.measure.counting",
+    "count_flops": "lrdlab.measure.counting",
+    "compare": "lrdlab.measure.timing",
+    "optimize_plan": "lrdlab.measure.rank_search",
+    "bench_plan": "lrdlab.measure.sweeps",
+    "get_model": "lrdlab.zoo.models",
+    "get_loaders": "lrdlab.zoo.data",
+    "run_freezing_study": "lrdlab.paper.freezing_study",
+}
 
 __all__ = [
-    "Freezer", "LayerPlan", "LowRankLayer", "Plan", "count_flops", "count_params", "decompose", "decompose_layer",
-    "evaluate", "fit", "get_loaders", "get_model", "load_decomposed", "make_plan", "run_freezing_study",
+    "Freezer",
+    "LayerPlan",
+    "LowRankLayer",
+    "Plan",
+    "bench_plan",
+    "compare",
+    "count_flops",
+    "count_params",
+    "decompose",
+    "decompose_layer",
+    "evaluate",
+    "fit",
+    "get_loaders",
+    "get_model",
+    "load_decomposed",
+    "make_plan",
+    "merge_bottlenecks",
+    "optimize_plan",
+    "run_freezing_study",
     "save_decomposed",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lrdlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+if TYPE_CHECKING:  # static checkers see the real objects
+    from lrdlab.finetune.freezing import Freezer
+    from lrdlab.finetune.loop import evaluate, fit
+    from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
+    from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
+    from lrdlab.lowrank.merge import merge_bottlenecks
+    from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
+    from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.measure.rank_search import optimize_plan
+    from lrdlab.measure.sweeps import bench_plan
+    from lrdlab.measure.timing import compare
+    from lrdlab.paper.freezing_study import run_freezing_study
+    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.models import get_model

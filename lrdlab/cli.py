@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .paper import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
+from lrdlab.paper.numbers import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def _add_model_and_plan(p: argparse.ArgumentParser,
 
 
 def _build(args: argparse.Namespace):
-    from . import models
+    from lrdlab.zoo import models
 
     model = models.get_model(args.model, num_classes=args.num_classes).eval()
     c, h, w = models.input_size(args.model)
@@ -59,7 +59,7 @@ def _build(args: argparse.Namespace):
 
 
 def _plan_from_args(model, args: argparse.Namespace):
-    from .plan import make_plan
+    from lrdlab.lowrank.plan import make_plan
 
     exclude = list(args.exclude or [])
     ratio = args.ratio
@@ -78,7 +78,7 @@ def _plan_from_args(model, args: argparse.Namespace):
 
 def stats_dict(model, decomposed, plan, input_shape) -> dict[str, Any]:
     """The stable JSON report of a plan: layers, params and FLOPs of original and decomposed model."""
-    from .counting import FLOP_COUNTER, count_flops, count_params, percent_change
+    from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_params, percent_change
 
     p0, p1 = count_params(model), count_params(decomposed)
     f0, f1 = count_flops(model, input_shape), count_flops(decomposed, input_shape)
@@ -107,7 +107,7 @@ def _add_plan(sub) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .plan import planned_structure
+    from lrdlab.lowrank.decompose import planned_structure
 
     model, shape = _build(args)
     plan = _plan_from_args(model, args)
@@ -130,13 +130,13 @@ def _add_stats(sub) -> None:
 
 
 def _load_or_make_plan(model, args):
-    from .plan import Plan
+    from lrdlab.lowrank.plan import Plan
 
     return Plan.load(args.plan) if getattr(args, "plan", None) else _plan_from_args(model, args)
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from .plan import planned_structure
+    from lrdlab.lowrank.decompose import planned_structure
 
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
@@ -157,7 +157,7 @@ def _add_decompose(sub) -> None:
 
 
 def _run_decompose(args: argparse.Namespace) -> int:
-    from .plan import decompose, save_decomposed
+    from lrdlab.lowrank.decompose import decompose, save_decomposed
 
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
@@ -174,7 +174,7 @@ def _add_models(sub) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .models import MODELS
+    from lrdlab.zoo.models import MODELS
 
     for name, spec in MODELS.items():
         print(f"{name:16s} input {spec.input_size}  {spec.num_classes:5d} classes  {spec.description}")
@@ -191,8 +191,8 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
-    from .measure import check_device
-    from .reproduce import Settings, reproduce
+    from lrdlab.measure.timing import check_device
+    from lrdlab.paper.reproduce import Settings, reproduce
 
     check_device(args.device)
     out = args.out or Path("reports") / ("quick" if args.quick else "full")
@@ -230,7 +230,7 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .optimize import bench_plan, format_bench
+    from lrdlab.measure.sweeps import bench_plan, format_bench
 
     _set_threads(args)
     model, shape = _build(args)
@@ -250,13 +250,13 @@ def _add_optimize(sub) -> None:
     p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
     p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved timing passes per layer (default 1)")
-    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="layer-time cache (data/cache)")
+    p.add_argument("--cache-dir", default="auto", help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
     p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
     p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
-    from .optimize import optimize_plan, rank_table
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
 
     _set_threads(args)
     model, shape = _build(args)
@@ -281,7 +281,7 @@ def _add_train(sub) -> None:
     _add_model_and_plan(p, "a plan JSON: decompose before training (or give --ratio etc.)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), digits, cifar10, imagenet:PATH")
     p.add_argument("--data-root", type=Path, help="CIFAR-10 folder holding cifar-10-batches-py/")
-    p.add_argument("--cache-dir", type=Path, default=None, help="dataset cache (default data/cache)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data set cache (default: the lrdlab cache)")
     p.add_argument("--subset", type=int, help="use only this many training images")
     p.add_argument("--weights", help="start from this state_dict file (e.g. a trained original)")
     p.add_argument("--freeze", choices=["none", "regular", "sequential"], default="none")
@@ -300,9 +300,9 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from . import models
-    from .data import get_loaders
-    from .train import init_distributed, train_and_save
+    from lrdlab.finetune.loop import init_distributed, train_and_save
+    from lrdlab.zoo import models
+    from lrdlab.zoo.data import get_loaders
 
     init_distributed()
     c, h, _ = models.input_size(args.model)
@@ -334,9 +334,9 @@ def _add_merge(sub) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_bottlenecks, merge_report
-    from .plan import decompose
-    from .techniques import structure_row
+    from lrdlab.lowrank.decompose import decompose
+    from lrdlab.lowrank.merge import merge_bottlenecks, merge_report
+    from lrdlab.paper.techniques import structure_row
 
     model, shape = _build(args)
     plan = _plan_from_args(model, args)
@@ -355,6 +355,83 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- record ----------------------------------------------------------------------------------------
+def _add_record(sub) -> None:
+    p = sub.add_parser("record", help="re-record the shipped benchmarks and reference data (data/, explorers)")
+    what = p.add_subparsers(dest="what", required=True)
+    speed = what.add_parser("speed", help="ResNet-50 speed (vanilla/optimized/granularity) and the F1 sweep")
+    speed.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    speed.add_argument("--only", choices=["resnet50", "f1"], default=None, help="one part (default: both)")
+    speed.add_argument("--device", default="cpu")
+    speed.add_argument("--image-size", type=int, default=112)
+    speed.add_argument("--batch", type=int, default=8)
+    speed.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the whole-model timing")
+    speed.add_argument("--search-rounds", type=int, default=3, help="interleaved passes of the rank search")
+    speed.add_argument("--no-train", action="store_true", help="inference only")
+    speed.add_argument("--cache-dir", default="auto", help="layer-time cache (default: the lrdlab cache)")
+    tech = what.add_parser("techniques", help="P1 Table 2 (table), F6 (branch), accuracy study, combine")
+    tech.add_argument("study", choices=["table", "branch", "accuracy", "combine"])
+    tech.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    tech.add_argument("--inputs", nargs=2, default=["data/branch_resnet50_cpu.json",
+                                                    "data/techniques_accuracy_mnist5k.json"])
+    tech.add_argument("--model", default="resnet50")
+    tech.add_argument("--batch", type=int, default=8)
+    tech.add_argument("--image-size", type=int, default=224)
+    tech.add_argument("--rounds", type=int, default=3)
+    tech.add_argument("--bn", default="fresh", help="merge option for the table's layer-merging row")
+    tech.add_argument("--data", default="mnist5k")
+    tech.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    tech.add_argument("--base-epochs", type=int, default=5)
+    tech.add_argument("--ft-epochs", type=int, default=2)
+    ref = what.add_parser("reference-times", help="layer times the rank explorer ships with (this machine)")
+    ref.add_argument("--layers", nargs="+", default=None, help="resnet50 layers (default: layer4.1.conv2)")
+    ref.add_argument("--rounds", type=int, default=7)
+    study = what.add_parser("freezing", help="F7/F8: train ResNet-20, decompose, fine-tune with each freezing mode")
+    study.add_argument("--out", type=Path, default=Path("data/freezing_mnist5k.json"), help="JSON file to write")
+    study.add_argument("--quick", action="store_true", help="the quick study (2 epochs on 1,024 images)")
+    study.add_argument("--lr", type=float, default=0.1)
+    study.add_argument("--finetune-lr", type=float, default=0.02)
+    frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
+    frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
+    for q in (speed, tech, ref, study, frz):
+        q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from lrdlab.paper import record
+
+    _set_threads(args)
+    command = "lrdlab " + " ".join(sys.argv[1:])
+    if args.what == "speed":
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.only in (None, "f1"):
+            print("wrote", record.record_f1(args.out, device=args.device))
+        if args.only in (None, "resnet50"):
+            print("wrote", record.record_resnet50(args.out, image_size=args.image_size, batch=args.batch,
+                                                  device=args.device, rounds=args.rounds,
+                                                  search_rounds=args.search_rounds, cache_dir=args.cache_dir,
+                                                  train=not args.no_train))
+    elif args.what == "techniques":
+        record.record_techniques(args.study, args.out, model=args.model, batch=args.batch, image_size=args.image_size,
+                                 rounds=args.rounds, bn=args.bn, data=args.data, seeds=args.seeds,
+                                 base_epochs=args.base_epochs, ft_epochs=args.ft_epochs, inputs=args.inputs,
+                                 command=command)
+    elif args.what == "freezing":
+        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+
+        sizes = STUDY_QUICK if args.quick else STUDY_FULL
+        run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
+                           **sizes)
+        print("wrote", args.out)
+    elif args.what == "reference-times":
+        print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
+    else:
+        if not args.study.is_file():
+            raise ValueError(f"no study file {args.study}: produce one with run_freezing_study(out=...)")
+        print("wrote", record.build_reference_freezing(args.study))
+    return 0
+
+
 SUBCOMMANDS = {
     "plan": (_add_plan, _run_plan),
     "stats": (_add_stats, _run_stats),
@@ -365,6 +442,7 @@ SUBCOMMANDS = {
     "optimize": (_add_optimize, _run_optimize),
     "train": (_add_train, _run_train),
     "merge": (_add_merge, _run_merge),
+    "record": (_add_record, _run_record),
 }
 
 

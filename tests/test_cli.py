@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from lrdlab.cli import main
-from lrdlab.plan import load_decomposed
+from lrdlab.lowrank.decompose import load_decomposed
 
 REQUIRED_LAYER_FIELDS = {"name", "type", "in_channels", "out_channels", "kernel_size", "method", "ranks",
                          "params_before", "params_after", "reason"}

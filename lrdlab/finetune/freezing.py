@@ -1,0 +1,171 @@
+"""Freezing the factors of decomposed layers while fine-tuning (paper §3).
+
+- ``regular`` (P1): in each :class:`~lrdlab.lowrank.layers.LowRankLayer` train only ``core`` (Tucker-2) or
+  ``last`` (SVD, channel-SVD) and freeze the other factors, for the whole run.
+- ``sequential`` (P2; its schedule is not published — this is lrdlab's reading): at any time exactly
+  one factor of each decomposed layer is trainable, and which one rotates every ``period`` units of
+  training progress (epochs or iterations). Phase ``p = floor(progress / period)`` trains factor
+  ``order[p mod len(order)]``. Default order: SVD ``last → first`` (W1 ↔ W0), Tucker-2
+  ``core → first → last``. Every layer switches at the same moment.
+- ``none``: every factor trainable (plain fine-tuning).
+
+Non-decomposed layers, biases outside the factors, and BatchNorm stay trainable (``freeze_others``
+freezes them too). A factor is frozen as a whole (``last`` with its bias). Frozen parameters get
+``requires_grad=False`` and ``.grad = None``: autograd computes no weight gradient for them, and
+SGD / AdamW skip parameters whose gradient is ``None``, so neither weight decay nor momentum moves
+them. The phase depends only on ``progress``, so a resumed run lands in the same phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from lrdlab.lowrank.layers import LowRankLayer
+
+MODES = ("none", "regular", "sequential")
+UNITS = ("epoch", "iteration")
+DEFAULT_ORDER: dict[str, tuple[str, ...]] = {
+    "svd": ("last", "first"),
+    "channel_svd": ("last", "first"),
+    "tucker2": ("core", "first", "last"),
+}
+
+
+def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLayer]]:
+    """The decomposed layers of ``model`` (unwrapping DistributedDataParallel), in module order."""
+    model = getattr(model, "module", model)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LowRankLayer)]
+
+
+def regular_trainable(layer: LowRankLayer) -> str:
+    """The factor regular freezing trains: ``core`` if the layer has one, else ``last``."""
+    names = layer.factor_names()
+    return "core" if "core" in names else "last"
+
+
+def layer_order(layer: LowRankLayer, order: Sequence[str] | Mapping[str, Sequence[str]] | None) -> tuple[str, ...]:
+    """The rotation of factors for one layer: ``order`` by method (mapping), one list for all, or the default."""
+    names = layer.factor_names()
+    if order is None:
+        wanted = DEFAULT_ORDER.get(layer.method, tuple(reversed(names)))
+    elif isinstance(order, Mapping):
+        wanted = tuple(order.get(layer.method, DEFAULT_ORDER.get(layer.method, tuple(reversed(names)))))
+    else:
+        wanted = tuple(order)
+    unknown = [n for n in wanted if n not in ("first", "core", "last")]
+    if unknown:
+        raise ValueError(f"unknown factor names {unknown} in order; use 'first', 'core', 'last'")
+    result = tuple(n for n in wanted if n in names)
+    if not result:
+        raise ValueError(f"order {wanted} names no factor of a {layer.method} layer (factors {names})")
+    return result
+
+
+class Freezer:
+    """Which factors train, driven by training progress; shared by notebooks and :func:`lrdlab.fit`.
+
+    Call :meth:`update` with the progress (completed epochs or iterations, per ``unit``), or
+    :meth:`step` to advance by one unit; both apply the phase's ``requires_grad`` settings and return
+    whether they changed. ``fit`` calls :meth:`sync` before every batch.
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "none", period: int = 1, unit: str = "epoch",
+                 order: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+                 freeze_others: bool = False) -> None:
+        if mode not in MODES:
+            raise ValueError(f"freezing mode must be one of {MODES}, got {mode!r}")
+        if unit not in UNITS:
+            raise ValueError(f"freezing unit must be one of {UNITS}, got {unit!r}")
+        if not isinstance(period, int) or period < 1:
+            raise ValueError(f"freezing period must be a positive int, got {period!r}")
+        self.model, self.mode, self.period, self.unit = model, mode, period, unit
+        self.freeze_others = freeze_others
+        self.layers = low_rank_layers(model)
+        if mode != "none" and not self.layers:
+            raise ValueError(f"freezing mode {mode!r} needs a decomposed model (no LowRankLayer found); "
+                             "decompose it first or use mode='none'")
+        self.orders = {name: layer_order(layer, order) for name, layer in self.layers}
+        self.progress = 0
+        self._phase: int | None = None
+        self.apply()
+
+    # --- schedule --------------------------------------------------------------------------------
+    @property
+    def phase(self) -> int:
+        """The current phase: ``progress // period`` for sequential, 0 otherwise."""
+        return self.progress // self.period if self.mode == "sequential" else 0
+
+    def trainable_factors(self, phase: int | None = None) -> dict[str, tuple[str, ...]]:
+        """For each decomposed layer, the factor names trainable in ``phase`` (default: now)."""
+        phase = self.phase if phase is None else phase
+        out = {}
+        for name, layer in self.layers:
+            if self.mode == "none":
+                out[name] = tuple(layer.factor_names())
+            elif self.mode == "regular":
+                out[name] = (regular_trainable(layer),)
+            else:
+                order = self.orders[name]
+                out[name] = (order[phase % len(order)],)
+        return out
+
+    def apply(self) -> None:
+        """Set ``requires_grad`` (and drop gradients) as the current phase says."""
+        factor_params = set()
+        trainable = self.trainable_factors()
+        for name, layer in self.layers:
+            for factor_name, factor in layer.named_children():
+                for p in factor.parameters():
+                    factor_params.add(id(p))
+                    p.requires_grad_(factor_name in trainable[name])
+                    if factor_name not in trainable[name]:
+                        p.grad = None
+        for p in getattr(self.model, "module", self.model).parameters():
+            if id(p) not in factor_params:
+                p.requires_grad_(not self.freeze_others)
+                if self.freeze_others:
+                    p.grad = None
+        self._phase = self.phase
+
+    def update(self, progress: int) -> bool:
+        """Set the progress (completed units) and apply its phase; True when the trainable set changed."""
+        if progress < 0:
+            raise ValueError(f"progress must be >= 0, got {progress}")
+        self.progress = int(progress)
+        if self.phase == self._phase:
+            return False
+        self.apply()
+        return True
+
+    def step(self, n: int = 1) -> bool:
+        """Advance by ``n`` units (epochs or iterations, per ``unit``)."""
+        return self.update(self.progress + n)
+
+    def sync(self, epoch: int, iteration: int) -> bool:
+        """Follow the training loop: ``epoch`` completed epochs, ``iteration`` completed optimizer steps."""
+        return self.update(epoch if self.unit == "epoch" else iteration)
+
+    # --- reading ---------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Trainable and frozen parameter counts of the whole model right now."""
+        params = list(getattr(self.model, "module", self.model).parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return {"trainable": trainable, "frozen": sum(p.numel() for p in params) - trainable}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "period": self.period, "unit": self.unit, "progress": self.progress}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("mode", "period", "unit"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"checkpoint was trained with freezing {key}={state[key]!r}, not "
+                                 f"{getattr(self, key)!r}; use the same freezing settings to resume")
+        self._phase = None
+        self.update(state["progress"])
+
+    def __repr__(self) -> str:
+        extra = f", period={self.period}, unit={self.unit!r}" if self.mode == "sequential" else ""
+        return f"Freezer(mode={self.mode!r}{extra}, layers={len(self.layers)}, phase={self.phase})"

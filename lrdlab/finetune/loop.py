@@ -1,0 +1,346 @@
+"""Training and fine-tuning: ``fit`` / ``evaluate`` with freezing, checkpoints, resume and DDP.
+
+``fit`` works unchanged under ``torchrun --nproc_per_node=N``: call :func:`init_distributed` first
+(the CLI does), build the loaders with :func:`lrdlab.data.get_loaders` (a ``DistributedSampler``
+splits each global batch across ranks) and ``fit`` wraps the model in ``DistributedDataParallel``
+(gloo on CPU, NCCL on GPU). Only rank 0 writes checkpoints and shows progress bars.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from lrdlab.finetune.freezing import Freezer
+from lrdlab.zoo.data import world
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+# --- setup -------------------------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1); True when distributed.
+
+    Backend: ``nccl`` when CUDA is available, else ``gloo``. A no-op when not under torchrun.
+    """
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[int, int]:
+    """(top-1 correct, top-k correct) in a batch."""
+    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    hits = topk.eq(labels[:, None])
+    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu", progress: bool = False,
+             desc: str = "eval") -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) of ``model`` on ``loader``; summed over ranks when distributed.
+
+    Also returns ``images``, ``eval_s`` (wall time) and ``eval_img_s`` (inference throughput, including
+    data loading).
+    """
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    t0 = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0):
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        out = model(x)
+        loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+        c1, c5 = _correct(out, y, 5)
+        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    model.train(was_training)
+    loss_sum, top1, top5, n = _all_sum([loss_sum, top1, top5, n], dev)
+    if n == 0:
+        raise ValueError("evaluate got an empty loader")
+    return {"loss": loss_sum / n, "accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n),
+            "eval_s": seconds, "eval_img_s": n / seconds}
+
+
+# --- optimiser and schedule ------------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.05, momentum: float = 0.9,
+                   weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+    """SGD (Nesterov off) or AdamW over *all* parameters: frozen ones have ``grad=None`` and are skipped."""
+    params = list(model.parameters())
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, total_steps: int):
+    """Per-iteration LR schedule: OneCycle (default), cosine to zero, or constant (None)."""
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    if name == "constant":
+        return None
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename), so an interruption never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit` (a file you wrote: it holds pickled optimiser state)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _wrap_ddp(model: nn.Module, freezer: Freezer | None, device: torch.device) -> nn.Module:
+    """DDP that tolerates freezing: every parameter is registered (requires_grad on while wrapping),
+    and ``find_unused_parameters`` lets the frozen set change from step to step."""
+    freezing = freezer is not None and freezer.mode != "none"
+    if freezing:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=freezing)
+    if freezer is not None:
+        freezer.apply()
+    return ddp
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+
+def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, iteration, device, bar, clip):
+    net.train()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in bar(loader):
+        if freezer is not None:
+            freezer.sync(epoch, iteration)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = criterion(out, y)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        iteration += 1
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((out.detach().argmax(1) == y).sum())
+        n += len(y)
+    return loss_sum, correct, n, iteration
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    test_loader,
+    epochs: int,
+    lr: float = 0.05,
+    freezer: Freezer | None = None,
+    *,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "onecycle",
+    label_smoothing: float = 0.0,
+    clip_grad_norm: float | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    evaluate_start: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
+    label: str = "",
+) -> pd.DataFrame:
+    """Train ``model`` for ``epochs`` and return the history, one row per epoch.
+
+    Columns: ``epoch`` (1-based; 0 is the model before training when ``evaluate_start``), test
+    ``loss``, ``accuracy`` and ``top5`` (%), ``train_loss``, ``train_accuracy``, ``epoch_s`` (training
+    wall time of the epoch, evaluation excluded), ``wall_s`` (cumulative training seconds),
+    ``train_img_s`` (images / ``epoch_s``, all ranks), ``eval_img_s``, ``lr``, ``trainable_params``,
+    ``phase`` (freezing phase at the end of the epoch), ``world_size``, ``label``.
+
+    ``checkpoint``: a file rewritten after every epoch (model, optimiser, schedule, history, RNG).
+    ``resume=True`` continues from it — the same history, the same data order (the sampler is seeded
+    by epoch) and the same freezing phase — so an interruption loses at most the current epoch.
+    ``callbacks`` get each epoch's row (e.g. a live plot); an exception there stops training after
+    the checkpoint was written.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if freezer is not None and _unwrap(freezer.model) is not _unwrap(model):
+        raise ValueError("the freezer was built for another model; build it as Freezer(model, ...) for this one")
+    dev = torch.device(device)
+    rank, size = world()
+    set_seed(seed)
+    model.to(dev)
+    steps = len(train_loader)
+    opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
+    sched = make_scheduler(opt, schedule, lr, epochs * steps)
+    records: list[dict[str, Any]] = []
+    start, iteration = 0, 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = load_checkpoint(ckpt)
+        if state["epochs"] != epochs or state["steps_per_epoch"] != steps:
+            raise ValueError(f"checkpoint {ckpt} is for {state['epochs']} epochs of {state['steps_per_epoch']} "
+                             f"steps, not {epochs} of {steps}; resume with the same --epochs, data and batch")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        if freezer is not None and state.get("freezer"):
+            freezer.load_state_dict(state["freezer"])
+        records, start, iteration = list(state["history"]), state["epoch"], state["iteration"]
+        torch.set_rng_state(state["rng"])
+    net = _wrap_ddp(model, freezer, dev) if size > 1 else model
+    if freezer is not None:
+        freezer.sync(start, iteration)
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    show = progress and rank == 0
+    wall = records[-1]["wall_s"] if records else 0.0
+
+    def row(epoch: int, metrics: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+        counts = freezer.counts() if freezer is not None else {
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return {"epoch": epoch, "loss": metrics["loss"], "accuracy": metrics["accuracy"], "top5": metrics["top5"],
+                **extra, "wall_s": wall, "eval_img_s": metrics["eval_img_s"], "lr": opt.param_groups[0]["lr"],
+                "trainable_params": counts["trainable"], "phase": freezer.phase if freezer is not None else 0,
+                "world_size": size, "label": label}
+
+    if evaluate_start and not records:
+        empty = {"train_loss": float("nan"), "train_accuracy": float("nan"), "epoch_s": 0.0,
+                 "train_img_s": float("nan")}
+        records.append(row(0, evaluate(net, test_loader, dev), empty))
+    epoch_bar = tqdm(range(start, epochs), desc=label or "fit", disable=not show, initial=start, total=epochs)
+    for epoch in epoch_bar:
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        bar = partial(tqdm, desc=f"epoch {epoch + 1}", leave=False, total=steps, disable=not show)
+        _sync(dev)
+        t0 = time.perf_counter()
+        loss_sum, correct, n, iteration = _train_epoch(net, train_loader, opt, sched, criterion, freezer, epoch,
+                                                       iteration, dev, bar, clip_grad_norm)
+        _sync(dev)
+        seconds = time.perf_counter() - t0
+        wall += seconds
+        loss_sum, correct, n = _all_sum([loss_sum, correct, n], dev)
+        metrics = evaluate(net, test_loader, dev)
+        records.append(row(epoch + 1, metrics, {
+            "train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n, "epoch_s": seconds,
+            "train_img_s": n / seconds}))
+        epoch_bar.set_postfix(acc=f"{metrics['accuracy']:.2f}", loss=f"{metrics['loss']:.3f}",
+                              img_s=f"{n / seconds:.0f}")
+        if ckpt is not None and rank == 0:
+            save_checkpoint(ckpt, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "history": records,
+                "epoch": epoch + 1, "epochs": epochs, "steps_per_epoch": steps, "iteration": iteration,
+                "freezer": freezer.state_dict() if freezer is not None else None, "rng": torch.get_rng_state(),
+                "seed": seed,
+            })
+        for callback in callbacks:
+            callback(records[-1])
+    epoch_bar.close()
+    return pd.DataFrame(records)
+
+
+# --- one training run with its files (the ``lrdlab train`` command) ---------------------------------------
+
+
+def train_and_save(model: nn.Module, loaders, out: str | Path, *, plan=None, freeze: str = "none", period: int = 1,
+                   unit: str = "epoch", epochs: int = 6, lr: float = 0.05, resume: bool = False,
+                   device: str = "cpu", seed: int = 0, progress: bool = True, label: str = "",
+                   **fit_kw: Any) -> pd.DataFrame:
+    """Decompose ``model`` by ``plan`` (if given), fine-tune with freezing, and write into ``out``:
+
+    ``history.csv`` / ``history.json`` (the :func:`fit` history), ``checkpoint.pt`` (rewritten every
+    epoch; ``resume=True`` continues from it), and the trained weights — ``plan.json`` +
+    ``state_dict.pt`` (reload with :func:`lrdlab.load_decomposed`) or ``state_dict.pt`` alone.
+    Under torchrun only rank 0 writes.
+    """
+    from lrdlab.lowrank.decompose import decompose, save_decomposed
+
+    out = Path(out)
+    rank, _ = world()
+    if plan is not None:
+        model = decompose(model, plan, progress=progress and rank == 0)
+    freezer = Freezer(model, freeze, period=period, unit=unit) if freeze != "none" or plan is not None else None
+    history = fit(model, loaders.train, loaders.test, epochs, lr, freezer, device=device, seed=seed,
+                  checkpoint=out / "checkpoint.pt", resume=resume, evaluate_start=plan is not None,
+                  progress=progress, label=label, **fit_kw)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        history.to_csv(out / "history.csv", index=False)
+        history.to_json(out / "history.json", orient="records", indent=1)
+        model = model.cpu()
+        if plan is not None:
+            save_decomposed(model, plan, out)
+        else:
+            torch.save(model.state_dict(), out / "state_dict.pt")
+    return history

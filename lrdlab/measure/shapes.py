@@ -1,0 +1,43 @@
+"""shapes: moved from lrdlab.measure.rank_search."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lrdlab.measure import timing as measure
+
+# --- inputs of layers --------------------------------------------------------------------------------
+
+
+def layer_input_shapes(model: nn.Module, names: Sequence[str], example_input_shape: Sequence[int]) -> dict:
+    """The input shape each named layer sees on an example input (forward hooks; meta device, no compute)."""
+    shape = measure.check_shape(example_input_shape, "example_input_shape")
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def run(net: nn.Module, x: torch.Tensor) -> None:
+        hooks = []
+        for name in names:
+            def hook(mod, args, name=name):
+                seen.setdefault(name, tuple(args[0].shape))
+            hooks.append(net.get_submodule(name).register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                net.eval()(x)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    try:
+        run(copy.deepcopy(model).to("meta"), torch.empty(shape, device="meta"))
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: run it for real
+        seen.clear()
+        run(copy.deepcopy(model).cpu(), torch.randn(shape))
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f"layers {missing[:3]} were not called on an input of shape {shape}; "
+                         f"they cannot be timed (unused layers: exclude them from the plan)")
+    return seen

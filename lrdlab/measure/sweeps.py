@@ -1,0 +1,292 @@
+"""sweeps: moved from lrdlab.measure.rank_search."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm.auto import tqdm
+
+from lrdlab.lowrank.decompose import apply_structure, check_plan
+from lrdlab.lowrank.layers import build, describe
+from lrdlab.lowrank.plan import Plan, make_plan, params_of
+from lrdlab.measure import timing as measure
+from lrdlab.measure.machine import machine_info
+from lrdlab.paper.numbers import PAPER_EXCLUDE
+
+# --- models with random weights of a plan's shapes -------------------------------------------------
+
+
+def shaped_model(model: nn.Module, plan: Plan) -> nn.Module:
+    """A copy of ``model`` with the plan's structure and random factor weights (for timing only)."""
+    return apply_structure(copy.deepcopy(model), plan)
+
+
+def model_costs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    from lrdlab.measure.counting import count_flops, count_params
+
+    return {"params": count_params(model), "flops": count_flops(model, input_shape)}
+
+
+def speed_table(
+    model: nn.Module,
+    plans: dict[str, Plan],
+    input_shape: Sequence[int],
+    *,
+    device: str = "cpu",
+    train: bool = False,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 3,
+    train_warmup: int | None = None,
+    train_repeats: int | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+):
+    """Params, FLOPs and measured speed-up vs the original of each plan, all timed interleaved.
+
+    One row per plan (the original model is the baseline, not a row). Columns: name, layers, params,
+    flops, params_removed_pct, flops_removed_pct, ideal_speedup (original FLOPs / FLOPs), time_ms,
+    original_ms, speedup (×, median of per-round ratios), speedup_pct, speedup_q1/q3, throughput,
+    spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed ``train_``.
+    """
+    import pandas as pd
+
+    shape = measure.check_shape(input_shape)
+    base = model_costs(model, shape)
+    models, info = {"original": model}, {}
+    for name, plan in plans.items():
+        m = shaped_model(model, plan)
+        models[name] = m
+        info[name] = {"name": name, "layers": len(plan.decomposed_layers), **model_costs(m, shape)}
+    results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress)}
+    if train:
+        results["train"] = _compare(models, shape, "train", device, rounds,
+                                    warmup if train_warmup is None else train_warmup,
+                                    repeats if train_repeats is None else train_repeats, dtype, progress)
+    rows = []
+    for name, row in info.items():
+        ideal = measure.ideal_speedup(base["flops"], row["flops"])
+        out = {**row, "params_removed_pct": 100 * (1 - row["params"] / base["params"]),
+               "flops_removed_pct": 100 * (1 - row["flops"] / base["flops"]), "ideal_speedup": ideal}
+        for mode, df in results.items():
+            out.update(_speed_columns(df, name, "" if mode == "inference" else "train_", ideal))
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+                      exclude: Sequence[str] | None = tuple(PAPER_EXCLUDE), **plan_kw) -> dict[str, Plan]:
+    """``{"g=G": plan}``: a ratio plan with ranks rounded down to multiples of each G."""
+    names = [n for n, _ in model.named_modules()]
+    exclude = [p for p in (exclude or []) if any(_glob(n, p) for n in names)]
+    return {f"g={g}": make_plan(model, ratio=ratio, granularity=int(g), exclude=exclude or None, **plan_kw)
+            for g in granularities}
+
+
+def granularity_sweep(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    ratio: float = 2,
+    granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    exclude: Sequence[str] | None = tuple(PAPER_EXCLUDE),
+    *,
+    device: str = "cpu",
+    train: bool = False,
+    rounds: int = 5,
+    warmup: int = 1,
+    repeats: int = 3,
+    dtype: str | None = None,
+    progress: bool = True,
+    **plan_kw,
+):
+    """F9: for each granularity g, a ratio plan rounded to multiples of g; params, FLOPs and measured time.
+
+    The original and all g are timed interleaved (:func:`lrdlab.compare`). Columns: those of
+    :func:`speed_table` plus ``granularity``.
+    """
+    plans = granularity_plans(model, ratio, granularities, exclude, **plan_kw)
+    df = speed_table(model, plans, input_shape, device=device, train=train, rounds=rounds, warmup=warmup,
+                     repeats=repeats, dtype=dtype, progress=progress)
+    df.insert(0, "granularity", [int(g) for g in granularities])
+    return df
+
+
+def _glob(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress):
+    if progress:
+        print(f"timing {len(models)} models ({mode}, {rounds} interleaved rounds)", flush=True)
+    return measure.compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup,
+                           repeats=repeats, dtype=dtype)
+
+
+def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, float]:
+    r = df[df["name"] == name].iloc[0]
+    base = df.iloc[0]
+    return {
+        f"{prefix}time_ms": 1e3 * r["median_s"], f"{prefix}original_ms": 1e3 * base["median_s"],
+        f"{prefix}speedup": r["speedup_vs_first"], f"{prefix}speedup_pct": 100 * (r["speedup_vs_first"] - 1),
+        f"{prefix}speedup_q1": r["speedup_q1"], f"{prefix}speedup_q3": r["speedup_q3"],
+        f"{prefix}throughput": r["throughput"], f"{prefix}spread": r["spread"],
+        f"{prefix}realised": measure.realised_fraction(r["speedup_vs_first"], ideal),
+    }
+
+
+def rank_time_sweep(
+    C: int,
+    S: int,
+    k: int,
+    ranks: Sequence[int],
+    input_shape: Sequence[int],
+    *,
+    method: str = "tucker2",
+    device: str = "cpu",
+    backward: bool = False,
+    warmup: int = 3,
+    repeats: int = 10,
+    rounds: int = 3,
+    dtype: str | None = None,
+    stride: int = 1,
+    progress: bool = True,
+):
+    """F1/F2: time of one C→S k×k conv decomposed at each rank (Tucker-2 with r1 = r2 = r, or SVD forms).
+
+    ``input_shape`` is the layer's input (N, C, H, W). Ranks are timed in ``rounds`` interleaved
+    passes (with the original conv in each pass); per rank: median over all samples and quartiles.
+    Columns: rank, time_ms, time_lo_ms, time_hi_ms, original_ms, params, params_removed_pct.
+    """
+    import pandas as pd
+
+    shape = measure.check_shape(input_shape)
+    if shape[1] != C:
+        raise ValueError(f"input_shape {shape} must have C={C} channels")
+    dev = measure.check_device(device)
+    conv = nn.Conv2d(C, S, k, stride=stride, padding=k // 2, bias=False)
+    info = describe(conv)
+    layers = {"original": conv}
+    for r in ranks:
+        layers[r] = build(info, method, (r, r) if method == "tucker2" else (r,))
+    steps = {name: measure.layer_step(m, shape, dev, backward, dtype) for name, m in layers.items()}
+    samples: dict[Any, list[float]] = {name: [] for name in steps}
+    bar = tqdm(total=rounds * len(steps), desc=f"rank sweep [{S},{C},{k},{k}]", disable=not progress)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            samples[name].extend(measure.time_function(step, dev, warmup, repeats))
+            bar.update()
+    bar.close()
+    original_ms = 1e3 * statistics.median(samples["original"])
+    before = params_of(info, None, None)
+    rows = []
+    for r in ranks:
+        q1, med, q3 = measure.quartiles(samples[r])
+        after = params_of(info, method, [r, r] if method == "tucker2" else [r])
+        rows.append({"rank": r, "time_ms": 1e3 * med, "time_lo_ms": 1e3 * q1, "time_hi_ms": 1e3 * q3,
+                     "original_ms": original_ms, "params": after, "params_removed_pct": 100 * (1 - after / before)})
+    return pd.DataFrame(rows)
+
+
+# --- whole-model bench -------------------------------------------------------------------------------
+
+
+def bench_plan(
+    model: nn.Module,
+    plan: Plan,
+    input_shape: Sequence[int],
+    *,
+    device: str = "cpu",
+    train: bool = False,
+    rounds: int = 5,
+    warmup: int = 2,
+    repeats: int = 3,
+    dtype: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Original vs decomposed (plan structure, random factor weights) measured interleaved, with the FLOP ideal.
+
+    Returns a JSON-able report: machine, settings, params and FLOPs of both, the FLOP-ideal speed-up
+    (original FLOPs / decomposed FLOPs) and per mode (inference, and train with ``train``) the
+    median times, throughputs, the measured speed-up (median of per-round ratios, with quartiles)
+    and ``realised`` = (speed-up − 1) / (ideal − 1).
+    """
+    check_plan(model, plan)
+    shape = measure.check_shape(input_shape)
+    dev = measure.check_device(device)
+    decomposed = shaped_model(model, plan)
+    before, after = model_costs(model, shape), model_costs(decomposed, shape)
+    ideal = measure.ideal_speedup(before["flops"], after["flops"])
+    report: dict[str, Any] = {
+        "model": plan.model, "input_shape": list(shape), "machine": machine_info(dev),
+        "settings": {"rounds": rounds, "warmup": warmup, "repeats": repeats, "dtype": measure.check_dtype(dtype),
+                     "channels_last": channels_last, "compile": compile},
+        "layers_decomposed": len(plan.decomposed_layers),
+        "params": {"original": before["params"], "decomposed": after["params"]},
+        "flops": {"original": before["flops"], "decomposed": after["flops"]},
+        "ideal_speedup": ideal,
+    }
+    for mode in ["inference"] + (["train"] if train else []):
+        if progress:
+            print(f"timing original vs decomposed ({mode}, {rounds} interleaved rounds) …", flush=True)
+        df = measure.compare({"original": model, "decomposed": decomposed}, shape, mode=mode, rounds=rounds,
+                             device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype,
+                             channels_last=channels_last, compile=compile)
+        o, d = df.iloc[0], df.iloc[1]
+        report[mode] = {
+            "original_s": float(o["median_s"]), "decomposed_s": float(d["median_s"]),
+            "original_throughput": float(o["throughput"]), "decomposed_throughput": float(d["throughput"]),
+            "speedup": float(d["speedup_vs_first"]), "speedup_q1": float(d["speedup_q1"]),
+            "speedup_q3": float(d["speedup_q3"]), "spread_original": float(o["spread"]),
+            "spread_decomposed": float(d["spread"]),
+            "realised": measure.realised_fraction(float(d["speedup_vs_first"]), ideal),
+        }
+    return report
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """The bench report as a few lines of text."""
+    m = report["machine"]
+    lines = [
+        f"{report['model']}, input {tuple(report['input_shape'])}, {m['device']} ({m['device_name']}, "
+        f"{m['torch_threads']} threads), torch {m['torch_version']}",
+        f"params {report['params']['original']:,} → {report['params']['decomposed']:,}; "
+        f"FLOPs {report['flops']['original']:,} → {report['flops']['decomposed']:,}; "
+        f"FLOP-ideal speed-up ×{report['ideal_speedup']:.3f}",
+    ]
+    for mode in ("inference", "train"):
+        if mode not in report:
+            continue
+        r = report[mode]
+        lines.append(
+            f"{mode:9s}: original {r['original_throughput']:.1f}/s, decomposed {r['decomposed_throughput']:.1f}/s, "
+            f"speed-up ×{r['speedup']:.3f} (IQR {r['speedup_q1']:.3f}–{r['speedup_q3']:.3f}), "
+            f"{100 * r['realised']:.0f}% of the FLOP ideal realised"
+        )
+    return "\n".join(lines)
+
+
+
+
+# --- F1 / F2: the rank-time cliff ---------------------------------------------------------------
+
+
+def find_cliffs(rank_values: Sequence[int], times: Sequence[float], rel_jump: float = 0.05) -> list[int]:
+    """Ranks r whose time jumps by more than ``rel_jump`` (relative) above the next lower rank.
+
+    A "cliff" at r means t(r) − t(r_prev) > rel_jump · t(r_prev), with r_prev the next rank below.
+    """
+    r = np.asarray(rank_values)
+    t = np.asarray(times, dtype=np.float64)
+    order = np.argsort(r)
+    r, t = r[order], t[order]
+    jumps = np.diff(t) / np.maximum(t[:-1], 1e-12)
+    return [int(x) for x in r[1:][jumps > rel_jump]]

@@ -1,0 +1,229 @@
+"""``lrdlab reproduce``: the papers' tables and figures, measured on this machine, in one command.
+
+The study is a list of stages. Each stage computes plain results (JSON) once and caches them under
+``OUT/cache/``; an interrupted run resumes from the cache. Rendering (tables, figures, report) is
+redone from the cached results every time, so it is cheap and always consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from lrdlab.lowrank.decompose import decompose, planned_structure
+from lrdlab.lowrank.plan import make_plan
+from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_params, percent_change
+from lrdlab.paper import numbers as paper
+from lrdlab.paper.numbers import PAPER_EXCLUDE
+from lrdlab.paper.tables import render
+from lrdlab.zoo.models import get_model
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study runs on, and how big it is."""
+
+    quick: bool = True
+    device: str = "cpu"
+    data: str = "mnist5k"
+    out: str = "reports/quick"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def bench_shape(self) -> tuple[int, int, int, int]:
+        """Whole-model timing input for the ResNet-50 speed tables (T2, F9)."""
+        if self.gpu:
+            return (64, 3, 224, 224)
+        return (8, 3, 112, 112) if self.quick else (8, 3, 224, 224)
+
+    @property
+    def layer_batch(self) -> int:
+        """Batch of the per-layer searches (Algorithm 1, F1) at the paper's 224×224 activations."""
+        return 32 if self.gpu else (1 if self.quick else 4)
+
+    @property
+    def repeats(self) -> int:
+        return 10
+
+    @property
+    def rounds(self) -> int:
+        """Interleaved A B A B … rounds of every comparison (more rounds: less noise)."""
+        return 3 if self.quick else 5
+
+
+# --- stages: computing (cached) -----------------------------------------------------------------------
+
+
+def weight_layers(model: nn.Module) -> int:
+    """Conv/Linear layers on the main path (downsample shortcuts not counted, as the paper counts 50 for ResNet-50)."""
+    return sum(
+        isinstance(m, (nn.Conv2d, nn.Linear)) and ".downsample." not in f".{name}."
+        for name, m in model.named_modules()
+    )
+
+
+def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """T1 "2x ranks" and T2's structural columns (layers, params, FLOPs) for ResNet-50/101/152 at 224×224."""
+    rows, ranks = [], {}
+    for name in ("resnet50", "resnet101", "resnet152"):
+        model = get_model(name).eval()
+        plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
+        small = planned_structure(model, plan)
+        shape = (1, 3, 224, 224)
+        f0, f1 = count_flops(model, shape), count_flops(small, shape)
+        p0, p1 = count_params(model), count_params(small)
+        rows.append({"model": name, "layers_original": weight_layers(model), "layers": weight_layers(small),
+                     "params_pct": percent_change(p0, p1), "flops_pct": percent_change(f0, f1),
+                     "gflops_original": f0 / 1e9, "gmacs_original": f0 / 2e9})
+        if name == "resnet152":
+            ranks = {row.name: row.ranks for row in plan.layers if row.decomposed}
+    return {"models": rows, "resnet152_ranks": ranks, "flop_counter": FLOP_COUNTER}
+
+
+def stage_decompose_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """Wall time to decompose all bottleneck convs + fc of ResNet-50 at 2x with HOSVD (median of 3)."""
+    model = get_model("resnet50").eval()
+    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        decompose(model, plan, progress=False)
+        times.append(time.perf_counter() - start)
+    return {"times_s": times, "median_s": sorted(times)[1], "layers": len(plan.decomposed_layers),
+            "threads": torch.get_num_threads()}
+
+
+def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F1/F2: the [512, 512, 3, 3] conv (ResNet-152 layer4, 7×7 input at 224 px) by Tucker-2 at r = 242…269."""
+    from lrdlab.measure.sweeps import rank_time_sweep
+
+    ranks = list(range(paper.FIG2_CLIFF["ranks"][0], paper.FIG2_CLIFF["ranks"][1] + 1))
+    shape = (settings.layer_batch * (8 if not settings.gpu else 1), 512, 7, 7)
+    df = rank_time_sweep(512, 512, 3, ranks, shape, device=settings.device, repeats=settings.repeats,
+                         rounds=settings.rounds, dtype="bf16" if settings.gpu else None)
+    return {"input_shape": list(shape), "sweep": df.to_dict(orient="records")}
+
+
+def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """T1 optimized ranks and F3 traces: Algorithm 1 over ResNet-152 (and ResNet-50, sharing the shape cache)."""
+    from lrdlab.measure.rank_search import optimize_plan
+
+    out: dict[str, Any] = {}
+    cache_dir = Path(settings.out) / "cache" / "layer_times"
+    shape = (settings.layer_batch, 3, 224, 224)
+    for name in ("resnet152", "resnet50"):
+        model = get_model(name).eval()
+        plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
+        optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
+                                          repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir)
+        out[name] = {"plan": optimized.to_dict(), "traces": traces.to_dict(orient="records")}
+    out["ranks"] = {row["name"]: ("ORG" if row["method"] is None else row["ranks"][0])
+                    for row in out["resnet152"]["plan"]["layers"] if row["reason"].startswith(("optimized", "ORG"))}
+    out["input_shape"] = list(shape)
+    return out
+
+
+def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F9: ResNet-50 at 2x with ranks rounded to multiples of g, measured against the original."""
+    from lrdlab.measure.sweeps import granularity_sweep
+
+    df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, device=settings.device,
+                           train=True, rounds=settings.rounds)
+    return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
+
+
+def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F7/F8 (P2-style): ResNet-20 trained on the data, decomposed at 2x, fine-tuned with none/regular/sequential."""
+    from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+
+    # quick: the whole embedded data set, shorter training (~2 min on 2 cores); full: the recorded study
+    preset = {**STUDY_QUICK, "epochs": 4, "subset": None} if settings.quick else STUDY_FULL
+    weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
+    result = run_freezing_study(model="resnet20", data=settings.data, device=settings.device, progress=True,
+                                save_original=weights, **preset)
+    return {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
+
+
+def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
+    from lrdlab.lowrank.plan import Plan
+    from lrdlab.paper.techniques import speed_columns, structure_row, technique_models
+
+    torch.manual_seed(0)
+    model = get_model("resnet50").eval()
+    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    models = technique_models(model, plan)
+    optimized = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
+    models = {**dict(list(models.items())[:2]), "optimized ranks": decompose(model, optimized),
+              **dict(list(models.items())[2:])}
+    count_shape = (1, 3, 224, 224)
+    rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
+    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
+    for row in rows:
+        row.update(timing[row["method"]])
+    return {"input_shape": list(settings.bench_shape), "rows": rows}
+
+
+def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F6: branched Tucker N ∈ {1, 2, 4, 8} on ResNet-50 (structure, speed); accuracy on a small net in full mode."""
+    from lrdlab.paper.techniques import accuracy_study, branch_sweep
+
+    n, c, h, w = settings.bench_shape
+    out = {"resnet50": branch_sweep("resnet50", (1, 2, 4, 8), batch=n, image_size=h,
+                                    rounds=settings.rounds)}
+    if not settings.quick:
+        out["accuracy"] = accuracy_study(data=settings.data, progress=True)
+    return out
+
+
+STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]]]] = [
+    ("paper_models", "ranks, layers, params and FLOPs of ResNet-50/101/152 at 2x", stage_paper_models),
+    ("decompose_time", "time to decompose ResNet-50", stage_decompose_time),
+    ("rank_time", "F1/F2: time vs Tucker rank of the [512,512,3,3] conv", stage_rank_time),
+    ("optimize", "T1/F3: Algorithm 1 rank search on ResNet-152 and ResNet-50", stage_optimize),
+    ("granularity", "F9: rank granularity sweep on ResNet-50", stage_granularity),
+    ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
+    ("techniques", "T2/F4/F5: each technique on ResNet-50, measured", stage_techniques),
+    ("branches", "F6: branched Tucker sweep", stage_branches),
+]
+
+
+def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
+    """Run (or load from the cache) every stage, printing progress; returns {stage: results}."""
+    cache = Path(settings.out) / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    results = {}
+    stages = STAGES if stages is None else stages
+    for i, (name, what, fn) in enumerate(stages, 1):
+        path = cache / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            print(f"[{i}/{len(stages)}] {what}: cached ({path})", flush=True)
+            continue
+        print(f"[{i}/{len(stages)}] {what} …", flush=True)
+        start = time.perf_counter()
+        results[name] = fn(settings, results)
+        results[name]["_seconds"] = time.perf_counter() - start
+        path.write_text(json.dumps(results[name], indent=1, default=str))
+        print(f"      done in {results[name]['_seconds']:.0f} s", flush=True)
+    return results
+
+
+def reproduce(settings: Settings) -> Path:
+    """Run the whole study (resuming from the cache) and write the report; returns report.md's path."""
+    torch.manual_seed(0)
+    results = run_stages(settings)
+    path = render(settings, results)
+    print(f"report: {path}  (and {path.with_suffix('.html')})")
+    return path

@@ -1,0 +1,347 @@
+"""P1 Table 2 and the branched-Tucker sweep (F6): each structural technique measured against the original.
+
+- :func:`technique_models` — original, vanilla LRD, layer freezing and layer merging of one model.
+- :func:`techniques_table` — their layers, params, FLOPs and measured train / inference speed-ups (T2).
+- :func:`branch_structures` / :func:`branch_sweep` — branched Tucker for N ∈ {1, 2, 4, 8} (F6), at the same
+  ranks (:func:`with_branches`); :func:`block_diagonal_error` — the error the dropped off-diagonal blocks add.
+- :func:`accuracy_study` — accuracy of each layer-merging BN option and branch count, before and after
+  a short fine-tune, on a small trained model.
+- :func:`bottleneck_net` — a small Bottleneck ResNet that trains on a CPU in seconds.
+
+Every function returns plain JSON-able dicts (``rows`` plus the machine and settings), written under
+``data/`` by ``lrdlab record techniques`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrdlab.lowrank import factorize
+from lrdlab.lowrank.decompose import decompose
+from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
+from lrdlab.lowrank.plan import Plan, make_plan
+from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
+from lrdlab.paper.numbers import PAPER_EXCLUDE
+from lrdlab.zoo.cifar_models import bottleneck_net
+
+# --- the techniques of P1 Table 2 ----------------------------------------------------------------------------
+
+
+def with_branches(plan: Plan, branches: int) -> Plan:
+    """A copy of ``plan`` whose Tucker-2 rows use ``branches`` groups at the *same* ranks (core params ÷ N)."""
+    out = copy.deepcopy(plan)
+    for row in out.layers:
+        if row.method != "tucker2":
+            continue
+        r1, r2 = row.ranks
+        if r1 % branches or r2 % branches:
+            raise ValueError(f"layer {row.name!r}: ranks {row.ranks} are not multiples of {branches} branches; "
+                             f"make the plan with granularity={branches} (or a multiple)")
+        k2 = row.kernel_size[0] * row.kernel_size[1]
+        row.params_after += k2 * r1 * r2 // branches - k2 * r1 * r2 // row.branches
+        row.branches = branches
+    out.settings = {**out.settings, "branches": branches}
+    return out
+
+
+def regular_freezing(model: nn.Module) -> nn.Module:
+    """``model`` (decomposed) with P1's regular freezing applied: only the SVD ``last`` / Tucker ``core`` train."""
+    from lrdlab.finetune.freezing import Freezer
+
+    Freezer(model, mode="regular")
+    return model
+
+
+def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN, also: Sequence[str] = ()
+                     ) -> dict[str, nn.Module]:
+    """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``.
+
+    ``layer merging`` uses merge option ``bn``; each option in ``also`` adds a ``layer merging (bn=…)`` row.
+    """
+    vanilla = decompose(model, plan)
+    out = {
+        "original": model,
+        "vanilla LRD": vanilla,
+        "layer freezing": regular_freezing(copy.deepcopy(vanilla)),
+        "layer merging": merge_bottlenecks(model, plan, bn=bn),
+    }
+    out.update({f"layer merging (bn={b})": merge_bottlenecks(model, plan, bn=b) for b in also if b != bn})
+    return out
+
+
+def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """Layers (P1's count), params and forward FLOPs of ``model``, and their % change vs ``original``."""
+    p0, p1 = count_params(original), count_params(model)
+    f0, f1 = count_flops(original, input_shape), count_flops(model, input_shape)
+    return {
+        "method": name, "layers": count_layers(model), "params": p1, "params_pct": percent_change(p0, p1),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops": f1, "flops_pct": percent_change(f0, f1),
+    }
+
+
+def _speedups(models: dict[str, nn.Module], shape, mode: str, rounds: int, warmup: int, repeats: int):
+    from lrdlab.measure.timing import compare
+
+    frame = compare(models, shape, mode=mode, rounds=rounds, warmup=warmup, repeats=repeats)
+    return {r["name"]: r for r in frame.to_dict("records")}
+
+
+def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], rounds: int = 3, warmup: int = 1,
+                  repeats: int = 2, modes: Sequence[str] = ("train", "inference")) -> dict[str, dict[str, Any]]:
+    """Measured train / inference time and speed-up % vs the first model (interleaved, lrdlab.compare)."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for mode in modes:
+        p = "infer" if mode == "inference" else mode  # the results vocabulary: infer_*, train_*
+        for name, r in _speedups(models, input_shape, mode, rounds, warmup, repeats).items():
+            out[name].update({
+                f"{p}_s": r["median_s"], f"{p}_img_s": r["throughput"],
+                f"{p}_speedup_pct": 100.0 * (r["speedup_vs_first"] - 1),
+                f"{p}_speedup_iqr_pct": [100.0 * (r["speedup_q1"] - 1), 100.0 * (r["speedup_q3"] - 1)],
+            })
+    return out
+
+
+def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: int = 224, ratio: float = 2.0,
+                     exclude: Sequence[str] = PAPER_EXCLUDE, bn: str = DEFAULT_BN, rounds: int = 3, warmup: int = 1,
+                     repeats: int = 2, speed: bool = True, also: Sequence[str] = ("fold",)) -> dict[str, Any]:
+    """P1 Table 2 rows for ``model_name`` (random weights): structure, and measured speed when ``speed``.
+
+    The ``layer merging`` row uses merge option ``bn``; ``also`` adds rows for other options.
+    """
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(model_name).eval()
+    plan = make_plan(model, ratio=ratio, exclude=list(exclude), model_name=model_name)
+    models = technique_models(model, plan, bn=bn, also=also)
+    shape = (batch, 3, image_size, image_size)
+    rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]
+    if speed:
+        timing = speed_columns(models, shape, rounds, warmup, repeats)
+        for row in rows:
+            row.update(timing[row["method"]])
+    return {
+        "what": f"P1 Table 2 rows for {model_name}: % change vs the original (random weights, structure and speed)",
+        "model": model_name, "input_shape": list(shape), "ratio": ratio, "exclude": list(exclude),
+        "merge_bn": bn, "flop_counter": FLOP_COUNTER,
+        "speed": {"harness": "lrdlab.compare (interleaved, median of per-round ratios)", "rounds": rounds,
+                  "warmup": warmup, "repeats": repeats, "train_step": "forward + backward + SGD step, random labels"}
+        if speed else None,
+        "machine": machine_info("cpu"), "rows": rows,
+    }
+
+
+# --- branched Tucker -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def block_diagonal_error(module: nn.Conv2d, ranks: Sequence[int], branches: int, tucker: str = "hosvd") -> dict:
+    """Relative weight error of Tucker-2 at ``ranks`` with the core cut to ``branches`` diagonal blocks.
+
+    Returns ``weight_rel_error`` ‖W − Ŵ_N‖/‖W‖, ``tucker_rel_error`` (N = 1, the rank truncation alone)
+    and ``core_energy_dropped`` (share of the core's ‖·‖² in the dropped off-diagonal blocks).
+    """
+    W = module.weight.detach().double()
+    u_in, core, u_out = factorize.tucker2_factors(W, ranks[0], ranks[1], method=tucker)
+    blocks = factorize.block_diagonal_core(core, branches)
+    r2, r1 = core.shape[:2]
+    b1, b2 = r1 // branches, r2 // branches
+    cut = torch.zeros_like(core)
+    for g in range(branches):
+        cut[g * b2:(g + 1) * b2, g * b1:(g + 1) * b1] = blocks[g * b2:(g + 1) * b2]
+    norm = W.norm()
+    return {
+        "weight_rel_error": ((W - factorize.reconstruct_tucker2(u_in, cut, u_out)).norm() / norm).item(),
+        "tucker_rel_error": ((W - factorize.reconstruct_tucker2(u_in, core, u_out)).norm() / norm).item(),
+        "core_energy_dropped": (1 - blocks.norm() ** 2 / core.norm() ** 2).item() if core.norm() > 0 else 0.0,
+    }
+
+
+def branch_structures(model: nn.Module, plan: Plan, branches: Sequence[int], input_shape: Sequence[int],
+                      ) -> tuple[dict[int, nn.Module], list[dict[str, Any]]]:
+    """Decomposed models with each branch count at the plan's ranks, and their structure rows.
+
+    Each row: ``branches``, params / FLOPs (and % vs the original), the mean relative weight error
+    of the Tucker layers (``weight_rel_error``, N = 1 is Tucker alone) and ``core_energy_dropped``.
+    """
+    models, rows = {}, []
+    tucker = [r for r in plan.layers if r.method == "tucker2"]
+    for n in branches:
+        p = with_branches(plan, n)
+        models[n] = decompose(model, p)
+        errors = [block_diagonal_error(model.get_submodule(r.name), r.ranks, n) for r in tucker]
+        row = structure_row(f"N={n}", models[n], model, input_shape)
+        row.update(branches=n, tucker_layers=len(tucker),
+                   weight_rel_error=sum(e["weight_rel_error"] for e in errors) / max(len(errors), 1),
+                   core_energy_dropped=sum(e["core_energy_dropped"] for e in errors) / max(len(errors), 1))
+        rows.append(row)
+    return models, rows
+
+
+# --- accuracy on a small model -----------------------------------------------------------------------------
+
+
+def _evaluate(model: nn.Module, loader) -> float:
+    from lrdlab.finetune.loop import evaluate
+
+    return evaluate(model, loader)["accuracy"]
+
+
+def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
+               **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.data.get_loaders``); returns model, loaders, summary."""
+    from lrdlab.finetune.loop import fit, set_seed
+    from lrdlab.zoo.data import get_loaders
+
+    loaders = get_loaders(data, batch_size=batch, seed=seed)
+    set_seed(seed)
+    model = bottleneck_net(num_classes=loaders.num_classes, in_channels=loaders.input_size[0], **net_kw)
+    history = fit(model, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="base")
+    model.eval()
+    summary = {"data": data, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "net": net_kw,
+               "accuracy": float(history["accuracy"].iloc[-1]), "train_s": float(history["wall_s"].iloc[-1]),
+               "input_shape": list(loaders.input_size)}
+    return model, loaders, summary
+
+
+def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
+    """Accuracy before and after fine-tuning a copy of ``model`` for ``epochs`` (OneCycle SGD)."""
+    from lrdlab.finetune.loop import fit
+
+    before = _evaluate(model, loaders.test)
+    net = copy.deepcopy(model)
+    sampler = getattr(loaders.train, "sampler", None)
+    order = getattr(sampler, "seed", None)
+    if order is not None:  # the seed also picks the data order (fine-tuning is otherwise deterministic)
+        sampler.seed = seed
+    try:
+        history = fit(net, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="finetune")
+    finally:
+        if order is not None:
+            sampler.seed = order
+    return {"acc_before": before, "acc_after": float(history["accuracy"].iloc[-1]),
+            "acc_curve": [float(a) for a in history["accuracy"]], "finetune_s": float(history["wall_s"].iloc[-1])}
+
+
+def merge_variants(model: nn.Module, plan: Plan, calibration: list[torch.Tensor]) -> dict[str, nn.Module]:
+    """The layer-merging options to compare: each ``bn`` mode (``fresh`` with and without calibration)."""
+    return {
+        "vanilla LRD (= merge bn='exact')": merge_bottlenecks(model, plan, bn="exact"),
+        "merge bn='fold'": merge_bottlenecks(model, plan, bn="fold"),
+        "merge bn='fresh', calibrated": merge_bottlenecks(model, plan, bn="fresh", calibration=calibration),
+        "merge bn='fresh', identity stats": merge_bottlenecks(model, plan, bn="fresh"),
+    }
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    import statistics
+
+    out: dict[str, Any] = {"seeds": len(runs)}
+    for key in ("acc_before", "acc_after", "finetune_s"):
+        vals = [r[key] for r in runs]
+        out[key] = statistics.mean(vals)
+        out[f"{key}_min"], out[f"{key}_max"] = min(vals), max(vals)
+    out["runs"] = runs
+    return out
+
+
+def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int = 2, ft_lr: float = 0.01,
+                   seeds: Sequence[int] = (0, 1, 2), branches: Sequence[int] = (1, 2, 4, 8), granularity: int = 8,
+                   calib_batches: int = 8, ratio: float = 2.0, exclude: Sequence[str] = PAPER_EXCLUDE,
+                   speed_rounds: int = 5, progress: bool = True, net: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Layer-merging options and branch counts on a small Bottleneck net: accuracy before / after fine-tuning.
+
+    One base model is trained; the plan (ratio 2, ranks rounded to multiples of ``granularity`` so every
+    branch count divides them) is shared by all variants; each variant is fine-tuned ``ft_epochs``
+    once per seed. Branch variants also get measured inference / train speed (batch of the loaders).
+    """
+    from tqdm.auto import tqdm
+
+    from lrdlab.measure.machine import machine_info
+
+    net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
+    base, loaders, summary = train_base(data, base_epochs, **net)
+    plan = make_plan(base, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name="bottleneck_net")
+    calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
+    variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
+    bmodels, brows = branch_structures(base, plan, branches, (1, *loaders.input_size))
+    variants.update({f"branches N={n}": m for n, m in bmodels.items()})
+    rows = {name: structure_row(name, m, base, (1, *loaders.input_size)) for name, m in variants.items()}
+    vanilla = next(n for n in variants if n.startswith("vanilla"))
+    for name, m in tqdm(variants.items(), desc="accuracy study", disable=not progress):
+        if name == "branches N=1":  # the very same model as vanilla LRD (tested): same numbers
+            rows[name].update({k: v for k, v in rows[vanilla].items() if k not in ("method",)})
+            rows[name]["same_model_as"] = vanilla
+            continue
+        rows[name].update(_summarise([finetune(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
+    shape = (loaders.train.batch_size, *loaders.input_size)
+    timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
+    timing = speed_columns(timed, shape, rounds=speed_rounds, warmup=2, repeats=3)
+    for row in brows:
+        row.update(rows[f"branches N={row['branches']}"])
+        row.update(timing[f"N={row['branches']}"])
+        row["method"] = f"N={row['branches']}"
+    return {
+        "what": "accuracy (%) of each layer-merging option and branch count before / after a short fine-tune",
+        "base": summary, "plan": {"ratio": ratio, "granularity": granularity, "exclude": list(exclude),
+                                  "tucker_ranks": {r.name: r.ranks for r in plan.layers if r.method == "tucker2"}},
+        "finetune": {"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd",
+                     "seeds": list(seeds)},
+        "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": timing["original"],
+        "machine": machine_info("cpu"), "merge_rows": [rows[n] for n in variants if not n.startswith("branches")],
+        "branch_rows": brows,
+    }
+
+
+def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 4, 8), batch: int = 8,
+                 image_size: int = 224, ratio: float = 2.0, granularity: int = 8,
+                 exclude: Sequence[str] = PAPER_EXCLUDE, rounds: int = 3, warmup: int = 1, repeats: int = 2,
+                 speed: bool = True) -> dict[str, Any]:
+    """F6 on a registered model (random weights): params, FLOPs, weight error and speed for each branch count.
+
+    All counts use the same ranks (ratio ``ratio`` ranks rounded down to multiples of ``granularity``),
+    so only the core's grouping changes: core parameters ÷ N.
+    """
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model(model_name).eval()
+    plan = make_plan(model, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name=model_name)
+    models, rows = branch_structures(model, plan, branches, (1, 3, image_size, image_size))
+    shape = (batch, 3, image_size, image_size)
+    if speed:
+        timing = speed_columns({"original": model, **{f"N={n}": m for n, m in models.items()}}, shape,
+                               rounds, warmup, repeats)
+        for row in rows:
+            row.update(timing[f"N={row['branches']}"])
+    return {
+        "what": f"branched Tucker sweep (F6) on {model_name}: same ranks, core as N groups; % change vs original",
+        "model": model_name, "input_shape": list(shape), "ratio": ratio, "granularity": granularity,
+        "exclude": list(exclude), "flop_counter": FLOP_COUNTER, "machine": machine_info("cpu"),
+        "speed": {"harness": "lrdlab.compare", "rounds": rounds, "warmup": warmup, "repeats": repeats}
+        if speed else None,
+        "rows": rows,
+    }
+
+
+def combine_branch_sweep(resnet: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Any]:
+    """F6 in one file: the large model's structure / speed sweep and the small model's accuracy sweep."""
+    return {
+        "what": "branched Tucker sweep (F6), N ∈ {1, 2, 4, 8} at the same ranks: core parameters ÷ N",
+        "large_model": {k: v for k, v in resnet.items() if k != "schema"},
+        "small_model": {
+            "what": "BottleneckNet on " + accuracy["base"]["data"] + ": accuracy before / after fine-tuning, speed",
+            "base": accuracy["base"], "plan": accuracy["plan"], "finetune": accuracy["finetune"],
+            "speed_input_shape": accuracy["speed_input_shape"], "machine": accuracy["machine"],
+            "command": accuracy.get("command"), "rows": accuracy["branch_rows"],
+        },
+    }
+

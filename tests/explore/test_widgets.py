@@ -1,0 +1,143 @@
+"""The explorers driven without a browser: set control values, read the state, readout and image."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from lrdlab.explore import freezing_lab, plots, rank_lab, widgets
+from lrdlab.lowrank import factorize
+from lrdlab.lowrank.plan import make_plan
+
+
+@pytest.fixture
+def lab(tmp_cache):
+    return rank_lab.RankLab(cache=rank_lab.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
+
+
+def test_state_ranks_params_and_error_agree_with_the_library(lab):
+    s = lab.state("resnet18", "layer1.0.conv2", 2.0, 8)
+    row = make_plan(rank_lab._model("resnet18"), ratio=2.0, granularity=8)["layer1.0.conv2"]
+    assert s["ranks"] == tuple(row.ranks) == (32, 32) and s["target_ranks"] == [38, 38]
+    assert s["params_after"] == row.params_after
+    assert s["compression_ratio"] == pytest.approx(row.params_before / row.params_after)
+    assert s["flops_before"] == 2 * 64 * 64 * 9 * 56 * 56  # one 224×224 image: 56×56 outputs
+    assert s["flops_after"] < s["flops_before"]
+    W = rank_lab._model("resnet18").get_submodule("layer1.0.conv2").weight
+    with plots.one_thread():
+        rec = factorize.reconstruct_tucker2(*factorize.tucker2_factors(W, 32, 32))
+    assert s["rel_error"] == pytest.approx(((rec - W).norm() / W.norm()).item(), rel=1e-4)
+    assert s["time_ms"] is None and s["original_ms"] is None  # empty cache
+
+
+def test_svd_layer_error_is_eckart_young(lab):
+    s = lab.state("resnet18", "fc", 4.0, 1)
+    W = rank_lab._model("resnet18").fc.weight.detach().double()
+    with plots.one_thread():
+        sigma = torch.linalg.svdvals(W)
+    r = s["ranks"][0]
+    assert s["rel_error"] == pytest.approx((sigma[r:].norm() / sigma.norm()).item(), rel=1e-6)
+
+
+def test_measure_fills_the_disk_cache_with_progress(lab, tmp_cache):
+    s = lab.state("resnet18", "layer4.1.conv2", 2.0, 64)
+    calls = []
+    s = lab.ensure_times(s, progress=lambda done, total: calls.append((done, total)))
+    assert s["time_ms"] > 0 and s["original_ms"] > 0 and s["time_source"] == "here"
+    assert calls == [(1, 3), (2, 3), (3, 3)]  # one step per interleaved round of (original, decomposed)
+    saved = json.loads((tmp_cache / "t.json").read_text())
+    assert saved["machine"]["torch_version"] == torch.__version__ and len(saved["times"]) == 2
+    again = rank_lab.RankLab(cache=rank_lab.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
+    assert again.state("resnet18", "layer4.1.conv2", 2.0, 64)["time_ms"] == s["time_ms"]
+
+
+def test_reference_times_are_used_and_labelled(tmp_cache, tmp_path):
+    ref = tmp_path / "ref.json"
+    key = "resnet18|fc|orig|2x512"
+    ref.write_text(json.dumps({"machine": {"cpu": "Test CPU"}, "times": {key: 1.5}}))
+    lab = rank_lab.RankLab(cache=rank_lab.TimeCache(path=tmp_cache / "t.json", reference=ref), batch=2)
+    s = lab.state("resnet18", "fc", 2.0, 1)
+    assert (s["original_ms"], s["original_source"]) == (1.5, "reference")
+    assert "reference, Test CPU" in rank_lab.readout_text(s, "Test CPU")
+
+
+def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
+    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab)
+    for g in rank_lab.GRANULARITIES:  # first pass measures what is missing
+        ex.granularity.value = g
+    ex.render_seconds.clear()
+    images, readouts = set(), set()
+    for g in reversed(rank_lab.GRANULARITIES):  # second pass: everything cached
+        ex.granularity.value = g
+        images.add(ex.image.value)
+        readouts.add(ex.readout.value)
+        assert ex.state["granularity"] == g and ex.state["ranks"][0] % g == 0
+        assert f"g={g}," in ex.readout.value
+    median = statistics.median(ex.render_seconds)
+    print(f"rank explorer redraw over cached data: median {median * 1000:.0f} ms, max "
+          f"{max(ex.render_seconds) * 1000:.0f} ms over {len(ex.render_seconds)} moves")
+    assert median < 1.0
+    assert len(readouts) >= 5 and len(images) >= 5  # distinct ranks → distinct plots
+    assert ex.progress.layout.visibility == "hidden"
+
+
+def test_rank_explorer_switches_model_and_layer(lab):
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False)
+    ex.model.value = "resnet34"
+    assert ex.layer.value in ex.layer.options and ex.state["model"] == "resnet34"
+    ex.layer.value = "layer1.0.conv1"
+    assert ex.state["layer"] == "layer1.0.conv1" and ex.state["time_ms"] is None
+    assert "not measured" in ex.readout.value
+
+
+# --- freezing explorer ----------------------------------------------------------------------------------
+
+
+def _study(tmp_path):
+    """A tiny study file in run_freezing_study's format (numbers are placeholders for the reader's logic)."""
+    history = [{"variant": v, "mode": m, "epoch": e, "wall_s": 2.0 * e, "accuracy": 50 + 10 * e, "loss": 1.0 / (e + 1),
+                "train_img_s": 100.0 if e else None}
+               for v, m in (("original", "original"), ("lrd", "none"), ("lrd", "regular"), ("lrd", "sequential"))
+               for e in range(3)]
+    throughput = [{"technique": t, "train_img_s": x} for t, x in (("original", 100), ("lrd", 110),
+                                                                  ("lrd+sequential[0]", 120))]
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"history": history, "throughput": throughput, "machine": {"cpu": "Test CPU"},
+                                "settings": {"model": "resnet20", "data": "digits", "epochs": 1, "period": 1,
+                                             "finetune_epochs": 1, "batch_size": 64}}))
+    return path
+
+
+def test_study_runs_become_explorer_runs(tmp_path):
+    runs = freezing_lab.runs_from_study(json.loads(_study(tmp_path).read_text()))
+    assert set(runs["run"]) == {"none", "regular", "sequential N=1"}  # the from-scratch original is not a fine-tune
+    assert list(runs.columns) == freezing_lab.RUN_COLUMNS and (runs["source"] == "reference").all()
+    setup = freezing_lab.FreezingSetup.from_study({"model": "resnet20", "epochs": 4, "period": 1, "lr": 0.1})
+    assert setup.pretrain_epochs == 4 and setup.lr == 0.1
+
+
+@pytest.mark.slow
+def test_freezing_explorer_selects_cached_runs_and_adds_a_new_one(tmp_path, tmp_cache):
+    setup = freezing_lab.FreezingSetup(data="digits", pretrain_epochs=1, finetune_epochs=1, image_size=8, channels=3,
+                                  batch_size=64)
+    lab = freezing_lab.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
+    ex = widgets.FreezingExplorer(lab=lab, mode="none", period=1)
+    assert ex.selected == ["none"]
+    first = ex.image.value
+    ex.mode.value = "sequential"
+    assert ex.selected == ["sequential N=1"] and ex.image.value != first
+    ex.period.value = 2
+    assert ex.selected == [] and "none cached" in ex.status.value
+    ex.run_button.click()  # trains the base model once, then fine-tunes with sequential freezing, N=2
+    assert ex.selected == ["sequential N=2"]
+    new = lab.runs()[lab.runs()["run"] == "sequential N=2"]
+    assert list(new["epoch"]) == [0, 1] and (new["source"] == "here").all() and new["accuracy"].iloc[-1] > 20
+    saved = json.loads((tmp_cache / "freezing_runs.json").read_text())
+    assert {r["run"] for r in saved["history"]} == {"sequential N=2"}
+    again = freezing_lab.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
+    assert again.find("sequential", 2) == ["sequential N=2"]  # persisted across sessions
+    ex.render_seconds.clear()
+    for mode in ("none", "regular", "sequential"):
+        ex.mode.value = mode
+    assert statistics.median(ex.render_seconds) < 1.0

@@ -1,0 +1,69 @@
+"""`lrdlab reproduce`: the quick study runs end to end, its report holds every table and figure, and it resumes."""
+
+import re
+import time
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lrdlab.cli import main
+from lrdlab.paper import numbers as paper
+from lrdlab.paper.report import Report
+from lrdlab.paper.reproduce import STAGES, Settings, run_stages
+from lrdlab.paper.tables import table1
+
+
+def test_report_writes_markdown_and_html_with_tables_and_figures(tmp_path):
+    report = Report(tmp_path, "demo")
+    report.heading("A table")
+    report.table(pd.DataFrame({"layer": ["fc"], "rank": [335], "pct": [-47.6912]}), "caption")
+    fig = Figure()
+    fig.add_subplot().plot([1, 2], [3, 4])
+    report.figure(fig, "F0_demo", "a line")
+    path = report.write()
+    md = path.read_text()
+    assert "| layer | rank | pct |" in md and "| fc | 335 | -47.69 |" in md
+    assert "![a line](figures/F0_demo.png)" in md and (tmp_path / "figures" / "F0_demo.png").stat().st_size > 1000
+    assert "<table" in (tmp_path / "report.html").read_text()
+
+
+def test_table1_compares_with_the_paper():
+    ranks = {name: [row[3]] for name, row in paper.TABLE1.items()}
+    ranks["fc"] = [334]  # a wrong rank must show up as a mismatch
+    df = table1({"paper_models": {"resnet152_ranks": ranks}})
+    assert list(df["match"]) == ["yes"] * 6 + ["NO"]
+
+
+def test_stages_resume_from_the_cache(tmp_path, capsys):
+    calls = []
+
+    def stage(settings, results):
+        calls.append(1)
+        return {"value": 42}
+
+    settings = Settings(out=str(tmp_path))
+    first = run_stages(settings, [("demo", "a demo stage", stage)])
+    again = run_stages(settings, [("demo", "a demo stage", stage)])
+    assert first["demo"]["value"] == again["demo"]["value"] == 42 and len(calls) == 1
+    assert "cached" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_reproduction_end_to_end(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert main(["reproduce", "--quick", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10"):
+        assert heading in md, heading
+    figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
+    assert {f.split("/")[1].split("_")[0] for f in figures} >= {f"F{i}" for i in range(1, 11)}
+    assert all((out / f).stat().st_size > 5000 for f in figures)
+    assert md.count("| yes |") == 7, "the paper's 2x ranks (T1) must all match"
+    flops_delta = [float(x) for x in re.findall(r"\| (-?\d+\.\d+) \|\n", md.split("FLOPs Δ (points)")[1])[:3]]
+    assert len(flops_delta) == 3 and all(abs(d) < 0.6 for d in flops_delta)
+    assert "AMD" in md or "Intel" in md or "cpu" in md  # the device is named
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert main(["reproduce", "--quick", "--out", str(out)]) == 0  # resumes: every stage from the cache
+    assert capsys.readouterr().out.count("cached") == len(STAGES) and time.perf_counter() - start < 60
