@@ -300,7 +300,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from lrdlab.finetune.loop import init_distributed, train_and_save
+    from lrdlab.finetune.distributed import init_distributed
+    from lrdlab.finetune.loop import train_and_save
     from lrdlab.zoo import models
     from lrdlab.zoo.data import get_loaders
 

@@ -8,7 +8,6 @@ splits each global batch across ranks) and ``fit`` wraps the model in ``Distribu
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -19,12 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.freezing import Freezer
-from lrdlab.zoo.data import world
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -38,29 +36,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def init_distributed(backend: str | None = None) -> bool:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1); True when distributed.
-
-    Backend: ``nccl`` when CUDA is available, else ``gloo``. A no-op when not under torchrun.
-    """
-    if dist.is_initialized():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
-    return True
-
-
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world()[1] > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +75,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     _sync(dev)
     seconds = time.perf_counter() - t0
     model.train(was_training)
-    loss_sum, top1, top5, n = _all_sum([loss_sum, top1, top5, n], dev)
+    loss_sum, top1, top5, n = all_sum([loss_sum, top1, top5, n], dev)
     if n == 0:
         raise ValueError("evaluate got an empty loader")
     return {"loss": loss_sum / n, "accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n),
@@ -289,7 +264,7 @@ def fit(
         _sync(dev)
         seconds = time.perf_counter() - t0
         wall += seconds
-        loss_sum, correct, n = _all_sum([loss_sum, correct, n], dev)
+        loss_sum, correct, n = all_sum([loss_sum, correct, n], dev)
         metrics = evaluate(net, test_loader, dev)
         records.append(row(epoch + 1, metrics, {
             "train_loss": loss_sum / n, "train_accuracy": 100.0 * correct / n, "epoch_s": seconds,

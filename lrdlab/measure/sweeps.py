@@ -16,7 +16,6 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.plan import Plan, make_plan, params_of
 from lrdlab.measure import timing as measure
 from lrdlab.measure.machine import machine_info
-from lrdlab.paper.numbers import PAPER_EXCLUDE
 
 # --- models with random weights of a plan's shapes -------------------------------------------------
 
@@ -80,7 +79,7 @@ def speed_table(
 
 
 def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-                      exclude: Sequence[str] | None = tuple(PAPER_EXCLUDE), **plan_kw) -> dict[str, Plan]:
+                      exclude: Sequence[str] | None = None, **plan_kw) -> dict[str, Plan]:
     """``{"g=G": plan}``: a ratio plan with ranks rounded down to multiples of each G."""
     names = [n for n, _ in model.named_modules()]
     exclude = [p for p in (exclude or []) if any(_glob(n, p) for n in names)]
@@ -93,7 +92,7 @@ def granularity_sweep(
     input_shape: Sequence[int],
     ratio: float = 2,
     granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-    exclude: Sequence[str] | None = tuple(PAPER_EXCLUDE),
+    exclude: Sequence[str] | None = None,
     *,
     device: str = "cpu",
     train: bool = False,

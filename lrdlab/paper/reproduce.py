@@ -139,7 +139,7 @@ def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, 
     from lrdlab.measure.sweeps import granularity_sweep
 
     df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, device=settings.device,
-                           train=True, rounds=settings.rounds)
+                           exclude=PAPER_EXCLUDE, train=True, rounds=settings.rounds)
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lrdlab.finetune.distributed import world
 from lrdlab.measure.cache import default_cache_dir
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -232,13 +233,6 @@ def imagenet(path: str | Path, image_size: int = 224, augment: bool = True,
 
 
 # --- samplers and the entry point --------------------------------------------------------------------
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) when not distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ShardSampler(Sampler[int]):

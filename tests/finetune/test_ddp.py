@@ -23,10 +23,11 @@ SCRIPT = textwrap.dedent("""
     import sys
     import torch
     from torch import nn
-    from lrdlab.zoo.data import get_loaders, world
+    from lrdlab.finetune.distributed import init_distributed, world
+    from lrdlab.zoo.data import get_loaders
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.lowrank.layers import decompose_layer
-    from lrdlab.finetune.loop import fit, init_distributed
+    from lrdlab.finetune.loop import fit
 
     torch.set_num_threads(1)
     init_distributed()
