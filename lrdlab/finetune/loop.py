@@ -8,10 +8,11 @@ splits each global batch across ranks) and ``fit`` wraps the model in ``Distribu
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "pixel_values")
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming the fix."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda}); use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} but this machine has {torch.cuda.device_count()} GPU(s); "
+                         f"use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}'")
+    return dev
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` of one batch: a pair (tuple/list) or a dict with an input and a label key."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        if x is None or y is None:
+            raise ValueError(f"a dict batch needs an input key (one of {INPUT_KEYS}) and a label key (one of "
+                             f"{LABEL_KEYS}); got keys {sorted(batch)}")
+        return x, y
+    raise ValueError(f"batches must be (inputs, labels) pairs or dicts, got a {type(batch).__name__}; "
+                     f"wrap the data set so that it yields (x, y)")
+
+
+def _logits(out: Any) -> torch.Tensor:
+    """The class scores of a model output: a tensor, or an output with ``logits`` (Hugging Face style)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise ValueError(f"the model returned a {type(out).__name__}, not a tensor of class scores [N, classes]; "
+                     f"wrap it so that forward returns the logits")
+
+
+def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"the model returned shape {tuple(logits.shape)}; fit/evaluate need class scores [N, classes]")
+    if labels.numel() and (int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0):
+        raise ValueError(f"labels run from {int(labels.min())} to {int(labels.max())} but the model has "
+                         f"{logits.shape[1]} outputs; build it with num_classes={int(labels.max()) + 1} "
+                         f"(get_model(name, num_classes=...)) or check the data set")
+
+
 def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[int, int]:
     """(top-1 correct, top-k correct) in a batch."""
     topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
@@ -86,14 +141,17 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     Also returns ``images``, ``eval_s`` (wall time) and ``eval_img_s`` (inference throughput, including
     data loading).
     """
-    dev = torch.device(device)
+    dev = check_device(device)
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     t0 = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0):
+    for i, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0)):
+        x, y = split_batch(batch)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = model(x)
+        out = _logits(model(x))
+        if i == 0:
+            _check_labels(out, y)
         loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
         c1, c5 = _correct(out, y, 5)
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
@@ -173,13 +231,19 @@ def _wrap_ddp(model: nn.Module, freezer: Freezer | None, device: torch.device) -
 def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, iteration, device, bar, clip):
     net.train()
     loss_sum, correct, n = 0.0, 0, 0
-    for x, y in bar(loader):
+    for i, batch in enumerate(bar(loader)):
         if freezer is not None:
             freezer.sync(epoch, iteration)
+        x, y = split_batch(batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
+        out = _logits(net(x))
+        if i == 0:
+            _check_labels(out, y)
         loss = criterion(out, y)
+        if not torch.isfinite(loss):
+            raise ValueError(f"the training loss became {float(loss)} in epoch {epoch + 1} (iteration {iteration}); "
+                             f"lower the learning rate or clip gradients (clip_grad_norm=1.0)")
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
@@ -230,15 +294,28 @@ def fit(
     ``callbacks`` get each epoch's row (e.g. a live plot); an exception there stops training after
     the checkpoint was written.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    epochs = int(epochs)
     if freezer is not None and _unwrap(freezer.model) is not _unwrap(model):
         raise ValueError("the freezer was built for another model; build it as Freezer(model, ...) for this one")
-    dev = torch.device(device)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH (the file an earlier fit wrote)")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; give a file path, e.g. "
+                         f"{str(Path(checkpoint) / 'checkpoint.pt')!r}")
+    try:
+        steps = len(train_loader)
+    except TypeError as err:
+        raise ValueError(f"train_loader must be re-iterable with a length (e.g. a DataLoader), got a "
+                         f"{type(train_loader).__name__}") from err
+    if steps == 0:
+        raise ValueError("train_loader is empty (0 batches): check the data set, its subset, and the batch size "
+                         "(with drop_last=True a batch larger than the data set gives no batch)")
+    dev = check_device(device)
     rank, size = world()
     set_seed(seed)
     model.to(dev)
-    steps = len(train_loader)
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
     sched = make_scheduler(opt, schedule, lr, epochs * steps)
     records: list[dict[str, Any]] = []
@@ -260,6 +337,7 @@ def fit(
     net = _wrap_ddp(model, freezer, dev) if size > 1 else model
     if freezer is not None:
         freezer.sync(start, iteration)
+        freezer.attach_optimizer(opt)  # after resuming: the checkpoint's optimizer state is the right one
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     show = progress and rank == 0
     wall = records[-1]["wall_s"] if records else 0.0

@@ -49,8 +49,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank.decompose import _set_module, check_plan, decompose
+from lrdlab.lowrank.decompose import MERGED, _set_module, check_plan, decompose
 from lrdlab.lowrank.layers import LowRankLayer
+from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan
 
 BN_MODES = ("fold", "fresh", "exact")
@@ -203,7 +204,7 @@ def merge_report(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> list[dic
         entry = {"block": block, "merged": False, "ranks": None, "reason": ""}
         if row is None or not row.decomposed:
             entry["reason"] = f"{name} is not decomposed by the plan ({row.reason if row else 'not in the plan'})"
-        elif row.method != "tucker2":
+        elif get_method(row.method) is not TUCKER2:
             raise ValueError(f"layer merging needs Tucker-2 on {name}, but the plan uses {row.method!r}; "
                              f"make the plan with method='tucker2' (or 'auto')")
         elif bn == "exact":
@@ -232,7 +233,7 @@ def _identity_bn(like: nn.Module, channels: int, shift: torch.Tensor | None, wei
 def _merge_block(block: nn.Module, bn: str) -> dict[str, nn.Module]:
     """New modules for one bottleneck whose ``conv2`` is a Tucker-2 ``LowRankLayer``; the block is not changed."""
     low = block.conv2
-    if not isinstance(low, LowRankLayer) or low.method != "tucker2":
+    if not isinstance(low, LowRankLayer) or low.decomposition is not TUCKER2:
         raise ValueError(f"expected a Tucker-2 LowRankLayer as conv2, got {type(low).__name__}")
     dtype, device = low.core.weight.dtype, low.core.weight.device
     conv1 = merge_linear(fold_bn(block.conv1, block.bn1), low.first)
@@ -347,4 +348,15 @@ def merge_bottlenecks(
         _set_module(target, name, module)
     for module in replacements.values():
         module.train(model.training)
+    for b in merged_blocks:  # recorded, so that save_decomposed / load_decomposed can rebuild the merge
+        setattr(target.get_submodule(b), MERGED, bn)
     return target
+
+
+def merge_block_in_place(model: nn.Module, block: str, bn: str) -> None:
+    """Merge one bottleneck of ``model`` whose ``conv2`` is already a Tucker-2 ``LowRankLayer`` (for reloading)."""
+    module = model.get_submodule(block)
+    prefix = f"{block}." if block else ""
+    for name, part in _merge_block(module, bn).items():
+        _set_module(model, prefix + name, part)
+    setattr(module, MERGED, bn)
