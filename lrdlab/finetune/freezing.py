@@ -29,6 +29,7 @@ from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.methods import get_method, method_names
 
 MODES = ("none", "regular", "sequential")
+_MARK = "_lrdlab_frozen"  # on the model: names of the parameters a Freezer turned off (not the user's)
 UNITS = ("epoch", "iteration")
 # the default sequential rotation of each registered method (read from the method registry)
 DEFAULT_ORDER: dict[str, tuple[str, ...]] = {name: get_method(name).sequential_order for name in method_names()}
@@ -102,12 +103,16 @@ class Freezer:
         self.orders = {name: layer_order(layer, order) for name, layer in self.layers}
         self.progress = 0
         self._phase: int | None = None
-        self._user_frozen = {id(p) for p in self._params() if not p.requires_grad}
+        ours = set(getattr(self._root(), _MARK, ()))  # what an earlier Freezer turned off is not the user's
+        self._user_frozen = {n for n, p in self._root().named_parameters() if not p.requires_grad and n not in ours}
         self._optimizer: torch.optim.Optimizer | None = None
         self.apply()
 
+    def _root(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
     def _params(self) -> list[nn.Parameter]:
-        return list(getattr(self.model, "module", self.model).parameters())
+        return list(self._root().parameters())
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
         """The optimizer whose state is reset for parameters that become trainable again (see the class doc)."""
@@ -141,13 +146,17 @@ class Freezer:
             for factor_name, factor in layer.named_children():
                 for p in factor.parameters():
                     wanted[id(p)] = factor_name in trainable[name]
-        for p in self._params():
-            on = wanted.get(id(p), not self.freeze_others) and id(p) not in self._user_frozen
+        turned_off = []
+        for name, p in self._root().named_parameters():
+            on = wanted.get(id(p), not self.freeze_others) and name not in self._user_frozen
             if on and not p.requires_grad and self._optimizer is not None and self.reset_optimizer_state:
                 self._optimizer.state.pop(p, None)
             p.requires_grad_(on)
             if not on:
                 p.grad = None
+                if name not in self._user_frozen:
+                    turned_off.append(name)
+        setattr(self._root(), _MARK, turned_off)  # a plain attribute: survives deepcopy, unlike one on a tensor
         self._phase = self.phase
 
     def update(self, progress: int) -> bool:

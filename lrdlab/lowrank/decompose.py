@@ -103,7 +103,7 @@ def check_decomposed(model: nn.Module, plan: Plan) -> None:
         if isinstance(module, LowRankLayer):
             found = (module.method, list(module.ranks), module.branches)
             if not row.decomposed or found != (row.method, list(row.ranks or []), row.branches):
-                planned = f"{row.method} ranks {row.ranks}" if row.decomposed else "keeps it"
+                planned = f"says {row.method} ranks {row.ranks}" if row.decomposed else "keeps it"
                 raise ValueError(f"layer {row.name!r} is decomposed by {found[0]} ranks {found[1]}, but the plan "
                                  f"{planned}: save the model with the plan it was decomposed by")
     rows = {row.name for row in plan.layers}

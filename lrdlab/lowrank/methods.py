@@ -104,6 +104,11 @@ class Method:
                              f"{info['in_channels']}→{info['out_channels']} {info['type']}; "
                              f"give {len(limit)} int(s), each in 1..{tuple(limit)}")
 
+    def reduced(self, info: Info, target: Sequence[int]) -> tuple[Method, int] | None:
+        """When ``target`` puts one factor at full rank (a useless square 1×1), the form without it and the
+        index of the rank that form keeps; None otherwise."""
+        return None
+
     # --- modules --------------------------------------------------------------------------------
     def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
         """Uninitialised factor modules of the right shapes, named as :attr:`factor_names`."""
@@ -275,6 +280,13 @@ class Tucker2(Method):
 
     def unfoldings(self, weight: Tensor) -> list[Tensor]:
         return [factorize.mode_unfolding(weight, 1), factorize.mode_unfolding(weight, 0)]
+
+    def reduced(self, info: Info, target: Sequence[int]) -> tuple[Method, int] | None:
+        limit = self.full_ranks(info)
+        in_full, out_full = target[0] >= limit[0], target[1] >= limit[1]
+        if in_full == out_full:  # neither mode at its size, or both (then nothing saves)
+            return None
+        return (CHANNEL_SVD, 1) if in_full else (INPUT_SVD, 0)
 
     def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
         C, S, (r1, r2) = info["in_channels"], info["out_channels"], layer_ranks

@@ -304,24 +304,22 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
-def _reduce_capped_tucker(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
-                          policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
-    """When a Tucker mode's rank reaches its size, that factor is a useless full-rank 1×1 conv: re-solve the
-    policy for the Tucker-1 form without it (paper Eq. 7 for the remaining mode)."""
-    if not form.branchable or len(target) != 2:
+def _reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
+                   policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
+    """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
+    1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
+    found = form.reduced(info, target)
+    if found is None:
         return form, target, why
-    limit = form.full_ranks(info)
-    in_full, out_full = target[0] >= limit[0], target[1] >= limit[1]
-    if in_full == out_full:  # neither capped, or both (then nothing saves: the row is kept below)
-        return form, target, why
-    reduced = get_method("channel_svd" if in_full else "input_svd")
+    reduced, kept = found
+    full = 1 - kept  # the mode whose factor is dropped
     if policy["kind"] == "rank":  # fixed ranks: keep the other mode's rank
-        new_target, new_why = [target[1] if in_full else target[0]], why
+        new_target, new_why = [target[kept]], why
     else:
         new_target, new_why = _policy_ranks(module, info, reduced, policy, name)
-    mode = "input" if in_full else "output"
-    return reduced, new_target, (f"{new_why}; Tucker-2 {mode}-channel rank {target[0 if in_full else 1]} reaches "
-                                 f"the mode size {limit[0 if in_full else 1]}, so {reduced.name} (Tucker-1) instead")
+    return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
+                                 f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
+                                 f"instead")
 
 
 def make_plan(
@@ -429,7 +427,7 @@ def make_plan(
         if not target:
             row.reason = f"kept: {why}"
             continue
-        form, target, why = _reduce_capped_tucker(module, info, form, target, policy, name, why)
+        form, target, why = _reduce_capped(module, info, form, target, policy, name, why)
         if kind == "rank":
             target, why = _fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
