@@ -173,6 +173,8 @@ def _add_decompose(sub) -> None:
 def _run_decompose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import decompose, save_decomposed
 
+    if args.out.exists() and not args.out.is_dir():  # before minutes of work
+        raise ValueError(f"--out {args.out} is a file; give a folder for plan.json and state_dict.pt")
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     decomposed = decompose(model, plan, progress=True)

@@ -242,7 +242,7 @@ def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, i
             _check_labels(out, y)
         loss = criterion(out, y)
         if not torch.isfinite(loss):
-            raise ValueError(f"the training loss became {float(loss)} in epoch {epoch + 1} (iteration {iteration}); "
+            raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration {iteration}); "
                              f"lower the learning rate or clip gradients (clip_grad_norm=1.0)")
         loss.backward()
         if clip:
