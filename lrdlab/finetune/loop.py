@@ -242,8 +242,8 @@ def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, i
             _check_labels(out, y)
         loss = criterion(out, y)
         if not torch.isfinite(loss):
-            raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration {iteration}); "
-                             f"lower the learning rate or clip gradients (clip_grad_norm=1.0)")
+            raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration "
+                             f"{iteration}); lower the learning rate or clip gradients (clip_grad_norm=1.0)")
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)

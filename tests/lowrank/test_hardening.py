@@ -231,3 +231,11 @@ def test_save_decomposed_into_a_file_path_is_refused(resnet20, tmp_path):
     with pytest.raises(ValueError, match="is a file; save_decomposed needs a folder"):
         save_decomposed(net, plan, tmp_path / "taken")
     assert isinstance(net.get_submodule("layer3.0.conv1"), LowRankLayer)
+
+
+def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
+    from lrdlab import optimize_plan
+
+    plan = make_plan(resnet20, ratio=2, include="layer3.*")
+    with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
+        optimize_plan(resnet20, plan, (3, 32, 32), time_fn=lambda module, shape: 1.0, cache_dir=None)
