@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, describe
+from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, describe, weight_of
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan, candidate_layers
 
@@ -69,11 +69,12 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
                 f"the plan was made for {plan.model!r} — make a new plan for this model"
             )
         if row.decomposed:
-            form = get_method(row.method)
+            method, layer_ranks = row.spec
+            form = get_method(method)
             reason = form.unsupported(info)
             if reason:
                 raise ValueError(f"layer {row.name!r}: {reason}")
-            form.check_ranks(info, row.ranks or [], f"layer {row.name!r}")
+            form.check_ranks(info, layer_ranks, f"layer {row.name!r}")
     planned = {row.name for row in plan.layers}
     inside = _inside_low_rank(model)
     missing = [n for n, _ in candidate_layers(model) if n not in planned and n not in inside]
@@ -149,13 +150,13 @@ def decompose(model: nn.Module, plan: Plan, *, inplace: bool = False, progress: 
     check_plan(model, plan)
     rows = plan.decomposed_layers
     for row in rows:
-        if not torch.isfinite(model.get_submodule(row.name).weight).all():
+        if not torch.isfinite(weight_of(model.get_submodule(row.name))).all():
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
     tucker = plan.settings.get("tucker", "hosvd")
     disable = (len(rows) < 20) if progress is None else not progress
     replacements = {
-        row.name: decompose_layer(target.get_submodule(row.name), row.method, tuple(row.ranks), tucker, row.branches)
+        row.name: decompose_layer(target.get_submodule(row.name), row.spec[0], row.spec[1], tucker, row.branches)
         for row in tqdm(rows, desc="decompose", disable=disable, leave=False)
     }
     for name, layer in replacements.items():
@@ -169,7 +170,7 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     A plan saved from a merged model (``settings["merge"]``) also gets its bottlenecks merged.
     """
     check_plan(model, plan)
-    new = {row.name: build(describe(model.get_submodule(row.name)), row.method, tuple(row.ranks or ()), row.branches)
+    new = {row.name: build(describe(model.get_submodule(row.name)), row.spec[0], row.spec[1], row.branches)
            for row in plan.decomposed_layers}
     for name, layer in new.items():
         _set_module(model, name, layer)

@@ -57,13 +57,13 @@ class LowRankLayer(nn.Sequential):
     @property
     def weight(self) -> torch.Tensor:
         """The dense weight the factors multiply to (a reconstruction, shaped as the original's weight)."""
-        factors = {name: m.weight for name, m in self.named_children()}
+        factors = {name: weight_of(m) for name, m in self.named_children()}
         return self.decomposition.reconstruct(factors, self.original)
 
     @property
     def bias(self) -> torch.Tensor | None:
         """The original layer's bias, which the last factor carries."""
-        return getattr(self[-1], "bias", None)
+        return tensor_of(self[-1], "bias")
 
     def _original(self, key: str, linear: bool = False) -> Any:
         is_linear = self.original.get("type") == "Linear"
@@ -88,6 +88,20 @@ class LowRankLayer(nn.Sequential):
     def extra_repr(self) -> str:
         extra = f", branches={self.branches}" if self.branches > 1 else ""
         return f"method={self.method}, ranks={self.ranks}{extra}"
+
+
+def tensor_of(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    """A module's tensor attribute (``weight``, ``bias``, …), or None (``nn.Module`` types them ``Tensor | Module``)."""
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """A layer's weight tensor, or a ValueError naming the layer type."""
+    weight = tensor_of(module, "weight")
+    if weight is None:
+        raise ValueError(f"a {type(module).__name__} has no weight tensor; only Linear/Conv layers decompose")
+    return weight
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -163,15 +177,16 @@ def decompose_layer(
     form = get_method(method)
     if tucker not in factorize.TUCKER_METHODS:
         raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
-    weight = module.weight
+    weight = weight_of(module)
     with torch.device("meta"):  # no point initialising weights that are overwritten below
         layer = build(original, form.name, ranks, branches)
     layer = layer.to_empty(device=weight.device).to(weight.dtype)
     for name, value in form.factorize(weight, layer.ranks, tucker, layer.branches).items():
-        target = layer.get_submodule(name).weight
+        target = weight_of(layer.get_submodule(name))
         target.copy_(value.reshape(target.shape))
         target.requires_grad_(weight.requires_grad)
-    if module.bias is not None:
-        layer[-1].bias.copy_(module.bias)
-        layer[-1].bias.requires_grad_(module.bias.requires_grad)
+    bias, new_bias = tensor_of(module, "bias"), tensor_of(layer[-1], "bias")
+    if bias is not None and new_bias is not None:
+        new_bias.copy_(bias)
+        new_bias.requires_grad_(bias.requires_grad)
     return layer

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from lrdlab.lowrank import factorize, methods, ranks
-from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
+from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason, weight_of
 from lrdlab.lowrank.methods import Method, get_method
 
 K_BY_K_METHODS = methods.kxk_method_names()
@@ -44,6 +44,13 @@ class LayerPlan:
     @property
     def decomposed(self) -> bool:
         return self.method is not None
+
+    @property
+    def spec(self) -> tuple[str, tuple[int, ...]]:
+        """``(method, ranks)`` of a decomposed row (a ValueError for a row that keeps its layer)."""
+        if self.method is None or self.ranks is None:
+            raise ValueError(f"layer {self.name!r} is not decomposed by the plan ({self.reason})")
+        return self.method, tuple(self.ranks)
 
     def keep(self, reason: str) -> None:
         """Mark this row as left unchanged, saying why."""
@@ -205,9 +212,9 @@ def _policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy:
     if kind == "ratio":
         return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
     if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(module.weight)], f"energy {value:g}"
+        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(weight_of(module))], f"energy {value:g}"
     if kind == "vbmf":
-        mats = form.unfoldings(module.weight.detach().double())
+        mats = form.unfoldings(weight_of(module).detach().double())
         return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
     # fixed ranks: an int, "full", or a dict by layer name
     chosen = value.get(name) if isinstance(value, dict) else value
