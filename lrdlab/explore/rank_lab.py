@@ -199,7 +199,8 @@ class RankLab:
     def state(self, model: str, name: str, ratio: float, granularity: int) -> dict[str, Any]:
         """Ranks, params, FLOPs, reconstruction error and cached times of one layer at one setting."""
         data = self.layer(model, name)
-        row = make_plan(_model(model), ratio=ratio, granularity=granularity, include=[name])[name]
+        form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
+        row = make_plan(_model(model), ratio=ratio, granularity=granularity, include=[name], method=form)[name]
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
             "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "method": data.method,

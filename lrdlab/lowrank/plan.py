@@ -351,10 +351,11 @@ def make_plan(
 
     Choose one rank policy: ``ratio`` (per-layer compression α, paper §1), ``energy`` (fraction of
     Σσ² kept), ``vbmf=True``, or ``rank`` (an int for every layer, capped at each layer's full rank;
-    ``"full"``; or a dict from layer name to rank). ``method`` picks the form of k×k convs: ``"auto"`` /
-    ``"tucker2"`` (3 layers), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see
-    :mod:`lrdlab.lowrank.methods`); Linear and 1×1 convs always use SVD. A Tucker-2 layer whose rank
-    reaches a mode's size (a 3-channel stem) becomes the Tucker-1 form without that useless factor.
+    ``"full"``; or a dict from layer name to rank). ``method`` picks the form of k×k convs:
+    ``"auto"`` (Tucker-2, 3 layers; but a layer whose Tucker rank reaches a mode's size, as on a
+    3-channel stem, gets the Tucker-1 form without that useless full-rank factor), ``"tucker2"``
+    (always), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see :mod:`lrdlab.lowrank.methods`);
+    Linear and 1×1 convs always use SVD.
     ``include``/``exclude`` are glob patterns over layer names (one string is one pattern). A rank
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
@@ -434,7 +435,8 @@ def make_plan(
         if not target:
             row.reason = f"kept: {why}"
             continue
-        form, target, why = _reduce_capped(module, info, form, target, policy, name, why)
+        if method == "auto":  # an explicit method="tucker2" keeps Tucker-2 (capped ranks) on every k×k conv
+            form, target, why = _reduce_capped(module, info, form, target, policy, name, why)
         if kind == "rank":
             target, why = _fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
