@@ -14,6 +14,10 @@ freezes them too). A factor is frozen as a whole (``last`` with its bias). Froze
 ``requires_grad=False`` and ``.grad = None``: autograd computes no weight gradient for them, and
 SGD / AdamW skip parameters whose gradient is ``None``, so neither weight decay nor momentum moves
 them. The phase depends only on ``progress``, so a resumed run lands in the same phase.
+
+Parameters the user froze before building the Freezer stay frozen in every mode and phase. When a
+factor becomes trainable again (sequential), its optimizer state (momentum, Adam moments) is dropped so
+its first step is a fresh one (``reset_optimizer_state``; ``fit`` attaches its optimizer).
 """
 
 from __future__ import annotations

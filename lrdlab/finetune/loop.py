@@ -117,6 +117,7 @@ def _logits(out: Any) -> torch.Tensor:
 def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.dim() != 2:
         raise ValueError(f"the model returned shape {tuple(logits.shape)}; fit/evaluate need class scores [N, classes]")
+    labels = labels[labels != -100]  # cross_entropy's ignore_index
     if labels.numel() and (int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0):
         raise ValueError(f"labels run from {int(labels.min())} to {int(labels.max())} but the model has "
                          f"{logits.shape[1]} outputs; build it with num_classes={int(labels.max()) + 1} "

@@ -104,7 +104,7 @@ class Method:
                              f"{info['in_channels']}→{info['out_channels']} {info['type']}; "
                              f"give {len(limit)} int(s), each in 1..{tuple(limit)}")
 
-    def reduced(self, info: Info, target: Sequence[int]) -> tuple[Method, int] | None:
+    def reduced(self, info: Info, target: Sequence[int], branches: int = 1) -> tuple[Method, int] | None:
         """When ``target`` puts one factor at full rank (a useless square 1×1), the form without it and the
         index of the rank that form keeps; None otherwise."""
         return None
@@ -281,7 +281,9 @@ class Tucker2(Method):
     def unfoldings(self, weight: Tensor) -> list[Tensor]:
         return [factorize.mode_unfolding(weight, 1), factorize.mode_unfolding(weight, 0)]
 
-    def reduced(self, info: Info, target: Sequence[int]) -> tuple[Method, int] | None:
+    def reduced(self, info: Info, target: Sequence[int], branches: int = 1) -> tuple[Method, int] | None:
+        if branches > 1:  # a full-rank 1×1 still mixes channels across the grouped core's branches
+            return None
         limit = self.full_ranks(info)
         in_full, out_full = target[0] >= limit[0], target[1] >= limit[1]
         if in_full == out_full:  # neither mode at its size, or both (then nothing saves)

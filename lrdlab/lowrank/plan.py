@@ -315,7 +315,7 @@ def _reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target
                    policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
     """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
     1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
-    found = form.reduced(info, target)
+    found = form.reduced(info, target, policy["branches"])
     if found is None:
         return form, target, why
     reduced, kept = found

@@ -239,3 +239,9 @@ def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
     plan = make_plan(resnet20, ratio=2, include="layer3.*")
     with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
         optimize_plan(resnet20, plan, (3, 32, 32), time_fn=lambda module, shape: 1.0, cache_dir=None)
+
+
+def test_branched_tucker_keeps_a_full_rank_first_factor():
+    model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1))  # Eq. 7 with N = 4 reaches R1 = C = 32
+    assert make_plan(model, ratio=2, branches=4)["0"].method == "tucker2"  # it mixes channels across branches
+    assert make_plan(model, ratio=2)["0"].method == "tucker2"  # N = 1: R1 = 29 < 32, no cap
