@@ -12,7 +12,7 @@ import numbers
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrdlab.finetune.freezing import Freezer
+from lrdlab.finetune.inputs import check_device, check_labels, logits_of, split_batch
 from lrdlab.zoo.data import world
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -69,61 +70,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "pixel_values")
-LABEL_KEYS = ("label", "labels", "target", "targets", "y")
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine, else a ValueError naming the fix."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} but CUDA is not available here (torch {torch.__version__}, "
-                         f"CUDA build {torch.version.cuda}); use device='cpu'")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={str(device)!r} but this machine has {torch.cuda.device_count()} GPU(s); "
-                         f"use 'cuda:0'..'cuda:{torch.cuda.device_count() - 1}'")
-    return dev
-
-
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels)`` of one batch: a pair (tuple/list) or a dict with an input and a label key."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
-        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
-        if x is None or y is None:
-            raise ValueError(f"a dict batch needs an input key (one of {INPUT_KEYS}) and a label key (one of "
-                             f"{LABEL_KEYS}); got keys {sorted(batch)}")
-        return x, y
-    raise ValueError(f"batches must be (inputs, labels) pairs or dicts, got a {type(batch).__name__}; "
-                     f"wrap the data set so that it yields (x, y)")
-
-
-def _logits(out: Any) -> torch.Tensor:
-    """The class scores of a model output: a tensor, or an output with ``logits`` (Hugging Face style)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise ValueError(f"the model returned a {type(out).__name__}, not a tensor of class scores [N, classes]; "
-                     f"wrap it so that forward returns the logits")
-
-
-def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    if logits.dim() != 2:
-        raise ValueError(f"the model returned shape {tuple(logits.shape)}; fit/evaluate need class scores [N, classes]")
-    labels = labels[labels != -100]  # cross_entropy's ignore_index
-    if labels.numel() and (int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0):
-        raise ValueError(f"labels run from {int(labels.min())} to {int(labels.max())} but the model has "
-                         f"{logits.shape[1]} outputs; build it with num_classes={int(labels.max()) + 1} "
-                         f"(get_model(name, num_classes=...)) or check the data set")
-
-
 def _correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[int, int]:
     """(top-1 correct, top-k correct) in a batch."""
     topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
@@ -150,9 +96,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     for i, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0)):
         x, y = split_batch(batch)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = _logits(model(x))
+        out = logits_of(model(x))
         if i == 0:
-            _check_labels(out, y)
+            check_labels(out, y)
         loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
         c1, c5 = _correct(out, y, 5)
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
@@ -238,9 +184,9 @@ def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, i
         x, y = split_batch(batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = _logits(net(x))
+        out = logits_of(net(x))
         if i == 0:
-            _check_labels(out, y)
+            check_labels(out, y)
         loss = criterion(out, y)
         if not torch.isfinite(loss):
             raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration "

@@ -18,8 +18,9 @@ from typing import Any
 from torch import nn
 
 from lrdlab.lowrank import factorize, methods, ranks
-from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason, weight_of
+from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import Method, get_method
+from lrdlab.lowrank.policies import fit_fixed_ranks, policy_ranks, positive_int, real, reduce_capped, to_patterns
 
 K_BY_K_METHODS = methods.kxk_method_names()
 
@@ -205,49 +206,6 @@ def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[in
     return get_method(method).params(info, layer_ranks, branches) + bias
 
 
-def _policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: dict[str, Any],
-                  name: str) -> tuple[list[int], str]:
-    """Target ranks of one layer under the chosen policy (not yet range-checked), and words for the reason."""
-    kind, value = policy["kind"], policy["value"]
-    if kind == "ratio":
-        return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
-    if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(weight_of(module))], f"energy {value:g}"
-    if kind == "vbmf":
-        mats = form.unfoldings(weight_of(module).detach().double())
-        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
-    # fixed ranks: an int, "full", or a dict by layer name
-    chosen = value.get(name) if isinstance(value, dict) else value
-    if chosen is None:
-        return [], "not in the rank dict"
-    if chosen == "full":
-        return form.full_ranks(info), "full rank"
-    if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
-        return [int(chosen)] * form.n_ranks, "fixed rank"
-    try:
-        out = [int(r) for r in chosen]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"layer {name!r}: rank must be an int, 'full' or a list of ints (got {chosen!r})") from err
-    if len(out) == 1:
-        out = out * form.n_ranks
-    if len(out) != form.n_ranks:
-        raise ValueError(f"layer {name!r}: method {form.name} takes {form.n_ranks} rank(s), got {out}")
-    return out, "fixed rank"
-
-
-def _fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[int], per_layer: bool,
-                     why: str) -> tuple[list[int], str]:
-    """Fixed ranks against the full ranks: a per-layer (dict) rank must fit; one rank for all is capped."""
-    limit = form.full_ranks(info)
-    if all(1 <= r <= t for r, t in zip(target, limit)):
-        return target, why
-    if per_layer:
-        raise ValueError(f"layer {name!r}: ranks {target} are impossible for {form.name} of a "
-                         f"{info['in_channels']}→{info['out_channels']} layer; choose 1 <= rank <= {limit}")
-    capped = [min(r, t) for r, t in zip(target, limit)]
-    return capped, f"{why}, capped at full rank {capped}"
-
-
 def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
                      rounding: str, allow_larger: bool, why: str) -> None:
     """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
@@ -285,48 +243,6 @@ def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target:
     if after >= row.params_before:
         note += f", adds parameters ({after:,} >= {row.params_before:,}; allow_larger)"
     row.reason = note
-
-
-def _patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
-    """Glob patterns from one string (one pattern) or a sequence of strings."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
-        raise ValueError(f"{what} must be a glob pattern or a list of them, e.g. ['conv1', 'layer1.*'] (got {value!r})")
-    return list(value)
-
-
-def _real(value: Any, what: str, hint: str) -> float:
-    """``value`` as a float when it is a real number (numpy scalars included), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{what} must be a finite real number (got {value!r}); {hint}")
-    return float(value)
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a positive integer (got {value!r})")
-    return int(value)
-
-
-def _reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
-                   policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
-    """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
-    1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
-    found = form.reduced(info, target, policy["branches"])
-    if found is None:
-        return form, target, why
-    reduced, kept = found
-    full = 1 - kept  # the mode whose factor is dropped
-    if policy["kind"] == "rank":  # fixed ranks: keep the other mode's rank
-        new_target, new_why = [target[kept]], why
-    else:
-        new_target, new_why = _policy_ranks(module, info, reduced, policy, name)
-    return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
-                                 f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
-                                 f"instead")
 
 
 def make_plan(
@@ -369,15 +285,15 @@ def make_plan(
         raise ValueError(f"choose exactly one rank policy of ratio / energy / vbmf / rank (got {chosen or 'none'})")
     kind = chosen[0]
     if kind == "ratio":
-        ratio = _real(ratio, "ratio", "2 halves each layer's weights")
+        ratio = real(ratio, "ratio", "2 halves each layer's weights")
         ranks._check_ratio(ratio)
     if kind == "energy":
-        energy = _real(energy, "energy", "e.g. 0.9 keeps 90% of Σσ²")
+        energy = real(energy, "energy", "e.g. 0.9 keeps 90% of Σσ²")
         if not 0 < energy <= 1:
             raise ValueError(f"energy must be in (0, 1] (got {energy!r}); e.g. 0.9 keeps 90% of Σσ²")
     if kind == "rank":
         if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-            rank = _positive_int(rank, "rank")
+            rank = positive_int(rank, "rank")
         elif not (rank == "full" or isinstance(rank, dict)):
             raise ValueError(f"rank must be an int >= 1, 'full' or a dict {{layer name: rank}} (got {rank!r})")
     value = {"ratio": ratio, "energy": energy, "vbmf": True, "rank": rank}[kind]
@@ -388,9 +304,9 @@ def make_plan(
         raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
     if rounding not in ranks.ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
-    granularity = _positive_int(granularity, "granularity")
-    branches = _positive_int(branches, "branches")
-    beta = _real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
+    granularity = positive_int(granularity, "granularity")
+    branches = positive_int(branches, "branches")
+    beta = real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
 
@@ -398,7 +314,7 @@ def make_plan(
     names = [n for n, _ in layers]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
-    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    include, exclude = to_patterns(include, "include"), to_patterns(exclude, "exclude")
     _check_patterns(names, include, "include")
     _check_patterns(names, exclude, "exclude")
     if isinstance(rank, dict):
@@ -431,14 +347,14 @@ def make_plan(
         form = methods.default_method(info)
         if form.kxk and method != "auto":
             form = get_method(method)
-        target, why = _policy_ranks(module, info, form, policy, name)
+        target, why = policy_ranks(module, info, form, policy, name)
         if not target:
             row.reason = f"kept: {why}"
             continue
         if method == "auto":  # an explicit method="tucker2" keeps Tucker-2 (capped ranks) on every k×k conv
-            form, target, why = _reduce_capped(module, info, form, target, policy, name, why)
+            form, target, why = reduce_capped(module, info, form, target, policy, name, why)
         if kind == "rank":
-            target, why = _fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
+            target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
         _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
 
