@@ -189,7 +189,7 @@ class RankLab:
                 spectra = [plots.layer_spectrum(module, "input"), plots.layer_spectrum(module, "output")]
                 table = tucker2_kept_energy(W)
             else:
-                spectra, table = [plots.layer_spectrum(module)], None
+                spectra, table = [s.numpy() for s in get_method(method).spectra(W)], None
             self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, table)
         return self._layers[key]
 

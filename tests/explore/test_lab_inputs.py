@@ -39,3 +39,9 @@ def test_the_stem_keeps_one_form_at_every_ratio(lab):
     for ratio in (1.5, 2.0, 8.0):  # at 8 Tucker-2 would not reach the 3 channels: the form must not flip
         state = lab.state("resnet20", "conv1", ratio, 1)
         assert state["method"] == "channel_svd" and len(state["ranks"]) == 1
+
+
+def test_the_stems_figure_shows_the_spectrum_of_its_form(lab):
+    state = lab.state("resnet34", "conv1", 2.0, 1)  # 3→64 7×7: channel_svd rank 22 of a 64-value spectrum
+    assert len(lab.layer("resnet34", "conv1").spectra[0]) == 64 > state["ranks"][0]
+    assert lab.figure(state) is not None
