@@ -22,6 +22,7 @@ browser:
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check lrdlab tests
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lab: $(STAMP)

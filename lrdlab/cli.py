@@ -29,8 +29,9 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     policy.add_argument("--rank", type=int, help="one fixed rank for every layer")
     p.add_argument("--granularity", type=int, default=1, help="round ranks to multiples of G (default 1)")
     p.add_argument("--rounding", choices=["down", "up", "nearest"], default="down")
-    p.add_argument("--method", choices=["auto", "tucker2", "channel_svd"], default="auto",
-                   help="form of k×k convs (Linear and 1×1 convs always use SVD)")
+    p.add_argument("--method", default="auto", metavar="FORM",
+                   help="form of k×k convs: auto (Tucker-2) or a k×k method of lrdlab.lowrank.methods, e.g. "
+                        "channel_svd (Linear and 1×1 convs always use SVD)")
     p.add_argument("--tucker", choices=["hosvd", "hooi"], default="hosvd")
     p.add_argument("--branches", type=int, default=1, help="branched Tucker: groups of the core (default 1)")
     p.add_argument("--include", nargs="*", default=None, metavar="PATTERN", help="only layers matching these globs")
@@ -59,12 +60,16 @@ def _build(args: argparse.Namespace):
 
 
 def _plan_from_args(model, args: argparse.Namespace):
-    from lrdlab.lowrank.plan import make_plan
+    import fnmatch
+
+    from lrdlab.lowrank.plan import candidate_layers, make_plan
 
     exclude = list(args.exclude or [])
     ratio = args.ratio
-    if args.paper:
-        exclude += [p for p in PAPER_EXCLUDE if p not in exclude]
+    if args.paper:  # the paper's exclusions where this model has such layers (CIFAR ResNets have no downsample conv)
+        names = [n for n, _ in candidate_layers(model)]
+        exclude += [p for p in PAPER_EXCLUDE
+                    if p not in exclude and any(fnmatch.fnmatchcase(n, p) for n in names)]
     if ratio is None and args.energy is None and not args.vbmf and args.rank is None:
         ratio = 2.0
     return make_plan(
@@ -129,10 +134,19 @@ def _add_stats(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+_POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude")
+
+
 def _load_or_make_plan(model, args):
     from lrdlab.lowrank.plan import Plan
 
-    return Plan.load(args.plan) if getattr(args, "plan", None) else _plan_from_args(model, args)
+    if not getattr(args, "plan", None):
+        return _plan_from_args(model, args)
+    given = [f"--{k}" for k in _POLICY_OPTIONS if getattr(args, k, None) not in (None, False)]
+    if given:
+        raise ValueError(f"--plan {args.plan} fixes every layer's ranks, so {', '.join(given)} would be ignored; "
+                         f"drop {'them' if len(given) > 1 else 'it'} or drop --plan")
+    return Plan.load(args.plan)
 
 
 def _run_stats(args: argparse.Namespace) -> int:
@@ -159,6 +173,8 @@ def _add_decompose(sub) -> None:
 def _run_decompose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import decompose, save_decomposed
 
+    if args.out.exists() and not args.out.is_dir():  # before minutes of work
+        raise ValueError(f"--out {args.out} is a file; give a folder for plan.json and state_dict.pt")
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     decomposed = decompose(model, plan, progress=True)
@@ -455,12 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Sizes and counts that argparse reads as ints but that must be positive."""
+    for key in ("image_size", "num_classes", "batch", "epochs", "repeats", "rounds", "period", "subset",
+                "granularity", "branches"):
+        value = getattr(args, key, None)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (got {value})")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Every expected error is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        _check_numbers(args)
         return SUBCOMMANDS[args.command][1](args)
-    except ValueError as err:
-        print(f"lrdlab {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # OSError: missing / unreadable / unwritable files
+        message = " ".join(str(err).split())  # one line
+        print(f"lrdlab {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -210,16 +210,14 @@ def plot_rank_time(
 
 def params_removed_pct(C: int, S: int, kernel: int | Sequence[int], rank_values: Sequence[int],
                        method: str = "tucker2") -> np.ndarray:
-    """Closed-form % of a layer's weights removed at each rank (Tucker-2 with r1 = r2 = r, or SVD)."""
+    """Closed-form % of a layer's weights removed at each rank (every rank of the method = r)."""
+    from lrdlab.lowrank.methods import get_method
+
     before = ranks.dense_params(C, S, kernel)
-    if method == "tucker2":
-        after = [ranks.tucker2_params(C, S, kernel, r, r) for r in rank_values]
-    elif method == "svd":
-        after = [ranks.svd_params(C, S, r) for r in rank_values]
-    elif method == "channel_svd":
-        after = [ranks.channel_svd_params(C, S, kernel, r) for r in rank_values]
-    else:
-        raise ValueError(f"method must be 'tucker2', 'svd' or 'channel_svd' (got {method!r})")
+    form = get_method(method)
+    info = {"type": "Conv2d", "in_channels": C, "out_channels": S,
+            "kernel_size": [kernel, kernel] if isinstance(kernel, int) else list(kernel)}
+    after = [form.params(info, [r] * form.n_ranks) for r in rank_values]
     return 100.0 * (1.0 - np.asarray(after, dtype=np.float64) / before)
 
 

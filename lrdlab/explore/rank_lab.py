@@ -31,6 +31,7 @@ from torch import nn
 from lrdlab.explore import plots
 from lrdlab.lowrank import factorize
 from lrdlab.lowrank.layers import build, describe, unsupported_reason
+from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import default_cache_dir
@@ -182,13 +183,13 @@ class RankLab:
             module = _model(model).get_submodule(name)
             info = describe(module)
             plan = make_plan(_model(model), ratio=2, include=[name])
-            method = plan[name].method or ("svd" if info["kernel_size"] == [1, 1] else "tucker2")
+            method = plan[name].method or default_method(info).name
             W = module.weight.detach()
-            if method == "tucker2":
+            if get_method(method) is TUCKER2:
                 spectra = [plots.layer_spectrum(module, "input"), plots.layer_spectrum(module, "output")]
                 table = tucker2_kept_energy(W)
             else:
-                spectra, table = [plots.layer_spectrum(module)], None
+                spectra, table = [s.numpy() for s in get_method(method).spectra(W)], None
             self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, table)
         return self._layers[key]
 
@@ -198,7 +199,8 @@ class RankLab:
     def state(self, model: str, name: str, ratio: float, granularity: int) -> dict[str, Any]:
         """Ranks, params, FLOPs, reconstruction error and cached times of one layer at one setting."""
         data = self.layer(model, name)
-        row = make_plan(_model(model), ratio=ratio, granularity=granularity, include=[name])[name]
+        form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
+        row = make_plan(_model(model), ratio=ratio, granularity=granularity, include=[name], method=form)[name]
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
             "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "method": data.method,
@@ -235,7 +237,7 @@ class RankLab:
         """Relative Frobenius error ‖W − Ŵ‖/‖W‖ of the (HOSVD) decomposition at these ranks."""
         if layer_ranks is None:
             return 0.0
-        if data.method == "tucker2":
+        if get_method(data.method) is TUCKER2:
             r1, r2 = layer_ranks
             t = data.error_table
             kept = t[min(r2, t.shape[0] - 1), min(r1, t.shape[1] - 1)] / t[-1, -1]
@@ -304,7 +306,7 @@ class RankLab:
             energy = 100 * plots.cumulative_energy(sigma)
             ax_s.semilogy(idx, sigma / sigma[0])
             ax_e.plot(idx, energy)
-            what = "input-channel unfolding (R1)" if data.method == "tucker2" else "weight matrix"
+            what = get_method(data.method).rank_names[0]
             ax_s.set(xlabel="index i", ylabel="σ_i / σ_1", title=f"spectrum, {what}")
             ax_e.set(xlabel="rank r", ylabel="energy kept (%)", title="cumulative energy", ylim=(0, 101))
             if r is not None:

@@ -14,24 +14,29 @@ freezes them too). A factor is frozen as a whole (``last`` with its bias). Froze
 ``requires_grad=False`` and ``.grad = None``: autograd computes no weight gradient for them, and
 SGD / AdamW skip parameters whose gradient is ``None``, so neither weight decay nor momentum moves
 them. The phase depends only on ``progress``, so a resumed run lands in the same phase.
+
+Parameters the user froze before building the Freezer stay frozen in every mode and phase. When a
+factor becomes trainable again (sequential), its optimizer state (momentum, Adam moments) is dropped so
+its first step is a fresh one (``reset_optimizer_state``; ``fit`` attaches its optimizer).
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from lrdlab.lowrank.layers import LowRankLayer
+from lrdlab.lowrank.methods import get_method, method_names
 
 MODES = ("none", "regular", "sequential")
+_MARK = "_lrdlab_frozen"  # on the model: names of the parameters a Freezer turned off (not the user's)
 UNITS = ("epoch", "iteration")
-DEFAULT_ORDER: dict[str, tuple[str, ...]] = {
-    "svd": ("last", "first"),
-    "channel_svd": ("last", "first"),
-    "tucker2": ("core", "first", "last"),
-}
+# the default sequential rotation of each registered method (read from the method registry)
+DEFAULT_ORDER: dict[str, tuple[str, ...]] = {name: get_method(name).sequential_order for name in method_names()}
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLayer]]:
@@ -41,18 +46,21 @@ def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLayer]]:
 
 
 def regular_trainable(layer: LowRankLayer) -> str:
-    """The factor regular freezing trains: ``core`` if the layer has one, else ``last``."""
-    names = layer.factor_names()
-    return "core" if "core" in names else "last"
+    """The factor regular freezing trains: the method's ``regular_factor`` (``core`` of Tucker-2, else ``last``)."""
+    return layer.decomposition.regular_factor
 
 
 def layer_order(layer: LowRankLayer, order: Sequence[str] | Mapping[str, Sequence[str]] | None) -> tuple[str, ...]:
     """The rotation of factors for one layer: ``order`` by method (mapping), one list for all, or the default."""
     names = layer.factor_names()
+    default = layer.decomposition.sequential_order
     if order is None:
-        wanted = DEFAULT_ORDER.get(layer.method, tuple(reversed(names)))
+        wanted = default
     elif isinstance(order, Mapping):
-        wanted = tuple(order.get(layer.method, DEFAULT_ORDER.get(layer.method, tuple(reversed(names)))))
+        wanted = tuple(order.get(layer.method, default))
+    elif isinstance(order, str):
+        raise ValueError(f"order must be a list of factor names like ['core', 'first', 'last'], not the string "
+                         f"{order!r}")
     else:
         wanted = tuple(order)
     unknown = [n for n in wanted if n not in ("first", "core", "last")]
@@ -70,19 +78,28 @@ class Freezer:
     Call :meth:`update` with the progress (completed epochs or iterations, per ``unit``), or
     :meth:`step` to advance by one unit; both apply the phase's ``requires_grad`` settings and return
     whether they changed. ``fit`` calls :meth:`sync` before every batch.
+
+    Parameters the user froze (``requires_grad=False`` when the Freezer is built) stay frozen: the
+    Freezer only ever turns off what was trainable. With an optimizer attached
+    (:meth:`attach_optimizer`; ``fit`` does it) and ``reset_optimizer_state=True`` (default), a
+    parameter that becomes trainable again starts from fresh optimizer state (no momentum or Adam
+    moments left from its last trainable phase).
     """
 
     def __init__(self, model: nn.Module, mode: str = "none", period: int = 1, unit: str = "epoch",
                  order: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-                 freeze_others: bool = False) -> None:
+                 freeze_others: bool = False, reset_optimizer_state: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"freezing mode must be one of {MODES}, got {mode!r}")
         if unit not in UNITS:
             raise ValueError(f"freezing unit must be one of {UNITS}, got {unit!r}")
-        if not isinstance(period, int) or period < 1:
+        if isinstance(period, bool) or not isinstance(period, numbers.Integral) or period < 1:
             raise ValueError(f"freezing period must be a positive int, got {period!r}")
-        self.model, self.mode, self.period, self.unit = model, mode, period, unit
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"Freezer needs the model (nn.Module) to freeze, got {type(model).__name__}")
+        self.model, self.mode, self.period, self.unit = model, mode, int(period), unit
         self.freeze_others = freeze_others
+        self.reset_optimizer_state = reset_optimizer_state
         self.layers = low_rank_layers(model)
         if mode != "none" and not self.layers:
             raise ValueError(f"freezing mode {mode!r} needs a decomposed model (no LowRankLayer found); "
@@ -90,7 +107,20 @@ class Freezer:
         self.orders = {name: layer_order(layer, order) for name, layer in self.layers}
         self.progress = 0
         self._phase: int | None = None
+        ours = set(getattr(self._root(), _MARK, ()))  # what an earlier Freezer turned off is not the user's
+        self._user_frozen = {n for n, p in self._root().named_parameters() if not p.requires_grad and n not in ours}
+        self._optimizer: torch.optim.Optimizer | None = None
         self.apply()
+
+    def _root(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def _params(self) -> list[nn.Parameter]:
+        return list(self._root().parameters())
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """The optimizer whose state is reset for parameters that become trainable again (see the class doc)."""
+        self._optimizer = optimizer
 
     # --- schedule --------------------------------------------------------------------------------
     @property
@@ -113,21 +143,24 @@ class Freezer:
         return out
 
     def apply(self) -> None:
-        """Set ``requires_grad`` (and drop gradients) as the current phase says."""
-        factor_params = set()
+        """Set ``requires_grad`` (and drop gradients) as the current phase says; user-frozen parameters stay frozen."""
+        wanted: dict[int, bool] = {}
         trainable = self.trainable_factors()
         for name, layer in self.layers:
             for factor_name, factor in layer.named_children():
                 for p in factor.parameters():
-                    factor_params.add(id(p))
-                    p.requires_grad_(factor_name in trainable[name])
-                    if factor_name not in trainable[name]:
-                        p.grad = None
-        for p in getattr(self.model, "module", self.model).parameters():
-            if id(p) not in factor_params:
-                p.requires_grad_(not self.freeze_others)
-                if self.freeze_others:
-                    p.grad = None
+                    wanted[id(p)] = factor_name in trainable[name]
+        turned_off = []
+        for name, p in self._root().named_parameters():
+            on = wanted.get(id(p), not self.freeze_others) and name not in self._user_frozen
+            if on and not p.requires_grad and self._optimizer is not None and self.reset_optimizer_state:
+                self._optimizer.state.pop(p, None)
+            p.requires_grad_(on)
+            if not on:
+                p.grad = None
+                if name not in self._user_frozen:
+                    turned_off.append(name)
+        setattr(self._root(), _MARK, turned_off)  # a plain attribute: survives deepcopy, unlike one on a tensor
         self._phase = self.phase
 
     def update(self, progress: int) -> bool:

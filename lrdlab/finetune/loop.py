@@ -8,6 +8,7 @@ splits each global batch across ranks) and ``fit`` wraps the model in ``Distribu
 
 from __future__ import annotations
 
+import numbers
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.freezing import Freezer
+from lrdlab.finetune.inputs import check_device, check_labels, logits_of, split_batch
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -61,14 +63,17 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     Also returns ``images``, ``eval_s`` (wall time) and ``eval_img_s`` (inference throughput, including
     data loading).
     """
-    dev = torch.device(device)
+    dev = check_device(device)
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     t0 = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0):
+    for i, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0)):
+        x, y = split_batch(batch)
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = model(x)
+        out = logits_of(model(x))
+        if i == 0:
+            check_labels(out, y)
         loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
         c1, c5 = _correct(out, y, 5)
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
@@ -148,13 +153,19 @@ def _wrap_ddp(model: nn.Module, freezer: Freezer | None, device: torch.device) -
 def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, iteration, device, bar, clip):
     net.train()
     loss_sum, correct, n = 0.0, 0, 0
-    for x, y in bar(loader):
+    for i, batch in enumerate(bar(loader)):
         if freezer is not None:
             freezer.sync(epoch, iteration)
+        x, y = split_batch(batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
+        out = logits_of(net(x))
+        if i == 0:
+            check_labels(out, y)
         loss = criterion(out, y)
+        if not torch.isfinite(loss):
+            raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration "
+                             f"{iteration}); lower the learning rate or clip gradients (clip_grad_norm=1.0)")
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
@@ -205,15 +216,28 @@ def fit(
     ``callbacks`` get each epoch's row (e.g. a live plot); an exception there stops training after
     the checkpoint was written.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    epochs = int(epochs)
     if freezer is not None and _unwrap(freezer.model) is not _unwrap(model):
         raise ValueError("the freezer was built for another model; build it as Freezer(model, ...) for this one")
-    dev = torch.device(device)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH (the file an earlier fit wrote)")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder; give a file path, e.g. "
+                         f"{str(Path(checkpoint) / 'checkpoint.pt')!r}")
+    try:
+        steps = len(train_loader)
+    except TypeError as err:
+        raise ValueError(f"train_loader must be re-iterable with a length (e.g. a DataLoader), got a "
+                         f"{type(train_loader).__name__}") from err
+    if steps == 0:
+        raise ValueError("train_loader is empty (0 batches): check the data set, its subset, and the batch size "
+                         "(with drop_last=True a batch larger than the data set gives no batch)")
+    dev = check_device(device)
     rank, size = world()
     set_seed(seed)
     model.to(dev)
-    steps = len(train_loader)
     opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
     sched = make_scheduler(opt, schedule, lr, epochs * steps)
     records: list[dict[str, Any]] = []
@@ -235,6 +259,7 @@ def fit(
     net = _wrap_ddp(model, freezer, dev) if size > 1 else model
     if freezer is not None:
         freezer.sync(start, iteration)
+        freezer.attach_optimizer(opt)  # after resuming: the checkpoint's optimizer state is the right one
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     show = progress and rank == 0
     wall = records[-1]["wall_s"] if records else 0.0

@@ -5,26 +5,38 @@
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from lrdlab.lowrank import factorize
+from lrdlab.lowrank import factorize, methods
+from lrdlab.lowrank.methods import Method, get_method, method_names
 
-METHODS = ("svd", "channel_svd", "tucker2")
-
+METHODS = method_names()
 
 class LowRankLayer(nn.Sequential):
-    """A layer replaced by a product of factors; carries what it replaced in ``original``."""
+    """A layer replaced by a product of factors; carries what it replaced in ``original``.
+
+    It answers the attributes code reads from the layer it replaced: ``in_features`` /
+    ``out_features`` (Linear), ``in_channels`` / ``out_channels`` / ``kernel_size`` / ``stride`` /
+    ``padding`` / ``dilation`` / ``groups`` / ``padding_mode`` (conv), and ``weight`` / ``bias``.
+    ``weight`` is a *reconstruction*: a new tensor multiplied out of the factors on every read
+    (differentiable, not a Parameter; writing to it changes nothing). ``bias`` is ``last.bias``.
+    """
+
+    __jit_unused_properties__ = [
+        "decomposition", "weight", "bias", "in_features", "out_features", "in_channels", "out_channels",
+        "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode",
+    ]
 
     def __init__(
         self,
         factors: OrderedDict[str, nn.Module],
         method: str,
-        ranks: tuple[int, ...],
+        ranks: Sequence[int],
         original: dict[str, Any],
         branches: int = 1,
     ) -> None:
@@ -37,9 +49,59 @@ class LowRankLayer(nn.Sequential):
     def factor_names(self) -> list[str]:
         return [name for name, _ in self.named_children()]
 
+    @property
+    def decomposition(self) -> Method:
+        """The :class:`~lrdlab.lowrank.methods.Method` object of this layer's form."""
+        return get_method(self.method)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight the factors multiply to (a reconstruction, shaped as the original's weight)."""
+        factors = {name: weight_of(m) for name, m in self.named_children()}
+        return self.decomposition.reconstruct(factors, self.original)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The original layer's bias, which the last factor carries."""
+        return tensor_of(self[-1], "bias")
+
+    def _original(self, key: str, linear: bool = False) -> Any:
+        is_linear = self.original.get("type") == "Linear"
+        if key not in self.original or is_linear != linear:
+            raise AttributeError(f"a LowRankLayer replacing a {self.original.get('type')} has no {key!r}")
+        value = self.original[key]
+        return tuple(value) if isinstance(value, list) else value
+
+    in_features = property(lambda self: self._original("in_channels", linear=True),
+                           doc="Input features of the replaced Linear.")
+    out_features = property(lambda self: self._original("out_channels", linear=True),
+                            doc="Output features of the replaced Linear.")
+    in_channels = property(lambda self: self._original("in_channels"), doc="Input channels of the replaced conv.")
+    out_channels = property(lambda self: self._original("out_channels"), doc="Output channels of the replaced conv.")
+    kernel_size = property(lambda self: self._original("kernel_size"), doc="Kernel size of the replaced conv.")
+    stride = property(lambda self: self._original("stride"), doc="Stride of the replaced conv.")
+    padding = property(lambda self: self._original("padding"), doc="Padding of the replaced conv.")
+    dilation = property(lambda self: self._original("dilation"), doc="Dilation of the replaced conv.")
+    groups = property(lambda self: self._original("groups"), doc="Groups of the replaced conv (1).")
+    padding_mode = property(lambda self: self._original("padding_mode"), doc="Padding mode of the replaced conv.")
+
     def extra_repr(self) -> str:
         extra = f", branches={self.branches}" if self.branches > 1 else ""
         return f"method={self.method}, ranks={self.ranks}{extra}"
+
+
+def tensor_of(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    """A module's tensor attribute (``weight``, ``bias``, …), or None (``nn.Module`` types them ``Tensor | Module``)."""
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """A layer's weight tensor, or a ValueError naming the layer type."""
+    weight = tensor_of(module, "weight")
+    if weight is None:
+        raise ValueError(f"a {type(module).__name__} has no weight tensor; only Linear/Conv layers decompose")
+    return weight
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -78,92 +140,53 @@ def unsupported_reason(module: nn.Module) -> str | None:
 
 
 def default_method(module: nn.Module) -> str:
-    """SVD for Linear and 1×1 conv, Tucker-2 for k×k conv (paper §1)."""
-    if isinstance(module, nn.Linear) or tuple(module.kernel_size) == (1, 1):
-        return "svd"
-    return "tucker2"
+    """Name of the default form: SVD for Linear and 1×1 conv, Tucker-2 for k×k conv (paper §1)."""
+    return methods.default_method(describe(module)).name
 
 
 def full_ranks(original: dict[str, Any], method: str) -> list[int]:
     """The largest ranks of a layer (``describe()`` dict): decomposing at these reproduces it exactly."""
-    C, S, k2 = original["in_channels"], original["out_channels"], math.prod(original["kernel_size"])
-    if method == "svd":
-        return [min(C, S)]
-    if method == "channel_svd":
-        return [min(C * k2, S)]
-    return [min(C, S * k2), min(S, C * k2)]
+    return get_method(method).full_ranks(original)
 
 
-def _conv(cin: int, cout: int, kernel, bias: bool, like: dict | None = None, groups: int = 1) -> nn.Conv2d:
-    spatial = {}
-    if like is not None:
-        spatial = dict(
-            stride=tuple(like["stride"]),
-            padding=like["padding"] if isinstance(like["padding"], str) else tuple(like["padding"]),
-            dilation=tuple(like["dilation"]),
-            padding_mode=like["padding_mode"],
-        )
-    return nn.Conv2d(cin, cout, kernel, bias=bias, groups=groups, **spatial)
-
-
-def build(original: dict[str, Any], method: str, ranks: tuple[int, ...], branches: int = 1) -> LowRankLayer:
+def build(original: dict[str, Any], method: str, ranks: Sequence[int], branches: int = 1) -> LowRankLayer:
     """An uninitialised ``LowRankLayer`` of the right shapes (used to reload a saved model)."""
-    C, S, kernel, bias = original["in_channels"], original["out_channels"], original["kernel_size"], original["bias"]
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if original["type"] == "Linear":
-        if method != "svd":
-            raise ValueError(f"a Linear layer is decomposed by 'svd', not {method!r}")
-        (r,) = ranks
-        factors = OrderedDict(first=nn.Linear(C, r, bias=False), last=nn.Linear(r, S, bias=bias))
-    elif method == "svd":
-        if tuple(kernel) != (1, 1):
-            raise ValueError(f"'svd' needs a 1×1 conv (kernel {tuple(kernel)}); use 'channel_svd' or 'tucker2'")
-        (r,) = ranks
-        factors = OrderedDict(first=_conv(C, r, 1, False, like=original), last=_conv(r, S, 1, bias))
-    elif method == "channel_svd":
-        (r,) = ranks
-        factors = OrderedDict(first=_conv(C, r, tuple(kernel), False, like=original), last=_conv(r, S, 1, bias))
-    else:
-        r1, r2 = ranks
-        if not isinstance(branches, int) or branches < 1 or r1 % branches or r2 % branches:
-            raise ValueError(f"branched Tucker: ranks ({r1}, {r2}) must be multiples of the branch count "
-                             f"{branches!r} (a positive int); round them or choose another branch count")
-        factors = OrderedDict(
-            first=_conv(C, r1, 1, False),
-            core=_conv(r1, r2, tuple(kernel), False, like=original, groups=branches),
-            last=_conv(r2, S, 1, bias),
-        )
-    return LowRankLayer(factors, method, ranks, original, branches=branches if method == "tucker2" else 1)
+    form = get_method(method)
+    reason = form.unsupported(original)
+    if reason:
+        raise ValueError(reason)
+    form.check_ranks(original, ranks, f"a {original['type']}")
+    layer_ranks = tuple(int(r) for r in ranks)
+    factors = form.build(original, layer_ranks, branches)
+    return LowRankLayer(factors, form.name, layer_ranks, original, branches=branches if form.branchable else 1)
 
 
 @torch.no_grad()
 def decompose_layer(
-    module: nn.Module, method: str, ranks: tuple[int, ...], tucker: str = "hosvd", branches: int = 1
+    module: nn.Module, method: str, ranks: Sequence[int], tucker: str = "hosvd", branches: int = 1
 ) -> LowRankLayer:
-    """Decompose one ``nn.Linear`` / ``nn.Conv2d`` into a ``LowRankLayer`` with the given ranks."""
+    """Decompose one ``nn.Linear`` / ``nn.Conv2d`` into a ``LowRankLayer`` with the given ranks.
+
+    ``ranks`` is a sequence (one rank per :attr:`Method.rank_names`: ``(8,)`` for SVD, ``(8, 8)`` for
+    Tucker-2). The factors keep the original weight's dtype, device and ``requires_grad``.
+    """
     reason = unsupported_reason(module)
     if reason:
         raise ValueError(reason)
     original = describe(module)
-    weight = module.weight
-    limit = full_ranks(original, method)
-    if len(ranks) != len(limit) or any(not 1 <= r <= top for r, top in zip(ranks, limit)):
-        raise ValueError(f"ranks {tuple(ranks)} are impossible for {method} of this {original['type']}; "
-                         f"each must be in 1..{tuple(limit)}")
+    form = get_method(method)
+    if tucker not in factorize.TUCKER_METHODS:
+        raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
+    weight = weight_of(module)
     with torch.device("meta"):  # no point initialising weights that are overwritten below
-        layer = build(original, method, tuple(ranks), branches)
+        layer = build(original, form.name, ranks, branches)
     layer = layer.to_empty(device=weight.device).to(weight.dtype)
-    S, C = weight.shape[:2]
-    if method in ("svd", "channel_svd"):
-        first, last = factorize.svd_factors(weight.reshape(S, -1), ranks[0])
-        layer.first.weight.copy_(first.reshape(layer.first.weight.shape))
-        layer.last.weight.copy_(last.reshape(layer.last.weight.shape))
-    else:
-        u_in, core, u_out = factorize.tucker2_factors(weight, ranks[0], ranks[1], method=tucker)
-        layer.first.weight.copy_(u_in.T[:, :, None, None])
-        layer.core.weight.copy_(factorize.block_diagonal_core(core, branches))
-        layer.last.weight.copy_(u_out[:, :, None, None])
-    if module.bias is not None:
-        layer.last.bias.copy_(module.bias)
+    for name, value in form.factorize(weight, layer.ranks, tucker, layer.branches).items():
+        target = weight_of(layer.get_submodule(name))
+        target.copy_(value.reshape(target.shape))
+        target.requires_grad_(weight.requires_grad)
+    bias, new_bias = tensor_of(module, "bias"), tensor_of(layer[-1], "bias")
+    if bias is not None and new_bias is not None:
+        new_bias.copy_(bias)
+        new_bias.requires_grad_(bias.requires_grad)
     return layer

@@ -43,14 +43,15 @@ See :func:`merge_report` for what happens to each block and why.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from lrdlab.lowrank.decompose import _set_module, check_plan, decompose
-from lrdlab.lowrank.layers import LowRankLayer
+from lrdlab.lowrank.decompose import MERGED, _set_module, check_plan, decompose
+from lrdlab.lowrank.layers import LowRankLayer, tensor_of, weight_of
+from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan
 
 BN_MODES = ("fold", "fresh", "exact")
@@ -60,8 +61,22 @@ DEFAULT_BN = "fresh"
 # --- exact primitives ----------------------------------------------------------------------------------
 
 
-def _as_pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+def _as_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)  # type: ignore[arg-type]
+
+
+def _part(block: nn.Module, name: str) -> nn.Module:
+    """A named child of ``block`` (``nn.Module`` types attributes as ``Tensor | Module``)."""
+    return block.get_submodule(name)
+
+
+def _bn_tensors(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running mean and variance of a BatchNorm that keeps them."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} keeps no running statistics; merge needs them")
+    return bn.running_mean, bn.running_var
 
 
 def _check_conv(conv: nn.Conv2d, what: str) -> None:
@@ -78,6 +93,7 @@ def merge_linear(a: nn.Module, b: nn.Module) -> nn.Module:
     the product of both strides; its bias is ``W_b·bias_a + bias_b`` (none if neither has one).
     Weights are multiplied in float64 and returned in ``a``'s dtype.
     """
+    out: nn.Linear | nn.Conv2d
     if isinstance(a, nn.Linear) and isinstance(b, nn.Linear):
         if a.out_features != b.in_features:
             raise ValueError(f"merge_linear: {a} gives {a.out_features} features but {b} takes {b.in_features}")
@@ -95,13 +111,15 @@ def merge_linear(a: nn.Module, b: nn.Module) -> nn.Module:
                              f"exactly (its zero border is not the first conv's output)")
         if a.out_channels != b.in_channels:
             raise ValueError(f"merge_linear: {a} gives {a.out_channels} channels but {b} takes {b.in_channels}")
-        stride = tuple(sa * sb for sa, sb in zip(_as_pair(a.stride), _as_pair(b.stride)))
+        sa, sb = _as_pair(a.stride), _as_pair(b.stride)
+        stride = (sa[0] * sb[0], sa[1] * sb[1])
         if a.padding == "same" and stride != (1, 1):
             raise ValueError("merge_linear: padding='same' cannot take the second conv's stride; "
                              "give the first conv explicit padding")
+        padding = a.padding if isinstance(a.padding, str) else _as_pair(a.padding)
         out = nn.Conv2d(
-            a.in_channels, b.out_channels, a.kernel_size, stride=stride, padding=a.padding, dilation=a.dilation,
-            padding_mode=a.padding_mode, bias=a.bias is not None or b.bias is not None,
+            a.in_channels, b.out_channels, _as_pair(a.kernel_size), stride=stride, padding=padding,
+            dilation=_as_pair(a.dilation), padding_mode=a.padding_mode, bias=a.bias is not None or b.bias is not None,
         )
         Wa, Wb = a.weight.double(), b.weight.double()[:, :, 0, 0]
         weight = torch.einsum("sm,mcij->scij", Wb, Wa)
@@ -129,9 +147,10 @@ def fold_bn(layer: nn.Module, bn: nn.Module) -> nn.Module:
         raise ValueError(f"fold_bn: expected a BatchNorm with running statistics after {layer}, got {bn}")
     if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise ValueError(f"fold_bn: cannot fold BatchNorm into a {type(layer).__name__}")
-    scale = bn.running_var.double().add(bn.eps).rsqrt()
-    shift = -bn.running_mean.double() * scale
-    if bn.affine:
+    mean, var = _bn_tensors(bn)
+    scale = var.double().add(bn.eps).rsqrt()
+    shift = -mean.double() * scale
+    if bn.affine and bn.weight is not None and bn.bias is not None:
         scale, shift = scale * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
     out = copy.deepcopy(layer)
     if out.bias is None:
@@ -203,13 +222,13 @@ def merge_report(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> list[dic
         entry = {"block": block, "merged": False, "ranks": None, "reason": ""}
         if row is None or not row.decomposed:
             entry["reason"] = f"{name} is not decomposed by the plan ({row.reason if row else 'not in the plan'})"
-        elif row.method != "tucker2":
+        elif get_method(row.spec[0]) is not TUCKER2:
             raise ValueError(f"layer merging needs Tucker-2 on {name}, but the plan uses {row.method!r}; "
                              f"make the plan with method='tucker2' (or 'auto')")
         elif bn == "exact":
             entry["reason"] = "bn='exact': BN + ReLU sit between conv1 and conv2 (and conv2 and conv3)"
         else:
-            entry.update(merged=True, ranks=list(row.ranks), reason=f"merged (bn={bn!r})")
+            entry.update(merged=True, ranks=list(row.spec[1]), reason=f"merged (bn={bn!r})")
         report.append(entry)
     return report
 
@@ -219,8 +238,9 @@ def merge_report(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN) -> list[dic
 
 def _identity_bn(like: nn.Module, channels: int, shift: torch.Tensor | None, weight: torch.Tensor) -> nn.BatchNorm2d:
     """A BatchNorm2d that is ``x + shift`` in eval mode (running stats 0 / 1), settings copied from ``like``."""
-    kw = {"eps": like.eps, "momentum": like.momentum} if isinstance(like, nn.BatchNorm2d) else {}
-    bn = nn.BatchNorm2d(channels, device=weight.device, dtype=weight.dtype, **kw)
+    bn = nn.BatchNorm2d(channels, device=weight.device, dtype=weight.dtype)
+    if isinstance(like, nn.BatchNorm2d):
+        bn.eps, bn.momentum = like.eps, like.momentum
     with torch.no_grad():
         bn.weight.fill_(float(bn.eps + 1.0) ** 0.5)
         if shift is not None:
@@ -231,23 +251,30 @@ def _identity_bn(like: nn.Module, channels: int, shift: torch.Tensor | None, wei
 @torch.no_grad()
 def _merge_block(block: nn.Module, bn: str) -> dict[str, nn.Module]:
     """New modules for one bottleneck whose ``conv2`` is a Tucker-2 ``LowRankLayer``; the block is not changed."""
-    low = block.conv2
-    if not isinstance(low, LowRankLayer) or low.method != "tucker2":
+    low = _part(block, "conv2")
+    if not isinstance(low, LowRankLayer) or low.decomposition is not TUCKER2:
         raise ValueError(f"expected a Tucker-2 LowRankLayer as conv2, got {type(low).__name__}")
-    dtype, device = low.core.weight.dtype, low.core.weight.device
-    conv1 = merge_linear(fold_bn(block.conv1, block.bn1), low.first)
-    conv3 = merge_linear(fold_bn(low.last, block.bn2), block.conv3)
-    bn3 = copy.deepcopy(block.bn3)
-    if conv3.bias is not None and isinstance(bn3, nn.BatchNorm2d):  # a bias just before BN is its running mean
-        bn3.running_mean.sub_(conv3.bias.to(bn3.running_mean.dtype))
-        conv3.bias = None
-    parts = {"conv1": conv1, "conv2": copy.deepcopy(low.core), "conv3": conv3, "bn3": bn3}
+    core = _part(low, "core")
+    core_weight = weight_of(core)
+    dtype, device = core_weight.dtype, core_weight.device
+    conv1 = merge_linear(fold_bn(_part(block, "conv1"), _part(block, "bn1")), _part(low, "first"))
+    conv3 = merge_linear(fold_bn(_part(low, "last"), _part(block, "bn2")), _part(block, "conv3"))
+    bn3 = copy.deepcopy(_part(block, "bn3"))
+    conv3_bias = tensor_of(conv3, "bias")
+    if conv3_bias is not None and isinstance(bn3, nn.BatchNorm2d):  # a bias just before BN is its running mean
+        running_mean, _ = _bn_tensors(bn3)
+        running_mean.sub_(conv3_bias.to(running_mean.dtype))
+        conv3.register_parameter("bias", None)
+    parts: dict[str, nn.Module] = {"conv1": conv1, "conv2": copy.deepcopy(core), "conv3": conv3, "bn3": bn3}
     if bn == "fold":
         parts.update(bn1=nn.Identity(), bn2=nn.Identity())
     else:  # fresh: BN in the rank spaces, identity in eval mode; conv1's bias moves into bn1's shift
-        shift, conv1.bias = conv1.bias.detach().clone(), None
-        parts.update(bn1=_identity_bn(block.bn1, conv1.out_channels, shift, low.core.weight),
-                     bn2=_identity_bn(block.bn2, low.core.out_channels, None, low.core.weight))
+        conv1_bias = tensor_of(conv1, "bias")
+        shift = None if conv1_bias is None else conv1_bias.detach().clone()
+        conv1.register_parameter("bias", None)
+        out1, out2 = weight_of(conv1).shape[0], core_weight.shape[0]
+        parts.update(bn1=_identity_bn(_part(block, "bn1"), out1, shift, core_weight),
+                     bn2=_identity_bn(_part(block, "bn2"), out2, None, core_weight))
     return {k: v.to(device=device, dtype=dtype) for k, v in parts.items()}
 
 
@@ -259,10 +286,10 @@ def calibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: Iterable[
     each BN's input mean and variance per channel, and sets running stats to them and the affine
     parameters so that BN stays ``x + shift`` in eval mode. Returns the number of images seen.
     """
-    sums = {id(b): [0.0, 0.0, 0] for b in bns}
+    sums: dict[int, list[Any]] = {id(b): [0.0, 0.0, 0] for b in bns}
 
-    def hook(mod, inputs):
-        x = inputs[0].detach().double().transpose(0, 1).reshape(mod.num_features, -1)
+    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
         acc = sums[id(mod)]
         acc[0] = acc[0] + x.sum(1)
         acc[1] = acc[1] + (x * x).sum(1)
@@ -287,11 +314,15 @@ def calibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: Iterable[
         s, ss, n = sums[id(b)]
         mean = s / n
         var = (ss / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
-        shift = b.bias.double() - b.weight.double() * b.running_mean.double() / (b.running_var.double() + b.eps).sqrt()
-        b.running_mean.copy_(mean.to(b.running_mean.dtype))
-        b.running_var.copy_(var.to(b.running_var.dtype))
-        b.weight.copy_((var + b.eps).sqrt().to(b.weight.dtype))
-        b.bias.copy_((shift + mean).to(b.bias.dtype))
+        running_mean, running_var = _bn_tensors(b)
+        weight, bias = weight_of(b), tensor_of(b, "bias")
+        if bias is None:
+            raise ValueError(f"calibrate_bn: {b} has no affine parameters")
+        shift = bias.double() - weight.double() * running_mean.double() / (running_var.double() + b.eps).sqrt()
+        running_mean.copy_(mean.to(running_mean.dtype))
+        running_var.copy_(var.to(running_var.dtype))
+        weight.copy_((var + b.eps).sqrt().to(weight.dtype))
+        bias.copy_((shift + mean).to(bias.dtype))
     return seen
 
 
@@ -332,11 +363,11 @@ def merge_bottlenecks(
         row.name: work.get_submodule(row.name) for row in sub_plan.decomposed_layers
         if not any(row.name == prefix[b] + "conv2" for b in merged_blocks)
     }
-    new_bns = []
+    new_bns: list[nn.BatchNorm2d] = []
     for b in merged_blocks:
         parts = _merge_block(work.get_submodule(b), bn)
         if bn == "fresh":
-            new_bns += [parts["bn1"], parts["bn2"]]
+            new_bns += [m for m in (parts["bn1"], parts["bn2"]) if isinstance(m, nn.BatchNorm2d)]
         replacements.update({prefix[b] + k: v for k, v in parts.items()})
     if calibration is not None:
         for name, module in replacements.items():
@@ -347,4 +378,15 @@ def merge_bottlenecks(
         _set_module(target, name, module)
     for module in replacements.values():
         module.train(model.training)
+    for b in merged_blocks:  # recorded, so that save_decomposed / load_decomposed can rebuild the merge
+        setattr(target.get_submodule(b), MERGED, bn)
     return target
+
+
+def merge_block_in_place(model: nn.Module, block: str, bn: str) -> None:
+    """Merge one bottleneck of ``model`` whose ``conv2`` is already a Tucker-2 ``LowRankLayer`` (for reloading)."""
+    module = model.get_submodule(block)
+    prefix = f"{block}." if block else ""
+    for name, part in _merge_block(module, bn).items():
+        _set_module(model, prefix + name, part)
+    setattr(module, MERGED, bn)

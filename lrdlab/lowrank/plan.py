@@ -9,23 +9,20 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from lrdlab.lowrank import factorize, ranks
-from lrdlab.lowrank.layers import (
-    LowRankLayer,
-    default_method,
-    describe,
-    full_ranks,
-    unsupported_reason,
-)
+from lrdlab.lowrank import factorize, methods, ranks
+from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
+from lrdlab.lowrank.methods import Method, get_method
+from lrdlab.lowrank.policies import fit_fixed_ranks, policy_ranks, positive_int, real, reduce_capped, to_patterns
 
-K_BY_K_METHODS = ("tucker2", "channel_svd")
+K_BY_K_METHODS = methods.kxk_method_names()
 
 
 @dataclass
@@ -48,6 +45,13 @@ class LayerPlan:
     @property
     def decomposed(self) -> bool:
         return self.method is not None
+
+    @property
+    def spec(self) -> tuple[str, tuple[int, ...]]:
+        """``(method, ranks)`` of a decomposed row (a ValueError for a row that keeps its layer)."""
+        if self.method is None or self.ranks is None:
+            raise ValueError(f"layer {self.name!r} is not decomposed by the plan ({self.reason})")
+        return self.method, tuple(self.ranks)
 
     def keep(self, reason: str) -> None:
         """Mark this row as left unchanged, saying why."""
@@ -119,16 +123,41 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         try:
             layers = [LayerPlan(**row) for row in data["layers"]]
-            return cls(model=data["model"], layers=layers, settings=data.get("settings", {}))
+            plan = cls(model=data["model"], layers=layers, settings=data.get("settings", {}))
         except (KeyError, TypeError) as err:
-            raise ValueError(f"not an lrdlab plan: {err}") from err
+            raise ValueError(f"not an lrdlab plan ({type(err).__name__}: {err}); "
+                             f"write plans with Plan.save or `lrdlab plan MODEL --out plan.json`") from err
+        for row in plan.layers:
+            if row.method is not None:
+                try:
+                    get_method(row.method)
+                except ValueError as err:
+                    raise ValueError(f"plan row {row.name!r}: {err}") from err
+        return plan
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        """Write the plan as JSON (the folder must exist)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot write the plan to {path}: folder {path.parent} does not exist; "
+                                    f"create it or choose another path")
+        path.write_text(self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a plan written by :meth:`save` (``FileNotFoundError`` / ``ValueError`` naming the file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no plan file {path}; write one with `lrdlab plan MODEL --out {path.name}` "
+                                    f"or Plan.save")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not a JSON plan ({err}); write one with `lrdlab plan MODEL --out "
+                             f"{path.name}` or Plan.save") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds JSON but not an lrdlab plan; write one with Plan.save")
+        return cls.from_dict(data)
 
 
 # --- building a plan -------------------------------------------------------------------------------
@@ -168,77 +197,22 @@ def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
             )
 
 
-def params_of(info: dict[str, Any], method: str | None, layer_ranks: list[int] | None, branches: int = 1) -> int:
-    """Parameters (weights + bias) of a layer described by ``describe()``, before or after."""
+def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[int] | None, branches: int = 1) -> int:
+    """Parameters (weights + bias) of a layer described by ``describe()``, before (``method`` None) or after."""
     C, S, kernel = info["in_channels"], info["out_channels"], info["kernel_size"]
     bias = S if info["bias"] else 0
-    groups = info.get("groups", 1)
-    if method is None:
-        return ranks.dense_params(C, S, kernel) // groups + bias
-    if method == "svd":
-        return ranks.svd_params(C, S, layer_ranks[0]) + bias
-    if method == "channel_svd":
-        return ranks.channel_svd_params(C, S, kernel, layer_ranks[0]) + bias
-    return ranks.tucker2_params(C, S, kernel, layer_ranks[0], layer_ranks[1], branches) + bias
+    if method is None or layer_ranks is None:
+        return ranks.dense_params(C, S, kernel) // info.get("groups", 1) + bias
+    return get_method(method).params(info, layer_ranks, branches) + bias
 
 
-def _spectra(module: nn.Module, method: str) -> list[torch.Tensor]:
-    """Singular values that decide each rank: the matrix for SVD, the two channel unfoldings for Tucker."""
-    W = module.weight.detach()
-    if method == "tucker2":
-        return [factorize.singular_values(factorize.mode_unfolding(W, 1)),
-                factorize.singular_values(factorize.mode_unfolding(W, 0))]
-    return [factorize.singular_values(W.reshape(W.shape[0], -1))]
-
-
-def _policy_ranks(name, module, info, method, policy: dict[str, Any]) -> tuple[list[int], str]:
-    """Target ranks of one layer under the chosen policy, and the words for the reason column."""
-    C, S, kernel = info["in_channels"], info["out_channels"], info["kernel_size"]
-    kind, value = policy["kind"], policy["value"]
-    if kind == "ratio":
-        if method == "svd":
-            out = [ranks.svd_rank_for_ratio(C, S, value)]
-        elif method == "channel_svd":
-            out = [ranks.channel_svd_rank_for_ratio(C, S, kernel, value)]
-        else:
-            out = list(ranks.tucker2_rank_for_ratio(C, S, kernel, value, policy["beta"], policy["branches"]))
-        return out, f"ratio {value:g}"
-    if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in _spectra(module, method)], f"energy {value:g}"
-    if kind == "vbmf":
-        W = module.weight.detach().double()
-        if method == "tucker2":
-            mats = [factorize.mode_unfolding(W, 1), factorize.mode_unfolding(W, 0)]
-        else:
-            mats = [W.reshape(W.shape[0], -1)]
-        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
-    # fixed ranks: an int, "full", or a dict by layer name
-    chosen = value.get(name) if isinstance(value, dict) else value
-    if chosen is None:
-        return [], "not in the rank dict"
-    if chosen == "full":
-        return full_ranks(info, method), "full rank"
-    chosen = [int(chosen)] if isinstance(chosen, (int, float)) else [int(r) for r in chosen]
-    want = 2 if method == "tucker2" else 1
-    if len(chosen) == 1 and want == 2:
-        chosen = chosen * 2
-    if len(chosen) != want:
-        raise ValueError(f"layer {name!r}: method {method} takes {want} rank(s), got {chosen}")
-    limit = full_ranks(info, method)
-    for r, top in zip(chosen, limit):
-        if r < 1 or r > top:
-            raise ValueError(
-                f"layer {name!r}: rank {r} is impossible for {method} of a {C}→{S} layer; "
-                f"choose 1 <= rank <= {top}"
-            )
-    return chosen, "fixed rank"
-
-
-def _round_and_check(row: LayerPlan, info, method, target, granularity, rounding, allow_larger, why) -> None:
+def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
+                     rounding: str, allow_larger: bool, why: str) -> None:
     """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
-    branches = row.branches if method == "tucker2" else 1
+    method = form.name
+    branches = row.branches if form.branchable else 1
     step = math.lcm(granularity, branches)
-    limit = full_ranks(info, method)
+    limit = form.full_ranks(info)
 
     def saves(layer_ranks: list[int]) -> bool:
         return allow_larger or params_of(info, method, layer_ranks, branches) < row.params_before
@@ -284,50 +258,63 @@ def make_plan(
     tucker: str = "hosvd",
     beta: float = 1.0,
     branches: int = 1,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
     allow_larger: bool = False,
     model_name: str | None = None,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model``.
 
     Choose one rank policy: ``ratio`` (per-layer compression α, paper §1), ``energy`` (fraction of
-    Σσ² kept), ``vbmf=True``, or ``rank`` (an int, ``"full"``, or a dict from layer name to rank).
-    ``method`` picks the form of k×k convs: ``"auto"``/``"tucker2"`` (3 layers) or ``"channel_svd"``
-    (2 layers); Linear and 1×1 convs always use SVD. ``include``/``exclude`` are glob patterns over
-    layer names. A rank that would not save parameters keeps the layer (unless ``allow_larger``).
+    Σσ² kept), ``vbmf=True``, or ``rank`` (an int for every layer, capped at each layer's full rank;
+    ``"full"``; or a dict from layer name to rank). ``method`` picks the form of k×k convs:
+    ``"auto"`` (Tucker-2, 3 layers; but a layer whose Tucker rank reaches a mode's size, as on a
+    3-channel stem, gets the Tucker-1 form without that useless full-rank factor), ``"tucker2"``
+    (always), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see :mod:`lrdlab.lowrank.methods`);
+    Linear and 1×1 convs always use SVD.
+    ``include``/``exclude`` are glob patterns over layer names (one string is one pattern). A rank
+    that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
+    recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
     """
+    if not isinstance(model, nn.Module):
+        hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
+            "pass an nn.Module (e.g. lrdlab.get_model('resnet20'))"
+        raise ValueError(f"make_plan needs a model (nn.Module), got {type(model).__name__}; {hint}")
     chosen = [k for k, v in dict(ratio=ratio, energy=energy, vbmf=vbmf or None, rank=rank).items() if v is not None]
     if len(chosen) != 1:
         raise ValueError(f"choose exactly one rank policy of ratio / energy / vbmf / rank (got {chosen or 'none'})")
     kind = chosen[0]
-    value = {"ratio": ratio, "energy": energy, "vbmf": True, "rank": rank}[kind]
     if kind == "ratio":
+        ratio = real(ratio, "ratio", "2 halves each layer's weights")
         ranks._check_ratio(ratio)
-    if kind == "energy" and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
-        raise ValueError(f"energy must be in (0, 1] (got {energy!r}); e.g. 0.9 keeps 90% of Σσ²")
-    if kind == "rank" and not isinstance(rank, (int, str, dict)):
-        raise ValueError(f"rank must be an int, 'full' or a dict {{layer name: rank}} (got {rank!r})")
-    if isinstance(rank, str) and rank != "full":
-        raise ValueError(f"rank must be an int, 'full' or a dict (got {rank!r})")
-    if isinstance(rank, bool) or (isinstance(rank, int) and rank < 1):
-        raise ValueError(f"rank must be >= 1 (got {rank!r})")
-    if method not in ("auto", *K_BY_K_METHODS):
-        raise ValueError(f"method must be 'auto', 'tucker2' or 'channel_svd' (got {method!r})")
+    if kind == "energy":
+        energy = real(energy, "energy", "e.g. 0.9 keeps 90% of Σσ²")
+        if not 0 < energy <= 1:
+            raise ValueError(f"energy must be in (0, 1] (got {energy!r}); e.g. 0.9 keeps 90% of Σσ²")
+    if kind == "rank":
+        if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
+            rank = positive_int(rank, "rank")
+        elif not (rank == "full" or isinstance(rank, dict)):
+            raise ValueError(f"rank must be an int >= 1, 'full' or a dict {{layer name: rank}} (got {rank!r})")
+    value = {"ratio": ratio, "energy": energy, "vbmf": True, "rank": rank}[kind]
+    kxk = methods.kxk_method_names()
+    if method != "auto" and method not in kxk:
+        raise ValueError(f"method must be 'auto' or one of {kxk} (got {method!r})")
     if tucker not in factorize.TUCKER_METHODS:
         raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
     if rounding not in ranks.ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
-    if not isinstance(granularity, int) or granularity < 1:
-        raise ValueError(f"granularity must be a positive integer (got {granularity!r})")
-    if not isinstance(branches, int) or branches < 1:
-        raise ValueError(f"branches must be a positive integer (got {branches!r})")
+    granularity = positive_int(granularity, "granularity")
+    branches = positive_int(branches, "branches")
+    beta = real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
 
     layers = candidate_layers(model)
     names = [n for n, _ in layers]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
-    include, exclude = list(include or []), list(exclude or [])
+    include, exclude = to_patterns(include, "include"), to_patterns(exclude, "exclude")
     _check_patterns(names, include, "include")
     _check_patterns(names, exclude, "exclude")
     if isinstance(rank, dict):
@@ -357,19 +344,24 @@ def make_plan(
         if skip:
             row.reason = skip
             continue
-        layer_method = default_method(module)
-        if layer_method == "tucker2" and method != "auto":
-            layer_method = method
-        row.branches = branches if layer_method == "tucker2" else 1
-        target, why = _policy_ranks(name, module, info, layer_method, policy)
+        form = methods.default_method(info)
+        if form.kxk and method != "auto":
+            form = get_method(method)
+        target, why = policy_ranks(module, info, form, policy, name)
         if not target:
             row.reason = f"kept: {why}"
             continue
-        _round_and_check(row, info, layer_method, target, granularity, rounding, allow_larger, why)
+        if method == "auto":  # an explicit method="tucker2" keeps Tucker-2 (capped ranks) on every k×k conv
+            form, target, why = reduce_capped(module, info, form, target, policy, name, why)
+        if kind == "rank":
+            target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
+        row.branches = branches if form.branchable else 1
+        _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
 
     settings = {
         "policy": kind, "value": value, "granularity": granularity, "rounding": rounding,
         "method": method, "tucker": tucker, "beta": beta, "branches": branches,
         "include": include, "exclude": exclude, "allow_larger": allow_larger,
     }
-    return Plan(model=model_name or type(model).__name__, layers=rows, settings=settings)
+    name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
+    return Plan(model=name, layers=rows, settings=settings)

@@ -7,7 +7,8 @@ kernel (1×1 for Linear). "ratio" is the per-layer compression target α = param
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def tucker2_params(
 
 
 def _check_ratio(ratio: float) -> None:
-    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 1):
+    if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and math.isfinite(ratio) and ratio > 1):
         raise ValueError(f"compression ratio must be a finite number > 1 (got {ratio!r}); 2 halves the weights")
 
 
@@ -68,8 +69,8 @@ def tucker2_rank_for_ratio(
     ``branches`` (N) divides the core's weights (branched Tucker); N = 1 is the paper's formula.
     """
     _check_ratio(ratio)
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0 (got {beta})")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not beta > 0:
+        raise ValueError(f"beta must be a real number > 0 (got {beta!r}); R2 = β·R1, 1 makes both ranks equal")
     k2 = _k2(kernel)
     a = beta * k2 / branches
     b = C + beta * S
@@ -78,7 +79,7 @@ def tucker2_rank_for_ratio(
     return r1, math.floor(beta * r1)
 
 
-def max_saving_rank(params_at, params_before: int, upper: int) -> int:
+def max_saving_rank(params_at: Callable[[int], int], params_before: int, upper: int) -> int:
     """Largest rank r <= ``upper`` with ``params_at(r) < params_before`` (0 if none).
 
     ``params_at`` must be non-decreasing in r.
@@ -95,7 +96,7 @@ def max_saving_rank(params_at, params_before: int, upper: int) -> int:
 
 def energy_rank(singular_values: Sequence[float] | np.ndarray, energy: float) -> int:
     """Smallest rank whose leading singular values keep ``energy`` of Σσ²."""
-    if not (0 < energy <= 1):
+    if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1] (got {energy}); e.g. 0.9 keeps 90% of Σσ²")
     s2 = np.asarray(singular_values, dtype=np.float64) ** 2
     total = s2.sum()
@@ -111,7 +112,8 @@ def round_rank(rank: int, granularity: int, mode: str = "down", max_rank: int | 
     ``max_rank`` is the largest usable rank (the full rank, or :func:`max_saving_rank`).
     Raises ``ValueError`` when no multiple of ``granularity`` fits.
     """
-    if granularity < 1 or int(granularity) != granularity:
+    if isinstance(granularity, bool) or not isinstance(granularity, numbers.Real) or granularity < 1 \
+            or int(granularity) != granularity:
         raise ValueError(f"granularity must be a positive integer (got {granularity})")
     if mode not in ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {ROUNDING_MODES} (got {mode!r})")
@@ -170,7 +172,8 @@ def vbmf_rank(matrix: np.ndarray, sigma2: float | None = None) -> int:
     residual = 0.0
     xubar = (1 + tauubar) * (1 + alpha / tauubar)
     if sigma2 is None:
-        eH_ub = int(min(math.ceil(L / (1 + alpha)), H)) - 1
+        # Nakajima's reference: the largest rank kept while bounding σ² (one below ceil(L/(1+α)))
+        eH_ub = int(min(math.ceil(L / (1 + alpha)) - 1, H)) - 1
         upper = (np.sum(s**2) + residual) / (L * M)
         tail = s[eH_ub + 1 :] if eH_ub + 1 < H else s[-1:]
         lower = max(tail[0] ** 2 / (M * xubar), np.mean(tail**2) / M)

@@ -33,9 +33,14 @@ def layer_input_shapes(model: nn.Module, names: Sequence[str], example_input_sha
 
     try:
         run(copy.deepcopy(model).to("meta"), torch.empty(shape, device="meta"))
-    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: run it for real
+    except (NotImplementedError, RuntimeError, ValueError):  # an op without a meta kernel (or a bad shape): for real
         seen.clear()
-        run(copy.deepcopy(model).cpu(), torch.randn(shape))
+        try:
+            run(copy.deepcopy(model).cpu(), torch.randn(shape))
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"the model does not run on example_input_shape={shape} ({first}); does it lack the "
+                             f"batch dimension? e.g. {(1, *shape)}") from err
     missing = [n for n in names if n not in seen]
     if missing:
         raise ValueError(f"layers {missing[:3]} were not called on an input of shape {shape}; "

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank.decompose import apply_structure, check_plan
 from lrdlab.lowrank.layers import build, describe
+from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan, make_plan, params_of
 from lrdlab.measure import timing as measure
 from lrdlab.measure.machine import machine_info
@@ -173,7 +174,7 @@ def rank_time_sweep(
     info = describe(conv)
     layers = {"original": conv}
     for r in ranks:
-        layers[r] = build(info, method, (r, r) if method == "tucker2" else (r,))
+        layers[r] = build(info, method, (r,) * get_method(method).n_ranks)
     steps = {name: measure.layer_step(m, shape, dev, backward, dtype) for name, m in layers.items()}
     samples: dict[Any, list[float]] = {name: [] for name in steps}
     bar = tqdm(total=rounds * len(steps), desc=f"rank sweep [{S},{C},{k},{k}]", disable=not progress)
@@ -187,7 +188,7 @@ def rank_time_sweep(
     rows = []
     for r in ranks:
         q1, med, q3 = measure.quartiles(samples[r])
-        after = params_of(info, method, [r, r] if method == "tucker2" else [r])
+        after = params_of(info, method, [r] * get_method(method).n_ranks)
         rows.append({"rank": r, "time_ms": 1e3 * med, "time_lo_ms": 1e3 * q1, "time_hi_ms": 1e3 * q3,
                      "original_ms": original_ms, "params": after, "params_removed_pct": 100 * (1 - after / before)})
     return pd.DataFrame(rows)

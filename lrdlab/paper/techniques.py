@@ -24,6 +24,7 @@ from torch import nn
 from lrdlab.lowrank import factorize
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
+from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.paper.numbers import PAPER_EXCLUDE
@@ -36,7 +37,7 @@ def with_branches(plan: Plan, branches: int) -> Plan:
     """A copy of ``plan`` whose Tucker-2 rows use ``branches`` groups at the *same* ranks (core params ÷ N)."""
     out = copy.deepcopy(plan)
     for row in out.layers:
-        if row.method != "tucker2":
+        if not row.method or not get_method(row.method).branchable:
             continue
         r1, r2 = row.ranks
         if r1 % branches or r2 % branches:
@@ -172,7 +173,7 @@ def branch_structures(model: nn.Module, plan: Plan, branches: Sequence[int], inp
     of the Tucker layers (``weight_rel_error``, N = 1 is Tucker alone) and ``core_energy_dropped``.
     """
     models, rows = {}, []
-    tucker = [r for r in plan.layers if r.method == "tucker2"]
+    tucker = [r for r in plan.layers if r.method and get_method(r.method).branchable]
     for n in branches:
         p = with_branches(plan, n)
         models[n] = decompose(model, p)
@@ -291,7 +292,8 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
     return {
         "what": "accuracy (%) of each layer-merging option and branch count before / after a short fine-tune",
         "base": summary, "plan": {"ratio": ratio, "granularity": granularity, "exclude": list(exclude),
-                                  "tucker_ranks": {r.name: r.ranks for r in plan.layers if r.method == "tucker2"}},
+                                  "tucker_ranks": {r.name: r.ranks for r in plan.layers
+                                                   if r.method and get_method(r.method) is TUCKER2}},
         "finetune": {"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd",
                      "seeds": list(seeds)},
         "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": timing["original"],

@@ -100,8 +100,10 @@ def get_model(name: str, num_classes: int | None = None, weights: str | Path | N
     if weights is not None and _is_file_like(str(weights)):
         model = spec.build(num_classes=classes, weights=None)
         load_weights(model, weights)
-        return model
-    return spec.build(num_classes=classes, weights=weights)
+    else:
+        model = spec.build(num_classes=classes, weights=weights)
+    model.lrdlab_name = name  # make_plan records it, so a plan names the registered model, not its class
+    return model
 
 
 def input_size(name: str) -> tuple[int, int, int]:

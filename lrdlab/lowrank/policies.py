@@ -1,0 +1,108 @@
+"""Rank policies: the target ranks of one layer under ratio / energy / VBMF / fixed ranks, and input checks.
+
+``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is the dict
+``{"kind": "ratio" | "energy" | "vbmf" | "rank", "value": …, "beta": β, "branches": N}``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from lrdlab.lowrank import ranks
+from lrdlab.lowrank.layers import weight_of
+from lrdlab.lowrank.methods import Method
+
+# --- checking what users pass ------------------------------------------------------------------------
+
+
+def to_patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
+    """Glob patterns from one string (one pattern) or a sequence of strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"{what} must be a glob pattern or a list of them, e.g. ['conv1', 'layer1.*'] (got {value!r})")
+    return list(value)
+
+
+def real(value: Any, what: str, hint: str) -> float:
+    """``value`` as a float when it is a real number (numpy scalars included), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{what} must be a finite real number (got {value!r}); {hint}")
+    return float(value)
+
+
+def positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive integer (got {value!r})")
+    return int(value)
+
+
+# --- target ranks -----------------------------------------------------------------------------------
+
+
+def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: dict[str, Any],
+                  name: str) -> tuple[list[int], str]:
+    """Target ranks of one layer under the chosen policy (not yet range-checked), and words for the reason."""
+    kind, value = policy["kind"], policy["value"]
+    if kind == "ratio":
+        return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
+    if kind == "energy":
+        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(weight_of(module))], f"energy {value:g}"
+    if kind == "vbmf":
+        mats = form.unfoldings(weight_of(module).detach().double())
+        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
+    # fixed ranks: an int, "full", or a dict by layer name
+    chosen = value.get(name) if isinstance(value, dict) else value
+    if chosen is None:
+        return [], "not in the rank dict"
+    if chosen == "full":
+        return form.full_ranks(info), "full rank"
+    if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
+        return [int(chosen)] * form.n_ranks, "fixed rank"
+    try:
+        out = [int(r) for r in chosen]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"layer {name!r}: rank must be an int, 'full' or a list of ints (got {chosen!r})") from err
+    if len(out) == 1:
+        out = out * form.n_ranks
+    if len(out) != form.n_ranks:
+        raise ValueError(f"layer {name!r}: method {form.name} takes {form.n_ranks} rank(s), got {out}")
+    return out, "fixed rank"
+
+
+def fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[int], per_layer: bool,
+                     why: str) -> tuple[list[int], str]:
+    """Fixed ranks against the full ranks: a per-layer (dict) rank must fit; one rank for all is capped."""
+    limit = form.full_ranks(info)
+    if all(1 <= r <= t for r, t in zip(target, limit)):
+        return target, why
+    if per_layer:
+        raise ValueError(f"layer {name!r}: ranks {target} are impossible for {form.name} of a "
+                         f"{info['in_channels']}→{info['out_channels']} layer; choose 1 <= rank <= {limit}")
+    capped = [min(r, t) for r, t in zip(target, limit)]
+    return capped, f"{why}, capped at full rank {capped}"
+
+
+def reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
+                   policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
+    """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
+    1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
+    found = form.reduced(info, target, policy["branches"])
+    if found is None:
+        return form, target, why
+    reduced, kept = found
+    full = 1 - kept  # the mode whose factor is dropped
+    if policy["kind"] == "rank":  # fixed ranks: keep the other mode's rank
+        new_target, new_why = [target[kept]], why
+    else:
+        new_target, new_why = policy_ranks(module, info, reduced, policy, name)
+    return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
+                                 f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
+                                 f"instead")
