@@ -28,6 +28,7 @@ _API = {
     "save_decomposed": "lrdlab.lowrank.decompose",
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
+    "recalibrate_bn": "lrdlab.lowrank.calibration",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
     "evaluate": "lrdlab.finetune.loop",
@@ -38,6 +39,7 @@ _API = {
     "bench_plan": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
     "get_loaders": "lrdlab.zoo.data",
+    "pretrained": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
 }
 
@@ -60,6 +62,8 @@ __all__ = [
     "make_plan",
     "merge_bottlenecks",
     "optimize_plan",
+    "pretrained",
+    "recalibrate_bn",
     "run_freezing_study",
     "save_decomposed",
 ]
@@ -81,6 +85,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
+    from lrdlab.lowrank.calibration import recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks
@@ -92,3 +97,4 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.paper.freezing_study import run_freezing_study
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.models import get_model
+    from lrdlab.zoo.pretrained import pretrained

@@ -410,7 +410,20 @@ def _add_record(sub) -> None:
     study.add_argument("--finetune-lr", type=float, default=0.02)
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
-    for q in (speed, tech, ref, study, frz):
+    acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
+    acc.add_argument("--models", nargs="+", default=None, help="study models (default: those with shipped weights)")
+    acc.add_argument("--ratios", nargs="+", type=float, default=None)
+    acc.add_argument("--granularities", nargs="+", type=int, default=[1])
+    acc.add_argument("--calibration-images", type=int, default=512)
+    acc.add_argument("--finetune-epochs", type=int, default=1)
+    acc.add_argument("--out", type=Path, default=Path("data/accuracy_f11_mnist5k.json"))
+    pre = what.add_parser("pretrained", help="pack a run of `lrdlab train` as a shipped reference model")
+    pre.add_argument("name", help="e.g. resnet20_mnist5k")
+    pre.add_argument("run_dir", type=Path, help="the --out folder of `lrdlab train`")
+    pre.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    pre.add_argument("--storage", choices=["fp16", "int8"], default="fp16")
+    pre.add_argument("--train-command", default="", help="the `lrdlab train` command that made run_dir")
+    for q in (speed, tech, ref, study, frz, acc, pre):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -440,6 +453,19 @@ def _run_record(args: argparse.Namespace) -> int:
         run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
                            **sizes)
         print("wrote", args.out)
+    elif args.what == "accuracy":
+        from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
+
+        run_accuracy_study(args.models, args.ratios or RATIOS, calibration_images=args.calibration_images,
+                           finetune_epochs=args.finetune_epochs, granularities=args.granularities, out=args.out,
+                           command=command)
+        print("wrote", args.out)
+    elif args.what == "pretrained":
+        from lrdlab.zoo.pretrained import export_pretrained
+
+        info = export_pretrained(args.name, args.run_dir, args.model, storage=args.storage,
+                                 command=args.train_command)
+        print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
     else:

@@ -75,7 +75,7 @@ class FreezingLab:
     """Freezing runs without widgets: cached histories (shipped reference + runs made here) and new short runs.
 
     ``runs()`` has one row per (run, epoch) with :data:`RUN_COLUMNS`; ``throughput()`` is the shipped
-    interleaved benchmark (F7 columns of :func:`lrdlab.train.freezing_throughput`).
+    interleaved benchmark (F7 columns of :func:`lrdlab.paper.freezing_study.freezing_throughput`).
     """
 
     def __init__(self, setup: FreezingSetup | None = None, reference: Path | None = REFERENCE_FREEZING,

@@ -1,7 +1,7 @@
 """Training and fine-tuning: ``fit`` / ``evaluate`` with freezing, checkpoints, resume and DDP.
 
 ``fit`` works unchanged under ``torchrun --nproc_per_node=N``: call :func:`init_distributed` first
-(the CLI does), build the loaders with :func:`lrdlab.data.get_loaders` (a ``DistributedSampler``
+(the CLI does), build the loaders with :func:`lrdlab.get_loaders` (a ``DistributedSampler``
 splits each global batch across ranks) and ``fit`` wraps the model in ``DistributedDataParallel``
 (gloo on CPU, NCCL on GPU). Only rank 0 writes checkpoints and shows progress bars.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -141,12 +142,22 @@ def recorded_plan(model: nn.Module, plan: Plan) -> Plan:
 
 
 @torch.no_grad()
-def decompose(model: nn.Module, plan: Plan, *, inplace: bool = False, progress: bool | None = None) -> nn.Module:
+def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = None, inplace: bool = False,
+              progress: bool | None = None) -> nn.Module:
     """Return a copy of ``model`` with every planned layer replaced by its ``LowRankLayer``.
 
     The whole plan is checked and every new layer computed before anything is replaced, so on any
     error the model is left as it was. ``inplace=True`` modifies ``model`` itself.
+
+    ``calibration`` (input batches, or ``(x, y)`` pairs, ~512 images): a data-aware decomposition,
+    each layer fitted to its inputs inside the partly decomposed network, then BatchNorm statistics
+    re-estimated (:func:`lrdlab.lowrank.calibration.calibrated_decompose`). Without it: weight-only
+    SVD / HOSVD, the papers' method.
     """
+    if calibration is not None:
+        from lrdlab.lowrank.calibration import calibrated_decompose
+
+        return calibrated_decompose(model, plan, calibration, inplace=inplace, progress=progress)
     check_plan(model, plan)
     rows = plan.decomposed_layers
     for row in rows:

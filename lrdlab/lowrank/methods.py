@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lrdlab.lowrank import factorize, ranks
+from lrdlab.lowrank.data_aware import reduced_rank_regression, whitened_tucker2
 
 Info = Mapping[str, Any]
 
@@ -123,6 +124,14 @@ class Method:
         """The dense weight (the original's shape) that the factor weights multiply to."""
         raise NotImplementedError
 
+    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
+                   branches: int = 1) -> dict[str, Tensor] | None:
+        """Factor weights (by child name) minimising the output error on inputs of second moment ``cov``.
+
+        ``None``: this form has no data-aware fit (decomposition stays weight-only).
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<method {self.name}: {self.description}>"
 
@@ -175,6 +184,12 @@ class SVD(Method):
         return dense if info["type"] == "Linear" else dense[:, :, None, None]
 
 
+    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
+                   branches: int = 1) -> dict[str, Tensor] | None:
+        first, last = reduced_rank_regression(weight.reshape(weight.shape[0], -1), cov, layer_ranks[0])
+        return {"first": first, "last": last}
+
+
 class ChannelSVD(Method):
     """k×k conv C→S as a k×k conv C→R, then a 1×1 conv R→S (Tucker-1 on the output channels)."""
 
@@ -211,6 +226,12 @@ class ChannelSVD(Method):
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         return torch.einsum("sr,rcij->scij", factors["last"][:, :, 0, 0], factors["first"])
+
+
+    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
+                   branches: int = 1) -> dict[str, Tensor] | None:
+        first, last = reduced_rank_regression(weight.reshape(weight.shape[0], -1), cov, layer_ranks[0])
+        return {"first": first, "last": last}
 
 
 class InputSVD(Method):
@@ -319,8 +340,18 @@ class Tucker2(Method):
             core = full
         return factorize.reconstruct_tucker2(first[:, :, 0, 0].T, core, last[:, :, 0, 0])
 
+    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
+                   branches: int = 1) -> dict[str, Tensor] | None:
+        if branches > 1:
+            return None
+        first, core, last = whitened_tucker2(weight, cov, layer_ranks[0], layer_ranks[1])
+        return {"first": first, "core": core, "last": last}
+
 
 _REGISTRY: dict[str, Method] = {}
+
+
+
 
 
 def register(method: Method) -> Method:

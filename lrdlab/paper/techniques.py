@@ -197,7 +197,7 @@ def _evaluate(model: nn.Module, loader) -> float:
 
 def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
                **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.data.get_loaders``); returns model, loaders, summary."""
+    """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.get_loaders``); returns model, loaders, summary."""
     from lrdlab.finetune.loop import fit, set_seed
     from lrdlab.zoo.data import get_loaders
 

@@ -103,6 +103,7 @@ def get_model(name: str, num_classes: int | None = None, weights: str | Path | N
     else:
         model = spec.build(num_classes=classes, weights=weights)
     model.lrdlab_name = name  # make_plan records it, so a plan names the registered model, not its class
+    model.lrdlab_input_size = tuple(spec.input_size)  # calibration errors name the expected input shape
     return model
 
 

@@ -1,0 +1,386 @@
+"""Data-aware decomposition and BatchNorm re-estimation: a decomposed model that works before any training.
+
+Two tools, both driven by a few *calibration batches* (input tensors, or ``(input, label)`` pairs):
+
+- :func:`recalibrate_bn` re-estimates every BatchNorm's running statistics on the batches. Stale BN
+  statistics are what drives a weight-only decomposed ResNet to chance level (issue 11).
+- :func:`calibrated_decompose` (``lrdlab.decompose(model, plan, calibration=batches)``) decomposes
+  layer by layer in network order, each layer fitted to the inputs it receives inside the *already
+  decomposed* network (so errors do not compound), then re-estimates BN statistics.
+
+The per-layer maths minimises the layer's output error on its calibration inputs ``X`` (patches for a
+conv), ``‖W X − W' X‖²``, which only needs the input second-moment matrix ``Σ = X Xᵀ / n``:
+
+- SVD layers (Linear, 1×1 conv, ``channel_svd``): truncation-aware whitening of SVD-LLM (Wang et al.
+  2024, "SVD-LLM: Truncation-aware Singular Value Decomposition for LLM Compression",
+  arXiv:2403.07378): SVD of ``W L`` with ``L`` the Cholesky factor of ``Σ``, then undo ``L``. This is
+  the closed-form reduced-rank regression optimum (Izenman 1975) — never worse on the calibration data
+  than the weight-only SVD at the same rank.
+- Tucker-2 (k×k conv): the input factor from the SVD of the whitened mode-1 unfolding ``Lᵀ W₍₁₎``
+  (``L``: Cholesky factor of the input-channel covariance; SVD-LLM's whitening per kernel tap), then
+  the core and output factor by reduced-rank regression of the layer's output on the projected input
+  patches — the exact least-squares optimum given the input factor (a data-aware HOSVD: input
+  projection from input statistics, output projection and core refit from output statistics).
+
+A small ridge (``ridge × mean eigenvalue`` added to ``Σ``) keeps the Cholesky factor defined for dead or
+padded channels; with it the full-rank decomposition still reproduces the layer. The measured ablation
+(weights only / +BN / data-aware / data-aware+BN) is in ``data/accuracy_f11_mnist5k.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lrdlab.lowrank.data_aware import (
+    DEFAULT_RIDGE,
+    add_ridge,
+    channel_covariance,
+    input_gram,
+    layer_inputs,
+    output_error,
+    reduced_rank_regression,
+    whitened_tucker2,
+)
+from lrdlab.lowrank.decompose import _set_module, check_plan
+from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
+from lrdlab.lowrank.methods import get_method
+from lrdlab.lowrank.plan import Plan
+
+# --- pure maths ------------------------------------------------------------------------------------------
+
+
+# --- input statistics ------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has seen its input."""
+
+
+@torch.no_grad()
+def input_covariance(model: nn.Module, layer: nn.Module, inputs: list[Tensor]) -> Tensor:
+    """Second moment ``Σ = X Xᵀ / n`` (float64) of ``layer``'s input rows when ``model`` runs on ``inputs``."""
+    acc: dict[str, Any] = {"sum": None, "n": 0}
+    def hook(mod, args):
+        gram, rows = input_gram(mod, args[0].detach(), len(inputs))
+        acc["sum"] = gram if acc["sum"] is None else acc["sum"] + gram
+        acc["n"] += rows
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        for x in inputs:
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if acc["n"] == 0:
+        raise ValueError("the layer never ran on the calibration batches")
+    return acc["sum"] / acc["n"]
+
+
+# --- decomposition of one layer ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def calibrated_layer(module: nn.Module, method: str, ranks: tuple[int, ...], cov: Tensor,
+                     ridge: float = DEFAULT_RIDGE, branches: int = 1) -> LowRankLayer:
+    """Decompose one layer given its input patch covariance (see the module docstring for the maths).
+
+    The form's :meth:`~lrdlab.lowrank.methods.Method.data_aware` gives the factors; a form without one
+    (branched Tucker, whose block-diagonal core no closed form gives; input-SVD) stays weight-only.
+    """
+    layer = decompose_layer(module, method, ranks, branches=branches)  # checks ranks, copies bias and dtypes
+    factors = get_method(method).data_aware(weight_of(module).detach(), add_ridge(cov, ridge), ranks, branches)
+    for name, value in (factors or {}).items():  # None: this form has no data-aware fit, keep weight-only
+        target = getattr(layer, name).weight
+        target.copy_(value.reshape(target.shape).to(target.dtype))
+    return layer
+
+
+# --- calibration batches: checked before anything happens ----------------------------------------------------
+
+
+def expected_input(model: nn.Module, plan: Plan | None = None) -> str:
+    """Words for the input ``model`` expects, from its first layer, e.g. ``(N, 3, H, W)`` or ``(N, ..., 64)``."""
+    size = getattr(model, "lrdlab_input_size", None)  # set by lrdlab.get_model
+    if size is not None:
+        return "(N, {}, {}, {})".format(*size)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return f"(N, {m.in_channels}, H, W)"
+        if isinstance(m, nn.Linear):
+            return f"(N, ..., {m.in_features})"
+    return "the model's input"
+
+
+def _first_layer(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+
+
+def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None) -> list[Tensor]:
+    """The input tensors of ``batches`` (tensors or ``(x, y)`` pairs), checked against ``model``.
+
+    Raises ``ValueError`` naming the expected input shape for: no batches, a non-tensor, a non-float or
+    wrong dtype, a device other than the model's, the wrong rank or channels for the first layer, or
+    batches of different shapes. Reads ``batches`` once (an iterator is consumed).
+    """
+    expect = expected_input(model, plan)
+    if batches is None or isinstance(batches, Tensor) and batches.ndim == 0:
+        raise ValueError(f"calibration needs batches of inputs shaped {expect}")
+    if isinstance(batches, Tensor):
+        raise ValueError(f"calibration takes an iterable of batches (e.g. [x] or a DataLoader), not one tensor; "
+                         f"each batch shaped {expect}")
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    first = _first_layer(model)
+    xs: list[Tensor] = []
+    for i, batch in enumerate(batches):
+        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        where = f"calibration batch {i}"
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{where} is a {type(x).__name__}, not a tensor; expected inputs shaped {expect}")
+        if x.dtype != dtype:
+            raise ValueError(f"{where} has dtype {x.dtype}, the model {dtype}; expected {dtype} inputs shaped {expect}")
+        if x.device != device:
+            raise ValueError(f"{where} is on {x.device}, the model on {device}; move the batches "
+                             f"(inputs shaped {expect}) to {device}")
+        if isinstance(first, nn.Conv2d) and (x.ndim != 4 or x.shape[1] != first.in_channels):
+            raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")
+        if isinstance(first, nn.Linear) and (x.ndim < 2 or x.shape[-1] != first.in_features):
+            raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise ValueError(f"{where} has shape {tuple(x.shape)} but batch 0 {tuple(xs[0].shape)}; "
+                             f"all batches must be shaped {expect}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{where} is empty; expected inputs shaped {expect}")
+        xs.append(x.detach())
+    if not xs:
+        raise ValueError(f"calibration got no batches; pass a few batches of inputs shaped {expect}")
+    return xs
+
+
+def _trial_forward(model: nn.Module, x: Tensor, expect: str) -> None:
+    try:
+        with torch.no_grad():
+            model(x[:2])
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
+        raise ValueError(f"the model cannot run on calibration batches shaped {tuple(x.shape)} "
+                         f"(expected {expect}): {err}") from err
+
+
+def calibration_batches(loader: Iterable, images: int = 512) -> list[Tensor]:
+    """The first ``images`` inputs of ``loader`` (``(x, y)`` batches or tensors) as a list of input batches."""
+    out, seen = [], 0
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = x[: images - seen]
+        out.append(x)
+        seen += len(x)
+        if seen >= images:
+            break
+    return out
+
+
+# --- whole models ----------------------------------------------------------------------------------------
+
+
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches``; returns ``model`` in eval mode.
+
+    ``batches``: input tensors or ``(x, y)`` pairs. BN layers normalise with the batch's statistics
+    while the batches run (as in training), and their running statistics become the cumulative average
+    over all calibration samples: the exact mean and unbiased variance of each BN's inputs (what
+    ``momentum=None`` gives for equal batches, weighted by batch size here). Other layers stay in eval
+    mode (no dropout). A model without BatchNorm is returned unchanged (in eval mode). Bad batches
+    raise ``ValueError`` naming the expected input shape; on any error the statistics are restored.
+    """
+    xs = check_batches(model, batches)
+    model.eval()
+    if _bn_layers(model):
+        _trial_forward(model, xs[0], expected_input(model))
+        _reestimate_bn(model, xs)
+    return model
+
+
+@torch.no_grad()
+def _reestimate_bn(model: nn.Module, xs: list[Tensor]) -> None:
+    """:func:`recalibrate_bn` without the checks (``xs``: input tensors known to fit ``model``)."""
+    bns = _bn_layers(model)
+    if not bns:
+        return
+    saved = [{k: v.clone() for k, v in bn.state_dict().items()} for bn in bns]
+    sums: dict[int, list] = {id(bn): [0.0, 0.0, 0] for bn in bns}
+
+    def hook(mod, args):
+        x = args[0].detach().double().transpose(0, 1).reshape(mod.num_features, -1)
+        acc = sums[id(mod)]
+        acc[0], acc[1], acc[2] = acc[0] + x.sum(1), acc[1] + (x * x).sum(1), acc[2] + x.shape[1]
+
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    try:
+        for bn in bns:
+            bn.train()
+        for x in xs:
+            model(x)
+        for bn in bns:
+            s, ss, n = sums[id(bn)]
+            if not n:  # this BN never ran on these inputs
+                continue
+            mean = s / n
+            var = ((ss - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+            bn.running_var.copy_(var.to(bn.running_var.dtype))
+            bn.num_batches_tracked.fill_(len(xs))
+    except BaseException:
+        for bn, state in zip(bns, saved):
+            bn.load_state_dict(state)
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        for bn in bns:
+            bn.eval()
+
+
+def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
+    """``names`` sorted by when the layers first run on ``x``; layers that never run come last."""
+    seen: list[str] = []
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda mod, args, n=n: seen.append(n) if n not in seen else None) for n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen + [n for n in names if n not in seen]
+
+
+def _is_plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module) > 1
+
+
+def sequential_unit(model: nn.Module, name: str) -> str | None:
+    """The outermost plain ``nn.Sequential`` holding layer ``name`` (``""``: the model itself), or None."""
+    parts = name.split(".")
+    for depth in range(len(parts) - 1):
+        prefix = ".".join(parts[:depth])
+        if _is_plain_sequential(model.get_submodule(prefix)):
+            return prefix
+    return None
+
+
+@torch.no_grad()
+def captured_inputs(model: nn.Module, module: nn.Module, xs: list[Tensor]) -> list[Tensor] | None:
+    """``module``'s input tensor for each batch when ``model`` runs on ``xs``; None if it is not one tensor."""
+    got: list = []
+
+    def hook(mod, args):
+        got.append(args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None)
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for x in xs:
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return got if len(got) == len(xs) and all(g is not None for g in got) else None
+
+
+def _child_of(unit: str, name: str) -> str:
+    rest = name[len(unit) + 1:] if unit else name
+    return rest.split(".")[0]
+
+
+@torch.no_grad()
+def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn: bool | str = True,
+                         ridge: float = DEFAULT_RIDGE, inplace: bool = False,
+                         progress: bool | None = None) -> nn.Module:
+    """Data-aware decomposition of ``model`` by ``plan`` with BN re-estimation; returns a model in eval mode.
+
+    Layers are decomposed in the order they run, each from the inputs it receives in the network
+    decomposed so far (:func:`calibrated_layer`). Inside a plain ``nn.Sequential`` (ResNet stages,
+    transformer encoders) the inputs of each child are cached, so only that child reruns per layer
+    (block-wise, as GPTQ processes transformer blocks). ``bn``: ``True`` (= ``"end"``) re-estimates
+    all BatchNorms at the end; ``"progressive"`` also re-estimates a child's BNs right after its layers
+    are replaced, so later layers are fitted to corrected activations (measured on ResNet-20 at 2x:
+    87.0% vs 87.8% for ``"end"``, within noise, and slower); ``False`` never.
+    ``batches`` are input tensors or ``(x, y)`` pairs on the model's device (512 images suffice for
+    ResNet-20). Bad input raises ``ValueError`` before anything changes; ``model`` itself only changes
+    with ``inplace=True``.
+    """
+    if bn not in (True, False, "progressive", "end"):
+        raise ValueError(f"bn must be True, False, 'progressive' or 'end' (got {bn!r})")
+    progressive = bn == "progressive"
+    check_plan(model, plan)
+    xs = check_batches(model, batches, plan)
+    rows = {row.name: row for row in plan.decomposed_layers}
+    for name in rows:
+        if not torch.isfinite(weight_of(model.get_submodule(name))).all():
+            raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
+    work = copy.deepcopy(model).eval()
+    _trial_forward(work, xs[0], expected_input(model, plan))
+    pending = forward_order(work, list(rows), xs[0][:2])
+    bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,
+               disable=(len(pending) < 20) if progress is None else not progress)
+
+    def replace(runner: nn.Module, inputs: list[Tensor], name: str) -> None:
+        module = work.get_submodule(name)
+        cov = input_covariance(runner, module, inputs)
+        method, layer_ranks = rows[name].spec
+        _set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), cov, ridge, rows[name].branches))
+        pending.remove(name)
+        bar.update()
+
+    while pending:
+        name = pending[0]
+        unit = sequential_unit(work, name)
+        seq = work.get_submodule(unit) if unit is not None else None
+        inputs = xs if unit == "" else captured_inputs(work, seq, xs) if seq is not None else None
+        if inputs is None:  # not inside a plain Sequential: run the whole network for this layer
+            replace(work, xs, name)
+            continue
+        prefix = f"{unit}." if unit else ""
+        for child_name, _ in seq.named_children():
+            inside = [n for n in pending if n.startswith(prefix) and _child_of(unit, n) == child_name]
+            for n in inside:
+                replace(seq.get_submodule(child_name), inputs, n)
+                if progressive:
+                    _reestimate_bn(seq.get_submodule(child_name), inputs)
+            if not any(n.startswith(prefix) for n in pending):
+                break
+            inputs = [seq.get_submodule(child_name)(x) for x in inputs]
+    bar.close()
+    if bn:
+        _reestimate_bn(work, xs)
+    work.eval()
+    if not inplace:
+        return work
+    for child, module in work.named_children():
+        setattr(model, child, module)
+    return model.eval()
+
+
+__all__ = [
+    "DEFAULT_RIDGE", "add_ridge", "calibrated_decompose", "calibrated_layer", "calibration_batches",
+    "channel_covariance", "check_batches", "expected_input", "forward_order", "input_covariance", "input_gram",
+    "layer_inputs", "output_error", "recalibrate_bn", "reduced_rank_regression", "whitened_tucker2",
+]

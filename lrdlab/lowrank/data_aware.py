@@ -1,0 +1,111 @@
+"""The per-layer maths of data-aware decomposition: output-error-optimal factors from input statistics.
+
+Each layer's output error on its calibration inputs ``X`` (patches for a conv), ``‖W X − W' X‖²``, needs
+only the input second-moment matrix ``Σ = X Xᵀ / n`` (see :mod:`lrdlab.lowrank.calibration` for the
+methods cited and the network walk). Pure functions of tensors, float64 inside.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_RIDGE = 1e-3
+
+def add_ridge(cov: Tensor, ridge: float = DEFAULT_RIDGE) -> Tensor:
+    """``cov + ridge · (trace / d) · I``: a relative ridge that makes a second-moment matrix positive definite."""
+    d = cov.shape[0]
+    scale = float(cov.diagonal().mean()) if d else 0.0
+    scale = scale if scale > 0 else 1.0
+    return cov + (ridge * scale) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+
+def reduced_rank_regression(weight: Tensor, cov: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Rank-``rank`` ``last @ first`` minimising ``tr((W − last·first) Σ (W − last·first)ᵀ)`` (SVD-LLM).
+
+    ``weight`` ``[S, D]``, ``cov`` ``[D, D]`` positive definite (add a ridge first). With ``L`` the
+    Cholesky factor of ``Σ`` and ``W L = U S Vᵀ``: ``first = √S_r V_rᵀ L⁻¹``, ``last = U_r √S_r``.
+    Returns float64 ``first`` ``[R, D]`` and ``last`` ``[S, R]``.
+    """
+    W, cov = weight.double(), cov.double()
+    L = torch.linalg.cholesky(cov)
+    U, s, Vh = torch.linalg.svd(W @ L, full_matrices=False)
+    root = s[:rank].sqrt()
+    first = torch.linalg.solve_triangular(L, root[:, None] * Vh[:rank], upper=False, left=False)
+    return first, U[:, :rank] * root
+
+def output_error(weight: Tensor, approx: Tensor, cov: Tensor) -> float:
+    """Mean squared output error ``tr((W − W') Σ (W − W')ᵀ)`` of ``W'`` for inputs with second moment ``Σ``."""
+    D = (weight - approx).double()
+    return float(torch.einsum("sd,de,se->", D, cov.double(), D))
+
+def channel_covariance(patch_cov: Tensor, channels: int) -> Tensor:
+    """Input-channel covariance ``[C, C]``: the mean of a ``[C·k², C·k²]`` patch covariance's per-tap blocks."""
+    taps = patch_cov.shape[0] // channels
+    blocks = patch_cov.reshape(channels, taps, channels, taps)
+    return blocks.diagonal(dim1=1, dim2=3).mean(-1)
+
+def whitened_tucker2(weight: Tensor, patch_cov: Tensor, r1: int, r2: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Data-aware Tucker-2 of a conv weight ``[S, C, kh, kw]`` from its input patch covariance ``[C·k², C·k²]``.
+
+    Input factor: leading left singular vectors of ``Lᵀ W₍₁₎`` mapped back by ``L⁻ᵀ`` (``L``: Cholesky
+    factor of the channel covariance). Core and output factor: reduced-rank regression of ``W X`` on the
+    projected patches. Returns float64 ``first`` ``[R1, C]``, ``core`` ``[R2, R1, kh, kw]``, ``last`` ``[S, R2]``.
+    """
+    W, cov = weight.double(), patch_cov.double()
+    S, C, kh, kw = W.shape
+    taps = kh * kw
+    Lc = torch.linalg.cholesky(channel_covariance(cov, C))
+    unfolding = W.permute(1, 0, 2, 3).reshape(C, -1)
+    U = torch.linalg.svd(Lc.T @ unfolding, full_matrices=False)[0][:, :r1]
+    first = torch.linalg.solve_triangular(Lc.T, U, upper=True).T  # Uᵀ L⁻¹: rows span the kept input space
+    cov4 = cov.reshape(C, taps, C, taps)
+    cov_z = torch.einsum("ac,ctdu,bd->atbu", first, cov4, first).reshape(r1 * taps, r1 * taps)
+    cross = torch.einsum("sct,ctdu,bd->sbu", W.reshape(S, C, taps), cov4, first).reshape(S, r1 * taps)
+    cov_z = (cov_z + cov_z.T) / 2
+    regression = torch.linalg.solve(cov_z, cross.T).T  # best unconstrained core·last given ``first``
+    core, last = reduced_rank_regression(regression, cov_z, r2)
+    return first, core.reshape(r2, r1, kh, kw), last
+
+def _patches(module: nn.Conv2d, x: Tensor, step: int = 1) -> Tensor:
+    """im2col patches ``[B, C·kh·kw, L]`` of a conv's input (its padding and padding mode applied).
+
+    ``step > 1`` keeps only every ``step``-th output position in each direction.
+    """
+    padding = module.padding
+    if isinstance(padding, str):
+        padding = (0, 0) if padding == "valid" else tuple(d * (k - 1) // 2 for k, d in
+                                                         zip(module.kernel_size, module.dilation))
+    if module.padding_mode != "zeros":
+        pads = [p for p in reversed(padding) for _ in range(2)]
+        x, padding = F.pad(x, pads, mode=module.padding_mode), (0, 0)
+    stride = tuple(st * step for st in module.stride)
+    return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=stride)
+
+def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
+    """The rows a layer multiplies by its weight matrix: features (Linear) or im2col patches (Conv2d)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = _patches(module, x)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+ROWS_PER_DIMENSION = 128  # conv input rows kept per covariance dimension before positions are subsampled
+
+def position_step(rows: int, dim: int) -> int:
+    """Grid step (1 or 2) over output positions: 2 keeps a quarter of the patches where ``rows`` are plenty."""
+    return 2 if rows >= 4 * ROWS_PER_DIMENSION * dim else 1
+
+def input_gram(module: nn.Module, x: Tensor, batches: int = 1) -> tuple[Tensor, int]:
+    """``(Xᵀ X, rows)`` of the layer's input rows for one batch, in float64 (no copy of the patches).
+
+    Where all ``batches`` (of this size) give ≥ 4 × 128 rows per covariance dimension (e.g. ResNet's
+    first stage on 512 images), a conv uses every second output position in each direction only: a
+    4× cheaper estimate of the same second moment.
+    """
+    if isinstance(module, nn.Linear):
+        rows = x.reshape(-1, x.shape[-1])
+        return (rows.T @ rows).double(), rows.shape[0]
+    positions = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])  # about the output size
+    dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    cols = _patches(module, x, step=position_step(batches * x.shape[0] * positions, dim))
+    return torch.bmm(cols, cols.transpose(1, 2)).sum(0).double(), cols.shape[0] * cols.shape[2]

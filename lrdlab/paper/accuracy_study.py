@@ -1,0 +1,184 @@
+"""F11: accuracy vs compression of the shipped reference models, with and without calibration.
+
+For each model and ratio (stem kept) the study records the MNIST-5k test accuracy of five variants:
+
+``weights``      weight-only SVD / HOSVD (``lrdlab.decompose(model, plan)``)
+``weights+bn``   the same, then :func:`lrdlab.recalibrate_bn` on the calibration images
+``data``         data-aware decomposition, BN statistics left stale (``calibrated_decompose(bn=False)``)
+``data+bn``      data-aware decomposition + BN re-estimation (``decompose(model, plan, calibration=…)``)
+``data+bn+ft``   ``data+bn`` after ``finetune_epochs`` of :func:`lrdlab.fit` (no freezing)
+
+plus params and FLOPs (one 3×32×32 image) per ratio and the seconds each step took. Run it as
+``lrdlab record accuracy --out data/accuracy_f11_mnist5k.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+VARIANTS = ("weights", "weights+bn", "data", "data+bn", "data+bn+ft")
+STUDY_MODELS: dict[str, dict[str, Any]] = {
+    "resnet20": {"pretrained": "resnet20_mnist5k", "exclude": ["conv1"],
+                 "finetune": {"optimizer": "sgd", "lr": 0.01}},
+    "vit_tiny": {"pretrained": "vit_tiny_mnist5k", "exclude": ["conv_proj"],
+                 "finetune": {"optimizer": "adamw", "lr": 2e-4}},
+}
+
+
+def _timed(fn, *args, **kw):
+    """``(fn(...), seconds)``; seconds of this process's CPU time (on a shared machine wall time mostly
+    measures the neighbours' load) — with one torch thread, the wall time on a quiet core."""
+    t0 = time.process_time()
+    out = fn(*args, **kw)
+    return out, time.process_time() - t0
+
+
+def _accuracy(model, loader) -> tuple[float, float]:
+    from lrdlab.finetune.loop import evaluate
+
+    r = evaluate(model, loader)
+    return round(r["accuracy"], 2), round(r["loss"], 4)
+
+
+def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[torch.Tensor], *,
+                granularity: int = 1, finetune_epochs: int = 1, variants: Iterable[str] = VARIANTS,
+                seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """Rows (one per ratio × variant) for one model of :data:`STUDY_MODELS`."""
+    from lrdlab.finetune.loop import fit
+    from lrdlab.lowrank.calibration import calibrated_decompose, recalibrate_bn
+    from lrdlab.lowrank.decompose import decompose
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.zoo.pretrained import pretrained
+
+    spec, variants = STUDY_MODELS[name], list(variants)
+    original = pretrained(spec["pretrained"])
+    shape = (1, *loaders.input_size)
+    base = {"model": name, "params_original": count_params(original), "flops_original": count_flops(original, shape)}
+    acc0, loss0 = _accuracy(original, loaders.test)
+    rows = [{**base, "ratio": 1.0, "granularity": granularity, "variant": "original", "accuracy": acc0,
+             "loss": loss0, "params": base["params_original"], "flops": base["flops_original"], "seconds": 0.0}]
+    for ratio in ratios:
+        plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], granularity=granularity, model_name=name)
+        made: dict[str, tuple[torch.nn.Module, float]] = {}
+        made["weights"] = _timed(decompose, original, plan)
+        if "weights+bn" in variants:
+            m, s = _timed(recalibrate_bn, copy.deepcopy(made["weights"][0]), calibration)
+            made["weights+bn"] = (m, made["weights"][1] + s)
+        made["data"] = _timed(calibrated_decompose, original, plan, calibration, bn=False)
+        m, s = _timed(recalibrate_bn, copy.deepcopy(made["data"][0]), calibration)
+        made["data+bn"] = (m, made["data"][1] + s)  # = calibrated_decompose(bn=True), one calibration saved
+        if "data+bn+ft" in variants and finetune_epochs > 0:
+            net = copy.deepcopy(made["data+bn"][0])
+            ft = spec["finetune"]
+            hist, s = _timed(fit, net, loaders.train, loaders.test, finetune_epochs, ft["lr"],
+                             optimizer=ft["optimizer"], seed=seed, progress=False, label=f"{name} {ratio}")
+            made["data+bn+ft"] = (net.eval(), made["data+bn"][1] + s)
+        params, flops = count_params(made["weights"][0]), count_flops(made["weights"][0], shape)
+        for variant in [v for v in VARIANTS if v in made and v in variants]:
+            model, seconds = made[variant]
+            acc, loss = _accuracy(model, loaders.test)
+            rows.append({**base, "ratio": ratio, "granularity": granularity, "variant": variant, "accuracy": acc,
+                         "loss": loss, "params": params, "flops": flops, "seconds": round(seconds, 2),
+                         "decomposed_layers": len(plan.decomposed_layers)})
+            if progress:
+                print(f"{name} ratio {ratio:g} g={granularity} {variant:11s} {acc:6.2f}%  ({seconds:.1f} s)",
+                      flush=True)
+    return rows
+
+
+def shipped_study_models() -> list[str]:
+    """The models of :data:`STUDY_MODELS` whose reference weights are shipped (see :func:`lrdlab.pretrained`)."""
+    from lrdlab.zoo.pretrained import available
+
+    return [m for m, spec in STUDY_MODELS.items() if spec["pretrained"] in available()]
+
+
+def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[float] = RATIOS, *,
+                       calibration_images: int = 512, finetune_epochs: int = 1, granularities: Sequence[int] = (1,),
+                       batch_size: int = 128, seed: int = 0, out: str | Path | None = None,
+                       progress: bool = True, command: str = "") -> dict[str, Any]:
+    """The F11 data set: accuracy vs ratio for every model × granularity × variant, with params and FLOPs.
+
+    Calibration uses the first ``calibration_images`` training images (seeded loader order); accuracy
+    is on the 1,000-image MNIST-5k test split. ``models`` defaults to those with shipped weights.
+    Returns ``{"rows", "settings", "machine", "command"}``
+    and writes it as JSON to ``out`` when given.
+    """
+    from lrdlab.finetune.loop import set_seed
+    from lrdlab.lowrank.calibration import calibration_batches
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.data import get_loaders
+
+    models = shipped_study_models() if models is None else list(models)
+    unknown = sorted(set(models) - set(STUDY_MODELS))
+    if unknown:
+        raise ValueError(f"unknown study models {unknown}; choose from {sorted(STUDY_MODELS)}")
+    set_seed(seed)
+    loaders = get_loaders("mnist5k", batch_size, seed=seed, channels=3)
+    calibration = calibration_batches(loaders.train, calibration_images)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for name in models:
+        for g in granularities:
+            rows += study_model(name, ratios, loaders, calibration, granularity=g,
+                                finetune_epochs=finetune_epochs, seed=seed, progress=progress)
+    result = {
+        "rows": rows,
+        "settings": {"models": list(models), "ratios": list(ratios), "granularities": list(granularities),
+                     "calibration_images": calibration_images, "finetune_epochs": finetune_epochs,
+                     "batch_size": batch_size, "seed": seed, "data": "mnist5k (4,000 train / 1,000 test)",
+                     "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
+                     "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
+                     "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
+        "machine": machine_info("cpu"),
+        "command": command,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resnet20", granularity: int = 1):
+    """F11: test accuracy vs compression ratio, one line per variant; params and FLOPs (% of the original)
+    on a second axis. ``result``: :func:`run_accuracy_study`'s dict or its JSON file. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    if not isinstance(result, dict):
+        result = json.loads(Path(result).read_text())
+    rows = [r for r in result["rows"] if r["model"] == model and r["granularity"] == granularity]
+    if not rows:
+        raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    base = next((r for r in rows if r["variant"] == "original"), None)
+    if base is not None:
+        ax.axhline(base["accuracy"], color="k", lw=0.8, ls=":", label=f"original {base['accuracy']:.1f}%")
+    for variant in VARIANTS:
+        pts = sorted((r["ratio"], r["accuracy"]) for r in rows if r["variant"] == variant)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=variant)
+    ax.set(xlabel="compression ratio α (per layer, stem kept)", ylabel="MNIST-5k test accuracy (%)", ylim=(0, 100),
+           title=f"F11: {model}, accuracy right after decomposition")
+    twin = ax.twinx()
+    sizes = sorted({(r["ratio"], r["params"] / r["params_original"], r["flops"] / r["flops_original"])
+                    for r in rows if r["variant"] == "weights"})
+    if sizes:
+        ratios, params, flops = zip(*sizes)
+        twin.plot(ratios, [100 * p for p in params], color="grey", ls="--", label="params %")
+        twin.plot(ratios, [100 * f for f in flops], color="grey", ls="-.", label="FLOPs %")
+    twin.set(ylabel="params / FLOPs (% of original)", ylim=(0, 105))
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

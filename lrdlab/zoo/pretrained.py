@@ -1,0 +1,148 @@
+"""Trained reference models shipped inside the package: ``lrdlab.pretrained("resnet20_mnist5k")``.
+
+Each model is a weights file ``weights/NAME.pt`` (≤ 2 MB) with ``weights/NAME.json`` beside it: the
+registered architecture, how it was trained (the ``lrdlab train`` command and its recipe), the test
+accuracy of the *stored* weights on the MNIST-5k test split and the machine. Weights are stored in
+fp16, or as int8 with one fp32 scale per output row (symmetric, per-channel) where fp16 would not fit
+in 2 MB; both are expanded to float32 on load. Re-create a file with::
+
+    lrdlab train resnet20 --data mnist5k --epochs 8 --lr 0.1 --out runs/pretrained/resnet20_mnist5k
+    lrdlab record pretrained resnet20_mnist5k runs/pretrained/resnet20_mnist5k --model resnet20 \\
+        --storage fp16 --train-command "lrdlab train resnet20 ..."
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+STORAGES = ("fp16", "int8")
+FORMAT = "lrdlab-packed-1"
+INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases) stay fp16
+
+
+def available() -> list[str]:
+    """Names of the shipped reference models."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if (WEIGHTS_DIR / f"{p.stem}.pt").is_file())
+
+
+def _check_name(name: str) -> None:
+    names = available()
+    if name not in names:
+        raise ValueError(f"no pretrained model named {name!r}; available: {', '.join(names) or 'none'}")
+
+
+def pretrained_info(name: str) -> dict[str, Any]:
+    """The JSON record beside the weights: model, recipe, command, accuracy, machine."""
+    _check_name(name)
+    return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+
+
+# --- storage -------------------------------------------------------------------------------------------
+
+
+def quantize_int8(t: Tensor) -> dict[str, Tensor]:
+    """Symmetric per-row int8: ``t ≈ q · scale`` with one fp32 scale per index of dim 0."""
+    rows = t.detach().float().reshape(t.shape[0], -1)
+    scale = (rows.abs().amax(1) / 127).clamp_min(1e-12)
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"q": q.reshape(t.shape), "scale": scale}
+
+
+def dequantize_int8(packed: dict[str, Tensor]) -> Tensor:
+    q, scale = packed["q"], packed["scale"]
+    return (q.float().reshape(q.shape[0], -1) * scale[:, None]).reshape(q.shape)
+
+
+def pack_state_dict(state: dict[str, Tensor], storage: str = "fp16") -> dict[str, Any]:
+    """A compact copy of ``state``: floats as fp16, or (``int8``) large ≥2-D floats as per-row int8."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES} (got {storage!r})")
+    tensors: dict[str, Any] = {}
+    for key, t in state.items():
+        if not t.is_floating_point():
+            tensors[key] = t.clone()
+        elif storage == "int8" and t.ndim >= 2 and t.numel() >= INT8_MIN_NUMEL:
+            tensors[key] = quantize_int8(t)
+        else:
+            tensors[key] = t.detach().to(torch.float16).clone()
+    return {"format": FORMAT, "storage": storage, "tensors": tensors}
+
+
+def unpack_state_dict(packed: dict[str, Any]) -> dict[str, Tensor]:
+    """The float32 ``state_dict`` a packed file stands for."""
+    if not isinstance(packed, dict) or packed.get("format") != FORMAT:
+        raise ValueError(f"not an lrdlab packed weights file (format {FORMAT!r} expected)")
+    out = {}
+    for key, t in packed["tensors"].items():
+        if isinstance(t, dict):
+            out[key] = dequantize_int8(t)
+        else:
+            out[key] = t.float() if t.is_floating_point() else t
+    return out
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def pretrained(name: str) -> nn.Module:
+    """A trained reference model in eval mode, e.g. ``pretrained("resnet20_mnist5k")`` (see :func:`available`).
+
+    Inputs: MNIST-5k as :func:`lrdlab.get_loaders` gives it (3×32×32, normalised); 10 classes.
+    """
+    from lrdlab.zoo.models import get_model
+
+    info = pretrained_info(name)
+    model = get_model(info["model"], num_classes=info["num_classes"])
+    packed = torch.load(WEIGHTS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(unpack_state_dict(packed))
+    return model.eval()
+
+
+# --- writing (maintainers) -----------------------------------------------------------------------------
+
+
+def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storage: str = "fp16",
+                      command: str = "", data: str = "mnist5k", directory: str | Path = WEIGHTS_DIR,
+                      batch_size: int = 250) -> dict[str, Any]:
+    """Pack ``run_dir/state_dict.pt`` (from ``lrdlab train``) as ``NAME.pt`` + ``NAME.json`` in ``directory``.
+
+    The JSON records the accuracy of the stored (packed) weights and of the float32 ones on ``data``'s
+    test split, the recipe (``run_dir/history.json``), ``command`` and the machine.
+    """
+    from lrdlab.finetune.loop import evaluate
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.models import get_model, input_size
+
+    run_dir, directory = Path(run_dir), Path(directory)
+    state = torch.load(run_dir / "state_dict.pt", map_location="cpu", weights_only=True)
+    loaders = get_loaders(data, batch_size, channels=input_size(model_name)[0])
+    model = get_model(model_name, num_classes=loaders.num_classes)
+    model.load_state_dict(state)
+    fp32 = evaluate(model, loaders.test)
+    packed = pack_state_dict(state, storage)
+    model.load_state_dict(unpack_state_dict(packed))
+    stored = evaluate(model, loaders.test)
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(packed, directory / f"{name}.pt")
+    info = {
+        "name": name, "model": model_name, "num_classes": loaders.num_classes,
+        "input_size": list(input_size(model_name)),
+        "data": data, "split": "MNIST-5k: 4,000 train / 1,000 test (stratified, seed 0)",
+        "storage": storage, "bytes": (directory / f"{name}.pt").stat().st_size,
+        "test_accuracy": round(stored["accuracy"], 2), "test_accuracy_fp32": round(fp32["accuracy"], 2),
+        "test_loss": round(stored["loss"], 4), "command": command,
+        "recipe": {"epochs": len(history), "train_s": round(sum(h.get("epoch_s", 0) for h in history), 1),
+                   "final_train_accuracy": history[-1].get("train_accuracy") if history else None,
+                   "history_accuracy": [round(h["accuracy"], 2) for h in history]},
+        "machine": machine_info("cpu"),
+    }
+    (directory / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

@@ -1,0 +1,307 @@
+"""Data-aware decomposition and BN re-estimation (lrdlab.lowrank.calibration)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lrdlab
+from lrdlab.lowrank.calibration import (
+    add_ridge,
+    calibrated_decompose,
+    calibrated_layer,
+    calibration_batches,
+    channel_covariance,
+    forward_order,
+    input_covariance,
+    layer_inputs,
+    output_error,
+    recalibrate_bn,
+    reduced_rank_regression,
+    sequential_unit,
+    whitened_tucker2,
+)
+from lrdlab.lowrank.layers import decompose_layer, describe, full_ranks
+from lrdlab.zoo.cifar_models import vit_tiny
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU ×2, a 1×1 conv and a linear head: every decomposition method appears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.conv3 = nn.Conv2d(12, 10, 1)
+        self.fc = nn.Linear(10, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.conv3(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _model(seed: int = 0) -> SmallCNN:
+    torch.manual_seed(seed)
+    m = SmallCNN()
+    with torch.no_grad():  # non-trivial BN statistics, so stale ones matter
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def _batches(n: int = 3, size: int = 16, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, 3, 8, 8, generator=g) for _ in range(n)]
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+# --- recalibrate_bn ----------------------------------------------------------------------------------------
+
+
+def test_recalibrate_bn_gives_the_exact_statistics_of_every_bn():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4)).eval()
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(5, 3, 6, 6, generator=g) * 3 + 1, torch.randn(9, 3, 6, 6, generator=g) - 2]  # unequal batches
+    recalibrate_bn(model, [(x, torch.zeros(len(x))) for x in xs])
+    bn0, conv, _, bn1 = model
+    every = torch.cat(xs)
+    torch.testing.assert_close(bn0.running_mean, every.mean((0, 2, 3)))
+    torch.testing.assert_close(bn0.running_var, every.var((0, 2, 3), unbiased=True))
+    # the second BN sees the first one's output, normalised by each batch's own statistics (as in training)
+    inner = torch.cat([F.relu(conv(F.batch_norm(x, None, None, bn0.weight, bn0.bias, training=True))) for x in xs])
+    torch.testing.assert_close(bn1.running_mean, inner.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn1.running_var, inner.var((0, 2, 3), unbiased=True), atol=1e-5, rtol=1e-5)
+    assert not model.training and not any(m.training for m in model.modules())
+
+
+def test_recalibrate_bn_accepts_tensors_or_pairs_and_leaves_eval_mode():
+    a, b = _model(), _model()
+    a.train()
+    xs = _batches()
+    recalibrate_bn(a, xs)
+    recalibrate_bn(b, [(x, torch.zeros(len(x), dtype=torch.long)) for x in xs])
+    assert not a.training
+    torch.testing.assert_close(a.bn2.running_var, b.bn2.running_var)
+    assert a.bn1.weight.grad is None
+
+
+def test_recalibrate_bn_without_batchnorm_changes_nothing():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).train()
+    before = _state(model)
+    assert recalibrate_bn(model, [torch.randn(6, 4)]) is model
+    assert _same_state(model, before) and not model.training
+
+
+# --- the maths ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(S=st.integers(2, 12), D=st.integers(2, 12), n=st.integers(1, 40), seed=st.integers(0, 10_000),
+       data=st.data())
+def test_data_aware_svd_error_never_exceeds_weight_only(S, D, n, seed, data):
+    rank = data.draw(st.integers(1, min(S, D)))
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(S, D, generator=g, dtype=torch.float64)
+    X = torch.randn(n, D, generator=g, dtype=torch.float64) @ torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = X.T @ X / n  # possibly singular (n < D): the ridge keeps the Cholesky factor defined
+    first, last = reduced_rank_regression(W, add_ridge(cov), rank)
+    U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+    weight_only = U[:, :rank] * s[:rank] @ Vh[:rank]
+    data_aware = output_error(W, last @ first, cov)
+    assert data_aware <= output_error(W, weight_only, cov) * (1 + 1e-9) + 1e-9
+    assert torch.linalg.matrix_rank(last @ first) <= rank
+
+
+def test_data_aware_linear_layer_beats_weight_only_on_its_calibration_outputs():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 12)
+    x = torch.randn(256, 4) @ torch.randn(4, 16) + 0.05 * torch.randn(256, 16)  # inputs near a 4-D subspace
+    cov = x.T.double() @ x.double() / len(x)
+    data_aware = calibrated_layer(layer, "svd", (3,), cov)
+    weight_only = decompose_layer(layer, "svd", (3,))
+    err = lambda m: float((m(x) - layer(x)).detach().pow(2).mean())  # noqa: E731
+    assert err(data_aware) < 0.5 * err(weight_only)
+
+
+@pytest.mark.parametrize("make, method", [
+    (lambda: nn.Linear(7, 5), "svd"),
+    (lambda: nn.Conv2d(6, 5, 1, stride=2, bias=True), "svd"),
+    (lambda: nn.Conv2d(4, 6, 3, padding=1, bias=True), "tucker2"),
+    (lambda: nn.Conv2d(4, 6, 3, padding=1, stride=2, bias=False), "channel_svd"),
+    (lambda: nn.Conv2d(5, 3, 3, padding=2, dilation=2, padding_mode="reflect"), "tucker2"),
+])
+def test_full_rank_with_calibration_reproduces_the_layer(make, method):
+    torch.manual_seed(0)
+    layer = make()
+    shape = (8, 7) if isinstance(layer, nn.Linear) else (4, layer.in_channels, 9, 9)
+    x = torch.relu(torch.randn(shape))
+    model = nn.Sequential(layer)
+    cov = input_covariance(model, layer, [x])
+    low = calibrated_layer(layer, method, tuple(full_ranks(describe(layer), method)), cov)
+    torch.testing.assert_close(low(x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+def test_layer_inputs_are_the_rows_the_weight_multiplies():
+    conv = nn.Conv2d(3, 4, 3, padding=1, stride=2, bias=False)
+    x = torch.randn(2, 3, 7, 7)
+    rows = layer_inputs(conv, x)
+    y = conv(x).permute(0, 2, 3, 1).reshape(-1, 4)
+    torch.testing.assert_close(rows @ conv.weight.reshape(4, -1).T, y, atol=1e-5, rtol=1e-5)
+
+
+def test_whitened_tucker2_with_white_inputs_matches_weight_only_at_full_input_rank():
+    torch.manual_seed(0)
+    W = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    cov = torch.eye(36, dtype=torch.float64)
+    first, core, last = whitened_tucker2(W, cov, 4, 6)
+    approx = torch.einsum("abij,sa,bc->scij", core, last, first)
+    torch.testing.assert_close(approx, W)
+    assert channel_covariance(cov, 4).shape == (4, 4)
+
+
+# --- whole models ------------------------------------------------------------------------------------------
+
+
+def test_calibrated_decompose_at_full_rank_reproduces_the_model_and_never_modifies_it():
+    model = _model()
+    plan = lrdlab.make_plan(model, rank="full", allow_larger=True)
+    before = _state(model)
+    out = calibrated_decompose(model, plan, _batches(), bn=False)
+    x = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(out(x), model(x), atol=1e-4, rtol=1e-4)
+    assert _same_state(model, before)
+    assert sum(isinstance(m, lrdlab.LowRankLayer) for m in out.modules()) == 4
+
+
+def test_decompose_with_calibration_is_data_aware_and_the_default_stays_weight_only():
+    model = _model()
+    model.train()
+    before = _state(model)
+    plan = lrdlab.make_plan(model, ratio=2.5)
+    xs = _batches()
+    weights = lrdlab.decompose(model, plan)
+    calibrated = lrdlab.decompose(model, plan, calibration=[(x, torch.zeros(len(x))) for x in xs])
+    assert _same_state(model, before) and model.training  # the original is never modified
+    assert not calibrated.training
+    x = torch.cat(xs)
+    with torch.no_grad():
+        model.eval()
+        target = model(x)
+        err_w = float((weights.eval()(x) - target).pow(2).mean())
+        err_c = float((calibrated(x) - target).pow(2).mean())
+    assert err_c < err_w
+    # weight-only is what decompose has always done: the SVD / HOSVD factors, BN untouched
+    assert torch.equal(weights.bn1.running_mean, model.bn1.running_mean)
+    assert not torch.equal(calibrated.bn1.running_mean, model.bn1.running_mean)
+
+
+def test_layers_are_fitted_in_forward_order_on_the_decomposed_network():
+    model = _model()
+    names = ["fc", "conv3", "conv1", "conv2"]
+    assert forward_order(model, names, torch.randn(2, 3, 8, 8)) == ["conv1", "conv2", "conv3", "fc"]
+
+
+def test_inplace_calibration_changes_the_model_itself():
+    model = _model()
+    plan = lrdlab.make_plan(model, ratio=2)
+    out = calibrated_decompose(model, plan, _batches(), inplace=True)
+    assert out is model and isinstance(model.conv2, lrdlab.LowRankLayer)
+
+
+def test_calibration_batches_takes_the_first_images():
+    loader = [(torch.randn(5, 3, 8, 8), torch.zeros(5)) for _ in range(4)]
+    got = calibration_batches(loader, 12)
+    assert [len(x) for x in got] == [5, 5, 2]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+BAD = {
+    "channels": lambda: [torch.randn(4, 1, 8, 8)],
+    "rank": lambda: [torch.randn(4, 3, 8)],
+    "dtype": lambda: [torch.randn(4, 3, 8, 8, dtype=torch.float64)],
+    "integers": lambda: [torch.zeros(4, 3, 8, 8, dtype=torch.uint8)],
+    "empty": lambda: [],
+    "empty iterator": lambda: iter(()),
+    "device": lambda: [torch.randn(4, 3, 8, 8, device="meta")],
+    "mixed shapes": lambda: [torch.randn(4, 3, 8, 8), torch.randn(4, 3, 6, 6)],
+    "not a tensor": lambda: [[[1.0, 2.0]]],
+    "one tensor": lambda: torch.randn(4, 3, 8, 8),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_calibration_input_is_a_value_error_naming_the_shape_and_the_model_is_untouched(case):
+    model = _model()
+    plan = lrdlab.make_plan(model, ratio=2)
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        lrdlab.decompose(model, plan, calibration=BAD[case]())
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        recalibrate_bn(model, BAD[case]())
+    assert _same_state(model, before)
+    assert not isinstance(model.conv2, lrdlab.LowRankLayer)
+
+
+def test_wrong_image_size_for_a_registered_model_names_its_input_shape():
+    model = lrdlab.get_model("vit_tiny", num_classes=10).eval()
+    plan = lrdlab.make_plan(model, ratio=2, include=["encoder.layers.encoder_layer_0.*"], model_name="vit_tiny")
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\)"):
+        lrdlab.decompose(model, plan, calibration=[torch.randn(2, 3, 28, 28)])
+    assert _same_state(model, before)
+
+
+def test_copy_of_batches_is_not_needed_twice():
+    """A one-shot iterator (e.g. a generator) is read once and still used for every layer and BN."""
+    model = _model()
+    plan = lrdlab.make_plan(model, ratio=2)
+    xs = _batches()
+    a = calibrated_decompose(model, plan, (x for x in xs))
+    b = calibrated_decompose(copy.deepcopy(model), plan, xs)
+    x = torch.randn(3, 3, 8, 8)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_cached_blockwise_inputs_give_the_same_result_as_whole_network_runs(monkeypatch):
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5)).eval()
+    plan = lrdlab.make_plan(seq, ratio=2)
+    xs = _batches()
+    cached = calibrated_decompose(seq, plan, xs)
+    monkeypatch.setattr("lrdlab.lowrank.calibration.sequential_unit", lambda model, name: None)
+    whole = calibrated_decompose(seq, plan, xs)
+    x = torch.randn(3, 3, 8, 8)
+    torch.testing.assert_close(cached(x), whole(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_small_vit_calibrates_block_by_block_and_reproduces_itself_at_full_rank():
+    torch.manual_seed(0)
+    vit = vit_tiny(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                   mlp_dim=32).eval()
+    nn.init.normal_(vit.heads.head.weight)
+    assert sequential_unit(vit, "encoder.layers.encoder_layer_1.mlp.0") == "encoder.layers"
+    plan = lrdlab.make_plan(vit, rank="full", allow_larger=True)
+    out = lrdlab.decompose(vit, plan, calibration=_batches())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(out(x), vit(x), atol=1e-4, rtol=1e-4)
+    assert isinstance(out.encoder.layers.encoder_layer_1.mlp[3], lrdlab.LowRankLayer)

@@ -1,0 +1,33 @@
+"""The F11 accuracy study (lrdlab.paper.accuracy_study): rows on the shipped model, and its figure."""
+
+import pytest
+
+from lrdlab.paper.recorded import data_dir
+
+
+@pytest.mark.slow
+def test_accuracy_study_rows_on_the_shipped_resnet20():
+    from lrdlab.paper.accuracy_study import run_accuracy_study
+
+    result = run_accuracy_study(["resnet20"], [2.0], calibration_images=128, finetune_epochs=0, progress=False)
+    acc = {r["variant"]: r["accuracy"] for r in result["rows"]}
+    assert set(acc) == {"original", "weights", "weights+bn", "data", "data+bn"}
+    assert acc["data+bn"] > acc["weights+bn"] > acc["weights"]
+    row = result["rows"][1]
+    assert row["params"] < row["params_original"] and row["flops"] < row["flops_original"]
+    assert result["settings"]["calibration_images"] == 128 and "cpu" in result["machine"]
+
+
+def test_f11_plot_from_the_recorded_study():
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from lrdlab.paper.accuracy_study import plot_accuracy_study
+
+    path = data_dir() / "accuracy_f11_mnist5k.json"
+    fig = plot_accuracy_study(path, "resnet20")
+    ax, twin = fig.axes
+    assert len(ax.get_lines()) == 1 + 5 and len(twin.get_lines()) == 2
+    with pytest.raises(ValueError, match="no rows"):
+        plot_accuracy_study(path, "vit_tiny")
