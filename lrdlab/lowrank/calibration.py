@@ -242,6 +242,8 @@ def _reestimate_bn(model: nn.Module, xs: list[Tensor]) -> None:
                 continue
             mean = s / n
             var = ((ss - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+            assert bn.running_mean is not None and bn.running_var is not None  # _bn_layers keeps tracking BNs
+            assert bn.num_batches_tracked is not None
             bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
             bn.running_var.copy_(var.to(bn.running_var.dtype))
             bn.num_batches_tracked.fill_(len(xs))
@@ -358,6 +360,7 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
         if inputs is None:  # not inside a plain Sequential: run the whole network for this layer
             replace(work, xs, name)
             continue
+        assert seq is not None and unit is not None  # inputs were captured inside a plain Sequential
         prefix = f"{unit}." if unit else ""
         for child_name, _ in seq.named_children():
             inside = [n for n in pending if n.startswith(prefix) and _child_of(unit, n) == child_name]

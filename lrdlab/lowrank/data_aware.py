@@ -13,12 +13,14 @@ from torch import Tensor, nn
 
 DEFAULT_RIDGE = 1e-3
 
+
 def add_ridge(cov: Tensor, ridge: float = DEFAULT_RIDGE) -> Tensor:
     """``cov + ridge · (trace / d) · I``: a relative ridge that makes a second-moment matrix positive definite."""
     d = cov.shape[0]
     scale = float(cov.diagonal().mean()) if d else 0.0
     scale = scale if scale > 0 else 1.0
     return cov + (ridge * scale) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+
 
 def reduced_rank_regression(weight: Tensor, cov: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Rank-``rank`` ``last @ first`` minimising ``tr((W − last·first) Σ (W − last·first)ᵀ)`` (SVD-LLM).
@@ -34,16 +36,19 @@ def reduced_rank_regression(weight: Tensor, cov: Tensor, rank: int) -> tuple[Ten
     first = torch.linalg.solve_triangular(L, root[:, None] * Vh[:rank], upper=False, left=False)
     return first, U[:, :rank] * root
 
+
 def output_error(weight: Tensor, approx: Tensor, cov: Tensor) -> float:
     """Mean squared output error ``tr((W − W') Σ (W − W')ᵀ)`` of ``W'`` for inputs with second moment ``Σ``."""
     D = (weight - approx).double()
     return float(torch.einsum("sd,de,se->", D, cov.double(), D))
+
 
 def channel_covariance(patch_cov: Tensor, channels: int) -> Tensor:
     """Input-channel covariance ``[C, C]``: the mean of a ``[C·k², C·k²]`` patch covariance's per-tap blocks."""
     taps = patch_cov.shape[0] // channels
     blocks = patch_cov.reshape(channels, taps, channels, taps)
     return blocks.diagonal(dim1=1, dim2=3).mean(-1)
+
 
 def whitened_tucker2(weight: Tensor, patch_cov: Tensor, r1: int, r2: int) -> tuple[Tensor, Tensor, Tensor]:
     """Data-aware Tucker-2 of a conv weight ``[S, C, kh, kw]`` from its input patch covariance ``[C·k², C·k²]``.
@@ -67,6 +72,7 @@ def whitened_tucker2(weight: Tensor, patch_cov: Tensor, r1: int, r2: int) -> tup
     core, last = reduced_rank_regression(regression, cov_z, r2)
     return first, core.reshape(r2, r1, kh, kw), last
 
+
 def _patches(module: nn.Conv2d, x: Tensor, step: int = 1) -> Tensor:
     """im2col patches ``[B, C·kh·kw, L]`` of a conv's input (its padding and padding mode applied).
 
@@ -82,18 +88,23 @@ def _patches(module: nn.Conv2d, x: Tensor, step: int = 1) -> Tensor:
     stride = tuple(st * step for st in module.stride)
     return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=stride)
 
+
 def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
     """The rows a layer multiplies by its weight matrix: features (Linear) or im2col patches (Conv2d)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
     cols = _patches(module, x)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
+
 ROWS_PER_DIMENSION = 128  # conv input rows kept per covariance dimension before positions are subsampled
+
 
 def position_step(rows: int, dim: int) -> int:
     """Grid step (1 or 2) over output positions: 2 keeps a quarter of the patches where ``rows`` are plenty."""
     return 2 if rows >= 4 * ROWS_PER_DIMENSION * dim else 1
+
 
 def input_gram(module: nn.Module, x: Tensor, batches: int = 1) -> tuple[Tensor, int]:
     """``(Xᵀ X, rows)`` of the layer's input rows for one batch, in float64 (no copy of the patches).
@@ -105,6 +116,7 @@ def input_gram(module: nn.Module, x: Tensor, batches: int = 1) -> tuple[Tensor, 
     if isinstance(module, nn.Linear):
         rows = x.reshape(-1, x.shape[-1])
         return (rows.T @ rows).double(), rows.shape[0]
+    assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
     positions = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])  # about the output size
     dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
     cols = _patches(module, x, step=position_step(batches * x.shape[0] * positions, dim))
