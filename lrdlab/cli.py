@@ -60,16 +60,12 @@ def _build(args: argparse.Namespace):
 
 
 def _plan_from_args(model, args: argparse.Namespace):
-    import fnmatch
-
-    from lrdlab.lowrank.plan import candidate_layers, make_plan
+    from lrdlab.lowrank.plan import applicable_patterns, make_plan
 
     exclude = list(args.exclude or [])
     ratio = args.ratio
     if args.paper:  # the paper's exclusions where this model has such layers (CIFAR ResNets have no downsample conv)
-        names = [n for n, _ in candidate_layers(model)]
-        exclude += [p for p in PAPER_EXCLUDE
-                    if p not in exclude and any(fnmatch.fnmatchcase(n, p) for n in names)]
+        exclude += [p for p in applicable_patterns(model, PAPER_EXCLUDE) if p not in exclude]
     if ratio is None and args.energy is None and not args.vbmf and args.rank is None:
         ratio = 2.0
     return make_plan(

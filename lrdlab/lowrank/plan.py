@@ -188,6 +188,14 @@ def _matches(name: str, patterns: list[str]) -> str | None:
     return None
 
 
+def applicable_patterns(model: nn.Module, patterns: str | Sequence[str] | None) -> list[str]:
+    """The glob patterns that match at least one candidate layer of ``model`` (e.g. the paper's
+    ``*.downsample.*`` on a CIFAR ResNet, which has no downsample conv, is dropped)."""
+    names = [n for n, _ in candidate_layers(model)]
+    wanted = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    return [p for p in wanted if any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+
 def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in names):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from lrdlab.finetune.freezing import Freezer
-from lrdlab.finetune.loop import fit, set_seed
+from lrdlab.finetune.loop import fit
 
 # --- the freezing study (F7, F8) ---------------------------------------------------------------------------
 
@@ -109,10 +108,13 @@ def run_freezing_study(
     out: str | Path | None = None,
     save_original: str | Path | None = None,
     progress: bool = True,
+    calibration_images: int = 512,
 ) -> dict[str, Any]:
     """Train the original, decompose it at ``ratio``, fine-tune with each freezing mode; F7 + F8 data.
 
     ``save_original`` writes the trained original's ``state_dict`` there (e.g. for spectra plots).
+    Fine-tuning starts from the data-aware, BN-recalibrated decomposition on ``calibration_images``
+    training images (``0``: the papers' weight-only start, which sits at chance level before training).
 
     The original is trained from scratch for ``epochs``; its trained weights are decomposed
     (``make_plan(ratio, exclude)``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
@@ -121,11 +123,11 @@ def run_freezing_study(
     ``run_freezing_study(**STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
     recorded ``data/freezing_mnist5k.json``.
     """
-    from lrdlab.lowrank.decompose import decompose
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.calibration import calibration_batches
+    from lrdlab.lowrank.plan import applicable_patterns
     from lrdlab.measure.machine import machine_info
     from lrdlab.zoo.data import get_loaders
-    from lrdlab.zoo.models import get_model
+    from lrdlab.zoo.start import decomposed_start, train_original
 
     finetune_epochs = finetune_epochs or epochs
     modes = list(modes)
@@ -138,19 +140,17 @@ def run_freezing_study(
     small = data in ("mnist5k", "digits")  # embedded grey digits: repeat to the model's channels
     loaders = get_loaders(data, batch_size, cache_dir=cache_dir, subset=subset, seed=seed,
                           channels=input_size(model)[0] if small else None)
-    set_seed(seed)
-    original = get_model(model, num_classes=loaders.num_classes)
-    histories = [fit(original, loaders.train, loaders.test, epochs, lr, device=device, seed=seed,
-                     progress=progress, label="original").assign(variant="original", mode="original")]
-    original = original.cpu().eval()
+    original, history = train_original(model, loaders, epochs=epochs, lr=lr, seed=seed, device=device,
+                                       progress=progress)
+    histories = [history.assign(variant="original", mode="original")]
     if save_original is not None:
         Path(save_original).parent.mkdir(parents=True, exist_ok=True)
         torch.save(original.state_dict(), save_original)
-    names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    exclude = [p for p in exclude or [] if any(fnmatch.fnmatchcase(n, p) for n in names)]  # paper's, where they apply
-    plan = make_plan(original, ratio=ratio, exclude=exclude or None, model_name=model)
-    decomposed = decompose(original, plan)
-    settings["exclude_applied"] = exclude
+    calibration = calibration_batches(loaders.train, calibration_images) if calibration_images else None
+    plan, decomposed = decomposed_start(original, ratio=ratio, exclude=exclude, model_name=model,
+                                        calibration=calibration)
+    settings["exclude_applied"] = applicable_patterns(original, exclude)
+    settings["calibration_images"] = calibration_images
     settings["decomposed_layers"] = len(plan.decomposed_layers)
     for mode in modes:
         net = copy.deepcopy(decomposed)

@@ -198,14 +198,14 @@ def _evaluate(model: nn.Module, loader) -> float:
 def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
                **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.get_loaders``); returns model, loaders, summary."""
-    from lrdlab.finetune.loop import fit, set_seed
+    from lrdlab.finetune.loop import set_seed
     from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.start import train_original
 
     loaders = get_loaders(data, batch_size=batch, seed=seed)
     set_seed(seed)
-    model = bottleneck_net(num_classes=loaders.num_classes, in_channels=loaders.input_size[0], **net_kw)
-    history = fit(model, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="base")
-    model.eval()
+    net = bottleneck_net(num_classes=loaders.num_classes, in_channels=loaders.input_size[0], **net_kw)
+    model, history = train_original(net, loaders, epochs=epochs, lr=lr, seed=seed, progress=False, label="base")
     summary = {"data": data, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "net": net_kw,
                "accuracy": float(history["accuracy"].iloc[-1]), "train_s": float(history["wall_s"].iloc[-1]),
                "input_shape": list(loaders.input_size)}

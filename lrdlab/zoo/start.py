@@ -1,0 +1,45 @@
+"""The starting point of every fine-tuning study: a trained original and its decomposition.
+
+One place for "train the original → keep the exclusions that apply → plan → decompose (calibrated)",
+used by the freezing study (F7/F8), the techniques study (T2, F6) and the freezing explorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from lrdlab.finetune.loop import fit, set_seed
+from lrdlab.lowrank.decompose import decompose
+from lrdlab.lowrank.plan import Plan, applicable_patterns, make_plan
+from lrdlab.zoo.models import get_model
+
+
+def train_original(model: str | nn.Module, loaders: Any, *, epochs: int, lr: float, seed: int = 0,
+                   device: str = "cpu", progress: bool = True, label: str = "original",
+                   **fit_kw: Any) -> tuple[nn.Module, pd.DataFrame]:
+    """Train ``model`` (a registered name, built for the loaders' classes, or a module) from scratch.
+
+    Returns the trained model on the CPU in eval mode, and its :func:`~lrdlab.fit` history.
+    """
+    set_seed(seed)
+    net = get_model(model, num_classes=loaders.num_classes) if isinstance(model, str) else model
+    history = fit(net, loaders.train, loaders.test, epochs, lr, device=device, seed=seed, progress=progress,
+                  label=label, **fit_kw)
+    return net.cpu().eval(), history
+
+
+def decomposed_start(original: nn.Module, *, ratio: float, exclude: str | Sequence[str] | None = None,
+                     model_name: str | None = None, calibration: Iterable | None = None,
+                     **plan_kw: Any) -> tuple[Plan, nn.Module]:
+    """Plan ``original`` at ``ratio`` (exclusions kept where they match a layer) and decompose a copy.
+
+    ``calibration`` (input batches): the data-aware decomposition with BatchNorm re-estimation, so
+    fine-tuning starts from a working model rather than from chance (see lrdlab.lowrank.calibration).
+    """
+    plan = make_plan(original, ratio=ratio, exclude=applicable_patterns(original, exclude) or None,
+                     model_name=model_name, **plan_kw)
+    return plan, decompose(original, plan, calibration=calibration)
