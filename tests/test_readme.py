@@ -1,0 +1,45 @@
+"""The README quotes recorded results: its tables must agree with the data/ files they name."""
+
+import re
+from pathlib import Path
+
+from lrdlab.paper.recorded import read
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["weights", "weights+bn", "data", "data+bn", "data+bn+ft"]
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if marker in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return [r for r in rows[2:] if r]  # drop the header and the --- row
+
+
+def test_accuracy_table_matches_the_recorded_study():
+    marker = "<!-- accuracy-table: data/accuracy_f11_mnist5k.json resnet20 -->"
+    rows = _table_after(marker)
+    assert rows, "the README lost its accuracy table"
+    recorded = read("accuracy_f11_mnist5k.json").rows
+    recorded = recorded[(recorded["model"] == "resnet20") & (recorded["granularity"] == 1)]
+    for cells in rows:
+        ratio = float(cells[0])
+        at = recorded[recorded["ratio"] == ratio]
+        assert int(cells[1].replace(",", "")) == int(at["params"].iloc[0]), f"params at {ratio}"
+        for variant, cell in zip(VARIANTS, cells[2:]):
+            value = at[at["variant"] == variant]["accuracy"].iloc[0]
+            assert float(cell) == round(float(value), 1), f"{variant} at ratio {ratio}: README {cell}, data {value}"
+
+
+def test_readme_names_only_recording_commands_that_exist():
+    from lrdlab.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    record = build_parser()._subparsers._group_actions[0].choices["record"]  # noqa: SLF001
+    known = set(record._subparsers._group_actions[0].choices)  # noqa: SLF001
+    for what in re.findall(r"lrdlab record ([a-z-]+)", readme):
+        assert what in known, f"README names `lrdlab record {what}`, which does not exist"
