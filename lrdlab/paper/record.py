@@ -23,12 +23,11 @@ from lrdlab.explore.rank_lab import (
     REFERENCE_FREEZING,
     REFERENCE_LAYER_TIMES,
     RankLab,
-    TimeCache,
 )
 from lrdlab.lowrank.merge import DEFAULT_BN
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure import timing as measure
-from lrdlab.measure.cache import AUTO
+from lrdlab.measure.cache import AUTO, TimeCache
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, rank_table
 from lrdlab.measure.sweeps import granularity_plans, rank_time_sweep, speed_table
