@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lrdlab.measure.compute import set_wait_policy
 from lrdlab.paper.numbers import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
+
+set_wait_policy()  # before torch loads: OpenMP threads that spin collapse a shared CPU (lrdlab.measure.compute)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,16 +209,19 @@ def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
     p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the compute policy, the cores other processes leave free)")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``, else the compute policy (:func:`lrdlab.measure.compute.choose_threads`)."""
     import torch
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    from lrdlab.measure.compute import choose_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+    torch.set_num_threads(args.threads or choose_threads())
 
 
 def _add_bench(sub) -> None:
@@ -225,7 +231,13 @@ def _add_bench(sub) -> None:
     p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime"], default=None,
+                   help="run both models in PyTorch (eager, default), torch.compile'd, or exported to ONNX Runtime "
+                        "(needs the onnx extra)")
+    p.add_argument("--compile", action="store_true", help="same as --backend compile")
+    p.add_argument("--max-rounds", type=int, default=None,
+                   help="add rounds until the speed-up's 95%% interval is ±3 points, up to this (default 3×rounds)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -237,19 +249,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     plan = _load_or_make_plan(model, args)
     report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
                         rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
-                        channels_last=args.channels_last, compile=args.compile, progress=not args.json)
+                        channels_last=args.channels_last, compile=args.compile, progress=not args.json,
+                        backend=args.backend or ("compile" if args.compile else "eager"),
+                        max_rounds=args.max_rounds, budget_s=args.budget)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0
 
 
 # --- optimize --------------------------------------------------------------------------------------
 def _add_optimize(sub) -> None:
-    p = sub.add_parser("optimize", help="measured rank search (paper Algorithm 1): optimized plan + T1 table")
+    p = sub.add_parser("optimize", help="measured rank search (robust, or P1's Algorithm 1): optimized plan + T1 table")
     _add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
     _add_speed_arguments(p, repeats=10)
     p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
     p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
-    p.add_argument("--rounds", type=int, default=1, help="interleaved timing passes per layer (default 1)")
+    p.add_argument("--search", choices=["robust", "paper"], default="robust",
+                   help="robust: step model + confirmation with 95%% intervals (default); paper: P1's Algorithm 1")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing passes per layer (default 3 robust, 1 paper)")
     p.add_argument("--cache-dir", default="auto", help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
     p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
     p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
@@ -265,6 +282,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         model, plan, (args.batch, *shape[1:]), device=args.device,
         dtype=None if args.dtype == "fp32" else args.dtype, backward=args.backward, lower=args.lower,
         granularity=args.granularity, repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
+        method=args.search,
     )
     new.save(args.out)
     if args.traces:

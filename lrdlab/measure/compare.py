@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import statistics
 import time
 import warnings
@@ -20,6 +19,7 @@ from torch import nn
 
 from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
+from lrdlab.measure.compute import load_average
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 ONNX_EXTRA = "pip install 'lrdlab[onnx]'  (onnx, onnxruntime)"
@@ -90,18 +90,12 @@ def fingerprint(model: nn.Module, mode: str) -> str:
     return repr(model) + repr(params)
 
 
-def load_average() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def compare(
     models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
     device: str = "cpu", warmup: int = 2, repeats: int = 3, dtype: str | None = None, channels_last: bool = False,
     compile: bool = False, num_classes: int | None = None, *, backend: str | None = None,
     max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = 600.0, dedupe: bool = True,
+    clock: Callable[[], float] | None = None,
 ):
     """Time models interleaved, A B A B …; the first model is the baseline.
 
@@ -111,7 +105,8 @@ def compare(
     rounds ≥ 3, else rounds) or ``budget_s`` seconds; ``converged`` says whether it got there.
     With ``dedupe``, models identical in speed (same structure and parameter shapes; training: same
     trainable parameters) are timed once and share that measurement (``same_as``); an A/A check
-    (a model against its own copy) passes ``dedupe=False``.
+    (a model against its own copy) passes ``dedupe=False``. ``clock`` replaces ``time.perf_counter``
+    for the timed calls (tests).
 
     Returns a DataFrame, one row per model: ``median_s`` (median over rounds), ``speedup_vs_first``
     (median over rounds of baseline time / this time), ``speedup_ci_low``/``speedup_ci_high`` (95%
@@ -150,7 +145,7 @@ def compare(
 
     while True:
         for n, step in steps.items():
-            per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats)))
+            per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats, clock)))
         done = len(per_round[timed[0]])
         if done < rounds:
             continue
