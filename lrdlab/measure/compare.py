@@ -84,10 +84,15 @@ def make_backend_step(model: nn.Module, input_shape: Sequence[int], mode: str = 
 
 
 def fingerprint(model: nn.Module, mode: str) -> str:
-    """What decides a model's speed: its structure and parameter shapes (and, training, what is trainable)."""
+    """What decides a model's speed: its structure, parameter shapes, every submodule's type and plain
+    attributes (and, training, what is trainable). Weights' values are left out: they do not change a time."""
     params = [(n, tuple(p.shape), str(p.dtype), p.requires_grad if mode == "train" else None)
               for n, p in model.named_parameters()]
-    return repr(model) + repr(params)
+    simple = (str, int, float, bool, tuple, type(None))
+    attrs = [(n, type(m).__qualname__, sorted((k, repr(v)) for k, v in vars(m).items()
+                                              if not k.startswith("_") and isinstance(v, simple)))
+             for n, m in model.named_modules()]
+    return repr(model) + repr(params) + repr(attrs)
 
 
 def compare(
