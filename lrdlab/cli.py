@@ -409,9 +409,12 @@ def _add_record(sub) -> None:
     study.add_argument("--quick", action="store_true", help="the quick study (2 epochs on 1,024 images)")
     study.add_argument("--lr", type=float, default=0.1)
     study.add_argument("--finetune-lr", type=float, default=0.02)
+    checks = what.add_parser("speed-checks", help="compute policy, A/A check and backends (lrdlab.paper.speed_checks)")
+    checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    checks.add_argument("--only", choices=["compute", "aa", "backends"], default=None, help="one part (default: all)")
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
-    for q in (speed, tech, ref, study, frz):
+    for q in (speed, tech, ref, study, checks, frz):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -441,6 +444,14 @@ def _run_record(args: argparse.Namespace) -> int:
         run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
                            **sizes)
         print("wrote", args.out)
+    elif args.what == "speed-checks":
+        from lrdlab.paper import speed_checks
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
+                         ("backends", speed_checks.record_backends)):
+            if args.only in (None, part):
+                print("wrote", fn(args.out))
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
     else:
