@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ class TimeCache:
             raise ValueError("no samples to cache")
         self.entries.setdefault(key, {})[label] = _entry(samples)
 
-    def put_all(self, key: str | None, samples: dict[str, Sequence[float]]) -> None:
+    def put_all(self, key: str | None, samples: Mapping[str, Sequence[float]]) -> None:
         """:meth:`put` every label's samples (no-op without a key)."""
         if key is not None:
             for label, s in samples.items():

@@ -54,10 +54,11 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
         warnings.simplefilter("ignore")
         try:  # the TorchScript exporter: ~15× faster to export than dynamo's, same graph for these models
             buf = io.BytesIO()
-            torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"])
+            torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"])  # type: ignore[arg-type]
             return buf.getvalue()
         except Exception:  # noqa: BLE001 - removed or failing: the dynamo exporter
             program = torch.onnx.export(net, (x,), dynamo=True, input_names=["x"], output_names=["y"])
+            assert program is not None
             return program.model_proto.SerializeToString()
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -84,7 +84,7 @@ def pick_rank(trace: dict[int, float]) -> int:
     return best
 
 
-def robust_candidate(samples: dict[int, Sequence[float]], min_step: float = 0.02) -> tuple[int, dict[str, Any]]:
+def robust_candidate(samples: Mapping[int, Sequence[float]], min_step: float = 0.02) -> tuple[int, dict[str, Any]]:
     """The rank just below the largest significant step down of a step model of the whole rank curve.
 
     ``samples`` maps rank → its timing samples (one per round). The noise of a rank's median is the
@@ -420,6 +420,6 @@ def rank_table(plan: Plan, optimized: Plan):
         opt = optimized[row.name]
         rows.append({
             "layer": row.name, "C": row.in_channels, "S": row.out_channels,
-            "2x rank": _show(row.ranks), "optimized": _show(opt.ranks) if opt.decomposed else "ORG",
+            "2x rank": _show(row.ranks or []), "optimized": _show(opt.ranks or []) if opt.decomposed else "ORG",
         })
     return pd.DataFrame(rows, columns=["layer", "C", "S", "2x rank", "optimized"])

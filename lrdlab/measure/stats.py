@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+Values = Sequence[float] | np.ndarray  # a 1-D run of numbers
+
 LEVEL = 0.95
 N_BOOT = 2000
 
 
-def bootstrap_median_ci(values: Sequence[float], level: float = LEVEL, n_boot: int = N_BOOT,
+def bootstrap_median_ci(values: Values, level: float = LEVEL, n_boot: int = N_BOOT,
                         seed: int = 0) -> tuple[float, float, float]:
     """(median, low, high): the median of ``values`` and its percentile-bootstrap ``level`` interval.
 
@@ -44,7 +46,7 @@ def bootstrap_median_ci(values: Sequence[float], level: float = LEVEL, n_boot: i
     return med, float(min(lo, med)), float(max(hi, med))
 
 
-def ratio_summary(baseline: Sequence[float], other: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
+def ratio_summary(baseline: Values, other: Values, level: float = LEVEL) -> dict[str, Any]:
     """Speed-up of ``other`` over ``baseline`` from paired rounds: per-round ratio baseline / other.
 
     Returns ``{"median", "ci_low", "ci_high", "rounds"}`` as ratios (1.2 = 20 % faster).
@@ -84,7 +86,7 @@ def verdict(ci_pct: dict[str, Any]) -> str:
 # --- noise of a rank curve ---------------------------------------------------------------------------
 
 
-def robust_sigma(values: Sequence[float]) -> float:
+def robust_sigma(values: Values) -> float:
     """1.4826 · MAD: the standard deviation of the normal part of ``values``, blind to a few spikes."""
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2:
@@ -92,7 +94,7 @@ def robust_sigma(values: Sequence[float]) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-def curve_noise(samples: Sequence[Sequence[float]]) -> float:
+def curve_noise(samples: Sequence[Values]) -> float:
     """Relative noise of one sample of a rank curve, from the spread of each rank's repeated samples.
 
     ``samples[i]`` are the rounds of rank i. Each rank's samples are scaled by their median; the
@@ -126,7 +128,7 @@ def _split_score(y: np.ndarray, sigma: float, min_size: int) -> tuple[float, int
     return diff / se, at
 
 
-def fit_steps(levels: Sequence[float], sigma: float, z: float | None = None, min_step: float = 0.02,
+def fit_steps(levels: Values, sigma: float, z: float | None = None, min_step: float = 0.02,
               min_size: int = 2) -> list[int]:
     """Change points of a step model fitted to ``levels`` by binary segmentation (robust: medians).
 
@@ -162,7 +164,7 @@ def fit_steps(levels: Sequence[float], sigma: float, z: float | None = None, min
     return sorted(out)
 
 
-def step_levels(levels: Sequence[float], changes: Sequence[int]) -> list[float]:
+def step_levels(levels: Values, changes: Sequence[int]) -> list[float]:
     """The fitted level (median) of each run between the change points."""
     y = np.asarray(levels, dtype=np.float64)
     edges = [0, *changes, y.size]

@@ -63,7 +63,8 @@ def speed_table(
 
     shape = measure.check_shape(input_shape)
     base = model_costs(model, shape)
-    models, info = {"original": model}, {}
+    models: dict[str, nn.Module] = {"original": model}
+    info: dict[str, dict[str, Any]] = {}
     for name, plan in plans.items():
         m = shaped_model(model, plan)
         models[name] = m
@@ -185,7 +186,7 @@ def rank_time_sweep(
     dev = measure.check_device(device)
     conv = nn.Conv2d(C, S, k, stride=stride, padding=k // 2, bias=False)
     info = describe(conv)
-    layers = {"original": conv}
+    layers: dict[Any, nn.Module] = {"original": conv}
     for r in ranks:
         layers[r] = build(info, method, (r, r) if method == "tucker2" else (r,))
     steps = {name: measure.layer_step(m, shape, dev, backward, dtype) for name, m in layers.items()}

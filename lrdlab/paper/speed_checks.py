@@ -4,6 +4,8 @@
   and ViT-B/16 at 2x, under each (threads, OpenMP wait policy) pair, each in a fresh process (the wait
   policy is fixed when torch loads) → ``compute_policy_cpu.json``.
 - ``aa``: ResNet-18 timed against its own copy (no de-duplication): the interval must cover 0 → ``aa_check_cpu.json``.
+- ``search``: the robust rank search on ResNet-50 at 2x and the speed of its ranks
+  → ``search_robust_resnet50_cpu.json``.
 - ``backends``: ResNet-50 at 2x, original vs decomposed, eager / onnxruntime / compile
   → ``bench_backends_resnet50_cpu.json``.
 
@@ -152,6 +154,35 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
 if __name__ == "__main__":  # the compute probe runs in a fresh process
     if len(sys.argv) == 3 and sys.argv[1] == "probe":
         print(json.dumps(probe(int(sys.argv[2])), default=float))
+
+
+def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 300.0) -> Path:
+    """ResNet-50 at 2x: the robust rank search, then vanilla vs searched ranks vs g=32 timed against the original."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.sweeps import speed_table
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    t = time.perf_counter()
+    searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
+    search_s = time.perf_counter() - t
+    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    table = speed_table(model, {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32}, shape, rounds=5,
+                        warmup=1, repeats=3, progress=False)
+    return _write(out / "search_robust_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
+                "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32, inference, interleaved, "
+                "adaptive rounds", "command": "lrdlab record speed-checks --only search --threads 1",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "search_s": search_s, "search_settings": searched.settings["optimize"],
+        "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
+    })
 
 
 # --- the README's speed section, generated from the recorded files ------------------------------------
