@@ -74,7 +74,7 @@ def half_width(ci: dict[str, Any]) -> float:
 
 def within_noise(ci: dict[str, Any], null: float = 1.0) -> bool:
     """True when the interval covers ``null`` (1 for ratios, 0 for percentages): no detectable difference."""
-    return ci["ci_low"] <= null <= ci["ci_high"]
+    return bool(ci["ci_low"] <= null <= ci["ci_high"])
 
 
 def verdict(ci_pct: dict[str, Any]) -> str:

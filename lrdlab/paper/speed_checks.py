@@ -85,8 +85,8 @@ def record_compute(out: Path) -> Path:
                 env["OMP_WAIT_POLICY"] = policy
             res = subprocess.run([sys.executable, "-m", "lrdlab.paper.speed_checks", "probe", threads], env=env,
                                  capture_output=True, text=True, check=True)
-            rows.append({"repeat": rep, "threads": int(threads), "omp_wait_policy": policy or "default",
-                         **json.loads(res.stdout.strip().splitlines()[-1])})
+            rows.append({**json.loads(res.stdout.strip().splitlines()[-1]), "repeat": rep, "threads": int(threads),
+                         "omp_wait_policy": policy or "default"})
     return _write(out / "compute_policy_cpu.json", {
         "what": "forward time of a tiny conv net (batch 8, 32 px) and ResNet-18 (batch 8, 112 px), and the wall time "
                 "to decompose ResNet-50 (conv1/downsample excluded) and ViT-B/16 at 2x, per torch thread count and "
@@ -115,7 +115,7 @@ def record_aa(out: Path, rounds: int = 5) -> Path:
         "what": "A/A check: ResNet-18 timed interleaved against its own copy; speed-up % with its 95% bootstrap "
                 "interval (must cover 0)", "command": "lrdlab record speed-checks --only aa",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "speedup_pct": pct, "covers_zero": within_noise(pct, 0.0), "rows": df.to_dict(orient="records"),
+        "speedup_pct": pct, "covers_zero": bool(within_noise(pct, 0.0)), "rows": df.to_dict(orient="records"),
     })
 
 
@@ -208,7 +208,7 @@ def readme_speed_section(data: Path) -> str:
         import statistics
 
         return statistics.median(r[key] for r in comp["rows"] if r["threads"] == threads
-                                 and r["omp_wait_policy"] == policy)
+                                 and r["omp_wait_policy"].split()[0] == policy)
 
     def cell(key: str, fmt: str) -> str:
         return " / ".join(fmt.format(median(t, p, key)) for t, p in

@@ -29,7 +29,7 @@ def _t1() -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize("layer", ["layer4.2.conv2", "fc"])
 def test_optimized_rank_claims_match_the_t1_file(layer):
-    m = re.search(rf"`{re.escape(layer)}` goes (\d+) → (\d+)", README)
+    m = re.search(rf"`{re.escape(layer)}`\s+goes\s+(\d+) → (\d+)", README)
     assert m, f"README should quote {layer}'s optimized rank"
     row = _t1()[layer]
     assert (m.group(1), m.group(2)) == (row["2x rank"], row["optimized"])
@@ -37,6 +37,6 @@ def test_optimized_rank_claims_match_the_t1_file(layer):
 
 def test_f1_claim_matches_the_sweep_file():
     rows = {int(r["rank"]): r for r in json.loads((DATA / "optimize_f1_conv512_cpu.json").read_text())["rows"]}
-    m = re.search(r"257 → 256 \((\d+\.\d+) → (\d+\.\d+) ms\); rank 258 takes (\d+\.\d+) ms", README)
+    m = re.search(r"257 → 256 \((\d+\.\d+) → (\d+\.\d+) ms\); rank 258 takes\s+(\d+\.\d+) ms", README)
     assert m, "README should quote the F1 sweep around ranks 256–258"
     assert [float(x) for x in m.groups()] == [round(rows[r]["time_ms"], 2) for r in (257, 256, 258)]
