@@ -240,6 +240,16 @@ def readme_speed_section(data: Path) -> str:
             lines.append(f"| backend {name} | not measured: {r['error'][:80]} | — |")
         else:
             lines.append(f"| backend {name} | {_ci_text(r['speedup_pct'])} | {r['realised']:.2f} |")
+    search = data / "search_robust_resnet50_cpu.json"
+    if search.exists():
+        rec = json.loads(search.read_text())
+        for r in rec["rows"]:
+            pct = {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
+                   "rounds": r["rounds"], "converged": r["converged"]}
+            lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | {_ci_text(pct)} | "
+                         f"{r['realised']:.2f} |")
+        lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
+                     f"{len(rec['search_settings']['confirmations'])} layers (search_robust_resnet50_cpu.json).")
     lines += [
         "",
         f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "
