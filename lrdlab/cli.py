@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lrdlab.measure.compute import set_wait_policy
 from lrdlab.paper.numbers import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
+
+set_wait_policy()  # before torch loads: OpenMP threads that spin collapse a shared CPU (lrdlab.measure.compute)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,16 +221,19 @@ def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
     p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the compute policy, the cores other processes leave free)")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N``, else the compute policy (:func:`lrdlab.measure.compute.choose_threads`)."""
     import torch
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    from lrdlab.measure.compute import choose_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+    torch.set_num_threads(args.threads or choose_threads())
 
 
 def _add_bench(sub) -> None:
@@ -237,7 +243,13 @@ def _add_bench(sub) -> None:
     p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime"], default=None,
+                   help="run both models in PyTorch (eager, default), torch.compile'd, or exported to ONNX Runtime "
+                        "(needs the onnx extra)")
+    p.add_argument("--compile", action="store_true", help="same as --backend compile")
+    p.add_argument("--max-rounds", type=int, default=None,
+                   help="add rounds until the speed-up's 95%% interval is ±3 points, up to this (default 3×rounds)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -249,19 +261,24 @@ def _run_bench(args: argparse.Namespace) -> int:
     plan = _load_or_make_plan(model, args)
     report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
                         rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
-                        channels_last=args.channels_last, compile=args.compile, progress=not args.json)
+                        channels_last=args.channels_last, compile=args.compile, progress=not args.json,
+                        backend=args.backend or ("compile" if args.compile else "eager"),
+                        max_rounds=args.max_rounds, budget_s=args.budget)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0
 
 
 # --- optimize --------------------------------------------------------------------------------------
 def _add_optimize(sub) -> None:
-    p = sub.add_parser("optimize", help="measured rank search (paper Algorithm 1): optimized plan + T1 table")
+    p = sub.add_parser("optimize", help="measured rank search (robust, or P1's Algorithm 1): optimized plan + T1 table")
     _add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
     _add_speed_arguments(p, repeats=10)
     p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
     p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
-    p.add_argument("--rounds", type=int, default=1, help="interleaved timing passes per layer (default 1)")
+    p.add_argument("--search", choices=["robust", "paper"], default="robust",
+                   help="robust: step model + confirmation with 95%% intervals (default); paper: P1's Algorithm 1")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing passes per layer (default 3 robust, 1 paper)")
     p.add_argument("--cache-dir", default="auto", help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
     p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
     p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
@@ -277,6 +294,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         model, plan, (args.batch, *shape[1:]), device=args.device,
         dtype=None if args.dtype == "fp32" else args.dtype, backward=args.backward, lower=args.lower,
         granularity=args.granularity, repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
+        method=args.search,
     )
     new.save(args.out)
     if args.traces:
@@ -404,6 +422,10 @@ def _add_record(sub) -> None:
     study.add_argument("--quick", action="store_true", help="the quick study (2 epochs on 1,024 images)")
     study.add_argument("--lr", type=float, default=0.1)
     study.add_argument("--finetune-lr", type=float, default=0.02)
+    checks = what.add_parser("speed-checks", help="compute policy, A/A check and backends (lrdlab.paper.speed_checks)")
+    checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    checks.add_argument("--only", choices=["compute", "aa", "backends", "search"], default=None,
+                        help="one part (default: all)")
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
     acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
@@ -419,7 +441,7 @@ def _add_record(sub) -> None:
     pre.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     pre.add_argument("--storage", choices=["fp16", "int8"], default="fp16")
     pre.add_argument("--train-command", default="", help="the `lrdlab train` command that made run_dir")
-    for q in (speed, tech, ref, study, frz, acc, pre):
+    for q in (speed, tech, ref, study, checks, frz, acc, pre):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -449,6 +471,14 @@ def _run_record(args: argparse.Namespace) -> int:
         run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
                            **sizes)
         print("wrote", args.out)
+    elif args.what == "speed-checks":
+        from lrdlab.paper import speed_checks
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
+                         ("backends", speed_checks.record_backends), ("search", speed_checks.record_search)):
+            if args.only in (None, part):
+                print("wrote", fn(args.out))
     elif args.what == "accuracy":
         from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
 

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from lrdlab.explore import plots
-from lrdlab.explore.rank_lab import REFERENCE_FREEZING, TimeCache
+from lrdlab.explore.rank_lab import REFERENCE_FREEZING
 from lrdlab.lowrank.plan import make_plan
-from lrdlab.measure.cache import default_cache_dir
+from lrdlab.measure.cache import default_cache_dir, read_json
 from lrdlab.measure.machine import machine_info
 from lrdlab.zoo import models
 
@@ -82,12 +82,12 @@ class FreezingLab:
                  cache_dir: Path | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.path = self.cache_dir / "freezing_runs.json"
-        ref = TimeCache._read_file(reference) if reference else {}
+        ref = read_json(reference)
         self.setup = setup or FreezingSetup.from_study(ref.get("settings", {}))
         self.reference_machine = ref.get("machine", {})
         self._reference = runs_from_study(ref)
         self._throughput = pd.DataFrame(ref.get("throughput", []))
-        local = TimeCache._read_file(self.path)
+        local = read_json(self.path)
         self._local = pd.DataFrame(local.get("history", []), columns=RUN_COLUMNS)
         self._base: tuple[nn.Module, Any] | None = None
 

@@ -20,6 +20,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -299,6 +300,7 @@ def plot_grouped_bars(
         if annotate:
             for container in ax.containers:
                 ax.bar_label(container, fmt="%.1f", fontsize="x-small", padding=2)
+        _bar_errors(ax, df, x, y, hue, order)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set(xlabel=x.replace("_", " "), ylabel=ylabel or y, title=title)
         if hue:
@@ -307,11 +309,35 @@ def plot_grouped_bars(
     return fig
 
 
+def _ci(y: str) -> tuple[str, str]:
+    """The columns holding ``y``'s 95% interval: ``{y}_ci_low`` and ``{y}_ci_high``."""
+    return f"{y}_ci_low", f"{y}_ci_high"
+
+
+def _bar_errors(ax, df: pd.DataFrame, x: str, y: str, hue: str | None, order: Sequence[str] | None) -> None:
+    """Error bars (the 95% interval) on a seaborn bar chart, where ``df`` has ``{y}_ci_low/high``."""
+    lo, hi = _ci(y)
+    if lo not in df.columns or hi not in df.columns or df[lo].isna().all():
+        return
+    xs = list(order) if order is not None else list(dict.fromkeys(df[x]))
+    levels = list(dict.fromkeys(df[hue])) if hue else [None]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for container, level in zip(bars, levels):
+        for bar, xv in zip(container, xs):
+            sel = df[(df[x] == xv) & ((df[hue] == level) if hue else True)]
+            if sel.empty or pd.isna(sel[lo].iloc[0]):
+                continue
+            v, a, b = (float(sel[c].iloc[0]) for c in (y, lo, hi))
+            ax.errorbar(bar.get_x() + bar.get_width() / 2, v, yerr=[[max(v - a, 0)], [max(b - v, 0)]],
+                        color="black", capsize=3, linewidth=1)
+
+
 def plot_speedup(df: pd.DataFrame, title: str = "Speed-up by technique") -> Figure:
     """F4: train and inference speed-up (%) by technique.
 
     ``df`` columns: ``method`` and ``train_speedup_pct`` / ``infer_speedup_pct`` (either or both);
-    optional ``model`` (one panel-group per model: bars are labelled ``model: method``).
+    optional ``model`` (one panel-group per model: bars are labelled ``model: method``); error bars
+    (95% intervals) from ``*_speedup_pct_ci_low`` / ``*_speedup_pct_ci_high`` where present.
     """
     metrics = [c for c in ("train_speedup_pct", "infer_speedup_pct") if c in df.columns]
     _require(df, ["method"], "plot_speedup")
@@ -320,22 +346,34 @@ def plot_speedup(df: pd.DataFrame, title: str = "Speed-up by technique") -> Figu
     d = df.copy()
     if "model" in d.columns and d["model"].nunique() > 1:
         d["method"] = d["model"].astype(str) + ": " + d["method"].astype(str)
-    long = d.melt(id_vars=["method"], value_vars=metrics, var_name="phase", value_name="speedup_pct")
+    long = _melt_with_ci(d, "method", metrics, "speedup_pct")
     long["phase"] = long["phase"].map({"train_speedup_pct": "training", "infer_speedup_pct": "inference"})
     return plot_grouped_bars(long, "method", "speedup_pct", "phase", ylabel="speed-up (% more throughput)",
                              title=title)
 
 
+def _melt_with_ci(df: pd.DataFrame, ident: str, metrics: list[str], value: str) -> pd.DataFrame:
+    """Long format (``ident``, phase, ``value``) carrying each metric's ``_ci_low/_ci_high`` when present."""
+    parts = []
+    for m in metrics:
+        part = pd.DataFrame({ident: df[ident].values, "phase": m, value: df[m].values})
+        for src, dst in zip(_ci(m), _ci(value)):
+            part[dst] = df[src].values if src in df.columns else np.nan
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def plot_throughput(df: pd.DataFrame, title: str = "Throughput by technique") -> Figure:
     """F7: training and inference throughput (images/s) by technique.
 
-    ``df`` columns: ``technique`` and ``train_img_s`` / ``infer_img_s`` (either or both).
+    ``df`` columns: ``technique`` and ``train_img_s`` / ``infer_img_s`` (either or both); error bars
+    from ``*_img_s_ci_low`` / ``*_img_s_ci_high`` where present.
     """
     metrics = [c for c in ("train_img_s", "infer_img_s") if c in df.columns]
     _require(df, ["technique"], "plot_throughput")
     if not metrics:
         raise ValueError("plot_throughput needs train_img_s and/or infer_img_s columns")
-    long = df.melt(id_vars=["technique"], value_vars=metrics, var_name="phase", value_name="img_s")
+    long = _melt_with_ci(df, "technique", metrics, "img_s")
     long["phase"] = long["phase"].map({"train_img_s": "training", "infer_img_s": "inference"})
     return plot_grouped_bars(long, "technique", "img_s", "phase", ylabel="throughput (images/s)", title=title)
 
@@ -356,7 +394,7 @@ def plot_speedup_vs_flops(
     """F5: measured speed-up (%) against FLOPs removed (%), with the ideal curve (time ∝ FLOPs).
 
     ``df`` columns: ``flops_removed_pct``, ``speedup`` (default ``speedup_pct``), optional ``label``
-    (hue; default ``method``) and ``model`` (marker style).
+    (hue; default ``method``) and ``model`` (marker style); error bars from ``{speedup}_ci_low/high``.
     """
     _require(df, ["flops_removed_pct", speedup], "plot_speedup_vs_flops")
     hue = label if label and label in df.columns else None
@@ -366,8 +404,13 @@ def plot_speedup_vs_flops(
         hi = max(5.0, float(np.nanmax(df["flops_removed_pct"])) * 1.1)
         f = np.linspace(0, min(hi, 95.0), 200)
         ax.plot(f, ideal_speedup_pct(f), color="black", linestyle="--", label="ideal (time ∝ FLOPs)")
+        lo, hi = _ci(speedup)
+        if lo in df.columns and hi in df.columns and df[lo].notna().any():
+            d = df.dropna(subset=[lo, hi])
+            ax.errorbar(d["flops_removed_pct"], d[speedup], yerr=[(d[speedup] - d[lo]).clip(lower=0),
+                        (d[hi] - d[speedup]).clip(lower=0)], fmt="none", ecolor="grey", capsize=3, zorder=1)
         sns.scatterplot(data=df, x="flops_removed_pct", y=speedup, hue=hue, style=style_col, s=70, ax=ax,
-                        palette=PALETTE if hue else None)
+                        palette=PALETTE if hue else None, zorder=2)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set(xlabel="FLOPs removed (%)", ylabel="measured speed-up (% more throughput)", title=title)
         ax.legend(fontsize="small")
@@ -399,6 +442,10 @@ def _sweep_panels(df, x, xlabel, panels, hue, title, log2x=False) -> Figure:
         for ax, (col, lab) in zip(axes[0], panels):
             sns.lineplot(data=df, x=x, y=col, hue=hue if hue in df.columns else None, marker="o", ax=ax,
                          palette=PALETTE if hue in df.columns else None, errorbar=None)
+            lo, hi = _ci(col)
+            if lo in df.columns and hi in df.columns and df[lo].notna().any():
+                ax.errorbar(df[x], df[col], yerr=[(df[col] - df[lo]).clip(lower=0), (df[hi] - df[col]).clip(lower=0)],
+                            fmt="none", ecolor="grey", capsize=3)
             if log2x:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(sorted(df[x].unique()), [str(v) for v in sorted(df[x].unique())])
@@ -454,7 +501,7 @@ def plot_granularity_sweep(df: pd.DataFrame, hue: str | None = None, title: str 
     """F9: time / speed-up, params removed and accuracy vs rank granularity g (log₂ axis).
 
     ``df`` columns: ``granularity`` and any of ``time_ms``, ``speedup_pct``, ``params_removed_pct``,
-    ``accuracy``; optional ``hue`` column (e.g. ``model``).
+    ``accuracy``; optional ``hue`` column (e.g. ``model``); error bars from ``speedup_pct_ci_low/high``.
     """
     _require(df, ["granularity"], "plot_granularity_sweep")
     panels = [(c, lab) for c, lab in _GRANULARITY_PANELS if c in df.columns and df[c].notna().any()]

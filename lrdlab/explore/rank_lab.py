@@ -13,7 +13,6 @@ redraw (measured: see ``RankExplorer.render_seconds``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ from lrdlab.lowrank.layers import build, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure import timing as measure
-from lrdlab.measure.cache import default_cache_dir
+from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.counting import count_flops
-from lrdlab.measure.machine import machine_info
+from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.zoo import models
 
 REFERENCE_DIR = Path(str(files("lrdlab.explore") / "reference"))  # shipped inside the package (pyproject package-data)
@@ -50,59 +49,29 @@ DEFAULT_MODEL, DEFAULT_LAYER = "resnet50", "layer4.1.conv2"
 # --- timing and its cache -----------------------------------------------------------------------
 
 
-def _key(model: str, layer: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...]) -> str:
-    r = "orig" if ranks is None else "x".join(map(str, ranks))
-    return f"{model}|{layer}|{r}|{'x'.join(map(str, input_shape))}"
+def _key(model: str, layer: str, input_shape: tuple[int, ...]) -> str:
+    """The explorer's key in the one :class:`~lrdlab.measure.cache.TimeCache`; labels are ranks or ``orig``."""
+    return f"{model}|{layer}|{'x'.join(map(str, input_shape))}"
 
 
-class TimeCache:
-    """Measured layer times: a writable JSON cache on this machine, over a read-only shipped reference.
+def _label(ranks: tuple[int, ...] | None) -> str:
+    return "orig" if ranks is None else "x".join(map(str, ranks))
 
-    ``get`` answers ``(ms, source)`` with source ``"here"`` (measured on this machine) or
-    ``"reference"`` (shipped in ``data/``, measured on the machine named in that file), or None.
-    """
 
-    def __init__(self, path: Path | None = None, reference: Path | None = REFERENCE_LAYER_TIMES):
-        self.path = Path(path) if path else default_cache_dir() / "layer_times.json"
-        self.local: dict[str, float] = self._read(self.path)
-        ref = self._read_file(reference) if reference else {}
-        self.reference: dict[str, float] = ref.get("times", {})
-        self.reference_machine: dict[str, Any] = ref.get("machine", {})
+def default_time_cache() -> TimeCache:
+    """This machine's layer times (:func:`~lrdlab.measure.cache.default_cache_dir`) over the shipped reference."""
+    return TimeCache(reference=REFERENCE_LAYER_TIMES)
 
-    @staticmethod
-    def _read_file(path: Path | None) -> dict[str, Any]:
-        try:
-            return json.loads(Path(path).read_text())
-        except (OSError, ValueError):
-            return {}
 
-    def _read(self, path: Path) -> dict[str, float]:
-        return self._read_file(path).get("times", {})
+def layer_times(cache: TimeCache, model: str, layer: str, input_shape: tuple[int, ...]) -> pd.DataFrame:
+    """All cached times of one layer: columns ``rank`` (first rank; 0 = original), ``time_ms``, ``source``."""
+    rows = [(0 if label == "orig" else int(label.split("x")[0]), 1e3 * s, source)
+            for label, (s, source) in cache.labels(_key(model, layer, input_shape)).items()]
+    return pd.DataFrame(sorted(rows), columns=["rank", "time_ms", "source"])
 
-    def get(self, key: str) -> tuple[float, str] | None:
-        if key in self.local:
-            return self.local[key], "here"
-        if key in self.reference:
-            return self.reference[key], "reference"
-        return None
 
-    def put(self, key: str, ms: float) -> None:
-        self.local[key] = float(ms)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"machine": machine_info(), "times": self.local}, indent=1, sort_keys=True))
-        tmp.replace(self.path)
-
-    def layer_times(self, model: str, layer: str, input_shape: tuple[int, ...]) -> pd.DataFrame:
-        """All cached times of one layer: columns ``rank`` (first rank; 0 = original), ``time_ms``, ``source``."""
-        prefix, suffix = f"{model}|{layer}|", f"|{'x'.join(map(str, input_shape))}"
-        rows = {}
-        for source, table in (("reference", self.reference), ("here", self.local)):  # local wins
-            for key, ms in table.items():
-                if key.startswith(prefix) and key.endswith(suffix):
-                    r = key[len(prefix):-len(suffix)]
-                    rows[r] = (0 if r == "orig" else int(r.split("x")[0]), ms, source)
-        return pd.DataFrame(sorted(rows.values()), columns=["rank", "time_ms", "source"])
+def _ms(hit: tuple[float, str] | None) -> tuple[float | None, str | None]:
+    return (1e3 * hit[0], hit[1]) if hit else (None, None)
 
 
 # --- the rank explorer's maths ------------------------------------------------------------------
@@ -127,20 +96,10 @@ def _model(name: str) -> nn.Module:
     return models.get_model(name).eval()
 
 
-@lru_cache(maxsize=8)
-def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Input shape (batch 1) of every Linear/Conv2d layer, from one meta-device forward pass."""
-    import copy
-
-    model = copy.deepcopy(_model(name)).to("meta")
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(inp[0].shape)))
-             for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    with torch.no_grad():
-        model(torch.empty((1, *models.input_size(name)), device="meta"))
-    for h in hooks:
-        h.remove()
-    return shapes
+@lru_cache(maxsize=256)
+def _input_shape(name: str, layer: str) -> tuple[int, ...]:
+    """Input shape (batch 1) of one layer of a registered model (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
+    return layer_input_shapes(_model(name), [layer], (1, *models.input_size(name)))[layer]
 
 
 def tucker2_kept_energy(weight: torch.Tensor) -> np.ndarray:
@@ -165,7 +124,7 @@ class RankLab:
     """The rank explorer without widgets: ``state(model, layer, ratio, granularity)`` → everything shown."""
 
     def __init__(self, cache: TimeCache | None = None, batch: int = 8, measure: bool = True):
-        self.cache = cache if cache is not None else TimeCache()
+        self.cache = cache if cache is not None else default_time_cache()
         self.batch = batch
         self.measure = measure
         self._layers: dict[tuple[str, str], LayerData] = {}
@@ -190,7 +149,7 @@ class RankLab:
                 table = tucker2_kept_energy(W)
             else:
                 spectra, table = [s.numpy() for s in get_method(method).spectra(W)], None
-            self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, table)
+            self._layers[key] = LayerData(name, module, info, method, _input_shape(model, name), spectra, table)
         return self._layers[key]
 
     def timing_shape(self, data: LayerData) -> tuple[int, ...]:
@@ -214,10 +173,10 @@ class RankLab:
         out["flops_before"] = self._flops(data, None)
         out["flops_after"] = self._flops(data, out["ranks"])
         out["rel_error"] = self.rel_error(data, out["ranks"])
-        orig = self.cache.get(_key(model, name, None, shape))
-        new = self.cache.get(_key(model, name, out["ranks"], shape)) if out["ranks"] else orig
-        out["original_ms"], out["original_source"] = orig if orig else (None, None)
-        out["time_ms"], out["time_source"] = new if new else (None, None)
+        orig = self.cache.lookup(_key(model, name, shape), "orig")
+        new = self.cache.lookup(_key(model, name, shape), _label(out["ranks"])) if out["ranks"] else orig
+        out["original_ms"], out["original_source"] = _ms(orig)
+        out["time_ms"], out["time_source"] = _ms(new)
         return out
 
     def _flops(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> int:
@@ -276,7 +235,8 @@ class RankLab:
         out = {}
         for r in todo:
             out[r] = 1000.0 * float(np.median(per_round[str(r)]))
-            self.cache.put(_key(model, name, None if r is None else tuple(r), shape), out[r])
+            self.cache.put(_key(model, name, shape), _label(None if r is None else tuple(r)), per_round[str(r)])
+        self.cache.save()
         return out
 
     def ensure_times(self, state: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> dict:
@@ -298,7 +258,7 @@ class RankLab:
         data = self.layer(state["model"], state["layer"])
         r = state["ranks"][0] if state["ranks"] else None
         sigma = data.spectra[0]
-        times = self.cache.layer_times(state["model"], state["layer"], state["input_shape"])
+        times = layer_times(self.cache, state["model"], state["layer"], state["input_shape"])
         with plots.style():
             fig, (ax_s, ax_e, ax_t) = plots.new_figure(1, 3, width=12, height=3.6, layout=None)
             fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.84, wspace=0.28)

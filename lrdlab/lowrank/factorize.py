@@ -6,10 +6,14 @@ decomposition reproduces the layer to float32 round-off.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 TUCKER_METHODS = ("hosvd", "hooi")
+GRAM32_MIN = 256  # truncated float32 layers with both sides at least this big are factorized in float32
 
 
 def singular_values(matrix: Tensor) -> Tensor:
@@ -21,13 +25,52 @@ def svd_factors(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Truncated SVD ``W ≈ last @ first`` with √Σ split evenly (paper §1).
 
     ``weight`` is ``[S, C]``; returns ``first`` ``[R, C]`` (= √Σ Vᵀ) and ``last`` ``[S, R]`` (= U √Σ).
+    Computed from the eigenvectors of the smaller Gram matrix (W Wᵀ or Wᵀ W), on one thread: the
+    leading singular subspace is the same, the product ``last @ first`` is the orthogonal projection
+    of W onto it (exact at full rank, Eckart–Young optimal when truncated), and it costs one
+    min(S, C)² eigendecomposition instead of a full SVD (~20× faster for 2048×512 on 2 cores).
     """
     W = weight.detach().double()
-    U, s, Vh = torch.linalg.svd(W, full_matrices=False)
-    root = s[:rank].sqrt()
-    first = root[:, None] * Vh[:rank]
-    last = U[:, :rank] * root
+    # A big float32 layer cut to a lower rank is factorized in float32 (Gram matrix and eigh: ~4× faster;
+    # their rounding, ~1e-6, is far below the truncation error); projections and full rank stay float64.
+    fast = weight.dtype == torch.float32 and min(W.shape) >= GRAM32_MIN and rank < min(W.shape)
+    M = weight.detach() if fast else W
+    with one_thread():
+        if W.shape[0] <= W.shape[1]:  # wide: left vectors from W Wᵀ, first = Σ^-½ Uᵀ W
+            U, s = _leading_eig(M @ M.T, rank)
+            first = (U.T @ W) / s[:, None].clamp_min(_tiny(s)).sqrt()
+            last = U * s.sqrt()
+        else:  # tall: right vectors from Wᵀ W, last = W V Σ^-½
+            V, s = _leading_eig(M.T @ M, rank)
+            first = s.sqrt()[:, None] * V.T
+            last = (W @ V) / s.clamp_min(_tiny(s)).sqrt()
     return first.to(weight.dtype), last.to(weight.dtype)
+
+
+def _leading_eig(gram: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """The ``rank`` leading eigenvectors (columns) and singular values √λ of a Gram matrix, descending."""
+    values, vectors = torch.linalg.eigh(gram)
+    values, vectors = values.flip(0)[:rank].double(), vectors.flip(-1)[:, :rank].double()
+    return vectors, values.clamp_min(0).sqrt()
+
+
+def _tiny(s: Tensor) -> float:
+    """A floor for dividing by singular values: directions below it carry only round-off."""
+    return float(s.max()) * 1e-12 if s.numel() else 1e-300
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch (LAPACK/BLAS) thread for the many small factorizations: on a shared CPU, threads that
+    wait for each other made them 2–7× slower, and a single one loses little even on a quiet one."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
 def leading_left_vectors(matrix: Tensor, rank: int) -> Tensor:
@@ -56,8 +99,9 @@ def tucker2_factors(
         raise ValueError(f"Tucker method must be one of {TUCKER_METHODS} (got {method!r})")
     W = weight.detach().double()
     if method == "hosvd":
-        u_out = leading_left_vectors(mode_unfolding(W, 0), r2)
-        u_in = leading_left_vectors(mode_unfolding(W, 1), r1)
+        with one_thread():
+            u_out = leading_left_vectors(mode_unfolding(W, 0), r2)
+            u_in = leading_left_vectors(mode_unfolding(W, 1), r1)
     else:
         import tensorly as tl
         from tensorly.decomposition import partial_tucker
@@ -65,7 +109,8 @@ def tucker2_factors(
         with tl.backend_context("pytorch"):
             (_, factors), _ = partial_tucker(W, rank=[r2, r1], modes=[0, 1], init="svd", n_iter_max=n_iter_max)
         u_out, u_in = factors
-    core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
+    with one_thread():
+        core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
     return u_in.to(weight.dtype), core.to(weight.dtype), u_out.to(weight.dtype)
 
 

@@ -1,19 +1,28 @@
-"""The one cache rule (``$LRDLAB_CACHE``, else ``~/.cache/lrdlab``) and the layer-time cache."""
+"""The one cache rule (``$LRDLAB_CACHE``, else ``~/.cache/lrdlab``) and the one layer-time cache.
+
+:class:`TimeCache` serves both the rank search (:mod:`lrdlab.measure.rank_search`) and the rank
+explorer (:mod:`lrdlab.explore.rank_lab`). It stores every timing sample with its spread, so a noisy
+first measurement is not kept forever: an entry whose relative spread exceeds ``max_spread`` is a
+miss and is measured again. A read-only reference file (shipped with the explorers, measured on
+the machine it names) answers what this machine has not measured.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lrdlab.measure import timing as measure
-from lrdlab.measure.machine import device_name
+from lrdlab.measure.machine import device_name, machine_info
 
 AUTO = "auto"  # a cache directory argument meaning default_cache_dir()
+VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -21,8 +30,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LRDLAB_CACHE", Path.home() / ".cache" / "lrdlab"))
 
 
-
-# --- the timing cache --------------------------------------------------------------------------------
+def read_json(path: str | Path | None) -> dict[str, Any]:
+    """A JSON file's object, or ``{}`` when it is missing or damaged (a cache is only ever lost time)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def shape_key(info: dict[str, Any], input_shape: Sequence[int], method: str, device: str, dtype: str | None,
@@ -30,7 +46,7 @@ def shape_key(info: dict[str, Any], input_shape: Sequence[int], method: str, dev
     """The cache key of one layer configuration: layer shape, input shape, method, device, dtype, batch, pass.
 
     ``timing`` (warm-up, repeats, rounds) is part of the key: a more careful measurement is not
-    answered by a cheaper one.
+    answered by a cheaper one. Torch threads are too: a time on 2 threads says nothing about 1.
     """
     dev = torch.device(device)
     return json.dumps({
@@ -41,37 +57,117 @@ def shape_key(info: dict[str, Any], input_shape: Sequence[int], method: str, dev
     }, sort_keys=True)
 
 
-class TimingCache:
-    """Layer times (seconds) by shape key and rank label, persisted as one JSON file (None: memory only)."""
+def spread(samples: Sequence[float]) -> float | None:
+    """Relative interquartile range (q3 − q1) / median of the samples; None below 3 samples (unknown)."""
+    if len(samples) < 3:
+        return None
+    q1, med, q3 = measure.quartiles(list(samples))
+    return (q3 - q1) / med if med > 0 else None
 
-    def __init__(self, directory: str | Path | None = AUTO, filename: str = "layer_times.json") -> None:
-        if directory == AUTO:
-            directory = default_cache_dir()
-        self.path = Path(directory) / filename if directory is not None else None
-        self.data: dict[str, dict[str, float]] = {}
-        self.hits = self.misses = 0
-        if self.path is not None and self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text())
-            except json.JSONDecodeError:
-                self.data = {}  # a damaged cache is only lost time, never wrong numbers: start afresh
 
-    def get(self, key: str, label: str) -> float | None:
-        value = self.data.get(key, {}).get(label)
-        if value is None:
-            self.misses += 1
+def _entry(samples: Sequence[float]) -> dict[str, Any]:
+    s = [float(x) for x in samples]
+    return {"samples": s, "median_s": statistics.median(s), "spread": spread(s)}
+
+
+def _legacy_reference(times: dict[str, float]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The explorer's first format, ``{"model|layer|ranks|shape": ms}``, as entries (seconds)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for flat, ms in times.items():
+        parts = flat.split("|")
+        if len(parts) == 4 and isinstance(ms, (int, float)):
+            model, layer, label, shape = parts
+            out.setdefault(f"{model}|{layer}|{shape}", {})[label] = _entry([ms / 1e3])
+    return out
+
+
+class TimeCache:
+    """Layer-time samples (seconds) by configuration key and variant label, persisted as one JSON file.
+
+    ``directory`` (default :func:`default_cache_dir`; None: memory only) holds ``layer_times.json``;
+    ``path`` names the file directly. ``reference`` is a read-only file consulted after this
+    machine's own entries (:meth:`lookup`). :meth:`get` returns own samples only, and treats an
+    entry whose spread exceeds ``max_spread`` as missing (``stale`` counts those).
+    """
+
+    def __init__(self, directory: str | Path | None = AUTO, filename: str = "layer_times.json", *,
+                 path: str | Path | None = None, reference: str | Path | None = None,
+                 max_spread: float | None = 0.25) -> None:
+        if path is not None:
+            self.path: Path | None = Path(path)
+        elif directory is None:
+            self.path = None
         else:
-            self.hits += 1
-        return value
+            self.path = Path(default_cache_dir() if directory == AUTO else directory) / filename
+        self.max_spread = max_spread
+        self.entries = self._entries(read_json(self.path))
+        ref = read_json(reference)
+        self.reference = self._entries(ref)
+        self.reference_machine: dict[str, Any] = ref.get("machine", {})
+        self.hits = self.misses = self.stale = 0
 
-    def put(self, key: str, label: str, seconds: float) -> None:
-        self.data.setdefault(key, {})[label] = float(seconds)
+    @staticmethod
+    def _entries(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+        if data.get("version") == VERSION:
+            return data.get("entries", {})
+        if "times" in data and isinstance(data["times"], dict):
+            return _legacy_reference(data["times"])
+        return {}  # an older or foreign format: measured again
 
-    def save(self) -> None:
+    # --- the rank search's view: own samples, re-measured when too noisy --------------------------
+
+    def get(self, key: str, label: str) -> list[float] | None:
+        """This machine's samples of ``(key, label)``, or None when missing or too noisy to trust."""
+        entry = self.entries.get(key, {}).get(label)
+        if entry is None:
+            self.misses += 1
+            return None
+        wide = entry.get("spread")
+        if self.max_spread is not None and wide is not None and wide > self.max_spread:
+            self.misses += 1
+            self.stale += 1
+            return None
+        self.hits += 1
+        return list(entry["samples"])
+
+    def put(self, key: str, label: str, samples: Sequence[float]) -> None:
+        """Store (replace) the samples of ``(key, label)`` with their median and spread."""
+        if not samples:
+            raise ValueError("no samples to cache")
+        self.entries.setdefault(key, {})[label] = _entry(samples)
+
+    def put_all(self, key: str | None, samples: Mapping[str, Sequence[float]]) -> None:
+        """:meth:`put` every label's samples (no-op without a key)."""
+        if key is not None:
+            for label, s in samples.items():
+                self.put(key, label, s)
+
+    # --- the explorer's view: own entries over the reference ------------------------------------
+
+    def lookup(self, key: str, label: str) -> tuple[float, str] | None:
+        """``(median seconds, source)``: source ``"here"`` or ``"reference"``; None when neither has it."""
+        for source, table in (("here", self.entries), ("reference", self.reference)):
+            entry = table.get(key, {}).get(label)
+            if entry is not None:
+                return float(entry["median_s"]), source
+        return None
+
+    def labels(self, key: str) -> dict[str, tuple[float, str]]:
+        """Every label known under ``key``: ``{label: (median seconds, source)}``, own entries winning."""
+        out = {label: (float(e["median_s"]), "reference") for label, e in self.reference.get(key, {}).items()}
+        out.update({label: (float(e["median_s"]), "here") for label, e in self.entries.get(key, {}).items()})
+        return out
+
+    def save(self, **extra: Any) -> None:
+        """Write the file atomically, merged over what another process may have written meanwhile."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        merged = self._entries(read_json(self.path))
+        for key, labels in self.entries.items():
+            merged.setdefault(key, {}).update(labels)
+        self.entries = merged
+        data = {"version": VERSION, "machine": machine_info(), "entries": merged, **extra}
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data))
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         tmp.replace(self.path)
-

@@ -1,4 +1,4 @@
-"""machine: moved from lrdlab.measure."""
+"""The machine a measurement ran on, named in every recorded result."""
 
 from __future__ import annotations
 
@@ -30,15 +30,14 @@ def device_name(device: str | torch.device) -> str:
 
 
 def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """What a recorded result must name: device, CPU, cores, threads, torch version."""
-    import os
+    """What a recorded result must name: device, CPU, cores, threads, OpenMP wait policy, load average, torch."""
+    from lrdlab.measure.compute import compute_info
 
     return {
         "device": str(device),
         "device_name": device_name(device),
         "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **compute_info(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
     }

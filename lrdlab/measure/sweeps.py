@@ -16,7 +16,9 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan, make_plan, params_of
 from lrdlab.measure import timing as measure
+from lrdlab.measure.compare import check_backend, compare, speedup_pct
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.stats import verdict, within_noise
 
 # --- models with random weights of a plan's shapes -------------------------------------------------
 
@@ -46,24 +48,29 @@ def speed_table(
     train_repeats: int | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    backend: str = "eager",
 ):
     """Params, FLOPs and measured speed-up vs the original of each plan, all timed interleaved.
 
     One row per plan (the original model is the baseline, not a row). Columns: name, layers, params,
     flops, params_removed_pct, flops_removed_pct, ideal_speedup (original FLOPs / FLOPs), time_ms,
-    original_ms, speedup (×, median of per-round ratios), speedup_pct, speedup_q1/q3, throughput,
-    spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed ``train_``.
+    original_ms, speedup (×, median of per-round ratios), speedup_pct with its 95% interval
+    speedup_pct_ci_low/high, within_noise (the interval covers 0), rounds, converged, speedup_q1/q3,
+    throughput, spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed
+    ``train_``. Rounds adapt (:func:`lrdlab.measure.compare.compare`); ``backend`` as there.
     """
     import pandas as pd
 
     shape = measure.check_shape(input_shape)
     base = model_costs(model, shape)
-    models, info = {"original": model}, {}
+    models: dict[str, nn.Module] = {"original": model}
+    info: dict[str, dict[str, Any]] = {}
     for name, plan in plans.items():
         m = shaped_model(model, plan)
         models[name] = m
         info[name] = {"name": name, "layers": len(plan.decomposed_layers), **model_costs(m, shape)}
-    results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress)}
+    results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress,
+                                     backend)}
     if train:
         results["train"] = _compare(models, shape, "train", device, rounds,
                                     warmup if train_warmup is None else train_warmup,
@@ -122,22 +129,29 @@ def _glob(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress):
+def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress, backend="eager"):
     if progress:
-        print(f"timing {len(models)} models ({mode}, {rounds} interleaved rounds)", flush=True)
-    return measure.compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup,
-                           repeats=repeats, dtype=dtype)
+        print(f"timing {len(models)} models ({mode}, {backend}, ≥{rounds} interleaved rounds)", flush=True)
+    return compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup, repeats=repeats,
+                   dtype=dtype, backend=backend)
 
 
-def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, float]:
+def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, Any]:
     r = df[df["name"] == name].iloc[0]
     base = df.iloc[0]
+    pct = speedup_pct(r)
     return {
         f"{prefix}time_ms": 1e3 * r["median_s"], f"{prefix}original_ms": 1e3 * base["median_s"],
-        f"{prefix}speedup": r["speedup_vs_first"], f"{prefix}speedup_pct": 100 * (r["speedup_vs_first"] - 1),
+        f"{prefix}speedup": r["speedup_vs_first"], f"{prefix}speedup_pct": pct["median"],
+        f"{prefix}speedup_pct_ci_low": pct["ci_low"], f"{prefix}speedup_pct_ci_high": pct["ci_high"],
+        f"{prefix}within_noise": within_noise(pct, 0.0), f"{prefix}rounds": pct["rounds"],
+        f"{prefix}converged": pct["converged"],
         f"{prefix}speedup_q1": r["speedup_q1"], f"{prefix}speedup_q3": r["speedup_q3"],
         f"{prefix}throughput": r["throughput"], f"{prefix}spread": r["spread"],
         f"{prefix}realised": measure.realised_fraction(r["speedup_vs_first"], ideal),
+        f"{prefix}realised_ci": [measure.realised_fraction(r["speedup_ci_low"], ideal),
+                                 measure.realised_fraction(r["speedup_ci_high"], ideal)],
+        f"{prefix}backend": r["backend"], f"{prefix}threads": int(r["threads"]),
     }
 
 
@@ -172,7 +186,7 @@ def rank_time_sweep(
     dev = measure.check_device(device)
     conv = nn.Conv2d(C, S, k, stride=stride, padding=k // 2, bias=False)
     info = describe(conv)
-    layers = {"original": conv}
+    layers: dict[Any, nn.Module] = {"original": conv}
     for r in ranks:
         layers[r] = build(info, method, (r,) * get_method(method).n_ranks)
     steps = {name: measure.layer_step(m, shape, dev, backward, dtype) for name, m in layers.items()}
@@ -211,24 +225,34 @@ def bench_plan(
     channels_last: bool = False,
     compile: bool = False,
     progress: bool = False,
+    backend: str | None = None,
+    max_rounds: int | None = None,
+    budget_s: float | None = 600.0,
 ) -> dict[str, Any]:
     """Original vs decomposed (plan structure, random factor weights) measured interleaved, with the FLOP ideal.
 
     Returns a JSON-able report: machine, settings, params and FLOPs of both, the FLOP-ideal speed-up
     (original FLOPs / decomposed FLOPs) and per mode (inference, and train with ``train``) the
     median times, throughputs, the measured speed-up (median of per-round ratios, with quartiles)
-    and ``realised`` = (speed-up − 1) / (ideal − 1).
+    and ``realised`` = (speed-up − 1) / (ideal − 1), and ``speedup_pct`` = ``{"median", "ci_low",
+    "ci_high", "rounds", "converged"}`` (95% bootstrap interval; rounds adapt until it is ±3 points
+    or ``budget_s`` ends). ``backend``: eager (default), compile (both models compiled) or
+    onnxruntime (both exported to ONNX; inference only).
     """
     check_plan(model, plan)
     shape = measure.check_shape(input_shape)
     dev = measure.check_device(device)
+    backend = backend or ("compile" if compile else "eager")
+    for mode in ["inference"] + (["train"] if train else []):
+        check_backend(backend, mode, dev)
     decomposed = shaped_model(model, plan)
     before, after = model_costs(model, shape), model_costs(decomposed, shape)
     ideal = measure.ideal_speedup(before["flops"], after["flops"])
     report: dict[str, Any] = {
         "model": plan.model, "input_shape": list(shape), "machine": machine_info(dev),
-        "settings": {"rounds": rounds, "warmup": warmup, "repeats": repeats, "dtype": measure.check_dtype(dtype),
-                     "channels_last": channels_last, "compile": compile},
+        "settings": {"rounds": rounds, "max_rounds": max_rounds, "budget_s": budget_s, "warmup": warmup,
+                     "repeats": repeats, "dtype": measure.check_dtype(dtype), "channels_last": channels_last,
+                     "backend": backend},
         "layers_decomposed": len(plan.decomposed_layers),
         "params": {"original": before["params"], "decomposed": after["params"]},
         "flops": {"original": before["flops"], "decomposed": after["flops"]},
@@ -237,11 +261,16 @@ def bench_plan(
     for mode in ["inference"] + (["train"] if train else []):
         if progress:
             print(f"timing original vs decomposed ({mode}, {rounds} interleaved rounds) …", flush=True)
-        df = measure.compare({"original": model, "decomposed": decomposed}, shape, mode=mode, rounds=rounds,
-                             device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype,
-                             channels_last=channels_last, compile=compile)
+        df = compare({"original": model, "decomposed": decomposed}, shape, mode=mode, rounds=rounds,
+                     device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype, channels_last=channels_last,
+                     backend=backend, max_rounds=max_rounds, budget_s=budget_s)
         o, d = df.iloc[0], df.iloc[1]
+        pct = speedup_pct(d)
         report[mode] = {
+            "speedup_pct": pct, "within_noise": within_noise(pct, 0.0),
+            "realised_ci": [measure.realised_fraction(float(d["speedup_ci_low"]), ideal),
+                            measure.realised_fraction(float(d["speedup_ci_high"]), ideal)],
+            "threads": int(d["threads"]), "load_average": d["load_average"],
             "original_s": float(o["median_s"]), "decomposed_s": float(d["median_s"]),
             "original_throughput": float(o["throughput"]), "decomposed_throughput": float(d["throughput"]),
             "speedup": float(d["speedup_vs_first"]), "speedup_q1": float(d["speedup_q1"]),
@@ -257,7 +286,7 @@ def format_bench(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"{report['model']}, input {tuple(report['input_shape'])}, {m['device']} ({m['device_name']}, "
-        f"{m['torch_threads']} threads), torch {m['torch_version']}",
+        f"{m['torch_threads']} threads), torch {m['torch_version']}, backend {report['settings']['backend']}",
         f"params {report['params']['original']:,} → {report['params']['decomposed']:,}; "
         f"FLOPs {report['flops']['original']:,} → {report['flops']['decomposed']:,}; "
         f"FLOP-ideal speed-up ×{report['ideal_speedup']:.3f}",
@@ -268,8 +297,9 @@ def format_bench(report: dict[str, Any]) -> str:
         r = report[mode]
         lines.append(
             f"{mode:9s}: original {r['original_throughput']:.1f}/s, decomposed {r['decomposed_throughput']:.1f}/s, "
-            f"speed-up ×{r['speedup']:.3f} (IQR {r['speedup_q1']:.3f}–{r['speedup_q3']:.3f}), "
-            f"{100 * r['realised']:.0f}% of the FLOP ideal realised"
+            f"speed-up {verdict(r['speedup_pct'])} (95% CI, {r['speedup_pct']['rounds']} rounds"
+            f"{'' if r['speedup_pct']['converged'] else ', not converged'}), "
+            f"{100 * r['realised']:.0f}% of the FLOP ideal realised; load {r['load_average']}"
         )
     return "\n".join(lines)
 

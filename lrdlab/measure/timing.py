@@ -289,55 +289,12 @@ def measure_training(
                     num_classes=num_classes)
 
 
-def compare(
-    models: dict[str, nn.Module],
-    input_shape: Sequence[int],
-    mode: str = "inference",
-    rounds: int = 5,
-    device: str = "cpu",
-    warmup: int = 2,
-    repeats: int = 3,
-    dtype: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    num_classes: int | None = None,
-):
-    """Time models interleaved, A B A B …, ``rounds`` times; the first model is the baseline.
+def compare(models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
+            **kw: Any):
+    """Models timed interleaved with a 95% interval on each speed-up: :func:`lrdlab.measure.compare.compare`."""
+    from lrdlab.measure.compare import compare as interleaved
 
-    Each round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value
-    is their median). Returns a DataFrame, one row per model: ``median_s`` (median over rounds),
-    ``throughput``, ``speedup_vs_first`` (median over rounds of baseline time / this time, so 1.2 =
-    20% faster), ``speedup_q1``/``speedup_q3`` and ``spread`` (relative IQR of the round times).
-    """
-    import pandas as pd
-
-    if not models:
-        raise ValueError("compare needs at least one model")
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int (got {rounds!r})")
-    check_counts(warmup, repeats)
-    dev = check_device(device)
-    shape = check_shape(input_shape)
-    extra = {"num_classes": num_classes} if mode == "train" else {}
-    steps = {name: make_step(m, shape, mode, dev, dtype, channels_last, compile, **extra) for name, m in models.items()}
-    per_round: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            per_round[name].append(statistics.median(time_function(step, dev, warmup, repeats)))
-    names = list(steps)
-    base = per_round[names[0]]
-    rows = []
-    for name in names:
-        t = per_round[name]
-        ratios = [b / x for b, x in zip(base, t)]
-        q1, med, q3 = quartiles(t)
-        r1, rmed, r3 = quartiles(ratios)
-        rows.append({
-            "name": name, "median_s": med, "throughput": shape[0] / med, "speedup_vs_first": rmed,
-            "speedup_q1": r1, "speedup_q3": r3, "spread": (q3 - q1) / med, "rounds": rounds,
-            "mode": mode, "batch": shape[0],
-        })
-    return pd.DataFrame(rows)
+    return interleaved(models, input_shape, mode, rounds, **kw)
 
 
 # --- single layers -------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def _variant_throughput(models: dict[str, nn.Module], batch: tuple[int, ...], ro
     from lrdlab.measure.timing import compare
 
     df = compare(models, batch, mode="train", rounds=rounds, device=device, warmup=1, repeats=3)
-    return {r["name"]: (r["median_s"], r["speedup_vs_first"]) for r in df.to_dict("records")}
+    return {r["name"]: (r["batch"] / r["throughput"], r["speedup_vs_first"]) for r in df.to_dict("records")}
 
 
 def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple[int, ...], rounds: int = 5,
@@ -66,7 +66,7 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     train = _variant_throughput(variants, batch, rounds, device)
     infer = compare({"original": original, "lrd": decomposed}, batch, mode="inference", rounds=rounds,
                     device=device, warmup=1, repeats=5)
-    infer_s = {r["name"]: (r["median_s"], r["speedup_vs_first"]) for r in infer.to_dict("records")}
+    infer_s = {r["name"]: (r["batch"] / r["throughput"], r["speedup_vs_first"]) for r in infer.to_dict("records")}
     n = batch[0]
     seq_s = [train[f"lrd+sequential[{p}]"][0] for p in range(phases)]
     seq_speed = sum(train[f"lrd+sequential[{p}]"][1] ** -1 for p in range(phases)) / phases

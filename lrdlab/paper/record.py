@@ -23,12 +23,11 @@ from lrdlab.explore.rank_lab import (
     REFERENCE_FREEZING,
     REFERENCE_LAYER_TIMES,
     RankLab,
-    TimeCache,
 )
 from lrdlab.lowrank.merge import DEFAULT_BN
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure import timing as measure
-from lrdlab.measure.cache import AUTO
+from lrdlab.measure.cache import AUTO, TimeCache
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, rank_table
 from lrdlab.measure.sweeps import granularity_plans, rank_time_sweep, speed_table
@@ -82,7 +81,8 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
         outputs["traces_bwd"].drop(columns=["key"]).to_csv(out / f"optimize_{tag}_traces_train.csv", index=False)
     meta = {
         "what": "ResNet-50 (torchvision, random weights) at ratio 2, conv1 and *.downsample.* excluded: original vs "
-                "vanilla LRD vs Algorithm-1 optimized ranks vs ranks rounded to multiples of g; factors random "
+                "vanilla LRD vs searched ranks (lrdlab's robust search, the default) vs ranks rounded to multiples "
+                "of g; factors random "
                 "(time does not depend on values). speedup = median over interleaved rounds of original/variant "
                 "time; realised = (speedup-1)/(ideal-1), ideal = original FLOPs / variant FLOPs.",
         "command": f"lrdlab record speed --out {out} --only resnet50 --image-size {image_size} "
@@ -92,7 +92,8 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "settings": {"rounds": rounds, "inference": {"warmup": 1, "repeats": 3},
                      "train": {"warmup": 1, "repeats": 1, "optimizer": "SGD momentum 0.9", "labels": "random"},
-                     "search": {"lower": lower, "granularity": 1, "forward": {"repeats": layer_repeats,
+                     "search": {"method": "robust", "lower": lower, "granularity": 1,
+                                "forward": {"repeats": layer_repeats,
                                 "rounds": search_rounds}, "forward+backward": {"repeats": max(3, layer_repeats // 2),
                                 "rounds": max(1, search_rounds - 1)}, "warmup": 3}},
         "rows": table.to_dict(orient="records"),

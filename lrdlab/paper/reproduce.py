@@ -125,7 +125,8 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     for name in ("resnet152", "resnet50"):
         model = get_model(name).eval()
         plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
-        optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
+        # P1's Algorithm 1 as written (the reproduction); lrdlab's default is the robust search
+        optimized, traces = optimize_plan(model, plan, shape, method="paper", device=settings.device, lower=0.75,
                                           repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir)
         out[name] = {"plan": optimized.to_dict(), "traces": traces.to_dict(orient="records")}
     out["ranks"] = {row["name"]: ("ORG" if row["method"] is None else row["ranks"][0])

@@ -1,4 +1,8 @@
-"""tables: moved from lrdlab.reproduce."""
+"""The reproduction report's tables and figures, rendered from the cached stage results.
+
+Every measured speed-up is printed with its 95% bootstrap interval, and "within noise" where that
+interval covers 0 (:func:`lrdlab.measure.stats.verdict`); the backend it was measured on is a column.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,20 @@ from lrdlab.measure.sweeps import find_cliffs
 from lrdlab.paper import numbers as paper
 
 # --- rendering ----------------------------------------------------------------------------------------
+
+
+def speedup_text(row: dict[str, Any], prefix: str = "") -> str:
+    """``"+12.3% [+8.1, +16.0]"`` (", within noise" when the interval covers 0); the bare median when a
+    recorded result predates intervals."""
+    from lrdlab.measure.stats import verdict
+
+    med = row.get(f"{prefix}speedup_pct")
+    lo, hi = row.get(f"{prefix}speedup_pct_ci_low"), row.get(f"{prefix}speedup_pct_ci_high")
+    if med is None or pd.isna(med):
+        return "—"
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return f"{med:+.1f}% (no interval)"
+    return verdict({"median": med, "ci_low": lo, "ci_high": hi})
 
 
 def table1(results: dict[str, Any]) -> pd.DataFrame:
@@ -80,7 +98,10 @@ def render_optimize(report, res: dict[str, Any]) -> None:
     kept = sum(r.reason.startswith("ORG") for r in plan.layers)
     changed = sum(r.reason.startswith("optimized") for r in plan.layers)
     report.text(f"Over ResNet-152's {len(plan.layers)} conv/linear layers the search changed {changed} ranks and "
-                f"kept {kept} layers original (ORG: no rank beat the original layer here).")
+                f"kept {kept} layers original (ORG: no rank beat the original layer here). This is P1's Algorithm 1 "
+                f"as written (method='paper', {plan.settings.get('optimize', {}).get('rounds', '?')} round(s)): its "
+                "argmax of single-step drops can pick a noise spike. lrdlab's default search (method='robust') "
+                "accepts only steps above the measured noise and confirms each winner with a 95% interval.")
 
 
 def render_granularity(report, res: dict[str, Any]) -> None:
@@ -90,10 +111,15 @@ def render_granularity(report, res: dict[str, Any]) -> None:
     report.heading("F9 — rank granularity sweep, ResNet-50 at 2x")
     report.figure(plots.plot_granularity_sweep(df), "F9_granularity",
                   f"F9: time, speed-up and params removed vs granularity g (input {tuple(res['input_shape'])}).")
-    cols = [c for c in ("granularity", "params_removed_pct", "flops_removed_pct", "speedup_pct",
-                        "train_speedup_pct", "realised") if c in df.columns]
-    report.table(df[cols], "Speed-ups are medians of interleaved per-round ratios against the original; "
-                 "realised = fraction of the FLOP-ideal speed-up.")
+    rows = df.to_dict("records")
+    df["inference speed-up (95% CI)"] = [speedup_text(r) for r in rows]
+    df["training speed-up (95% CI)"] = [speedup_text(r, "train_") for r in rows]
+    df["backend"] = [r.get("backend", "eager") for r in rows]
+    cols = [c for c in ("granularity", "params_removed_pct", "flops_removed_pct", "inference speed-up (95% CI)",
+                        "training speed-up (95% CI)", "realised", "rounds", "backend") if c in df.columns]
+    report.table(df[cols], "Speed-ups are medians of interleaved per-round ratios against the original, with "
+                 "95% bootstrap intervals; 'within noise' where the interval covers 0. realised = fraction of "
+                 "the FLOP-ideal speed-up.")
 
 
 PAPER_METHODS = {"vanilla LRD": "vanilla", "optimized ranks": "optimized", "layer freezing": "freezing",
@@ -114,7 +140,9 @@ def table2(rows: list[dict[str, Any]], model: str = "resnet50") -> pd.DataFrame:
                     "train speed-up % (paper)": train, "train speed-up %": r["train_speedup_pct"],
                     "train ratio": r["train_speedup_pct"] / train,
                     "infer speed-up % (paper)": infer, "infer speed-up %": r["infer_speedup_pct"],
-                    "infer ratio": r["infer_speedup_pct"] / infer})
+                    "infer ratio": r["infer_speedup_pct"] / infer,
+                    "train (95% CI)": speedup_text(r, "train_"), "infer (95% CI)": speedup_text(r, "infer_"),
+                    "backend": r.get("backend", "eager")})
     return pd.DataFrame(out)
 
 
@@ -129,20 +157,28 @@ def render_techniques(report, results: dict[str, Any]) -> None:
                  "stated. Ratio = this machine / paper. 'layer freezing' is regular freezing (training only: its "
                  "inference model is vanilla LRD's, so any gap between their inference columns is measurement "
                  "noise — a fair gauge of it).")
+    ci_cols = [f"{p}_speedup_pct_ci_{e}" for p in ("train", "infer") for e in ("low", "high")]
     ours = pd.DataFrame([{"model": "this machine", "method": r["method"], "train_speedup_pct": r["train_speedup_pct"],
-                          "infer_speedup_pct": r["infer_speedup_pct"]} for r in rows if r["method"] != "original"])
+                          "infer_speedup_pct": r["infer_speedup_pct"], **{c: r.get(c) for c in ci_cols}}
+                         for r in rows if r["method"] != "original"])
     theirs = pd.DataFrame([{"model": "paper", "method": m, "train_speedup_pct": paper.TABLE2[("resnet50", k)][3],
                             "infer_speedup_pct": paper.TABLE2[("resnet50", k)][4]} for m, k in PAPER_METHODS.items()])
     report.figure(plots.plot_speedup(pd.concat([theirs, ours], ignore_index=True),
                                      title="Speed-up by technique, ResNet-50"), "F4_speedup",
-                  "F4: training and inference speed-up (%) by technique, the paper's beside this machine's.")
+                  "F4: training and inference speed-up (%) by technique, the paper's beside this machine's; "
+                  "error bars: 95% bootstrap intervals of this machine's per-round ratios.")
     points = [{"method": r["method"], "flops_removed_pct": -r["flops_pct"], "speedup_pct": r["infer_speedup_pct"],
+               "speedup_pct_ci_low": r.get("infer_speedup_pct_ci_low"),
+               "speedup_pct_ci_high": r.get("infer_speedup_pct_ci_high"),
                "model": "technique"} for r in rows if r["method"] != "original"]
     if "granularity" in results:
         points += [{"method": f"g={int(g['granularity'])}", "flops_removed_pct": g["flops_removed_pct"],
-                    "speedup_pct": g["speedup_pct"], "model": "granularity"} for g in results["granularity"]["sweep"]]
+                    "speedup_pct": g["speedup_pct"], "speedup_pct_ci_low": g.get("speedup_pct_ci_low"),
+                    "speedup_pct_ci_high": g.get("speedup_pct_ci_high"), "model": "granularity"}
+                   for g in results["granularity"]["sweep"]]
     report.figure(plots.plot_speedup_vs_flops(pd.DataFrame(points)), "F5_speedup_vs_flops",
-                  "F5: measured inference speed-up vs FLOPs removed; the dashed line is the ideal (time ∝ FLOPs).")
+                  "F5: measured inference speed-up vs FLOPs removed (error bars: 95% intervals); the dashed line "
+                  "is the ideal (time ∝ FLOPs).")
 
 
 def render_branches(report, res: dict[str, Any]) -> None:

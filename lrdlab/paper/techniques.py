@@ -104,6 +104,8 @@ def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], roun
                 f"{p}_s": r["median_s"], f"{p}_img_s": r["throughput"],
                 f"{p}_speedup_pct": 100.0 * (r["speedup_vs_first"] - 1),
                 f"{p}_speedup_iqr_pct": [100.0 * (r["speedup_q1"] - 1), 100.0 * (r["speedup_q3"] - 1)],
+                f"{p}_speedup_pct_ci_low": 100.0 * (r["speedup_ci_low"] - 1),
+                f"{p}_speedup_pct_ci_high": 100.0 * (r["speedup_ci_high"] - 1), f"{p}_rounds": r["rounds"],
             })
     return out
 

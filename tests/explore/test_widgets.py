@@ -47,7 +47,7 @@ def test_measure_fills_the_disk_cache_with_progress(lab, tmp_cache):
     assert s["time_ms"] > 0 and s["original_ms"] > 0 and s["time_source"] == "here"
     assert calls == [(1, 3), (2, 3), (3, 3)]  # one step per interleaved round of (original, decomposed)
     saved = json.loads((tmp_cache / "t.json").read_text())
-    assert saved["machine"]["torch_version"] == torch.__version__ and len(saved["times"]) == 2
+    assert saved["machine"]["torch_version"] == torch.__version__ and len(next(iter(saved["entries"].values()))) == 2
     again = rank_lab.RankLab(cache=rank_lab.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
     assert again.state("resnet18", "layer4.1.conv2", 2.0, 64)["time_ms"] == s["time_ms"]
 

@@ -1,0 +1,187 @@
+"""Models timed interleaved (A B A B …), with a bootstrap interval on every speed-up, on any backend.
+
+Backends: ``eager`` (PyTorch), ``compile`` (``torch.compile``) and ``onnxruntime`` (the model exported
+to ONNX, run by ONNX Runtime on the CPU; inference only; needs the ``onnx`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrdlab.measure import stats
+from lrdlab.measure import timing as measure
+from lrdlab.measure.compute import load_average
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+ONNX_EXTRA = "pip install 'lrdlab[onnx]'  (onnx, onnxruntime)"
+
+
+class BackendUnavailable(ValueError):
+    """A backend whose library is not installed (the message names the extra to install)."""
+
+
+def check_backend(backend: str, mode: str = "inference", device: str | torch.device = "cpu") -> str:
+    """The backend name, or a ValueError / :class:`BackendUnavailable` saying what is missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
+    if backend == "onnxruntime":
+        if mode != "inference":
+            raise ValueError("the onnxruntime backend times inference only (drop --train)")
+        if torch.device(device).type != "cpu":
+            raise ValueError("the onnxruntime backend runs on the CPU here (use --device cpu)")
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise BackendUnavailable(f"backend onnxruntime needs {err.name}: {ONNX_EXTRA}") from None
+    return backend
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
+    """The model (eval mode, a private copy) exported to ONNX for ``input_shape``."""
+    net = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(tuple(input_shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter: ~15× faster to export than dynamo's, same graph for these models
+            buf = io.BytesIO()
+            torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["y"])  # type: ignore[arg-type]
+            return buf.getvalue()
+        except Exception:  # noqa: BLE001 - removed or failing: the dynamo exporter
+            program = torch.onnx.export(net, (x,), dynamo=True, input_names=["x"], output_names=["y"])
+            assert program is not None
+            return program.model_proto.SerializeToString()
+
+
+def onnx_session(model: nn.Module, input_shape: Sequence[int], threads: int | None = None):
+    """An ONNX Runtime CPU session of the exported model, using ``threads`` (default: torch's) intra-op threads."""
+    check_backend("onnxruntime")
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(export_onnx(model, input_shape), opts, providers=["CPUExecutionProvider"])
+
+
+def make_backend_step(model: nn.Module, input_shape: Sequence[int], mode: str = "inference",
+                      device: str | torch.device = "cpu", backend: str = "eager", **kw: Any) -> Callable[[], Any]:
+    """:func:`lrdlab.measure.timing.make_step` on a backend (``compile`` = ``torch.compile``)."""
+    check_backend(backend, mode, device)
+    if backend == "onnxruntime":
+        session = onnx_session(model, input_shape)
+        feed = {session.get_inputs()[0].name: torch.randn(tuple(input_shape)).numpy()}
+        return lambda: session.run(None, feed)
+    return measure.make_step(model, input_shape, mode, device, compile=backend == "compile", **kw)
+
+
+def fingerprint(model: nn.Module, mode: str) -> str:
+    """What decides a model's speed: its structure, parameter shapes, every submodule's type and plain
+    attributes (and, training, what is trainable). Weights' values are left out: they do not change a time."""
+    params = [(n, tuple(p.shape), str(p.dtype), p.requires_grad if mode == "train" else None)
+              for n, p in model.named_parameters()]
+    simple = (str, int, float, bool, tuple, type(None))
+    attrs = [(n, type(m).__qualname__, sorted((k, repr(v)) for k, v in vars(m).items()
+                                              if not k.startswith("_") and isinstance(v, simple)))
+             for n, m in model.named_modules()]
+    return repr(model) + repr(params) + repr(attrs)
+
+
+def compare(
+    models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
+    device: str = "cpu", warmup: int = 2, repeats: int = 3, dtype: str | None = None, channels_last: bool = False,
+    compile: bool = False, num_classes: int | None = None, *, backend: str | None = None,
+    max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = 600.0, dedupe: bool = True,
+    clock: Callable[[], float] | None = None,
+):
+    """Time models interleaved, A B A B …; the first model is the baseline.
+
+    Each round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value
+    is their median). After ``rounds`` rounds, more are added while any speed-up's 95% interval is
+    wider than ±``half_width`` (0.03 = 3 points), up to ``max_rounds`` (default 3·rounds when
+    rounds ≥ 3, else rounds) or ``budget_s`` seconds; ``converged`` says whether it got there.
+    With ``dedupe``, models identical in speed (same structure and parameter shapes; training: same
+    trainable parameters) are timed once and share that measurement (``same_as``); an A/A check
+    (a model against its own copy) passes ``dedupe=False``. ``clock`` replaces ``time.perf_counter``
+    for the timed calls (tests).
+
+    Returns a DataFrame, one row per model: ``median_s`` (median over rounds), ``speedup_vs_first``
+    (median over rounds of baseline time / this time), ``speedup_ci_low``/``speedup_ci_high`` (95%
+    bootstrap interval), ``speedup_q1``/``speedup_q3``, ``throughput`` (the baseline's batch / median
+    time × this speed-up: throughputs and speed-ups come from the same paired measurement),
+    ``spread`` (relative IQR of the round times), ``rounds``, ``converged``, ``backend``, ``threads``
+    and ``load_average``.
+    """
+    import pandas as pd
+
+    if not models:
+        raise ValueError("compare needs at least one model")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int (got {rounds!r})")
+    measure.check_counts(warmup, repeats)
+    dev = measure.check_device(device)
+    shape = measure.check_shape(input_shape)
+    backend = check_backend(backend or ("compile" if compile else "eager"), mode, dev)
+    top = max_rounds if max_rounds is not None else (3 * rounds if rounds >= 3 else rounds)
+    extra = {"num_classes": num_classes} if mode == "train" else {}
+    same_as: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name, m in models.items():
+        fp = fingerprint(m, mode)
+        same_as[name] = seen.setdefault(fp, name) if dedupe else name
+    timed = [n for n in models if same_as[n] == n]
+    kw = {"dtype": dtype, "channels_last": channels_last, **extra} if backend != "onnxruntime" else {}
+    steps = {n: make_backend_step(models[n], shape, mode, dev, backend, **kw) for n in timed}
+    per_round: dict[str, list[float]] = {n: [] for n in timed}
+    names = list(models)
+    start = time.perf_counter()
+
+    def summaries() -> dict[str, dict[str, Any]]:
+        base = per_round[same_as[names[0]]]
+        return {n: stats.ratio_summary(base, per_round[same_as[n]]) for n in names}
+
+    while True:
+        for n, step in steps.items():
+            per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats, clock)))
+        done = len(per_round[timed[0]])
+        if done < rounds:
+            continue
+        cis = summaries()
+        wide = max(stats.half_width(c) for n, c in cis.items() if same_as[n] != same_as[names[0]]) \
+            if len(timed) > 1 else 0.0
+        converged = done >= 3 and wide <= half_width
+        if converged or done >= top or (budget_s is not None and time.perf_counter() - start > budget_s):
+            break
+    base_tp = shape[0] / statistics.median(per_round[same_as[names[0]]])
+    rows = []
+    for n in names:
+        t = per_round[same_as[n]]
+        ratios = [b / x for b, x in zip(per_round[same_as[names[0]]], t)]
+        q1, med, q3 = measure.quartiles(t)
+        r1, _, r3 = measure.quartiles(ratios)
+        ci = cis[n]
+        rows.append({
+            "name": n, "median_s": med, "throughput": base_tp * ci["median"], "speedup_vs_first": ci["median"],
+            "speedup_ci_low": ci["ci_low"], "speedup_ci_high": ci["ci_high"], "speedup_q1": r1, "speedup_q3": r3,
+            "spread": (q3 - q1) / med, "rounds": done, "converged": converged, "same_as": same_as[n],
+            "mode": mode, "batch": shape[0], "backend": backend, "threads": torch.get_num_threads(),
+            "load_average": load_average(),
+        })
+    return pd.DataFrame(rows)
+
+
+def speedup_pct(row: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"median", "ci_low", "ci_high", "rounds", "converged"}`` in percent from a :func:`compare` row."""
+    return {"median": 100 * (float(row[f"{prefix}speedup_vs_first"]) - 1),
+            "ci_low": 100 * (float(row[f"{prefix}speedup_ci_low"]) - 1),
+            "ci_high": 100 * (float(row[f"{prefix}speedup_ci_high"]) - 1),
+            "rounds": int(row[f"{prefix}rounds"]), "converged": bool(row[f"{prefix}converged"])}

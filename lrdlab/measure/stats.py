@@ -1,0 +1,171 @@
+"""Pure statistics of timings: bootstrap intervals of speed-ups, noise levels and a step (change-point) model.
+
+Every speed-up lrdlab reports is ``{"median", "ci_low", "ci_high", "rounds"}``: the median of the
+per-round ratios (baseline time / model time, measured interleaved) and a 95% percentile-bootstrap
+interval of that median. An interval that covers 1 (0 %) is "within noise".
+
+No torch here: numpy only, deterministic (seeded) resampling, so the same samples always give the
+same interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Values = Sequence[float] | np.ndarray  # a 1-D run of numbers
+
+LEVEL = 0.95
+N_BOOT = 2000
+
+
+def bootstrap_median_ci(values: Values, level: float = LEVEL, n_boot: int = N_BOOT,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median of ``values`` and its percentile-bootstrap ``level`` interval.
+
+    One value gives a zero-width interval (nothing is known about its spread; callers flag that by
+    ``rounds``). NaNs are dropped; no finite value raises ValueError.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        raise ValueError("no finite values to summarise")
+    if not (0 < level < 1):
+        raise ValueError(f"level must be in (0, 1) (got {level!r})")
+    med = float(np.median(x))
+    if x.size == 1:
+        return med, med, med
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    boots = np.median(x[idx], axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return med, float(min(lo, med)), float(max(hi, med))
+
+
+def ratio_summary(baseline: Values, other: Values, level: float = LEVEL) -> dict[str, Any]:
+    """Speed-up of ``other`` over ``baseline`` from paired rounds: per-round ratio baseline / other.
+
+    Returns ``{"median", "ci_low", "ci_high", "rounds"}`` as ratios (1.2 = 20 % faster).
+    """
+    b = np.asarray(baseline, dtype=np.float64)
+    o = np.asarray(other, dtype=np.float64)
+    if b.shape != o.shape:
+        raise ValueError(f"paired rounds needed: {b.size} baseline vs {o.size} other times")
+    med, lo, hi = bootstrap_median_ci(b / o, level)
+    return {"median": med, "ci_low": lo, "ci_high": hi, "rounds": int(b.size)}
+
+
+def as_pct(ci: dict[str, Any]) -> dict[str, Any]:
+    """A ratio summary as percent speed-up: 1.2 → +20.0 (``rounds`` and extra keys kept)."""
+    out = dict(ci)
+    for k in ("median", "ci_low", "ci_high"):
+        out[k] = 100.0 * (ci[k] - 1.0)
+    return out
+
+
+def half_width(ci: dict[str, Any]) -> float:
+    """Half the interval's width, in the interval's own units."""
+    return (ci["ci_high"] - ci["ci_low"]) / 2.0
+
+
+def within_noise(ci: dict[str, Any], null: float = 1.0) -> bool:
+    """True when the interval covers ``null`` (1 for ratios, 0 for percentages): no detectable difference."""
+    return bool(ci["ci_low"] <= null <= ci["ci_high"])
+
+
+def verdict(ci_pct: dict[str, Any]) -> str:
+    """``"+12.3% [+8.1, +16.0]"``, or that followed by ``", within noise"`` when the interval covers 0."""
+    text = f"{ci_pct['median']:+.1f}% [{ci_pct['ci_low']:+.1f}, {ci_pct['ci_high']:+.1f}]"
+    return text + (", within noise" if within_noise(ci_pct, 0.0) else "")
+
+
+# --- noise of a rank curve ---------------------------------------------------------------------------
+
+
+def robust_sigma(values: Values) -> float:
+    """1.4826 · MAD: the standard deviation of the normal part of ``values``, blind to a few spikes."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def curve_noise(samples: Sequence[Values]) -> float:
+    """Relative noise of one sample of a rank curve, from the spread of each rank's repeated samples.
+
+    ``samples[i]`` are the rounds of rank i. Each rank's samples are scaled by their median; the
+    answer is the median over ranks of their robust sigma (a relative standard deviation).
+    """
+    sig = [robust_sigma(np.asarray(s, dtype=np.float64) / np.median(s)) for s in samples if len(s) >= 2]
+    return float(np.median(sig)) if sig else 0.0
+
+
+# --- the step model ----------------------------------------------------------------------------------
+
+
+def _split_score(y: np.ndarray, sigma: float, min_size: int) -> tuple[float, int]:
+    """Best single split of ``y`` into two runs: (z score of the median difference, index of the split).
+
+    The split minimises the summed absolute deviations from each run's median (an L1 step fit: a
+    spike moves it no more than any other point); its z score is the difference of the two runs'
+    medians over that difference's standard error.
+    """
+    best_cost, at = math.inf, -1
+    for k in range(min_size, y.size - min_size + 1):
+        left, right = y[:k], y[k:]
+        cost = float(np.abs(left - np.median(left)).sum() + np.abs(right - np.median(right)).sum())
+        if cost < best_cost - 1e-12:
+            best_cost, at = cost, k
+    if at < 0:
+        return 0.0, -1
+    left, right = y[:at], y[at:]
+    diff = abs(float(np.median(left) - np.median(right)))
+    se = sigma * 1.2533 * math.sqrt(1 / left.size + 1 / right.size)  # s.e. of a difference of medians
+    return diff / se, at
+
+
+def fit_steps(levels: Values, sigma: float, z: float | None = None, min_step: float = 0.02,
+              min_size: int = 2) -> list[int]:
+    """Change points of a step model fitted to ``levels`` by binary segmentation (robust: medians).
+
+    ``levels`` are the per-rank times in search order; ``sigma`` is the noise of one level, relative
+    (e.g. 0.05). A split is kept only when the two runs' medians differ by more than ``z`` standard
+    errors (default: 1.5 plus a multiple-testing allowance √(2 ln n)) and by more than ``min_step``
+    (relative). Returns the indices i where a new run starts (levels[i-1] → levels[i] is a step).
+    """
+    y = np.asarray(levels, dtype=np.float64)
+    if y.size < 2 * min_size:
+        return []
+    scale = float(np.median(y))
+    y = y / scale
+    z = 1.5 + math.sqrt(2 * math.log(max(y.size, 2))) if z is None else z
+    sigma = max(sigma, 1e-9)
+    out: list[int] = []
+
+    def recurse(lo: int, hi: int) -> None:
+        seg = y[lo:hi]
+        if seg.size < 2 * min_size:
+            return
+        score, k = _split_score(seg, sigma, min_size)
+        if k < 0:
+            return
+        diff = abs(float(np.median(seg[:k]) - np.median(seg[k:])))
+        if score < z or diff < min_step:
+            return
+        out.append(lo + k)
+        recurse(lo, lo + k)
+        recurse(lo + k, hi)
+
+    recurse(0, y.size)
+    return sorted(out)
+
+
+def step_levels(levels: Values, changes: Sequence[int]) -> list[float]:
+    """The fitted level (median) of each run between the change points."""
+    y = np.asarray(levels, dtype=np.float64)
+    edges = [0, *changes, y.size]
+    return [float(np.median(y[a:b])) for a, b in zip(edges, edges[1:])]

@@ -1,0 +1,260 @@
+"""Recorded speed checks (``lrdlab record speed-checks``): the compute policy, an A/A run, backends.
+
+- ``compute``: a tiny network's and ResNet-18's forward time and the decomposition time of ResNet-50
+  and ViT-B/16 at 2x, under each (threads, OpenMP wait policy) pair, each in a fresh process (the wait
+  policy is fixed when torch loads) → ``compute_policy_cpu.json``.
+- ``aa``: ResNet-18 timed against its own copy (no de-duplication): the interval must cover 0 → ``aa_check_cpu.json``.
+- ``search``: the robust rank search on ResNet-50 at 2x and the speed of its ranks
+  → ``search_robust_resnet50_cpu.json``.
+- ``backends``: ResNet-50 at 2x, original vs decomposed, eager / onnxruntime / compile
+  → ``bench_backends_resnet50_cpu.json``.
+
+Every file names the machine, the load average before and after, and the command that re-creates it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+POLICIES = (("2", None), ("2", "PASSIVE"), ("1", None), ("1", "PASSIVE"))
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+def probe(threads: int) -> dict[str, Any]:
+    """One process's timings at ``threads`` threads (medians; the wait policy is whatever it started with)."""
+    import statistics
+
+    import torch
+    from torch import nn
+
+    from lrdlab import decompose, make_plan
+    from lrdlab.measure.compute import compute_info
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    def timed(fn, n: int) -> float:
+        fn()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.randn(8, 3, 32, 32)
+    r18, xb = get_model("resnet18").eval(), torch.randn(8, 3, 112, 112)
+    with torch.no_grad():
+        out: dict[str, Any] = {"tiny_forward_ms": 1e3 * timed(lambda: net(x), 30),
+                               "resnet18_forward_ms": 1e3 * timed(lambda: r18(xb), 5)}
+    for name, exclude in (("resnet50", PAPER_EXCLUDE), ("vit_b_16", None)):
+        model = get_model(name).eval()
+        plan = make_plan(model, ratio=2, exclude=exclude)
+        t = time.perf_counter()
+        decompose(model, plan, progress=False)
+        out[f"decompose_{name}_s"] = time.perf_counter() - t
+        out[f"decompose_{name}_layers"] = len(plan.decomposed_layers)
+    return {**out, **compute_info()}
+
+
+def record_compute(out: Path) -> Path:
+    """Each (threads, wait policy) pair in a fresh process, twice, interleaved."""
+    from lrdlab.measure.machine import machine_info
+
+    load_before = os.getloadavg()
+    rows = []
+    for rep in range(2):
+        for threads, policy in POLICIES:
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            res = subprocess.run([sys.executable, "-m", "lrdlab.paper.speed_checks", "probe", threads], env=env,
+                                 capture_output=True, text=True, check=True)
+            rows.append({**json.loads(res.stdout.strip().splitlines()[-1]), "repeat": rep, "threads": int(threads),
+                         "omp_wait_policy": policy or "default"})
+    return _write(out / "compute_policy_cpu.json", {
+        "what": "forward time of a tiny conv net (batch 8, 32 px) and ResNet-18 (batch 8, 112 px), and the wall time "
+                "to decompose ResNet-50 (conv1/downsample excluded) and ViT-B/16 at 2x, per torch thread count and "
+                "OpenMP wait policy, each in a fresh process (the wait policy is fixed when torch loads); medians",
+        "command": "lrdlab record speed-checks --only compute", "machine": machine_info(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows,
+    })
+
+
+def record_aa(out: Path, rounds: int = 5) -> Path:
+    """ResNet-18 (batch 8, 112 px) against its own copy, interleaved, adaptive rounds, no de-duplication."""
+    from lrdlab.measure.compare import compare
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.stats import within_noise
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    model = get_model("resnet18").eval()
+    df = compare({"resnet18": model, "resnet18 copy": copy.deepcopy(model)}, (8, 3, 112, 112), rounds=rounds,
+                 warmup=1, repeats=3, dedupe=False)
+    row = df.iloc[1]
+    pct = {"median": 100 * (row["speedup_vs_first"] - 1), "ci_low": 100 * (row["speedup_ci_low"] - 1),
+           "ci_high": 100 * (row["speedup_ci_high"] - 1), "rounds": int(row["rounds"]),
+           "converged": bool(row["converged"])}
+    return _write(out / "aa_check_cpu.json", {
+        "what": "A/A check: ResNet-18 timed interleaved against its own copy; speed-up % with its 95% bootstrap "
+                "interval (must cover 0)", "command": "lrdlab record speed-checks --only aa",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "speedup_pct": pct, "covers_zero": bool(within_noise(pct, 0.0)), "rows": df.to_dict(orient="records"),
+    })
+
+
+def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntime", "compile"),
+                    image_size: int = 112, batch: int = 8, budget_s: float = 240.0) -> Path:
+    """ResNet-50 at 2x: original vs decomposed on each backend (a backend that fails is recorded with its error)."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.sweeps import bench_plan
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    model = get_model("resnet50").eval()
+    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    results: dict[str, Any] = {}
+    for backend in backends:
+        t = time.perf_counter()
+        try:
+            report = bench_plan(model, plan, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
+                                backend=backend, budget_s=budget_s)
+            results[backend] = {**report["inference"], "ideal_speedup": report["ideal_speedup"],
+                                "wall_s": time.perf_counter() - t}
+        except Exception as err:  # noqa: BLE001 - recorded, not hidden
+            results[backend] = {"error": f"{type(err).__name__}: {str(err)[:300]}", "wall_s": time.perf_counter() - t}
+    return _write(out / "bench_backends_resnet50_cpu.json", {
+        "what": f"ResNet-50 (random weights) at 2x, conv1/downsample excluded, original vs decomposed, inference, "
+                f"batch {batch}, {image_size} px, each backend timed interleaved with adaptive rounds "
+                f"(until the 95% interval is ±3 points, or {budget_s:.0f} s)",
+        "command": f"lrdlab record speed-checks --only backends --threads {__import__('torch').get_num_threads()}",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "backends": results,
+    })
+
+
+if __name__ == "__main__":  # the compute probe runs in a fresh process
+    if len(sys.argv) == 3 and sys.argv[1] == "probe":
+        print(json.dumps(probe(int(sys.argv[2])), default=float))
+
+
+def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 300.0) -> Path:
+    """ResNet-50 at 2x: the robust rank search, then vanilla vs searched ranks vs g=32 timed against the original."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.sweeps import speed_table
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    t = time.perf_counter()
+    searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
+    search_s = time.perf_counter() - t
+    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    table = speed_table(model, {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32}, shape, rounds=5,
+                        warmup=1, repeats=3, progress=False)
+    return _write(out / "search_robust_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
+                "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32, inference, interleaved, "
+                "adaptive rounds", "command": "lrdlab record speed-checks --only search --threads 1",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "search_s": search_s, "search_settings": searched.settings["optimize"],
+        "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
+    })
+
+
+# --- the README's speed section, generated from the recorded files ------------------------------------
+
+README_BEGIN = "<!-- speed-section: generated from data/ by lrdlab.paper.speed_checks.readme_speed_section -->"
+README_END = "<!-- /speed-section -->"
+
+
+def _ci_text(p: dict[str, Any]) -> str:
+    from lrdlab.measure.stats import verdict
+
+    flag = "" if p.get("converged", True) else ", not converged"
+    return f"{verdict(p)} ({p['rounds']} rounds{flag})"
+
+
+def readme_speed_section(data: Path) -> str:
+    """The README's speed table, rendered from ``data/`` (tests/paper/test_readme_speed.py keeps them equal)."""
+    comp = json.loads((data / "compute_policy_cpu.json").read_text())
+    aa = json.loads((data / "aa_check_cpu.json").read_text())
+    back = json.loads((data / "bench_backends_resnet50_cpu.json").read_text())
+
+    def median(threads: int, policy: str, key: str) -> float:
+        import statistics
+
+        return statistics.median(r[key] for r in comp["rows"] if r["threads"] == threads
+                                 and r["omp_wait_policy"].split()[0] == policy)
+
+    def cell(key: str, fmt: str) -> str:
+        return " / ".join(fmt.format(median(t, p, key)) for t, p in
+                          ((2, "default"), (2, "PASSIVE"), (1, "default"), (1, "PASSIVE")))
+
+    m = comp["machine"]
+    loads = [comp["load_average_before"][0], comp["load_average_after"][0], aa["load_average_before"][0],
+             back["load_average_before"][0], back["load_average_after"][0]]
+    lines = [
+        README_BEGIN,
+        f"Measured on {m['cpu']} ({m['cpu_count']} cores, shared: 1-minute load average {min(loads):.1f}–"
+        f"{max(loads):.1f} while these ran, i.e. other jobs held the cores). Speed-ups: median of interleaved "
+        "per-round ratios with a 95% bootstrap interval; rounds added until it is ±3 points or a time budget ends.",
+        "",
+        "| what | 2 threads spin / 2 passive / 1 spin / 1 passive | file |",
+        "|---|---|---|",
+        f"| tiny conv net forward, batch 8 (ms) | {cell('tiny_forward_ms', '{:.1f}')} | compute_policy_cpu.json |",
+        f"| ResNet-18 forward, batch 8, 112 px (ms) | {cell('resnet18_forward_ms', '{:.0f}')} | "
+        "compute_policy_cpu.json |",
+        f"| decompose ResNet-50 at 2x (s) | {cell('decompose_resnet50_s', '{:.1f}')} | compute_policy_cpu.json |",
+        f"| decompose ViT-B/16 at 2x (s) | {cell('decompose_vit_b_16_s', '{:.1f}')} | compute_policy_cpu.json |",
+        "",
+        "| ResNet-50 at 2x vs the original, inference, batch 8, 112 px, 1 thread | speed-up % [95% CI] | "
+        "realised of the FLOP ideal |",
+        "|---|---|---|",
+    ]
+    for name, r in back["backends"].items():
+        if "error" in r:
+            lines.append(f"| backend {name} | not measured: {r['error'][:80]} | — |")
+        else:
+            lines.append(f"| backend {name} | {_ci_text(r['speedup_pct'])} | {r['realised']:.2f} |")
+    search = data / "search_robust_resnet50_cpu.json"
+    if search.exists():
+        rec = json.loads(search.read_text())
+        for r in rec["rows"]:
+            pct = {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
+                   "rounds": r["rounds"], "converged": r["converged"]}
+            lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | {_ci_text(pct)} | "
+                         f"{r['realised']:.2f} |")
+        lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
+                     f"{len(rec['search_settings']['confirmations'])} layers (search_robust_resnet50_cpu.json).")
+    lines += [
+        "",
+        f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "
+        f"{'the interval covers 0, as it must' if aa['covers_zero'] else 'the interval MISSES 0: noise exceeded it'} "
+        "(aa_check_cpu.json).",
+        README_END,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The Gram-based truncated SVD: Eckart–Young optimal on big float32 layers (its fast path), exact at full rank."""
+
+import pytest
+import torch
+
+from lrdlab.lowrank import factorize
+
+
+@pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
+def test_fast_path_is_eckart_young_optimal(shape):
+    torch.manual_seed(0)
+    W = torch.randn(*shape) * torch.logspace(0, -2, shape[1])  # a decaying spectrum, float32
+    r = min(shape) // 2
+    first, last = factorize.svd_factors(W, r)
+    assert first.shape == (r, shape[1]) and last.shape == (shape[0], r) and first.dtype == torch.float32
+    s = torch.linalg.svdvals(W.double())
+    err = torch.linalg.matrix_norm(W.double() - last.double() @ first.double())
+    assert err == pytest.approx(s[r:].square().sum().sqrt().item(), rel=1e-6)
+    # √Σ split evenly: both factors carry the square roots of the kept singular values
+    assert torch.allclose(torch.linalg.svdvals(first.double()), s[:r].sqrt(), rtol=1e-4)
+    assert torch.allclose(torch.linalg.svdvals(last.double()), s[:r].sqrt(), rtol=1e-4)
+
+
+def test_full_rank_of_a_big_float32_layer_is_exact():
+    torch.manual_seed(1)
+    W = torch.randn(300, 500)
+    first, last = factorize.svd_factors(W, 300)
+    rel = torch.linalg.matrix_norm(W.double() - last.double() @ first.double()) / torch.linalg.matrix_norm(W.double())
+    assert rel < 1e-6
+
+
+def test_rank_deficient_weights_do_not_blow_up():
+    torch.manual_seed(2)
+    W = (torch.randn(40, 3) @ torch.randn(3, 60)).double()  # rank 3
+    first, last = factorize.svd_factors(W, 10)
+    assert torch.isfinite(first).all() and torch.isfinite(last).all()
+    assert torch.allclose(last @ first, W, atol=1e-8)
+
+
+def test_factorization_runs_on_one_thread_and_restores_the_setting():
+    before = torch.get_num_threads()
+    seen = []
+    with factorize.one_thread():
+        seen.append(torch.get_num_threads())
+    assert seen == [1] and torch.get_num_threads() == before

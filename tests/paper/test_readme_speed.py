@@ -1,0 +1,42 @@
+"""The README's speed numbers agree with the data/ files they quote (this test fails when they do not)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lrdlab.paper.speed_checks import README_BEGIN, README_END, readme_speed_section
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+DATA = ROOT / "data"
+
+
+def test_speed_section_is_the_one_generated_from_data():
+    assert README_BEGIN in README and README_END in README
+    block = README[README.index(README_BEGIN): README.index(README_END) + len(README_END)]
+    assert block == readme_speed_section(DATA), "regenerate: print(readme_speed_section(Path('data')))"
+
+
+def _t1() -> dict[str, dict[str, str]]:
+    with open(DATA / "optimize_resnet50_cpu_t1.csv") as f:
+        return {row["layer"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("layer", ["layer4.2.conv2", "fc"])
+def test_optimized_rank_claims_match_the_t1_file(layer):
+    m = re.search(rf"`{re.escape(layer)}`\s+goes\s+(\d+) → (\d+)", README)
+    assert m, f"README should quote {layer}'s optimized rank"
+    row = _t1()[layer]
+    assert (m.group(1), m.group(2)) == (row["2x rank"], row["optimized"])
+
+
+def test_f1_claim_matches_the_sweep_file():
+    rows = {int(r["rank"]): r for r in json.loads((DATA / "optimize_f1_conv512_cpu.json").read_text())["rows"]}
+    m = re.search(r"257 → 256 \((\d+\.\d+) → (\d+\.\d+) ms\); rank 258 takes\s+(\d+\.\d+) ms", README)
+    assert m, "README should quote the F1 sweep around ranks 256–258"
+    assert [float(x) for x in m.groups()] == [round(rows[r]["time_ms"], 2) for r in (257, 256, 258)]
