@@ -18,8 +18,6 @@ def count_layers(model: nn.Module, exclude_downsample: bool = True) -> int:
     )
 
 
-
-
 FLOP_COUNTER = "torch.utils.flop_counter (2 FLOPs per multiply-add; conv/matmul only)"
 
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
 from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import make_plan
-from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_params, percent_change
+from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.tables import render
@@ -65,14 +64,6 @@ class Settings:
 # --- stages: computing (cached) -----------------------------------------------------------------------
 
 
-def weight_layers(model: nn.Module) -> int:
-    """Conv/Linear layers on the main path (downsample shortcuts not counted, as the paper counts 50 for ResNet-50)."""
-    return sum(
-        isinstance(m, (nn.Conv2d, nn.Linear)) and ".downsample." not in f".{name}."
-        for name, m in model.named_modules()
-    )
-
-
 def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T1 "2x ranks" and T2's structural columns (layers, params, FLOPs) for ResNet-50/101/152 at 224×224."""
     rows, ranks = [], {}
@@ -83,7 +74,7 @@ def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str,
         shape = (1, 3, 224, 224)
         f0, f1 = count_flops(model, shape), count_flops(small, shape)
         p0, p1 = count_params(model), count_params(small)
-        rows.append({"model": name, "layers_original": weight_layers(model), "layers": weight_layers(small),
+        rows.append({"model": name, "layers_original": count_layers(model), "layers": count_layers(small),
                      "params_pct": percent_change(p0, p1), "flops_pct": percent_change(f0, f1),
                      "gflops_original": f0 / 1e9, "gmacs_original": f0 / 2e9})
         if name == "resnet152":
@@ -188,12 +179,23 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """F11: accuracy of the shipped trained ResNet-20 right after decomposition, by ratio and variant."""
+    from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
+
+    # quick: three ratios, no fine-tuning (~1 min on 2 cores); full: every ratio and 1 epoch of fine-tuning
+    ratios, epochs = ((1.5, 2.0, 3.0), 0) if settings.quick else (RATIOS, 1)
+    return run_accuracy_study(["resnet20"], ratios, finetune_epochs=epochs, progress=False,
+                              command="lrdlab reproduce" + (" --quick" if settings.quick else ""))
+
+
 STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]]]] = [
     ("paper_models", "ranks, layers, params and FLOPs of ResNet-50/101/152 at 2x", stage_paper_models),
     ("decompose_time", "time to decompose ResNet-50", stage_decompose_time),
     ("rank_time", "F1/F2: time vs Tucker rank of the [512,512,3,3] conv", stage_rank_time),
     ("optimize", "T1/F3: Algorithm 1 rank search on ResNet-152 and ResNet-50", stage_optimize),
     ("granularity", "F9: rank granularity sweep on ResNet-50", stage_granularity),
+    ("accuracy", "F11: accuracy right after decomposition (weights / +BN / data-aware)", stage_accuracy),
     ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
     ("techniques", "T2/F4/F5: each technique on ResNet-50, measured", stage_techniques),
     ("branches", "F6: branched Tucker sweep", stage_branches),

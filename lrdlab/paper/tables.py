@@ -247,6 +247,21 @@ def environment_block(settings: Settings) -> dict[str, Any]:
     return info
 
 
+def render_accuracy(report, res: dict[str, Any]) -> None:
+    """F11 and its table: accuracy after decomposition, beside params and FLOPs."""
+    from lrdlab.paper.accuracy_study import plot_accuracy_study
+
+    rows = pd.DataFrame(res["rows"])
+    table = rows.pivot_table(index=["ratio", "params", "flops"], columns="variant", values="accuracy").reset_index()
+    report.heading("F11 — accuracy right after decomposition (trained ResNet-20, MNIST-5k)")
+    report.table(table, "Test accuracy (%) of the shipped `resnet20_mnist5k` decomposed at each ratio (stem kept): "
+                 "weights only (the papers' start), + BN re-estimation, data-aware (SVD-LLM whitening / whitened "
+                 f"Tucker-2), data-aware + BN; {res['settings']['calibration_images']} calibration images, no "
+                 "gradient step unless `+ft`.")
+    report.figure(plot_accuracy_study(res, "resnet20"), "F11_accuracy", "F11: accuracy vs compression; "
+                  "params and FLOPs (% of the original) on the right axis.")
+
+
 def render(settings: Settings, results: dict[str, dict[str, Any]]):
     """Write report.md / report.html with every table and figure from the cached results."""
     from lrdlab.paper.report import Report
@@ -277,6 +292,8 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_techniques(report, results)
     if "branches" in results:
         render_branches(report, results["branches"])
+    if "accuracy" in results:
+        render_accuracy(report, results["accuracy"])
     if "freezing" in results:
         render_freezing(report, results["freezing"], Path(settings.out))
     d = results["decompose_time"]
