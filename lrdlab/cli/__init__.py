@@ -1,0 +1,64 @@
+"""The ``lrdlab`` command line. JSON output (``--format json`` / ``--json``) is a stable interface.
+
+Subcommands of the library live in :mod:`lrdlab.cli.library`, those of the papers in :mod:`lrdlab.cli.study`,
+the shared arguments in :mod:`lrdlab.cli.common`.
+
+Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int`` registered in
+:data:`SUBCOMMANDS`; heavy imports happen inside the ``_run_`` functions so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lrdlab.measure.compute import set_wait_policy
+
+set_wait_policy()  # before torch loads: OpenMP threads that spin collapse a shared CPU (lrdlab.measure.compute)
+
+from lrdlab.cli import library, study  # noqa: E402
+from lrdlab.cli.common import PAPER_EXCLUDE  # noqa: E402, F401  (re-exported: notebooks and tests use it)
+
+SUBCOMMANDS = {
+    "plan": (library._add_plan, library._run_plan),
+    "stats": (library._add_stats, library._run_stats),
+    "decompose": (library._add_decompose, library._run_decompose),
+    "models": (library._add_models, library._run_models),
+    "reproduce": (study._add_reproduce, study._run_reproduce),
+    "bench": (library._add_bench, library._run_bench),
+    "optimize": (library._add_optimize, library._run_optimize),
+    "train": (library._add_train, library._run_train),
+    "merge": (library._add_merge, library._run_merge),
+    "record": (study._add_record, study._run_record),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrdlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Sizes and counts that argparse reads as ints but that must be positive."""
+    for key in ("image_size", "num_classes", "batch", "epochs", "repeats", "rounds", "period", "subset",
+                "granularity", "branches"):
+        value = getattr(args, key, None)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1 (got {value})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Every expected error is one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        _check_numbers(args)
+        return SUBCOMMANDS[args.command][1](args)
+    except (ValueError, OSError) as err:  # OSError: missing / unreadable / unwritable files
+        message = " ".join(str(err).split())  # one line
+        print(f"lrdlab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+

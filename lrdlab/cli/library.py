@@ -1,0 +1,252 @@
+"""The library's subcommands: plan, stats, decompose, models, bench, optimize, train, merge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lrdlab.cli.common import (
+    _add_model_and_plan,
+    _add_model_arguments,
+    _add_plan_arguments,
+    _add_speed_arguments,
+    _build,
+    _load_or_make_plan,
+    _plan_from_args,
+    _print_stats,
+    _set_threads,
+    stats_dict,
+)
+
+
+# --- plan ------------------------------------------------------------------------------------------
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="plan the decomposition of a model and print it")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--out", type=Path, help="also save the plan as JSON here")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from lrdlab.lowrank.decompose import planned_structure
+
+    model, shape = _build(args)
+    plan = _plan_from_args(model, args)
+    if args.out:
+        plan.save(args.out)
+    if args.format == "csv":
+        print(plan.to_frame().to_csv(index=False), end="")
+    elif args.format == "json":
+        print(json.dumps(stats_dict(model, planned_structure(model, plan), plan, shape), indent=2))
+    else:
+        print(plan)
+    return 0
+
+
+# --- stats -----------------------------------------------------------------------------------------
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="params and FLOPs of the original and decomposed model")
+    _add_model_and_plan(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from lrdlab.lowrank.decompose import planned_structure
+
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    report = stats_dict(model, planned_structure(model, plan), plan, shape)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(plan.summary())
+        _print_stats(report)
+    return 0
+
+
+# --- decompose -------------------------------------------------------------------------------------
+def _add_decompose(sub) -> None:
+    p = sub.add_parser("decompose", help="decompose a model and save plan.json + state_dict.pt")
+    _add_model_and_plan(p)
+    p.add_argument("--out", type=Path, required=True, help="directory for plan.json and state_dict.pt")
+
+
+def _run_decompose(args: argparse.Namespace) -> int:
+    from lrdlab.lowrank.decompose import decompose, save_decomposed
+
+    if args.out.exists() and not args.out.is_dir():  # before minutes of work
+        raise ValueError(f"--out {args.out} is a file; give a folder for plan.json and state_dict.pt")
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    decomposed = decompose(model, plan, progress=True)
+    save_decomposed(decomposed, plan, args.out)
+    _print_stats(stats_dict(model, decomposed, plan, shape))
+    print(f"saved {args.out / 'plan.json'} and {args.out / 'state_dict.pt'}")
+    return 0
+
+
+# --- models ----------------------------------------------------------------------------------------
+def _add_models(sub) -> None:
+    sub.add_parser("models", help="list the registered models")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from lrdlab.zoo.models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:16s} input {spec.input_size}  {spec.num_classes:5d} classes  {spec.description}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measured throughput of original vs decomposed model, beside the FLOP ideal")
+    _add_model_and_plan(p)
+    _add_speed_arguments(p)
+    p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime"], default=None,
+                   help="run both models in PyTorch (eager, default), torch.compile'd, or exported to ONNX Runtime "
+                        "(needs the onnx extra)")
+    p.add_argument("--compile", action="store_true", help="same as --backend compile")
+    p.add_argument("--max-rounds", type=int, default=None,
+                   help="add rounds until the speed-up's 95%% interval is ±3 points, up to this (default 3×rounds)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from lrdlab.measure.sweeps import bench_plan, format_bench
+
+    _set_threads(args)
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
+                        rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
+                        channels_last=args.channels_last, compile=args.compile, progress=not args.json,
+                        backend=args.backend or ("compile" if args.compile else "eager"),
+                        max_rounds=args.max_rounds, budget_s=args.budget)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0
+
+
+# --- optimize --------------------------------------------------------------------------------------
+def _add_optimize(sub) -> None:
+    p = sub.add_parser("optimize", help="measured rank search (robust, or P1's Algorithm 1): optimized plan + T1 table")
+    _add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
+    _add_speed_arguments(p, repeats=10)
+    p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
+    p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
+    p.add_argument("--search", choices=["robust", "paper"], default="robust",
+                   help="robust: step model + confirmation with 95%% intervals (default); paper: P1's Algorithm 1")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing passes per layer (default 3 robust, 1 paper)")
+    p.add_argument("--cache-dir", default="auto", help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
+    p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
+    p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
+
+    _set_threads(args)
+    model, shape = _build(args)
+    plan = _load_or_make_plan(model, args)
+    new, traces = optimize_plan(
+        model, plan, (args.batch, *shape[1:]), device=args.device,
+        dtype=None if args.dtype == "fp32" else args.dtype, backward=args.backward, lower=args.lower,
+        granularity=args.granularity, repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
+        method=args.search,
+    )
+    new.save(args.out)
+    if args.traces:
+        traces.to_csv(args.traces, index=False)
+    print(rank_table(plan, new).to_string(index=False))
+    print(new.summary())
+    print(f"saved {args.out}")
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune (original or decomposed, with freezing); torchrun-ready")
+    _add_model_and_plan(p, "a plan JSON: decompose before training (or give --ratio etc.)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), digits, cifar10, imagenet:PATH")
+    p.add_argument("--data-root", type=Path, help="CIFAR-10 folder holding cifar-10-batches-py/")
+    p.add_argument("--cache-dir", type=Path, default=None, help="data set cache (default: the lrdlab cache)")
+    p.add_argument("--subset", type=int, help="use only this many training images")
+    p.add_argument("--weights", help="start from this state_dict file (e.g. a trained original)")
+    p.add_argument("--freeze", choices=["none", "regular", "sequential"], default="none")
+    p.add_argument("--period", type=int, default=1, help="sequential freezing: rotate every N units (default 1)")
+    p.add_argument("--unit", choices=["epoch", "iteration"], default="epoch", help="unit of --period")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128, help="global batch size (split across torchrun ranks)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (OneCycle)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from lrdlab.finetune.distributed import init_distributed
+    from lrdlab.finetune.loop import train_and_save
+    from lrdlab.zoo import models
+    from lrdlab.zoo.data import get_loaders
+
+    init_distributed()
+    c, h, _ = models.input_size(args.model)
+    small = args.data in ("mnist5k", "digits")
+    loaders = get_loaders(args.data, args.batch, cache_dir=args.cache_dir, root=args.data_root, subset=args.subset,
+                          image_size=args.image_size or (None if small else h), channels=c if small else None,
+                          seed=args.seed)
+    model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
+    policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
+    plan = _load_or_make_plan(model, args) if policy else None
+    history = train_and_save(model, loaders, args.out, plan=plan, freeze=args.freeze, period=args.period,
+                             unit=args.unit, epochs=args.epochs, lr=args.lr, resume=args.resume, device=args.device,
+                             seed=args.seed, optimizer=args.optimizer, schedule=args.schedule,
+                             weight_decay=args.weight_decay, label=args.model)
+    last = history.iloc[-1]
+    print(f"{args.model}: epoch {int(last['epoch'])}, test top-1 {last['accuracy']:.2f}%, "
+          f"{history['train_img_s'].median():.0f} img/s (median epoch); wrote {args.out}")
+    return 0
+
+
+# --- merge -----------------------------------------------------------------------------------------
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="layer merging: bottlenecks Tucker-2 decomposed and merged back to 3 convs")
+    _add_model_arguments(p)
+    _add_plan_arguments(p)
+    p.add_argument("--bn", choices=["fresh", "fold", "exact"], default="fresh",
+                   help="BN/ReLU between merged convs: fresh (new BN, default), fold (no BN), exact (no merge)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from lrdlab.lowrank.decompose import decompose
+    from lrdlab.lowrank.merge import merge_bottlenecks, merge_report
+    from lrdlab.paper.techniques import structure_row
+
+    model, shape = _build(args)
+    plan = _plan_from_args(model, args)
+    blocks = merge_report(model, plan, args.bn)
+    models = {"original": model, "vanilla LRD": decompose(model, plan),
+              f"layer merging (bn={args.bn})": merge_bottlenecks(model, plan, bn=args.bn)}
+    rows = [structure_row(name, m, model, shape) for name, m in models.items()]
+    if args.json:
+        print(json.dumps({"model": args.model, "bn": args.bn, "input_shape": list(shape), "blocks": blocks,
+                          "rows": rows}, indent=2))
+        return 0
+    print(f"{sum(b['merged'] for b in blocks)} of {len(blocks)} bottlenecks merged (bn={args.bn})")
+    for r in rows:
+        print(f"{r['method']:28s} layers {r['layers']:4d}  params {r['params']:>12,} ({r['params_pct']:+7.2f}%)  "
+              f"FLOPs {r['flops']:>15,} ({r['flops_pct']:+7.2f}%)")
+    return 0
+
+

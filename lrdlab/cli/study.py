@@ -1,0 +1,146 @@
+"""The papers' subcommands: reproduce, and record (re-recording the shipped results)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lrdlab.cli.common import _set_threads
+
+
+# --- reproduce -------------------------------------------------------------------------------------
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the papers' tables and figures on this machine: report.md + figures")
+    p.add_argument("--quick", action="store_true", help="the small version (< 10 min on 2 CPU cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from lrdlab.measure.timing import check_device
+    from lrdlab.paper.reproduce import Settings, reproduce
+
+    check_device(args.device)
+    out = args.out or Path("reports") / ("quick" if args.quick else "full")
+    reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out)))
+    return 0
+
+
+# --- bench -----------------------------------------------------------------------------------------
+# --- record ----------------------------------------------------------------------------------------
+def _add_record(sub) -> None:
+    p = sub.add_parser("record", help="re-record the shipped benchmarks and reference data (data/, explorers)")
+    what = p.add_subparsers(dest="what", required=True)
+    speed = what.add_parser("speed", help="ResNet-50 speed (vanilla/optimized/granularity) and the F1 sweep")
+    speed.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    speed.add_argument("--only", choices=["resnet50", "f1"], default=None, help="one part (default: both)")
+    speed.add_argument("--device", default="cpu")
+    speed.add_argument("--image-size", type=int, default=112)
+    speed.add_argument("--batch", type=int, default=8)
+    speed.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the whole-model timing")
+    speed.add_argument("--search-rounds", type=int, default=3, help="interleaved passes of the rank search")
+    speed.add_argument("--no-train", action="store_true", help="inference only")
+    speed.add_argument("--cache-dir", default="auto", help="layer-time cache (default: the lrdlab cache)")
+    tech = what.add_parser("techniques", help="P1 Table 2 (table), F6 (branch), accuracy study, combine")
+    tech.add_argument("study", choices=["table", "branch", "accuracy", "combine"])
+    tech.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    tech.add_argument("--inputs", nargs=2, default=["data/branch_resnet50_cpu.json",
+                                                    "data/techniques_accuracy_mnist5k.json"])
+    tech.add_argument("--model", default="resnet50")
+    tech.add_argument("--batch", type=int, default=8)
+    tech.add_argument("--image-size", type=int, default=224)
+    tech.add_argument("--rounds", type=int, default=3)
+    tech.add_argument("--bn", default="fresh", help="merge option for the table's layer-merging row")
+    tech.add_argument("--data", default="mnist5k")
+    tech.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    tech.add_argument("--base-epochs", type=int, default=5)
+    tech.add_argument("--ft-epochs", type=int, default=2)
+    ref = what.add_parser("reference-times", help="layer times the rank explorer ships with (this machine)")
+    ref.add_argument("--layers", nargs="+", default=None, help="resnet50 layers (default: layer4.1.conv2)")
+    ref.add_argument("--rounds", type=int, default=7)
+    study = what.add_parser("freezing", help="F7/F8: train ResNet-20, decompose, fine-tune with each freezing mode")
+    study.add_argument("--out", type=Path, default=Path("data/freezing_mnist5k.json"), help="JSON file to write")
+    study.add_argument("--quick", action="store_true", help="the quick study (2 epochs on 1,024 images)")
+    study.add_argument("--lr", type=float, default=0.1)
+    study.add_argument("--finetune-lr", type=float, default=0.02)
+    checks = what.add_parser("speed-checks", help="compute policy, A/A check and backends (lrdlab.paper.speed_checks)")
+    checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    checks.add_argument("--only", choices=["compute", "aa", "backends", "search"], default=None,
+                        help="one part (default: all)")
+    frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
+    frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
+    acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
+    acc.add_argument("--models", nargs="+", default=None, help="study models (default: those with shipped weights)")
+    acc.add_argument("--ratios", nargs="+", type=float, default=None)
+    acc.add_argument("--granularities", nargs="+", type=int, default=[1])
+    acc.add_argument("--calibration-images", type=int, default=512)
+    acc.add_argument("--finetune-epochs", type=int, default=1)
+    acc.add_argument("--out", type=Path, default=Path("data/accuracy_f11_mnist5k.json"))
+    pre = what.add_parser("pretrained", help="pack a run of `lrdlab train` as a shipped reference model")
+    pre.add_argument("name", help="e.g. resnet20_mnist5k")
+    pre.add_argument("run_dir", type=Path, help="the --out folder of `lrdlab train`")
+    pre.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    pre.add_argument("--storage", choices=["fp16", "int8"], default="fp16")
+    pre.add_argument("--train-command", default="", help="the `lrdlab train` command that made run_dir")
+    for q in (speed, tech, ref, study, checks, frz, acc, pre):
+        q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from lrdlab.paper import record
+
+    _set_threads(args)
+    command = "lrdlab " + " ".join(sys.argv[1:])
+    if args.what == "speed":
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.only in (None, "f1"):
+            print("wrote", record.record_f1(args.out, device=args.device))
+        if args.only in (None, "resnet50"):
+            print("wrote", record.record_resnet50(args.out, image_size=args.image_size, batch=args.batch,
+                                                  device=args.device, rounds=args.rounds,
+                                                  search_rounds=args.search_rounds, cache_dir=args.cache_dir,
+                                                  train=not args.no_train))
+    elif args.what == "techniques":
+        record.record_techniques(args.study, args.out, model=args.model, batch=args.batch, image_size=args.image_size,
+                                 rounds=args.rounds, bn=args.bn, data=args.data, seeds=args.seeds,
+                                 base_epochs=args.base_epochs, ft_epochs=args.ft_epochs, inputs=args.inputs,
+                                 command=command)
+    elif args.what == "freezing":
+        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+
+        sizes = STUDY_QUICK if args.quick else STUDY_FULL
+        run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
+                           **sizes)
+        print("wrote", args.out)
+    elif args.what == "speed-checks":
+        from lrdlab.paper import speed_checks
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
+                         ("backends", speed_checks.record_backends), ("search", speed_checks.record_search)):
+            if args.only in (None, part):
+                print("wrote", fn(args.out))
+    elif args.what == "accuracy":
+        from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
+
+        run_accuracy_study(args.models, args.ratios or RATIOS, calibration_images=args.calibration_images,
+                           finetune_epochs=args.finetune_epochs, granularities=args.granularities, out=args.out,
+                           command=command)
+        print("wrote", args.out)
+    elif args.what == "pretrained":
+        from lrdlab.zoo.pretrained import export_pretrained
+
+        info = export_pretrained(args.name, args.run_dir, args.model, storage=args.storage,
+                                 command=args.train_command)
+        print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
+    elif args.what == "reference-times":
+        print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
+    else:
+        if not args.study.is_file():
+            raise ValueError(f"no study file {args.study}: produce one with run_freezing_study(out=...)")
+        print("wrote", record.build_reference_freezing(args.study))
+    return 0
+
+
