@@ -54,10 +54,10 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     out = tmp_path / "quick"
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10"):
+    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11"):
         assert heading in md, heading
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
-    assert {f.split("/")[1].split("_")[0] for f in figures} >= {f"F{i}" for i in range(1, 11)}
+    assert {f.split("/")[1].split("_")[0] for f in figures} >= {f"F{i}" for i in range(1, 12)}
     assert all((out / f).stat().st_size > 5000 for f in figures)
     assert md.count("| yes |") == 7, "the paper's 2x ranks (T1) must all match"
     flops_delta = [float(x) for x in re.findall(r"\| (-?\d+\.\d+) \|\n", md.split("FLOPs Δ (points)")[1])[:3]]
