@@ -1,0 +1,239 @@
+"""Figures of whole-model results: F4/F7 bars by technique, F5 speed-up vs FLOPs, F6 branches, F8
+convergence, F9 granularity (reached through :mod:`lrdlab.explore.plots`, the one namespace of figures)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+
+from lrdlab.explore.figure_kit import MODE_ORDER, PALETTE, _require, new_figure, style
+
+# --- F4 / F7: bars by technique ------------------------------------------------------------------
+
+
+def plot_grouped_bars(
+    df: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabel: str | None = None,
+    title: str = "", annotate: bool = True, order: Sequence[str] | None = None,
+) -> Figure:
+    """Grouped bar chart of ``df[y]`` by ``x`` (and ``hue``), values written on the bars."""
+    _require(df, [c for c in (x, y, hue) if c], "plot_grouped_bars")
+    with style():
+        fig, ax = new_figure(width=max(6.0, 1.1 * df[x].nunique() * max(1, df[hue].nunique() if hue else 1) ** 0.5))
+        sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, palette=PALETTE if hue else None, order=order,
+                    errorbar=None)
+        if annotate:
+            for container in ax.containers:
+                ax.bar_label(container, fmt="%.1f", fontsize="x-small", padding=2)
+        _bar_errors(ax, df, x, y, hue, order)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel=x.replace("_", " "), ylabel=ylabel or y, title=title)
+        if hue:
+            ax.legend(title=hue.replace("_", " "), fontsize="small")
+        ax.tick_params(axis="x", labelrotation=15)
+    return fig
+
+
+def _ci(y: str) -> tuple[str, str]:
+    """The columns holding ``y``'s 95% interval: ``{y}_ci_low`` and ``{y}_ci_high``."""
+    return f"{y}_ci_low", f"{y}_ci_high"
+
+
+def _bar_errors(ax, df: pd.DataFrame, x: str, y: str, hue: str | None, order: Sequence[str] | None) -> None:
+    """Error bars (the 95% interval) on a seaborn bar chart, where ``df`` has ``{y}_ci_low/high``."""
+    lo, hi = _ci(y)
+    if lo not in df.columns or hi not in df.columns or df[lo].isna().all():
+        return
+    xs = list(order) if order is not None else list(dict.fromkeys(df[x]))
+    levels = list(dict.fromkeys(df[hue])) if hue else [None]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for container, level in zip(bars, levels):
+        for bar, xv in zip(container, xs):
+            sel = df[(df[x] == xv) & ((df[hue] == level) if hue else True)]
+            if sel.empty or pd.isna(sel[lo].iloc[0]):
+                continue
+            v, a, b = (float(sel[c].iloc[0]) for c in (y, lo, hi))
+            ax.errorbar(bar.get_x() + bar.get_width() / 2, v, yerr=[[max(v - a, 0)], [max(b - v, 0)]],
+                        color="black", capsize=3, linewidth=1)
+
+
+def plot_speedup(df: pd.DataFrame, title: str = "Speed-up by technique") -> Figure:
+    """F4: train and inference speed-up (%) by technique.
+
+    ``df`` columns: ``method`` and ``train_speedup_pct`` / ``infer_speedup_pct`` (either or both);
+    optional ``model`` (one panel-group per model: bars are labelled ``model: method``); error bars
+    (95% intervals) from ``*_speedup_pct_ci_low`` / ``*_speedup_pct_ci_high`` where present.
+    """
+    metrics = [c for c in ("train_speedup_pct", "infer_speedup_pct") if c in df.columns]
+    _require(df, ["method"], "plot_speedup")
+    if not metrics:
+        raise ValueError("plot_speedup needs train_speedup_pct and/or infer_speedup_pct columns")
+    d = df.copy()
+    if "model" in d.columns and d["model"].nunique() > 1:
+        d["method"] = d["model"].astype(str) + ": " + d["method"].astype(str)
+    long = _melt_with_ci(d, "method", metrics, "speedup_pct")
+    long["phase"] = long["phase"].map({"train_speedup_pct": "training", "infer_speedup_pct": "inference"})
+    return plot_grouped_bars(long, "method", "speedup_pct", "phase", ylabel="speed-up (% more throughput)",
+                             title=title)
+
+
+def _melt_with_ci(df: pd.DataFrame, ident: str, metrics: list[str], value: str) -> pd.DataFrame:
+    """Long format (``ident``, phase, ``value``) carrying each metric's ``_ci_low/_ci_high`` when present."""
+    parts = []
+    for m in metrics:
+        part = pd.DataFrame({ident: df[ident].values, "phase": m, value: df[m].values})
+        for src, dst in zip(_ci(m), _ci(value)):
+            part[dst] = df[src].values if src in df.columns else np.nan
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def plot_throughput(df: pd.DataFrame, title: str = "Throughput by technique") -> Figure:
+    """F7: training and inference throughput (images/s) by technique.
+
+    ``df`` columns: ``technique`` and ``train_img_s`` / ``infer_img_s`` (either or both); error bars
+    from ``*_img_s_ci_low`` / ``*_img_s_ci_high`` where present.
+    """
+    metrics = [c for c in ("train_img_s", "infer_img_s") if c in df.columns]
+    _require(df, ["technique"], "plot_throughput")
+    if not metrics:
+        raise ValueError("plot_throughput needs train_img_s and/or infer_img_s columns")
+    long = _melt_with_ci(df, "technique", metrics, "img_s")
+    long["phase"] = long["phase"].map({"train_img_s": "training", "infer_img_s": "inference"})
+    return plot_grouped_bars(long, "technique", "img_s", "phase", ylabel="throughput (images/s)", title=title)
+
+
+# --- F5: speed-up vs FLOPs ----------------------------------------------------------------------
+
+
+def ideal_speedup_pct(flops_removed_pct: Sequence[float] | float) -> np.ndarray:
+    """Speed-up (%) if time were proportional to FLOPs: ``100·(1/(1 − f/100) − 1)``."""
+    f = np.asarray(flops_removed_pct, dtype=np.float64)
+    return 100.0 * (1.0 / (1.0 - f / 100.0) - 1.0)
+
+
+def plot_speedup_vs_flops(
+    df: pd.DataFrame, label: str | None = "method", speedup: str = "speedup_pct",
+    title: str = "Measured speed-up vs FLOP reduction",
+) -> Figure:
+    """F5: measured speed-up (%) against FLOPs removed (%), with the ideal curve (time ∝ FLOPs).
+
+    ``df`` columns: ``flops_removed_pct``, ``speedup`` (default ``speedup_pct``), optional ``label``
+    (hue; default ``method``) and ``model`` (marker style); error bars from ``{speedup}_ci_low/high``.
+    """
+    _require(df, ["flops_removed_pct", speedup], "plot_speedup_vs_flops")
+    hue = label if label and label in df.columns else None
+    style_col = "model" if "model" in df.columns else None
+    with style():
+        fig, ax = new_figure(width=6.5, height=4.5)
+        hi = max(5.0, float(np.nanmax(df["flops_removed_pct"])) * 1.1)
+        f = np.linspace(0, min(hi, 95.0), 200)
+        ax.plot(f, ideal_speedup_pct(f), color="black", linestyle="--", label="ideal (time ∝ FLOPs)")
+        lo, hi = _ci(speedup)
+        if lo in df.columns and hi in df.columns and df[lo].notna().any():
+            d = df.dropna(subset=[lo, hi])
+            ax.errorbar(d["flops_removed_pct"], d[speedup], yerr=[(d[speedup] - d[lo]).clip(lower=0),
+                        (d[hi] - d[speedup]).clip(lower=0)], fmt="none", ecolor="grey", capsize=3, zorder=1)
+        sns.scatterplot(data=df, x="flops_removed_pct", y=speedup, hue=hue, style=style_col, s=70, ax=ax,
+                        palette=PALETTE if hue else None, zorder=2)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel="FLOPs removed (%)", ylabel="measured speed-up (% more throughput)", title=title)
+        ax.legend(fontsize="small")
+    return fig
+
+
+# --- F6: branch sweep ---------------------------------------------------------------------------
+
+_BRANCH_PANELS = (("params", "parameters"), ("flops", "FLOPs"), ("weight_rel_error", "relative weight error"),
+                  ("time_ms", "time per batch (ms)"), ("accuracy", "accuracy (%)"))
+
+
+def plot_branch_sweep(df: pd.DataFrame, hue: str | None = None, title: str = "Branched Tucker sweep") -> Figure:
+    """F6: params, FLOPs, weight error, time and accuracy vs branches N (one panel per present column).
+
+    ``df`` columns: ``branches`` and any of ``params``, ``flops``, ``weight_rel_error``, ``time_ms``, ``accuracy``;
+    optional ``hue`` column (e.g. ``layer`` or ``model``) draws one line per value.
+    """
+    _require(df, ["branches"], "plot_branch_sweep")
+    panels = [(c, lab) for c, lab in _BRANCH_PANELS if c in df.columns and df[c].notna().any()]
+    if not panels:
+        raise ValueError(f"plot_branch_sweep needs one of {[c for c, _ in _BRANCH_PANELS]}")
+    return _sweep_panels(df, "branches", "branches N (groups of the core)", panels, hue, title, log2x=True)
+
+
+def _sweep_panels(df, x, xlabel, panels, hue, title, log2x=False) -> Figure:
+    with style():
+        fig, axes = new_figure(1, len(panels), width=3.4 * len(panels), height=3.6, squeeze=False)
+        for ax, (col, lab) in zip(axes[0], panels):
+            sns.lineplot(data=df, x=x, y=col, hue=hue if hue in df.columns else None, marker="o", ax=ax,
+                         palette=PALETTE if hue in df.columns else None, errorbar=None)
+            lo, hi = _ci(col)
+            if lo in df.columns and hi in df.columns and df[lo].notna().any():
+                ax.errorbar(df[x], df[col], yerr=[(df[col] - df[lo]).clip(lower=0), (df[hi] - df[col]).clip(lower=0)],
+                            fmt="none", ecolor="grey", capsize=3)
+            if log2x:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(sorted(df[x].unique()), [str(v) for v in sorted(df[x].unique())])
+            else:
+                ax.set_xticks(sorted(df[x].unique()))
+            ax.set(xlabel=xlabel, ylabel=lab, title=lab)
+            if ax.get_legend() is not None and ax is not axes[0][-1]:
+                ax.get_legend().remove()
+        fig.suptitle(title)
+    return fig
+
+
+# --- F8: convergence with freezing --------------------------------------------------------------
+
+
+def plot_convergence(
+    history: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "loss"), title: str = "Convergence with freezing",
+) -> Figure:
+    """F8: each metric vs epoch (left) and vs wall-clock seconds (right), one line per freezing mode.
+
+    ``history`` columns: ``mode`` (none / regular / sequential, or any label), ``epoch``, ``wall_s``
+    (cumulative training seconds) and the ``metrics`` (e.g. ``accuracy`` in %, ``loss``).
+    """
+    metrics = [m for m in metrics if m in history.columns]
+    _require(history, ["mode", "epoch", "wall_s"], "plot_convergence")
+    if not metrics:
+        raise ValueError("plot_convergence needs at least one metric column (e.g. accuracy, loss)")
+    modes = [m for m in MODE_ORDER if m in set(history["mode"])] + \
+        sorted(set(history["mode"]) - set(MODE_ORDER), key=str)
+    colors = dict(zip(modes, sns.color_palette(PALETTE, len(modes))))
+    with style():
+        fig, axes = new_figure(len(metrics), 2, width=10, height=3.4 * len(metrics), squeeze=False)
+        for i, metric in enumerate(metrics):
+            for j, (x, xlabel) in enumerate((("epoch", "epoch"), ("wall_s", "wall-clock training time (s)"))):
+                ax = axes[i, j]
+                for mode in modes:
+                    d = history[history["mode"] == mode].sort_values(x)
+                    ax.plot(d[x], d[metric], marker="o", markersize=4, color=colors[mode], label=str(mode))
+                ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric} vs {xlabel.split(' (')[0]}")
+                if i == 0 and j == 1:
+                    ax.legend(title="freezing", fontsize="small")
+        fig.suptitle(title)
+    return fig
+
+
+# --- F9: granularity sweep ----------------------------------------------------------------------
+
+_GRANULARITY_PANELS = (("time_ms", "time per batch (ms)"), ("speedup_pct", "speed-up (%)"),
+                       ("params_removed_pct", "params removed (%)"), ("accuracy", "accuracy (%)"))
+
+
+def plot_granularity_sweep(df: pd.DataFrame, hue: str | None = None, title: str = "Rank granularity sweep") -> Figure:
+    """F9: time / speed-up, params removed and accuracy vs rank granularity g (log₂ axis).
+
+    ``df`` columns: ``granularity`` and any of ``time_ms``, ``speedup_pct``, ``params_removed_pct``,
+    ``accuracy``; optional ``hue`` column (e.g. ``model``); error bars from ``speedup_pct_ci_low/high``.
+    """
+    _require(df, ["granularity"], "plot_granularity_sweep")
+    panels = [(c, lab) for c, lab in _GRANULARITY_PANELS if c in df.columns and df[c].notna().any()]
+    if not panels:
+        raise ValueError(f"plot_granularity_sweep needs one of {[c for c, _ in _GRANULARITY_PANELS]}")
+    return _sweep_panels(df, "granularity", "rank granularity g", panels, hue, title, log2x=True)
