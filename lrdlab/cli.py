@@ -410,7 +410,12 @@ def _add_record(sub) -> None:
     study.add_argument("--finetune-lr", type=float, default=0.02)
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
-    for q in (speed, tech, ref, study, frz):
+    grid = what.add_parser("freezing-grid", help="the freezing explorer's grid: mode x period x ratio (resumable)")
+    grid.add_argument("--out", type=Path, default=None, help="JSON file (default: the explorer's reference folder)")
+    grid.add_argument("--ratios", type=float, nargs="+", default=[2.0, 3.0])
+    grid.add_argument("--subset", type=int, default=1024, help="training images used for fine-tuning")
+    grid.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per run")
+    for q in (speed, tech, ref, study, frz, grid):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -440,6 +445,11 @@ def _run_record(args: argparse.Namespace) -> int:
         run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
                            **sizes)
         print("wrote", args.out)
+    elif args.what == "freezing-grid":
+        from lrdlab.paper.freezing_grid import REFERENCE_GRID, record_freezing_grid
+
+        print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, ratios=args.ratios, subset=args.subset,
+                                            epochs=args.epochs, command=command))
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
     else:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from lrdlab.explore import plots
-from lrdlab.explore.rank_lab import REFERENCE_FREEZING, TimeCache
+from lrdlab.explore.rank_lab import REFERENCE_DIR, REFERENCE_FREEZING, TimeCache
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.cache import default_cache_dir
 from lrdlab.measure.machine import machine_info
@@ -22,6 +22,7 @@ from lrdlab.zoo import models
 
 # --- the freezing explorer ----------------------------------------------------------------------
 
+REFERENCE_GRID = REFERENCE_DIR / "freezing_grid.json"  # lrdlab record freezing-grid
 RUN_COLUMNS = ["run", "source", "mode", "period", "epoch", "wall_s", "accuracy", "loss", "train_img_s"]
 
 

@@ -1,4 +1,4 @@
-"""widgets: moved from lrdlab.explore.widgets."""
+"""The explorers' widgets: :class:`RankExplorer` here, :class:`FreezingExplorer` from ``freezing_widget``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import time
 from typing import Any
 
 from lrdlab.explore import plots
-from lrdlab.explore.freezing_lab import FreezingLab, freezing_figure
+from lrdlab.explore.freezing_widget import FreezingExplorer
 from lrdlab.explore.rank_lab import DEFAULT_LAYER, DEFAULT_MODEL, GRANULARITIES, RATIOS, RankLab, readout_text
 from lrdlab.zoo import models
+
+__all__ = ["FreezingExplorer", "RankExplorer", "rank_explorer"]
 
 
 class RankExplorer:
@@ -82,59 +84,3 @@ class RankExplorer:
 def rank_explorer(**kwargs) -> RankExplorer:
     """Build a :class:`RankExplorer` (see there for the arguments)."""
     return RankExplorer(**kwargs)
-
-
-class FreezingExplorer:
-    """Widget: freezing mode and period → cached accuracy / throughput curves; a button adds a new short run.
-
-    Drive it without a browser: set ``.mode.value`` / ``.period.value``, call ``.run_button.click()``,
-    read ``.selected``, ``.status.value`` and ``.image.value``.
-    """
-
-    def __init__(self, lab: FreezingLab | None = None, mode: str = "sequential", period: int = 1,
-                 run_epochs: int | None = None):
-        import ipywidgets as W
-
-        from lrdlab.finetune.freezing import MODES
-
-        self.lab = lab or FreezingLab()
-        self.run_epochs = run_epochs
-        self.mode = W.ToggleButtons(options=list(MODES), value=mode, description="freezing")
-        self.period = W.IntSlider(value=period, min=1, max=4, description="period N (epochs)",
-                                  continuous_update=False, style={"description_width": "initial"})
-        self.run_button = W.Button(description="run a new short run", icon="play", button_style="primary")
-        self.status = W.HTML()
-        self.image = W.Image(format="png")
-        self.selected: list[str] = []
-        self.render_seconds: list[float] = []
-        for control, css in ((self.period, "lrd-period"), (self.image, "lrd-freezing-plot"),
-                             (self.status, "lrd-freezing-status")):
-            control.add_class(css)
-        self.widget = W.VBox([W.HBox([self.mode, self.period]), W.HBox([self.run_button, self.status]), self.image])
-        self.mode.observe(lambda _: self.update(), names="value")
-        self.period.observe(lambda _: self.update(), names="value")
-        self.run_button.on_click(self._run)
-        self.update()
-
-    def update(self) -> None:
-        start = time.perf_counter()
-        self.selected = self.lab.find(self.mode.value, self.period.value)
-        cached = ", ".join(self.selected) if self.selected else "none cached — press run"
-        self.status.value = f"selected: <b>{self.mode.value}</b>, N={self.period.value} · runs: {cached}"
-        fig = freezing_figure(self.lab.runs(), self.selected, self.lab.throughput())
-        self.image.value = plots.to_png(fig)
-        self.render_seconds.append(time.perf_counter() - start)
-
-    def _run(self, _button=None) -> None:
-        self.run_button.disabled = True
-        try:
-            self.lab.run_short(self.mode.value, self.period.value, self.run_epochs,
-                               progress=lambda text: setattr(self.status, "value", f"⏳ {text}"))
-        finally:
-            self.run_button.disabled = False
-        self.update()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)

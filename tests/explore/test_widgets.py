@@ -115,29 +115,3 @@ def test_study_runs_become_explorer_runs(tmp_path):
     assert list(runs.columns) == freezing_lab.RUN_COLUMNS and (runs["source"] == "reference").all()
     setup = freezing_lab.FreezingSetup.from_study({"model": "resnet20", "epochs": 4, "period": 1, "lr": 0.1})
     assert setup.pretrain_epochs == 4 and setup.lr == 0.1
-
-
-@pytest.mark.slow
-def test_freezing_explorer_selects_cached_runs_and_adds_a_new_one(tmp_path, tmp_cache):
-    setup = freezing_lab.FreezingSetup(data="digits", pretrain_epochs=1, finetune_epochs=1, image_size=8, channels=3,
-                                  batch_size=64)
-    lab = freezing_lab.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
-    ex = widgets.FreezingExplorer(lab=lab, mode="none", period=1)
-    assert ex.selected == ["none"]
-    first = ex.image.value
-    ex.mode.value = "sequential"
-    assert ex.selected == ["sequential N=1"] and ex.image.value != first
-    ex.period.value = 2
-    assert ex.selected == [] and "none cached" in ex.status.value
-    ex.run_button.click()  # trains the base model once, then fine-tunes with sequential freezing, N=2
-    assert ex.selected == ["sequential N=2"]
-    new = lab.runs()[lab.runs()["run"] == "sequential N=2"]
-    assert list(new["epoch"]) == [0, 1] and (new["source"] == "here").all() and new["accuracy"].iloc[-1] > 20
-    saved = json.loads((tmp_cache / "freezing_runs.json").read_text())
-    assert {r["run"] for r in saved["history"]} == {"sequential N=2"}
-    again = freezing_lab.FreezingLab(setup, reference=_study(tmp_path), cache_dir=tmp_cache)
-    assert again.find("sequential", 2) == ["sequential N=2"]  # persisted across sessions
-    ex.render_seconds.clear()
-    for mode in ("none", "regular", "sequential"):
-        ex.mode.value = mode
-    assert statistics.median(ex.render_seconds) < 1.0
