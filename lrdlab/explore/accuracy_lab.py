@@ -132,10 +132,11 @@ def plan_key(plan: Plan) -> str:
 class AccuracyLab:
     """Test accuracy of a trained model after calibrated decomposition with a plan, cached in memory and on disk.
 
-    ``calibration_images`` train images calibrate (BN statistics), ``test_images`` held-out images score.
+    ``calibration_images`` train images calibrate (BN statistics), ``test_images`` held-out images score
+    (300 by default: ±2.6 points binomial standard error near 80%, and ≈1.5 s per new plan on 2 quiet cores).
     """
 
-    def __init__(self, name: str = "resnet20_mnist5k", calibration_images: int = 256, test_images: int = 500,
+    def __init__(self, name: str = "resnet20_mnist5k", calibration_images: int = 128, test_images: int = 300,
                  cache_dir: Path | None = None):
         self.name, self.cache_dir = name, Path(cache_dir or default_cache_dir())
         self.path = self.cache_dir / f"accuracy_{name}_{calibration_images}_{test_images}.json"
