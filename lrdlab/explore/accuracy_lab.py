@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Sequence[Any]) -
 
 def trained_model(name: str = "resnet20_mnist5k", cache_dir: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> nn.Module:
-    """A trained reference model: ``lrdlab.pretrained(name)`` if shipped, else trained once here and cached."""
+    """A trained reference model: ``lrdlab.pretrained(name)`` when the library has it, else the weights shipped in
+    ``explore/reference/<name>.pt`` (float16; recipe and accuracy in the ``.json`` beside), else trained here once
+    with :data:`TRAIN_RECIPE` and cached."""
     import lrdlab
 
     if hasattr(lrdlab, "pretrained"):
@@ -98,9 +101,12 @@ def trained_model(name: str = "resnet20_mnist5k", cache_dir: Path | None = None,
     r = TRAIN_RECIPE
     path = Path(cache_dir or default_cache_dir()) / f"trained_{name}_e{r['epochs']}_s{r['seed']}.pt"
     net = models.get_model(arch, num_classes=10)
-    if path.is_file():
-        net.load_state_dict(torch.load(path, map_location="cpu"))
-        return net.eval()
+    shipped = Path(str(files("lrdlab.explore") / "reference" / f"{name}.pt"))
+    for source in (shipped, path):
+        if source.is_file():
+            state = torch.load(source, map_location="cpu")
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            return net.eval()
     from lrdlab.finetune.loop import fit, set_seed
 
     if progress:
