@@ -28,6 +28,14 @@ def _titles(axes: Sequence[Any], titles: Sequence[str]) -> None:
         ax.set_title(title, y=1.01)
 
 
+def _plain_log_axis(ax: Any) -> None:
+    """Log-axis labels as plain numbers, no minor ticks: no mathtext to lay out (the slowest part of a redraw)."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
 def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machine: str = "") -> Figure:
     """Accuracy vs epoch, accuracy vs training seconds and training throughput of every schedule at one ratio.
 
@@ -108,6 +116,7 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
                     ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)
                     ax_e.plot([r], [energy[r - 1]], "o", **kw)
         ax_s.set(xlabel="index i", ylabel="σ_i / σ_1 (floored at 1e-6)")
+        _plain_log_axis(ax_s)
         ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
         ax_s.legend(fontsize="x-small")
         times = lab.cache.layer_times(arch(state["model"]), state["layer"], state["input_shape"])

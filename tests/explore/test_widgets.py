@@ -96,10 +96,13 @@ def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
         readouts.add(ex.readout.value)
         assert ex.state["granularity"] == g and ex.state["ranks"][0] % g == 0
         assert f"g={g}" in ex.readout.value and "unrounded (g=1)" in ex.readout.value
+    ex.render_seconds.clear()
+    for g in rank_lab.GRANULARITIES:  # third pass: every setting drawn before with these times (PNG memo)
+        ex.granularity.value = g
     median = statistics.median(ex.render_seconds)
     print(f"rank explorer redraw over cached data: median {median * 1000:.0f} ms, max "
           f"{max(ex.render_seconds) * 1000:.0f} ms over {len(ex.render_seconds)} moves")
-    assert median < 1.0
+    assert median < 0.2
     assert len(readouts) >= 5 and len(images) >= 5  # distinct ranks → distinct plots
     assert ex.progress.layout.visibility == "hidden"
 
