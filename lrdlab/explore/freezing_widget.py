@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,8 @@ from lrdlab.finetune.freezing import MODES
 class FreezingExplorer:
     """Widget: compression ratio, freezing mode and period → accuracy / time / throughput curves from the grid.
 
-    Moves only redraw cached data (PNG memoised per selection; ``render_seconds`` records each redraw).
+    Moves only swap images: every selection of the grid is drawn once, in a background thread right after
+    opening (``.prerender``), and memoised; ``render_seconds`` records each redraw.
     "run in background" fine-tunes the selected schedule in a worker thread (progress bar, cancel
     button) and joins the grid when done. Drive it without a browser through ``.mode.value``,
     ``.period.value``, ``.ratio.value``, ``.run_button.click()``, ``.cancel_button.click()``, ``.runner.wait()``.
@@ -72,7 +74,28 @@ class FreezingExplorer:
         self.run_button.on_click(self._run)
         self.cancel_button.on_click(lambda _: self.runner.cancel())
         self._show_status()
+        self._draw_lock = threading.Lock()
         self.update()
+        self.prerender = threading.Thread(target=self._prerender, daemon=True, name="lrdlab-freezing-prerender")
+        self.prerender.start()
+
+    def _png_for(self, ratio: float, selected: str) -> bytes:
+        """One selection's figure, drawn once (memoised; one drawing at a time: matplotlib's rc state is global)."""
+        runs = self.grid.at_ratio(ratio)
+        key = (ratio, selected, len(runs))
+        if key not in self._png:
+            with self._draw_lock:
+                if key not in self._png:
+                    fig = freezing_grid_figure(runs, selected, ratio, self.grid.machine.get("cpu", ""))
+                    self._png[key] = plots.to_png(fig, dpi=72)
+        return self._png[key]
+
+    def _prerender(self) -> None:
+        """Draw every (ratio, schedule) of the grid in the background, so slider moves only swap images."""
+        for ratio in self.grid.ratios:
+            for mode in MODES:
+                for _, period, unit in (PERIODS if mode == "sequential" else PERIODS[1:2]):
+                    self._png_for(ratio, schedule_name(mode, period, unit))
 
     @property
     def schedule(self) -> tuple[str, int, str]:
@@ -86,13 +109,8 @@ class FreezingExplorer:
     def update(self) -> None:
         """Redraw for the current controls (from the PNG memo when this selection was drawn before)."""
         start = time.perf_counter()
-        runs = self.grid.at_ratio(self.ratio.value)
-        key = (self.ratio.value, self.selected, len(runs))
-        if key not in self._png:
-            fig = freezing_grid_figure(runs, self.selected, self.ratio.value, self.grid.machine.get("cpu", ""))
-            self._png[key] = plots.to_png(fig, dpi=72)
-        self.image.value = self._png[key]
-        self.summary.value = self.summary_text(runs)
+        self.image.value = self._png_for(self.ratio.value, self.selected)
+        self.summary.value = self.summary_text(self.grid.at_ratio(self.ratio.value))
         self.render_seconds.append(time.perf_counter() - start)
 
     def summary_text(self, runs) -> str:

@@ -45,6 +45,7 @@ def _tiny():
 def test_every_control_redraws_from_the_grid_fast(tmp_path, tmp_cache):
     grid = FreezingGrid(_grid(tmp_path), cache_dir=tmp_cache)
     ex = FreezingExplorer(grid, mode="none", start_model=_tiny()[0], loaders=_tiny()[1])
+    ex.prerender.join(120)  # every selection drawn in the background after opening
     seen = {ex.image.value}
     texts = {ex.summary.value}
     ex.mode.value = "sequential"
@@ -58,12 +59,15 @@ def test_every_control_redraws_from_the_grid_fast(tmp_path, tmp_cache):
     texts.add(ex.summary.value)
     assert len(seen) == len(PERIODS) + 2 and len(texts) == len(PERIODS) + 2
     assert "reference (Test CPU)" in ex.summary.value and "×3" in ex.summary.value
+    assert statistics.median(ex.render_seconds) < 0.2  # every move over the cached grid
     ex.render_seconds.clear()
-    for _ in range(2):  # second pass: every selection drawn before
+    for mode in ("none", "regular", "sequential"):
+        ex.mode.value = mode
         for label, _, _ in PERIODS:
             ex.period.value = label
-    assert max(ex.render_seconds[len(PERIODS):]) < 0.2  # memoised redraw over cached grids
-    assert statistics.median(ex.render_seconds) < 2.0  # first draws of a 3-panel figure, loaded machine
+    print(f"freezing explorer redraws: median {1000 * statistics.median(ex.render_seconds):.0f} ms, "
+          f"max {1000 * max(ex.render_seconds):.0f} ms")
+    assert max(ex.render_seconds) < 0.2
 
 
 @pytest.mark.slow
