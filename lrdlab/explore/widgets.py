@@ -81,8 +81,9 @@ class RankExplorer:
                               W.HBox([self.rounding]), W.HBox([self.auto_measure, self.measure_net, self.progress]),
                               self.status, self.image, self.readout, self.net_readout])
         self.model.observe(self._on_model, names="value")
+        self._quiet = False
         for control in (self.layer, self.ratio, self.granularity, self.rounding):
-            control.observe(lambda _: self.update(), names="value")
+            control.observe(lambda _: None if self._quiet else self.update(), names="value")
         self.measure_net.on_click(lambda _: self.update(measure_network=True))
         self.update()
 
@@ -92,9 +93,12 @@ class RankExplorer:
 
     def _on_model(self, change) -> None:
         options = self.lab.layer_names(change["new"])
-        with self.layer.hold_trait_notifications():
+        self._quiet = True  # one update for the new model, not one per intermediate layer value
+        try:
             self.layer.options = options
             self.layer.value = self._default_layer(options)
+        finally:
+            self._quiet = False
         self.update()
 
     def _progress(self, done: int, total: int) -> None:

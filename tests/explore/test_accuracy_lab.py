@@ -53,3 +53,6 @@ def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
     key = next(k for k in ex.network["accuracy"] if k.startswith("rounded"))
     assert ex.network["accuracy"][key]["accuracy"] != first and "α=4" in ex.readout.value
     print(f"accuracy update: {ex.render_seconds[-1]:.2f} s")
+    ex.model.value = "resnet18"  # the trained model's layers do not exist there: the layer follows the model
+    assert ex.state["model"] == "resnet18" and ex.state["layer"] == ex.layer.value in ex.layer.options
+    assert "untrained" in ex.net_readout.value and "accuracy means nothing" in ex.net_readout.value

@@ -199,19 +199,20 @@ def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
                 for _ in range(3):  # 1 → 2 → 4 → 8
                     page.keyboard.press("ArrowRight")
 
-            src_changes(lambda: _changes(page, readout, granularity_to_8))
-            expect(readout).to_contain_text("rounded (g=8, down)")
+            src_changes(granularity_to_8)
+            expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
             expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
             expect(net).to_contain_text("rounded (g=8, down)")
-            text = _changes(page, readout, lambda: page.locator(".lrd-rounding button", has_text="up").click())
-            assert "40,40" in text and "rounded (g=8, up)" in text
+            src_changes(lambda: page.locator(".lrd-rounding button", has_text="up").click())
+            expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
+            expect(readout).to_contain_text("40,40")
             expect(net).to_contain_text("rounded (g=8, up)")
 
             def ratio_up():
                 page.locator(".lrd-ratio .noUi-handle").click()
                 page.keyboard.press("ArrowRight")  # α 2 → 2.5
-            text = _changes(page, readout, ratio_up)
-            assert "α=2.5" in text
+            src_changes(ratio_up)
+            expect(readout).to_contain_text("α=2.5", timeout=90_000)
             page.locator(".lrd-layer select").select_option("layer2.0.conv2")
             expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
             page.locator(".lrd-model select").select_option(label="resnet18 · untrained (random init)")
