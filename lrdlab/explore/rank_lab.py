@@ -1,14 +1,13 @@
-"""Interactive explorers (ipywidgets) over cached results, built on pure functions testable without a browser.
+"""The rank explorer's maths, without widgets: layer data, ranks at (α, g, rounding), times and their sources.
 
-- :class:`RankExplorer`: model + layer → compression target and rank granularity sliders → the
-  layer's spectrum with the chosen rank, reconstruction error, params / FLOPs, and the measured
-  layer time (from a disk cache; measured and cached on first use, with a progress bar).
-- :class:`FreezingExplorer`: freezing mode + period → accuracy and throughput curves from cached
-  runs; a button trains a new short run on the embedded data and adds it.
+- :class:`TimeCache`: measured layer times here over the shipped reference file (each time keeps its source).
+- :class:`RankLab`: ``state(model, layer, ratio, granularity, rounding)`` → ranks, params, FLOPs, weight
+  error and times of the rounded setting and, under ``"unrounded"``, of g = 1 at the same α;
+  ``ensure_times`` measures here whatever is missing or would mix sources.
+- :func:`readout_text`: the side-by-side HTML readout; a speed-up only between times from one source.
 
-The maths lives in :class:`RankLab` and :func:`freezing_figure` (no widgets), so tests and scripts
-call them directly; the widgets only wire controls to them. Slider moves over cached data only
-redraw (measured: see ``RankExplorer.render_seconds``).
+Models: :data:`TRAINED` (ResNet-20 trained on MNIST-5k, the default) and the zoo's random-init models
+(labelled untrained). Widgets: :mod:`lrdlab.explore.widgets`; figures: :mod:`lrdlab.explore.figures`.
 """
 
 from __future__ import annotations
