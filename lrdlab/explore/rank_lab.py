@@ -327,6 +327,12 @@ class RankLab:
         self.measure_times(state["model"], state["layer"], todo, progress)
         return self.state(state["model"], state["layer"], state["ratio"], state["granularity"], state["rounding"])
 
+    def figure(self, state: dict[str, Any]) -> Any:
+        """Spectra, energy and layer times of a state (:func:`lrdlab.explore.figures.rank_figure`)."""
+        from lrdlab.explore.figures import rank_figure
+
+        return rank_figure(self, state, self.cache.reference_machine.get("cpu"))
+
 
 def time_text(ms: float | None, source: str | None, reference_cpu: str | None = None) -> str:
     """A time with its source: ``"3.5 ms (reference file, AMD EPYC)"`` or ``"79 ms (measured here)"``."""
