@@ -145,8 +145,10 @@ class AccuracyLab:
     def __init__(self, name: str = "resnet20_mnist5k", calibration_images: int = 128, test_images: int = 300,
                  cache_dir: Path | None = None):
         self.name, self.cache_dir = name, Path(cache_dir or default_cache_dir())
-        self.path = self.cache_dir / f"accuracy_{name}_{calibration_images}_{test_images}.json"
         self.model = trained_model(name, cache_dir)
+        weights = hashlib.sha1(b"".join(p.detach().numpy().tobytes()[:4096] for p in self.model.parameters()))
+        key = f"{name}_{weights.hexdigest()[:10]}_{calibration_images}_{test_images}"
+        self.path = self.cache_dir / f"accuracy_{key}.json"
         loaders = data_loaders(cache_dir)
         train = iter(loaders.train)
         self.calibration: list[torch.Tensor] = []
