@@ -84,7 +84,12 @@ def _add_record(sub) -> None:
     pre.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     pre.add_argument("--storage", choices=["fp16", "int8"], default="fp16")
     pre.add_argument("--train-command", default="", help="the `lrdlab train` command that made run_dir")
-    for q in (speed, tech, ref, study, checks, frz, acc, pre):
+    grid = what.add_parser("freezing-grid", help="the freezing explorer's grid: mode x period x ratio (resumable)")
+    grid.add_argument("--out", type=Path, default=None, help="JSON file (default: the explorer's reference folder)")
+    grid.add_argument("--ratios", type=float, nargs="+", default=[2.0, 3.0])
+    grid.add_argument("--subset", type=int, default=1024, help="training images used for fine-tuning")
+    grid.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per run")
+    for q in (speed, tech, ref, study, checks, frz, acc, pre, grid):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -135,6 +140,11 @@ def _run_record(args: argparse.Namespace) -> int:
         info = export_pretrained(args.name, args.run_dir, args.model, storage=args.storage,
                                  command=args.train_command)
         print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
+    elif args.what == "freezing-grid":
+        from lrdlab.paper.freezing_grid import REFERENCE_GRID, record_freezing_grid
+
+        print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, ratios=args.ratios, subset=args.subset,
+                                            epochs=args.epochs, command=command))
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
     else:

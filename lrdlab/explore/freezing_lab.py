@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from lrdlab.explore import plots
-from lrdlab.explore.rank_lab import REFERENCE_FREEZING
+from lrdlab.explore.rank_lab import REFERENCE_DIR, REFERENCE_FREEZING
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.cache import default_cache_dir, read_json
 from lrdlab.measure.machine import machine_info
@@ -22,6 +22,7 @@ from lrdlab.zoo import models
 
 # --- the freezing explorer ----------------------------------------------------------------------
 
+REFERENCE_GRID = REFERENCE_DIR / "freezing_grid.json"  # lrdlab record freezing-grid
 RUN_COLUMNS = ["run", "source", "mode", "period", "epoch", "wall_s", "accuracy", "loss", "train_img_s"]
 
 
@@ -75,14 +76,14 @@ class FreezingLab:
     """Freezing runs without widgets: cached histories (shipped reference + runs made here) and new short runs.
 
     ``runs()`` has one row per (run, epoch) with :data:`RUN_COLUMNS`; ``throughput()`` is the shipped
-    interleaved benchmark (F7 columns of :func:`lrdlab.paper.freezing_study.freezing_throughput`).
+    interleaved benchmark (F7 columns of :func:`lrdlab.train.freezing_throughput`).
     """
 
     def __init__(self, setup: FreezingSetup | None = None, reference: Path | None = REFERENCE_FREEZING,
                  cache_dir: Path | None = None):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.path = self.cache_dir / "freezing_runs.json"
-        ref = read_json(reference)
+        ref = read_json(reference) if reference else {}
         self.setup = setup or FreezingSetup.from_study(ref.get("settings", {}))
         self.reference_machine = ref.get("machine", {})
         self._reference = runs_from_study(ref)

@@ -1,14 +1,14 @@
-"""Interactive explorers (ipywidgets) over cached results, built on pure functions testable without a browser.
+"""The rank explorer's maths, without widgets: layer data, ranks at (α, g, rounding), times and their sources.
 
-- :class:`RankExplorer`: model + layer → compression target and rank granularity sliders → the
-  layer's spectrum with the chosen rank, reconstruction error, params / FLOPs, and the measured
-  layer time (from a disk cache; measured and cached on first use, with a progress bar).
-- :class:`FreezingExplorer`: freezing mode + period → accuracy and throughput curves from cached
-  runs; a button trains a new short run on the embedded data and adds it.
+- layer times from the one :class:`~lrdlab.measure.cache.TimeCache`: measured here over the shipped reference
+  file (each time keeps its source).
+- :class:`RankLab`: ``state(model, layer, ratio, granularity, rounding)`` → ranks, params, FLOPs, weight
+  error and times of the rounded setting and, under ``"unrounded"``, of g = 1 at the same α;
+  ``ensure_times`` measures here whatever is missing or would mix sources.
+- :func:`readout_text`: the side-by-side HTML readout; a speed-up only between times from one source.
 
-The maths lives in :class:`RankLab` and :func:`freezing_figure` (no widgets), so tests and scripts
-call them directly; the widgets only wire controls to them. Slider moves over cached data only
-redraw (measured: see ``RankExplorer.render_seconds``).
+Models: :data:`TRAINED` (ResNet-20 trained on MNIST-5k, the default) and the zoo's random-init models
+(labelled untrained). Widgets: :mod:`lrdlab.explore.widgets`; figures: :mod:`lrdlab.explore.figures`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
 from lrdlab.explore import plots
@@ -43,19 +42,37 @@ REFERENCE_LAYER_TIMES = REFERENCE_DIR / "reference_layer_times.json"
 REFERENCE_FREEZING = REFERENCE_DIR / "reference_freezing.json"
 RATIOS = (1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 GRANULARITIES = (1, 2, 4, 8, 16, 32, 64)
-DEFAULT_MODEL, DEFAULT_LAYER = "resnet50", "layer4.1.conv2"
+TRAINED = "resnet20 · trained (MNIST-5k)"  # the trained reference model (accuracy_lab.trained_model)
+DEFAULT_MODEL, DEFAULT_LAYER = TRAINED, "layer3.2.conv2"
+ROUNDINGS = ("down", "up", "nearest")
+
+
+def arch(model: str) -> str:
+    """The zoo architecture behind an explorer model name (a trained model's, or the name itself)."""
+    return "resnet20" if model == TRAINED else model
+
+
+def is_trained(model: str) -> bool:
+    return model == TRAINED
+
+
+def model_label(model: str) -> str:
+    """Dropdown label: random-init models are marked untrained."""
+    return model if is_trained(model) else f"{model} · untrained (random init)"
 
 
 # --- timing and its cache -----------------------------------------------------------------------
 
 
-def _key(model: str, layer: str, input_shape: tuple[int, ...]) -> str:
-    """The explorer's key in the one :class:`~lrdlab.measure.cache.TimeCache`; labels are ranks or ``orig``."""
-    return f"{model}|{layer}|{'x'.join(map(str, input_shape))}"
+def _key(model: str, layer: str, ranks: tuple[int, ...] | None, input_shape: tuple[int, ...]) -> tuple[str, str]:
+    """(key, label) of one layer variant in the one :class:`~lrdlab.measure.cache.TimeCache`."""
+    return f"{model}|{layer}|{'x'.join(map(str, input_shape))}", "orig" if ranks is None else "x".join(map(str, ranks))
 
 
-def _label(ranks: tuple[int, ...] | None) -> str:
-    return "orig" if ranks is None else "x".join(map(str, ranks))
+def cached_ms(cache: TimeCache, key: tuple[str, str]) -> tuple[float, str] | None:
+    """``(ms, source)`` of a cached variant — source ``"here"`` or ``"reference"`` — or None."""
+    hit = cache.lookup(*key)
+    return (1e3 * hit[0], hit[1]) if hit else None
 
 
 def default_time_cache() -> TimeCache:
@@ -65,13 +82,9 @@ def default_time_cache() -> TimeCache:
 
 def layer_times(cache: TimeCache, model: str, layer: str, input_shape: tuple[int, ...]) -> pd.DataFrame:
     """All cached times of one layer: columns ``rank`` (first rank; 0 = original), ``time_ms``, ``source``."""
-    rows = [(0 if label == "orig" else int(label.split("x")[0]), 1e3 * s, source)
-            for label, (s, source) in cache.labels(_key(model, layer, input_shape)).items()]
+    rows = [(0 if label == "orig" else int(label.split("x")[0]), 1e3 * sec, source)
+            for label, (sec, source) in cache.labels(_key(model, layer, None, input_shape)[0]).items()]
     return pd.DataFrame(sorted(rows), columns=["rank", "time_ms", "source"])
-
-
-def _ms(hit: tuple[float, str] | None) -> tuple[float | None, str | None]:
-    return (1e3 * hit[0], hit[1]) if hit else (None, None)
 
 
 # --- the rank explorer's maths ------------------------------------------------------------------
@@ -92,14 +105,20 @@ class LayerData:
 
 @lru_cache(maxsize=4)
 def _model(name: str) -> nn.Module:
+    if is_trained(name):
+        from lrdlab.explore.accuracy_lab import trained_model
+
+        return trained_model()
     torch.manual_seed(0)
     return models.get_model(name).eval()
 
 
-@lru_cache(maxsize=256)
-def _input_shape(name: str, layer: str) -> tuple[int, ...]:
-    """Input shape (batch 1) of one layer of a registered model (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
-    return layer_input_shapes(_model(name), [layer], (1, *models.input_size(name)))[layer]
+@lru_cache(maxsize=8)
+def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Input shape (batch 1) of every Linear/Conv2d layer (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
+    model = _model(name)
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return layer_input_shapes(model, names, (1, *models.input_size(arch(name))))
 
 
 def tucker2_kept_energy(weight: torch.Tensor) -> np.ndarray:
@@ -149,20 +168,26 @@ class RankLab:
                 table = tucker2_kept_energy(W)
             else:
                 spectra, table = [s.numpy() for s in get_method(method).spectra(W)], None
-            self._layers[key] = LayerData(name, module, info, method, _input_shape(model, name), spectra, table)
+            self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, table)
         return self._layers[key]
 
     def timing_shape(self, data: LayerData) -> tuple[int, ...]:
         return (self.batch, *data.input_shape[1:])
 
-    def state(self, model: str, name: str, ratio: float, granularity: int) -> dict[str, Any]:
-        """Ranks, params, FLOPs, reconstruction error and cached times of one layer at one setting."""
+    def state(self, model: str, name: str, ratio: float, granularity: int, rounding: str = "down",
+              twin: bool = True) -> dict[str, Any]:
+        """Ranks, params, FLOPs, reconstruction error and cached times of one layer at one setting.
+
+        ``twin``: also the unrounded setting (g = 1) at the same α, under ``"unrounded"``.
+        """
         data = self.layer(model, name)
         form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
-        row = make_plan(_model(model), ratio=ratio, granularity=granularity, include=[name], method=form)[name]
+        row = make_plan(_model(model), ratio=ratio, granularity=granularity, rounding=rounding, include=[name],
+                        method=form)[name]
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
-            "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "method": data.method,
+            "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "rounding": rounding,
+            "method": data.method, "trained": is_trained(model),
             "C": data.info["in_channels"], "S": data.info["out_channels"], "kernel": data.info["kernel_size"],
             "ranks": tuple(row.ranks) if row.ranks else None, "target_ranks": row.target_ranks,
             "reason": row.reason, "params_before": row.params_before, "params_after": row.params_after,
@@ -173,10 +198,15 @@ class RankLab:
         out["flops_before"] = self._flops(data, None)
         out["flops_after"] = self._flops(data, out["ranks"])
         out["rel_error"] = self.rel_error(data, out["ranks"])
-        orig = self.cache.lookup(_key(model, name, shape), "orig")
-        new = self.cache.lookup(_key(model, name, shape), _label(out["ranks"])) if out["ranks"] else orig
-        out["original_ms"], out["original_source"] = _ms(orig)
-        out["time_ms"], out["time_source"] = _ms(new)
+        key_model = arch(model)  # a layer's time does not depend on its weights
+        orig = cached_ms(self.cache, _key(key_model, name, None, shape))
+        new = cached_ms(self.cache, _key(key_model, name, out["ranks"], shape)) if out["ranks"] else orig
+        out["original_ms"], out["original_source"] = orig if orig else (None, None)
+        out["time_ms"], out["time_source"] = new if new else (None, None)
+        if twin:
+            out["unrounded"] = self.state(model, name, ratio, 1, "down", twin=False) if granularity > 1 else \
+                {k: out[k] for k in ("ranks", "params_after", "flops_after", "rel_error", "time_ms", "time_source",
+                                     "reason", "compression_ratio")}
         return out
 
     def _flops(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> int:
@@ -235,84 +265,83 @@ class RankLab:
         out = {}
         for r in todo:
             out[r] = 1000.0 * float(np.median(per_round[str(r)]))
-            self.cache.put(_key(model, name, shape), _label(None if r is None else tuple(r)), per_round[str(r)])
+            self.cache.put(*_key(arch(model), name, None if r is None else tuple(r), shape),
+                           [sec for sec in per_round[str(r)]])
         self.cache.save()
         return out
 
     def ensure_times(self, state: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> dict:
-        """Measure whatever of (original, chosen ranks) is missing from the cache; return the fresh state.
+        """Measure what the state lacks, or everything here when its times come from different sources.
 
-        When the chosen ranks are missing the original is re-timed beside them, so the pair is comparable.
+        The original, the chosen ranks and the unrounded ranks are then timed together, interleaved, so
+        times shown side by side always come from one machine and one session.
         """
-        todo: list[tuple[int, ...] | None] = []
-        if state["ranks"] and state["time_ms"] is None:
-            todo = [None, state["ranks"]]
-        elif state["original_ms"] is None:
-            todo = [None]
-        if todo:
-            self.measure_times(state["model"], state["layer"], todo, progress)
-        return self.state(state["model"], state["layer"], state["ratio"], state["granularity"]) if todo else state
+        twin = state.get("unrounded", {})
+        needed = [(state["original_ms"], state["original_source"])]
+        needed += [(state["time_ms"], state["time_source"])] if state["ranks"] else []
+        needed += [(twin.get("time_ms"), twin.get("time_source"))] if twin.get("ranks") else []
+        if all(ms is not None for ms, _ in needed) and len({src for _, src in needed}) == 1:
+            return state
+        todo: list[tuple[int, ...] | None] = [None]
+        for ranks in (state["ranks"], twin.get("ranks")):
+            if ranks and ranks not in todo:
+                todo.append(ranks)
+        self.measure_times(state["model"], state["layer"], todo, progress)
+        return self.state(state["model"], state["layer"], state["ratio"], state["granularity"], state["rounding"])
 
-    def figure(self, state: dict[str, Any]) -> Figure:
-        """Spectrum with the chosen rank (σ and energy) and the cached layer time vs rank."""
-        data = self.layer(state["model"], state["layer"])
-        r = state["ranks"][0] if state["ranks"] else None
-        sigma = data.spectra[0]
-        times = layer_times(self.cache, state["model"], state["layer"], state["input_shape"])
-        with plots.style():
-            fig, (ax_s, ax_e, ax_t) = plots.new_figure(1, 3, width=12, height=3.6, layout=None)
-            fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.84, wspace=0.28)
-            idx = np.arange(1, len(sigma) + 1)
-            energy = 100 * plots.cumulative_energy(sigma)
-            ax_s.semilogy(idx, sigma / sigma[0])
-            ax_e.plot(idx, energy)
-            what = get_method(data.method).rank_names[0]
-            ax_s.set(xlabel="index i", ylabel="σ_i / σ_1", title=f"spectrum, {what}")
-            ax_e.set(xlabel="rank r", ylabel="energy kept (%)", title="cumulative energy", ylim=(0, 101))
-            if r is not None:
-                for ax, y in ((ax_s, sigma[r - 1] / sigma[0]), (ax_e, energy[r - 1])):
-                    ax.axvline(r, color="tab:red", linestyle=":")
-                    ax.plot([r], [y], "o", color="tab:red", markeredgecolor="black", label=f"r = {r}")
-                ax_e.legend(fontsize="small", loc="lower right")
-            dec = times[times["rank"] > 0]
-            if not dec.empty:
-                ax_t.plot(dec["rank"], dec["time_ms"], "o-", markersize=4, label="decomposed (cached)")
-            if state["original_ms"] is not None:
-                ax_t.axhline(state["original_ms"], color="black", linestyle="--", label="original")
-            if state["time_ms"] is not None and r is not None:
-                ax_t.plot([r], [state["time_ms"]], "o", color="tab:red", markersize=9, markeredgecolor="black",
-                          label=f"r = {r}")
-            ax_t.set(xlabel="rank r", ylabel=f"time per batch of {self.batch} (ms)", title="measured layer time")
-            ax_t.set_ylim(bottom=0)
-            if ax_t.lines:
-                ax_t.legend(fontsize="small")
-            else:
-                ax_t.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax_t.transAxes)
-            fig.suptitle(f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
-                         f"k={'×'.join(map(str, state['kernel']))}, {state['method']})")
-        return fig
+    def figure(self, state: dict[str, Any]) -> Any:
+        """Spectra, energy and layer times of a state (:func:`lrdlab.explore.figures.rank_figure`)."""
+        from lrdlab.explore.figures import rank_figure
+
+        return rank_figure(self, state, self.cache.reference_machine.get("cpu"))
+
+
+def time_text(ms: float | None, source: str | None, reference_cpu: str | None = None) -> str:
+    """A time with its source: ``"3.5 ms (reference file, AMD EPYC)"`` or ``"79 ms (measured here)"``."""
+    if ms is None:
+        return "not measured"
+    where = "measured here" if source == "here" else f"reference file{', ' + reference_cpu if reference_cpu else ''}"
+    return f"{ms:.3g} ms ({where})"
+
+
+def _speedup(original: float | None, osrc: str | None, ms: float | None, src: str | None) -> str:
+    if original is None or ms is None:
+        return "—"
+    if osrc != src:
+        return "— (times from different machines are not compared)"
+    return f"{100 * (original / ms - 1):+.1f}%"
 
 
 def readout_text(state: dict[str, Any], reference_cpu: str | None = None) -> str:
-    """One-line HTML summary of a :meth:`RankLab.state` (what the explorer prints under the plot)."""
+    """HTML summary of a :meth:`RankLab.state`: unrounded vs rounded side by side, every time with its source."""
+    head = (f"<b>{state['layer']}</b> ({state['C']}→{state['S']}, k={'×'.join(map(str, state['kernel']))}, "
+            f"{state['method']}) at compression α={state['ratio']:g}")
     if state["ranks"] is None:
-        return f"<b>{state['layer']}</b>: kept — {state['reason']}"
-    ranks = ",".join(map(str, state["ranks"]))
+        return (f"{head}: <b>kept</b> (not decomposed) — {state['reason']}. A kept layer costs the same as before; "
+                f"its time is {time_text(state['original_ms'], state['original_source'], reference_cpu)}.")
+    twin = state.get("unrounded", state)
+    cols = [("unrounded (g=1)", twin), (f"rounded (g={state['granularity']}, {state['rounding']})", state)]
 
-    def t(ms, src):
-        if ms is None:
-            return "not measured"
-        where = "" if src == "here" else f" (reference{', ' + reference_cpu if reference_cpu else ''})"
-        return f"{ms:.3g} ms{where}"
+    def cell(d: dict[str, Any], what: str) -> str:
+        if d.get("ranks") is None:
+            return f"kept: {d.get('reason')}"
+        if what == "ranks":
+            return ",".join(map(str, d["ranks"]))
+        if what == "params":
+            return f"{d['params_after']:,} (×{d['compression_ratio']:.2f})"
+        if what == "flops":
+            return f"{d['flops_after'] / 1e6:.3g}M"
+        if what == "error":
+            return f"{d['rel_error']:.3f}"
+        if what == "time":
+            return time_text(d["time_ms"], d["time_source"], reference_cpu)
+        return _speedup(state["original_ms"], state["original_source"], d["time_ms"], d["time_source"])
 
-    speed = ""
-    if state["time_ms"] and state["original_ms"]:
-        speed = f" · speed-up {100 * (state['original_ms'] / state['time_ms'] - 1):+.1f}%"
-    return (
-        f"<b>g={state['granularity']}, ratio={state['ratio']:g}</b> → ranks <b>{ranks}</b> "
-        f"(target {','.join(map(str, state['target_ranks']))}) · params removed "
-        f"{state['params_removed_pct']:.1f}% (×{state['compression_ratio']:.2f}) · FLOPs "
-        f"{state['flops_before'] / 1e6:.1f}M → {state['flops_after'] / 1e6:.1f}M · rel. error "
-        f"{state['rel_error']:.3f} · time {t(state['time_ms'], state['time_source'])} vs original "
-        f"{t(state['original_ms'], state['original_source'])}{speed}"
-    )
+    rows = [("ranks", "ranks"), ("params", "params"), ("FLOPs / image", "flops"), ("rel. weight error", "error"),
+            (f"time, batch {state['input_shape'][0]}", "time"), ("speed-up vs original", "speedup")]
+    body = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{cell(d, key)}</td>" for _, d in cols) + "</tr>"
+                   for label, key in rows)
+    original = (f"original: {state['params_before']:,} params, {state['flops_before'] / 1e6:.3g}M FLOPs, "
+                f"{time_text(state['original_ms'], state['original_source'], reference_cpu)}")
+    return (f"{head}<br>{original}<table class='lrd-table'><tr><th></th>"
+            + "".join(f"<th>{c}</th>" for c, _ in cols) + f"</tr>{body}</table>")

@@ -1,4 +1,4 @@
-"""widgets: moved from lrdlab.explore.widgets."""
+"""The explorers' widgets: :class:`RankExplorer` here, :class:`FreezingExplorer` from ``freezing_widget``."""
 
 from __future__ import annotations
 
@@ -6,72 +6,155 @@ import time
 from typing import Any
 
 from lrdlab.explore import plots
-from lrdlab.explore.freezing_lab import FreezingLab, freezing_figure
-from lrdlab.explore.rank_lab import DEFAULT_LAYER, DEFAULT_MODEL, GRANULARITIES, RATIOS, RankLab, readout_text
+from lrdlab.explore.compute import conditions
+from lrdlab.explore.figures import rank_figure
+from lrdlab.explore.freezing_widget import FreezingExplorer
+from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
+from lrdlab.explore.rank_lab import (
+    DEFAULT_LAYER,
+    DEFAULT_MODEL,
+    GRANULARITIES,
+    RATIOS,
+    ROUNDINGS,
+    TRAINED,
+    RankLab,
+    _model,
+    arch,
+    is_trained,
+    model_label,
+    readout_text,
+)
 from lrdlab.zoo import models
+
+__all__ = ["FreezingExplorer", "RankExplorer", "rank_explorer"]
 
 
 class RankExplorer:
-    """Widget: model and layer dropdowns, compression-ratio and granularity sliders → plot + readout.
+    """Widget: model, layer, compression α, granularity g and rounding → spectra, layer and whole-network readouts.
 
-    Drive it without a browser by setting ``.ratio.value`` / ``.granularity.value`` and reading
-    ``.state``, ``.readout.value`` and ``.render_seconds``. Display it with ``display(explorer)``
-    or as the last expression of a cell.
+    The layer readout puts the unrounded (g = 1) and the rounded ranks side by side at the same α; the
+    network readout shows params, FLOPs, measured throughput (interleaved, with IQR) and, for the trained
+    model, the calibrated test accuracy of both plans. Drive it without a browser by setting control
+    ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``, ``.net_readout.value``,
+    ``.render_seconds``.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, layer: str = DEFAULT_LAYER, ratio: float = 2.0,
-                 granularity: int = 1, lab: RankLab | None = None, auto_measure: bool = True,
-                 model_names: list[str] | None = None):
+    def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
+                 granularity: int = 8, rounding: str = "down", lab: RankLab | None = None, auto_measure: bool = True,
+                 model_names: list[str] | None = None, network: NetworkLab | None = None,
+                 measure_network: bool = False):
         import ipywidgets as W
 
         self.lab = lab or RankLab()
-        names = model_names or [m for m in models.MODELS if m.startswith("resnet")]
-        self.model = W.Dropdown(options=names, value=model, description="model")
-        self.layer = W.Dropdown(options=self.lab.layer_names(model), value=layer, description="layer")
+        self.net_lab = network
+        names = model_names or [TRAINED] + [m for m in models.MODELS if m.startswith("resnet")]
+        self.model = W.Dropdown(options=[(model_label(n), n) for n in names], value=model, description="model",
+                                layout={"width": "360px"})
+        options = self.lab.layer_names(model)
+        self.layer = W.Dropdown(options=options, value=layer if layer in options else self._default_layer(options),
+                                description="layer")
         self.ratio = W.SelectionSlider(options=list(RATIOS), value=ratio, description="compression α",
                                        continuous_update=False, style={"description_width": "initial"})
         self.granularity = W.SelectionSlider(options=list(GRANULARITIES), value=granularity,
                                              description="granularity g", continuous_update=False,
                                              style={"description_width": "initial"})
-        self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times")
+        self.rounding = W.ToggleButtons(options=list(ROUNDINGS), value=rounding, description="rounding")
+        self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times here")
+        self.measure_net = W.Button(description="measure network throughput", icon="tachometer")
         self.progress = W.IntProgress(min=0, max=1, value=0, description="measuring", layout={"visibility": "hidden"})
+        self.status = W.HTML()
         self.image = W.Image(format="png")
         self.readout = W.HTML()
-        for control, css in ((self.ratio, "lrd-ratio"), (self.granularity, "lrd-granularity"),
-                             (self.image, "lrd-plot"), (self.readout, "lrd-readout")):
+        self.net_readout = W.HTML()
+        for control, css in ((self.model, "lrd-model"), (self.layer, "lrd-layer"), (self.ratio, "lrd-ratio"),
+                             (self.granularity, "lrd-granularity"), (self.rounding, "lrd-rounding"),
+                             (self.image, "lrd-plot"), (self.readout, "lrd-readout"),
+                             (self.net_readout, "lrd-network"), (self.status, "lrd-status"),
+                             (self.measure_net, "lrd-measure-net")):
             control.add_class(css)  # stable handles for browser tests and custom CSS
+        self._measure_network = measure_network
         self.render_seconds: list[float] = []
+        self._png: dict[tuple, bytes] = {}
         self.state: dict[str, Any] = {}
+        self.network: dict[str, Any] = {}
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
-                              W.HBox([self.auto_measure, self.progress]), self.image, self.readout])
+                              W.HBox([self.rounding]), W.HBox([self.auto_measure, self.measure_net, self.progress]),
+                              self.status, self.image, self.readout, self.net_readout])
         self.model.observe(self._on_model, names="value")
-        for control in (self.layer, self.ratio, self.granularity):
-            control.observe(lambda _: self.update(), names="value")
+        self._quiet = False
+        for control in (self.layer, self.ratio, self.granularity, self.rounding):
+            control.observe(lambda _: None if self._quiet else self.update(), names="value")
+        self.measure_net.on_click(lambda _: self.update(measure_network=True))
         self.update()
+
+    @staticmethod
+    def _default_layer(options: list[str]) -> str:
+        return next((n for n in (DEFAULT_LAYER, "layer4.1.conv2") if n in options), options[len(options) // 2])
 
     def _on_model(self, change) -> None:
         options = self.lab.layer_names(change["new"])
-        with self.layer.hold_trait_notifications():
+        self._quiet = True  # one update for the new model, not one per intermediate layer value
+        try:
             self.layer.options = options
-            self.layer.value = DEFAULT_LAYER if DEFAULT_LAYER in options else options[0]
+            self.layer.value = self._default_layer(options)
+        finally:
+            self._quiet = False
         self.update()
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.max, self.progress.value = total, done
 
-    def update(self) -> None:
-        """Recompute the state for the current controls and redraw (measuring first if asked and needed)."""
+    def _network_lab(self) -> NetworkLab:
+        if self.net_lab is None:
+            self.net_lab = NetworkLab(batch=self.lab.batch)
+        if is_trained(self.model.value) and self.net_lab.accuracy is None:
+            from lrdlab.explore.accuracy_lab import AccuracyLab
+
+            self.net_lab.accuracy = AccuracyLab()
+        return self.net_lab
+
+    def network_state(self, measure: bool) -> dict[str, Any]:
+        """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g."""
+        name = self.model.value
+        model = _model(name)
+        size = models.input_size(arch(name))
+        net = self._network_lab()
+        plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1),
+                 f"rounded (g={self.granularity.value}, {self.rounding.value})":
+                     network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value)}
+        counts = {label: net.counts(name, model, plan, size) for label, plan in plans.items()}
+        speed = net.speed(name, model, plans, size, measure=measure)
+        trained = is_trained(name)
+        acc = {label: net.accuracy_of(plan) if trained else None for label, plan in plans.items()}
+        return {"counts": counts, "speed": speed, "accuracy": acc}
+
+    def update(self, measure_network: bool = False) -> None:
+        """Recompute everything for the current controls and redraw (measuring first if asked and needed)."""
         start = time.perf_counter()
-        state = self.lab.state(self.model.value, self.layer.value, self.ratio.value, self.granularity.value)
-        if self.auto_measure.value and (state["original_ms"] is None or (state["ranks"] and state["time_ms"] is None)):
+        values = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
+        state = self.lab.state(*values)
+        if self.auto_measure.value:
             self.progress.layout.visibility = "visible"
+            self.status.value = f"⏳ measuring {values[1]} here ({conditions()}) …"
             state = self.lab.ensure_times(state, self._progress)
             self.progress.layout.visibility = "hidden"
-        fig = self.lab.figure(state)
-        self.image.value = plots.to_png(fig)
-        self.readout.value = readout_text(state, self.lab.cache.reference_machine.get("cpu"))
+        self.network = self.network_state(measure=measure_network or bool(self._measure_network))
+        if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
+                      self.rounding.value):
+            return  # the controls moved meanwhile: their own update draws the current state
+        cpu = self.lab.cache.reference_machine.get("cpu")
+        fig_key = (values, len(self.lab.cache.entries), state["time_ms"], state["original_ms"])
+        if fig_key not in self._png:  # a setting drawn before with the same times is not drawn again
+            self._png[fig_key] = plots.to_png(rank_figure(self.lab, state, cpu), dpi=72)
+        self.image.value = self._png[fig_key]
+        self.readout.value = readout_text(state, cpu)
+        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
+                                              self.network["accuracy"], model_label(values[0]))
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
+        self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
+                             "compare the two columns — rounding g trades a little accuracy for ranks the hardware "
+                             "runs faster; a speed-up is shown only between times from the same source.")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -82,59 +165,3 @@ class RankExplorer:
 def rank_explorer(**kwargs) -> RankExplorer:
     """Build a :class:`RankExplorer` (see there for the arguments)."""
     return RankExplorer(**kwargs)
-
-
-class FreezingExplorer:
-    """Widget: freezing mode and period → cached accuracy / throughput curves; a button adds a new short run.
-
-    Drive it without a browser: set ``.mode.value`` / ``.period.value``, call ``.run_button.click()``,
-    read ``.selected``, ``.status.value`` and ``.image.value``.
-    """
-
-    def __init__(self, lab: FreezingLab | None = None, mode: str = "sequential", period: int = 1,
-                 run_epochs: int | None = None):
-        import ipywidgets as W
-
-        from lrdlab.finetune.freezing import MODES
-
-        self.lab = lab or FreezingLab()
-        self.run_epochs = run_epochs
-        self.mode = W.ToggleButtons(options=list(MODES), value=mode, description="freezing")
-        self.period = W.IntSlider(value=period, min=1, max=4, description="period N (epochs)",
-                                  continuous_update=False, style={"description_width": "initial"})
-        self.run_button = W.Button(description="run a new short run", icon="play", button_style="primary")
-        self.status = W.HTML()
-        self.image = W.Image(format="png")
-        self.selected: list[str] = []
-        self.render_seconds: list[float] = []
-        for control, css in ((self.period, "lrd-period"), (self.image, "lrd-freezing-plot"),
-                             (self.status, "lrd-freezing-status")):
-            control.add_class(css)
-        self.widget = W.VBox([W.HBox([self.mode, self.period]), W.HBox([self.run_button, self.status]), self.image])
-        self.mode.observe(lambda _: self.update(), names="value")
-        self.period.observe(lambda _: self.update(), names="value")
-        self.run_button.on_click(self._run)
-        self.update()
-
-    def update(self) -> None:
-        start = time.perf_counter()
-        self.selected = self.lab.find(self.mode.value, self.period.value)
-        cached = ", ".join(self.selected) if self.selected else "none cached — press run"
-        self.status.value = f"selected: <b>{self.mode.value}</b>, N={self.period.value} · runs: {cached}"
-        fig = freezing_figure(self.lab.runs(), self.selected, self.lab.throughput())
-        self.image.value = plots.to_png(fig)
-        self.render_seconds.append(time.perf_counter() - start)
-
-    def _run(self, _button=None) -> None:
-        self.run_button.disabled = True
-        try:
-            self.lab.run_short(self.mode.value, self.period.value, self.run_epochs,
-                               progress=lambda text: setattr(self.status, "value", f"⏳ {text}"))
-        finally:
-            self.run_button.disabled = False
-        self.update()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)

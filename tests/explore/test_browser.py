@@ -36,12 +36,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cell_notebook(path: Path, source: str) -> None:
+    """A one-cell notebook (an explorer and nothing else: the test does not wait for a whole tutorial)."""
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                             "display_name": "Python 3"}},
+                                "nbformat": 4, "nbformat_minor": 4}))
+
+
+RANK_NB, FREEZING_NB = "rank.ipynb", "freezing.ipynb"
+
+
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on 127.0.0.1 serving a copy of the notebook; yields (base_url, token, log_path)."""
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    _cell_notebook(root / RANK_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
+                   "RankExplorer\nex = RankExplorer(granularity=1)\nex")
+    _cell_notebook(root / FREEZING_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
+                   "FreezingExplorer\nfx = FreezingExplorer(mode='sequential', period='1 epoch', run_epochs=1)\nfx")
     settings = root / ".settings"
     for rel, value in (
         ("@jupyterlab/apputils-extension/notification.jupyterlab-settings",
@@ -112,20 +127,153 @@ def test_rank_explorer_in_jupyterlab(jupyterlab, tmp_path):
             # the last cell draws a figure into the output area once the whole notebook has run
             page.locator(".jp-OutputArea-output img").first.wait_for(state="visible", timeout=240_000)
             readout = page.locator(".lrd-readout")
-            expect(readout).to_contain_text("g=1,", timeout=60_000)
+            expect(readout).to_contain_text("rounded (g=", timeout=60_000)
             plot = page.locator("img.lrd-plot")
             before_src, before_text = plot.get_attribute("src"), readout.inner_text()
             assert before_src and "ranks" in before_text
-
             page.locator(".lrd-granularity .noUi-handle").click()
-            for _ in range(3):  # 1 → 2 → 4 → 8
-                page.keyboard.press("ArrowRight")
-            expect(page.locator(".lrd-granularity .widget-readout")).to_have_text("8")
-            expect(readout).to_contain_text("g=8,", timeout=60_000)
+            page.keyboard.press("ArrowRight")
+            expect(readout).not_to_have_text(before_text, timeout=60_000)
             expect(plot).not_to_have_attribute("src", before_src, timeout=30_000)
-            after_text = readout.inner_text()
-            assert after_text != before_text
-            assert "ranks 304,304" in after_text  # 309 rounded down to a multiple of 8
             page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+
+def _open(page, base: str, token: str, name: str) -> None:
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext !== undefined")
+    page.evaluate(RUN_ALL)
+
+
+def _changes(page, locator, action, timeout: int = 90_000) -> str:
+    """Run ``action`` and wait until ``locator``'s text changes; returns the new text."""
+    from playwright.sync_api import expect
+
+    before = locator.inner_text()
+    action()
+    expect(locator).not_to_have_text(before, timeout=timeout)
+    return locator.inner_text()
+
+
+def _browser(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def _require_browser():
+    if not Path(CHROMIUM).exists():
+        _missing(CHROMIUM)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _missing("Python Playwright")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
+    """Model, layer, α, g and rounding each change the plot and readouts, and they stay consistent."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, _ = jupyterlab
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(120_000)
+            _open(page, base, token, RANK_NB)
+            readout, net = page.locator(".lrd-readout"), page.locator(".lrd-network")
+            plot = page.locator("img.lrd-plot")
+            expect(net).to_contain_text("test accuracy", timeout=240_000)
+            expect(readout).to_contain_text("layer3.2.conv2")
+            assert "38,38" in readout.inner_text()  # the 2x Tucker ranks of a 64→64 3×3 conv (P1 Table 1)
+
+            def src_changes(action):
+                before = plot.get_attribute("src")
+                action()
+                expect(plot).not_to_have_attribute("src", before, timeout=90_000)
+
+            def granularity_to_8():
+                page.locator(".lrd-granularity .noUi-handle").click()
+                for _ in range(3):  # 1 → 2 → 4 → 8
+                    page.keyboard.press("ArrowRight")
+
+            src_changes(granularity_to_8)
+            expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
+            expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
+            expect(net).to_contain_text("rounded (g=8, down)")
+            src_changes(lambda: page.locator(".lrd-rounding button", has_text="up").click())
+            expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
+            expect(readout).to_contain_text("40,40")
+            expect(net).to_contain_text("rounded (g=8, up)")
+
+            def ratio_up():
+                page.locator(".lrd-ratio .noUi-handle").click()
+                page.keyboard.press("ArrowRight")  # α 2 → 2.5
+            src_changes(ratio_up)
+            expect(readout).to_contain_text("α=2.5", timeout=90_000)
+            page.locator(".lrd-layer select").select_option("layer2.0.conv2")
+            expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
+            page.locator(".lrd-model select").select_option(label="resnet18 · untrained (random init)")
+            expect(net).to_contain_text("untrained", timeout=180_000)
+            expect(page.locator(".lrd-layer select")).not_to_have_value("layer2.0.conv2")
+            layer = page.locator(".lrd-layer select").input_value()
+            expect(readout).to_contain_text(layer, timeout=180_000)  # the readout names the layer the dropdown shows
+            assert "accuracy means nothing" in net.inner_text()
+            for source in ("measured here", "reference file"):
+                if source in readout.inner_text():
+                    break
+            else:
+                raise AssertionError("every time names its source")
+            page.screenshot(path=str(tmp_path / "rank_explorer_controls.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_freezing_explorer_controls_and_a_cancelled_background_run(jupyterlab, tmp_path):
+    """Mode, period and ratio redraw from the grid; a background run starts, reports progress, and is cancelled."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, _ = jupyterlab
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(120_000)
+            _open(page, base, token, FREEZING_NB)
+            summary, plot = page.locator(".lrd-freezing-summary"), page.locator("img.lrd-freezing-plot")
+            expect(summary).to_contain_text("sequential N=1", timeout=240_000)
+            seen = {plot.get_attribute("src")}
+            text = _changes(page, summary, lambda: page.locator(".lrd-mode button", has_text="regular").click())
+            assert text.startswith("regular")
+            seen.add(plot.get_attribute("src"))
+            page.locator(".lrd-mode button", has_text="sequential").click()
+            expect(summary).to_contain_text("sequential N=1")
+
+            def period_right():
+                page.locator(".lrd-period .noUi-handle").click()
+                page.keyboard.press("ArrowRight")  # 1 epoch → 2 epochs
+            assert "sequential N=2" in _changes(page, summary, period_right)
+            seen.add(plot.get_attribute("src"))
+
+            def ratio_right():
+                page.locator(".lrd-fratio .noUi-handle").click()
+                page.keyboard.press("ArrowRight")  # ×2 → ×3
+            assert "×3" in _changes(page, summary, ratio_right)
+            seen.add(plot.get_attribute("src"))
+            assert len(seen) == 4  # every move drew a different figure
+            status = page.locator(".lrd-freezing-status")
+            page.locator(".lrd-run button, button.lrd-run").first.click()
+            expect(status).to_contain_text("⏳", timeout=30_000)
+            expect(status).to_contain_text("batch", timeout=180_000)  # per-batch progress from the worker
+            page.locator(".lrd-cancel button, button.lrd-cancel").first.click()
+            expect(status).to_contain_text("cancelled", timeout=120_000)
+            expect(status).to_contain_text("nothing was added")
+            assert "run here" not in summary.inner_text()
+            page.screenshot(path=str(tmp_path / "freezing_explorer.png"), full_page=True)
         finally:
             browser.close()

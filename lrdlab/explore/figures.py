@@ -1,0 +1,166 @@
+"""Figures of the explorers (pure functions: data in, matplotlib Figure out; fast enough to redraw per slider move)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lrdlab.explore import plots
+
+SCHEDULE_ORDER = ("none", "regular", "sequential every it", "sequential N=1", "sequential N=2", "sequential N=3",
+                  "sequential N=4")
+
+
+def _colors(names: Sequence[str]) -> dict[str, Any]:
+    import seaborn as sns
+
+    palette = sns.color_palette(plots.PALETTE, len(SCHEDULE_ORDER))
+    return {n: palette[SCHEDULE_ORDER.index(n) % len(palette)] if n in SCHEDULE_ORDER else "grey" for n in names}
+
+
+def _titles(axes: Sequence[Any], titles: Sequence[str]) -> None:
+    """Titles at a fixed height: matplotlib then skips measuring every tick label to place them (~2x faster draws)."""
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, y=1.01)
+
+
+def _plain_log_axis(ax: Any) -> None:
+    """Log-axis labels as plain numbers, no minor ticks: no mathtext to lay out (the slowest part of a redraw)."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machine: str = "") -> Figure:
+    """Accuracy vs epoch, accuracy vs training seconds and training throughput of every schedule at one ratio.
+
+    ``runs``: :class:`~lrdlab.explore.freezing_runs.FreezingGrid` rows at this ratio (column ``name`` = schedule);
+    the ``selected`` schedule is drawn bold; runs made here are dashed (another machine's clock).
+    """
+    names = [n for n in SCHEDULE_ORDER if n in set(runs["name"])] + sorted(set(runs["name"]) - set(SCHEDULE_ORDER))
+    colors = _colors(names)
+    with plots.style():
+        fig, axes = plots.new_figure(1, 3, width=12.5, height=3.6, layout=None)
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.82, wspace=0.3)
+        speed = []
+        for _key, d in runs.groupby("key", sort=False):
+            d = d.sort_values("epoch")
+            name, here = d["name"].iloc[0], d["source"].iloc[0] == "here"
+            bold = name == selected
+            kw = {"color": colors[name], "linewidth": 2.6 if bold else 1.0, "alpha": 1.0 if bold else 0.35,
+                  "marker": "o", "markersize": 4 if bold else 2, "linestyle": "--" if here else "-",
+                  "label": name + (" (here)" if here else "")}
+            axes[0].plot(d["epoch"], d["accuracy"], **kw)
+            axes[1].plot(d["wall_s"], d["accuracy"], **kw)
+            trained = d[d["epoch"] > 0]["train_img_s"]
+            if not trained.empty:
+                speed.append((name + (" (here)" if here else ""), name, float(trained.median()),
+                              float(trained.min()), float(trained.max())))
+        if not runs.empty:
+            axes[0].legend(fontsize="x-small", ncol=2)
+        if speed:
+            labels, keys, med, lo, hi = zip(*speed)
+            x = np.arange(len(labels))
+            axes[2].bar(x, med, color=[colors[k] for k in keys],
+                        edgecolor=["black" if k == selected else "none" for k in keys],
+                        linewidth=[2.0 if k == selected else 0 for k in keys])
+            axes[2].errorbar(x, med, yerr=[np.subtract(med, lo), np.subtract(hi, med)], fmt="none", ecolor="black",
+                             capsize=3, linewidth=0.8)
+            axes[2].set_xticks(x, labels, rotation=35, ha="right", fontsize="x-small")
+        else:
+            for ax in axes:
+                ax.text(0.5, 0.5, "no runs at this ratio", ha="center", va="center", transform=ax.transAxes)
+        axes[0].set(xlabel="fine-tuning epoch (0 = calibrated start)", ylabel="test accuracy (%)")
+        axes[1].set(xlabel="training seconds (reference clock)", ylabel="test accuracy (%)")
+        axes[2].set(ylabel="training img/s (median; bar = min–max epoch)")
+        _titles(axes, ("accuracy vs epoch", "accuracy vs time", "training throughput"))
+        where = f" · recorded on {machine}" if machine else ""
+        fig.suptitle(f"Fine-tuning ResNet-20 decomposed at ×{ratio:g} · selected: {selected}{where}",
+                     fontsize="medium")
+    return fig
+
+
+def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> Figure:
+    """Rank explorer figure: every channel spectrum with the unrounded and rounded ranks, energy, and layer times.
+
+    ``lab``: a :class:`~lrdlab.explore.rank_lab.RankLab` (for the layer's spectra and the time cache). Times are
+    drawn per source (reference file vs measured here), never mixed on one line.
+    """
+    from lrdlab.explore.rank_lab import arch
+    from lrdlab.lowrank.methods import get_method
+
+    data = lab.layer(state["model"], state["layer"])
+    names = get_method(data.method).rank_names
+    twin = state.get("unrounded", {})
+    with plots.style():
+        fig, (ax_s, ax_e, ax_t) = plots.new_figure(1, 3, width=12.5, height=3.6, layout=None)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.82, wspace=0.3)
+        for i, sigma in enumerate(data.spectra):
+            sigma = np.asarray(sigma, dtype=float)
+            idx = np.arange(1, len(sigma) + 1)
+            rel = sigma / sigma[0]
+            energy = 100 * plots.cumulative_energy(sigma)
+            label = names[i] if i < len(names) else f"mode {i}"
+            (line,) = ax_s.semilogy(idx, np.maximum(rel, 1e-6), label=label)
+            ax_e.plot(idx, energy, color=line.get_color(), label=label)
+            for ranks, filled in ((twin.get("ranks"), False), (state["ranks"], True)):
+                if ranks and i < len(ranks):
+                    r = min(ranks[i], len(sigma))
+                    kw = {"color": line.get_color(), "markeredgecolor": "black", "markersize": 8,
+                          "markerfacecolor": line.get_color() if filled else "white"}
+                    ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)
+                    ax_e.plot([r], [energy[r - 1]], "o", **kw)
+        ax_s.set(xlabel="index i", ylabel="σ_i / σ_1 (floored at 1e-6)")
+        _plain_log_axis(ax_s)
+        ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
+        ax_s.legend(fontsize="x-small")
+        from lrdlab.explore.rank_lab import layer_times
+
+        times = layer_times(lab.cache, arch(state["model"]), state["layer"], state["input_shape"])
+        for source, d in times.groupby("source"):
+            where = "measured here" if source == "here" else f"reference file, {reference_cpu or '?'}"
+            dec, orig = d[d["rank"] > 0], d[d["rank"] == 0]
+            (line,) = ax_t.plot(dec["rank"], dec["time_ms"], "o-" if source == "here" else "s--", markersize=4,
+                                label=f"decomposed ({where})")
+            if not orig.empty:
+                ax_t.axhline(float(orig["time_ms"].iloc[0]), color=line.get_color(), linestyle=":",
+                             label=f"original ({where})")
+        for d, filled in ((twin, False), (state, True)):
+            if d.get("ranks") and d.get("time_ms") is not None:
+                ax_t.plot([d["ranks"][0]], [d["time_ms"]], "o", color="tab:red", markersize=9,
+                          markeredgecolor="black", markerfacecolor="tab:red" if filled else "white")
+        ax_t.set(xlabel=f"rank ({names[0]})", ylabel=f"time per batch of {state['input_shape'][0]} (ms)")
+        _titles((ax_s, ax_e, ax_t), ("channel spectra", "cumulative energy (○ g=1, ● rounded)", "layer time"))
+        ax_t.set_ylim(bottom=0)
+        if ax_t.lines:
+            ax_t.legend(fontsize="x-small")
+        else:
+            ax_t.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax_t.transAxes)
+        kept = " · KEPT: " + str(state["reason"]) if state["ranks"] is None else ""
+        fig.suptitle(f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
+                     f"k={'×'.join(map(str, state['kernel']))}, {state['method']}) · α={state['ratio']:g}, "
+                     f"g={state['granularity']} ({state['rounding']}){kept}", fontsize="medium")
+    return fig
+
+
+def significant_cliffs(df: pd.DataFrame, rel_jump: float = 0.05) -> list[int]:
+    """Ranks whose time jumps above the next lower rank by more than ``rel_jump`` *and* by more than the spread.
+
+    ``df``: ``rank``, ``time_ms`` and the quartile band ``time_lo_ms`` / ``time_hi_ms``
+    (:func:`lrdlab.measure.sweeps.rank_time_sweep`). A jump counts only when the bands do not overlap:
+    the lower quartile at r is above the upper quartile at the rank below.
+    """
+    d = df.sort_values("rank").reset_index(drop=True)
+    out = []
+    for i in range(1, len(d)):
+        prev, cur = d.iloc[i - 1], d.iloc[i]
+        big = cur["time_ms"] - prev["time_ms"] > rel_jump * prev["time_ms"]
+        clear = cur.get("time_lo_ms", cur["time_ms"]) > prev.get("time_hi_ms", prev["time_ms"])
+        if big and clear:
+            out.append(int(cur["rank"]))
+    return out

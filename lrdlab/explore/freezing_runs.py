@@ -1,0 +1,242 @@
+"""The freezing explorer over a shipped grid (mode × period × ratio) and new runs in a background thread.
+
+:class:`FreezingGrid` reads ``reference/freezing_grid.json`` (``lrdlab record freezing-grid``) plus the
+runs made here, and answers selections instantly. :class:`BackgroundRun` fine-tunes one new schedule in a
+worker thread: it reports progress per batch, stops within one batch when cancelled, and its status is
+always one of ``idle / running / done / cancelled / failed`` with what happened.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from lrdlab.explore.freezing_lab import REFERENCE_GRID
+from lrdlab.finetune.freezing import Freezer
+from lrdlab.measure.cache import default_cache_dir
+from lrdlab.measure.machine import machine_info
+
+# period choices of the explorer: (label, period, unit)
+PERIODS: tuple[tuple[str, int, str], ...] = (("every iteration", 1, "iteration"), ("1 epoch", 1, "epoch"),
+                                             ("2 epochs", 2, "epoch"), ("3 epochs", 3, "epoch"),
+                                             ("4 epochs", 4, "epoch"))
+GRID_COLUMNS = ["key", "ratio", "mode", "period", "unit", "epoch", "accuracy", "loss", "wall_s", "train_img_s",
+                "trainable_params", "source"]
+
+
+def schedule_name(mode: str, period: int, unit: str) -> str:
+    """``none``, ``regular``, ``sequential N=2`` or ``sequential every it`` (period matters only for sequential)."""
+    if mode != "sequential":
+        return mode
+    return "sequential every it" if unit == "iteration" else f"sequential N={period}"
+
+
+class FreezingGrid:
+    """Recorded fine-tuning runs by (ratio, mode, period, unit): the shipped grid plus runs made here."""
+
+    def __init__(self, reference: Path | None = REFERENCE_GRID, cache_dir: Path | None = None):
+        raw: dict[str, Any] = {}
+        if reference is not None:
+            try:
+                raw = json.loads(Path(reference).read_text())
+            except (OSError, ValueError):
+                raw = {}
+        self.settings: dict[str, Any] = raw.get("settings", {})
+        self.machine: dict[str, Any] = raw.get("machine", {})
+        ref = pd.DataFrame(raw.get("runs", []))
+        ref = ref.assign(source="reference") if not ref.empty else pd.DataFrame(columns=GRID_COLUMNS)
+        self.path = Path(cache_dir or default_cache_dir()) / "freezing_grid_here.json"
+        try:
+            here = pd.DataFrame(json.loads(self.path.read_text()).get("runs", []))
+        except (OSError, ValueError):
+            here = pd.DataFrame(columns=GRID_COLUMNS)
+        self.runs = pd.concat([d for d in (ref, here) if not d.empty] or [ref], ignore_index=True)
+        for col in GRID_COLUMNS:
+            if col not in self.runs:
+                self.runs[col] = pd.Series(dtype=object)
+        self.runs["name"] = [schedule_name(m, int(p), u) for m, p, u in
+                             zip(self.runs["mode"], self.runs["period"], self.runs["unit"])]
+        self.lock = threading.Lock()
+
+    @property
+    def ratios(self) -> list[float]:
+        return sorted({float(r) for r in self.runs["ratio"]}) or [2.0]
+
+    def at_ratio(self, ratio: float) -> pd.DataFrame:
+        with self.lock:
+            return self.runs[self.runs["ratio"].astype(float) == float(ratio)].copy()
+
+    def select(self, ratio: float, mode: str, period: int, unit: str) -> pd.DataFrame:
+        """The runs of one schedule (sequential: that period and unit; others: any period)."""
+        d = self.at_ratio(ratio)
+        hit = (d["mode"] == mode) & (((d["period"] == period) & (d["unit"] == unit)) | (mode != "sequential"))
+        return d[hit]
+
+    def add(self, history: pd.DataFrame) -> str:
+        """Join one finished run (source 'here'), persist the runs made here; returns its key."""
+        with self.lock:
+            key = str(history["key"].iloc[0])
+            n = 2
+            while key in set(self.runs["key"]):
+                key, n = f"{history['key'].iloc[0]}#{n}", n + 1
+            rows = history.assign(key=key, source="here")
+            rows["name"] = [schedule_name(m, int(p), u) for m, p, u in zip(rows["mode"], rows["period"], rows["unit"])]
+            self.runs = pd.concat([self.runs, rows], ignore_index=True)
+            here = self.runs[self.runs["source"] == "here"][GRID_COLUMNS]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"machine": machine_info(), "runs": here.to_dict("records")},
+                                            default=float))
+        return key
+
+
+class Cancelled(Exception):
+    """Raised inside the worker when the user cancels (between two batches)."""
+
+
+class _WatchedFreezer(Freezer):
+    """A Freezer whose per-batch ``sync`` also reports progress and honours a cancel request."""
+
+    def __init__(self, *args: Any, on_batch: Callable[[int, int], None], cancel: threading.Event, **kw: Any):
+        super().__init__(*args, **kw)
+        self._on_batch, self._cancel = on_batch, cancel
+
+    def sync(self, epoch: int, iteration: int) -> bool:
+        if self._cancel.is_set():
+            raise Cancelled
+        self._on_batch(epoch, iteration)
+        return super().sync(epoch, iteration)
+
+
+@dataclass
+class RunRequest:
+    ratio: float
+    mode: str
+    period: int
+    unit: str
+    epochs: int
+
+
+class BackgroundRun:
+    """Fine-tune one schedule in a worker thread; ``status`` / ``fraction`` are always current and true.
+
+    ``start_model(ratio)`` gives the calibrated decomposed model to start from; ``loaders()`` the
+    (train, test) loaders. Both run in the worker, so even a first-time training never blocks the caller.
+    """
+
+    def __init__(self, grid: FreezingGrid, start_model: Callable[[float], nn.Module], loaders: Callable[[], Any],
+                 lr: float = 0.02, on_change: Callable[[], None] | None = None):
+        self.grid, self.start_model, self.loaders, self.lr = grid, start_model, loaders, lr
+        self.on_change = on_change or (lambda: None)
+        self.state, self.message, self.fraction = "idle", "no run started", 0.0
+        self.thread: threading.Thread | None = None
+        self.cancel_event = threading.Event()
+        self.key: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def _set(self, state: str, message: str, fraction: float | None = None) -> None:
+        self.state, self.message = state, message
+        if fraction is not None:
+            self.fraction = fraction
+        try:
+            self.on_change()
+        except Exception:  # a display error must not kill the run  # noqa: BLE001
+            pass
+
+    def start(self, request: RunRequest) -> bool:
+        """Start a run unless one is running (returns whether it started)."""
+        if self.running:
+            return False
+        self.cancel_event.clear()
+        self.thread = threading.Thread(target=self._work, args=(request,), daemon=True, name="lrdlab-freezing-run")
+        self._set("running", f"starting {schedule_name(request.mode, request.period, request.unit)} "
+                             f"at ×{request.ratio:g}", 0.0)
+        self.thread.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.running:
+            self.cancel_event.set()
+            self._set("running", self.message + " — cancelling after this batch …")
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _work(self, r: RunRequest) -> None:
+        from lrdlab.finetune.loop import fit
+
+        name = schedule_name(r.mode, r.period, r.unit)
+        begin = time.perf_counter()
+        try:
+            self._set("running", f"{name} ×{r.ratio:g}: preparing the calibrated start model", 0.0)
+            net = copy.deepcopy(self.start_model(r.ratio))
+            train, test = self.loaders()
+            steps = len(train)
+
+            def on_batch(epoch: int, iteration: int) -> None:
+                if self.cancel_event.is_set():
+                    return
+                self.fraction = min(1.0, iteration / (steps * r.epochs))
+                self._set("running", f"{name} ×{r.ratio:g}: epoch {epoch + 1}/{r.epochs}, batch "
+                                     f"{iteration % steps + 1}/{steps} ({time.perf_counter() - begin:.0f} s)")
+
+            freezer = _WatchedFreezer(net, r.mode, period=r.period, unit=r.unit, on_batch=on_batch,
+                                      cancel=self.cancel_event)
+            h = fit(net, train, test, r.epochs, self.lr, freezer, evaluate_start=True, progress=False)
+            h = h.assign(key=f"{r.ratio:g}|{r.mode}|{r.period}|{r.unit}|here", ratio=r.ratio, mode=r.mode,
+                         period=r.period, unit=r.unit)
+            self.key = self.grid.add(h[[c for c in GRID_COLUMNS if c != "source"]])
+            self._set("done", f"done: {name} ×{r.ratio:g}, {h['accuracy'].iloc[0]:.1f}% → "
+                              f"{h['accuracy'].iloc[-1]:.1f}% in {time.perf_counter() - begin:.0f} s; joined the "
+                              f"grid as a run made here", 1.0)
+        except Cancelled:
+            self._set("cancelled", f"cancelled: {name} ×{r.ratio:g} stopped after "
+                                   f"{time.perf_counter() - begin:.0f} s; nothing was added to the grid")
+        except Exception as err:  # shown to the user, never swallowed silently  # noqa: BLE001
+            self._set("failed", f"failed: {type(err).__name__}: {err}")
+
+
+def default_start_model(settings: dict[str, Any]) -> Callable[[float], nn.Module]:
+    """The grid's start model at a ratio: the trained model, decomposed and calibrated (memoised per ratio)."""
+    import fnmatch
+
+    from lrdlab.explore.accuracy_lab import calibrated_decompose, data_loaders, trained_model
+    from lrdlab.lowrank.plan import make_plan
+
+    memo: dict[float, nn.Module] = {}
+
+    def start(ratio: float) -> nn.Module:
+        if ratio not in memo:
+            original = trained_model()
+            batch = int(settings.get("batch_size", 128))
+            calib = [x for (x, _), _ in zip(data_loaders(subset=settings.get("subset"), batch_size=batch).train,
+                                            range(4))]
+            names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            skip = [p for p in settings.get("exclude", ["conv1"]) if any(fnmatch.fnmatchcase(n, p) for n in names)]
+            plan = make_plan(original, ratio=ratio, exclude=skip or None, model_name="resnet20")
+            memo[ratio] = calibrated_decompose(original, plan, calib)
+        return memo[ratio]
+
+    return start
+
+
+def default_loaders(settings: dict[str, Any]) -> Callable[[], tuple[Any, Any]]:
+    from lrdlab.explore.accuracy_lab import data_loaders
+
+    def loaders() -> tuple[Any, Any]:
+        d = data_loaders(subset=settings.get("subset", 1024), batch_size=int(settings.get("batch_size", 128)))
+        return d.train, d.test
+
+    return loaders

@@ -1,0 +1,112 @@
+"""The whole network planned with (α, g, rounding): params, FLOPs, measured throughput with its spread, accuracy.
+
+Pure functions under the rank explorer's network view. Throughput is measured here (interleaved with the
+original, :func:`lrdlab.compare`), never taken from a reference file, and memoised per plan.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from lrdlab.explore.accuracy_lab import CALIBRATION, AccuracyLab, plan_key
+from lrdlab.explore.compute import conditions
+from lrdlab.lowrank.decompose import decompose, planned_structure
+from lrdlab.lowrank.plan import Plan, make_plan
+from lrdlab.measure import timing
+from lrdlab.measure.counting import count_flops, count_params
+
+
+def network_plan(model: nn.Module, ratio: float, granularity: int, rounding: str = "down",
+                 exclude: Sequence[str] = ("conv1",)) -> Plan:
+    """The plan the explorer applies to the whole model (``exclude`` patterns that match no layer are dropped)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
+    return make_plan(model, ratio=ratio, granularity=granularity, rounding=rounding, exclude=skip or None)
+
+
+class NetworkLab:
+    """Whole-network numbers of one model at a setting; ``accuracy`` set for trained models only."""
+
+    def __init__(self, batch: int = 8, rounds: int = 5, accuracy: AccuracyLab | None = None):
+        self.batch, self.rounds, self.accuracy = batch, rounds, accuracy
+        self._counts: dict[tuple, dict[str, Any]] = {}
+        self._speed: dict[tuple, dict[str, Any]] = {}
+
+    def counts(self, name: str, model: nn.Module, plan: Plan, input_size: Sequence[int]) -> dict[str, Any]:
+        """Params and FLOPs (one image) of the original and the planned model; memoised per plan."""
+        key = (name, plan_key(plan))
+        if key not in self._counts:
+            meta = planned_structure(model, plan)
+            shape = (1, *input_size)
+            self._counts[key] = {"params_before": count_params(model), "params_after": count_params(meta),
+                                 "flops_before": count_flops(model, shape), "flops_after": count_flops(meta, shape),
+                                 "layers": len(plan.decomposed_layers)}
+        return self._counts[key]
+
+    def speed(self, name: str, model: nn.Module, plans: dict[str, Plan], input_size: Sequence[int],
+              measure: bool = True) -> dict[str, dict[str, Any]] | None:
+        """Measured inference throughput here of the original and each plan, interleaved: medians and IQR.
+
+        Returns ``{label: {img_s, speedup, speedup_q1, speedup_q3, source, ...}}`` (memoised), or None when
+        not measured yet and ``measure`` is False.
+        """
+        key = (name, *(plan_key(p) for p in plans.values()))
+        if key not in self._speed and measure:
+            start = time.perf_counter()
+            variants = {"original": model.eval()}
+            variants.update({label: decompose(model, plan).eval() for label, plan in plans.items()})
+            df = timing.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3)
+            where = f"measured here ({conditions()})"
+            self._speed[key] = {
+                str(r["name"]): {"img_s": float(r["throughput"]), "speedup": float(r["speedup_vs_first"]),
+                                 "speedup_q1": float(r["speedup_q1"]), "speedup_q3": float(r["speedup_q3"]),
+                                 "source": where, "rounds": self.rounds, "batch": self.batch,
+                                 "seconds": time.perf_counter() - start}
+                for r in df.to_dict("records")}
+        return self._speed.get(key)
+
+    def accuracy_of(self, plan: Plan) -> dict[str, Any] | None:
+        """Calibrated test accuracy after decomposition (trained models only), with the original's."""
+        if self.accuracy is None:
+            return None
+        original = self.accuracy.original()
+        acc = self.accuracy.accuracy(plan)
+        return {"accuracy": acc, "original": original, "calibration": CALIBRATION,
+                "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds}
+
+
+def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, Any]] | None,
+                 acc: dict[str, dict[str, Any] | None], model_label: str) -> str:
+    """HTML table of the whole-network view: one column per plan (unrounded, rounded), every number's source."""
+    labels = list(counts)
+    first = counts[labels[0]]
+    head = (f"<b>whole network</b> · {model_label} · original: {first['params_before'] / 1e6:.3g}M params, "
+            f"{first['flops_before'] / 1e6:.4g}M FLOPs/image")
+    if speed:
+        o = speed["original"]
+        head += f", {o['img_s']:.0f} img/s ({o['source']}, batch {o['batch']})"
+    any_acc = next((a for a in acc.values() if a), None)
+    if any_acc:
+        head += f", accuracy {any_acc['original']:.1f}% ({any_acc['test_images']} MNIST-5k test images)"
+
+    def col(label: str) -> list[str]:
+        c, s, a = counts[label], (speed or {}).get(label), acc.get(label)
+        cells = [str(c["layers"]), f"{c['params_after'] / 1e6:.3g}M (×{c['params_before'] / c['params_after']:.2f})",
+                 f"{c['flops_after'] / 1e6:.4g}M ({100 * (1 - c['flops_after'] / c['flops_before']):.0f}% fewer)"]
+        cells.append(f"{s['img_s']:.0f} img/s · ×{s['speedup']:.2f} [IQR ×{s['speedup_q1']:.2f}–×{s['speedup_q3']:.2f},"
+                     f" {s['rounds']} interleaved rounds]" if s else "not measured yet")
+        cells.append(f"<b>{a['accuracy']:.1f}%</b> ({a['calibration']})" if a else
+                     "— (untrained model: accuracy means nothing)")
+        return cells
+
+    rows = ["layers decomposed", "params", "FLOPs / image", "throughput (measured here)", "test accuracy"]
+    cols = {label: col(label) for label in labels}
+    body = "".join(f"<tr><td>{r}</td>" + "".join(f"<td>{cols[label][i]}</td>" for label in labels) + "</tr>"
+                   for i, r in enumerate(rows))
+    return (f"{head}<table class='lrd-table'><tr><th></th>" + "".join(f"<th>{label}</th>" for label in labels)
+            + f"</tr>{body}</table>")

@@ -1,0 +1,97 @@
+"""The freezing explorer over a grid: instant redraws, true status, background runs that finish or cancel."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from lrdlab.explore.freezing_runs import PERIODS, FreezingGrid, schedule_name
+from lrdlab.explore.freezing_widget import FreezingExplorer
+from lrdlab.lowrank.decompose import decompose
+from lrdlab.lowrank.plan import make_plan
+from lrdlab.paper.freezing_grid import SCHEDULES
+from lrdlab.zoo.data import get_loaders
+from lrdlab.zoo.models import get_model
+
+
+def _grid(tmp_path, ratios=(2.0, 3.0)):
+    runs = []
+    for ratio in ratios:
+        for i, (mode, period, unit) in enumerate(SCHEDULES):
+            for epoch in range(3):
+                runs.append({"key": f"{ratio:g}|{mode}|{period}|{unit}", "ratio": ratio, "mode": mode,
+                             "period": period, "unit": unit, "epoch": epoch, "accuracy": 50 + 10 * epoch + i - ratio,
+                             "loss": 1.0, "wall_s": 10.0 * epoch * (1 + i / 10), "train_img_s": 100.0 + 5 * i,
+                             "trainable_params": 1000})
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"settings": {"subset": 64}, "machine": {"cpu": "Test CPU"}, "runs": runs}))
+    return path
+
+
+def _tiny():
+    def start(ratio):
+        torch.manual_seed(0)
+        net = get_model("resnet20", num_classes=10)
+        return decompose(net, make_plan(net, ratio=ratio, exclude=["conv1"]))
+
+    def loaders():
+        d = get_loaders("digits", 32, image_size=8, channels=3, subset=64)
+        return d.train, d.test
+
+    return start, loaders
+
+
+def test_every_control_redraws_from_the_grid_fast(tmp_path, tmp_cache):
+    grid = FreezingGrid(_grid(tmp_path), cache_dir=tmp_cache)
+    ex = FreezingExplorer(grid, mode="none", start_model=_tiny()[0], loaders=_tiny()[1])
+    ex.prerender.join(120)  # every selection drawn in the background after opening
+    seen = {ex.image.value}
+    texts = {ex.summary.value}
+    ex.mode.value = "sequential"
+    for label, _, _ in PERIODS:
+        ex.period.value = label
+        assert schedule_name(*ex.schedule) in ex.summary.value
+        seen.add(ex.image.value)
+        texts.add(ex.summary.value)
+    ex.ratio.value = 3.0
+    seen.add(ex.image.value)
+    texts.add(ex.summary.value)
+    assert len(seen) == len(PERIODS) + 2 and len(texts) == len(PERIODS) + 2
+    assert "reference (Test CPU)" in ex.summary.value and "×3" in ex.summary.value
+    assert statistics.median(ex.render_seconds) < 0.2  # every move over the cached grid
+    ex.render_seconds.clear()
+    for mode in ("none", "regular", "sequential"):
+        ex.mode.value = mode
+        for label, _, _ in PERIODS:
+            ex.period.value = label
+    print(f"freezing explorer redraws: median {1000 * statistics.median(ex.render_seconds):.0f} ms, "
+          f"max {1000 * max(ex.render_seconds):.0f} ms")
+    assert max(ex.render_seconds) < 0.2
+
+
+@pytest.mark.slow
+def test_background_run_joins_the_grid_and_cancel_is_reported(tmp_path, tmp_cache):
+    grid = FreezingGrid(_grid(tmp_path, ratios=(2.0,)), cache_dir=tmp_cache)
+    start, loaders = _tiny()
+    ex = FreezingExplorer(grid, mode="sequential", period="2 epochs", start_model=start, loaders=loaders)
+    assert ex.runner.state == "idle" and ex.cancel_button.disabled
+    ex.run_button.click()
+    assert ex.runner.running or ex.runner.state == "done"  # click returns at once: the kernel is free
+    ex.runner.wait(120)
+    assert ex.runner.state == "done", ex.status.value
+    assert "joined the grid" in ex.status.value and ex.bar.value == 1.0
+    here = grid.at_ratio(2.0)
+    assert (here["source"] == "here").sum() == 2  # epochs 0 and 1
+    assert "run here" in ex.summary.value
+    saved = json.loads((tmp_cache / "freezing_grid_here.json").read_text())
+    assert {r["mode"] for r in saved["runs"]} == {"sequential"}
+    assert len(FreezingGrid(_grid(tmp_path, ratios=(2.0,)), cache_dir=tmp_cache).runs) == len(grid.runs)
+
+    ex.run_epochs = 50
+    ex.run_button.click()
+    ex.cancel_button.click()
+    ex.runner.wait(120)
+    assert ex.runner.state == "cancelled" and "cancelled" in ex.status.value and "nothing was added" in ex.status.value
+    assert not ex.run_button.disabled and ex.cancel_button.disabled
+    assert (grid.at_ratio(2.0)["source"] == "here").sum() == 2

@@ -1,0 +1,24 @@
+"""Every notebook teaches: what it teaches and reproduces, the papers cited, exercises with solutions that run."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_opens_with_its_aims_and_ends_with_exercises(path):
+    cells = json.loads(path.read_text())["cells"]
+    first = "".join(cells[0]["source"])
+    if "What you learn" not in first:
+        pytest.skip(f"{path.name} is not one of the course notebooks 00–07 rewritten here")
+    assert "What it reproduces" in first and "arXiv:2407.20266" in first and "arXiv:2309.03824" in first
+    solutions = [c for c in cells if c["cell_type"] == "code" and "solution" in c["metadata"].get("tags", [])]
+    assert 2 <= len(solutions) <= 3
+    assert all(c["metadata"].get("jupyter", {}).get("source_hidden") for c in solutions)  # hidden by default
+    assert cells.index(solutions[-1]) == len(cells) - 1  # the notebook ends with them (papermill runs them)
+    text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    live = any("use_live_policy" in "".join(c["source"]) for c in cells)
+    assert not live or "How to read it" in text
