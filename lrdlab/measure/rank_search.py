@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank.decompose import check_plan
 from lrdlab.lowrank.layers import build, describe
-from lrdlab.lowrank.plan import Plan, params_of
+from lrdlab.lowrank.plan import Plan, named_layers, params_of
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import AUTO, TimingCache, shape_key
 from lrdlab.measure.machine import device_name
@@ -192,7 +192,7 @@ def optimize_plan(
     new = Plan.from_dict(copy.deepcopy(plan.to_dict()))
     records = []
     for row in tqdm(rows, desc="Algorithm 1", disable=not progress):
-        module = model.get_submodule(row.name)
+        module = named_layers(model)[row.name]  # attention q/k/v rows are views, not submodules
         info = describe(module)
         key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
         T, trace, full = search_layer(
