@@ -410,7 +410,13 @@ def _add_record(sub) -> None:
     study.add_argument("--finetune-lr", type=float, default=0.02)
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
-    for q in (speed, tech, ref, study, frz):
+    tfm = what.add_parser("transformers", help="issue-14 transformer targets, or the ViT-tiny/MNIST-5k study")
+    tfm.add_argument("part", choices=["targets", "study"])
+    tfm.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    tfm.add_argument("--weights", type=Path, default=None, help="trained vit_tiny state_dict (else: train one)")
+    tfm.add_argument("--train-epochs", type=int, default=6)
+    tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
+    for q in (speed, tech, ref, study, frz, tfm):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -439,6 +445,15 @@ def _run_record(args: argparse.Namespace) -> int:
         sizes = STUDY_QUICK if args.quick else STUDY_FULL
         run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
                            **sizes)
+        print("wrote", args.out)
+    elif args.what == "transformers":
+        from lrdlab.paper import transformers_study, transformers_targets
+
+        if args.part == "targets":
+            transformers_targets.record_targets(args.out, vit_tiny=args.weights, command=command)
+        else:
+            transformers_study.record_study(args.out, weights=args.weights, train_epochs=args.train_epochs,
+                                            quick=args.quick, command=command)
         print("wrote", args.out)
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
