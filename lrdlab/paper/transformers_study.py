@@ -34,7 +34,7 @@ from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 
-TRAIN = {"epochs": 3, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
+TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {"lr": 2e-4, "optimizer": "adamw", "weight_decay": 0.05}
 SCHEMA = {
     "accuracy": "ratio, params (whole model), accuracy_zero_shot (test %, no gradient step), calibrated (bool), "
