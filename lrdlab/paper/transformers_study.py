@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 import statistics
 import time
@@ -222,6 +223,9 @@ def record_study(out: str | Path, *, weights: str | Path | None = None, train_ep
     if weights is not None:
         model = get_model("vit_tiny", num_classes=10, weights=str(weights)).eval()
         info: dict[str, Any] = {"source": f"weights {Path(weights).name}"}
+        notes = Path(weights).with_suffix(".json")  # how the weights were trained, when recorded beside them
+        if notes.is_file():
+            info["training"] = json.loads(notes.read_text())
     else:
         model, history = train_vit_tiny(loaders, epochs=train_epochs)
         info = {"source": f"trained here, {train_epochs} epochs", **{k: v for k, v in TRAIN.items() if k != "epochs"},
