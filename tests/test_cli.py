@@ -62,3 +62,11 @@ def test_plan_for_another_model_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["stats", "resnet18", "--plan", str(plan_file)]) == 2
     assert "make a new plan" in capsys.readouterr().err
+
+
+def test_record_transformers_needs_a_part_and_an_output(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["record", "transformers", "study"])
+    assert err.value.code == 2 and "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["record", "transformers", "everything", "--out", "x.json"])

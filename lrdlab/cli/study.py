@@ -89,7 +89,13 @@ def _add_record(sub) -> None:
     grid.add_argument("--ratios", type=float, nargs="+", default=[2.0, 3.0])
     grid.add_argument("--subset", type=int, default=1024, help="training images used for fine-tuning")
     grid.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per run")
-    for q in (speed, tech, ref, study, checks, frz, acc, pre, grid):
+    tfm = what.add_parser("transformers", help="issue-14 transformer targets, or the ViT-tiny/MNIST-5k study")
+    tfm.add_argument("part", choices=["targets", "study"])
+    tfm.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    tfm.add_argument("--weights", type=Path, default=None, help="trained vit_tiny state_dict (else: train one)")
+    tfm.add_argument("--train-epochs", type=int, default=6)
+    tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
+    for q in (speed, tech, ref, study, checks, frz, acc, pre, grid, tfm):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -145,6 +151,15 @@ def _run_record(args: argparse.Namespace) -> int:
 
         print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, ratios=args.ratios, subset=args.subset,
                                             epochs=args.epochs, command=command))
+    elif args.what == "transformers":
+        from lrdlab.paper import transformers_study, transformers_targets
+
+        if args.part == "targets":
+            transformers_targets.record_targets(args.out, vit_tiny=args.weights, command=command)
+        else:
+            transformers_study.record_study(args.out, weights=args.weights, train_epochs=args.train_epochs,
+                                            quick=args.quick, command=command)
+        print("wrote", args.out)
     elif args.what == "reference-times":
         print("wrote", record.build_reference_layer_times(layers=args.layers, rounds=args.rounds))
     else:

@@ -9,6 +9,13 @@
   ``core → first → last``. Every layer switches at the same moment.
 - ``none``: every factor trainable (plain fine-tuning).
 
+Transformers: attention projections (``q_proj``/``k_proj``/``v_proj``/``out_proj`` of
+:class:`~lrdlab.lowrank.attention.FactorizedMultiheadAttention`), MLP Linears and HF ``Conv1D`` are SVD
+layers and follow the SVD rule: regular trains ``last`` (U√Σ, with the bias; the input subspace √ΣVᵀ of
+the pretrained weight stays fixed), sequential rotates ``last → first``, all projections switching together.
+LayerNorms, embeddings, the class token and position embeddings are "others" (trainable unless
+``freeze_others``).
+
 Non-decomposed layers, biases outside the factors, and BatchNorm stay trainable (``freeze_others``
 freezes them too). A factor is frozen as a whole (``last`` with its bias). Frozen parameters get
 ``requires_grad=False`` and ``.grad = None``: autograd computes no weight gradient for them, and

@@ -312,6 +312,18 @@ def _child_of(unit: str, name: str) -> str:
     return rest.split(".")[0]
 
 
+def _weight_only(model: nn.Module, plan: Plan, names: list[str]) -> nn.Module:
+    """A copy of ``model`` with only the rows ``names`` decomposed, weight-only (attention projections are
+    views inside an ``nn.MultiheadAttention``, rewritten as a whole: they get no data-aware fit)."""
+    from lrdlab.lowrank.decompose import decompose
+
+    part = copy.deepcopy(plan)
+    for row in part.layers:
+        if row.decomposed and row.name not in names:
+            row.keep("decomposed data-aware afterwards")
+    return decompose(model, part).eval()
+
+
 @torch.no_grad()
 def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn: bool | str = True,
                          ridge: float = DEFAULT_RIDGE, inplace: bool = False,
@@ -334,11 +346,13 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
     progressive = bn == "progressive"
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
-    rows = {row.name: row for row in plan.decomposed_layers}
+    modules = dict(model.named_modules())
+    views = [row.name for row in plan.decomposed_layers if row.name not in modules]  # attention q/k/v views
+    rows = {row.name: row for row in plan.decomposed_layers if row.name in modules}
     for name in rows:
         if not torch.isfinite(weight_of(model.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
-    work = copy.deepcopy(model).eval()
+    work = _weight_only(model, plan, views) if views else copy.deepcopy(model).eval()
     _trial_forward(work, xs[0], expected_input(model, plan))
     pending = forward_order(work, list(rows), xs[0][:2])
     bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, describe, weight_of
+from lrdlab.lowrank import attention
+from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, dense_weight, describe
 from lrdlab.lowrank.methods import get_method
-from lrdlab.lowrank.plan import Plan, candidate_layers
+from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
 
 # --- applying a plan -------------------------------------------------------------------------------
 
@@ -51,7 +52,7 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
         raise ValueError(f"expected an lrdlab Plan, got {type(plan).__name__}; build one with make_plan()")
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a model (nn.Module), got {type(model).__name__}; build one with get_model()")
-    modules = dict(model.named_modules())
+    modules = named_layers(model)
     for row in plan.layers:
         module = modules.get(row.name)
         if module is None:
@@ -90,7 +91,7 @@ def check_decomposed(model: nn.Module, plan: Plan) -> None:
     """Raise ``ValueError`` unless ``model`` has exactly the structure ``plan`` gives (the check before saving)."""
     if not isinstance(plan, Plan):
         raise ValueError(f"expected an lrdlab Plan, got {type(plan).__name__}")
-    modules = dict(model.named_modules())
+    modules = named_layers(model)
     _, merged_parts = _merge_parts(plan)
     for row in plan.layers:
         module = modules.get(row.name)
@@ -147,7 +148,9 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     """Return a copy of ``model`` with every planned layer replaced by its ``LowRankLayer``.
 
     The whole plan is checked and every new layer computed before anything is replaced, so on any
-    error the model is left as it was. ``inplace=True`` modifies ``model`` itself.
+    error the model is left as it was. ``inplace=True`` modifies ``model`` itself. An
+    ``nn.MultiheadAttention`` with a decomposed projection is replaced as a whole by an exact
+    :class:`~lrdlab.lowrank.attention.FactorizedMultiheadAttention` holding the new layers.
 
     ``calibration`` (input batches, or ``(x, y)`` pairs, ~512 images): a data-aware decomposition,
     each layer fitted to its inputs inside the partly decomposed network, then BatchNorm statistics
@@ -160,16 +163,22 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
         return calibrated_decompose(model, plan, calibration, inplace=inplace, progress=progress)
     check_plan(model, plan)
     rows = plan.decomposed_layers
+    layers = named_layers(model)
     for row in rows:
-        if not torch.isfinite(weight_of(model.get_submodule(row.name))).all():
+        if not torch.isfinite(dense_weight(layers[row.name])).all():
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
     tucker = plan.settings.get("tucker", "hosvd")
     disable = (len(rows) < 20) if progress is None else not progress
+    # attention modules with a decomposed projection become FactorizedMultiheadAttention (exact; attached below)
+    new_attention = attention.converted(target, [row.name for row in rows])
+    layers = {**dict(target.named_modules()),
+              **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
     replacements = {
-        row.name: decompose_layer(target.get_submodule(row.name), row.spec[0], row.spec[1], tucker, row.branches)
+        row.name: decompose_layer(layers[row.name], row.spec[0], row.spec[1], tucker, row.branches)
         for row in tqdm(rows, desc="decompose", disable=disable, leave=False)
     }
+    attention.attach(target, new_attention)
     for name, layer in replacements.items():
         _set_module(target, name, layer)
     return target
@@ -181,6 +190,7 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     A plan saved from a merged model (``settings["merge"]``) also gets its bottlenecks merged.
     """
     check_plan(model, plan)
+    attention.attach(model, attention.converted(model, [row.name for row in plan.decomposed_layers]))
     new = {row.name: build(describe(model.get_submodule(row.name)), row.spec[0], row.spec[1], row.branches)
            for row in plan.decomposed_layers}
     for name, layer in new.items():

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank import factorize, methods
+from lrdlab.lowrank import factorize, hf, methods
 from lrdlab.lowrank.methods import Method, get_method, method_names
 
 METHODS = method_names()
@@ -24,7 +24,8 @@ class LowRankLayer(nn.Sequential):
     ``out_features`` (Linear), ``in_channels`` / ``out_channels`` / ``kernel_size`` / ``stride`` /
     ``padding`` / ``dilation`` / ``groups`` / ``padding_mode`` (conv), and ``weight`` / ``bias``.
     ``weight`` is a *reconstruction*: a new tensor multiplied out of the factors on every read
-    (differentiable, not a Parameter; writing to it changes nothing). ``bias`` is ``last.bias``.
+    (differentiable, not a Parameter; writing to it changes nothing; ``[out, in]`` for a replaced HF ``Conv1D``).
+    ``bias`` is ``last.bias``.
     """
 
     __jit_unused_properties__ = [
@@ -66,7 +67,7 @@ class LowRankLayer(nn.Sequential):
         return tensor_of(self[-1], "bias")
 
     def _original(self, key: str, linear: bool = False) -> Any:
-        is_linear = self.original.get("type") == "Linear"
+        is_linear = methods.linear_like(self.original)
         if key not in self.original or is_linear != linear:
             raise AttributeError(f"a LowRankLayer replacing a {self.original.get('type')} has no {key!r}")
         value = self.original[key]
@@ -104,11 +105,19 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     return weight
 
 
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as ``[S, C, ...]`` (out first), transposing HuggingFace's ``Conv1D`` (stored ``[in, out]``)."""
+    return hf.conv1d_weight(module) if hf.is_conv1d(module) else weight_of(module)
+
+
 def describe(module: nn.Module) -> dict[str, Any]:
     """What a Linear/Conv layer is, as plain JSON-able values."""
     info: dict[str, Any] = {"type": type(module).__name__, "bias": getattr(module, "bias", None) is not None}
     if isinstance(module, nn.Linear):
         info.update(in_channels=module.in_features, out_channels=module.out_features, kernel_size=[1, 1])
+    elif hf.is_conv1d(module):  # HuggingFace Conv1D: a Linear with its weight stored [in, out]
+        weight = weight_of(module)
+        info.update(in_channels=weight.shape[0], out_channels=weight.shape[1], kernel_size=[1, 1])
     elif isinstance(module, nn.modules.conv._ConvNd):
         info.update(
             in_channels=module.in_channels,
@@ -125,7 +134,7 @@ def describe(module: nn.Module) -> dict[str, Any]:
 
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot be decomposed, or None when it can."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or hf.is_conv1d(module):
         return None
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         return "skipped: transposed conv not supported"
@@ -168,7 +177,8 @@ def decompose_layer(
     """Decompose one ``nn.Linear`` / ``nn.Conv2d`` into a ``LowRankLayer`` with the given ranks.
 
     ``ranks`` is a sequence (one rank per :attr:`Method.rank_names`: ``(8,)`` for SVD, ``(8, 8)`` for
-    Tucker-2). The factors keep the original weight's dtype, device and ``requires_grad``.
+    Tucker-2). A HuggingFace ``Conv1D`` is decomposed as the Linear it computes. The factors keep the
+    original weight's dtype, device and ``requires_grad``.
     """
     reason = unsupported_reason(module)
     if reason:
@@ -177,7 +187,7 @@ def decompose_layer(
     form = get_method(method)
     if tucker not in factorize.TUCKER_METHODS:
         raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
-    weight = weight_of(module)
+    weight = dense_weight(module)
     with torch.device("meta"):  # no point initialising weights that are overwritten below
         layer = build(original, form.name, ranks, branches)
     layer = layer.to_empty(device=weight.device).to(weight.dtype)

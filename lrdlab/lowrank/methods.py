@@ -7,7 +7,8 @@ weight, and which factor trains under each freezing schedule. Plans store the me
 :func:`get_method` turns it back into the object. A new form is one new subclass plus :func:`register`.
 
 A layer is described by :func:`lrdlab.lowrank.layers.describe` (``in_channels`` C, ``out_channels``
-S, ``kernel_size``, …). Weights are ``[S, C, kh, kw]`` (convs) or ``[S, C]`` (Linear).
+S, ``kernel_size``, …). Weights are ``[S, C, kh, kw]`` (convs) or ``[S, C]`` (Linear; a HuggingFace
+``Conv1D`` is handed over transposed to this form, see :mod:`lrdlab.lowrank.hf`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def _conv(cin: int, cout: int, kernel: int | Sequence[int], bias: bool, like: In
     padding = like["padding"] if isinstance(like["padding"], str) else tuple(like["padding"])
     return nn.Conv2d(cin, cout, size, bias=bias, groups=groups, stride=tuple(like["stride"]), padding=padding,
                      dilation=tuple(like["dilation"]), padding_mode=like["padding_mode"])
+
+
+def linear_like(info: Info) -> bool:
+    """A Linear, a Linear subclass (attention's ``out_proj``) or a HuggingFace ``Conv1D``: ``describe`` records a
+    stride only for convs, so a layer without one computes ``x @ W.T + b``."""
+    return info.get("type") == "Linear" or "stride" not in info
 
 
 def _k2(info: Info) -> int:
@@ -67,8 +74,8 @@ class Method:
     # --- what it applies to ---------------------------------------------------------------------
     def unsupported(self, info: Info) -> str | None:
         """Why this form cannot decompose the layer ``info``, or None when it can."""
-        if info["type"] == "Linear":
-            return f"a Linear layer is decomposed by 'svd', not {self.name!r}"
+        if linear_like(info):
+            return f"a {info['type']} layer is decomposed by 'svd', not {self.name!r}"
         return None
 
     # --- ranks and parameters -------------------------------------------------------------------
@@ -148,7 +155,7 @@ class SVD(Method):
     kxk = False
 
     def unsupported(self, info: Info) -> str | None:
-        if info["type"] != "Linear" and tuple(info["kernel_size"]) != (1, 1):
+        if not linear_like(info) and tuple(info["kernel_size"]) != (1, 1):
             return (f"'svd' needs a Linear or 1×1 conv (kernel {tuple(info['kernel_size'])}); "
                     f"use 'channel_svd' or 'tucker2'")
         return None
@@ -167,7 +174,7 @@ class SVD(Method):
 
     def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
         C, S, bias, (r,) = info["in_channels"], info["out_channels"], info["bias"], layer_ranks
-        if info["type"] == "Linear":
+        if linear_like(info):  # Linear, its subclasses and HF Conv1D become two nn.Linear
             return OrderedDict(first=nn.Linear(C, r, bias=False), last=nn.Linear(r, S, bias=bias))
         return OrderedDict(first=_conv(C, r, 1, False, like=info), last=_conv(r, S, 1, bias))
 
@@ -181,7 +188,7 @@ class SVD(Method):
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         first, last = factors["first"], factors["last"]
         dense = last.reshape(last.shape[0], -1) @ first.reshape(first.shape[0], -1)
-        return dense if info["type"] == "Linear" else dense[:, :, None, None]
+        return dense if linear_like(info) else dense[:, :, None, None]
 
 
     def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],

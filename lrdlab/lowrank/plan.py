@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import factorize, methods, ranks
+from lrdlab.lowrank import attention, factorize, hf, methods, ranks, sharing
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import Method, get_method
 from lrdlab.lowrank.policies import fit_fixed_ranks, policy_ranks, positive_int, real, reduce_capped, to_patterns
@@ -164,21 +164,24 @@ class Plan:
 
 
 def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every Linear and Conv layer of ``model`` (supported or not), in module order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(m, LowRankLayer)
-    ]
+    """Every Linear, Conv and HF Conv1D layer of ``model`` (supported or not), in module order.
+
+    An ``nn.MultiheadAttention``'s q/k/v projections (slices of its ``in_proj_weight``) come as ``nn.Linear``
+    views named ``<mha>.q_proj`` / ``k_proj`` / ``v_proj``, before its ``out_proj`` (:mod:`lrdlab.lowrank.attention`).
+    """
+    views = attention.projection_views(model)
+    out: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        out.extend(views.get(name, []))
+        if (isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or hf.is_conv1d(m)) and not isinstance(m, LowRankLayer):
+            out.append((name, m))
+    return out
 
 
-def _attention_projections(model: nn.Module) -> set[str]:
-    """Linear layers that ``nn.MultiheadAttention`` uses by weight, not by calling them."""
-    return {
-        f"{name}.out_proj" if name else "out_proj"
-        for name, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention)
-    }
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``named_modules()`` plus the attention q/k/v views: every name a plan row can have."""
+    views = {n: v for rows in attention.projection_views(model).values() for n, v in rows}
+    return {**views, **dict(model.named_modules())}
 
 
 def _matches(name: str, patterns: list[str]) -> str | None:
@@ -271,7 +274,7 @@ def make_plan(
     allow_larger: bool = False,
     model_name: str | None = None,
 ) -> Plan:
-    """Plan the decomposition of every Linear/Conv layer of ``model``.
+    """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
     Choose one rank policy: ``ratio`` (per-layer compression α, paper §1), ``energy`` (fraction of
     Σσ² kept), ``vbmf=True``, or ``rank`` (an int for every layer, capped at each layer's full rank;
@@ -283,6 +286,7 @@ def make_plan(
     ``include``/``exclude`` are glob patterns over layer names (one string is one pattern). A rank
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
+    Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
     """
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
@@ -329,7 +333,9 @@ def make_plan(
         unknown = sorted(set(rank) - set(names))
         if unknown:
             raise ValueError(f"rank dict names layers that do not exist: {unknown}")
-    attention = _attention_projections(model)
+    unrewritable = attention.skip_reasons(model)
+    shared = sharing.shared_reasons(model, names)
+    fastpath = attention.fastpath_notes(model)
     policy = {"kind": kind, "value": value, "beta": beta, "branches": branches}
 
     rows = []
@@ -342,9 +348,7 @@ def make_plan(
         )
         row.params_after = row.params_before
         rows.append(row)
-        skip = unsupported_reason(module)
-        if skip is None and name in attention:
-            skip = "skipped: nn.MultiheadAttention uses out_proj's weight directly"
+        skip = unsupported_reason(module) or unrewritable.get(name) or shared.get(name)
         if skip is None and include and not _matches(name, include):
             skip = "excluded: not in include"
         if skip is None and (p := _matches(name, exclude)):
@@ -365,6 +369,8 @@ def make_plan(
             target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
         _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
+        if row.decomposed and name in fastpath:
+            row.reason += f"; {fastpath[name]}"
 
     settings = {
         "policy": kind, "value": value, "granularity": granularity, "rounding": rounding,

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from lrdlab.lowrank import ranks
-from lrdlab.lowrank.layers import weight_of
+from lrdlab.lowrank.layers import dense_weight
 from lrdlab.lowrank.methods import Method
 
 # --- checking what users pass ------------------------------------------------------------------------
@@ -54,9 +54,9 @@ def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: 
     if kind == "ratio":
         return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
     if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(weight_of(module))], f"energy {value:g}"
+        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(dense_weight(module))], f"energy {value:g}"
     if kind == "vbmf":
-        mats = form.unfoldings(weight_of(module).detach().double())
+        mats = form.unfoldings(dense_weight(module).detach().double())
         return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
     # fixed ranks: an int, "full", or a dict by layer name
     chosen = value.get(name) if isinstance(value, dict) else value

@@ -22,16 +22,34 @@ FLOP_COUNTER = "torch.utils.flop_counter (2 FLOPs per multiply-add; conv/matmul 
 
 
 def count_params(model: nn.Module) -> int:
-    """All parameters of ``model`` (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
+    """All parameters of ``model`` (trainable or not); a parameter shared by several modules (tied) counts once."""
+    return sum(p.numel() for p in model.parameters())  # parameters() yields each Parameter object once
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs of ``model`` on one input of ``input_shape`` (batch included), counted on the meta device."""
+def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor, dtype: torch.dtype | None = None) -> int:
+    """Forward FLOPs of ``model`` on one input (batch included), counted on the meta device.
+
+    ``input_shape`` is a shape (a float input, or ``dtype``: ``torch.long`` for token ids) or an example
+    input tensor (its shape and dtype are used). A model whose forward needs real values (some HuggingFace
+    models check their inputs) is counted on the example tensor itself, in eval mode and without gradients.
+    """
+    example = input_shape if isinstance(input_shape, torch.Tensor) else None
+    if example is not None and dtype is None:
+        dtype = example.dtype
+    shape = tuple(example.shape) if example is not None else tuple(input_shape)
     meta = copy.deepcopy(model).to("meta").eval()
-    x = torch.empty(tuple(input_shape), device="meta")
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(x)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            meta(torch.zeros(shape, dtype=dtype, device="meta"))
+    except (NotImplementedError, RuntimeError):
+        real = example if example is not None else torch.zeros(shape, dtype=dtype)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        try:
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model.eval()(real.to(device))
+        finally:
+            model.train(was_training)
     return int(counter.get_total_flops())
 
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank.decompose import check_plan
 from lrdlab.lowrank.layers import build, describe
-from lrdlab.lowrank.plan import Plan, params_of
+from lrdlab.lowrank.plan import Plan, named_layers, params_of
 from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import AUTO, TimeCache, shape_key, spread
@@ -50,8 +50,6 @@ from lrdlab.measure.shapes import layer_input_shapes
 TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
 METHODS = ("robust", "paper")
 DEFAULT_ROUNDS = {"robust": 3, "paper": 1}
-
-
 
 
 def robust_candidate(samples: Mapping[int, Sequence[float]], min_step: float = 0.02) -> tuple[int, dict[str, Any]]:
@@ -301,9 +299,10 @@ def optimize_plan(
     inputs = layer_input_shapes(model, [r.name for r in rows], shape)
     new = Plan.from_dict(copy.deepcopy(plan.to_dict()))
     records, confirmations = [], {}
+    layers = named_layers(model)
     decided: dict[str, dict[str, Any]] = {}  # identical layers are decided once
     for row in tqdm(rows, desc=f"rank search ({method})", disable=not progress):
-        module = model.get_submodule(row.name)
+        module = layers[row.name]  # attention q/k/v rows are views, not submodules
         info = describe(module)
         key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
         search = search_layer(module, row.method, row.ranks, inputs[row.name], timer, lower=lower,

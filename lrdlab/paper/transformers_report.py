@@ -1,0 +1,88 @@
+"""Report section for the transformer study (``data/transformers_mnist5k.json``) and the issue-14 targets.
+
+Hook it into the reproduction report with one call where the other sections are rendered::
+
+    from lrdlab.paper.transformers_report import render_transformers
+    render_transformers(report, "data/transformers_mnist5k.json", "data/transformers_targets_cpu.json")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
+
+
+def load_transformers_study(path: str | Path) -> dict[str, Any]:
+    """A saved transformer study with its tables as DataFrames."""
+    raw = json.loads(Path(path).read_text())
+    return {k: (pd.DataFrame(v) if k in FRAMES else v) for k, v in raw.items()}
+
+
+def multiple_summary(gemm: pd.DataFrame, multiples: tuple[int, ...] = (8, 16, 32, 64)) -> pd.DataFrame:
+    """Per GEMM shape: median ms per rank (µs/rank) at ranks that are multiples of m vs at the other ranks."""
+    rows = []
+    for (c, s), df in gemm.groupby(["in", "out"]):
+        for m in multiples:
+            on = df[df["rank"] % m == 0]["per_rank_us"]
+            off = df[df["rank"] % m != 0]["per_rank_us"]
+            if len(on) and len(off):
+                rows.append({"shape": f"{c}→{s}", "multiple": m, "ranks_on": len(on),
+                             "us_per_rank_on": float(on.median()), "us_per_rank_off": float(off.median()),
+                             "on_vs_off_pct": 100.0 * (float(on.median()) / float(off.median()) - 1)})
+    return pd.DataFrame(rows)
+
+
+def _dashes(df: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as "—" (the report's Markdown writer needs a value in every cell)."""
+    return df.astype(object).where(df.notna(), "—")
+
+
+def render_transformers(report: Any, study: str | Path | dict[str, Any],
+                        targets: str | Path | dict[str, Any] | None = None) -> None:
+    """Append the transformer section (tables; a convergence figure when matplotlib is there) to ``report``
+    (a :class:`lrdlab.paper.report.Report`)."""
+    res = load_transformers_study(study) if not isinstance(study, dict) else study
+    st, machine = res["settings"], res["machine"]
+    report.heading("Transformers — ViT-tiny on MNIST-5k (P2's transformer results)")
+    trained = st.get("model") or {}
+    report.text(f"ViT-tiny ({trained.get('source', 'given weights')}); decomposed with SVD on every attention "
+                f"projection (q/k/v/out) and MLP Linear; fine-tuning {st['finetune_epochs']} epoch(s), AdamW lr "
+                f"{st['finetune']['lr']:g}; calibration: {st['calibration']}. Machine: {machine['cpu']}, "
+                f"{machine['torch_threads']} threads, load average {res['load_average_before'][0]:.1f} → "
+                f"{res['load_average_after'][0]:.1f}. Command: `{res.get('command', '')}`.")
+    acc = pd.DataFrame(res["accuracy"])
+    report.table(_dashes(acc), "Test accuracy (%) vs compression ratio: zero-shot and after fine-tuning (mode none).")
+    history = pd.DataFrame(res["freezing_history"])
+    final = history[history["epoch"] == history.groupby("mode")["epoch"].transform("max")]
+    report.table(final[["mode", "epoch", "accuracy", "loss", "train_img_s", "wall_s"]],
+                 f"Fine-tuning at {st['freeze_ratio']}x per freezing mode (sequential: every "
+                 f"{st['period_iterations']} iterations).")
+    tp = pd.DataFrame(res["freezing_throughput"])
+    tp = tp[~tp["technique"].str.contains(r"\[")]  # the sequential phases are summarised in "lrd+sequential"
+    report.table(tp[["technique", "train_img_s", "train_speedup_pct", "infer_img_s", "infer_speedup_pct"]],
+                 "Training / inference throughput, timed interleaved (sequential: mean over its phases).")
+    report.table(_dashes(pd.DataFrame(res["gemm_granularity"])),
+                 "Whole model at each rank granularity g (interleaved).")
+    report.table(multiple_summary(pd.DataFrame(res["gemm_ranks"])),
+                 f"Factorized projection time per rank on {st['gemm_tokens']} tokens: ranks that are multiples of "
+                 "m vs the others (negative = multiples are cheaper per rank).")
+    try:
+        from lrdlab.explore import plots
+    except ImportError:  # pragma: no cover - the explore extra is missing
+        plots = None
+    if plots is not None and hasattr(report, "figure"):
+        report.figure(plots.plot_convergence(history), "transformers_convergence",
+                      "ViT-tiny at 2x: test accuracy and loss during fine-tuning per freezing mode.")
+    if targets is not None:
+        tg = json.loads(Path(targets).read_text()) if not isinstance(targets, dict) else targets
+        vit, gpt2 = tg.get("vit_b_16", {}), tg.get("gpt2", {})
+        rows = [{"target": k, "met": v} for k, v in vit.get("targets", {}).items()]
+        all_conv1d = gpt2.get("conv1d_decomposed") == gpt2.get("conv1d_layers")
+        rows += [{"target": "gpt2: all Conv1D decomposed", "met": all_conv1d},
+                 {"target": "gpt2: tied head kept tied", "met": gpt2.get("lm_head_still_tied")}]
+        report.table(pd.DataFrame(rows), "Issue-14 targets on ViT-B/16 and a 2-layer GPT-2 (random weights).")

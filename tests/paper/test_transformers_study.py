@@ -1,0 +1,58 @@
+"""The transformer study's pieces on a 1-block ViT and random data (fast): tables, JSON, the report section."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrdlab.paper import transformers_study as study
+from lrdlab.paper.report import Report
+from lrdlab.paper.transformers_report import load_transformers_study, multiple_summary, render_transformers
+from lrdlab.zoo.cifar_models import vit_tiny
+
+
+def tiny_setup():
+    torch.manual_seed(0)
+    model = vit_tiny(num_classes=3, image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 3, (24,))
+    loaders = SimpleNamespace(train=DataLoader(TensorDataset(x, y), batch_size=8),
+                              test=DataLoader(TensorDataset(x, y), batch_size=12), num_classes=3, input_size=(3, 8, 8))
+    return model.eval(), loaders
+
+
+def test_accuracy_vs_ratio_shrinks_the_model_and_fine_tunes_where_asked():
+    model, loaders = tiny_setup()
+    df = study.accuracy_vs_ratio(model, loaders, [2, 4], finetune_ratios=[2])
+    assert list(df["ratio"]) == [1.0, 2, 4]
+    assert df["params"].iloc[0] > df["params"].iloc[1] > df["params"].iloc[2]
+    assert df["accuracy_finetuned"].notna().tolist() == [False, True, False]
+    assert not df["calibrated"].any()
+
+
+def test_gemm_times_and_their_summary():
+    gemm = study.gemm_rank_times([(16, 32)], [7, 8, 9, 16], tokens=64, rounds=1, repeats=1)
+    assert len(gemm) == 4 and (gemm["ms"] > 0).all()
+    summary = multiple_summary(gemm, multiples=(8, 16))
+    assert set(summary["multiple"]) == {8, 16}
+    assert summary.set_index("multiple").loc[8, "ranks_on"] == 2
+
+
+def test_whole_study_writes_json_that_the_report_renders(tmp_path):
+    model, loaders = tiny_setup()
+    out = tmp_path / "tfm.json"
+    study.run_transformers_study(model, loaders, ratios=[2], finetune_ratios=[], freeze_epochs=1, period=1,
+                                 granularities=[1, 4], gemm_window=[7, 8], batch=4, rounds=1, out=out,
+                                 model_info={"source": "test"})
+    res = load_transformers_study(out)
+    tuned = res["accuracy"].set_index("ratio")["accuracy_finetuned"]
+    assert tuned[2] == res["freezing_history"].query("mode == 'none' and epoch == 1")["accuracy"].iloc[0]
+    assert isinstance(res["accuracy"], pd.DataFrame) and set(res["freezing_history"]["mode"]) == {
+        "none", "regular", "sequential"}
+    assert list(res["gemm_granularity"]["variant"]) == ["original", "g=1", "g=4"]
+    report = Report(tmp_path / "report", "t")
+    render_transformers(report, out)
+    text = report.markdown()
+    assert "ViT-tiny" in text and "freezing mode" in text and (tmp_path / "report" / "figures").exists()
