@@ -6,12 +6,13 @@ to ONNX, run by ONNX Runtime on the CPU; inference only; needs the ``onnx`` extr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -96,11 +97,26 @@ def fingerprint(model: nn.Module, mode: str) -> str:
     return repr(model) + repr(params) + repr(attrs)
 
 
+ROUND_LIMITS: dict[str, float | None] = {"factor": 3, "budget_s": 600.0}  # defaults of compare's adaptive rounds
+
+
+@contextlib.contextmanager
+def round_limits(factor: float = 3, budget_s: float | None = 600.0) -> Iterator[None]:
+    """Within the block, :func:`compare` adds rounds up to ``factor``·rounds and ``budget_s`` seconds by
+    default (``lrdlab reproduce --quick`` uses ``factor=1``: a fixed number of rounds, quick and honest)."""
+    saved = dict(ROUND_LIMITS)
+    ROUND_LIMITS.update(factor=factor, budget_s=budget_s)
+    try:
+        yield
+    finally:
+        ROUND_LIMITS.update(saved)
+
+
 def compare(
     models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
     device: str = "cpu", warmup: int = 2, repeats: int = 3, dtype: str | None = None, channels_last: bool = False,
     compile: bool = False, num_classes: int | None = None, *, backend: str | None = None,
-    max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = 600.0, dedupe: bool = True,
+    max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = -1.0, dedupe: bool = True,
     clock: Callable[[], float] | None = None,
 ):
     """Time models interleaved, A B A B …; the first model is the baseline.
@@ -108,7 +124,8 @@ def compare(
     Each round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value
     is their median). After ``rounds`` rounds, more are added while any speed-up's 95% interval is
     wider than ±``half_width`` (0.03 = 3 points), up to ``max_rounds`` (default 3·rounds when
-    rounds ≥ 3, else rounds) or ``budget_s`` seconds; ``converged`` says whether it got there.
+    rounds ≥ 3, else rounds; see :func:`round_limits`) or ``budget_s`` seconds (default 600; None:
+    no limit); ``converged`` says whether it got there.
     With ``dedupe``, models identical in speed (same structure and parameter shapes; training: same
     trainable parameters) are timed once and share that measurement (``same_as``); an A/A check
     (a model against its own copy) passes ``dedupe=False``. ``clock`` replaces ``time.perf_counter``
@@ -131,7 +148,10 @@ def compare(
     dev = measure.check_device(device)
     shape = measure.check_shape(input_shape)
     backend = check_backend(backend or ("compile" if compile else "eager"), mode, dev)
-    top = max_rounds if max_rounds is not None else (3 * rounds if rounds >= 3 else rounds)
+    factor = float(ROUND_LIMITS["factor"] or 1)
+    top = max_rounds if max_rounds is not None else (max(rounds, int(factor * rounds)) if rounds >= 3 else rounds)
+    if budget_s is not None and budget_s < 0:  # the default
+        budget_s = ROUND_LIMITS["budget_s"]
     extra = {"num_classes": num_classes} if mode == "train" else {}
     same_as: dict[str, str] = {}
     seen: dict[str, str] = {}

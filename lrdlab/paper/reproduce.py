@@ -225,8 +225,13 @@ def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
 
 def reproduce(settings: Settings) -> Path:
     """Run the whole study (resuming from the cache) and write the report; returns report.md's path."""
+    from lrdlab.measure.compare import round_limits
+
     torch.manual_seed(0)
-    results = run_stages(settings)
+    # quick: a fixed number of interleaved rounds per comparison (the intervals say how wide they are);
+    # full: rounds are added until each interval is ±3 points, or 10 minutes per comparison
+    with round_limits(factor=1, budget_s=120.0) if settings.quick else round_limits():
+        results = run_stages(settings)
     path = render(settings, results)
     print(f"report: {path}  (and {path.with_suffix('.html')})")
     return path
