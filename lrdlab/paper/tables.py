@@ -262,6 +262,16 @@ def render_accuracy(report, res: dict[str, Any]) -> None:
                   "params and FLOPs (% of the original) on the right axis.")
 
 
+def _render_recorded_transformers(report) -> None:
+    """P2's transformer half, from the recorded study (``lrdlab record transformers study``), when recorded."""
+    from lrdlab.paper.recorded import data_dir
+    from lrdlab.paper.transformers_report import render_transformers
+
+    study, targets = data_dir() / "transformers_mnist5k.json", data_dir() / "transformers_targets_cpu.json"
+    if study.is_file():
+        render_transformers(report, study, targets if targets.is_file() else None)
+
+
 def render(settings: Settings, results: dict[str, dict[str, Any]]):
     """Write report.md / report.html with every table and figure from the cached results."""
     from lrdlab.paper.report import Report
@@ -296,6 +306,7 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_accuracy(report, results["accuracy"])
     if "freezing" in results:
         render_freezing(report, results["freezing"], Path(settings.out))
+    _render_recorded_transformers(report)
     d = results["decompose_time"]
     report.text(f"Decomposing the {d['layers']} layers of ResNet-50 (HOSVD, 2x) takes {d['median_s']:.2f} s "
                 f"(median of 3, {d['threads']} threads).")
