@@ -47,7 +47,7 @@ from lrdlab.lowrank.data_aware import (
     reduced_rank_regression,
     whitened_tucker2,
 )
-from lrdlab.lowrank.decompose import _set_module, check_plan
+from lrdlab.lowrank.decompose import _set_module, check_plan, decompose_only
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan
@@ -312,18 +312,6 @@ def _child_of(unit: str, name: str) -> str:
     return rest.split(".")[0]
 
 
-def _weight_only(model: nn.Module, plan: Plan, names: list[str]) -> nn.Module:
-    """A copy of ``model`` with only the rows ``names`` decomposed, weight-only (attention projections are
-    views inside an ``nn.MultiheadAttention``, rewritten as a whole: they get no data-aware fit)."""
-    from lrdlab.lowrank.decompose import decompose
-
-    part = copy.deepcopy(plan)
-    for row in part.layers:
-        if row.decomposed and row.name not in names:
-            row.keep("decomposed data-aware afterwards")
-    return decompose(model, part).eval()
-
-
 @torch.no_grad()
 def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn: bool | str = True,
                          ridge: float = DEFAULT_RIDGE, inplace: bool = False,
@@ -347,12 +335,14 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
     modules = dict(model.named_modules())
-    views = [row.name for row in plan.decomposed_layers if row.name not in modules]  # attention q/k/v views
-    rows = {row.name: row for row in plan.decomposed_layers if row.name in modules}
+    attention = {n for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)}
+    views = [row.name for row in plan.decomposed_layers  # attention projections: rewritten with their module
+             if row.name not in modules or row.name.rpartition(".")[0] in attention]
+    rows = {row.name: row for row in plan.decomposed_layers if row.name not in views}
     for name in rows:
         if not torch.isfinite(weight_of(model.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
-    work = _weight_only(model, plan, views) if views else copy.deepcopy(model).eval()
+    work = decompose_only(model, plan, views) if views else copy.deepcopy(model).eval()
     _trial_forward(work, xs[0], expected_input(model, plan))
     pending = forward_order(work, list(rows), xs[0][:2])
     bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,

@@ -184,6 +184,16 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     return target
 
 
+def decompose_only(model: nn.Module, plan: Plan, names: list[str]) -> nn.Module:
+    """A copy of ``model`` with only the rows ``names`` decomposed, weight-only: an ``nn.MultiheadAttention``'s
+    projections are rewritten with the module as a whole, so they get no data-aware fit."""
+    part = copy.deepcopy(plan)
+    for row in part.layers:
+        if row.decomposed and row.name not in names:
+            row.keep("decomposed data-aware afterwards")
+    return decompose(model, part).eval()
+
+
 def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     """Give ``model`` (in place) the plan's decomposed shape with uninitialised factors, for loading.
 

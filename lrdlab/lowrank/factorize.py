@@ -56,7 +56,7 @@ def _leading_eig(gram: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 
 def _tiny(s: Tensor) -> float:
     """A floor for dividing by singular values: directions below it carry only round-off."""
-    return float(s.max()) * 1e-12 if s.numel() else 1e-300
+    return max(float(s.max()) * 1e-12, 1e-300) if s.numel() else 1e-300  # an all-zero weight: factors of zeros
 
 
 @contextmanager

@@ -43,3 +43,13 @@ def test_factorization_runs_on_one_thread_and_restores_the_setting():
     with factorize.one_thread():
         seen.append(torch.get_num_threads())
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_an_all_zero_weight_gives_zero_factors_not_nan():
+    """A zero-initialised classifier (torchvision's ViT head) decomposes to zeros, not 0/0."""
+    from lrdlab.lowrank.factorize import svd_factors
+
+    for shape in ((3, 16), (16, 3)):
+        first, last = svd_factors(torch.zeros(shape), 2)
+        assert torch.isfinite(first).all() and torch.isfinite(last).all()
+        assert torch.count_nonzero(last @ first) == 0
