@@ -1,5 +1,5 @@
 """The package's shape: stages import only earlier stages, `import lrdlab` stays light, modules stay small,
-and an installed wheel carries the reference data the explorers read."""
+and an installed wheel carries the reference data the explorers read and the shipped trained weights."""
 
 import ast
 import subprocess
@@ -77,6 +77,7 @@ def test_the_wheel_carries_the_reference_data(tmp_path):
     wheel = next(tmp_path.glob("lrdlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {str(p.relative_to(ROOT)) for p in (PKG / "explore" / "reference").glob("*.json")}
+    shipped |= {str(p.relative_to(ROOT)) for p in (PKG / "zoo" / "weights").glob("*")}  # lrdlab.pretrained
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "lrdlab/py.typed" in names
     assert not any(n.startswith(("tests/", "notebooks/", "data/")) for n in names)
