@@ -231,7 +231,7 @@ def render_freezing(report, res: dict[str, Any], out: Path) -> None:
     if weights.exists():
         model = build("resnet20", num_classes=10)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        plan = make_plan(model, ratio=2)
+        plan = make_plan(model, ratio=2, exclude=["conv1"])  # the stem stays, as in the study
         names = [r.name for r in plan.decomposed_layers][:: max(1, len(plan.decomposed_layers) // 4)][:4]
         fig = plots.plot_spectra(model, ranks_by_layer={n: plan[n].ranks[0] for n in names}, names=names)
         report.heading("F10 — singular-value spectra of the trained ResNet-20")
