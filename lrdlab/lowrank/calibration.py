@@ -58,6 +58,20 @@ from lrdlab.lowrank.plan import Plan
 # --- input statistics ------------------------------------------------------------------------------------
 
 
+def _run_until(model: nn.Module, module: nn.Module, xs: list[Tensor], hook: Any) -> None:
+    """Run ``model`` on each batch with ``hook`` as ``module``'s forward pre-hook; the hook raises
+    :class:`_Stop` once it has what it needs, so the rest of the network is skipped."""
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for x in xs:
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has seen its input."""
 
@@ -72,15 +86,7 @@ def input_covariance(model: nn.Module, layer: nn.Module, inputs: list[Tensor]) -
         acc["n"] += rows
         raise _Stop
 
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        for x in inputs:
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    _run_until(model, layer, inputs, hook)
     if acc["n"] == 0:
         raise ValueError("the layer never ran on the calibration batches")
     return acc["sum"] / acc["n"]
@@ -295,15 +301,7 @@ def captured_inputs(model: nn.Module, module: nn.Module, xs: list[Tensor]) -> li
         got.append(args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None)
         raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for x in xs:
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    _run_until(model, module, xs, hook)
     return got if len(got) == len(xs) and all(g is not None for g in got) else None
 
 

@@ -34,6 +34,7 @@ from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
+from lrdlab.paper.transformers_targets import _median_time
 
 TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {"lr": 2e-4, "optimizer": "adamw", "weight_decay": 0.05}
@@ -108,13 +109,7 @@ def freezing_runs(model: nn.Module, loaders: Any, ratio: float = 2.0, *, modes: 
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return 1e3 * _median_time(fn, repeats)
 
 
 @torch.no_grad()
