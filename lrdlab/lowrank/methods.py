@@ -235,10 +235,7 @@ class ChannelSVD(Method):
         return torch.einsum("sr,rcij->scij", factors["last"][:, :, 0, 0], factors["first"])
 
 
-    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
-                   branches: int = 1) -> dict[str, Tensor] | None:
-        first, last = reduced_rank_regression(weight.reshape(weight.shape[0], -1), cov, layer_ranks[0])
-        return {"first": first, "last": last}
+    data_aware = SVD.data_aware  # the same regression on the flattened [S, C·k²] weight
 
 
 class InputSVD(Method):
