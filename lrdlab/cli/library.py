@@ -187,6 +187,9 @@ def _add_train(sub) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
+    p.add_argument("--shift", type=int, default=0,
+                   help="mnist5k/digits: translate training images by up to N random pixels (default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory (default runs/train)")
@@ -204,14 +207,15 @@ def _run_train(args: argparse.Namespace) -> int:
     small = args.data in ("mnist5k", "digits")
     loaders = get_loaders(args.data, args.batch, cache_dir=args.cache_dir, root=args.data_root, subset=args.subset,
                           image_size=args.image_size or (None if small else h), channels=c if small else None,
-                          seed=args.seed)
+                          seed=args.seed, shift=args.shift)
     model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
     policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
     plan = _load_or_make_plan(model, args) if policy else None
     history = train_and_save(model, loaders, args.out, plan=plan, freeze=args.freeze, period=args.period,
                              unit=args.unit, epochs=args.epochs, lr=args.lr, resume=args.resume, device=args.device,
                              seed=args.seed, optimizer=args.optimizer, schedule=args.schedule,
-                             weight_decay=args.weight_decay, label=args.model)
+                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                             label=args.model)
     last = history.iloc[-1]
     print(f"{args.model}: epoch {int(last['epoch'])}, test top-1 {last['accuracy']:.2f}%, "
           f"{history['train_img_s'].median():.0f} img/s (median epoch); wrote {args.out}")

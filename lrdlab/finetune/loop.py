@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.inputs import check_device, check_labels, logits_of, split_batch
@@ -162,7 +163,7 @@ def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, i
         out = logits_of(net(x))
         if i == 0:
             check_labels(out, y)
-        loss = criterion(out, y)
+        loss = criterion(out, y) if not isinstance(criterion, DistillationLoss) else criterion(out, y, x)
         if not torch.isfinite(loss):
             raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration "
                              f"{iteration}); lower the learning rate or clip gradients (clip_grad_norm=1.0)")
@@ -192,6 +193,9 @@ def fit(
     weight_decay: float = 5e-4,
     schedule: str = "onecycle",
     label_smoothing: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 4.0,
     clip_grad_norm: float | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -214,7 +218,9 @@ def fit(
     ``resume=True`` continues from it — the same history, the same data order (the sampler is seeded
     by epoch) and the same freezing phase — so an interruption loses at most the current epoch.
     ``callbacks`` get each epoch's row (e.g. a live plot); an exception there stops training after
-    the checkpoint was written.
+    the checkpoint was written. ``teacher`` (e.g. the original of a decomposed model) adds knowledge
+    distillation (:class:`~lrdlab.finetune.distill.DistillationLoss` with ``distill_alpha``,
+    ``distill_temperature``); the teacher is never trained.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -260,7 +266,8 @@ def fit(
     if freezer is not None:
         freezer.sync(start, iteration)
         freezer.attach_optimizer(opt)  # after resuming: the checkpoint's optimizer state is the right one
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=label_smoothing) if teacher is None else \
+        DistillationLoss(teacher.to(dev), distill_alpha, distill_temperature, label_smoothing)
     show = progress and rank == 0
     wall = records[-1]["wall_s"] if records else 0.0
 

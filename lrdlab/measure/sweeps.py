@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ def model_costs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
 
 def speed_table(
     model: nn.Module,
-    plans: dict[str, Plan],
+    plans: Mapping[str, Plan | nn.Module],
     input_shape: Sequence[int],
     *,
     device: str = "cpu",
@@ -52,7 +52,8 @@ def speed_table(
 ):
     """Params, FLOPs and measured speed-up vs the original of each plan, all timed interleaved.
 
-    One row per plan (the original model is the baseline, not a row). Columns: name, layers, params,
+    One row per plan (the original model is the baseline, not a row); a value may also be a ready
+    model (e.g. a :func:`lrdlab.merge_bottlenecks` result), timed as it is. Columns: name, layers, params,
     flops, params_removed_pct, flops_removed_pct, ideal_speedup (original FLOPs / FLOPs), time_ms,
     original_ms, speedup (×, median of per-round ratios), speedup_pct with its 95% interval
     speedup_pct_ci_low/high, within_noise (the interval covers 0), rounds, converged, speedup_q1/q3,
@@ -66,9 +67,10 @@ def speed_table(
     models: dict[str, nn.Module] = {"original": model}
     info: dict[str, dict[str, Any]] = {}
     for name, plan in plans.items():
-        m = shaped_model(model, plan)
+        m = plan if isinstance(plan, nn.Module) else shaped_model(model, plan)
         models[name] = m
-        info[name] = {"name": name, "layers": len(plan.decomposed_layers), **model_costs(m, shape)}
+        layers = None if isinstance(plan, nn.Module) else len(plan.decomposed_layers)
+        info[name] = {"name": name, "layers": layers, **model_costs(m, shape)}
     results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress,
                                      backend)}
     if train:

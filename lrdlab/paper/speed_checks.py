@@ -156,9 +156,12 @@ if __name__ == "__main__":  # the compute probe runs in a fresh process
         print(json.dumps(probe(int(sys.argv[2])), default=float))
 
 
-def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 300.0) -> Path:
-    """ResNet-50 at 2x: the robust rank search, then vanilla vs searched ranks vs g=32 timed against the original."""
+def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
+    """ResNet-50 at 2x: the robust rank search, then vanilla, searched ranks, g=32 and both merged, each timed
+    interleaved against the original (the merged rows are the best pipeline: merging + granularity or search)."""
+    from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.sweeps import speed_table
@@ -173,12 +176,16 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
     search_s = time.perf_counter() - t
     g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    table = speed_table(model, {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32}, shape, rounds=5,
-                        warmup=1, repeats=3, progress=False)
+    rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
+            "merging + robust search": merge_bottlenecks(model, searched),
+            "merging + g=32": merge_bottlenecks(model, g32)}
+    with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
+        table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
     return _write(out / "search_robust_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
-                "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32, inference, interleaved, "
-                "adaptive rounds", "command": "lrdlab record speed-checks --only search --threads 1",
+                "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
+                "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
+        "command": "lrdlab record speed-checks --only search --threads 1",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_s": search_s, "search_settings": searched.settings["optimize"],
         "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),

@@ -49,22 +49,38 @@ class Loaders(NamedTuple):
 
 
 class ArrayDataset(Dataset):
-    """Images and labels held as tensors; batches are gathered by one index operation."""
+    """Images and labels held as tensors; batches are gathered by one index operation.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    ``shift`` > 0 translates every image by a random offset of up to ``shift`` pixels in each
+    direction (edges replicated), a fresh offset per image and access: augmentation for training.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+            raise ValueError(f"shift must be an int >= 0 (pixels), got {shift!r}")
+        self.images, self.labels, self.shift = images, labels, shift
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
+        return random_shift(self.images[i : i + 1], self.shift)[0], self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.labels[idx]
+        return random_shift(self.images[idx], self.shift), self.labels[idx]
+
+
+def random_shift(images: torch.Tensor, shift: int) -> torch.Tensor:
+    """Each image of a (N, C, H, W) batch translated by a random (dy, dx) in [-shift, shift], edges replicated."""
+    if shift == 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * shift + 1, (n, 2)).tolist()
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
 
 
 def _collate_arrays(batch):
@@ -130,34 +146,35 @@ def mnist5k_arrays(cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.
     return images, labels
 
 
-def _split_datasets(images, labels, test_size, seed, subset, scale, image_size, channels, mean, std):
+def _split_datasets(images, labels, test_size, seed, subset, scale, image_size, channels, mean, std, shift=0):
     train_idx, test_idx = stratified_split(labels, test_size, seed)
     if subset is not None:
         if not 0 < subset <= len(train_idx):
             raise ValueError(f"subset must be in 1..{len(train_idx)} training images, got {subset}")
         train_idx = train_idx[:subset]
-    make = lambda idx: ArrayDataset(to_images(images[idx], scale, image_size, channels, mean, std),  # noqa: E731
-                                    torch.as_tensor(labels[idx], dtype=torch.long))
-    return make(train_idx), make(test_idx)
+    make = lambda idx, s: ArrayDataset(to_images(images[idx], scale, image_size, channels, mean, std),  # noqa: E731
+                                       torch.as_tensor(labels[idx], dtype=torch.long), s)
+    return make(train_idx, shift), make(test_idx, 0)
 
 
 def mnist5k(cache_dir: str | Path | None = None, image_size: int = 32, channels: int = 3, test_size: int = 1000,
-            seed: int = 0, subset: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
-    """MNIST-5k train/test datasets (default 4,000 / 1,000, 3×32×32); ``subset`` trims the training set."""
+            seed: int = 0, subset: int | None = None, shift: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """MNIST-5k train/test datasets (default 4,000 / 1,000, 3×32×32); ``subset`` trims the training set,
+    ``shift`` randomly translates training images (:func:`random_shift`)."""
     images, labels = mnist5k_arrays(cache_dir)
     return _split_datasets(images, labels, test_size, seed, subset, 255.0, image_size, channels,
-                           MNIST_MEAN, MNIST_STD)
+                           MNIST_MEAN, MNIST_STD, shift)
 
 
 def digits(image_size: int = 8, channels: int = 1, test_size: int = 397, seed: int = 0,
-           subset: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+           subset: int | None = None, shift: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """scikit-learn's 8×8 digits (1,797 images, 10 classes): train/test datasets for fast tests."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images, labels = d.images, d.target.astype(np.int64)
     mean, std = float(images.mean() / 16.0), float(images.std() / 16.0)
-    return _split_datasets(images, labels, test_size, seed, subset, 16.0, image_size, channels, mean, std)
+    return _split_datasets(images, labels, test_size, seed, subset, 16.0, image_size, channels, mean, std, shift)
 
 
 # --- files the user provides: CIFAR-10 and ImageNet --------------------------------------------------
@@ -266,13 +283,17 @@ def parse_name(name: str) -> tuple[str, str | None]:
 
 def datasets(name: str, *, cache_dir: str | Path | None = None, root: str | Path | None = None,
              image_size: int | None = None, channels: int | None = None, subset: int | None = None,
-             seed: int = 0, augment: bool = True) -> tuple[Dataset, Dataset]:
+             seed: int = 0, augment: bool = True, shift: int = 0) -> tuple[Dataset, Dataset]:
     """The (train, test) datasets behind :func:`get_loaders`."""
     kind, path = parse_name(name)
     if kind == "mnist5k":
-        return mnist5k(cache_dir, image_size or 32, 3 if channels is None else channels, seed=seed, subset=subset)
+        return mnist5k(cache_dir, image_size or 32, 3 if channels is None else channels, seed=seed, subset=subset,
+                       shift=shift)
     if kind == "digits":
-        return digits(image_size or 8, 1 if channels is None else channels, seed=seed, subset=subset)
+        return digits(image_size or 8, 1 if channels is None else channels, seed=seed, subset=subset, shift=shift)
+    if shift:
+        raise ValueError(f"shift is for the in-memory sets (mnist5k, digits); {name!r} has its own augmentation "
+                         "(augment=True: random crop + flip)")
     if kind == "cifar10":
         return cifar10(root or (Path(cache_dir) / "cifar10" if cache_dir else None), image_size or 32, augment,
                        subset)
@@ -282,18 +303,19 @@ def datasets(name: str, *, cache_dir: str | Path | None = None, root: str | Path
 def get_loaders(name: str, batch_size: int = 128, *, test_batch_size: int | None = None,
                 cache_dir: str | Path | None = None, root: str | Path | None = None, image_size: int | None = None,
                 channels: int | None = None, subset: int | None = None, seed: int = 0, num_workers: int = 0,
-                augment: bool = True, drop_last: bool = False, **loader_kw: Any) -> Loaders:
+                augment: bool = True, shift: int = 0, drop_last: bool = False, **loader_kw: Any) -> Loaders:
     """Train and test loaders for ``"mnist5k" | "digits" | "cifar10" | "imagenet:PATH"``.
 
     ``batch_size`` is the *global* batch: under ``torchrun`` each of W ranks gets ``batch_size // W``
     images per step, from a ``DistributedSampler`` (shuffled by ``seed`` + epoch; call
     ``loader.sampler.set_epoch(e)``, as :func:`lrdlab.fit` does). The test loader gives each
-    rank a disjoint shard, in order.
+    rank a disjoint shard, in order. ``shift`` randomly translates the training images of the
+    in-memory sets by up to that many pixels (off by default; CIFAR/ImageNet use ``augment``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     train, test = datasets(name, cache_dir=cache_dir, root=root, image_size=image_size, channels=channels,
-                           subset=subset, seed=seed, augment=augment)
+                           subset=subset, seed=seed, augment=augment, shift=shift)
     rank, size = world()
     if batch_size % size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {size} processes; make it a multiple")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lrdlab.zoo import data
-from lrdlab.zoo.data import ShardSampler, get_loaders, stratified_split, to_images
+from lrdlab.zoo.data import ArrayDataset, ShardSampler, digits, get_loaders, random_shift, stratified_split, to_images
 
 
 def test_stratified_split_is_deterministic_disjoint_and_stratified():
@@ -138,3 +138,28 @@ def test_ddp_batches_are_the_single_process_batches_split():
     for k in range(3):
         merged = ranks[0][k * 32:(k + 1) * 32] + ranks[1][k * 32:(k + 1) * 32]
         assert sorted(merged) == sorted(single[k * 64:(k + 1) * 64])
+
+
+def test_random_shift_translates_each_image_within_the_bound():
+    torch.manual_seed(0)
+    img = torch.zeros(64, 1, 9, 9)
+    img[:, :, 4, 4] = 1.0  # one bright pixel in the centre of a flat background
+    out = random_shift(img, 2)
+    assert out.shape == img.shape
+    rows, cols = (out[:, 0] == 1).nonzero()[:, 1], (out[:, 0] == 1).nonzero()[:, 2]
+    assert len(rows) == 64  # the pixel survives in every image, moved by at most 2
+    assert (rows - 4).abs().max() == 2 and (cols - 4).abs().max() == 2
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) > 10  # offsets differ per image
+    assert torch.equal(random_shift(img, 0), img)
+
+
+def test_shift_augments_training_images_only():
+    train, test = digits(shift=1)
+    assert train.shift == 1 and test.shift == 0
+    x1, _ = train.__getitems__(list(range(32)))
+    assert not torch.equal(x1, train.images[:32])
+    assert torch.equal(test.__getitems__([0, 1])[0], test.images[:2])
+    with pytest.raises(ValueError, match="shift must be an int"):
+        ArrayDataset(train.images, train.labels, shift=-1)
+    with pytest.raises(ValueError, match="in-memory sets"):
+        get_loaders("cifar10", shift=2)
