@@ -2,7 +2,8 @@
 
 Decomposition is the library's data-aware one with BatchNorm re-estimation
 (``lrdlab.decompose(model, plan, calibration=batches)``; :data:`CALIBRATION` names it in every
-readout). Trained models are the ones lrdlab ships (``lrdlab.pretrained(name)``).
+readout). Trained models are the ones lrdlab ships (``lrdlab.pretrained(name)``; ResNet-20 by default, any
+other shipped model by name, e.g. ``AccuracyLab("vit_tiny_mnist5k")``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrdlab.explore.lab_models import ACCURACY_IMAGES, DEFAULT_ACCURACY_IMAGES, DEFAULT_PRETRAINED
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.cache import default_cache_dir
@@ -35,7 +37,7 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Sequence[Any]) -
 # --- trained models ----------------------------------------------------------------------------------
 
 
-def trained_model(name: str = "resnet20_mnist5k") -> nn.Module:
+def trained_model(name: str = DEFAULT_PRETRAINED) -> nn.Module:
     """A trained reference model shipped with lrdlab (:func:`lrdlab.pretrained`), in eval mode."""
     from lrdlab.zoo.pretrained import pretrained
 
@@ -61,12 +63,22 @@ def plan_key(plan: Plan) -> str:
 class AccuracyLab:
     """Test accuracy of a trained model after calibrated decomposition with a plan, cached in memory and on disk.
 
-    ``calibration_images`` train images calibrate (BN statistics), ``test_images`` held-out images score
-    (300 by default: ±2.6 points binomial standard error near 80%, and ≈1.5 s per new plan on 2 quiet cores).
+    ``calibration_images`` train images calibrate (data-aware fit, BN statistics), ``test_images`` held-out
+    images score. Defaults per architecture (:data:`~lrdlab.explore.lab_models.ACCURACY_IMAGES`): 128 and 300
+    for ResNet-20 (±2.6 points binomial standard error near 80%, ≈1.5 s per new plan on 2 quiet cores),
+    32 and 200 for vit_tiny (±2.8 points near 80%, ≈1.4 s per new plan under load 3 on 2 cores).
     """
 
-    def __init__(self, name: str = "resnet20_mnist5k", calibration_images: int = 128, test_images: int = 300,
-                 cache_dir: Path | None = None):
+    def __init__(self, name: str = DEFAULT_PRETRAINED, calibration_images: int | None = None,
+                 test_images: int | None = None, cache_dir: Path | None = None):
+        from lrdlab.zoo.pretrained import pretrained_info
+
+        info = pretrained_info(name)
+        if info.get("data", DATA["data"]) != DATA["data"]:
+            raise ValueError(f"{name!r} was trained on {info['data']!r}; the explorers score on {DATA['data']!r} "
+                             "only: choose a model trained on it")
+        default = ACCURACY_IMAGES.get(info["model"], DEFAULT_ACCURACY_IMAGES)
+        calibration_images, test_images = calibration_images or default[0], test_images or default[1]
         self.name, self.cache_dir = name, Path(cache_dir or default_cache_dir())
         self.model = trained_model(name)
         weights = hashlib.sha1(b"".join(p.detach().numpy().tobytes()[:4096] for p in self.model.parameters()))
@@ -74,9 +86,10 @@ class AccuracyLab:
         self.path = self.cache_dir / f"accuracy_{key}.json"
         loaders = data_loaders(cache_dir)
         train = iter(loaders.train)
-        self.calibration: list[torch.Tensor] = []
-        while sum(len(x) for x in self.calibration) < calibration_images:
-            self.calibration.append(next(train)[0])
+        batches: list[torch.Tensor] = []
+        while sum(len(x) for x in batches) < calibration_images:
+            batches.append(next(train)[0])
+        self.calibration = [torch.cat(batches)[:calibration_images]]  # exactly that many images
         xs, ys = zip(*[(x, y) for x, y in loaders.test])
         self.test_x, self.test_y = torch.cat(xs)[:test_images], torch.cat(ys)[:test_images]
         try:

@@ -16,24 +16,33 @@ from torch import nn
 from lrdlab.explore.accuracy_lab import CALIBRATION, AccuracyLab, plan_key
 from lrdlab.explore.compute import conditions
 from lrdlab.lowrank.decompose import decompose, planned_structure
-from lrdlab.lowrank.plan import Plan, make_plan
+from lrdlab.lowrank.plan import Plan, candidate_layers, make_plan
 from lrdlab.measure import timing
 from lrdlab.measure.counting import count_flops, count_params
+from lrdlab.zoo.pretrained import STEMS
 
 
 def network_plan(model: nn.Module, ratio: float, granularity: int, rounding: str = "down",
-                 exclude: Sequence[str] = ("conv1",)) -> Plan:
-    """The plan the explorer applies to the whole model (``exclude`` patterns that match no layer are dropped)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+                 exclude: Sequence[str] | None = None) -> Plan:
+    """The plan the explorer applies to the whole model, its stem kept.
+
+    ``exclude``: the stem of the model's architecture (:attr:`~lrdlab.explore.lab_models.LabModel.stem`);
+    None keeps every known stem (:data:`lrdlab.zoo.pretrained.STEMS`: ``conv1``, ``conv_proj``). Patterns
+    that match no layer are dropped.
+    """
+    if exclude is None:
+        exclude = [p for stem in STEMS.values() for p in stem]
+    names = [n for n, _ in candidate_layers(model)]
     skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
     return make_plan(model, ratio=ratio, granularity=granularity, rounding=rounding, exclude=skip or None)
 
 
 class NetworkLab:
-    """Whole-network numbers of one model at a setting; ``accuracy`` set for trained models only."""
+    """Whole-network numbers of one model at a setting; ``accuracy``: the current trained model's lab."""
 
     def __init__(self, batch: int = 8, rounds: int = 5, accuracy: AccuracyLab | None = None):
         self.batch, self.rounds, self.accuracy = batch, rounds, accuracy
+        self._accuracy_labs: dict[str, AccuracyLab] = {}
         self._counts: dict[tuple, dict[str, Any]] = {}
         self._speed: dict[tuple, dict[str, Any]] = {}
 
@@ -69,6 +78,15 @@ class NetworkLab:
                                  "seconds": time.perf_counter() - start}
                 for r in df.to_dict("records")}
         return self._speed.get(key)
+
+    def use_accuracy(self, pretrained: str) -> AccuracyLab:
+        """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""
+        if self.accuracy is not None:
+            self._accuracy_labs.setdefault(self.accuracy.name, self.accuracy)
+        if pretrained not in self._accuracy_labs:
+            self._accuracy_labs[pretrained] = AccuracyLab(pretrained)
+        self.accuracy = self._accuracy_labs[pretrained]
+        return self.accuracy
 
     def accuracy_of(self, plan: Plan) -> dict[str, Any] | None:
         """Calibrated test accuracy after decomposition (trained models only), with the original's."""

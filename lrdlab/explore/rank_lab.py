@@ -7,8 +7,11 @@
   ``ensure_times`` measures here whatever is missing or would mix sources.
 - :func:`readout_text`: the side-by-side HTML readout; a speed-up only between times from one source.
 
-Models: :data:`TRAINED` (ResNet-20 trained on MNIST-5k, the default) and the zoo's random-init models
-(labelled untrained). Widgets: :mod:`lrdlab.explore.widgets`; figures: :mod:`lrdlab.explore.figures`.
+Models: every shipped trained model (ResNet-20 on MNIST-5k, the default; a ViT when its weights ship) and
+the zoo's random-init models, labelled untrained (:mod:`lrdlab.explore.lab_models`). Layers are the plan's
+rows: a ViT's attention projections appear as ``…self_attention.q_proj/k_proj/v_proj/out_proj``
+(:func:`lrdlab.lowrank.plan.candidate_layers`). Widgets: :mod:`lrdlab.explore.widgets`; figures:
+:mod:`lrdlab.explore.figures`.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import torch
 from torch import nn
 
 from lrdlab.explore import plots
+from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, model_label
 from lrdlab.lowrank import factorize
 from lrdlab.lowrank.layers import build, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import candidate_layers, make_plan, named_layers
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.counting import count_flops
@@ -42,23 +46,10 @@ REFERENCE_LAYER_TIMES = REFERENCE_DIR / "reference_layer_times.json"
 REFERENCE_FREEZING = REFERENCE_DIR / "reference_freezing.json"
 RATIOS = (1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0)
 GRANULARITIES = (1, 2, 4, 8, 16, 32, 64)
-TRAINED = "resnet20 · trained (MNIST-5k)"  # the trained reference model (accuracy_lab.trained_model)
-DEFAULT_MODEL, DEFAULT_LAYER = TRAINED, "layer3.2.conv2"
+DEFAULT_LAYER = "layer3.2.conv2"
 ROUNDINGS = ("down", "up", "nearest")
-
-
-def arch(model: str) -> str:
-    """The zoo architecture behind an explorer model name (a trained model's, or the name itself)."""
-    return "resnet20" if model == TRAINED else model
-
-
-def is_trained(model: str) -> bool:
-    return model == TRAINED
-
-
-def model_label(model: str) -> str:
-    """Dropdown label: random-init models are marked untrained."""
-    return model if is_trained(model) else f"{model} · untrained (random init)"
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "LayerData", "RankLab", "arch", "is_trained", "model_label",
+           "readout_text"]
 
 
 # --- timing and its cache -----------------------------------------------------------------------
@@ -103,22 +94,22 @@ class LayerData:
     error_table: np.ndarray | None = field(default=None, repr=False)  # Tucker-2: kept energy by (r2, r1)
 
 
-@lru_cache(maxsize=4)
 def _model(name: str) -> nn.Module:
-    if is_trained(name):
-        from lrdlab.explore.accuracy_lab import trained_model
+    """The explorer model behind a key, in eval mode (:func:`lrdlab.explore.lab_models.load`, cached)."""
+    return load(name)
 
-        return trained_model()
-    torch.manual_seed(0)
-    return models.get_model(name).eval()
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Decomposable Linear/Conv2d plan rows, in module order; attention q/k/v as ``nn.Linear`` views."""
+    return {n: m for n, m in candidate_layers(model)
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and unsupported_reason(m) is None}
 
 
 @lru_cache(maxsize=8)
 def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Input shape (batch 1) of every Linear/Conv2d layer (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
+    """Input shape (batch 1) of every layer row (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
     model = _model(name)
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return layer_input_shapes(model, names, (1, *models.input_size(arch(name))))
+    return layer_input_shapes(model, list(_layers(model)), (1, *models.input_size(arch(name))))
 
 
 def tucker2_kept_energy(weight: torch.Tensor) -> np.ndarray:
@@ -151,14 +142,16 @@ class RankLab:
 
     @staticmethod
     def layer_names(model: str) -> list[str]:
-        """Decomposable Linear/Conv2d layers of a registered model, in module order."""
-        return [n for n, m in _model(model).named_modules()
-                if isinstance(m, (nn.Linear, nn.Conv2d)) and unsupported_reason(m) is None]
+        """Decomposable Linear/Conv2d layers of an explorer model, in module order (a ViT's q/k/v/out too)."""
+        return list(_layers(_model(model)))
 
     def layer(self, model: str, name: str) -> LayerData:
         key = (model, name)
         if key not in self._layers:
-            module = _model(model).get_submodule(name)
+            layers = named_layers(_model(model))
+            if name not in layers:
+                raise ValueError(f"{model!r} has no layer {name!r}; choose one of RankLab.layer_names({model!r})")
+            module = layers[name]
             info = describe(module)
             plan = make_plan(_model(model), ratio=2, include=[name])
             method = plan[name].method or default_method(info).name

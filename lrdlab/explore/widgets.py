@@ -9,6 +9,7 @@ from lrdlab.explore import plots
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import rank_figure
 from lrdlab.explore.freezing_widget import FreezingExplorer
+from lrdlab.explore.lab_models import default_keys, lab_model
 from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
 from lrdlab.explore.rank_lab import (
     DEFAULT_LAYER,
@@ -16,11 +17,8 @@ from lrdlab.explore.rank_lab import (
     GRANULARITIES,
     RATIOS,
     ROUNDINGS,
-    TRAINED,
     RankLab,
     _model,
-    arch,
-    is_trained,
     model_label,
     readout_text,
 )
@@ -33,10 +31,12 @@ class RankExplorer:
     """Widget: model, layer, compression α, granularity g and rounding → spectra, layer and whole-network readouts.
 
     The layer readout puts the unrounded (g = 1) and the rounded ranks side by side at the same α; the
-    network readout shows params, FLOPs, measured throughput (interleaved, with IQR) and, for the trained
-    model, the calibrated test accuracy of both plans. Drive it without a browser by setting control
-    ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``, ``.net_readout.value``,
-    ``.render_seconds``.
+    network readout shows params, FLOPs, measured throughput (interleaved, with IQR) and, for a trained
+    model, the calibrated test accuracy of both plans. Models (``model_names``, default
+    :func:`~lrdlab.explore.lab_models.default_keys`): every shipped trained model — a ViT too, whose layers
+    include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a
+    browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
+    ``.net_readout.value``, ``.render_seconds``.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
@@ -47,7 +47,10 @@ class RankExplorer:
 
         self.lab = lab or RankLab()
         self.net_lab = network
-        names = model_names or [TRAINED] + [m for m in models.MODELS if m.startswith("resnet")]
+        names = model_names or default_keys()
+        if model not in names:
+            raise ValueError(f"model {model!r} is not among the explorer's models {names}; pass one of them "
+                             "(a trained model is listed only when its weights ship with lrdlab)")
         self.model = W.Dropdown(options=[(model_label(n), n) for n in names], value=model, description="model",
                                 layout={"width": "360px"})
         options = self.lab.layer_names(model)
@@ -107,25 +110,23 @@ class RankExplorer:
     def _network_lab(self) -> NetworkLab:
         if self.net_lab is None:
             self.net_lab = NetworkLab(batch=self.lab.batch)
-        if is_trained(self.model.value) and self.net_lab.accuracy is None:
-            from lrdlab.explore.accuracy_lab import AccuracyLab
-
-            self.net_lab.accuracy = AccuracyLab()
+        spec = lab_model(self.model.value)
+        if spec.pretrained is not None:
+            self.net_lab.use_accuracy(spec.pretrained)
         return self.net_lab
 
     def network_state(self, measure: bool) -> dict[str, Any]:
         """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g."""
         name = self.model.value
-        model = _model(name)
-        size = models.input_size(arch(name))
+        model, spec = _model(name), lab_model(name)
+        size = models.input_size(spec.arch)
         net = self._network_lab()
-        plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1),
+        plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),
                  f"rounded (g={self.granularity.value}, {self.rounding.value})":
-                     network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value)}
+                     network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
         counts = {label: net.counts(name, model, plan, size) for label, plan in plans.items()}
         speed = net.speed(name, model, plans, size, measure=measure)
-        trained = is_trained(name)
-        acc = {label: net.accuracy_of(plan) if trained else None for label, plan in plans.items()}
+        acc = {label: net.accuracy_of(plan) if spec.trained else None for label, plan in plans.items()}
         return {"counts": counts, "speed": speed, "accuracy": acc}
 
     def update(self, measure_network: bool = False) -> None:

@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 
+from lrdlab.zoo.pretrained import kept_stem  # the stem each model keeps (conv1, conv_proj)
+
 RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 VARIANTS = ("weights", "weights+bn", "data", "data+bn", "data+bn+ft")
 STUDY_MODELS: dict[str, dict[str, Any]] = {
-    "resnet20": {"pretrained": "resnet20_mnist5k", "exclude": ["conv1"],
+    "resnet20": {"pretrained": "resnet20_mnist5k",
                  "finetune": {"optimizer": "sgd", "lr": 0.01}},
-    "vit_tiny": {"pretrained": "vit_tiny_mnist5k", "exclude": ["conv_proj"],
+    "vit_tiny": {"pretrained": "vit_tiny_mnist5k",
                  "finetune": {"optimizer": "adamw", "lr": 2e-4}},
 }
 
@@ -67,7 +69,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     rows = [{**base, "ratio": 1.0, "granularity": granularity, "variant": "original", "accuracy": acc0,
              "loss": loss0, "params": base["params_original"], "flops": base["flops_original"], "seconds": 0.0}]
     for ratio in ratios:
-        plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], granularity=granularity, model_name=name)
+        plan = make_plan(original, ratio=ratio, exclude=kept_stem(name), granularity=granularity, model_name=name)
         made: dict[str, tuple[torch.nn.Module, float]] = {}
         made["weights"] = _timed(decompose, original, plan)
         if "weights+bn" in variants:
@@ -136,7 +138,7 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
         "settings": {"models": list(models), "ratios": list(ratios), "granularities": list(granularities),
                      "calibration_images": calibration_images, "finetune_epochs": finetune_epochs,
                      "batch_size": batch_size, "seed": seed, "data": "mnist5k (4,000 train / 1,000 test)",
-                     "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
+                     "exclude": {m: kept_stem(m) for m in models},
                      "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
                      "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
         "machine": machine_info("cpu"),

@@ -24,6 +24,17 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 STORAGES = ("fp16", "int8")
 FORMAT = "lrdlab-packed-1"
 INT8_MIN_NUMEL = 4096  # smaller tensors (norms, biases) stay fp16
+STEMS: dict[str, tuple[str, ...]] = {"resnet": ("conv1",), "vit": ("conv_proj",)}  # by architecture family
+
+
+def kept_stem(arch: str) -> list[str]:
+    """The stem layers lrdlab keeps whole when it plans a model of this architecture (``exclude=``).
+
+    The stem sees 3 input channels: its re-solved rank is not a position on its channel spectrum, and it
+    holds few parameters (report F10). Families by name prefix: ``resnet*`` → ``conv1``, ``vit*`` →
+    ``conv_proj``; other architectures keep nothing.
+    """
+    return next((list(stem) for family, stem in STEMS.items() if arch.startswith(family)), [])
 
 
 def available() -> list[str]:

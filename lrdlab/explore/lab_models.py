@@ -1,0 +1,114 @@
+"""The explorers' models: every trained model lrdlab ships, and the zoo's random-init ones, by dropdown key.
+
+A shipped model ``NAME`` (:func:`lrdlab.zoo.pretrained.available`) is listed as ``"ARCH · trained (DATA)"``,
+e.g. ``"vit_tiny · trained (MNIST-5k)"`` for ``vit_tiny_mnist5k``, as soon as its weights are in the
+package; a zoo name (``"resnet18"``) is a random-init model, labelled untrained. Each entry knows its
+architecture, its pretrained name and the stem its plans keep (:func:`lrdlab.zoo.pretrained.kept_stem`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrdlab.zoo import models, pretrained
+
+DATA_LABELS = {"mnist5k": "MNIST-5k"}
+UNTRAINED = tuple(m for m in models.MODELS if m.startswith("resnet")) + ("vit_tiny",)  # random-init choices
+DEFAULT_PRETRAINED = "resnet20_mnist5k"
+# (calibration, test) images of an accuracy update, ≈1.5 s per new plan on a loaded 2-core machine. vit_tiny's
+# forward costs ≈10× ResNet-20's; 32 calibration images (2,080 tokens) score within noise of 128 there.
+ACCURACY_IMAGES: dict[str, tuple[int, int]] = {"vit_tiny": (32, 200)}
+DEFAULT_ACCURACY_IMAGES = (128, 300)
+
+
+def trained_key(info: dict[str, Any]) -> str:
+    """The dropdown key of a shipped model from its record: ``"resnet20 · trained (MNIST-5k)"``."""
+    data = info.get("data", "?")
+    return f"{info['model']} · trained ({DATA_LABELS.get(data, data)})"
+
+
+DEFAULT_MODEL = trained_key({"model": "resnet20", "data": "mnist5k"})
+
+
+@dataclass(frozen=True)
+class LabModel:
+    """One explorer model: its key (the dropdown value), architecture, and pretrained name if trained."""
+
+    key: str
+    arch: str
+    pretrained: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.pretrained is not None
+
+    @property
+    def label(self) -> str:
+        """Dropdown label: random-init models are marked untrained."""
+        return self.key if self.trained else f"{self.key} · untrained (random init)"
+
+    @property
+    def stem(self) -> list[str]:
+        """The layers the whole-network plan keeps (``conv1`` of a ResNet, ``conv_proj`` of a ViT)."""
+        return pretrained.kept_stem(self.arch)
+
+    @property
+    def accuracy_images(self) -> tuple[int, int]:
+        return ACCURACY_IMAGES.get(self.arch, DEFAULT_ACCURACY_IMAGES)
+
+
+def trained_models() -> dict[str, LabModel]:
+    """The shipped trained models, by key (read from the weights folder on every call)."""
+    out = {}
+    for name in pretrained.available():
+        info = pretrained.pretrained_info(name)
+        out[trained_key(info)] = LabModel(trained_key(info), info["model"], name)
+    return out
+
+
+def lab_model(key: str) -> LabModel:
+    """The model behind a dropdown key: a shipped trained model, or a zoo name at random init."""
+    if key in models.MODELS:
+        return LabModel(key, key)
+    trained = trained_models()
+    if key in trained:
+        return trained[key]
+    raise ValueError(f"no explorer model {key!r}; choose a zoo name ({', '.join(models.MODELS)}) or a shipped "
+                     f"trained model ({', '.join(trained) or 'none shipped'})")
+
+
+def default_keys() -> list[str]:
+    """The explorer's dropdown: every shipped trained model, then the random-init ResNets and ViT."""
+    return list(trained_models()) + list(UNTRAINED)
+
+
+def arch(key: str) -> str:
+    """The zoo architecture behind an explorer model key."""
+    return lab_model(key).arch
+
+
+def is_trained(key: str) -> bool:
+    return lab_model(key).trained
+
+
+def model_label(key: str) -> str:
+    return lab_model(key).label
+
+
+def load(key: str) -> nn.Module:
+    """The model in eval mode (trained weights, or random init with seed 0); cached per weights file."""
+    spec = lab_model(key)
+    return _load(spec.arch, spec.pretrained, str(pretrained.WEIGHTS_DIR))
+
+
+@lru_cache(maxsize=4)
+def _load(arch_name: str, name: str | None, weights_dir: str) -> nn.Module:
+    if name is not None:
+        return pretrained.pretrained(name).eval()
+    torch.manual_seed(0)
+    return models.get_model(arch_name).eval()
