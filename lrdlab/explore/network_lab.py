@@ -48,13 +48,14 @@ class NetworkLab:
 
     def counts(self, name: str, model: nn.Module, plan: Plan, input_size: Sequence[int]) -> dict[str, Any]:
         """Params and FLOPs (one image) of the original and the planned model; memoised per plan."""
-        key = (name, plan_key(plan))
+        key, shape = (name, plan_key(plan)), (1, *input_size)
+        if (name, "original") not in self._counts:
+            self._counts[name, "original"] = {"params_before": count_params(model),
+                                              "flops_before": count_flops(model, shape)}
         if key not in self._counts:
             meta = planned_structure(model, plan)
-            shape = (1, *input_size)
-            self._counts[key] = {"params_before": count_params(model), "params_after": count_params(meta),
-                                 "flops_before": count_flops(model, shape), "flops_after": count_flops(meta, shape),
-                                 "layers": len(plan.decomposed_layers)}
+            self._counts[key] = {**self._counts[name, "original"], "params_after": count_params(meta),
+                                 "flops_after": count_flops(meta, shape), "layers": len(plan.decomposed_layers)}
         return self._counts[key]
 
     def speed(self, name: str, model: nn.Module, plans: dict[str, Plan], input_size: Sequence[int],

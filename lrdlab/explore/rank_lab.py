@@ -34,7 +34,7 @@ from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, mod
 from lrdlab.lowrank import factorize
 from lrdlab.lowrank.layers import build, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
-from lrdlab.lowrank.plan import candidate_layers, make_plan, named_layers
+from lrdlab.lowrank.plan import candidate_layers, make_plan
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.counting import count_flops
@@ -148,7 +148,7 @@ class RankLab:
     def layer(self, model: str, name: str) -> LayerData:
         key = (model, name)
         if key not in self._layers:
-            layers = named_layers(_model(model))
+            layers = _layers(_model(model))
             if name not in layers:
                 raise ValueError(f"{model!r} has no layer {name!r}; choose one of RankLab.layer_names({model!r})")
             module = layers[name]
