@@ -2,8 +2,8 @@
 
 The stand-in is a random-init ``vit_tiny`` with trained-like spectra (each encoder weight's singular values
 made to decay as ``exp(-i / 8)``) and a head fitted by least squares to its class-token features: seconds
-to make, ≈50% on MNIST-5k, and its calibrated accuracy moves with the compression (≈30% at 2x). Saved in lrdlab's packed format with its JSON record. It is never
-committed: the real ``vit_tiny_mnist5k`` weights ship separately.
+to make, ≈50% on MNIST-5k, and its calibrated accuracy moves with the compression (≈30% at 2x). Saved in
+lrdlab's packed format with its JSON record; never committed (the real ``vit_tiny_mnist5k`` ships separately).
 """
 
 import json
