@@ -108,22 +108,17 @@ RUN_ALL = """async () => {
 @pytest.mark.browser
 @pytest.mark.slow
 def test_rank_explorer_in_jupyterlab(jupyterlab, tmp_path):
-    if not Path(CHROMIUM).exists():
-        _missing(CHROMIUM)
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        _missing("Python Playwright")
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
     base, token, log = jupyterlab
     shot = Path(os.environ.get("LRDLAB_SCREENSHOT", tmp_path / "rank_explorer.png"))
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = _browser(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(120_000)
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}")
-            page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext !== undefined")
-            page.evaluate(RUN_ALL)
+            _open(page, base, token, NOTEBOOK.name)
             # the last cell draws a figure into the output area once the whole notebook has run
             page.locator(".jp-OutputArea-output img").first.wait_for(state="visible", timeout=240_000)
             readout = page.locator(".lrd-readout")
@@ -131,8 +126,7 @@ def test_rank_explorer_in_jupyterlab(jupyterlab, tmp_path):
             plot = page.locator("img.lrd-plot")
             before_src, before_text = plot.get_attribute("src"), readout.inner_text()
             assert before_src and "ranks" in before_text
-            page.locator(".lrd-granularity .noUi-handle").click()
-            page.keyboard.press("ArrowRight")
+            _slide(page, "lrd-granularity")
             expect(readout).not_to_have_text(before_text, timeout=60_000)
             expect(plot).not_to_have_attribute("src", before_src, timeout=30_000)
             page.screenshot(path=str(shot), full_page=True)
@@ -146,14 +140,26 @@ def _open(page, base: str, token: str, name: str) -> None:
     page.evaluate(RUN_ALL)
 
 
-def _changes(page, locator, action, timeout: int = 90_000) -> str:
-    """Run ``action`` and wait until ``locator``'s text changes; returns the new text."""
+def _slide(page, css: str, steps: int = 1) -> None:
+    """Move the slider with class ``css`` right by ``steps`` positions, with the keyboard (as a user would)."""
+    page.locator(f".{css} .noUi-handle").click()
+    for _ in range(steps):
+        page.keyboard.press("ArrowRight")
+
+
+def _changes(locator, action, attribute: str | None = None, timeout: int = 90_000) -> str | None:
+    """Run ``action`` and wait until ``locator``'s text (or ``attribute``, e.g. an image's ``src``) changes;
+    returns the new value."""
     from playwright.sync_api import expect
 
-    before = locator.inner_text()
+    read = (lambda: locator.get_attribute(attribute)) if attribute else locator.inner_text
+    before = read()
     action()
-    expect(locator).not_to_have_text(before, timeout=timeout)
-    return locator.inner_text()
+    if attribute:
+        expect(locator).not_to_have_attribute(attribute, before or "", timeout=timeout)
+    else:
+        expect(locator).not_to_have_text(before, timeout=timeout)
+    return read()
 
 
 def _browser(pw):
@@ -189,29 +195,15 @@ def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
             expect(readout).to_contain_text("layer3.2.conv2")
             assert "38,38" in readout.inner_text()  # the 2x Tucker ranks of a 64→64 3×3 conv (P1 Table 1)
 
-            def src_changes(action):
-                before = plot.get_attribute("src")
-                action()
-                expect(plot).not_to_have_attribute("src", before, timeout=90_000)
-
-            def granularity_to_8():
-                page.locator(".lrd-granularity .noUi-handle").click()
-                for _ in range(3):  # 1 → 2 → 4 → 8
-                    page.keyboard.press("ArrowRight")
-
-            src_changes(granularity_to_8)
+            _changes(plot, lambda: _slide(page, "lrd-granularity", 3), "src")  # g 1 → 2 → 4 → 8
             expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
             expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
             expect(net).to_contain_text("rounded (g=8, down)")
-            src_changes(lambda: page.locator(".lrd-rounding button", has_text="up").click())
+            _changes(plot, lambda: page.locator(".lrd-rounding button", has_text="up").click(), "src")
             expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
             expect(readout).to_contain_text("40,40")
             expect(net).to_contain_text("rounded (g=8, up)")
-
-            def ratio_up():
-                page.locator(".lrd-ratio .noUi-handle").click()
-                page.keyboard.press("ArrowRight")  # α 2 → 2.5
-            src_changes(ratio_up)
+            _changes(plot, lambda: _slide(page, "lrd-ratio"), "src")  # α 2 → 2.5
             expect(readout).to_contain_text("α=2.5", timeout=90_000)
             page.locator(".lrd-layer select").select_option("layer2.0.conv2")
             expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
@@ -248,22 +240,14 @@ def test_freezing_explorer_controls_and_a_cancelled_background_run(jupyterlab, t
             summary, plot = page.locator(".lrd-freezing-summary"), page.locator("img.lrd-freezing-plot")
             expect(summary).to_contain_text("sequential N=1", timeout=240_000)
             seen = {plot.get_attribute("src")}
-            text = _changes(page, summary, lambda: page.locator(".lrd-mode button", has_text="regular").click())
+            text = _changes(summary, lambda: page.locator(".lrd-mode button", has_text="regular").click())
             assert text.startswith("regular")
             seen.add(plot.get_attribute("src"))
             page.locator(".lrd-mode button", has_text="sequential").click()
             expect(summary).to_contain_text("sequential N=1")
-
-            def period_right():
-                page.locator(".lrd-period .noUi-handle").click()
-                page.keyboard.press("ArrowRight")  # 1 epoch → 2 epochs
-            assert "sequential N=2" in _changes(page, summary, period_right)
+            assert "sequential N=2" in _changes(summary, lambda: _slide(page, "lrd-period"))  # 1 epoch → 2 epochs
             seen.add(plot.get_attribute("src"))
-
-            def ratio_right():
-                page.locator(".lrd-fratio .noUi-handle").click()
-                page.keyboard.press("ArrowRight")  # ×2 → ×3
-            assert "×3" in _changes(page, summary, ratio_right)
+            assert "×3" in _changes(summary, lambda: _slide(page, "lrd-fratio"))  # ×2 → ×3
             seen.add(plot.get_attribute("src"))
             assert len(seen) == 4  # every move drew a different figure
             status = page.locator(".lrd-freezing-status")
