@@ -92,7 +92,8 @@ def _add_record(sub) -> None:
     tfm = what.add_parser("transformers", help="issue-14 transformer targets, or the ViT-tiny/MNIST-5k study")
     tfm.add_argument("part", choices=["targets", "study"])
     tfm.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    tfm.add_argument("--weights", type=Path, default=None, help="trained vit_tiny state_dict (else: train one)")
+    tfm.add_argument("--weights", default=None,
+                     help="vit_tiny_mnist5k (shipped) or a trained vit_tiny state_dict file (else: train one)")
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
     for q in (speed, tech, ref, study, checks, frz, acc, pre, grid, tfm):

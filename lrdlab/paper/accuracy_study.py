@@ -6,7 +6,8 @@ For each model and ratio (stem kept) the study records the MNIST-5k test accurac
 ``weights+bn``   the same, then :func:`lrdlab.recalibrate_bn` on the calibration images
 ``data``         data-aware decomposition, BN statistics left stale (``calibrated_decompose(bn=False)``)
 ``data+bn``      data-aware decomposition + BN re-estimation (``decompose(model, plan, calibration=…)``)
-``data+bn+ft``   ``data+bn`` after ``finetune_epochs`` of :func:`lrdlab.fit` (no freezing)
+``data+bn+ft``   ``data+bn`` after ``finetune_epochs`` of :func:`lrdlab.fit` (no freezing; batch 32, the original
+                 model as distillation teacher: :data:`STUDY_MODELS` ``finetune``)
 
 plus params and FLOPs (one 3×32×32 image) per ratio and the seconds each step took. Run it as
 ``lrdlab record accuracy --out data/accuracy_f11_mnist5k.json``.
@@ -27,10 +28,10 @@ RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 VARIANTS = ("weights", "weights+bn", "data", "data+bn", "data+bn+ft")
 STUDY_MODELS: dict[str, dict[str, Any]] = {
     "resnet20": {"pretrained": "resnet20_mnist5k", "exclude": ["conv1"],
-                 "finetune": {"optimizer": "sgd", "lr": 0.01}},
+                 "finetune": {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": True}},
     "vit_tiny": {"pretrained": "vit_tiny_mnist5k", "exclude": ["conv_proj"],
-                 "finetune": {"optimizer": "adamw", "lr": 2e-4}},
-}
+                 "finetune": {"optimizer": "adamw", "lr": 2e-4, "batch_size": 32, "distill": True}},
+}  # fine-tuning: batch 32 (125 steps per epoch) with the original as distillation teacher (lrdlab.fit(teacher=))
 
 
 def _timed(fn, *args, **kw):
@@ -57,6 +58,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.zoo.data import rebatched
     from lrdlab.zoo.pretrained import pretrained
 
     spec, variants = STUDY_MODELS[name], list(variants)
@@ -79,8 +81,9 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
         if "data+bn+ft" in variants and finetune_epochs > 0:
             net = copy.deepcopy(made["data+bn"][0])
             ft = spec["finetune"]
-            hist, s = _timed(fit, net, loaders.train, loaders.test, finetune_epochs, ft["lr"],
-                             optimizer=ft["optimizer"], seed=seed, progress=False, label=f"{name} {ratio}")
+            hist, s = _timed(fit, net, rebatched(loaders.train, ft["batch_size"], seed), loaders.test,
+                             finetune_epochs, ft["lr"], optimizer=ft["optimizer"], seed=seed, progress=False,
+                             teacher=original if ft["distill"] else None, label=f"{name} {ratio}")
             made["data+bn+ft"] = (net.eval(), made["data+bn"][1] + s)
         params, flops = count_params(made["weights"][0]), count_flops(made["weights"][0], shape)
         for variant in [v for v in VARIANTS if v in made and v in variants]:

@@ -222,8 +222,11 @@ def readme_speed_section(data: Path) -> str:
                           ((2, "default"), (2, "PASSIVE"), (1, "default"), (1, "PASSIVE")))
 
     m = comp["machine"]
+    search = data / "search_robust_resnet50_cpu.json"
+    rec = json.loads(search.read_text()) if search.exists() else None
     loads = [comp["load_average_before"][0], comp["load_average_after"][0], aa["load_average_before"][0],
-             back["load_average_before"][0], back["load_average_after"][0]]
+             back["load_average_before"][0], back["load_average_after"][0],
+             *([rec["load_average_before"][0], rec["load_average_after"][0]] if rec else [])]
     lines = [
         README_BEGIN,
         f"Measured on {m['cpu']} ({m['cpu_count']} cores, shared: 1-minute load average {min(loads):.1f}–"
@@ -247,16 +250,16 @@ def readme_speed_section(data: Path) -> str:
             lines.append(f"| backend {name} | not measured: {r['error'][:80]} | — |")
         else:
             lines.append(f"| backend {name} | {_ci_text(r['speedup_pct'])} | {r['realised']:.2f} |")
-    search = data / "search_robust_resnet50_cpu.json"
-    if search.exists():
-        rec = json.loads(search.read_text())
+    if rec is not None:
         for r in rec["rows"]:
             pct = {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
                    "rounds": r["rounds"], "converged": r["converged"]}
             lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | {_ci_text(pct)} | "
                          f"{r['realised']:.2f} |")
+        opt = rec["search_settings"]
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
-                     f"{len(rec['search_settings']['confirmations'])} layers (search_robust_resnet50_cpu.json).")
+                     f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
+                     f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")
     lines += [
         "",
         f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "
