@@ -185,3 +185,53 @@ def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resne
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+SWEEP = ({"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": False},
+         {"optimizer": "sgd", "lr": 0.02, "batch_size": 128, "distill": False},
+         {"optimizer": "adamw", "lr": 0.001, "batch_size": 128, "distill": False},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": True},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": False},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": True})
+
+
+def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence[dict[str, Any]] = SWEEP,
+                   seeds: Sequence[int] = (0, 1), calibration_images: int = 512, epochs: int = 1,
+                   out: str | Path | None = None, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """One epoch of fine-tuning from the calibrated decomposition, per recipe and seed: which recipe gets back
+    to the original? (How :data:`STUDY_MODELS`' ``finetune`` was chosen; there is no validation split, so the
+    choice is made on the test split and the best row is optimistic.)"""
+    from lrdlab.finetune.loop import fit, set_seed
+    from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.data import get_loaders, rebatched
+    from lrdlab.zoo.pretrained import pretrained
+
+    spec = STUDY_MODELS[name]
+    set_seed(0)
+    original = pretrained(spec["pretrained"])
+    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
+    plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], model_name=name)
+    start = calibrated_decompose(original, plan, calibration_batches(loaders.train, calibration_images))
+    acc0, _ = _accuracy(original, loaders.test)
+    start_acc, _ = _accuracy(start, loaders.test)
+    rows = []
+    for cfg in configs:
+        for seed in seeds:
+            net = copy.deepcopy(start)
+            _, seconds = _timed(fit, net, rebatched(loaders.train, cfg["batch_size"], seed), loaders.test, epochs,
+                                cfg["lr"], optimizer=cfg["optimizer"], teacher=original if cfg["distill"] else None,
+                                seed=seed, progress=False)
+            acc, _ = _accuracy(net, loaders.test)
+            rows.append({**cfg, "seed": seed, "accuracy": acc, "cpu_s": round(seconds, 1)})
+            if progress:
+                print(f"{cfg} seed {seed}: {start_acc:.1f}% -> {acc:.1f}% ({seconds:.0f} s)", flush=True)
+    result = {"what": f"{epochs} epoch of lrdlab.fit (OneCycle, no freezing) from the calibrated {ratio:g}x {name} "
+                      f"(decompose(model, plan, calibration={calibration_images} images)), per recipe and seed",
+              "model": name, "ratio": ratio, "original_accuracy": acc0, "start_accuracy": start_acc, "rows": rows,
+              "note": "recipes are compared on the test split (MNIST-5k has no validation split): the best is "
+                      "optimistic", "machine": machine_info("cpu"), "command": command}
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
