@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from lrdlab.paper.recorded import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +45,15 @@ def test_readme_names_only_recording_commands_that_exist():
     known = set(record._subparsers._group_actions[0].choices)  # noqa: SLF001
     for what in re.findall(r"lrdlab record ([a-z-]+)", readme):
         assert what in known, f"README names `lrdlab record {what}`, which does not exist"
+
+
+@pytest.mark.slow
+def test_readme_accuracy_snippet_does_what_its_comments_say():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```python", 1)[1].split("```", 1)[0]
+    snippet = block[block.index("# accuracy:"):]
+    scope: dict = {}
+    exec(compile("import lrdlab\n" + snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    calibrated = scope["lrdlab"].evaluate(scope["small"], scope["loaders"].test)["accuracy"]
+    assert 85 <= calibrated <= 91, f"README says ≈ 88%, got {calibrated:.1f}"
+    assert scope["tuned"]["accuracy"].iloc[-1] >= 97.0, "README says ≈ 97.5% after one distilled epoch"

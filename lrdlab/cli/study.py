@@ -78,6 +78,8 @@ def _add_record(sub) -> None:
     acc.add_argument("--calibration-images", type=int, default=512)
     acc.add_argument("--finetune-epochs", type=int, default=1)
     acc.add_argument("--out", type=Path, default=Path("data/accuracy_f11_mnist5k.json"))
+    sweep = what.add_parser("finetune-sweep", help="1-epoch fine-tuning recipes from the calibrated 2x ResNet-20")
+    sweep.add_argument("--out", type=Path, default=Path("data/finetune_after_calibration_mnist5k.json"))
     pre = what.add_parser("pretrained", help="pack a run of `lrdlab train` as a shipped reference model")
     pre.add_argument("name", help="e.g. resnet20_mnist5k")
     pre.add_argument("run_dir", type=Path, help="the --out folder of `lrdlab train`")
@@ -92,10 +94,11 @@ def _add_record(sub) -> None:
     tfm = what.add_parser("transformers", help="issue-14 transformer targets, or the ViT-tiny/MNIST-5k study")
     tfm.add_argument("part", choices=["targets", "study"])
     tfm.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    tfm.add_argument("--weights", type=Path, default=None, help="trained vit_tiny state_dict (else: train one)")
+    tfm.add_argument("--weights", default=None,
+                     help="vit_tiny_mnist5k (shipped) or a trained vit_tiny state_dict file (else: train one)")
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
-    for q in (speed, tech, ref, study, checks, frz, acc, pre, grid, tfm):
+    for q in (speed, tech, ref, study, checks, frz, acc, sweep, pre, grid, tfm):
         q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -133,6 +136,11 @@ def _run_record(args: argparse.Namespace) -> int:
                          ("backends", speed_checks.record_backends), ("search", speed_checks.record_search)):
             if args.only in (None, part):
                 print("wrote", fn(args.out))
+    elif args.what == "finetune-sweep":
+        from lrdlab.paper.accuracy_study import finetune_sweep
+
+        finetune_sweep(out=args.out, command=command)
+        print("wrote", args.out)
     elif args.what == "accuracy":
         from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
 

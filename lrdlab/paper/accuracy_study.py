@@ -6,7 +6,8 @@ For each model and ratio (stem kept) the study records the MNIST-5k test accurac
 ``weights+bn``   the same, then :func:`lrdlab.recalibrate_bn` on the calibration images
 ``data``         data-aware decomposition, BN statistics left stale (``calibrated_decompose(bn=False)``)
 ``data+bn``      data-aware decomposition + BN re-estimation (``decompose(model, plan, calibration=…)``)
-``data+bn+ft``   ``data+bn`` after ``finetune_epochs`` of :func:`lrdlab.fit` (no freezing)
+``data+bn+ft``   ``data+bn`` after ``finetune_epochs`` of :func:`lrdlab.fit` (no freezing; batch 32, the original
+                 model as distillation teacher: :data:`STUDY_MODELS` ``finetune``)
 
 plus params and FLOPs (one 3×32×32 image) per ratio and the seconds each step took. Run it as
 ``lrdlab record accuracy --out data/accuracy_f11_mnist5k.json``.
@@ -23,16 +24,16 @@ from typing import Any
 
 import torch
 
-from lrdlab.zoo.pretrained import kept_stem  # the stem each model keeps (conv1, conv_proj)
+from lrdlab.zoo.pretrained import kept_stem
 
 RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 VARIANTS = ("weights", "weights+bn", "data", "data+bn", "data+bn+ft")
 STUDY_MODELS: dict[str, dict[str, Any]] = {
-    "resnet20": {"pretrained": "resnet20_mnist5k",
-                 "finetune": {"optimizer": "sgd", "lr": 0.01}},
-    "vit_tiny": {"pretrained": "vit_tiny_mnist5k",
-                 "finetune": {"optimizer": "adamw", "lr": 2e-4}},
-}
+    "resnet20": {"pretrained": "resnet20_mnist5k", "exclude": kept_stem("resnet20"),
+                 "finetune": {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": True}},
+    "vit_tiny": {"pretrained": "vit_tiny_mnist5k", "exclude": kept_stem("vit_tiny"),
+                 "finetune": {"optimizer": "adamw", "lr": 2e-4, "batch_size": 32, "distill": True}},
+}  # fine-tuning: batch 32 (125 steps per epoch) with the original as distillation teacher (lrdlab.fit(teacher=))
 
 
 def _timed(fn, *args, **kw):
@@ -59,6 +60,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.zoo.data import rebatched
     from lrdlab.zoo.pretrained import pretrained
 
     spec, variants = STUDY_MODELS[name], list(variants)
@@ -69,7 +71,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     rows = [{**base, "ratio": 1.0, "granularity": granularity, "variant": "original", "accuracy": acc0,
              "loss": loss0, "params": base["params_original"], "flops": base["flops_original"], "seconds": 0.0}]
     for ratio in ratios:
-        plan = make_plan(original, ratio=ratio, exclude=kept_stem(name), granularity=granularity, model_name=name)
+        plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], granularity=granularity, model_name=name)
         made: dict[str, tuple[torch.nn.Module, float]] = {}
         made["weights"] = _timed(decompose, original, plan)
         if "weights+bn" in variants:
@@ -81,8 +83,9 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
         if "data+bn+ft" in variants and finetune_epochs > 0:
             net = copy.deepcopy(made["data+bn"][0])
             ft = spec["finetune"]
-            hist, s = _timed(fit, net, loaders.train, loaders.test, finetune_epochs, ft["lr"],
-                             optimizer=ft["optimizer"], seed=seed, progress=False, label=f"{name} {ratio}")
+            hist, s = _timed(fit, net, rebatched(loaders.train, ft["batch_size"], seed), loaders.test,
+                             finetune_epochs, ft["lr"], optimizer=ft["optimizer"], seed=seed, progress=False,
+                             teacher=original if ft["distill"] else None, label=f"{name} {ratio}")
             made["data+bn+ft"] = (net.eval(), made["data+bn"][1] + s)
         params, flops = count_params(made["weights"][0]), count_flops(made["weights"][0], shape)
         for variant in [v for v in VARIANTS if v in made and v in variants]:
@@ -138,7 +141,7 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
         "settings": {"models": list(models), "ratios": list(ratios), "granularities": list(granularities),
                      "calibration_images": calibration_images, "finetune_epochs": finetune_epochs,
                      "batch_size": batch_size, "seed": seed, "data": "mnist5k (4,000 train / 1,000 test)",
-                     "exclude": {m: kept_stem(m) for m in models},
+                     "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
                      "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
                      "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
         "machine": machine_info("cpu"),
@@ -184,3 +187,53 @@ def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resne
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+SWEEP = ({"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": False},
+         {"optimizer": "sgd", "lr": 0.02, "batch_size": 128, "distill": False},
+         {"optimizer": "adamw", "lr": 0.001, "batch_size": 128, "distill": False},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": True},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": False},
+         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": True})
+
+
+def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence[dict[str, Any]] = SWEEP,
+                   seeds: Sequence[int] = (0, 1), calibration_images: int = 512, epochs: int = 1,
+                   out: str | Path | None = None, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """One epoch of fine-tuning from the calibrated decomposition, per recipe and seed: which recipe gets back
+    to the original? (How :data:`STUDY_MODELS`' ``finetune`` was chosen; there is no validation split, so the
+    choice is made on the test split and the best row is optimistic.)"""
+    from lrdlab.finetune.loop import fit, set_seed
+    from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.data import get_loaders, rebatched
+    from lrdlab.zoo.pretrained import pretrained
+
+    spec = STUDY_MODELS[name]
+    set_seed(0)
+    original = pretrained(spec["pretrained"])
+    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
+    plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], model_name=name)
+    start = calibrated_decompose(original, plan, calibration_batches(loaders.train, calibration_images))
+    acc0, _ = _accuracy(original, loaders.test)
+    start_acc, _ = _accuracy(start, loaders.test)
+    rows = []
+    for cfg in configs:
+        for seed in seeds:
+            net = copy.deepcopy(start)
+            _, seconds = _timed(fit, net, rebatched(loaders.train, cfg["batch_size"], seed), loaders.test, epochs,
+                                cfg["lr"], optimizer=cfg["optimizer"], teacher=original if cfg["distill"] else None,
+                                seed=seed, progress=False)
+            acc, _ = _accuracy(net, loaders.test)
+            rows.append({**cfg, "seed": seed, "accuracy": acc, "cpu_s": round(seconds, 1)})
+            if progress:
+                print(f"{cfg} seed {seed}: {start_acc:.1f}% -> {acc:.1f}% ({seconds:.0f} s)", flush=True)
+    result = {"what": f"{epochs} epoch of lrdlab.fit (OneCycle, no freezing) from the calibrated {ratio:g}x {name} "
+                      f"(decompose(model, plan, calibration={calibration_images} images)), per recipe and seed",
+              "model": name, "ratio": ratio, "original_accuracy": acc0, "start_accuracy": start_acc, "rows": rows,
+              "note": "recipes are compared on the test split (MNIST-5k has no validation split): the best is "
+                      "optimistic", "machine": machine_info("cpu"), "command": command}
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result

@@ -72,25 +72,45 @@ def probe(threads: int) -> dict[str, Any]:
     return {**out, **compute_info()}
 
 
+COMPETITOR = ("import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nend = time.time() + 600\n"
+              "while time.time() < end:\n    a @ a\n")  # another 2-thread process: a matmul loop
+
+
+def _probe(threads: str, policy: str | None, competitor: bool) -> dict[str, Any]:
+    """:func:`probe` in a fresh process with ``OMP_WAIT_POLICY=policy``, alone or beside :data:`COMPETITOR`."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    rival = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if competitor else None
+    try:
+        if rival is not None:
+            time.sleep(2.0)  # let it start spinning
+        res = subprocess.run([sys.executable, "-m", "lrdlab.paper.speed_checks", "probe", threads], env=env,
+                             capture_output=True, text=True, check=True)
+    finally:
+        if rival is not None:
+            rival.kill()
+            rival.wait()
+    return {**json.loads(res.stdout.strip().splitlines()[-1]), "threads": int(threads),
+            "omp_wait_policy": policy or "default", "competitor": "2-thread matmul loop" if competitor else None}
+
+
 def record_compute(out: Path) -> Path:
-    """Each (threads, wait policy) pair in a fresh process, twice, interleaved."""
+    """Each (threads, wait policy) pair in a fresh process, twice, interleaved; then the passive policies again
+    while another 2-thread process runs (the shared-machine case)."""
     from lrdlab.measure.machine import machine_info
 
     load_before = os.getloadavg()
     rows = []
     for rep in range(2):
-        for threads, policy in POLICIES:
-            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-            if policy:
-                env["OMP_WAIT_POLICY"] = policy
-            res = subprocess.run([sys.executable, "-m", "lrdlab.paper.speed_checks", "probe", threads], env=env,
-                                 capture_output=True, text=True, check=True)
-            rows.append({**json.loads(res.stdout.strip().splitlines()[-1]), "repeat": rep, "threads": int(threads),
-                         "omp_wait_policy": policy or "default"})
+        rows += [{**_probe(threads, policy, False), "repeat": rep} for threads, policy in POLICIES]
+    for rep in range(2):
+        rows += [{**_probe(threads, "PASSIVE", True), "repeat": rep} for threads in ("1", "2")]
     return _write(out / "compute_policy_cpu.json", {
         "what": "forward time of a tiny conv net (batch 8, 32 px) and ResNet-18 (batch 8, 112 px), and the wall time "
                 "to decompose ResNet-50 (conv1/downsample excluded) and ViT-B/16 at 2x, per torch thread count and "
-                "OpenMP wait policy, each in a fresh process (the wait policy is fixed when torch loads); medians",
+                "OpenMP wait policy, each in a fresh process (the wait policy is fixed when torch loads); medians. "
+                "Rows with a competitor ran beside another 2-thread process (a matmul loop)",
         "command": "lrdlab record speed-checks --only compute", "machine": machine_info(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows,
     })
@@ -214,16 +234,26 @@ def readme_speed_section(data: Path) -> str:
     def median(threads: int, policy: str, key: str) -> float:
         import statistics
 
-        return statistics.median(r[key] for r in comp["rows"] if r["threads"] == threads
+        return statistics.median(r[key] for r in comp["rows"] if r["threads"] == threads and not r.get("competitor")
                                  and r["omp_wait_policy"].split()[0] == policy)
+
+    def beside(key: str) -> str:
+        import statistics
+
+        values = [statistics.median(r[key] for r in comp["rows"] if r.get("competitor") and r["threads"] == t)
+                  for t in (2, 1) if any(r.get("competitor") and r["threads"] == t for r in comp["rows"])]
+        return " / ".join(f"{v:.1f}" for v in values)
 
     def cell(key: str, fmt: str) -> str:
         return " / ".join(fmt.format(median(t, p, key)) for t, p in
                           ((2, "default"), (2, "PASSIVE"), (1, "default"), (1, "PASSIVE")))
 
     m = comp["machine"]
+    search = data / "search_robust_resnet50_cpu.json"
+    rec = json.loads(search.read_text()) if search.exists() else None
     loads = [comp["load_average_before"][0], comp["load_average_after"][0], aa["load_average_before"][0],
-             back["load_average_before"][0], back["load_average_after"][0]]
+             back["load_average_before"][0], back["load_average_after"][0],
+             *([rec["load_average_before"][0], rec["load_average_after"][0]] if rec else [])]
     lines = [
         README_BEGIN,
         f"Measured on {m['cpu']} ({m['cpu_count']} cores, shared: 1-minute load average {min(loads):.1f}–"
@@ -237,6 +267,9 @@ def readme_speed_section(data: Path) -> str:
         "compute_policy_cpu.json |",
         f"| decompose ResNet-50 at 2x (s) | {cell('decompose_resnet50_s', '{:.1f}')} | compute_policy_cpu.json |",
         f"| decompose ViT-B/16 at 2x (s) | {cell('decompose_vit_b_16_s', '{:.1f}')} | compute_policy_cpu.json |",
+        *([f"| beside another 2-thread process (2 passive / 1 passive): decompose ResNet-50 "
+           f"{beside('decompose_resnet50_s')} s, ViT-B/16 {beside('decompose_vit_b_16_s')} s | | "
+           "compute_policy_cpu.json |"] if any(r.get("competitor") for r in comp["rows"]) else []),
         "",
         "| ResNet-50 at 2x vs the original, inference, batch 8, 112 px, 1 thread | speed-up % [95% CI] | "
         "realised of the FLOP ideal |",
@@ -247,16 +280,16 @@ def readme_speed_section(data: Path) -> str:
             lines.append(f"| backend {name} | not measured: {r['error'][:80]} | — |")
         else:
             lines.append(f"| backend {name} | {_ci_text(r['speedup_pct'])} | {r['realised']:.2f} |")
-    search = data / "search_robust_resnet50_cpu.json"
-    if search.exists():
-        rec = json.loads(search.read_text())
+    if rec is not None:
         for r in rec["rows"]:
             pct = {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
                    "rounds": r["rounds"], "converged": r["converged"]}
             lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | {_ci_text(pct)} | "
                          f"{r['realised']:.2f} |")
+        opt = rec["search_settings"]
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
-                     f"{len(rec['search_settings']['confirmations'])} layers (search_robust_resnet50_cpu.json).")
+                     f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
+                     f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")
     lines += [
         "",
         f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "

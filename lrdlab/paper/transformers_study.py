@@ -16,8 +16,6 @@ Every function takes a trained model, so the study runs on any weights (``lrdlab
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 import os
 import statistics
 import time
@@ -34,10 +32,12 @@ from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
+from lrdlab.paper.accuracy_study import STUDY_MODELS
 from lrdlab.paper.transformers_targets import _median_time
+from lrdlab.zoo.data import rebatched
 
 TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
-FINETUNE = {"lr": 2e-4, "optimizer": "adamw", "weight_decay": 0.05}
+FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
 SCHEMA = {
     "accuracy": "ratio, params (whole model), accuracy_zero_shot (test %, no gradient step), calibrated (bool), "
                 "accuracy_finetuned (test % after finetune_epochs, mode none; null when not fine-tuned)",
@@ -61,12 +61,19 @@ def train_vit_tiny(loaders: Any, *, epochs: int = TRAIN["epochs"], seed: int = 0
     return model.eval(), history
 
 
-def _decompose(model: nn.Module, ratio: float, calibration: Iterable[torch.Tensor] | None) -> tuple[nn.Module, bool]:
-    """``decompose(model, make_plan(model, ratio))``; with ``calibration`` when this lrdlab's decompose takes it."""
-    plan = make_plan(model, ratio=ratio)
-    if calibration is not None and "calibration" in inspect.signature(decompose).parameters:
-        return decompose(model, plan, calibration=calibration), True  # type: ignore[call-arg]
-    return decompose(model, plan), False
+def _decompose(model: nn.Module, ratio: float, calibration: Iterable[torch.Tensor] | None) -> nn.Module:
+    """``decompose(model, make_plan(model, ratio), calibration=…)``: data-aware when batches are given."""
+    return decompose(model, make_plan(model, ratio=ratio, exclude=STUDY_MODELS["vit_tiny"]["exclude"]),
+                     calibration=calibration).eval()
+
+
+def finetune(net: nn.Module, teacher: nn.Module, loaders: Any, epochs: int, freezer: Freezer | None = None, *,
+             seed: int = 0, progress: bool = False, label: str = "") -> pd.DataFrame:
+    """:data:`FINETUNE`'s recipe: AdamW, batch 32, the original model as distillation teacher."""
+    opts = {k: v for k, v in FINETUNE.items() if k not in ("lr", "batch_size", "distill")}
+    train = rebatched(loaders.train, FINETUNE["batch_size"], seed)
+    return fit(net, train, loaders.test, epochs, FINETUNE["lr"], freezer, seed=seed, progress=progress, label=label,
+               teacher=teacher if FINETUNE["distill"] else None, evaluate_start=freezer is not None, **opts)
 
 
 def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *,
@@ -77,12 +84,11 @@ def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *
     rows = [{"ratio": 1.0, "params": count_params(model), "accuracy_zero_shot": base, "calibrated": False,
              "accuracy_finetuned": None}]
     for ratio in ratios:
-        small, calibrated = _decompose(model, ratio, calibration)
-        row = {"ratio": ratio, "params": count_params(small), "calibrated": calibrated,
+        small = _decompose(model, ratio, calibration)
+        row = {"ratio": ratio, "params": count_params(small), "calibrated": calibration is not None,
                "accuracy_zero_shot": evaluate(small, loaders.test)["accuracy"], "accuracy_finetuned": None}
         if ratio in finetune_ratios:
-            h = fit(small, loaders.train, loaders.test, finetune_epochs, FINETUNE["lr"], seed=seed, progress=progress,
-                    optimizer=FINETUNE["optimizer"], weight_decay=FINETUNE["weight_decay"])
+            h = finetune(small, model, loaders, finetune_epochs, seed=seed, progress=progress)
             row["accuracy_finetuned"] = float(h["accuracy"].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -90,20 +96,18 @@ def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *
 
 def freezing_runs(model: nn.Module, loaders: Any, ratio: float = 2.0, *, modes: Sequence[str] = ("none", "regular",
                   "sequential"), epochs: int = 1, period: int = 16, unit: str = "iteration", seed: int = 0,
-                  progress: bool = False) -> pd.DataFrame:
+                  calibration: Iterable[torch.Tensor] | None = None, progress: bool = False) -> pd.DataFrame:
     """Fine-tune copies of the decomposed model with each freezing mode; the fit histories, stacked.
 
     Sequential freezing rotates ``last → first`` every ``period`` ``unit``s (iterations by default, so one epoch
     sees several phases).
     """
-    decomposed = decompose(model, make_plan(model, ratio=ratio))
+    decomposed = _decompose(model, ratio, calibration)
     out = []
     for mode in modes:
         net = copy.deepcopy(decomposed)
         freezer = Freezer(net, mode, period=period, unit=unit)
-        h = fit(net, loaders.train, loaders.test, epochs, FINETUNE["lr"], freezer, seed=seed, evaluate_start=True,
-                progress=progress, optimizer=FINETUNE["optimizer"], weight_decay=FINETUNE["weight_decay"],
-                label=f"lrd {mode}")
+        h = finetune(net, model, loaders, epochs, freezer, seed=seed, progress=progress, label=f"lrd {mode}")
         out.append(h.assign(mode=mode, ratio=ratio))
     return pd.concat(out, ignore_index=True)
 
@@ -173,13 +177,13 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
     accuracy = accuracy_vs_ratio(model, loaders, ratios, finetune_ratios=finetune_ratios,
                                  finetune_epochs=finetune_epochs, seed=seed, calibration=calibration, progress=progress)
     history = freezing_runs(model, loaders, freeze_ratio, epochs=freeze_epochs, period=period, seed=seed,
-                            progress=progress)
+                            calibration=calibration, progress=progress)
     if freeze_epochs == finetune_epochs and "none" in set(history["mode"]):  # mode none is plain fine-tuning
         tuned = history[(history["mode"] == "none") & (history["epoch"] == freeze_epochs)]["accuracy"]
         at = accuracy["ratio"] == freeze_ratio
         accuracy["accuracy_finetuned"] = accuracy["accuracy_finetuned"].astype(object)
         accuracy.loc[at & accuracy["accuracy_finetuned"].isna(), "accuracy_finetuned"] = float(tuned.iloc[0])
-    decomposed = decompose(model, make_plan(model, ratio=freeze_ratio)).eval()
+    decomposed = _decompose(model, freeze_ratio, None)  # structure only: the throughput does not see weights
     throughput = freezing_throughput(model, decomposed, (batch, c, h, w), rounds)
     tokens = batch * ((h // 4) * (w // 4) + 1)  # vit_tiny: 4×4 patches and a class token
     embed = model.hidden_dim if hasattr(model, "hidden_dim") else 192
@@ -204,26 +208,30 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
     return result
 
 
+FULL = {"ratios": (1.5, 2, 3, 4), "finetune_ratios": (1.5, 3, 4)}  # 2x is fine-tuned by the freezing runs
 QUICK = {"ratios": (2,), "finetune_ratios": (), "freeze_epochs": 1, "granularities": (1, 16), "gemm_window": (47, 48),
          "rounds": 1}
 
 
 def record_study(out: str | Path, *, weights: str | Path | None = None, train_epochs: int = TRAIN["epochs"],
-                 subset: int | None = None, quick: bool = False, command: str = "") -> dict[str, Any]:
-    """``lrdlab record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``."""
+                 subset: int | None = None, quick: bool = False, calibration_images: int = 512,
+                 command: str = "") -> dict[str, Any]:
+    """``lrdlab record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``.
+
+    ``weights``: a shipped model's name (``vit_tiny_mnist5k``, see :func:`lrdlab.pretrained`) or a
+    state_dict file; without it a ViT-tiny is trained here. Decompositions are calibrated on the first
+    ``calibration_images`` training images."""
+    from lrdlab.lowrank.calibration import calibration_batches
     from lrdlab.zoo.data import get_loaders
-    from lrdlab.zoo.models import get_model
+    from lrdlab.zoo.pretrained import trained
 
     loaders = get_loaders("mnist5k", TRAIN["batch_size"], seed=0, subset=subset)
     if weights is not None:
-        model = get_model("vit_tiny", num_classes=10, weights=str(weights)).eval()
-        info: dict[str, Any] = {"source": f"weights {Path(weights).name}"}
-        notes = Path(weights).with_suffix(".json")  # how the weights were trained, when recorded beside them
-        if notes.is_file():
-            info["training"] = json.loads(notes.read_text())
+        model, info = trained(weights, "vit_tiny")
     else:
         model, history = train_vit_tiny(loaders, epochs=train_epochs)
         info = {"source": f"trained here, {train_epochs} epochs", **{k: v for k, v in TRAIN.items() if k != "epochs"},
                 "history": history.to_dict("records")}
-    return run_transformers_study(model, loaders, model_info=info, command=command, out=out,
-                                  **(QUICK if quick else {}))
+    calibration = calibration_batches(loaders.train, calibration_images)
+    return run_transformers_study(model, loaders, model_info=info, command=command, out=out, calibration=calibration,
+                                  **(QUICK if quick else FULL))

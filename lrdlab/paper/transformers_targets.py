@@ -208,10 +208,11 @@ def record_targets(out: str | Path, *, vit_tiny: str | Path | None = None, skip:
         studies = [qkv_choice(vit, torch.randn(8, 3, 224, 224), "vit_b_16 (random init)")]
         if vit_tiny:
             from lrdlab.zoo.data import get_loaders
+            from lrdlab.zoo.pretrained import trained
 
-            tiny = get_model("vit_tiny", weights=str(vit_tiny)).eval()
+            tiny, info = trained(vit_tiny, "vit_tiny")
             images = next(iter(get_loaders("mnist5k", batch_size=64).test))[0]
-            studies.append(qkv_choice(tiny, images, f"vit_tiny trained on MNIST-5k ({Path(vit_tiny).name})"))
+            studies.append(qkv_choice(tiny, images, f"vit_tiny trained on MNIST-5k ({info['source']})"))
         result["qkv_choice"] = studies
     result["load_average_after"] = list(os.getloadavg())
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -300,6 +300,14 @@ def datasets(name: str, *, cache_dir: str | Path | None = None, root: str | Path
     return imagenet(path, image_size or 224, augment, subset)
 
 
+def rebatched(loader: DataLoader, batch_size: int, seed: int = 0) -> DataLoader:
+    """A loader over ``loader``'s data set (same collate), reshuffled every epoch in batches of ``batch_size``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sampler = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler, collate_fn=loader.collate_fn)
+
+
 def get_loaders(name: str, batch_size: int = 128, *, test_batch_size: int | None = None,
                 cache_dir: str | Path | None = None, root: str | Path | None = None, image_size: int | None = None,
                 channels: int | None = None, subset: int | None = None, seed: int = 0, num_workers: int = 0,

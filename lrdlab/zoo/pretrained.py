@@ -54,6 +54,25 @@ def pretrained_info(name: str) -> dict[str, Any]:
     return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
 
 
+def trained(weights: str | Path, model: str) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode, where its weights came from)`` for a shipped name (``vit_tiny_mnist5k``) or a
+    state_dict file of the registered ``model`` (``lrdlab train``'s ``state_dict.pt``)."""
+    from lrdlab.zoo.models import get_model
+
+    if str(weights) in available():
+        return pretrained(str(weights)), {"source": f"lrdlab.pretrained({str(weights)!r})",
+                                          "training": pretrained_info(str(weights))}
+    if not Path(weights).is_file():
+        raise ValueError(f"weights {str(weights)!r} is neither a shipped model ({', '.join(available())}) "
+                         "nor a state_dict file")
+    net = get_model(model, num_classes=10, weights=str(weights)).eval()
+    info: dict[str, Any] = {"source": f"weights {Path(weights).name}"}
+    notes = Path(weights).with_suffix(".json")  # how the weights were trained, when recorded beside them
+    if notes.is_file():
+        info["training"] = json.loads(notes.read_text())
+    return net, info
+
+
 # --- storage -------------------------------------------------------------------------------------------
 
 
