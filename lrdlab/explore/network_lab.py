@@ -96,6 +96,7 @@ class NetworkLab:
         original = self.accuracy.original()
         acc = self.accuracy.accuracy(plan)
         return {"accuracy": acc, "original": original, "calibration": CALIBRATION,
+                "calibration_images": sum(len(x) for x in self.accuracy.calibration),
                 "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds}
 
 
@@ -111,7 +112,8 @@ def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, A
         head += f", {o['img_s']:.0f} img/s ({o['source']}, batch {o['batch']})"
     any_acc = next((a for a in acc.values() if a), None)
     if any_acc:
-        head += f", accuracy {any_acc['original']:.1f}% ({any_acc['test_images']} MNIST-5k test images)"
+        head += (f", accuracy {any_acc['original']:.1f}% ({any_acc['test_images']} MNIST-5k test images; "
+                 f"{any_acc['calibration_images']} training images calibrate)")
 
     def col(label: str) -> list[str]:
         c, s, a = counts[label], (speed or {}).get(label), acc.get(label)
