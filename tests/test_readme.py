@@ -22,12 +22,13 @@ def _table_after(marker: str) -> list[list[str]]:
     return [r for r in rows[2:] if r]  # drop the header and the --- row
 
 
-def test_accuracy_table_matches_the_recorded_study():
-    marker = "<!-- accuracy-table: data/accuracy_f11_mnist5k.json resnet20 -->"
+@pytest.mark.parametrize("model", ["resnet20", "vit_tiny"])
+def test_accuracy_table_matches_the_recorded_study(model):
+    marker = f"<!-- accuracy-table: data/accuracy_f11_mnist5k.json {model} -->"
     rows = _table_after(marker)
-    assert rows, "the README lost its accuracy table"
+    assert rows, f"the README lost its {model} accuracy table"
     recorded = read("accuracy_f11_mnist5k.json").rows
-    recorded = recorded[(recorded["model"] == "resnet20") & (recorded["granularity"] == 1)]
+    recorded = recorded[(recorded["model"] == model) & (recorded["granularity"] == 1)]
     for cells in rows:
         ratio = float(cells[0])
         at = recorded[recorded["ratio"] == ratio]
