@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
+from lrdlab.lowrank.factorize import one_thread
 from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, dense_weight, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
@@ -174,14 +176,39 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     new_attention = attention.converted(target, [row.name for row in rows])
     layers = {**dict(target.named_modules()),
               **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
-    replacements = {
-        row.name: decompose_layer(layers[row.name], row.spec[0], row.spec[1], tucker, row.branches)
-        for row in tqdm(rows, desc="decompose", disable=disable, leave=False)
-    }
+    replacements = _factorize_all(layers, rows, tucker, disable)
     attention.attach(target, new_attention)
     for name, layer in replacements.items():
         _set_module(target, name, layer)
     return target
+
+
+def _factorize_all(layers: dict[str, nn.Module], rows: list, tucker: str, disable: bool) -> dict[str, nn.Module]:
+    """Every planned layer's replacement. Each factorization runs on one BLAS/LAPACK thread, and as many of them
+    at once as torch has threads: on a quiet machine the cores share the work, on a loaded one nothing spins."""
+    workers = min(len(rows), torch.get_num_threads())
+
+    @torch.no_grad()  # grad mode is per thread
+    def one(row) -> nn.Module:
+        if workers > 1:
+            torch.set_num_threads(1)  # this worker's own BLAS threads
+        return decompose_layer(layers[row.name], row.spec[0], row.spec[1], tucker, row.branches)
+
+    bar = tqdm(total=len(rows), desc="decompose", disable=disable, leave=False)
+    with one_thread():
+        if workers <= 1:
+            out = {}
+            for row in rows:
+                out[row.name] = one(row)
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                futures = {row.name: pool.submit(one, row) for row in rows}
+                for _ in as_completed(futures.values()):
+                    bar.update(1)
+                out = {name: f.result() for name, f in futures.items()}
+    bar.close()
+    return out
 
 
 def decompose_only(model: nn.Module, plan: Plan, names: list[str]) -> nn.Module:

@@ -237,3 +237,16 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
     if out is not None:
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def markdown_table(result: dict[str, Any], model: str = "resnet20", granularity: int = 1) -> str:
+    """The F11 rows of one model as the README's markdown table (``tests/test_readme.py`` checks the README)."""
+    rows = [r for r in result["rows"] if r["model"] == model and r["granularity"] == granularity]
+    head = ("| ratio α | params | weights only | + BN re-estimation | data-aware | data-aware + BN | "
+            "… + 1 epoch fine-tuning |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for ratio in sorted({r["ratio"] for r in rows if r["variant"] != "original"}):
+        at = {r["variant"]: r for r in rows if r["ratio"] == ratio}
+        cells = [f"{at[v]['accuracy']:.1f}" if v in at else "—" for v in VARIANTS]
+        lines.append(f"| {ratio:g} | {next(iter(at.values()))['params']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

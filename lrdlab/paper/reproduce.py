@@ -180,12 +180,13 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 
 
 def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
-    """F11: accuracy of the shipped trained ResNet-20 right after decomposition, by ratio and variant."""
+    """F11: accuracy of the shipped trained models right after decomposition, by ratio and variant."""
     from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
 
-    # quick: three ratios, no fine-tuning (~1 min on 2 cores); full: every ratio and 1 epoch of fine-tuning
-    ratios, epochs = ((1.5, 2.0, 3.0), 0) if settings.quick else (RATIOS, 1)
-    return run_accuracy_study(["resnet20"], ratios, finetune_epochs=epochs, progress=False,
+    # quick: ResNet-20, three ratios, no fine-tuning (~1 min on 2 cores); full: every shipped model (ResNet-20,
+    # ViT-tiny), every ratio, 1 epoch of fine-tuning
+    models, ratios, epochs = (["resnet20"], (1.5, 2.0, 3.0), 0) if settings.quick else (None, RATIOS, 1)
+    return run_accuracy_study(models, ratios, finetune_epochs=epochs, progress=False,
                               command="lrdlab reproduce" + (" --quick" if settings.quick else ""))
 
 

@@ -33,7 +33,6 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
 
 def probe(threads: int) -> dict[str, Any]:
     """One process's timings at ``threads`` threads (medians; the wait policy is whatever it started with)."""
-    import statistics
 
     import torch
     from torch import nn
@@ -41,27 +40,19 @@ def probe(threads: int) -> dict[str, Any]:
     from lrdlab import decompose, make_plan
     from lrdlab.measure.compute import compute_info
     from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.paper.transformers_targets import _median_time
     from lrdlab.zoo.models import get_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-
-    def timed(fn, n: int) -> float:
-        fn()
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
 
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     x = torch.randn(8, 3, 32, 32)
     r18, xb = get_model("resnet18").eval(), torch.randn(8, 3, 112, 112)
     with torch.no_grad():
-        out: dict[str, Any] = {"tiny_forward_ms": 1e3 * timed(lambda: net(x), 30),
-                               "resnet18_forward_ms": 1e3 * timed(lambda: r18(xb), 5)}
+        out: dict[str, Any] = {"tiny_forward_ms": 1e3 * _median_time(lambda: net(x), 30),
+                               "resnet18_forward_ms": 1e3 * _median_time(lambda: r18(xb), 5)}
     for name, exclude in (("resnet50", PAPER_EXCLUDE), ("vit_b_16", None)):
         model = get_model(name).eval()
         plan = make_plan(model, ratio=2, exclude=exclude)

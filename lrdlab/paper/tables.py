@@ -252,14 +252,18 @@ def render_accuracy(report, res: dict[str, Any]) -> None:
     from lrdlab.paper.accuracy_study import plot_accuracy_study
 
     rows = pd.DataFrame(res["rows"])
-    table = rows.pivot_table(index=["ratio", "params", "flops"], columns="variant", values="accuracy").reset_index()
-    report.heading("F11 — accuracy right after decomposition (trained ResNet-20, MNIST-5k)")
-    report.table(table, "Test accuracy (%) of the shipped `resnet20_mnist5k` decomposed at each ratio (stem kept): "
-                 "weights only (the papers' start), + BN re-estimation, data-aware (SVD-LLM whitening / whitened "
-                 f"Tucker-2), data-aware + BN; {res['settings']['calibration_images']} calibration images, no "
-                 "gradient step unless `+ft`.")
-    report.figure(plot_accuracy_study(res, "resnet20"), "F11_accuracy", "F11: accuracy vs compression; "
-                  "params and FLOPs (% of the original) on the right axis.")
+    for model in rows["model"].unique():
+        name = {"resnet20": "ResNet-20", "vit_tiny": "ViT-tiny"}.get(model, model)
+        mine = rows[(rows["model"] == model) & (rows["granularity"] == rows["granularity"].min())]
+        table = mine.pivot_table(index=["ratio", "params", "flops"], columns="variant", values="accuracy")
+        report.heading(f"F11 — accuracy right after decomposition (trained {name}, MNIST-5k)")
+        report.table(table.reset_index(), f"Test accuracy (%) of the shipped `{model}_mnist5k` decomposed at each "
+                     "ratio (stem kept): weights only (the papers' start), + BN re-estimation, data-aware (SVD-LLM "
+                     "whitening / whitened Tucker-2), data-aware + BN; "
+                     f"{res['settings']['calibration_images']} calibration images, no gradient step unless `+ft` "
+                     "(1 epoch, batch 32, distilled from the original).")
+        report.figure(plot_accuracy_study(res, model), f"F11_accuracy_{model}", f"F11 ({name}): accuracy vs "
+                      "compression; params and FLOPs (% of the original) on the right axis.")
 
 
 def _render_recorded_transformers(report) -> None:

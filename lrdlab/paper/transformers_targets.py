@@ -120,13 +120,10 @@ def gpt2_target() -> dict[str, Any]:
 
 
 def _median_time(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of ``fn()`` over ``repeats`` calls after one untimed call."""
+    from lrdlab.measure.timing import time_function
+
+    return statistics.median(time_function(fn, "cpu", warmup=1, repeats=repeats))
 
 
 @torch.no_grad()

@@ -53,3 +53,25 @@ def test_an_all_zero_weight_gives_zero_factors_not_nan():
         first, last = svd_factors(torch.zeros(shape), 2)
         assert torch.isfinite(first).all() and torch.isfinite(last).all()
         assert torch.count_nonzero(last @ first) == 0
+
+
+def test_decompose_on_two_threads_gives_the_same_model_and_restores_the_threads():
+    from torchvision.models import resnet18
+
+    from lrdlab import decompose, make_plan
+
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = decompose(model, plan, progress=False)
+        torch.set_num_threads(2)  # factorizations run two at a time, each on one thread
+        two = decompose(model, plan, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    a, b = one.state_dict(), two.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(p.grad_fn is not None for p in two.parameters())

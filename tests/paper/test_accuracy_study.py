@@ -44,3 +44,24 @@ def test_finetune_sweep_rows(tmp_path):
     assert row["distill"] and row["seed"] == 0 and 0 <= row["accuracy"] <= 100
     assert result["original_accuracy"] > result["start_accuracy"]  # 3x costs accuracy before fine-tuning
     assert (tmp_path / "s.json").is_file()
+
+
+def test_report_renders_f11_per_model(tmp_path):
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from lrdlab.paper.report import Report
+    from lrdlab.paper.tables import render_accuracy
+
+    res = json.loads((data_dir() / "accuracy_f11_mnist5k.json").read_text())
+    resnet = [r for r in res["rows"] if r["model"] == "resnet20"]
+    res["rows"] = resnet + [{**r, "model": "vit_tiny"} for r in resnet]  # a second model, same numbers
+    report = Report(tmp_path / "r", "t")
+    render_accuracy(report, res)
+    text = report.markdown()
+    assert "trained ResNet-20" in text and "trained ViT-tiny" in text
+    assert sorted(p.name for p in (tmp_path / "r" / "figures").glob("F11*")) == [
+        "F11_accuracy_resnet20.png", "F11_accuracy_vit_tiny.png"]

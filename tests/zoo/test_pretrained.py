@@ -19,8 +19,8 @@ from lrdlab.zoo.pretrained import (
 SHIPPED = [name for name in ("resnet20_mnist5k", "vit_tiny_mnist5k") if name in available()]
 
 
-def test_resnet20_reference_is_shipped():
-    assert "resnet20_mnist5k" in available()
+def test_both_references_are_shipped():
+    assert {"resnet20_mnist5k", "vit_tiny_mnist5k"} <= set(available())
 
 
 @pytest.mark.parametrize("name", SHIPPED)
