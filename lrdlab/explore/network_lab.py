@@ -27,8 +27,8 @@ def network_plan(model: nn.Module, ratio: float, granularity: int, rounding: str
     """The plan the explorer applies to the whole model, its stem kept.
 
     ``exclude``: the stem of the model's architecture (:attr:`~lrdlab.explore.lab_models.LabModel.stem`);
-    None keeps every known stem (:data:`lrdlab.zoo.pretrained.STEMS`: ``conv1``, ``conv_proj``). Patterns
-    that match no layer are dropped.
+    None keeps every known stem (:data:`lrdlab.zoo.pretrained.STEMS`: ``conv1``; ``conv_proj``,
+    ``heads.head``). Patterns that match no layer are dropped.
     """
     if exclude is None:
         exclude = [p for stem in STEMS.values() for p in stem]

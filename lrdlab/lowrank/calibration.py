@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lrdlab.lowrank import attention
 from lrdlab.lowrank.data_aware import (
     DEFAULT_RIDGE,
     add_ridge,
@@ -47,7 +48,7 @@ from lrdlab.lowrank.data_aware import (
     reduced_rank_regression,
     whitened_tucker2,
 )
-from lrdlab.lowrank.decompose import _set_module, check_plan, decompose_only
+from lrdlab.lowrank.decompose import _set_module, check_plan
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan
@@ -332,15 +333,14 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
     progressive = bn == "progressive"
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
-    modules = dict(model.named_modules())
-    attention = {n for n, m in modules.items() if isinstance(m, nn.MultiheadAttention)}
-    views = [row.name for row in plan.decomposed_layers  # attention projections: rewritten with their module
-             if row.name not in modules or row.name.rpartition(".")[0] in attention]
-    rows = {row.name: row for row in plan.decomposed_layers if row.name not in views}
+    rows = {row.name: row for row in plan.decomposed_layers}
+    work = copy.deepcopy(model).eval()
+    # attention modules with planned projections become an exact dense FactorizedMultiheadAttention first, so
+    # q/k/v/out are real Linear modules that see their own inputs and are fitted to them like any layer
+    attention.attach(work, attention.converted(work, list(rows)))
     for name in rows:
-        if not torch.isfinite(weight_of(model.get_submodule(name))).all():
+        if not torch.isfinite(weight_of(work.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
-    work = decompose_only(model, plan, views) if views else copy.deepcopy(model).eval()
     _trial_forward(work, xs[0], expected_input(model, plan))
     pending = forward_order(work, list(rows), xs[0][:2])
     bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,

@@ -211,16 +211,6 @@ def _factorize_all(layers: dict[str, nn.Module], rows: list, tucker: str, disabl
     return out
 
 
-def decompose_only(model: nn.Module, plan: Plan, names: list[str]) -> nn.Module:
-    """A copy of ``model`` with only the rows ``names`` decomposed, weight-only: an ``nn.MultiheadAttention``'s
-    projections are rewritten with the module as a whole, so they get no data-aware fit."""
-    part = copy.deepcopy(plan)
-    for row in part.layers:
-        if row.decomposed and row.name not in names:
-            row.keep("decomposed data-aware afterwards")
-    return decompose(model, part).eval()
-
-
 def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     """Give ``model`` (in place) the plan's decomposed shape with uninitialised factors, for loading.
 

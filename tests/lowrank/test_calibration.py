@@ -305,3 +305,32 @@ def test_a_small_vit_calibrates_block_by_block_and_reproduces_itself_at_full_ran
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(out(x), vit(x), atol=1e-4, rtol=1e-4)
     assert isinstance(out.encoder.layers.encoder_layer_1.mlp[3], lrdlab.LowRankLayer)
+
+
+def test_attention_projections_are_fitted_to_their_own_inputs():
+    """q/k/v/out get the data-aware fit too (not weight-only): each one's output error on the calibration data is
+    at most weight-only's, and the factorized attention is the same module type decompose() builds."""
+    from lrdlab.lowrank.attention import FactorizedMultiheadAttention, unfuse
+
+    torch.manual_seed(0)
+    vit = vit_tiny(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
+    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"])
+    batches = _batches()
+    fitted = unfuse(lrdlab.decompose(vit, plan, calibration=batches))
+    plain = unfuse(lrdlab.decompose(vit, plan))
+    dense = unfuse(copy.deepcopy(vit))
+    attn = "encoder.layers.encoder_layer_0.self_attention"
+    assert isinstance(fitted.get_submodule(attn), FactorizedMultiheadAttention)
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        name = f"{attn}.{proj}"
+        seen = []
+        handle = dense.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        with torch.no_grad():
+            for x in batches:
+                dense(x)
+        handle.remove()
+        X = torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
+        with torch.no_grad():
+            y = dense.get_submodule(name)(X)
+            errs = [(net.get_submodule(name)(X) - y).norm() for net in (fitted, plain)]
+        assert errs[0] < errs[1], f"{proj}: data-aware {errs[0]:.4g}, weight-only {errs[1]:.4g}"
