@@ -323,8 +323,8 @@ def test_attention_projections_are_fitted_to_their_own_inputs():
     assert isinstance(fitted.get_submodule(attn), FactorizedMultiheadAttention)
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
         name = f"{attn}.{proj}"
-        seen = []
-        handle = dense.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        seen: list[torch.Tensor] = []
+        handle = dense.get_submodule(name).register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
         with torch.no_grad():
             for x in batches:
                 dense(x)
