@@ -66,7 +66,7 @@ class AccuracyLab:
     ``calibration_images`` train images calibrate (data-aware fit, BN statistics), ``test_images`` held-out
     images score. Defaults per architecture (:data:`~lrdlab.explore.lab_models.ACCURACY_IMAGES`): 128 and 300
     for ResNet-20 (±2.6 points binomial standard error near 80%, ≈1.5 s per new plan on 2 quiet cores),
-    32 and 200 for vit_tiny (±2.8 points near 80%, ≈1.4 s per new plan under load 3 on 2 cores).
+    32 and 200 for vit_tiny (±1 point near 98%, ≈1.5 s per new plan under load 3 on 2 cores).
     """
 
     def __init__(self, name: str = DEFAULT_PRETRAINED, calibration_images: int | None = None,
