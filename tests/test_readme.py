@@ -60,3 +60,11 @@ def test_readme_accuracy_snippet_does_what_its_comments_say():
     assert 85 <= calibrated <= 91, f"README says ≈ 88%, got {calibrated:.1f}"
     exec(compile(finetune, "README.md", "exec"), scope)  # noqa: S102
     assert scope["tuned"]["accuracy"].iloc[-1] >= 97.0, "README says ≈ 97.5% after one distilled epoch"
+
+
+def test_transformer_section_is_the_one_generated_from_data():
+    from lrdlab.paper.transformers_report import README_BEGIN, README_END, readme_section
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(README_BEGIN):text.index(README_END) + len(README_END)]
+    assert block == readme_section(ROOT / "data"), "regenerate: print(readme_section(Path('data')))"

@@ -119,7 +119,8 @@ def compare(
     max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = -1.0, dedupe: bool = True,
     clock: Callable[[], float] | None = None,
 ):
-    """Time models interleaved, A B A B …; the first model is the baseline.
+    """Time models interleaved, A B C then C B A (the order alternates each round, so no model always runs
+    first); the first model is the baseline.
 
     Each round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value
     is their median). After ``rounds`` rounds, more are added while any speed-up's 95% interval is
@@ -170,7 +171,10 @@ def compare(
         return {n: stats.ratio_summary(base, per_round[same_as[n]]) for n in names}
 
     while True:
-        for n, step in steps.items():
+        order = list(steps.items())
+        if len(per_round[timed[0]]) % 2:  # A B C, then C B A: no model always runs first (position bias)
+            order.reverse()
+        for n, step in order:
             per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats, clock)))
         done = len(per_round[timed[0]])
         if done < rounds:

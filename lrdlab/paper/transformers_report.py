@@ -50,9 +50,13 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
     st, machine = res["settings"], res["machine"]
     report.heading("Transformers — ViT-tiny on MNIST-5k (P2's transformer results)")
     trained = st.get("model") or {}
+    ft = st["finetune"]
+    recipe = f"{ft.get('optimizer', 'adamw')} lr {ft['lr']:g}"
+    recipe += f", batch {ft['batch_size']}" if "batch_size" in ft else ""
+    recipe += ", distilled from the original" if ft.get("distill") else ""
     report.text(f"ViT-tiny ({trained.get('source', 'given weights')}); decomposed with SVD on every attention "
-                f"projection (q/k/v/out) and MLP Linear; fine-tuning {st['finetune_epochs']} epoch(s), AdamW lr "
-                f"{st['finetune']['lr']:g}; calibration: {st['calibration']}. Machine: {machine['cpu']}, "
+                f"projection (q/k/v/out) and MLP Linear; fine-tuning {st['finetune_epochs']} epoch(s), {recipe}; "
+                f"calibration: {st['calibration']}. Machine: {machine['cpu']}, "
                 f"{machine['torch_threads']} threads, load average {res['load_average_before'][0]:.1f} → "
                 f"{res['load_average_after'][0]:.1f}. Command: `{res.get('command', '')}`.")
     acc = pd.DataFrame(res["accuracy"])
@@ -86,3 +90,38 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
         rows += [{"target": "gpt2: all Conv1D decomposed", "met": all_conv1d},
                  {"target": "gpt2: tied head kept tied", "met": gpt2.get("lm_head_still_tied")}]
         report.table(pd.DataFrame(rows), "Issue-14 targets on ViT-B/16 and a 2-layer GPT-2 (random weights).")
+
+
+README_BEGIN = "<!-- transformers-section: generated from data/ by lrdlab.paper.transformers_report -->"
+README_END = "<!-- /transformers-section -->"
+
+
+def readme_section(data: Path) -> str:
+    """The README's transformer summary, rendered from ``data/`` (``tests/test_readme.py`` keeps them equal)."""
+    res = load_transformers_study(data / "transformers_mnist5k.json")
+    tg = json.loads((data / "transformers_targets_cpu.json").read_text())
+    acc = pd.DataFrame(res["accuracy"]).set_index("ratio")
+    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")["train_speedup_pct"]
+    gains = multiple_summary(pd.DataFrame(res["gemm_ranks"]))["on_vs_off_pct"]
+    vit, gpt2 = tg["vit_b_16"], tg["gpt2"]
+    m = res["machine"]
+    return "\n".join([
+        README_BEGIN,
+        f"- **ViT-tiny on MNIST-5k** (`lrdlab record transformers study --weights vit_tiny_mnist5k`, "
+        f"{m['cpu']}, {m['torch_threads']} thread): calibrated, no gradient step, 2x keeps "
+        f"{acc.loc[2.0, 'accuracy_zero_shot']:.1f}% and 4x {acc.loc[4.0, 'accuracy_zero_shot']:.1f}% "
+        f"(original {acc.loc[1.0, 'accuracy_zero_shot']:.1f}%); one distilled epoch at 2x: "
+        f"{acc.loc[2.0, 'accuracy_finetuned']:.1f}%. Training throughput at 2x vs the original: LRD "
+        f"{tp['lrd']:+.0f}%, regular freezing {tp['lrd+regular']:+.0f}%, sequential {tp['lrd+sequential']:+.0f}% "
+        f"({res['settings']['rounds']} interleaved rounds). Ranks on multiples of 8/16/32/64 change the per-rank time "
+        f"of the factorized GEMMs by {gains.min():+.0f}…{gains.max():+.0f}%: no consistent gain on this CPU "
+        "(tensor cores are where multiples matter).",
+        f"- **ViT-B/16** at 2x: {vit['encoder_projections_decomposed']} encoder projections decomposed "
+        f"(q/k/v/out + MLP), full rank {vit['full_rank_relative_error']:.1e} relative error, plan + decompose "
+        f"{vit['plan_plus_decompose_seconds']:.1f} s ({tg['machine']['torch_threads']} threads, load average "
+        f"{tg['load_average_before'][0]:.1f}). **GPT-2** (2 layers, from a config): "
+        f"{gpt2['conv1d_decomposed']} of {gpt2['conv1d_layers']} `Conv1D` decomposed, the tied head "
+        f"{'kept tied' if gpt2.get('lm_head_still_tied') else 'NOT kept tied'} "
+        "(`data/transformers_targets_cpu.json`).",
+        README_END,
+    ])

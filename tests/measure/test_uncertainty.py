@@ -28,7 +28,8 @@ def tiny(seed: int = 0) -> nn.Module:
 class FakeClock:
     """A clock whose timed intervals are ``true[model] × (1 + noise·N(0,1))``, models taken in compare's order.
 
-    compare times each model ``repeats`` times per round (two clock reads each), models in turn.
+    compare times each model ``repeats`` times per round (two clock reads each), models in turn, the order
+    reversed every other round.
     """
 
     def __init__(self, true: list[float], repeats: int, noise: float = 0.08, seed: int = 0):
@@ -38,7 +39,10 @@ class FakeClock:
 
     def __call__(self) -> float:
         if self.reads % 2 == 1:  # a stop: advance by the model's noisy time
-            model = (self.reads // (2 * self.repeats)) % len(self.true)
+            slot = self.reads // (2 * self.repeats)
+            model = slot % len(self.true)
+            if (slot // len(self.true)) % 2:  # compare reverses the order every other round
+                model = len(self.true) - 1 - model
             self.now += self.true[model] * (1 + self.noise * self.rng.standard_normal())
         self.reads += 1
         return self.now
