@@ -126,6 +126,8 @@ class RankExplorer:
                      network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
         counts = {label: net.counts(name, model, plan, size) for label, plan in plans.items()}
         speed = net.speed(name, model, plans, size, measure=measure)
+        if spec.trained and net.accuracy is not None:
+            net.accuracy.prefetch(list(plans.values()))  # both plans at once, one per core
         acc = {label: net.accuracy_of(plan) if spec.trained else None for label, plan in plans.items()}
         return {"counts": counts, "speed": speed, "accuracy": acc}
 

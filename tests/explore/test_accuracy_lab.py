@@ -1,6 +1,7 @@
 """The explorers' accuracy seam: BN re-estimation, the calibrated decomposition, and the readout it feeds."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -43,3 +44,18 @@ def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
     ex.model.value = "resnet18"  # the trained model's layers do not exist there: the layer follows the model
     assert ex.state["model"] == "resnet18" and ex.state["layer"] == ex.layer.value in ex.layer.options
     assert "untrained" in ex.net_readout.value and "accuracy means nothing" in ex.net_readout.value
+
+
+def test_prefetch_scores_new_plans_together_like_one_at_a_time(tmp_cache):
+    from lrdlab.explore.network_lab import network_plan
+
+    lab = accuracy_lab.AccuracyLab()
+    plans = [network_plan(lab.model, r, 1) for r in (2.0, 3.0)]
+    threads = torch.get_num_threads()
+    lab.prefetch(plans)  # both new: computed at once, one per core
+    assert torch.get_num_threads() == threads
+    together = [lab.memo.get(accuracy_lab.plan_key(p) + accuracy_lab.CALIBRATION[:4]) for p in plans]
+    lab.memo.clear()
+    alone = [lab.accuracy(p) for p in plans]
+    if (os.cpu_count() or 1) > 1:  # on one core prefetch leaves the work to accuracy()
+        assert together == alone
