@@ -5,6 +5,7 @@ all cells, moves the rank-granularity slider with the keyboard and checks that t
 readout change. Without /usr/bin/chromium (or Playwright) the test fails when ``CI`` is set, else skips.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -108,30 +109,21 @@ RUN_ALL = """async () => {
 @pytest.mark.browser
 @pytest.mark.slow
 def test_rank_explorer_in_jupyterlab(jupyterlab, tmp_path):
-    _require_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    base, token, log = jupyterlab
     shot = Path(os.environ.get("LRDLAB_SCREENSHOT", tmp_path / "rank_explorer.png"))
-    with sync_playwright() as pw:
-        browser = _browser(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
-            _open(page, base, token, NOTEBOOK.name)
-            # the last cell draws a figure into the output area once the whole notebook has run
-            page.locator(".jp-OutputArea-output img").first.wait_for(state="visible", timeout=240_000)
-            readout = page.locator(".lrd-readout")
-            expect(readout).to_contain_text("rounded (g=", timeout=60_000)
-            plot = page.locator("img.lrd-plot")
-            before_src, before_text = plot.get_attribute("src"), readout.inner_text()
-            assert before_src and "ranks" in before_text
-            _slide(page, "lrd-granularity")
-            expect(readout).not_to_have_text(before_text, timeout=60_000)
-            expect(plot).not_to_have_attribute("src", before_src, timeout=30_000)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with _notebook_page(jupyterlab, NOTEBOOK.name, 1000) as page:
+        # the last cell draws a figure into the output area once the whole notebook has run
+        page.locator(".jp-OutputArea-output img").first.wait_for(state="visible", timeout=240_000)
+        readout = page.locator(".lrd-readout")
+        expect(readout).to_contain_text("rounded (g=", timeout=60_000)
+        plot = page.locator("img.lrd-plot")
+        before_src, before_text = plot.get_attribute("src"), readout.inner_text()
+        assert before_src and "ranks" in before_text
+        _slide(page, "lrd-granularity")
+        expect(readout).not_to_have_text(before_text, timeout=60_000)
+        expect(plot).not_to_have_attribute("src", before_src, timeout=30_000)
+        page.screenshot(path=str(shot), full_page=True)
 
 
 def _open(page, base: str, token: str, name: str) -> None:
@@ -162,8 +154,22 @@ def _changes(locator, action, attribute: str | None = None, timeout: int = 90_00
     return read()
 
 
-def _browser(pw):
-    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+@contextlib.contextmanager
+def _notebook_page(jupyterlab, name: str, height: int):
+    """A Chromium page on ``name`` in JupyterLab with every cell run; the browser closes afterwards."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    base, token, _ = jupyterlab
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(120_000)
+            _open(page, base, token, name)
+            yield page
+        finally:
+            browser.close()
 
 
 def _require_browser():
@@ -179,85 +185,67 @@ def _require_browser():
 @pytest.mark.slow
 def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
     """Model, layer, α, g and rounding each change the plot and readouts, and they stay consistent."""
-    _require_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    base, token, _ = jupyterlab
-    with sync_playwright() as pw:
-        browser = _browser(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.set_default_timeout(120_000)
-            _open(page, base, token, RANK_NB)
-            readout, net = page.locator(".lrd-readout"), page.locator(".lrd-network")
-            plot = page.locator("img.lrd-plot")
-            expect(net).to_contain_text("test accuracy", timeout=240_000)
-            expect(readout).to_contain_text("layer3.2.conv2")
-            assert "38,38" in readout.inner_text()  # the 2x Tucker ranks of a 64→64 3×3 conv (P1 Table 1)
+    with _notebook_page(jupyterlab, RANK_NB, 1200) as page:
+        readout, net = page.locator(".lrd-readout"), page.locator(".lrd-network")
+        plot = page.locator("img.lrd-plot")
+        expect(net).to_contain_text("test accuracy", timeout=240_000)
+        expect(readout).to_contain_text("layer3.2.conv2")
+        assert "38,38" in readout.inner_text()  # the 2x Tucker ranks of a 64→64 3×3 conv (P1 Table 1)
 
-            _changes(plot, lambda: _slide(page, "lrd-granularity", 3), "src")  # g 1 → 2 → 4 → 8
-            expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
-            expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
-            expect(net).to_contain_text("rounded (g=8, down)")
-            _changes(plot, lambda: page.locator(".lrd-rounding button", has_text="up").click(), "src")
-            expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
-            expect(readout).to_contain_text("40,40")
-            expect(net).to_contain_text("rounded (g=8, up)")
-            _changes(plot, lambda: _slide(page, "lrd-ratio"), "src")  # α 2 → 2.5
-            expect(readout).to_contain_text("α=2.5", timeout=90_000)
-            page.locator(".lrd-layer select").select_option("layer2.0.conv2")
-            expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
-            page.locator(".lrd-model select").select_option(label="resnet18 · untrained (random init)")
-            expect(net).to_contain_text("untrained", timeout=180_000)
-            expect(page.locator(".lrd-layer select")).not_to_have_value("layer2.0.conv2")
-            layer = page.locator(".lrd-layer select").input_value()
-            expect(readout).to_contain_text(layer, timeout=180_000)  # the readout names the layer the dropdown shows
-            assert "accuracy means nothing" in net.inner_text()
-            for source in ("measured here", "reference file"):
-                if source in readout.inner_text():
-                    break
-            else:
-                raise AssertionError("every time names its source")
-            page.screenshot(path=str(tmp_path / "rank_explorer_controls.png"), full_page=True)
-        finally:
-            browser.close()
+        _changes(plot, lambda: _slide(page, "lrd-granularity", 3), "src")  # g 1 → 2 → 4 → 8
+        expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
+        expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
+        expect(net).to_contain_text("rounded (g=8, down)")
+        _changes(plot, lambda: page.locator(".lrd-rounding button", has_text="up").click(), "src")
+        expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
+        expect(readout).to_contain_text("40,40")
+        expect(net).to_contain_text("rounded (g=8, up)")
+        _changes(plot, lambda: _slide(page, "lrd-ratio"), "src")  # α 2 → 2.5
+        expect(readout).to_contain_text("α=2.5", timeout=90_000)
+        page.locator(".lrd-layer select").select_option("layer2.0.conv2")
+        expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
+        page.locator(".lrd-model select").select_option(label="resnet18 · untrained (random init)")
+        expect(net).to_contain_text("untrained", timeout=180_000)
+        expect(page.locator(".lrd-layer select")).not_to_have_value("layer2.0.conv2")
+        layer = page.locator(".lrd-layer select").input_value()
+        expect(readout).to_contain_text(layer, timeout=180_000)  # the readout names the layer the dropdown shows
+        assert "accuracy means nothing" in net.inner_text()
+        for source in ("measured here", "reference file"):
+            if source in readout.inner_text():
+                break
+        else:
+            raise AssertionError("every time names its source")
+        page.screenshot(path=str(tmp_path / "rank_explorer_controls.png"), full_page=True)
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_freezing_explorer_controls_and_a_cancelled_background_run(jupyterlab, tmp_path):
     """Mode, period and ratio redraw from the grid; a background run starts, reports progress, and is cancelled."""
-    _require_browser()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    base, token, _ = jupyterlab
-    with sync_playwright() as pw:
-        browser = _browser(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(120_000)
-            _open(page, base, token, FREEZING_NB)
-            summary, plot = page.locator(".lrd-freezing-summary"), page.locator("img.lrd-freezing-plot")
-            expect(summary).to_contain_text("sequential N=1", timeout=240_000)
-            seen = {plot.get_attribute("src")}
-            text = _changes(summary, lambda: page.locator(".lrd-mode button", has_text="regular").click())
-            assert text.startswith("regular")
-            seen.add(plot.get_attribute("src"))
-            page.locator(".lrd-mode button", has_text="sequential").click()
-            expect(summary).to_contain_text("sequential N=1")
-            assert "sequential N=2" in _changes(summary, lambda: _slide(page, "lrd-period"))  # 1 epoch → 2 epochs
-            seen.add(plot.get_attribute("src"))
-            assert "×3" in _changes(summary, lambda: _slide(page, "lrd-fratio"))  # ×2 → ×3
-            seen.add(plot.get_attribute("src"))
-            assert len(seen) == 4  # every move drew a different figure
-            status = page.locator(".lrd-freezing-status")
-            page.locator(".lrd-run button, button.lrd-run").first.click()
-            expect(status).to_contain_text("⏳", timeout=30_000)
-            expect(status).to_contain_text("batch", timeout=180_000)  # per-batch progress from the worker
-            page.locator(".lrd-cancel button, button.lrd-cancel").first.click()
-            expect(status).to_contain_text("cancelled", timeout=120_000)
-            expect(status).to_contain_text("nothing was added")
-            assert "run here" not in summary.inner_text()
-            page.screenshot(path=str(tmp_path / "freezing_explorer.png"), full_page=True)
-        finally:
-            browser.close()
+    with _notebook_page(jupyterlab, FREEZING_NB, 1100) as page:
+        summary, plot = page.locator(".lrd-freezing-summary"), page.locator("img.lrd-freezing-plot")
+        expect(summary).to_contain_text("sequential N=1", timeout=240_000)
+        seen = {plot.get_attribute("src")}
+        text = _changes(summary, lambda: page.locator(".lrd-mode button", has_text="regular").click())
+        assert text.startswith("regular")
+        seen.add(plot.get_attribute("src"))
+        page.locator(".lrd-mode button", has_text="sequential").click()
+        expect(summary).to_contain_text("sequential N=1")
+        assert "sequential N=2" in _changes(summary, lambda: _slide(page, "lrd-period"))  # 1 epoch → 2 epochs
+        seen.add(plot.get_attribute("src"))
+        assert "×3" in _changes(summary, lambda: _slide(page, "lrd-fratio"))  # ×2 → ×3
+        seen.add(plot.get_attribute("src"))
+        assert len(seen) == 4  # every move drew a different figure
+        status = page.locator(".lrd-freezing-status")
+        page.locator(".lrd-run button, button.lrd-run").first.click()
+        expect(status).to_contain_text("⏳", timeout=30_000)
+        expect(status).to_contain_text("batch", timeout=180_000)  # per-batch progress from the worker
+        page.locator(".lrd-cancel button, button.lrd-cancel").first.click()
+        expect(status).to_contain_text("cancelled", timeout=120_000)
+        expect(status).to_contain_text("nothing was added")
+        assert "run here" not in summary.inner_text()
+        page.screenshot(path=str(tmp_path / "freezing_explorer.png"), full_page=True)
