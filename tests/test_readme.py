@@ -36,6 +36,14 @@ def test_accuracy_table_matches_the_recorded_study(model):
         for variant, cell in zip(VARIANTS, cells[2:]):
             value = at[at["variant"] == variant]["accuracy"].iloc[0]
             assert float(cell) == round(float(value), 1), f"{variant} at ratio {ratio}: README {cell}, data {value}"
+    # and the whole table is the one lrdlab renders from that file (every ratio, none left out)
+    import json
+
+    from lrdlab.paper.accuracy_study import markdown_table
+
+    table = markdown_table(json.loads((ROOT / "data" / "accuracy_f11_mnist5k.json").read_text()), model)
+    readme = (ROOT / "README.md").read_text()
+    assert f"{marker}\n{table}\n" in readme, "regenerate: markdown_table(result, model)"
 
 
 def test_readme_names_only_recording_commands_that_exist():

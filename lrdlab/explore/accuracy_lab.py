@@ -112,14 +112,19 @@ class AccuracyLab:
 
     def accuracy(self, plan: Plan) -> float:
         """Calibrated accuracy of the model decomposed with ``plan`` (computed once per plan)."""
-        return self.cached(plan_key(plan) + CALIBRATION[:4],
-                           lambda: self.score(calibrated_decompose(self.model, plan, self.calibration)))
+        return self.cached(self._key(plan), lambda: self._score_plan(plan))
+
+    @staticmethod
+    def _key(plan: Plan) -> str:
+        return plan_key(plan) + CALIBRATION[:4]
+
+    def _score_plan(self, plan: Plan) -> float:
+        return self.score(calibrated_decompose(self.model, plan, self.calibration))
 
     def prefetch(self, plans: Sequence[Plan]) -> None:
         """Compute the accuracies of ``plans`` not seen before at once, one per core (each on one torch thread):
         an explorer move needs two plans (unrounded and rounded), and on 2 cores they take the time of one."""
-        todo = {plan_key(p) + CALIBRATION[:4]: p for p in plans}
-        todo = {k: p for k, p in todo.items() if k not in self.memo}
+        todo = {key: p for p in plans if (key := self._key(p)) not in self.memo}
         workers = min(len(todo), os.cpu_count() or 1)
         if workers < 2:
             return
@@ -127,7 +132,7 @@ class AccuracyLab:
         def one(plan: Plan) -> float:
             torch.set_num_threads(1)
             with torch.inference_mode(False):
-                return self.score(calibrated_decompose(self.model, plan, self.calibration))
+                return self._score_plan(plan)
 
         start, threads = time.perf_counter(), torch.get_num_threads()
         try:
@@ -136,16 +141,19 @@ class AccuracyLab:
         finally:
             torch.set_num_threads(threads)  # where the thread count is process-wide, the caller's comes back
         self.memo.update(values)
+        self._save()
+        self.last_seconds = time.perf_counter() - start
+
+    def _save(self) -> None:
+        """The memo, on disk: a setting seen in an earlier session is instant."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.memo))
-        self.last_seconds = time.perf_counter() - start
 
     def cached(self, key: str, compute: Callable[[], float]) -> float:
         start = time.perf_counter()
         if key not in self.memo:
             with torch.inference_mode(False):
                 self.memo[key] = float(compute())
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.memo))
+            self._save()
         self.last_seconds = time.perf_counter() - start
         return self.memo[key]

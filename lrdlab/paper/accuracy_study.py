@@ -51,16 +51,27 @@ def _accuracy(model, loader) -> tuple[float, float]:
     return round(r["accuracy"], 2), round(r["loss"], 4)
 
 
+def finetune(net: torch.nn.Module, teacher: torch.nn.Module, loaders, epochs: int, recipe: dict[str, Any],
+             freezer=None, *, seed: int = 0, progress: bool = False, label: str = ""):
+    """:func:`lrdlab.fit` by a recipe (:data:`STUDY_MODELS`' ``finetune`` or :data:`SWEEP`): its optimizer,
+    learning rate and batch size (the training set rebatched), ``teacher`` distilling when ``distill``."""
+    from lrdlab.finetune.loop import fit
+    from lrdlab.zoo.data import rebatched
+
+    opts = {k: v for k, v in recipe.items() if k not in ("lr", "batch_size", "distill")}
+    return fit(net, rebatched(loaders.train, recipe["batch_size"], seed), loaders.test, epochs, recipe["lr"], freezer,
+               teacher=teacher if recipe["distill"] else None, seed=seed, progress=progress, label=label,
+               evaluate_start=freezer is not None, **opts)
+
+
 def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[torch.Tensor], *,
                 granularity: int = 1, finetune_epochs: int = 1, variants: Iterable[str] = VARIANTS,
                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
     """Rows (one per ratio × variant) for one model of :data:`STUDY_MODELS`."""
-    from lrdlab.finetune.loop import fit
     from lrdlab.lowrank.calibration import calibrated_decompose, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.counting import count_flops, count_params
-    from lrdlab.zoo.data import rebatched
     from lrdlab.zoo.pretrained import pretrained
 
     spec, variants = STUDY_MODELS[name], list(variants)
@@ -82,10 +93,8 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
         made["data+bn"] = (m, made["data"][1] + s)  # = calibrated_decompose(bn=True), one calibration saved
         if "data+bn+ft" in variants and finetune_epochs > 0:
             net = copy.deepcopy(made["data+bn"][0])
-            ft = spec["finetune"]
-            hist, s = _timed(fit, net, rebatched(loaders.train, ft["batch_size"], seed), loaders.test,
-                             finetune_epochs, ft["lr"], optimizer=ft["optimizer"], seed=seed, progress=False,
-                             teacher=original if ft["distill"] else None, label=f"{name} {ratio}")
+            _, s = _timed(finetune, net, original, loaders, finetune_epochs, spec["finetune"], seed=seed,
+                          label=f"{name} {ratio}")
             made["data+bn+ft"] = (net.eval(), made["data+bn"][1] + s)
         params, flops = count_params(made["weights"][0]), count_flops(made["weights"][0], shape)
         for variant in [v for v in VARIANTS if v in made and v in variants]:
@@ -203,11 +212,11 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
     """One epoch of fine-tuning from the calibrated decomposition, per recipe and seed: which recipe gets back
     to the original? (How :data:`STUDY_MODELS`' ``finetune`` was chosen; there is no validation split, so the
     choice is made on the test split and the best row is optimistic.)"""
-    from lrdlab.finetune.loop import fit, set_seed
+    from lrdlab.finetune.loop import set_seed
     from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders, rebatched
+    from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.pretrained import pretrained
 
     spec = STUDY_MODELS[name]
@@ -222,9 +231,7 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
     for cfg in configs:
         for seed in seeds:
             net = copy.deepcopy(start)
-            _, seconds = _timed(fit, net, rebatched(loaders.train, cfg["batch_size"], seed), loaders.test, epochs,
-                                cfg["lr"], optimizer=cfg["optimizer"], teacher=original if cfg["distill"] else None,
-                                seed=seed, progress=False)
+            _, seconds = _timed(finetune, net, original, loaders, epochs, cfg, seed=seed)
             acc, _ = _accuracy(net, loaders.test)
             rows.append({**cfg, "seed": seed, "accuracy": acc, "cpu_s": round(seconds, 1)})
             if progress:

@@ -32,9 +32,8 @@ from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
-from lrdlab.paper.accuracy_study import STUDY_MODELS
+from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
 from lrdlab.paper.transformers_targets import _median_time
-from lrdlab.zoo.data import rebatched
 
 TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
@@ -67,15 +66,6 @@ def _decompose(model: nn.Module, ratio: float, calibration: Iterable[torch.Tenso
                      calibration=calibration).eval()
 
 
-def finetune(net: nn.Module, teacher: nn.Module, loaders: Any, epochs: int, freezer: Freezer | None = None, *,
-             seed: int = 0, progress: bool = False, label: str = "") -> pd.DataFrame:
-    """:data:`FINETUNE`'s recipe: AdamW, batch 32, the original model as distillation teacher."""
-    opts = {k: v for k, v in FINETUNE.items() if k not in ("lr", "batch_size", "distill")}
-    train = rebatched(loaders.train, FINETUNE["batch_size"], seed)
-    return fit(net, train, loaders.test, epochs, FINETUNE["lr"], freezer, seed=seed, progress=progress, label=label,
-               teacher=teacher if FINETUNE["distill"] else None, evaluate_start=freezer is not None, **opts)
-
-
 def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *,
                       finetune_ratios: Sequence[float] = (), finetune_epochs: int = 1, seed: int = 0,
                       calibration: Iterable[torch.Tensor] | None = None, progress: bool = False) -> pd.DataFrame:
@@ -88,7 +78,7 @@ def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *
         row = {"ratio": ratio, "params": count_params(small), "calibrated": calibration is not None,
                "accuracy_zero_shot": evaluate(small, loaders.test)["accuracy"], "accuracy_finetuned": None}
         if ratio in finetune_ratios:
-            h = finetune(small, model, loaders, finetune_epochs, seed=seed, progress=progress)
+            h = finetune(small, model, loaders, finetune_epochs, FINETUNE, seed=seed, progress=progress)
             row["accuracy_finetuned"] = float(h["accuracy"].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -107,7 +97,8 @@ def freezing_runs(model: nn.Module, loaders: Any, ratio: float = 2.0, *, modes: 
     for mode in modes:
         net = copy.deepcopy(decomposed)
         freezer = Freezer(net, mode, period=period, unit=unit)
-        h = finetune(net, model, loaders, epochs, freezer, seed=seed, progress=progress, label=f"lrd {mode}")
+        h = finetune(net, model, loaders, epochs, FINETUNE, freezer, seed=seed, progress=progress,
+                     label=f"lrd {mode}")
         out.append(h.assign(mode=mode, ratio=ratio))
     return pd.concat(out, ignore_index=True)
 
