@@ -169,3 +169,26 @@ def step_levels(levels: Values, changes: Sequence[int]) -> list[float]:
     y = np.asarray(levels, dtype=np.float64)
     edges = [0, *changes, y.size]
     return [float(np.median(y[a:b])) for a, b in zip(edges, edges[1:])]
+
+
+def place_step(rounds: Sequence[Values]) -> int | None:
+    """Where a step down lies in a short window of ranks timed in the same interleaved rounds.
+
+    ``rounds[i]`` holds rank i's samples (ranks in search order, high → low), sample j of every rank
+    from round j. Each round is first divided by its own median, so a machine that speeds up or slows
+    down between rounds moves nothing. The boundary k (ranks[:k] high, ranks[k:] low, both sides
+    non-empty) minimises the summed absolute deviations of every sample from its side's median (an L1
+    two-level fit: one spike cannot move it far). Returns k, or None when no split steps down.
+    """
+    x = np.asarray(rounds, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        return None
+    x = x / np.median(x, axis=0, keepdims=True)
+    best, best_cost = None, math.inf
+    for k in range(1, x.shape[0]):
+        high, low = x[:k].ravel(), x[k:].ravel()
+        mh, ml = float(np.median(high)), float(np.median(low))
+        cost = float(np.abs(high - mh).sum() + np.abs(low - ml).sum())
+        if mh > ml and cost < best_cost:
+            best, best_cost = k, cost
+    return best

@@ -117,7 +117,7 @@ def test_fallback_and_cliff_with_a_fake_timer(tmp_path, method):
     assert set(chosen["layer"]) == {"2", "4"} and set(chosen["rank"]) == {16}
     assert traces[traces["layer"] == "6"]["r_opt"].isna().all()
     # identical shapes ('2' and '4') were searched once: paper 1 round; robust 3 rounds + refinement + confirmation
-    assert timer.calls[(32, 32, (16, 16))] == (1 if method == "paper" else 3 + 7 + 10)
+    assert timer.calls[(32, 32, (16, 16))] == (1 if method == "paper" else 3 + 15 + 10)
     assert timer.calls[(32, 32, (10, 10))] == (1 if method == "paper" else 3)
     assert new.settings["optimize"]["cache_misses"] > 0 and new.settings["optimize"]["method"] == method
 
@@ -149,7 +149,7 @@ def test_robust_rerun_reuses_the_search_but_confirms_afresh(tmp_path):
     second, _ = optimize_plan(model, plan, (2, 3, 8, 8), time_fn=again, **kw)
     assert second.to_dict()["layers"] == first.to_dict()["layers"]
     assert again.calls[(32, 32, (10, 10))] == 0  # far from the step: answered by the cache
-    assert again.calls[(32, 32, (16, 16))] == 7 + 10  # refinement and the fresh confirmation run
+    assert again.calls[(32, 32, (16, 16))] == 15 + 10  # refinement (15 rounds) and the fresh confirmation run
 
 
 def test_noisy_cache_entries_are_measured_again(tmp_path):
