@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= reports/quick
 
-.PHONY: reproduce test lint browser lab clean
+.PHONY: reproduce test lint browser lab readme clean
 
 $(STAMP): environment.yml pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(STAMP) browser
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+readme: $(STAMP)  # rewrite the README's generated sections from data/ (after `lrdlab record ...`)
+	$(PY) -c "from lrdlab.paper.readme_sections import regenerate; print('regenerated:', regenerate() or 'nothing')"
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

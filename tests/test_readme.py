@@ -75,4 +75,4 @@ def test_transformer_section_is_the_one_generated_from_data():
 
     text = (ROOT / "README.md").read_text()
     block = text[text.index(README_BEGIN):text.index(README_END) + len(README_END)]
-    assert block == readme_section(ROOT / "data"), "regenerate: print(readme_section(Path('data')))"
+    assert block == readme_section(ROOT / "data"), "run `make readme`"

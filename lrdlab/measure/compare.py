@@ -137,7 +137,7 @@ def compare(
     bootstrap interval), ``speedup_q1``/``speedup_q3``, ``throughput`` (the baseline's batch / median
     time × this speed-up: throughputs and speed-ups come from the same paired measurement),
     ``spread`` (relative IQR of the round times), ``rounds``, ``converged``, ``backend``, ``threads``
-    and ``load_average``.
+    and ``load_average``. ``df.attrs["per_round"]``: each model's round times (seconds), paired by round.
     """
     import pandas as pd
 
@@ -200,7 +200,9 @@ def compare(
             "mode": mode, "batch": shape[0], "backend": backend, "threads": torch.get_num_threads(),
             "load_average": load_average(),
         })
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["per_round"] = {n: list(per_round[same_as[n]]) for n in names}
+    return df
 
 
 def speedup_pct(row: Any, prefix: str = "") -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from torch import nn
 
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import fit
+from lrdlab.measure import stats
 
 # --- the freezing study (F7, F8) ---------------------------------------------------------------------------
 
@@ -22,9 +24,10 @@ STUDY_SCHEMA = {
                "top-1 / top-5), loss (test cross-entropy), train_loss, train_accuracy, epoch_s (training wall s of "
                "the epoch), wall_s (cumulative training s), train_img_s (images / epoch_s), eval_img_s, lr, "
                "trainable_params, phase (sequential freezing phase)",
-    "throughput": "interleaved benchmark on one fixed batch (A B C D A B C D …, median of rounds): technique, "
+    "throughput": "interleaved benchmark on one fixed batch (A B C …, then C B A …, median of rounds): technique, "
                   "train_img_s, train_speedup_pct (median of per-round ratios vs original, %), infer_img_s, "
-                  "infer_speedup_pct; sequential = time averaged over its phases; fit_train_img_s = median "
+                  "infer_speedup_pct, each with *_ci_low / *_ci_high (95% bootstrap interval), train_rounds, "
+                  "infer_rounds; sequential = time averaged over its phases; fit_train_img_s = median "
                   "per-epoch throughput of the actual training runs (sequential, not interleaved)",
 }
 
@@ -33,23 +36,26 @@ STUDY_QUICK = {"epochs": 2, "finetune_epochs": 2, "subset": 1024, "bench_rounds"
 STUDY_FULL = {"epochs": 4, "finetune_epochs": 3, "subset": None, "bench_rounds": 5}
 
 
-def _variant_throughput(models: dict[str, nn.Module], batch: tuple[int, ...], rounds: int,
-                        device: str) -> dict[str, tuple[float, float]]:
-    """(median s/step, median speed-up vs the first model) for each model, timed interleaved."""
-    from lrdlab.measure.timing import compare
-
-    df = compare(models, batch, mode="train", rounds=rounds, device=device, warmup=1, repeats=3)
-    return {r["name"]: (r["batch"] / r["throughput"], r["speedup_vs_first"]) for r in df.to_dict("records")}
+def _speed(prefix: str, base: list[float], times: list[float], n: int) -> dict[str, float]:
+    """Paired round times → ``{prefix}_img_s`` and ``{prefix}_speedup_pct``, each with its 95% interval."""
+    ci = stats.ratio_summary(base, times)
+    base_img_s = n / statistics.median(base)  # throughput and speed-up from the same paired measurement
+    return {f"{prefix}_img_s": base_img_s * ci["median"], f"{prefix}_img_s_ci_low": base_img_s * ci["ci_low"],
+            f"{prefix}_img_s_ci_high": base_img_s * ci["ci_high"], f"{prefix}_speedup_pct": 100 * (ci["median"] - 1),
+            f"{prefix}_speedup_pct_ci_low": 100 * (ci["ci_low"] - 1),
+            f"{prefix}_speedup_pct_ci_high": 100 * (ci["ci_high"] - 1), f"{prefix}_rounds": ci["rounds"]}
 
 
 def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple[int, ...], rounds: int = 5,
                         device: str = "cpu", period_order=None) -> pd.DataFrame:
     """F7: training and inference throughput of original, LRD, LRD + regular and + sequential freezing.
 
-    Every variant's training step is timed interleaved with the others (``measure.compare``); the
-    sequential variant is timed once per phase 0..L-1 (each phase trains a different factor; L is the
-    longest rotation, 3 for Tucker-2) and its time is the mean over those phases, since every phase
-    lasts equally long.
+    Every variant's training step is timed interleaved with the others (``measure.compare``, rounds
+    added until the intervals are ±3 points or its budget ends); the sequential variant is timed once
+    per phase 0..L-1 (each phase trains a different factor; L is the longest rotation, 3 for Tucker-2)
+    and its time in a round is the mean over those phases, since every phase lasts equally long.
+    Inference is timed once for the decomposed model (freezing does not change it). Every throughput
+    and speed-up has its 95% bootstrap interval (``*_ci_low`` / ``*_ci_high``).
     """
     from lrdlab.measure.timing import compare
 
@@ -59,31 +65,22 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     variants["lrd+regular"] = regular
     seq = copy.deepcopy(decomposed)
     freezer = Freezer(seq, "sequential", order=period_order)
-    phases = max(len(o) for o in freezer.orders.values())
-    for p in range(phases):
+    phases = [f"lrd+sequential[{p}]" for p in range(max(len(o) for o in freezer.orders.values()))]
+    for p, name in enumerate(phases):
         freezer.update(p)
-        variants[f"lrd+sequential[{p}]"] = copy.deepcopy(seq)
-    train = _variant_throughput(variants, batch, rounds, device)
+        variants[name] = copy.deepcopy(seq)
+    train = compare(variants, batch, mode="train", rounds=rounds, device=device, warmup=1, repeats=3).attrs["per_round"]
+    train["lrd+sequential"] = [statistics.fmean(ts) for ts in zip(*(train[p] for p in phases))]
     infer = compare({"original": original, "lrd": decomposed}, batch, mode="inference", rounds=rounds,
-                    device=device, warmup=1, repeats=5)
-    infer_s = {r["name"]: (r["batch"] / r["throughput"], r["speedup_vs_first"]) for r in infer.to_dict("records")}
+                    device=device, warmup=1, repeats=5).attrs["per_round"]
     n = batch[0]
-    seq_s = [train[f"lrd+sequential[{p}]"][0] for p in range(phases)]
-    seq_speed = sum(train[f"lrd+sequential[{p}]"][1] ** -1 for p in range(phases)) / phases
     rows = []
-    for tech, (ts, tsp), inf in (
-        ("original", train["original"], "original"), ("lrd", train["lrd"], "lrd"),
-        ("lrd+regular", train["lrd+regular"], "lrd"),
-        ("lrd+sequential", (sum(seq_s) / phases, 1.0 / seq_speed), "lrd"),
-    ):
-        rows.append({"technique": tech, "train_img_s": n / ts, "train_speedup_pct": 100.0 * (tsp - 1),
-                     "infer_img_s": n / infer_s[inf][0], "infer_speedup_pct": 100.0 * (infer_s[inf][1] - 1),
-                     "batch": n, "rounds": rounds})
-    for p in range(phases):
-        ts, tsp = train[f"lrd+sequential[{p}]"]
-        rows.append({"technique": f"lrd+sequential[{p}]", "train_img_s": n / ts,
-                     "train_speedup_pct": 100.0 * (tsp - 1), "infer_img_s": float("nan"),
-                     "infer_speedup_pct": float("nan"), "batch": n, "rounds": rounds})
+    for tech, inf in (("original", "original"), ("lrd", "lrd"), ("lrd+regular", "lrd"), ("lrd+sequential", "lrd"),
+                      *((p, None) for p in phases)):
+        row: dict[str, Any] = {"technique": tech, **_speed("train", train["original"], train[tech], n)}
+        infer_cols = _speed("infer", infer["original"], infer[inf or "lrd"], n)
+        row.update(infer_cols if inf else dict.fromkeys(infer_cols, float("nan")))
+        rows.append({**row, "batch": n, "rounds": row["train_rounds"]})
     return pd.DataFrame(rows)
 
 

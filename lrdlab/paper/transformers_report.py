@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from lrdlab.paper.tables import speedup_text, throughput_table
+
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 
 
@@ -66,10 +68,9 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
     report.table(final[["mode", "epoch", "accuracy", "loss", "train_img_s", "wall_s"]],
                  f"Fine-tuning at {st['freeze_ratio']}x per freezing mode (sequential: every "
                  f"{st['period_iterations']} iterations).")
-    tp = pd.DataFrame(res["freezing_throughput"])
-    tp = tp[~tp["technique"].str.contains(r"\[")]  # the sequential phases are summarised in "lrd+sequential"
-    report.table(tp[["technique", "train_img_s", "train_speedup_pct", "infer_img_s", "infer_speedup_pct"]],
-                 "Training / inference throughput, timed interleaved (sequential: mean over its phases).")
+    report.table(throughput_table(pd.DataFrame(res["freezing_throughput"])),
+                 "Training / inference throughput, timed interleaved (sequential: mean over its phases; 95% "
+                 "bootstrap intervals).")
     report.table(_dashes(pd.DataFrame(res["gemm_granularity"])),
                  "Whole model at each rank granularity g (interleaved).")
     report.table(multiple_summary(pd.DataFrame(res["gemm_ranks"])),
@@ -101,7 +102,7 @@ def readme_section(data: Path) -> str:
     res = load_transformers_study(data / "transformers_mnist5k.json")
     tg = json.loads((data / "transformers_targets_cpu.json").read_text())
     acc = pd.DataFrame(res["accuracy"]).set_index("ratio")
-    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")["train_speedup_pct"]
+    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")
     gains = multiple_summary(pd.DataFrame(res["gemm_ranks"]))["on_vs_off_pct"]
     vit, gpt2 = tg["vit_b_16"], tg["gpt2"]
     m = res["machine"]
@@ -111,10 +112,10 @@ def readme_section(data: Path) -> str:
         f"{m['cpu']}, {m['torch_threads']} thread): calibrated, no gradient step, 2x keeps "
         f"{acc.loc[2.0, 'accuracy_zero_shot']:.1f}% and 4x {acc.loc[4.0, 'accuracy_zero_shot']:.1f}% "
         f"(original {acc.loc[1.0, 'accuracy_zero_shot']:.1f}%); one distilled epoch at 2x: "
-        f"{acc.loc[2.0, 'accuracy_finetuned']:.1f}%. Training throughput at 2x vs the original: "
-        f"{min(tp['lrd'], tp['lrd+regular'], tp['lrd+sequential']):+.0f}…"
-        f"{max(tp['lrd'], tp['lrd+regular'], tp['lrd+sequential']):+.0f}% for LRD, regular and sequential freezing "
-        f"({res['settings']['rounds']} interleaved rounds: too few to order the three). Ranks on multiples of "
+        f"{acc.loc[2.0, 'accuracy_finetuned']:.1f}%. Training throughput at 2x vs the original (interleaved, "
+        f"{tp.loc['lrd'].get('train_rounds', res['settings']['rounds'])} rounds): LRD "
+        f"{speedup_text(tp.loc['lrd'], 'train_')}, regular freezing {speedup_text(tp.loc['lrd+regular'], 'train_')}, "
+        f"sequential {speedup_text(tp.loc['lrd+sequential'], 'train_')}. Ranks on multiples of "
         "8/16/32/64 change the per-rank time "
         f"of the factorized GEMMs by {gains.min():+.0f}…{gains.max():+.0f}%: no consistent gain on this CPU "
         "(tensor cores are where multiples matter).",

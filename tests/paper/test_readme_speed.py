@@ -19,7 +19,7 @@ DATA = ROOT / "data"
 def test_speed_section_is_the_one_generated_from_data():
     assert README_BEGIN in README and README_END in README
     block = README[README.index(README_BEGIN): README.index(README_END) + len(README_END)]
-    assert block == readme_speed_section(DATA), "regenerate: print(readme_speed_section(Path('data')))"
+    assert block == readme_speed_section(DATA), "run `make readme`"
 
 
 def _t1() -> dict[str, dict[str, str]]:
@@ -40,3 +40,20 @@ def test_f1_claim_matches_the_sweep_file():
     m = re.search(r"257 → 256 \((\d+\.\d+) → (\d+\.\d+) ms\); rank 258 takes\s+(\d+\.\d+) ms", README)
     assert m, "README should quote the F1 sweep around ranks 256–258"
     assert [float(x) for x in m.groups()] == [round(rows[r]["time_ms"], 2) for r in (257, 256, 258)]
+
+
+def test_make_readme_rewrites_stale_sections_and_nothing_else(tmp_path):
+    from lrdlab.paper.readme_sections import regenerate, sections
+
+    readme = tmp_path / "README.md"
+    (speed_begin, speed_end, _), (tf_begin, tf_end, _) = sections()["speed"], sections()["transformers"]
+    readme.write_text(f"intro\n{speed_begin}\nstale\n{speed_end}\nmiddle\n{tf_begin}\nold\n{tf_end}\nend\n")
+    assert regenerate(readme, DATA) == ["speed", "transformers"]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("\nend\n") and "stale" not in text
+    assert readme_speed_section(DATA) in text
+    assert regenerate(readme, DATA) == []  # idempotent
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="marker"):
+        regenerate(readme, DATA)
+    assert readme.read_text() == "no markers"  # bad input changes nothing
