@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -33,11 +35,24 @@ def test_accuracy_vs_ratio_shrinks_the_model_and_fine_tunes_where_asked():
 
 
 def test_gemm_times_and_their_summary():
-    gemm = study.gemm_rank_times([(16, 32)], [7, 8, 9, 16], tokens=64, rounds=1, repeats=1)
-    assert len(gemm) == 4 and (gemm["ms"] > 0).all()
+    gemm = study.gemm_rank_times([(16, 32)], [7, 8, 9, 10, 16], tokens=64, rounds=1, repeats=1)
+    assert len(gemm) == 5 and (gemm["ms"] > 0).all()
     summary = multiple_summary(gemm, multiples=(8, 16))
     assert set(summary["multiple"]) == {8, 16}
     assert summary.set_index("multiple").loc[8, "ranks_on"] == 2
+
+
+def test_multiple_summary_finds_a_planted_gain_against_the_rank_line_and_not_noise():
+    rng = np.random.default_rng(0)
+    ranks = np.arange(40, 73)
+    line = 0.2 + 0.01 * ranks  # a fixed cost + time ∝ rank: µs per rank falls with rank by itself
+    noise = 1 + 0.02 * rng.standard_normal(ranks.size)
+    planted = pd.DataFrame({"in": 192, "out": 192, "rank": ranks, "ms": line * noise * np.where(ranks % 16 == 0, 0.8, 1)})
+    s = multiple_summary(planted, multiples=(16,)).iloc[0]
+    assert s["verdict"] == "cheaper" and s["on_vs_fit_pct"] == pytest.approx(-20, abs=4)
+    flat = planted.assign(ms=line * noise)
+    s = multiple_summary(flat, multiples=(16, 64)).set_index("multiple")
+    assert (s["verdict"] == "within noise").all()  # µs/rank would call rank 64 ~9% cheaper: the fixed cost
 
 
 def test_whole_study_writes_json_that_the_report_renders(tmp_path):
