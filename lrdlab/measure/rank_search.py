@@ -1,16 +1,17 @@
 """Measured rank optimization: a noise-proof search (default) and P1's Algorithm 1 (``method="paper"``).
 
 Per decomposed layer of a Plan: time the original layer (T) on its real input shape and the
-decomposed layer at ranks r = R, R−g, … down to ``lower``·R, each in ``rounds`` interleaved passes.
+decomposed layer at ranks r = R, R−g, … down to ``lower``·R, each in ``rounds`` interleaved passes
+(each pass in a fresh random order, so neither drift nor a slow first slot draws a step).
 
 - ``method="paper"`` (P1 Algorithm 1, for the reproduction): pick the rank just below the largest
   drop in time, argmax_r [t(r⁺) − t(r)] over the per-rank medians, and keep the original layer
   ("ORG") when that rank is not faster than T. One round by default, as the paper times it.
 - ``method="robust"`` (default): fit a step model to the whole rank curve (:func:`stats.fit_steps`)
   whose steps must exceed the noise measured from the rounds' spread; take the rank just below the
-  largest significant step down, re-time its neighbours to place the step exactly, then confirm
-  the winner in a fresh interleaved run against the target rank and the original layer, with 95%
-  bootstrap intervals of the per-round ratios. The winner is kept only when it is faster than the
+  largest significant step down, re-time its neighbours to place the step exactly (drift-free:
+  :func:`stats.place_step`), then confirm the winner in a fresh interleaved run against the target
+  rank and the original layer, with 95% bootstrap intervals of the per-round ratios. The winner is kept only when it is faster than the
   target with confidence (else the target rank), and a decomposition only when it beats the
   original with confidence (else ORG). No step → the target rank, confirmed against the original.
 
