@@ -35,6 +35,7 @@ from lrdlab.lowrank import factorize
 from lrdlab.lowrank.layers import build, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
 from lrdlab.lowrank.plan import candidate_layers, make_plan
+from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.counting import count_flops
@@ -196,10 +197,13 @@ class RankLab:
         new = cached_ms(self.cache, _key(key_model, name, out["ranks"], shape)) if out["ranks"] else orig
         out["original_ms"], out["original_source"] = orig if orig else (None, None)
         out["time_ms"], out["time_source"] = new if new else (None, None)
+        out["original_samples"] = self.cache.samples(*_key(key_model, name, None, shape))
+        out["time_samples"] = self.cache.samples(*_key(key_model, name, out["ranks"], shape)) \
+            if out["ranks"] else out["original_samples"]
         if twin:
             out["unrounded"] = self.state(model, name, ratio, 1, "down", twin=False) if granularity > 1 else \
                 {k: out[k] for k in ("ranks", "params_after", "flops_after", "rel_error", "time_ms", "time_source",
-                                     "reason", "compression_ratio")}
+                                     "time_samples", "reason", "compression_ratio")}
         return out
 
     def _flops(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> int:
@@ -242,15 +246,17 @@ class RankLab:
                       progress: Callable[[int, int], None] | None = None, rounds: int = 3) -> dict:
         """Measure (here) and cache layer times: ``None`` is the original layer, a tuple a decomposition.
 
-        The variants are timed interleaved, A B A B …, ``rounds`` times (:func:`lrdlab.compare`,
-        one warm-up and three timed runs per round); each time is the median over rounds.
+        The variants are timed interleaved, A B then B A …, ``rounds`` times (:func:`lrdlab.compare`,
+        one warm-up and three timed runs per round); each time is the median over rounds, and the
+        per-round samples are cached, paired, for the speed-up's interval.
         """
         data = self.layer(model, name)
         shape = self.timing_shape(data)
         variants = {str(r): self._timing_module(data, r) for r in todo}
         per_round: dict[str, list[float]] = {k: [] for k in variants}
         for i in range(rounds):
-            df = measure.compare(variants, shape, rounds=1, warmup=1, repeats=3)
+            order = dict(reversed(variants.items())) if i % 2 else variants  # A B, then B A: no fixed first slot
+            df = measure.compare(order, shape, rounds=1, warmup=1, repeats=3)
             for k, sec in zip(df["name"], df["median_s"]):
                 per_round[k].append(sec)
             if progress:
@@ -297,12 +303,18 @@ def time_text(ms: float | None, source: str | None, reference_cpu: str | None = 
     return f"{ms:.3g} ms ({where})"
 
 
-def _speedup(original: float | None, osrc: str | None, ms: float | None, src: str | None) -> str:
+def speedup_text(state: dict[str, Any], d: dict[str, Any]) -> str:
+    """Speed-up of ``d`` over the original layer: with its 95% interval when both were timed in the same
+    interleaved rounds (equal sample counts, ≥ 3), else the ratio of medians, said to have no interval."""
+    original, ms = state["original_ms"], d["time_ms"]
     if original is None or ms is None:
         return "—"
-    if osrc != src:
+    if state["original_source"] != d["time_source"]:
         return "— (times from different machines are not compared)"
-    return f"{100 * (original / ms - 1):+.1f}%"
+    base, other = state.get("original_samples") or [], d.get("time_samples") or []
+    if len(base) == len(other) >= 3:
+        return stats.verdict(stats.as_pct(stats.ratio_summary(base, other))) + f" ({len(base)} rounds)"
+    return f"{100 * (original / ms - 1):+.1f}% (no interval)"
 
 
 def readout_text(state: dict[str, Any], reference_cpu: str | None = None) -> str:
@@ -328,7 +340,7 @@ def readout_text(state: dict[str, Any], reference_cpu: str | None = None) -> str
             return f"{d['rel_error']:.3f}"
         if what == "time":
             return time_text(d["time_ms"], d["time_source"], reference_cpu)
-        return _speedup(state["original_ms"], state["original_source"], d["time_ms"], d["time_source"])
+        return speedup_text(state, d)
 
     rows = [("ranks", "ranks"), ("params", "params"), ("FLOPs / image", "flops"), ("rel. weight error", "error"),
             (f"time, batch {state['input_shape'][0]}", "time"), ("speed-up vs original", "speedup")]

@@ -31,7 +31,7 @@ class RankExplorer:
     """Widget: model, layer, compression α, granularity g and rounding → spectra, layer and whole-network readouts.
 
     The layer readout puts the unrounded (g = 1) and the rounded ranks side by side at the same α; the
-    network readout shows params, FLOPs, measured throughput (interleaved, with IQR) and, for a trained
+    network readout shows params, FLOPs, measured throughput (interleaved, with a 95% interval) and, for a trained
     model, the calibrated test accuracy of both plans. Models (``model_names``, default
     :func:`~lrdlab.explore.lab_models.default_keys`): every shipped trained model — a ViT too, whose layers
     include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a

@@ -152,6 +152,14 @@ class TimeCache:
                 return float(entry["median_s"]), source
         return None
 
+    def samples(self, key: str, label: str) -> list[float]:
+        """The stored samples (seconds) behind :meth:`lookup`'s median; [] when there are none."""
+        for table in (self.entries, self.reference):
+            entry = table.get(key, {}).get(label)
+            if entry is not None:
+                return [float(x) for x in entry.get("samples", [])]
+        return []
+
     def labels(self, key: str) -> dict[str, tuple[float, str]]:
         """Every label known under ``key``: ``{label: (median seconds, source)}``, own entries winning."""
         out = {label: (float(e["median_s"]), "reference") for label, e in self.reference.get(key, {}).items()}

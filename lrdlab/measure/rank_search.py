@@ -11,9 +11,10 @@ decomposed layer at ranks r = R, R−g, … down to ``lower``·R, each in ``roun
   whose steps must exceed the noise measured from the rounds' spread; take the rank just below the
   largest significant step down, re-time its neighbours to place the step exactly (drift-free:
   :func:`stats.place_step`), then confirm the winner in a fresh interleaved run against the target
-  rank and the original layer, with 95% bootstrap intervals of the per-round ratios. The winner is kept only when it is faster than the
-  target with confidence (else the target rank), and a decomposition only when it beats the
-  original with confidence (else ORG). No step → the target rank, confirmed against the original.
+  rank and the original layer, with 95% bootstrap intervals of the per-round ratios. The winner is
+  kept only when it is faster than the target with confidence (else the target rank), and a
+  decomposition only when it beats the original with confidence (else ORG). No step → the target
+  rank, confirmed against the original.
 
 Layers with identical shapes are timed once; the search timings persist in the one
 :class:`~lrdlab.measure.cache.TimeCache` (samples and spread; too-noisy entries are re-measured).
