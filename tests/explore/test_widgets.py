@@ -141,3 +141,14 @@ def test_study_runs_become_explorer_runs(tmp_path):
     assert list(runs.columns) == freezing_lab.RUN_COLUMNS and (runs["source"] == "reference").all()
     setup = freezing_lab.FreezingSetup.from_study({"model": "resnet20", "epochs": 4, "period": 1, "lr": 0.1})
     assert setup.pretrain_epochs == 4 and setup.lr == 0.1
+
+
+def test_rank_readout_speedup_has_an_interval_only_for_paired_rounds():
+    state = {"original_ms": 2.0, "original_source": "here", "original_samples": [0.002, 0.0021, 0.0019]}
+    d = {"time_ms": 1.0, "time_source": "here", "time_samples": [0.001, 0.00105, 0.00095]}
+    text = rank_lab.speedup_text(state, d)
+    assert text.startswith("+100.0% [") and text.endswith("(3 rounds)") and "within noise" not in text
+    assert rank_lab.speedup_text({**state, "original_samples": [0.002]}, d) == "+100.0% (no interval)"
+    assert "not compared" in rank_lab.speedup_text(state, {**d, "time_source": "reference"})
+    same = {"time_ms": 2.0, "time_source": "here", "time_samples": [0.0021, 0.0019, 0.002]}
+    assert rank_lab.speedup_text(state, same).endswith("within noise (3 rounds)")
