@@ -57,3 +57,15 @@ def test_make_readme_rewrites_stale_sections_and_nothing_else(tmp_path):
     with pytest.raises(ValueError, match="marker"):
         regenerate(readme, DATA)
     assert readme.read_text() == "no markers"  # bad input changes nothing
+
+
+def test_freezing_claims_match_the_study_file():
+    rows = {r["technique"]: r for r in json.loads((DATA / "freezing_mnist5k.json").read_text())["throughput"]}
+    num = r"([−+-]?\d+\.\d)"
+    ci = rf"{num}% \[{num}, {num}\]"
+    m = re.search(rf"training {ci}\);.*?\(\s*{ci}, {ci}; `data/freezing_mnist5k.json`", README, re.S)
+    assert m, "README should quote the freezing study's training speed-ups with their intervals"
+    quoted = [float(x.replace("−", "-")) for x in m.groups()]
+    recorded = [round(rows[t][f"train_speedup_pct{k}"], 1) for t in ("lrd", "lrd+regular", "lrd+sequential")
+                for k in ("", "_ci_low", "_ci_high")]
+    assert quoted == recorded
