@@ -69,3 +69,10 @@ def test_freezing_claims_match_the_study_file():
     recorded = [round(rows[t][f"train_speedup_pct{k}"], 1) for t in ("lrd", "lrd+regular", "lrd+sequential")
                 for k in ("", "_ci_low", "_ci_high")]
     assert quoted == recorded
+
+
+def test_f9_overlap_claim_matches_the_bench_file():
+    assert "g = 8, 16, 32 and the searched ranks all overlap" in " ".join(README.split())
+    rows = {r["name"]: r for r in json.loads((DATA / "bench_resnet50_cpu.json").read_text())["rows"]}
+    named = [rows[n] for n in ("g=8", "g=16", "g=32", "optimized (fwd)")]
+    assert max(r["speedup_pct_ci_low"] for r in named) <= min(r["speedup_pct_ci_high"] for r in named)
