@@ -91,3 +91,4 @@ def test_f7_throughput_rows_carry_intervals_and_sequential_averages_its_phases(m
     shown = throughput_table(t.reset_index()).set_index("technique")
     assert list(shown.index) == ["original", "lrd", "lrd+regular", "lrd+sequential"]
     assert shown.loc["lrd+regular", "inference speed-up % [95% CI]"] == "+25.0% [+25.0, +25.0]"
+    assert shown.loc["original", "train speed-up % [95% CI]"] == "baseline"
