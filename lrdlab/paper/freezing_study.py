@@ -36,14 +36,16 @@ STUDY_QUICK = {"epochs": 2, "finetune_epochs": 2, "subset": 1024, "bench_rounds"
 STUDY_FULL = {"epochs": 4, "finetune_epochs": 3, "subset": None, "bench_rounds": 5}
 
 
+CI_KEYS = (("median", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))  # summary key → column suffix
+
+
 def _speed(prefix: str, base: list[float], times: list[float], n: int) -> dict[str, float]:
     """Paired round times → ``{prefix}_img_s`` and ``{prefix}_speedup_pct``, each with its 95% interval."""
     ci = stats.ratio_summary(base, times)
+    pct = stats.as_pct(ci)
     base_img_s = n / statistics.median(base)  # throughput and speed-up from the same paired measurement
-    return {f"{prefix}_img_s": base_img_s * ci["median"], f"{prefix}_img_s_ci_low": base_img_s * ci["ci_low"],
-            f"{prefix}_img_s_ci_high": base_img_s * ci["ci_high"], f"{prefix}_speedup_pct": 100 * (ci["median"] - 1),
-            f"{prefix}_speedup_pct_ci_low": 100 * (ci["ci_low"] - 1),
-            f"{prefix}_speedup_pct_ci_high": 100 * (ci["ci_high"] - 1), f"{prefix}_rounds": ci["rounds"]}
+    return {**{f"{prefix}_img_s{end}": base_img_s * ci[k] for k, end in CI_KEYS},
+            **{f"{prefix}_speedup_pct{end}": pct[k] for k, end in CI_KEYS}, f"{prefix}_rounds": ci["rounds"]}
 
 
 def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple[int, ...], rounds: int = 5,
@@ -74,12 +76,13 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     infer = compare({"original": original, "lrd": decomposed}, batch, mode="inference", rounds=rounds,
                     device=device, warmup=1, repeats=5).attrs["per_round"]
     n = batch[0]
+    inference = {name: _speed("infer", infer["original"], t, n) for name, t in infer.items()}
+    inference[None] = dict.fromkeys(inference["lrd"], float("nan"))  # a phase alone is never deployed
     rows = []
     for tech, inf in (("original", "original"), ("lrd", "lrd"), ("lrd+regular", "lrd"), ("lrd+sequential", "lrd"),
                       *((p, None) for p in phases)):
-        row: dict[str, Any] = {"technique": tech, **_speed("train", train["original"], train[tech], n)}
-        infer_cols = _speed("infer", infer["original"], infer[inf or "lrd"], n)
-        row.update(infer_cols if inf else dict.fromkeys(infer_cols, float("nan")))
+        row: dict[str, Any] = {"technique": tech, **_speed("train", train["original"], train[tech], n),
+                               **inference[inf]}
         rows.append({**row, "batch": n, "rounds": row["train_rounds"]})
     return pd.DataFrame(rows)
 
