@@ -144,21 +144,23 @@ class TimeCache:
 
     # --- the explorer's view: own entries over the reference ------------------------------------
 
-    def lookup(self, key: str, label: str) -> tuple[float, str] | None:
-        """``(median seconds, source)``: source ``"here"`` or ``"reference"``; None when neither has it."""
+    def _find(self, key: str, label: str) -> tuple[dict[str, Any], str] | None:
+        """``(entry, source)`` of ``(key, label)``: own entries first, then the reference."""
         for source, table in (("here", self.entries), ("reference", self.reference)):
             entry = table.get(key, {}).get(label)
             if entry is not None:
-                return float(entry["median_s"]), source
+                return entry, source
         return None
+
+    def lookup(self, key: str, label: str) -> tuple[float, str] | None:
+        """``(median seconds, source)``: source ``"here"`` or ``"reference"``; None when neither has it."""
+        found = self._find(key, label)
+        return (float(found[0]["median_s"]), found[1]) if found else None
 
     def samples(self, key: str, label: str) -> list[float]:
         """The stored samples (seconds) behind :meth:`lookup`'s median; [] when there are none."""
-        for table in (self.entries, self.reference):
-            entry = table.get(key, {}).get(label)
-            if entry is not None:
-                return [float(x) for x in entry.get("samples", [])]
-        return []
+        found = self._find(key, label)
+        return [float(x) for x in found[0].get("samples", [])] if found else []
 
     def labels(self, key: str) -> dict[str, tuple[float, str]]:
         """Every label known under ``key``: ``{label: (median seconds, source)}``, own entries winning."""
