@@ -253,14 +253,9 @@ class RankLab:
         data = self.layer(model, name)
         shape = self.timing_shape(data)
         variants = {str(r): self._timing_module(data, r) for r in todo}
-        per_round: dict[str, list[float]] = {k: [] for k in variants}
-        for i in range(rounds):
-            order = dict(reversed(variants.items())) if i % 2 else variants  # A B, then B A: no fixed first slot
-            df = measure.compare(order, shape, rounds=1, warmup=1, repeats=3)
-            for k, sec in zip(df["name"], df["median_s"]):
-                per_round[k].append(sec)
-            if progress:
-                progress(i + 1, rounds)
+        per_round = measure.compare(variants, shape, rounds=rounds, max_rounds=rounds, warmup=1, repeats=3,
+                                    on_round=None if progress is None else lambda done: progress(done, rounds),
+                                    ).attrs["per_round"]
         out = {}
         for r in todo:
             out[r] = 1000.0 * float(np.median(per_round[str(r)]))

@@ -117,7 +117,7 @@ def compare(
     device: str = "cpu", warmup: int = 2, repeats: int = 3, dtype: str | None = None, channels_last: bool = False,
     compile: bool = False, num_classes: int | None = None, *, backend: str | None = None,
     max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = -1.0, dedupe: bool = True,
-    clock: Callable[[], float] | None = None,
+    clock: Callable[[], float] | None = None, on_round: Callable[[int], None] | None = None,
 ):
     """Time models interleaved, A B C then C B A (the order alternates each round, so no model always runs
     first); the first model is the baseline.
@@ -130,7 +130,7 @@ def compare(
     With ``dedupe``, models identical in speed (same structure and parameter shapes; training: same
     trainable parameters) are timed once and share that measurement (``same_as``); an A/A check
     (a model against its own copy) passes ``dedupe=False``. ``clock`` replaces ``time.perf_counter``
-    for the timed calls (tests).
+    for the timed calls (tests). ``on_round(done)`` is called after each round (progress bars).
 
     Returns a DataFrame, one row per model: ``median_s`` (median over rounds), ``speedup_vs_first``
     (median over rounds of baseline time / this time), ``speedup_ci_low``/``speedup_ci_high`` (95%
@@ -177,6 +177,8 @@ def compare(
         for n, step in order:
             per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats, clock)))
         done = len(per_round[timed[0]])
+        if on_round is not None:
+            on_round(done)
         if done < rounds:
             continue
         cis = summaries()
