@@ -71,8 +71,8 @@ def test_readme_accuracy_snippet_does_what_its_comments_say():
 
 
 def test_transformer_section_is_the_one_generated_from_data():
+    from lrdlab.paper.readme_sections import current_block
     from lrdlab.paper.transformers_report import README_BEGIN, README_END, readme_section
 
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index(README_BEGIN):text.index(README_END) + len(README_END)]
+    block = current_block((ROOT / "README.md").read_text(), README_BEGIN, README_END)
     assert block == readme_section(ROOT / "data"), "run `make readme`"

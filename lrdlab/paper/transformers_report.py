@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lrdlab.measure.stats import robust_sigma
 from lrdlab.paper.tables import speedup_text, throughput_table
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
@@ -36,8 +37,6 @@ def multiple_summary(gemm: pd.DataFrame, multiples: tuple[int, ...] = (8, 16, 32
     "within noise". (Comparing µs per rank instead would favour the high ranks, where a fixed cost is
     spread thinner.)
     """
-    from lrdlab.measure.stats import robust_sigma
-
     rows = []
     for (c, s), df in gemm.groupby(["in", "out"]):
         for m in multiples:

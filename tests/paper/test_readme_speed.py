@@ -17,9 +17,9 @@ DATA = ROOT / "data"
 
 
 def test_speed_section_is_the_one_generated_from_data():
-    assert README_BEGIN in README and README_END in README
-    block = README[README.index(README_BEGIN): README.index(README_END) + len(README_END)]
-    assert block == readme_speed_section(DATA), "run `make readme`"
+    from lrdlab.paper.readme_sections import current_block
+
+    assert current_block(README, README_BEGIN, README_END) == readme_speed_section(DATA), "run `make readme`"
 
 
 def _t1() -> dict[str, dict[str, str]]:
