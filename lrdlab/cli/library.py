@@ -114,6 +114,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--max-rounds", type=int, default=None,
                    help="add rounds until the speed-up's 95%% interval is ±3 points, up to this (default 3×rounds)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time each decomposed layer in place and the rest of the network (eager inference): "
+                        "how far the untouched part caps the whole-network speed-up")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -121,14 +124,25 @@ def _run_bench(args: argparse.Namespace) -> int:
     from lrdlab.measure.sweeps import bench_plan, format_bench
 
     _set_threads(args)
+    backend = args.backend or ("compile" if args.compile else "eager")
+    if args.breakdown and (backend != "eager" or args.channels_last):
+        raise ValueError("--breakdown times eager PyTorch layers in place: drop --backend/--compile/--channels-last")
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
                         rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
                         channels_last=args.channels_last, compile=args.compile, progress=not args.json,
-                        backend=args.backend or ("compile" if args.compile else "eager"),
-                        max_rounds=args.max_rounds, budget_s=args.budget)
-    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+                        backend=backend, max_rounds=args.max_rounds, budget_s=args.budget)
+    text = format_bench(report)
+    if args.breakdown:
+        from lrdlab.measure.breakdown import breakdown_text, time_breakdown
+        from lrdlab.measure.sweeps import shaped_model
+
+        df = time_breakdown(model, shaped_model(model, plan), (args.batch, *shape[1:]), plan,
+                            rounds=max(args.rounds, 2), device=args.device, progress=not args.json)
+        report["breakdown"] = {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
+        text += "\nbreakdown (in place, eager, 95% CI):\n" + breakdown_text(df.attrs["summary"])
+    print(json.dumps(report, indent=2) if args.json else text)
     return 0
 
 

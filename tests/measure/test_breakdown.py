@@ -1,0 +1,92 @@
+"""Where the time goes: layer times measured in place add up, the rest is what is left, and Amdahl's arithmetic."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from lrdlab import decompose, make_plan
+from lrdlab.cli import main
+from lrdlab.measure.breakdown import REST, WHOLE, amdahl_speedup, breakdown_text, needed_layer_speedup, time_breakdown
+
+
+class Sleep(nn.Module):
+    """Takes ``ms`` milliseconds (works on the meta device: no FLOPs)."""
+
+    def __init__(self, ms: float):
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x):
+        time.sleep(self.ms / 1e3)
+        return x
+
+
+def two_part(layer_ms: float, width: int) -> nn.Module:
+    """A 4 ms part that is never decomposed, then the 'layer': Linear(s) of ``width`` and a sleep."""
+    inner = [nn.Linear(8, 8)] if width == 8 else [nn.Linear(8, width), nn.Linear(width, 8)]
+    return nn.Sequential(Sleep(4.0), nn.Sequential(*inner, Sleep(layer_ms))).eval()
+
+
+def test_amdahl_and_the_needed_layer_speedup_agree():
+    assert amdahl_speedup(0.5, 2.0) == pytest.approx(4 / 3)
+    assert amdahl_speedup(0.0, 5.0) == 1.0 and amdahl_speedup(1.0, 3.0) == pytest.approx(3.0)
+    need = needed_layer_speedup(0.68, 1.0, 0.32, 1.6)  # the rest unchanged by the decomposition
+    assert amdahl_speedup(0.68, need) == pytest.approx(1.6)
+    assert math.isinf(needed_layer_speedup(0.5, 1.0, 0.7, 1.5))  # the rest alone is over the budget
+    with pytest.raises(ValueError):
+        amdahl_speedup(1.5, 2.0)
+    with pytest.raises(ValueError):
+        needed_layer_speedup(0.5, 1.0, 0.5, 0.0)
+
+
+def test_layer_and_rest_times_are_attributed_where_they_are_spent():
+    original, decomposed = two_part(6.0, 8), two_part(2.0, 2)
+    df = time_breakdown(original, decomposed, (4, 8), ["1"], rounds=6, warmup=1, progress=False)
+    assert list(df["part"]) == ["1", REST, WHOLE]
+    row = df.set_index("part")
+    assert 6.0 <= row.loc["1", "original_ms"] < 8.0 and 2.0 <= row.loc["1", "decomposed_ms"] < 4.0
+    assert 4.0 <= row.loc[REST, "original_ms"] < 6.0 and 4.0 <= row.loc[REST, "decomposed_ms"] < 6.0
+    assert row.loc[WHOLE, "original_ms"] == pytest.approx(row.loc["1", "original_ms"] + row.loc[REST, "original_ms"],
+                                                          rel=0.05)
+    s = df.attrs["summary"]
+    assert s["layers"]["ci_low"] > 50  # 6 ms → 2 ms: far beyond noise
+    assert 50 <= s["layers_share_pct"] <= 65  # 6 of 10 ms
+    assert 100 <= s["ceiling_pct"] <= 160  # 10 ms / 4 ms of rest: +150%
+    assert s["layers_flop_ratio"] == pytest.approx(2.0)  # Linear 8→8 against 8→2→8
+    assert "unreachable" in breakdown_text(s, target_pct=200)  # 10 ms / 3 would leave less than the 4 ms rest
+
+
+def test_a_plan_names_the_layers_and_the_callers_models_are_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).train()
+    plan = make_plan(model, ratio=2)
+    dec = decompose(model, plan, progress=False).train()
+    df = time_breakdown(model, dec, (2, 3, 16, 16), plan, rounds=3, warmup=0, progress=False)
+    assert list(df["part"]) == [*(r.name for r in plan.decomposed_layers), REST, WHOLE]
+    assert model.training and dec.training
+    assert not any(m._forward_hooks or m._forward_pre_hooks for net in (model, dec) for m in net.modules())
+    assert set(df.attrs["summary"]) >= {"layers", "rest", "whole", "ceiling_pct", "threads", "load_average"}
+
+
+def test_bad_layers_and_rounds_are_named():
+    a, b = two_part(0.0, 8), two_part(0.0, 2)
+    with pytest.raises(ValueError, match="'2'.*not a submodule"):
+        time_breakdown(a, b, (1, 8), ["2"], progress=False)
+    with pytest.raises(ValueError, match="inside '1'"):
+        time_breakdown(a, b, (1, 8), ["1", "1.0"], progress=False)
+    with pytest.raises(ValueError, match="rounds"):
+        time_breakdown(a, b, (1, 8), ["1"], rounds=1, progress=False)
+
+
+def test_bench_breakdown_prints_the_parts_and_refuses_other_backends(capsys):
+    assert main(["bench", "resnet20", "--rounds", "2", "--repeats", "1", "--breakdown"]) == 0
+    out = capsys.readouterr().out
+    assert "rest of the network" in out and "ceiling if the layers took no time" in out
+    assert main(["bench", "resnet20", "--breakdown", "--backend", "compile"]) == 2
+    assert "--breakdown" in capsys.readouterr().err
