@@ -74,7 +74,9 @@ class _Clock:
     """Forward hooks that add up each named layer's time during one forward pass."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], dev: torch.device):
-        self.dev, self.start, self.spent = dev, {}, dict.fromkeys(names, 0.0)
+        self.dev = dev
+        self.start: dict[str, float] = {}
+        self.spent = dict.fromkeys(names, 0.0)
         mods = dict(model.named_modules())
         self.handles = []
         for n in names:
