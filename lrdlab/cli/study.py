@@ -65,9 +65,10 @@ def _add_record(sub) -> None:
     study.add_argument("--quick", action="store_true", help="the quick study (2 epochs on 1,024 images)")
     study.add_argument("--lr", type=float, default=0.1)
     study.add_argument("--finetune-lr", type=float, default=0.02)
-    checks = what.add_parser("speed-checks", help="compute policy, A/A check and backends (lrdlab.paper.speed_checks)")
+    checks = what.add_parser("speed-checks", help="compute policy, A/A check, backends, rank search, time "
+                                                  "breakdown (lrdlab.paper.speed_checks)")
     checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
-    checks.add_argument("--only", choices=["compute", "aa", "backends", "search"], default=None,
+    checks.add_argument("--only", choices=["compute", "aa", "backends", "search", "breakdown"], default=None,
                         help="one part (default: all)")
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
@@ -133,7 +134,8 @@ def _run_record(args: argparse.Namespace) -> int:
 
         args.out.mkdir(parents=True, exist_ok=True)
         for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
-                         ("backends", speed_checks.record_backends), ("search", speed_checks.record_search)):
+                         ("backends", speed_checks.record_backends), ("search", speed_checks.record_search),
+                         ("breakdown", speed_checks.record_breakdown)):
             if args.only in (None, part):
                 print("wrote", fn(args.out))
     elif args.what == "finetune-sweep":

@@ -40,6 +40,7 @@ from lrdlab.explore.result_plots import (  # noqa: F401  (one namespace of figur
     plot_speedup,
     plot_speedup_vs_flops,
     plot_throughput,
+    plot_time_breakdown,
 )
 from lrdlab.lowrank import factorize, ranks
 from lrdlab.measure.sweeps import find_cliffs

@@ -1,9 +1,11 @@
 """Figures of whole-model results: F4/F7 bars by technique, F5 speed-up vs FLOPs, F6 branches, F8
-convergence, F9 granularity (reached through :mod:`lrdlab.explore.plots`, the one namespace of figures)."""
+convergence, F9 granularity, where the time goes (reached through :mod:`lrdlab.explore.plots`, the one
+namespace of figures)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -237,3 +239,42 @@ def plot_granularity_sweep(df: pd.DataFrame, hue: str | None = None, title: str 
     if not panels:
         raise ValueError(f"plot_granularity_sweep needs one of {[c for c, _ in _GRANULARITY_PANELS]}")
     return _sweep_panels(df, "granularity", "rank granularity g", panels, hue, title, log2x=True)
+
+
+# --- where the time goes: decomposed layers vs the rest ---------------------------------------------
+
+
+def plot_time_breakdown(summaries: Mapping[str, Mapping[str, Any]], target_pct: float | None = None,
+                        title: str = "Where the time goes (inference, per batch)") -> Figure:
+    """Stacked bars: the decomposed layers' time and the rest of the network's, original and each plan.
+
+    ``summaries``: plan name → a :func:`lrdlab.measure.breakdown.time_breakdown` summary. Each plan's
+    bar is labelled with its whole-network speed-up and 95% interval; ``target_pct`` draws the time a
+    speed-up of that size needs. The original bar is the median over the plans' own measurements.
+    """
+    from lrdlab.measure.stats import verdict
+
+    if not summaries:
+        raise ValueError("plot_time_breakdown needs at least one breakdown summary")
+    first = list(summaries.values())
+    rows = [("original", float(np.median([s["original_layers_ms"] for s in first])),
+             float(np.median([s["original_ms"] - s["original_layers_ms"] for s in first])), "")]
+    rows += [(name, s["decomposed_layers_ms"], s["decomposed_rest_ms"], verdict(s["whole"]))
+             for name, s in summaries.items()]
+    with style():
+        fig, ax = new_figure(width=7.5, height=1.2 + 0.6 * len(rows))
+        y = np.arange(len(rows))[::-1]
+        layers, rest = [r[1] for r in rows], [r[2] for r in rows]
+        colors = sns.color_palette(PALETTE, 2)
+        ax.barh(y, layers, color=colors[0], label="decomposed layers (in place)")
+        ax.barh(y, rest, left=layers, color="lightgrey", label="rest of the network (untouched)")
+        for yi, (_, a, b, text) in zip(y, rows):
+            ax.text(a + b, yi, f"  {a + b:.0f} ms  {text}", va="center", fontsize="x-small")
+        if target_pct is not None:
+            ax.axvline((rows[0][1] + rows[0][2]) / (1 + target_pct / 100), color="black", linestyle="--",
+                       linewidth=1, label=f"time for {target_pct:+.0f}%")
+        ax.set_yticks(y, [r[0] for r in rows])
+        ax.set_xlim(0, 1.45 * max(a + b for _, a, b, _ in rows))
+        ax.set(xlabel="ms per batch (median of interleaved rounds)", title=title)
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    return fig

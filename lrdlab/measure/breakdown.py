@@ -112,7 +112,8 @@ def time_breakdown(
     original's total time), ``speedup_pct`` with ``ci_low``/``ci_high`` (95% bootstrap of per-round
     ratios) and ``rounds``. ``df.attrs["summary"]``: the decomposed layers together (``layers``), the
     rest, the whole network (each a percent interval), ``layers_share_pct``, ``ceiling_pct`` (the
-    whole-network speed-up if the decomposed layers took no time at all), ``threads`` and
+    whole-network speed-up if the decomposed layers took no time at all), ``original_ms``,
+    ``original_layers_ms``, ``decomposed_layers_ms``, ``decomposed_rest_ms`` (medians), ``threads`` and
     ``load_average``; ``layers_flop_ratio`` (the layers' FLOPs, original / decomposed) and
     ``at_flop_ideal_pct`` (the whole network's speed-up if the layers ran exactly that much faster
     and the rest took what it took).
@@ -173,6 +174,7 @@ def time_breakdown(
         "layers_share_pct": 100 * statistics.median(a / t for a, t in zip(o_layers, o[WHOLE])),
         "ceiling_pct": 100 * (statistics.median(t / r for t, r in zip(o[WHOLE], d[REST])) - 1),
         "original_layers_ms": 1e3 * statistics.median(o_layers), "original_ms": 1e3 * o_total,
+        "decomposed_layers_ms": 1e3 * statistics.median(d_layers),
         "decomposed_rest_ms": 1e3 * statistics.median(d[REST]),
         "layers_flop_ratio": flop_ratio,
         "at_flop_ideal_pct": 100 * (o_total / (statistics.median(d[REST]) + statistics.median(o_layers) / flop_ratio)

@@ -228,6 +228,58 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     })
 
 
+def _plan_from_t1(vanilla, t1: list[dict[str, Any]]):
+    """The vanilla plan with the ranks of a recorded T1 table (``"32"``, ``"40,46"`` or ``"ORG"``) applied."""
+    from lrdlab.lowrank.plan import Plan
+
+    plan = Plan.from_dict(vanilla.to_dict())
+    for rec in t1:
+        row = plan[rec["layer"]]
+        if rec["optimized"] == "ORG":
+            row.keep("ORG (recorded search)")
+        else:
+            ranks = [int(v) for v in str(rec["optimized"]).split(",")]
+            row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+    return plan
+
+
+def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: int = 40) -> Path:
+    """ResNet-50 at 2x, where the time goes: each decomposed layer timed in place, the rest of the network, and
+    the ceiling the rest puts on the whole-network speed-up (vanilla, the recorded searched ranks, g=32)."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.breakdown import needed_layer_speedup, time_breakdown
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.sweeps import shaped_model
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    plans = {"vanilla 2x": vanilla}
+    search = out / "search_robust_resnet50_cpu.json"
+    if search.exists():
+        plans["robust search (recorded ranks)"] = _plan_from_t1(vanilla, json.loads(search.read_text())["t1"])
+    plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    results = {}
+    for name, plan in plans.items():
+        df = time_breakdown(model, shaped_model(model, plan), shape, plan, rounds=rounds, progress=False)
+        s = df.attrs["summary"]
+        need = needed_layer_speedup(s["original_layers_ms"], s["original_ms"], s["decomposed_rest_ms"], 1.6)
+        results[name] = {"summary": s, "layers_needed_for_60_pct": 100 * (need - 1),
+                         "parts": df.to_dict(orient="records")}
+    return _write(out / "breakdown_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference, batch 8, 112 px: each "
+                "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "
+                f"decomposed interleaved, {rounds} rounds; ceiling = the speed-up if the decomposed layers took "
+                "no time",
+        "command": f"lrdlab record speed-checks --only breakdown --threads {__import__('torch').get_num_threads()}",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "plans": results,
+    })
+
+
 # --- the README's speed section, generated from the recorded files ------------------------------------
 
 README_BEGIN = "<!-- speed-section: generated from data/ by lrdlab.paper.speed_checks.readme_speed_section -->"

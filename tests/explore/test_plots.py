@@ -128,6 +128,21 @@ def test_branch_and_granularity_sweeps_one_panel_per_metric():
         plots.plot_granularity_sweep(pd.DataFrame({"granularity": [1]}))
 
 
+def test_time_breakdown_stacks_layers_and_rest_per_plan():
+    pct = {"median": 50.0, "ci_low": 45.0, "ci_high": 55.0, "rounds": 9}
+    summaries = {name: {"original_layers_ms": 60.0 + d, "original_ms": 90.0 + d, "decomposed_layers_ms": lay,
+                        "decomposed_rest_ms": 30.0, "whole": pct} for name, lay, d in (("a", 30.0, 0), ("b", 20.0, 2))}
+    fig = plots.plot_time_breakdown(summaries, target_pct=60)
+    ax = fig.axes[0]
+    widths = sorted((round(p.get_y(), 1), p.get_width()) for p in ax.patches)
+    assert [w for _, w in widths] == [20.0, 30.0, 30.0, 30.0, 30.0, 61.0]  # bottom-up: b, a, original (median)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "original"]
+    assert any(ln.get_xdata()[0] == pytest.approx(91.0 / 1.6) for ln in ax.get_lines())  # the +60% time
+    assert any("+50.0% [+45.0, +55.0]" in t.get_text() for t in ax.texts)
+    with pytest.raises(ValueError, match="at least one"):
+        plots.plot_time_breakdown({})
+
+
 def test_convergence_one_line_per_mode_vs_epoch_and_wall_clock():
     rows = [pd.DataFrame({"mode": m, "epoch": [1, 2, 3], "wall_s": np.array([1, 2, 3]) * w,
                           "accuracy": [90, 92, 93], "loss": [0.5, 0.3, 0.2]})
