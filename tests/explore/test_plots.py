@@ -136,7 +136,8 @@ def test_time_breakdown_stacks_layers_and_rest_per_plan():
     ax = fig.axes[0]
     widths = sorted((round(p.get_y(), 1), p.get_width()) for p in ax.patches)
     assert [w for _, w in widths] == [20.0, 30.0, 30.0, 30.0, 30.0, 61.0]  # bottom-up: b, a, original (median)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a", "original"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["original", "a", "b"]
+    assert list(ax.get_yticks()) == [2, 1, 0]  # the original on top
     assert any(ln.get_xdata()[0] == pytest.approx(91.0 / 1.6) for ln in ax.get_lines())  # the +60% time
     assert any("+50.0% [+45.0, +55.0]" in t.get_text() for t in ax.texts)
     with pytest.raises(ValueError, match="at least one"):
