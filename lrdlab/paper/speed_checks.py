@@ -295,6 +295,8 @@ def _ci_text(p: dict[str, Any]) -> str:
 
 def readme_speed_section(data: Path) -> str:
     """The README's speed table, rendered from ``data/`` (tests/paper/test_readme_speed.py keeps them equal)."""
+    from lrdlab.measure.stats import verdict
+
     comp = json.loads((data / "compute_policy_cpu.json").read_text())
     aa = json.loads((data / "aa_check_cpu.json").read_text())
     back = json.loads((data / "bench_backends_resnet50_cpu.json").read_text())
@@ -358,6 +360,19 @@ def readme_speed_section(data: Path) -> str:
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
                      f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
                      f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")
+    bd_file = data / "breakdown_resnet50_cpu.json"
+    if bd_file.exists():
+        plans = json.loads(bd_file.read_text())["plans"]
+        name = next((n for n in plans if n.startswith("robust search")), next(iter(plans)))
+        s = plans[name]["summary"]
+        lines.append(
+            f"\nWhere the time goes, {'with the searched ranks' if name.startswith('robust') else 'for ' + name} "
+            "(breakdown_resnet50_cpu.json): the decomposed layers are "
+            f"{s['layers_share_pct']:.0f}% of the original's time and run {verdict(s['layers'])} faster in place; "
+            f"the rest (stem, max-pool, BatchNorm, ReLU, adds, downsample) is untouched, so the whole network gets "
+            f"{verdict(s['whole'])}. Even at the layers' FLOP ideal ({s['layers_flop_ratio']:.2f}x) it would gain "
+            f"{s['at_flop_ideal_pct']:+.0f}%; +60% needs the layers {plans[name]['layers_needed_for_60_pct']:+.0f}% "
+            "faster in place (`lrdlab bench … --breakdown`).")
     lines += [
         "",
         f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "
