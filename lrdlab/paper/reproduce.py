@@ -179,6 +179,24 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def stage_breakdown(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
+    """Where the time goes: ResNet-50 at 2x (vanilla, optimized ranks), each decomposed layer in place vs the rest."""
+    from lrdlab.lowrank.plan import Plan
+    from lrdlab.measure.breakdown import time_breakdown
+    from lrdlab.measure.sweeps import shaped_model
+
+    model = get_model("resnet50").eval()
+    plans = {"vanilla 2x": make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")}
+    if "optimize" in results:
+        plans["optimized ranks"] = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
+    out = {}
+    for name, plan in plans.items():
+        df = time_breakdown(model, shaped_model(model, plan), settings.bench_shape, plan, rounds=4 * settings.rounds,
+                            device=settings.device, progress=False)
+        out[name] = {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
+    return {"input_shape": list(settings.bench_shape), "plans": out}
+
+
 def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F11: accuracy of the shipped trained models right after decomposition, by ratio and variant."""
     from lrdlab.paper.accuracy_study import RATIOS, run_accuracy_study
@@ -196,6 +214,7 @@ STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]
     ("rank_time", "F1/F2: time vs Tucker rank of the [512,512,3,3] conv", stage_rank_time),
     ("optimize", "T1/F3: Algorithm 1 rank search on ResNet-152 and ResNet-50", stage_optimize),
     ("granularity", "F9: rank granularity sweep on ResNet-50", stage_granularity),
+    ("breakdown", "where the time goes: each decomposed layer in place vs the rest", stage_breakdown),
     ("accuracy", "F11: accuracy right after decomposition (weights / +BN / data-aware)", stage_accuracy),
     ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
     ("techniques", "T2/F4/F5: each technique on ResNet-50, measured", stage_techniques),

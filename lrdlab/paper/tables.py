@@ -159,6 +159,20 @@ def table2(rows: list[dict[str, Any]], model: str = "resnet50") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def render_breakdown(report, res: dict[str, Any]) -> None:
+    from lrdlab.explore import plots
+    from lrdlab.measure.breakdown import breakdown_text
+
+    summaries = {name: p["summary"] for name, p in res["plans"].items()}
+    report.heading("Where the time goes — the decomposed layers in place vs the rest of ResNet-50")
+    report.figure(plots.plot_time_breakdown(summaries, target_pct=60), "breakdown",
+                  f"Time per batch {tuple(res['input_shape'])}: the decomposed layers (timed in place by forward "
+                  "hooks) and the rest of the network (stem, max-pool, BatchNorm, ReLU, adds, downsample), which "
+                  "no rank changes; labels: whole-network speed-up, 95% interval; dashed: the time +60% needs.")
+    for name, s in summaries.items():
+        report.text(f"**{name}.** " + breakdown_text(s, target_pct=60).replace("\n", "; ") + ".")
+
+
 def render_techniques(report, results: dict[str, Any]) -> None:
     from lrdlab.explore import plots
 
@@ -315,6 +329,8 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_optimize(report, results["optimize"])
     if "granularity" in results:
         render_granularity(report, results["granularity"])
+    if "breakdown" in results:
+        render_breakdown(report, results["breakdown"])
     if "techniques" in results:
         render_techniques(report, results)
     if "branches" in results:

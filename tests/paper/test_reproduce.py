@@ -54,7 +54,7 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     out = tmp_path / "quick"
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11"):
+    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11", "Where the time goes"):
         assert heading in md, heading
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert {f.split("/")[1].split("_")[0] for f in figures} >= {f"F{i}" for i in range(1, 12)}
