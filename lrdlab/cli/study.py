@@ -68,8 +68,8 @@ def _add_record(sub) -> None:
     checks = what.add_parser("speed-checks", help="compute policy, A/A check, backends, rank search, time "
                                                   "breakdown (lrdlab.paper.speed_checks)")
     checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
-    checks.add_argument("--only", choices=["compute", "aa", "backends", "search", "breakdown"], default=None,
-                        help="one part (default: all)")
+    checks.add_argument("--only", default=None, help="one part (default: all)",
+                        choices=["compute", "aa", "backends", "search", "search-compile", "breakdown"])
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
     acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
@@ -130,12 +130,13 @@ def _run_record(args: argparse.Namespace) -> int:
                            **sizes)
         print("wrote", args.out)
     elif args.what == "speed-checks":
-        from lrdlab.paper import speed_checks
+        from lrdlab.paper import search_records, speed_checks
 
         args.out.mkdir(parents=True, exist_ok=True)
         for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
-                         ("backends", speed_checks.record_backends), ("search", speed_checks.record_search),
-                         ("breakdown", speed_checks.record_breakdown)):
+                         ("backends", speed_checks.record_backends), ("search", search_records.record_search),
+                         ("search-compile", search_records.record_search_compile),
+                         ("breakdown", search_records.record_breakdown)):
             if args.only in (None, part):
                 print("wrote", fn(args.out))
     elif args.what == "finetune-sweep":

@@ -1,0 +1,138 @@
+"""Records of the rank search on ResNet-50 at 2x: the robust search timed on eager PyTorch, its ranks on
+``torch.compile``, and where the time goes (each decomposed layer in place vs the rest of the network).
+
+``lrdlab record speed-checks --only search | search-compile | breakdown`` (1 thread) writes them to ``data/``;
+the README's speed section is generated from them (:mod:`lrdlab.paper.speed_checks`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lrdlab.paper.speed_checks import _write
+
+
+def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
+    """ResNet-50 at 2x: the robust rank search, then vanilla, searched ranks, g=32 and both merged, each timed
+    interleaved against the original (the merged rows are the best pipeline: merging + granularity or search)."""
+    from lrdlab.lowrank.merge import merge_bottlenecks
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.sweeps import speed_table
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    t = time.perf_counter()
+    searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
+    search_s = time.perf_counter() - t
+    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
+            "merging + robust search": merge_bottlenecks(model, searched),
+            "merging + g=32": merge_bottlenecks(model, g32)}
+    with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
+        table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
+    return _write(out / "search_robust_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
+                "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
+                "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
+        "command": "lrdlab record speed-checks --only search --threads 1",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "search_s": search_s, "search_settings": searched.settings["optimize"],
+        "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
+    })
+
+
+def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
+    """The recorded searched ranks (search_robust_resnet50_cpu.json's T1) on ``torch.compile``: original vs vanilla
+    vs searched ranks vs g=32, all compiled, interleaved, adaptive rounds (up to 60). Inductor fuses the
+    BatchNorm/ReLU/add work that LRD leaves alone (see the breakdown), so more of the ranks' gain shows."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.sweeps import speed_table
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    search = out / "search_robust_resnet50_cpu.json"
+    if not search.exists():
+        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
+    load_before = os.getloadavg()
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    rows = {"vanilla 2x": vanilla,
+            "robust search ranks": plan_from_t1(vanilla, json.loads(search.read_text())["t1"]),
+            "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")}
+    with round_limits(factor=12, budget_s=budget_s):
+        table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
+                            progress=False, backend="compile")
+    return _write(out / "search_compile_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, every model torch.compile'd (inductor): "
+                "original vs vanilla vs the recorded searched ranks vs g=32, inference, interleaved, adaptive rounds "
+                "(up to 60)",
+        "command": "lrdlab record speed-checks --only search-compile --threads "
+                   f"{__import__('torch').get_num_threads()}",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "rows": table.to_dict(orient="records"),
+    })
+
+
+def plan_from_t1(vanilla, t1: list[dict[str, Any]]):
+    """The vanilla plan with the ranks of a recorded T1 table (``"32"``, ``"40,46"`` or ``"ORG"``) applied."""
+    from lrdlab.lowrank.plan import Plan
+
+    plan = Plan.from_dict(vanilla.to_dict())
+    for rec in t1:
+        row = plan[rec["layer"]]
+        if rec["optimized"] == "ORG":
+            row.keep("ORG (recorded search)")
+        else:
+            ranks = [int(v) for v in str(rec["optimized"]).split(",")]
+            row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+    return plan
+
+
+def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: int = 40) -> Path:
+    """ResNet-50 at 2x, where the time goes: each decomposed layer timed in place, the rest of the network, and
+    the ceiling the rest puts on the whole-network speed-up (vanilla, the recorded searched ranks, g=32)."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.breakdown import needed_layer_speedup, time_breakdown
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.sweeps import shaped_model
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    plans = {"vanilla 2x": vanilla}
+    search = out / "search_robust_resnet50_cpu.json"
+    if search.exists():
+        plans["robust search ranks"] = plan_from_t1(vanilla, json.loads(search.read_text())["t1"])
+    plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    results = {}
+    for name, plan in plans.items():
+        df = time_breakdown(model, shaped_model(model, plan), shape, plan, rounds=rounds, progress=False)
+        s = df.attrs["summary"]
+        need = needed_layer_speedup(s["original_layers_ms"], s["original_ms"], s["decomposed_rest_ms"], 1.6)
+        results[name] = {"summary": s, "layers_needed_for_60_pct": 100 * (need - 1),
+                         "parts": df.to_dict(orient="records")}
+    return _write(out / "breakdown_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference, batch 8, 112 px: each "
+                "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "
+                f"decomposed interleaved, {rounds} rounds; ceiling = the speed-up if the decomposed layers took "
+                "no time",
+        "command": f"lrdlab record speed-checks --only breakdown --threads {__import__('torch').get_num_threads()}",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "plans": results,
+    })
