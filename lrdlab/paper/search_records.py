@@ -70,7 +70,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     rows = {"vanilla 2x": vanilla,
-            "robust search ranks": plan_from_t1(vanilla, json.loads(search.read_text())["t1"]),
+            "robust search ranks": plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"]),
             "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")}
     with round_limits(factor=12, budget_s=budget_s):
         table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
@@ -86,18 +86,20 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     })
 
 
-def plan_from_t1(vanilla, t1: list[dict[str, Any]]):
-    """The vanilla plan with the ranks of a recorded T1 table (``"32"``, ``"40,46"`` or ``"ORG"``) applied."""
-    from lrdlab.lowrank.plan import Plan
+def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
+    """``vanilla`` (a plan of ``model``) with the ranks of a recorded T1 table (``"32"``, ``"40,46"`` or ``"ORG"``)."""
+    from lrdlab.lowrank.layers import describe
+    from lrdlab.lowrank.plan import Plan, params_of
 
     plan = Plan.from_dict(vanilla.to_dict())
     for rec in t1:
         row = plan[rec["layer"]]
         if rec["optimized"] == "ORG":
             row.keep("ORG (recorded search)")
-        else:
-            ranks = [int(v) for v in str(rec["optimized"]).split(",")]
-            row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+            continue
+        ranks = [int(v) for v in str(rec["optimized"]).split(",")]
+        row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+        row.params_after = params_of(describe(model.get_submodule(row.name)), row.method, row.ranks, row.branches)
     return plan
 
 
@@ -118,7 +120,7 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     plans = {"vanilla 2x": vanilla}
     search = out / "search_robust_resnet50_cpu.json"
     if search.exists():
-        plans["robust search ranks"] = plan_from_t1(vanilla, json.loads(search.read_text())["t1"])
+        plans["robust search ranks"] = plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"])
     plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     results = {}
     for name, plan in plans.items():
