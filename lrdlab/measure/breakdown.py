@@ -153,6 +153,10 @@ def time_breakdown(
             c.remove()
 
     o, d = per["original"], per["decomposed"]
+    idle = [n for n in names if not all(o[n]) or not all(d[n])]
+    if idle:
+        raise ValueError(f"layer {idle[0]!r} did not run in a forward pass of both models: pass only layers the "
+                         "forward uses")
     o_total = statistics.median(o[WHOLE])
     rows = []
     for part in (*names, REST, WHOLE):
@@ -164,7 +168,7 @@ def time_breakdown(
     df = pd.DataFrame(rows)
     shapes = layer_input_shapes(nets["original"], names, shape)
     flops = {k: sum(count_flops(m.get_submodule(n), shapes[n]) for n in names) for k, m in nets.items()}
-    flop_ratio = flops["original"] / flops["decomposed"]
+    flop_ratio = flops["original"] / flops["decomposed"] if flops["decomposed"] else math.nan
     o_layers = [sum(o[n][i] for n in names) for i in range(rounds)]
     d_layers = [sum(d[n][i] for n in names) for i in range(rounds)]
     df.attrs["summary"] = {
@@ -192,8 +196,9 @@ def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> 
         f"{stats.verdict(summary['layers'])}",
         f"rest of the network: {stats.verdict(summary['rest'])}",
         f"whole network: {stats.verdict(summary['whole'])}; ceiling if the layers took no time: "
-        f"{summary['ceiling_pct']:+.0f}%; at the layers' FLOP ideal ({summary['layers_flop_ratio']:.2f}x): "
-        f"{summary['at_flop_ideal_pct']:+.0f}%",
+        f"{summary['ceiling_pct']:+.0f}%" + ("" if math.isnan(summary["layers_flop_ratio"]) else
+                                              f"; at the layers' FLOP ideal ({summary['layers_flop_ratio']:.2f}x): "
+                                              f"{summary['at_flop_ideal_pct']:+.0f}%"),
     ]
     if target_pct is not None:
         need = needed_layer_speedup(summary["original_layers_ms"], summary["original_ms"],

@@ -26,6 +26,17 @@ class Sleep(nn.Module):
         return x
 
 
+class Skip(nn.Module):
+    """Runs only ``inner[1]``: ``inner[0]`` is registered but never called."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner[1](x)
+
+
 def two_part(layer_ms: float, width: int) -> nn.Module:
     """A 4 ms part that is never decomposed, then the 'layer': Linear(s) of ``width`` and a sleep."""
     inner = [nn.Linear(8, 8)] if width == 8 else [nn.Linear(8, width), nn.Linear(width, 8)]
@@ -82,6 +93,8 @@ def test_bad_layers_and_rounds_are_named():
         time_breakdown(a, b, (1, 8), ["1", "1.0"], progress=False)
     with pytest.raises(ValueError, match="rounds"):
         time_breakdown(a, b, (1, 8), ["1"], rounds=1, progress=False)
+    with pytest.raises(ValueError, match="'inner.0' did not run"):
+        time_breakdown(Skip(a), Skip(b), (1, 8), ["inner.1", "inner.0"], rounds=2, progress=False)
 
 
 def test_bench_breakdown_prints_the_parts_and_refuses_other_backends(capsys):
