@@ -135,13 +135,11 @@ def _run_bench(args: argparse.Namespace) -> int:
                         backend=backend, max_rounds=args.max_rounds, budget_s=args.budget)
     text = format_bench(report)
     if args.breakdown:
-        from lrdlab.measure.breakdown import breakdown_text, time_breakdown
-        from lrdlab.measure.sweeps import shaped_model
+        from lrdlab.measure.breakdown import breakdown_text, plan_breakdown
 
-        df = time_breakdown(model, shaped_model(model, plan), (args.batch, *shape[1:]), plan,
-                            rounds=max(args.rounds, 2), device=args.device, progress=not args.json)
-        report["breakdown"] = {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
-        text += "\nbreakdown (in place, eager, 95% CI):\n" + breakdown_text(df.attrs["summary"])
+        report["breakdown"] = plan_breakdown(model, plan, (args.batch, *shape[1:]), rounds=max(args.rounds, 2),
+                                             device=args.device, progress=not args.json)
+        text += "\nbreakdown (in place, eager, 95% CI):\n" + breakdown_text(report["breakdown"]["summary"])
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
 

@@ -256,9 +256,9 @@ def plot_time_breakdown(summaries: Mapping[str, Mapping[str, Any]], target_pct: 
 
     if not summaries:
         raise ValueError("plot_time_breakdown needs at least one breakdown summary")
-    first = list(summaries.values())
-    rows = [("original", float(np.median([s["original_layers_ms"] for s in first])),
-             float(np.median([s["original_ms"] - s["original_layers_ms"] for s in first])), "")]
+    measured = list(summaries.values())
+    rows = [("original", float(np.median([s["original_layers_ms"] for s in measured])),
+             float(np.median([s["original_ms"] - s["original_layers_ms"] for s in measured])), "")]
     rows += [(name, s["decomposed_layers_ms"], s["decomposed_rest_ms"], verdict(s["whole"]))
              for name, s in summaries.items()]
     with style():

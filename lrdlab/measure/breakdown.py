@@ -28,6 +28,7 @@ from lrdlab.measure import timing as measure
 from lrdlab.measure.compute import load_average
 from lrdlab.measure.counting import count_flops
 from lrdlab.measure.shapes import layer_input_shapes
+from lrdlab.measure.sweeps import shaped_model
 
 REST = "rest (not decomposed)"
 WHOLE = "whole network"
@@ -189,6 +190,21 @@ def time_breakdown(
     return df
 
 
+def needed_pct(summary: dict[str, Any], target_pct: float) -> float:
+    """The in-place layer speed-up (%) a whole-network speed-up of ``target_pct`` needs, from a
+    :func:`time_breakdown` summary (``inf``: out of reach whatever the layers do)."""
+    need = needed_layer_speedup(summary["original_layers_ms"], summary["original_ms"], summary["decomposed_rest_ms"],
+                                1 + target_pct / 100)
+    return 100 * (need - 1)
+
+
+def plan_breakdown(model: nn.Module, plan: Plan, input_shape: Sequence[int], **kwargs: Any) -> dict[str, Any]:
+    """:func:`time_breakdown` of ``model`` against the plan's structure (random factors: timing only), as
+    ``{"summary", "parts"}`` (JSON-ready); ``kwargs`` go to :func:`time_breakdown`."""
+    df = time_breakdown(model, shaped_model(model, plan), input_shape, plan, **kwargs)
+    return {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
+
+
 def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> str:
     """The breakdown in three lines: the layers, the rest, the whole network and its ceiling."""
     lines = [
@@ -201,8 +217,7 @@ def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> 
                                               f"{summary['at_flop_ideal_pct']:+.0f}%"),
     ]
     if target_pct is not None:
-        need = needed_layer_speedup(summary["original_layers_ms"], summary["original_ms"],
-                                    summary["decomposed_rest_ms"], 1 + target_pct / 100)
-        need_text = "more than the whole budget (unreachable)" if math.isinf(need) else f"{100 * (need - 1):+.0f}%"
+        need = needed_pct(summary, target_pct)
+        need_text = "more than the whole budget (unreachable)" if math.isinf(need) else f"{need:+.0f}%"
         lines.append(f"to reach {target_pct:+.0f}% the layers would need {need_text}")
     return "\n".join(lines)

@@ -182,18 +182,14 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 def stage_breakdown(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """Where the time goes: ResNet-50 at 2x (vanilla, optimized ranks), each decomposed layer in place vs the rest."""
     from lrdlab.lowrank.plan import Plan
-    from lrdlab.measure.breakdown import time_breakdown
-    from lrdlab.measure.sweeps import shaped_model
+    from lrdlab.measure.breakdown import plan_breakdown
 
     model = get_model("resnet50").eval()
     plans = {"vanilla 2x": make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")}
     if "optimize" in results:
         plans["optimized ranks"] = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
-    out = {}
-    for name, plan in plans.items():
-        df = time_breakdown(model, shaped_model(model, plan), settings.bench_shape, plan, rounds=4 * settings.rounds,
-                            device=settings.device, progress=False)
-        out[name] = {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
+    out = {name: plan_breakdown(model, plan, settings.bench_shape, rounds=4 * settings.rounds,
+                                device=settings.device, progress=False) for name, plan in plans.items()}
     return {"input_shape": list(settings.bench_shape), "plans": out}
 
 

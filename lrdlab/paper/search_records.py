@@ -107,9 +107,8 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     """ResNet-50 at 2x, where the time goes: each decomposed layer timed in place, the rest of the network, and
     the ceiling the rest puts on the whole-network speed-up (vanilla, the recorded searched ranks, g=32)."""
     from lrdlab.lowrank.plan import make_plan
-    from lrdlab.measure.breakdown import needed_layer_speedup, time_breakdown
+    from lrdlab.measure.breakdown import needed_pct, plan_breakdown
     from lrdlab.measure.machine import machine_info
-    from lrdlab.measure.sweeps import shaped_model
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -124,11 +123,8 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     results = {}
     for name, plan in plans.items():
-        df = time_breakdown(model, shaped_model(model, plan), shape, plan, rounds=rounds, progress=False)
-        s = df.attrs["summary"]
-        need = needed_layer_speedup(s["original_layers_ms"], s["original_ms"], s["decomposed_rest_ms"], 1.6)
-        results[name] = {"summary": s, "layers_needed_for_60_pct": 100 * (need - 1),
-                         "parts": df.to_dict(orient="records")}
+        part = plan_breakdown(model, plan, shape, rounds=rounds, progress=False)
+        results[name] = {**part, "layers_needed_for_60_pct": needed_pct(part["summary"], 60)}
     return _write(out / "breakdown_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference, batch 8, 112 px: each "
                 "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "

@@ -163,6 +163,12 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
     })
 
 
+def _row_pct(r: Any) -> dict[str, Any]:
+    """A speed_table row's speed-up as ``{"median", "ci_low", "ci_high", "rounds", "converged"}`` (percent)."""
+    return {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
+            "rounds": int(r["rounds"]), "converged": bool(r["converged"])}
+
+
 def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
                           backends: tuple[str, ...] = ("eager", "compile")) -> dict[str, Any]:
     """The best pipeline (layer merging + granularity 32) against the original, per backend, up to 60 rounds."""
@@ -179,11 +185,8 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
         with round_limits(factor=12, budget_s=budget_s):
             r = speed_table(model, {"merging + g=32": merged}, shape, rounds=5, warmup=2, repeats=3,
                             progress=False, backend=backend).iloc[0]
-        out[f"{backend}, merging + g=32"] = {
-            "speedup_pct": {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"],
-                            "ci_high": r["speedup_pct_ci_high"], "rounds": int(r["rounds"]),
-                            "converged": bool(r["converged"])},
-            "realised": r["realised"], "ideal_speedup": r["ideal_speedup"]}
+        out[f"{backend}, merging + g=32"] = {"speedup_pct": _row_pct(r), "realised": r["realised"],
+                                             "ideal_speedup": r["ideal_speedup"]}
     return out
 
 
@@ -203,12 +206,6 @@ def _ci_text(p: dict[str, Any]) -> str:
 
     flag = "" if p.get("converged", True) else ", not converged"
     return f"{verdict(p)} ({p['rounds']} rounds{flag})"
-
-
-def _row_pct(r: dict[str, Any]) -> dict[str, Any]:
-    """A speed_table row's speed-up as ``{"median", "ci_low", "ci_high", "rounds", "converged"}`` (percent)."""
-    return {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
-            "rounds": r["rounds"], "converged": r["converged"]}
 
 
 def readme_speed_section(data: Path) -> str:
