@@ -36,6 +36,7 @@ _API = {
     "count_flops": "lrdlab.measure.counting",
     "compare": "lrdlab.measure.timing",
     "optimize_plan": "lrdlab.measure.rank_search",
+    "choose_plan": "lrdlab.measure.plan_choice",
     "bench_plan": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
     "get_loaders": "lrdlab.zoo.data",
@@ -49,6 +50,7 @@ __all__ = [
     "LowRankLayer",
     "Plan",
     "bench_plan",
+    "choose_plan",
     "compare",
     "count_flops",
     "count_params",
@@ -91,6 +93,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
     from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.sweeps import bench_plan
     from lrdlab.measure.timing import compare

@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "reproduce": (study._add_reproduce, study._run_reproduce),
     "bench": (library._add_bench, library._run_bench),
     "optimize": (library._add_optimize, library._run_optimize),
+    "choose": (library._add_choose, library._run_choose),
     "train": (library._add_train, library._run_train),
     "merge": (library._add_merge, library._run_merge),
     "record": (study._add_record, study._run_record),

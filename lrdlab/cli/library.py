@@ -1,4 +1,4 @@
-"""The library's subcommands: plan, stats, decompose, models, bench, optimize, train, merge."""
+"""The library's subcommands: plan, stats, decompose, models, bench, optimize, choose, train, merge."""
 
 from __future__ import annotations
 
@@ -178,6 +178,48 @@ def _run_optimize(args: argparse.Namespace) -> int:
     print(rank_table(plan, new).to_string(index=False))
     print(new.summary())
     print(f"saved {args.out}")
+    return 0
+
+
+# --- choose ----------------------------------------------------------------------------------------
+def _add_choose(sub) -> None:
+    p = sub.add_parser("choose", help="time candidate plans as whole networks on a backend and keep the fastest "
+                                      "with 95%% confidence (the first plan is the default)")
+    _add_model_arguments(p)
+    p.add_argument("plans", nargs="+", type=Path, help="plan JSON files, the default first (e.g. searched ranks)")
+    _add_speed_arguments(p)
+    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime"], default="eager",
+                   help="where the network will run (default eager)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds before adapting (default 5)")
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
+    p.add_argument("--out", type=Path, help="write the chosen plan JSON here (not written when the original wins)")
+
+
+def _run_choose(args: argparse.Namespace) -> int:
+    from lrdlab.lowrank.decompose import check_plan
+    from lrdlab.lowrank.plan import Plan
+    from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.plan_choice import choose_plan
+
+    _set_threads(args)
+    names = [p.stem for p in args.plans]
+    if len(set(names)) != len(names):
+        raise ValueError(f"plan files need distinct names (got {names}): the table names each plan by its file")
+    model, shape = _build(args)
+    plans = {name: Plan.load(path) for name, path in zip(names, args.plans)}
+    for path, plan in zip(args.plans, plans.values()):
+        try:
+            check_plan(model, plan)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    with round_limits(budget_s=args.budget):
+        choice = choose_plan(model, plans, (args.batch, *shape[1:]), backend=args.backend, device=args.device,
+                             rounds=args.rounds, repeats=args.repeats,
+                             dtype=None if args.dtype == "fp32" else args.dtype)
+    print(choice)
+    if args.out and choice.plan is not None:
+        choice.plan.save(args.out)
+        print(f"saved {args.out}")
     return 0
 
 

@@ -66,10 +66,11 @@ def _add_record(sub) -> None:
     study.add_argument("--lr", type=float, default=0.1)
     study.add_argument("--finetune-lr", type=float, default=0.02)
     checks = what.add_parser("speed-checks", help="compute policy, A/A check, backends, rank search, time "
-                                                  "breakdown (lrdlab.paper.speed_checks)")
+                                                  "breakdown, plan choice per backend (lrdlab.paper.speed_checks)")
     checks.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
     checks.add_argument("--only", default=None, help="one part (default: all)",
-                        choices=["compute", "aa", "backends", "search", "search-compile", "breakdown"])
+                        choices=["compute", "aa", "backends", "search", "search-compile", "breakdown",
+                                 "plan-choice"])
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
     acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
@@ -136,7 +137,8 @@ def _run_record(args: argparse.Namespace) -> int:
         for part, fn in (("compute", speed_checks.record_compute), ("aa", speed_checks.record_aa),
                          ("backends", speed_checks.record_backends), ("search", search_records.record_search),
                          ("search-compile", search_records.record_search_compile),
-                         ("breakdown", search_records.record_breakdown)):
+                         ("breakdown", search_records.record_breakdown),
+                         ("plan-choice", search_records.record_plan_choice)):
             if args.only in (None, part):
                 print("wrote", fn(args.out))
     elif args.what == "finetune-sweep":

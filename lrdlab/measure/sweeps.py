@@ -58,7 +58,8 @@ def speed_table(
     original_ms, speedup (×, median of per-round ratios), speedup_pct with its 95% interval
     speedup_pct_ci_low/high, within_noise (the interval covers 0), rounds, converged, speedup_q1/q3,
     throughput, spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed
-    ``train_``. Rounds adapt (:func:`lrdlab.measure.compare.compare`); ``backend`` as there.
+    ``train_``. ``df.attrs["per_round"]``: the inference round times of ``"original"`` and each plan.
+    Rounds adapt (:func:`lrdlab.measure.compare.compare`); ``backend`` as there.
     """
     import pandas as pd
 
@@ -85,7 +86,9 @@ def speed_table(
         for mode, df in results.items():
             out.update(_speed_columns(df, name, "" if mode == "inference" else "train_", ideal))
         rows.append(out)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["per_round"] = results["inference"].attrs["per_round"]  # paired round times, "original" included
+    return df
 
 
 def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),

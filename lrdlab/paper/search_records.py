@@ -134,3 +134,49 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "plans": results,
     })
+
+
+def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0,
+                       backends: tuple[str, ...] = ("eager", "compile")) -> Path:
+    """ResNet-50 at 2x: the recorded searched ranks (default) vs the robust search at granularity 32 (run here,
+    from the g=32 plan), chosen on each backend by :func:`lrdlab.measure.plan_choice.choose_plan`."""
+    import time
+
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.plan_choice import choose_plan
+    from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.zoo.models import get_model
+
+    search = out / "search_robust_resnet50_cpu.json"
+    if not search.exists():
+        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
+    load_before = os.getloadavg()
+    shape = (batch, 3, image_size, image_size)
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    t = time.perf_counter()
+    searched_g32, _ = optimize_plan(model, g32, shape, method="robust", granularity=32, repeats=5, progress=False)
+    search_s = time.perf_counter() - t
+    plans = {"robust search ranks": plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"]),
+             "robust search at g=32": searched_g32}
+    choices = {}
+    for backend in backends:
+        with round_limits(factor=12, budget_s=budget_s):
+            choice = choose_plan(model, plans, shape, backend=backend, rounds=5, warmup=2, progress=False)
+        choices[backend] = {"chosen": choice.name, "reason": choice.reason,
+                            "rows": choice.table.to_dict(orient="records")}
+    return _write(out / "plan_choice_resnet50_cpu.json", {
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference: the recorded robust-search "
+                "ranks (default) vs the robust search at granularity 32 (from the g=32 plan), whole networks timed "
+                "interleaved with the original on each backend, adaptive rounds (up to 60); choose_plan keeps the "
+                "default unless the other is faster with 95% confidence",
+        "command": "lrdlab record speed-checks --only plan-choice --threads "
+                   f"{__import__('torch').get_num_threads()}",
+        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "search_g32_s": search_s, "t1_g32": rank_table(g32, searched_g32).to_dict(orient="records"),
+        "backends": choices,
+    })

@@ -273,7 +273,19 @@ def readme_speed_section(data: Path) -> str:
         for r in json.loads(comp_file.read_text())["rows"] if comp_file.exists() else []:
             lines.append(f"| compile, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | "
                          f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |")
+        choice_file = data / "plan_choice_resnet50_cpu.json"
+        choice = json.loads(choice_file.read_text()) if choice_file.exists() else {"backends": {}}
+        for backend, c in choice["backends"].items():
+            lines += [f"| {backend}, {r['name']}{' — chosen' if r['chosen'] else ''} "
+                      f"({r['flops_removed_pct']:.1f}% FLOPs removed; plan_choice_resnet50_cpu.json) | "
+                      f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |" for r in c["rows"]]
         opt = rec["search_settings"]
+        lines += [f"\nChosen on {backend} by `lrdlab choose` (the searched ranks are the default): {c['chosen']} — "
+                  f"{c['reason']}." for backend, c in choice["backends"].items()]
+        if "t1_g32" in choice:
+            moved = sum(str(r["optimized"]) != str(r["2x rank"]) for r in choice["t1_g32"])
+            lines.append(f"The search at g=32 (candidates: multiples of 32 below each g=32 rank) moved {moved} of "
+                         f"{len(choice['t1_g32'])} ranks of the g=32 plan in {choice['search_g32_s']:.0f} s.")
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
                      f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
                      f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")

@@ -1,0 +1,99 @@
+"""Which plan runs fastest where it is deployed: whole networks timed on the backend, chosen with confidence.
+
+The rank search times eager layers one at a time. A compiler ranks plans differently: ``torch.compile``
+fuses the BatchNorm/ReLU/add work around the layers and lays convolutions out its own way, and on this
+project's CPU the eager-searched ranks ran +68% on it where ranks in multiples of 32 ran +81%
+(``data/search_compile_resnet50_cpu.json``). :func:`choose_plan` settles it on the backend itself: the original
+and every candidate plan are timed interleaved as whole networks, and
+
+- the first plan (the default: e.g. the searched ranks) is kept unless another one is faster than it with
+  95% confidence (paired per-round ratios); then the fastest such plan is chosen;
+- the original ("original") is kept when the chosen plan does not beat it with confidence.
+
+:func:`pick` is that rule on recorded per-round times (pure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from lrdlab.lowrank.plan import Plan
+from lrdlab.measure import stats
+from lrdlab.measure.compare import check_backend
+from lrdlab.measure.sweeps import speed_table
+
+ORIGINAL = "original"
+
+
+@dataclass
+class PlanChoice:
+    """The chosen plan's name (``"original"``: none beats it), the plan (None for the original), why, and the table."""
+
+    name: str
+    plan: Plan | None
+    reason: str
+    table: Any  # DataFrame: speed_table's columns + vs_default_pct (median, ci_low, ci_high) + chosen
+
+    def __str__(self) -> str:
+        cols = ["name", "flops_removed_pct", "speedup_pct", "speedup_pct_ci_low", "speedup_pct_ci_high",
+                "vs_default_pct", "vs_default_ci_low", "vs_default_ci_high", "chosen"]
+        return f"{self.table[cols].round(1).to_string(index=False)}\nchosen: {self.name} ({self.reason})"
+
+
+def pick(per_round: Mapping[str, Sequence[float]], names: Sequence[str]) -> tuple[str, str, dict[str, dict]]:
+    """The choice among ``names`` (``names[0]`` is the default) from paired per-round times.
+
+    ``per_round`` holds each name's round times and the original's (key ``"original"``). Returns
+    (choice, reason, versus) where ``versus[name]`` is the ratio summary of default time / this time.
+    """
+    if not names:
+        raise ValueError("choose among at least one plan")
+    missing = [n for n in (ORIGINAL, *names) if n not in per_round]
+    if missing:
+        raise ValueError(f"no round times for {missing}")
+    default = names[0]
+    versus = {n: stats.ratio_summary(per_round[default], per_round[n]) for n in names}
+    better = [n for n in names[1:] if versus[n]["ci_low"] > 1.0]
+    if better:
+        choice = max(better, key=lambda n: versus[n]["median"])
+        why = f"faster than {default} with 95% confidence ({_pct(versus[choice])})"
+    else:
+        choice = default
+        why = "no other plan is faster than it with 95% confidence" if len(names) > 1 else "the only plan"
+    vs_original = stats.ratio_summary(per_round[ORIGINAL], per_round[choice])
+    if vs_original["ci_low"] <= 1.0:
+        return ORIGINAL, f"{choice} does not beat the original with 95% confidence ({_pct(vs_original)})", versus
+    return choice, f"{why}; vs the original {_pct(vs_original)}", versus
+
+
+def _pct(ci: dict[str, Any]) -> str:
+    p = stats.as_pct(ci)
+    return f"{p['median']:+.1f}% [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
+
+
+def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequence[int], *, backend: str = "eager",
+                device: str = "cpu", rounds: int = 5, warmup: int = 1, repeats: int = 3, dtype: str | None = None,
+                progress: bool = True) -> PlanChoice:
+    """Time ``model`` and each plan's network (random weights of the plan's shapes) on ``backend``, interleaved
+    with adaptive rounds (:func:`lrdlab.measure.compare.compare`), and choose by :func:`pick`.
+
+    ``plans`` is in order of preference: the first is the default. ``model`` is not modified.
+    """
+    if not plans:
+        raise ValueError("choose_plan needs at least one plan, e.g. {'searched': plan, 'g=32': plan_g32}")
+    if ORIGINAL in plans:
+        raise ValueError(f"{ORIGINAL!r} names the model itself: rename that plan")
+    check_backend(backend, "inference", device)
+    table = speed_table(model, dict(plans), input_shape, device=device, rounds=rounds, warmup=warmup, repeats=repeats,
+                        dtype=dtype, progress=progress, backend=backend)
+    names = list(plans)
+    choice, reason, versus = pick(table.attrs["per_round"], names)
+    for key in ("median", "ci_low", "ci_high"):
+        table[f"vs_default_{'pct' if key == 'median' else key}"] = [
+            stats.as_pct(versus[n])[key] for n in table["name"]]
+    table["chosen"] = [n == choice for n in table["name"]]
+    return PlanChoice(choice, plans.get(choice), reason, table)
