@@ -208,6 +208,24 @@ def _ci_text(p: dict[str, Any]) -> str:
     return f"{verdict(p)} ({p['rounds']} rounds{flag})"
 
 
+def _between_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> str:
+    """The same ranks on torch.compile in two recordings: how far the medians moved against the intervals."""
+    pairs = {"searched ranks": ("robust search ranks", "robust search ranks"),
+             "g=32": ("g=32", "robust search at g=32")}
+    a, b = {r["name"]: _row_pct(r) for r in first}, {r["name"]: _row_pct(r) for r in second}
+    parts, moved = [], []
+    for label, (x, y) in pairs.items():
+        parts.append(f"{label} {a[x]['median']:+.1f}% then {b[y]['median']:+.1f}%")
+        hw = max((a[x]["ci_high"] - a[x]["ci_low"]) / 2, (b[y]["ci_high"] - b[y]["ci_low"]) / 2)
+        if abs(a[x]["median"] - b[y]["median"]) > hw:
+            moved.append(label)
+    tail = (f"{' and '.join(moved)} moved more than {'its' if len(moved) == 1 else 'their'} intervals' half-width: an "
+            "interval covers the noise within one run, not the drift between runs" if moved
+            else "each moved less than its intervals' half-width")
+    return (f"The same ranks on torch.compile in two recordings (search_compile_resnet50_cpu.json, then "
+            f"plan_choice_resnet50_cpu.json): {'; '.join(parts)} — {tail}.")
+
+
 def readme_speed_section(data: Path) -> str:
     """The README's speed table, rendered from ``data/`` (tests/paper/test_readme_speed.py keeps them equal)."""
     from lrdlab.measure.stats import verdict
@@ -286,6 +304,9 @@ def readme_speed_section(data: Path) -> str:
             moved = sum(str(r["optimized"]) != str(r["2x rank"]) for r in choice["t1_g32"])
             lines.append(f"The search at g=32 (candidates: multiples of 32 below each g=32 rank) moved {moved} of "
                          f"{len(choice['t1_g32'])} ranks of the g=32 plan in {choice['search_g32_s']:.0f} s.")
+            if moved == 0 and comp_file.exists() and "compile" in choice["backends"]:
+                lines.append(_between_runs(json.loads(comp_file.read_text())["rows"],
+                                           choice["backends"]["compile"]["rows"]))
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
                      f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
                      f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")

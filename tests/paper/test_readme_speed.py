@@ -76,3 +76,18 @@ def test_f9_overlap_claim_matches_the_bench_file():
     rows = {r["name"]: r for r in json.loads((DATA / "bench_resnet50_cpu.json").read_text())["rows"]}
     named = [rows[n] for n in ("g=8", "g=16", "g=32", "optimized (fwd)")]
     assert max(r["speedup_pct_ci_low"] for r in named) <= min(r["speedup_pct_ci_high"] for r in named)
+
+
+def test_between_runs_names_only_the_medians_that_moved_beyond_their_intervals():
+    from lrdlab.paper.speed_checks import _between_runs
+
+    def row(name, med, hw):
+        return {"name": name, "speedup_pct": med, "speedup_pct_ci_low": med - hw, "speedup_pct_ci_high": med + hw,
+                "rounds": 60, "converged": False}
+
+    first = [row("robust search ranks", 68.0, 4.0), row("g=32", 80.0, 4.0)]
+    steady = [row("robust search ranks", 67.0, 3.0), row("robust search at g=32", 78.0, 3.0)]
+    drift = [row("robust search ranks", 67.0, 3.0), row("robust search at g=32", 73.0, 3.0)]
+    assert "each moved less" in _between_runs(first, steady)
+    text = _between_runs(first, drift)
+    assert "g=32 moved more than its intervals' half-width" in text and "searched ranks moved" not in text
