@@ -135,10 +135,13 @@ def _glob(name: str, pattern: str) -> bool:
 
 
 def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress, backend="eager"):
-    if progress:
-        print(f"timing {len(models)} models ({mode}, {backend}, ≥{rounds} interleaved rounds)", flush=True)
-    return compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup, repeats=repeats,
-                   dtype=dtype, backend=backend)
+    from tqdm.auto import tqdm
+
+    # rounds adapt, so the bar counts them without a total
+    with tqdm(desc=f"timing {len(models)} models ({mode}, {backend}, ≥{rounds} interleaved rounds)", unit="round",
+              disable=not progress) as bar:
+        return compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup,
+                       repeats=repeats, dtype=dtype, backend=backend, on_round=lambda _: bar.update())
 
 
 def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, Any]:
