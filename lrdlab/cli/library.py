@@ -193,6 +193,7 @@ def _add_choose(sub) -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds before adapting (default 5)")
     p.add_argument("--budget", type=float, default=600.0, help="seconds of timing at most (default 600)")
     p.add_argument("--out", type=Path, help="write the chosen plan JSON here (not written when the original wins)")
+    p.add_argument("--json", action="store_true", help="print the choice and its table as JSON")
 
 
 def _run_choose(args: argparse.Namespace) -> int:
@@ -215,11 +216,16 @@ def _run_choose(args: argparse.Namespace) -> int:
     with round_limits(budget_s=args.budget):
         choice = choose_plan(model, plans, (args.batch, *shape[1:]), backend=args.backend, device=args.device,
                              rounds=args.rounds, repeats=args.repeats,
-                             dtype=None if args.dtype == "fp32" else args.dtype)
-    print(choice)
+                             dtype=None if args.dtype == "fp32" else args.dtype, progress=not args.json)
+    if args.json:
+        print(json.dumps({"chosen": choice.name, "reason": choice.reason, "backend": args.backend,
+                          "rows": choice.table.to_dict(orient="records")}, indent=2, default=str))
+    else:
+        print(choice)
     if args.out and choice.plan is not None:
         choice.plan.save(args.out)
-        print(f"saved {args.out}")
+    if args.out and not args.json:
+        print(f"saved {args.out}" if choice.plan is not None else f"the original wins: {args.out} not written")
     return 0
 
 

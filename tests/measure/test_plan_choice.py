@@ -95,6 +95,14 @@ def test_cli_choose_writes_the_chosen_plan(tmp_path, capsys):
         assert json.loads(out.read_text()) == json.loads((tmp_path / f"{chosen}.json").read_text())
 
 
+def test_cli_choose_json(tmp_path, capsys):
+    assert main(["plan", "resnet20", "--rank", "4", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    assert main(["choose", "resnet20", str(tmp_path / "a.json"), "--rounds", "3", "--threads", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["chosen"] in ("a", "original") and [r["name"] for r in report["rows"]] == ["a"]
+
+
 def test_cli_choose_errors_are_one_line(tmp_path, capsys):
     assert main(["choose", "resnet20", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err.strip()
