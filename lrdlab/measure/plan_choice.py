@@ -1,10 +1,11 @@
 """Which plan runs fastest where it is deployed: whole networks timed on the backend, chosen with confidence.
 
 The rank search times eager layers one at a time. A compiler ranks plans differently: ``torch.compile``
-fuses the BatchNorm/ReLU/add work around the layers and lays convolutions out its own way, and on this
-project's CPU the eager-searched ranks ran +68% on it where ranks in multiples of 32 ran +81%
-(``data/search_compile_resnet50_cpu.json``). :func:`choose_plan` settles it on the backend itself: the original
-and every candidate plan are timed interleaved as whole networks, and
+fuses the BatchNorm/ReLU/add work around the layers and lays convolutions out its own way. On this project's
+CPU the eager-searched ResNet-50 ranks tie with ranks in multiples of 32 on eager, but run +68% on it where the
+multiples of 32 run +73 to +81% (``data/search_compile_resnet50_cpu.json``, ``data/plan_choice_resnet50_cpu.json``).
+:func:`choose_plan` settles it on the backend itself: the original and every candidate plan are timed interleaved
+as whole networks, and
 
 - the first plan (the default: e.g. the searched ranks) is kept unless another one is faster than it with
   95% confidence (paired per-round ratios); then the fastest such plan is chosen;
