@@ -218,8 +218,7 @@ def _run_choose(args: argparse.Namespace) -> int:
                              rounds=args.rounds, repeats=args.repeats,
                              dtype=None if args.dtype == "fp32" else args.dtype, progress=not args.json)
     if args.json:
-        print(json.dumps({"chosen": choice.name, "reason": choice.reason, "backend": args.backend,
-                          "rows": choice.table.to_dict(orient="records")}, indent=2, default=str))
+        print(json.dumps({**choice.to_dict(), "backend": args.backend}, indent=2, default=str))
     else:
         print(choice)
     if args.out and choice.plan is not None:

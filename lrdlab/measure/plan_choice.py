@@ -44,6 +44,10 @@ class PlanChoice:
                 "vs_default_pct", "vs_default_ci_low", "vs_default_ci_high", "chosen"]
         return f"{self.table[cols].round(1).to_string(index=False)}\nchosen: {self.name} ({self.reason})"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"chosen", "reason", "rows"}`` (the table's rows)."""
+        return {"chosen": self.name, "reason": self.reason, "rows": self.table.to_dict(orient="records")}
+
 
 def pick(per_round: Mapping[str, Sequence[float]], names: Sequence[str]) -> tuple[str, str, dict[str, dict]]:
     """The choice among ``names`` (``names[0]`` is the default) from paired per-round times.
@@ -93,8 +97,9 @@ def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequen
                         dtype=dtype, progress=progress, backend=backend)
     names = list(plans)
     choice, reason, versus = pick(table.attrs["per_round"], names)
-    for key in ("median", "ci_low", "ci_high"):
-        table[f"vs_default_{'pct' if key == 'median' else key}"] = [
-            stats.as_pct(versus[n])[key] for n in table["name"]]
+    pct = {n: stats.as_pct(v) for n, v in versus.items()}
+    for key, column in (("median", "vs_default_pct"), ("ci_low", "vs_default_ci_low"),
+                        ("ci_high", "vs_default_ci_high")):
+        table[column] = [pct[n][key] for n in table["name"]]
     table["chosen"] = [n == choice for n in table["name"]]
     return PlanChoice(choice, plans.get(choice), reason, table)

@@ -1,7 +1,9 @@
 """Records of the rank search on ResNet-50 at 2x: the robust search timed on eager PyTorch, its ranks on
-``torch.compile``, and where the time goes (each decomposed layer in place vs the rest of the network).
+``torch.compile``, where the time goes (each decomposed layer in place vs the rest of the network), and the plan
+chosen on each backend.
 
-``lrdlab record speed-checks --only search | search-compile | breakdown`` (1 thread) writes them to ``data/``;
+``lrdlab record speed-checks --only search | search-compile | breakdown | plan-choice`` (1 thread) writes them to
+``data/``;
 the README's speed section is generated from them (:mod:`lrdlab.paper.speed_checks`).
 """
 
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lrdlab.paper.speed_checks import _write
+
+SEARCH_FILE = "search_robust_resnet50_cpu.json"
 
 
 def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
@@ -41,7 +45,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
             "merging + g=32": merge_bottlenecks(model, g32)}
     with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
         table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
-    return _write(out / "search_robust_resnet50_cpu.json", {
+    return _write(out / SEARCH_FILE, {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
                 "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
@@ -63,14 +67,10 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
-    search = out / "search_robust_resnet50_cpu.json"
-    if not search.exists():
-        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
     load_before = os.getloadavg()
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    rows = {"vanilla 2x": vanilla,
-            "robust search ranks": plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"]),
+    rows = {"vanilla 2x": vanilla, "robust search ranks": recorded_search_plan(out, model, vanilla),
             "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")}
     with round_limits(factor=12, budget_s=budget_s):
         table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
@@ -84,6 +84,14 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": table.to_dict(orient="records"),
     })
+
+
+def recorded_search_plan(out: Path, model, vanilla):
+    """``vanilla`` with the ranks of the recorded search (``out``/search_robust_resnet50_cpu.json's T1)."""
+    search = out / SEARCH_FILE
+    if not search.exists():
+        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
+    return plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"])
 
 
 def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
@@ -117,9 +125,8 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     plans = {"vanilla 2x": vanilla}
-    search = out / "search_robust_resnet50_cpu.json"
-    if search.exists():
-        plans["robust search ranks"] = plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"])
+    if (out / SEARCH_FILE).exists():
+        plans["robust search ranks"] = recorded_search_plan(out, model, vanilla)
     plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     results = {}
     for name, plan in plans.items():
@@ -140,8 +147,6 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
                        backends: tuple[str, ...] = ("eager", "compile")) -> Path:
     """ResNet-50 at 2x: the recorded searched ranks (default) vs the robust search at granularity 32 (run here,
     from the g=32 plan), chosen on each backend by :func:`lrdlab.measure.plan_choice.choose_plan`."""
-    import time
-
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
@@ -150,9 +155,6 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
-    search = out / "search_robust_resnet50_cpu.json"
-    if not search.exists():
-        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
     load_before = os.getloadavg()
     shape = (batch, 3, image_size, image_size)
     model = get_model("resnet50").eval()
@@ -161,14 +163,12 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     t = time.perf_counter()
     searched_g32, _ = optimize_plan(model, g32, shape, method="robust", granularity=32, repeats=5, progress=False)
     search_s = time.perf_counter() - t
-    plans = {"robust search ranks": plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"]),
-             "robust search at g=32": searched_g32}
+    plans = {"robust search ranks": recorded_search_plan(out, model, vanilla), "robust search at g=32": searched_g32}
     choices = {}
     for backend in backends:
         with round_limits(factor=12, budget_s=budget_s):
             choice = choose_plan(model, plans, shape, backend=backend, rounds=5, warmup=2, progress=False)
-        choices[backend] = {"chosen": choice.name, "reason": choice.reason,
-                            "rows": choice.table.to_dict(orient="records")}
+        choices[backend] = choice.to_dict()
     return _write(out / "plan_choice_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference: the recorded robust-search "
                 "ranks (default) vs the robust search at granularity 32 (from the g=32 plan), whole networks timed "

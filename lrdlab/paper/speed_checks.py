@@ -288,7 +288,8 @@ def readme_speed_section(data: Path) -> str:
             lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | "
                          f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |")
         comp_file = data / "search_compile_resnet50_cpu.json"
-        for r in json.loads(comp_file.read_text())["rows"] if comp_file.exists() else []:
+        comp_rows = json.loads(comp_file.read_text())["rows"] if comp_file.exists() else []
+        for r in comp_rows:
             lines.append(f"| compile, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | "
                          f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |")
         choice_file = data / "plan_choice_resnet50_cpu.json"
@@ -304,9 +305,8 @@ def readme_speed_section(data: Path) -> str:
             moved = sum(str(r["optimized"]) != str(r["2x rank"]) for r in choice["t1_g32"])
             lines.append(f"The search at g=32 (candidates: multiples of 32 below each g=32 rank) moved {moved} of "
                          f"{len(choice['t1_g32'])} ranks of the g=32 plan in {choice['search_g32_s']:.0f} s.")
-            if moved == 0 and comp_file.exists() and "compile" in choice["backends"]:
-                lines.append(_between_runs(json.loads(comp_file.read_text())["rows"],
-                                           choice["backends"]["compile"]["rows"]))
+            if moved == 0 and comp_rows and "compile" in choice["backends"]:
+                lines.append(_between_runs(comp_rows, choice["backends"]["compile"]["rows"]))
         lines.append(f"\nThe robust search itself took {rec['search_s']:.0f} s for ResNet-50's "
                      f"{len(opt['confirmations'])} layers ({opt.get('cache_misses', '?')} layer timings measured, "
                      f"{opt.get('cache_hits', '?')} from the timing cache; search_robust_resnet50_cpu.json).")
