@@ -34,7 +34,7 @@ _API = {
     "evaluate": "lrdlab.finetune.loop",
     "count_params": "lrdlab.measure.counting",
     "count_flops": "lrdlab.measure.counting",
-    "compare": "lrdlab.measure.timing",
+    "compare": "lrdlab.measure.compare",
     "optimize_plan": "lrdlab.measure.rank_search",
     "choose_plan": "lrdlab.measure.plan_choice",
     "bench_plan": "lrdlab.measure.sweeps",
@@ -92,11 +92,11 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
+    from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.sweeps import bench_plan
-    from lrdlab.measure.timing import compare
     from lrdlab.paper.freezing_study import run_freezing_study
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.models import get_model

@@ -1,5 +1,6 @@
-"""The package's shape: stages import only earlier stages, `import lrdlab` stays light, modules stay small,
-and an installed wheel carries the reference data the explorers read and the shipped trained weights."""
+"""The package's shape: stages import only earlier stages, no module imports itself back (not even from inside
+a function), no private name crosses modules, public functions take few parameters, `import lrdlab` stays light,
+modules stay small, and an installed wheel carries the reference data the explorers read and the shipped weights."""
 
 import ast
 import subprocess
@@ -37,6 +38,88 @@ def _modules() -> list[Path]:
     return sorted(p for p in PKG.rglob("*.py") if p.name != "__init__.py" or p.parent != PKG)
 
 
+MAX_PARAMS = 10
+# Public functions over MAX_PARAMS parameters today, each to move its options into a config object; none may join.
+TOO_MANY_PARAMS = {
+    "lrdlab.finetune.loop.fit", "lrdlab.finetune.loop.train_and_save", "lrdlab.lowrank.plan.make_plan",
+    "lrdlab.measure.rank_search.optimize_plan", "lrdlab.measure.rank_search.search_layer",
+    "lrdlab.measure.compare.compare", "lrdlab.measure.sweeps.bench_plan", "lrdlab.measure.sweeps.rank_time_sweep",
+    "lrdlab.measure.sweeps.speed_table", "lrdlab.measure.sweeps.granularity_sweep", "lrdlab.zoo.data.get_loaders",
+    "lrdlab.paper.freezing_study.run_freezing_study", "lrdlab.paper.transformers_study.run_transformers_study",
+    "lrdlab.paper.techniques.accuracy_study", "lrdlab.paper.techniques.techniques_table",
+    "lrdlab.paper.techniques.branch_sweep", "lrdlab.paper.record.record_techniques",
+    "lrdlab.paper.record.record_resnet50", "lrdlab.paper.freezing_grid.record_freezing_grid",
+}
+# The one import cycle left: decompose(calibration=...) hands over to calibration, apply_structure re-merges a
+# merged plan's blocks, and both of those modules build on decompose.
+CYCLE_EXCEPTIONS = [{"lrdlab.lowrank.decompose", "lrdlab.lowrank.calibration", "lrdlab.lowrank.merge"}]
+# The CLI's sub-command and shared argument helpers, still private names across lrdlab.cli's modules.
+PRIVATE_EXCEPTIONS = {"lrdlab.cli.common", "lrdlab.cli.library", "lrdlab.cli.study"}
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (annotations only: never imported at run time)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if not (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module → the lrdlab modules it imports at run time (top level or inside functions)."""
+    names = {_name(p) for p in PKG.rglob("*.py")}
+    graph = {}
+    for path in PKG.rglob("*.py"):
+        found = set()
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module
+                          for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[_name(path)] = {m for m in found if m in names} - {_name(path)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
 def test_stages_import_only_earlier_stages():
     wrong = []
     for path in _modules():
@@ -46,6 +129,60 @@ def test_stages_import_only_earlier_stages():
             if own and other and STAGES.index(other) > STAGES.index(own):
                 wrong.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not wrong, "an earlier stage imports a later one:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles_even_through_function_level_imports():
+    cycles = [sorted(c) for c in _cycles(_graph()) if c not in CYCLE_EXCEPTIONS]
+    assert not cycles, f"modules that import each other (move the shared part down a level): {cycles}"
+
+
+def test_cycle_detector_sees_function_level_imports():
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [{"a", "b"}]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    modules = {_name(p) for p in PKG.rglob("*.py")}
+    wrong = []
+    for path in _modules():
+        aliases: dict[str, str] = {}
+        for node in _runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lrdlab"):
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in modules:
+                        aliases[a.asname or a.name] = full
+                    elif a.name.startswith("_") and node.module not in PRIVATE_EXCEPTIONS:
+                        wrong.append(f"{_name(path)} imports {full}")
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and aliases[node.value.id] not in PRIVATE_EXCEPTIONS):
+                wrong.append(f"{_name(path)} uses {aliases[node.value.id]}.{node.attr}")
+    assert not wrong, "private names used outside their module (make them public or move them):\n" + "\n".join(wrong)
+
+
+def test_public_functions_take_few_parameters():
+    over = {}
+    for path in _modules():
+        def visit(body, prefix):
+            for node in body:
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    visit(node.body, f"{prefix}{node.name}.")
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith("_"):
+                    a = node.args
+                    n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                    n -= bool(a.args) and a.args[0].arg in ("self", "cls")
+                    if n > MAX_PARAMS:
+                        over[f"{prefix}{node.name}"] = n
+
+        visit(ast.parse(path.read_text()).body, _name(path) + ".")
+    new = {k: v for k, v in over.items() if k not in TOO_MANY_PARAMS}
+    assert not new, f"public functions over {MAX_PARAMS} parameters (group options in a config dataclass): {new}"
+    fixed = TOO_MANY_PARAMS - set(over)
+    assert not fixed, f"these now take few enough parameters: drop them from TOO_MANY_PARAMS: {sorted(fixed)}"
 
 
 def test_modules_stay_small():

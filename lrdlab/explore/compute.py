@@ -1,8 +1,8 @@
 """Live-measurement conditions for notebooks and explorers: one place that sets and reports threads and load.
 
-:func:`use_live_policy` sets torch to one thread (on a shared, loaded 2-core machine a tiny network's
-forward pass took 600 ms with 2 threads and 14 ms with 1); :func:`conditions` is the line printed beside
-every live measurement. Both delegate to ``lrdlab.measure``'s compute policy once it provides one.
+:func:`use_live_policy` sets torch to one thread (on a shared, loaded machine more threads than free cores
+slow a small network down: ``data/compute_policy_cpu.json``); :func:`conditions` is the line printed beside
+every live measurement.
 """
 
 from __future__ import annotations
@@ -14,13 +14,7 @@ import torch
 
 def use_live_policy(threads: int = 1) -> str:
     """Apply the compute policy for live measurements (default: 1 torch thread); returns :func:`conditions`."""
-    from lrdlab import measure
-
-    policy = getattr(measure, "apply_compute_policy", None)
-    if callable(policy):
-        policy(threads=threads)
-    else:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     return conditions()
 
 

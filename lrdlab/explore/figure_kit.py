@@ -11,6 +11,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from lrdlab.lowrank.factorize import one_thread  # noqa: F401 - the one single-thread block, re-exported for figures
+
 PALETTE = "colorblind"
 MODE_ORDER = ("none", "regular", "sequential")
 
@@ -31,20 +33,6 @@ class LrdFigure(Figure):
         return to_png(self, dpi=100)
 
 
-@contextmanager
-def one_thread():
-    """Run small LAPACK calls on one thread: MKL's OpenMP threads on a busy CPU (other processes using
-    the cores) made ``svdvals`` of a 1000×512 matrix 150× slower (14 s vs 0.09 s) on a 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 4.0,
                layout: str | None = "constrained", **kw):
     """A pyplot-free ``Figure`` and its axes (``squeeze=False`` when ``kw`` asks for it).
@@ -63,7 +51,7 @@ def to_png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def _require(df: pd.DataFrame, columns: Iterable[str], figure: str) -> None:
+def require_columns(df: pd.DataFrame, columns: Iterable[str], figure: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{figure} needs columns {missing}; got {list(df.columns)}")

@@ -91,7 +91,6 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
     ``lab``: a :class:`~lrdlab.explore.rank_lab.RankLab` (for the layer's spectra and the time cache). Times are
     drawn per source (reference file vs measured here), never mixed on one line.
     """
-    from lrdlab.explore.rank_lab import arch
     from lrdlab.lowrank.methods import get_method
 
     data = lab.layer(state["model"], state["layer"])
@@ -119,9 +118,7 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
         _plain_log_axis(ax_s)
         ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
         ax_s.legend(fontsize="x-small")
-        from lrdlab.explore.rank_lab import layer_times
-
-        times = layer_times(lab.cache, arch(state["model"]), state["layer"], state["input_shape"])
+        times = lab.times(state["model"], state["layer"], state["input_shape"])
         for source, d in times.groupby("source"):
             where = "measured here" if source == "here" else f"reference file, {reference_cpu or '?'}"
             dec, orig = d[d["rank"] > 0], d[d["rank"] == 0]

@@ -1,4 +1,4 @@
-"""freezing_lab: moved from lrdlab.explore.widgets."""
+"""The freezing explorer's data: freezing setups, the recorded runs, and their figure."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from lrdlab.explore.accuracy_lab import CALIBRATION, AccuracyLab, plan_key
 from lrdlab.explore.compute import conditions
 from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import Plan, candidate_layers, make_plan
-from lrdlab.measure import stats, timing
+from lrdlab.measure import compare, stats
 from lrdlab.measure.counting import count_flops, count_params
 from lrdlab.zoo.pretrained import STEMS
 
@@ -70,7 +70,7 @@ class NetworkLab:
             start = time.perf_counter()
             variants = {"original": model.eval()}
             variants.update({label: decompose(model, plan).eval() for label, plan in plans.items()})
-            df = timing.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3)
+            df = compare.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3)
             where = f"measured here ({conditions()})"
             self._speed[key] = {
                 str(r["name"]): {"img_s": float(r["throughput"]), "speedup": float(r["speedup_vs_first"]),
@@ -103,8 +103,8 @@ class NetworkLab:
 
 def speed_text(s: dict[str, Any]) -> str:
     """A measured speed-up vs the original as ``+38.0% [+36.0, +40.1] (9 interleaved rounds)``."""
-    ci = stats.as_pct({"median": s["speedup"], "ci_low": s["speedup_ci_low"], "ci_high": s["speedup_ci_high"]})
-    return f"{stats.verdict(ci)} ({s['rounds']} interleaved rounds)"
+    up = stats.SpeedUp(s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"], s["rounds"])
+    return f"{up.text()} ({s['rounds']} interleaved rounds)"
 
 
 def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, Any]] | None,

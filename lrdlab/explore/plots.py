@@ -24,10 +24,10 @@ from lrdlab.explore.figure_kit import (  # noqa: F401
     MODE_ORDER,
     PALETTE,
     LrdFigure,
-    _require,
     figure_lines,
     new_figure,
     one_thread,
+    require_columns,
     style,
     to_png,
 )
@@ -151,7 +151,7 @@ def plot_rank_time(
     quartiles). ``original_ms`` draws the undecomposed layer's time. ``cliffs`` defaults to
     :func:`find_cliffs` with ``rel_jump``.
     """
-    _require(df, ["rank", "time_ms"], "plot_rank_time")
+    require_columns(df, ["rank", "time_ms"], "plot_rank_time")
     d = df.sort_values("rank")
     if cliffs is None:
         cliffs = find_cliffs(d["rank"], d["time_ms"], rel_jump)
@@ -212,7 +212,7 @@ def plot_algorithm1_traces(
     ``traces`` columns: ``layer``, ``rank``, ``time_ms``; optional ``original_ms`` (T, constant per
     layer) and ``r_opt`` (constant per layer; NaN/None when the original is kept, "ORG").
     """
-    _require(traces, ["layer", "rank", "time_ms"], "plot_algorithm1_traces")
+    require_columns(traces, ["layer", "rank", "time_ms"], "plot_algorithm1_traces")
     names = list(layers) if layers is not None else list(dict.fromkeys(traces["layer"]))[:max_layers]
     if not names:
         raise ValueError("plot_algorithm1_traces: no layers to draw")

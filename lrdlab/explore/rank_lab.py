@@ -36,8 +36,8 @@ from lrdlab.lowrank.layers import build, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
 from lrdlab.lowrank.plan import candidate_layers, make_plan
 from lrdlab.measure import stats
-from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import TimeCache
+from lrdlab.measure.compare import compare
 from lrdlab.measure.counting import count_flops
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.zoo import models
@@ -253,9 +253,9 @@ class RankLab:
         data = self.layer(model, name)
         shape = self.timing_shape(data)
         variants = {str(r): self._timing_module(data, r) for r in todo}
-        per_round = measure.compare(variants, shape, rounds=rounds, max_rounds=rounds, warmup=1, repeats=3,
-                                    on_round=None if progress is None else lambda done: progress(done, rounds),
-                                    ).attrs["per_round"]
+        per_round = compare(variants, shape, rounds=rounds, max_rounds=rounds, warmup=1, repeats=3,
+                            on_round=None if progress is None else lambda done: progress(done, rounds),
+                            ).attrs["per_round"]
         out = {}
         for r in todo:
             out[r] = 1000.0 * float(np.median(per_round[str(r)]))
@@ -283,6 +283,10 @@ class RankLab:
         self.measure_times(state["model"], state["layer"], todo, progress)
         return self.state(state["model"], state["layer"], state["ratio"], state["granularity"], state["rounding"])
 
+    def times(self, model: str, name: str, input_shape: Any) -> pd.DataFrame:
+        """The layer's times by rank and source (:func:`layer_times` over this lab's cache)."""
+        return layer_times(self.cache, arch(model), name, input_shape)
+
     def figure(self, state: dict[str, Any]) -> Any:
         """Spectra, energy and layer times of a state (:func:`lrdlab.explore.figures.rank_figure`)."""
         from lrdlab.explore.figures import rank_figure
@@ -308,7 +312,7 @@ def speedup_text(state: dict[str, Any], d: dict[str, Any]) -> str:
         return "— (times from different machines are not compared)"
     base, other = state.get("original_samples") or [], d.get("time_samples") or []
     if len(base) == len(other) >= 3:
-        return stats.verdict(stats.as_pct(stats.ratio_summary(base, other))) + f" ({len(base)} rounds)"
+        return stats.SpeedUp.of(base, other).text(rounds=True)
     return f"{100 * (original / ms - 1):+.1f}% (no interval)"
 
 

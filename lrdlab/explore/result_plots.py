@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from lrdlab.explore.figure_kit import MODE_ORDER, PALETTE, _require, new_figure, style
+from lrdlab.explore.figure_kit import MODE_ORDER, PALETTE, new_figure, require_columns, style
 
 # --- F4 / F7: bars by technique ------------------------------------------------------------------
 
@@ -23,7 +23,7 @@ def plot_grouped_bars(
     title: str = "", annotate: bool = True, order: Sequence[str] | None = None,
 ) -> Figure:
     """Grouped bar chart of ``df[y]`` by ``x`` (and ``hue``), values written on the bars."""
-    _require(df, [c for c in (x, y, hue) if c], "plot_grouped_bars")
+    require_columns(df, [c for c in (x, y, hue) if c], "plot_grouped_bars")
     with style():
         fig, ax = new_figure(width=max(6.0, 1.1 * df[x].nunique() * max(1, df[hue].nunique() if hue else 1) ** 0.5))
         sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, palette=PALETTE if hue else None, order=order,
@@ -71,7 +71,7 @@ def plot_speedup(df: pd.DataFrame, title: str = "Speed-up by technique") -> Figu
     (95% intervals) from ``*_speedup_pct_ci_low`` / ``*_speedup_pct_ci_high`` where present.
     """
     metrics = [c for c in ("train_speedup_pct", "infer_speedup_pct") if c in df.columns]
-    _require(df, ["method"], "plot_speedup")
+    require_columns(df, ["method"], "plot_speedup")
     if not metrics:
         raise ValueError("plot_speedup needs train_speedup_pct and/or infer_speedup_pct columns")
     d = df.copy()
@@ -101,7 +101,7 @@ def plot_throughput(df: pd.DataFrame, title: str = "Throughput by technique") ->
     from ``*_img_s_ci_low`` / ``*_img_s_ci_high`` where present.
     """
     metrics = [c for c in ("train_img_s", "infer_img_s") if c in df.columns]
-    _require(df, ["technique"], "plot_throughput")
+    require_columns(df, ["technique"], "plot_throughput")
     if not metrics:
         raise ValueError("plot_throughput needs train_img_s and/or infer_img_s columns")
     long = _melt_with_ci(df, "technique", metrics, "img_s")
@@ -127,7 +127,7 @@ def plot_speedup_vs_flops(
     ``df`` columns: ``flops_removed_pct``, ``speedup`` (default ``speedup_pct``), optional ``label``
     (hue; default ``method``) and ``model`` (marker style); error bars from ``{speedup}_ci_low/high``.
     """
-    _require(df, ["flops_removed_pct", speedup], "plot_speedup_vs_flops")
+    require_columns(df, ["flops_removed_pct", speedup], "plot_speedup_vs_flops")
     hue = label if label and label in df.columns else None
     style_col = "model" if "model" in df.columns else None
     with style():
@@ -160,7 +160,7 @@ def plot_branch_sweep(df: pd.DataFrame, hue: str | None = None, title: str = "Br
     ``df`` columns: ``branches`` and any of ``params``, ``flops``, ``weight_rel_error``, ``time_ms``, ``accuracy``;
     optional ``hue`` column (e.g. ``layer`` or ``model``) draws one line per value.
     """
-    _require(df, ["branches"], "plot_branch_sweep")
+    require_columns(df, ["branches"], "plot_branch_sweep")
     panels = [(c, lab) for c, lab in _BRANCH_PANELS if c in df.columns and df[c].notna().any()]
     if not panels:
         raise ValueError(f"plot_branch_sweep needs one of {[c for c, _ in _BRANCH_PANELS]}")
@@ -201,7 +201,7 @@ def plot_convergence(
     (cumulative training seconds) and the ``metrics`` (e.g. ``accuracy`` in %, ``loss``).
     """
     metrics = [m for m in metrics if m in history.columns]
-    _require(history, ["mode", "epoch", "wall_s"], "plot_convergence")
+    require_columns(history, ["mode", "epoch", "wall_s"], "plot_convergence")
     if not metrics:
         raise ValueError("plot_convergence needs at least one metric column (e.g. accuracy, loss)")
     modes = [m for m in MODE_ORDER if m in set(history["mode"])] + \
@@ -234,7 +234,7 @@ def plot_granularity_sweep(df: pd.DataFrame, hue: str | None = None, title: str 
     ``df`` columns: ``granularity`` and any of ``time_ms``, ``speedup_pct``, ``params_removed_pct``,
     ``accuracy``; optional ``hue`` column (e.g. ``model``); error bars from ``speedup_pct_ci_low/high``.
     """
-    _require(df, ["granularity"], "plot_granularity_sweep")
+    require_columns(df, ["granularity"], "plot_granularity_sweep")
     panels = [(c, lab) for c, lab in _GRANULARITY_PANELS if c in df.columns and df[c].notna().any()]
     if not panels:
         raise ValueError(f"plot_granularity_sweep needs one of {[c for c, _ in _GRANULARITY_PANELS]}")

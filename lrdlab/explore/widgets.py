@@ -9,7 +9,7 @@ from lrdlab.explore import plots
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import rank_figure
 from lrdlab.explore.freezing_widget import FreezingExplorer
-from lrdlab.explore.lab_models import default_keys, lab_model
+from lrdlab.explore.lab_models import default_keys, lab_model, load
 from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
 from lrdlab.explore.rank_lab import (
     DEFAULT_LAYER,
@@ -18,7 +18,6 @@ from lrdlab.explore.rank_lab import (
     RATIOS,
     ROUNDINGS,
     RankLab,
-    _model,
     model_label,
     readout_text,
 )
@@ -118,7 +117,7 @@ class RankExplorer:
     def network_state(self, measure: bool) -> dict[str, Any]:
         """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g."""
         name = self.model.value
-        model, spec = _model(name), lab_model(name)
+        model, spec = load(name), lab_model(name)
         size = models.input_size(spec.arch)
         net = self._network_lab()
         plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),

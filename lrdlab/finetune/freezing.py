@@ -1,12 +1,15 @@
 """Freezing the factors of decomposed layers while fine-tuning (paper §3).
 
-- ``regular`` (P1): in each :class:`~lrdlab.lowrank.layers.LowRankLayer` train only ``core`` (Tucker-2) or
-  ``last`` (SVD, channel-SVD) and freeze the other factors, for the whole run.
+Everything per layer comes from its method object (:mod:`lrdlab.lowrank.methods`): the factor names, the
+factor regular freezing trains (``regular_factor``) and the default rotation (``sequential_order``).
+
+- ``regular`` (P1): in each :class:`~lrdlab.lowrank.layers.LowRankLayer` train only the method's regular factor
+  (``core`` of Tucker-2, ``last`` of SVD and channel-SVD) and freeze the other factors, for the whole run.
 - ``sequential`` (P2; its schedule is not published — this is lrdlab's reading): at any time exactly
   one factor of each decomposed layer is trainable, and which one rotates every ``period`` units of
   training progress (epochs or iterations). Phase ``p = floor(progress / period)`` trains factor
-  ``order[p mod len(order)]``. Default order: SVD ``last → first`` (W1 ↔ W0), Tucker-2
-  ``core → first → last``. Every layer switches at the same moment.
+  ``order[p mod len(order)]``. Default order: the method's (SVD ``last → first``, Tucker-2
+  ``core → first → last``). Every layer switches at the same moment.
 - ``none``: every factor trainable (plain fine-tuning).
 
 Transformers: attention projections (``q_proj``/``k_proj``/``v_proj``/``out_proj`` of
@@ -42,8 +45,11 @@ from lrdlab.lowrank.methods import get_method, method_names
 MODES = ("none", "regular", "sequential")
 _MARK = "_lrdlab_frozen"  # on the model: names of the parameters a Freezer turned off (not the user's)
 UNITS = ("epoch", "iteration")
-# the default sequential rotation of each registered method (read from the method registry)
-DEFAULT_ORDER: dict[str, tuple[str, ...]] = {name: get_method(name).sequential_order for name in method_names()}
+
+
+def factor_names() -> set[str]:
+    """Every factor name of every registered method (the names an ``order`` may use)."""
+    return {n for name in method_names() for n in get_method(name).factor_names}
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLayer]]:
@@ -70,9 +76,10 @@ def layer_order(layer: LowRankLayer, order: Sequence[str] | Mapping[str, Sequenc
                          f"{order!r}")
     else:
         wanted = tuple(order)
-    unknown = [n for n in wanted if n not in ("first", "core", "last")]
+    known = factor_names()
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise ValueError(f"unknown factor names {unknown} in order; use 'first', 'core', 'last'")
+        raise ValueError(f"unknown factor names {unknown} in order; the methods' factors are {sorted(known)}")
     result = tuple(n for n in wanted if n in names)
     if not result:
         raise ValueError(f"order {wanted} names no factor of a {layer.method} layer (factors {names})")

@@ -48,7 +48,7 @@ from lrdlab.lowrank.data_aware import (
     reduced_rank_regression,
     whitened_tucker2,
 )
-from lrdlab.lowrank.decompose import _set_module, check_plan
+from lrdlab.lowrank.decompose import check_plan, set_module
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan
@@ -350,7 +350,7 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
         module = work.get_submodule(name)
         cov = input_covariance(runner, module, inputs)
         method, layer_ranks = rows[name].spec
-        _set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), cov, ridge, rows[name].branches))
+        set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), cov, ridge, rows[name].branches))
         pending.remove(name)
         bar.update()
 

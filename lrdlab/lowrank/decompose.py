@@ -20,7 +20,8 @@ from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
 # --- applying a plan -------------------------------------------------------------------------------
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -179,7 +180,7 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     replacements = _factorize_all(layers, rows, tucker, disable)
     attention.attach(target, new_attention)
     for name, layer in replacements.items():
-        _set_module(target, name, layer)
+        set_module(target, name, layer)
     return target
 
 
@@ -221,7 +222,7 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     new = {row.name: build(describe(model.get_submodule(row.name)), row.spec[0], row.spec[1], row.branches)
            for row in plan.decomposed_layers}
     for name, layer in new.items():
-        _set_module(model, name, layer)
+        set_module(model, name, layer)
     blocks, _ = _merge_parts(plan)
     if blocks:
         from lrdlab.lowrank.merge import merge_block_in_place  # merge builds on this module

@@ -148,11 +148,6 @@ def unsupported_reason(module: nn.Module) -> str | None:
     return f"skipped: {type(module).__name__} not supported"
 
 
-def default_method(module: nn.Module) -> str:
-    """Name of the default form: SVD for Linear and 1×1 conv, Tucker-2 for k×k conv (paper §1)."""
-    return methods.default_method(describe(module)).name
-
-
 def full_ranks(original: dict[str, Any], method: str) -> list[int]:
     """The largest ranks of a layer (``describe()`` dict): decomposing at these reproduces it exactly."""
     return get_method(method).full_ranks(original)

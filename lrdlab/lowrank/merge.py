@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank.decompose import MERGED, _set_module, check_plan, decompose
+from lrdlab.lowrank.decompose import MERGED, check_plan, decompose, set_module
 from lrdlab.lowrank.layers import LowRankLayer, tensor_of, weight_of
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan
@@ -371,11 +371,11 @@ def merge_bottlenecks(
         replacements.update({prefix[b] + k: v for k, v in parts.items()})
     if calibration is not None:
         for name, module in replacements.items():
-            _set_module(work, name, module)
+            set_module(work, name, module)
         calibrate_bn(work, new_bns, calibration)
     target = model if inplace else work
     for name, module in replacements.items():
-        _set_module(target, name, module)
+        set_module(target, name, module)
     for module in replacements.values():
         module.train(model.training)
     for b in merged_blocks:  # recorded, so that save_decomposed / load_decomposed can rebuild the merge
@@ -388,5 +388,5 @@ def merge_block_in_place(model: nn.Module, block: str, bn: str) -> None:
     module = model.get_submodule(block)
     prefix = f"{block}." if block else ""
     for name, part in _merge_block(module, bn).items():
-        _set_module(model, prefix + name, part)
+        set_module(model, prefix + name, part)
     setattr(module, MERGED, bn)

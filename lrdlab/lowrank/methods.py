@@ -51,7 +51,7 @@ def _k2(info: Info) -> int:
 
 def _floor_rank(dense: int, per_rank: int, ratio: float) -> int:
     """Largest R with ``R · per_rank <= dense / ratio`` (a form whose params are linear in R)."""
-    ranks._check_ratio(ratio)
+    ranks.check_ratio(ratio)
     return math.floor(dense / (ratio * per_rank))
 
 

@@ -298,7 +298,7 @@ def make_plan(
     kind = chosen[0]
     if kind == "ratio":
         ratio = real(ratio, "ratio", "2 halves each layer's weights")
-        ranks._check_ratio(ratio)
+        ranks.check_ratio(ratio)
     if kind == "energy":
         energy = real(energy, "energy", "e.g. 0.9 keeps 90% of Σσ²")
         if not 0 < energy <= 1:

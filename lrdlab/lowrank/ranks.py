@@ -43,20 +43,20 @@ def tucker2_params(
     return C * r1 + _k2(kernel) * r1 * r2 // branches + r2 * S
 
 
-def _check_ratio(ratio: float) -> None:
+def check_ratio(ratio: float) -> None:
     if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and math.isfinite(ratio) and ratio > 1):
         raise ValueError(f"compression ratio must be a finite number > 1 (got {ratio!r}); 2 halves the weights")
 
 
 def svd_rank_for_ratio(C: int, S: int, ratio: float) -> int:
     """Paper §1: ``R = floor(C·S / (α(C+S)))``."""
-    _check_ratio(ratio)
+    check_ratio(ratio)
     return math.floor(C * S / (ratio * (C + S)))
 
 
 def channel_svd_rank_for_ratio(C: int, S: int, kernel: int | Sequence[int], ratio: float) -> int:
     """Largest R with ``R(C·k² + S) <= C·S·k² / α``."""
-    _check_ratio(ratio)
+    check_ratio(ratio)
     k2 = _k2(kernel)
     return math.floor(C * S * k2 / (ratio * (C * k2 + S)))
 
@@ -68,7 +68,7 @@ def tucker2_rank_for_ratio(
 
     ``branches`` (N) divides the core's weights (branched Tucker); N = 1 is the paper's formula.
     """
-    _check_ratio(ratio)
+    check_ratio(ratio)
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not beta > 0:
         raise ValueError(f"beta must be a real number > 0 (got {beta!r}); R2 = β·R1, 1 makes both ranks equal")
     k2 = _k2(kernel)

@@ -16,6 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,7 +28,9 @@ from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compute import load_average
 from lrdlab.measure.counting import count_flops
+from lrdlab.measure.interleave import interleave
 from lrdlab.measure.shapes import layer_input_shapes
+from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.sweeps import shaped_model
 
 REST = "rest (not decomposed)"
@@ -85,11 +88,11 @@ class _Clock:
             self.handles.append(mods[n].register_forward_hook(lambda _m, _i, _o, n=n: self._end(n)))
 
     def _begin(self, name: str) -> None:
-        measure._sync(self.dev)
+        measure.sync(self.dev)
         self.start[name] = time.perf_counter()
 
     def _end(self, name: str) -> None:
-        measure._sync(self.dev)
+        measure.sync(self.dev)
         self.spent[name] += time.perf_counter() - self.start[name]
 
     def reset(self) -> None:
@@ -132,23 +135,29 @@ def time_breakdown(
     x = torch.randn(shape, device=dev)
     clocks = {k: _Clock(m, names, dev) for k, m in nets.items()}
     per: dict[str, dict[str, list[float]]] = {k: {n: [] for n in (*names, REST, WHOLE)} for k in nets}
+
+    def one_pass(k: str) -> float:
+        clocks[k].reset()
+        measure.sync(dev)
+        t0 = time.perf_counter()
+        nets[k](x)
+        measure.sync(dev)
+        total = time.perf_counter() - t0
+        for n, s in clocks[k].spent.items():
+            per[k][n].append(s)
+        per[k][REST].append(total - sum(clocks[k].spent.values()))
+        per[k][WHOLE].append(total)
+        return total
+
     try:
         with torch.inference_mode():
             for net in nets.values():
                 for _ in range(warmup):
                     net(x)
-            for i in tqdm(range(rounds), desc="breakdown", disable=not progress, leave=False):
-                for k in (("original", "decomposed") if i % 2 == 0 else ("decomposed", "original")):
-                    clocks[k].reset()
-                    measure._sync(dev)
-                    t0 = time.perf_counter()
-                    nets[k](x)
-                    measure._sync(dev)
-                    total = time.perf_counter() - t0
-                    for n, s in clocks[k].spent.items():
-                        per[k][n].append(s)
-                    per[k][REST].append(total - sum(clocks[k].spent.values()))
-                    per[k][WHOLE].append(total)
+            bar = tqdm(total=rounds, desc="breakdown", disable=not progress, leave=False)
+            interleave({k: partial(one_pass, k) for k in nets}, rounds, order="alternate",
+                       on_round=lambda _done: bar.update())
+            bar.close()
     finally:
         for c in clocks.values():
             c.remove()
@@ -161,11 +170,11 @@ def time_breakdown(
     o_total = statistics.median(o[WHOLE])
     rows = []
     for part in (*names, REST, WHOLE):
-        ci = stats.as_pct(stats.ratio_summary(o[part], d[part]))
+        up = SpeedUp.of(o[part], d[part])
         rows.append({"part": part, "original_ms": 1e3 * statistics.median(o[part]),
                      "decomposed_ms": 1e3 * statistics.median(d[part]),
-                     "share_pct": 100 * statistics.median(o[part]) / o_total, "speedup_pct": ci["median"],
-                     "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "rounds": ci["rounds"]})
+                     "share_pct": 100 * statistics.median(o[part]) / o_total, "speedup_pct": up.pct,
+                     "ci_low": up.pct_low, "ci_high": up.pct_high, "rounds": up.rounds})
     df = pd.DataFrame(rows)
     shapes = layer_input_shapes(nets["original"], names, shape)
     flops = {k: sum(count_flops(m.get_submodule(n), shapes[n]) for n in names) for k, m in nets.items()}
@@ -173,9 +182,9 @@ def time_breakdown(
     o_layers = [sum(o[n][i] for n in names) for i in range(rounds)]
     d_layers = [sum(d[n][i] for n in names) for i in range(rounds)]
     df.attrs["summary"] = {
-        "layers": stats.as_pct(stats.ratio_summary(o_layers, d_layers)),
-        "rest": stats.as_pct(stats.ratio_summary(o[REST], d[REST])),
-        "whole": stats.as_pct(stats.ratio_summary(o[WHOLE], d[WHOLE])),
+        "layers": SpeedUp.of(o_layers, d_layers).to_pct(),
+        "rest": SpeedUp.of(o[REST], d[REST]).to_pct(),
+        "whole": SpeedUp.of(o[WHOLE], d[WHOLE]).to_pct(),
         "layers_share_pct": 100 * statistics.median(a / t for a, t in zip(o_layers, o[WHOLE])),
         "ceiling_pct": 100 * (statistics.median(t / r for t, r in zip(o[WHOLE], d[REST])) - 1),
         "original_layers_ms": 1e3 * statistics.median(o_layers), "original_ms": 1e3 * o_total,

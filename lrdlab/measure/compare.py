@@ -13,14 +13,15 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compute import load_average
+from lrdlab.measure.interleave import Rounds, interleave
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 ONNX_EXTRA = "pip install 'lrdlab[onnx]'  (onnx, onnxruntime)"
@@ -161,43 +162,34 @@ def compare(
         same_as[name] = seen.setdefault(fp, name) if dedupe else name
     timed = [n for n in models if same_as[n] == n]
     kw = {"dtype": dtype, "channels_last": channels_last, **extra} if backend != "onnxruntime" else {}
-    steps = {n: make_backend_step(models[n], shape, mode, dev, backend, **kw) for n in timed}
-    per_round: dict[str, list[float]] = {n: [] for n in timed}
+    steps = {n: partial(_round_time, make_backend_step(models[n], shape, mode, dev, backend, **kw), dev, warmup,
+                        repeats, clock) for n in timed}
+    record: Rounds[str] = Rounds(order="alternate")
     names = list(models)
+    base = same_as[names[0]]
     start = time.perf_counter()
-
-    def summaries() -> dict[str, dict[str, Any]]:
-        base = per_round[same_as[names[0]]]
-        return {n: stats.ratio_summary(base, per_round[same_as[n]]) for n in names}
-
     while True:
-        order = list(steps.items())
-        if len(per_round[timed[0]]) % 2:  # A B C, then C B A: no model always runs first (position bias)
-            order.reverse()
-        for n, step in order:
-            per_round[n].append(statistics.median(measure.time_function(step, dev, warmup, repeats, clock)))
-        done = len(per_round[timed[0]])
-        if on_round is not None:
-            on_round(done)
+        interleave(steps, 1, into=record, on_round=on_round)
+        done = record.count
         if done < rounds:
             continue
-        cis = summaries()
-        wide = max(stats.half_width(c) for n, c in cis.items() if same_as[n] != same_as[names[0]]) \
-            if len(timed) > 1 else 0.0
+        ups = {n: record.speedup(base, same_as[n]) for n in names}
+        wide = max((ups[n].half_width for n in names if same_as[n] != base), default=0.0)
         converged = done >= 3 and wide <= half_width
         if converged or done >= top or (budget_s is not None and time.perf_counter() - start > budget_s):
             break
-    base_tp = shape[0] / statistics.median(per_round[same_as[names[0]]])
+    per_round = record.times
+    base_tp = shape[0] / statistics.median(per_round[base])
     rows = []
     for n in names:
         t = per_round[same_as[n]]
-        ratios = [b / x for b, x in zip(per_round[same_as[names[0]]], t)]
+        ratios = [b / x for b, x in zip(per_round[base], t)]
         q1, med, q3 = measure.quartiles(t)
         r1, _, r3 = measure.quartiles(ratios)
-        ci = cis[n]
+        up = ups[n]
         rows.append({
-            "name": n, "median_s": med, "throughput": base_tp * ci["median"], "speedup_vs_first": ci["median"],
-            "speedup_ci_low": ci["ci_low"], "speedup_ci_high": ci["ci_high"], "speedup_q1": r1, "speedup_q3": r3,
+            "name": n, "median_s": med, "throughput": base_tp * up.median, "speedup_vs_first": up.median,
+            "speedup_ci_low": up.ci_low, "speedup_ci_high": up.ci_high, "speedup_q1": r1, "speedup_q3": r3,
             "spread": (q3 - q1) / med, "rounds": done, "converged": converged, "same_as": same_as[n],
             "mode": mode, "batch": shape[0], "backend": backend, "threads": torch.get_num_threads(),
             "load_average": load_average(),
@@ -207,9 +199,7 @@ def compare(
     return df
 
 
-def speedup_pct(row: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"median", "ci_low", "ci_high", "rounds", "converged"}`` in percent from a :func:`compare` row."""
-    return {"median": 100 * (float(row[f"{prefix}speedup_vs_first"]) - 1),
-            "ci_low": 100 * (float(row[f"{prefix}speedup_ci_low"]) - 1),
-            "ci_high": 100 * (float(row[f"{prefix}speedup_ci_high"]) - 1),
-            "rounds": int(row[f"{prefix}rounds"]), "converged": bool(row[f"{prefix}converged"])}
+def _round_time(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int,
+                clock: Callable[[], float] | None) -> float:
+    """One round's value of a model: the median of ``repeats`` timed batches after ``warmup`` untimed ones."""
+    return statistics.median(measure.time_function(step, dev, warmup, repeats, clock))

@@ -1,4 +1,4 @@
-"""counting: moved from lrdlab.merge."""
+"""Counted cost: parameters and FLOPs of a model on an input shape."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Which plan runs fastest where it is deployed: whole networks timed on the backend, chosen with confidence.
 
 The rank search times eager layers one at a time. A compiler ranks plans differently: ``torch.compile``
-fuses the BatchNorm/ReLU/add work around the layers and lays convolutions out its own way. On this project's
-CPU the eager-searched ResNet-50 ranks tie with ranks in multiples of 32 on eager, but run +68% on it where the
-multiples of 32 run +73 to +81% (``data/search_compile_resnet50_cpu.json``, ``data/plan_choice_resnet50_cpu.json``).
+fuses the BatchNorm/ReLU/add work around the layers and lays convolutions out its own way, so plans that tie
+on eager can differ once compiled (``data/search_compile_resnet50_cpu.json``,
+``data/plan_choice_resnet50_cpu.json``).
 :func:`choose_plan` settles it on the backend itself: the original and every candidate plan are timed interleaved
 as whole networks, and
 
@@ -23,8 +23,8 @@ from typing import Any
 from torch import nn
 
 from lrdlab.lowrank.plan import Plan
-from lrdlab.measure import stats
 from lrdlab.measure.compare import check_backend
+from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.sweeps import speed_table
 
 ORIGINAL = "original"
@@ -49,11 +49,11 @@ class PlanChoice:
         return {"chosen": self.name, "reason": self.reason, "rows": self.table.to_dict(orient="records")}
 
 
-def pick(per_round: Mapping[str, Sequence[float]], names: Sequence[str]) -> tuple[str, str, dict[str, dict]]:
+def pick(per_round: Mapping[str, Sequence[float]], names: Sequence[str]) -> tuple[str, str, dict[str, SpeedUp]]:
     """The choice among ``names`` (``names[0]`` is the default) from paired per-round times.
 
     ``per_round`` holds each name's round times and the original's (key ``"original"``). Returns
-    (choice, reason, versus) where ``versus[name]`` is the ratio summary of default time / this time.
+    (choice, reason, versus) where ``versus[name]`` is the speed-up of ``name`` over the default.
     """
     if not names:
         raise ValueError("choose among at least one plan")
@@ -61,23 +61,23 @@ def pick(per_round: Mapping[str, Sequence[float]], names: Sequence[str]) -> tupl
     if missing:
         raise ValueError(f"no round times for {missing}")
     default = names[0]
-    versus = {n: stats.ratio_summary(per_round[default], per_round[n]) for n in names}
-    better = [n for n in names[1:] if versus[n]["ci_low"] > 1.0]
+    versus = {n: SpeedUp.of(per_round[default], per_round[n]) for n in names}
+    better = [n for n in names[1:] if versus[n].ci_low > 1.0]
     if better:
-        choice = max(better, key=lambda n: versus[n]["median"])
-        why = f"faster than {default} with 95% confidence ({_pct(versus[choice])})"
+        choice = max(better, key=lambda n: versus[n].median)
+        why = f"faster than {default} with 95% confidence ({_bare(versus[choice])})"
     else:
         choice = default
         why = "no other plan is faster than it with 95% confidence" if len(names) > 1 else "the only plan"
-    vs_original = stats.ratio_summary(per_round[ORIGINAL], per_round[choice])
-    if vs_original["ci_low"] <= 1.0:
-        return ORIGINAL, f"{choice} does not beat the original with 95% confidence ({_pct(vs_original)})", versus
-    return choice, f"{why}; vs the original {_pct(vs_original)}", versus
+    vs_original = SpeedUp.of(per_round[ORIGINAL], per_round[choice])
+    if vs_original.ci_low <= 1.0:
+        return ORIGINAL, f"{choice} does not beat the original with 95% confidence ({_bare(vs_original)})", versus
+    return choice, f"{why}; vs the original {_bare(vs_original)}", versus
 
 
-def _pct(ci: dict[str, Any]) -> str:
-    p = stats.as_pct(ci)
-    return f"{p['median']:+.1f}% [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
+def _bare(up: SpeedUp) -> str:
+    """The interval text without the within-noise note (the reason says what the interval means)."""
+    return up.text().removesuffix(", within noise")
 
 
 def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequence[int], *, backend: str = "eager",
@@ -97,9 +97,8 @@ def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequen
                         dtype=dtype, progress=progress, backend=backend)
     names = list(plans)
     choice, reason, versus = pick(table.attrs["per_round"], names)
-    pct = {n: stats.as_pct(v) for n, v in versus.items()}
-    for key, column in (("median", "vs_default_pct"), ("ci_low", "vs_default_ci_low"),
-                        ("ci_high", "vs_default_ci_high")):
-        table[column] = [pct[n][key] for n in table["name"]]
+    table["vs_default_pct"] = [versus[n].pct for n in table["name"]]
+    table["vs_default_ci_low"] = [versus[n].pct_low for n in table["name"]]
+    table["vs_default_ci_high"] = [versus[n].pct_high for n in table["name"]]
     table["chosen"] = [n == choice for n in table["name"]]
     return PlanChoice(choice, plans.get(choice), reason, table)

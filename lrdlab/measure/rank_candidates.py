@@ -51,10 +51,10 @@ def scaled_ranks(target: Sequence[int], r: int, multiple: int = 1) -> tuple[int,
     return tuple([r] + [max(multiple, round(r * t / R) // multiple * multiple) for t in target[1:]])
 
 
-def _label(ranks: Sequence[int]) -> str:
+def rank_label(ranks: Sequence[int]) -> str:
     return ",".join(str(r) for r in ranks)
 
 
-def _show(ranks: Sequence[int]) -> str:
+def show_ranks(ranks: Sequence[int]) -> str:
     """Ranks as the paper prints them: one number when they are all equal (Tucker r1 = r2)."""
-    return str(ranks[0]) if len(set(ranks)) == 1 else _label(ranks)
+    return str(ranks[0]) if len(set(ranks)) == 1 else rank_label(ranks)

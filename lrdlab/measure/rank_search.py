@@ -45,9 +45,11 @@ from lrdlab.lowrank.plan import Plan, named_layers, params_of
 from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import AUTO, TimeCache, shape_key, spread
+from lrdlab.measure.interleave import Rounds, interleave
 from lrdlab.measure.machine import device_name, machine_info
-from lrdlab.measure.rank_candidates import _label, _show, candidate_ranks, pick_rank, scaled_ranks  # noqa: F401
+from lrdlab.measure.rank_candidates import candidate_ranks, pick_rank, rank_label, scaled_ranks, show_ranks  # noqa: F401
 from lrdlab.measure.shapes import layer_input_shapes
+from lrdlab.measure.stats import SpeedUp
 
 TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
 METHODS = ("robust", "paper")
@@ -92,22 +94,12 @@ def default_time_fn(device: str = "cpu", backward: bool = False, warmup: int = 3
 
 def interleaved(modules: dict[Any, nn.Module], shape: tuple[int, ...], time_fn: TimeFn, rounds: int,
                 samples: dict[Any, list[float]] | None = None, bar: Any = None) -> dict[Any, list[float]]:
-    """Time every module once per round, each round in a fresh random order; appends to ``samples`` (returned).
-
-    A fixed order would turn a machine that drifts within a round, or a slot that is always slower
-    (the first after a switch), into a fake step along the rank curve; a shuffled order turns both
-    into noise that the medians absorb. The order is seeded by the samples already taken: reproducible.
-    """
-    samples = samples if samples is not None else {}
-    labels = list(modules)
-    rng = np.random.default_rng(sum(len(v) for v in samples.values()))
-    for _ in range(rounds):
-        for i in rng.permutation(len(labels)):
-            label = labels[i]
-            samples.setdefault(label, []).append(float(time_fn(modules[label], shape)))
-            if bar is not None:
-                bar.update()
-    return samples
+    """Time every module once per round in :func:`~lrdlab.measure.interleave.interleave`'s shuffled order;
+    appends to ``samples`` (returned). ``bar`` (tqdm) advances once per timed module."""
+    steps = {label: partial(time_fn, m, shape) for label, m in modules.items()}
+    on_step = None if bar is None else (lambda rank_label: bar.update())
+    return interleave(steps, rounds, order="shuffle", into=Rounds(samples if samples is not None else {}, "shuffle"),
+                      on_step=on_step).times
 
 
 # --- one layer ---------------------------------------------------------------------------------------
@@ -135,7 +127,7 @@ class LayerSearch:
 
     def labelled(self) -> dict[str, list[float]]:
         """Samples by cache label: ``original`` and the ranks' labels."""
-        return {"original": self.original, **{_label(self.full[r]): s for r, s in self.samples.items()}}
+        return {"original": self.original, **{rank_label(self.full[r]): s for r, s in self.samples.items()}}
 
     def extend(self, time_fn: TimeFn, rounds: int) -> None:
         """``rounds`` more interleaved passes over the original and every searched rank."""
@@ -166,7 +158,7 @@ def search_layer(
     leading = candidate_ranks(int(target[0]), lower, math.lcm(granularity, branches))
     full = {r: scaled_ranks(target, r, branches) for r in leading}
     out = LayerSearch(module, method, branches, tuple(input_shape), full, [], {})
-    labels: dict[str, int | None] = {"original": None, **{_label(full[r]): r for r in leading}}
+    labels: dict[str, int | None] = {"original": None, **{rank_label(full[r]): r for r in leading}}
     found: dict[str, list[float]] = {}
     for label in labels:
         cached = cache.get(key, label) if cache is not None and key is not None else None
@@ -182,7 +174,7 @@ def search_layer(
             if cache is not None and key is not None:
                 cache.put(key, label, s)
     out.original = found["original"]
-    out.samples = {r: found[_label(full[r])] for r in leading}
+    out.samples = {r: found[rank_label(full[r])] for r in leading}
     return out
 
 
@@ -193,8 +185,8 @@ def locate(search: LayerSearch, time_fn: TimeFn, min_step: float = 0.02, max_rou
     While no significant step is found and a rank's median is noisier than ``resolution`` (relative),
     two more interleaved rounds of every rank (and the original) are added, up to ``max_rounds``. A
     found step is then placed exactly by :func:`_refine` in ``refine_rounds`` fresh rounds of its
-    neighbours (15: with the drifting fake timer of the tests, the planted cliff is found in 32 of 40
-    seeds, against 24 with 7 rounds). Returns (rank, step-model info).
+    neighbours (tests/measure/test_rank_search.py plants a cliff under a drifting fake timer: fewer
+    rounds find it less often). Returns (rank, step-model info).
     """
     while True:
         cand, fit = robust_candidate(search.samples, min_step)
@@ -239,18 +231,25 @@ def confirm(search: LayerSearch, candidate: int, time_fn: TimeFn, rounds: int = 
     while True:  # interim looks decide only at 99%, so looking again does not inflate false wins
         final = len(samples["original"]) >= max_rounds
         level = 0.95 if final else 0.99
-        vs_target = stats.ratio_summary(samples[target], samples[candidate], level) if candidate != target else None
-        choice = candidate if vs_target is not None and vs_target["ci_low"] > 1 else target
-        vs_original = stats.ratio_summary(samples["original"], samples[choice], level)
-        undecided = (vs_target is not None and stats.within_noise(vs_target)) or \
-            vs_original["ci_low"] <= need <= vs_original["ci_high"]
+        vs_target = SpeedUp.of(samples[target], samples[candidate], level=level) if candidate != target else None
+        choice = candidate if vs_target is not None and vs_target.ci_low > 1 else target
+        vs_original = SpeedUp.of(samples["original"], samples[choice], level=level)
+        undecided = (vs_target is not None and vs_target.within_noise) or \
+            vs_original.ci_low <= need <= vs_original.ci_high
         if final or not undecided:
             break
         interleaved(variants, search.input_shape, time_fn, 2, samples)
-    keep = vs_original["ci_low"] > need
+    keep = vs_original.ci_low > need
     return {"candidate": candidate, "choice": choice if keep else None,
-            "vs_target_pct": stats.as_pct(vs_target) if vs_target else None,
-            "vs_original_pct": stats.as_pct(vs_original), "rounds": len(samples["original"])}
+            "vs_target_pct": _recorded(vs_target) if vs_target else None,
+            "vs_original_pct": _recorded(vs_original), "rounds": len(samples["original"])}
+
+
+def _recorded(up: SpeedUp) -> dict[str, Any]:
+    """A confirmation's interval as recorded: percent ``{"median", "ci_low", "ci_high", "rounds"}``."""
+    pct = up.to_pct()
+    del pct["converged"]
+    return pct
 
 
 # --- the whole plan ----------------------------------------------------------------------------------
@@ -317,7 +316,7 @@ def optimize_plan(
             keep = trace[r_opt] < (1 - margin) * search.T
             cache.save()
         else:
-            memo = f"{key}|{_label(row.ranks)}|{row.branches}"
+            memo = f"{key}|{rank_label(row.ranks)}|{row.branches}"
             if memo not in decided:
                 cand, fit = locate(search, timer, min_step, max(rounds, max_rounds), resolution)
                 decided[memo] = {**confirm(search, cand, timer, confirm_rounds, 2 * confirm_rounds, margin),
@@ -336,7 +335,7 @@ def optimize_plan(
         if keep:
             chosen = list(search.full[r_opt])
             out.ranks, out.params_after = chosen, params_of(info, row.method, chosen, row.branches)
-            out.reason = f"optimized: {_show(row.ranks)}→{_show(chosen)}"
+            out.reason = f"optimized: {show_ranks(row.ranks)}→{show_ranks(chosen)}"
         else:
             out.target_ranks = out.target_ranks or list(row.ranks)
             out.keep("ORG: original faster" if method == "paper" else "ORG: original not beaten with confidence")
@@ -344,7 +343,7 @@ def optimize_plan(
         for r in sorted(trace):
             s = search.samples[r]
             records.append({
-                "layer": row.name, "key": key, "rank": r, "ranks": _label(search.full[r]), "time_s": trace[r],
+                "layer": row.name, "key": key, "rank": r, "ranks": rank_label(search.full[r]), "time_s": trace[r],
                 "time_ms": 1e3 * trace[r], "spread": spread(s), "samples": len(s),
                 "level_ms": 1e3 * levels[r] if r in levels else None, "original_s": search.T,
                 "original_ms": 1e3 * search.T, "drop_ms": None if previous is None else 1e3 * (trace[r] - previous),
@@ -374,6 +373,7 @@ def rank_table(plan: Plan, optimized: Plan):
         opt = optimized[row.name]
         rows.append({
             "layer": row.name, "C": row.in_channels, "S": row.out_channels,
-            "2x rank": _show(row.ranks or []), "optimized": _show(opt.ranks or []) if opt.decomposed else "ORG",
+            "2x rank": show_ranks(row.ranks or []),
+            "optimized": show_ranks(opt.ranks or []) if opt.decomposed else "ORG",
         })
     return pd.DataFrame(rows, columns=["layer", "C", "S", "2x rank", "optimized"])

@@ -1,4 +1,4 @@
-"""shapes: moved from lrdlab.measure.rank_search."""
+"""The input shape each layer of a model really receives, found by one forward pass."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Pure statistics of timings: bootstrap intervals of speed-ups, noise levels and a step (change-point) model.
 
-Every speed-up lrdlab reports is ``{"median", "ci_low", "ci_high", "rounds"}``: the median of the
-per-round ratios (baseline time / model time, measured interleaved) and a 95% percentile-bootstrap
-interval of that median. An interval that covers 1 (0 %) is "within noise".
+Every speed-up lrdlab reports is a :class:`SpeedUp`: the median of the per-round ratios (baseline
+time / model time, measured interleaved) and a 95% percentile-bootstrap interval of that median. An
+interval that covers 1 (0 %) is "within noise". Its recorded form is ``SpeedUp.to_pct()``.
 
 No torch here: numpy only, deterministic (seeded) resampling, so the same samples always give the
 same interval.
@@ -11,7 +11,8 @@ same interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,14 +60,6 @@ def ratio_summary(baseline: Values, other: Values, level: float = LEVEL) -> dict
     return {"median": med, "ci_low": lo, "ci_high": hi, "rounds": int(b.size)}
 
 
-def as_pct(ci: dict[str, Any]) -> dict[str, Any]:
-    """A ratio summary as percent speed-up: 1.2 → +20.0 (``rounds`` and extra keys kept)."""
-    out = dict(ci)
-    for k in ("median", "ci_low", "ci_high"):
-        out[k] = 100.0 * (ci[k] - 1.0)
-    return out
-
-
 def half_width(ci: dict[str, Any]) -> float:
     """Half the interval's width, in the interval's own units."""
     return (ci["ci_high"] - ci["ci_low"]) / 2.0
@@ -77,10 +70,82 @@ def within_noise(ci: dict[str, Any], null: float = 1.0) -> bool:
     return bool(ci["ci_low"] <= null <= ci["ci_high"])
 
 
-def verdict(ci_pct: dict[str, Any]) -> str:
-    """``"+12.3% [+8.1, +16.0]"``, or that followed by ``", within noise"`` when the interval covers 0."""
-    text = f"{ci_pct['median']:+.1f}% [{ci_pct['ci_low']:+.1f}, {ci_pct['ci_high']:+.1f}]"
-    return text + (", within noise" if within_noise(ci_pct, 0.0) else "")
+@dataclass(frozen=True)
+class SpeedUp:
+    """A paired speed-up: the median over rounds of baseline time / this time and its 95% bootstrap
+    interval, as ratios (1.2 = 20 % faster); ``converged``: the rounds reached the wanted precision."""
+
+    median: float
+    ci_low: float
+    ci_high: float
+    rounds: int
+    converged: bool = True
+
+    @classmethod
+    def of(cls, baseline: Values, other: Values, *, level: float = LEVEL, converged: bool = True) -> SpeedUp:
+        """From paired rounds (see :func:`ratio_summary`)."""
+        s = ratio_summary(baseline, other, level)
+        return cls(s["median"], s["ci_low"], s["ci_high"], s["rounds"], converged)
+
+    @classmethod
+    def from_pct(cls, pct: Mapping[str, Any]) -> SpeedUp:
+        """From a recorded percent dict ``{"median", "ci_low", "ci_high"[, "rounds", "converged"]}``."""
+        return cls(1 + pct["median"] / 100, 1 + pct["ci_low"] / 100, 1 + pct["ci_high"] / 100,
+                   int(pct.get("rounds", 0) or 0), bool(pct.get("converged", True)))
+
+    @classmethod
+    def from_row(cls, row: Any, prefix: str = "") -> SpeedUp:
+        """From a :func:`lrdlab.measure.compare.compare` row (``speedup_vs_first``, ``speedup_ci_low``, …)."""
+        return cls(float(row[f"{prefix}speedup_vs_first"]), float(row[f"{prefix}speedup_ci_low"]),
+                   float(row[f"{prefix}speedup_ci_high"]), int(row[f"{prefix}rounds"]),
+                   bool(row[f"{prefix}converged"]))
+
+    @property
+    def pct(self) -> float:
+        """The median speed-up in percent: 1.2 → +20.0."""
+        return 100.0 * (self.median - 1.0)
+
+    @property
+    def pct_low(self) -> float:
+        return 100.0 * (self.ci_low - 1.0)
+
+    @property
+    def pct_high(self) -> float:
+        return 100.0 * (self.ci_high - 1.0)
+
+    @property
+    def within_noise(self) -> bool:
+        """The interval covers no change."""
+        return self.ci_low <= 1.0 <= self.ci_high
+
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width (ratio units; 0.03 = ±3 points)."""
+        return (self.ci_high - self.ci_low) / 2.0
+
+    @property
+    def verdict(self) -> str:
+        """``"faster"``, ``"slower"`` or ``"within noise"``, at the interval's confidence."""
+        return "within noise" if self.within_noise else ("faster" if self.ci_low > 1.0 else "slower")
+
+    def text(self, rounds: bool = False) -> str:
+        """``"+12.3% [+8.1, +16.0]"``, then ``", within noise"`` when the interval covers 0; with ``rounds``
+        also ``" (9 rounds)"`` (``", not converged"`` inside when it did not)."""
+        out = f"{self.pct:+.1f}% [{self.pct_low:+.1f}, {self.pct_high:+.1f}]"
+        out += ", within noise" if self.within_noise else ""
+        if rounds:
+            out += f" ({self.rounds} rounds{'' if self.converged else ', not converged'})"
+        return out
+
+    def to_pct(self) -> dict[str, Any]:
+        """The recorded form: ``{"median", "ci_low", "ci_high", "rounds", "converged"}`` in percent."""
+        return {"median": self.pct, "ci_low": self.pct_low, "ci_high": self.pct_high, "rounds": self.rounds,
+                "converged": self.converged}
+
+
+def verdict(ci_pct: Mapping[str, Any]) -> str:
+    """The text of a recorded percent interval (:meth:`SpeedUp.text`)."""
+    return SpeedUp.from_pct(ci_pct).text()
 
 
 # --- noise of a rank curve ---------------------------------------------------------------------------

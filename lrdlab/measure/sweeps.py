@@ -1,10 +1,11 @@
-"""sweeps: moved from lrdlab.measure.rank_search."""
+"""Sweeps and benches of whole plans: speed tables, granularity sweeps, the rank-time curve and bench_plan."""
 
 from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,10 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan, make_plan, params_of
 from lrdlab.measure import timing as measure
-from lrdlab.measure.compare import check_backend, compare, speedup_pct
+from lrdlab.measure.compare import check_backend, compare
+from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
-from lrdlab.measure.stats import verdict, within_noise
+from lrdlab.measure.stats import SpeedUp
 
 # --- models with random weights of a plan's shapes -------------------------------------------------
 
@@ -147,12 +149,13 @@ def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, 
 def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, Any]:
     r = df[df["name"] == name].iloc[0]
     base = df.iloc[0]
-    pct = speedup_pct(r)
+    up = SpeedUp.from_row(r)
+    pct = up.to_pct()
     return {
         f"{prefix}time_ms": 1e3 * r["median_s"], f"{prefix}original_ms": 1e3 * base["median_s"],
         f"{prefix}speedup": r["speedup_vs_first"], f"{prefix}speedup_pct": pct["median"],
         f"{prefix}speedup_pct_ci_low": pct["ci_low"], f"{prefix}speedup_pct_ci_high": pct["ci_high"],
-        f"{prefix}within_noise": within_noise(pct, 0.0), f"{prefix}rounds": pct["rounds"],
+        f"{prefix}within_noise": up.within_noise, f"{prefix}rounds": pct["rounds"],
         f"{prefix}converged": pct["converged"],
         f"{prefix}speedup_q1": r["speedup_q1"], f"{prefix}speedup_q3": r["speedup_q3"],
         f"{prefix}throughput": r["throughput"], f"{prefix}spread": r["spread"],
@@ -183,7 +186,8 @@ def rank_time_sweep(
     """F1/F2: time of one C→S k×k conv decomposed at each rank (Tucker-2 with r1 = r2 = r, or SVD forms).
 
     ``input_shape`` is the layer's input (N, C, H, W). Ranks are timed in ``rounds`` interleaved
-    passes (with the original conv in each pass); per rank: median over all samples and quartiles.
+    passes in shuffled order (with the original conv in each pass; a pass's value is the median of
+    ``repeats`` runs); per rank: median over the passes and quartiles.
     Columns: rank, time_ms, time_lo_ms, time_hi_ms, original_ms, params, params_removed_pct.
     """
     import pandas as pd
@@ -197,13 +201,10 @@ def rank_time_sweep(
     layers: dict[Any, nn.Module] = {"original": conv}
     for r in ranks:
         layers[r] = build(info, method, (r,) * get_method(method).n_ranks)
-    steps = {name: measure.layer_step(m, shape, dev, backward, dtype) for name, m in layers.items()}
-    samples: dict[Any, list[float]] = {name: [] for name in steps}
+    steps = {name: partial(_median_s, measure.layer_step(m, shape, dev, backward, dtype), dev, warmup, repeats)
+             for name, m in layers.items()}
     bar = tqdm(total=rounds * len(steps), desc=f"rank sweep [{S},{C},{k},{k}]", disable=not progress)
-    for _ in range(rounds):
-        for name, step in steps.items():
-            samples[name].extend(measure.time_function(step, dev, warmup, repeats))
-            bar.update()
+    samples = interleave(steps, rounds, order="shuffle", on_step=lambda _name: bar.update()).times
     bar.close()
     original_ms = 1e3 * statistics.median(samples["original"])
     before = params_of(info, None, None)
@@ -273,9 +274,9 @@ def bench_plan(
                      device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype, channels_last=channels_last,
                      backend=backend, max_rounds=max_rounds, budget_s=budget_s)
         o, d = df.iloc[0], df.iloc[1]
-        pct = speedup_pct(d)
+        up = SpeedUp.from_row(d)
         report[mode] = {
-            "speedup_pct": pct, "within_noise": within_noise(pct, 0.0),
+            "speedup_pct": up.to_pct(), "within_noise": up.within_noise,
             "realised_ci": [measure.realised_fraction(float(d["speedup_ci_low"]), ideal),
                             measure.realised_fraction(float(d["speedup_ci_high"]), ideal)],
             "threads": int(d["threads"]), "load_average": d["load_average"],
@@ -305,7 +306,7 @@ def format_bench(report: dict[str, Any]) -> str:
         r = report[mode]
         lines.append(
             f"{mode:9s}: original {r['original_throughput']:.1f}/s, decomposed {r['decomposed_throughput']:.1f}/s, "
-            f"speed-up {verdict(r['speedup_pct'])} (95% CI, {r['speedup_pct']['rounds']} rounds"
+            f"speed-up {SpeedUp.from_pct(r['speedup_pct']).text()} (95% CI, {r['speedup_pct']['rounds']} rounds"
             f"{'' if r['speedup_pct']['converged'] else ', not converged'}), "
             f"{100 * r['realised']:.0f}% of the FLOP ideal realised; load {r['load_average']}"
         )
@@ -328,3 +329,7 @@ def find_cliffs(rank_values: Sequence[int], times: Sequence[float], rel_jump: fl
     r, t = r[order], t[order]
     jumps = np.diff(t) / np.maximum(t[:-1], 1e-12)
     return [int(x) for x in r[1:][jumps > rel_jump]]
+
+
+def _median_s(step: Callable[[], Any], dev: Any, warmup: int, repeats: int) -> float:
+    return statistics.median(measure.time_function(step, dev, warmup, repeats))

@@ -2,8 +2,8 @@
 
 Every number here is measured, never assumed: warm-up runs, then ``repeats`` timed runs
 (``time.perf_counter`` on CPU; CUDA events with a synchronisation on GPU), reported as the median
-with the first and third quartiles. ``compare`` runs models interleaved (A B A B …) so slow drift
-of a shared machine hits every model alike, and quotes the median of the per-round ratios.
+with the first and third quartiles. Comparisons run interleaved (:mod:`lrdlab.measure.interleave`,
+:func:`lrdlab.measure.compare.compare`) so slow drift of a shared machine hits every variant alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrdlab.finetune.inputs import check_device
 from lrdlab.measure.machine import device_name
 
 DTYPES = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,23 +64,6 @@ class Timing:
 # --- checking inputs ---------------------------------------------------------------------------------
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """A torch.device that exists here, or a ValueError saying what does."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (cuda:N)") from err
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist; {torch.cuda.device_count()} CUDA device(s) here")
-        return dev
-    raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-
-
 def check_shape(input_shape: Sequence[int], what: str = "input_shape") -> tuple[int, ...]:
     """A full input shape (batch first) of positive ints, or a ValueError."""
     try:
@@ -111,7 +95,7 @@ def check_counts(warmup: int, repeats: int) -> None:
 # --- timing ------------------------------------------------------------------------------------------
 
 
-def _sync(dev: torch.device) -> None:
+def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -132,7 +116,7 @@ def time_function(
     dev = check_device(device)
     for _ in range(warmup):
         fn()
-    _sync(dev)
+    sync(dev)
     times = []
     if dev.type == "cuda" and timer is None:
         for _ in range(repeats):
@@ -147,7 +131,7 @@ def time_function(
     for _ in range(repeats):
         t0 = clock()
         fn()
-        _sync(dev)
+        sync(dev)
         times.append(clock() - t0)
     return times
 
@@ -287,14 +271,6 @@ def measure_training(
     """Training-step time per batch (forward + backward + SGD step, random labels)."""
     return _measure(model, input_shape, "train", device, warmup, repeats, dtype, channels_last, compile,
                     num_classes=num_classes)
-
-
-def compare(models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
-            **kw: Any):
-    """Models timed interleaved with a 95% interval on each speed-up: :func:`lrdlab.measure.compare.compare`."""
-    from lrdlab.measure.compare import compare as interleaved
-
-    return interleaved(models, input_shape, mode, rounds, **kw)
 
 
 # --- single layers -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""freezing_study: moved from lrdlab.train."""
+"""The freezing study (F6/F7): fine-tuning with each freezing mode, and the throughput of each."""
 
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ CI_KEYS = (("median", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))  # su
 
 def _speed(prefix: str, base: list[float], times: list[float], n: int) -> dict[str, float]:
     """Paired round times → ``{prefix}_img_s`` and ``{prefix}_speedup_pct``, each with its 95% interval."""
-    ci = stats.ratio_summary(base, times)
-    pct = stats.as_pct(ci)
+    up = stats.SpeedUp.of(base, times)
     base_img_s = n / statistics.median(base)  # throughput and speed-up from the same paired measurement
-    return {**{f"{prefix}_img_s{end}": base_img_s * ci[k] for k, end in CI_KEYS},
-            **{f"{prefix}_speedup_pct{end}": pct[k] for k, end in CI_KEYS}, f"{prefix}_rounds": ci["rounds"]}
+    ratios, pcts = (up.median, up.ci_low, up.ci_high), (up.pct, up.pct_low, up.pct_high)
+    return {**{f"{prefix}_img_s{end}": base_img_s * r for r, (_, end) in zip(ratios, CI_KEYS)},
+            **{f"{prefix}_speedup_pct{end}": p for p, (_, end) in zip(pcts, CI_KEYS)}, f"{prefix}_rounds": up.rounds}
 
 
 def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple[int, ...], rounds: int = 5,
@@ -59,7 +59,7 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     Inference is timed once for the decomposed model (freezing does not change it). Every throughput
     and speed-up has its 95% bootstrap interval (``*_ci_low`` / ``*_ci_high``).
     """
-    from lrdlab.measure.timing import compare
+    from lrdlab.measure.compare import compare
 
     variants: dict[str, nn.Module] = {"original": original, "lrd": decomposed}
     regular = copy.deepcopy(decomposed)

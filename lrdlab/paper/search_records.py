@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lrdlab.paper.speed_checks import _write
+from lrdlab.paper.speed_checks import write_record
 
 SEARCH_FILE = "search_robust_resnet50_cpu.json"
 
@@ -45,7 +45,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
             "merging + g=32": merge_bottlenecks(model, g32)}
     with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
         table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
-    return _write(out / SEARCH_FILE, {
+    return write_record(out / SEARCH_FILE, {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
                 "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
@@ -75,7 +75,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     with round_limits(factor=12, budget_s=budget_s):
         table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
                             progress=False, backend="compile")
-    return _write(out / "search_compile_resnet50_cpu.json", {
+    return write_record(out / "search_compile_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, every model torch.compile'd (inductor): "
                 "original vs vanilla vs the recorded searched ranks vs g=32, inference, interleaved, adaptive rounds "
                 "(up to 60)",
@@ -132,7 +132,7 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     for name, plan in plans.items():
         part = plan_breakdown(model, plan, shape, rounds=rounds, progress=False)
         results[name] = {**part, "layers_needed_for_60_pct": needed_pct(part["summary"], 60)}
-    return _write(out / "breakdown_resnet50_cpu.json", {
+    return write_record(out / "breakdown_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference, batch 8, 112 px: each "
                 "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "
                 f"decomposed interleaved, {rounds} rounds; ceiling = the speed-up if the decomposed layers took "
@@ -169,7 +169,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
         with round_limits(factor=12, budget_s=budget_s):
             choice = choose_plan(model, plans, shape, backend=backend, rounds=5, warmup=2, progress=False)
         choices[backend] = choice.to_dict()
-    return _write(out / "plan_choice_resnet50_cpu.json", {
+    return write_record(out / "plan_choice_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference: the recorded robust-search "
                 "ranks (default) vs the robust search at granularity 32 (from the g=32 plan), whole networks timed "
                 "interleaved with the original on each backend, adaptive rounds (up to 60); choose_plan keeps the "

@@ -26,7 +26,7 @@ from typing import Any
 POLICIES = (("2", None), ("2", "PASSIVE"), ("1", None), ("1", "PASSIVE"))
 
 
-def _write(path: Path, data: dict[str, Any]) -> Path:
+def write_record(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     return path
 
@@ -40,7 +40,7 @@ def probe(threads: int) -> dict[str, Any]:
     from lrdlab import decompose, make_plan
     from lrdlab.measure.compute import compute_info
     from lrdlab.paper.numbers import PAPER_EXCLUDE
-    from lrdlab.paper.transformers_targets import _median_time
+    from lrdlab.paper.transformers_targets import median_time
     from lrdlab.zoo.models import get_model
 
     torch.set_num_threads(threads)
@@ -51,8 +51,8 @@ def probe(threads: int) -> dict[str, Any]:
     x = torch.randn(8, 3, 32, 32)
     r18, xb = get_model("resnet18").eval(), torch.randn(8, 3, 112, 112)
     with torch.no_grad():
-        out: dict[str, Any] = {"tiny_forward_ms": 1e3 * _median_time(lambda: net(x), 30),
-                               "resnet18_forward_ms": 1e3 * _median_time(lambda: r18(xb), 5)}
+        out: dict[str, Any] = {"tiny_forward_ms": 1e3 * median_time(lambda: net(x), 30),
+                               "resnet18_forward_ms": 1e3 * median_time(lambda: r18(xb), 5)}
     for name, exclude in (("resnet50", PAPER_EXCLUDE), ("vit_b_16", None)):
         model = get_model(name).eval()
         plan = make_plan(model, ratio=2, exclude=exclude)
@@ -97,7 +97,7 @@ def record_compute(out: Path) -> Path:
         rows += [{**_probe(threads, policy, False), "repeat": rep} for threads, policy in POLICIES]
     for rep in range(2):
         rows += [{**_probe(threads, "PASSIVE", True), "repeat": rep} for threads in ("1", "2")]
-    return _write(out / "compute_policy_cpu.json", {
+    return write_record(out / "compute_policy_cpu.json", {
         "what": "forward time of a tiny conv net (batch 8, 32 px) and ResNet-18 (batch 8, 112 px), and the wall time "
                 "to decompose ResNet-50 (conv1/downsample excluded) and ViT-B/16 at 2x, per torch thread count and "
                 "OpenMP wait policy, each in a fresh process (the wait policy is fixed when torch loads); medians. "
@@ -111,22 +111,19 @@ def record_aa(out: Path, rounds: int = 5) -> Path:
     """ResNet-18 (batch 8, 112 px) against its own copy, interleaved, adaptive rounds, no de-duplication."""
     from lrdlab.measure.compare import compare
     from lrdlab.measure.machine import machine_info
-    from lrdlab.measure.stats import within_noise
+    from lrdlab.measure.stats import SpeedUp
     from lrdlab.zoo.models import get_model
 
     load_before = os.getloadavg()
     model = get_model("resnet18").eval()
     df = compare({"resnet18": model, "resnet18 copy": copy.deepcopy(model)}, (8, 3, 112, 112), rounds=rounds,
                  warmup=1, repeats=3, dedupe=False)
-    row = df.iloc[1]
-    pct = {"median": 100 * (row["speedup_vs_first"] - 1), "ci_low": 100 * (row["speedup_ci_low"] - 1),
-           "ci_high": 100 * (row["speedup_ci_high"] - 1), "rounds": int(row["rounds"]),
-           "converged": bool(row["converged"])}
-    return _write(out / "aa_check_cpu.json", {
+    up = SpeedUp.from_row(df.iloc[1])
+    return write_record(out / "aa_check_cpu.json", {
         "what": "A/A check: ResNet-18 timed interleaved against its own copy; speed-up % with its 95% bootstrap "
                 "interval (must cover 0)", "command": "lrdlab record speed-checks --only aa",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "speedup_pct": pct, "covers_zero": bool(within_noise(pct, 0.0)), "rows": df.to_dict(orient="records"),
+        "speedup_pct": up.to_pct(), "covers_zero": up.within_noise, "rows": df.to_dict(orient="records"),
     })
 
 
@@ -153,7 +150,7 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
         except Exception as err:  # noqa: BLE001 - recorded, not hidden
             results[backend] = {"error": f"{type(err).__name__}: {str(err)[:300]}", "wall_s": time.perf_counter() - t}
     pipelines = _pipeline_on_backends(model, (batch, 3, image_size, image_size), budget_s)
-    return _write(out / "bench_backends_resnet50_cpu.json", {
+    return write_record(out / "bench_backends_resnet50_cpu.json", {
         "what": f"ResNet-50 (random weights) at 2x, conv1/downsample excluded, original vs decomposed, inference, "
                 f"batch {batch}, {image_size} px, each backend timed interleaved with adaptive rounds "
                 f"(until the 95% interval is ±3 points, or {budget_s:.0f} s)",
@@ -161,12 +158,6 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "backends": results, "pipelines": pipelines,
     })
-
-
-def _row_pct(r: Any) -> dict[str, Any]:
-    """A speed_table row's speed-up as ``{"median", "ci_low", "ci_high", "rounds", "converged"}`` (percent)."""
-    return {"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"], "ci_high": r["speedup_pct_ci_high"],
-            "rounds": int(r["rounds"]), "converged": bool(r["converged"])}
 
 
 def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
@@ -185,7 +176,7 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
         with round_limits(factor=12, budget_s=budget_s):
             r = speed_table(model, {"merging + g=32": merged}, shape, rounds=5, warmup=2, repeats=3,
                             progress=False, backend=backend).iloc[0]
-        out[f"{backend}, merging + g=32"] = {"speedup_pct": _row_pct(r), "realised": r["realised"],
+        out[f"{backend}, merging + g=32"] = {"speedup_pct": _table_speedup(r).to_pct(), "realised": r["realised"],
                                              "ideal_speedup": r["ideal_speedup"]}
     return out
 
@@ -201,18 +192,21 @@ README_BEGIN = "<!-- speed-section: generated from data/ by lrdlab.paper.speed_c
 README_END = "<!-- /speed-section -->"
 
 
-def _ci_text(p: dict[str, Any]) -> str:
-    from lrdlab.measure.stats import verdict
+def _table_speedup(r: Any) -> Any:
+    """A speed_table row's speed-up (its percent columns) as a :class:`~lrdlab.measure.stats.SpeedUp`."""
+    from lrdlab.measure.stats import SpeedUp
 
-    flag = "" if p.get("converged", True) else ", not converged"
-    return f"{verdict(p)} ({p['rounds']} rounds{flag})"
+    return SpeedUp.from_pct({"median": r["speedup_pct"], "ci_low": r["speedup_pct_ci_low"],
+                             "ci_high": r["speedup_pct_ci_high"], "rounds": int(r["rounds"]),
+                             "converged": bool(r["converged"])})
 
 
 def _between_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> str:
     """The same ranks on torch.compile in two recordings: how far the medians moved against the intervals."""
     pairs = {"searched ranks": ("robust search ranks", "robust search ranks"),
              "g=32": ("g=32", "robust search at g=32")}
-    a, b = {r["name"]: _row_pct(r) for r in first}, {r["name"]: _row_pct(r) for r in second}
+    a = {r["name"]: _table_speedup(r).to_pct() for r in first}
+    b = {r["name"]: _table_speedup(r).to_pct() for r in second}
     parts, moved = [], []
     for label, (x, y) in pairs.items():
         parts.append(f"{label} {a[x]['median']:+.1f}% then {b[y]['median']:+.1f}%")
@@ -228,7 +222,7 @@ def _between_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> 
 
 def readme_speed_section(data: Path) -> str:
     """The README's speed table, rendered from ``data/`` (tests/paper/test_readme_speed.py keeps them equal)."""
-    from lrdlab.measure.stats import verdict
+    from lrdlab.measure.stats import SpeedUp
 
     comp = json.loads((data / "compute_policy_cpu.json").read_text())
     aa = json.loads((data / "aa_check_cpu.json").read_text())
@@ -282,22 +276,23 @@ def readme_speed_section(data: Path) -> str:
         if "error" in r:
             lines.append(f"| backend {name} | not measured: {r['error'][:80]} | — |")
         else:
-            lines.append(f"| backend {name} | {_ci_text(r['speedup_pct'])} | {r['realised']:.2f} |")
+            text = SpeedUp.from_pct(r['speedup_pct']).text(rounds=True)
+            lines.append(f"| backend {name} | {text} | {r['realised']:.2f} |")
     if rec is not None:
         for r in rec["rows"]:
             lines.append(f"| eager, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | "
-                         f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |")
+                         f"{_table_speedup(r).text(rounds=True)} | {r['realised']:.2f} |")
         comp_file = data / "search_compile_resnet50_cpu.json"
         comp_rows = json.loads(comp_file.read_text())["rows"] if comp_file.exists() else []
         for r in comp_rows:
             lines.append(f"| compile, {r['name']} ({r['flops_removed_pct']:.1f}% FLOPs removed) | "
-                         f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |")
+                         f"{_table_speedup(r).text(rounds=True)} | {r['realised']:.2f} |")
         choice_file = data / "plan_choice_resnet50_cpu.json"
         choice = json.loads(choice_file.read_text()) if choice_file.exists() else {"backends": {}}
         for backend, c in choice["backends"].items():
             lines += [f"| {backend}, {r['name']}{' — chosen' if r['chosen'] else ''} "
                       f"({r['flops_removed_pct']:.1f}% FLOPs removed; plan_choice_resnet50_cpu.json) | "
-                      f"{_ci_text(_row_pct(r))} | {r['realised']:.2f} |" for r in c["rows"]]
+                      f"{_table_speedup(r).text(rounds=True)} | {r['realised']:.2f} |" for r in c["rows"]]
         opt = rec["search_settings"]
         lines += [f"\nChosen on {backend} by `lrdlab choose` (the searched ranks are the default): {c['chosen']} — "
                   f"{c['reason']}." for backend, c in choice["backends"].items()]
@@ -318,14 +313,16 @@ def readme_speed_section(data: Path) -> str:
         lines.append(
             f"\nWhere the time goes, {'with the searched ranks' if name.startswith('robust') else 'for ' + name} "
             "(breakdown_resnet50_cpu.json): the decomposed layers are "
-            f"{s['layers_share_pct']:.0f}% of the original's time and run {verdict(s['layers'])} faster in place; "
+            f"{s['layers_share_pct']:.0f}% of the original's time and run {SpeedUp.from_pct(s['layers']).text()} "
+            "faster in place; "
             f"the rest (stem, max-pool, BatchNorm, ReLU, adds, downsample) is untouched, so the whole network gets "
-            f"{verdict(s['whole'])}. Even at the layers' FLOP ideal ({s['layers_flop_ratio']:.2f}x) it would gain "
+            f"{SpeedUp.from_pct(s['whole']).text()}. Even at the layers' FLOP ideal "
+            f"({s['layers_flop_ratio']:.2f}x) it would gain "
             f"{s['at_flop_ideal_pct']:+.0f}%; +60% needs the layers {plans[name]['layers_needed_for_60_pct']:+.0f}% "
             "faster in place (`lrdlab bench … --breakdown`).")
     lines += [
         "",
-        f"A/A check (ResNet-18 against its own copy): {_ci_text(aa['speedup_pct'])} — "
+        f"A/A check (ResNet-18 against its own copy): {SpeedUp.from_pct(aa['speedup_pct']).text(rounds=True)} — "
         f"{'the interval covers 0, as it must' if aa['covers_zero'] else 'the interval MISSES 0: noise exceeded it'} "
         "(aa_check_cpu.json).",
         README_END,

@@ -22,35 +22,9 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.measure.sweeps import find_cliffs
 from lrdlab.paper import numbers as paper
+from lrdlab.paper.speed_text import speedup_text, throughput_table  # noqa: F401 - used here and by callers
 
 # --- rendering ----------------------------------------------------------------------------------------
-
-
-def speedup_text(row: dict[str, Any], prefix: str = "") -> str:
-    """``"+12.3% [+8.1, +16.0]"`` (", within noise" when the interval covers 0); the bare median when a
-    recorded result predates intervals."""
-    from lrdlab.measure.stats import verdict
-
-    med = row.get(f"{prefix}speedup_pct")
-    lo, hi = row.get(f"{prefix}speedup_pct_ci_low"), row.get(f"{prefix}speedup_pct_ci_high")
-    if med is None or pd.isna(med):
-        return "—"
-    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
-        return f"{med:+.1f}% (no interval)"
-    return verdict({"median": med, "ci_low": lo, "ci_high": hi})
-
-
-def throughput_table(throughput: pd.DataFrame) -> pd.DataFrame:
-    """F7 as a reader sees it: per technique, training / inference images/s and speed-up with its interval
-    (the sequential freezing phases are summarised in ``lrd+sequential``; the original is the baseline)."""
-    def speed(r: dict[str, Any], prefix: str) -> str:
-        return "baseline" if r["technique"] == "original" else speedup_text(r, prefix)
-
-    rows = throughput[~throughput["technique"].str.contains(r"\[")].to_dict("records")
-    return pd.DataFrame([{"technique": r["technique"], "train img/s": round(r["train_img_s"], 1),
-                          "train speed-up % [95% CI]": speed(r, "train_"),
-                          "inference img/s": round(r["infer_img_s"], 1),
-                          "inference speed-up % [95% CI]": speed(r, "infer_")} for r in rows])
 
 
 def table1(results: dict[str, Any]) -> pd.DataFrame:

@@ -87,7 +87,7 @@ def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape:
 
 
 def _speedups(models: dict[str, nn.Module], shape, mode: str, rounds: int, warmup: int, repeats: int):
-    from lrdlab.measure.timing import compare
+    from lrdlab.measure.compare import compare
 
     frame = compare(models, shape, mode=mode, rounds=rounds, warmup=warmup, repeats=repeats)
     return {r["name"]: r for r in frame.to_dict("records")}

@@ -1,4 +1,4 @@
-"""Report section for the transformer study (``data/transformers_mnist5k.json``) and the issue-14 targets.
+"""Report section for the transformer study (``data/transformers_mnist5k.json``) and the transformer targets.
 
 Hook it into the reproduction report with one call where the other sections are rendered::
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lrdlab.measure.stats import robust_sigma
-from lrdlab.paper.tables import speedup_text, throughput_table
+from lrdlab.paper.speed_text import speedup_text, throughput_table
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 
@@ -106,7 +106,7 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
         all_conv1d = gpt2.get("conv1d_decomposed") == gpt2.get("conv1d_layers")
         rows += [{"target": "gpt2: all Conv1D decomposed", "met": all_conv1d},
                  {"target": "gpt2: tied head kept tied", "met": gpt2.get("lm_head_still_tied")}]
-        report.table(pd.DataFrame(rows), "Issue-14 targets on ViT-B/16 and a 2-layer GPT-2 (random weights).")
+        report.table(pd.DataFrame(rows), "Transformer targets on ViT-B/16 and a 2-layer GPT-2 (random weights).")
 
 
 README_BEGIN = "<!-- transformers-section: generated from data/ by lrdlab.paper.transformers_report -->"

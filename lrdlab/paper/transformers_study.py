@@ -1,4 +1,4 @@
-"""The transformer study (issue 14, item 3): a trained ViT-tiny on MNIST-5k, decomposed.
+"""The transformer study: a trained ViT-tiny on MNIST-5k, decomposed.
 
 ``lrdlab record transformers study --weights PATH --out data/transformers_mnist5k.json``
 
@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
+from lrdlab.measure.interleave import interleave
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
-from lrdlab.paper.transformers_targets import _median_time
+from lrdlab.paper.transformers_targets import median_time
 
 TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
@@ -104,7 +106,7 @@ def freezing_runs(model: nn.Module, loaders: Any, ratio: float = 2.0, *, modes: 
 
 
 def _median_ms(fn: Any, repeats: int) -> float:
-    return 1e3 * _median_time(fn, repeats)
+    return 1e3 * median_time(fn, repeats)
 
 
 @torch.no_grad()
@@ -121,10 +123,7 @@ def gemm_rank_times(shapes: Sequence[tuple[int, int]], ranks: Iterable[int], tok
         for r in ranks:
             first, last = torch.randn(r, c, generator=g), torch.randn(s, r, generator=g)
             cases.append(((c, s, r), (lambda x=x, a=first, b=last: (x @ a.T) @ b.T)))
-    times: dict[tuple[int, int, int], list[float]] = {key: [] for key, _ in cases}
-    for _ in range(rounds):
-        for key, fn in cases:
-            times[key].append(_median_ms(fn, repeats))
+    times = interleave({key: partial(_median_ms, fn, repeats) for key, fn in cases}, rounds).times
     rows = [{"in": c, "out": s, "rank": r, "ms": statistics.median(v), "per_rank_us": 1e3 * statistics.median(v) / r}
             for (c, s, r), v in times.items()]
     return pd.DataFrame(rows)
@@ -133,7 +132,7 @@ def gemm_rank_times(shapes: Sequence[tuple[int, int]], ranks: Iterable[int], tok
 def granularity_sweep(model: nn.Module, ratio: float, granularities: Sequence[int], input_shape: Sequence[int], *,
                       rounds: int = 3) -> pd.DataFrame:
     """Whole-model params and median inference / train-step time of ``model`` at ``ratio`` per rank granularity."""
-    from lrdlab.measure.timing import compare
+    from lrdlab.measure.compare import compare
 
     models = {"original": model}
     for g in granularities:

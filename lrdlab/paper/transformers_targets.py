@@ -1,4 +1,4 @@
-"""Transformer targets (issue 14) and the q/k/v design measurement, recorded as JSON.
+"""Transformer targets and the q/k/v design measurement, recorded as JSON.
 
 ``lrdlab record transformers targets --out data/transformers_targets_cpu.json [--threads 1] [--vit-tiny PATH]``
 
@@ -18,6 +18,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from lrdlab.lowrank import factorize, ranks
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
+from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
 from lrdlab.zoo.models import get_model
 
@@ -119,7 +121,7 @@ def gpt2_target() -> dict[str, Any]:
     }
 
 
-def _median_time(fn, repeats: int = 15) -> float:
+def median_time(fn, repeats: int = 15) -> float:
     """Median seconds of ``fn()`` over ``repeats`` calls after one untimed call."""
     from lrdlab.measure.timing import time_function
 
@@ -168,11 +170,9 @@ def qkv_choice(model: nn.Module, x: torch.Tensor, label: str, ratio: float = 2.0
     sep = [tuple(t.contiguous() for t in factorize.svd_factors(w, r_sep)) for w in W.chunk(3)]
     variants = {"dense_ms": lambda: flat @ W.T, "fused_ms": lambda: (flat @ a.T) @ b.T,
                 "separate_ms": lambda: [(flat @ p.T) @ q.T for p, q in sep]}
-    rounds: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(7):  # interleaved rounds: the machine is shared, its load drifts
-        for key, fn in variants.items():
-            rounds[key].append(_median_time(fn, repeats=5))
-    timing = {k: 1e3 * statistics.median(v) for k, v in rounds.items()}
+    steps = {k: partial(median_time, fn, repeats=5) for k, fn in variants.items()}
+    rounds = interleave(steps, 7)  # interleaved rounds: the machine is shared, its load drifts
+    timing = {k: 1e3 * rounds.median(k) for k in variants}
 
     def mean(key: str) -> float:
         return statistics.fmean(row[key] for row in per_block)
@@ -190,9 +190,9 @@ def qkv_choice(model: nn.Module, x: torch.Tensor, label: str, ratio: float = 2.0
 
 def record_targets(out: str | Path, *, vit_tiny: str | Path | None = None, skip: Sequence[str] = (),
                    command: str = "") -> dict[str, Any]:
-    """Measure the issue-14 targets (``vit_b_16``, ``gpt2``) and the q/k/v choice (``qkv``); write JSON to ``out``."""
+    """Measure the transformer targets (``vit_b_16``, ``gpt2``) and the q/k/v choice (``qkv``); write ``out``."""
     result: dict[str, Any] = {
-        "what": "issue 14 transformer targets and the q/k/v design measurement (random weights unless stated)",
+        "what": "transformer targets and the q/k/v design measurement (random weights unless stated)",
         "command": command, "machine": machine_info("cpu"), "load_average_before": list(os.getloadavg()),
     }
     if "vit_b_16" not in skip:

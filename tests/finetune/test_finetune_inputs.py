@@ -95,11 +95,29 @@ def test_a_reenabled_factor_starts_without_momentum_from_earlier_phases():
     assert not torch.allclose(stale, plain, atol=1e-4)
 
 
+class WatchedFreezer(Freezer):
+    """A Freezer that checks, at every phase change, that each factor coming back has no optimizer state left."""
+
+    def attach_optimizer(self, optimizer):
+        super().attach_optimizer(optimizer)
+        self.watched = optimizer
+
+    def apply(self):
+        opt = getattr(self, "watched", None)
+        params = list(self.model.parameters())
+        was_on = {id(p) for p in params if p.requires_grad}
+        had_state = set() if opt is None else {id(p) for p in opt.state}
+        super().apply()
+        back = [p for p in params if p.requires_grad and id(p) not in was_on and id(p) in had_state]
+        self.returned = getattr(self, "returned", 0) + len(back)
+        assert all(p not in opt.state for p in back), "a returning factor kept its old optimizer state"
+
+
 def test_fit_resets_state_when_a_factor_comes_back():
     model = tucker_net()
-    freezer = Freezer(model, "sequential", period=1, unit="iteration")
+    freezer = WatchedFreezer(model, "sequential", period=1, unit="iteration")
     fit(model, loader(32), loader(), epochs=1, lr=0.1, freezer=freezer, progress=False, schedule="constant")
-    assert freezer._optimizer is not None  # fit attached its optimizer
+    assert freezer.returned > 0  # fit attached its optimizer, and factors came back with state to drop
 
 
 # --- bad inputs of the training loop -----------------------------------------------------------------

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab.finetune.freezing import DEFAULT_ORDER, Freezer, layer_order, low_rank_layers
+from lrdlab.finetune.freezing import Freezer, layer_order, low_rank_layers
 from lrdlab.lowrank.layers import decompose_layer
+from lrdlab.lowrank.methods import get_method
 
 
 def tiny_decomposed(seed: int = 0) -> nn.Module:
@@ -62,7 +63,7 @@ def test_none_makes_every_factor_trainable_and_freeze_others_freezes_the_rest():
 def test_sequential_switches_exactly_at_period_boundaries(period):
     model = tiny_decomposed()
     f = Freezer(model, "sequential", period=period, unit="iteration")
-    tucker, svd = DEFAULT_ORDER["tucker2"], DEFAULT_ORDER["svd"]
+    tucker, svd = get_method("tucker2").sequential_order, get_method("svd").sequential_order
     for progress in range(4 * period * 3):
         changed = f.update(progress)
         assert changed == (progress > 0 and progress % period == 0), progress
@@ -93,7 +94,7 @@ def test_order_is_configurable():
     f = Freezer(model, "sequential", order=["first", "last"])
     assert f.orders["0"] == ("first", "last") and f.orders["3"] == ("first", "last")
     f = Freezer(model, "sequential", order={"tucker2": ["last", "core"]})
-    assert f.orders["0"] == ("last", "core") and f.orders["3"] == DEFAULT_ORDER["svd"]
+    assert f.orders["0"] == ("last", "core") and f.orders["3"] == get_method("svd").sequential_order
     layer = low_rank_layers(model)[0][1]
     assert layer_order(layer, ["core"]) == ("core",)
 

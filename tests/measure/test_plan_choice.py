@@ -25,15 +25,15 @@ def test_a_plan_clearly_faster_than_the_default_is_chosen():
              "g=32": rounds(0.55, 0.05, seed=3), "g=64": rounds(0.65, 0.05, seed=4)}
     choice, reason, versus = pick(times, ["searched", "g=32", "g=64"])
     assert choice == "g=32" and "faster than searched" in reason
-    assert versus["searched"]["median"] == pytest.approx(1.0)
-    assert versus["g=32"]["ci_low"] > 1.2
+    assert versus["searched"].median == pytest.approx(1.0)
+    assert versus["g=32"].ci_low > 1.2
 
 
 def test_a_difference_within_noise_keeps_the_default():
     times = {ORIGINAL: rounds(1.0, 0.10, seed=1), "searched": rounds(0.70, 0.10, seed=2),
              "g=32": rounds(0.69, 0.10, seed=3)}
     choice, reason, versus = pick(times, ["searched", "g=32"])
-    assert versus["g=32"]["ci_low"] <= 1.0 < versus["g=32"]["ci_high"]  # the premise: g=32 is within noise
+    assert versus["g=32"].ci_low <= 1.0 < versus["g=32"].ci_high  # the premise: g=32 is within noise
     assert choice == "searched" and "no other plan" in reason
 
 

@@ -15,7 +15,7 @@ from lrdlab import decompose, make_plan
 from lrdlab.cli import main
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import Plan
-from lrdlab.measure import timing as measure
+from lrdlab.measure.compare import compare
 from lrdlab.measure.rank_search import candidate_ranks, optimize_plan, pick_rank, rank_table, scaled_ranks
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.sweeps import granularity_sweep, rank_time_sweep, shaped_model
@@ -234,7 +234,7 @@ def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
             assert d.loc[d["chosen"], "time_s"].iloc[0] < 0.95 * d["original_s"].iloc[0]
         else:
             assert not new[name].decomposed and new[name].reason.startswith("ORG: original")
-    df = measure.compare({"original": model, "optimized": shaped_model(model, new)}, shape, rounds=9, repeats=5)
+    df = compare({"original": model, "optimized": shaped_model(model, new)}, shape, rounds=9, repeats=5)
     opt = df.iloc[1]
     # "never slower within noise": the median ratio is within 15% of 1 or the upper quartile reaches 1
     assert opt["speedup_vs_first"] > 0.85 or opt["speedup_q3"] >= 1.0, df.to_string()

@@ -67,10 +67,11 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_median():
 def test_ratio_summary_percent_and_verdict():
     ci = stats.ratio_summary([2.0, 2.0, 2.0], [1.6, 1.6, 1.6])
     assert ci == {"median": 1.25, "ci_low": 1.25, "ci_high": 1.25, "rounds": 3}
-    pct = stats.as_pct(ci)
-    assert pct["median"] == pytest.approx(25.0) and not stats.within_noise(pct, 0.0)
+    up = stats.SpeedUp.of([2.0, 2.0, 2.0], [1.6, 1.6, 1.6])
+    assert up.pct == pytest.approx(25.0) and not up.within_noise and up.verdict == "faster"
     assert stats.verdict({"median": 1.0, "ci_low": -2.0, "ci_high": 4.0}) == "+1.0% [-2.0, +4.0], within noise"
-    assert stats.verdict(pct) == "+25.0% [+25.0, +25.0]"
+    assert stats.verdict(up.to_pct()) == up.text() == "+25.0% [+25.0, +25.0]"
+    assert stats.SpeedUp.from_pct(up.to_pct()) == up
     with pytest.raises(ValueError, match="paired"):
         stats.ratio_summary([1.0, 2.0], [1.0])
 

@@ -72,7 +72,7 @@ def test_f7_throughput_rows_carry_intervals_and_sequential_averages_its_phases(m
         df.attrs["per_round"] = {n: (train_times if mode == "train" else infer_times)[n] for n in models}
         return df
 
-    monkeypatch.setattr("lrdlab.measure.timing.compare", fake_compare)
+    monkeypatch.setattr("lrdlab.measure.compare.compare", fake_compare)
     model = get_model("resnet20", num_classes=10).eval()
     lrd = decompose(model, make_plan(model, ratio=2, exclude=["conv1"]), progress=False)
     t = freezing_throughput(model, lrd, (8, 3, 32, 32), rounds=4).set_index("technique")

@@ -128,16 +128,18 @@ def test_shards_cover_the_test_set_once():
     assert sorted(sum(shards, [])) == list(range(11))
 
 
-def test_ddp_batches_are_the_single_process_batches_split():
-    """Rank r's k-th batch of B/W images ∪ over ranks == the single process's k-th batch of B."""
-    from torch.utils.data import DistributedSampler
+def test_ddp_batches_are_the_single_process_batches_split(monkeypatch):
+    """get_loaders under 2 processes: rank r's k-th batch (B/2) ∪ over ranks == one process's k-th batch of B."""
 
-    ds = data.digits()[0]
-    single = list(DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0))
-    ranks = [list(DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in range(2)]
+    def batches(rank: int, size: int) -> list[list[tuple]]:
+        monkeypatch.setattr(data, "world", lambda: (rank, size))
+        loader = get_loaders("digits", 64, seed=0).train
+        return [sorted(tuple(x.flatten().tolist()) for x in xb) for xb, _ in list(loader)[:3]]
+
+    single, ranks = batches(0, 1), [batches(r, 2) for r in range(2)]
     for k in range(3):
-        merged = ranks[0][k * 32:(k + 1) * 32] + ranks[1][k * 32:(k + 1) * 32]
-        assert sorted(merged) == sorted(single[k * 64:(k + 1) * 64])
+        assert len(ranks[0][k]) == len(ranks[1][k]) == 32
+        assert sorted(ranks[0][k] + ranks[1][k]) == single[k]
 
 
 def test_random_shift_translates_each_image_within_the_bound():
