@@ -225,3 +225,27 @@ def test_wrappers_are_unwrapped_for_planning_saving_and_loading(wrap, tmp_path):
     x = torch.randn(2, 16)
     assert torch.equal(fresh(x), out(x))
     assert set(torch.load(tmp_path / "state_dict.pt")) == set(fresh.state_dict())
+
+
+# --- VBMF planning cost ----------------------------------------------------------------------------------
+
+
+def test_vbmf_singular_values_come_from_the_gram_matrix_unless_near_singular(monkeypatch):
+    import numpy as np
+
+    from lrdlab.lowrank import ranks
+
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((40, 300))
+    expected = np.linalg.svd(Y, compute_uv=False)
+    low = rng.standard_normal((40, 5)) @ rng.standard_normal((5, 300))
+    low_expected = np.linalg.svd(low, compute_uv=False)
+    rank = ranks.vbmf_rank(Y)
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("full SVD called")
+
+    monkeypatch.setattr(np.linalg, "svd", no_svd)  # the well-conditioned case needs no SVD
+    assert np.allclose(ranks.singular_values(Y), expected, rtol=1e-10) and ranks.vbmf_rank(Y) == rank
+    monkeypatch.undo()
+    assert np.allclose(ranks.singular_values(low), low_expected, atol=1e-12)  # the SVD fallback keeps tiny values
