@@ -29,6 +29,7 @@ _API = {
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
+    "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
     "evaluate": "lrdlab.finetune.loop",
@@ -66,6 +67,7 @@ __all__ = [
     "optimize_plan",
     "pretrained",
     "recalibrate_bn",
+    "register_safe_layer",
     "run_freezing_study",
     "save_decomposed",
 ]
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
+    from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.measure.plan_choice import choose_plan

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrdlab.lowrank import guards
+
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 FASTPATH_NOTE = "MultiheadAttention → FactorizedMultiheadAttention, PyTorch's fused attention fast path off"
 
@@ -292,7 +294,9 @@ def attach(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:
     """Put the replacements in place and turn off the nested-tensor fast path of enclosing TransformerEncoders."""
     for name, new in replacements.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        parent = model.get_submodule(parent_name) if parent_name else model
+        guards.move_hooks(getattr(parent, child), new)
+        setattr(parent, child, new)
     if replacements:
         for m in model.modules():
             if isinstance(m, nn.TransformerEncoder) and any(

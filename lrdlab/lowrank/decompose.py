@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank import attention
+from lrdlab.lowrank import attention, guards
 from lrdlab.lowrank.factorize import one_thread
 from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, dense_weight, describe
 from lrdlab.lowrank.methods import get_method
@@ -21,9 +21,10 @@ from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted)."""
+    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    guards.move_hooks(getattr(parent, child), new)
     setattr(parent, child, new)
 
 
@@ -55,6 +56,7 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
         raise ValueError(f"expected an lrdlab Plan, got {type(plan).__name__}; build one with make_plan()")
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a model (nn.Module), got {type(model).__name__}; build one with get_model()")
+    guards.check_hook_rewrites(model)
     modules = named_layers(model)
     for row in plan.layers:
         module = modules.get(row.name)
@@ -159,7 +161,11 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     each layer fitted to its inputs inside the partly decomposed network, then BatchNorm statistics
     re-estimated (:func:`lrdlab.lowrank.calibration.calibrated_decompose`). Without it: weight-only
     SVD / HOSVD, the papers' method.
+
+    A ``torch.compile`` / ``DataParallel`` / DDP wrapper is unwrapped: the result is the plain decomposed model
+    (wrap it again). Forward/backward hooks of a replaced layer move to its replacement.
     """
+    model = guards.unwrap(model)
     if calibration is not None:
         from lrdlab.lowrank.calibration import calibrated_decompose
 
@@ -168,6 +174,7 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     rows = plan.decomposed_layers
     layers = named_layers(model)
     for row in rows:
+        guards.check_state_hooks(layers[row.name], row.name)
         if not torch.isfinite(dense_weight(layers[row.name])).all():
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
@@ -246,6 +253,7 @@ def save_decomposed(model: nn.Module, plan: Plan, directory: str | Path) -> Path
     fine-tuned: it is checked against ``plan`` before anything is written. A merge is recorded in
     the saved plan, so :func:`load_decomposed` rebuilds merged models too.
     """
+    model = guards.unwrap(model)
     record = recorded_plan(model, plan)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -259,8 +267,10 @@ def save_decomposed(model: nn.Module, plan: Plan, directory: str | Path) -> Path
 def load_decomposed(directory: str | Path, model: nn.Module) -> nn.Module:
     """Rebuild a saved decomposed model on ``model``, a fresh instance of the original architecture.
 
-    Everything is checked (on a weightless copy) before ``model`` is changed.
+    Everything is checked (on a weightless copy) before ``model`` is changed. A wrapped model (``torch.compile``,
+    ``DataParallel``) is loaded into the module it wraps.
     """
+    model = guards.unwrap(model)
     directory = Path(directory)
     if not (directory / "state_dict.pt").is_file():
         raise FileNotFoundError(f"no state_dict.pt in {directory}; save the model with save_decomposed first")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank import factorize, hf, methods
+from lrdlab.lowrank import factorize, guards, hf, methods
 from lrdlab.lowrank.methods import Method, get_method, method_names
 
 METHODS = method_names()
@@ -106,8 +106,12 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as ``[S, C, ...]`` (out first), transposing HuggingFace's ``Conv1D`` (stored ``[in, out]``)."""
-    return hf.conv1d_weight(module) if hf.is_conv1d(module) else weight_of(module)
+    """The weight as ``[S, C, ...]`` (out first), transposing HuggingFace's ``Conv1D`` (stored ``[in, out]``);
+    a parametrized weight as its effective value in eval mode (no spectral-norm power step)."""
+    if hf.is_conv1d(module):
+        return hf.conv1d_weight(module)
+    with guards.parametrizations_in_eval(module):
+        return weight_of(module)
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -134,6 +138,8 @@ def describe(module: nn.Module) -> dict[str, Any]:
 
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot be decomposed, or None when it can."""
+    if (lazy := guards.lazy_reason(module)) is not None:
+        return lazy
     if isinstance(module, nn.Linear) or hf.is_conv1d(module):
         return None
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -173,7 +179,8 @@ def decompose_layer(
 
     ``ranks`` is a sequence (one rank per :attr:`Method.rank_names`: ``(8,)`` for SVD, ``(8, 8)`` for
     Tucker-2). A HuggingFace ``Conv1D`` is decomposed as the Linear it computes. The factors keep the
-    original weight's dtype, device and ``requires_grad``.
+    original weight's dtype, device, ``requires_grad`` (a parametrized weight's: its originals') and memory format
+    (``channels_last``).
     """
     reason = unsupported_reason(module)
     if reason:
@@ -186,10 +193,13 @@ def decompose_layer(
     with torch.device("meta"):  # no point initialising weights that are overwritten below
         layer = build(original, form.name, ranks, branches)
     layer = layer.to_empty(device=weight.device).to(weight.dtype)
+    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        layer = layer.to(memory_format=torch.channels_last)
+    trainable = guards.weight_requires_grad(module, weight)
     for name, value in form.factorize(weight, layer.ranks, tucker, layer.branches).items():
         target = weight_of(layer.get_submodule(name))
         target.copy_(value.reshape(target.shape))
-        target.requires_grad_(weight.requires_grad)
+        target.requires_grad_(trainable)
     bias, new_bias = tensor_of(module, "bias"), tensor_of(layer[-1], "bias")
     if bias is not None and new_bias is not None:
         new_bias.copy_(bias)

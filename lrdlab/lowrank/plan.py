@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, factorize, hf, methods, ranks, sharing
+from lrdlab.lowrank import attention, factorize, guards, hf, methods, ranks, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import Method, get_method
 from lrdlab.lowrank.policies import fit_fixed_ranks, policy_ranks, positive_int, real, reduce_capped, to_patterns
@@ -273,6 +273,9 @@ def make_plan(
     exclude: str | Sequence[str] | None = None,
     allow_larger: bool = False,
     model_name: str | None = None,
+    example_input: Any = None,
+    input_shape: Sequence[int] | None = None,
+    force: str | Sequence[str] | None = None,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
@@ -287,7 +290,11 @@ def make_plan(
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
     Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
+    One probe forward (on ``example_input`` / ``input_shape``, else the model's known input) finds the layers the
+    model never calls or whose weight it reads directly, and subclasses with their own forward: they are kept
+    with the reason unless ``force`` (glob patterns) names them (:mod:`lrdlab.lowrank.usage`).
     """
+    model = guards.unwrap(model)
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
             "pass an nn.Module (e.g. lrdlab.get_model('resnet20'))"
@@ -322,13 +329,15 @@ def make_plan(
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
 
+    guards.check_model(model)
     layers = candidate_layers(model)
     names = [n for n, _ in layers]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
     include, exclude = to_patterns(include, "include"), to_patterns(exclude, "exclude")
-    _check_patterns(names, include, "include")
-    _check_patterns(names, exclude, "exclude")
+    force = to_patterns(force, "force")
+    for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force")):
+        _check_patterns(names, patterns, what)
     if isinstance(rank, dict):
         unknown = sorted(set(rank) - set(names))
         if unknown:
@@ -336,6 +345,8 @@ def make_plan(
     unrewritable = attention.skip_reasons(model)
     shared = sharing.shared_reasons(model, names)
     fastpath = attention.fastpath_notes(model)
+    kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in layers if not _matches(n, force)],
+                                           set(unrewritable) | set(fastpath), example_input, input_shape)
     policy = {"kind": kind, "value": value, "beta": beta, "branches": branches}
 
     rows = []
@@ -348,7 +359,7 @@ def make_plan(
         )
         row.params_after = row.params_before
         rows.append(row)
-        skip = unsupported_reason(module) or unrewritable.get(name) or shared.get(name)
+        skip = unsupported_reason(module) or unrewritable.get(name) or shared.get(name) or kept.get(name)
         if skip is None and include and not _matches(name, include):
             skip = "excluded: not in include"
         if skip is None and (p := _matches(name, exclude)):
@@ -369,13 +380,15 @@ def make_plan(
             target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
         _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
-        if row.decomposed and name in fastpath:
-            row.reason += f"; {fastpath[name]}"
+        forced = _matches(name, force)
+        notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
+        if row.decomposed and any(notes):
+            row.reason += "".join(f"; {n}" for n in notes if n)
 
     settings = {
         "policy": kind, "value": value, "granularity": granularity, "rounding": rounding,
         "method": method, "tucker": tucker, "beta": beta, "branches": branches,
-        "include": include, "exclude": exclude, "allow_larger": allow_larger,
+        "include": include, "exclude": exclude, "allow_larger": allow_larger, "force": force, "probe": probe_note,
     }
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
     return Plan(model=name, layers=rows, settings=settings)

@@ -11,6 +11,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from lrdlab.lowrank import ranks
@@ -31,14 +32,24 @@ def to_patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
     return list(value)
 
 
+def _scalar(value: Any) -> Any:
+    """A one-element torch tensor as its Python number (``torch.tensor(2.)`` like ``numpy.float64(2.)``)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return value.item()
+    return value
+
+
 def real(value: Any, what: str, hint: str) -> float:
-    """``value`` as a float when it is a real number (numpy scalars included), else a ValueError."""
+    """``value`` as a float when it is a real number (numpy scalars and one-element tensors included), else a
+    ValueError."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise ValueError(f"{what} must be a finite real number (got {value!r}); {hint}")
     return float(value)
 
 
 def positive_int(value: Any, what: str) -> int:
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what} must be a positive integer (got {value!r})")
     return int(value)

@@ -152,6 +152,16 @@ def _evb_objective(sigma2: float, L: int, M: int, s: np.ndarray, residual: float
     )
 
 
+def singular_values(Y: np.ndarray) -> np.ndarray:
+    """Singular values of a wide matrix ``Y`` (L <= M), descending: from the eigenvalues of the L×L Gram matrix
+    ``Y Yᵀ`` (several times cheaper than an SVD of Y) when they are all accurate, i.e. the smallest is at least
+    1e-8 of the largest; else (near-singular Y, e.g. an exactly low-rank matrix) from the SVD."""
+    eig = np.linalg.eigvalsh(Y @ Y.T)[::-1]
+    if eig[-1] >= 1e-8 * eig[0] > 0:
+        return np.sqrt(eig)
+    return np.linalg.svd(Y, compute_uv=False)
+
+
 def vbmf_rank(matrix: np.ndarray, sigma2: float | None = None) -> int:
     """Rank chosen by empirical variational Bayes matrix factorization (Nakajima et al., 2013).
 
@@ -167,7 +177,7 @@ def vbmf_rank(matrix: np.ndarray, sigma2: float | None = None) -> int:
     L, M = Y.shape
     alpha = L / M
     tauubar = 2.5129 * math.sqrt(alpha)
-    s = np.linalg.svd(Y, compute_uv=False)
+    s = singular_values(Y)
     H = L
     residual = 0.0
     xubar = (1 + tauubar) * (1 + alpha / tauubar)
