@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lrdlab.cli.common import _set_threads
+from lrdlab.cli.common import thread_count
 
 
 # --- reproduce -------------------------------------------------------------------------------------
@@ -101,13 +101,13 @@ def _add_record(sub) -> None:
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
     for q in (speed, tech, ref, study, checks, frz, acc, sweep, pre, grid, tfm):
-        q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        q.add_argument("--threads", type=thread_count, default=None,
+                       help="torch CPU threads (default: as --compute leaves them)")
 
 
 def _run_record(args: argparse.Namespace) -> int:
     from lrdlab.paper import record
 
-    _set_threads(args)
     command = "lrdlab " + " ".join(sys.argv[1:])
     if args.what == "speed":
         args.out.mkdir(parents=True, exist_ok=True)
