@@ -221,7 +221,7 @@ def apply_compute_from_args(args: argparse.Namespace) -> None:
 
 
 _FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None), ("record", "speed"),
-                   ("record", "speed-checks")}
+                   ("record", "speed-checks"), ("record", "speed-story")}
 
 
 def _check_output(path: Path, flag: str, folder: bool) -> None:

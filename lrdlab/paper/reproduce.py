@@ -34,6 +34,7 @@ class Settings:
     device: str = "cpu"
     data: str = "mnist5k"
     out: str = "reports/quick"
+    threads: int | None = None  # torch threads of every measurement (None: as the compute mode leaves them)
 
     @property
     def gpu(self) -> bool:
@@ -164,7 +165,10 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
     timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
     for row in rows:
         row.update(timing[row["method"]])
-    return {"input_shape": list(settings.bench_shape), "rows": rows}
+    from lrdlab.measure.compute import current_compute, load_average
+
+    return {"input_shape": list(settings.bench_shape), "rows": rows,
+            "compute": {**current_compute().to_dict(), "load_average": load_average()}}
 
 
 def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
@@ -242,11 +246,13 @@ def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
 def reproduce(settings: Settings) -> Path:
     """Run the whole study (resuming from the cache) and write the report; returns report.md's path."""
     from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.compute import compute_policy
 
     torch.manual_seed(0)
     # quick: a fixed number of interleaved rounds per comparison (the intervals say how wide they are);
     # full: rounds are added until each interval is ±3 points, or 10 minutes per comparison
-    with round_limits(factor=1, budget_s=120.0) if settings.quick else round_limits():
+    limits = round_limits(factor=1, budget_s=120.0) if settings.quick else round_limits()
+    with limits, compute_policy(settings.threads):  # the threads stay as the compute mode left them unless given
         results = run_stages(settings)
     path = render(settings, results)
     print(f"report: {path}  (and {path.with_suffix('.html')})")
