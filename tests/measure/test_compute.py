@@ -103,3 +103,29 @@ def test_bench_per_thread_count_names_its_compute():
     assert reports[0]["machine"]["compute_mode"] in ("default", "shared")
     text = threads_table(reports)
     assert "wait policy" in text and text.splitlines()[-1].split()[0] == "1"
+
+
+def test_the_searched_plan_records_its_thread_count(tmp_path):
+    from lrdlab.measure.compute import compute_policy
+    from lrdlab.measure.rank_search import optimize_plan
+
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    plan = make_plan(model, ratio=2)
+    with compute_policy(1):
+        new, _ = optimize_plan(model, plan, (1, 3, 8, 8), lower=0.9, cache_dir=tmp_path, method="paper",
+                               time_fn=lambda layer, shape: 1e-3, progress=False)
+    assert new.settings["optimize"]["threads"] == 1
+    assert new.settings["optimize"]["machine"]["compute_mode"] in ("default", "shared")
+
+
+def test_live_conditions_name_the_wait_policy_and_mode(monkeypatch):
+    from lrdlab.explore.compute import use_live_policy
+
+    monkeypatch.delenv("LRDLAB_COMPUTE", raising=False)
+    before = torch.get_num_threads()
+    try:
+        line = use_live_policy()
+        assert line.startswith("1 torch thread · wait policy ") and "compute default" in line
+    finally:
+        torch.set_num_threads(before)
+        monkeypatch.setattr(compute, "_CURRENT", None)
