@@ -260,23 +260,44 @@ def story_frame(rows: list[StoryRow]):
 # --- README and docs --------------------------------------------------------------------------------
 
 
-def speed_story_section(data: Path) -> str:
-    """The README's short speed section: the table, a sentence on threads, the link to the records."""
+README_BEGIN = "<!-- speed-story: generated from data/ by lrdlab.paper.speed_story.speed_story_section -->"
+README_END = "<!-- /speed-story -->"
+
+
+def speed_story_section(data: Path, links: str = "") -> str:
+    """The README's short speed block (markers included): the table, a sentence on threads, the records.
+
+    ``links`` prefixes the relative links (``"../"`` from docs/speed.md).
+    """
     story = recorded_story(data)
     if story is None:
-        return f"No speed recording yet: `lrdlab record speed-story` writes data/{STORY_FILE}."
-    rows = recorded_rows(story)
-    m = story["machine"]
-    loads = [story["load_average_before"][0], story["load_average_after"][0]]
-    return "\n".join([
-        f"ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of the "
-        f"FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores, compute mode {m.get('compute_mode', 'default')},"
-        f" OpenMP wait policy {m['omp_wait_policy']}, load {min(loads):.1f}–{max(loads):.1f}; shared with other jobs "
-        f"when the load is above 1) by `{story['command']}`, the same stage `lrdlab reproduce --quick` runs.",
-        "",
-        story_table(rows),
-        "",
-        threads_sentence(rows),
-        "",
-        f"Full records: [data/{STORY_FILE}](data/{STORY_FILE}) and [docs/speed.md](docs/speed.md).",
-    ]).strip()
+        body = [f"No speed recording yet: `lrdlab record speed-story` writes data/{STORY_FILE}."]
+    else:
+        rows = recorded_rows(story)
+        m = story["machine"]
+        loads = [story["load_average_before"][0], story["load_average_after"][0]]
+        body = [
+            "ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of "
+            f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
+            f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
+            f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
+            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same settings.",
+            "",
+            story_table(rows),
+            "",
+            threads_sentence(rows),
+        ]
+    body += ["", f"Records: [data/{STORY_FILE}]({links}data/{STORY_FILE}); more in "
+                 f"[docs/speed.md]({links}docs/speed.md)."]
+    return "\n".join([README_BEGIN, *body, README_END]).replace("\n\n\n", "\n\n")
+
+
+def regenerate_speed_doc(doc: str | Path = "docs/speed.md", data: str | Path = "data") -> bool:
+    """Rewrite the generated block of docs/speed.md from ``data``; True when it changed."""
+    from lrdlab.paper.readme_sections import current_block
+
+    path = Path(doc)
+    text = path.read_text()
+    old, new = current_block(text, README_BEGIN, README_END), speed_story_section(Path(data), links="../")
+    path.write_text(text.replace(old, new))
+    return old != new

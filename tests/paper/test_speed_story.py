@@ -61,7 +61,22 @@ def test_the_readme_table_has_one_row_per_configuration(tmp_path):
     assert table[3].startswith("| eager, 2 threads, batch 8, 112 px | 200 |") and len(table) == 4
     assert "From 1 to 2 threads the original goes from 300 to 200 ms" in threads_sentence(rows)
     section = speed_story_section(tmp_path)
-    assert "Test CPU" in section and f"data/{STORY_FILE}" in section and "docs/speed.md" in section
+    assert "Test CPU" in section and f"(data/{STORY_FILE})" in section and "(docs/speed.md)" in section
+    assert section.startswith("<!-- speed-story") and section.endswith("<!-- /speed-story -->")
+    assert "(../data/" in speed_story_section(tmp_path, links="../")
+
+
+def test_docs_speed_is_the_generated_block():
+    from pathlib import Path
+
+    from lrdlab.paper.readme_sections import current_block
+    from lrdlab.paper.speed_story import README_BEGIN, README_END
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "speed.md").read_text()
+    assert current_block(doc, README_BEGIN, README_END) == speed_story_section(root / "data", links="../"), \
+        "docs/speed.md is stale: python -c 'from lrdlab.paper.speed_story import regenerate_speed_doc; " \
+        "regenerate_speed_doc()'"
 
 
 def test_a_disagreement_names_the_settings_that_differ(tmp_path):
