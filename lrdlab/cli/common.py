@@ -196,13 +196,10 @@ def add_compute_argument(parser: argparse.ArgumentParser) -> None:
     add(parser, None)
 
 
-TIMED = ("bench", "optimize", "choose", "reproduce", "record")
-
-
 def apply_compute_from_args(args: argparse.Namespace) -> None:
-    """Apply ``--compute`` (or ``$LRDLAB_COMPUTE``) and ``--threads N`` before torch loads; say what runs.
+    """Apply ``--compute`` (or ``$LRDLAB_COMPUTE``) and ``--threads N`` before torch loads.
 
-    A timed command prints the compute it runs with on stderr; a setting that cannot take effect is a warning.
+    A setting that cannot take effect is a one-line warning; timed commands print the compute with their results.
     """
     import warnings
 
@@ -213,11 +210,9 @@ def apply_compute_from_args(args: argparse.Namespace) -> None:
         threads = args.threads[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        settings = apply_compute(getattr(args, "compute", None), threads)
+        apply_compute(getattr(args, "compute", None), threads)  # current_compute() reads it back
     for w in caught:
         print(f"lrdlab {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
-    if args.command in TIMED:
-        print(f"lrdlab {args.command}: {settings}", file=sys.stderr)
 
 
 _FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None), ("record", "speed"),

@@ -172,6 +172,7 @@ def _add_optimize(sub) -> None:
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.rank_search import optimize_plan, rank_table
 
     model, shape = _build(args)
@@ -187,6 +188,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         traces.to_csv(args.traces, index=False)
     print(rank_table(plan, new).to_string(index=False))
     print(new.summary())
+    print(f"searched with {current_compute()}")
     print(f"saved {args.out}")
     return 0
 
@@ -210,6 +212,7 @@ def _run_choose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import check_plan
     from lrdlab.lowrank.plan import Plan
     from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.plan_choice import choose_plan
 
     names = [p.stem for p in args.plans]
@@ -227,9 +230,11 @@ def _run_choose(args: argparse.Namespace) -> int:
                              rounds=args.rounds, repeats=args.repeats,
                              dtype=None if args.dtype == "fp32" else args.dtype, progress=not args.json)
     if args.json:
-        print(json.dumps({**choice.to_dict(), "backend": args.backend}, indent=2, default=str))
+        print(json.dumps({**choice.to_dict(), "backend": args.backend, "compute": current_compute().to_dict()},
+                         indent=2, default=str))
     else:
         print(choice)
+        print(current_compute())
     if args.out and choice.plan is not None:
         choice.plan.save(args.out)
     if args.out and not args.json:

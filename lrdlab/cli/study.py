@@ -21,11 +21,13 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.timing import check_device
     from lrdlab.paper.reproduce import Settings, reproduce
 
     check_device(args.device)
     out = args.out or Path("reports") / ("quick" if args.quick else "full")
+    print(current_compute(), flush=True)
     reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out), threads=args.threads))
     return 0
 
@@ -113,8 +115,10 @@ def _add_record(sub) -> None:
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.paper import record
 
+    print(current_compute(), flush=True)
     command = "lrdlab " + " ".join(sys.argv[1:])
     if args.what == "speed":
         args.out.mkdir(parents=True, exist_ok=True)
