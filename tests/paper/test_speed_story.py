@@ -108,3 +108,26 @@ def test_f12_draws_every_technique(tmp_path):
     assert isinstance(df, pd.DataFrame) and set(df["threads"]) == {1, 2}
     fig = plot_thread_scaling(df)
     assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 3
+
+
+def test_the_recording_runs_the_reproductions_stage_at_each_thread_count(tmp_path, monkeypatch):
+    import torch
+
+    from lrdlab.paper import reproduce
+    from lrdlab.paper.recorded import data_dir
+    from lrdlab.paper.speed_story import record_speed_story
+
+    seen = []
+
+    def stage(settings, results):  # the real stage times ResNet-50; here: which settings and ranks it gets
+        seen.append((settings.quick, settings.bench_shape, torch.get_num_threads(),
+                     results["optimize"]["resnet50"]["plan"]["model"]))
+        return techniques(torch.get_num_threads(), {"vanilla LRD": 10.0})
+
+    monkeypatch.setattr(reproduce, "stage_techniques", stage)
+    before = torch.get_num_threads()
+    path = record_speed_story(tmp_path, threads=(1,), data=data_dir())
+    assert seen == [(True, (8, 3, 112, 112), 1, "resnet50")] and torch.get_num_threads() == before
+    recorded = json.loads(path.read_text())
+    assert recorded["runs"][0]["compute"]["threads"] == 1 and "compute_mode" in recorded["machine"]
+    assert "| eager, 1 thread, batch 8, 112 px |" in speed_story_section(tmp_path)
