@@ -129,3 +129,17 @@ def test_live_conditions_name_the_wait_policy_and_mode(monkeypatch):
     finally:
         torch.set_num_threads(before)
         monkeypatch.setattr(compute, "_CURRENT", None)
+
+
+def test_the_cli_warns_when_shared_mode_cannot_set_the_wait_policy(monkeypatch, capsys):
+    from lrdlab.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert main(["--compute", "shared", "models"]) == 0  # torch is loaded in this process already
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lrdlab models: warning: OMP_WAIT_POLICY=PASSIVE cannot take effect") and "\n" not in err
+        assert torch.get_num_threads() == before  # an in-process run leaves the caller's threads
+    finally:
+        monkeypatch.setattr(compute, "_CURRENT", None)
