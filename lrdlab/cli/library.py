@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lrdlab.cli.common import (
@@ -135,6 +136,10 @@ def _run_bench(args: argparse.Namespace) -> int:
               dtype=None if args.dtype == "fp32" else args.dtype, channels_last=args.channels_last,
               compile=args.compile, progress=not args.json, backend=backend, max_rounds=args.max_rounds,
               budget_s=args.budget)
+    searched = plan.settings.get("optimize", {}).get("threads")
+    if searched and (args.threads or [current_compute().threads]) != [searched]:
+        print(f"note: this plan's ranks were searched at {searched} thread(s); timed here at "
+              f"{','.join(map(str, args.threads or [current_compute().threads]))}", file=sys.stderr)
     if args.threads and len(args.threads) > 1:
         reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, **kw)
         if args.json:

@@ -143,3 +143,17 @@ def test_the_cli_warns_when_shared_mode_cannot_set_the_wait_policy(monkeypatch, 
         assert torch.get_num_threads() == before  # an in-process run leaves the caller's threads
     finally:
         monkeypatch.setattr(compute, "_CURRENT", None)
+
+
+def test_bench_says_when_the_plan_was_searched_at_another_thread_count(tmp_path, capsys):
+    from lrdlab.cli import main
+    from lrdlab.zoo.models import get_model
+
+    plan = make_plan(get_model("resnet20"), ratio=2, model_name="resnet20")
+    plan.settings["optimize"] = {"threads": 2}
+    plan.save(tmp_path / "p.json")
+    argv = ["bench", "resnet20", "--plan", str(tmp_path / "p.json"), "--threads", "1", "--rounds", "2",
+            "--max-rounds", "2", "--batch", "1", "--image-size", "16", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "searched at 2 thread(s); timed here at 1" in out.err and "compute default" in out.out
