@@ -133,8 +133,6 @@ def _load_or_make_plan(model, args):
     return Plan.load(args.plan)
 
 
-
-
 # --- errors, outputs, compute, progress bars: what every subcommand shares ---------------------------------
 
 

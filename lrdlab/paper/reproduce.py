@@ -151,6 +151,7 @@ def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
     from lrdlab.lowrank.plan import Plan
+    from lrdlab.measure.compute import current_compute, load_average
     from lrdlab.paper.techniques import speed_columns, structure_row, technique_models
 
     torch.manual_seed(0)
@@ -165,8 +166,6 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
     timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
     for row in rows:
         row.update(timing[row["method"]])
-    from lrdlab.measure.compute import current_compute, load_average
-
     return {"input_shape": list(settings.bench_shape), "rows": rows,
             "compute": {**current_compute().to_dict(), "load_average": load_average()}}
 
