@@ -198,7 +198,8 @@ def compute_info() -> dict[str, Any]:
     import torch
 
     now = current_compute()
-    return {"compute_mode": now.mode, "torch_threads": torch.get_num_threads(),
+    return {"compute_mode": now.mode, **({"compute_asked": now.asked} if now.asked != now.mode else {}),
+            "torch_threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "omp_wait_policy": now.wait_policy,
             **({"compute_note": now.note} if now.note else {}), "load_average": load_average(),
             "cpu_count": os.cpu_count()}
