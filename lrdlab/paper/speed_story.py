@@ -172,19 +172,21 @@ def differences(local: list[StoryRow], recorded: list[StoryRow], here: dict[str,
 
 def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None) -> Path:
     """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
-    search (``search_robust_resnet50_cpu.json``) → ``out``/speed_story_resnet50_cpu.json."""
+    search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
+    """
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.compute import compute_policy, current_compute
     from lrdlab.measure.machine import machine_info
     from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.paper.recorded import data_dir
     from lrdlab.paper.reproduce import Settings, stage_techniques
     from lrdlab.paper.search_records import recorded_search_plan
     from lrdlab.zoo.models import get_model
 
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    searched = recorded_search_plan(data or out, model, vanilla)
+    searched = recorded_search_plan(data or data_dir(), model, vanilla)
     results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
     settings, load_before, runs = Settings(quick=True), os.getloadavg(), []
     for n in threads:
