@@ -157,3 +157,23 @@ def test_bench_says_when_the_plan_was_searched_at_another_thread_count(tmp_path,
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "searched at 2 thread(s); timed here at 1" in out.err and "compute default" in out.out
+
+
+def test_bench_takes_a_list_of_thread_counts(capsys):
+    from lrdlab.cli import main
+    from lrdlab.measure.compute import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("needs 2 cores")
+    before = torch.get_num_threads()
+    argv = ["bench", "resnet20", "--threads", "1,2", "--rounds", "2", "--max-rounds", "2", "--batch", "1",
+            "--image-size", "16", "--repeats", "1"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["threads"] == [1, 2] and [r["compute"]["threads"] for r in report["reports"]] == [1, 2]
+    assert [r["inference"]["threads"] for r in report["reports"]] == [1, 2]  # both models timed at each count
+    assert torch.get_num_threads() == before
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if "OpenMP wait policy" in line)
+    assert [r.split()[0] for r in lines[head + 2:]] == ["1", "2"]
