@@ -74,3 +74,63 @@ def test_train_from_missing_weights(tmp_path, capsys):
     err = fails(["train", "resnet20", "--weights", str(tmp_path / "w.pt"), "--epochs", "1", "--subset", "64",
                  "--out", str(tmp_path / "run")], capsys)
     assert "w.pt" in err
+
+
+# --- argparse's own errors, outputs checked before the work, TQDM_DISABLE, threads -------------------------
+
+
+def usage_error(argv, capsys) -> str:
+    """argparse's errors too: one line on stderr, exit code 2, no usage block."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lrdlab") and ": error: " in err and "\n" not in err and "usage:" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "resnet20", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["plan"], "required: model"),
+    (["bench", "resnet20", "--threads", "0"], "0 threads: this machine has"),
+    (["bench", "resnet20", "--threads", "1,two"], "'1,two' is not a thread count"),
+    (["bench", "resnet20", "--threads", "100000"], "give 1 to"),
+    (["optimize", "resnet20", "--threads", "1,1", "--out", "x.json"], "only `lrdlab bench` takes a list"),
+    (["bench", "resnet20", "--compute", "fast"], "invalid choice: 'fast'"),
+])
+def test_usage_errors_are_one_line(argv, message, capsys):
+    assert message in usage_error(argv, capsys)
+
+
+def test_a_bad_compute_environment_variable(monkeypatch, capsys):
+    monkeypatch.setenv("LRDLAB_COMPUTE", "turbo")
+    assert "LRDLAB_COMPUTE='turbo' is not a compute mode" in fails(["models"], capsys)
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    import lrdlab.cli.common as common
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before the output was checked")
+
+    monkeypatch.setattr(common, "_build", no_work)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for argv, message in [
+        (["optimize", "resnet20", "--out", str(tmp_path / "no" / "plan.json")], "does not exist; create it"),
+        (["optimize", "resnet20", "--out", str(tmp_path)], "is a folder; give a file"),
+        (["optimize", "resnet20", "--out", str(tmp_path / "p.json"), "--traces", str(a_file / "t.csv")],
+         "is not a writable folder"),
+        (["choose", "resnet20", str(a_file), "--out", str(tmp_path / "missing" / "best.json")], "does not exist"),
+        (["record", "speed", "--out", str(a_file)], "is a file; give a folder"),
+    ]:
+        assert message in fails(argv, capsys)
+
+
+def test_tqdm_disable_silences_bars_lrdlab_asks_for(tmp_path, capsys, monkeypatch):
+    argv = ["decompose", "resnet20", "--out", str(tmp_path / "out")]  # decompose passes progress=True
+    assert main(argv) == 0
+    assert "decompose" in capsys.readouterr().err  # the bar, by default
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "decompose" not in err and "%|" not in err

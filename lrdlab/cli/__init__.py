@@ -4,7 +4,8 @@ Subcommands of the library live in :mod:`lrdlab.cli.library`, those of the paper
 the shared arguments in :mod:`lrdlab.cli.common`.
 
 Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int`` registered in
-:data:`SUBCOMMANDS`; heavy imports happen inside the ``_run_`` functions so ``--help`` is quick.
+:data:`SUBCOMMANDS`; heavy imports happen inside the ``_run_`` functions so ``--help`` is quick and the compute
+mode (``--compute`` / ``$LRDLAB_COMPUTE``) is applied before torch loads.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lrdlab.measure.compute import set_wait_policy
-
-set_wait_policy()  # before torch loads: OpenMP threads that spin collapse a shared CPU (lrdlab.measure.compute)
-
-from lrdlab.cli import library, study  # noqa: E402
-from lrdlab.cli.common import PAPER_EXCLUDE  # noqa: E402, F401  (re-exported: notebooks and tests use it)
+from lrdlab.cli import library, study
+from lrdlab.cli.common import (
+    PAPER_EXCLUDE,  # noqa: F401  (re-exported: notebooks and tests use it)
+    CommandLineError,
+    OneLineParser,
+    add_compute_argument,
+    apply_compute_from_args,
+    check_outputs,
+    honour_tqdm_disable,
+)
 
 SUBCOMMANDS = {
     "plan": (library._add_plan, library._run_plan),
@@ -35,10 +40,11 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrdlab", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="lrdlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in SUBCOMMANDS.values():
         add(sub)
+    add_compute_argument(parser)
     return parser
 
 
@@ -52,14 +58,23 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. Every expected error is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    """Run one subcommand. Every expected error, argparse's included, is one line on stderr and exit code 2."""
+    try:
+        args = build_parser().parse_args(argv)
+    except CommandLineError as err:
+        print(err, file=sys.stderr)
+        return 2
+    threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None  # in-process runs
     try:
         _check_numbers(args)
-        return SUBCOMMANDS[args.command][1](args)
+        check_outputs(args)  # before the work, not after it
+        apply_compute_from_args(args)  # before torch loads: the OpenMP wait policy is fixed then
+        with honour_tqdm_disable():
+            return SUBCOMMANDS[args.command][1](args)
     except (ValueError, OSError) as err:  # OSError: missing / unreadable / unwritable files
         message = " ".join(str(err).split())  # one line
         print(f"lrdlab {args.command}: error: {message}", file=sys.stderr)
         return 2
-
-
+    finally:
+        if threads_before is not None:
+            sys.modules["torch"].set_num_threads(threads_before)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +96,26 @@ def _print_stats(report: dict[str, Any]) -> None:
     print(f"FLOPs:  {f['original']:,} → {f['decomposed']:,} ({f['change_pct']:+.2f}%)  [{f['counter']}]")
 
 
-def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3) -> None:
+def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3, many_threads: bool = False) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
     p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the compute policy, the cores other processes leave free)")
+    if many_threads:
+        p.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
+                       help="torch CPU threads, or a list (1,2,4) for one measurement per count "
+                            "(default: as --compute leaves them)")
+    else:
+        p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                       help="torch CPU threads (default: as --compute leaves them)")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
-    """``--threads N``, else the compute policy (:func:`lrdlab.measure.compute.choose_threads`)."""
-    import torch
+    """Re-apply ``--threads N`` (:func:`main` already applied the compute mode and the threads before the work)."""
+    if isinstance(getattr(args, "threads", None), int):
+        import torch
 
-    from lrdlab.measure.compute import choose_threads
-
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-    torch.set_num_threads(args.threads or choose_threads())
-
+        torch.set_num_threads(args.threads)
 
 
 _POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude")
@@ -128,3 +133,137 @@ def _load_or_make_plan(model, args):
     return Plan.load(args.plan)
 
 
+# --- errors, outputs, compute, progress bars: what every subcommand shares ---------------------------------
+
+
+class CommandLineError(Exception):
+    """A usage error argparse found, as the one line the CLI prints."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``lrdlab bench: error: …``) and exit code 2, like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CommandLineError(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)")
+
+
+def _thread_values(text: str) -> list[int]:
+    from lrdlab.measure.compute import available_cores
+
+    cores = available_cores()
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count: give whole numbers, e.g. 2 or 1,2") from None
+    for n in values:
+        if not 1 <= n <= cores:
+            raise argparse.ArgumentTypeError(f"{n} threads: this machine has {cores} cores, give 1 to {cores}")
+    return values
+
+
+def thread_count(text: str) -> int:
+    """argparse type of ``--threads N``: a whole number from 1 to the cores available."""
+    values = _thread_values(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: one thread count here (only `lrdlab bench` takes a list)")
+    return values[0]
+
+
+def thread_counts(text: str) -> list[int]:
+    """argparse type of ``--threads 1,2,4``: distinct whole numbers from 1 to the cores available."""
+    values = _thread_values(text)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a thread count")
+    return values
+
+
+def add_compute_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compute default|shared|auto`` on ``parser`` and on each of its subcommands (before or after the name)."""
+    from lrdlab.measure.compute import ENV, MODES
+
+    def add(p: argparse.ArgumentParser, default: Any) -> None:
+        p.add_argument("--compute", choices=MODES, default=default,
+                       help=f"default: torch's threads and waits (the user's own machine); shared: passive waits and "
+                            f"the free cores (a loaded shared machine); auto: shared when the load is high "
+                            f"(default: ${ENV}, else default)")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in set(action.choices.values()):
+                    add(child, argparse.SUPPRESS)
+
+    add(parser, None)
+
+
+def apply_compute_from_args(args: argparse.Namespace) -> None:
+    """Apply ``--compute`` (or ``$LRDLAB_COMPUTE``) and ``--threads N`` before torch loads.
+
+    A setting that cannot take effect is a one-line warning; timed commands print the compute with their results.
+    """
+    import warnings
+
+    from lrdlab.measure.compute import apply_compute
+
+    threads = args.threads if isinstance(getattr(args, "threads", None), int) else None
+    if isinstance(getattr(args, "threads", None), list) and len(args.threads) == 1:
+        threads = args.threads[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_compute(getattr(args, "compute", None), threads)  # current_compute() reads it back
+    for w in caught:
+        print(f"lrdlab {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+
+
+_FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None), ("record", "speed"),
+                   ("record", "speed-checks"), ("record", "speed-story")}
+
+
+def _check_output(path: Path, flag: str, folder: bool) -> None:
+    kind = "folder" if folder else "file"
+    if path.exists():
+        if folder != path.is_dir():
+            raise ValueError(f"{flag} {path} is a {'file' if folder else 'folder'}; give a {kind} to write")
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{flag} {path} is not writable; give a {kind} you may write")
+        return
+    parent = path.parent if not folder else next(p for p in path.absolute().parents if p.exists())
+    if not parent.exists():
+        raise ValueError(f"{flag} {path}: the folder {parent} does not exist; create it or give another path")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not a writable folder; give another path")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path (``--out``, ``--traces``) checked for writability before the work starts."""
+    folder = (args.command, getattr(args, "what", None)) in _FOLDER_OUTPUTS
+    for key, is_folder in (("out", folder), ("traces", False)):
+        path = getattr(args, key, None)
+        if isinstance(path, Path):
+            _check_output(path, f"--{key}", is_folder)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@contextmanager
+def honour_tqdm_disable() -> Iterator[None]:
+    """With ``TQDM_DISABLE`` set, no progress bar, even where lrdlab passes ``disable=`` explicitly.
+
+    tqdm reads the variable only as a default, which an explicit ``disable=False`` overrides.
+    """
+    if not _env_true("TQDM_DISABLE"):
+        yield
+        return
+    from tqdm import std
+
+    init = std.tqdm.__init__
+
+    def quiet(self, *a, **k):
+        k["disable"] = True
+        init(self, *a, **k)
+
+    std.tqdm.__init__ = quiet  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init  # type: ignore[method-assign]

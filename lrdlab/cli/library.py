@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lrdlab.cli.common import (
@@ -15,7 +16,6 @@ from lrdlab.cli.common import (
     _load_or_make_plan,
     _plan_from_args,
     _print_stats,
-    _set_threads,
     stats_dict,
 )
 
@@ -103,7 +103,7 @@ def _run_models(args: argparse.Namespace) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measured throughput of original vs decomposed model, beside the FLOP ideal")
     _add_model_and_plan(p)
-    _add_speed_arguments(p)
+    _add_speed_arguments(p, many_threads=True)
     p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
     p.add_argument("--channels-last", action="store_true")
@@ -121,19 +121,35 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.sweeps import bench_plan, format_bench
+    from lrdlab.measure.threads import bench_threads, threads_table
 
-    _set_threads(args)
     backend = args.backend or ("compile" if args.compile else "eager")
     if args.breakdown and (backend != "eager" or args.channels_last):
         raise ValueError("--breakdown times eager PyTorch layers in place: drop --backend/--compile/--channels-last")
+    if args.breakdown and args.threads and len(args.threads) > 1:
+        raise ValueError("--breakdown runs at one thread count: give --threads N, not a list")
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
-    report = bench_plan(model, plan, (args.batch, *shape[1:]), device=args.device, train=args.train,
-                        rounds=args.rounds, repeats=args.repeats, dtype=None if args.dtype == "fp32" else args.dtype,
-                        channels_last=args.channels_last, compile=args.compile, progress=not args.json,
-                        backend=backend, max_rounds=args.max_rounds, budget_s=args.budget)
-    text = format_bench(report)
+    kw = dict(device=args.device, train=args.train, rounds=args.rounds, repeats=args.repeats,
+              dtype=None if args.dtype == "fp32" else args.dtype, channels_last=args.channels_last,
+              compile=args.compile, progress=not args.json, backend=backend, max_rounds=args.max_rounds,
+              budget_s=args.budget)
+    searched = plan.settings.get("optimize", {}).get("threads")
+    if searched and (args.threads or [current_compute().threads]) != [searched]:
+        print(f"note: this plan's ranks were searched at {searched} thread(s); timed here at "
+              f"{','.join(map(str, args.threads or [current_compute().threads]))}", file=sys.stderr)
+    if args.threads and len(args.threads) > 1:
+        reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, **kw)
+        if args.json:
+            print(json.dumps({"model": args.model, "threads": args.threads, "reports": reports}, indent=2))
+        else:
+            print("\n\n".join(threads_table(reports, mode) for mode in ("inference", "train") if mode in reports[0]))
+        return 0
+    report = bench_plan(model, plan, (args.batch, *shape[1:]), **kw)
+    report["compute"] = current_compute().to_dict()
+    text = format_bench(report) + f"\n{current_compute()}"
     if args.breakdown:
         from lrdlab.measure.breakdown import breakdown_text, plan_breakdown
 
@@ -161,9 +177,9 @@ def _add_optimize(sub) -> None:
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.rank_search import optimize_plan, rank_table
 
-    _set_threads(args)
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     new, traces = optimize_plan(
@@ -177,6 +193,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         traces.to_csv(args.traces, index=False)
     print(rank_table(plan, new).to_string(index=False))
     print(new.summary())
+    print(f"searched with {current_compute()}")
     print(f"saved {args.out}")
     return 0
 
@@ -200,9 +217,9 @@ def _run_choose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import check_plan
     from lrdlab.lowrank.plan import Plan
     from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.plan_choice import choose_plan
 
-    _set_threads(args)
     names = [p.stem for p in args.plans]
     if len(set(names)) != len(names):
         raise ValueError(f"plan files need distinct names (got {names}): the table names each plan by its file")
@@ -218,9 +235,11 @@ def _run_choose(args: argparse.Namespace) -> int:
                              rounds=args.rounds, repeats=args.repeats,
                              dtype=None if args.dtype == "fp32" else args.dtype, progress=not args.json)
     if args.json:
-        print(json.dumps({**choice.to_dict(), "backend": args.backend}, indent=2, default=str))
+        print(json.dumps({**choice.to_dict(), "backend": args.backend, "compute": current_compute().to_dict()},
+                         indent=2, default=str))
     else:
         print(choice)
+        print(current_compute())
     if args.out and choice.plan is not None:
         choice.plan.save(args.out)
     if args.out and not args.json:

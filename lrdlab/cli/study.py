@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lrdlab.cli.common import _set_threads
+from lrdlab.cli.common import thread_count, thread_counts
 
 
 # --- reproduce -------------------------------------------------------------------------------------
@@ -16,15 +16,19 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
     p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="torch threads of every measurement (default: as --compute leaves them)")
 
 
 def _run_reproduce(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.measure.timing import check_device
     from lrdlab.paper.reproduce import Settings, reproduce
 
     check_device(args.device)
     out = args.out or Path("reports") / ("quick" if args.quick else "full")
-    reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out)))
+    print(current_compute(), flush=True)
+    reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out), threads=args.threads))
     return 0
 
 
@@ -71,6 +75,11 @@ def _add_record(sub) -> None:
     checks.add_argument("--only", default=None, help="one part (default: all)",
                         choices=["compute", "aa", "backends", "search", "search-compile", "breakdown",
                                  "plan-choice"])
+    story = what.add_parser("speed-story", help="the quick reproduction's techniques stage at each thread count: the "
+                                                "README's speed table and F12 (lrdlab.paper.speed_story)")
+    story.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
+    story.add_argument("--threads", type=thread_counts, default=[1, 2], metavar="N[,N…]",
+                       help="thread counts (default 1,2)")
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
     acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
@@ -101,13 +110,15 @@ def _add_record(sub) -> None:
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
     for q in (speed, tech, ref, study, checks, frz, acc, sweep, pre, grid, tfm):
-        q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        q.add_argument("--threads", type=thread_count, default=None,
+                       help="torch CPU threads (default: as --compute leaves them)")
 
 
 def _run_record(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
     from lrdlab.paper import record
 
-    _set_threads(args)
+    print(current_compute(), flush=True)
     command = "lrdlab " + " ".join(sys.argv[1:])
     if args.what == "speed":
         args.out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +152,10 @@ def _run_record(args: argparse.Namespace) -> int:
                          ("plan-choice", search_records.record_plan_choice)):
             if args.only in (None, part):
                 print("wrote", fn(args.out))
+    elif args.what == "speed-story":
+        from lrdlab.paper.speed_story import record_speed_story
+
+        print("wrote", record_speed_story(args.out, tuple(args.threads)))
     elif args.what == "finetune-sweep":
         from lrdlab.paper.accuracy_study import finetune_sweep
 

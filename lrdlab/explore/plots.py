@@ -242,3 +242,38 @@ def plot_algorithm1_traces(
             top.legend(fontsize="x-small")
         fig.suptitle(title)
     return fig
+
+
+# --- F12: speed vs threads ------------------------------------------------------------------------------
+
+
+def plot_thread_scaling(df: pd.DataFrame, title: str = "Speed vs torch threads") -> Figure:
+    """F12: time per batch, speed-up over the original at the same thread count, and realised fraction of the
+    FLOP ideal, each against the thread count, one line per technique (the original's time on the first panel).
+
+    ``df`` columns: ``threads``, ``technique``, ``original_ms``, ``time_ms``, ``speedup_pct``, ``realised``;
+    optional ``speedup_pct_ci_low/high`` (error bars).
+    """
+    _require(df, ["threads", "technique", "original_ms", "time_ms", "speedup_pct", "realised"], "plot_thread_scaling")
+    with style():
+        fig, axes = new_figure(ncols=3, width=13.0, height=3.8)
+        orig = df.groupby("threads", as_index=False)["original_ms"].first()
+        axes[0].plot(orig["threads"], orig["original_ms"], marker="o", color="black", label="original")
+        for name, d in df.groupby("technique", sort=False):
+            d = d.sort_values("threads")
+            axes[0].plot(d["threads"], d["time_ms"], marker="o", label=name)
+            err = None
+            if {"speedup_pct_ci_low", "speedup_pct_ci_high"} <= set(d.columns):
+                err = [(d["speedup_pct"] - d["speedup_pct_ci_low"]).clip(lower=0),
+                       (d["speedup_pct_ci_high"] - d["speedup_pct"]).clip(lower=0)]
+            axes[1].errorbar(d["threads"], d["speedup_pct"], yerr=err, marker="o", capsize=3, label=name)
+            axes[2].plot(d["threads"], d["realised"], marker="o", label=name)
+        axes[1].axhline(0, color="grey", linewidth=0.8)
+        axes[0].set(xlabel="torch threads", ylabel="ms per batch", title="time")
+        axes[1].set(xlabel="torch threads", ylabel="speed-up over the original (%)", title="speed-up")
+        axes[2].set(xlabel="torch threads", ylabel="realised fraction of the FLOP ideal", title="realised")
+        for ax in axes:
+            ax.set_xticks(sorted(df["threads"].unique()))
+        axes[0].legend(fontsize="small")
+        fig.suptitle(title)
+    return fig

@@ -1,47 +1,93 @@
-"""The compute policy: how many threads, and how they wait, so a shared CPU degrades gracefully.
+"""How lrdlab uses the cores: the user's machine by default, a shared machine when asked.
 
-Measured on this project's 2-core machine while other jobs ran (load average ≈ 7; data/compute_policy_cpu.json):
-OpenMP threads that spin-wait (the libgomp default) turn a tiny network's 1.5 ms forward pass into
-180 ms and ResNet-18's 0.33 s into 2.4 s, because a spinning thread holds a core another process
-needs. With ``OMP_WAIT_POLICY=PASSIVE`` two threads are as fast as one under load, and one thread
-is never far behind. The policy:
+Two modes, and one that picks between them:
 
-- ``OMP_WAIT_POLICY=PASSIVE``, set before torch is imported (the CLI does it first thing; a notebook
-  calls :func:`set_wait_policy` before ``import torch``). Once torch is loaded the wait policy can
-  no longer change, so :func:`choose_threads` then falls back to one thread whenever the machine is busy.
-- threads = the cores not already busy (cores − other load, at least 1): all cores on a quiet
-  machine, one on a loaded one.
+- ``default``: lrdlab leaves threading and the OpenMP wait policy as torch leaves them (all cores,
+  threads that spin briefly while they wait). This is what a workstation or a server wants.
+- ``shared``: ``OMP_WAIT_POLICY=PASSIVE`` and only the cores other processes leave free. On a loaded
+  shared CPU, spinning threads hold cores another process needs; on a quiet machine the same policy
+  makes the second core nearly useless (data/compute_policy_cpu.json).
+- ``auto``: ``shared`` when the 1-minute load average is high (:func:`busy`), else ``default``.
 
-Every measurement records :func:`compute_info` (threads, wait policy, load average).
+Choose with ``lrdlab --compute MODE`` or the environment variable ``LRDLAB_COMPUTE``; in Python call
+:func:`apply_compute` before ``import torch`` (the wait policy is fixed when torch loads: asked later,
+it warns and says so). Every measurement records :func:`compute_info`: the mode that ran, threads,
+wait policy and load.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 WAIT_POLICY = "PASSIVE"
-_POLICY_BEFORE_TORCH: str | None = None
+MODES = ("default", "shared", "auto")
+ENV = "LRDLAB_COMPUTE"
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """The compute a process runs with: the mode asked, the mode that ran, threads, wait policy, and why."""
+
+    asked: str
+    mode: str
+    threads: int
+    wait_policy: str
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        how = "torch's threads and waits" if self.mode == "default" else "passive waits, free cores"
+        picked = f", chosen by {self.asked}" if self.asked != self.mode else ""
+        tail = f"; {self.note}" if self.note else ""
+        return (f"compute {self.mode} ({how}{picked}): {self.threads} torch thread{'s' if self.threads != 1 else ''}, "
+                f"OpenMP wait policy {self.wait_policy}{tail}")
+
+
+_CURRENT: ComputeSettings | None = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def mode_from_env() -> str:
+    """``$LRDLAB_COMPUTE`` (default, shared or auto), else ``default``."""
+    mode = os.environ.get(ENV, "").strip().lower() or "default"
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r} is not a compute mode: use one of {', '.join(MODES)}")
+    return mode
 
 
 def set_wait_policy(policy: str = WAIT_POLICY) -> bool:
-    """Set ``OMP_WAIT_POLICY`` (unless the user did); True when it takes effect (torch not imported yet)."""
-    global _POLICY_BEFORE_TORCH
-    effective = "torch" not in sys.modules
+    """Set ``OMP_WAIT_POLICY`` (unless the user did) before torch loads; True when it takes effect.
+
+    Once torch is loaded the policy can no longer change: then nothing is set and a warning says so.
+    """
+    if "torch" in sys.modules:
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != policy.upper():
+            warnings.warn(f"OMP_WAIT_POLICY={policy} cannot take effect: torch is already loaded, so OpenMP keeps "
+                          f"the wait policy {wait_policy()}; set it before `import torch` (or run the lrdlab CLI)",
+                          RuntimeWarning, stacklevel=2)
+        return False
     os.environ.setdefault("OMP_WAIT_POLICY", policy)
-    if effective:
-        _POLICY_BEFORE_TORCH = os.environ["OMP_WAIT_POLICY"]
-    return effective
+    return True
 
 
 def wait_policy() -> str:
-    """The OpenMP wait policy torch runs with: the environment's when torch was imported after it was set."""
-    if _POLICY_BEFORE_TORCH is not None:
-        return _POLICY_BEFORE_TORCH
-    return os.environ.get("OMP_WAIT_POLICY", "default (active spinning)")
+    """The OpenMP wait policy torch runs with (``default`` when ``OMP_WAIT_POLICY`` is unset)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() or "default"
 
 
 def load_average() -> list[float]:
@@ -52,22 +98,75 @@ def load_average() -> list[float]:
         return []
 
 
+def busy(cores: int | None = None, load: float | None = None) -> bool:
+    """Whether the machine is loaded: a 1-minute load average of at least half the cores (and at least 1)."""
+    cores = cores or available_cores()
+    if load is None:
+        avg = load_average()
+        load = avg[0] if avg else 0.0
+    return load >= max(1.0, cores / 2)
+
+
 def choose_threads(cores: int | None = None, load: float | None = None, passive: bool | None = None) -> int:
-    """Threads for this process: the cores other processes leave free (at least 1).
+    """Threads for this process on a shared machine: the cores other processes leave free (at least 1).
 
     ``load`` is the 1-minute load average (default: now). Without a passive wait policy a busy
     machine gets one thread: spinning threads are what collapses a shared CPU.
     """
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     if load is None:
         avg = load_average()
         load = avg[0] if avg else 0.0
     if passive is None:
-        passive = wait_policy().upper() == "PASSIVE"
+        passive = wait_policy() == "PASSIVE"
     free = int(round(cores - load))
     if not passive and free < cores:
         return 1
     return max(1, min(cores, free))
+
+
+def check_threads(threads: int) -> int:
+    """``threads`` if it is a whole number from 1 to the cores available, else a ValueError saying so."""
+    cores = available_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise ValueError(f"threads must be a whole number from 1 to {cores} (this machine's cores; got {threads!r})")
+    return threads
+
+
+def apply_compute(mode: str | None = None, threads: int | None = None) -> ComputeSettings:
+    """Use the cores as ``mode`` says (None: ``$LRDLAB_COMPUTE``, else ``default``); ``threads`` overrides the count.
+
+    Call it before ``import torch`` for ``shared`` to set the wait policy; later, a warning says that
+    only the thread count changed. Returns what is in force (also recorded by :func:`compute_info`).
+    """
+    global _CURRENT
+    asked = mode_from_env() if mode is None else mode
+    if asked not in MODES:
+        raise ValueError(f"compute mode must be one of {', '.join(MODES)} (got {asked!r})")
+    if threads is not None:
+        check_threads(threads)
+    ran = ("shared" if busy() else "default") if asked == "auto" else asked
+    note = ""
+    if ran == "shared" and not set_wait_policy():
+        note = f"torch was loaded first, so the wait policy stays {wait_policy()}"
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif ran == "shared":
+        torch.set_num_threads(choose_threads())
+    _CURRENT = ComputeSettings(asked, ran, torch.get_num_threads(), wait_policy(), note)
+    return _CURRENT
+
+
+def current_compute() -> ComputeSettings:
+    """The compute in force: what :func:`apply_compute` set, else ``default`` (lrdlab changed nothing)."""
+    import torch
+
+    mode = _CURRENT.mode if _CURRENT else "default"
+    asked = _CURRENT.asked if _CURRENT else "default"
+    note = _CURRENT.note if _CURRENT else ""
+    return ComputeSettings(asked, mode, torch.get_num_threads(), wait_policy(), note)
 
 
 @contextmanager
@@ -95,8 +194,12 @@ def compute_policy(threads: int | str | None = "auto") -> Iterator[int]:
 
 
 def compute_info() -> dict[str, Any]:
-    """What every measurement records about the compute: threads, wait policy, load average, cores."""
+    """What every measurement records about the compute: mode, threads, wait policy, load average, cores."""
     import torch
 
-    return {"torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "omp_wait_policy": wait_policy(), "load_average": load_average(), "cpu_count": os.cpu_count()}
+    now = current_compute()
+    return {"compute_mode": now.mode, **({"compute_asked": now.asked} if now.asked != now.mode else {}),
+            "torch_threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "omp_wait_policy": now.wait_policy,
+            **({"compute_note": now.note} if now.note else {}), "load_average": load_average(),
+            "cpu_count": os.cpu_count()}

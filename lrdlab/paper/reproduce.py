@@ -34,6 +34,7 @@ class Settings:
     device: str = "cpu"
     data: str = "mnist5k"
     out: str = "reports/quick"
+    threads: int | None = None  # torch threads of every measurement (None: as the compute mode leaves them)
 
     @property
     def gpu(self) -> bool:
@@ -150,6 +151,7 @@ def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
     from lrdlab.lowrank.plan import Plan
+    from lrdlab.measure.compute import current_compute, load_average
     from lrdlab.paper.techniques import speed_columns, structure_row, technique_models
 
     torch.manual_seed(0)
@@ -164,7 +166,8 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
     timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
     for row in rows:
         row.update(timing[row["method"]])
-    return {"input_shape": list(settings.bench_shape), "rows": rows}
+    return {"input_shape": list(settings.bench_shape), "rows": rows,
+            "compute": {**current_compute().to_dict(), "load_average": load_average()}}
 
 
 def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
@@ -242,11 +245,13 @@ def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
 def reproduce(settings: Settings) -> Path:
     """Run the whole study (resuming from the cache) and write the report; returns report.md's path."""
     from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.compute import compute_policy
 
     torch.manual_seed(0)
     # quick: a fixed number of interleaved rounds per comparison (the intervals say how wide they are);
     # full: rounds are added until each interval is ±3 points, or 10 minutes per comparison
-    with round_limits(factor=1, budget_s=120.0) if settings.quick else round_limits():
+    limits = round_limits(factor=1, budget_s=120.0) if settings.quick else round_limits()
+    with limits, compute_policy(settings.threads):  # the threads stay as the compute mode left them unless given
         results = run_stages(settings)
     path = render(settings, results)
     print(f"report: {path}  (and {path.with_suffix('.html')})")

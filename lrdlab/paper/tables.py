@@ -285,7 +285,8 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
     env = environment_block(settings)
     report.text(
         f"Device: **{env['device_name']}** ({env['device']}, {env['cpu_count']} cores, {env['torch_threads']} torch "
-        f"threads), torch {env['torch_version']}, Python {env['python']}; "
+        f"threads, compute mode {env['compute_mode']}, OpenMP wait policy {env['omp_wait_policy']}), "
+        f"torch {env['torch_version']}, Python {env['python']}; "
         f"mode: {'quick' if settings.quick else 'full'}; data: {settings.data}. FLOPs: {FLOP_COUNTER}."
     )
     report.heading("T1 — ranks at 2x compression (ResNet-152), paper vs lrdlab")
@@ -307,6 +308,9 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_breakdown(report, results["breakdown"])
     if "techniques" in results:
         render_techniques(report, results)
+        from lrdlab.paper.speed_story import render_story
+
+        render_story(report, results)
     if "branches" in results:
         render_branches(report, results["branches"])
     if "accuracy" in results:

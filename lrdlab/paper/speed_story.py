@@ -1,0 +1,305 @@
+"""One story about speed: the report's speed section, the README's speed table and F12 from one measurement.
+
+``lrdlab record speed-story`` runs the reproduction's own techniques stage (:func:`lrdlab.paper.reproduce.
+stage_techniques`, quick settings: batch 8, 112 px, eager) at each thread count and writes
+``data/speed_story_resnet50_cpu.json``. The README's table (:func:`story_table`), docs/speed.md and F12 read
+that file; the report puts its own run beside the recorded row of the same configuration and, when they
+disagree beyond their intervals, names the settings that differ (:func:`differences`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STORY_FILE = "speed_story_resnet50_cpu.json"
+TECHNIQUES = {"vanilla LRD": "vanilla 2x", "optimized ranks": "searched ranks", "layer merging": "merging"}
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """What a speed-up depends on besides the model: threads, backend, batch and resolution."""
+
+    threads: int
+    backend: str
+    batch: int
+    image_size: int
+
+    def __str__(self) -> str:
+        return (f"{self.backend}, {self.threads} thread{'s' if self.threads != 1 else ''}, batch {self.batch}, "
+                f"{self.image_size} px")
+
+
+@dataclass(frozen=True)
+class StoryRow:
+    """One technique's inference speed-up over the original in one configuration."""
+
+    config: SpeedConfig
+    technique: str
+    speedup_pct: dict[str, Any]
+    realised: float
+    original_ms: float
+    time_ms: float
+
+    @property
+    def cell(self) -> str:
+        from lrdlab.measure.stats import verdict
+
+        return f"{verdict(self.speedup_pct)}; {self.realised:.2f}"
+
+
+def story_rows(techniques: dict[str, Any], threads: int | None = None) -> list[StoryRow]:
+    """The story's rows from a techniques stage result (the report's T2 measurement)."""
+    from lrdlab.measure.timing import realised_fraction
+
+    n, _, h, _ = techniques["input_shape"]
+    count = threads or techniques.get("compute", {}).get("threads") or _row_threads(techniques)
+    config = SpeedConfig(int(count), "eager", int(n), int(h))
+    by_name = {r["method"]: r for r in techniques["rows"]}
+    rows = []
+    for name, label in TECHNIQUES.items():
+        if name not in by_name:
+            continue
+        r = by_name[name]
+        pct = {"median": r["infer_speedup_pct"], "ci_low": r["infer_speedup_pct_ci_low"],
+               "ci_high": r["infer_speedup_pct_ci_high"], "rounds": int(r["infer_rounds"])}
+        ideal = 1 / (1 + r["flops_pct"] / 100)
+        rows.append(StoryRow(config, label, pct, realised_fraction(1 + pct["median"] / 100, ideal),
+                             1e3 * by_name["original"]["infer_s"], 1e3 * r["infer_s"]))
+    return rows
+
+
+def _row_threads(techniques: dict[str, Any]) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def recorded_story(data: Path) -> dict[str, Any] | None:
+    """The recorded story file, or None where it has not been recorded."""
+    path = data / STORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recorded_rows(story: dict[str, Any]) -> list[StoryRow]:
+    return [row for run in story["runs"] for row in story_rows(run)]
+
+
+def story_table(rows: list[StoryRow]) -> str:
+    """Markdown: one row per configuration, one column per technique: speed-up % [95% CI]; realised fraction."""
+    labels = [t for t in TECHNIQUES.values() if any(r.technique == t for r in rows)]
+    configs = list(dict.fromkeys(r.config for r in rows))
+    lines = ["| configuration | original ms | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for c in configs:
+        mine = {r.technique: r for r in rows if r.config == c}
+        first = next(iter(mine.values()))
+        lines.append(f"| {c} | {first.original_ms:.0f} | "
+                     + " | ".join(mine[t].cell if t in mine else "—" for t in labels) + " |")
+    return "\n".join(lines)
+
+
+def threads_sentence(rows: list[StoryRow]) -> str:
+    """What the extra threads did, read off the rows (empty with one thread count)."""
+    counts = sorted({r.config.threads for r in rows})
+    if len(counts) < 2:
+        return ""
+    lo, hi = counts[0], counts[-1]
+    at = {(r.config.threads, r.technique): r for r in rows}
+    orig = (at[(lo, "vanilla 2x")].original_ms, at[(hi, "vanilla 2x")].original_ms) if (lo, "vanilla 2x") in at \
+        and (hi, "vanilla 2x") in at else None
+    parts = [f"{t} {at[(lo, t)].speedup_pct['median']:+.0f}% → {at[(hi, t)].speedup_pct['median']:+.0f}%"
+             for t in TECHNIQUES.values() if (lo, t) in at and (hi, t) in at]
+    head = (f"From {lo} to {hi} threads the original goes from {orig[0]:.0f} to {orig[1]:.0f} ms" if orig
+            else f"From {lo} to {hi} threads")
+    return (f"{head}, while the speed-ups go {', '.join(parts)}: thin decomposed layers have more, smaller "
+            "parallel regions, so they gain less from each extra thread than the original does.")
+
+
+# --- this run against the recording -----------------------------------------------------------------
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"])
+
+
+def setting_differences(here: dict[str, Any], there: dict[str, Any]) -> list[str]:
+    """Settings beyond the configuration that differ between two machine records (CPU, torch, waits, load)."""
+    out = []
+    for key, label in (("cpu", "CPU"), ("cpu_count", "cores"), ("torch_version", "torch"),
+                       ("omp_wait_policy", "OpenMP wait policy"), ("compute_mode", "compute mode")):
+        a, b = here.get(key), there.get(key, "default" if key == "compute_mode" else None)
+        if a is not None and b is not None and str(a).split()[0] != str(b).split()[0]:
+            out.append(f"{label} {a} here, {b} recorded")
+    loads = [(m.get("load_average") or [0])[0] for m in (here, there)]
+    cores = here.get("cpu_count") or 1
+    if max(loads) >= max(1.0, cores / 2) and abs(loads[0] - loads[1]) >= 0.5:
+        out.append(f"load {loads[0]:.1f} here, {loads[1]:.1f} recorded")
+    return out
+
+
+def differences(local: list[StoryRow], recorded: list[StoryRow], here: dict[str, Any], there: dict[str, Any],
+                search_here: str, search_there: str) -> list[str]:
+    """One sentence per technique where this run and the recording disagree beyond their intervals, naming what
+    differs; a technique without a recorded row at this run's configuration says so."""
+    notes = []
+    for row in local:
+        same = [r for r in recorded if r.technique == row.technique and r.config == row.config]
+        if not same:
+            have = sorted({str(r.config) for r in recorded if r.technique == row.technique})
+            if have:
+                notes.append(f"{row.technique}: no recorded row at {row.config} (recorded: {'; '.join(have)}); "
+                             "the setting that differs is in the configuration")
+            continue
+        rec = same[0]
+        if _overlap(row.speedup_pct, rec.speedup_pct):
+            continue
+        why = setting_differences(here, there)
+        if row.technique == "searched ranks" and search_here != search_there:
+            why.append(f"ranks searched by {search_here} here, {search_there} recorded")
+        notes.append(f"{row.technique} at {row.config}: {row.speedup_pct['median']:+.1f}% here against "
+                     f"{rec.speedup_pct['median']:+.1f}% recorded, beyond both intervals; "
+                     + (f"settings that differ: {'; '.join(why)}" if why else
+                        "no setting differs: drift between runs on a shared machine (an interval covers the noise "
+                        "within one run, not between runs)"))
+    return notes
+
+
+# --- recording --------------------------------------------------------------------------------------
+
+
+def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None) -> Path:
+    """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
+    search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
+    """
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.compare import round_limits
+    from lrdlab.measure.compute import compute_policy, current_compute
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.paper.numbers import PAPER_EXCLUDE
+    from lrdlab.paper.recorded import data_dir
+    from lrdlab.paper.reproduce import Settings, stage_techniques
+    from lrdlab.paper.search_records import recorded_search_plan
+    from lrdlab.zoo.models import get_model
+
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    searched = recorded_search_plan(data or data_dir(), model, vanilla)
+    results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
+    settings, load_before, runs = Settings(quick=True), os.getloadavg(), []
+    for n in threads:
+        with compute_policy(n), round_limits(factor=1, budget_s=120.0):  # the quick reproduction's limits
+            run = stage_techniques(settings, results)
+            run["compute"] = current_compute().to_dict()
+        runs.append(run)
+    path = out / STORY_FILE
+    path.write_text(json.dumps({
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
+                "stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; train and inference, "
+                "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
+        "command": f"lrdlab record speed-story --threads-list {','.join(map(str, threads))}",
+        "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
+    }, indent=1, default=float) + "\n")
+    return path
+
+
+# --- the report's section ---------------------------------------------------------------------------
+
+
+def render_story(report, results: dict[str, Any], data: Path | None = None) -> None:
+    """This run's speed-ups beside the recorded ones of the same configuration, the disagreements named, and F12."""
+    import pandas as pd
+
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.paper.recorded import data_dir
+
+    if "techniques" not in results:
+        return
+    local = story_rows(results["techniques"])
+    story = recorded_story(data or data_dir())
+    recorded = recorded_rows(story) if story else []
+    report.heading("Speed at a glance — this run beside the README's recording")
+    table = []
+    for row in local:
+        rec = next((r for r in recorded if r.technique == row.technique and r.config == row.config), None)
+        table.append({"technique": row.technique, "configuration": str(row.config), "this run": row.cell,
+                      "recorded (README)": rec.cell if rec else "no row at this configuration",
+                      "agree": "—" if rec is None else ("yes" if _overlap(row.speedup_pct, rec.speedup_pct) else
+                                                        "NO")})
+    here = {**machine_info(), "load_average": results["techniques"].get("compute", {}).get("load_average")
+            or machine_info()["load_average"]}
+    report.table(pd.DataFrame(table), "Inference speed-up % [95% CI]; realised fraction of the FLOP ideal. Same "
+                 f"stage, same settings as the recording ({STORY_FILE}); the README's table is rendered from it.")
+    if story is None:
+        report.text(f"No recording ({STORY_FILE}) to compare with: `lrdlab record speed-story` makes one.")
+        return
+    search_here = "P1's Algorithm 1 (quick reproduction)"
+    notes = differences(local, recorded, here, story["machine"], search_here, story.get("search", "?"))
+    report.text("\n".join(f"- {n}" for n in notes) if notes else
+                "Every speed-up here agrees with the recorded one of the same configuration within their intervals.")
+    sentence = threads_sentence(recorded)
+    if sentence:
+        from lrdlab.explore.plots import plot_thread_scaling
+
+        report.figure(plot_thread_scaling(story_frame(recorded)), "F12_threads",
+                      f"F12 (recorded, {STORY_FILE}): time per batch, speed-up over the original at the same thread "
+                      f"count (95% intervals) and realised fraction of the FLOP ideal, vs torch threads. {sentence}")
+
+
+def story_frame(rows: list[StoryRow]):
+    """The rows as F12's table: threads, technique, original_ms, time_ms, speedup_pct (+ interval), realised."""
+    import pandas as pd
+
+    return pd.DataFrame([{"threads": r.config.threads, "technique": r.technique, "original_ms": r.original_ms,
+                          "time_ms": r.time_ms, "speedup_pct": r.speedup_pct["median"],
+                          "speedup_pct_ci_low": r.speedup_pct["ci_low"],
+                          "speedup_pct_ci_high": r.speedup_pct["ci_high"], "realised": r.realised} for r in rows])
+
+
+# --- README and docs --------------------------------------------------------------------------------
+
+
+README_BEGIN = "<!-- speed-story: generated from data/ by lrdlab.paper.speed_story.speed_story_section -->"
+README_END = "<!-- /speed-story -->"
+
+
+def speed_story_section(data: Path, links: str = "") -> str:
+    """The README's short speed block (markers included): the table, a sentence on threads, the records.
+
+    ``links`` prefixes the relative links (``"../"`` from docs/speed.md).
+    """
+    story = recorded_story(data)
+    if story is None:
+        body = [f"No speed recording yet: `lrdlab record speed-story` writes data/{STORY_FILE}."]
+    else:
+        rows = recorded_rows(story)
+        m = story["machine"]
+        loads = [story["load_average_before"][0], story["load_average_after"][0]]
+        body = [
+            "ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of "
+            f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
+            f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
+            f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
+            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same settings.",
+            "",
+            story_table(rows),
+            "",
+            threads_sentence(rows),
+        ]
+    body += ["", f"Records: [data/{STORY_FILE}]({links}data/{STORY_FILE}); more in "
+                 f"[docs/speed.md]({links}docs/speed.md)."]
+    return "\n".join([README_BEGIN, *body, README_END]).replace("\n\n\n", "\n\n")
+
+
+def regenerate_speed_doc(doc: str | Path = "docs/speed.md", data: str | Path = "data") -> bool:
+    """Rewrite the generated block of docs/speed.md from ``data``; True when it changed."""
+    from lrdlab.paper.readme_sections import current_block
+
+    path = Path(doc)
+    text = path.read_text()
+    old, new = current_block(text, README_BEGIN, README_END), speed_story_section(Path(data), links="../")
+    path.write_text(text.replace(old, new))
+    return old != new

@@ -1,0 +1,133 @@
+"""One story about speed: the report's speed section and the README's table read the same stage's rows, and the
+report says when its own run disagrees with the recording and which setting differs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from lrdlab.explore.plots import plot_thread_scaling
+from lrdlab.paper.report import Report
+from lrdlab.paper.speed_story import (
+    STORY_FILE,
+    SpeedConfig,
+    differences,
+    recorded_rows,
+    render_story,
+    speed_story_section,
+    story_frame,
+    story_rows,
+    story_table,
+    threads_sentence,
+)
+
+MACHINE = {"cpu": "Test CPU", "cpu_count": 2, "torch_version": "2.x", "omp_wait_policy": "default",
+           "compute_mode": "default", "load_average": [0.2, 0.2, 0.2]}
+
+
+def techniques(threads: int, speedups: dict[str, float], original_s: float = 0.1) -> dict:
+    """A techniques stage result (the reproduction's T2 measurement) with the given inference speed-ups (%)."""
+    rows = [{"method": "original", "flops_pct": 0.0, "infer_s": original_s, "infer_speedup_pct": 0.0,
+             "infer_speedup_pct_ci_low": 0.0, "infer_speedup_pct_ci_high": 0.0, "infer_rounds": 3}]
+    for name, pct in speedups.items():
+        rows.append({"method": name, "flops_pct": -50.0, "infer_s": original_s / (1 + pct / 100),
+                     "infer_speedup_pct": pct, "infer_speedup_pct_ci_low": pct - 3,
+                     "infer_speedup_pct_ci_high": pct + 3, "infer_rounds": 3})
+    return {"input_shape": [8, 3, 112, 112], "rows": rows, "compute": {"threads": threads, "mode": "default"}}
+
+
+def story(tmp_path) -> dict:
+    data = {"command": "lrdlab record speed-story --threads 1,2", "search": "robust search", "machine": MACHINE,
+            "load_average_before": [0.3, 0, 0], "load_average_after": [0.5, 0, 0],
+            "runs": [techniques(1, {"vanilla LRD": 40.0, "optimized ranks": 50.0, "layer merging": 70.0}, 0.3),
+                     techniques(2, {"vanilla LRD": 10.0, "optimized ranks": 12.0, "layer merging": 30.0}, 0.2)]}
+    (tmp_path / STORY_FILE).write_text(json.dumps(data))
+    return data
+
+
+def test_rows_name_their_configuration_and_realised_fraction():
+    rows = story_rows(techniques(1, {"vanilla LRD": 50.0}))
+    assert rows[0].config == SpeedConfig(1, "eager", 8, 112)
+    assert str(rows[0].config) == "eager, 1 thread, batch 8, 112 px"
+    assert rows[0].technique == "vanilla 2x" and abs(rows[0].realised - 0.5) < 1e-9  # ideal 2x, measured 1.5x
+
+
+def test_the_readme_table_has_one_row_per_configuration(tmp_path):
+    rows = recorded_rows(story(tmp_path))
+    table = story_table(rows).splitlines()
+    assert table[0] == "| configuration | original ms | vanilla 2x | searched ranks | merging |"
+    assert table[2].startswith("| eager, 1 thread, batch 8, 112 px | 300 | +40.0% [+37.0, +43.0]; 0.40 |")
+    assert table[3].startswith("| eager, 2 threads, batch 8, 112 px | 200 |") and len(table) == 4
+    assert "From 1 to 2 threads the original goes from 300 to 200 ms" in threads_sentence(rows)
+    section = speed_story_section(tmp_path)
+    assert "Test CPU" in section and f"(data/{STORY_FILE})" in section and "(docs/speed.md)" in section
+    assert section.startswith("<!-- speed-story") and section.endswith("<!-- /speed-story -->")
+    assert "(../data/" in speed_story_section(tmp_path, links="../")
+
+
+def test_docs_speed_is_the_generated_block():
+    from pathlib import Path
+
+    from lrdlab.paper.readme_sections import current_block
+    from lrdlab.paper.speed_story import README_BEGIN, README_END
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "speed.md").read_text()
+    assert current_block(doc, README_BEGIN, README_END) == speed_story_section(root / "data", links="../"), \
+        "docs/speed.md is stale: python -c 'from lrdlab.paper.speed_story import regenerate_speed_doc; " \
+        "regenerate_speed_doc()'"
+
+
+def test_a_disagreement_names_the_settings_that_differ(tmp_path):
+    recorded = recorded_rows(story(tmp_path))
+    local = story_rows(techniques(1, {"vanilla LRD": 41.0, "optimized ranks": 10.0}))
+    here = {**MACHINE, "omp_wait_policy": "PASSIVE", "compute_mode": "shared"}
+    notes = differences(local, recorded, here, MACHINE, "Algorithm 1", "robust search")
+    assert len(notes) == 1 and notes[0].startswith("searched ranks at eager, 1 thread")  # vanilla agrees
+    assert "OpenMP wait policy PASSIVE here, default recorded" in notes[0] and "compute mode shared" in notes[0]
+    assert "ranks searched by Algorithm 1 here, robust search recorded" in notes[0]
+    same = differences(story_rows(techniques(2, {"vanilla LRD": -20.0})), recorded, MACHINE, MACHINE, "a", "a")
+    assert "no setting differs" in same[0]
+    other = differences(story_rows(techniques(16, {"vanilla LRD": 5.0})), recorded, MACHINE, MACHINE, "a", "a")
+    assert "no recorded row at eager, 16 threads" in other[0]
+
+
+def test_the_report_puts_this_run_beside_the_recording(tmp_path):
+    story(tmp_path)
+    report = Report(tmp_path / "report", "test")
+    render_story(report, {"techniques": techniques(2, {"vanilla LRD": 11.0, "layer merging": -5.0})}, tmp_path)
+    md = report.markdown()
+    assert "this run beside the README's recording" in md and "| merging | eager, 2 threads" in md
+    assert "| NO |" in md and "merging at eager, 2 threads, batch 8, 112 px: -5.0% here against +30.0% recorded" in md
+    assert "F12_threads.png" in md
+
+
+def test_f12_draws_every_technique(tmp_path):
+    df = story_frame(recorded_rows(story(tmp_path)))
+    assert isinstance(df, pd.DataFrame) and set(df["threads"]) == {1, 2}
+    fig = plot_thread_scaling(df)
+    assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 3
+
+
+def test_the_recording_runs_the_reproductions_stage_at_each_thread_count(tmp_path, monkeypatch):
+    import torch
+
+    from lrdlab.paper import reproduce
+    from lrdlab.paper.recorded import data_dir
+    from lrdlab.paper.speed_story import record_speed_story
+
+    seen = []
+
+    def stage(settings, results):  # the real stage times ResNet-50; here: which settings and ranks it gets
+        seen.append((settings.quick, settings.bench_shape, torch.get_num_threads(),
+                     results["optimize"]["resnet50"]["plan"]["model"]))
+        return techniques(torch.get_num_threads(), {"vanilla LRD": 10.0})
+
+    monkeypatch.setattr(reproduce, "stage_techniques", stage)
+    before = torch.get_num_threads()
+    path = record_speed_story(tmp_path, threads=(1,), data=data_dir())
+    assert seen == [(True, (8, 3, 112, 112), 1, "resnet50")] and torch.get_num_threads() == before
+    recorded = json.loads(path.read_text())
+    assert recorded["runs"][0]["compute"]["threads"] == 1 and "compute_mode" in recorded["machine"]
+    assert "| eager, 1 thread, batch 8, 112 px |" in speed_story_section(tmp_path)
