@@ -153,7 +153,7 @@ def _run_record(args: argparse.Namespace) -> int:
             if args.only in (None, part):
                 print("wrote", fn(args.out))
     elif args.what == "speed-story":
-        from lrdlab.paper.speed_story import record_speed_story
+        from lrdlab.paper.speed_story_record import record_speed_story
 
         print("wrote", record_speed_story(args.out, tuple(args.threads)))
     elif args.what == "finetune-sweep":

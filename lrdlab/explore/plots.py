@@ -254,7 +254,8 @@ def plot_thread_scaling(df: pd.DataFrame, title: str = "Speed vs torch threads")
     ``df`` columns: ``threads``, ``technique``, ``original_ms``, ``time_ms``, ``speedup_pct``, ``realised``;
     optional ``speedup_pct_ci_low/high`` (error bars).
     """
-    _require(df, ["threads", "technique", "original_ms", "time_ms", "speedup_pct", "realised"], "plot_thread_scaling")
+    columns = ["threads", "technique", "original_ms", "time_ms", "speedup_pct", "realised"]
+    require_columns(df, columns, "plot_thread_scaling")
     with style():
         fig, axes = new_figure(ncols=3, width=13.0, height=3.8)
         orig = df.groupby("threads", as_index=False)["original_ms"].first()

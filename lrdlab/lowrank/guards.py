@@ -56,15 +56,14 @@ def _hook_fix(module: nn.Module) -> str | None:
     return None
 
 
-def check_model(model: nn.Module) -> None:
-    """``ValueError`` (naming the layer and the fix) for models lrdlab cannot plan as they are."""
-    from lrdlab.lowrank.layers import LowRankLayer
-
+def check_model(model: nn.Module, decomposed: type[nn.Module]) -> None:
+    """``ValueError`` (naming the layer and the fix) for models lrdlab cannot plan as they are; ``decomposed`` is
+    the class of an already decomposed layer."""
     if isinstance(model, (nn.Linear, nn.modules.conv._ConvNd)) or type(model).__name__ == "Conv1D":
         raise ValueError(f"the model is a single {type(model).__name__}: decomposing it would replace the model "
                          f"itself; wrap it, e.g. make_plan(nn.Sequential(layer), ...)")
     for name, m in model.named_modules():
-        if isinstance(m, LowRankLayer):
+        if isinstance(m, decomposed):
             raise ValueError(f"the model is already decomposed (layer {name!r} is a LowRankLayer); planning it again "
                              f"would nest decompositions: plan the original model (a fresh copy) instead")
     check_hook_rewrites(model)

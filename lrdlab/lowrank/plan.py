@@ -329,7 +329,7 @@ def make_plan(
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
 
-    guards.check_model(model)
+    guards.check_model(model, LowRankLayer)
     layers = candidate_layers(model)
     names = [n for n, _ in layers]
     if not layers:

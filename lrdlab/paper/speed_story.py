@@ -10,7 +10,6 @@ disagree beyond their intervals, names the settings that differ (:func:`differen
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,45 +164,6 @@ def differences(local: list[StoryRow], recorded: list[StoryRow], here: dict[str,
                         "no setting differs: drift between runs on a shared machine (an interval covers the noise "
                         "within one run, not between runs)"))
     return notes
-
-
-# --- recording --------------------------------------------------------------------------------------
-
-
-def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None) -> Path:
-    """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
-    search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
-    """
-    from lrdlab.lowrank.plan import make_plan
-    from lrdlab.measure.compare import round_limits
-    from lrdlab.measure.compute import compute_policy, current_compute
-    from lrdlab.measure.machine import machine_info
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
-    from lrdlab.paper.recorded import data_dir
-    from lrdlab.paper.reproduce import Settings, stage_techniques
-    from lrdlab.paper.search_records import recorded_search_plan
-    from lrdlab.zoo.models import get_model
-
-    model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    searched = recorded_search_plan(data or data_dir(), model, vanilla)
-    results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
-    settings, load_before, runs = Settings(quick=True), os.getloadavg(), []
-    for n in threads:
-        with compute_policy(n), round_limits(factor=1, budget_s=120.0):  # the quick reproduction's limits
-            run = stage_techniques(settings, results)
-            run["compute"] = current_compute().to_dict()
-        runs.append(run)
-    path = out / STORY_FILE
-    path.write_text(json.dumps({
-        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
-                "stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; train and inference, "
-                "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
-        "command": f"lrdlab record speed-story --threads-list {','.join(map(str, threads))}",
-        "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
-    }, indent=1, default=float) + "\n")
-    return path
 
 
 # --- the report's section ---------------------------------------------------------------------------

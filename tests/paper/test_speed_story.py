@@ -115,7 +115,7 @@ def test_the_recording_runs_the_reproductions_stage_at_each_thread_count(tmp_pat
 
     from lrdlab.paper import reproduce
     from lrdlab.paper.recorded import data_dir
-    from lrdlab.paper.speed_story import record_speed_story
+    from lrdlab.paper.speed_story_record import record_speed_story
 
     seen = []
 

@@ -1,0 +1,46 @@
+"""Recording the speed story: the quick reproduction's techniques stage at each thread count
+(``lrdlab record speed-story``), kept apart from :mod:`lrdlab.paper.speed_story` (which the report renders with)
+so that the report does not import the reproduction that renders it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lrdlab.lowrank.plan import make_plan
+from lrdlab.measure.compare import round_limits
+from lrdlab.measure.compute import compute_policy, current_compute
+from lrdlab.measure.machine import machine_info
+from lrdlab.paper import reproduce
+from lrdlab.paper.numbers import PAPER_EXCLUDE
+from lrdlab.paper.recorded import data_dir
+from lrdlab.paper.search_records import recorded_search_plan
+from lrdlab.paper.speed_story import STORY_FILE
+from lrdlab.zoo.models import get_model
+
+
+def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None) -> Path:
+    """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
+    search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
+    """
+    model = get_model("resnet50").eval()
+    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    searched = recorded_search_plan(data or data_dir(), model, vanilla)
+    results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
+    settings, load_before, runs = reproduce.Settings(quick=True), os.getloadavg(), []
+    for n in threads:
+        with compute_policy(n), round_limits(factor=1, budget_s=120.0):  # the quick reproduction's limits
+            run = reproduce.stage_techniques(settings, results)
+            run["compute"] = current_compute().to_dict()
+        runs.append(run)
+    path = out / STORY_FILE
+    path.write_text(json.dumps({
+        "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
+                "stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; train and inference, "
+                "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
+        "command": f"lrdlab record speed-story --threads-list {','.join(map(str, threads))}",
+        "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
+    }, indent=1, default=float) + "\n")
+    return path
