@@ -170,6 +170,26 @@ def test_hooks_move_to_the_replacement():
     assert not out[0]._forward_hooks
 
 
+def test_hooks_on_a_rewritten_attention_module_move_too():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    model = Attn().double().eval()
+    seen = []
+    model.mha.register_forward_hook(lambda mod, args, out: seen.append(type(mod).__name__))
+    x = torch.randn(1, 4, 16, dtype=torch.float64)
+    plan = _full(model, example_input=x)
+    seen.clear()  # the probe forward is an ordinary forward: the model's hooks ran
+    out = decompose(model, plan)
+    torch.testing.assert_close(out(x), model(x))
+    assert seen == ["FactorizedMultiheadAttention", "MultiheadAttention"]
+
+
 def test_state_dict_hooks_are_refused_before_anything_changes():
     model = nn.Sequential(nn.Linear(8, 8))
     model[0]._register_state_dict_hook(lambda *a: None)
