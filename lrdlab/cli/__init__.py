@@ -17,6 +17,7 @@ from lrdlab.measure.compute import set_wait_policy
 set_wait_policy()  # before torch loads: OpenMP threads that spin collapse a shared CPU (lrdlab.measure.compute)
 
 from lrdlab.cli import library, study  # noqa: E402
+from lrdlab.cli import lm as lm_cli  # noqa: E402
 from lrdlab.cli.common import PAPER_EXCLUDE  # noqa: E402, F401  (re-exported: notebooks and tests use it)
 
 SUBCOMMANDS = {
@@ -31,6 +32,7 @@ SUBCOMMANDS = {
     "train": (library._add_train, library._run_train),
     "merge": (library._add_merge, library._run_merge),
     "record": (study._add_record, study._run_record),
+    "bench-lm": (lm_cli._add_bench_lm, lm_cli._run_bench_lm),
 }
 
 
