@@ -46,6 +46,7 @@ def save_hf(model: nn.Module, plan: Plan, directory: str | Path) -> Path:
     saved.update(model_type=MODEL_TYPE, architectures=["LrdlabLowRankForCausalLM"], lrdlab={
         "model_type": original.get("model_type"), "architectures": original.get("architectures")
         or [type(model).__name__], "plan": record.to_dict(),
+        "attn_implementation": getattr(config, "_attn_implementation", None),  # eager vs sdpa: same logits
         "load_with": "lrdlab.lowrank.hf_save.load_hf(directory); merge_to_dense for a plain checkpoint"})
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied tensors: copies
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt", "lrdlab": MODEL_TYPE})
@@ -59,6 +60,8 @@ def _original_model(saved: dict[str, Any]) -> nn.Module:
     fields = {k: v for k, v in saved.items() if k not in ("model_type", "architectures", "lrdlab")}
     config = transformers.AutoConfig.for_model(info["model_type"], **fields)
     config.architectures = info["architectures"]
+    if info.get("attn_implementation"):
+        config._attn_implementation = info["attn_implementation"]
     cls = getattr(transformers, info["architectures"][0], None)
     if cls is None:
         raise ValueError(f"transformers {transformers.__version__} has no class {info['architectures'][0]!r}")

@@ -31,6 +31,7 @@ def test_round_trip_gives_identical_logits(decomposed, tmp_path):
     with torch.no_grad():
         diff = (back(x).logits - low(x).logits).abs().max()
     assert float(diff) <= 1e-6
+    assert back.config._attn_implementation == low.config._attn_implementation  # eager stays eager
     assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in low.parameters())
 
 
