@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from lrdlab.cli import library, study
+from lrdlab.cli import lm as lm_cli
 from lrdlab.cli.common import (
     PAPER_EXCLUDE,  # noqa: F401  (re-exported: notebooks and tests use it)
     CommandLineError,
@@ -36,6 +37,7 @@ SUBCOMMANDS = {
     "train": (library._add_train, library._run_train),
     "merge": (library._add_merge, library._run_merge),
     "record": (study._add_record, study._run_record),
+    "bench-lm": (lm_cli._add_bench_lm, lm_cli._run_bench_lm),
 }
 
 

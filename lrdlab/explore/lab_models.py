@@ -67,6 +67,8 @@ def trained_models() -> dict[str, LabModel]:
     out = {}
     for name in pretrained.available():
         info = pretrained.pretrained_info(name)
+        if info.get("kind") == "causal_lm":  # the language model is not an image classifier
+            continue
         out[trained_key(info)] = LabModel(trained_key(info), info["model"], name)
     return out
 

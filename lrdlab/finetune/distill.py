@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lrdlab.finetune.inputs import logits_of
+from lrdlab.finetune.text_batches import teacher_logits
 
 
 class DistillationLoss(nn.Module):
@@ -38,7 +38,7 @@ class DistillationLoss(nn.Module):
         was_training = teacher.training
         teacher.eval()
         with torch.no_grad():
-            soft = logits_of(teacher(inputs))
+            soft = teacher_logits(teacher, inputs)
         teacher.train(was_training)
         t = self.temperature
         kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(soft / t, dim=1), log_target=True,

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "pixel_values")
+INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "pixel_values", "input_ids")
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.freezing import Freezer
-from lrdlab.finetune.inputs import check_device, check_labels, logits_of, split_batch
+from lrdlab.finetune.inputs import check_device, check_labels
+from lrdlab.finetune.text_batches import forward_batch
+from lrdlab.lowrank.token_batches import is_causal_lm
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -68,11 +70,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    causal = is_causal_lm(model)
     t0 = time.perf_counter()
     for i, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress or world()[0] != 0)):
-        x, y = split_batch(batch)
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        out = logits_of(model(x))
+        x, y, out = forward_batch(model, batch, dev, i, causal, "evaluate batch")
         if i == 0:
             check_labels(out, y)
         loss_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
@@ -84,8 +85,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     loss_sum, top1, top5, n = all_sum([loss_sum, top1, top5, n], dev)
     if n == 0:
         raise ValueError("evaluate got an empty loader")
-    return {"loss": loss_sum / n, "accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n),
-            "eval_s": seconds, "eval_img_s": n / seconds}
+    result: dict[str, float] = {"loss": loss_sum / n, "accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n,
+                                "images": int(n), "eval_s": seconds, "eval_img_s": n / seconds}
+    if causal:  # a causal LM: per scored token (``images`` counts tokens), and its perplexity
+        result["perplexity"] = float(np.exp(result["loss"]))
+    return result
 
 
 # --- optimiser and schedule ------------------------------------------------------------------------------
@@ -154,13 +158,12 @@ def _wrap_ddp(model: nn.Module, freezer: Freezer | None, device: torch.device) -
 def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, iteration, device, bar, clip):
     net.train()
     loss_sum, correct, n = 0.0, 0, 0
+    causal = is_causal_lm(net)
     for i, batch in enumerate(bar(loader)):
         if freezer is not None:
             freezer.sync(epoch, iteration)
-        x, y = split_batch(batch)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = logits_of(net(x))
+        x, y, out = forward_batch(net, batch, device, i, causal, "training batch")
         if i == 0:
             check_labels(out, y)
         loss = criterion(out, y) if not isinstance(criterion, DistillationLoss) else criterion(out, y, x)

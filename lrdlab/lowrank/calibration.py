@@ -52,6 +52,7 @@ from lrdlab.lowrank.decompose import check_plan, set_module
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Plan
+from lrdlab.lowrank.token_batches import calibration_ids, takes_tokens
 
 # --- pure maths ------------------------------------------------------------------------------------------
 
@@ -139,6 +140,8 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
     wrong dtype, a device other than the model's, the wrong rank or channels for the first layer, or
     batches of different shapes. Reads ``batches`` once (an iterator is consumed).
     """
+    if takes_tokens(model):  # a language model: token-id tensors or dicts (lowrank/token_batches.py)
+        return calibration_ids(model, batches, plan)
     expect = expected_input(model, plan)
     if batches is None or isinstance(batches, Tensor) and batches.ndim == 0:
         raise ValueError(f"calibration needs batches of inputs shaped {expect}")

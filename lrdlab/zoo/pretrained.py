@@ -129,8 +129,12 @@ def pretrained(name: str) -> nn.Module:
     from lrdlab.zoo.models import get_model
 
     info = pretrained_info(name)
-    model = get_model(info["model"], num_classes=info["num_classes"])
     packed = torch.load(WEIGHTS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
+    if info.get("kind") == "causal_lm":  # a language model over bytes (lrdlab.zoo.lm)
+        from lrdlab.zoo.lm import load_lm
+
+        return load_lm(info, packed)
+    model = get_model(info["model"], num_classes=info["num_classes"])
     model.load_state_dict(unpack_state_dict(packed))
     return model.eval()
 

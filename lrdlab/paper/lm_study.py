@@ -1,0 +1,146 @@
+"""The language-model study: perplexity against compression on the shipped byte-level Llama, and prefill / decode
+speed of a ~100 M-parameter Llama config (random weights: speed needs no training), dense vs decomposed.
+
+Recorded with :func:`record_lm_perplexity` into ``data/lm_perplexity_pydoc.json`` and :func:`record_lm_speed`
+into ``data/lm_decode_llama100m_cpu.json``; each file names its machine, threads, load and settings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrdlab.finetune.loop import evaluate, fit
+from lrdlab.lowrank.decompose import decompose
+from lrdlab.lowrank.one_shot import one_shot_decompose
+from lrdlab.lowrank.plan import make_plan
+from lrdlab.measure.counting import count_params
+from lrdlab.measure.decode import as_dict, compare_phase
+from lrdlab.measure.machine import machine_info
+
+RATIOS = (1.25, 1.5, 2.0, 3.0)
+VARIANTS = ("weights_only", "one_shot_whitening", "calibrated", "calibrated_distilled")
+
+
+def _write(out: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS, *, calibration_sequences: int = 32,
+                     distill_steps: int = 16, validation_sequences: int | None = None,
+                     progress: bool = False) -> dict[str, Any]:
+    """Validation perplexity of the shipped LM and of its decompositions at each ratio, by :data:`VARIANTS`:
+    weights only; one-shot whitening (:func:`~lrdlab.lowrank.one_shot.one_shot_decompose`); lrdlab's calibrated
+    default (``decompose(..., calibration=...)``); and that plus ``distill_steps`` steps of distilled fine-tuning
+    (AdamW, the original as teacher). ``distill_steps=0`` leaves the last out."""
+    from lrdlab.zoo.pretrained import pretrained, pretrained_info
+    from lrdlab.zoo.text import text_loaders
+
+    info = pretrained_info(name)
+    model = pretrained(name)
+    loaders = text_loaders(info["seq_len"], 32, validation_sequences=validation_sequences)
+    calib = loaders.calibration(calibration_sequences)
+    train = list(itertools.islice(iter(loaders.train), distill_steps))
+    dense = evaluate(model, loaders.test)
+    rows = []
+    for ratio in ratios:
+        plan = make_plan(model, ratio=ratio)
+        t0 = time.perf_counter()
+        built = {"weights_only": decompose(model, plan, progress=False),
+                 "one_shot_whitening": one_shot_decompose(model, plan, calib),
+                 "calibrated": decompose(model, plan, calibration=calib, progress=False)}
+        row: dict[str, Any] = {"ratio": ratio, "params": count_params(built["calibrated"]),
+                               "decompose_s": round(time.perf_counter() - t0, 2)}
+        for variant, net in built.items():
+            row[variant] = round(evaluate(net, loaders.test)["perplexity"], 4)
+        if distill_steps:
+            student = built["calibrated"]
+            history = fit(student, train, loaders.test, 1, 1e-3, optimizer="adamw", weight_decay=0.0,
+                          schedule="cosine", teacher=model, clip_grad_norm=1.0, progress=progress)
+            row["calibrated_distilled"] = round(math.exp(float(history["loss"].iloc[-1])), 4)  # fit's evaluation
+        rows.append(row)
+    return {"model": name, "dense_perplexity": round(dense["perplexity"], 4), "dense_params": count_params(model),
+            "validation_tokens": dense["images"], "rows": rows, "calibration_tokens": sum(c.numel() for c in calib),
+            "distill_steps": distill_steps, "baselines": info.get("baselines")}
+
+
+def _table_one_thread(kw: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return perplexity_table(**kw)
+
+
+def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", *, processes: int = 1,
+                         ratios: Sequence[float] = RATIOS, **kw: Any) -> dict[str, Any]:
+    """:func:`perplexity_table` written to ``out`` with the machine, threads and load; ``processes`` > 1 splits
+    the ratios over that many one-thread processes (the same numbers, sooner)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    parts = [list(ratios)[i::processes] for i in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        tables = list(pool.map(_table_one_thread, [{**kw, "ratios": part} for part in parts if part]))
+    table = {**tables[0], "rows": sorted((r for t in tables for r in t["rows"]), key=lambda r: r["ratio"])}
+    return _write(out, {"what": "validation perplexity of the shipped byte-level Llama vs compression",
+                        "variants": {
+                            "weights_only": "truncated SVD of each weight (no data)",
+                            "one_shot_whitening": "SVD-LLM truncation-aware whitening, every layer's statistics "
+                                                  "from the original model in one pass (lrdlab.lowrank.one_shot)",
+                            "calibrated": "lrdlab's default decompose(model, plan, calibration=batches): the same "
+                                          "whitening, each layer fitted to its inputs inside the network decomposed "
+                                          "so far",
+                            "calibrated_distilled": "calibrated + distill_steps AdamW steps (lr 1e-3, cosine) with "
+                                                    "the original as teacher (Hinton loss, alpha 0.5, T 4)"},
+                        **table, "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
+
+
+def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
+                prompt: int = 128, batch: int = 8, decode_tokens: int = 8, context: int = 64,
+                rounds: int = 7) -> dict[str, Any]:
+    """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after
+    a ``context`` prompt) of a random-weight Llama (default :data:`~lrdlab.zoo.lm.LLAMA_100M`), dense vs its
+    weights-only decomposition at ``ratio``, for each thread count (0: all cores)."""
+    from lrdlab.zoo.lm import LLAMA_100M, llama_from_config
+
+    before = torch.get_num_threads()
+    torch.manual_seed(0)
+    dense = llama_from_config(**(config or LLAMA_100M))
+    plan = make_plan(dense, ratio=ratio)
+    low = decompose(dense, plan, progress=False)
+    results = []
+    try:
+        for n in threads:
+            torch.set_num_threads(n or _all_cores())
+            for phase, b, tokens in (("prefill", 1, prompt), ("decode", 1, decode_tokens),
+                                     ("decode", batch, decode_tokens)):
+                results.append(as_dict(compare_phase(dense, low, phase, b, tokens, context=context, rounds=rounds)))
+    finally:
+        torch.set_num_threads(before)
+    return {"config": config or LLAMA_100M, "ratio": ratio, "dense_params": count_params(dense),
+            "decomposed_params": count_params(low), "kept_layers": len(plan.layers) - len(plan.decomposed_layers),
+            "prompt": prompt, "context": context, "rounds": rounds, "dtype": "float32", "results": results}
+
+
+def _all_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", **kw: Any) -> dict[str, Any]:
+    """:func:`speed_table` written to ``out`` with the machine and load."""
+    t0 = time.perf_counter()
+    table = speed_table(**kw)
+    return _write(out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only), random-weight "
+                                "Llama; speed-up = median paired ratio over interleaved rounds, 95% bootstrap "
+                                "interval; bytes_ideal = parameter bytes read per decode token, dense / decomposed",
+                        **table, "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})

@@ -1,0 +1,38 @@
+"""The embedded corpus: a fixed split, byte tokens, fixed-length windows, n-gram baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrdlab.zoo.text import ByteTokenizer, corpus_ids, corpus_info, ngram_perplexity, text_loaders
+
+
+def test_split_is_fixed_and_covers_the_corpus():
+    train, val = corpus_ids("train"), corpus_ids("validation")
+    info = corpus_info()
+    assert len(train) == info["train_bytes"] and len(val) == info["validation_bytes"]
+    assert len(train) + len(val) == info["bytes"] > 100_000
+    assert torch.equal(corpus_ids("validation"), val)
+    assert int(train.max()) < 256 and int(train.min()) >= 0
+    with pytest.raises(ValueError, match="split must be"):
+        corpus_ids("test")
+
+
+def test_byte_tokenizer_round_trips_unicode():
+    tok = ByteTokenizer()
+    text = "def f(x): return x ** 2  # café"
+    assert tok.decode(tok.encode(text)) == text
+    assert max(tok.encode(text)) < tok.vocab_size
+
+
+def test_loaders_give_fixed_length_dict_batches():
+    loaders = text_loaders(seq_len=64, batch_size=8, validation_sequences=10)
+    batch = next(iter(loaders.train))
+    assert batch["input_ids"].shape == (8, 64) and torch.equal(batch["input_ids"], batch["labels"])
+    assert len(loaders.test.dataset) == 10
+    assert [b.shape for b in loaders.calibration(sequences=12, batch=8)] == [(8, 64), (4, 64)]
+
+
+def test_bigram_beats_unigram():
+    assert ngram_perplexity(2) < ngram_perplexity(1) < 256

@@ -1,0 +1,40 @@
+"""Prefill/decode timing pieces on a tiny Llama: the decode step is real greedy decoding, bytes are counted right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrdlab import decompose, make_plan
+
+pytest.importorskip("transformers")
+from lrdlab.measure.decode import bytes_per_token, compare_phase, decode_step  # noqa: E402
+from lrdlab.zoo.lm import llama_from_config  # noqa: E402
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+
+
+def test_decode_step_is_greedy_generation_and_restarts_from_the_prompt():
+    torch.manual_seed(0)
+    model = llama_from_config(**TINY)
+    step = decode_step(model, batch=2, context=8, tokens=5, vocab=256, seed=3)
+    ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        seq = ids
+        for _ in range(6):  # greedy without a cache: the prompt's next token, then 5 decode steps
+            seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], 1)
+    first, again = step(), step()
+    assert torch.equal(first, again)
+    assert torch.equal(first[:, 0], seq[:, -1])
+
+
+def test_bytes_per_token_skips_the_embedding_table_and_compare_runs():
+    model = llama_from_config(**TINY)
+    emb = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    assert bytes_per_token(model) == 4 * (total - emb.numel())
+    low = decompose(model, make_plan(model, ratio=2))
+    result = compare_phase(model, low, "decode", 1, 2, context=4, rounds=2)
+    assert result.rounds == 2 and result.ci_low <= result.speedup <= result.ci_high
+    assert 1.5 < result.bytes_ideal < 2.5
