@@ -49,7 +49,7 @@ def test_a_saved_plan_with_policy_options_is_ambiguous(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["plan", "resnet20", "--image-size", "0"], "--image-size must be >= 1"),
     (["plan", "resnet20", "--granularity", "0"], "--granularity must be >= 1"),
-    (["plan", "resnet20", "--method", "cp"], "method must be 'auto' or one of"),
+    (["plan", "resnet20", "--method", "tt"], "method must be 'auto' or one of"),
     (["stats", "resnet20", "--num-classes", "-3"], "--num-classes must be >= 1"),
     (["train", "resnet20", "--epochs", "0"], "--epochs must be >= 1"),
     (["train", "resnet20", "--batch", "0"], "--batch must be >= 1"),

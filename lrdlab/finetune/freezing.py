@@ -111,23 +111,28 @@ class Freezer:
             raise ValueError(f"freezing period must be a positive int, got {period!r}")
         if not isinstance(model, nn.Module):
             raise ValueError(f"Freezer needs the model (nn.Module) to freeze, got {type(model).__name__}")
-        self.model, self.mode, self.period, self.unit = model, mode, int(period), unit
-        self.freeze_others = freeze_others
-        self.reset_optimizer_state = reset_optimizer_state
-        self.layers = low_rank_layers(model)
+        self.model: nn.Module = model
+        self.mode: str = mode
+        self.period: int = int(period)
+        self.unit: str = unit
+        self.freeze_others: bool = freeze_others
+        self.reset_optimizer_state: bool = reset_optimizer_state
+        self.layers: list[tuple[str, LowRankLayer]] = low_rank_layers(model)
         if mode != "none" and not self.layers:
             raise ValueError(f"freezing mode {mode!r} needs a decomposed model (no LowRankLayer found); "
                              "decompose it first or use mode='none'")
-        self.orders = {name: layer_order(layer, order) for name, layer in self.layers}
-        self.progress = 0
+        self.orders: dict[str, tuple[str, ...]] = {name: layer_order(layer, order) for name, layer in self.layers}
+        self.progress: int = 0
         self._phase: int | None = None
         ours = set(getattr(self._root(), _MARK, ()))  # what an earlier Freezer turned off is not the user's
-        self._user_frozen = {n for n, p in self._root().named_parameters() if not p.requires_grad and n not in ours}
+        self._user_frozen: set[str] = {n for n, p in self._root().named_parameters()
+                                       if not p.requires_grad and n not in ours}
         self._optimizer: torch.optim.Optimizer | None = None
         self.apply()
 
     def _root(self) -> nn.Module:
-        return getattr(self.model, "module", self.model)
+        root: nn.Module = getattr(self.model, "module", self.model)
+        return root
 
     def _params(self) -> list[nn.Parameter]:
         return list(self._root().parameters())
@@ -198,7 +203,7 @@ class Freezer:
     # --- reading ---------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Trainable and frozen parameter counts of the whole model right now."""
-        params = list(getattr(self.model, "module", self.model).parameters())
+        params = list(self._root().parameters())
         trainable = sum(p.numel() for p in params if p.requires_grad)
         return {"trainable": trainable, "frozen": sum(p.numel() for p in params) - trainable}
 

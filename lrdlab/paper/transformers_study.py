@@ -129,21 +129,22 @@ def gemm_rank_times(shapes: Sequence[tuple[int, int]], ranks: Iterable[int], tok
     return pd.DataFrame(rows)
 
 
-def granularity_sweep(model: nn.Module, ratio: float, granularities: Sequence[int], input_shape: Sequence[int], *,
+def _granularity_rows(model: nn.Module, ratio: float, granularities: Sequence[int], input_shape: Sequence[int], *,
                       rounds: int = 3) -> pd.DataFrame:
-    """Whole-model params and median inference / train-step time of ``model`` at ``ratio`` per rank granularity."""
-    from lrdlab.measure.compare import compare
+    """Params and median inference / train-step time per rank granularity, the original first
+    (:func:`lrdlab.measure.sweeps.granularity_sweep`, ranks rounded to the nearest multiple)."""
+    from lrdlab.measure.sweeps import granularity_sweep
 
-    models = {"original": model}
-    for g in granularities:
-        models[f"g={g}"] = decompose(model, make_plan(model, ratio=ratio, granularity=g, rounding="nearest")).eval()
-    rows = {name: {"variant": name, "params": count_params(m)} for name, m in models.items()}
-    for mode in ("inference", "train"):
-        df = compare(models, input_shape, mode=mode, rounds=rounds, warmup=1, repeats=3)
-        for r in df.to_dict("records"):
-            rows[r["name"]][f"{mode}_ms"] = 1e3 * r["median_s"]
-            rows[r["name"]][f"{mode}_speedup_vs_original"] = r["speedup_vs_first"]
-    return pd.DataFrame(list(rows.values()))
+    df = granularity_sweep(model, input_shape, ratio, granularities, train=True, rounds=rounds, warmup=1, repeats=3,
+                           progress=False, rounding="nearest")
+    first = df.iloc[0]
+    rows = [{"variant": "original", "params": count_params(model), "inference_ms": first["original_ms"],
+             "inference_speedup_vs_original": 1.0, "train_ms": first["train_original_ms"],
+             "train_speedup_vs_original": 1.0}]
+    rows += [{"variant": f"g={g}", "params": r["params"], "inference_ms": r["time_ms"],
+              "inference_speedup_vs_original": r["speedup"], "train_ms": r["train_time_ms"],
+              "train_speedup_vs_original": r["train_speedup"]} for g, r in zip(granularities, df.to_dict("records"))]
+    return pd.DataFrame(rows)
 
 
 def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[float] = (1.5, 2, 3, 4),
@@ -179,7 +180,7 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
     embed = model.hidden_dim if hasattr(model, "hidden_dim") else 192
     mlp = 2 * embed
     gemm = gemm_rank_times([(embed, embed), (embed, mlp), (mlp, embed)], gemm_window, tokens, rounds=rounds)
-    sweep = granularity_sweep(model, freeze_ratio, granularities, (batch, c, h, w), rounds=rounds)
+    sweep = _granularity_rows(model, freeze_ratio, granularities, (batch, c, h, w), rounds=rounds)
     result = {
         "accuracy": accuracy, "freezing_history": history, "freezing_throughput": throughput,
         "gemm_ranks": gemm, "gemm_granularity": sweep,

@@ -270,7 +270,8 @@ def _num_classes(dataset: Dataset) -> int:
         dataset = dataset.dataset
     if isinstance(dataset, ArrayDataset):
         return int(dataset.labels.max()) + 1
-    return len(dataset.classes)
+    classes: list[Any] = dataset.classes  # type: ignore[attr-defined]  # torchvision's folder / CIFAR sets
+    return len(classes)
 
 
 def parse_name(name: str) -> tuple[str, str | None]:
@@ -297,6 +298,7 @@ def datasets(name: str, *, cache_dir: str | Path | None = None, root: str | Path
     if kind == "cifar10":
         return cifar10(root or (Path(cache_dir) / "cifar10" if cache_dir else None), image_size or 32, augment,
                        subset)
+    assert path is not None  # parse_name gives imagenet a path
     return imagenet(path, image_size or 224, augment, subset)
 
 
@@ -304,7 +306,7 @@ def rebatched(loader: DataLoader, batch_size: int, seed: int = 0) -> DataLoader:
     """A loader over ``loader``'s data set (same collate), reshuffled every epoch in batches of ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sampler = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler: DistributedSampler = DistributedSampler(loader.dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
     return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler, collate_fn=loader.collate_fn)
 
 
@@ -327,11 +329,12 @@ def get_loaders(name: str, batch_size: int = 128, *, test_batch_size: int | None
     rank, size = world()
     if batch_size % size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {size} processes; make it a multiple")
-    sampler = DistributedSampler(train, num_replicas=size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+    sampler: DistributedSampler = DistributedSampler(train, num_replicas=size, rank=rank, shuffle=True, seed=seed,
+                                                     drop_last=drop_last)
     arrays = isinstance(train, ArrayDataset)
     kw = dict(num_workers=num_workers, collate_fn=_collate_arrays if arrays else None, **loader_kw)
     train_loader = DataLoader(train, batch_size=batch_size // size, sampler=sampler, drop_last=drop_last, **kw)
     test_loader = DataLoader(test, batch_size=test_batch_size or max(batch_size // size, 256 // size),
-                             sampler=ShardSampler(len(test), rank, size), **kw)
+                             sampler=ShardSampler(len(test), rank, size), **kw)  # type: ignore[arg-type]
     x, _ = train[0]
     return Loaders(train_loader, test_loader, _num_classes(train), tuple(x.shape))

@@ -102,8 +102,8 @@ def get_model(name: str, num_classes: int | None = None, weights: str | Path | N
         load_weights(model, weights)
     else:
         model = spec.build(num_classes=classes, weights=weights)
-    model.lrdlab_name = name  # make_plan records it, so a plan names the registered model, not its class
-    model.lrdlab_input_size = tuple(spec.input_size)  # calibration errors name the expected input shape
+    setattr(model, "lrdlab_name", name)  # noqa: B010 - make_plan records it: a plan names the registered model
+    setattr(model, "lrdlab_input_size", tuple(spec.input_size))  # noqa: B010 - calibration errors name the shape
     return model
 
 

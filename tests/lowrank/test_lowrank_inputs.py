@@ -218,9 +218,9 @@ def test_plan_files_missing_or_not_json(tmp_path):
     with pytest.raises(ValueError, match="not an lrdlab plan"):
         Plan.load(tmp_path / "list.json")
     (tmp_path / "cp.json").write_text('{"model": "m", "layers": [{"name": "a", "type": "Linear", "in_channels": 2, '
-                                      '"out_channels": 2, "kernel_size": [1, 1], "method": "cp", "ranks": [1], '
+                                      '"out_channels": 2, "kernel_size": [1, 1], "method": "tt", "ranks": [1], '
                                       '"params_before": 4, "params_after": 4, "reason": ""}]}')
-    with pytest.raises(ValueError, match="plan row 'a': unknown decomposition method 'cp'"):
+    with pytest.raises(ValueError, match="plan row 'a': unknown decomposition method 'tt'"):
         Plan.load(tmp_path / "cp.json")
 
 

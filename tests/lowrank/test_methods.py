@@ -21,11 +21,11 @@ def layers_for(name: str) -> list[nn.Module]:
 
 
 def test_lookup_by_name_and_unknown_names_list_the_choices():
-    assert set(method_names()) == {"svd", "channel_svd", "input_svd", "tucker2"}
+    assert set(method_names()) == {"svd", "channel_svd", "input_svd", "tucker2", "cp"}
     assert get_method("tucker2") is TUCKER2 and get_method(TUCKER2) is TUCKER2
-    with pytest.raises(ValueError, match="unknown decomposition method 'cp'.*tucker2"):
-        get_method("cp")
-    assert methods.kxk_method_names() == ("channel_svd", "input_svd", "tucker2")
+    with pytest.raises(ValueError, match="unknown decomposition method 'tt'.*tucker2"):
+        get_method("tt")
+    assert methods.kxk_method_names() == ("channel_svd", "input_svd", "tucker2", "cp")
 
 
 @pytest.mark.parametrize("name", ["svd", "channel_svd", "input_svd", "tucker2"])
@@ -69,14 +69,14 @@ def test_freezing_reads_the_orders_from_the_registry():
 
 
 class Mirror(Method):
-    """A toy form for the test: SVD of a Linear with the factors stored in the other order."""
+    """A toy form for the test: SVD of a Linear, its factors under names no other form uses."""
 
     name = "mirror_svd"
     description = "test-only"
-    factor_names = ("first", "last")
+    factor_names = ("down", "up")
     rank_names = ("weight matrix",)
-    regular_factor = "first"
-    sequential_order = ("first", "last")
+    regular_factor = "down"
+    sequential_order = ("up", "down")
     kxk = False
 
     def unsupported(self, info):
@@ -90,14 +90,15 @@ class Mirror(Method):
 
     def build(self, info, layer_ranks, branches=1):
         (r,) = layer_ranks
-        return OrderedDict(first=nn.Linear(info["in_channels"], r, bias=False),
-                           last=nn.Linear(r, info["out_channels"], bias=info["bias"]))
+        return OrderedDict(down=nn.Linear(info["in_channels"], r, bias=False),
+                           up=nn.Linear(r, info["out_channels"], bias=info["bias"]))
 
     def factorize(self, weight, layer_ranks, tucker="hosvd", branches=1):
-        return get_method("svd").factorize(weight, layer_ranks)
+        svd = get_method("svd").factorize(weight, layer_ranks)
+        return {"down": svd["first"], "up": svd["last"]}
 
     def reconstruct(self, factors, info):
-        return factors["last"] @ factors["first"]
+        return factors["up"] @ factors["down"]
 
 
 def test_a_new_form_is_one_class_and_one_register_call(monkeypatch):
@@ -111,12 +112,14 @@ def test_a_new_form_is_one_class_and_one_register_call(monkeypatch):
     assert torch.allclose(layer.weight, LINEAR.weight, atol=1e-5)
     model = nn.Sequential(layer)
     Freezer(model, "regular")
-    assert layer.first.weight.requires_grad and not layer.last.weight.requires_grad
+    assert layer.down.weight.requires_grad and not layer.up.weight.requires_grad
+    freezer = Freezer(model, "sequential", order=["down", "up"])
+    assert freezer.orders["0"] == ("down", "up") and Freezer(model, "sequential").orders["0"] == ("up", "down")
     assert build(describe(LINEAR), "mirror_svd", (4,)).ranks == (4,)
 
 
 def test_make_plan_lists_the_registered_kxk_forms():
-    with pytest.raises(ValueError, match=r"'auto' or one of \('channel_svd', 'input_svd', 'tucker2'\)"):
+    with pytest.raises(ValueError, match=r"'auto' or one of \('channel_svd', 'input_svd', 'tucker2', 'cp'\)"):
         make_plan(nn.Sequential(CONV), ratio=2, method="svd")
     plan = make_plan(nn.Sequential(nn.Conv2d(32, 32, 3)), ratio=2, method="input_svd")
     assert plan["0"].method == "input_svd" and plan["0"].params_after <= plan["0"].params_before / 2

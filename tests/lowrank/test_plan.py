@@ -192,7 +192,7 @@ BAD_PLAN_CALLS = {
     "energy above 1": dict(energy=1.5),
     "granularity 0": dict(ratio=2, granularity=0),
     "granularity float": dict(ratio=2, granularity=2.5),
-    "unknown method": dict(ratio=2, method="cp"),
+    "unknown method": dict(ratio=2, method="tt"),
     "unknown tucker": dict(ratio=2, tucker="parafac"),
     "unknown rounding": dict(ratio=2, rounding="sideways"),
     "unknown include": dict(ratio=2, include=["layer9.*"]),
