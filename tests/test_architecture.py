@@ -54,7 +54,7 @@ TOO_MANY_PARAMS = {
 # merged plan's blocks, and both of those modules build on decompose.
 CYCLE_EXCEPTIONS = [{"lrdlab.lowrank.decompose", "lrdlab.lowrank.calibration", "lrdlab.lowrank.merge"}]
 # The CLI's sub-command and shared argument helpers, still private names across lrdlab.cli's modules.
-PRIVATE_EXCEPTIONS = {"lrdlab.cli.common", "lrdlab.cli.library", "lrdlab.cli.study"}
+PRIVATE_EXCEPTIONS = {"lrdlab.cli.common", "lrdlab.cli.library", "lrdlab.cli.study", "lrdlab.cli.lm"}
 
 
 def _name(path: Path) -> str:

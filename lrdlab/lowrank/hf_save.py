@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank.decompose import _set_module, apply_structure, recorded_plan
+from lrdlab.lowrank.decompose import apply_structure, recorded_plan, set_module
 from lrdlab.lowrank.hf import require_transformers
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import Plan
@@ -105,5 +105,5 @@ def merge_to_dense(model: nn.Module) -> nn.Module:
         dense.weight.copy_(last.weight @ first.weight)
         if dense.bias is not None and last.bias is not None:
             dense.bias.copy_(last.bias)
-        _set_module(model, name, dense)
+        set_module(model, name, dense)
     return model

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lrdlab.lowrank.calibration import calibrated_layer, check_batches
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, input_gram
-from lrdlab.lowrank.decompose import _set_module, check_plan
+from lrdlab.lowrank.decompose import check_plan, set_module
 from lrdlab.lowrank.plan import Plan
 
 
@@ -59,6 +59,6 @@ def one_shot_decompose(model: nn.Module, plan: Plan, batches: Iterable,
     covs = input_covariances(work, list(rows), xs)
     for name, row in rows.items():
         method, ranks = row.spec
-        _set_module(work, name, calibrated_layer(work.get_submodule(name), method, tuple(ranks), covs[name],
+        set_module(work, name, calibrated_layer(work.get_submodule(name), method, tuple(ranks), covs[name],
                                                  ridge, row.branches))
     return work

@@ -64,12 +64,10 @@ def train_lm(out: str | Path | None = None, *, progress: bool = True, **recipe: 
     return model.eval(), history
 
 
-def load_lm(info: dict[str, Any], packed: dict[str, Any]) -> nn.Module:
-    """The model a shipped record describes (``info["llama_config"]``) with its packed weights, in eval mode."""
-    from lrdlab.zoo.pretrained import unpack_state_dict
-
+def load_lm(info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model a shipped record describes (``info["llama_config"]``) with its (unpacked) weights, in eval mode."""
     model = llama_from_config(**info["llama_config"])
-    model.load_state_dict(unpack_state_dict(packed))
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -79,11 +77,11 @@ def export_lm(name: str, run_dir: str | Path, *, command: str = "", directory: s
     recipe, command, validation perplexity (stored and float32 weights), the n-gram baselines, machine."""
     from lrdlab.finetune.loop import evaluate
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.pretrained import WEIGHTS_DIR, pack_state_dict, unpack_state_dict
+    from lrdlab.zoo.packing import pack_state_dict, unpack_state_dict
     from lrdlab.zoo.text import corpus_info, ngram_perplexity, text_loaders
 
     run_dir = Path(run_dir)
-    directory = Path(directory) if directory is not None else WEIGHTS_DIR
+    directory = Path(directory) if directory is not None else Path(__file__).parent / "weights"
     state = torch.load(run_dir / "state_dict.pt", map_location="cpu", weights_only=True)
     model = llama_from_config()
     model.load_state_dict(state)
