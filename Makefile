@@ -28,7 +28,7 @@ test: $(STAMP) browser
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-readme: $(STAMP)  # rewrite the README's generated sections from data/ (after `lrdlab record ...`)
+readme: $(STAMP)  # rewrite the generated sections of README.md and docs/ from data/ (after `lrdlab record ...`)
 	$(PY) -c "from lrdlab.paper.readme_sections import regenerate; print('regenerated:', regenerate() or 'nothing')"
 
 clean:

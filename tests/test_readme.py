@@ -74,5 +74,5 @@ def test_transformer_section_is_the_one_generated_from_data():
     from lrdlab.paper.readme_sections import current_block
     from lrdlab.paper.transformers_report import README_BEGIN, README_END, readme_section
 
-    block = current_block((ROOT / "README.md").read_text(), README_BEGIN, README_END)
+    block = current_block((ROOT / "docs" / "transformers.md").read_text(), README_BEGIN, README_END)
     assert block == readme_section(ROOT / "data"), "run `make readme`"

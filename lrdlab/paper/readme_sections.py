@@ -1,5 +1,5 @@
-"""The README's generated sections: each is rendered from the ``data/`` files it quotes, the tests keep the README
-equal to them, and ``make readme`` (:func:`regenerate`) rewrites them after a re-recording."""
+"""The generated sections of the README and of docs/: each is rendered from the ``data/`` files it quotes, the
+tests keep the pages equal to them, and ``make readme`` (:func:`regenerate`) rewrites them after a re-recording."""
 
 from __future__ import annotations
 
@@ -11,28 +11,44 @@ Section = tuple[str, str, Callable[[Path], str]]  # begin marker, end marker, re
 
 def sections() -> dict[str, Section]:
     """The generated sections by name."""
-    from lrdlab.paper import speed_checks, transformers_report
+    from lrdlab.paper import speed_checks, speed_story, transformers_report
 
     return {"speed": (speed_checks.README_BEGIN, speed_checks.README_END, speed_checks.readme_speed_section),
             "transformers": (transformers_report.README_BEGIN, transformers_report.README_END,
-                             transformers_report.readme_section)}
+                             transformers_report.readme_section),
+            "speed-story": (speed_story.README_BEGIN, speed_story.README_END, speed_story.speed_story_section),
+            "speed-story-doc": (speed_story.README_BEGIN, speed_story.README_END,
+                                lambda data: speed_story.speed_story_section(data, links="../"))}
+
+
+PAGES = {"README.md": ("speed-story",), "docs/speed.md": ("speed-story-doc", "speed"),
+         "docs/transformers.md": ("transformers",)}  # page (from the repository root) → its generated sections
 
 
 def current_block(text: str, begin: str, end: str) -> str:
     """The block of ``text`` from ``begin`` to ``end`` inclusive (ValueError naming the marker when absent)."""
     for marker in (begin, end):
         if marker not in text:
-            raise ValueError(f"README has no marker {marker!r}: add the begin/end pair where the section goes")
+            raise ValueError(f"page has no marker {marker!r}: add the begin/end pair where the section goes")
     return text[text.index(begin):text.index(end) + len(end)]
 
 
-def regenerate(readme: str | Path = "README.md", data: str | Path = "data") -> list[str]:
-    """Rewrite every generated section of ``readme`` from ``data``; returns the names of those that changed."""
-    path, changed = Path(readme), []
+def rewrite(page: str | Path, names: tuple[str, ...], data: str | Path = "data") -> list[str]:
+    """Rewrite the sections ``names`` of ``page`` from ``data``; returns the names of those that changed. A missing
+    marker raises ValueError before anything is written."""
+    path, changed = Path(page), []
     text = path.read_text()
-    for name, (begin, end, render) in sections().items():
+    for name in names:
+        begin, end, render = sections()[name]
         old, new = current_block(text, begin, end), render(Path(data))
         if old != new:
             text, changed = text.replace(old, new), [*changed, name]
     path.write_text(text)
     return changed
+
+
+def regenerate(root: str | Path = ".", data: str | Path | None = None) -> list[str]:
+    """Rewrite every generated section of the README and docs/ under ``root``; returns ``page:section`` names."""
+    root = Path(root)
+    data = Path(data) if data is not None else root / "data"
+    return [f"{page}:{name}" for page, names in PAGES.items() for name in rewrite(root / page, names, data)]
