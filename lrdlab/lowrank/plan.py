@@ -256,6 +256,20 @@ def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target:
     row.reason = note
 
 
+MIN_RANK = 6  # keeps 10-class heads (rank 2-4 at 2-4x) and every ResNet-20 3x3 conv up to 4x; see docs/accuracy.md
+
+
+def _keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) -> None:
+    """Keep a planned layer whose smallest rank is below ``min_rank``, with the reason."""
+    if not row.decomposed or row.ranks is None or min(row.ranks) >= min_rank:
+        return
+    small = min(info["in_channels"], info["out_channels"])
+    why = (f"its dimensions ({info['in_channels']}→{info['out_channels']}) are below min_rank={min_rank}"
+           if small < min_rank else f"ranks {row.ranks} fall below min_rank={min_rank}")
+    row.keep(f"kept: {why}, too few to keep its function (min_rank=1 decomposes it anyway)")
+    row.target_ranks = None
+
+
 def make_plan(
     model: nn.Module,
     *,
@@ -273,6 +287,7 @@ def make_plan(
     exclude: str | Sequence[str] | None = None,
     allow_larger: bool = False,
     model_name: str | None = None,
+    min_rank: int = MIN_RANK,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
@@ -287,6 +302,8 @@ def make_plan(
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
     Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
+    ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
+    kept, with the reason; ``min_rank=1`` turns the rule off.
     """
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
@@ -318,6 +335,7 @@ def make_plan(
         raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
     granularity = positive_int(granularity, "granularity")
     branches = positive_int(branches, "branches")
+    min_rank = positive_int(min_rank, "min_rank")
     beta = real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
@@ -369,6 +387,8 @@ def make_plan(
             target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
         _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
+        if kind == "ratio":
+            _keep_below_min_rank(row, info, min_rank)
         if row.decomposed and name in fastpath:
             row.reason += f"; {fastpath[name]}"
 
