@@ -258,7 +258,7 @@ def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
 def captured_inputs(model: nn.Module, module: nn.Module, xs: list[Tensor]) -> list[Tensor] | None:
     """``module``'s input tensor for each batch when ``model`` runs on ``xs``; None if it is not one tensor."""
     got = [capture_input(model, module, x) for x in xs]
-    return got if all(g is not None for g in got) else None
+    return [g for g in got if g is not None] if all(g is not None for g in got) else None
 
 
 @torch.no_grad()
@@ -324,7 +324,9 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
             continue
         assert seq is not None and unit is not None  # inputs were captured inside a plain Sequential
         ref_seq = reference.get_submodule(unit) if reference is not None else None
-        ref_inputs = (xs if unit == "" else captured_inputs(reference, ref_seq, xs)) if ref_seq is not None else None
+        ref_inputs = None
+        if reference is not None and ref_seq is not None:
+            ref_inputs = xs if unit == "" else captured_inputs(reference, ref_seq, xs)
         prefix = f"{unit}." if unit else ""
         for child_name, _ in seq.named_children():
             inside = [n for n in pending if n.startswith(prefix) and child_of(unit, n) == child_name]

@@ -256,7 +256,7 @@ def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target:
     row.reason = note
 
 
-MIN_RANK = 6  # keeps 10-class heads (rank 2-4 at 2-4x) and every ResNet-20 3x3 conv up to 4x; see docs/accuracy.md
+MIN_RANK = 6  # recommended: keeps 10-class heads (rank 2-4 at 2-4x), every ResNet-20 3x3 conv up to 4x
 
 
 def _keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) -> None:
@@ -287,7 +287,7 @@ def make_plan(
     exclude: str | Sequence[str] | None = None,
     allow_larger: bool = False,
     model_name: str | None = None,
-    min_rank: int = MIN_RANK,
+    min_rank: int = 1,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
@@ -303,7 +303,7 @@ def make_plan(
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
     Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
     ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
-    kept, with the reason; ``min_rank=1`` turns the rule off.
+    kept, with the reason; ``MIN_RANK`` is the recommended value, ``1`` (the default) turns the rule off.
     """
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \

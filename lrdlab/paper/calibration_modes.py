@@ -1,7 +1,7 @@
 """Which calibration objective, and what keeping the head changes: ResNet-20 / MNIST-5k right after decomposition.
 
-Rows: calibration set (two disjoint sets of 512 training images) × ratio × head (``kept``: the default
-``min_rank`` keeps the 10-class ``fc``; ``squeezed``: ``min_rank=1`` decomposes it) × variant:
+Rows: calibration set (two disjoint sets of 512 training images) × ratio × head (``kept``: ``min_rank=6``
+keeps the 10-class ``fc``; ``squeezed``: ``min_rank=1`` decomposes it) × variant:
 
 ``weights``     weight-only decomposition (``lrdlab.decompose(model, plan)``)
 ``weights+bn``  the same, then BN re-estimation
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("weights", "weights+bn", "one-shot", "sequential", "corrected")
-HEADS = {"kept": None, "squeezed": 1}  # min_rank: None = make_plan's default
+HEADS = {"kept": 6, "squeezed": 1}  # make_plan's min_rank (6: lrdlab.lowrank.plan.MIN_RANK)
 
 
 def calibration_sets(loader, images: int = 512, sets: int = 2) -> list[list]:
@@ -61,9 +61,9 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
              "params": count_params(original)}]
     for s in sets:
         for head in heads:
-            extra = {} if HEADS[head] is None else {"min_rank": HEADS[head]}
             for ratio in ratios:
-                plan = make_plan(original, ratio=ratio, exclude=kept_stem("resnet20"), model_name="resnet20", **extra)
+                plan = make_plan(original, ratio=ratio, exclude=kept_stem("resnet20"), model_name="resnet20",
+                                 min_rank=HEADS[head])
                 for variant in variants:
                     t0 = time.perf_counter()
                     if variant.startswith("weights"):

@@ -194,7 +194,7 @@ def test_decompose_with_calibration_is_data_aware_and_the_default_stays_weight_o
     model = _model()
     model.train()
     before = _state(model)
-    plan = lrdlab.make_plan(model, ratio=2.5)
+    plan = lrdlab.make_plan(model, ratio=2.5, min_rank=1)
     xs = _batches()
     weights = lrdlab.decompose(model, plan)
     calibrated = lrdlab.decompose(model, plan, calibration=[(x, torch.zeros(len(x))) for x in xs])
@@ -220,7 +220,7 @@ def test_layers_are_fitted_in_forward_order_on_the_decomposed_network():
 
 def test_inplace_calibration_changes_the_model_itself():
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     out = calibrated_decompose(model, plan, _batches(), inplace=True)
     assert out is model and isinstance(model.conv2, lrdlab.LowRankLayer)
 
@@ -251,7 +251,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_calibration_input_is_a_value_error_naming_the_shape_and_the_model_is_untouched(case):
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     before = _state(model)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         lrdlab.decompose(model, plan, calibration=BAD[case]())
@@ -273,7 +273,7 @@ def test_wrong_image_size_for_a_registered_model_names_its_input_shape():
 def test_copy_of_batches_is_not_needed_twice():
     """A one-shot iterator (e.g. a generator) is read once and still used for every layer and BN."""
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     xs = _batches()
     a = calibrated_decompose(model, plan, (x for x in xs))
     b = calibrated_decompose(copy.deepcopy(model), plan, xs)
@@ -285,7 +285,7 @@ def test_cached_blockwise_inputs_give_the_same_result_as_whole_network_runs(monk
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5)).eval()
-    plan = lrdlab.make_plan(seq, ratio=2)
+    plan = lrdlab.make_plan(seq, ratio=2, min_rank=1)
     xs = _batches()
     cached = calibrated_decompose(seq, plan, xs)
     monkeypatch.setattr("lrdlab.lowrank.calibration.sequential_unit", lambda model, name: None)
@@ -314,7 +314,7 @@ def test_attention_projections_are_fitted_to_their_own_inputs():
 
     torch.manual_seed(0)
     vit = vit_tiny(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
-    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"])
+    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"], min_rank=1)
     batches = _batches()
     fitted = unfuse(lrdlab.decompose(vit, plan, calibration=batches))
     plain = unfuse(lrdlab.decompose(vit, plan))

@@ -275,10 +275,12 @@ def test_min_rank_keeps_a_squeezed_head_with_the_reason_and_one_turns_it_off():
     from lrdlab.zoo.cifar_models import resnet20
 
     model = resnet20()
-    kept = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1").layers}
+    from lrdlab.lowrank.plan import MIN_RANK
+
+    kept = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=MIN_RANK).layers}
     assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
     assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
-    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=1).layers}
+    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1").layers}
     assert squeezed["fc"].decomposed and squeezed["fc"].ranks == [2]
 
 
