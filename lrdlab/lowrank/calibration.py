@@ -2,42 +2,57 @@
 
 Two tools, both driven by a few *calibration batches* (input tensors, or ``(input, label)`` pairs):
 
-- :func:`recalibrate_bn` re-estimates every BatchNorm's running statistics on the batches. Stale BN
-  statistics are what drives a weight-only decomposed ResNet to chance level (issue 11).
+- :func:`recalibrate_bn` re-estimates every BatchNorm's running statistics on the batches (stale BN
+  statistics alone can drive a weight-only decomposed ResNet to chance level).
 - :func:`calibrated_decompose` (``lrdlab.decompose(model, plan, calibration=batches)``) decomposes
-  layer by layer in network order, each layer fitted to the inputs it receives inside the *already
-  decomposed* network (so errors do not compound), then re-estimates BN statistics.
+  layer by layer, then re-estimates BN statistics. ``mode`` picks the objective of each layer's fit,
+  with ``X`` its inputs in the original network and ``X̂`` in the network decomposed so far:
 
-The per-layer maths minimises the layer's output error on its calibration inputs ``X`` (patches for a
-conv), ``‖W X − W' X‖²``, which only needs the input second-moment matrix ``Σ = X Xᵀ / n``:
+  - ``"corrected"`` (default): ``‖W X − W' X̂‖²``, the decomposed layer reproduces the *original*
+    layer's output on the original inputs, so it also corrects the errors of the layers before it. The
+    closed form needs the Gram ``X̂ X̂ᵀ`` and the cross-moment ``X X̂ᵀ``, streamed in float64
+    (:func:`~lrdlab.lowrank.data_aware.corrected_weight`, then the reduced-rank fit below).
+  - ``"one-shot"``: ``‖W X − W' X‖²`` from statistics collected in one pass of the original model
+    (SVD-LLM's way; lrdlab's own implementation).
+  - ``"sequential"``: ``‖W X̂ − W' X̂‖²``, each layer fitted to its own output on the inputs it sees.
+
+The per-layer maths needs only second moments ``Σ`` of the inputs (patches for a conv):
 
 - SVD layers (Linear, 1×1 conv, ``channel_svd``): truncation-aware whitening of SVD-LLM (Wang et al.
-  2024, "SVD-LLM: Truncation-aware Singular Value Decomposition for LLM Compression",
-  arXiv:2403.07378): SVD of ``W L`` with ``L`` the Cholesky factor of ``Σ``, then undo ``L``. This is
-  the closed-form reduced-rank regression optimum (Izenman 1975) — never worse on the calibration data
+  2024, arXiv:2403.07378): SVD of ``W L`` with ``L`` the Cholesky factor of ``Σ``, then undo ``L`` —
+  the closed-form reduced-rank regression optimum (Izenman 1975), never worse on the calibration data
   than the weight-only SVD at the same rank.
-- Tucker-2 (k×k conv): the input factor from the SVD of the whitened mode-1 unfolding ``Lᵀ W₍₁₎``
-  (``L``: Cholesky factor of the input-channel covariance; SVD-LLM's whitening per kernel tap), then
-  the core and output factor by reduced-rank regression of the layer's output on the projected input
-  patches — the exact least-squares optimum given the input factor (a data-aware HOSVD: input
-  projection from input statistics, output projection and core refit from output statistics).
+- Tucker-2 (k×k conv): the input factor from the whitened mode-1 unfolding, then the core and output
+  factor by reduced-rank regression of the layer's output on the projected input patches.
 
 A small ridge (``ridge × mean eigenvalue`` added to ``Σ``) keeps the Cholesky factor defined for dead or
-padded channels; with it the full-rank decomposition still reproduces the layer. The measured ablation
-(weights only / +BN / data-aware / data-aware+BN) is in ``data/accuracy_f11_mnist5k.json``.
+padded channels; with it the full-rank decomposition still reproduces the layer. Measured modes and
+ablations: ``data/calibration_modes_mnist5k.json`` and ``data/accuracy_f11_mnist5k.json``.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
+from lrdlab.lowrank.calibration_fit import (
+    DEFAULT_MODE,
+    MODES,
+    Moments,
+    calibrated_layer,
+    capture_input,
+    child_of,
+    feed,
+    layer_moments,
+    never_ran,
+    one_shot_moments,
+    sequential_unit,
+)
 from lrdlab.lowrank.data_aware import (
     DEFAULT_RIDGE,
     add_ridge,
@@ -49,68 +64,20 @@ from lrdlab.lowrank.data_aware import (
     whitened_tucker2,
 )
 from lrdlab.lowrank.decompose import check_plan, set_module
-from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
-from lrdlab.lowrank.methods import get_method
+from lrdlab.lowrank.layers import weight_of
 from lrdlab.lowrank.plan import Plan
 from lrdlab.lowrank.token_batches import calibration_ids, takes_tokens
 
-# --- pure maths ------------------------------------------------------------------------------------------
-
-
 # --- input statistics ------------------------------------------------------------------------------------
-
-
-def _run_until(model: nn.Module, module: nn.Module, xs: list[Tensor], hook: Any) -> None:
-    """Run ``model`` on each batch with ``hook`` as ``module``'s forward pre-hook; the hook raises
-    :class:`_Stop` once it has what it needs, so the rest of the network is skipped."""
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for x in xs:
-            try:
-                model(x)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has seen its input."""
 
 
 @torch.no_grad()
 def input_covariance(model: nn.Module, layer: nn.Module, inputs: list[Tensor]) -> Tensor:
     """Second moment ``Σ = X Xᵀ / n`` (float64) of ``layer``'s input rows when ``model`` runs on ``inputs``."""
-    acc: dict[str, Any] = {"sum": None, "n": 0}
-    def hook(mod, args):
-        gram, rows = input_gram(mod, args[0].detach(), len(inputs))
-        acc["sum"] = gram if acc["sum"] is None else acc["sum"] + gram
-        acc["n"] += rows
-        raise _Stop
-
-    _run_until(model, layer, inputs, hook)
-    if acc["n"] == 0:
-        raise ValueError("the layer never ran on the calibration batches")
-    return acc["sum"] / acc["n"]
-
-
-# --- decomposition of one layer ------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def calibrated_layer(module: nn.Module, method: str, ranks: tuple[int, ...], cov: Tensor,
-                     ridge: float = DEFAULT_RIDGE, branches: int = 1) -> LowRankLayer:
-    """Decompose one layer given its input patch covariance (see the module docstring for the maths).
-
-    The form's :meth:`~lrdlab.lowrank.methods.Method.data_aware` gives the factors; a form without one
-    (branched Tucker, whose block-diagonal core no closed form gives; input-SVD) stays weight-only.
-    """
-    layer = decompose_layer(module, method, ranks, branches=branches)  # checks ranks, copies bias and dtypes
-    factors = get_method(method).data_aware(weight_of(module).detach(), add_ridge(cov, ridge), ranks, branches)
-    for name, value in (factors or {}).items():  # None: this form has no data-aware fit, keep weight-only
-        target = getattr(layer, name).weight
-        target.copy_(value.reshape(target.shape).to(target.dtype))
-    return layer
+    moments = layer_moments(model, layer, inputs)
+    if moments.gram is None:
+        raise never_ran([type(layer).__name__])
+    return moments.gram / moments.rows
 
 
 # --- calibration batches: checked before anything happens ----------------------------------------------------
@@ -172,6 +139,8 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
                              f"all batches must be shaped {expect}")
         if x.shape[0] == 0:
             raise ValueError(f"{where} is empty; expected inputs shaped {expect}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError(f"{where} holds NaN or infinite values; calibrate on finite inputs shaped {expect}")
         xs.append(x.detach())
     if not xs:
         raise ValueError(f"calibration got no batches; pass a few batches of inputs shaped {expect}")
@@ -181,7 +150,7 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
 def _trial_forward(model: nn.Module, x: Tensor, expect: str) -> None:
     try:
         with torch.no_grad():
-            model(x[:2])
+            feed(model, x[:2])
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
         raise ValueError(f"the model cannot run on calibration batches shaped {tuple(x.shape)} "
                          f"(expected {expect}): {err}") from err
@@ -245,7 +214,7 @@ def _reestimate_bn(model: nn.Module, xs: list[Tensor]) -> None:
         for bn in bns:
             bn.train()
         for x in xs:
-            model(x)
+            feed(model, x)
         for bn in bns:
             s, ss, n = sums[id(bn)]
             if not n:  # this BN never ran on these inputs
@@ -268,72 +237,54 @@ def _reestimate_bn(model: nn.Module, xs: list[Tensor]) -> None:
             bn.eval()
 
 
-def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
-    """``names`` sorted by when the layers first run on ``x``; layers that never run come last."""
+def _run_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
+    """The layers of ``names`` that run on ``x``, in the order they first run."""
     seen: list[str] = []
     handles = [model.get_submodule(n).register_forward_pre_hook(
         lambda mod, args, n=n: seen.append(n) if n not in seen else None) for n in names]
     try:
         with torch.no_grad():
-            model(x)
+            feed(model, x)
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
+    """``names`` sorted by when the layers first run on ``x``; layers that never run come last."""
+    seen = _run_order(model, names, x)
     return seen + [n for n in names if n not in seen]
-
-
-def _is_plain_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module) > 1
-
-
-def sequential_unit(model: nn.Module, name: str) -> str | None:
-    """The outermost plain ``nn.Sequential`` holding layer ``name`` (``""``: the model itself), or None."""
-    parts = name.split(".")
-    for depth in range(len(parts) - 1):
-        prefix = ".".join(parts[:depth])
-        if _is_plain_sequential(model.get_submodule(prefix)):
-            return prefix
-    return None
 
 
 @torch.no_grad()
 def captured_inputs(model: nn.Module, module: nn.Module, xs: list[Tensor]) -> list[Tensor] | None:
     """``module``'s input tensor for each batch when ``model`` runs on ``xs``; None if it is not one tensor."""
-    got: list = []
-
-    def hook(mod, args):
-        got.append(args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None)
-        raise _Stop
-
-    _run_until(model, module, xs, hook)
-    return got if len(got) == len(xs) and all(g is not None for g in got) else None
-
-
-def _child_of(unit: str, name: str) -> str:
-    rest = name[len(unit) + 1:] if unit else name
-    return rest.split(".")[0]
+    got = [capture_input(model, module, x) for x in xs]
+    return [g for g in got if g is not None] if all(g is not None for g in got) else None
 
 
 @torch.no_grad()
-def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn: bool | str = True,
-                         ridge: float = DEFAULT_RIDGE, inplace: bool = False,
+def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mode: str = DEFAULT_MODE,
+                         bn: bool | str = True, ridge: float = DEFAULT_RIDGE, inplace: bool = False,
                          progress: bool | None = None) -> nn.Module:
     """Data-aware decomposition of ``model`` by ``plan`` with BN re-estimation; returns a model in eval mode.
 
-    Layers are decomposed in the order they run, each from the inputs it receives in the network
-    decomposed so far (:func:`calibrated_layer`). Inside a plain ``nn.Sequential`` (ResNet stages,
-    transformer encoders) the inputs of each child are cached, so only that child reruns per layer
-    (block-wise, as GPTQ processes transformer blocks). ``bn``: ``True`` (= ``"end"``) re-estimates
-    all BatchNorms at the end; ``"progressive"`` also re-estimates a child's BNs right after its layers
-    are replaced, so later layers are fitted to corrected activations (measured on ResNet-20 at 2x:
-    87.0% vs 87.8% for ``"end"``, within noise, and slower); ``False`` never.
-    ``batches`` are input tensors or ``(x, y)`` pairs on the model's device (512 images suffice for
-    ResNet-20). Bad input raises ``ValueError`` before anything changes; ``model`` itself only changes
-    with ``inplace=True``.
+    ``mode`` (see the module docstring): ``"corrected"`` (default) fits each layer, in the order the
+    layers run, so that it reproduces the *original* network's output from the inputs of the network
+    decomposed so far; ``"sequential"`` fits each layer to its own output on those inputs;
+    ``"one-shot"`` fits every layer to statistics collected in one pass of the original model. Inside a
+    plain ``nn.Sequential`` (ResNet stages, transformer encoders) the inputs of each child are cached, so
+    only that child reruns per layer (block-wise, as GPTQ processes transformer blocks). ``bn``:
+    ``True`` (= ``"end"``) re-estimates all BatchNorms at the end; ``"progressive"`` also re-estimates a
+    child's BNs right after its layers are replaced; ``False`` never. ``batches`` are input tensors or
+    ``(x, y)`` pairs on the model's device (512 images suffice for ResNet-20). Bad input raises
+    ``ValueError`` before anything changes; ``model`` itself only changes with ``inplace=True``.
     """
     if bn not in (True, False, "progressive", "end"):
         raise ValueError(f"bn must be True, False, 'progressive' or 'end' (got {bn!r})")
-    progressive = bn == "progressive"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
     rows = {row.name: row for row in plan.decomposed_layers}
@@ -345,37 +296,56 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
         if not torch.isfinite(weight_of(work.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
     _trial_forward(work, xs[0], expected_input(model, plan))
-    pending = forward_order(work, list(rows), xs[0][:2])
+    pending = _run_order(work, list(rows), xs[0][:2])
+    if len(pending) < len(rows):
+        raise never_ran([n for n in rows if n not in pending])
+    reference = copy.deepcopy(work) if mode != "sequential" else None  # the original network, never changed
     bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,
                disable=(len(pending) < 20) if progress is None else not progress)
 
-    def replace(runner: nn.Module, inputs: list[Tensor], name: str) -> None:
-        module = work.get_submodule(name)
-        cov = input_covariance(runner, module, inputs)
+    def replace(name: str, moments: Moments) -> None:
         method, layer_ranks = rows[name].spec
-        set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), cov, ridge, rows[name].branches))
-        pending.remove(name)
+        module = work.get_submodule(name)
+        set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), moments, ridge,
+                                                 rows[name].branches, name))
         bar.update()
 
+    if mode == "one-shot":
+        assert reference is not None
+        for name, moments in one_shot_moments(reference, pending, xs).items():
+            replace(name, moments)
+        pending = []
     while pending:
         name = pending[0]
         unit = sequential_unit(work, name)
         seq = work.get_submodule(unit) if unit is not None else None
         inputs = xs if unit == "" else captured_inputs(work, seq, xs) if seq is not None else None
         if inputs is None:  # not inside a plain Sequential: run the whole network for this layer
-            replace(work, xs, name)
+            ref = (reference, reference.get_submodule(name), xs) if reference is not None else None
+            replace(name, layer_moments(work, work.get_submodule(name), xs, ref))
+            pending.remove(name)
             continue
         assert seq is not None and unit is not None  # inputs were captured inside a plain Sequential
+        ref_seq = reference.get_submodule(unit) if reference is not None else None
+        ref_inputs = None
+        if reference is not None and ref_seq is not None:
+            ref_inputs = xs if unit == "" else captured_inputs(reference, ref_seq, xs)
         prefix = f"{unit}." if unit else ""
         for child_name, _ in seq.named_children():
-            inside = [n for n in pending if n.startswith(prefix) and _child_of(unit, n) == child_name]
+            inside = [n for n in pending if n.startswith(prefix) and child_of(unit, n) == child_name]
             for n in inside:
-                replace(seq.get_submodule(child_name), inputs, n)
-                if progressive:
+                ref = None
+                if reference is not None and ref_seq is not None and ref_inputs is not None:
+                    ref = (ref_seq.get_submodule(child_name), reference.get_submodule(n), ref_inputs)
+                replace(n, layer_moments(seq.get_submodule(child_name), work.get_submodule(n), inputs, ref))
+                pending.remove(n)
+                if bn == "progressive":
                     _reestimate_bn(seq.get_submodule(child_name), inputs)
             if not any(n.startswith(prefix) for n in pending):
                 break
-            inputs = [seq.get_submodule(child_name)(x) for x in inputs]
+            inputs = [feed(seq.get_submodule(child_name), x) for x in inputs]
+            if ref_seq is not None and ref_inputs is not None:
+                ref_inputs = [feed(ref_seq.get_submodule(child_name), x) for x in ref_inputs]
     bar.close()
     if bn:
         _reestimate_bn(work, xs)
@@ -388,7 +358,8 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, bn:
 
 
 __all__ = [
-    "DEFAULT_RIDGE", "add_ridge", "calibrated_decompose", "calibrated_layer", "calibration_batches",
-    "channel_covariance", "check_batches", "expected_input", "forward_order", "input_covariance", "input_gram",
-    "layer_inputs", "output_error", "recalibrate_bn", "reduced_rank_regression", "whitened_tucker2",
+    "DEFAULT_MODE", "DEFAULT_RIDGE", "MODES", "Moments", "add_ridge", "calibrated_decompose", "calibrated_layer",
+    "calibration_batches", "channel_covariance", "check_batches", "expected_input", "feed", "forward_order",
+    "input_covariance", "input_gram", "layer_inputs", "layer_moments", "one_shot_moments", "output_error",
+    "recalibrate_bn", "reduced_rank_regression", "sequential_unit", "whitened_tucker2",
 ]

@@ -106,18 +106,42 @@ def position_step(rows: int, dim: int) -> int:
     return 2 if rows >= 4 * ROWS_PER_DIMENSION * dim else 1
 
 
-def input_gram(module: nn.Module, x: Tensor, batches: int = 1) -> tuple[Tensor, int]:
-    """``(Xᵀ X, rows)`` of the layer's input rows for one batch, in float64 (no copy of the patches).
+def input_rows(module: nn.Module, x: Tensor, batches: int = 1) -> Tensor:
+    """The layer's input rows for one batch as float64 columns ``[D, N]`` (patches for a conv).
 
     Where all ``batches`` (of this size) give ≥ 4 × 128 rows per covariance dimension (e.g. ResNet's
-    first stage on 512 images), a conv uses every second output position in each direction only: a
-    4× cheaper estimate of the same second moment.
+    first stage on 512 images), a conv keeps every second output position in each direction only: a
+    4× cheaper estimate of the same second moments. Patches are cut in the input's dtype (an exact copy).
     """
     if isinstance(module, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1])
-        return (rows.T @ rows).double(), rows.shape[0]
+        return x.reshape(-1, x.shape[-1]).T.double()
     assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
     positions = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])  # about the output size
     dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
     cols = _patches(module, x, step=position_step(batches * x.shape[0] * positions, dim))
-    return torch.bmm(cols, cols.transpose(1, 2)).sum(0).double(), cols.shape[0] * cols.shape[2]
+    return cols.transpose(0, 1).reshape(dim, -1).double()
+
+
+def input_gram(module: nn.Module, x: Tensor, batches: int = 1) -> tuple[Tensor, int]:
+    """``(Xᵀ X, rows)`` of the layer's input rows for one batch, computed in float64 (see :func:`input_rows`)."""
+    cols = input_rows(module, x, batches)
+    return cols @ cols.T, cols.shape[1]
+
+
+def corrected_weight(weight: Tensor, gram: Tensor, cross: Tensor,
+                     ridge: float = DEFAULT_RIDGE) -> tuple[Tensor, Tensor]:
+    """The unconstrained best map of the decomposed network's inputs ``X̂`` onto the original output ``W X``.
+
+    ``weight`` ``[S, D]``; ``gram`` ``= X̂ X̂ᵀ / n`` and ``cross`` ``= X X̂ᵀ / n`` (``X``: the original
+    network's inputs to this layer, ``X̂``: the decomposed network's, row by row). Minimises
+    ``‖W X − M X̂‖² / n + λ ‖M − W‖²`` (``λ``: :func:`add_ridge`'s, so ``M = W`` when ``X̂ = X``):
+    ``M = W (cross + λ I) (gram + λ I)⁻¹``. Returns ``(M, gram + λ I)``; because
+    ``‖W X − A B X̂‖² = const + tr((M − A B) (gram + λ I) (M − A B)ᵀ)``, any data-aware fit of ``M``
+    under that second moment (:func:`reduced_rank_regression`, :func:`whitened_tucker2`) is the
+    reduced-rank fit of the original output.
+    """
+    cov = add_ridge(gram.double(), ridge)
+    shift = cov - gram.double()  # λ I
+    W = weight.double()
+    target = W @ (cross.double() + shift)
+    return torch.linalg.solve(cov, target.T).T, cov

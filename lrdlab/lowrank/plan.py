@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,8 +18,19 @@ from torch import nn
 
 from lrdlab.lowrank import attention, factorize, guards, hf, methods, ranks, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
-from lrdlab.lowrank.methods import Method, get_method
-from lrdlab.lowrank.policies import fit_fixed_ranks, policy_ranks, positive_int, real, reduce_capped, to_patterns
+from lrdlab.lowrank.methods import get_method
+from lrdlab.lowrank.policies import (  # noqa: F401  (MIN_RANK and params_of re-exported)
+    MIN_RANK,
+    fit_fixed_ranks,
+    keep_below_min_rank,
+    params_of,
+    policy_ranks,
+    positive_int,
+    real,
+    reduce_capped,
+    round_and_check,
+    to_patterns,
+)
 
 K_BY_K_METHODS = methods.kxk_method_names()
 
@@ -208,54 +218,6 @@ def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
             )
 
 
-def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[int] | None, branches: int = 1) -> int:
-    """Parameters (weights + bias) of a layer described by ``describe()``, before (``method`` None) or after."""
-    C, S, kernel = info["in_channels"], info["out_channels"], info["kernel_size"]
-    bias = S if info["bias"] else 0
-    if method is None or layer_ranks is None:
-        return ranks.dense_params(C, S, kernel) // info.get("groups", 1) + bias
-    return get_method(method).params(info, layer_ranks, branches) + bias
-
-
-def _round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
-                     rounding: str, allow_larger: bool, why: str) -> None:
-    """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
-    method = form.name
-    branches = row.branches if form.branchable else 1
-    step = math.lcm(granularity, branches)
-    limit = form.full_ranks(info)
-
-    def saves(layer_ranks: list[int]) -> bool:
-        return allow_larger or params_of(info, method, layer_ranks, branches) < row.params_before
-
-    if any(r < 1 for r in target):
-        row.keep(f"kept: {why} gives rank 0")
-        return
-    if not saves(list(target)):
-        after = params_of(info, method, list(target), branches)
-        row.keep(f"kept: {why} ranks {list(target)} do not save parameters ({after:,} >= {row.params_before:,})")
-        return
-    try:
-        final = [ranks.round_rank(r, step, rounding, top) for r, top in zip(target, limit)]
-        if not saves(final) and rounding != "down":  # rounding up went past the break-even: round down instead
-            final = [ranks.round_rank(r, step, "down", top) for r, top in zip(target, limit)]
-    except ValueError as err:
-        row.keep(f"kept: {err}")
-        return
-    after = params_of(info, method, final, branches)
-    if not saves(final):
-        row.keep(f"kept: at granularity {step} ranks {final} do not save parameters "
-                 f"({after:,} >= {row.params_before:,})")
-        return
-    row.method, row.ranks, row.target_ranks, row.params_after = method, final, list(target), after
-    note = why
-    if final != list(target):
-        note += f", rounded {','.join(map(str, target))}→{','.join(map(str, final))} (g={step})"
-    if after >= row.params_before:
-        note += f", adds parameters ({after:,} >= {row.params_before:,}; allow_larger)"
-    row.reason = note
-
-
 def make_plan(
     model: nn.Module,
     *,
@@ -276,6 +238,7 @@ def make_plan(
     example_input: Any = None,
     input_shape: Sequence[int] | None = None,
     force: str | Sequence[str] | None = None,
+    min_rank: int = 1,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
@@ -293,6 +256,8 @@ def make_plan(
     One probe forward (on ``example_input`` / ``input_shape``, else the model's known input) finds the layers the
     model never calls or whose weight it reads directly, and subclasses with their own forward: they are kept
     with the reason unless ``force`` (glob patterns) names them (:mod:`lrdlab.lowrank.usage`).
+    ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
+    kept, with the reason; ``MIN_RANK`` is the recommended value, ``1`` (the default) turns the rule off.
     """
     model = guards.unwrap(model)
     if not isinstance(model, nn.Module):
@@ -325,6 +290,7 @@ def make_plan(
         raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
     granularity = positive_int(granularity, "granularity")
     branches = positive_int(branches, "branches")
+    min_rank = positive_int(min_rank, "min_rank")
     beta = real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
@@ -379,7 +345,9 @@ def make_plan(
         if kind == "rank":
             target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
         row.branches = branches if form.branchable else 1
-        _round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
+        round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
+        if kind == "ratio":
+            keep_below_min_rank(row, info, min_rank)
         forced = _matches(name, force)
         notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
         if row.decomposed and any(notes):

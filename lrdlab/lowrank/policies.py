@@ -9,14 +9,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lrdlab.lowrank import ranks
 from lrdlab.lowrank.layers import dense_weight
-from lrdlab.lowrank.methods import Method
+from lrdlab.lowrank.methods import Method, get_method
+
+if TYPE_CHECKING:
+    from lrdlab.lowrank.plan import LayerPlan
 
 # --- checking what users pass ------------------------------------------------------------------------
 
@@ -117,3 +120,71 @@ def reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target:
     return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
                                  f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
                                  f"instead")
+
+
+# --- rounding and the break-even ------------------------------------------------------------------------
+
+
+def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[int] | None, branches: int = 1) -> int:
+    """Parameters (weights + bias) of a layer described by ``describe()``, before (``method`` None) or after."""
+    C, S, kernel = info["in_channels"], info["out_channels"], info["kernel_size"]
+    bias = S if info["bias"] else 0
+    if method is None or layer_ranks is None:
+        return ranks.dense_params(C, S, kernel) // info.get("groups", 1) + bias
+    return get_method(method).params(info, layer_ranks, branches) + bias
+
+
+def round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
+                     rounding: str, allow_larger: bool, why: str) -> None:
+    """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
+    method = form.name
+    branches = row.branches if form.branchable else 1
+    step = math.lcm(granularity, branches)
+    limit = form.full_ranks(info)
+
+    def saves(layer_ranks: list[int]) -> bool:
+        return allow_larger or params_of(info, method, layer_ranks, branches) < row.params_before
+
+    if any(r < 1 for r in target):
+        row.keep(f"kept: {why} gives rank 0")
+        return
+    if not saves(list(target)):
+        after = params_of(info, method, list(target), branches)
+        row.keep(f"kept: {why} ranks {list(target)} do not save parameters ({after:,} >= {row.params_before:,})")
+        return
+    try:
+        final = [ranks.round_rank(r, step, rounding, top) for r, top in zip(target, limit)]
+        if not saves(final) and rounding != "down":  # rounding up went past the break-even: round down instead
+            final = [ranks.round_rank(r, step, "down", top) for r, top in zip(target, limit)]
+    except ValueError as err:
+        row.keep(f"kept: {err}")
+        return
+    after = params_of(info, method, final, branches)
+    if not saves(final):
+        row.keep(f"kept: at granularity {step} ranks {final} do not save parameters "
+                 f"({after:,} >= {row.params_before:,})")
+        return
+    row.method, row.ranks, row.target_ranks, row.params_after = method, final, list(target), after
+    note = why
+    if final != list(target):
+        note += f", rounded {','.join(map(str, target))}→{','.join(map(str, final))} (g={step})"
+    if after >= row.params_before:
+        note += f", adds parameters ({after:,} >= {row.params_before:,}; allow_larger)"
+    row.reason = note
+
+
+# --- the minimum-rank rule -----------------------------------------------------------------------------
+
+
+MIN_RANK = 6  # recommended: keeps 10-class heads (rank 2-4 at 2-4x), every ResNet-20 3x3 conv up to 4x
+
+
+def keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) -> None:
+    """Keep a planned layer whose smallest rank is below ``min_rank``, with the reason."""
+    if not row.decomposed or row.ranks is None or min(row.ranks) >= min_rank:
+        return
+    small = min(info["in_channels"], info["out_channels"])
+    why = (f"its dimensions ({info['in_channels']}→{info['out_channels']}) are below min_rank={min_rank}"
+           if small < min_rank else f"ranks {row.ranks} fall below min_rank={min_rank}")
+    row.keep(f"kept: {why}, too few to keep its function (min_rank=1 decomposes it anyway)")
+    row.target_ranks = None

@@ -194,7 +194,7 @@ def test_decompose_with_calibration_is_data_aware_and_the_default_stays_weight_o
     model = _model()
     model.train()
     before = _state(model)
-    plan = lrdlab.make_plan(model, ratio=2.5)
+    plan = lrdlab.make_plan(model, ratio=2.5, min_rank=1)
     xs = _batches()
     weights = lrdlab.decompose(model, plan)
     calibrated = lrdlab.decompose(model, plan, calibration=[(x, torch.zeros(len(x))) for x in xs])
@@ -220,7 +220,7 @@ def test_layers_are_fitted_in_forward_order_on_the_decomposed_network():
 
 def test_inplace_calibration_changes_the_model_itself():
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     out = calibrated_decompose(model, plan, _batches(), inplace=True)
     assert out is model and isinstance(model.conv2, lrdlab.LowRankLayer)
 
@@ -251,7 +251,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_calibration_input_is_a_value_error_naming_the_shape_and_the_model_is_untouched(case):
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     before = _state(model)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         lrdlab.decompose(model, plan, calibration=BAD[case]())
@@ -273,7 +273,7 @@ def test_wrong_image_size_for_a_registered_model_names_its_input_shape():
 def test_copy_of_batches_is_not_needed_twice():
     """A one-shot iterator (e.g. a generator) is read once and still used for every layer and BN."""
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
     xs = _batches()
     a = calibrated_decompose(model, plan, (x for x in xs))
     b = calibrated_decompose(copy.deepcopy(model), plan, xs)
@@ -285,7 +285,7 @@ def test_cached_blockwise_inputs_give_the_same_result_as_whole_network_runs(monk
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5)).eval()
-    plan = lrdlab.make_plan(seq, ratio=2)
+    plan = lrdlab.make_plan(seq, ratio=2, min_rank=1)
     xs = _batches()
     cached = calibrated_decompose(seq, plan, xs)
     monkeypatch.setattr("lrdlab.lowrank.calibration.sequential_unit", lambda model, name: None)
@@ -314,7 +314,7 @@ def test_attention_projections_are_fitted_to_their_own_inputs():
 
     torch.manual_seed(0)
     vit = vit_tiny(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
-    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"])
+    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"], min_rank=1)
     batches = _batches()
     fitted = unfuse(lrdlab.decompose(vit, plan, calibration=batches))
     plain = unfuse(lrdlab.decompose(vit, plan))
@@ -334,3 +334,100 @@ def test_attention_projections_are_fitted_to_their_own_inputs():
             y = dense.get_submodule(name)(X)
             errs = [(net.get_submodule(name)(X) - y).norm() for net in (fitted, plain)]
         assert errs[0] < errs[1], f"{proj}: data-aware {errs[0]:.4g}, weight-only {errs[1]:.4g}"
+
+
+# --- upstream correction and robustness --------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(S=st.integers(2, 10), D=st.integers(2, 10), n=st.integers(1, 40), seed=st.integers(0, 10_000),
+       data=st.data())
+def test_corrected_objective_is_never_worse_than_weight_only_on_its_own_data(S, D, n, seed, data):
+    """‖W X − M X̂‖² + λ‖M − W‖², the corrected fit's objective, is at most weight-only SVD's at the same rank."""
+    from lrdlab.lowrank.data_aware import corrected_weight
+
+    rank = data.draw(st.integers(1, min(S, D)))
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(S, D, generator=g, dtype=torch.float64)
+    X = torch.randn(n, D, generator=g, dtype=torch.float64)
+    X_hat = X + 0.5 * torch.randn(n, D, generator=g, dtype=torch.float64)  # the upstream layers' error
+    target, cov = corrected_weight(W, X_hat.T @ X_hat / n, X.T @ X_hat / n)
+    first, last = reduced_rank_regression(target, cov, rank)
+    lam = float(cov[0, 0] - (X_hat.T @ X_hat / n)[0, 0])
+
+    def objective(M):
+        return float((X @ W.T - X_hat @ M.T).pow(2).sum() / n + lam * (M - W).pow(2).sum())
+
+    U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+    assert objective(last @ first) <= objective(U[:, :rank] * s[:rank] @ Vh[:rank]) * (1 + 1e-9) + 1e-9
+
+
+def test_upstream_correction_beats_the_sequential_fit_after_a_badly_truncated_first_layer():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 8)).eval()
+    plan = lrdlab.make_plan(net, rank={"0": 2, "2": 24, "4": 8}, allow_larger=True)
+    xs = [torch.randn(64, 16) @ torch.randn(16, 16) for _ in range(4)]
+    x = torch.cat(xs)
+    with torch.no_grad():
+        errors = {mode: float((calibrated_decompose(net, plan, xs, mode=mode)(x) - net(x)).pow(2).mean())
+                  for mode in ("sequential", "corrected", "one-shot")}
+    assert errors["corrected"] < 0.8 * errors["sequential"], errors
+    assert errors["corrected"] < errors["one-shot"], errors
+
+
+def test_calibration_modes_are_checked():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        calibrated_decompose(_model(), lrdlab.make_plan(_model(), ratio=2), _batches(), mode="svd-llm")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_batches_are_a_value_error_naming_the_batch(bad):
+    xs = _batches()
+    xs[1][0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="calibration batch 1 holds NaN or infinite"):
+        calibrated_decompose(_model(), lrdlab.make_plan(_model(), ratio=2), xs)
+
+
+def test_a_layer_that_never_runs_is_named_with_the_exclude_fix():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux1 = _model(), nn.Sequential(nn.Linear(5, 5))
+
+        def forward(self, x):
+            return self.body(x) if not self.training else self.aux1(self.body(x))
+
+    model = WithAux().eval()
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    with pytest.raises(ValueError, match=r"\['aux1.0'\] never ran.*exclude=\['aux1\.\*'\]"):
+        calibrated_decompose(model, plan, _batches())
+
+
+def test_too_few_calibration_rows_warn_with_the_layer_and_the_images_needed():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    plan = lrdlab.make_plan(net, ratio=2, min_rank=1)
+    with pytest.warns(UserWarning, match=r"layer '0' has 64-dimensional inputs.*only 8 rows.*at least 64"):
+        out = calibrated_decompose(net, plan, [torch.randn(8, 64)])
+    assert torch.isfinite(out(torch.randn(3, 64))).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_models_calibrate_with_float64_statistics(dtype):
+    model = _model().to(dtype)
+    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    xs = [x.to(dtype) for x in _batches()]
+    out = calibrated_decompose(model, plan, xs)
+    layers = [m for m in out.modules() if isinstance(m, lrdlab.LowRankLayer)]
+    assert layers and all(p.dtype == dtype for m in layers for p in m.parameters())
+    assert torch.isfinite(out(xs[0]).float()).all()
+
+
+def test_input_gram_is_float64_for_low_precision_inputs():
+    from lrdlab.lowrank.data_aware import input_gram
+
+    x = torch.randn(4, 300) * 100
+    gram, rows = input_gram(nn.Linear(300, 2), x.bfloat16())
+    exact = x.bfloat16().double().T @ x.bfloat16().double()
+    assert gram.dtype == torch.float64 and rows == 4
+    torch.testing.assert_close(gram, exact, rtol=1e-12, atol=1e-9)

@@ -269,3 +269,25 @@ def test_bad_plan_json_is_refused(tmp_path):
     path.write_text(json.dumps({"model": "x", "layers": [{"name": "a"}]}))
     with pytest.raises(ValueError, match="not an lrdlab plan"):
         Plan.load(path)
+
+
+def test_min_rank_keeps_a_squeezed_head_with_the_reason_and_one_turns_it_off():
+    from lrdlab.zoo.cifar_models import resnet20
+
+    model = resnet20()
+    from lrdlab.lowrank.plan import MIN_RANK
+
+    kept = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=MIN_RANK).layers}
+    assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
+    assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
+    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1").layers}
+    assert squeezed["fc"].decomposed and squeezed["fc"].ranks == [2]
+
+
+def test_min_rank_above_a_layers_dimensions_keeps_it_and_says_so():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 4))
+    rows = lrdlab.make_plan(model, ratio=1.5, min_rank=8).layers
+    assert rows[0].decomposed
+    assert not rows[1].decomposed and "dimensions (64→4) are below min_rank=8" in rows[1].reason
+    with pytest.raises(ValueError, match="min_rank"):
+        lrdlab.make_plan(model, ratio=2, min_rank=0)

@@ -1,0 +1,117 @@
+"""Which calibration objective, and what keeping the head changes: ResNet-20 / MNIST-5k right after decomposition.
+
+Rows: calibration set (two disjoint sets of 512 training images) × ratio × head (``kept``: ``min_rank=6``
+keeps the 10-class ``fc``; ``squeezed``: ``min_rank=1`` decomposes it) × variant:
+
+``weights``     weight-only decomposition (``lrdlab.decompose(model, plan)``)
+``weights+bn``  the same, then BN re-estimation
+``one-shot``    lrdlab's own implementation of one-shot statistics (SVD-LLM's way: every layer fitted to
+                statistics of one pass of the original model), + BN re-estimation
+``sequential``  each layer fitted to its own output on the partly decomposed network's inputs, + BN
+``corrected``   lrdlab's default: each layer reproduces the original network's output, + BN
+
+Run ``python -m lrdlab.paper.calibration_modes --out data/calibration_modes_mnist5k.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("weights", "weights+bn", "one-shot", "sequential", "corrected")
+HEADS = {"kept": 6, "squeezed": 1}  # make_plan's min_rank (6: lrdlab.lowrank.plan.MIN_RANK)
+
+
+def calibration_sets(loader, images: int = 512, sets: int = 2) -> list[list]:
+    """``sets`` disjoint lists of input batches, ``images`` each, from the start of ``loader``."""
+    from lrdlab.lowrank.calibration import calibration_batches
+
+    batches = calibration_batches(loader, images * sets)
+    flat = [x for b in batches for x in b.split(128)]
+    step = images // 128
+    return [flat[i * step:(i + 1) * step] for i in range(sets)]
+
+
+def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0), heads: Sequence[str] = ("kept",),
+        variants: Sequence[str] = VARIANTS, out: str | Path | None = None) -> dict[str, Any]:
+    """The rows (see the module docstring), with the machine and its load, written as JSON to ``out``."""
+    import os
+
+    import torch
+
+    from lrdlab.finetune.loop import evaluate, set_seed
+    from lrdlab.lowrank.calibration import calibrated_decompose, recalibrate_bn
+    from lrdlab.lowrank.decompose import decompose
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.counting import count_params
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.pretrained import kept_stem, pretrained
+
+    set_seed(0)
+    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
+    cal = calibration_sets(loaders.train)
+    original = pretrained("resnet20_mnist5k")
+    rows = [{"variant": "original", "accuracy": round(evaluate(original, loaders.test)["accuracy"], 2),
+             "params": count_params(original)}]
+    for s in sets:
+        for head in heads:
+            for ratio in ratios:
+                plan = make_plan(original, ratio=ratio, exclude=kept_stem("resnet20"), model_name="resnet20",
+                                 min_rank=HEADS[head])
+                for variant in variants:
+                    t0 = time.perf_counter()
+                    if variant.startswith("weights"):
+                        model = decompose(original, plan)
+                        if variant == "weights+bn":
+                            model = recalibrate_bn(copy.deepcopy(model), cal[s])
+                    else:
+                        model = calibrated_decompose(original, plan, cal[s], mode=variant)
+                    seconds = time.perf_counter() - t0
+                    acc = round(evaluate(model, loaders.test)["accuracy"], 2)
+                    rows.append({"set": s, "head": head, "ratio": ratio, "variant": variant, "accuracy": acc,
+                                 "params": count_params(model), "seconds": round(seconds, 1),
+                                 "load": os.getloadavg()[0]})
+                    print(f"set {s} {head} {ratio:g}x {variant:10s} {acc:6.2f}% ({seconds:.0f} s)", flush=True)
+    result = {"rows": rows, "model": "resnet20_mnist5k", "calibration_images": 512,
+              "test": "MNIST-5k test split (1,000 images)", "threads": torch.get_num_threads(),
+              "machine": machine_info("cpu"), "note": "seconds are wall time on a shared machine; load = 1-min "
+              "load average when the row finished"}
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def merge(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """One result from several runs' files (rows concatenated, the original row once)."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    result = {**parts[0], "rows": [parts[0]["rows"][0]] + [r for p in parts for r in p["rows"][1:]]}
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def markdown_table(result: dict[str, Any], calibration_set: int = 0) -> str:
+    """Accuracy per ratio (rows) and variant × head (columns) for one calibration set."""
+    rows = [r for r in result["rows"] if r.get("set") == calibration_set]
+    cols = [(h, v) for h in HEADS for v in VARIANTS if any(r["head"] == h and r["variant"] == v for r in rows)]
+    lines = ["| ratio | " + " | ".join(f"{v} ({h} head)" for h, v in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for ratio in sorted({r["ratio"] for r in rows}):
+        at = {(r["head"], r["variant"]): r["accuracy"] for r in rows if r["ratio"] == ratio}
+        lines.append(f"| {ratio:g}x | " + " | ".join(f"{at[c]:.1f}" if c in at else "—" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--heads", nargs="+", default=["kept"], choices=list(HEADS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--ratios", type=float, nargs="+", default=[2.0, 3.0, 4.0])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    run(args.sets, args.ratios, args.heads, args.variants, args.out)
