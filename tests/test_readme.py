@@ -12,7 +12,7 @@ VARIANTS = ["weights", "weights+bn", "data", "data+bn", "data+bn+ft"]
 
 
 def _table_after(marker: str) -> list[list[str]]:
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "docs" / "accuracy.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if marker in line)
     rows = []
     for line in lines[start + 1:]:
@@ -42,7 +42,7 @@ def test_accuracy_table_matches_the_recorded_study(model):
     from lrdlab.paper.accuracy_study import markdown_table
 
     table = markdown_table(json.loads((ROOT / "data" / "accuracy_f11_mnist5k.json").read_text()), model)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "accuracy.md").read_text()
     assert f"{marker}\n{table}\n" in readme, "regenerate: markdown_table(result, model)"
 
 
@@ -65,9 +65,9 @@ def test_readme_accuracy_snippet_does_what_its_comments_say():
     scope: dict = {}
     exec(compile("import lrdlab\n" + calibrate, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     calibrated = scope["lrdlab"].evaluate(scope["small"], scope["loaders"].test)["accuracy"]
-    assert 85 <= calibrated <= 91, f"README says ≈ 88%, got {calibrated:.1f}"
+    assert calibrated >= 96.0, f"README says ≈ 97% at 3x, got {calibrated:.1f}"
     exec(compile(finetune, "README.md", "exec"), scope)  # noqa: S102
-    assert scope["tuned"]["accuracy"].iloc[-1] >= 97.0, "README says ≈ 97.5% after one distilled epoch"
+    assert scope["tuned"]["accuracy"].iloc[-1] >= 96.0, "one distilled epoch keeps the calibrated model's accuracy"
 
 
 def test_transformer_section_is_the_one_generated_from_data():
@@ -76,3 +76,15 @@ def test_transformer_section_is_the_one_generated_from_data():
 
     block = current_block((ROOT / "docs" / "transformers.md").read_text(), README_BEGIN, README_END)
     assert block == readme_section(ROOT / "data"), "run `make readme`"
+
+
+def test_readme_is_short_and_its_generated_blocks_are_current():
+    from lrdlab.paper.readme_sections import PAGES, current_block, sections
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 120, "the README is a two-minute read: move detail to docs/"
+    for name in PAGES["README.md"]:
+        begin, end, render = sections()[name]
+        assert current_block(text, begin, end) == render(ROOT / "data"), f"README's {name} block is stale: make readme"
+    for page in PAGES:
+        assert (ROOT / page).exists() and f"]({page})" in text or page == "README.md", f"README links {page}"

@@ -106,6 +106,16 @@ def markdown_table(result: dict[str, Any], calibration_set: int = 0) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- accuracy-headline: generated from data/ by lrdlab.paper.calibration_modes.headline -->"
+README_END = "<!-- /accuracy-headline -->"
+
+
+def headline(data: Path) -> str:
+    """The README's accuracy table: :func:`markdown_table` of ``data``/calibration_modes_mnist5k.json, set 0."""
+    table = markdown_table(json.loads((Path(data) / "calibration_modes_mnist5k.json").read_text()))
+    return "\n".join([README_BEGIN, table, README_END])
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", type=int, nargs="+", default=[0, 1])

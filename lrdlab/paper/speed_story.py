@@ -252,14 +252,3 @@ def speed_story_section(data: Path, links: str = "") -> str:
     body += ["", f"Records: [data/{STORY_FILE}]({links}data/{STORY_FILE}); more in "
                  f"[docs/speed.md]({links}docs/speed.md)."]
     return "\n".join([README_BEGIN, *body, README_END]).replace("\n\n\n", "\n\n")
-
-
-def regenerate_speed_doc(doc: str | Path = "docs/speed.md", data: str | Path = "data") -> bool:
-    """Rewrite the generated block of docs/speed.md from ``data``; True when it changed."""
-    from lrdlab.paper.readme_sections import current_block
-
-    path = Path(doc)
-    text = path.read_text()
-    old, new = current_block(text, README_BEGIN, README_END), speed_story_section(Path(data), links="../")
-    path.write_text(text.replace(old, new))
-    return old != new

@@ -75,8 +75,7 @@ def test_docs_speed_is_the_generated_block():
     root = Path(__file__).resolve().parents[2]
     doc = (root / "docs" / "speed.md").read_text()
     assert current_block(doc, README_BEGIN, README_END) == speed_story_section(root / "data", links="../"), \
-        "docs/speed.md is stale: python -c 'from lrdlab.paper.speed_story import regenerate_speed_doc; " \
-        "regenerate_speed_doc()'"
+        "docs/speed.md is stale: make readme"
 
 
 def test_a_disagreement_names_the_settings_that_differ(tmp_path):
