@@ -55,7 +55,8 @@ class LayerPlan:
 
     def keep(self, reason: str) -> None:
         """Mark this row as left unchanged, saying why."""
-        self.method, self.ranks, self.params_after, self.reason = None, None, self.params_before, reason
+        self.method, self.ranks, self.target_ranks, self.params_after = None, None, None, self.params_before
+        self.reason = reason
 
 
 @dataclass
@@ -263,11 +264,10 @@ def _keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) ->
     """Keep a planned layer whose smallest rank is below ``min_rank``, with the reason."""
     if not row.decomposed or row.ranks is None or min(row.ranks) >= min_rank:
         return
-    small = min(info["in_channels"], info["out_channels"])
+    small = min(info["in_channels"], info["out_channels"]) < min_rank
     why = (f"its dimensions ({info['in_channels']}→{info['out_channels']}) are below min_rank={min_rank}"
-           if small < min_rank else f"ranks {row.ranks} fall below min_rank={min_rank}")
+           if small else f"ranks {row.ranks} fall below min_rank={min_rank}")
     row.keep(f"kept: {why}, too few to keep its function (min_rank=1 decomposes it anyway)")
-    row.target_ranks = None
 
 
 def make_plan(
@@ -302,8 +302,7 @@ def make_plan(
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
     Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
-    ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
-    kept, with the reason; ``MIN_RANK`` is the recommended value, ``1`` (the default) turns the rule off.
+    ``min_rank``: under ``ratio``, keep a layer whose rank falls below it (recommended: ``MIN_RANK``; 1: off).
     """
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
