@@ -65,7 +65,8 @@ class LayerPlan:
 
     def keep(self, reason: str) -> None:
         """Mark this row as left unchanged, saying why."""
-        self.method, self.ranks, self.params_after, self.reason = None, None, self.params_before, reason
+        self.method, self.ranks, self.target_ranks, self.params_after = None, None, None, self.params_before
+        self.reason = reason
 
 
 @dataclass
