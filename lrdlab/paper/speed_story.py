@@ -114,6 +114,9 @@ def threads_sentence(rows: list[StoryRow]) -> str:
              for t in TECHNIQUES.values() if (lo, t) in at and (hi, t) in at]
     head = (f"From {lo} to {hi} threads the original goes from {orig[0]:.0f} to {orig[1]:.0f} ms" if orig
             else f"From {lo} to {hi} threads")
+    if orig and orig[1] >= orig[0]:
+        return (f"{head}, slower with more threads: the threads competed with other jobs for the cores, so this is "
+                f"the shared case, not thread scaling; the speed-ups go {', '.join(parts)}.")
     return (f"{head}, while the speed-ups go {', '.join(parts)}: thin decomposed layers have more, smaller "
             "parallel regions, so they gain less from each extra thread than the original does.")
 
@@ -201,7 +204,7 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
                 f"stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; {' and '.join(modes)}, "
                 "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
-        "command": f"lrdlab record speed-story --threads-list {','.join(map(str, threads))}",
+        "command": f"lrdlab record speed-story --threads {','.join(map(str, threads))}",
         "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
     }, indent=1, default=float) + "\n")
