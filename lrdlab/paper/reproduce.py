@@ -35,6 +35,7 @@ class Settings:
     data: str = "mnist5k"
     out: str = "reports/quick"
     threads: int | None = None  # torch threads of every measurement (None: as the compute mode leaves them)
+    speed_modes: tuple[str, ...] = ("train", "inference")  # what the techniques stage times
 
     @property
     def gpu(self) -> bool:
@@ -163,7 +164,8 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
               **dict(list(models.items())[2:])}
     count_shape = (1, 3, 224, 224)
     rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
-    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3)
+    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3,
+                           modes=settings.speed_modes)
     for row in rows:
         row.update(timing[row["method"]])
     return {"input_shape": list(settings.bench_shape), "rows": rows,

@@ -113,6 +113,9 @@ def threads_sentence(rows: list[StoryRow]) -> str:
              for t in TECHNIQUES.values() if (lo, t) in at and (hi, t) in at]
     head = (f"From {lo} to {hi} threads the original goes from {orig[0]:.0f} to {orig[1]:.0f} ms" if orig
             else f"From {lo} to {hi} threads")
+    if orig and orig[1] >= orig[0]:
+        return (f"{head}, slower with more threads: the threads competed with other jobs for the cores, so this is "
+                f"the shared case, not thread scaling; the speed-ups go {', '.join(parts)}.")
     return (f"{head}, while the speed-ups go {', '.join(parts)}: thin decomposed layers have more, smaller "
             "parallel regions, so they gain less from each extra thread than the original does.")
 

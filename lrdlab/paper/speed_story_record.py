@@ -20,7 +20,8 @@ from lrdlab.paper.speed_story import STORY_FILE
 from lrdlab.zoo.models import get_model
 
 
-def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None) -> Path:
+def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None,
+                       train: bool = False) -> Path:
     """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
     search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
     """
@@ -28,7 +29,8 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     searched = recorded_search_plan(data or data_dir(), model, vanilla)
     results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
-    settings, load_before, runs = reproduce.Settings(quick=True), os.getloadavg(), []
+    modes = ("train", "inference") if train else ("inference",)  # the README's table is inference
+    settings, load_before, runs = reproduce.Settings(quick=True, speed_modes=modes), os.getloadavg(), []
     for n in threads:
         with compute_policy(n), round_limits(factor=1, budget_s=120.0):  # the quick reproduction's limits
             run = reproduce.stage_techniques(settings, results)
@@ -37,9 +39,9 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
     path = out / STORY_FILE
     path.write_text(json.dumps({
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
-                "stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; train and inference, "
+                f"stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; {' and '.join(modes)}, "
                 "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
-        "command": f"lrdlab record speed-story --threads-list {','.join(map(str, threads))}",
+        "command": f"lrdlab record speed-story --threads {','.join(map(str, threads))}",
         "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
     }, indent=1, default=float) + "\n")

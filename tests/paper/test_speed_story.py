@@ -60,6 +60,9 @@ def test_the_readme_table_has_one_row_per_configuration(tmp_path):
     assert table[2].startswith("| eager, 1 thread, batch 8, 112 px | 300 | +40.0% [+37.0, +43.0]; 0.40 |")
     assert table[3].startswith("| eager, 2 threads, batch 8, 112 px | 200 |") and len(table) == 4
     assert "From 1 to 2 threads the original goes from 300 to 200 ms" in threads_sentence(rows)
+    loaded = [*story_rows(techniques(1, {"vanilla LRD": 40.0}, 0.3)),
+              *story_rows(techniques(2, {"vanilla LRD": 1.0}, 0.9))]
+    assert "slower with more threads" in threads_sentence(loaded) and "not thread scaling" in threads_sentence(loaded)
     section = speed_story_section(tmp_path)
     assert "Test CPU" in section and f"(data/{STORY_FILE})" in section and "(docs/speed.md)" in section
     assert section.startswith("<!-- speed-story") and section.endswith("<!-- /speed-story -->")
