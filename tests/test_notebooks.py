@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom headless in quick mode (papermill), and is committed without outputs."""
 
+import ast
 import json
 import time
 from pathlib import Path
@@ -21,6 +22,10 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
     tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and "QUICK = True" in "".join(tagged[0]["source"])
     assert "widgets" not in nb.get("metadata", {}), "widget state must not be committed"
+    # only parameters there: papermill replaces this cell, so anything derived from QUICK belongs in a later cell
+    for node in ast.parse("".join(tagged[0]["source"])).body:
+        assert isinstance(node, ast.Assign), f"{path.name}: the parameters cell holds a statement, not a parameter"
+        ast.literal_eval(node.value)  # a literal, not computed from another parameter
 
 
 @pytest.mark.slow

@@ -36,33 +36,43 @@ def _plain_log_axis(ax: Any) -> None:
     ax.yaxis.set_minor_locator(NullLocator())
 
 
+def _schedule_lines(ax_epoch: Any, ax_time: Any, runs: pd.DataFrame, selected: str, colors: dict[str, Any],
+                    suffix: str = "") -> list[tuple[str, str, float, float, float]]:
+    """Each run's accuracy vs epoch and vs training seconds; returns (label, name, median, min, max) img/s."""
+    speed = []
+    for _key, d in runs.groupby("key", sort=False):
+        d = d.sort_values("epoch")
+        name = d["name"].iloc[0]
+        bold = name == selected
+        kw = {"color": colors[name], "linewidth": 2.6 if bold else 1.0, "alpha": 1.0 if bold else 0.35,
+              "marker": "o", "markersize": 4 if bold else 2, "linestyle": "--" if suffix else "-",
+              "label": name + suffix}
+        if ax_epoch is not None:
+            ax_epoch.plot(d["epoch"], d["accuracy"], **kw)
+        ax_time.plot(d["wall_s"], d["accuracy"], **kw)
+        trained = d[d["epoch"] > 0]["train_img_s"]
+        if not trained.empty:
+            speed.append((name + suffix, name, float(trained.median()), float(trained.min()), float(trained.max())))
+    return speed
+
+
 def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machine: str = "") -> Figure:
     """Accuracy vs epoch, accuracy vs training seconds and training throughput of every schedule at one ratio.
 
-    ``runs``: :class:`~lrdlab.explore.freezing_runs.FreezingGrid` rows at this ratio (column ``name`` = schedule);
-    the ``selected`` schedule is drawn bold; runs made here are dashed (another machine's clock).
+    ``runs``: :class:`~lrdlab.explore.freezing_runs.FreezingGrid` rows at this ratio (column ``name`` = schedule,
+    ``source`` reference / here); the ``selected`` schedule is drawn bold. The recorded grid fills the first three
+    panels; runs made here get a fourth panel of their own (this machine's clock), never drawn into the grid.
     """
     names = [n for n in SCHEDULE_ORDER if n in set(runs["name"])] + sorted(set(runs["name"]) - set(SCHEDULE_ORDER))
     colors = _colors(names)
+    recorded, here = runs[runs["source"] != "here"], runs[runs["source"] == "here"]
+    panels = 4 if not here.empty else 3
     with plots.style():
-        fig, axes = plots.new_figure(1, 3, width=12.5, height=3.6, layout=None)
-        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.2, top=0.82, wspace=0.3)
-        speed = []
-        for _key, d in runs.groupby("key", sort=False):
-            d = d.sort_values("epoch")
-            name, here = d["name"].iloc[0], d["source"].iloc[0] == "here"
-            bold = name == selected
-            kw = {"color": colors[name], "linewidth": 2.6 if bold else 1.0, "alpha": 1.0 if bold else 0.35,
-                  "marker": "o", "markersize": 4 if bold else 2, "linestyle": "--" if here else "-",
-                  "label": name + (" (here)" if here else "")}
-            axes[0].plot(d["epoch"], d["accuracy"], **kw)
-            axes[1].plot(d["wall_s"], d["accuracy"], **kw)
-            trained = d[d["epoch"] > 0]["train_img_s"]
-            if not trained.empty:
-                speed.append((name + (" (here)" if here else ""), name, float(trained.median()),
-                              float(trained.min()), float(trained.max())))
-        if not runs.empty:
-            axes[0].legend(fontsize="x-small", ncol=2)
+        fig, axes = plots.new_figure(1, panels, width=4.2 * panels, height=3.8, layout=None)
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.24, top=0.8, wspace=0.32)
+        speed = _schedule_lines(axes[0], axes[1], recorded, selected, colors)
+        if not recorded.empty:
+            axes[0].legend(fontsize="x-small", ncol=2, loc="lower right")
         if speed:
             labels, keys, med, lo, hi = zip(*speed)
             x = np.arange(len(labels))
@@ -73,15 +83,20 @@ def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machin
                              capsize=3, linewidth=0.8)
             axes[2].set_xticks(x, labels, rotation=35, ha="right", fontsize="x-small")
         else:
-            for ax in axes:
-                ax.text(0.5, 0.5, "no runs at this ratio", ha="center", va="center", transform=ax.transAxes)
+            for ax in axes[:3]:
+                ax.text(0.5, 0.5, "no recorded runs at this ratio", ha="center", va="center", transform=ax.transAxes)
+        clock = f"recorded on {machine}" if machine else "recorded clock"
         axes[0].set(xlabel="fine-tuning epoch (0 = calibrated start)", ylabel="test accuracy (%)")
-        axes[1].set(xlabel="training seconds (reference clock)", ylabel="test accuracy (%)")
-        axes[2].set(ylabel="training img/s (median; bar = min–max epoch)")
-        _titles(axes, ("accuracy vs epoch", "accuracy vs time", "training throughput"))
-        where = f" · recorded on {machine}" if machine else ""
-        fig.suptitle(f"Fine-tuning ResNet-20 decomposed at ×{ratio:g} · selected: {selected}{where}",
-                     fontsize="medium")
+        axes[1].set(xlabel=f"training seconds ({clock})", ylabel="test accuracy (%)")
+        axes[2].set(ylabel="training img/s (recorded)")
+        titles = ["accuracy vs epoch (recorded)", "accuracy vs time (recorded)", "throughput (median, min–max)"]
+        if panels == 4:
+            _schedule_lines(None, axes[3], here, selected, colors, suffix=" (here)")
+            axes[3].set(xlabel="training seconds (this machine)", ylabel="test accuracy (%)")
+            axes[3].legend(fontsize="x-small", loc="lower right")
+            titles.append("runs made here")
+        _titles(axes, titles)
+        fig.suptitle(f"Fine-tuning ResNet-20 decomposed at ×{ratio:g} · selected: {selected}", fontsize="medium")
     return fig
 
 

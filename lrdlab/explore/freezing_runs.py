@@ -26,9 +26,9 @@ from lrdlab.measure.cache import default_cache_dir
 from lrdlab.measure.machine import machine_info
 
 # period choices of the explorer: (label, period, unit)
+# (the grid's sequential periods: over its 4 epochs, N=4 is regular and N=3 differs from it only in epoch 4)
 PERIODS: tuple[tuple[str, int, str], ...] = (("every iteration", 1, "iteration"), ("1 epoch", 1, "epoch"),
-                                             ("2 epochs", 2, "epoch"), ("3 epochs", 3, "epoch"),
-                                             ("4 epochs", 4, "epoch"))
+                                             ("2 epochs", 2, "epoch"))
 GRID_COLUMNS = ["key", "ratio", "mode", "period", "unit", "epoch", "accuracy", "loss", "wall_s", "train_img_s",
                 "trainable_params", "source"]
 
@@ -208,35 +208,47 @@ class BackgroundRun:
             self._set("failed", f"failed: {type(err).__name__}: {err}")
 
 
-def default_start_model(settings: dict[str, Any]) -> Callable[[float], nn.Module]:
-    """The grid's start model at a ratio: the trained model, decomposed and calibrated (memoised per ratio)."""
+# the recipe of the shipped grid (lrdlab record freezing-grid) and of the explorer's live runs
+GRID_RECIPE: dict[str, Any] = {"subset": 1024, "finetune_epochs": 4, "finetune_lr": 0.01, "batch_size": 32,
+                               "calibration_images": 512, "exclude": ["conv1"]}
+
+
+def calibrated_start(ratio: float, exclude: Any = ("conv1",), calibration_images: int = 512) -> nn.Module:
+    """The default calibrated model at ``ratio``: ``decompose(model, plan, calibration=)`` on the first
+    ``calibration_images`` training images, as the README and ``lrdlab record accuracy`` make it."""
     import fnmatch
 
     from lrdlab.explore.accuracy_lab import calibrated_decompose, data_loaders, trained_model
+    from lrdlab.lowrank.calibration import calibration_batches
     from lrdlab.lowrank.plan import make_plan
 
+    original = trained_model()
+    names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
+    plan = make_plan(original, ratio=ratio, exclude=skip or None, model_name="resnet20")
+    return calibrated_decompose(original, plan, calibration_batches(data_loaders().train, calibration_images))
+
+
+def default_start_model(settings: dict[str, Any]) -> Callable[[float], nn.Module]:
+    """The grid's start model at a ratio, made by the grid's recorded settings (memoised per ratio)."""
     memo: dict[float, nn.Module] = {}
 
     def start(ratio: float) -> nn.Module:
         if ratio not in memo:
-            original = trained_model()
-            batch = int(settings.get("batch_size", 128))
-            calib = [x for (x, _), _ in zip(data_loaders(subset=settings.get("subset"), batch_size=batch).train,
-                                            range(4))]
-            names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-            skip = [p for p in settings.get("exclude", ["conv1"]) if any(fnmatch.fnmatchcase(n, p) for n in names)]
-            plan = make_plan(original, ratio=ratio, exclude=skip or None, model_name="resnet20")
-            memo[ratio] = calibrated_decompose(original, plan, calib)
+            memo[ratio] = calibrated_start(ratio, settings.get("exclude", GRID_RECIPE["exclude"]),
+                                           int(settings.get("calibration_images", GRID_RECIPE["calibration_images"])))
         return memo[ratio]
 
     return start
 
 
 def default_loaders(settings: dict[str, Any]) -> Callable[[], tuple[Any, Any]]:
+    """The grid's fine-tuning loaders (its subset and batch; the 1,000-image test split)."""
     from lrdlab.explore.accuracy_lab import data_loaders
 
     def loaders() -> tuple[Any, Any]:
-        d = data_loaders(subset=settings.get("subset", 1024), batch_size=int(settings.get("batch_size", 128)))
+        d = data_loaders(subset=settings.get("subset", GRID_RECIPE["subset"]),
+                         batch_size=int(settings.get("batch_size", GRID_RECIPE["batch_size"])))
         return d.train, d.test
 
     return loaders

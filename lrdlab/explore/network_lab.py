@@ -96,7 +96,9 @@ class NetworkLab:
             return None
         original = self.accuracy.original()
         acc = self.accuracy.accuracy(plan)
-        return {"accuracy": acc, "original": original, "calibration": CALIBRATION,
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.accuracy.model.modules())
+        label = CALIBRATION if has_bn else "data-aware (no BatchNorm to re-estimate)"
+        return {"accuracy": acc, "original": original, "calibration": label,
                 "calibration_images": sum(len(x) for x in self.accuracy.calibration),
                 "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds}
 
@@ -105,6 +107,21 @@ def speed_text(s: dict[str, Any]) -> str:
     """A measured speed-up vs the original as ``+38.0% [+36.0, +40.1] (9 interleaved rounds)``."""
     up = stats.SpeedUp(s["speedup"], s["speedup_ci_low"], s["speedup_ci_high"], s["rounds"])
     return f"{up.text()} ({s['rounds']} interleaved rounds)"
+
+
+def binomial_half_width(accuracy_pct: float, images: int) -> float:
+    """Half-width (points) of the 95% normal-approximation interval of an accuracy measured on ``images``."""
+    p = min(max(accuracy_pct / 100, 0.0), 1.0)
+    return 196.0 * (max(p * (1 - p), 1 / images) / images) ** 0.5
+
+
+def accuracy_cell(a: dict[str, Any]) -> str:
+    """``91.3% ±1.8`` with the test set's 95% interval, and "within noise" where it is not below the original's."""
+    half = binomial_half_width(a["accuracy"], a["test_images"])
+    text = f"<b>{a['accuracy']:.1f}%</b> ±{half:.1f} ({a['calibration']})"
+    if abs(a["accuracy"] - a["original"]) <= half:
+        text += " · within noise of the original"
+    return text
 
 
 def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, Any]] | None,
@@ -119,15 +136,16 @@ def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, A
         head += f", {o['img_s']:.0f} img/s ({o['source']}, batch {o['batch']})"
     any_acc = next((a for a in acc.values() if a), None)
     if any_acc:
-        head += (f", accuracy {any_acc['original']:.1f}% ({any_acc['test_images']} MNIST-5k test images; "
-                 f"{any_acc['calibration_images']} training images calibrate)")
+        half = binomial_half_width(any_acc["original"], any_acc["test_images"])
+        head += (f", accuracy {any_acc['original']:.1f}% ±{half:.1f} (95%, {any_acc['test_images']} MNIST-5k test "
+                 f"images; {any_acc['calibration_images']} training images calibrate)")
 
     def col(label: str) -> list[str]:
         c, s, a = counts[label], (speed or {}).get(label), acc.get(label)
         cells = [str(c["layers"]), f"{c['params_after'] / 1e6:.3g}M (×{c['params_before'] / c['params_after']:.2f})",
                  f"{c['flops_after'] / 1e6:.4g}M ({100 * (1 - c['flops_after'] / c['flops_before']):.0f}% fewer)"]
         cells.append(f"{s['img_s']:.0f} img/s · {speed_text(s)}" if s else "not measured yet")
-        cells.append(f"<b>{a['accuracy']:.1f}%</b> ({a['calibration']})" if a else
+        cells.append(accuracy_cell(a) if a else
                      "— (untrained model: accuracy means nothing)")
         return cells
 

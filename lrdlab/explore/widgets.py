@@ -137,7 +137,7 @@ class RankExplorer:
         state = self.lab.state(*values)
         if self.auto_measure.value:
             self.progress.layout.visibility = "visible"
-            self.status.value = f"⏳ measuring {values[1]} here ({conditions()}) …"
+            self.status.value = f"measuring {values[1]} here ({conditions()}) …"
             state = self.lab.ensure_times(state, self._progress)
             self.progress.layout.visibility = "hidden"
         self.network = self.network_state(measure=measure_network or bool(self._measure_network))
@@ -155,8 +155,9 @@ class RankExplorer:
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
         self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
-                             "compare the two columns — rounding g trades a little accuracy for ranks the hardware "
-                             "runs faster; a speed-up is shown only between times from the same source.")
+                             "compare the two columns — rounding to g changes the ranks and can keep small layers "
+                             "whole; whether that costs accuracy or buys speed is in the readouts, measured, not "
+                             "assumed; a speed-up is shown only between times from the same source.")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -262,13 +262,16 @@ def fit(
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         if freezer is not None and state.get("freezer"):
+            freezer.attach_optimizer(None)  # the checkpoint's phase: its optimizer state is kept as saved
             freezer.load_state_dict(state["freezer"])
         records, start, iteration = list(state["history"]), state["epoch"], state["iteration"]
         torch.set_rng_state(state["rng"])
     net = _wrap_ddp(model, freezer, dev) if size > 1 else model
     if freezer is not None:
+        # attached before the sync: a resume at a phase boundary resets the optimizer state of the factors that
+        # become trainable again, as the uninterrupted run did at that boundary
+        freezer.attach_optimizer(opt)
         freezer.sync(start, iteration)
-        freezer.attach_optimizer(opt)  # after resuming: the checkpoint's optimizer state is the right one
     criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=label_smoothing) if teacher is None else \
         DistillationLoss(teacher.to(dev), distill_alpha, distill_temperature, label_smoothing)
     show = progress and rank == 0

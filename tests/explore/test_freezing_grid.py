@@ -58,7 +58,7 @@ def test_every_control_redraws_from_the_grid_fast(tmp_path, tmp_cache):
     seen.add(ex.image.value)
     texts.add(ex.summary.value)
     assert len(seen) == len(PERIODS) + 2 and len(texts) == len(PERIODS) + 2
-    assert "reference (Test CPU)" in ex.summary.value and "×3" in ex.summary.value
+    assert "recorded" in ex.summary.value and "Test CPU" in ex.summary.value and "×3" in ex.summary.value
     assert statistics.median(ex.render_seconds) < 0.2  # every move over the cached grid
     ex.render_seconds.clear()
     for mode in ("none", "regular", "sequential"):
@@ -95,3 +95,47 @@ def test_background_run_joins_the_grid_and_cancel_is_reported(tmp_path, tmp_cach
     assert ex.runner.state == "cancelled" and "cancelled" in ex.status.value and "nothing was added" in ex.status.value
     assert not ex.run_button.disabled and ex.cancel_button.disabled
     assert (grid.at_ratio(2.0)["source"] == "here").sum() == 2
+
+
+def test_runs_made_here_are_drawn_beside_the_grid_not_into_it(tmp_path, tmp_cache):
+    from lrdlab.explore.figures import freezing_grid_figure
+
+    grid = FreezingGrid(_grid(tmp_path, ratios=(2.0,)), cache_dir=tmp_cache)
+    assert len(freezing_grid_figure(grid.at_ratio(2.0), "none", 2.0, "Test CPU").axes) == 3
+    here = grid.select(2.0, "none", 1, "epoch").drop(columns=["source", "name"]).assign(key="2|none|1|epoch|here")
+    grid.add(here)
+    fig = freezing_grid_figure(grid.at_ratio(2.0), "none", 2.0, "Test CPU")
+    recorded_axes, here_axis = fig.axes[:2], fig.axes[3]
+    assert all("(here)" not in line.get_label() for ax in recorded_axes for line in ax.lines)
+    assert [line.get_label() for line in here_axis.lines] == ["none (here)"]
+    assert "this machine" in here_axis.get_xlabel() and "Test CPU" in fig.axes[1].get_xlabel()
+
+
+def _shipped_grid():
+    from lrdlab.paper.freezing_grid import load_grid
+
+    return load_grid()
+
+
+def test_shipped_grid_fine_tuning_never_loses_accuracy():
+    """No recorded curve falls more than 2 points below its calibrated start at any epoch."""
+    runs = _shipped_grid()["runs"]
+    for key, d in runs.groupby("key"):
+        start = float(d[d["epoch"] == 0]["accuracy"].iloc[0])
+        assert d["accuracy"].min() >= start - 2.0, f"{key}: {d['accuracy'].round(1).tolist()}"
+        assert d["accuracy"].iloc[-1] > start, f"{key}: fine-tuning did not help"
+
+
+def test_shipped_grid_starts_from_the_default_calibrated_model():
+    """Epoch 0 is the README's data-aware + BN accuracy at that ratio (data/accuracy_f11_mnist5k.json)."""
+    from pathlib import Path
+
+    f11 = json.loads((Path(__file__).resolve().parents[2] / "data" / "accuracy_f11_mnist5k.json").read_text())
+    readme = {r["ratio"]: r["accuracy"] for r in f11["rows"]
+              if r["model"] == "resnet20" and r["variant"] == "data+bn" and r["granularity"] == 1}
+    grid = _shipped_grid()
+    runs = grid["runs"]
+    for ratio, d in runs[runs["epoch"] == 0].groupby("ratio"):
+        assert d["accuracy"].nunique() == 1  # every schedule starts from the same model
+        assert abs(float(d["accuracy"].iloc[0]) - readme[float(ratio)]) <= 0.5, ratio
+    assert grid["settings"]["calibration_images"] == f11["settings"]["calibration_images"]

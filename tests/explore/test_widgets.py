@@ -152,3 +152,13 @@ def test_rank_readout_speedup_has_an_interval_only_for_paired_rounds():
     assert "not compared" in rank_lab.speedup_text(state, {**d, "time_source": "reference"})
     same = {"time_ms": 2.0, "time_source": "here", "time_samples": [0.0021, 0.0019, 0.002]}
     assert rank_lab.speedup_text(state, same).endswith("within noise (3 rounds)")
+
+
+def test_accuracy_cell_names_the_binomial_interval_and_within_noise():
+    from lrdlab.explore.network_lab import accuracy_cell, binomial_half_width
+
+    assert binomial_half_width(96.0, 300) == pytest.approx(196 * (0.96 * 0.04 / 300) ** 0.5)
+    base = {"original": 96.0, "test_images": 300, "calibration": "data-aware"}
+    assert "within noise of the original" in accuracy_cell({**base, "accuracy": 96.7})  # "beats" it by 0.7 points
+    assert "within noise" not in accuracy_cell({**base, "accuracy": 83.3})
+    assert "±2.2" in accuracy_cell({**base, "accuracy": 96.0})

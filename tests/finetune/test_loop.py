@@ -80,25 +80,34 @@ def stop_at(epoch):
     return callback
 
 
-@pytest.mark.parametrize("freeze", ["none", "sequential"])
-def test_resume_continues_the_same_history(digits, tmp_path, freeze):
+@pytest.mark.parametrize("freeze,period,unit", [("none", 1, "epoch"), ("regular", 1, "epoch"),
+                                                 ("sequential", 1, "epoch"), ("sequential", 2, "epoch"),
+                                                 ("sequential", 5, "iteration"), ("sequential", 22, "iteration")])
+def test_resume_at_every_epoch_reproduces_the_uninterrupted_run(digits, tmp_path, freeze, period, unit):
+    """Stopped after each epoch and resumed: the same history and exactly the same weights. With sequential
+    freezing at a per-epoch period every stop is a phase boundary, where the factor that trains again must
+    start from fresh optimizer state, as it did in the uninterrupted run (22 iterations are one epoch)."""
+    assert len(digits.train) == 22
+
     def run(**kw):
         model = mlp(decomposed=True)
-        freezer = Freezer(model, freeze, period=5, unit="iteration")
-        return model, fit(model, digits.train, digits.test, 3, 0.1, freezer, progress=False, seed=1, **kw)
+        freezer = Freezer(model, freeze, period=period, unit=unit)
+        return model, fit(model, digits.train, digits.test, 4, 0.1, freezer, progress=False, seed=1, **kw)
 
     straight_model, straight = run()
-    ckpt = tmp_path / "ck.pt"
-    with pytest.raises(Interrupt):
-        run(checkpoint=ckpt, callbacks=[stop_at(2)])
-    resumed_model, resumed = run(checkpoint=ckpt, resume=True)
-    assert resumed["epoch"].tolist() == [1, 2, 3]
     cols = ["loss", "accuracy", "train_loss", "lr", "phase", "trainable_params"]
-    pd.testing.assert_frame_equal(resumed[cols], straight[cols], rtol=1e-6)
-    for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for stop in (1, 2, 3):
+        ckpt = tmp_path / f"ck{stop}.pt"
+        with pytest.raises(Interrupt):
+            run(checkpoint=ckpt, callbacks=[stop_at(stop)])
+        resumed_model, resumed = run(checkpoint=ckpt, resume=True)
+        assert resumed["epoch"].tolist() == [1, 2, 3, 4]
+        pd.testing.assert_frame_equal(resumed[cols], straight[cols], rtol=0, atol=0)
+        for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
+            assert torch.equal(a, b), f"resumed after epoch {stop}: weights differ"
     with pytest.raises(ValueError, match="same --epochs"):
-        fit(mlp(decomposed=True), digits.train, digits.test, 5, checkpoint=ckpt, resume=True, progress=False)
+        fit(mlp(decomposed=True), digits.train, digits.test, 5, checkpoint=tmp_path / "ck1.pt", resume=True,
+            progress=False)
 
 
 @pytest.mark.parametrize("name,params", [("resnet20", 0.27e6), ("resnet32", 0.46e6), ("resnet56", 0.85e6),
