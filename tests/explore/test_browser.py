@@ -242,7 +242,7 @@ def test_freezing_explorer_controls_and_a_cancelled_background_run(jupyterlab, t
         assert len(seen) == 4  # every move drew a different figure
         status = page.locator(".lrd-freezing-status")
         page.locator(".lrd-run button, button.lrd-run").first.click()
-        expect(status).to_contain_text("⏳", timeout=30_000)
+        expect(status).to_contain_text("running:", timeout=30_000)
         expect(status).to_contain_text("batch", timeout=180_000)  # per-batch progress from the worker
         page.locator(".lrd-cancel button, button.lrd-cancel").first.click()
         expect(status).to_contain_text("cancelled", timeout=120_000)
