@@ -165,7 +165,8 @@ def thread_count(text: str) -> int:
     """argparse type of ``--threads N``: a whole number from 1 to the cores available."""
     values = _thread_values(text)
     if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: one thread count here (only `lrdlab bench` takes a list)")
+        raise argparse.ArgumentTypeError(f"{text!r}: one thread count here (only `lrdlab bench` and `bench-lm` "
+                                         f"take a list)")
     return values[0]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lrdlab.cli.common import thread_counts
+
 CONFIGS = ("llama100m", "tiny")
 
 
@@ -13,7 +15,8 @@ def _add_bench_lm(sub) -> None:
     p.add_argument("--config", choices=CONFIGS, default="llama100m",
                    help="llama100m: ~124 M parameters (default); tiny: the shipped model's shape (~0.8 M)")
     p.add_argument("--ratio", type=float, default=2.0, help="compression ratio of the decomposed model (default 2)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="torch threads per run; 0 = all cores")
+    p.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
+                   help="torch threads, one measurement per count, e.g. 1,2 (default: 1 and all cores)")
     p.add_argument("--prompt", type=int, default=128, help="prefill prompt length (default 128)")
     p.add_argument("--batch", type=int, default=4, help="the second decode batch size (default 4; batch 1 always)")
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
@@ -26,7 +29,7 @@ def _run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA
 
     config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
-    report = speed_table(config, args.ratio, threads=args.threads, prompt=args.prompt, batch=args.batch,
+    report = speed_table(config, args.ratio, threads=args.threads or (1, 0), prompt=args.prompt, batch=args.batch,
                          decode_tokens=args.tokens, rounds=args.rounds)
     if args.json:
         print(json.dumps(report, indent=1))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lrdlab.finetune.inputs import logits_of, split_batch
-from lrdlab.lowrank.token_batches import TokenBatch, input_embedding, is_causal_lm, token_batch
+from lrdlab.lowrank.token_batches import TokenBatch, input_embedding, is_causal_lm, run_model, token_batch
 
 
 def forward_batch(model: nn.Module, batch: Any, device: torch.device, index: int = 0,
@@ -26,17 +26,16 @@ def forward_batch(model: nn.Module, batch: Any, device: torch.device, index: int
     if not causal:
         x, y = split_batch(batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return x, y, logits_of(model(x))
+        return x, y, logits_of(run_model(model, x))
     emb = input_embedding(model)
     tb = token_batch(batch, emb.num_embeddings if emb is not None else None, f"{where} {index}").to(device)
     if tb.input_ids.shape[1] < 2:
         raise ValueError(f"{where} {index} has sequences of length 1: next-token prediction needs T >= 2")
-    logits, labels = tb.scored(logits_of(model(**tb.kwargs())))
+    logits, labels = tb.scored(logits_of(run_model(model, tb)))
     return tb, labels, logits
 
 
 def teacher_logits(teacher: nn.Module, inputs: Any) -> Tensor:
     """The teacher's logits for the same predictions ``forward_batch`` scored (its ``inputs``)."""
-    if isinstance(inputs, TokenBatch):
-        return inputs.scored(logits_of(teacher(**inputs.kwargs())))[0]
-    return logits_of(teacher(inputs))
+    logits = logits_of(run_model(teacher, inputs))
+    return inputs.scored(logits)[0] if isinstance(inputs, TokenBatch) else logits

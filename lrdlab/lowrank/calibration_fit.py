@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge, corrected_weight, input_rows
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
 from lrdlab.lowrank.methods import get_method
+from lrdlab.lowrank.token_batches import run_model
 
 MODES = ("corrected", "one-shot", "sequential")
 DEFAULT_MODE = "corrected"  # chosen by measurement: data/calibration_modes_mnist5k.json
@@ -48,8 +49,8 @@ class Moments:
 
 
 def feed(model: nn.Module, batch: Tensor) -> Any:
-    """Run ``model`` (or a part of it) on one calibration batch: the one place that says how a batch is fed."""
-    return model(batch)
+    """Run ``model`` (or a part of it) on one calibration batch (:func:`~lrdlab.lowrank.token_batches.run_model`)."""
+    return run_model(model, batch)
 
 
 class _Stop(Exception):

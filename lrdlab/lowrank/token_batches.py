@@ -1,10 +1,10 @@
 """Language-model batches: token-id tensors and dicts (``input_ids``, ``attention_mask``, ``labels``), checked.
 
 One reader for every place that feeds a model text: calibration (:func:`calibration_ids`), ``fit`` and
-``evaluate`` (:mod:`lrdlab.finetune.text_batches`). A batch is a ``[N, T]`` integer tensor of token ids, a list
-of equal-length id lists, an ``(input_ids, labels)`` pair, or a dict with ``input_ids`` and optionally
-``attention_mask`` and ``labels`` (``-100`` = ignored, as in Hugging Face). Bad batches raise ``ValueError``
-naming the batch before anything runs.
+``evaluate`` (:mod:`lrdlab.finetune.text_batches`); :func:`run_model` is the one adapter from a batch to a model
+call. A batch is a ``[N, T]`` integer tensor of token ids, a list of equal-length id lists, an ``(input_ids,
+labels)`` pair, or a dict with ``input_ids`` and optionally ``attention_mask`` and ``labels`` (``-100`` = ignored,
+as in Hugging Face). Bad batches raise ``ValueError`` naming the batch before anything runs.
 """
 
 from __future__ import annotations
@@ -89,6 +89,17 @@ class TokenBatch:
     @property
     def tokens(self) -> int:
         return int(self.input_ids.numel() if self.attention_mask is None else self.attention_mask.sum())
+
+
+def run_model(model: nn.Module, batch: Any) -> Any:
+    """``model`` called on one batch, the one place that says how a batch becomes a model call (calibration,
+    ``fit``, ``evaluate``, distillation): a :class:`TokenBatch` or a dict with ``input_ids`` as Hugging Face
+    keyword arguments (labels left out: losses are computed outside), a tensor (images, token ids) positionally."""
+    if isinstance(batch, Mapping):
+        batch = token_batch(batch, None)
+    if isinstance(batch, TokenBatch):
+        return model(**batch.kwargs())
+    return model(batch)
 
 
 def _as_ids(value: Any, where: str, what: str) -> Tensor:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from lrdlab.finetune.loop import evaluate, fit
+from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.one_shot import one_shot_decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.decode import as_dict, compare_phase
@@ -40,7 +40,7 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
                      distill_steps: int = 16, validation_sequences: int | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Validation perplexity of the shipped LM and of its decompositions at each ratio, by :data:`VARIANTS`:
-    weights only; one-shot whitening (:func:`~lrdlab.lowrank.one_shot.one_shot_decompose`); lrdlab's calibrated
+    weights only; one-shot whitening (``calibrated_decompose(..., mode="one-shot")``); lrdlab's calibrated
     default (``decompose(..., calibration=...)``); and that plus ``distill_steps`` steps of distilled fine-tuning
     (AdamW, the original as teacher). ``distill_steps=0`` leaves the last out."""
     from lrdlab.zoo.pretrained import pretrained, pretrained_info
@@ -57,7 +57,7 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
         plan = make_plan(model, ratio=ratio)
         t0 = time.perf_counter()
         built = {"weights_only": decompose(model, plan, progress=False),
-                 "one_shot_whitening": one_shot_decompose(model, plan, calib),
+                 "one_shot_whitening": calibrated_decompose(model, plan, calib, mode="one-shot", progress=False),
                  "calibrated": decompose(model, plan, calibration=calib, progress=False)}
         row: dict[str, Any] = {"ratio": ratio, "params": count_params(built["calibrated"]),
                                "decompose_s": round(time.perf_counter() - t0, 2)}
@@ -94,7 +94,8 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", *, p
                         "variants": {
                             "weights_only": "truncated SVD of each weight (no data)",
                             "one_shot_whitening": "SVD-LLM truncation-aware whitening, every layer's statistics "
-                                                  "from the original model in one pass (lrdlab.lowrank.one_shot)",
+                                                  "from the original model in one pass (calibrated_decompose(..., "
+                                                  "mode='one-shot'))",
                             "calibrated": "lrdlab's default decompose(model, plan, calibration=batches): the same "
                                           "whitening, each layer fitted to its inputs inside the network decomposed "
                                           "so far",

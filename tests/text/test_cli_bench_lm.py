@@ -17,3 +17,14 @@ def test_bench_lm_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert [(r["phase"], r["batch"]) for r in report["results"]] == [("prefill", 1), ("decode", 1), ("decode", 2)]
     assert report["decomposed_params"] < report["dense_params"]
+
+
+@pytest.mark.parametrize("threads, words", [("0", "0 threads"), ("1,x", "not a thread count"), ("1,1", "repeats")])
+def test_bench_lm_threads_take_bench_s_comma_list_and_its_one_line_errors(capsys, threads, words):
+    from lrdlab.cli import main
+
+    assert main(["bench-lm", "--config", "tiny", "--threads", threads]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "--threads" in err
+    assert main(["bench-lm", "--config", "tiny", "--threads", "1", "2"]) == 2  # a space list is refused
+    assert "unrecognized arguments: 2" in capsys.readouterr().err

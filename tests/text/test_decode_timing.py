@@ -9,15 +9,10 @@ from lrdlab import decompose, make_plan
 
 pytest.importorskip("transformers")
 from lrdlab.measure.decode import bytes_per_token, compare_phase, decode_step  # noqa: E402
-from lrdlab.zoo.lm import llama_from_config  # noqa: E402
-
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64)
 
 
-def test_decode_step_is_greedy_generation_and_restarts_from_the_prompt():
-    torch.manual_seed(0)
-    model = llama_from_config(**TINY)
+def test_decode_step_is_greedy_generation_and_restarts_from_the_prompt(tiny_llama):
+    model = tiny_llama()
     step = decode_step(model, batch=2, context=8, tokens=5, vocab=256, seed=3)
     ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -29,8 +24,8 @@ def test_decode_step_is_greedy_generation_and_restarts_from_the_prompt():
     assert torch.equal(first[:, 0], seq[:, -1])
 
 
-def test_bytes_per_token_skips_the_embedding_table_and_compare_runs():
-    model = llama_from_config(**TINY)
+def test_bytes_per_token_skips_the_embedding_table_and_compare_runs(tiny_llama):
+    model = tiny_llama()
     emb = model.get_input_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
     assert bytes_per_token(model) == 4 * (total - emb.numel())

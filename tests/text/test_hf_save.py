@@ -9,16 +9,11 @@ from lrdlab import decompose, make_plan
 
 transformers = pytest.importorskip("transformers")
 from lrdlab.lowrank.hf_save import load_hf, merge_to_dense, save_hf  # noqa: E402
-from lrdlab.zoo.lm import llama_from_config  # noqa: E402
-
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
-def decomposed():
-    torch.manual_seed(0)
-    model = llama_from_config(**TINY)
+def decomposed(tiny_llama):
+    model = tiny_llama()
     plan = make_plan(model, ratio=2)
     x = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
     return model, plan, decompose(model, plan, calibration=[x]), x

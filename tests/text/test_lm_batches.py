@@ -12,16 +12,11 @@ from lrdlab import decompose, make_plan
 from lrdlab.finetune.loop import evaluate, fit
 
 pytest.importorskip("transformers")
-from lrdlab.zoo.lm import llama_from_config  # noqa: E402
-
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")
-def llama():
-    torch.manual_seed(0)
-    return llama_from_config(**TINY)
+def llama(tiny_llama):
+    return tiny_llama()
 
 
 def ids(n=4, t=32, seed=1):
@@ -81,16 +76,15 @@ def test_evaluate_reports_the_models_own_next_token_perplexity(llama):
     assert result["perplexity"] == pytest.approx(math.exp(hf_loss), rel=1e-5)
 
 
-def test_evaluate_and_fit_name_bad_batches(llama):
+def test_evaluate_and_fit_name_bad_batches(llama, tiny_llama):
     with pytest.raises(ValueError, match="evaluate batch 0.*vocabulary"):
         evaluate(llama, [torch.full((2, 8), 999)])
     with pytest.raises(ValueError, match="training batch 0: input_ids is a ragged list"):
-        fit(llama_from_config(**TINY), [{"input_ids": [[1, 2, 3], [1, 2]]}], [ids(2, 8)], 1, progress=False)
+        fit(tiny_llama(), [{"input_ids": [[1, 2, 3], [1, 2]]}], [ids(2, 8)], 1, progress=False)
 
 
-def test_fit_trains_a_causal_lm_on_dict_batches_with_and_without_a_teacher():
-    torch.manual_seed(0)
-    model = llama_from_config(**TINY)
+def test_fit_trains_a_causal_lm_on_dict_batches_with_and_without_a_teacher(tiny_llama):
+    model = tiny_llama()
     text = torch.arange(64).repeat(8, 1) % 7 + 40  # a periodic "text": learnable in a few steps
     train = [{"input_ids": text[i:i + 4], "labels": text[i:i + 4]} for i in (0, 4)] * 4
     with warnings.catch_warnings():
