@@ -145,3 +145,45 @@ def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", **kw:
                                 "Llama; speed-up = median paired ratio over interleaved rounds, 95% bootstrap "
                                 "interval; bytes_ideal = parameter bytes read per decode token, dense / decomposed",
                         **table, "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
+
+
+SECTION_BEGIN = "<!-- lm-section: generated from data/ by lrdlab.paper.lm_study -->"
+SECTION_END = "<!-- /lm-section -->"
+
+
+def _machine(m: dict[str, Any]) -> str:
+    load = m.get("load_average") or ["?"]
+    return f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, load {load[0]}"
+
+
+def lm_section(data: Path) -> str:
+    """docs/language_models.md's numbers, rendered from ``data/lm_perplexity_pydoc.json`` and
+    ``data/lm_decode_llama100m_cpu.json`` (``make readme`` rewrites it; the tests keep it current)."""
+    ppl = json.loads((Path(data) / "lm_perplexity_pydoc.json").read_text())
+    speed = json.loads((Path(data) / "lm_decode_llama100m_cpu.json").read_text())
+    base = ppl.get("baselines") or {}
+    steps = ppl.get("distill_steps", 0)
+    lines = [SECTION_BEGIN,
+             f"Validation perplexity of `llama_pydoc` (`data/lm_perplexity_pydoc.json`, "
+             f"{ppl['validation_tokens']:,} validation tokens, calibration {ppl['calibration_tokens']:,} tokens; "
+             f"{_machine(ppl['machine'])}): original {ppl['dense_perplexity']:.3f} "
+             f"({ppl['dense_params']:,} parameters), unigram {base.get('unigram_perplexity', float('nan')):.2f}, "
+             f"bigram {base.get('bigram_perplexity', float('nan')):.2f}.", "",
+             f"| ratio | parameters | weights only | one-shot whitening | calibrated (default) | "
+             f"+ distilled ({steps} steps) |", "|---|---|---|---|---|---|"]
+    for r in ppl["rows"]:
+        best = min(r["one_shot_whitening"], r["calibrated"])
+        cells = [f"**{r[v]:.3f}**" if v == "calibrated" and r[v] <= best else f"{r[v]:.3f}"
+                 for v in ("weights_only", "one_shot_whitening", "calibrated")]
+        lines.append(f"| {r['ratio']:g}x | {r['params']:,} | {' | '.join(cells)} | "
+                     f"{r.get('calibrated_distilled', float('nan')):.3f} |")
+    lines += ["", f"Prefill and KV-cache decode of a {speed['dense_params'] / 1e6:.0f} M-parameter random-weight "
+              f"Llama, dense vs {speed['ratio']:g}x weights-only (`data/lm_decode_llama100m_cpu.json`, "
+              f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; {_machine(speed['machine'])}):", "",
+              "| threads | phase | batch | dense tokens/s | decomposed tokens/s | speed-up [95%] | of bytes ideal |",
+              "|---|---|---|---|---|---|---|"]
+    for r in speed["results"]:
+        lines.append(f"| {r['threads']} | {r['phase']} | {r['batch']} | {r['dense_tokens_s']:.1f} | "
+                     f"{r['decomposed_tokens_s']:.1f} | {r['speedup']:.2f}x [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
+                     f"{r['realised_of_bytes_ideal']:.0%} of {r['bytes_ideal']:.2f}x |")
+    return "\n".join([*lines, SECTION_END])

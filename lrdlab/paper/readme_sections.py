@@ -11,7 +11,7 @@ Section = tuple[str, str, Callable[[Path], str]]  # begin marker, end marker, re
 
 def sections() -> dict[str, Section]:
     """The generated sections by name."""
-    from lrdlab.paper import calibration_modes, speed_checks, speed_story, transformers_report
+    from lrdlab.paper import calibration_modes, lm_study, speed_checks, speed_story, transformers_report
 
     return {"speed": (speed_checks.README_BEGIN, speed_checks.README_END, speed_checks.readme_speed_section),
             "transformers": (transformers_report.README_BEGIN, transformers_report.README_END,
@@ -19,11 +19,13 @@ def sections() -> dict[str, Section]:
             "speed-story": (speed_story.README_BEGIN, speed_story.README_END, speed_story.speed_story_section),
             "speed-story-doc": (speed_story.README_BEGIN, speed_story.README_END,
                                 lambda data: speed_story.speed_story_section(data, links="../")),
-            "accuracy": (calibration_modes.README_BEGIN, calibration_modes.README_END, calibration_modes.headline)}
+            "accuracy": (calibration_modes.README_BEGIN, calibration_modes.README_END, calibration_modes.headline),
+            "language-models": (lm_study.SECTION_BEGIN, lm_study.SECTION_END, lm_study.lm_section)}
 
 
 PAGES = {"README.md": ("accuracy", "speed-story"), "docs/speed.md": ("speed-story-doc", "speed"),
-         "docs/transformers.md": ("transformers",)}  # page (from the repository root) → its generated sections
+         "docs/transformers.md": ("transformers",),
+         "docs/language_models.md": ("language-models",)}  # page (from the repository root) → its generated sections
 
 
 def current_block(text: str, begin: str, end: str) -> str:

@@ -169,3 +169,18 @@ def test_calibration_runs(name):
     out = decompose(model, plan, calibration=batches, progress=False)
     assert torch.isfinite(_run(out, x)).all()
     assert all(_calls(out, x).values())
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
+def test_huggingface_lm_calibrates_on_token_batches(name):
+    """Causal LMs take token-id batches: exact at full rank, and at 2x every layer is fitted and called."""
+    model, inputs = _hf(name)
+    batches = [torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+    kw = {"example_input": inputs}
+    full = decompose(model, make_plan(model, rank="full", allow_larger=True, **kw), calibration=batches,
+                     progress=False)
+    torch.testing.assert_close(_run(full, inputs), _run(model, inputs), rtol=1e-6, atol=1e-8)
+    plan = make_plan(model, ratio=2, **kw)
+    out = decompose(model, plan, calibration=batches, progress=False)
+    assert torch.isfinite(_run(out, inputs)).all()
+    assert set(_calls(out, inputs)) == {r.name for r in plan.decomposed_layers} and all(_calls(out, inputs).values())
