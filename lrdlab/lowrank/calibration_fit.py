@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge, corrected_weight, input_rows
-from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, weight_of
+from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.token_batches import run_model
 
@@ -138,7 +138,7 @@ def calibrated_layer(module: nn.Module, method: str, ranks: tuple[int, ...], mom
     Tucker, input-SVD) stays weight-only. Statistics are float64; factors take the layer's dtype.
     """
     layer = decompose_layer(module, method, ranks, branches=branches)  # checks ranks, copies bias and dtypes
-    weight = weight_of(module).detach()
+    weight = dense_weight(module).detach()  # [out, in, ...]: HF's Conv1D stores [in, out]
     if isinstance(moments, Tensor):
         moments = Moments(gram=moments.double(), rows=-1)
     if moments.gram is None or moments.rows == 0:

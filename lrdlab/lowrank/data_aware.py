@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrdlab.lowrank.hf import is_conv1d
+
 DEFAULT_RIDGE = 1e-3
 
 
@@ -113,7 +115,7 @@ def input_rows(module: nn.Module, x: Tensor, batches: int = 1) -> Tensor:
     first stage on 512 images), a conv keeps every second output position in each direction only: a
     4× cheaper estimate of the same second moments. Patches are cut in the input's dtype (an exact copy).
     """
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_conv1d(module):  # HF's Conv1D multiplies the last dimension too
         return x.reshape(-1, x.shape[-1]).T.double()
     assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
     positions = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])  # about the output size

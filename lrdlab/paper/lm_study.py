@@ -63,7 +63,7 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
                                "decompose_s": round(time.perf_counter() - t0, 2)}
         for variant, net in built.items():
             row[variant] = round(evaluate(net, loaders.test)["perplexity"], 4)
-        if distill_steps:
+        if train:
             student = built["calibrated"]
             history = fit(student, train, loaders.test, 1, 1e-3, optimizer="adamw", weight_decay=0.0,
                           schedule="cosine", teacher=model, clip_grad_norm=1.0, progress=progress)
