@@ -153,9 +153,10 @@ SECTION_BEGIN = "<!-- lm-section: generated from data/ by lrdlab.paper.lm_study 
 SECTION_END = "<!-- /lm-section -->"
 
 
-def _machine(m: dict[str, Any]) -> str:
+def _machine(m: dict[str, Any], threads: bool = True) -> str:
     load = m.get("load_average") or ["?"]
-    return f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, load {load[0]}"
+    used = f"{m.get('torch_threads', '?')} torch thread(s), " if threads else ""
+    return f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {used}load {load[0]}"
 
 
 def lm_section(data: Path) -> str:
@@ -181,7 +182,7 @@ def lm_section(data: Path) -> str:
                      f"{r.get('calibrated_distilled', float('nan')):.3f} |")
     lines += ["", f"Prefill and KV-cache decode of a {speed['dense_params'] / 1e6:.0f} M-parameter random-weight "
               f"Llama, dense vs {speed['ratio']:g}x weights-only (`data/lm_decode_llama100m_cpu.json`, "
-              f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; {_machine(speed['machine'])}):", "",
+              f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; {_machine(speed['machine'], threads=False)}):", "",
               "| threads | phase | batch | dense tokens/s | decomposed tokens/s | speed-up [95%] | of bytes ideal |",
               "|---|---|---|---|---|---|---|"]
     for r in speed["results"]:
