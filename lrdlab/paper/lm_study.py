@@ -182,7 +182,8 @@ def lm_section(data: Path) -> str:
                      f"{r.get('calibrated_distilled', float('nan')):.3f} |")
     lines += ["", f"Prefill and KV-cache decode of a {speed['dense_params'] / 1e6:.0f} M-parameter random-weight "
               f"Llama, dense vs {speed['ratio']:g}x weights-only (`data/lm_decode_llama100m_cpu.json`, "
-              f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; {_machine(speed['machine'], threads=False)}):", "",
+              f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; "
+              f"{_machine(speed['machine'], threads=False)}):", "",
               "| threads | phase | batch | dense tokens/s | decomposed tokens/s | speed-up [95%] | of bytes ideal |",
               "|---|---|---|---|---|---|---|"]
     for r in speed["results"]:
