@@ -94,7 +94,7 @@ def usage_error(argv, capsys) -> str:
     (["bench", "resnet20", "--threads", "0"], "0 threads: this machine has"),
     (["bench", "resnet20", "--threads", "1,two"], "'1,two' is not a thread count"),
     (["bench", "resnet20", "--threads", "100000"], "give 1 to"),
-    (["optimize", "resnet20", "--threads", "1,1", "--out", "x.json"], "only `lrdlab bench` takes a list"),
+    (["optimize", "resnet20", "--threads", "1,1", "--out", "x.json"], "only `lrdlab bench` and `bench-lm` take a list"),
     (["bench", "resnet20", "--compute", "fast"], "invalid choice: 'fast'"),
 ])
 def test_usage_errors_are_one_line(argv, message, capsys):
