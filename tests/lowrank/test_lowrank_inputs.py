@@ -239,11 +239,12 @@ def test_save_decomposed_into_a_file_path_is_refused(resnet20, tmp_path):
 
 
 def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
-    from lrdlab import optimize_plan
+    from lrdlab import SearchConfig, optimize_plan
 
     plan = make_plan(resnet20, ratio=2, include="layer3.*")
     with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
-        optimize_plan(resnet20, plan, (3, 32, 32), time_fn=lambda module, shape: 1.0, cache_dir=None)
+        optimize_plan(resnet20, plan, (3, 32, 32), cache_dir=None,
+                      config=SearchConfig(time_fn=lambda module, shape: 1.0))
 
 
 def test_branched_tucker_keeps_a_full_rank_first_factor():
