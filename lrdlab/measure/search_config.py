@@ -57,7 +57,7 @@ class SearchConfig:
             raise ValueError(f"margin must be in [0, 1) (got {self.margin!r})")
         for name in ("resolution", "min_step"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"SearchConfig: {name} must be a positive number (got {value!r})")
         if self.time_fn is not None and not callable(self.time_fn):
             raise ValueError(f"SearchConfig: time_fn must be callable (module, input_shape) → seconds, "
