@@ -36,6 +36,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
@@ -45,7 +46,8 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     t = time.perf_counter()
-    searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
+    searched, traces = optimize_plan(model, vanilla, shape, repeats=5,
+                                     config=SearchConfig(method="robust", progress=False))
     search_s = time.perf_counter() - t
     g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
@@ -167,6 +169,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.search_config import SearchConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -176,7 +179,8 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     t = time.perf_counter()
-    searched_g32, _ = optimize_plan(model, g32, shape, method="robust", granularity=32, repeats=5, progress=False)
+    searched_g32, _ = optimize_plan(model, g32, shape, repeats=5,
+                                    config=SearchConfig(method="robust", granularity=32, progress=False))
     search_s = time.perf_counter() - t
     plans = {"robust search ranks": recorded_search_plan(out, model, vanilla), "robust search at g=32": searched_g32}
     choices = {}
