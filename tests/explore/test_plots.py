@@ -72,7 +72,8 @@ def test_a_smooth_straight_line_has_no_cliff():
     assert plots.rank_cliffs(pd.DataFrame({"rank": sparse, "time_ms": line})) == []
     assert stats.cliffs(sparse, [max(0.5, 0.002 * r) for r in sparse]) == []  # a bend is not a cliff
     rng = np.random.default_rng(0)
-    assert stats.cliffs(dense, [list((3.6 + 0.03 * (r - 242)) * (1 + 0.02 * rng.standard_normal(5))) for r in dense]) == []
+    noisy_line = [list((3.6 + 0.03 * (r - 242)) * (1 + 0.02 * rng.standard_normal(5))) for r in dense]
+    assert stats.cliffs(dense, noisy_line) == []
     assert stats.cliffs([1, 2, 3], [1.0, 2.0, 3.0]) == []  # too short for a step model
 
 
