@@ -56,7 +56,8 @@ def record_grid(name: str, out_dir: Path) -> Path:
     plans = {s: network_plan(model, s[0], s[1], s[2], pretrained.kept_stem(spec)) for s in grid_settings(name)}
     unique = {plan_key(p): p for p in plans.values()}
     original = lab.original()
-    lab.prefetch(list(unique.values()))
+    lab.prefetch(list(unique.values()), on_done=lambda done, total: print(
+        f"{name}: {done}/{total} plans scored ({time.perf_counter() - start:.0f} s)", flush=True))
     rows, counted = [], {}
     for (ratio, g, rounding), plan in plans.items():
         key = plan_key(plan)
