@@ -82,6 +82,7 @@ class RankExplorer:
         self._measure_network = measure_network
         self.background = background
         self._job: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._missing: list = []  # (accuracy lab, plan) of the current setting without an accuracy yet
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
@@ -150,28 +151,37 @@ class RankExplorer:
         """Score ``plans`` (the current setting's :attr:`_missing`) in a background thread, one job at a time, the
         progress bar counting them; then redraw the network readout of the controls' current setting and score
         that setting too if the controls moved meanwhile."""
-        if self._job is not None and self._job.is_alive():
-            return  # the running job redraws when it ends, and starts the current setting's then
-        self.scoring.max, self.scoring.value = len(plans), 0
-        self.scoring.description = f"scoring {len(plans)} plan{'s' if len(plans) > 1 else ''} here"
-        self.scoring.layout.visibility = "visible"
+        with self._lock:
+            if self._job is not None:
+                return  # the running job redraws when it ends, and scores the current setting then
+            self.scoring.max, self.scoring.value = len(plans), 0
+            self.scoring.description = f"scoring {len(plans)} plan{'s' if len(plans) > 1 else ''} here"
+            self.scoring.layout.visibility = "visible"
+            self._job = threading.Thread(target=self._run_job, daemon=True, name="lrdlab-accuracy")
+            self._job.start()
 
+    def _run_job(self) -> None:
         def step(done: int, total: int) -> None:
             self.scoring.max, self.scoring.value = total, done
 
-        def run() -> None:
-            todo = list(self._missing)
-            try:
-                while todo:  # the controls may have moved to another unscored setting meanwhile
-                    todo[0][0].prefetch([p for lab, p in todo if lab is todo[0][0]], on_done=step)
-                    self._redraw_network()
+        try:
+            while True:
+                with self._lock:  # the controls may have moved to another unscored setting meanwhile
                     todo = list(self._missing)
-            finally:
-                self.scoring.layout.visibility = "hidden"
-                self._job = None
+                    if not todo:
+                        self._end_job()
+                        return
+                lab = todo[0][0]
+                lab.prefetch([p for owner, p in todo if owner is lab], on_done=step)
+                self._redraw_network()
+        except BaseException:
+            with self._lock:
+                self._end_job()
+            raise
 
-        self._job = threading.Thread(target=run, daemon=True, name="lrdlab-accuracy")
-        self._job.start()
+    def _end_job(self) -> None:
+        self.scoring.layout.visibility = "hidden"
+        self._job = None
 
     def _redraw_network(self) -> None:
         """The network readout of the current controls (after a background job)."""
