@@ -63,29 +63,31 @@ def test_prefetch_scores_new_plans_together_like_one_at_a_time(tmp_cache):
         assert together == alone
 
 
-def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache):
+@pytest.mark.parametrize("name", ["resnet20_mnist5k", "vit_tiny_mnist5k"])
+def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache, name):
     """The grid file is read (same weights, calibration, images), small, and states the README's original accuracy."""
     from lrdlab.explore.network_lab import network_plan
     from lrdlab.measure.cache import read_json
     from lrdlab.paper.explorer_grids import grid_settings
-    from lrdlab.zoo.pretrained import pretrained_info
+    from lrdlab.zoo.pretrained import kept_stem, pretrained_info
 
-    path = accuracy_lab.grid_path("resnet20_mnist5k")
+    path = accuracy_lab.grid_path(name)
     grid = read_json(path)
     assert grid and path.stat().st_size < 300_000
-    lab = accuracy_lab.AccuracyLab()
+    lab = accuracy_lab.AccuracyLab(name)
     assert {k: grid[k] for k in lab.settings()} == lab.settings(), "re-record: python -m lrdlab.paper.explorer_grids"
     assert lab.settings()["test_images"] == 1000
-    assert lab.original() == pretrained_info("resnet20_mnist5k")["test_accuracy"]  # the README's 97.7%
+    assert lab.original() == pretrained_info(name)["test_accuracy"]  # the README's 97.7% for ResNet-20
     assert lab.source() == "recorded grid"
     recorded = {(r["ratio"], r["granularity"], r["rounding"]) for r in grid["rows"]}
-    assert set(grid_settings("resnet20_mnist5k")) == recorded
-    plan = network_plan(lab.model, 2.0, 8, "down", ["conv1"])  # the explorer's opening setting
+    assert set(grid_settings(name)) == recorded
+    plan = network_plan(lab.model, 2.0, 8, "down", kept_stem(pretrained_info(name)["model"]))  # the opening setting
     assert lab.known(plan) and lab.source(plan) == "recorded grid"
     row = next(r for r in grid["rows"] if (r["ratio"], r["granularity"], r["rounding"]) == (2.0, 8, "down"))
     assert row["plan"] == accuracy_lab.plan_key(plan) and row["layers"] == len(plan.decomposed_layers)
 
 
+@pytest.mark.slow
 def test_slider_moves_on_the_grid_answer_from_the_file_off_grid_in_the_background(tmp_cache):
     import statistics
 
