@@ -35,7 +35,7 @@ from lrdlab.zoo import models, pretrained
 # recording's budget (≤ 15 min on 2 cores); a slider value off the grid is scored live.
 GRIDS: dict[str, tuple[tuple[float, ...], tuple[int, ...], tuple[str, ...]]] = {
     "resnet20_mnist5k": ((1.5, 2.0, 3.0, 4.0, 6.0), (1, 8, 16, 32), ("down", "up", "nearest")),
-    "vit_tiny_mnist5k": ((2.0, 3.0, 4.0), (1, 8, 32), ("down", "up")),
+    "vit_tiny_mnist5k": ((2.0, 3.0, 4.0, 6.0, 8.0), (1, 8, 32), ("down", "up")),
 }
 COMMAND = "nice -n 5 python -m lrdlab.paper.explorer_grids"
 
