@@ -109,6 +109,7 @@ class AccuracyLab:
         except (OSError, ValueError):
             self.memo = {}
         self.grid_keys: set[str] = set()
+        self.structures: dict[str, dict[str, Any]] = {}  # plan key → params and FLOPs (one image), from the grid
         if use_grid:
             self._read_grid()
         self.last_seconds = 0.0
@@ -123,15 +124,22 @@ class AccuracyLab:
         grid = read_json(grid_path(self.name))
         if not grid or any(grid.get(k) != v for k, v in self.settings().items()):
             return  # none shipped, or recorded with other weights/calibration/images: score live instead
+        before = {"params_before": grid["original"]["params"], "flops_before": grid["original"]["flops"]}
         for row in grid["rows"]:
             self.memo[row["plan"] + CALIBRATION[:4]] = float(row["accuracy"])
             self.grid_keys.add(row["plan"] + CALIBRATION[:4])
+            self.structures[row["plan"]] = {**before, "params_after": row["params"], "flops_after": row["flops"],
+                                            "layers": row["layers"]}
         self.memo["original"] = float(grid["original"]["accuracy"])
         self.grid_keys.add("original")
 
     def known(self, plan: Plan) -> bool:
         """The plan's accuracy is at hand (the shipped grid, this session or the disk memo): no scoring."""
         return self._key(plan) in self.memo
+
+    def structure(self, plan: Plan) -> dict[str, Any] | None:
+        """Params and FLOPs (one image) of the original and the planned model from the shipped grid, or None."""
+        return self.structures.get(plan_key(plan))
 
     def source(self, plan: Plan | None = None) -> str:
         """Where an accuracy comes from: ``"recorded grid"`` (the shipped file) or ``"scored here"``."""

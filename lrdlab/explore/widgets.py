@@ -132,7 +132,9 @@ class RankExplorer:
         plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),
                  f"rounded (g={self.granularity.value}, {self.rounding.value})":
                      network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
-        counts = {label: net.counts(name, model, plan, size) for label, plan in plans.items()}
+        grid = net.accuracy if spec.trained and net.accuracy is not None else None  # the grid's counts are instant
+        counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
+                  for label, plan in plans.items()}
         speed = net.speed(name, model, plans, size, measure=measure)
         acc: dict[str, Any] = {label: None for label in plans}
         self._missing = []

@@ -85,6 +85,10 @@ def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache, name):
     assert lab.known(plan) and lab.source(plan) == "recorded grid"
     row = next(r for r in grid["rows"] if (r["ratio"], r["granularity"], r["rounding"]) == (2.0, 8, "down"))
     assert row["plan"] == accuracy_lab.plan_key(plan) and row["layers"] == len(plan.decomposed_layers)
+    from lrdlab.explore.network_lab import NetworkLab
+
+    counted = NetworkLab().counts(name, lab.model, plan, pretrained_info(name)["input_size"])
+    assert lab.structure(plan) == counted  # the explorer's counts from the file equal the counted ones
 
 
 @pytest.mark.slow
