@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= reports/quick
 
-.PHONY: reproduce test lint browser lab readme clean
+.PHONY: reproduce test lint browser lab readme clean notebooks-full
 
 $(STAMP): environment.yml pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ lab: $(STAMP)
 
 readme: $(STAMP)  # rewrite the generated sections of README.md and docs/ from data/ (after `lrdlab record ...`)
 	$(PY) -c "from lrdlab.paper.readme_sections import regenerate; print('regenerated:', regenerate() or 'nothing')"
+
+notebooks-full: $(STAMP)  # every notebook with QUICK=False, times to data/notebooks_full_times.json (long: hours)
+	$(PY) tests/run_notebooks_full.py $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

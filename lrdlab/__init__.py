@@ -22,6 +22,7 @@ _API = {
     "LayerPlan": "lrdlab.lowrank.plan",
     "Plan": "lrdlab.lowrank.plan",
     "make_plan": "lrdlab.lowrank.plan",
+    "Tucker2Options": "lrdlab.lowrank.methods",
     "LowRankLayer": "lrdlab.lowrank.layers",
     "decompose_layer": "lrdlab.lowrank.layers",
     "decompose": "lrdlab.lowrank.decompose",
@@ -37,6 +38,7 @@ _API = {
     "count_flops": "lrdlab.measure.counting",
     "compare": "lrdlab.measure.compare",
     "optimize_plan": "lrdlab.measure.rank_search",
+    "SearchConfig": "lrdlab.measure.search_config",
     "choose_plan": "lrdlab.measure.plan_choice",
     "bench_plan": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
@@ -50,6 +52,8 @@ __all__ = [
     "LayerPlan",
     "LowRankLayer",
     "Plan",
+    "SearchConfig",
+    "Tucker2Options",
     "bench_plan",
     "choose_plan",
     "compare",
@@ -93,12 +97,14 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks
+    from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
     from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
+    from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import bench_plan
     from lrdlab.paper.freezing_study import run_freezing_study
     from lrdlab.zoo.data import get_loaders

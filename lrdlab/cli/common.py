@@ -28,9 +28,10 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", type=int, default=1, help="round ranks to multiples of G (default 1)")
     p.add_argument("--rounding", choices=["down", "up", "nearest"], default="down")
     p.add_argument("--method", default="auto", metavar="FORM",
-                   help="form of k×k convs: auto (Tucker-2) or a k×k method of lrdlab.lowrank.methods, e.g. "
-                        "channel_svd (Linear and 1×1 convs always use SVD)")
-    p.add_argument("--tucker", choices=["hosvd", "hooi"], default="hosvd")
+                   help="form of k×k convs: auto, or a registered k×k method (lrdlab.lowrank.methods."
+                        "kxk_method_names(); Linear and 1×1 convs always use SVD)")
+    p.add_argument("--option", action="append", default=None, metavar="METHOD.NAME=VALUE",
+                   help="one option of a method (a field of its options_type), repeatable; see docs/architecture.md")
     p.add_argument("--branches", type=int, default=1, help="branched Tucker: groups of the core (default 1)")
     p.add_argument("--include", nargs="*", default=None, metavar="PATTERN", help="only layers matching these globs")
     p.add_argument("--exclude", nargs="*", default=None, metavar="PATTERN",
@@ -68,9 +69,42 @@ def _plan_from_args(model, args: argparse.Namespace):
         ratio = 2.0
     return make_plan(
         model, ratio=ratio, energy=args.energy, vbmf=args.vbmf, rank=args.rank, granularity=args.granularity,
-        rounding=args.rounding, method=args.method, tucker=args.tucker, branches=args.branches,
+        rounding=args.rounding, method=args.method, options=_method_options(args.option), branches=args.branches,
         include=args.include, exclude=exclude or None, model_name=args.model,
     )
+
+
+def _option_value(text: str, kind: type) -> Any:
+    """``--option``'s VALUE as the type of the field's default (bool: true/false, 1/0, yes/no)."""
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.lower() in ("true", "1", "yes")
+    return kind(text)
+
+
+def _method_options(texts: list[str] | None) -> list:
+    """``--option METHOD.NAME=VALUE`` (repeated) as one options object per method, each made by its method."""
+    from dataclasses import fields
+
+    from lrdlab.lowrank.methods import get_method
+
+    given: dict[str, dict[str, Any]] = {}
+    for text in texts or []:
+        key, eq, value = text.partition("=")
+        name, dot, field_name = key.partition(".")
+        if not (eq and dot):
+            raise ValueError(f"--option {text!r}: give METHOD.NAME=VALUE (a method's name, one of its options, "
+                             f"a value)")
+        kinds = {f.name: type(f.default) for f in fields(get_method(name).options_type)}
+        if field_name not in kinds:
+            raise ValueError(f"--option {text!r}: method {name!r} has no option {field_name!r}; its options are "
+                             f"{sorted(kinds) or 'none'}")
+        try:
+            given.setdefault(name, {})[field_name] = _option_value(value, kinds[field_name])
+        except ValueError as err:
+            raise ValueError(f"--option {text!r}: {err}; give a {kinds[field_name].__name__}") from None
+    return [get_method(name).options(values) for name, values in given.items()]
 
 
 
@@ -118,7 +152,7 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-_POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude")
+_POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude", "option")
 
 
 def _load_or_make_plan(model, args):

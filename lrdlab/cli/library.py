@@ -179,14 +179,15 @@ def _add_optimize(sub) -> None:
 def _run_optimize(args: argparse.Namespace) -> int:
     from lrdlab.measure.compute import current_compute
     from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.search_config import SearchConfig
 
     model, shape = _build(args)
     plan = _load_or_make_plan(model, args)
     new, traces = optimize_plan(
-        model, plan, (args.batch, *shape[1:]), device=args.device,
-        dtype=None if args.dtype == "fp32" else args.dtype, backward=args.backward, lower=args.lower,
-        granularity=args.granularity, repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
-        method=args.search,
+        model, plan, (args.batch, *shape[1:]), device=args.device, backward=args.backward, lower=args.lower,
+        repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
+        config=SearchConfig(method=args.search, granularity=args.granularity,
+                            dtype=None if args.dtype == "fp32" else args.dtype),
     )
     new.save(args.out)
     if args.traces:

@@ -159,20 +159,3 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
                      f"g={state['granularity']} ({state['rounding']}){kept}", fontsize="medium")
     return fig
 
-
-def significant_cliffs(df: pd.DataFrame, rel_jump: float = 0.05) -> list[int]:
-    """Ranks whose time jumps above the next lower rank by more than ``rel_jump`` *and* by more than the spread.
-
-    ``df``: ``rank``, ``time_ms`` and the quartile band ``time_lo_ms`` / ``time_hi_ms``
-    (:func:`lrdlab.measure.sweeps.rank_time_sweep`). A jump counts only when the bands do not overlap:
-    the lower quartile at r is above the upper quartile at the rank below.
-    """
-    d = df.sort_values("rank").reset_index(drop=True)
-    out = []
-    for i in range(1, len(d)):
-        prev, cur = d.iloc[i - 1], d.iloc[i]
-        big = cur["time_ms"] - prev["time_ms"] > rel_jump * prev["time_ms"]
-        clear = cur.get("time_lo_ms", cur["time_ms"]) > prev.get("time_hi_ms", prev["time_ms"])
-        if big and clear:
-            out.append(int(cur["rank"]))
-    return out

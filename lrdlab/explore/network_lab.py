@@ -100,7 +100,8 @@ class NetworkLab:
         label = CALIBRATION if has_bn else "data-aware (no BatchNorm to re-estimate)"
         return {"accuracy": acc, "original": original, "calibration": label,
                 "calibration_images": sum(len(x) for x in self.accuracy.calibration),
-                "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds}
+                "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds,
+                "source": self.accuracy.source(plan), "original_source": self.accuracy.source()}
 
 
 def speed_text(s: dict[str, Any]) -> str:
@@ -116,9 +117,12 @@ def binomial_half_width(accuracy_pct: float, images: int) -> float:
 
 
 def accuracy_cell(a: dict[str, Any]) -> str:
-    """``91.3% ±1.8`` with the test set's 95% interval, and "within noise" where it is not below the original's."""
+    """``91.3% ±1.8`` with the test set's 95% interval, and "within noise" where it is not below the original's;
+    ``{"pending": True}``: being scored here in the background."""
+    if a.get("pending"):
+        return "scoring here in the background (see the progress bar) …"
     half = binomial_half_width(a["accuracy"], a["test_images"])
-    text = f"<b>{a['accuracy']:.1f}%</b> ±{half:.1f} ({a['calibration']})"
+    text = f"<b>{a['accuracy']:.1f}%</b> ±{half:.1f} ({a['calibration']}; {a.get('source', 'scored here')})"
     if abs(a["accuracy"] - a["original"]) <= half:
         text += " · within noise of the original"
     return text
@@ -134,11 +138,11 @@ def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, A
     if speed:
         o = speed["original"]
         head += f", {o['img_s']:.0f} img/s ({o['source']}, batch {o['batch']})"
-    any_acc = next((a for a in acc.values() if a), None)
+    any_acc = next((a for a in acc.values() if a and not a.get("pending")), None)
     if any_acc:
         half = binomial_half_width(any_acc["original"], any_acc["test_images"])
-        head += (f", accuracy {any_acc['original']:.1f}% ±{half:.1f} (95%, {any_acc['test_images']} MNIST-5k test "
-                 f"images; {any_acc['calibration_images']} training images calibrate)")
+        head += (f", accuracy {any_acc['original']:.1f}% ±{half:.1f} (95%, the {any_acc['test_images']:,} MNIST-5k "
+                 f"test images; {any_acc['calibration_images']} training images calibrate)")
 
     def col(label: str) -> list[str]:
         c, s, a = counts[label], (speed or {}).get(label), acc.get(label)

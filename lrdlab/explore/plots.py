@@ -43,7 +43,7 @@ from lrdlab.explore.result_plots import (  # noqa: F401  (one namespace of figur
     plot_time_breakdown,
 )
 from lrdlab.lowrank import factorize, ranks
-from lrdlab.measure.sweeps import find_cliffs
+from lrdlab.measure.stats import cliffs as step_cliffs
 
 # --- F10: spectra -------------------------------------------------------------------------------
 
@@ -137,11 +137,25 @@ def plot_spectra(
     return fig
 
 
+def rank_cliffs(df: pd.DataFrame, rounds: int = 1) -> list[int]:
+    """The cliffs of a rank-time table by the rank search's measured-noise rule (:func:`lrdlab.measure.stats.cliffs`).
+
+    ``df``: ``rank``, ``time_ms`` and optionally the quartile band ``time_lo_ms`` / ``time_hi_ms`` of ``rounds``
+    interleaved rounds (:func:`lrdlab.measure.sweeps.rank_time_sweep`); the band gives the noise of a rank's
+    median (robust sigma = band / 1.349, over √rounds). Without a band the neighbours' spread is the noise.
+    """
+    require_columns(df, ["rank", "time_ms"], "rank_cliffs")
+    sigma = None
+    if {"time_lo_ms", "time_hi_ms"} <= set(df.columns):
+        band = (df["time_hi_ms"] - df["time_lo_ms"]) / df["time_ms"]
+        sigma = float(np.median(band)) / 1.349 * 1.2533 / np.sqrt(max(rounds, 1))
+    return step_cliffs(df["rank"].tolist(), df["time_ms"].tolist(), sigma)
+
+
 def plot_rank_time(
     df: pd.DataFrame,
     original_ms: float | None = None,
     cliffs: Sequence[int] | None = None,
-    rel_jump: float = 0.05,
     title: str = "Layer time vs rank",
     ax=None,
 ) -> Figure:
@@ -149,12 +163,12 @@ def plot_rank_time(
 
     ``df`` columns: ``rank``, ``time_ms``; optional ``time_lo_ms``/``time_hi_ms`` (a band, e.g.
     quartiles). ``original_ms`` draws the undecomposed layer's time. ``cliffs`` defaults to
-    :func:`find_cliffs` with ``rel_jump``.
+    :func:`rank_cliffs` (steps above the measured noise; none on a smooth line).
     """
     require_columns(df, ["rank", "time_ms"], "plot_rank_time")
     d = df.sort_values("rank")
     if cliffs is None:
-        cliffs = find_cliffs(d["rank"], d["time_ms"], rel_jump)
+        cliffs = rank_cliffs(d)
     with style():
         fig, ax = new_figure() if ax is None else (ax.figure, ax)
         ax.plot(d["rank"], d["time_ms"], marker=".", label="decomposed layer")
@@ -163,7 +177,8 @@ def plot_rank_time(
         if original_ms is not None:
             ax.axhline(original_ms, color="black", linestyle="--", label=f"original T = {original_ms:.3g} ms")
         for i, c in enumerate(cliffs):
-            ax.axvline(c - 0.5, color="tab:red", linestyle=":", label="cliff" if i == 0 else None)
+            ax.axvline(c - 0.5, color="tab:red", linestyle=":",
+                       label="cliff (step above the noise)" if i == 0 else None)
         ax.set(xlabel="rank r", ylabel="time per batch (ms)", title=title)
         ax.legend(fontsize="small")
     return fig

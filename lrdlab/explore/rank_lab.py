@@ -16,8 +16,7 @@ rows: a ViT's attention projections appear as ``…self_attention.q_proj/k_proj/
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
@@ -31,9 +30,8 @@ from torch import nn
 
 from lrdlab.explore import plots
 from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, model_label
-from lrdlab.lowrank import factorize
 from lrdlab.lowrank.layers import build, describe, unsupported_reason
-from lrdlab.lowrank.methods import TUCKER2, default_method, get_method
+from lrdlab.lowrank.methods import default_method, get_method
 from lrdlab.lowrank.plan import candidate_layers, make_plan
 from lrdlab.measure import stats
 from lrdlab.measure.cache import TimeCache
@@ -91,8 +89,8 @@ class LayerData:
     info: dict[str, Any]
     method: str
     input_shape: tuple[int, ...]  # one sample, batch of 1
-    spectra: list[np.ndarray]  # SVD: [σ]; Tucker-2: [σ of input unfolding (R1), σ of output unfolding (R2)]
-    error_table: np.ndarray | None = field(default=None, repr=False)  # Tucker-2: kept energy by (r2, r1)
+    spectra: list[np.ndarray]  # the method's spectra, one per rank (its ``rank_names``)
+    error: Callable[[Sequence[int]], float] | None = field(default=None, repr=False)  # the method's ``errors``
 
 
 def _model(name: str) -> nn.Module:
@@ -111,24 +109,6 @@ def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Input shape (batch 1) of every layer row (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
     model = _model(name)
     return layer_input_shapes(model, list(_layers(model)), (1, *models.input_size(arch(name))))
-
-
-def tucker2_kept_energy(weight: torch.Tensor) -> np.ndarray:
-    """``E[r2, r1]``: energy ‖W‖² kept by the HOSVD Tucker-2 truncation at ranks (r2, r1) (index 0 = rank 0).
-
-    With complete orthonormal channel bases the rotated core G has ‖G‖ = ‖W‖, and truncating to the
-    leading (r2, r1) block is an orthogonal projection, so the relative error is
-    ``sqrt(1 − E[r2, r1] / ‖W‖²)`` — every (r2, r1) answered from one table.
-    """
-    W = weight.detach().double()
-    with plots.one_thread():
-        u_out = factorize.leading_left_vectors(factorize.mode_unfolding(W, 0), W.shape[0])
-        u_in = factorize.leading_left_vectors(factorize.mode_unfolding(W, 1), W.shape[1])
-    core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
-    block = (core ** 2).sum(dim=(2, 3)).numpy()
-    table = np.zeros((block.shape[0] + 1, block.shape[1] + 1))
-    table[1:, 1:] = block.cumsum(0).cumsum(1)
-    return table
 
 
 class RankLab:
@@ -156,13 +136,10 @@ class RankLab:
             info = describe(module)
             plan = make_plan(_model(model), ratio=2, include=[name])
             method = plan[name].method or default_method(info).name
-            W = module.weight.detach()
-            if get_method(method) is TUCKER2:
-                spectra = [plots.layer_spectrum(module, "input"), plots.layer_spectrum(module, "output")]
-                table = tucker2_kept_energy(W)
-            else:
-                spectra, table = [s.numpy() for s in get_method(method).spectra(W)], None
-            self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, table)
+            W, form = module.weight.detach(), get_method(method)
+            with plots.one_thread():
+                spectra, error = [s.numpy() for s in form.spectra(W)], form.errors(W, info)
+            self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, error)
         return self._layers[key]
 
     def timing_shape(self, data: LayerData) -> tuple[int, ...]:
@@ -220,17 +197,12 @@ class RankLab:
 
     @staticmethod
     def rel_error(data: LayerData, layer_ranks: tuple[int, ...] | None) -> float:
-        """Relative Frobenius error ‖W − Ŵ‖/‖W‖ of the (HOSVD) decomposition at these ranks."""
+        """Relative Frobenius error ‖W − Ŵ‖/‖W‖ of the weight-only decomposition at these ranks (the method's
+        :meth:`~lrdlab.lowrank.method_base.Method.errors`)."""
         if layer_ranks is None:
             return 0.0
-        if get_method(data.method) is TUCKER2:
-            r1, r2 = layer_ranks
-            t = data.error_table
-            kept = t[min(r2, t.shape[0] - 1), min(r1, t.shape[1] - 1)] / t[-1, -1]
-        else:
-            energy = plots.cumulative_energy(data.spectra[0])
-            kept = energy[min(layer_ranks[0], len(energy)) - 1]
-        return math.sqrt(max(0.0, 1.0 - kept))
+        error = data.error or get_method(data.method).errors(data.module.weight, data.info)
+        return error(layer_ranks)
 
     def _timing_module(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> nn.Module:
         if layer_ranks is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -35,13 +36,15 @@ class RankExplorer:
     :func:`~lrdlab.explore.lab_models.default_keys`): every shipped trained model — a ViT too, whose layers
     include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a
     browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
-    ``.net_readout.value``, ``.render_seconds``.
+    ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
+    (:mod:`lrdlab.paper.explorer_grids`); other plans are scored here, in the background with a progress bar
+    (``background=False``: at once, before the readout), and :meth:`wait` waits for that.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
                  granularity: int = 8, rounding: str = "down", lab: RankLab | None = None, auto_measure: bool = True,
                  model_names: list[str] | None = None, network: NetworkLab | None = None,
-                 measure_network: bool = False):
+                 measure_network: bool = False, background: bool = True):
         import ipywidgets as W
 
         self.lab = lab or RankLab()
@@ -64,6 +67,8 @@ class RankExplorer:
         self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times here")
         self.measure_net = W.Button(description="measure network throughput", icon="tachometer")
         self.progress = W.IntProgress(min=0, max=1, value=0, description="measuring", layout={"visibility": "hidden"})
+        self.scoring = W.IntProgress(min=0, max=1, value=0, description="accuracy",
+                                     layout={"visibility": "hidden"}, style={"description_width": "initial"})
         self.status = W.HTML()
         self.image = W.Image(format="png")
         self.readout = W.HTML()
@@ -72,16 +77,20 @@ class RankExplorer:
                              (self.granularity, "lrd-granularity"), (self.rounding, "lrd-rounding"),
                              (self.image, "lrd-plot"), (self.readout, "lrd-readout"),
                              (self.net_readout, "lrd-network"), (self.status, "lrd-status"),
-                             (self.measure_net, "lrd-measure-net")):
+                             (self.measure_net, "lrd-measure-net"), (self.scoring, "lrd-scoring")):
             control.add_class(css)  # stable handles for browser tests and custom CSS
         self._measure_network = measure_network
+        self.background = background
+        self._job: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._missing: list = []  # (accuracy lab, plan) of the current setting without an accuracy yet
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
         self.state: dict[str, Any] = {}
         self.network: dict[str, Any] = {}
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
                               W.HBox([self.rounding]), W.HBox([self.auto_measure, self.measure_net, self.progress]),
-                              self.status, self.image, self.readout, self.net_readout])
+                              self.scoring, self.status, self.image, self.readout, self.net_readout])
         self.model.observe(self._on_model, names="value")
         self._quiet = False
         for control in (self.layer, self.ratio, self.granularity, self.rounding):
@@ -123,12 +132,70 @@ class RankExplorer:
         plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),
                  f"rounded (g={self.granularity.value}, {self.rounding.value})":
                      network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
-        counts = {label: net.counts(name, model, plan, size) for label, plan in plans.items()}
+        grid = net.accuracy if spec.trained and net.accuracy is not None else None  # the grid's counts are instant
+        counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
+                  for label, plan in plans.items()}
         speed = net.speed(name, model, plans, size, measure=measure)
+        acc: dict[str, Any] = {label: None for label in plans}
+        self._missing = []
         if spec.trained and net.accuracy is not None:
-            net.accuracy.prefetch(list(plans.values()))  # both plans at once, one per core
-        acc = {label: net.accuracy_of(plan) if spec.trained else None for label, plan in plans.items()}
+            missing = [p for p in plans.values() if not net.accuracy.known(p)]
+            self._missing = [(net.accuracy, p) for p in missing]
+            if missing and self.background:
+                self._score_in_background(missing)
+            elif missing:
+                net.accuracy.prefetch(missing)  # both plans at once, one per core
+            acc = {label: net.accuracy_of(plan) if net.accuracy.known(plan) else {"pending": True}
+                   for label, plan in plans.items()}
         return {"counts": counts, "speed": speed, "accuracy": acc}
+
+    def _score_in_background(self, plans: list) -> None:
+        """Score ``plans`` (the current setting's :attr:`_missing`) in a background thread, one job at a time, the
+        progress bar counting them; then redraw the network readout of the controls' current setting and score
+        that setting too if the controls moved meanwhile."""
+        with self._lock:
+            if self._job is not None:
+                return  # the running job redraws when it ends, and scores the current setting then
+            self.scoring.max, self.scoring.value = len(plans), 0
+            self.scoring.description = f"scoring {len(plans)} plan{'s' if len(plans) > 1 else ''} here"
+            self.scoring.layout.visibility = "visible"
+            self._job = threading.Thread(target=self._run_job, daemon=True, name="lrdlab-accuracy")
+            self._job.start()
+
+    def _run_job(self) -> None:
+        def step(done: int, total: int) -> None:
+            self.scoring.max, self.scoring.value = total, done
+
+        try:
+            while True:
+                with self._lock:  # the controls may have moved to another unscored setting meanwhile
+                    todo = list(self._missing)
+                    if not todo:
+                        self._end_job()
+                        return
+                lab = todo[0][0]
+                lab.prefetch([p for owner, p in todo if owner is lab], on_done=step)
+                self._redraw_network()
+        except BaseException:
+            with self._lock:
+                self._end_job()
+            raise
+
+    def _end_job(self) -> None:
+        self.scoring.layout.visibility = "hidden"
+        self._job = None
+
+    def _redraw_network(self) -> None:
+        """The network readout of the current controls (after a background job)."""
+        self.network = self.network_state(measure=False)
+        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
+                                              self.network["accuracy"], model_label(self.model.value))
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Wait for the background scoring (and the one it starts for a setting that moved meanwhile) to end."""
+        deadline = time.perf_counter() + timeout
+        while (job := self._job) is not None and time.perf_counter() < deadline:
+            job.join(max(0.0, deadline - time.perf_counter()))
 
     def update(self, measure_network: bool = False) -> None:
         """Recompute everything for the current controls and redraw (measuring first if asked and needed)."""
@@ -157,7 +224,8 @@ class RankExplorer:
         self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
                              "compare the two columns — rounding to g changes the ranks and can keep small layers "
                              "whole; whether that costs accuracy or buys speed is in the readouts, measured, not "
-                             "assumed; a speed-up is shown only between times from the same source.")
+                             "assumed; a speed-up is shown only between times from the same source. Accuracy: "
+                             "from the shipped grid (recorded grid) where it holds the setting, else scored here.")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -72,8 +72,7 @@ def layer_order(layer: LowRankLayer, order: Sequence[str] | Mapping[str, Sequenc
     elif isinstance(order, Mapping):
         wanted = tuple(order.get(layer.method, default))
     elif isinstance(order, str):
-        raise ValueError(f"order must be a list of factor names like ['core', 'first', 'last'], not the string "
-                         f"{order!r}")
+        raise ValueError(f"order must be a list of factor names like {list(default)}, not the string {order!r}")
     else:
         wanted = tuple(order)
     known = factor_names()

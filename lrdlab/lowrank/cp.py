@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lrdlab.lowrank import factorize, ranks
-from lrdlab.lowrank.methods import Info, Method, linear_like, register
+from lrdlab.lowrank.methods import Info, Method, MethodOptions, linear_like, register
 
 N_ITER = 200  # ALS sweeps of parafac (it stops earlier once the fit changes by less than its tolerance)
 
@@ -83,10 +83,9 @@ class CP(Method):
                            vertical=_depthwise(r, info, 0), horizontal=_depthwise(r, info, 1),
                            last=nn.Conv2d(r, info["out_channels"], 1, bias=info["bias"]))
 
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
+    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
-        """Rank-R CP by alternating least squares (tensorly ``parafac``, SVD start, deterministic).
-        ``tucker`` is Tucker-2's option and means nothing here."""
+        """Rank-R CP by alternating least squares (tensorly ``parafac``, SVD start, deterministic)."""
         import tensorly as tl
         from tensorly.decomposition import parafac
 

@@ -160,7 +160,7 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     ``calibration`` (input batches, or ``(x, y)`` pairs, ~512 images): a data-aware decomposition,
     each layer fitted to its inputs inside the partly decomposed network, then BatchNorm statistics
     re-estimated (:func:`lrdlab.lowrank.calibration.calibrated_decompose`). Without it: weight-only
-    SVD / HOSVD, the papers' method.
+    SVD / HOSVD, the papers' method, each form with the options the plan records (``Plan.options_for``).
 
     A ``torch.compile`` / ``DataParallel`` / DDP wrapper is unwrapped: the result is the plain decomposed model
     (wrap it again). Forward/backward hooks of a replaced layer move to its replacement.
@@ -178,20 +178,19 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
         if not torch.isfinite(dense_weight(layers[row.name])).all():
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
-    tucker = plan.settings.get("tucker", "hosvd")
     disable = (len(rows) < 20) if progress is None else not progress
     # attention modules with a decomposed projection become FactorizedMultiheadAttention (exact; attached below)
     new_attention = attention.converted(target, [row.name for row in rows])
     layers = {**dict(target.named_modules()),
               **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
-    replacements = _factorize_all(layers, rows, tucker, disable)
+    replacements = _factorize_all(layers, rows, plan, disable)
     attention.attach(target, new_attention)
     for name, layer in replacements.items():
         set_module(target, name, layer)
     return target
 
 
-def _factorize_all(layers: dict[str, nn.Module], rows: list, tucker: str, disable: bool) -> dict[str, nn.Module]:
+def _factorize_all(layers: dict[str, nn.Module], rows: list, plan: Plan, disable: bool) -> dict[str, nn.Module]:
     """Every planned layer's replacement. Each factorization runs on one BLAS/LAPACK thread, and as many of them
     at once as torch has threads: on a quiet machine the cores share the work, on a loaded one nothing spins."""
     workers = min(len(rows), torch.get_num_threads())
@@ -200,7 +199,8 @@ def _factorize_all(layers: dict[str, nn.Module], rows: list, tucker: str, disabl
     def one(row) -> nn.Module:
         if workers > 1:
             torch.set_num_threads(1)  # this worker's own BLAS threads
-        return decompose_layer(layers[row.name], row.spec[0], row.spec[1], tucker, row.branches)
+        method, layer_ranks = row.spec
+        return decompose_layer(layers[row.name], method, layer_ranks, plan.options_for(method), row.branches)
 
     bar = tqdm(total=len(rows), desc="decompose", disable=disable, leave=False)
     with one_thread():

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 TUCKER_METHODS = ("hosvd", "hooi")
+TUCKER_INIT = "hosvd"  # Tucker-2's default factorization (Tucker2Options.init)
+TUCKER_SWEEPS = 1  # HOOI sweeps from the HOSVD start when init is "hooi" (Tucker2Options.sweeps)
 GRAM32_MIN = 256  # truncated float32 layers with both sides at least this big are factorized in float32
 
 
@@ -145,3 +147,21 @@ def block_diagonal_core(core: Tensor, branches: int) -> Tensor:
 def reconstruct_tucker2(u_in: Tensor, core: Tensor, u_out: Tensor) -> Tensor:
     """``core ×₀ u_out ×₁ u_in``: the dense ``[S, C, kh, kw]`` weight a Tucker-2 triple stands for."""
     return torch.einsum("abij,sa,cb->scij", core, u_out, u_in)
+
+
+def tucker2_kept_energy(weight: Tensor) -> Tensor:
+    """``E[r2, r1]``: energy ‖W‖² kept by the HOSVD Tucker-2 truncation at ranks (r2, r1) (index 0 = rank 0).
+
+    With complete orthonormal channel bases the rotated core G has ‖G‖ = ‖W‖, and truncating to the
+    leading (r2, r1) block is an orthogonal projection, so the relative error is
+    ``sqrt(1 − E[r2, r1] / ‖W‖²)``: every (r2, r1) answered from one table.
+    """
+    W = weight.detach().double()
+    with one_thread():
+        u_out = leading_left_vectors(mode_unfolding(W, 0), W.shape[0])
+        u_in = leading_left_vectors(mode_unfolding(W, 1), W.shape[1])
+    core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
+    block = (core ** 2).sum(dim=(2, 3))
+    table = torch.zeros(block.shape[0] + 1, block.shape[1] + 1, dtype=torch.float64)
+    table[1:, 1:] = block.cumsum(0).cumsum(1)
+    return table

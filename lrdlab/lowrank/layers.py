@@ -1,6 +1,7 @@
 """The decomposed layer: a small ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv2d`` modules.
 
-``LowRankLayer`` children are named ``first``, (``core``,) ``last`` — see docs/architecture.md.
+``LowRankLayer`` children are named by its method's ``factor_names`` (``first``, ``core``, ``last`` for
+Tucker-2) — see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank import factorize, guards, hf, methods
-from lrdlab.lowrank.methods import Method, get_method, method_names
+from lrdlab.lowrank import guards, hf, methods
+from lrdlab.lowrank.methods import Method, MethodOptions, get_method
 
-METHODS = method_names()
 
 class LowRankLayer(nn.Sequential):
     """A layer replaced by a product of factors; carries what it replaced in ``original``.
@@ -173,12 +173,14 @@ def build(original: dict[str, Any], method: str, ranks: Sequence[int], branches:
 
 @torch.no_grad()
 def decompose_layer(
-    module: nn.Module, method: str, ranks: Sequence[int], tucker: str = "hosvd", branches: int = 1
+    module: nn.Module, method: str | Method, ranks: Sequence[int], options: MethodOptions | None = None,
+    branches: int = 1,
 ) -> LowRankLayer:
     """Decompose one ``nn.Linear`` / ``nn.Conv2d`` into a ``LowRankLayer`` with the given ranks.
 
     ``ranks`` is a sequence (one rank per :attr:`Method.rank_names`: ``(8,)`` for SVD, ``(8, 8)`` for
-    Tucker-2). A HuggingFace ``Conv1D`` is decomposed as the Linear it computes. The factors keep the
+    Tucker-2). ``options``: the method's options (its ``options_type``, e.g. ``Tucker2Options(init="hooi")``;
+    None: the defaults). A HuggingFace ``Conv1D`` is decomposed as the Linear it computes. The factors keep the
     original weight's dtype, device, ``requires_grad`` (a parametrized weight's: its originals') and memory format
     (``channels_last``).
     """
@@ -187,8 +189,7 @@ def decompose_layer(
         raise ValueError(reason)
     original = describe(module)
     form = get_method(method)
-    if tucker not in factorize.TUCKER_METHODS:
-        raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
+    options = form.options(options)
     weight = dense_weight(module)
     with torch.device("meta"):  # no point initialising weights that are overwritten below
         layer = build(original, form.name, ranks, branches)
@@ -196,7 +197,7 @@ def decompose_layer(
     if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
         layer = layer.to(memory_format=torch.channels_last)
     trainable = guards.weight_requires_grad(module, weight)
-    for name, value in form.factorize(weight, layer.ranks, tucker, layer.branches).items():
+    for name, value in form.factorize(weight, layer.ranks, options, layer.branches).items():
         target = weight_of(layer.get_submodule(name))
         target.copy_(value.reshape(target.shape))
         target.requires_grad_(trainable)

@@ -3,8 +3,11 @@
 Each :class:`Method` knows everything lrdlab needs about its form: which layers it applies to, the
 full ranks, the parameter count, the rank for a compression ratio (paper §1 / Eq. 7), the matrices
 whose spectra decide each rank, how to build and fill the factor modules, how to reconstruct the dense
-weight, and which factor trains under each freezing schedule. Plans store the method's *name*;
-:func:`get_method` turns it back into the object. A new form is one new subclass plus :func:`register`.
+weight, its weight-only error, and which factor trains under each freezing schedule. A form's options are
+one frozen dataclass (:class:`~lrdlab.lowrank.method_base.MethodOptions`; Tucker-2's :class:`Tucker2Options`),
+reached as ``method.options_type``. Plans store the method's *name* and its options; :func:`get_method` turns
+the name back into the object. A new form is one subclass of :class:`~lrdlab.lowrank.method_base.Method`
+plus :func:`register`.
 
 A layer is described by :func:`lrdlab.lowrank.layers.describe` (``in_channels`` C, ``out_channels``
 S, ``kernel_size``, …). Weights are ``[S, C, kh, kw]`` (convs) or ``[S, C]`` (Linear; a HuggingFace
@@ -16,16 +19,20 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from lrdlab.lowrank import factorize, ranks
 from lrdlab.lowrank.data_aware import reduced_rank_regression, whitened_tucker2
-
-Info = Mapping[str, Any]
+from lrdlab.lowrank.method_base import (  # noqa: F401  (Info, linear_like, Method, MethodOptions re-exported)
+    Info,
+    Method,
+    MethodOptions,
+    linear_like,
+)
 
 
 def _conv(cin: int, cout: int, kernel: int | Sequence[int], bias: bool, like: Info | None = None,
@@ -39,12 +46,6 @@ def _conv(cin: int, cout: int, kernel: int | Sequence[int], bias: bool, like: In
                      dilation=tuple(like["dilation"]), padding_mode=like["padding_mode"])
 
 
-def linear_like(info: Info) -> bool:
-    """A Linear, a Linear subclass (attention's ``out_proj``) or a HuggingFace ``Conv1D``: ``describe`` records a
-    stride only for convs, so a layer without one computes ``x @ W.T + b``."""
-    return info.get("type") == "Linear" or "stride" not in info
-
-
 def _k2(info: Info) -> int:
     return math.prod(info["kernel_size"])
 
@@ -53,94 +54,6 @@ def _floor_rank(dense: int, per_rank: int, ratio: float) -> int:
     """Largest R with ``R · per_rank <= dense / ratio`` (a form whose params are linear in R)."""
     ranks.check_ratio(ratio)
     return math.floor(dense / (ratio * per_rank))
-
-
-class Method:
-    """One low-rank form. Subclasses set the class attributes and the shape-specific methods."""
-
-    name: ClassVar[str]
-    description: ClassVar[str]
-    factor_names: ClassVar[tuple[str, ...]]  # the LowRankLayer's children, in forward order
-    rank_names: ClassVar[tuple[str, ...]]  # what each rank is the rank of (for tables and plots)
-    regular_factor: ClassVar[str]  # the factor that trains under regular freezing (P1)
-    sequential_order: ClassVar[tuple[str, ...]]  # default rotation of sequential freezing (P2)
-    kxk: ClassVar[bool] = True  # a form for k×k convs that make_plan(method=...) may choose
-    branchable: ClassVar[bool] = False  # supports branched (grouped-core) factors
-
-    @property
-    def n_ranks(self) -> int:
-        return len(self.rank_names)
-
-    # --- what it applies to ---------------------------------------------------------------------
-    def unsupported(self, info: Info) -> str | None:
-        """Why this form cannot decompose the layer ``info``, or None when it can."""
-        if linear_like(info):
-            return f"a {info['type']} layer is decomposed by 'svd', not {self.name!r}"
-        return None
-
-    # --- ranks and parameters -------------------------------------------------------------------
-    def full_ranks(self, info: Info) -> list[int]:
-        """The largest ranks: decomposing at these reproduces the layer exactly."""
-        raise NotImplementedError
-
-    def params(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> int:
-        """Weights of the factors (the bias, kept unchanged, is not counted)."""
-        raise NotImplementedError
-
-    def rank_for_ratio(self, info: Info, ratio: float, beta: float = 1.0, branches: int = 1) -> list[int]:
-        """Ranks that compress the layer's weights ``ratio``-fold (floored)."""
-        raise NotImplementedError
-
-    def unfoldings(self, weight: Tensor) -> list[Tensor]:
-        """The matrices whose singular values decide each rank, one per rank."""
-        raise NotImplementedError
-
-    def spectra(self, weight: Tensor) -> list[Tensor]:
-        """Singular values (float64, descending) that decide each rank."""
-        return [factorize.singular_values(m) for m in self.unfoldings(weight.detach())]
-
-    def check_ranks(self, info: Info, layer_ranks: Sequence[int], where: str = "this layer") -> None:
-        """Raise ``ValueError`` unless ``layer_ranks`` are possible for the layer ``info``."""
-        limit = self.full_ranks(info)
-        if isinstance(layer_ranks, (str, bytes)) or not isinstance(layer_ranks, Sequence):
-            raise ValueError(f"{where}: ranks must be a sequence of {len(limit)} int(s) like {tuple(limit)}, "
-                             f"got {layer_ranks!r}")
-        if (len(layer_ranks) != len(limit)
-                or any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or not 1 <= r <= t
-                       for r, t in zip(layer_ranks, limit))):
-            raise ValueError(f"{where}: ranks {tuple(layer_ranks)} are impossible for {self.name} of a "
-                             f"{info['in_channels']}→{info['out_channels']} {info['type']}; "
-                             f"give {len(limit)} int(s), each in 1..{tuple(limit)}")
-
-    def reduced(self, info: Info, target: Sequence[int], branches: int = 1) -> tuple[Method, int] | None:
-        """When ``target`` puts one factor at full rank (a useless square 1×1), the form without it and the
-        index of the rank that form keeps; None otherwise."""
-        return None
-
-    # --- modules --------------------------------------------------------------------------------
-    def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
-        """Uninitialised factor modules of the right shapes, named as :attr:`factor_names`."""
-        raise NotImplementedError
-
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
-                  branches: int = 1) -> dict[str, Tensor]:
-        """The factor weights (shaped as the built modules' weights) approximating ``weight``."""
-        raise NotImplementedError
-
-    def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
-        """The dense weight (the original's shape) that the factor weights multiply to."""
-        raise NotImplementedError
-
-    def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
-                   branches: int = 1) -> dict[str, Tensor] | None:
-        """Factor weights (by child name) minimising the output error on inputs of second moment ``cov``.
-
-        ``None``: this form has no data-aware fit (decomposition stays weight-only).
-        """
-        return None
-
-    def __repr__(self) -> str:
-        return f"<method {self.name}: {self.description}>"
 
 
 class SVD(Method):
@@ -153,6 +66,7 @@ class SVD(Method):
     regular_factor = "last"
     sequential_order = ("last", "first")
     kxk = False
+    spectral_error = True
 
     def unsupported(self, info: Info) -> str | None:
         if not linear_like(info) and tuple(info["kernel_size"]) != (1, 1):
@@ -178,7 +92,7 @@ class SVD(Method):
             return OrderedDict(first=nn.Linear(C, r, bias=False), last=nn.Linear(r, S, bias=bias))
         return OrderedDict(first=_conv(C, r, 1, False, like=info), last=_conv(r, S, 1, bias))
 
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
+    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
         S, C = weight.shape[:2]
         first, last = factorize.svd_factors(weight.reshape(S, -1), layer_ranks[0])
@@ -206,6 +120,7 @@ class ChannelSVD(Method):
     rank_names = ("weight matrix",)
     regular_factor = "last"
     sequential_order = ("last", "first")
+    spectral_error = True
 
     def full_ranks(self, info: Info) -> list[int]:
         return [min(info["in_channels"] * _k2(info), info["out_channels"])]
@@ -225,7 +140,7 @@ class ChannelSVD(Method):
         return OrderedDict(first=_conv(C, r, info["kernel_size"], False, like=info),
                            last=_conv(r, S, 1, info["bias"]))
 
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
+    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
         S, C, kh, kw = weight.shape
         first, last = factorize.svd_factors(weight.reshape(S, -1), layer_ranks[0])
@@ -233,7 +148,6 @@ class ChannelSVD(Method):
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         return torch.einsum("sr,rcij->scij", factors["last"][:, :, 0, 0], factors["first"])
-
 
     data_aware = SVD.data_aware  # the same regression on the flattened [S, C·k²] weight
 
@@ -250,6 +164,7 @@ class InputSVD(Method):
     rank_names = ("input-channel unfolding",)
     regular_factor = "last"
     sequential_order = ("last", "first")
+    spectral_error = True
 
     def full_ranks(self, info: Info) -> list[int]:
         return [min(info["in_channels"], info["out_channels"] * _k2(info))]
@@ -269,7 +184,7 @@ class InputSVD(Method):
         return OrderedDict(first=_conv(C, r, 1, False),
                            last=_conv(r, S, info["kernel_size"], info["bias"], like=info))
 
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
+    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
         S, C, kh, kw = weight.shape
         # W's input-channel unfolding [C, S·kh·kw] ≈ Uᵀ-side × V-side; svd_factors takes [rows, cols] = its transpose
@@ -278,6 +193,23 @@ class InputSVD(Method):
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         return torch.einsum("srij,rc->scij", factors["last"], factors["first"][:, :, 0, 0])
+
+
+@dataclass(frozen=True)
+class Tucker2Options(MethodOptions):
+    """Tucker-2's options: ``init`` ``"hosvd"`` (one SVD per channel mode) or ``"hooi"`` (then ``sweeps`` sweeps of
+    higher-order orthogonal iteration, :func:`lrdlab.lowrank.factorize.hooi_factors`)."""
+
+    init: str = factorize.TUCKER_INIT
+    sweeps: int = factorize.TUCKER_SWEEPS
+
+    def __post_init__(self) -> None:
+        if self.init not in factorize.TUCKER_METHODS:
+            raise ValueError(f"Tucker2Options: init must be one of {factorize.TUCKER_METHODS} (got {self.init!r}); "
+                             f"e.g. Tucker2Options(init='hooi')")
+        if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, numbers.Integral) or self.sweeps < 1:
+            raise ValueError(f"Tucker2Options: sweeps must be a positive int (got {self.sweeps!r}); the HOOI sweeps "
+                             f"from the HOSVD start, e.g. 1")
 
 
 class Tucker2(Method):
@@ -290,6 +222,7 @@ class Tucker2(Method):
     regular_factor = "core"
     sequential_order = ("core", "first", "last")
     branchable = True
+    options_type = Tucker2Options
 
     def full_ranks(self, info: Info) -> list[int]:
         C, S, k2 = info["in_channels"], info["out_channels"], _k2(info)
@@ -325,9 +258,11 @@ class Tucker2(Method):
                            core=_conv(r1, r2, info["kernel_size"], False, like=info, groups=branches),
                            last=_conv(r2, S, 1, info["bias"]))
 
-    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], tucker: str = "hosvd",
+    def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
-        u_in, core, u_out = factorize.tucker2_factors(weight, layer_ranks[0], layer_ranks[1], method=tucker)
+        opts = self.options(options)
+        assert isinstance(opts, Tucker2Options)
+        u_in, core, u_out = factorize.tucker2_factors(weight, layer_ranks[0], layer_ranks[1], opts.init, opts.sweeps)
         return {"first": u_in.T[:, :, None, None], "core": factorize.block_diagonal_core(core, branches),
                 "last": u_out[:, :, None, None]}
 
@@ -344,6 +279,17 @@ class Tucker2(Method):
             core = full
         return factorize.reconstruct_tucker2(first[:, :, 0, 0].T, core, last[:, :, 0, 0])
 
+    def errors(self, weight: Tensor, info: Info) -> Callable[[Sequence[int]], float]:
+        """The HOSVD truncation's error at every (R1, R2), from one table of kept energy."""
+        table = factorize.tucker2_kept_energy(weight)
+
+        def error(layer_ranks: Sequence[int]) -> float:
+            r1, r2 = layer_ranks
+            kept = table[min(r2, table.shape[0] - 1), min(r1, table.shape[1] - 1)] / table[-1, -1]
+            return math.sqrt(max(0.0, 1.0 - float(kept)))
+
+        return error
+
     def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
                    branches: int = 1) -> dict[str, Tensor] | None:
         if branches > 1:
@@ -353,9 +299,6 @@ class Tucker2(Method):
 
 
 _REGISTRY: dict[str, Method] = {}
-
-
-
 
 
 def register(method: Method) -> Method:

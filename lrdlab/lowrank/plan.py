@@ -10,15 +10,15 @@ import fnmatch
 import json
 import numbers
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, factorize, guards, hf, methods, ranks, sharing, usage
+from lrdlab.lowrank import attention, guards, hf, methods, ranks, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
-from lrdlab.lowrank.methods import get_method
+from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.policies import (  # noqa: F401  (MIN_RANK and params_of re-exported)
     MIN_RANK,
     fit_fixed_ranks,
@@ -31,8 +31,6 @@ from lrdlab.lowrank.policies import (  # noqa: F401  (MIN_RANK and params_of re-
     round_and_check,
     to_patterns,
 )
-
-K_BY_K_METHODS = methods.kxk_method_names()
 
 
 @dataclass
@@ -88,6 +86,11 @@ class Plan:
     def decomposed_layers(self) -> list[LayerPlan]:
         return [row for row in self.layers if row.decomposed]
 
+    def options_for(self, method: str | Method) -> MethodOptions:
+        """The options the plan records for ``method`` (its defaults where it records none)."""
+        form = get_method(method)
+        return form.options(self.settings.get("options", {}).get(form.name))
+
     def to_frame(self):
         import pandas as pd
 
@@ -134,10 +137,18 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         try:
             layers = [LayerPlan(**row) for row in data["layers"]]
-            plan = cls(model=data["model"], layers=layers, settings=data.get("settings", {}))
+            plan = cls(model=data["model"], layers=layers, settings=dict(data.get("settings", {})))
         except (KeyError, TypeError) as err:
             raise ValueError(f"not an lrdlab plan ({type(err).__name__}: {err}); "
                              f"write plans with Plan.save or `lrdlab plan MODEL --out plan.json`") from err
+        legacy = plan.settings.pop("tucker", None)  # plans written before per-method options: Tucker-2's init
+        if legacy is not None:
+            plan.settings["options"] = {TUCKER2.name: {"init": legacy}, **plan.settings.get("options", {})}
+        for name in set(plan.settings.get("options", {})) & set(methods.method_names()):
+            try:
+                plan.options_for(name)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"plan settings, options of {name!r}: {err}") from err
         for row in plan.layers:
             if row.method is not None:
                 try:
@@ -219,6 +230,21 @@ def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
             )
 
 
+def recorded_options(given: MethodOptions | Sequence[MethodOptions] | None) -> dict[str, dict[str, Any]]:
+    """Every registered form's options as a plan records them: ``given`` for its form, else the defaults
+    (forms without options are left out)."""
+    given = [given] if isinstance(given, MethodOptions) else list(given or [])
+    forms = [get_method(n) for n in methods.method_names()]
+    chosen: dict[str, MethodOptions] = {}
+    for opts in given:
+        owners = [f for f in forms if type(opts) is f.options_type]
+        if not isinstance(opts, MethodOptions) or len(owners) != 1 or owners[0].name in chosen:
+            raise ValueError(f"options must be one options object per method, e.g. Tucker2Options(init='hooi') "
+                             f"(got {opts!r})")
+        chosen[owners[0].name] = opts
+    return {f.name: f.options(chosen.get(f.name)).to_dict() for f in forms if fields(f.options_type)}
+
+
 def make_plan(
     model: nn.Module,
     *,
@@ -228,8 +254,8 @@ def make_plan(
     rank: int | str | dict[str, Any] | None = None,
     granularity: int = 1,
     rounding: str = "down",
-    method: str = "auto",
-    tucker: str = "hosvd",
+    method: str | Method = "auto",
+    options: MethodOptions | Sequence[MethodOptions] | None = None,
     beta: float = 1.0,
     branches: int = 1,
     include: str | Sequence[str] | None = None,
@@ -249,7 +275,8 @@ def make_plan(
     ``"auto"`` (Tucker-2, 3 layers; but a layer whose Tucker rank reaches a mode's size, as on a
     3-channel stem, gets the Tucker-1 form without that useless full-rank factor), ``"tucker2"``
     (always), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see :mod:`lrdlab.lowrank.methods`);
-    Linear and 1×1 convs always use SVD.
+    Linear and 1×1 convs always use SVD. ``options``: methods' options objects (e.g.
+    ``Tucker2Options(init="hooi")``); the plan records every form's options, the defaults where none is given.
     ``include``/``exclude`` are glob patterns over layer names (one string is one pattern). A rank
     that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
     recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
@@ -283,10 +310,10 @@ def make_plan(
             raise ValueError(f"rank must be an int >= 1, 'full' or a dict {{layer name: rank}} (got {rank!r})")
     value = {"ratio": ratio, "energy": energy, "vbmf": True, "rank": rank}[kind]
     kxk = methods.kxk_method_names()
+    method = method.name if isinstance(method, Method) else method
     if method != "auto" and method not in kxk:
         raise ValueError(f"method must be 'auto' or one of {kxk} (got {method!r})")
-    if tucker not in factorize.TUCKER_METHODS:
-        raise ValueError(f"tucker must be one of {factorize.TUCKER_METHODS} (got {tucker!r})")
+    chosen_options = recorded_options(options)
     if rounding not in ranks.ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
     granularity = positive_int(granularity, "granularity")
@@ -356,7 +383,7 @@ def make_plan(
 
     settings = {
         "policy": kind, "value": value, "granularity": granularity, "rounding": rounding,
-        "method": method, "tucker": tucker, "beta": beta, "branches": branches,
+        "method": method, "options": chosen_options, "beta": beta, "branches": branches,
         "include": include, "exclude": exclude, "allow_larger": allow_larger, "force": force, "probe": probe_note,
     }
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__

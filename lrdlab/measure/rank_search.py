@@ -48,6 +48,7 @@ from lrdlab.measure.cache import AUTO, TimeCache, shape_key, spread
 from lrdlab.measure.interleave import Rounds, interleave
 from lrdlab.measure.machine import device_name, machine_info
 from lrdlab.measure.rank_candidates import candidate_ranks, pick_rank, rank_label, scaled_ranks, show_ranks  # noqa: F401
+from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.stats import SpeedUp
 
@@ -256,32 +257,34 @@ def _recorded(up: SpeedUp) -> dict[str, Any]:
 
 
 def optimize_plan(
-    model: nn.Module, plan: Plan, example_input_shape: Sequence[int], *, method: str = "robust", device: str = "cpu",
-    dtype: str | None = None, backward: bool = False, lower: float = 0.75, granularity: int = 1, warmup: int = 3,
-    repeats: int = 10, rounds: int | None = None, max_rounds: int = 9, resolution: float = 0.03,
-    confirm_rounds: int = 10, margin: float = 0.0, min_step: float = 0.02, cache_dir: str | Path | None = AUTO,
-    time_fn: TimeFn | None = None, progress: bool = True,
+    model: nn.Module, plan: Plan, example_input_shape: Sequence[int], *, device: str = "cpu", backward: bool = False,
+    lower: float = 0.75, repeats: int = 10, rounds: int | None = None, cache_dir: str | Path | None = AUTO,
+    config: SearchConfig | None = None,
 ):
     """Measured rank search over every decomposed row of ``plan``: returns (optimized Plan, traces DataFrame).
 
-    ``method``: ``"robust"`` (default; step model, refinement and confirmation, see the module
-    docstring) or ``"paper"`` (P1 Algorithm 1 as written). ``example_input_shape`` is the whole
-    model's input (batch first); each layer is timed on the input it really receives. Ranks searched:
-    the plan's rank R, then multiples of ``granularity`` down to ceil(``lower``·R) (Tucker: r2 scaled
-    with r1), each ``rounds`` times interleaved (default 3 robust, 1 paper). ``backward`` times
-    forward + backward. ``margin``: a decomposition must be this much faster than the original
-    (paper: t < (1 − margin)·T; robust: the confidence interval of T/t above 1/(1 − margin)).
-    Robust: while no step is found and a rank's median is noisier than ``resolution``, rounds grow
-    to ``max_rounds``; ``confirm_rounds`` starts the confirmation run; ``min_step`` is the smallest relative
-    step the step model accepts. ``time_fn`` replaces the timer (module, input_shape) → seconds
-    (tests); ``cache_dir=None`` disables the disk cache. ``traces``: one row per (layer, rank) with
+    ``config``: how the search runs (:class:`~lrdlab.measure.search_config.SearchConfig`: ``method``
+    ``"robust"``, the default, with step model, refinement and confirmation, see the module docstring, or
+    ``"paper"``, P1 Algorithm 1 as written; ``granularity``, ``margin``, the timer, progress bars, …).
+    ``example_input_shape`` is the whole model's input (batch first); each layer is timed on the input it
+    really receives. Ranks searched: the plan's rank R, then multiples of the granularity down to
+    ceil(``lower``·R) (Tucker: r2 scaled with r1), each ``rounds`` times interleaved (default 3 robust, 1 paper),
+    each time the median of ``repeats`` runs. ``backward`` times forward + backward. A decomposition must beat
+    the original by the margin (paper: t < (1 − margin)·T; robust: the confidence interval of T/t above
+    1/(1 − margin)). ``cache_dir=None`` disables the disk cache. ``traces``: one row per (layer, rank) with
     layer, key, rank, ranks, time_s, time_ms, spread, samples, level_ms (robust step model), original_s,
     original_ms, drop_ms, target, r_opt (None for ORG), chosen, method.
     """
     import pandas as pd
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} (got {method!r})")
+    if config is not None and not isinstance(config, SearchConfig):
+        raise ValueError(f"config must be a SearchConfig, got {type(config).__name__}; "
+                         f"e.g. SearchConfig(method='paper')")
+    c = config or SearchConfig()
+    method, dtype, granularity, warmup, time_fn, progress = c.method, c.dtype, c.granularity, c.warmup, c.time_fn, \
+        c.progress
+    max_rounds, resolution, confirm_rounds, margin, min_step = c.max_rounds, c.resolution, c.confirm_rounds, \
+        c.margin, c.min_step
     rounds = DEFAULT_ROUNDS[method] if rounds is None else rounds
     check_plan(model, plan)
     shape = measure.check_shape(example_input_shape, "example_input_shape")
@@ -291,8 +294,6 @@ def optimize_plan(
     for name, value in (("rounds", rounds), ("confirm_rounds", confirm_rounds)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int (got {value!r})")
-    if not (0 <= margin < 1):
-        raise ValueError(f"margin must be in [0, 1) (got {margin!r})")
     candidate_ranks(1, lower, granularity)  # validates lower and granularity
     timer = time_fn or default_time_fn(str(dev), backward, warmup, repeats, dtype)
     cache = TimeCache(cache_dir)

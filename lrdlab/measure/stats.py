@@ -257,3 +257,52 @@ def place_step(rounds: Sequence[Values]) -> int | None:
         if mh > ml and cost < best_cost:
             best, best_cost = k, cost
     return best
+
+
+def cliffs(ranks: Sequence[int], values: Values | Sequence[Values], sigma: float | None = None,
+           min_step: float = 0.02) -> list[int]:
+    """Ranks r where the time steps up above the ranks below by more than the measured noise: the cliffs.
+
+    The rank search's rule (:func:`fit_steps`, the one rule every notebook, figure and report uses). ``values``: one
+    time per rank, or each rank's samples (one per interleaved round). A straight trend of time with rank is fitted
+    with the steps (Theil–Sen within the runs between steps), so a smooth line has no cliff. The noise of a rank's
+    time is the larger of ``sigma`` (relative; default from the samples' spread: robust sigma · 1.2533 / √rounds)
+    and the robust spread of neighbouring differences; a step must exceed it by :func:`fit_steps`'s z and
+    ``min_step`` (relative), and most of it must lie between two neighbouring ranks (a bend is not a cliff); a run of
+    one rank (one high point) is never a step. A cliff at r: r is the lowest rank of the higher run.
+    """
+    r = np.asarray(ranks, dtype=np.float64)
+    samples = [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in values]
+    if r.size != len(samples):
+        raise ValueError(f"cliffs: {r.size} ranks but {len(samples)} values; pass one time (or one list of samples) "
+                         "per rank")
+    order = np.argsort(-r)  # the rank search's order: high → low
+    r = r[order]
+    samples = [samples[i] for i in order]
+    med = np.array([float(np.median(s)) for s in samples])
+    if med.size < 4 or not np.all(np.isfinite(med)) or np.median(med) <= 0:
+        return []
+    rounds = min(s.size for s in samples)
+    measured = sigma if sigma is not None else (curve_noise(samples) * 1.2533 / math.sqrt(rounds) if rounds >= 2
+                                                else 0.0)
+    slope, changes, seen = 0.0, [], set()
+    for _ in range(6):  # steps and slope fitted in turn until the steps repeat
+        level = med - slope * (r - float(np.median(r)))
+        noise = max(measured, robust_sigma(np.diff(level / np.median(level))) / math.sqrt(2))
+        changes = fit_steps(level, noise, min_step=min_step)
+        if tuple(changes) in seen:
+            break
+        seen.add(tuple(changes))
+        slope = _run_slope(r, med, changes)
+    fitted = step_levels(level, changes)
+    # a cliff steps up, and between two neighbouring ranks (most of it), not along a bend
+    return sorted(int(r[c - 1]) for i, c in enumerate(changes)
+                  if fitted[i] > fitted[i + 1] and level[c - 1] - level[c] >= 0.5 * (fitted[i] - fitted[i + 1]))
+
+
+def _run_slope(r: np.ndarray, y: np.ndarray, changes: Sequence[int]) -> float:
+    """Theil–Sen slope of ``y`` over ``r`` from the pairs inside each run between change points."""
+    edges = [0, *changes, y.size]
+    slopes = [(y[j] - y[i]) / (r[j] - r[i]) for a, b in zip(edges, edges[1:])
+              for i in range(a, b) for j in range(i + 1, b) if r[j] != r[i]]
+    return float(np.median(slopes)) if slopes else 0.0

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -311,24 +310,6 @@ def format_bench(report: dict[str, Any]) -> str:
             f"{100 * r['realised']:.0f}% of the FLOP ideal realised; load {r['load_average']}"
         )
     return "\n".join(lines)
-
-
-
-
-# --- F1 / F2: the rank-time cliff ---------------------------------------------------------------
-
-
-def find_cliffs(rank_values: Sequence[int], times: Sequence[float], rel_jump: float = 0.05) -> list[int]:
-    """Ranks r whose time jumps by more than ``rel_jump`` (relative) above the next lower rank.
-
-    A "cliff" at r means t(r) − t(r_prev) > rel_jump · t(r_prev), with r_prev the next rank below.
-    """
-    r = np.asarray(rank_values)
-    t = np.asarray(times, dtype=np.float64)
-    order = np.argsort(r)
-    r, t = r[order], t[order]
-    jumps = np.diff(t) / np.maximum(t[:-1], 1e-12)
-    return [int(x) for x in r[1:][jumps > rel_jump]]
 
 
 def _median_s(step: Callable[[], Any], dev: Any, warmup: int, repeats: int) -> float:

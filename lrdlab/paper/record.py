@@ -112,7 +112,7 @@ def record_f1(out: Path, *, input_shape: Sequence[int] = (8, 512, 7, 7), ranks: 
     df = rank_time_sweep(512, 512, 3, list(ranks), input_shape, device=str(dev), rounds=rounds, repeats=repeats)
     tag = f"f1_conv512_{dev.type}"
     df.to_csv(out / f"optimize_{tag}.csv", index=False)
-    from lrdlab.measure.sweeps import find_cliffs
+    from lrdlab.explore.plots import rank_cliffs
 
     meta = {
         "what": "Tucker-2 (r1 = r2 = r) of a 512→512 3×3 conv, stride 1, padding 1, forward only, fp32; "
@@ -121,7 +121,7 @@ def record_f1(out: Path, *, input_shape: Sequence[int] = (8, 512, 7, 7), ranks: 
         "input_shape": list(input_shape), "machine": machine_info(dev),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "settings": {"rounds": rounds, "repeats": repeats, "warmup": 3},
-        "cliffs_5pct": find_cliffs(df["rank"], df["time_ms"], 0.05),
+        "cliffs": rank_cliffs(df, rounds=rounds),
         "largest_drop": {"rank": int(pick_rank(dict(zip(df["rank"], df["time_ms"]))))},
         "rows": df.to_dict(orient="records"),
     }

@@ -111,6 +111,7 @@ def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, An
 def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """T1 optimized ranks and F3 traces: Algorithm 1 over ResNet-152 (and ResNet-50, sharing the shape cache)."""
     from lrdlab.measure.rank_search import optimize_plan
+    from lrdlab.measure.search_config import SearchConfig
 
     out: dict[str, Any] = {}
     cache_dir = Path(settings.out) / "cache" / "layer_times"
@@ -119,8 +120,9 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
         model = get_model(name).eval()
         plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
         # P1's Algorithm 1 as written (the reproduction); lrdlab's default is the robust search
-        optimized, traces = optimize_plan(model, plan, shape, method="paper", device=settings.device, lower=0.75,
-                                          repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir)
+        optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
+                                          repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir,
+                                          config=SearchConfig(method="paper"))
         out[name] = {"plan": optimized.to_dict(), "traces": traces.to_dict(orient="records")}
     out["ranks"] = {row["name"]: ("ORG" if row["method"] is None else row["ranks"][0])
                     for row in out["resnet152"]["plan"]["layers"] if row["reason"].startswith(("optimized", "ORG"))}

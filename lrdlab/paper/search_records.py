@@ -20,24 +20,34 @@ from lrdlab.paper.speed_checks import write_record
 SEARCH_FILE = "search_robust_resnet50_cpu.json"
 
 
+def search_file(threads: int = 1) -> str:
+    """The file of the robust search recorded at ``threads`` torch threads (1 thread: :data:`SEARCH_FILE`)."""
+    return SEARCH_FILE if threads == 1 else SEARCH_FILE.replace(".json", f"_{threads}threads.json")
+
+
 def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
-    """ResNet-50 at 2x: the robust rank search, then vanilla, searched ranks, g=32 and both merged, each timed
-    interleaved against the original (the merged rows are the best pipeline: merging + granularity or search)."""
+    """ResNet-50 at 2x: the robust rank search at the current torch threads, then vanilla, searched ranks, g=32 and
+    both merged, each timed interleaved against the original (the merged rows are the best pipeline: merging +
+    granularity or search) → ``out``/:func:`search_file`."""
+    import torch
+
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
-    load_before = os.getloadavg()
+    load_before, threads = os.getloadavg(), torch.get_num_threads()
     shape = (batch, 3, image_size, image_size)
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     t = time.perf_counter()
-    searched, traces = optimize_plan(model, vanilla, shape, method="robust", repeats=5, progress=False)
+    searched, traces = optimize_plan(model, vanilla, shape, repeats=5,
+                                     config=SearchConfig(method="robust", progress=False))
     search_s = time.perf_counter() - t
     g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
@@ -45,11 +55,11 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
             "merging + g=32": merge_bottlenecks(model, g32)}
     with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
         table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
-    return write_record(out / SEARCH_FILE, {
+    return write_record(out / search_file(threads), {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
                 "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
-        "command": "lrdlab record speed-checks --only search --threads 1",
+        "command": f"lrdlab record speed-checks --only search --threads {threads}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_s": search_s, "search_settings": searched.settings["optimize"],
         "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
@@ -57,9 +67,13 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
 
 
 def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budget_s: float = 600.0) -> Path:
-    """The recorded searched ranks (search_robust_resnet50_cpu.json's T1) on ``torch.compile``: original vs vanilla
-    vs searched ranks vs g=32, all compiled, interleaved, adaptive rounds (up to 60). Inductor fuses the
-    BatchNorm/ReLU/add work that LRD leaves alone (see the breakdown), so more of the ranks' gain shows."""
+    """The searched ranks recorded at the current torch threads (:func:`search_file`'s T1) on ``torch.compile``:
+    original vs vanilla vs searched ranks vs g=32 vs merging + searched ranks, all compiled, interleaved, adaptive
+    rounds (up to 60). Inductor fuses the BatchNorm/ReLU/add work that LRD leaves alone (see the breakdown), so more
+    of the ranks' gain shows. 1 thread → search_compile_resnet50_cpu.json, N → ..._Nthreads.json."""
+    import torch
+
+    from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
@@ -67,30 +81,33 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
-    load_before = os.getloadavg()
+    load_before, threads = os.getloadavg(), torch.get_num_threads()
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    rows = {"vanilla 2x": vanilla, "robust search ranks": recorded_search_plan(out, model, vanilla),
-            "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")}
+    searched = recorded_search_plan(out, model, vanilla, threads)
+    rows = {"vanilla 2x": vanilla, "robust search ranks": searched,
+            "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50"),
+            "merging + robust search ranks": merge_bottlenecks(model, searched)}
     with round_limits(factor=12, budget_s=budget_s):
         table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
                             progress=False, backend="compile")
-    return write_record(out / "search_compile_resnet50_cpu.json", {
+    name = search_file(threads).replace("search_robust", "search_compile")
+    return write_record(out / name, {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, every model torch.compile'd (inductor): "
-                "original vs vanilla vs the recorded searched ranks vs g=32, inference, interleaved, adaptive rounds "
-                "(up to 60)",
-        "command": "lrdlab record speed-checks --only search-compile --threads "
-                   f"{__import__('torch').get_num_threads()}",
+                f"original vs vanilla vs the searched ranks recorded at {threads} thread(s) vs g=32 vs merging + "
+                "those ranks, inference, interleaved, adaptive rounds (up to 60)",
+        "command": f"lrdlab record speed-checks --only search-compile --threads {threads}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": table.to_dict(orient="records"),
     })
 
 
-def recorded_search_plan(out: Path, model, vanilla):
-    """``vanilla`` with the ranks of the recorded search (``out``/search_robust_resnet50_cpu.json's T1)."""
-    search = out / SEARCH_FILE
+def recorded_search_plan(out: Path, model, vanilla, threads: int = 1):
+    """``vanilla`` with the ranks of the search recorded at ``threads`` threads (``out``/:func:`search_file`'s T1)."""
+    search = out / search_file(threads)
     if not search.exists():
-        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search)")
+        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search "
+                         f"--threads {threads})")
     return plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"])
 
 
@@ -152,6 +169,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan, rank_table
+    from lrdlab.measure.search_config import SearchConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -161,7 +179,8 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
     g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
     t = time.perf_counter()
-    searched_g32, _ = optimize_plan(model, g32, shape, method="robust", granularity=32, repeats=5, progress=False)
+    searched_g32, _ = optimize_plan(model, g32, shape, repeats=5,
+                                    config=SearchConfig(method="robust", granularity=32, progress=False))
     search_s = time.perf_counter() - t
     plans = {"robust search ranks": recorded_search_plan(out, model, vanilla), "robust search at g=32": searched_g32}
     choices = {}

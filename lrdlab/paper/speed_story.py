@@ -246,7 +246,8 @@ def speed_story_section(data: Path, links: str = "") -> str:
             f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
             f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
             f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
-            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same settings.",
+            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same settings; searched "
+            f"ranks: {story.get('search', 'the recorded robust search')}.",
             "",
             story_table(rows),
             "",

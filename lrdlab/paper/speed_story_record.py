@@ -15,34 +15,38 @@ from lrdlab.measure.machine import machine_info
 from lrdlab.paper import reproduce
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.recorded import data_dir
-from lrdlab.paper.search_records import recorded_search_plan
+from lrdlab.paper.search_records import recorded_search_plan, search_file
 from lrdlab.paper.speed_story import STORY_FILE
 from lrdlab.zoo.models import get_model
 
 
 def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None,
                        train: bool = False) -> Path:
-    """The quick reproduction's techniques stage at each thread count, the searched ranks from the recorded robust
-    search (``data``/search_robust_resnet50_cpu.json, default: the shipped one) → ``out``/speed_story_resnet50_cpu.json.
-    """
+    """The quick reproduction's techniques stage at each thread count → ``out``/speed_story_resnet50_cpu.json; the
+    searched ranks at each count are the robust search recorded at that count (``data``/:func:`search_file`, default:
+    the shipped ones), else the 1-thread search, and each run names its search file."""
+    data = data or data_dir()
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    searched = recorded_search_plan(data or data_dir(), model, vanilla)
-    results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
     modes = ("train", "inference") if train else ("inference",)  # the README's table is inference
     settings, load_before, runs = reproduce.Settings(quick=True, speed_modes=modes), os.getloadavg(), []
     for n in threads:
+        searched_at = n if (data / search_file(n)).exists() else 1
+        searched = recorded_search_plan(data, model, vanilla, searched_at)
+        results = {"optimize": {"resnet50": {"plan": searched.to_dict()}}}
         with compute_policy(n), round_limits(factor=1, budget_s=120.0):  # the quick reproduction's limits
             run = reproduce.stage_techniques(settings, results)
             run["compute"] = current_compute().to_dict()
-        runs.append(run)
+        runs.append({**run, "search": search_file(searched_at)})
     path = out / STORY_FILE
     path.write_text(json.dumps({
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
                 f"stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; {' and '.join(modes)}, "
-                "interleaved, 3 rounds) at each thread count; optimized ranks from the recorded robust search",
+                "interleaved, 3 rounds) at each thread count; optimized ranks from the robust search recorded at that "
+                "thread count",
         "command": f"lrdlab record speed-story --threads {','.join(map(str, threads))}",
-        "search": "robust search (search_robust_resnet50_cpu.json)", "machine": machine_info(),
+        "search": "robust search at each thread count (" + ", ".join(sorted({r["search"] for r in runs})) + ")",
+        "machine": machine_info(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
     }, indent=1, default=float) + "\n")
     return path

@@ -20,7 +20,6 @@ import torch
 
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
-from lrdlab.measure.sweeps import find_cliffs
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.speed_text import speedup_text, throughput_table  # noqa: F401 - used here and by callers
 
@@ -56,18 +55,19 @@ def render_rank_time(report, res: dict[str, Any]) -> None:
 
     df = pd.DataFrame(res["sweep"])
     report.heading("F1/F2 — layer time and parameter reduction vs Tucker rank, [512, 512, 3, 3] conv")
-    fig = plots.plot_rank_time(df, original_ms=float(df["original_ms"].iloc[0]),
+    cliffs = plots.rank_cliffs(df, rounds=int(res.get("rounds", 1)))
+    fig = plots.plot_rank_time(df, original_ms=float(df["original_ms"].iloc[0]), cliffs=cliffs,
                                title=f"Tucker-2 [512,512,3,3], input {tuple(res['input_shape'])}")
     report.figure(fig, "F1_rank_time", "F1: time per batch vs rank (median and quartiles; dashed: the original "
-                  "conv); marked ranks are cliffs (>5% jump over the rank below).")
+                  "conv); marked ranks are cliffs: steps above the measured noise, the rank search's rule "
+                  "(lrdlab.measure.stats.cliffs).")
     report.figure(plots.plot_params_removed(512, 512, 3, df["rank"].tolist()), "F2_params_removed",
                   "F2: % of the layer's weights removed vs rank (closed form).")
-    cliffs = find_cliffs(df["rank"], df["time_ms"])
     t = df.set_index("rank")["time_ms"]
     lo, hi = paper.FIG2_CLIFF["rank_below"], paper.FIG2_CLIFF["rank_above"]
     change = 100 * (t[hi] - t[lo]) / t[hi]
     report.text(f"The paper saw a {paper.FIG2_CLIFF['time_drop_pct']:.0f}% drop in time from rank {hi} to {lo} "
-                f"(GPU). Here: {change:+.1f}% ({t[hi]:.2f} → {t[lo]:.2f} ms); cliffs found at ranks "
+                f"(GPU). Here: {change:+.1f}% ({t[hi]:.2f} → {t[lo]:.2f} ms); cliffs above the noise at ranks "
                 f"{cliffs or 'none'}; the original conv takes {df['original_ms'].iloc[0]:.2f} ms.")
 
 

@@ -33,11 +33,13 @@ def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
     from lrdlab.explore.widgets import RankExplorer
 
     ex = RankExplorer(auto_measure=False)
+    ex.wait()  # a setting off the shipped grid is scored in the background
     assert "trained" in ex.model.value
     key = next(k for k in ex.network["accuracy"] if k.startswith("rounded"))
     first = ex.network["accuracy"][key]["accuracy"]
     assert first > 50 and "test accuracy" in ex.net_readout.value
     ex.ratio.value = 4.0
+    ex.wait()
     key = next(k for k in ex.network["accuracy"] if k.startswith("rounded"))
     assert ex.network["accuracy"][key]["accuracy"] != first and "α=4" in ex.readout.value
     print(f"accuracy update: {ex.render_seconds[-1]:.2f} s")
@@ -49,7 +51,7 @@ def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
 def test_prefetch_scores_new_plans_together_like_one_at_a_time(tmp_cache):
     from lrdlab.explore.network_lab import network_plan
 
-    lab = accuracy_lab.AccuracyLab()
+    lab = accuracy_lab.AccuracyLab(use_grid=False)  # score here, not from the shipped grid
     plans = [network_plan(lab.model, r, 1) for r in (2.0, 3.0)]
     threads = torch.get_num_threads()
     lab.prefetch(plans)  # both new: computed at once, one per core
@@ -59,3 +61,53 @@ def test_prefetch_scores_new_plans_together_like_one_at_a_time(tmp_cache):
     alone = [lab.accuracy(p) for p in plans]
     if (os.cpu_count() or 1) > 1:  # on one core prefetch leaves the work to accuracy()
         assert together == alone
+
+
+@pytest.mark.parametrize("name", ["resnet20_mnist5k", "vit_tiny_mnist5k"])
+def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache, name):
+    """The grid file is read (same weights, calibration, images), small, and states the README's original accuracy."""
+    from lrdlab.explore.network_lab import network_plan
+    from lrdlab.measure.cache import read_json
+    from lrdlab.paper.explorer_grids import grid_settings
+    from lrdlab.zoo.pretrained import kept_stem, pretrained_info
+
+    path = accuracy_lab.grid_path(name)
+    grid = read_json(path)
+    assert grid and path.stat().st_size < 300_000
+    lab = accuracy_lab.AccuracyLab(name)
+    assert {k: grid[k] for k in lab.settings()} == lab.settings(), "re-record: python -m lrdlab.paper.explorer_grids"
+    assert lab.settings()["test_images"] == 1000
+    assert lab.original() == pretrained_info(name)["test_accuracy"]  # the README's 97.7% for ResNet-20
+    assert lab.source() == "recorded grid"
+    recorded = {(r["ratio"], r["granularity"], r["rounding"]) for r in grid["rows"]}
+    assert set(grid_settings(name)) == recorded
+    plan = network_plan(lab.model, 2.0, 8, "down", kept_stem(pretrained_info(name)["model"]))  # the opening setting
+    assert lab.known(plan) and lab.source(plan) == "recorded grid"
+    row = next(r for r in grid["rows"] if (r["ratio"], r["granularity"], r["rounding"]) == (2.0, 8, "down"))
+    assert row["plan"] == accuracy_lab.plan_key(plan) and row["layers"] == len(plan.decomposed_layers)
+    from lrdlab.explore.network_lab import NetworkLab
+
+    counted = NetworkLab().counts(name, lab.model, plan, pretrained_info(name)["input_size"])
+    assert lab.structure(plan) == counted  # the explorer's counts from the file equal the counted ones
+
+
+@pytest.mark.slow
+def test_slider_moves_on_the_grid_answer_from_the_file_off_grid_in_the_background(tmp_cache):
+    import statistics
+
+    from lrdlab.explore.widgets import RankExplorer
+
+    ex = RankExplorer(auto_measure=False)
+    ex.render_seconds.clear()
+    for ratio in (3.0, 4.0, 2.0, 6.0, 1.5, 2.0, 3.0, 4.0, 6.0, 2.0):  # all on the shipped grid at g=8, down
+        ex.ratio.value = ratio
+        acc = ex.network["accuracy"]
+        assert all(a["source"] == "recorded grid" for a in acc.values()) and ex._job is None
+    print(f"grid moves: median {1000 * statistics.median(ex.render_seconds):.0f} ms over 10 (figures drawn anew)")
+    ex.granularity.value = 4  # off the grid: scored here in the background, with a progress bar
+    rounded = next(k for k in ex.network["accuracy"] if k.startswith("rounded"))
+    assert ex.network["accuracy"][rounded].get("pending") and "background" in ex.net_readout.value
+    assert ex.scoring.layout.visibility == "visible"
+    ex.wait()
+    assert ex.network["accuracy"][rounded]["source"] == "scored here" and "scored here" in ex.net_readout.value
+    assert ex.scoring.layout.visibility == "hidden" and ex.scoring.value == ex.scoring.max

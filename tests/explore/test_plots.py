@@ -9,7 +9,8 @@ from torch import nn
 
 from lrdlab.explore import plots
 from lrdlab.lowrank import ranks
-from lrdlab.measure.sweeps import find_cliffs
+from lrdlab.measure import rank_search, stats
+from lrdlab.paper.recorded import read
 
 
 def _labels(fig):
@@ -49,10 +50,10 @@ def test_layer_spectrum_matches_unfolding_for_conv_and_linear():
         plots.layer_spectrum(conv, "sideways")
 
 
-def test_find_cliffs_and_rank_time_plot():
+def test_planted_cliff_is_found_and_drawn():
     r = np.arange(250, 262)
     t = 3.4 + 0.01 * (r - 250) + 0.6 * (r > 256)
-    assert find_cliffs(r, t) == [257]
+    assert stats.cliffs(r, t) == [257]
     fig = plots.plot_rank_time(pd.DataFrame({"rank": r, "time_ms": t}), original_ms=4.5)
     ax = fig.axes[0]
     assert _labels(fig)[0] == ("rank r", "time per batch (ms)")
@@ -60,6 +61,53 @@ def test_find_cliffs_and_rank_time_plot():
     np.testing.assert_allclose(data.get_ydata(), t)
     assert original.get_ydata()[0] == 4.5
     assert cliff.get_xdata()[0] == 256.5
+
+
+def test_a_smooth_straight_line_has_no_cliff():
+    dense = np.arange(242, 270)
+    assert stats.cliffs(dense, 2.0 + 0.05 * (dense - 242)) == []
+    sparse = [32, 64, 128, 256, 384, 512, 640]  # notebook 01's sweep: every step is a big relative rise
+    line = [0.1 + 0.01 * r for r in sparse]
+    assert stats.cliffs(sparse, line) == []
+    assert plots.rank_cliffs(pd.DataFrame({"rank": sparse, "time_ms": line})) == []
+    assert stats.cliffs(sparse, [max(0.5, 0.002 * r) for r in sparse]) == []  # a bend is not a cliff
+    rng = np.random.default_rng(0)
+    noisy_line = [list((3.6 + 0.03 * (r - 242)) * (1 + 0.02 * rng.standard_normal(5))) for r in dense]
+    assert stats.cliffs(dense, noisy_line) == []
+    assert stats.cliffs([1, 2, 3], [1.0, 2.0, 3.0]) == []  # too short for a step model
+
+
+def test_noisy_rounds_planted_step_found_one_high_point_is_not_a_step():
+    rng = np.random.default_rng(0)
+    r = np.arange(242, 270)
+    truth = 3.6 + 0.4 * (r >= 257)
+    rounds = [list(t * (1 + 0.02 * rng.standard_normal(5))) for t in truth]
+    assert stats.cliffs(r, rounds) == [257]
+    spike = np.full(r.size, 3.8)
+    spike[r == 257] = 4.2  # one high point (the recorded F1 at 257), neighbours level: no step
+    assert stats.cliffs(r, [list(t * (1 + 0.02 * rng.standard_normal(5))) for t in spike]) == []
+    with pytest.raises(ValueError, match="ranks"):
+        stats.cliffs([1, 2], [1.0])
+
+
+def test_the_rank_search_picks_the_rank_just_below_the_cliff():
+    """One rule: where the figures mark a cliff, the rank search's step model takes the rank below it."""
+    rng = np.random.default_rng(1)
+    r = np.arange(240, 264)
+    samples = {int(k): list((3.5 + 0.5 * (k >= 256)) * (1 + 0.02 * rng.standard_normal(3))) for k in r}
+    found = stats.cliffs(list(samples), list(samples.values()))
+    assert found == [256]
+    assert rank_search.robust_candidate(samples)[0] == found[0] - 1
+
+
+def test_recorded_f1_has_no_cliff_at_257_as_the_readme_says():
+    """Notebooks 04 and 07 and the report read the same recording with the same rule: 257 is one high point."""
+    f1 = read("optimize_f1_conv512_cpu.csv")
+    if f1 is None:
+        pytest.skip("no recorded F1 in data/")
+    found = plots.rank_cliffs(f1.rows, rounds=int(f1.meta["settings"]["rounds"]))
+    assert 257 not in found
+    assert found == plots.rank_cliffs(f1.rows.sample(frac=1, random_state=0), rounds=3)  # order does not matter
 
 
 def test_params_removed_closed_form_matches_paper_figure_2b():

@@ -8,6 +8,7 @@ from lrdlab import count_flops, count_params, decompose, make_plan
 from lrdlab.lowrank.decompose import load_decomposed, save_decomposed
 from lrdlab.lowrank.factorize import block_diagonal_core, reconstruct_tucker2, tucker2_factors
 from lrdlab.lowrank.layers import decompose_layer
+from lrdlab.lowrank.methods import Tucker2Options
 from lrdlab.lowrank.ranks import tucker2_params, tucker2_rank_for_ratio
 from lrdlab.paper.techniques import block_diagonal_error
 from lrdlab.zoo.cifar_models import bottleneck_net
@@ -39,13 +40,13 @@ def dense_equivalent(layer) -> torch.Tensor:
 @pytest.mark.parametrize("tucker", ["hosvd", "hooi"])
 def test_one_branch_is_plain_tucker2_exactly(tucker):
     m = conv()
-    a = decompose_layer(m, "tucker2", (8, 12), tucker=tucker, branches=1)
+    a = decompose_layer(m, "tucker2", (8, 12), options=Tucker2Options(init=tucker), branches=1)
     u_in, core, u_out = tucker2_factors(m.weight, 8, 12, method=tucker)
     assert a.core.groups == 1 and a.branches == 1
     assert torch.equal(a.first.weight[:, :, 0, 0], u_in.T)
     assert torch.equal(a.core.weight, core)
     assert torch.equal(a.last.weight[:, :, 0, 0], u_out)
-    default = decompose_layer(m, "tucker2", (8, 12), tucker=tucker)
+    default = decompose_layer(m, "tucker2", (8, 12), options=Tucker2Options(init=tucker))
     x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
     assert torch.equal(a(x), default(x))
 

@@ -11,6 +11,7 @@ from lrdlab import decompose, get_model, load_decomposed, make_plan, merge_bottl
 from lrdlab.lowrank import ranks
 from lrdlab.lowrank.decompose import check_plan
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
+from lrdlab.lowrank.methods import MethodOptions, Tucker2Options
 from lrdlab.lowrank.plan import Plan
 from lrdlab.zoo.cifar_models import bottleneck_net
 
@@ -191,8 +192,12 @@ def test_decompose_layer_wants_a_sequence_of_ranks():
         decompose_layer(nn.Conv2d(4, 8, 3), "tucker2", ranks=4)
     with pytest.raises(ValueError, match="ranks must be a sequence of 1"):
         decompose_layer(nn.Linear(4, 8), "svd", ranks=4)
-    with pytest.raises(ValueError, match="tucker must be one of"):
-        decompose_layer(nn.Conv2d(4, 8, 3), "tucker2", (2, 2), tucker="hosvd2")
+    with pytest.raises(ValueError, match=r"Tucker2Options: init must be one of \('hosvd', 'hooi'\)"):
+        Tucker2Options(init="hosvd2")
+    with pytest.raises(ValueError, match="Tucker2Options: sweeps must be a positive int"):
+        Tucker2Options(init="hooi", sweeps=0)
+    with pytest.raises(ValueError, match="options of 'tucker2' must be a Tucker2Options, got MethodOptions"):
+        decompose_layer(nn.Conv2d(4, 8, 3), "tucker2", (2, 2), options=MethodOptions())
 
 
 def test_make_plan_of_a_name_points_to_get_model():
@@ -234,11 +239,12 @@ def test_save_decomposed_into_a_file_path_is_refused(resnet20, tmp_path):
 
 
 def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
-    from lrdlab import optimize_plan
+    from lrdlab import SearchConfig, optimize_plan
 
     plan = make_plan(resnet20, ratio=2, include="layer3.*")
     with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
-        optimize_plan(resnet20, plan, (3, 32, 32), time_fn=lambda module, shape: 1.0, cache_dir=None)
+        optimize_plan(resnet20, plan, (3, 32, 32), cache_dir=None,
+                      config=SearchConfig(time_fn=lambda module, shape: 1.0))
 
 
 def test_branched_tucker_keeps_a_full_rank_first_factor():

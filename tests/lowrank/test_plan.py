@@ -13,6 +13,7 @@ from lrdlab import count_flops, count_params, decompose, make_plan
 from lrdlab.cli import PAPER_EXCLUDE
 from lrdlab.lowrank.decompose import load_decomposed, planned_structure, save_decomposed
 from lrdlab.lowrank.layers import LowRankLayer
+from lrdlab.lowrank.methods import Tucker2Options
 from lrdlab.lowrank.plan import Plan
 
 
@@ -193,7 +194,8 @@ BAD_PLAN_CALLS = {
     "granularity 0": dict(ratio=2, granularity=0),
     "granularity float": dict(ratio=2, granularity=2.5),
     "unknown method": dict(ratio=2, method="tt"),
-    "unknown tucker": dict(ratio=2, tucker="parafac"),
+    "options not an options object": dict(ratio=2, options="hooi"),
+    "options twice for one method": dict(ratio=2, options=[Tucker2Options(), Tucker2Options(init="hooi")]),
     "unknown rounding": dict(ratio=2, rounding="sideways"),
     "unknown include": dict(ratio=2, include=["layer9.*"]),
     "unknown exclude": dict(ratio=2, exclude=["nope"]),

@@ -108,12 +108,13 @@ def test_bench_per_thread_count_names_its_compute():
 def test_the_searched_plan_records_its_thread_count(tmp_path):
     from lrdlab.measure.compute import compute_policy
     from lrdlab.measure.rank_search import optimize_plan
+    from lrdlab.measure.search_config import SearchConfig
 
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
     plan = make_plan(model, ratio=2)
     with compute_policy(1):
-        new, _ = optimize_plan(model, plan, (1, 3, 8, 8), lower=0.9, cache_dir=tmp_path, method="paper",
-                               time_fn=lambda layer, shape: 1e-3, progress=False)
+        new, _ = optimize_plan(model, plan, (1, 3, 8, 8), lower=0.9, cache_dir=tmp_path,
+                               config=SearchConfig(method="paper", time_fn=lambda layer, shape: 1e-3, progress=False))
     assert new.settings["optimize"]["threads"] == 1
     assert new.settings["optimize"]["machine"]["compute_mode"] in ("default", "shared")
 

@@ -17,6 +17,7 @@ from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.compare import compare
 from lrdlab.measure.rank_search import candidate_ranks, optimize_plan, pick_rank, rank_table, scaled_ranks
+from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.sweeps import granularity_sweep, rank_time_sweep, shaped_model
 
@@ -99,8 +100,8 @@ def test_fallback_and_cliff_with_a_fake_timer(tmp_path, method):
     model = tiny()
     plan = tiny_plan(model)
     timer = FakeTimer()
-    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=tmp_path, time_fn=timer,
-                                progress=False, method=method)
+    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=tmp_path,
+                                config=SearchConfig(time_fn=timer, progress=False, method=method))
     assert new["2"].ranks == [16, 16] and new["2"].reason == "optimized: 19→16"
     assert new["4"].ranks == [16, 16]
     org = "ORG: original faster" if method == "paper" else "ORG: original not beaten with confidence"
@@ -125,28 +126,29 @@ def test_fallback_and_cliff_with_a_fake_timer(tmp_path, method):
 def test_cache_hit_means_no_retiming(tmp_path):
     model = tiny()
     plan = tiny_plan(model)
-    kw = dict(lower=0.5, cache_dir=tmp_path, progress=False, method="paper")
-    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), time_fn=FakeTimer(), **kw)
+    kw = dict(lower=0.5, cache_dir=tmp_path)
+    paper = dict(progress=False, method="paper")
+    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=FakeTimer(), **paper))
     assert (tmp_path / "layer_times.json").exists()
     again = FakeTimer()
-    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), time_fn=again, **kw)
+    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=again, **paper))
     assert sum(again.calls.values()) == 0
     assert second.to_dict()["layers"] == first.to_dict()["layers"]
     assert second.settings["optimize"]["cache_misses"] == 0
     # another batch size, or a more careful measurement, is another key: timed afresh
     for shape, more in (((4, 3, 8, 8), {}), ((2, 3, 8, 8), {"rounds": 3})):
         other = FakeTimer()
-        optimize_plan(model, plan, shape, time_fn=other, **{**kw, **more})
+        optimize_plan(model, plan, shape, **{**kw, **more}, config=SearchConfig(time_fn=other, **paper))
         assert sum(other.calls.values()) > 0
 
 
 def test_robust_rerun_reuses_the_search_but_confirms_afresh(tmp_path):
     model = tiny()
     plan = tiny_plan(model)
-    kw = dict(lower=0.5, cache_dir=tmp_path, progress=False)
-    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), time_fn=FakeTimer(), **kw)
+    kw = dict(lower=0.5, cache_dir=tmp_path)
+    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=FakeTimer(), progress=False))
     again = FakeTimer()
-    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), time_fn=again, **kw)
+    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=again, progress=False))
     assert second.to_dict()["layers"] == first.to_dict()["layers"]
     assert again.calls[(32, 32, (10, 10))] == 0  # far from the step: answered by the cache
     assert again.calls[(32, 32, (16, 16))] == 15 + 10  # refinement (15 rounds) and the fresh confirmation run
@@ -176,19 +178,19 @@ def test_margin_and_rounds():
     model = tiny()
     plan = tiny_plan(model)
     for method in ("paper", "robust"):
-        strict, _ = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, margin=0.5, cache_dir=None,
-                                  time_fn=FakeTimer(), progress=False, method=method)
+        strict, _ = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None,
+                                  config=SearchConfig(margin=0.5, time_fn=FakeTimer(), progress=False, method=method))
         assert not strict["2"].decomposed  # 1.16 is not < 0.5 · 2.0
     timer = FakeTimer()
-    optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, rounds=3, cache_dir=None, time_fn=timer, progress=False,
-                  method="paper")
+    optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, rounds=3, cache_dir=None,
+                  config=SearchConfig(time_fn=timer, progress=False, method="paper"))
     assert timer.calls[(32, 32, (16, 16))] == 3
 
 
 def test_optimized_plan_decomposes_and_round_trips(tmp_path):
     model = tiny()
-    new, _ = optimize_plan(model, tiny_plan(model), (2, 3, 8, 8), lower=0.5, cache_dir=None, time_fn=FakeTimer(),
-                           progress=False)
+    new, _ = optimize_plan(model, tiny_plan(model), (2, 3, 8, 8), lower=0.5, cache_dir=None,
+                           config=SearchConfig(time_fn=FakeTimer(), progress=False))
     again = Plan.from_dict(json.loads(new.to_json()))
     out = decompose(model, again)
     assert isinstance(out[2], LowRankLayer) and out[2].ranks == (16, 16) and isinstance(out[6], nn.Conv2d)
@@ -207,15 +209,20 @@ def test_bad_inputs_are_clear_errors():
     plan = tiny_plan(model)
     other = make_plan(torchvision.models.resnet18(num_classes=10), ratio=2)
     with pytest.raises(ValueError, match="plan"):
-        optimize_plan(model, other, (2, 3, 8, 8), time_fn=FakeTimer(), cache_dir=None, progress=False)
+        optimize_plan(model, other, (2, 3, 8, 8), cache_dir=None,
+                      config=SearchConfig(time_fn=FakeTimer(), progress=False))
     with pytest.raises(ValueError, match="batch"):
-        optimize_plan(model, plan, (0, 3, 8, 8), time_fn=FakeTimer(), cache_dir=None, progress=False)
+        optimize_plan(model, plan, (0, 3, 8, 8), cache_dir=None,
+                      config=SearchConfig(time_fn=FakeTimer(), progress=False))
     with pytest.raises(ValueError, match="device"):
-        optimize_plan(model, plan, (2, 3, 8, 8), device="tpu", cache_dir=None, progress=False)
-    for kw in (dict(lower=0), dict(granularity=0), dict(rounds=0), dict(margin=1), dict(dtype="int4"),
-               dict(confirm_rounds=0), dict(method="argmax")):
+        optimize_plan(model, plan, (2, 3, 8, 8), device="tpu", cache_dir=None, config=SearchConfig(progress=False))
+    for kw, cfg in ((dict(lower=0), {}), ({}, dict(granularity=0)), (dict(rounds=0), {}), ({}, dict(margin=1)),
+                    ({}, dict(dtype="int4")), ({}, dict(confirm_rounds=0)), ({}, dict(method="argmax"))):
         with pytest.raises(ValueError):
-            optimize_plan(model, plan, (2, 3, 8, 8), time_fn=FakeTimer(), cache_dir=None, progress=False, **kw)
+            optimize_plan(model, plan, (2, 3, 8, 8), cache_dir=None, **kw,
+                          config=SearchConfig(time_fn=FakeTimer(), progress=False, **cfg))
+    with pytest.raises(ValueError, match="config must be a SearchConfig"):
+        optimize_plan(model, plan, (2, 3, 8, 8), cache_dir=None, config={"method": "paper"})
 
 
 # --- real timing ---------------------------------------------------------------------------------
@@ -227,8 +234,8 @@ def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
     model = torchvision.models.resnet18(num_classes=10).eval()
     plan = make_plan(model, ratio=2, exclude=["conv1", "*.downsample.*"])
     shape = (8, 3, 32, 32)
-    new, traces = optimize_plan(model, plan, shape, lower=0.95, repeats=5, rounds=2, margin=0.05, cache_dir=tmp_path,
-                                progress=False, method="paper")
+    new, traces = optimize_plan(model, plan, shape, lower=0.95, repeats=5, rounds=2, cache_dir=tmp_path,
+                                config=SearchConfig(margin=0.05, progress=False, method="paper"))
     for name, d in traces.groupby("layer"):
         if d["chosen"].any():  # a kept decomposition was measured at least 5% faster than the original layer
             assert d.loc[d["chosen"], "time_s"].iloc[0] < 0.95 * d["original_s"].iloc[0]
@@ -284,8 +291,8 @@ def test_cli_optimize_writes_a_plan(tmp_path, capsys):
 def test_branched_tucker_searches_multiples_of_the_branches():
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1))
     plan = make_plan(model, ratio=2, branches=4, exclude=["0"])
-    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None, time_fn=FakeTimer(),
-                                progress=False)
+    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None,
+                                config=SearchConfig(time_fn=FakeTimer(), progress=False))
     for label in traces["ranks"]:
         assert all(int(r) % 4 == 0 for r in label.split(","))
     assert scaled_ranks((32, 44), 16, 4) == (16, 20)

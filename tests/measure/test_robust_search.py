@@ -10,6 +10,7 @@ from torch import nn
 from lrdlab import make_plan
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, robust_candidate
+from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.stats import place_step
 
 CLIFF = 112  # t(r) jumps by 15% from rank 111 to 112
@@ -67,10 +68,10 @@ def original_fastest_truth(r):
     return 1.03 * (1.15 if r >= CLIFF else 1.0)
 
 
-def run(truth, seed, method="robust", timer=NoisyTimer, **kw):
+def run(truth, seed, method="robust", timer=NoisyTimer):
     model = linear_model()
-    new, traces = optimize_plan(model, plan_of(model), (4, 512), method=method, cache_dir=None,
-                                time_fn=timer(truth, seed), progress=False, **kw)
+    new, traces = optimize_plan(model, plan_of(model), (4, 512), cache_dir=None,
+                                config=SearchConfig(method=method, time_fn=timer(truth, seed), progress=False))
     return new, traces
 
 
@@ -152,6 +153,5 @@ def test_place_step_ignores_drift_between_rounds_and_single_spikes():
 
 
 def test_method_is_checked():
-    model = linear_model()
-    with pytest.raises(ValueError, match="method"):
-        optimize_plan(model, plan_of(model), (4, 512), method="fast", cache_dir=None, progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        SearchConfig(method="fast")

@@ -22,3 +22,21 @@ def test_plan_from_t1_round_trips_the_rank_table_with_params_that_follow_the_ran
         assert back[row.name].params_after < vanilla[row.name].params_after
     assert back[rows[2].name].params_after == vanilla[rows[2].name].params_before
     assert vanilla[rows[2].name].decomposed and not back[rows[2].name].decomposed  # vanilla itself is unchanged
+
+
+def test_the_search_is_read_at_the_thread_count_it_was_recorded_at(tmp_path):
+    import json
+
+    import pytest
+
+    from lrdlab.paper.search_records import SEARCH_FILE, recorded_search_plan, search_file
+
+    assert search_file(1) == SEARCH_FILE and search_file(2) == "search_robust_resnet50_cpu_2threads.json"
+    model = get_model("resnet20").eval()
+    vanilla = make_plan(model, ratio=2, exclude=["conv1"])
+    two, first = Plan.from_dict(vanilla.to_dict()), vanilla.decomposed_layers[0].name
+    two[first].keep("ORG: searched at 2 threads")
+    (tmp_path / search_file(2)).write_text(json.dumps({"t1": rank_table(vanilla, two).to_dict(orient="records")}))
+    assert vanilla[first].decomposed and not recorded_search_plan(tmp_path, model, vanilla, 2)[first].decomposed
+    with pytest.raises(ValueError, match="--threads 1"):
+        recorded_search_plan(tmp_path, model, vanilla, 1)

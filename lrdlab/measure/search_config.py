@@ -1,0 +1,64 @@
+"""How the measured rank search runs: :class:`SearchConfig`, the options of
+:func:`lrdlab.measure.rank_search.optimize_plan` beside what it measures (device, direction, ranks, repeats)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from lrdlab.measure import timing as measure
+from lrdlab.measure.rank_candidates import METHODS
+
+TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
+
+
+def _count(value: object, name: str, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        kind = "positive int" if least == 1 else "non-negative int"
+        raise ValueError(f"SearchConfig: {name} must be a {kind} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search's algorithm and statistics (``optimize_plan(..., config=SearchConfig(...))``).
+
+    ``method``: ``"robust"`` (default; step model, refinement and confirmation) or ``"paper"`` (P1 Algorithm 1
+    as written). ``granularity``: ranks searched are its multiples. ``dtype``: autocast (None/"fp32", "bf16",
+    "fp16"). ``warmup``: untimed runs before each timing. Robust: while no step is found and a rank's median is
+    noisier than ``resolution``, rounds grow to ``max_rounds``; ``confirm_rounds`` starts the confirmation run;
+    ``min_step`` is the smallest relative step the step model accepts. ``margin``: a decomposition must be this
+    much faster than the original. ``time_fn`` replaces the timer, (module, input_shape) → seconds (tests).
+    ``progress``: progress bars.
+    """
+
+    method: str = "robust"
+    granularity: int = 1
+    dtype: str | None = None
+    warmup: int = 3
+    max_rounds: int = 9
+    resolution: float = 0.03
+    confirm_rounds: int = 10
+    margin: float = 0.0
+    min_step: float = 0.02
+    time_fn: TimeFn | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS} (got {self.method!r})")
+        measure.check_dtype(self.dtype)
+        _count(self.warmup, "warmup", 0)
+        _count(self.max_rounds, "max_rounds", 1)
+        _count(self.confirm_rounds, "confirm_rounds", 1)
+        if not (0 <= self.margin < 1):
+            raise ValueError(f"margin must be in [0, 1) (got {self.margin!r})")
+        for name in ("resolution", "min_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"SearchConfig: {name} must be a positive number (got {value!r})")
+        if self.time_fn is not None and not callable(self.time_fn):
+            raise ValueError(f"SearchConfig: time_fn must be callable (module, input_shape) → seconds, "
+                             f"got {type(self.time_fn).__name__}")
