@@ -1,6 +1,6 @@
 """The transformer study: a trained ViT-tiny on MNIST-5k, decomposed.
 
-``lrdlab record transformers study --weights PATH --out data/transformers_mnist5k.json``
+``python -m tools.record transformers study --weights PATH --out data/transformers_mnist5k.json``
 
 - ``accuracy``: test accuracy vs compression ratio, right after decomposition (zero-shot) and after
   ``finetune_epochs`` of fine-tuning (all factors trainable);
@@ -35,7 +35,7 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
-from lrdlab.paper.transformers_targets import median_time
+from tools.record.transformers_targets import median_time
 
 TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
@@ -207,7 +207,7 @@ QUICK = {"ratios": (2,), "finetune_ratios": (), "freeze_epochs": 1, "granulariti
 def record_study(out: str | Path, *, weights: str | Path | None = None, train_epochs: int = TRAIN["epochs"],
                  subset: int | None = None, quick: bool = False, calibration_images: int = 512,
                  command: str = "") -> dict[str, Any]:
-    """``lrdlab record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``.
+    """``python -m tools.record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``.
 
     ``weights``: a shipped model's name (``vit_tiny_mnist5k``, see :func:`lrdlab.pretrained`) or a
     state_dict file; without it a ViT-tiny is trained here. Decompositions are calibrated on the first

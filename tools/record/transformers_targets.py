@@ -1,6 +1,6 @@
 """Transformer targets and the q/k/v design measurement, recorded as JSON.
 
-``lrdlab record transformers targets --out data/transformers_targets_cpu.json [--threads 1] [--vit-tiny PATH]``
+``python -m tools.record transformers targets --out data/transformers_targets_cpu.json [--threads 1] [--vit-tiny PATH]``
 
 - ``vit_b_16``: torchvision ViT-B/16, random weights, ratio 2: encoder projections decomposed, finite output,
   full rank vs original, plan and decompose wall time (and how much of it is SVD).
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -31,6 +30,7 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.records import write_record
 from lrdlab.zoo.models import get_model
 
 
@@ -212,6 +212,5 @@ def record_targets(out: str | Path, *, vit_tiny: str | Path | None = None, skip:
             studies.append(qkv_choice(tiny, images, f"vit_tiny trained on MNIST-5k ({info['source']})"))
         result["qkv_choice"] = studies
     result["load_average_after"] = list(os.getloadavg())
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_record(out, result)
     return result

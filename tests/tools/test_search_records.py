@@ -5,7 +5,7 @@ from __future__ import annotations
 from lrdlab import get_model, make_plan
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.rank_search import rank_table
-from lrdlab.paper.search_records import plan_from_t1
+from tools.record.search import plan_from_t1
 
 
 def test_plan_from_t1_round_trips_the_rank_table_with_params_that_follow_the_ranks():
