@@ -56,7 +56,7 @@ def test_pages_name_only_commands_that_exist(page):
     text = page.read_text()
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
     records = set(record_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
-    for what in re.findall(r"`lrdlab ([a-z-]+)", text):
+    for what in re.findall(r"`lrdlab ([a-z][a-z-]*)", text):
         assert what in commands, f"{page.name} names `lrdlab {what}`, which does not exist (see lrdlab --help)"
     for what in re.findall(r"python -m tools\.record ([a-z-]+)", text):
         assert what in records, f"{page.name} names `python -m tools.record {what}`, which does not exist"

@@ -22,6 +22,7 @@ from tools.record.speed_checks import table_speedup
 SPEED_BEGIN = "<!-- speed-section: generated from data/ by tools.readme_blocks.speed_section -->"
 SPEED_END = "<!-- /speed-section -->"
 
+
 def between_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> str:
     """The same ranks on torch.compile in two recordings: how far the medians moved against the intervals."""
     pairs = {"searched ranks": ("robust search ranks", "robust search ranks"),

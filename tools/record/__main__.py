@@ -128,10 +128,10 @@ def run(args: argparse.Namespace, command: str) -> int:
     elif args.what == "techniques":
         from tools.record.techniques import record_techniques
 
-        record_techniques(args.study, args.out, model=args.model, batch=args.batch, image_size=args.image_size,
-                          rounds=args.rounds, bn=args.bn, data=args.data, seeds=args.seeds,
-                          base_epochs=args.base_epochs, ft_epochs=args.ft_epochs, inputs=args.inputs,
-                          command=command)
+        print("wrote", record_techniques(args.study, args.out, model=args.model, batch=args.batch,
+                                         image_size=args.image_size, rounds=args.rounds, bn=args.bn, data=args.data,
+                                         seeds=args.seeds, base_epochs=args.base_epochs, ft_epochs=args.ft_epochs,
+                                         inputs=args.inputs, command=command))
     elif args.what == "freezing":
         from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
 
