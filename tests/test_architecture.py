@@ -50,9 +50,9 @@ TOO_MANY_PARAMS = {
     "lrdlab.paper.techniques.branch_sweep", "lrdlab.paper.freezing_grid.record_freezing_grid",
 }
 # lrdlab/paper/ holds only what `lrdlab reproduce` and its report need; recording and README generation are developer
-# tools in tools/. The target is 15% of the package's lines. Today 2,245 of 14,378 lines (15.6%): the
-# recording halves of paper/lm_study.py, calibration_modes.py and freezing_grid.py (being edited elsewhere this
-# round) are still to move to tools/record/, which brings it under 15%; then lower this bound to the target.
+# tools in tools/. The target is 15% of the package's lines; when this bound was set paper/ was 15.6% (from 23%
+# before tools/ existed): the recording halves of paper/lm_study.py, calibration_modes.py and freezing_grid.py are
+# still to move to tools/record/, which should bring it under 15%; then lower the bound to the target.
 PAPER_SHARE = 0.16
 PAPER_SHARE_TARGET = 0.15
 # The one import cycle left: decompose(calibration=...) hands over to calibration, apply_structure re-merges a
