@@ -38,7 +38,8 @@ def current_block(text: str, begin: str, end: str) -> str:
 def rewrite(page: str | Path, names: tuple[str, ...], data: str | Path = "data") -> list[str]:
     """Rewrite the sections ``names`` of ``page`` from ``data``; returns the names of those that changed. A missing
     marker raises ValueError before anything is written."""
-    path, changed = Path(page), []
+    path = Path(page)
+    changed: list[str] = []
     text = path.read_text()
     for name in names:
         begin, end, render = sections()[name]

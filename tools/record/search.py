@@ -105,7 +105,7 @@ def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
             row.keep("ORG (recorded search)")
             continue
         ranks = [int(v) for v in str(rec["optimized"]).split(",")]
-        row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+        row.ranks = ranks * len(row.ranks or [0]) if len(ranks) == 1 else ranks
         row.params_after = params_of(describe(model.get_submodule(row.name)), row.method, row.ranks, row.branches)
     return plan
 

@@ -37,7 +37,7 @@ from lrdlab.measure.interleave import interleave
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
 from tools.record.transformers_targets import median_time
 
-TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
+TRAIN: dict[str, Any] = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
 SCHEMA = {
     "accuracy": "ratio, params (whole model), accuracy_zero_shot (test %, no gradient step), calibrated (bool), "
@@ -177,7 +177,7 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
     decomposed = _decompose(model, freeze_ratio, None)  # structure only: the throughput does not see weights
     throughput = freezing_throughput(model, decomposed, (batch, c, h, w), rounds)
     tokens = batch * ((h // 4) * (w // 4) + 1)  # vit_tiny: 4×4 patches and a class token
-    embed = model.hidden_dim if hasattr(model, "hidden_dim") else 192
+    embed: int = getattr(model, "hidden_dim", 192)
     mlp = 2 * embed
     gemm = gemm_rank_times([(embed, embed), (embed, mlp), (mlp, embed)], gemm_window, tokens, rounds=rounds)
     sweep = _granularity_rows(model, freeze_ratio, granularities, (batch, c, h, w), rounds=rounds)

@@ -61,7 +61,7 @@ class _SvdClock:
 
 def vit_b_16_target() -> dict[str, Any]:
     torch.manual_seed(0)
-    model = get_model("vit_b_16").eval()
+    model: Any = get_model("vit_b_16").eval()
     nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises the head
     t = time.perf_counter()
     plan = make_plan(model, ratio=2)
@@ -97,10 +97,10 @@ def gpt2_target() -> dict[str, Any]:
     from lrdlab.zoo.hf_models import gpt2_from_config
 
     torch.manual_seed(0)
-    model = gpt2_from_config(n_layer=2)
+    model: Any = gpt2_from_config(n_layer=2)
     conv1d = [n for n, m in model.named_modules() if is_conv1d(m)]
     plan = make_plan(model, ratio=2)
-    small = decompose(model, plan, progress=False)
+    small: Any = decompose(model, plan, progress=False)
     full = decompose(model, make_plan(model, rank="full", allow_larger=True), progress=False)
     ids = torch.randint(0, model.config.vocab_size, (2, 32))
     with torch.no_grad():
