@@ -21,15 +21,15 @@ browser:
 	  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null)
 
 test: $(STAMP) browser
-	$(VENV)/bin/ruff check lrdlab tests
+	$(VENV)/bin/ruff check lrdlab tests tools
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-readme: $(STAMP)  # rewrite the generated sections of README.md and docs/ from data/ (after `lrdlab record ...`)
-	$(PY) -c "from lrdlab.paper.readme_sections import regenerate; print('regenerated:', regenerate() or 'nothing')"
+readme: $(STAMP)  # rewrite the generated sections of README.md and docs/ from data/ (after `python -m tools.record ...`)
+	$(PY) -m tools.readme
 
 notebooks-full: $(STAMP)  # every notebook with QUICK=False, times to data/notebooks_full_times.json (long: hours)
 	$(PY) tests/run_notebooks_full.py $(NOTEBOOKS)

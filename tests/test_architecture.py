@@ -1,6 +1,7 @@
 """The package's shape: stages import only earlier stages, no module imports itself back (not even from inside
 a function), no private name crosses modules, public functions take few parameters, `import lrdlab` stays light,
-modules stay small, and an installed wheel carries the reference data the explorers read and the shipped weights."""
+modules stay small, the papers' code is a small share of the library (developer tools live in tools/, outside it),
+and an installed wheel carries the reference data the explorers read and the shipped weights, and no tools."""
 
 import ast
 import subprocess
@@ -45,11 +46,15 @@ TOO_MANY_PARAMS = {
     "lrdlab.measure.rank_search.search_layer",
     "lrdlab.measure.compare.compare", "lrdlab.measure.sweeps.bench_plan", "lrdlab.measure.sweeps.rank_time_sweep",
     "lrdlab.measure.sweeps.speed_table", "lrdlab.measure.sweeps.granularity_sweep", "lrdlab.zoo.data.get_loaders",
-    "lrdlab.paper.freezing_study.run_freezing_study", "lrdlab.paper.transformers_study.run_transformers_study",
-    "lrdlab.paper.techniques.accuracy_study", "lrdlab.paper.techniques.techniques_table",
-    "lrdlab.paper.techniques.branch_sweep", "lrdlab.paper.record.record_techniques",
-    "lrdlab.paper.record.record_resnet50", "lrdlab.paper.freezing_grid.record_freezing_grid",
+    "lrdlab.paper.freezing_study.run_freezing_study", "lrdlab.paper.techniques.accuracy_study",
+    "lrdlab.paper.techniques.branch_sweep", "lrdlab.paper.freezing_grid.record_freezing_grid",
 }
+# lrdlab/paper/ holds only what `lrdlab reproduce` and its report need; recording and README generation are developer
+# tools in tools/. The target is 15% of the package's lines; when this bound was set paper/ was 15.6% (from 23%
+# before tools/ existed): the recording halves of paper/lm_study.py, calibration_modes.py and freezing_grid.py are
+# still to move to tools/record/, which should bring it under 15%; then lower the bound to the target.
+PAPER_SHARE = 0.16
+PAPER_SHARE_TARGET = 0.15
 # The one import cycle left: decompose(calibration=...) hands over to calibration, apply_structure re-merges a
 # merged plan's blocks, and both of those modules build on decompose.
 CYCLE_EXCEPTIONS = [{"lrdlab.lowrank.decompose", "lrdlab.lowrank.calibration", "lrdlab.lowrank.merge"}]
@@ -185,6 +190,34 @@ def test_public_functions_take_few_parameters():
     assert not fixed, f"these now take few enough parameters: drop them from TOO_MANY_PARAMS: {sorted(fixed)}"
 
 
+def _lines(paths) -> int:
+    return sum(len(p.read_text().splitlines()) for p in paths)
+
+
+def test_the_papers_code_is_a_small_share_of_the_package():
+    paper, package = _lines((PKG / "paper").rglob("*.py")), _lines(PKG.rglob("*.py"))
+    share = paper / package
+    assert share <= PAPER_SHARE, (f"lrdlab/paper/ is {paper} of {package} lines ({share:.1%} > {PAPER_SHARE:.0%}): "
+                                  "move recording and generating code to tools/, keep what `lrdlab reproduce` needs")
+    assert share > PAPER_SHARE_TARGET or PAPER_SHARE == PAPER_SHARE_TARGET, \
+        f"the paper's share ({share:.1%}) reached the target: set PAPER_SHARE = PAPER_SHARE_TARGET"
+
+
+def test_the_package_never_imports_the_developer_tools():
+    wrong = [f"{_name(p)} imports {m}" for p in _modules() for m in _tool_imports(p)]
+    assert not wrong, "lrdlab must work without the checkout's tools/ (they are not in the wheel):\n" + "\n".join(wrong)
+
+
+def _tool_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m == "tools" or m.startswith("tools.")}
+
+
 def test_modules_stay_small():
     big = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
@@ -217,4 +250,4 @@ def test_the_wheel_carries_the_reference_data(tmp_path):
     shipped |= {str(p.relative_to(ROOT)) for p in (PKG / "zoo" / "weights").glob("*")}  # lrdlab.pretrained
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "lrdlab/py.typed" in names
-    assert not any(n.startswith(("tests/", "notebooks/", "data/")) for n in names)
+    assert not any(n.startswith(("tests/", "notebooks/", "data/", "tools/")) for n in names)

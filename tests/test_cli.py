@@ -64,7 +64,16 @@ def test_plan_for_another_model_is_refused(tmp_path, capsys):
     assert "make a new plan" in capsys.readouterr().err
 
 
-def test_record_transformers_needs_a_part_and_an_output(capsys):
-    assert main(["record", "transformers", "study"]) == 2  # argparse's errors: one line, exit code 2
-    assert "--out" in capsys.readouterr().err
-    assert main(["record", "transformers", "everything", "--out", "x.json"]) == 2
+def test_bench_record_writes_the_report_in_the_one_recorded_format(tmp_path, capsys):
+    from lrdlab.measure.records import read_record, record_text
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "resnet20", "--threads", "1", "--rounds", "2", "--max-rounds", "2", "--batch", "1",
+            "--image-size", "16", "--repeats", "1", "--record", str(out)]
+    assert main(argv) == 0
+    record = read_record(out)
+    assert record["command"] == "lrdlab " + " ".join(argv) and record["machine"]["torch_threads"] == 1
+    assert len(record["load_average_before"]) == 3 and "inference" in record and "ideal_speedup" in record
+    assert out.read_text() == record_text(record)  # indent 1, a trailing newline
+    assert main([*argv[:-1], str(tmp_path / "missing" / "b.json")]) == 2  # checked before the work
+    assert "does not exist" in capsys.readouterr().err

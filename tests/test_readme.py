@@ -36,24 +36,30 @@ def test_accuracy_table_matches_the_recorded_study(model):
         for variant, cell in zip(VARIANTS, cells[2:]):
             value = at[at["variant"] == variant]["accuracy"].iloc[0]
             assert float(cell) == round(float(value), 1), f"{variant} at ratio {ratio}: README {cell}, data {value}"
-    # and the whole table is the one lrdlab renders from that file (every ratio, none left out)
-    import json
+    # and the whole table is the one tools/readme_blocks.py renders from that file (every ratio, none left out)
+    from lrdlab.measure.records import read_record
+    from tools.readme_blocks import accuracy_table
 
-    from lrdlab.paper.accuracy_study import markdown_table
-
-    table = markdown_table(json.loads((ROOT / "data" / "accuracy_f11_mnist5k.json").read_text()), model)
+    table = accuracy_table(read_record("accuracy_f11_mnist5k.json"), model)
     readme = (ROOT / "docs" / "accuracy.md").read_text()
-    assert f"{marker}\n{table}\n" in readme, "regenerate: markdown_table(result, model)"
+    assert f"{marker}\n{table}\n" in readme, "regenerate: tools.readme_blocks.accuracy_table(result, model)"
 
 
-def test_readme_names_only_recording_commands_that_exist():
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
+def test_pages_name_only_commands_that_exist(page):
     from lrdlab.cli import build_parser
+    from tools.record.__main__ import build_parser as record_parser
 
-    readme = (ROOT / "README.md").read_text()
-    record = build_parser()._subparsers._group_actions[0].choices["record"]  # noqa: SLF001
-    known = set(record._subparsers._group_actions[0].choices)  # noqa: SLF001
-    for what in re.findall(r"lrdlab record ([a-z-]+)", readme):
-        assert what in known, f"README names `lrdlab record {what}`, which does not exist"
+    text = page.read_text()
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    records = set(record_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    for what in re.findall(r"`lrdlab ([a-z][a-z-]*)", text):
+        assert what in commands, f"{page.name} names `lrdlab {what}`, which does not exist (see lrdlab --help)"
+    for what in re.findall(r"python -m tools\.record ([a-z-]+)", text):
+        assert what in records, f"{page.name} names `python -m tools.record {what}`, which does not exist"
 
 
 @pytest.mark.slow
@@ -71,15 +77,15 @@ def test_readme_accuracy_snippet_does_what_its_comments_say():
 
 
 def test_transformer_section_is_the_one_generated_from_data():
-    from lrdlab.paper.readme_sections import current_block
-    from lrdlab.paper.transformers_report import README_BEGIN, README_END, readme_section
+    from tools.readme import current_block
+    from tools.readme_blocks import TRANSFORMERS_BEGIN, TRANSFORMERS_END, transformers_section
 
-    block = current_block((ROOT / "docs" / "transformers.md").read_text(), README_BEGIN, README_END)
-    assert block == readme_section(ROOT / "data"), "run `make readme`"
+    block = current_block((ROOT / "docs" / "transformers.md").read_text(), TRANSFORMERS_BEGIN, TRANSFORMERS_END)
+    assert block == transformers_section(ROOT / "data"), "run `make readme`"
 
 
 def test_readme_is_short_and_its_generated_blocks_are_current():
-    from lrdlab.paper.readme_sections import PAGES, current_block, sections
+    from tools.readme import PAGES, current_block, sections
 
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 120, "the README is a two-minute read: move detail to docs/"

@@ -36,7 +36,6 @@ SUBCOMMANDS = {
     "choose": (library._add_choose, library._run_choose),
     "train": (library._add_train, library._run_train),
     "merge": (library._add_merge, library._run_merge),
-    "record": (study._add_record, study._run_record),
     "bench-lm": (lm_cli._add_bench_lm, lm_cli._run_bench_lm),
 }
 
@@ -66,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandLineError as err:
         print(err, file=sys.stderr)
         return 2
+    args.command_line = "lrdlab " + " ".join(sys.argv[1:] if argv is None else argv)  # what recorded files name
     threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None  # in-process runs
     try:
         _check_numbers(args)

@@ -248,8 +248,7 @@ def apply_compute_from_args(args: argparse.Namespace) -> None:
         print(f"lrdlab {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
 
 
-_FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None), ("record", "speed"),
-                   ("record", "speed-checks"), ("record", "speed-story")}
+FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None)}  # (command, what) whose --out is a folder
 
 
 def _check_output(path: Path, flag: str, folder: bool) -> None:
@@ -267,10 +266,11 @@ def _check_output(path: Path, flag: str, folder: bool) -> None:
         raise ValueError(f"{flag} {path}: {parent} is not a writable folder; give another path")
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Every output path (``--out``, ``--traces``) checked for writability before the work starts."""
-    folder = (args.command, getattr(args, "what", None)) in _FOLDER_OUTPUTS
-    for key, is_folder in (("out", folder), ("traces", False)):
+def check_outputs(args: argparse.Namespace, folders: set[tuple[str, str | None]] = FOLDER_OUTPUTS) -> None:
+    """Every output path (``--out``, ``--traces``, ``--record``) checked for writability before the work starts;
+    ``--out`` is a folder for the (``command``, ``what``) pairs in ``folders``."""
+    folder = (args.command, getattr(args, "what", None)) in folders
+    for key, is_folder in (("out", folder), ("traces", False), ("record", False)):
         path = getattr(args, key, None)
         if isinstance(path, Path):
             _check_output(path, f"--{key}", is_folder)

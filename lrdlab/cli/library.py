@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,6 +119,20 @@ def _add_bench(sub) -> None:
                    help="also time each decomposed layer in place and the rest of the network (eager inference): "
                         "how far the untouched part caps the whole-network speed-up")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--record", type=Path, default=None, metavar="FILE",
+                   help="also write the report as a recorded result (machine, load average, this command) to FILE")
+
+
+def _record_bench(args: argparse.Namespace, report: dict, load_before: tuple[float, ...]) -> None:
+    """``--record FILE``: the report in the one recorded format, naming the machine, its load and the command."""
+    from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.records import write_record
+
+    if args.record is not None:
+        write_record(args.record, {"what": f"lrdlab bench {args.model}: the plan against the original, interleaved",
+                                   "command": getattr(args, "command_line", ""), "machine": machine_info(args.device),
+                                   "load_average_before": list(load_before),
+                                   "load_average_after": list(os.getloadavg()), **report})
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -136,12 +151,13 @@ def _run_bench(args: argparse.Namespace) -> int:
               dtype=None if args.dtype == "fp32" else args.dtype, channels_last=args.channels_last,
               compile=args.compile, progress=not args.json, backend=backend, max_rounds=args.max_rounds,
               budget_s=args.budget)
-    searched = plan.settings.get("optimize", {}).get("threads")
+    searched, load_before = plan.settings.get("optimize", {}).get("threads"), os.getloadavg()
     if searched and (args.threads or [current_compute().threads]) != [searched]:
         print(f"note: this plan's ranks were searched at {searched} thread(s); timed here at "
               f"{','.join(map(str, args.threads or [current_compute().threads]))}", file=sys.stderr)
     if args.threads and len(args.threads) > 1:
         reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, **kw)
+        _record_bench(args, {"model": args.model, "threads": args.threads, "reports": reports}, load_before)
         if args.json:
             print(json.dumps({"model": args.model, "threads": args.threads, "reports": reports}, indent=2))
         else:
@@ -156,6 +172,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         report["breakdown"] = plan_breakdown(model, plan, (args.batch, *shape[1:]), rounds=max(args.rounds, 2),
                                              device=args.device, progress=not args.json)
         text += "\nbreakdown (in place, eager, 95% CI):\n" + breakdown_text(report["breakdown"]["summary"])
+    _record_bench(args, report, load_before)
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
 

@@ -5,7 +5,7 @@ Decomposition is the library's data-aware one with BatchNorm re-estimation
 readout), scored on the whole 1,000-image MNIST-5k test split, the README's. Trained models are the ones lrdlab
 ships (``lrdlab.pretrained(name)``; ResNet-20 by default, any other shipped model by name, e.g.
 ``AccuracyLab("vit_tiny_mnist5k")``). A shipped grid (:func:`grid_path`, recorded by
-:mod:`lrdlab.paper.explorer_grids`) answers the plans it holds when its weights, calibration and images match.
+:mod:`tools.record.explorer_grids`) answers the plans it holds when its weights, calibration and images match.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ DEFAULT_PRETRAINED = "resnet20_mnist5k"
 # (calibration, test) images of an accuracy: the test images are the whole MNIST-5k test split (1,000, the README's),
 # so the original's accuracy is the one its weights' record states. vit_tiny's forward costs ≈10× ResNet-20's;
 # 32 calibration images (2,080 tokens) score within noise of 128 there. The shipped grids answer their settings
-# without scoring (lrdlab.paper.explorer_grids).
+# without scoring (tools.record.explorer_grids).
 TEST_IMAGES = 1000
 ACCURACY_IMAGES: dict[str, tuple[int, int]] = {"vit_tiny": (32, TEST_IMAGES)}
 DEFAULT_ACCURACY_IMAGES = (128, TEST_IMAGES)

@@ -37,7 +37,7 @@ class RankExplorer:
     include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a
     browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
     ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
-    (:mod:`lrdlab.paper.explorer_grids`); other plans are scored here, in the background with a progress bar
+    (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
     (``background=False``: at once, before the readout), and :meth:`wait` waits for that.
     """
 

@@ -19,8 +19,8 @@ decomposed layer at ranks r = R, R−g, … down to ``lower``·R, each in ``roun
 Layers with identical shapes are timed once; the search timings persist in the one
 :class:`~lrdlab.measure.cache.TimeCache` (samples and spread; too-noisy entries are re-measured).
 The confirmation run is never cached. Timing uses random weights of the right shapes: the time of
-a rank does not depend on the weights' values. ``lrdlab record speed`` regenerates the recorded
-benchmarks (lrdlab.paper.record).
+a rank does not depend on the weights' values. ``python -m tools.record speed`` regenerates the recorded
+benchmarks (tools/record/speed.py in the checkout).
 """
 
 from __future__ import annotations

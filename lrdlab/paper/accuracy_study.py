@@ -10,13 +10,12 @@ For each model and ratio (stem kept) the study records the MNIST-5k test accurac
                  model as distillation teacher: :data:`STUDY_MODELS` ``finetune``)
 
 plus params and FLOPs (one 3×32×32 image) per ratio and the seconds each step took. Run it as
-``lrdlab record accuracy --out data/accuracy_f11_mnist5k.json``.
+``python -m tools.record accuracy --out data/accuracy_f11_mnist5k.json``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from lrdlab.measure.records import read_record, write_record
 from lrdlab.zoo.pretrained import kept_stem
 
 RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -53,8 +53,9 @@ def _accuracy(model, loader) -> tuple[float, float]:
 
 def finetune(net: torch.nn.Module, teacher: torch.nn.Module, loaders, epochs: int, recipe: dict[str, Any],
              freezer=None, *, seed: int = 0, progress: bool = False, label: str = ""):
-    """:func:`lrdlab.fit` by a recipe (:data:`STUDY_MODELS`' ``finetune`` or :data:`SWEEP`): its optimizer,
-    learning rate and batch size (the training set rebatched), ``teacher`` distilling when ``distill``."""
+    """:func:`lrdlab.fit` by a recipe (:data:`STUDY_MODELS`' ``finetune``, or one of the fine-tuning sweep's in the
+    checkout's tools/record/accuracy.py): its optimizer, learning rate and batch size (the training set
+    rebatched), ``teacher`` distilling when ``distill``."""
     from lrdlab.finetune.loop import fit
     from lrdlab.zoo.data import rebatched
 
@@ -158,8 +159,7 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
         "total_s": round(time.perf_counter() - t0, 1),
     }
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        write_record(out, result)
     return result
 
 
@@ -169,7 +169,7 @@ def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resne
     import matplotlib.pyplot as plt
 
     if not isinstance(result, dict):
-        result = json.loads(Path(result).read_text())
+        result = read_record(result)
     rows = [r for r in result["rows"] if r["model"] == model and r["granularity"] == granularity]
     if not rows:
         raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
@@ -196,64 +196,3 @@ def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resne
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
-
-
-SWEEP = ({"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": False},
-         {"optimizer": "sgd", "lr": 0.02, "batch_size": 128, "distill": False},
-         {"optimizer": "adamw", "lr": 0.001, "batch_size": 128, "distill": False},
-         {"optimizer": "sgd", "lr": 0.01, "batch_size": 128, "distill": True},
-         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": False},
-         {"optimizer": "sgd", "lr": 0.01, "batch_size": 32, "distill": True})
-
-
-def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence[dict[str, Any]] = SWEEP,
-                   seeds: Sequence[int] = (0, 1), calibration_images: int = 512, epochs: int = 1,
-                   out: str | Path | None = None, command: str = "", progress: bool = True) -> dict[str, Any]:
-    """One epoch of fine-tuning from the calibrated decomposition, per recipe and seed: which recipe gets back
-    to the original? (How :data:`STUDY_MODELS`' ``finetune`` was chosen; there is no validation split, so the
-    choice is made on the test split and the best row is optimistic.)"""
-    from lrdlab.finetune.loop import set_seed
-    from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
-    from lrdlab.lowrank.plan import make_plan
-    from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders
-    from lrdlab.zoo.pretrained import pretrained
-
-    spec = STUDY_MODELS[name]
-    set_seed(0)
-    original = pretrained(spec["pretrained"])
-    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
-    plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], model_name=name)
-    start = calibrated_decompose(original, plan, calibration_batches(loaders.train, calibration_images))
-    acc0, _ = _accuracy(original, loaders.test)
-    start_acc, _ = _accuracy(start, loaders.test)
-    rows = []
-    for cfg in configs:
-        for seed in seeds:
-            net = copy.deepcopy(start)
-            _, seconds = _timed(finetune, net, original, loaders, epochs, cfg, seed=seed)
-            acc, _ = _accuracy(net, loaders.test)
-            rows.append({**cfg, "seed": seed, "accuracy": acc, "cpu_s": round(seconds, 1)})
-            if progress:
-                print(f"{cfg} seed {seed}: {start_acc:.1f}% -> {acc:.1f}% ({seconds:.0f} s)", flush=True)
-    result = {"what": f"{epochs} epoch of lrdlab.fit (OneCycle, no freezing) from the calibrated {ratio:g}x {name} "
-                      f"(decompose(model, plan, calibration={calibration_images} images)), per recipe and seed",
-              "model": name, "ratio": ratio, "original_accuracy": acc0, "start_accuracy": start_acc, "rows": rows,
-              "note": "recipes are compared on the test split (MNIST-5k has no validation split): the best is "
-                      "optimistic", "machine": machine_info("cpu"), "command": command}
-    if out is not None:
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
-def markdown_table(result: dict[str, Any], model: str = "resnet20", granularity: int = 1) -> str:
-    """The F11 rows of one model as the README's markdown table (``tests/test_readme.py`` checks the README)."""
-    rows = [r for r in result["rows"] if r["model"] == model and r["granularity"] == granularity]
-    head = ("| ratio α | params | weights only | + BN re-estimation | data-aware | data-aware + BN | "
-            "… + 1 epoch fine-tuning |\n|---|---|---|---|---|---|---|")
-    lines = [head]
-    for ratio in sorted({r["ratio"] for r in rows if r["variant"] != "original"}):
-        at = {r["variant"]: r for r in rows if r["ratio"] == ratio}
-        cells = [f"{at[v]['accuracy']:.1f}" if v in at else "—" for v in VARIANTS]
-        lines.append(f"| {ratio:g} | {next(iter(at.values()))['params']:,} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -177,18 +177,15 @@ def run_freezing_study(
 
 def save_study(result: dict[str, Any], path: str | Path) -> Path:
     """Write a freezing study as one JSON file (DataFrames as lists of records)."""
-    import json
+    from lrdlab.measure.records import write_record
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     plain = {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
-    path.write_text(json.dumps(plain, indent=1, default=float) + "\n")
-    return path
+    return write_record(path, plain)
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
     """Read a saved freezing study back (``history`` and ``throughput`` as DataFrames)."""
-    import json
+    from lrdlab.measure.records import read_record
 
-    raw = json.loads(Path(path).read_text())
+    raw = read_record(path)
     return {k: (pd.DataFrame(v) if k in ("history", "throughput") else v) for k, v in raw.items()}

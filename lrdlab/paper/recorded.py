@@ -1,25 +1,22 @@
-"""The one reader of recorded results (``data/*.json`` and ``*.csv``): rows plus the machine and command.
+"""Recorded results as tables (``data/*.json`` and ``*.csv``): rows plus the machine and command.
 
 Every recorded file names the machine it was measured on and the command that wrote it; notebooks and
-the report read them through :func:`read` so that each number they show can say where it came from.
+the report read them through :func:`read` so that each number they show can say where it came from. The JSON
+itself is read and written by :mod:`lrdlab.measure.records` (the one reader and writer).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lrdlab.measure.records import data_dir, read_record
+
+__all__ = ["ROW_KEYS", "Recorded", "available", "data_dir", "read"]
 ROW_KEYS = ("rows", "merge_rows", "branch_rows")
-
-
-def data_dir() -> Path:
-    """Where recorded results live: ``$LRDLAB_DATA``, else the checkout's ``data/`` folder."""
-    return Path(os.environ.get("LRDLAB_DATA", Path(__file__).resolve().parents[2] / "data"))
 
 
 @dataclass
@@ -48,7 +45,7 @@ def _sidecar(path: Path) -> dict[str, Any]:
     """The JSON that describes a CSV: same stem, or the stem without its last ``_part``."""
     for candidate in (path.with_suffix(".json"), path.with_name(path.stem.rsplit("_", 1)[0] + ".json")):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            return read_record(candidate.absolute())
     return {}
 
 
@@ -71,7 +68,7 @@ def read(name: str, directory: str | Path | None = None, rows: str = "rows") -> 
         meta = _sidecar(path)
         table = pd.read_csv(path)
     elif path.suffix == ".json":
-        meta = json.loads(path.read_text())
+        meta = read_record(path.absolute())
         table = pd.DataFrame(meta.get(rows) or [])
     else:
         raise ValueError(f"recorded results are .json or .csv files (got {name!r})")

@@ -7,7 +7,6 @@ redone from the cached results every time, so it is cheap and always consistent.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
+from lrdlab.measure.records import read_record, write_record
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.tables import render
@@ -234,14 +234,14 @@ def run_stages(settings: Settings, stages=None) -> dict[str, dict[str, Any]]:
     for i, (name, what, fn) in enumerate(stages, 1):
         path = cache / f"{name}.json"
         if path.exists():
-            results[name] = json.loads(path.read_text())
+            results[name] = read_record(path)
             print(f"[{i}/{len(stages)}] {what}: cached ({path})", flush=True)
             continue
         print(f"[{i}/{len(stages)}] {what} …", flush=True)
         start = time.perf_counter()
         results[name] = fn(settings, results)
         results[name]["_seconds"] = time.perf_counter() - start
-        path.write_text(json.dumps(results[name], indent=1, default=str))
+        write_record(path, results[name])
         print(f"      done in {results[name]['_seconds']:.0f} s", flush=True)
     return results
 

@@ -1,15 +1,14 @@
 """One story about speed: the report's speed section, the README's speed table and F12 from one measurement.
 
-``lrdlab record speed-story`` runs the reproduction's own techniques stage (:func:`lrdlab.paper.reproduce.
-stage_techniques`, quick settings: batch 8, 112 px, eager) at each thread count and writes
-``data/speed_story_resnet50_cpu.json``. The README's table (:func:`story_table`), docs/speed.md and F12 read
-that file; the report puts its own run beside the recorded row of the same configuration and, when they
+``python -m tools.record speed-story`` (a developer tool of the checkout) runs the reproduction's own techniques
+stage (:func:`lrdlab.paper.reproduce.stage_techniques`, quick settings: batch 8, 112 px, eager) at each thread count
+and writes ``data/speed_story_resnet50_cpu.json``. The README's table (:func:`story_table`), docs/speed.md and F12
+read that file; the report puts its own run beside the recorded row of the same configuration and, when they
 disagree beyond their intervals, names the settings that differ (:func:`differences`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,10 @@ def _row_threads(techniques: dict[str, Any]) -> int:
 
 def recorded_story(data: Path) -> dict[str, Any] | None:
     """The recorded story file, or None where it has not been recorded."""
+    from lrdlab.measure.records import read_record
+
     path = data / STORY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_record(path) if path.is_file() else None
 
 
 def recorded_rows(story: dict[str, Any]) -> list[StoryRow]:
@@ -177,7 +178,7 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
     import pandas as pd
 
     from lrdlab.measure.machine import machine_info
-    from lrdlab.paper.recorded import data_dir
+    from lrdlab.measure.records import data_dir
 
     if "techniques" not in results:
         return
@@ -197,7 +198,8 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
     report.table(pd.DataFrame(table), "Inference speed-up % [95% CI]; realised fraction of the FLOP ideal. Same "
                  f"stage, same settings as the recording ({STORY_FILE}); the README's table is rendered from it.")
     if story is None:
-        report.text(f"No recording ({STORY_FILE}) to compare with: `lrdlab record speed-story` makes one.")
+        report.text(f"No recording ({STORY_FILE}) to compare with: `python -m tools.record speed-story` (in a "
+                    "checkout) makes one.")
         return
     search_here = "P1's Algorithm 1 (quick reproduction)"
     notes = differences(local, recorded, here, story["machine"], search_here, story.get("search", "?"))
@@ -220,39 +222,3 @@ def story_frame(rows: list[StoryRow]):
                           "time_ms": r.time_ms, "speedup_pct": r.speedup_pct["median"],
                           "speedup_pct_ci_low": r.speedup_pct["ci_low"],
                           "speedup_pct_ci_high": r.speedup_pct["ci_high"], "realised": r.realised} for r in rows])
-
-
-# --- README and docs --------------------------------------------------------------------------------
-
-
-README_BEGIN = "<!-- speed-story: generated from data/ by lrdlab.paper.speed_story.speed_story_section -->"
-README_END = "<!-- /speed-story -->"
-
-
-def speed_story_section(data: Path, links: str = "") -> str:
-    """The README's short speed block (markers included): the table, a sentence on threads, the records.
-
-    ``links`` prefixes the relative links (``"../"`` from docs/speed.md).
-    """
-    story = recorded_story(data)
-    if story is None:
-        body = [f"No speed recording yet: `lrdlab record speed-story` writes data/{STORY_FILE}."]
-    else:
-        rows = recorded_rows(story)
-        m = story["machine"]
-        loads = [story["load_average_before"][0], story["load_average_after"][0]]
-        body = [
-            "ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of "
-            f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
-            f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
-            f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
-            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same settings; searched "
-            f"ranks: {story.get('search', 'the recorded robust search')}.",
-            "",
-            story_table(rows),
-            "",
-            threads_sentence(rows),
-        ]
-    body += ["", f"Records: [data/{STORY_FILE}]({links}data/{STORY_FILE}); more in "
-                 f"[docs/speed.md]({links}docs/speed.md)."]
-    return "\n".join([README_BEGIN, *body, README_END]).replace("\n\n\n", "\n\n")

@@ -268,7 +268,7 @@ def render_accuracy(report, res: dict[str, Any]) -> None:
 
 
 def _render_recorded_transformers(report) -> None:
-    """P2's transformer half, from the recorded study (``lrdlab record transformers study``), when recorded."""
+    """P2's transformer half, from the recorded study (``python -m tools.record transformers study``), when recorded."""
     from lrdlab.paper.recorded import data_dir
     from lrdlab.paper.transformers_report import render_transformers
 

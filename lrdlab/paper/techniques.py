@@ -1,7 +1,7 @@
 """P1 Table 2 and the branched-Tucker sweep (F6): each structural technique measured against the original.
 
 - :func:`technique_models` — original, vanilla LRD, layer freezing and layer merging of one model.
-- :func:`techniques_table` — their layers, params, FLOPs and measured train / inference speed-ups (T2).
+- :func:`speed_columns` / :func:`structure_row` — their measured train / inference speed-ups and structure (T2).
 - :func:`branch_structures` / :func:`branch_sweep` — branched Tucker for N ∈ {1, 2, 4, 8} (F6), at the same
   ranks (:func:`with_branches`); :func:`block_diagonal_error` — the error the dropped off-diagonal blocks add.
 - :func:`accuracy_study` — accuracy of each layer-merging BN option and branch count, before and after
@@ -9,7 +9,7 @@
 - :func:`bottleneck_net` — a small Bottleneck ResNet that trains on a CPU in seconds.
 
 Every function returns plain JSON-able dicts (``rows`` plus the machine and settings), written under
-``data/`` by ``lrdlab record techniques`` (see ``--help``).
+``data/`` by ``python -m tools.record techniques`` (see ``--help``).
 """
 
 from __future__ import annotations
@@ -108,37 +108,6 @@ def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], roun
                 f"{p}_speedup_pct_ci_high": 100.0 * (r["speedup_ci_high"] - 1), f"{p}_rounds": r["rounds"],
             })
     return out
-
-
-def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: int = 224, ratio: float = 2.0,
-                     exclude: Sequence[str] = PAPER_EXCLUDE, bn: str = DEFAULT_BN, rounds: int = 3, warmup: int = 1,
-                     repeats: int = 2, speed: bool = True, also: Sequence[str] = ("fold",)) -> dict[str, Any]:
-    """P1 Table 2 rows for ``model_name`` (random weights): structure, and measured speed when ``speed``.
-
-    The ``layer merging`` row uses merge option ``bn``; ``also`` adds rows for other options.
-    """
-    from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.models import get_model
-
-    torch.manual_seed(0)
-    model = get_model(model_name).eval()
-    plan = make_plan(model, ratio=ratio, exclude=list(exclude), model_name=model_name)
-    models = technique_models(model, plan, bn=bn, also=also)
-    shape = (batch, 3, image_size, image_size)
-    rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]
-    if speed:
-        timing = speed_columns(models, shape, rounds, warmup, repeats)
-        for row in rows:
-            row.update(timing[row["method"]])
-    return {
-        "what": f"P1 Table 2 rows for {model_name}: % change vs the original (random weights, structure and speed)",
-        "model": model_name, "input_shape": list(shape), "ratio": ratio, "exclude": list(exclude),
-        "merge_bn": bn, "flop_counter": FLOP_COUNTER,
-        "speed": {"harness": "lrdlab.compare (interleaved, median of per-round ratios)", "rounds": rounds,
-                  "warmup": warmup, "repeats": repeats, "train_step": "forward + backward + SGD step, random labels"}
-        if speed else None,
-        "machine": machine_info("cpu"), "rows": rows,
-    }
 
 
 # --- branched Tucker -----------------------------------------------------------------------------------------
@@ -334,18 +303,3 @@ def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 
         if speed else None,
         "rows": rows,
     }
-
-
-def combine_branch_sweep(resnet: dict[str, Any], accuracy: dict[str, Any]) -> dict[str, Any]:
-    """F6 in one file: the large model's structure / speed sweep and the small model's accuracy sweep."""
-    return {
-        "what": "branched Tucker sweep (F6), N ∈ {1, 2, 4, 8} at the same ranks: core parameters ÷ N",
-        "large_model": {k: v for k, v in resnet.items() if k != "schema"},
-        "small_model": {
-            "what": "BottleneckNet on " + accuracy["base"]["data"] + ": accuracy before / after fine-tuning, speed",
-            "base": accuracy["base"], "plan": accuracy["plan"], "finetune": accuracy["finetune"],
-            "speed_input_shape": accuracy["speed_input_shape"], "machine": accuracy["machine"],
-            "command": accuracy.get("command"), "rows": accuracy["branch_rows"],
-        },
-    }
-

@@ -8,22 +8,22 @@ Hook it into the reproduction report with one call where the other sections are 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import robust_sigma
-from lrdlab.paper.speed_text import speedup_text, throughput_table
+from lrdlab.paper.speed_text import throughput_table
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 
 
 def load_transformers_study(path: str | Path) -> dict[str, Any]:
     """A saved transformer study with its tables as DataFrames."""
-    raw = json.loads(Path(path).read_text())
+    raw = read_record(path)
     return {k: (pd.DataFrame(v) if k in FRAMES else v) for k, v in raw.items()}
 
 
@@ -100,50 +100,10 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
         report.figure(plots.plot_convergence(history), "transformers_convergence",
                       "ViT-tiny at 2x: test accuracy and loss during fine-tuning per freezing mode.")
     if targets is not None:
-        tg = json.loads(Path(targets).read_text()) if not isinstance(targets, dict) else targets
+        tg = read_record(targets) if not isinstance(targets, dict) else targets
         vit, gpt2 = tg.get("vit_b_16", {}), tg.get("gpt2", {})
         rows = [{"target": k, "met": v} for k, v in vit.get("targets", {}).items()]
         all_conv1d = gpt2.get("conv1d_decomposed") == gpt2.get("conv1d_layers")
         rows += [{"target": "gpt2: all Conv1D decomposed", "met": all_conv1d},
                  {"target": "gpt2: tied head kept tied", "met": gpt2.get("lm_head_still_tied")}]
         report.table(pd.DataFrame(rows), "Transformer targets on ViT-B/16 and a 2-layer GPT-2 (random weights).")
-
-
-README_BEGIN = "<!-- transformers-section: generated from data/ by lrdlab.paper.transformers_report -->"
-README_END = "<!-- /transformers-section -->"
-
-
-def readme_section(data: Path) -> str:
-    """The README's transformer summary, rendered from ``data/`` (``tests/test_readme.py`` keeps them equal)."""
-    res = load_transformers_study(data / "transformers_mnist5k.json")
-    tg = json.loads((data / "transformers_targets_cpu.json").read_text())
-    acc = pd.DataFrame(res["accuracy"]).set_index("ratio")
-    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")
-    gains = multiple_summary(pd.DataFrame(res["gemm_ranks"]))
-    counts = gains["verdict"].value_counts()
-    rounds = tp.loc["lrd"].get("train_rounds", res["settings"]["rounds"])
-    vit, gpt2 = tg["vit_b_16"], tg["gpt2"]
-    m = res["machine"]
-    return "\n".join([
-        README_BEGIN,
-        f"- **ViT-tiny on MNIST-5k** (`lrdlab record transformers study --weights vit_tiny_mnist5k`, "
-        f"{m['cpu']}, {m['torch_threads']} thread): calibrated, no gradient step, 2x keeps "
-        f"{acc.loc[2.0, 'accuracy_zero_shot']:.1f}% and 4x {acc.loc[4.0, 'accuracy_zero_shot']:.1f}% "
-        f"(original {acc.loc[1.0, 'accuracy_zero_shot']:.1f}%); one distilled epoch at 2x: "
-        f"{acc.loc[2.0, 'accuracy_finetuned']:.1f}%. Training throughput at 2x vs the original (interleaved, "
-        f"{int(rounds)} rounds): LRD "
-        f"{speedup_text(tp.loc['lrd'], 'train_')}, regular freezing {speedup_text(tp.loc['lrd+regular'], 'train_')}, "
-        f"sequential {speedup_text(tp.loc['lrd+sequential'], 'train_')}. Factorized GEMMs at ranks on multiples "
-        f"of 8/16/32/64 run {gains['on_vs_fit_pct'].min():+.0f}…{gains['on_vs_fit_pct'].max():+.0f}% against the "
-        f"line through the other ranks (noise {gains['noise_pct'].min():.0f}–{gains['noise_pct'].max():.0f}%): "
-        f"{counts.get('cheaper', 0)} of {len(gains)} shape × multiple pairs cheaper beyond noise, "
-        f"{counts.get('dearer', 0)} dearer.",
-        f"- **ViT-B/16** at 2x: {vit['encoder_projections_decomposed']} encoder projections decomposed "
-        f"(q/k/v/out + MLP), full rank {vit['full_rank_relative_error']:.1e} relative error, plan + decompose "
-        f"{vit['plan_plus_decompose_seconds']:.1f} s ({tg['machine']['torch_threads']} threads, load average "
-        f"{tg['load_average_before'][0]:.1f}). **GPT-2** (2 layers, from a config): "
-        f"{gpt2['conv1d_decomposed']} of {gpt2['conv1d_layers']} `Conv1D` decomposed, the tied head "
-        f"{'kept tied' if gpt2.get('lm_head_still_tied') else 'NOT kept tied'} "
-        "(`data/transformers_targets_cpu.json`).",
-        README_END,
-    ])

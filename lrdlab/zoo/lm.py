@@ -8,7 +8,6 @@ beside the unigram and bigram baselines, machine — are ``zoo/weights/llama_pyd
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from lrdlab.lowrank.hf import require_transformers
+from lrdlab.measure.records import read_record, write_record
 
 TINY_LLAMA: dict[str, Any] = {  # the shipped model: ~0.8 M parameters, GQA with 2 key/value heads for 4 query heads
     "vocab_size": 256, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
@@ -60,7 +60,7 @@ def train_lm(out: str | Path | None = None, *, progress: bool = True, **recipe: 
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / "state_dict.pt")
         history.to_json(out / "history.json", orient="records", indent=1)
-        (out / "recipe.json").write_text(json.dumps(r, indent=1) + "\n")
+        write_record(out / "recipe.json", r)
     return model.eval(), history
 
 
@@ -90,8 +90,7 @@ def export_lm(name: str, run_dir: str | Path, *, command: str = "", directory: s
     packed = pack_state_dict(state, "fp16")
     model.load_state_dict(unpack_state_dict(packed))
     stored = evaluate(model, test)
-    history = json.loads((run_dir / "history.json").read_text())
-    recipe = json.loads((run_dir / "recipe.json").read_text())
+    history, recipe = read_record(run_dir / "history.json"), read_record(run_dir / "recipe.json")
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(packed, directory / f"{name}.pt")
     info = {
@@ -108,5 +107,5 @@ def export_lm(name: str, run_dir: str | Path, *, command: str = "", directory: s
         "history_perplexity": [round(float(torch.tensor(h["loss"]).exp()), 3) for h in history],
         "machine": machine_info("cpu"), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (directory / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_record(directory / f"{name}.json", info)
     return info

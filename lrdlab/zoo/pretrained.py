@@ -7,19 +7,19 @@ fp16, or as int8 with one fp32 scale per output row (symmetric, per-channel) whe
 in 2 MB; both are expanded to float32 on load. Re-create a file with::
 
     lrdlab train resnet20 --data mnist5k --epochs 8 --lr 0.1 --out runs/pretrained/resnet20_mnist5k
-    lrdlab record pretrained resnet20_mnist5k runs/pretrained/resnet20_mnist5k --model resnet20 \\
+    python -m tools.record pretrained resnet20_mnist5k runs/pretrained/resnet20_mnist5k --model resnet20 \\
         --storage fp16 --train-command "lrdlab train resnet20 ..."
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lrdlab.measure.records import read_record, write_record
 from lrdlab.zoo.packing import (  # noqa: F401  (re-exported: one place to pack and unpack shipped weights)
     FORMAT,
     STORAGES,
@@ -58,7 +58,7 @@ def _check_name(name: str) -> None:
 def pretrained_info(name: str) -> dict[str, Any]:
     """The JSON record beside the weights: model, recipe, command, accuracy, machine."""
     _check_name(name)
-    return json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    return read_record(WEIGHTS_DIR / f"{name}.json")
 
 
 def trained(weights: str | Path, model: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -76,7 +76,7 @@ def trained(weights: str | Path, model: str) -> tuple[nn.Module, dict[str, Any]]
     info: dict[str, Any] = {"source": f"weights {Path(weights).name}"}
     notes = Path(weights).with_suffix(".json")  # how the weights were trained, when recorded beside them
     if notes.is_file():
-        info["training"] = json.loads(notes.read_text())
+        info["training"] = read_record(notes.absolute())
     return net, info
 
 
@@ -126,7 +126,7 @@ def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storag
     packed = pack_state_dict(state, storage)
     model.load_state_dict(unpack_state_dict(packed))
     stored = evaluate(model, loaders.test)
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    history = read_record(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(packed, directory / f"{name}.pt")
     info = {
@@ -141,5 +141,5 @@ def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storag
                    "history_accuracy": [round(h["accuracy"], 2) for h in history]},
         "machine": machine_info("cpu"),
     }
-    (directory / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_record(directory / f"{name}.json", info)
     return info

@@ -68,14 +68,14 @@ def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache, name):
     """The grid file is read (same weights, calibration, images), small, and states the README's original accuracy."""
     from lrdlab.explore.network_lab import network_plan
     from lrdlab.measure.cache import read_json
-    from lrdlab.paper.explorer_grids import grid_settings
     from lrdlab.zoo.pretrained import kept_stem, pretrained_info
+    from tools.record.explorer_grids import grid_settings
 
     path = accuracy_lab.grid_path(name)
     grid = read_json(path)
     assert grid and path.stat().st_size < 300_000
     lab = accuracy_lab.AccuracyLab(name)
-    assert {k: grid[k] for k in lab.settings()} == lab.settings(), "re-record: python -m lrdlab.paper.explorer_grids"
+    assert {k: grid[k] for k in lab.settings()} == lab.settings(), "re-record: python -m tools.record.explorer_grids"
     assert lab.settings()["test_images"] == 1000
     assert lab.original() == pretrained_info(name)["test_accuracy"]  # the README's 97.7% for ResNet-20
     assert lab.source() == "recorded grid"

@@ -33,19 +33,6 @@ def test_f11_plot_from_the_recorded_study():
         plot_accuracy_study(path, "resnet56")
 
 
-@pytest.mark.slow
-def test_finetune_sweep_rows(tmp_path):
-    from lrdlab.paper.accuracy_study import finetune_sweep
-
-    cfg = {"optimizer": "sgd", "lr": 0.01, "batch_size": 256, "distill": True}
-    result = finetune_sweep(ratio=3.0, configs=[cfg], seeds=[0], calibration_images=128, out=tmp_path / "s.json",
-                            progress=False)
-    (row,) = result["rows"]
-    assert row["distill"] and row["seed"] == 0 and 0 <= row["accuracy"] <= 100
-    assert result["original_accuracy"] > result["start_accuracy"]  # 3x costs accuracy before fine-tuning
-    assert (tmp_path / "s.json").is_file()
-
-
 def test_report_renders_f11_per_model(tmp_path):
     import json
 

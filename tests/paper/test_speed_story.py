@@ -1,5 +1,6 @@
 """One story about speed: the report's speed section and the README's table read the same stage's rows, and the
-report says when its own run disagrees with the recording and which setting differs."""
+report says when its own run disagrees with the recording and which setting differs (the README's block and the
+recording itself: tests/tools/test_record_speed_story.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from lrdlab.paper.speed_story import (
     differences,
     recorded_rows,
     render_story,
-    speed_story_section,
     story_frame,
     story_rows,
     story_table,
@@ -63,22 +63,6 @@ def test_the_readme_table_has_one_row_per_configuration(tmp_path):
     loaded = [*story_rows(techniques(1, {"vanilla LRD": 40.0}, 0.3)),
               *story_rows(techniques(2, {"vanilla LRD": 1.0}, 0.9))]
     assert "slower with more threads" in threads_sentence(loaded) and "not thread scaling" in threads_sentence(loaded)
-    section = speed_story_section(tmp_path)
-    assert "Test CPU" in section and f"(data/{STORY_FILE})" in section and "(docs/speed.md)" in section
-    assert section.startswith("<!-- speed-story") and section.endswith("<!-- /speed-story -->")
-    assert "(../data/" in speed_story_section(tmp_path, links="../")
-
-
-def test_docs_speed_is_the_generated_block():
-    from pathlib import Path
-
-    from lrdlab.paper.readme_sections import current_block
-    from lrdlab.paper.speed_story import README_BEGIN, README_END
-
-    root = Path(__file__).resolve().parents[2]
-    doc = (root / "docs" / "speed.md").read_text()
-    assert current_block(doc, README_BEGIN, README_END) == speed_story_section(root / "data", links="../"), \
-        "docs/speed.md is stale: make readme"
 
 
 def test_a_disagreement_names_the_settings_that_differ(tmp_path):
@@ -110,26 +94,3 @@ def test_f12_draws_every_technique(tmp_path):
     assert isinstance(df, pd.DataFrame) and set(df["threads"]) == {1, 2}
     fig = plot_thread_scaling(df)
     assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 3
-
-
-def test_the_recording_runs_the_reproductions_stage_at_each_thread_count(tmp_path, monkeypatch):
-    import torch
-
-    from lrdlab.paper import reproduce
-    from lrdlab.paper.recorded import data_dir
-    from lrdlab.paper.speed_story_record import record_speed_story
-
-    seen = []
-
-    def stage(settings, results):  # the real stage times ResNet-50; here: which settings and ranks it gets
-        seen.append((settings.quick, settings.bench_shape, torch.get_num_threads(),
-                     results["optimize"]["resnet50"]["plan"]["model"]))
-        return techniques(torch.get_num_threads(), {"vanilla LRD": 10.0})
-
-    monkeypatch.setattr(reproduce, "stage_techniques", stage)
-    before = torch.get_num_threads()
-    path = record_speed_story(tmp_path, threads=(1,), data=data_dir())
-    assert seen == [(True, (8, 3, 112, 112), 1, "resnet50")] and torch.get_num_threads() == before
-    recorded = json.loads(path.read_text())
-    assert recorded["runs"][0]["compute"]["threads"] == 1 and "compute_mode" in recorded["machine"]
-    assert "| eager, 1 thread, batch 8, 112 px |" in speed_story_section(tmp_path)

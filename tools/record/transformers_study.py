@@ -1,6 +1,6 @@
 """The transformer study: a trained ViT-tiny on MNIST-5k, decomposed.
 
-``lrdlab record transformers study --weights PATH --out data/transformers_mnist5k.json``
+``python -m tools.record transformers study --weights PATH --out data/transformers_mnist5k.json``
 
 - ``accuracy``: test accuracy vs compression ratio, right after decomposition (zero-shot) and after
   ``finetune_epochs`` of fine-tuning (all factors trainable);
@@ -35,9 +35,9 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
-from lrdlab.paper.transformers_targets import median_time
+from tools.record.transformers_targets import median_time
 
-TRAIN = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
+TRAIN: dict[str, Any] = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
 FINETUNE = {**STUDY_MODELS["vit_tiny"]["finetune"], "weight_decay": 0.05}  # F11's recipe (batch 32, distilled)
 SCHEMA = {
     "accuracy": "ratio, params (whole model), accuracy_zero_shot (test %, no gradient step), calibrated (bool), "
@@ -177,7 +177,7 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
     decomposed = _decompose(model, freeze_ratio, None)  # structure only: the throughput does not see weights
     throughput = freezing_throughput(model, decomposed, (batch, c, h, w), rounds)
     tokens = batch * ((h // 4) * (w // 4) + 1)  # vit_tiny: 4×4 patches and a class token
-    embed = model.hidden_dim if hasattr(model, "hidden_dim") else 192
+    embed: int = getattr(model, "hidden_dim", 192)
     mlp = 2 * embed
     gemm = gemm_rank_times([(embed, embed), (embed, mlp), (mlp, embed)], gemm_window, tokens, rounds=rounds)
     sweep = _granularity_rows(model, freeze_ratio, granularities, (batch, c, h, w), rounds=rounds)
@@ -207,7 +207,7 @@ QUICK = {"ratios": (2,), "finetune_ratios": (), "freeze_epochs": 1, "granulariti
 def record_study(out: str | Path, *, weights: str | Path | None = None, train_epochs: int = TRAIN["epochs"],
                  subset: int | None = None, quick: bool = False, calibration_images: int = 512,
                  command: str = "") -> dict[str, Any]:
-    """``lrdlab record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``.
+    """``python -m tools.record transformers study``: load (or train) the ViT-tiny, run the study, write ``out``.
 
     ``weights``: a shipped model's name (``vit_tiny_mnist5k``, see :func:`lrdlab.pretrained`) or a
     state_dict file; without it a ViT-tiny is trained here. Decompositions are calibrated on the first

@@ -1,10 +1,8 @@
 """Recording the speed story: the quick reproduction's techniques stage at each thread count
-(``lrdlab record speed-story``), kept apart from :mod:`lrdlab.paper.speed_story` (which the report renders with)
-so that the report does not import the reproduction that renders it."""
+(``python -m tools.record speed-story``); :mod:`lrdlab.paper.speed_story` renders it in the report."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,12 +10,12 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.compare import round_limits
 from lrdlab.measure.compute import compute_policy, current_compute
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.records import data_dir, write_record
 from lrdlab.paper import reproduce
 from lrdlab.paper.numbers import PAPER_EXCLUDE
-from lrdlab.paper.recorded import data_dir
-from lrdlab.paper.search_records import recorded_search_plan, search_file
 from lrdlab.paper.speed_story import STORY_FILE
 from lrdlab.zoo.models import get_model
+from tools.record.search import recorded_search_plan, search_file
 
 
 def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path | None = None,
@@ -38,15 +36,13 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
             run = reproduce.stage_techniques(settings, results)
             run["compute"] = current_compute().to_dict()
         runs.append({**run, "search": search_file(searched_at)})
-    path = out / STORY_FILE
-    path.write_text(json.dumps({
+    return write_record(out / STORY_FILE, {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the quick reproduction's techniques "
                 f"stage (original, vanilla LRD, optimized ranks, layer freezing, layer merging; {' and '.join(modes)}, "
                 "interleaved, 3 rounds) at each thread count; optimized ranks from the robust search recorded at that "
                 "thread count",
-        "command": f"lrdlab record speed-story --threads {','.join(map(str, threads))}",
+        "command": f"python -m tools.record speed-story --threads {','.join(map(str, threads))}",
         "search": "robust search at each thread count (" + ", ".join(sorted({r["search"] for r in runs})) + ")",
         "machine": machine_info(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
-    }, indent=1, default=float) + "\n")
-    return path
+    })

@@ -2,7 +2,7 @@
 
 One command records them all (nice'd, on 2 cores; a few minutes, the machine and load go into each file)::
 
-    python -m lrdlab.paper.explorer_grids            # writes lrdlab/explore/reference/explorer_grid_<model>.json
+    python -m tools.record.explorer_grids            # writes lrdlab/explore/reference/explorer_grid_<model>.json
 
 :func:`record_explorer_grids` takes every setting from the library and the explorer, never its own: the plan is
 :func:`lrdlab.explore.network_lab.network_plan` (``make_plan``'s defaults, the stem kept), the accuracy is
@@ -14,7 +14,6 @@ forms), weights, calibration and images match, so a changed default is scored li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from lrdlab.explore.rank_lab import REFERENCE_DIR
 from lrdlab.lowrank.decompose import planned_structure
 from lrdlab.measure.counting import count_flops, count_params
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.records import write_record
 from lrdlab.zoo import models, pretrained
 
 # (ratios, granularities, roundings) per shipped model: a subset of the explorer's sliders sized to fit the
@@ -37,7 +37,7 @@ GRIDS: dict[str, tuple[tuple[float, ...], tuple[int, ...], tuple[str, ...]]] = {
     "resnet20_mnist5k": ((1.5, 2.0, 3.0, 4.0, 6.0), (1, 8, 16, 32), ("down", "up", "nearest")),
     "vit_tiny_mnist5k": ((2.0, 3.0, 4.0, 6.0, 8.0), (1, 8, 32), ("down", "up")),
 }
-COMMAND = "nice -n 5 python -m lrdlab.paper.explorer_grids"
+COMMAND = "nice -n 5 python -m tools.record.explorer_grids"
 
 
 def grid_settings(name: str) -> list[tuple[float, int, str]]:
@@ -76,15 +76,13 @@ def record_grid(name: str, out_dir: Path) -> Path:
         "unique_plans": len(unique), "rows": rows,
         "note": "seconds are wall time on a shared 2-core machine (other processes ran: see the load averages)",
     }
-    path = Path(out_dir) / grid_path(name).name
-    path.write_text(json.dumps(result, indent=0, separators=(",", ":")) + "\n")
-    return path
+    return write_record(Path(out_dir) / grid_path(name).name, result)
 
 
 def record_explorer_grids(out_dir: Path | str = REFERENCE_DIR, names: Sequence[str] | None = None) -> list[Path]:
     """Record the explorer grids of every shipped image model in :data:`GRIDS` (or ``names``) under ``out_dir``.
 
-    Run by ``python -m lrdlab.paper.explorer_grids`` (:data:`COMMAND`); settings come from the library defaults.
+    Run by ``python -m tools.record.explorer_grids`` (:data:`COMMAND`); settings come from the library defaults.
     """
     shipped = set(pretrained.available())
     todo = [n for n in (names or GRIDS) if n in shipped]

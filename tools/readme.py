@@ -1,5 +1,6 @@
 """The generated sections of the README and of docs/: each is rendered from the ``data/`` files it quotes, the
-tests keep the pages equal to them, and ``make readme`` (:func:`regenerate`) rewrites them after a re-recording."""
+tests keep the pages equal to them, and ``python -m tools.readme`` (``make readme``, :func:`regenerate`) rewrites
+them after a re-recording."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ Section = tuple[str, str, Callable[[Path], str]]  # begin marker, end marker, re
 
 def sections() -> dict[str, Section]:
     """The generated sections by name."""
-    from lrdlab.paper import calibration_modes, lm_study, speed_checks, speed_story, transformers_report
+    from lrdlab.paper import calibration_modes, lm_study
+    from tools import readme_blocks as blocks
 
-    return {"speed": (speed_checks.README_BEGIN, speed_checks.README_END, speed_checks.readme_speed_section),
-            "transformers": (transformers_report.README_BEGIN, transformers_report.README_END,
-                             transformers_report.readme_section),
-            "speed-story": (speed_story.README_BEGIN, speed_story.README_END, speed_story.speed_story_section),
-            "speed-story-doc": (speed_story.README_BEGIN, speed_story.README_END,
-                                lambda data: speed_story.speed_story_section(data, links="../")),
+    return {"speed": (blocks.SPEED_BEGIN, blocks.SPEED_END, blocks.speed_section),
+            "transformers": (blocks.TRANSFORMERS_BEGIN, blocks.TRANSFORMERS_END, blocks.transformers_section),
+            "speed-story": (blocks.STORY_BEGIN, blocks.STORY_END, blocks.speed_story_section),
+            "speed-story-doc": (blocks.STORY_BEGIN, blocks.STORY_END,
+                                lambda data: blocks.speed_story_section(data, links="../")),
             "accuracy": (calibration_modes.README_BEGIN, calibration_modes.README_END, calibration_modes.headline),
             "language-models": (lm_study.SECTION_BEGIN, lm_study.SECTION_END, lm_study.lm_section)}
 
@@ -39,7 +40,8 @@ def current_block(text: str, begin: str, end: str) -> str:
 def rewrite(page: str | Path, names: tuple[str, ...], data: str | Path = "data") -> list[str]:
     """Rewrite the sections ``names`` of ``page`` from ``data``; returns the names of those that changed. A missing
     marker raises ValueError before anything is written."""
-    path, changed = Path(page), []
+    path = Path(page)
+    changed: list[str] = []
     text = path.read_text()
     for name in names:
         begin, end, render = sections()[name]
@@ -55,3 +57,7 @@ def regenerate(root: str | Path = ".", data: str | Path | None = None) -> list[s
     root = Path(root)
     data = Path(data) if data is not None else root / "data"
     return [f"{page}:{name}" for page, names in PAGES.items() for name in rewrite(root / page, names, data)]
+
+
+if __name__ == "__main__":
+    print("regenerated:", ", ".join(regenerate()) or "nothing")

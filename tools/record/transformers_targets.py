@@ -1,6 +1,6 @@
 """Transformer targets and the q/k/v design measurement, recorded as JSON.
 
-``lrdlab record transformers targets --out data/transformers_targets_cpu.json [--threads 1] [--vit-tiny PATH]``
+``python -m tools.record transformers targets --out data/transformers_targets_cpu.json [--threads 1] [--vit-tiny PATH]``
 
 - ``vit_b_16``: torchvision ViT-B/16, random weights, ratio 2: encoder projections decomposed, finite output,
   full rank vs original, plan and decompose wall time (and how much of it is SVD).
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -31,6 +30,7 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.records import write_record
 from lrdlab.zoo.models import get_model
 
 
@@ -61,7 +61,7 @@ class _SvdClock:
 
 def vit_b_16_target() -> dict[str, Any]:
     torch.manual_seed(0)
-    model = get_model("vit_b_16").eval()
+    model: Any = get_model("vit_b_16").eval()
     nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises the head
     t = time.perf_counter()
     plan = make_plan(model, ratio=2)
@@ -97,10 +97,10 @@ def gpt2_target() -> dict[str, Any]:
     from lrdlab.zoo.hf_models import gpt2_from_config
 
     torch.manual_seed(0)
-    model = gpt2_from_config(n_layer=2)
+    model: Any = gpt2_from_config(n_layer=2)
     conv1d = [n for n, m in model.named_modules() if is_conv1d(m)]
     plan = make_plan(model, ratio=2)
-    small = decompose(model, plan, progress=False)
+    small: Any = decompose(model, plan, progress=False)
     full = decompose(model, make_plan(model, rank="full", allow_larger=True), progress=False)
     ids = torch.randint(0, model.config.vocab_size, (2, 32))
     with torch.no_grad():
@@ -212,6 +212,5 @@ def record_targets(out: str | Path, *, vit_tiny: str | Path | None = None, skip:
             studies.append(qkv_choice(tiny, images, f"vit_tiny trained on MNIST-5k ({info['source']})"))
         result["qkv_choice"] = studies
     result["load_average_after"] = list(os.getloadavg())
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    write_record(out, result)
     return result

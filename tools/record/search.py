@@ -2,20 +2,18 @@
 ``torch.compile``, where the time goes (each decomposed layer in place vs the rest of the network), and the plan
 chosen on each backend.
 
-``lrdlab record speed-checks --only search | search-compile | breakdown | plan-choice`` (1 thread) writes them to
-``data/``;
-the README's speed section is generated from them (:mod:`lrdlab.paper.speed_checks`).
+``python -m tools.record speed-checks --only search | search-compile | breakdown | plan-choice`` (1 thread) writes
+them to ``data/``; docs/speed.md's speed section is generated from them (:mod:`tools.readme_blocks`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from lrdlab.paper.speed_checks import write_record
+from lrdlab.measure.records import read_record, write_record
 
 SEARCH_FILE = "search_robust_resnet50_cpu.json"
 
@@ -59,7 +57,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
                 "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
-        "command": f"lrdlab record speed-checks --only search --threads {threads}",
+        "command": f"python -m tools.record speed-checks --only search --threads {threads}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_s": search_s, "search_settings": searched.settings["optimize"],
         "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
@@ -96,7 +94,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, every model torch.compile'd (inductor): "
                 f"original vs vanilla vs the searched ranks recorded at {threads} thread(s) vs g=32 vs merging + "
                 "those ranks, inference, interleaved, adaptive rounds (up to 60)",
-        "command": f"lrdlab record speed-checks --only search-compile --threads {threads}",
+        "command": f"python -m tools.record speed-checks --only search-compile --threads {threads}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": table.to_dict(orient="records"),
     })
@@ -106,9 +104,9 @@ def recorded_search_plan(out: Path, model, vanilla, threads: int = 1):
     """``vanilla`` with the ranks of the search recorded at ``threads`` threads (``out``/:func:`search_file`'s T1)."""
     search = out / search_file(threads)
     if not search.exists():
-        raise ValueError(f"{search} is missing: record the search first (lrdlab record speed-checks --only search "
-                         f"--threads {threads})")
-    return plan_from_t1(model, vanilla, json.loads(search.read_text())["t1"])
+        raise ValueError(f"{search} is missing: record the search first (python -m tools.record speed-checks "
+                         f"--only search --threads {threads})")
+    return plan_from_t1(model, vanilla, read_record(search)["t1"])
 
 
 def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
@@ -123,7 +121,7 @@ def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
             row.keep("ORG (recorded search)")
             continue
         ranks = [int(v) for v in str(rec["optimized"]).split(",")]
-        row.ranks = ranks * len(row.ranks) if len(ranks) == 1 else ranks
+        row.ranks = ranks * len(row.ranks or [0]) if len(ranks) == 1 else ranks
         row.params_after = params_of(describe(model.get_submodule(row.name)), row.method, row.ranks, row.branches)
     return plan
 
@@ -154,7 +152,8 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
                 "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "
                 f"decomposed interleaved, {rounds} rounds; ceiling = the speed-up if the decomposed layers took "
                 "no time",
-        "command": f"lrdlab record speed-checks --only breakdown --threads {__import__('torch').get_num_threads()}",
+        "command": "python -m tools.record speed-checks --only breakdown --threads "
+                   f"{__import__('torch').get_num_threads()}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "plans": results,
     })
@@ -193,7 +192,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
                 "ranks (default) vs the robust search at granularity 32 (from the g=32 plan), whole networks timed "
                 "interleaved with the original on each backend, adaptive rounds (up to 60); choose_plan keeps the "
                 "default unless the other is faster with 95% confidence",
-        "command": "lrdlab record speed-checks --only plan-choice --threads "
+        "command": "python -m tools.record speed-checks --only plan-choice --threads "
                    f"{__import__('torch').get_num_threads()}",
         "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_g32_s": search_s, "t1_g32": rank_table(g32, searched_g32).to_dict(orient="records"),

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lrdlab.paper.speed_checks import README_BEGIN, README_END, readme_speed_section
+from tools.readme import current_block, rewrite, sections
+from tools.readme_blocks import SPEED_BEGIN, SPEED_END, between_runs, speed_section
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = (ROOT / "docs" / "speed.md").read_text()
@@ -18,9 +19,7 @@ DATA = ROOT / "data"
 
 
 def test_speed_section_is_the_one_generated_from_data():
-    from lrdlab.paper.readme_sections import current_block
-
-    assert current_block(SPEED, README_BEGIN, README_END) == readme_speed_section(DATA), "run `make readme`"
+    assert current_block(SPEED, SPEED_BEGIN, SPEED_END) == speed_section(DATA), "run `make readme`"
 
 
 def _t1() -> dict[str, dict[str, str]]:
@@ -44,15 +43,13 @@ def test_f1_claim_matches_the_sweep_file():
 
 
 def test_make_readme_rewrites_stale_sections_and_nothing_else(tmp_path):
-    from lrdlab.paper.readme_sections import rewrite, sections
-
     readme = tmp_path / "README.md"
     (speed_begin, speed_end, _), (tf_begin, tf_end, _) = sections()["speed"], sections()["transformers"]
     readme.write_text(f"intro\n{speed_begin}\nstale\n{speed_end}\nmiddle\n{tf_begin}\nold\n{tf_end}\nend\n")
     assert rewrite(readme, ("speed", "transformers"), DATA) == ["speed", "transformers"]
     text = readme.read_text()
     assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("\nend\n") and "stale" not in text
-    assert readme_speed_section(DATA) in text
+    assert speed_section(DATA) in text
     assert rewrite(readme, ("speed", "transformers"), DATA) == []  # idempotent
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="marker"):
@@ -80,8 +77,6 @@ def test_f9_overlap_claim_matches_the_bench_file():
 
 
 def test_between_runs_names_only_the_medians_that_moved_beyond_their_intervals():
-    from lrdlab.paper.speed_checks import _between_runs
-
     def row(name, med, hw):
         return {"name": name, "speedup_pct": med, "speedup_pct_ci_low": med - hw, "speedup_pct_ci_high": med + hw,
                 "rounds": 60, "converged": False}
@@ -89,6 +84,6 @@ def test_between_runs_names_only_the_medians_that_moved_beyond_their_intervals()
     first = [row("robust search ranks", 68.0, 4.0), row("g=32", 80.0, 4.0)]
     steady = [row("robust search ranks", 67.0, 3.0), row("robust search at g=32", 78.0, 3.0)]
     drift = [row("robust search ranks", 67.0, 3.0), row("robust search at g=32", 73.0, 3.0)]
-    assert "each moved less" in _between_runs(first, steady)
-    text = _between_runs(first, drift)
+    assert "each moved less" in between_runs(first, steady)
+    text = between_runs(first, drift)
     assert "g=32 moved more than its intervals' half-width" in text and "searched ranks moved" not in text

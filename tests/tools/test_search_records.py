@@ -5,7 +5,7 @@ from __future__ import annotations
 from lrdlab import get_model, make_plan
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.rank_search import rank_table
-from lrdlab.paper.search_records import plan_from_t1
+from tools.record.search import plan_from_t1
 
 
 def test_plan_from_t1_round_trips_the_rank_table_with_params_that_follow_the_ranks():
@@ -29,7 +29,7 @@ def test_the_search_is_read_at_the_thread_count_it_was_recorded_at(tmp_path):
 
     import pytest
 
-    from lrdlab.paper.search_records import SEARCH_FILE, recorded_search_plan, search_file
+    from tools.record.search import SEARCH_FILE, recorded_search_plan, search_file
 
     assert search_file(1) == SEARCH_FILE and search_file(2) == "search_robust_resnet50_cpu_2threads.json"
     model = get_model("resnet20").eval()

@@ -1,0 +1,55 @@
+"""The one writer and the one reader of recorded results (the JSON files in ``data/`` and beside the explorers).
+
+One format: indent 1, UTF-8 text, a trailing newline; numpy and torch scalars as plain numbers, anything else JSON
+cannot hold (a path, a dtype) as its text. The writer adds nothing: a record names its machine and load average
+itself, taken when it was measured (at write time the load would be another one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def data_dir() -> Path:
+    """Where recorded results live: ``$LRDLAB_DATA``, else the checkout's ``data/`` folder."""
+    return Path(os.environ.get("LRDLAB_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
+def _plain(value: Any) -> Any:
+    """What :func:`json.dumps` cannot write: an array's numbers, another number as a float, else its text."""
+    if hasattr(value, "tolist"):  # numpy and torch scalars and arrays
+        return value.tolist()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def record_text(record: Any) -> str:
+    """``record`` as the text :func:`write_record` writes."""
+    return json.dumps(record, indent=1, default=_plain) + "\n"
+
+
+def write_record(path: str | Path, record: Any) -> Path:
+    """Write ``record`` (a dict of JSON values) to ``path`` in the one format, creating the folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(record_text(record))
+    return path
+
+
+def record_path(name_or_path: str | Path) -> Path:
+    """A bare file name (``"aa_check_cpu.json"``) is looked up in :func:`data_dir`; a path with a folder is itself."""
+    path = Path(name_or_path)
+    return data_dir() / path if len(path.parts) == 1 else path
+
+
+def read_record(name_or_path: str | Path) -> Any:
+    """A recorded JSON file, by name in :func:`data_dir` or by path (FileNotFoundError naming it when absent)."""
+    path = record_path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recorded file {path}: record it first (the commands are in docs/reproduction.md)")
+    return json.loads(path.read_text())
