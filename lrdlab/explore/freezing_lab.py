@@ -22,7 +22,7 @@ from lrdlab.zoo import models
 
 # --- the freezing explorer ----------------------------------------------------------------------
 
-REFERENCE_GRID = REFERENCE_DIR / "freezing_grid.json"  # lrdlab record freezing-grid
+REFERENCE_GRID = REFERENCE_DIR / "freezing_grid.json"  # python -m tools.record freezing-grid
 RUN_COLUMNS = ["run", "source", "mode", "period", "epoch", "wall_s", "accuracy", "loss", "train_img_s"]
 
 

@@ -1,6 +1,6 @@
 """The freezing explorer over a shipped grid (mode × period × ratio) and new runs in a background thread.
 
-:class:`FreezingGrid` reads ``reference/freezing_grid.json`` (``lrdlab record freezing-grid``) plus the
+:class:`FreezingGrid` reads ``reference/freezing_grid.json`` (``python -m tools.record freezing-grid``) plus the
 runs made here, and answers selections instantly. :class:`BackgroundRun` fine-tunes one new schedule in a
 worker thread: it reports progress per batch, stops within one batch when cancelled, and its status is
 always one of ``idle / running / done / cancelled / failed`` with what happened.
@@ -208,14 +208,14 @@ class BackgroundRun:
             self._set("failed", f"failed: {type(err).__name__}: {err}")
 
 
-# the recipe of the shipped grid (lrdlab record freezing-grid) and of the explorer's live runs
+# the recipe of the shipped grid (python -m tools.record freezing-grid) and of the explorer's live runs
 GRID_RECIPE: dict[str, Any] = {"subset": 1024, "finetune_epochs": 4, "finetune_lr": 0.01, "batch_size": 32,
                                "calibration_images": 512, "exclude": ["conv1"]}
 
 
 def calibrated_start(ratio: float, exclude: Any = ("conv1",), calibration_images: int = 512) -> nn.Module:
     """The default calibrated model at ``ratio``: ``decompose(model, plan, calibration=)`` on the first
-    ``calibration_images`` training images, as the README and ``lrdlab record accuracy`` make it."""
+    ``calibration_images`` training images, as the README and ``python -m tools.record accuracy`` make it."""
     import fnmatch
 
     from lrdlab.explore.accuracy_lab import calibrated_decompose, data_loaders, trained_model

@@ -1,8 +1,8 @@
 """The freezing explorer's shipped grid: mode × period × compression ratio, fine-tuning from a calibrated start.
 
-``lrdlab record freezing-grid`` runs :func:`record_freezing_grid`: the trained ResNet-20 (MNIST-5k,
+``python -m tools.record freezing-grid`` runs :func:`record_freezing_grid`: the trained ResNet-20 (MNIST-5k,
 :func:`lrdlab.explore.accuracy_lab.trained_model`) is decomposed at each ratio and calibrated as the README and
-``lrdlab record accuracy`` do it (:func:`~lrdlab.explore.freezing_runs.calibrated_start`, so epoch 0 is the
+``python -m tools.record accuracy`` do it (:func:`~lrdlab.explore.freezing_runs.calibrated_start`, so epoch 0 is the
 default calibrated model), then a copy is fine-tuned on a subset of the training images with every freezing
 schedule in :data:`SCHEDULES`, by :data:`~lrdlab.explore.freezing_runs.GRID_RECIPE` (the explorer's live runs use
 the same). Each finished run is written at once, so an interrupted recording resumes where it stopped.
