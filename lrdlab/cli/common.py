@@ -30,7 +30,8 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="auto", metavar="FORM",
                    help="form of k×k convs: auto (Tucker-2) or a k×k method of lrdlab.lowrank.methods, e.g. "
                         "channel_svd (Linear and 1×1 convs always use SVD)")
-    p.add_argument("--tucker", choices=["hosvd", "hooi"], default="hosvd")
+    p.add_argument("--tucker", choices=["hosvd", "hooi"], default="hooi",
+                   help="Tucker-2 factorization (default hooi: one float32 sweep from the HOSVD start)")
     p.add_argument("--branches", type=int, default=1, help="branched Tucker: groups of the core (default 1)")
     p.add_argument("--include", nargs="*", default=None, metavar="PATTERN", help="only layers matching these globs")
     p.add_argument("--exclude", nargs="*", default=None, metavar="PATTERN",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 TUCKER_METHODS = ("hosvd", "hooi")
+DEFAULT_TUCKER = "hooi"  # make_plan's default, chosen by measurement: data/tucker_default_resnet50_cpu.json
 GRAM32_MIN = 256  # truncated float32 layers with both sides at least this big are factorized in float32
 
 

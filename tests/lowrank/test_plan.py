@@ -271,16 +271,18 @@ def test_bad_plan_json_is_refused(tmp_path):
         Plan.load(path)
 
 
-def test_min_rank_keeps_a_squeezed_head_with_the_reason_and_one_turns_it_off():
+def test_min_rank_keeps_a_squeezed_head_by_default_with_the_reason_and_one_turns_it_off():
+    from lrdlab.lowrank.plan import MIN_RANK
     from lrdlab.zoo.cifar_models import resnet20
 
     model = resnet20()
-    from lrdlab.lowrank.plan import MIN_RANK
-
-    kept = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=MIN_RANK).layers}
-    assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
-    assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
-    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1").layers}
+    assert MIN_RANK == 6
+    for ratio in (2, 3, 4):  # the default keeps the 10-class head and every 3x3 conv is still decomposed
+        kept = {r.name: r for r in lrdlab.make_plan(model, ratio=ratio, exclude="conv1").layers}
+        assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
+        assert kept["fc"].params_after == kept["fc"].params_before
+        assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
+    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=1).layers}
     assert squeezed["fc"].decomposed and squeezed["fc"].ranks == [2]
 
 
