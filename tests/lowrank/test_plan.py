@@ -217,26 +217,26 @@ def test_bad_plan_arguments_raise_and_change_nothing(case):
 
 
 def _plan_rank_out_of_range(m):
-    plan = make_plan(m, ratio=2)
+    plan = make_plan(m, ratio=2, min_rank=1)
     plan["2"].ranks = [99]
     return plan
 
 
 def _plan_with_unknown_layer(m):
-    plan = make_plan(m, ratio=2)
+    plan = make_plan(m, ratio=2, min_rank=1)
     plan.layers[0].name = "features.0"
     return plan
 
 
 BAD_DECOMPOSE = {
     "plan for another model": (lambda m: m, lambda m: _resnet18_plan(), "another model|make a new plan"),
-    "NaN weights": (_with_nan, lambda m: make_plan(m, ratio=2), "NaN"),
+    "NaN weights": (_with_nan, lambda m: make_plan(m, ratio=2, min_rank=1), "NaN"),
     "ranks out of range in plan": (lambda m: m, _plan_rank_out_of_range, "impossible"),
     "unknown layer in plan": (lambda m: m, _plan_with_unknown_layer, "names no layer"),
     "not a plan": (lambda m: m, lambda m: {"layers": []}, "Plan"),
     "plan of a different shape": (
         lambda m: m,
-        lambda m: make_plan(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1)), ratio=2),
+        lambda m: make_plan(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1)), ratio=2, min_rank=1),
         "expects",
     ),
 }
@@ -258,7 +258,7 @@ def test_bad_decompose_raises_and_changes_nothing(case):
 
 def test_already_decomposed_model_is_refused():
     model = _model()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     small = decompose(model, plan)
     with pytest.raises(ValueError, match="already decomposed"):
         decompose(small, plan)
