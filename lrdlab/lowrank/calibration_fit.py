@@ -63,8 +63,8 @@ def _shifted(module: nn.Module, x: Tensor, batches: int) -> bool:
 
 def _positions(module: nn.Conv2d, x: Tensor) -> int:
     """Output positions (patches) of a stride-1 conv over the batch ``x``."""
+    assert not isinstance(module.padding, str)  # shift_moment_applies
     (kh, kw), (ph, pw) = module.kernel_size, module.padding
-    assert isinstance(ph, int) and isinstance(pw, int)
     return x.shape[0] * (x.shape[2] + 2 * ph - kh + 1) * (x.shape[3] + 2 * pw - kw + 1)
 
 

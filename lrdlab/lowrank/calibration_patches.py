@@ -38,6 +38,7 @@ def patch_moment(module: nn.Conv2d, x: Tensor, y: Tensor) -> Tensor:
     :func:`shift_moment_applies`; ``x`` and ``y`` are two inputs of the same shape ``[B, C, H, W]`` (``y is x``:
     the Gram matrix, from half the shifts)."""
     kh, kw = module.kernel_size
+    assert not isinstance(module.padding, str)  # shift_moment_applies
     ph, pw = module.padding
     C, H, W = x.shape[1:]
     xc = x.detach().double().transpose(0, 1)  # [C, B, H, W]

@@ -47,11 +47,14 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
     torch.manual_seed(0)
     model = get_model("resnet50").eval()
     plan = make_plan(model, ratio=ratio, exclude="conv1")
-    convs = [(model.get_submodule(r.name).weight.detach(), r.ranks) for r in plan.decomposed_layers
-             if r.method == "tucker2"]
+    convs = []
+    for r in plan.decomposed_layers:
+        conv = model.get_submodule(r.name)
+        if r.method == "tucker2" and isinstance(conv, torch.nn.Conv2d) and r.ranks is not None:
+            convs.append((conv.weight.detach(), list(r.ranks)))
     rows = []
     for variant, (method, sweeps) in VARIANTS.items():
-        best, errors = float("inf"), []
+        best, errors = float("inf"), list[float]()
         for _ in range(repeats):
             errors = []
             t0 = time.perf_counter()
