@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge, corrected_weight, input_rows
+from lrdlab.lowrank.calibration_patches import patch_moment, shift_moment_applies
+from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge, corrected_weight, input_rows, position_step
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.token_batches import run_model
@@ -37,15 +38,35 @@ class Moments:
 
     def add(self, module: nn.Module, x_hat: Tensor, x: Tensor | None = None, batches: int = 1) -> None:
         """Add one batch: ``x_hat`` the layer's input in the decomposed network, ``x`` in the original."""
-        cols_hat = input_rows(module, x_hat, batches)
-        gram = cols_hat @ cols_hat.T
+        if _shifted(module, x_hat, batches):  # a stride-1 conv: the same sums without im2col (exact)
+            assert isinstance(module, nn.Conv2d)
+            gram, rows = patch_moment(module, x_hat, x_hat), _positions(module, x_hat)
+            cross = patch_moment(module, x, x_hat) if x is not None else None
+        else:
+            cols_hat = input_rows(module, x_hat, batches)
+            gram, rows = cols_hat @ cols_hat.T, cols_hat.shape[1]
+            cross = input_rows(module, x, batches) @ cols_hat.T if x is not None else None
         self.gram = gram if self.gram is None else self.gram + gram
-        if x is not None:
-            cols = input_rows(module, x, batches)
-            cross = cols @ cols_hat.T
+        if cross is not None:
             self.cross = cross if self.cross is None else self.cross + cross
-        self.rows += cols_hat.shape[1]
+        self.rows += rows
         self.images += x_hat.shape[0]
+
+
+def _shifted(module: nn.Module, x: Tensor, batches: int) -> bool:
+    """Whether a conv's patch moments come from :func:`patch_moment` (every position kept, stride 1, ...)."""
+    if not isinstance(module, nn.Conv2d) or x.ndim != 4:
+        return False
+    dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    step = position_step(batches * x.shape[0] * x.shape[2] * x.shape[3], dim)
+    return shift_moment_applies(module, step)
+
+
+def _positions(module: nn.Conv2d, x: Tensor) -> int:
+    """Output positions (patches) of a stride-1 conv over the batch ``x``."""
+    assert not isinstance(module.padding, str)  # shift_moment_applies
+    (kh, kw), (ph, pw) = module.kernel_size, module.padding
+    return x.shape[0] * (x.shape[2] + 2 * ph - kh + 1) * (x.shape[3] + 2 * pw - kw + 1)
 
 
 def feed(model: nn.Module, batch: Tensor) -> Any:

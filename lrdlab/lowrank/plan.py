@@ -265,7 +265,7 @@ def make_plan(
     example_input: Any = None,
     input_shape: Sequence[int] | None = None,
     force: str | Sequence[str] | None = None,
-    min_rank: int = 1,
+    min_rank: int = MIN_RANK,
 ) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
@@ -285,7 +285,9 @@ def make_plan(
     model never calls or whose weight it reads directly, and subclasses with their own forward: they are kept
     with the reason unless ``force`` (glob patterns) names them (:mod:`lrdlab.lowrank.usage`).
     ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
-    kept, with the reason; ``MIN_RANK`` is the recommended value, ``1`` (the default) turns the rule off.
+    kept, with the reason; the default ``MIN_RANK`` keeps the shipped models' heads, ``1`` turns the rule off.
+    ``tucker``: Tucker-2's factorization, ``"hooi"`` (default: one float32 HOOI sweep from the HOSVD start)
+    or ``"hosvd"`` (see :func:`lrdlab.lowrank.factorize.tucker2_factors`).
     """
     model = guards.unwrap(model)
     if not isinstance(model, nn.Module):

@@ -77,7 +77,7 @@ def test_factorized_attention_gradients_match_and_it_scripts():
 
 def test_plan_has_real_rows_for_q_k_v_and_out_proj():
     model = encoder()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     names = [r.name for r in plan.layers]
     block = ["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj",
              "layers.0.self_attn.out_proj", "layers.0.linear1", "layers.0.linear2"]
@@ -86,7 +86,7 @@ def test_plan_has_real_rows_for_q_k_v_and_out_proj():
     assert "fast path off" in plan["layers.0.self_attn.q_proj"].reason
     assert "fast path off" in plan["layers.1.linear2"].reason
     # the patterns see the attention rows too
-    only_q = make_plan(model, ratio=2, include=["*.q_proj"])
+    only_q = make_plan(model, ratio=2, include=["*.q_proj"], min_rank=1)
     assert [r.name for r in only_q.decomposed_layers] == ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"]
 
 
@@ -121,7 +121,7 @@ def test_fast_path_conditions_run_and_match(include):
     keep = ~kpm  # PyTorch's nested-tensor path writes 0 at padded positions
     assert (a[keep] - b[keep]).abs().max() < 1e-4
     assert torch.isfinite(single).all()
-    small = decompose(model, make_plan(model, ratio=2, include=include))
+    small = decompose(model, make_plan(model, ratio=2, include=include, min_rank=1))
     with torch.no_grad():
         assert torch.isfinite(small(x, src_key_padding_mask=kpm)).all()
 
@@ -166,12 +166,12 @@ def test_attention_lrdlab_cannot_rewrite_is_left_unchanged_with_a_reason():
     with torch.no_grad():
         assert rel(out(x), model(x)) < 1e-5
     sub = nn.Sequential(MyAttention(8, 2))
-    sub_plan = make_plan(sub, ratio=2)
+    sub_plan = make_plan(sub, ratio=2, min_rank=1)
     assert not sub_plan.decomposed_layers and "subclasses" in sub_plan["0.out_proj"].reason
     # an encoder layer whose self_attn cannot be rewritten keeps its MLP (its fast path reads linear1.weight)
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     layer.self_attn = nn.MultiheadAttention(16, 2, add_bias_kv=True, batch_first=True)
-    assert "fast path" in make_plan(layer, ratio=2)["linear1"].reason
+    assert "fast path" in make_plan(layer, ratio=2, min_rank=1)["linear1"].reason
 
 
 def vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
@@ -183,7 +183,7 @@ def vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
 
 def test_vit_every_projection_is_decomposed_and_full_rank_is_exact():
     model = vit(dtype=torch.double)
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     enc = [r for r in plan.decomposed_layers if r.name.startswith("encoder.")]
     assert len(enc) == 6 * 6  # q, k, v, out, 2 MLP per block
     small = decompose(model, plan)
@@ -199,7 +199,7 @@ def test_vit_every_projection_is_decomposed_and_full_rank_is_exact():
 
 def test_decompose_leaves_the_model_untouched_when_a_layer_fails():
     model = vit()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     with torch.no_grad():
         model.encoder.layers[-1].self_attention.in_proj_weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -213,7 +213,7 @@ def test_decompose_leaves_the_model_untouched_when_a_layer_fails():
 
 def test_save_and_load_round_trip(tmp_path):
     model = vit()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     small = decompose(model, plan)
     save_decomposed(small, plan, tmp_path / "vit")
     keys = small.state_dict().keys()
@@ -230,7 +230,7 @@ def mlp_and_attention_factors(model: nn.Module) -> dict[str, LowRankLayer]:
 
 
 def test_regular_freezing_trains_last_of_every_svd_attention_and_mlp_layer():
-    model = decompose(encoder(), make_plan(encoder(), ratio=2))
+    model = decompose(encoder(), make_plan(encoder(), ratio=2, min_rank=1))
     Freezer(model, "regular")
     layers = mlp_and_attention_factors(model)
     assert sorted(n.rsplit(".", 1)[-1] for n in layers) == ["k_proj", "linear1", "linear2", "out_proj", "q_proj",
@@ -243,7 +243,7 @@ def test_regular_freezing_trains_last_of_every_svd_attention_and_mlp_layer():
 
 
 def test_sequential_freezing_rotates_last_then_first_and_frozen_weights_do_not_move():
-    model = decompose(encoder(), make_plan(encoder(), ratio=2))
+    model = decompose(encoder(), make_plan(encoder(), ratio=2, min_rank=1))
     f = Freezer(model, "sequential", period=2, unit="iteration")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
@@ -271,7 +271,7 @@ def test_unfuse_makes_every_projection_a_called_module_with_the_same_plan_rows()
     x = torch.randn(2, 5, 16, dtype=torch.double)
     with torch.no_grad():
         assert rel(unfused(x), model(x)) < 1e-12
-    plan, plan_unfused = make_plan(model, ratio=2), make_plan(unfused, ratio=2)
+    plan, plan_unfused = make_plan(model, ratio=2, min_rank=1), make_plan(unfused, ratio=2, min_rank=1)
     assert [(r.name, r.ranks) for r in plan.layers] == [(r.name, r.ranks) for r in plan_unfused.layers]
     names = [r.name for r in plan_unfused.decomposed_layers]
     shapes = layer_input_shapes(unfused, names, (2, 5, 16))
@@ -282,7 +282,7 @@ def test_unfuse_makes_every_projection_a_called_module_with_the_same_plan_rows()
 
 def test_decomposed_encoder_exports_and_traces():
     model = encoder(True)
-    small = decompose(model, make_plan(model, ratio=2)).eval()
+    small = decompose(model, make_plan(model, ratio=2, min_rank=1)).eval()
     x = torch.randn(2, 5, 16)
     kpm = torch.zeros(2, 5, dtype=torch.bool)
     kpm[1, 3:] = True
@@ -305,7 +305,7 @@ def test_an_attention_module_used_twice_is_not_untied():
             return self.b(self.a(x, x, x)[0], x, x)[0]
 
     model = Twice().eval()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     assert not plan.decomposed_layers
     assert all("shared" in r.reason for r in plan.layers)
     out = decompose(model, plan)

@@ -38,9 +38,9 @@ def test_save_refuses_an_undecomposed_model(resnet20, tmp_path):
 
 
 def test_save_refuses_a_plan_with_other_ranks(resnet20, tmp_path):
-    two = decompose(resnet20, make_plan(resnet20, ratio=2))
+    two = decompose(resnet20, make_plan(resnet20, ratio=2, min_rank=1))
     with pytest.raises(ValueError, match=r"by channel_svd ranks \[5\], but the plan says channel_svd ranks \[3\]"):
-        save_decomposed(two, make_plan(resnet20, ratio=3), tmp_path)
+        save_decomposed(two, make_plan(resnet20, ratio=3, min_rank=1), tmp_path)
     assert not (tmp_path / "plan.json").exists()
 
 

@@ -219,26 +219,26 @@ def test_bad_plan_arguments_raise_and_change_nothing(case):
 
 
 def _plan_rank_out_of_range(m):
-    plan = make_plan(m, ratio=2)
+    plan = make_plan(m, ratio=2, min_rank=1)
     plan["2"].ranks = [99]
     return plan
 
 
 def _plan_with_unknown_layer(m):
-    plan = make_plan(m, ratio=2)
+    plan = make_plan(m, ratio=2, min_rank=1)
     plan.layers[0].name = "features.0"
     return plan
 
 
 BAD_DECOMPOSE = {
     "plan for another model": (lambda m: m, lambda m: _resnet18_plan(), "another model|make a new plan"),
-    "NaN weights": (_with_nan, lambda m: make_plan(m, ratio=2), "NaN"),
+    "NaN weights": (_with_nan, lambda m: make_plan(m, ratio=2, min_rank=1), "NaN"),
     "ranks out of range in plan": (lambda m: m, _plan_rank_out_of_range, "impossible"),
     "unknown layer in plan": (lambda m: m, _plan_with_unknown_layer, "names no layer"),
     "not a plan": (lambda m: m, lambda m: {"layers": []}, "Plan"),
     "plan of a different shape": (
         lambda m: m,
-        lambda m: make_plan(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1)), ratio=2),
+        lambda m: make_plan(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1)), ratio=2, min_rank=1),
         "expects",
     ),
 }
@@ -260,7 +260,7 @@ def test_bad_decompose_raises_and_changes_nothing(case):
 
 def test_already_decomposed_model_is_refused():
     model = _model()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, ratio=2, min_rank=1)
     small = decompose(model, plan)
     with pytest.raises(ValueError, match="already decomposed"):
         decompose(small, plan)
@@ -273,16 +273,18 @@ def test_bad_plan_json_is_refused(tmp_path):
         Plan.load(path)
 
 
-def test_min_rank_keeps_a_squeezed_head_with_the_reason_and_one_turns_it_off():
+def test_min_rank_keeps_a_squeezed_head_by_default_with_the_reason_and_one_turns_it_off():
+    from lrdlab.lowrank.plan import MIN_RANK
     from lrdlab.zoo.cifar_models import resnet20
 
     model = resnet20()
-    from lrdlab.lowrank.plan import MIN_RANK
-
-    kept = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=MIN_RANK).layers}
-    assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
-    assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
-    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1").layers}
+    assert MIN_RANK == 6
+    for ratio in (2, 3, 4):  # the default keeps the 10-class head and every 3x3 conv is still decomposed
+        kept = {r.name: r for r in lrdlab.make_plan(model, ratio=ratio, exclude="conv1").layers}
+        assert not kept["fc"].decomposed and "below min_rank=6" in kept["fc"].reason
+        assert kept["fc"].params_after == kept["fc"].params_before
+        assert all(r.decomposed for n, r in kept.items() if n not in ("conv1", "fc"))
+    squeezed = {r.name: r for r in lrdlab.make_plan(model, ratio=3, exclude="conv1", min_rank=1).layers}
     assert squeezed["fc"].decomposed and squeezed["fc"].ranks == [2]
 
 
