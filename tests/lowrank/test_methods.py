@@ -222,7 +222,7 @@ def test_a_form_with_its_own_factor_names_and_options_runs_everywhere(monkeypatc
 def test_tucker_options_live_in_the_method_and_old_plans_keep_theirs():
     model = nn.Sequential(nn.Conv2d(8, 12, 3))
     assert TUCKER2.options_type is Tucker2Options and TUCKER2.options() == Tucker2Options()
-    plan = make_plan(model, ratio=2, options=Tucker2Options(init="hooi", sweeps=2))
+    plan = make_plan(model, ratio=2, min_rank=1, options=Tucker2Options(init="hooi", sweeps=2))
     assert plan.settings["options"]["tucker2"] == {"init": "hooi", "sweeps": 2}
     hooi = decompose_layer(model[0], "tucker2", plan["0"].ranks, options=Tucker2Options(init="hooi", sweeps=2))
     assert torch.equal(decompose(model, plan)[0].core.weight, hooi.core.weight)
