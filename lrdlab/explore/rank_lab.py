@@ -134,7 +134,7 @@ class RankLab:
                 raise ValueError(f"{model!r} has no layer {name!r}; choose one of RankLab.layer_names({model!r})")
             module = layers[name]
             info = describe(module)
-            plan = make_plan(_model(model), ratio=2, include=[name])
+            plan = make_plan(_model(model), ratio=2, include=[name], min_rank=1)  # one layer: its form, never kept
             method = plan[name].method or default_method(info).name
             W, form = module.weight.detach(), get_method(method)
             with plots.one_thread():
@@ -154,7 +154,7 @@ class RankLab:
         data = self.layer(model, name)
         form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
         row = make_plan(_model(model), ratio=ratio, granularity=granularity, rounding=rounding, include=[name],
-                        method=form)[name]
+                        method=form, min_rank=1)[name]  # the ranks this α implies, even below the network's min_rank
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
             "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "rounding": rounding,

@@ -159,7 +159,7 @@ def test_cli_train_decomposed_with_freezing_then_resume(tmp_path, capsys):
     from lrdlab import load_decomposed
 
     model = load_decomposed(out, get_model("resnet20"))
-    assert sum(isinstance(m, LowRankLayer) for m in model.modules()) == 18  # 18 convs; the 10-class fc is kept (min_rank)
+    assert sum(isinstance(m, LowRankLayer) for m in model.modules()) == 18  # 18 convs; fc kept (min_rank)
     assert cli.main(args + ["--resume"]) == 0  # already finished: history kept, nothing retrained
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), history)
     assert "test top-1" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lrdlab.paper.lm_study import SECTION_BEGIN, SECTION_END, lm_section
-from lrdlab.paper.readme_sections import current_block
+from tools.readme import current_block
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,8 @@ from tools.record import transformers_study as study
 
 def tiny_setup():
     torch.manual_seed(0)
-    model = vit_tiny(num_classes=3, image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    # wide enough that every rank at 4x stays above make_plan's min_rank
+    model = vit_tiny(num_classes=3, image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=64, mlp_dim=128)
     x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 3, (24,))
     loaders = SimpleNamespace(train=DataLoader(TensorDataset(x, y), batch_size=8),
                               test=DataLoader(TensorDataset(x, y), batch_size=12), num_classes=3, input_size=(3, 8, 8))
