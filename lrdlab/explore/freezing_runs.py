@@ -209,7 +209,7 @@ class BackgroundRun:
 
 
 # the recipe of the shipped grid (python -m tools.record freezing-grid) and of the explorer's live runs
-GRID_RECIPE: dict[str, Any] = {"subset": 1024, "finetune_epochs": 4, "finetune_lr": 0.01, "batch_size": 32,
+GRID_RECIPE: dict[str, Any] = {"subset": 1024, "finetune_epochs": 4, "finetune_lr": 0.003, "batch_size": 32,
                                "calibration_images": 512, "exclude": ["conv1"]}
 
 
