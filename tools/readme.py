@@ -12,8 +12,9 @@ Section = tuple[str, str, Callable[[Path], str]]  # begin marker, end marker, re
 
 def sections() -> dict[str, Section]:
     """The generated sections by name."""
-    from lrdlab.paper import calibration_modes, lm_study
+    from lrdlab.paper import lm_study
     from tools import readme_blocks as blocks
+    from tools.record import calibration_modes
 
     return {"speed": (blocks.SPEED_BEGIN, blocks.SPEED_END, blocks.speed_section),
             "transformers": (blocks.TRANSFORMERS_BEGIN, blocks.TRANSFORMERS_END, blocks.transformers_section),

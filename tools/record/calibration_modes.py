@@ -10,7 +10,7 @@ keeps the 10-class ``fc``; ``squeezed``: ``min_rank=1`` decomposes it) × varian
 ``sequential``  each layer fitted to its own output on the partly decomposed network's inputs, + BN
 ``corrected``   lrdlab's default: each layer reproduces the original network's output, + BN
 
-Run ``python -m lrdlab.paper.calibration_modes --out data/calibration_modes_mnist5k.json``; ``--vit`` adds the
+Run ``python -m tools.record.calibration_modes --out data/calibration_modes_mnist5k.json``; ``--vit`` adds the
 file's ``vit`` section instead: ViT-tiny's relative logit error and accuracy per ratio, one-shot vs corrected.
 """
 
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from lrdlab.measure.records import read_record, write_record
 
 VARIANTS = ("weights", "weights+bn", "one-shot", "sequential", "corrected")
 HEADS = {"kept": 6, "squeezed": 1}  # make_plan's min_rank (6: lrdlab.lowrank.plan.MIN_RANK)
@@ -84,7 +85,7 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
               "machine": machine_info("cpu"), "note": "seconds are wall time on a shared machine; load = 1-min "
               "load average when the row finished"}
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        write_record(out, result)
     return result
 
 
@@ -141,19 +142,19 @@ def record_vit(out: str | Path, ratios: Sequence[float] = (2.0, 3.0, 4.0),
     from lrdlab.measure.machine import machine_info
 
     path = Path(out)
-    result = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    result = read_record(path) if path.exists() else {"rows": []}
     result["vit"] = {"rows": vit_logit_errors(ratios, modes), "calibration_images": 512,
                      "plan": "make_plan(vit, ratio=r, exclude=kept_stem('vit_tiny')): patch embedding and head kept",
                      "threads": torch.get_num_threads(), "machine": machine_info("cpu")}
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_record(path, result)
     return result
 
 
 def merge(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     """One result from several runs' files (rows concatenated, the original row once)."""
-    parts = [json.loads(Path(f).read_text()) for f in files]
+    parts = [read_record(Path(f)) for f in files]
     result = {**parts[0], "rows": [parts[0]["rows"][0]] + [r for p in parts for r in p["rows"][1:]]}
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    write_record(out, result)
     return result
 
 
@@ -175,13 +176,13 @@ def markdown_table(result: dict[str, Any], calibration_set: int = 0) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN = "<!-- accuracy-headline: generated from data/ by lrdlab.paper.calibration_modes.headline -->"
+README_BEGIN = "<!-- accuracy-headline: generated from data/ by tools.record.calibration_modes.headline -->"
 README_END = "<!-- /accuracy-headline -->"
 
 
 def headline(data: Path) -> str:
     """The README's accuracy table: :func:`markdown_table` of ``data``/calibration_modes_mnist5k.json, set 0."""
-    table = markdown_table(json.loads((Path(data) / "calibration_modes_mnist5k.json").read_text()))
+    table = markdown_table(read_record(Path(data) / "calibration_modes_mnist5k.json"))
     return "\n".join([README_BEGIN, table, README_END])
 
 
