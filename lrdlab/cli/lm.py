@@ -17,6 +17,8 @@ def _add_bench_lm(sub) -> None:
     p.add_argument("--ratio", type=float, default=2.0, help="compression ratio of the decomposed model (default 2)")
     p.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
                    help="torch threads, one measurement per count, e.g. 1,2 (default: 1 and all cores)")
+    p.add_argument("--granularity", type=granularities, default=[1], metavar="G[,G…]",
+                   help="round the ranks down to multiples of G (default 1: unrounded); a list times each")
     p.add_argument("--prompt", type=int, default=128, help="prefill prompt length (default 128)")
     p.add_argument("--batch", type=int, default=4, help="the second decode batch size (default 4; batch 1 always)")
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
@@ -24,19 +26,31 @@ def _add_bench_lm(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def granularities(text: str) -> list[int]:
+    """argparse type of ``--granularity 1,64``: distinct whole numbers ≥ 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers, e.g. 1,64") from None
+    if min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: granularities are distinct whole numbers ≥ 1, e.g. 1,64")
+    return values
+
+
 def _run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.paper.lm_study import speed_table
     from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA
 
     config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
-    report = speed_table(config, args.ratio, threads=args.threads or (1, 0), prompt=args.prompt, batch=args.batch,
-                         decode_tokens=args.tokens, rounds=args.rounds)
+    report = speed_table(config, args.ratio, threads=args.threads or (1, 0), granularities=args.granularity,
+                         prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens, rounds=args.rounds)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"{args.config}: {report['dense_params']:,} → {report['decomposed_params']:,} parameters at {args.ratio}x")
     for r in report["results"]:
-        print(f"{r['phase']:>7} batch {r['batch']:<2} {r['threads']} thr: dense {r['dense_tokens_s']:8.1f} tok/s, "
+        print(f"g={r['granularity']:<3}{r['phase']:>7} batch {r['batch']:<2} {r['threads']} thr: "
+              f"dense {r['dense_tokens_s']:8.1f} tok/s, "
               f"decomposed {r['decomposed_tokens_s']:8.1f} tok/s, ×{r['speedup']:.2f} "
               f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] (bytes ideal ×{r['bytes_ideal']:.2f}, "
               f"realised {r['realised_of_bytes_ideal']:.0%}); load {r['load_average']}")

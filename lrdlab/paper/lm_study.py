@@ -107,29 +107,36 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", *, p
 
 
 def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
-                prompt: int = 128, batch: int = 8, decode_tokens: int = 8, context: int = 64,
-                rounds: int = 7) -> dict[str, Any]:
+                granularities: Sequence[int] = (1,), prompt: int = 128, batch: int = 8, decode_tokens: int = 8,
+                context: int = 64, rounds: int = 7) -> dict[str, Any]:
     """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after
     a ``context`` prompt) of a random-weight Llama (default :data:`~lrdlab.zoo.lm.LLAMA_100M`), dense vs its
-    weights-only decomposition at ``ratio``, for each thread count (0: all cores)."""
+    weights-only decomposition at ``ratio`` with ranks rounded to each of ``granularities`` (1: unrounded), for
+    each thread count (0: all cores)."""
     from lrdlab.zoo.lm import LLAMA_100M, llama_from_config
 
     before = torch.get_num_threads()
     torch.manual_seed(0)
     dense = llama_from_config(**(config or LLAMA_100M))
-    plan = make_plan(dense, ratio=ratio)
-    low = decompose(dense, plan, progress=False)
+    plans = {g: make_plan(dense, ratio=ratio, granularity=g) for g in granularities}
+    lows = {g: decompose(dense, plan, progress=False) for g, plan in plans.items()}
     results = []
     try:
         for n in threads:
             torch.set_num_threads(n or _all_cores())
-            for phase, b, tokens in (("prefill", 1, prompt), ("decode", 1, decode_tokens),
-                                     ("decode", batch, decode_tokens)):
-                results.append(as_dict(compare_phase(dense, low, phase, b, tokens, context=context, rounds=rounds)))
+            for g, low in lows.items():
+                for phase, b, tokens in (("prefill", 1, prompt), ("decode", 1, decode_tokens),
+                                         ("decode", batch, decode_tokens)):
+                    row = as_dict(compare_phase(dense, low, phase, b, tokens, context=context, rounds=rounds))
+                    results.append({**row, "granularity": g})
     finally:
         torch.set_num_threads(before)
+    first = next(iter(plans))
     return {"config": config or LLAMA_100M, "ratio": ratio, "dense_params": count_params(dense),
-            "decomposed_params": count_params(low), "kept_layers": len(plan.layers) - len(plan.decomposed_layers),
+            "decomposed_params": count_params(lows[first]),
+            "kept_layers": len(plans[first].layers) - len(plans[first].decomposed_layers),
+            "decomposed": [{"granularity": g, "params": count_params(lows[g]),
+                            "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, p in plans.items()],
             "prompt": prompt, "context": context, "rounds": rounds, "dtype": "float32", "results": results}
 
 
@@ -140,9 +147,10 @@ def _all_cores() -> int:
 
 
 def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", **kw: Any) -> dict[str, Any]:
-    """:func:`speed_table` written to ``out`` with the machine and load."""
+    """:func:`speed_table` (unrounded ranks and ranks rounded down to multiples of 64, unless ``granularities`` is
+    given) written to ``out`` with the machine and load."""
     t0 = time.perf_counter()
-    table = speed_table(**kw)
+    table = speed_table(**{"granularities": (1, 64), **kw})
     return _write(out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only), random-weight "
                                 "Llama; speed-up = median paired ratio over interleaved rounds, 95% bootstrap "
                                 "interval; bytes_ideal = parameter bytes read per decode token, dense / decomposed",
@@ -184,10 +192,13 @@ def lm_section(data: Path) -> str:
               f"Llama, dense vs {speed['ratio']:g}x weights-only (`data/lm_decode_llama100m_cpu.json`, "
               f"{speed['rounds']} interleaved rounds, 95% bootstrap interval; "
               f"{_machine(speed['machine'], threads=False)}):", "",
-              "| threads | phase | batch | dense tokens/s | decomposed tokens/s | speed-up [95%] | of bytes ideal |",
-              "|---|---|---|---|---|---|---|"]
+              "| threads | ranks | phase | batch | dense tokens/s | decomposed tokens/s | speed-up [95%] | "
+              "of bytes ideal |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in speed["results"]:
-        lines.append(f"| {r['threads']} | {r['phase']} | {r['batch']} | {r['dense_tokens_s']:.1f} | "
+        g = r.get("granularity", 1)
+        ranks = "unrounded" if g == 1 else f"g={g}"
+        lines.append(f"| {r['threads']} | {ranks} | {r['phase']} | {r['batch']} | {r['dense_tokens_s']:.1f} | "
                      f"{r['decomposed_tokens_s']:.1f} | {r['speedup']:.2f}x [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
                      f"{r['realised_of_bytes_ideal']:.0%} of {r['bytes_ideal']:.2f}x |")
     return "\n".join([*lines, SECTION_END])
