@@ -8,7 +8,6 @@ into ``data/lm_decode_llama100m_cpu.json``; each file names its machine, threads
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -24,15 +23,14 @@ from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.decode import as_dict, compare_phase
 from lrdlab.measure.machine import machine_info
+from lrdlab.measure.records import read_record, write_record
 
 RATIOS = (1.25, 1.5, 2.0, 3.0)
 VARIANTS = ("weights_only", "one_shot_whitening", "calibrated", "calibrated_distilled")
 
 
 def _write(out: str | Path, record: dict[str, Any]) -> dict[str, Any]:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(out, record)
     return record
 
 
@@ -170,8 +168,8 @@ def _machine(m: dict[str, Any], threads: bool = True) -> str:
 def lm_section(data: Path) -> str:
     """docs/language_models.md's numbers, rendered from ``data/lm_perplexity_pydoc.json`` and
     ``data/lm_decode_llama100m_cpu.json`` (``make readme`` rewrites it; the tests keep it current)."""
-    ppl = json.loads((Path(data) / "lm_perplexity_pydoc.json").read_text())
-    speed = json.loads((Path(data) / "lm_decode_llama100m_cpu.json").read_text())
+    ppl = read_record(Path(data) / "lm_perplexity_pydoc.json")
+    speed = read_record(Path(data) / "lm_decode_llama100m_cpu.json")
     base = ppl.get("baselines") or {}
     steps = ppl.get("distill_steps", 0)
     lines = [SECTION_BEGIN,

@@ -11,7 +11,6 @@ data/tucker_default_resnet50_cpu.json``; the default is in :data:`lrdlab.lowrank
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.plan import make_plan
     from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.records import write_record
     from lrdlab.zoo.models import get_model
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
                       "2-core machine where other jobs ran (load = 1-min load average after the variant)",
               "machine": machine_info("cpu")}
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        write_record(out, result)
     return result
 
 
