@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -59,18 +59,19 @@ class NetworkLab:
         return self._counts[key]
 
     def speed(self, name: str, model: nn.Module, plans: dict[str, Plan], input_size: Sequence[int],
-              measure: bool = True) -> dict[str, dict[str, Any]] | None:
+              measure: bool = True, on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]] | None:
         """Measured inference throughput here of the original and each plan, interleaved: medians and 95% intervals.
 
         Returns ``{label: {img_s, speedup, speedup_ci_low, speedup_ci_high, rounds, source, ...}}`` (memoised),
-        or None when not measured yet and ``measure`` is False.
+        or None when not measured yet and ``measure`` is False. ``on_round(done)`` after each round (progress).
         """
-        key = (name, *(plan_key(p) for p in plans.values()))
+        key = self._speed_key(name, plans)
         if key not in self._speed and measure:
             start = time.perf_counter()
             variants = {"original": model.eval()}
             variants.update({label: decompose(model, plan).eval() for label, plan in plans.items()})
-            df = compare.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3)
+            df = compare.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3,
+                                 on_round=on_round)
             where = f"measured here ({conditions()})"
             self._speed[key] = {
                 str(r["name"]): {"img_s": float(r["throughput"]), "speedup": float(r["speedup_vs_first"]),
@@ -80,6 +81,19 @@ class NetworkLab:
                                  "seconds": time.perf_counter() - start}
                 for r in df.to_dict("records")}
         return self._speed.get(key)
+
+    @staticmethod
+    def _speed_key(name: str, plans: dict[str, Plan]) -> tuple:
+        return (name, *(plan_key(p) for p in plans.values()))
+
+    def has_speed(self, name: str, plans: dict[str, Plan]) -> bool:
+        """Whether :meth:`speed` has measured these plans already (it would answer at once)."""
+        return self._speed_key(name, plans) in self._speed
+
+    def most_rounds(self) -> int:
+        """The most interleaved rounds :meth:`speed` can take (it adds rounds while an interval is wide)."""
+        factor = float(compare.ROUND_LIMITS["factor"] or 1)
+        return max(self.rounds, int(factor * self.rounds)) if self.rounds >= 3 else self.rounds
 
     def use_accuracy(self, pretrained: str) -> AccuracyLab:
         """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""

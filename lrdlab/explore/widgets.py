@@ -95,7 +95,7 @@ class RankExplorer:
         self._quiet = False
         for control in (self.layer, self.ratio, self.granularity, self.rounding):
             control.observe(lambda _: None if self._quiet else self.update(), names="value")
-        self.measure_net.on_click(lambda _: self.update(measure_network=True))
+        self.measure_net.on_click(lambda _: self.measure_network())
         self.update()
 
     @staticmethod
@@ -114,6 +114,26 @@ class RankExplorer:
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.max, self.progress.value = total, done
+
+    def measure_network(self) -> None:
+        """Time the whole network here (the button): the button is disabled and a bar counts the interleaved
+        rounds while it runs, the status says what is measured, and the readouts redraw when it ends."""
+        self.measure_net.disabled = True
+        try:
+            self.update(measure_network=True)
+        finally:
+            self.measure_net.disabled = False
+            self.progress.layout.visibility = "hidden"
+            self.progress.description = "measuring"
+
+    def _network_progress(self) -> None:
+        """Show the rounds bar and say what the network measurement about to start measures."""
+        net = self._network_lab()
+        self.progress.description, self.progress.value, self.progress.max = "rounds", 0, net.most_rounds()
+        self.progress.layout.visibility = "visible"
+        self.status.value = (f"measuring the whole network here ({conditions()}): the original and both plans at "
+                             f"batch {net.batch}, interleaved, up to {net.most_rounds()} rounds — this can take "
+                             "minutes on a large model …")
 
     def _network_lab(self) -> NetworkLab:
         if self.net_lab is None:
@@ -135,7 +155,10 @@ class RankExplorer:
         grid = net.accuracy if spec.trained and net.accuracy is not None else None  # the grid's counts are instant
         counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
                   for label, plan in plans.items()}
-        speed = net.speed(name, model, plans, size, measure=measure)
+        if measure and not net.has_speed(name, plans):
+            self._network_progress()
+        speed = net.speed(name, model, plans, size, measure=measure,
+                          on_round=lambda done: setattr(self.progress, "value", done))
         acc: dict[str, Any] = {label: None for label in plans}
         self._missing = []
         if spec.trained and net.accuracy is not None:
@@ -208,6 +231,7 @@ class RankExplorer:
             state = self.lab.ensure_times(state, self._progress)
             self.progress.layout.visibility = "hidden"
         self.network = self.network_state(measure=measure_network or bool(self._measure_network))
+        self.progress.layout.visibility = "hidden"
         if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
                       self.rounding.value):
             return  # the controls moved meanwhile: their own update draws the current state

@@ -6,23 +6,15 @@ readout change. Without /usr/bin/chromium (or Playwright) the test fails when ``
 """
 
 import contextlib
-import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+from tools.browser import CHROMIUM, cell_notebook, notebook_page, slide
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "00_start_here.ipynb"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _missing(what: str) -> None:
@@ -31,79 +23,23 @@ def _missing(what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cell_notebook(path: Path, source: str) -> None:
-    """A one-cell notebook (an explorer and nothing else: the test does not wait for a whole tutorial)."""
-    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
-    path.write_text(json.dumps({"cells": [cell], "metadata": {"kernelspec": {"name": "python3", "language": "python",
-                                                                             "display_name": "Python 3"}},
-                                "nbformat": 4, "nbformat_minor": 4}))
-
-
 RANK_NB, FREEZING_NB = "rank.ipynb", "freezing.ipynb"
 
 
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on 127.0.0.1 serving a copy of the notebook; yields (base_url, token, log_path)."""
+    from tools.browser import jupyterlab as serve
+
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    _cell_notebook(root / RANK_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
-                   "RankExplorer\nex = RankExplorer(granularity=1)\nex")
-    _cell_notebook(root / FREEZING_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
-                   "FreezingExplorer\nfx = FreezingExplorer(mode='sequential', period='1 epoch', run_epochs=1)\nfx")
-    settings = root / ".settings"
-    for rel, value in (
-        ("@jupyterlab/apputils-extension/notification.jupyterlab-settings",
-         {"checkForUpdates": False, "fetchNews": "false"}),
-        ("@jupyterlab/notebook-extension/tracker.jupyterlab-settings", {"autoStartDefaultKernel": True}),
-    ):
-        (settings / rel).parent.mkdir(parents=True, exist_ok=True)
-        (settings / rel).write_text(json.dumps(value))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "LRDLAB_CACHE": str(tmp_path / "cache"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jcfg"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jrt")}
-    log = tmp_path / "jupyterlab.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={root / '.ws'}",
-           "--LabApp.expose_app_in_browser=True"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield base, token, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-RUN_ALL = """async () => {
-    const app = window.jupyterapp;
-    const nb = app.shell.currentWidget;
-    await nb.context.ready;
-    await nb.sessionContext.ready;
-    await app.commands.execute('notebook:run-all-cells');
-    return true;
-}"""
+    cell_notebook(root / RANK_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
+                  "RankExplorer\nex = RankExplorer(granularity=1)\nex")
+    cell_notebook(root / FREEZING_NB, "import torch\ntorch.set_num_threads(1)\nfrom lrdlab.explore.widgets import "
+                  "FreezingExplorer\nfx = FreezingExplorer(mode='sequential', period='1 epoch', run_epochs=1)\nfx")
+    with serve(root, tmp_path) as server:
+        yield server
 
 
 @pytest.mark.browser
@@ -120,23 +56,10 @@ def test_rank_explorer_in_jupyterlab(jupyterlab, tmp_path):
         plot = page.locator("img.lrd-plot")
         before_src, before_text = plot.get_attribute("src"), readout.inner_text()
         assert before_src and "ranks" in before_text
-        _slide(page, "lrd-granularity")
+        slide(page, "lrd-granularity")
         expect(readout).not_to_have_text(before_text, timeout=60_000)
         expect(plot).not_to_have_attribute("src", before_src, timeout=30_000)
         page.screenshot(path=str(shot), full_page=True)
-
-
-def _open(page, base: str, token: str, name: str) -> None:
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
-    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext !== undefined")
-    page.evaluate(RUN_ALL)
-
-
-def _slide(page, css: str, steps: int = 1) -> None:
-    """Move the slider with class ``css`` right by ``steps`` positions, with the keyboard (as a user would)."""
-    page.locator(f".{css} .noUi-handle").click()
-    for _ in range(steps):
-        page.keyboard.press("ArrowRight")
 
 
 def _changes(locator, action, attribute: str | None = None, timeout: int = 90_000) -> str | None:
@@ -158,18 +81,8 @@ def _changes(locator, action, attribute: str | None = None, timeout: int = 90_00
 def _notebook_page(jupyterlab, name: str, height: int):
     """A Chromium page on ``name`` in JupyterLab with every cell run; the browser closes afterwards."""
     _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    base, token, _ = jupyterlab
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": height})
-            page.set_default_timeout(120_000)
-            _open(page, base, token, name)
-            yield page
-        finally:
-            browser.close()
+    with notebook_page(jupyterlab, name, height) as page:
+        yield page
 
 
 def _require_browser():
@@ -194,7 +107,7 @@ def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
         expect(readout).to_contain_text("layer3.2.conv2")
         assert "38,38" in readout.inner_text()  # the 2x Tucker ranks of a 64→64 3×3 conv (P1 Table 1)
 
-        _changes(plot, lambda: _slide(page, "lrd-granularity", 3), "src")  # g 1 → 2 → 4 → 8
+        _changes(plot, lambda: slide(page, "lrd-granularity", 3), "src")  # g 1 → 2 → 4 → 8
         expect(readout).to_contain_text("rounded (g=8, down)", timeout=90_000)
         expect(readout).to_contain_text("32,32")  # 38 rounded down to a multiple of 8
         expect(net).to_contain_text("rounded (g=8, down)")
@@ -202,7 +115,7 @@ def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
         expect(readout).to_contain_text("rounded (g=8, up)", timeout=90_000)
         expect(readout).to_contain_text("40,40")
         expect(net).to_contain_text("rounded (g=8, up)")
-        _changes(plot, lambda: _slide(page, "lrd-ratio"), "src")  # α 2 → 2.5
+        _changes(plot, lambda: slide(page, "lrd-ratio"), "src")  # α 2 → 2.5
         expect(readout).to_contain_text("α=2.5", timeout=90_000)
         page.locator(".lrd-layer select").select_option("layer2.0.conv2")
         expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
@@ -235,9 +148,9 @@ def test_freezing_explorer_controls_and_a_cancelled_background_run(jupyterlab, t
         seen.add(plot.get_attribute("src"))
         page.locator(".lrd-mode button", has_text="sequential").click()
         expect(summary).to_contain_text("sequential N=1")
-        assert "sequential N=2" in _changes(summary, lambda: _slide(page, "lrd-period"))  # 1 epoch → 2 epochs
+        assert "sequential N=2" in _changes(summary, lambda: slide(page, "lrd-period"))  # 1 epoch → 2 epochs
         seen.add(plot.get_attribute("src"))
-        assert "×3" in _changes(summary, lambda: _slide(page, "lrd-fratio"))  # ×2 → ×3
+        assert "×3" in _changes(summary, lambda: slide(page, "lrd-fratio"))  # ×2 → ×3
         seen.add(plot.get_attribute("src"))
         assert len(seen) == 4  # every move drew a different figure
         status = page.locator(".lrd-freezing-status")

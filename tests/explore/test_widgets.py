@@ -117,6 +117,25 @@ def test_rank_explorer_switches_model_and_layer(lab):
     assert "not measured" in ex.readout.value
 
 
+def test_measuring_the_network_disables_its_button_and_counts_rounds(lab):
+    from lrdlab.explore.network_lab import NetworkLab
+
+    net = NetworkLab(batch=1, rounds=1)
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False, network=net)
+    seen: dict[str, list] = {"disabled": [], "rounds": [], "status": []}
+    ex.measure_net.observe(lambda c: seen["disabled"].append(c["new"]), names="disabled")
+    ex.progress.observe(lambda c: seen["rounds"].append((c["new"], ex.progress.layout.visibility)), names="value")
+    ex.status.observe(lambda c: seen["status"].append(c["new"]), names="value")
+    ex.measure_net.click()
+    assert seen["disabled"] == [True, False]  # disabled while it ran, enabled after
+    assert seen["rounds"] and all(vis == "visible" for _, vis in seen["rounds"])  # the bar counted visible rounds
+    assert any("measuring the whole network" in s for s in seen["status"])  # said what it measures first
+    assert ex.network["speed"] is not None and ex.progress.layout.visibility == "hidden"
+    assert ex.status.value.startswith("updated in")
+    ex.ratio.value = ex.ratio.value  # a redraw with the speed memoised shows no bar and measures nothing
+    assert not ex.measure_net.disabled and ex.progress.layout.visibility == "hidden"
+
+
 # --- freezing explorer ----------------------------------------------------------------------------------
 
 
