@@ -177,7 +177,7 @@ class CommandLineError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``lrdlab bench: error: …``) and exit code 2, like every other error."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise CommandLineError(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)")
 
 
@@ -248,7 +248,8 @@ def apply_compute_from_args(args: argparse.Namespace) -> None:
         print(f"lrdlab {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
 
 
-FOLDER_OUTPUTS = {("decompose", None), ("train", None), ("reproduce", None)}  # (command, what) whose --out is a folder
+# (command, what) whose --out is a folder
+FOLDER_OUTPUTS: set[tuple[str, str | None]] = {("decompose", None), ("train", None), ("reproduce", None)}
 
 
 def _check_output(path: Path, flag: str, folder: bool) -> None:
@@ -297,8 +298,8 @@ def honour_tqdm_disable() -> Iterator[None]:
         k["disable"] = True
         init(self, *a, **k)
 
-    std.tqdm.__init__ = quiet  # type: ignore[method-assign]
+    std.tqdm.__init__ = quiet
     try:
         yield
     finally:
-        std.tqdm.__init__ = init  # type: ignore[method-assign]
+        std.tqdm.__init__ = init

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from contextlib import contextmanager
+from typing import Literal
 
 import matplotlib
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.rcsetup import cycler
 
 from lrdlab.lowrank.factorize import one_thread  # noqa: F401 - the one single-thread block, re-exported for figures
 
@@ -21,7 +23,7 @@ MODE_ORDER = ("none", "regular", "sequential")
 def style():
     """The one lrdlab look: seaborn ``whitegrid``, ``notebook`` context, colorblind palette."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9), \
-            matplotlib.rc_context({"axes.prop_cycle": matplotlib.cycler(color=sns.color_palette(PALETTE)),
+            matplotlib.rc_context({"axes.prop_cycle": cycler(color=sns.color_palette(PALETTE)),
                                    "figure.dpi": 100, "savefig.dpi": 100, "axes.titleweight": "bold"}):
         yield
 
@@ -34,7 +36,7 @@ class LrdFigure(Figure):
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 4.0,
-               layout: str | None = "constrained", **kw):
+               layout: Literal["constrained", "compressed", "tight"] | None = "constrained", **kw):
     """A pyplot-free ``Figure`` and its axes (``squeeze=False`` when ``kw`` asks for it).
 
     ``layout=None`` skips constrained layout (several times faster to draw: for widgets).

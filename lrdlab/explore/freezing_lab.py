@@ -149,6 +149,7 @@ class FreezingLab:
         if mode not in MODES:
             raise ValueError(f"freezing mode must be one of {MODES} (got {mode!r})")
         base = self.base_model(progress)
+        assert self._base is not None  # base_model built it
         loaders = self._base[1]
         s = self.setup
         net = copy.deepcopy(base)
@@ -209,7 +210,7 @@ def freezing_figure(runs: pd.DataFrame, highlight: list[str] | None = None,
         axes[1].set(xlabel="wall-clock training time (s)", ylabel="test accuracy (%)", title="accuracy vs time")
         axes[2].set(xlabel="fine-tuning epoch", ylabel="training throughput (img/s)", title="throughput per epoch")
         axes[0].legend(fontsize="x-small")
-        if panels == 4:
+        if throughput is not None and panels == 4:
             t = throughput[~throughput["technique"].str.contains(r"\[", regex=True)]
             axes[3].bar(t["technique"], t["train_img_s"], color=__import__("seaborn").color_palette(plots.PALETTE)[0])
             axes[3].set(ylabel="training img/s", title="interleaved benchmark (F7)")

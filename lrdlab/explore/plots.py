@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 from torch import nn
 
 from lrdlab.explore.figure_kit import (  # noqa: F401
@@ -43,6 +44,7 @@ from lrdlab.explore.result_plots import (  # noqa: F401  (one namespace of figur
     plot_time_breakdown,
 )
 from lrdlab.lowrank import factorize, ranks
+from lrdlab.lowrank.layers import weight_of
 from lrdlab.measure.stats import cliffs as step_cliffs
 
 # --- F10: spectra -------------------------------------------------------------------------------
@@ -54,7 +56,7 @@ def layer_spectrum(module: nn.Module, mode: str = "auto") -> np.ndarray:
     Linear and 1×1 conv: of the ``[S, C]`` weight. k×k conv: ``mode="input"`` (default for
     ``"auto"``) unfolds along input channels (Tucker's R1), ``"output"`` along output channels (R2).
     """
-    W = module.weight.detach()
+    W = weight_of(module).detach()
     if mode not in ("auto", "input", "output"):
         raise ValueError(f"mode must be 'auto', 'input' or 'output' (got {mode!r})")
     if W.ndim == 2 or (W.ndim == 4 and W.shape[2:] == (1, 1)):
@@ -81,7 +83,7 @@ def model_spectra(model: nn.Module, names: Sequence[str] | None = None, mode: st
     return {n: layer_spectrum(modules[n], mode) for n in names}
 
 
-def cumulative_energy(sigma: Sequence[float]) -> np.ndarray:
+def cumulative_energy(sigma: ArrayLike) -> np.ndarray:
     """Fraction of Σσ² kept by the first 1, 2, … singular values."""
     s2 = np.asarray(sigma, dtype=np.float64) ** 2
     total = s2.sum()
@@ -102,16 +104,16 @@ def plot_spectra(
     kept energy is written in the legend. ``normalize`` divides each spectrum by its σ_1.
     """
     if isinstance(spectra, nn.Module):
-        spectra = model_spectra(spectra, names)
-    elif names is not None:
-        spectra = {n: spectra[n] for n in names}
-    if not spectra:
+        by_layer: Mapping[str, ArrayLike] = model_spectra(spectra, names)
+    else:
+        by_layer = spectra if names is None else {n: spectra[n] for n in names}
+    if not by_layer:
         raise ValueError("plot_spectra needs at least one layer's singular values")
     ranks_by_layer = dict(ranks_by_layer or {})
     with style():
         fig, (ax_s, ax_e) = new_figure(1, 2, width=10, height=4)
-        colors = sns.color_palette(PALETTE, len(spectra))
-        for color, (name, sigma) in zip(colors, spectra.items()):
+        colors = sns.color_palette(PALETTE, len(by_layer))
+        for color, (name, sigma) in zip(colors, by_layer.items()):
             s = np.asarray(sigma, dtype=np.float64)
             idx = np.arange(1, len(s) + 1)
             y = s / s[0] if normalize and s[0] > 0 else s

@@ -30,7 +30,7 @@ from torch import nn
 
 from lrdlab.explore import plots
 from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, model_label
-from lrdlab.lowrank.layers import build, describe, unsupported_reason
+from lrdlab.lowrank.layers import build, describe, unsupported_reason, weight_of
 from lrdlab.lowrank.methods import default_method, get_method
 from lrdlab.lowrank.plan import candidate_layers, make_plan
 from lrdlab.measure import stats
@@ -136,7 +136,7 @@ class RankLab:
             info = describe(module)
             plan = make_plan(_model(model), ratio=2, include=[name], min_rank=1)  # one layer: its form, never kept
             method = plan[name].method or default_method(info).name
-            W, form = module.weight.detach(), get_method(method)
+            W, form = weight_of(module).detach(), get_method(method)
             with plots.one_thread():
                 spectra, error = [s.numpy() for s in form.spectra(W)], form.errors(W, info)
             self._layers[key] = LayerData(name, module, info, method, _input_shapes(model)[name], spectra, error)
@@ -201,7 +201,7 @@ class RankLab:
         :meth:`~lrdlab.lowrank.method_base.Method.errors`)."""
         if layer_ranks is None:
             return 0.0
-        error = data.error or get_method(data.method).errors(data.module.weight, data.info)
+        error = data.error or get_method(data.method).errors(weight_of(data.module), data.info)
         return error(layer_ranks)
 
     def _timing_module(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> nn.Module:

@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from lrdlab.explore.figure_kit import MODE_ORDER, PALETTE, new_figure, require_columns, style
 
@@ -112,7 +113,7 @@ def plot_throughput(df: pd.DataFrame, title: str = "Throughput by technique") ->
 # --- F5: speed-up vs FLOPs ----------------------------------------------------------------------
 
 
-def ideal_speedup_pct(flops_removed_pct: Sequence[float] | float) -> np.ndarray:
+def ideal_speedup_pct(flops_removed_pct: ArrayLike) -> np.ndarray:
     """Speed-up (%) if time were proportional to FLOPs: ``100·(1/(1 − f/100) − 1)``."""
     f = np.asarray(flops_removed_pct, dtype=np.float64)
     return 100.0 * (1.0 / (1.0 - f / 100.0) - 1.0)
@@ -135,11 +136,11 @@ def plot_speedup_vs_flops(
         hi = max(5.0, float(np.nanmax(df["flops_removed_pct"])) * 1.1)
         f = np.linspace(0, min(hi, 95.0), 200)
         ax.plot(f, ideal_speedup_pct(f), color="black", linestyle="--", label="ideal (time ∝ FLOPs)")
-        lo, hi = _ci(speedup)
-        if lo in df.columns and hi in df.columns and df[lo].notna().any():
-            d = df.dropna(subset=[lo, hi])
+        lo, up = _ci(speedup)
+        if lo in df.columns and up in df.columns and df[lo].notna().any():
+            d = df.dropna(subset=[lo, up])
             ax.errorbar(d["flops_removed_pct"], d[speedup], yerr=[(d[speedup] - d[lo]).clip(lower=0),
-                        (d[hi] - d[speedup]).clip(lower=0)], fmt="none", ecolor="grey", capsize=3, zorder=1)
+                        (d[up] - d[speedup]).clip(lower=0)], fmt="none", ecolor="grey", capsize=3, zorder=1)
         sns.scatterplot(data=df, x="flops_removed_pct", y=speedup, hue=hue, style=style_col, s=70, ax=ax,
                         palette=PALETTE if hue else None, zorder=2)
         ax.axhline(0, color="grey", linewidth=0.8)

@@ -168,9 +168,8 @@ def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resne
     on a second axis. ``result``: :func:`run_accuracy_study`'s dict or its JSON file. Returns the Figure."""
     import matplotlib.pyplot as plt
 
-    if not isinstance(result, dict):
-        result = read_record(result)
-    rows = [r for r in result["rows"] if r["model"] == model and r["granularity"] == granularity]
+    data: dict[str, Any] = result if isinstance(result, dict) else read_record(result)
+    rows = [r for r in data["rows"] if r["model"] == model and r["granularity"] == granularity]
     if not rows:
         raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -10,55 +10,75 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Table:
+    df: pd.DataFrame
+    caption: str = ""
+    floatfmt: str = "{:,.2f}"
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    path: str  # relative to the report's folder
+    caption: str
+
+
+Block = Heading | str | Table | FigureFile  # a str is a paragraph
+
+
 @dataclass
 class Report:
     """Collects blocks in order and writes them as Markdown and as standalone HTML."""
 
     out: Path
     title: str
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         (self.out / "figures").mkdir(parents=True, exist_ok=True)
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("heading", (level, text)))
+        self.blocks.append(Heading(text, level))
 
     def text(self, text: str) -> None:
-        self.blocks.append(("text", text))
+        self.blocks.append(text)
 
     def table(self, df: pd.DataFrame, caption: str = "", floatfmt: str = "{:,.2f}") -> None:
-        self.blocks.append(("table", (df, caption, floatfmt)))
+        self.blocks.append(Table(df, caption, floatfmt))
 
     def figure(self, fig: Figure, name: str, caption: str) -> Path:
         path = self.out / "figures" / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        self.blocks.append(("figure", (f"figures/{name}.png", caption)))
+        self.blocks.append(FigureFile(f"figures/{name}.png", caption))
         return path
 
     @staticmethod
-    def _cells(df: pd.DataFrame, floatfmt: str) -> pd.DataFrame:
-        return df.apply(lambda col: col.map(lambda v: floatfmt.format(v) if isinstance(v, float) else v))
+    def _cells(table: Table) -> pd.DataFrame:
+        fmt = table.floatfmt
+        return table.df.apply(lambda col: col.map(lambda v: fmt.format(v) if isinstance(v, float) else v))
 
     def markdown(self) -> str:
         lines = [f"# {self.title}", ""]
-        for kind, body in self.blocks:
-            if kind == "heading":
-                level, text = body
-                lines += ["#" * level + " " + text, ""]
-            elif kind == "text":
-                lines += [body, ""]
-            elif kind == "table":
-                df, caption, fmt = body
-                cells = self._cells(df, fmt).astype(str)
-                lines.append("| " + " | ".join(map(str, df.columns)) + " |")
-                lines.append("|" + "---|" * len(df.columns))
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                lines += ["#" * block.level + " " + block.text, ""]
+            elif isinstance(block, str):
+                lines += [block, ""]
+            elif isinstance(block, Table):
+                cells = self._cells(block).astype(str)
+                lines.append("| " + " | ".join(map(str, block.df.columns)) + " |")
+                lines.append("|" + "---|" * len(block.df.columns))
                 lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-                lines += ([f"\n*{caption}*"] if caption else []) + [""]
+                lines += ([f"\n*{block.caption}*"] if block.caption else []) + [""]
             else:
-                path, caption = body
-                lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+                lines += [f"![{block.caption}]({block.path})", "", f"*{block.caption}*", ""]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -66,20 +86,18 @@ class Report:
                  "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
                  "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style>",
                  f"<h1>{html.escape(self.title)}</h1>"]
-        for kind, body in self.blocks:
-            if kind == "heading":
-                level, text = body
-                parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            elif kind == "text":
-                parts.append(f"<p>{html.escape(body)}</p>")
-            elif kind == "table":
-                df, caption, fmt = body
-                parts.append(self._cells(df, fmt).to_html(index=False, escape=True))
-                if caption:
-                    parts.append(f"<p><em>{html.escape(caption)}</em></p>")
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+            elif isinstance(block, str):
+                parts.append(f"<p>{html.escape(block)}</p>")
+            elif isinstance(block, Table):
+                parts.append(self._cells(block).to_html(index=False, escape=True))
+                if block.caption:
+                    parts.append(f"<p><em>{html.escape(block.caption)}</em></p>")
             else:
-                path, caption = body
-                parts.append(f"<figure><img src='{path}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+                parts.append(f"<figure><img src='{block.path}'><figcaption>{html.escape(block.caption)}</figcaption>"
+                             "</figure>")
         return "\n".join(parts)
 
     def write(self) -> Path:

@@ -234,7 +234,7 @@ def render_freezing(report, res: dict[str, Any], out: Path) -> None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         plan = make_plan(model, ratio=2, exclude=["conv1"])  # the stem stays, as in the study
         names = [r.name for r in plan.decomposed_layers][:: max(1, len(plan.decomposed_layers) // 4)][:4]
-        fig = plots.plot_spectra(model, ranks_by_layer={n: plan[n].ranks[0] for n in names}, names=names)
+        fig = plots.plot_spectra(model, ranks_by_layer={n: (plan[n].ranks or [0])[0] for n in names}, names=names)
         report.heading("F10 — singular-value spectra of the trained ResNet-20")
         report.figure(fig, "F10_spectra", "F10: normalised singular values (log) and cumulative energy per layer; "
                       "markers: the 2x rank.")

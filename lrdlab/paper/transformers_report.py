@@ -93,11 +93,11 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
                  "line fitted through the other ranks (negative = cheaper than the line; noise = spread of the "
                  "others).")
     try:
-        from lrdlab.explore import plots
+        from lrdlab.explore.plots import plot_convergence
     except ImportError:  # pragma: no cover - the explore extra is missing
-        plots = None
-    if plots is not None and hasattr(report, "figure"):
-        report.figure(plots.plot_convergence(history), "transformers_convergence",
+        plot_convergence = None  # type: ignore[assignment]
+    if plot_convergence is not None and hasattr(report, "figure"):
+        report.figure(plot_convergence(history), "transformers_convergence",
                       "ViT-tiny at 2x: test accuracy and loss during fine-tuning per freezing mode.")
     if targets is not None:
         tg = read_record(targets) if not isinstance(targets, dict) else targets
