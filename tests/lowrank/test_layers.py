@@ -135,3 +135,41 @@ def test_unsupported_layers_raise_with_reason():
         decompose_layer(nn.ConvTranspose2d(8, 8, 3), "tucker2", (4, 4))
     with pytest.raises(ValueError, match="svd"):
         decompose_layer(nn.Conv2d(8, 8, 3), "svd", (4,))
+
+
+def _svd_layer():
+    from lrdlab import decompose, make_plan
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12)).double()
+    dec = decompose(model, make_plan(model, rank="full", min_rank=1, allow_larger=True), progress=False)
+    return model, dec
+
+
+def test_low_rank_linear_applies_unhooked_factors_directly_and_exactly(monkeypatch):
+    model, dec = _svd_layer()
+    x = torch.randn(5, 24, dtype=torch.float64)
+    torch.testing.assert_close(dec(x), model(x), rtol=0, atol=1e-12)  # full rank, float64
+    forwards = []
+    plain = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, t: forwards.append(self) or plain(self, t))
+    fast = dec(x)
+    assert forwards == []  # no factor went through a module call
+    monkeypatch.undo()
+    calls = []
+    handle = dec[0].first.register_forward_hook(lambda m, i, o: calls.append("first"))
+    try:
+        watched = dec(x)  # a hooked factor is called as a module: its hook runs, the numbers are the same
+    finally:
+        handle.remove()
+    assert calls == ["first"]
+    torch.testing.assert_close(watched, fast, rtol=0, atol=0)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    try:
+        dec(x)
+    finally:
+        handle.remove()
+    assert seen.count("Linear") == 4  # a global hook sees every factor of both layers
+    fast.sum().backward()
+    assert all(p.grad is not None for p in dec.parameters())  # the direct path trains every factor
