@@ -65,7 +65,7 @@ def test_bench_lm_times_the_plan_searched_at_the_decode_shape(capsys, monkeypatc
     (searched,) = report["searched"]
     assert searched["threads"] == 1 and searched["granularity"] == 4 and searched["shape"] == "decode"
     assert len(searched["shapes"]) == 5 and sum(s["count"] for s in searched["shapes"]) == 4 * 7 + 1
-    assert all(s["ranks"][0] <= s["target"][0] for s in searched["shapes"])
+    assert all(s["ranks"] == s["target"] or s["target"][0] > s["ranks"][0] % 4 == 0 for s in searched["shapes"])
     assert searched["params"] <= report["decomposed_params"]  # never over the unrounded plan's budget
     unrounded, found = report["results"][1], report["results"][4]
     assert found["bytes_ideal"] >= unrounded["bytes_ideal"]
