@@ -8,6 +8,7 @@ import json
 from lrdlab.cli.common import thread_counts
 
 CONFIGS = ("llama100m", "tiny")
+SHAPES = ("decode", "prefill")
 
 
 def _add_bench_lm(sub) -> None:
@@ -19,6 +20,12 @@ def _add_bench_lm(sub) -> None:
                    help="torch threads, one measurement per count, e.g. 1,2 (default: 1 and all cores)")
     p.add_argument("--granularity", type=granularities, default=[1], metavar="G[,G…]",
                    help="round the ranks down to multiples of G (default 1: unrounded); a list times each")
+    p.add_argument("--search", type=search_shapes, default=[], metavar="SHAPE[,SHAPE]",
+                   help="also time the plan with each layer shape's rank searched (at or below the unrounded ranks) "
+                        "at the decode shape (batch 1, one token: a GEMV) and/or the prefill prompt, e.g. decode; "
+                        "searched again at each thread count")
+    p.add_argument("--search-granularity", type=one_granularity, default=16, metavar="G",
+                   help="ranks the search tries: the target, then multiples of G down to 3/4 of it (default 16)")
     p.add_argument("--prompt", type=int, default=128, help="prefill prompt length (default 128)")
     p.add_argument("--batch", type=int, default=4, help="the second decode batch size (default 4; batch 1 always)")
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
@@ -37,19 +44,51 @@ def granularities(text: str) -> list[int]:
     return values
 
 
+def one_granularity(text: str) -> int:
+    """argparse type of ``--search-granularity 16``: one whole number ≥ 1."""
+    values = granularities(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: one granularity, e.g. 16")
+    return values[0]
+
+
+def search_shapes(text: str) -> list[str]:
+    """argparse type of ``--search decode,prefill``: distinct token shapes to search the ranks at."""
+    values = text.split(",")
+    if not set(values) <= set(SHAPES) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: the shapes are {' and '.join(SHAPES)}, each at most once, "
+                                         f"e.g. decode")
+    return values
+
+
+def searches(args: argparse.Namespace) -> list:
+    """The token-shape searches ``--search`` / ``--search-granularity`` ask for (decode: batch 1, one token)."""
+    from lrdlab.measure.decode_search import TokenShapeSearch
+    from lrdlab.measure.search_config import SearchConfig
+
+    config = SearchConfig(granularity=args.search_granularity, progress=False)
+    return [TokenShapeSearch(tokens=1 if s == "decode" else args.prompt, config=config) for s in args.search]
+
+
 def _run_bench_lm(args: argparse.Namespace) -> int:
+    from lrdlab.measure.decode_search import choices_text
     from lrdlab.paper.lm_study import speed_table
     from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA
 
     config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
     report = speed_table(config, args.ratio, threads=args.threads or (1, 0), granularities=args.granularity,
-                         prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens, rounds=args.rounds)
+                         search=searches(args), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
+                         rounds=args.rounds)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"{args.config}: {report['dense_params']:,} → {report['decomposed_params']:,} parameters at {args.ratio}x")
+    for s in report.get("searched", []):
+        print(f"searched at {s['shape']}, {s['threads']} thr, {s['seconds']:.0f} s, {s['params']:,} parameters: "
+              f"{choices_text(s['shapes'])}")
     for r in report["results"]:
-        print(f"g={r['granularity']:<3}{r['phase']:>7} batch {r['batch']:<2} {r['threads']} thr: "
+        label = f"searched@{r['searched']}" if "searched" in r else f"g={r['granularity']}"
+        print(f"{label:<16}{r['phase']:>7} batch {r['batch']:<2} {r['threads']} thr: "
               f"dense {r['dense_tokens_s']:8.1f} tok/s, "
               f"decomposed {r['decomposed_tokens_s']:8.1f} tok/s, ×{r['speedup']:.2f} "
               f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] (bytes ideal ×{r['bytes_ideal']:.2f}, "

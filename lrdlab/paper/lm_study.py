@@ -22,6 +22,7 @@ from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.decode import as_dict, compare_phase
+from lrdlab.measure.decode_search import TokenShapeSearch, choices_text, search_at_token_shape
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import read_record, write_record
 
@@ -105,12 +106,13 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", *, p
 
 
 def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
-                granularities: Sequence[int] = (1,), prompt: int = 128, batch: int = 8, decode_tokens: int = 8,
-                context: int = 64, rounds: int = 7) -> dict[str, Any]:
+                granularities: Sequence[int] = (1,), search: Sequence[TokenShapeSearch] = (), prompt: int = 128,
+                batch: int = 8, decode_tokens: int = 8, context: int = 64, rounds: int = 7) -> dict[str, Any]:
     """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after
     a ``context`` prompt) of a random-weight Llama (default :data:`~lrdlab.zoo.lm.LLAMA_100M`), dense vs its
-    weights-only decomposition at ``ratio`` with ranks rounded to each of ``granularities`` (1: unrounded), for
-    each thread count (0: all cores)."""
+    weights-only decomposition at ``ratio`` with ranks rounded to each of ``granularities`` (1: unrounded), and
+    with the unrounded plan's ranks searched at each of ``search``'s token shapes (``searched`` in the record: the
+    ranks picked), for each thread count (0: all cores; the search runs at each)."""
     from lrdlab.zoo.lm import LLAMA_100M, llama_from_config
 
     before = torch.get_num_threads()
@@ -118,15 +120,21 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
     dense = llama_from_config(**(config or LLAMA_100M))
     plans = {g: make_plan(dense, ratio=ratio, granularity=g) for g in granularities}
     lows = {g: decompose(dense, plan, progress=False) for g, plan in plans.items()}
-    results = []
+    results, searched = [], []
     try:
         for n in threads:
             torch.set_num_threads(n or _all_cores())
-            for g, low in lows.items():
+            variants = [({"granularity": g}, low) for g, low in lows.items()]
+            for options in search:
+                found = search_at_token_shape(dense, plans.get(1) or make_plan(dense, ratio=ratio), options)
+                variants.append(({"granularity": options.config.granularity, "searched": options.shape},
+                                 decompose(dense, found.plan, progress=False)))
+                searched.append({**found.record(), "params": count_params(variants[-1][1])})
+            for tags, low in variants:
                 for phase, b, tokens in (("prefill", 1, prompt), ("decode", 1, decode_tokens),
                                          ("decode", batch, decode_tokens)):
                     row = as_dict(compare_phase(dense, low, phase, b, tokens, context=context, rounds=rounds))
-                    results.append({**row, "granularity": g})
+                    results.append({**row, **tags})
     finally:
         torch.set_num_threads(before)
     first = next(iter(plans))
@@ -135,7 +143,8 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
             "kept_layers": len(plans[first].layers) - len(plans[first].decomposed_layers),
             "decomposed": [{"granularity": g, "params": count_params(lows[g]),
                             "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, p in plans.items()],
-            "prompt": prompt, "context": context, "rounds": rounds, "dtype": "float32", "results": results}
+            **({"searched": searched} if searched else {}), "prompt": prompt, "context": context,
+            "rounds": rounds, "dtype": "float32", "results": results}
 
 
 def _all_cores() -> int:
@@ -144,15 +153,18 @@ def _all_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", **kw: Any) -> dict[str, Any]:
-    """:func:`speed_table` (unrounded ranks and ranks rounded down to multiples of 64, unless ``granularities`` is
-    given) written to ``out`` with the machine and load."""
+def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", command: str | None = None,
+                    **kw: Any) -> dict[str, Any]:
+    """:func:`speed_table` (unrounded ranks, ranks rounded down to multiples of 64 and ranks searched at the decode
+    shape, unless ``granularities`` / ``search`` are given) written to ``out`` with the machine, load and
+    ``command``."""
     t0 = time.perf_counter()
-    table = speed_table(**{"granularities": (1, 64), **kw})
+    table = speed_table(**{"granularities": (1, 64), "search": (TokenShapeSearch(),), **kw})
     return _write(out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only), random-weight "
                                 "Llama; speed-up = median paired ratio over interleaved rounds, 95% bootstrap "
                                 "interval; bytes_ideal = parameter bytes read per decode token, dense / decomposed",
-                        **table, "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
+                        **({"command": command} if command else {}), **table,
+                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
 
 
 SECTION_BEGIN = "<!-- lm-section: generated from data/ by lrdlab.paper.lm_study -->"
@@ -195,8 +207,11 @@ def lm_section(data: Path) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for r in speed["results"]:
         g = r.get("granularity", 1)
-        ranks = "unrounded" if g == 1 else f"g={g}"
+        ranks = f"searched at {r['searched']}" if "searched" in r else "unrounded" if g == 1 else f"g={g}"
         lines.append(f"| {r['threads']} | {ranks} | {r['phase']} | {r['batch']} | {r['dense_tokens_s']:.1f} | "
                      f"{r['decomposed_tokens_s']:.1f} | {r['speedup']:.2f}x [{r['ci_low']:.2f}, {r['ci_high']:.2f}] | "
                      f"{r['realised_of_bytes_ideal']:.0%} of {r['bytes_ideal']:.2f}x |")
+    lines += [f"\nRanks searched at {s['shape']} (batch {s['batch']}, multiples of {s['granularity']}) at "
+              f"{s['threads']} thread(s), in {s['seconds']:.0f} s: {choices_text(s['shapes'])}."
+              for s in speed.get("searched", [])]
     return "\n".join([*lines, SECTION_END])

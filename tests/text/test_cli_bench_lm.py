@@ -42,3 +42,42 @@ def test_bench_lm_times_each_granularity_and_refuses_a_bad_one(capsys):
     assert main(["bench-lm", "--config", "tiny", "--granularity", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--granularity" in err and "≥ 1" in err
+
+
+def test_bench_lm_times_the_plan_searched_at_the_decode_shape(capsys, monkeypatch):
+    from lrdlab.cli import main
+    from lrdlab.lowrank.layers import LowRankLayer
+    from lrdlab.measure import timing
+
+    shapes = []
+
+    def fake_time_layer(module, input_shape, device="cpu", backward=False, warmup=3, repeats=10, dtype=None):
+        shapes.append((module.in_features, tuple(input_shape)))  # LowRankLayer answers in_features too
+        return 1.0 + 0.01 * module.ranks[0] if isinstance(module, LowRankLayer) else 100.0
+
+    monkeypatch.setattr(timing, "time_layer", fake_time_layer)
+    assert main(["bench-lm", "--config", "tiny", "--threads", "1", "--rounds", "1", "--prompt", "8", "--tokens", "1",
+                 "--batch", "2", "--search", "decode", "--search-granularity", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert shapes and all(shape == (1, 1, i) for i, shape in shapes)  # every layer timed as a batch-1 GEMV
+    assert [(r.get("searched"), r["phase"]) for r in report["results"]][3:] == \
+        [("decode", "prefill"), ("decode", "decode"), ("decode", "decode")]
+    (searched,) = report["searched"]
+    assert searched["threads"] == 1 and searched["granularity"] == 4 and searched["shape"] == "decode"
+    assert len(searched["shapes"]) == 5 and sum(s["count"] for s in searched["shapes"]) == 4 * 7 + 1
+    assert all(s["ranks"] == s["target"] or s["target"][0] > s["ranks"][0] % 4 == 0 for s in searched["shapes"])
+    assert searched["params"] <= report["decomposed_params"]  # never over the unrounded plan's budget
+    unrounded, found = report["results"][1], report["results"][4]
+    assert found["bytes_ideal"] >= unrounded["bytes_ideal"]
+
+
+@pytest.mark.parametrize("args, words", [(["--search", "gemv"], "the shapes are decode and prefill"),
+                                         (["--search", "decode,decode"], "each at most once"),
+                                         (["--search-granularity", "8,16"], "one granularity"),
+                                         (["--search-granularity", "0"], "≥ 1")])
+def test_bench_lm_search_refuses_bad_input_in_one_line(capsys, args, words):
+    from lrdlab.cli import main
+
+    assert main(["bench-lm", "--config", "tiny", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err

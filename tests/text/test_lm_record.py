@@ -23,3 +23,22 @@ def test_the_calibrated_default_is_never_worse_than_one_shot_whitening_and_beats
         assert r["calibrated"] <= r["one_shot_whitening"], r
     assert rec["rows"][0]["calibrated"] <= 1.10 * rec["dense_perplexity"]  # 1.25x, no gradient step
     assert rec["dense_perplexity"] < 0.5 * rec["baselines"]["bigram_perplexity"]
+
+
+def test_the_page_renders_searched_rows_and_the_ranks_picked(tmp_path):
+    for name in ("lm_perplexity_pydoc.json", "lm_decode_llama100m_cpu.json"):
+        (tmp_path / name).write_text((ROOT / "data" / name).read_text())
+    speed = json.loads((tmp_path / "lm_decode_llama100m_cpu.json").read_text())
+    speed["results"].append({**speed["results"][1], "granularity": 16, "searched": "decode"})
+    shapes = [{"layers": ["model.layers.*.self_attn.o_proj", "model.layers.*.self_attn.q_proj"], "count": 24,
+               "in_features": 768, "out_features": 768, "method": "svd", "target": [192], "ranks": [176],
+               "reason": ""},
+              {"layers": ["lm_head"], "count": 1, "in_features": 768, "out_features": 32000, "method": "svd",
+               "target": [375], "ranks": None, "reason": ""}]
+    speed["searched"] = [{"shape": "decode", "batch": 1, "tokens": 1, "granularity": 16, "threads": 1,
+                          "seconds": 21.4, "shapes": shapes}]
+    (tmp_path / "lm_decode_llama100m_cpu.json").write_text(json.dumps(speed))
+    page = lm_section(tmp_path)
+    assert speed["results"][1]["threads"] == 1 and "| 1 | searched at decode | decode | 1 |" in page
+    assert "Ranks searched at decode (batch 1, multiples of 16) at 1 thread(s), in 21 s: o_proj/q_proj 192→176, " \
+           "lm_head 375→ORG." in page

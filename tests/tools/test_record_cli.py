@@ -56,3 +56,15 @@ def test_finetune_sweep_rows(tmp_path):
     assert row["distill"] and row["seed"] == 0 and 0 <= row["accuracy"] <= 100
     assert result["original_accuracy"] > result["start_accuracy"]  # 3x costs accuracy before fine-tuning
     assert (tmp_path / "s.json").is_file()
+
+
+def test_record_lm_speed_checks_its_arguments_before_the_work(tmp_path, capsys):
+    assert "lm-speed" in set(record_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    args = record_parser().parse_args(["lm-speed"])
+    assert (args.out, args.granularity, args.search, args.search_granularity, args.rounds) == \
+        (Path("data/lm_decode_llama100m_cpu.json"), [1, 64], ["decode"], 16, 11)
+    assert main(["lm-speed", "--search", "everything"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "decode and prefill" in err
+    assert main(["lm-speed", "--out", str(tmp_path / "no" / "lm.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from lrdlab.cli.common import (
     thread_count,
     thread_counts,
 )
+from lrdlab.cli.lm import granularities, one_granularity, search_shapes, searches
 
 FOLDERS = {("record", "speed"), ("record", "speed-checks"), ("record", "speed-story"), *FOLDER_OUTPUTS}
 
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vit_tiny_mnist5k (shipped) or a trained vit_tiny state_dict file (else: train one)")
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
+    lm = what.add_parser("lm-speed", help="prefill and decode of the 125 M-parameter Llama: unrounded, rounded and "
+                                          "decode-searched ranks (lrdlab.paper.lm_study.record_lm_speed)")
+    lm.add_argument("--out", type=Path, default=Path("data/lm_decode_llama100m_cpu.json"), help="JSON file to write")
+    lm.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
+                    help="thread counts (default: 1 and all cores)")
+    lm.add_argument("--granularity", type=granularities, default=[1, 64], metavar="G[,G…]",
+                    help="rank roundings timed (default 1,64)")
+    lm.add_argument("--search", type=search_shapes, default=["decode"], metavar="SHAPE[,SHAPE]",
+                    help="token shapes the ranks are searched at (default decode)")
+    lm.add_argument("--search-granularity", type=one_granularity, default=16, metavar="G")
+    lm.add_argument("--rounds", type=int, default=11, help="interleaved rounds (default 11)")
+    lm.add_argument("--prompt", type=int, default=128)
+    lm.add_argument("--batch", type=int, default=8, help="the second decode batch (default 8)")
+    lm.add_argument("--tokens", type=int, default=8, help="decode tokens per timed call (default 8)")
     for q in (speed, tech, ref, study, checks, frz, acc, sweep, pre, grid, tfm):
         q.add_argument("--threads", type=thread_count, default=None,
                        help="torch CPU threads (default: as --compute leaves them)")
@@ -186,6 +201,13 @@ def run(args: argparse.Namespace, command: str) -> int:
         else:
             transformers_study.record_study(args.out, weights=args.weights, train_epochs=args.train_epochs,
                                             quick=args.quick, command=command)
+        print("wrote", args.out)
+    elif args.what == "lm-speed":
+        from lrdlab.paper.lm_study import record_lm_speed
+
+        record_lm_speed(args.out, command, threads=args.threads or (1, 0), granularities=args.granularity,
+                        search=searches(args), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
+                        rounds=args.rounds)
         print("wrote", args.out)
     elif args.what == "reference-times":
         from tools.record.reference import build_reference_layer_times
