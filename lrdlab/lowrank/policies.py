@@ -1,7 +1,7 @@
 """Rank policies: the target ranks of one layer under ratio / energy / VBMF / fixed ranks, and input checks.
 
-``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is the dict
-``{"kind": "ratio" | "energy" | "vbmf" | "rank", "value": …, "beta": β, "branches": N}``.
+``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is one of the
+frozen dataclasses of :mod:`lrdlab.lowrank.plan_config` (``Ratio``, ``Energy``, ``VBMF``, ``FixedRank``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from lrdlab.lowrank.methods import Method, get_method
 
 if TYPE_CHECKING:
     from lrdlab.lowrank.plan import LayerPlan
+    from lrdlab.lowrank.plan_config import RankPolicy
 
 # --- checking what users pass ------------------------------------------------------------------------
 
@@ -61,12 +62,13 @@ def positive_int(value: Any, what: str) -> int:
 # --- target ranks -----------------------------------------------------------------------------------
 
 
-def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: dict[str, Any],
+def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: RankPolicy,
                   name: str) -> tuple[list[int], str]:
     """Target ranks of one layer under the chosen policy (not yet range-checked), and words for the reason."""
-    kind, value = policy["kind"], policy["value"]
+    kind, value = policy.kind, policy.value
     if kind == "ratio":
-        return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
+        beta = policy.beta  # type: ignore[attr-defined]  # a Ratio
+        return form.rank_for_ratio(info, value, beta, policy.branches), f"ratio {value:g}"
     if kind == "energy":
         return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(dense_weight(module))], f"energy {value:g}"
     if kind == "vbmf":
@@ -105,15 +107,15 @@ def fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[
 
 
 def reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
-                   policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
+                   policy: RankPolicy, name: str, why: str) -> tuple[Method, list[int], str]:
     """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
     1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
-    found = form.reduced(info, target, policy["branches"])
+    found = form.reduced(info, target, policy.branches)
     if found is None:
         return form, target, why
     reduced, kept = found
     full = 1 - kept  # the mode whose factor is dropped
-    if policy["kind"] == "rank":  # fixed ranks: keep the other mode's rank
+    if policy.kind == "rank":  # fixed ranks: keep the other mode's rank
         new_target, new_why = [target[kept]], why
     else:
         new_target, new_why = policy_ranks(module, info, reduced, policy, name)
@@ -134,9 +136,10 @@ def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[in
     return get_method(method).params(info, layer_ranks, branches) + bias
 
 
-def round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
-                     rounding: str, allow_larger: bool, why: str) -> None:
+def round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], policy: RankPolicy,
+                    why: str) -> None:
     """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
+    granularity, rounding, allow_larger = policy.granularity, policy.rounding, policy.allow_larger
     method = form.name
     branches = row.branches if form.branchable else 1
     step = math.lcm(granularity, branches)

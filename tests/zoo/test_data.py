@@ -9,7 +9,17 @@ import pytest
 import torch
 
 from lrdlab.zoo import data
-from lrdlab.zoo.data import ArrayDataset, ShardSampler, digits, get_loaders, random_shift, stratified_split, to_images
+from lrdlab.zoo.data import (
+    ArrayDataset,
+    Images,
+    LoaderOptions,
+    ShardSampler,
+    digits,
+    get_loaders,
+    random_shift,
+    stratified_split,
+    to_images,
+)
 
 
 def test_stratified_split_is_deterministic_disjoint_and_stratified():
@@ -42,7 +52,7 @@ def test_digits_loaders():
     x, y = next(iter(loaders.train))
     assert x.shape == (64, 1, 8, 8) and y.dtype == torch.long
     assert abs(float(loaders.train.dataset.images.mean())) < 0.1
-    bigger = get_loaders("digits", 32, image_size=16, channels=3, subset=100)
+    bigger = get_loaders("digits", 32, Images(size=16, channels=3), subset=100)
     assert bigger.input_size == (3, 16, 16) and len(bigger.train.dataset) == 100
 
 
@@ -79,7 +89,7 @@ def write_fake_cifar(root, n=6):
 
 def test_cifar10_from_local_files(tmp_path):
     write_fake_cifar(tmp_path)
-    loaders = get_loaders("cifar10", 4, root=tmp_path, test_batch_size=4)
+    loaders = get_loaders("cifar10", 4, root=tmp_path, loader=LoaderOptions(test_batch_size=4))
     assert len(loaders.train.dataset) == 30 and len(loaders.test.dataset) == 6
     assert loaders.num_classes == 10 and loaders.input_size == (3, 32, 32)
     x, y = next(iter(loaders.test))
@@ -105,7 +115,7 @@ def write_image_folder(root):
 
 def test_imagenet_folder(tmp_path):
     write_image_folder(tmp_path)
-    loaders = get_loaders(f"imagenet:{tmp_path}", 2, image_size=16, test_batch_size=2)
+    loaders = get_loaders(f"imagenet:{tmp_path}", 2, Images(size=16), loader=LoaderOptions(test_batch_size=2))
     assert loaders.num_classes == 2 and loaders.input_size == (3, 16, 16)
     assert len(loaders.train.dataset) == 6 and len(loaders.test.dataset) == 4
     x, y = next(iter(loaders.test))
@@ -164,4 +174,4 @@ def test_shift_augments_training_images_only():
     with pytest.raises(ValueError, match="shift must be an int"):
         ArrayDataset(train.images, train.labels, shift=-1)
     with pytest.raises(ValueError, match="in-memory sets"):
-        get_loaders("cifar10", shift=2)
+        get_loaders("cifar10", images=Images(shift=2))
