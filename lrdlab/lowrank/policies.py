@@ -189,5 +189,5 @@ def keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) -> 
     small = min(info["in_channels"], info["out_channels"])
     why = (f"its dimensions ({info['in_channels']}→{info['out_channels']}) are below min_rank={min_rank}"
            if small < min_rank else f"ranks {row.ranks} fall below min_rank={min_rank}")
-    row.keep(f"kept: {why}, too few to keep its function (min_rank=1 decomposes it anyway)")
+    row.keep(f"kept: {why}, too few to keep its function (Ratio(..., min_rank=1) decomposes it anyway)")
     row.target_ranks = None

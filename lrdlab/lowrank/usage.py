@@ -13,8 +13,8 @@ The check runs one *probe* forward (eval mode, no grad, restored afterwards) on 
 HuggingFace language model; without one it is skipped and the plan says so. During the probe each candidate
 module's class is swapped for a subclass that counts calls and reads of ``.weight`` made outside its own forward.
 
-Opting in: ``make_plan(model, policy, Layers(force=["name"]))`` decomposes a kept layer anyway; :func:`register_safe_layer` marks a
-subclass whose forward computes what its base class computes.
+Opting in: ``make_plan(model, policy, Layers(force=["name"]))`` decomposes a kept layer anyway;
+:func:`register_safe_layer` marks a subclass whose forward computes what its base class computes.
 """
 
 from __future__ import annotations

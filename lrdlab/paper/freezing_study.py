@@ -117,7 +117,7 @@ def run_freezing_study(
     training images (``0``: the papers' weight-only start, which sits at chance level before training).
 
     The original is trained from scratch for ``epochs``; its trained weights are decomposed
-    (``make_plan(model, Ratio(ratio), Layers(exclude=exclude))``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
+    (``make_plan(ratio, exclude)``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
     ``epochs``) with the same data order. Returns ``{"history", "throughput", "settings", "machine",
     "schema"}`` (DataFrames for the first two) and writes them as JSON to ``out`` when given. Quick:
     ``run_freezing_study(**STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the

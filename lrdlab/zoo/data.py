@@ -332,7 +332,7 @@ def get_loaders(name: str, batch_size: int = 128, images: Images | None = None, 
     for what, value, kind, example in (("images", images, Images, "Images(channels=3)"),
                                        ("loader", loader, LoaderOptions, "LoaderOptions(num_workers=2)")):
         if not isinstance(value, kind):
-            raise ValueError(f"get_loaders: {what} must be a {kind.__name__} (got {value!r}); e.g. {example}")
+            raise ValueError(f"get_loaders: {what} must be {kind.__name__}(...) (got {value!r}); e.g. {example}")
     train, test = datasets(name, cache_dir=cache_dir, root=root, image_size=images.size, channels=images.channels,
                            subset=subset, seed=seed, augment=images.augment, shift=images.shift)
     rank, size = world()

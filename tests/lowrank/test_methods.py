@@ -241,5 +241,5 @@ def test_tucker_options_live_in_the_method_and_old_plans_keep_theirs():
 def test_a_form_without_unfoldings_says_which_policies_need_them(monkeypatch):
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
     methods.register(Mirror())
-    with pytest.raises(ValueError, match="'mirror_svd' has no unfoldings.*ratio= or rank="):
+    with pytest.raises(ValueError, match=r"'mirror_svd' has no unfoldings.*Ratio\(...\) or FixedRank"):
         get_method("mirror_svd").spectra(LINEAR.weight)

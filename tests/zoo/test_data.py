@@ -175,3 +175,23 @@ def test_shift_augments_training_images_only():
         ArrayDataset(train.images, train.labels, shift=-1)
     with pytest.raises(ValueError, match="in-memory sets"):
         get_loaders("cifar10", images=Images(shift=2))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: Images(size=0), "Images: size must be an int >= 1 or None"),
+    (lambda: Images(channels=2.5), "Images: channels must be an int >= 1 or None"),
+    (lambda: Images(shift=-1), "Images: shift must be an int >= 0"),
+    (lambda: Images(augment="no"), "Images: augment must be True or False"),
+    (lambda: LoaderOptions(num_workers=-1), "LoaderOptions: num_workers must be an int >= 0"),
+    (lambda: LoaderOptions(test_batch_size=0), "LoaderOptions: test_batch_size must be an int >= 1 or None"),
+    (lambda: get_loaders("digits", 8, {"channels": 3}), r"images must be Images\(...\) .*e.g. Images\(channels=3\)"),
+])
+def test_loader_configs_name_the_bad_field(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+def test_loader_options_reach_the_loaders():
+    loaders = get_loaders("digits", 32, loader=LoaderOptions(test_batch_size=5, drop_last=True, pin_memory=True))
+    assert loaders.test.batch_size == 5 and loaders.train.drop_last and loaders.train.pin_memory
+    assert len(loaders.train.dataset) % 32 != 0 and all(len(x) == 32 for x, _ in loaders.train)
