@@ -153,8 +153,8 @@ class FixedRank(RankPolicy):
                                  f"(got {rank!r}); {fix}") from err
 
     @property
-    def value(self) -> int | str | dict[str, LayerRank]:
-        return self.rank  # type: ignore[return-value]  # a Mapping is made a dict when the policy is made
+    def value(self) -> int | str | Mapping[str, LayerRank]:
+        return self.rank
 
 
 POLICIES: dict[str, type[RankPolicy]] = {p.kind: p for p in (Ratio, Energy, VBMF, FixedRank)}
