@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from lrdlab.lowrank import ranks
@@ -23,7 +23,7 @@ def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # a frozen dataclass normalising its own field
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class RankPolicy:
     """How :func:`lrdlab.make_plan` chooses ranks: the options every kind shares (make one of the kinds,
     :class:`Ratio`, :class:`Energy`, :class:`VBMF` or :class:`FixedRank`).
@@ -50,18 +50,25 @@ class RankPolicy:
         if not isinstance(self.allow_larger, bool):
             raise ValueError(f"{who}: allow_larger must be True or False (got {self.allow_larger!r})")
 
+    def __repr__(self) -> str:
+        """The kind's own setting, then the options that differ from their defaults: ``Ratio(2.0, granularity=8)``."""
+        own = [repr(getattr(self, f.name)) for f in fields(self) if not f.kw_only]
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                   if f.kw_only and getattr(self, f.name) != f.default]
+        return f"{type(self).__name__}({', '.join(own + changed)})"
+
     @property
     def value(self) -> Any:
         """The kind's own setting as a plan records it (the ratio, the energy, True for VBMF, the ranks)."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        """The policy as a plan's ``settings`` record it (the keys plans have always had, plus ``min_rank``)."""
+        """The policy as a plan's ``settings`` record it (the keys plans have always had; a Ratio adds ``min_rank``)."""
         return {"policy": self.kind, "value": self.value, "granularity": self.granularity, "rounding": self.rounding,
                 "beta": 1.0, "branches": self.branches, "allow_larger": self.allow_larger}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Ratio(RankPolicy):
     """Each layer's weights compressed ``ratio``-fold (α in P1 §1; 2 halves them).
 
@@ -92,7 +99,7 @@ class Ratio(RankPolicy):
         return {**super().settings(), "beta": self.beta, "min_rank": self.min_rank}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Energy(RankPolicy):
     """Each rank keeps ``energy`` of its unfolding's Σσ² (0.9 keeps 90%)."""
 
@@ -111,7 +118,7 @@ class Energy(RankPolicy):
         return self.energy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class VBMF(RankPolicy):
     """Each rank chosen by empirical variational Bayes matrix factorization (:func:`lrdlab.lowrank.ranks.vbmf_rank`)."""
 
@@ -125,7 +132,7 @@ class VBMF(RankPolicy):
 LayerRank = int | str | Sequence[int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FixedRank(RankPolicy):
     """Ranks given, not derived: ``rank`` an int for every layer (capped at each layer's full rank), ``"full"``,
     or a dict from layer name to an int, a list of ints (one per rank of the layer's form) or ``"full"`` (layers
