@@ -30,10 +30,7 @@ from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported
 )
 from lrdlab.lowrank.policies import (  # noqa: F401  (MIN_RANK and params_of re-exported)
     MIN_RANK,
-    fit_fixed_ranks,
-    keep_below_min_rank,
     params_of,
-    policy_ranks,
     reduce_capped,
     round_and_check,
 )
@@ -285,7 +282,6 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     select = Layers() if layers is None else layers
     if not isinstance(select, Layers):
         raise ValueError(f"layers must be a Layers(...) (got {layers!r}); e.g. Layers(exclude='conv1')")
-    kind = policy.kind
     kxk = methods.kxk_method_names()
     method = method.name if isinstance(method, Method) else method
     if method != "auto" and method not in kxk:
@@ -300,8 +296,7 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     include, exclude, force = (select.patterns(what) for what in ("include", "exclude", "force"))
     for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force")):
         _check_patterns(names, patterns, what)
-    per_layer = isinstance(policy.value, dict)
-    if per_layer:
+    if isinstance(policy.value, dict):
         unknown = sorted(set(policy.value) - set(names))
         if unknown:
             raise ValueError(f"FixedRank: the rank dict names layers that do not exist: {unknown}; "
@@ -334,18 +329,16 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         form = methods.default_method(info)
         if form.kxk and method != "auto":
             form = get_method(method)
-        target, why = policy_ranks(module, info, form, policy, name)
+        target, why = policy.targets(module, info, form, name)
         if not target:
             row.reason = f"kept: {why}"
             continue
         if method == "auto":  # an explicit method="tucker2" keeps Tucker-2 (capped ranks) on every k×k conv
             form, target, why = reduce_capped(module, info, form, target, policy, name, why)
-        if kind == "rank":
-            target, why = fit_fixed_ranks(name, info, form, target, per_layer, why)
+        target, why = policy.fit(name, info, form, target, why)
         row.branches = policy.branches if form.branchable else 1
         round_and_check(row, info, form, target, policy, why)
-        if isinstance(policy, Ratio):
-            keep_below_min_rank(row, info, policy.min_rank)
+        policy.review(row, info)
         forced = _matches(name, force)
         notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
         if row.decomposed and any(notes):

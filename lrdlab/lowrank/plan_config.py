@@ -11,10 +11,19 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
 
 from lrdlab.lowrank import ranks
-from lrdlab.lowrank.policies import MIN_RANK, positive_int, real, to_patterns
+from lrdlab.lowrank.layers import dense_weight
+from lrdlab.lowrank.policies import MIN_RANK, fit_fixed_ranks, keep_below_min_rank, positive_int, real, to_patterns
+
+if TYPE_CHECKING:
+    from lrdlab.lowrank.methods import Method
+    from lrdlab.lowrank.plan import LayerPlan
+
+Info = dict[str, Any]
 
 KINDS = "Ratio(2), Energy(0.9), VBMF() or FixedRank(16)"
 
@@ -62,6 +71,17 @@ class RankPolicy:
         """The kind's own setting as a plan records it (the ratio, the energy, True for VBMF, the ranks)."""
         raise NotImplementedError
 
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        """Target ranks of layer ``name`` in ``form`` (not yet range-checked or rounded), and words for the reason."""
+        raise NotImplementedError
+
+    def fit(self, name: str, info: Info, form: Method, target: list[int], why: str) -> tuple[list[int], str]:
+        """The targets against the form's full ranks (derived ranks already fit)."""
+        return target, why
+
+    def review(self, row: LayerPlan, info: Info) -> None:
+        """A last look at a rounded row (a Ratio keeps a layer whose rank falls below ``min_rank``)."""
+
     def settings(self) -> dict[str, Any]:
         """The policy as a plan's ``settings`` record it (the keys plans have always had; a Ratio adds ``min_rank``)."""
         return {"policy": self.kind, "value": self.value, "granularity": self.granularity, "rounding": self.rounding,
@@ -95,6 +115,12 @@ class Ratio(RankPolicy):
     def value(self) -> float:
         return self.ratio
 
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        return form.rank_for_ratio(info, self.ratio, self.beta, self.branches), f"ratio {self.ratio:g}"
+
+    def review(self, row: LayerPlan, info: Info) -> None:
+        keep_below_min_rank(row, info, self.min_rank)
+
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "beta": self.beta, "min_rank": self.min_rank}
 
@@ -117,6 +143,10 @@ class Energy(RankPolicy):
     def value(self) -> float:
         return self.energy
 
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        spectra = form.spectra(dense_weight(module))
+        return [ranks.energy_rank(s.numpy(), self.energy) for s in spectra], f"energy {self.energy:g}"
+
 
 @dataclass(frozen=True, repr=False)
 class VBMF(RankPolicy):
@@ -127,6 +157,10 @@ class VBMF(RankPolicy):
     @property
     def value(self) -> bool:
         return True
+
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        mats = form.unfoldings(dense_weight(module).detach().double())
+        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
 
 
 LayerRank = int | str | Sequence[int]
@@ -162,6 +196,28 @@ class FixedRank(RankPolicy):
     @property
     def value(self) -> int | str | Mapping[str, LayerRank]:
         return self.rank
+
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        chosen = self.rank.get(name) if isinstance(self.rank, Mapping) else self.rank
+        if chosen is None:
+            return [], "not in the rank dict"
+        if chosen == "full":
+            return form.full_ranks(info), "full rank"
+        if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
+            return [int(chosen)] * form.n_ranks, "fixed rank"
+        try:
+            out = [int(r) for r in chosen]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"layer {name!r}: rank must be an int, 'full' or a list of ints (got {chosen!r})") \
+                from err
+        if len(out) == 1:
+            out = out * form.n_ranks
+        if len(out) != form.n_ranks:
+            raise ValueError(f"layer {name!r}: method {form.name} takes {form.n_ranks} rank(s), got {out}")
+        return out, "fixed rank"
+
+    def fit(self, name: str, info: Info, form: Method, target: list[int], why: str) -> tuple[list[int], str]:
+        return fit_fixed_ranks(name, info, form, target, isinstance(self.rank, Mapping), why)
 
 
 POLICIES: dict[str, type[RankPolicy]] = {p.kind: p for p in (Ratio, Energy, VBMF, FixedRank)}

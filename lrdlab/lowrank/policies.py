@@ -1,7 +1,9 @@
-"""Rank policies: the target ranks of one layer under ratio / energy / VBMF / fixed ranks, and input checks.
+"""Rank policies' shared machinery: input checks, fixed ranks against full ranks, the reduced form, rounding and the
+break-even, the minimum-rank rule.
 
 ``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is one of the
-frozen dataclasses of :mod:`lrdlab.lowrank.plan_config` (``Ratio``, ``Energy``, ``VBMF``, ``FixedRank``).
+frozen dataclasses of :mod:`lrdlab.lowrank.plan_config` (``Ratio``, ``Energy``, ``VBMF``, ``FixedRank``), each of
+which computes its own target ranks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import torch
 from torch import nn
 
 from lrdlab.lowrank import ranks
-from lrdlab.lowrank.layers import dense_weight
 from lrdlab.lowrank.methods import Method, get_method
 
 if TYPE_CHECKING:
@@ -62,37 +63,6 @@ def positive_int(value: Any, what: str) -> int:
 # --- target ranks -----------------------------------------------------------------------------------
 
 
-def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: RankPolicy,
-                  name: str) -> tuple[list[int], str]:
-    """Target ranks of one layer under the chosen policy (not yet range-checked), and words for the reason."""
-    kind, value = policy.kind, policy.value
-    if kind == "ratio":
-        beta = policy.beta  # type: ignore[attr-defined]  # a Ratio
-        return form.rank_for_ratio(info, value, beta, policy.branches), f"ratio {value:g}"
-    if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(dense_weight(module))], f"energy {value:g}"
-    if kind == "vbmf":
-        mats = form.unfoldings(dense_weight(module).detach().double())
-        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
-    # fixed ranks: an int, "full", or a dict by layer name
-    chosen = value.get(name) if isinstance(value, dict) else value
-    if chosen is None:
-        return [], "not in the rank dict"
-    if chosen == "full":
-        return form.full_ranks(info), "full rank"
-    if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
-        return [int(chosen)] * form.n_ranks, "fixed rank"
-    try:
-        out = [int(r) for r in chosen]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"layer {name!r}: rank must be an int, 'full' or a list of ints (got {chosen!r})") from err
-    if len(out) == 1:
-        out = out * form.n_ranks
-    if len(out) != form.n_ranks:
-        raise ValueError(f"layer {name!r}: method {form.name} takes {form.n_ranks} rank(s), got {out}")
-    return out, "fixed rank"
-
-
 def fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[int], per_layer: bool,
                      why: str) -> tuple[list[int], str]:
     """Fixed ranks against the full ranks: a per-layer (dict) rank must fit; one rank for all is capped."""
@@ -118,7 +88,7 @@ def reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target:
     if policy.kind == "rank":  # fixed ranks: keep the other mode's rank
         new_target, new_why = [target[kept]], why
     else:
-        new_target, new_why = policy_ranks(module, info, reduced, policy, name)
+        new_target, new_why = policy.targets(module, info, reduced, name)
     return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
                                  f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
                                  f"instead")
