@@ -198,7 +198,7 @@ class FixedRank(RankPolicy):
         return self.rank
 
     def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
-        chosen = self.rank.get(name) if isinstance(self.rank, Mapping) else self.rank
+        chosen: Any = self.rank.get(name) if isinstance(self.rank, Mapping) else self.rank
         if chosen is None:
             return [], "not in the rank dict"
         if chosen == "full":
@@ -230,7 +230,7 @@ def policy_from_settings(settings: Mapping[str, Any]) -> RankPolicy | None:
     if kind is None:
         return None
     shared = {k: settings[k] for k in ("granularity", "rounding", "branches", "allow_larger") if k in settings}
-    value = settings.get("value")
+    value: Any = settings.get("value")
     if kind is Ratio:
         extra = {k: settings[k] for k in ("beta", "min_rank") if k in settings}
         return Ratio(value, **shared, **extra)
