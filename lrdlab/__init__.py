@@ -22,6 +22,12 @@ _API = {
     "LayerPlan": "lrdlab.lowrank.plan",
     "Plan": "lrdlab.lowrank.plan",
     "make_plan": "lrdlab.lowrank.plan",
+    "Ratio": "lrdlab.lowrank.plan_config",
+    "Energy": "lrdlab.lowrank.plan_config",
+    "VBMF": "lrdlab.lowrank.plan_config",
+    "FixedRank": "lrdlab.lowrank.plan_config",
+    "RankPolicy": "lrdlab.lowrank.plan_config",
+    "Layers": "lrdlab.lowrank.plan_config",
     "Tucker2Options": "lrdlab.lowrank.methods",
     "LowRankLayer": "lrdlab.lowrank.layers",
     "decompose_layer": "lrdlab.lowrank.layers",
@@ -43,15 +49,25 @@ _API = {
     "bench_plan": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
     "get_loaders": "lrdlab.zoo.data",
+    "Images": "lrdlab.zoo.data_config",
+    "LoaderOptions": "lrdlab.zoo.data_config",
     "pretrained": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
 }
 
 __all__ = [
+    "VBMF",
+    "Energy",
+    "FixedRank",
     "Freezer",
+    "Images",
     "LayerPlan",
+    "Layers",
+    "LoaderOptions",
     "LowRankLayer",
     "Plan",
+    "RankPolicy",
+    "Ratio",
     "SearchConfig",
     "Tucker2Options",
     "bench_plan",
@@ -99,6 +115,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
+    from lrdlab.lowrank.plan_config import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
     from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
@@ -108,5 +125,6 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.measure.sweeps import bench_plan
     from lrdlab.paper.freezing_study import run_freezing_study
     from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data_config import Images, LoaderOptions
     from lrdlab.zoo.models import get_model
     from lrdlab.zoo.pretrained import pretrained

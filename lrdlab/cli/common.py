@@ -59,19 +59,23 @@ def _build(args: argparse.Namespace):
 
 
 def _plan_from_args(model, args: argparse.Namespace):
-    from lrdlab.lowrank.plan import applicable_patterns, make_plan
+    from lrdlab.lowrank.plan import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio, applicable_patterns, make_plan
 
     exclude = list(args.exclude or [])
-    ratio = args.ratio
     if args.paper:  # the paper's exclusions where this model has such layers (CIFAR ResNets have no downsample conv)
         exclude += [p for p in applicable_patterns(model, PAPER_EXCLUDE) if p not in exclude]
-    if ratio is None and args.energy is None and not args.vbmf and args.rank is None:
-        ratio = 2.0
-    return make_plan(
-        model, ratio=ratio, energy=args.energy, vbmf=args.vbmf, rank=args.rank, granularity=args.granularity,
-        rounding=args.rounding, method=args.method, options=_method_options(args.option), branches=args.branches,
-        include=args.include, exclude=exclude or None, model_name=args.model,
-    )
+    shared: dict[str, Any] = dict(granularity=args.granularity, rounding=args.rounding, branches=args.branches)
+    policy: RankPolicy  # --ratio / --energy / --vbmf / --rank are mutually exclusive; none: ratio 2
+    if args.energy is not None:
+        policy = Energy(args.energy, **shared)
+    elif args.vbmf:
+        policy = VBMF(**shared)
+    elif args.rank is not None:
+        policy = FixedRank(args.rank, **shared)
+    else:
+        policy = Ratio(2.0 if args.ratio is None else args.ratio, **shared)
+    return make_plan(model, policy, Layers(include=args.include, exclude=exclude or None), method=args.method,
+                     options=_method_options(args.option), model_name=args.model)
 
 
 def _option_value(text: str, kind: type) -> Any:

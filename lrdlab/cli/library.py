@@ -296,14 +296,14 @@ def _run_train(args: argparse.Namespace) -> int:
     from lrdlab.finetune.distributed import init_distributed
     from lrdlab.finetune.loop import train_and_save
     from lrdlab.zoo import models
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data import Images, get_loaders
 
     init_distributed()
     c, h, _ = models.input_size(args.model)
     small = args.data in ("mnist5k", "digits")
-    loaders = get_loaders(args.data, args.batch, cache_dir=args.cache_dir, root=args.data_root, subset=args.subset,
-                          image_size=args.image_size or (None if small else h), channels=c if small else None,
-                          seed=args.seed, shift=args.shift)
+    images = Images(size=args.image_size or (None if small else h), channels=c if small else None, shift=args.shift)
+    loaders = get_loaders(args.data, args.batch, images, cache_dir=args.cache_dir, root=args.data_root,
+                          subset=args.subset, seed=args.seed)
     model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
     policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
     plan = _load_or_make_plan(model, args) if policy else None

@@ -15,7 +15,7 @@ from torch import nn
 
 from lrdlab.explore import plots
 from lrdlab.explore.rank_lab import REFERENCE_DIR, REFERENCE_FREEZING
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.cache import default_cache_dir, read_json
 from lrdlab.measure.machine import machine_info
 from lrdlab.zoo import models
@@ -106,11 +106,11 @@ class FreezingLab:
         return list(dict.fromkeys(hit["run"]))
 
     def _loaders(self):
-        from lrdlab.zoo.data import get_loaders
+        from lrdlab.zoo.data import Images, get_loaders
 
         s = self.setup
-        return get_loaders(s.data, s.batch_size, subset=s.subset, seed=s.seed, image_size=s.image_size,
-                           channels=s.channels, cache_dir=self.cache_dir / "datasets")
+        return get_loaders(s.data, s.batch_size, Images(size=s.image_size, channels=s.channels), subset=s.subset,
+                           seed=s.seed, cache_dir=self.cache_dir / "datasets")
 
     def base_model(self, progress: Callable[[str], None] | None = None) -> nn.Module:
         """The trained-then-decomposed starting point of every short run (trained once, cached on disk)."""
@@ -132,7 +132,7 @@ class FreezingLab:
             fit(original, loaders.train, loaders.test, s.pretrain_epochs, s.lr, seed=s.seed, progress=False)
             names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
             exclude = [p for p in s.exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
-            plan = make_plan(original.eval(), ratio=s.ratio, exclude=exclude or None, model_name=s.model)
+            plan = make_plan(original.eval(), Ratio(s.ratio), Layers(exclude=exclude or None), model_name=s.model)
             net = decompose(original, plan)
             save_decomposed(net, plan, folder)
         self._base = (net, loaders)

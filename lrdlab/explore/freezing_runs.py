@@ -220,12 +220,12 @@ def calibrated_start(ratio: float, exclude: Any = ("conv1",), calibration_images
 
     from lrdlab.explore.accuracy_lab import calibrated_decompose, data_loaders, trained_model
     from lrdlab.lowrank.calibration import calibration_batches
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 
     original = trained_model()
     names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
-    plan = make_plan(original, ratio=ratio, exclude=skip or None, model_name="resnet20")
+    plan = make_plan(original, Ratio(ratio), Layers(exclude=skip or None), model_name="resnet20")
     return calibrated_decompose(original, plan, calibration_batches(data_loaders().train, calibration_images))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from lrdlab.explore.accuracy_lab import CALIBRATION, AccuracyLab, plan_key
 from lrdlab.explore.compute import conditions
 from lrdlab.lowrank.decompose import decompose, planned_structure
-from lrdlab.lowrank.plan import Plan, candidate_layers, make_plan
+from lrdlab.lowrank.plan import Layers, Plan, Ratio, candidate_layers, make_plan
 from lrdlab.measure import compare, stats
 from lrdlab.measure.counting import count_flops, count_params
 from lrdlab.zoo.pretrained import STEMS
@@ -34,7 +34,7 @@ def network_plan(model: nn.Module, ratio: float, granularity: int, rounding: str
         exclude = [p for stem in STEMS.values() for p in stem]
     names = [n for n, _ in candidate_layers(model)]
     skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
-    return make_plan(model, ratio=ratio, granularity=granularity, rounding=rounding, exclude=skip or None)
+    return make_plan(model, Ratio(ratio, granularity=granularity, rounding=rounding), Layers(exclude=skip or None))
 
 
 class NetworkLab:

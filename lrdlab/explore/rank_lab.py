@@ -32,7 +32,7 @@ from lrdlab.explore import plots
 from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, model_label
 from lrdlab.lowrank.layers import build, describe, unsupported_reason, weight_of
 from lrdlab.lowrank.methods import default_method, get_method
-from lrdlab.lowrank.plan import candidate_layers, make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, candidate_layers, make_plan
 from lrdlab.measure import stats
 from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.compare import compare
@@ -134,7 +134,8 @@ class RankLab:
                 raise ValueError(f"{model!r} has no layer {name!r}; choose one of RankLab.layer_names({model!r})")
             module = layers[name]
             info = describe(module)
-            plan = make_plan(_model(model), ratio=2, include=[name], min_rank=1)  # one layer: its form, never kept
+            # one layer: its form, never kept
+            plan = make_plan(_model(model), Ratio(2, min_rank=1), Layers(include=[name]))
             method = plan[name].method or default_method(info).name
             W, form = weight_of(module).detach(), get_method(method)
             with plots.one_thread():
@@ -153,8 +154,9 @@ class RankLab:
         """
         data = self.layer(model, name)
         form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
-        row = make_plan(_model(model), ratio=ratio, granularity=granularity, rounding=rounding, include=[name],
-                        method=form, min_rank=1)[name]  # the ranks this α implies, even below the network's min_rank
+        # the ranks this α implies, even below the network's min_rank
+        row = make_plan(_model(model), Ratio(ratio, granularity=granularity, rounding=rounding, min_rank=1),
+                        Layers(include=[name]), method=form)[name]
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
             "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "rounding": rounding,

@@ -135,7 +135,7 @@ def never_ran(names: list[str]) -> ValueError:
     patterns = sorted({f"{n.split('.')[0]}.*" if "." in n else n for n in names})
     return ValueError(f"layer(s) {names} never ran on the calibration batches (with the model in eval mode, "
                       f"e.g. an auxiliary head used only in training), so they cannot be fitted; leave them out "
-                      f"of the plan, e.g. make_plan(..., exclude={patterns})")
+                      f"of the plan, e.g. make_plan(model, policy, Layers(exclude={patterns}))")
 
 
 def _warn_if_few_rows(name: str, moments: Moments, dim: int) -> None:

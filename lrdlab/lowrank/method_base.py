@@ -93,7 +93,7 @@ class Method:
     def unfoldings(self, weight: Tensor) -> list[Tensor]:
         """The matrices whose singular values decide each rank, one per rank (energy and VBMF ranks need them)."""
         raise ValueError(f"method {self.name!r} has no unfoldings, so energy and VBMF cannot choose its ranks; "
-                         f"plan it with ratio= or rank=")
+                         f"plan it with Ratio(...) or FixedRank(...)")
 
     def spectra(self, weight: Tensor) -> list[Tensor]:
         """Singular values (float64, descending) that decide each rank."""

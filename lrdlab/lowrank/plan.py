@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,20 +15,24 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, guards, hf, methods, ranks, sharing, usage
+from lrdlab.lowrank import attention, guards, hf, methods, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
+from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
+    VBMF,
+    Energy,
+    FixedRank,
+    Layers,
+    RankPolicy,
+    Ratio,
+    check_policy,
+    policy_from_settings,
+)
 from lrdlab.lowrank.policies import (  # noqa: F401  (MIN_RANK and params_of re-exported)
     MIN_RANK,
-    fit_fixed_ranks,
-    keep_below_min_rank,
     params_of,
-    policy_ranks,
-    positive_int,
-    real,
     reduce_capped,
     round_and_check,
-    to_patterns,
 )
 
 
@@ -85,6 +88,11 @@ class Plan:
     @property
     def decomposed_layers(self) -> list[LayerPlan]:
         return [row for row in self.layers if row.decomposed]
+
+    @property
+    def policy(self) -> RankPolicy | None:
+        """The rank policy the plan was made with (None for a plan that records none, e.g. one made by hand)."""
+        return policy_from_settings(self.settings)
 
     def options_for(self, method: str | Method) -> MethodOptions:
         """The options the plan records for ``method`` (its defaults where it records none)."""
@@ -245,108 +253,63 @@ def recorded_options(given: MethodOptions | Sequence[MethodOptions] | None) -> d
     return {f.name: f.options(chosen.get(f.name)).to_dict() for f in forms if fields(f.options_type)}
 
 
-def make_plan(
-    model: nn.Module,
-    *,
-    ratio: float | None = None,
-    energy: float | None = None,
-    vbmf: bool = False,
-    rank: int | str | dict[str, Any] | None = None,
-    granularity: int = 1,
-    rounding: str = "down",
-    method: str | Method = "auto",
-    options: MethodOptions | Sequence[MethodOptions] | None = None,
-    beta: float = 1.0,
-    branches: int = 1,
-    include: str | Sequence[str] | None = None,
-    exclude: str | Sequence[str] | None = None,
-    allow_larger: bool = False,
-    model_name: str | None = None,
-    example_input: Any = None,
-    input_shape: Sequence[int] | None = None,
-    force: str | Sequence[str] | None = None,
-    min_rank: int = MIN_RANK,
-) -> Plan:
+def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None, *, method: str | Method = "auto",
+              options: MethodOptions | Sequence[MethodOptions] | None = None, model_name: str | None = None) -> Plan:
     """Plan the decomposition of every Linear/Conv layer of ``model`` (attention projections and HF Conv1D too).
 
-    Choose one rank policy: ``ratio`` (per-layer compression α, paper §1), ``energy`` (fraction of
-    Σσ² kept), ``vbmf=True``, or ``rank`` (an int for every layer, capped at each layer's full rank;
-    ``"full"``; or a dict from layer name to rank). ``method`` picks the form of k×k convs:
-    ``"auto"`` (Tucker-2, 3 layers; but a layer whose Tucker rank reaches a mode's size, as on a
-    3-channel stem, gets the Tucker-1 form without that useless full-rank factor), ``"tucker2"``
-    (always), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see :mod:`lrdlab.lowrank.methods`);
-    Linear and 1×1 convs always use SVD. ``options``: methods' options objects (e.g.
-    ``Tucker2Options(init="hooi")``); the plan records every form's options, the defaults where none is given.
-    ``include``/``exclude`` are glob patterns over layer names (one string is one pattern). A rank
-    that would not save parameters keeps the layer (unless ``allow_larger``). ``model_name`` is
-    recorded in the plan (default: the name :func:`lrdlab.get_model` gave the model, else its class).
-    Attention lrdlab cannot rewrite exactly and tied/shared layers are kept, with the reason in the plan.
-    One probe forward (on ``example_input`` / ``input_shape``, else the model's known input) finds the layers the
-    model never calls or whose weight it reads directly, and subclasses with their own forward: they are kept
-    with the reason unless ``force`` (glob patterns) names them (:mod:`lrdlab.lowrank.usage`).
-    ``min_rank``: under ``ratio``, a layer whose rank would fall below it (e.g. a 10-class head) is
-    kept, with the reason; the default ``MIN_RANK`` keeps the shipped models' heads, ``1`` turns the rule off.
-    ``tucker``: Tucker-2's factorization, ``"hooi"`` (default: one float32 HOOI sweep from the HOSVD start)
-    or ``"hosvd"`` (see :func:`lrdlab.lowrank.factorize.tucker2_factors`).
+    ``policy``: how ranks are chosen, one of :class:`~lrdlab.lowrank.plan_config.Ratio` (per-layer compression α,
+    paper §1), ``Energy`` (fraction of Σσ² kept), ``VBMF`` or ``FixedRank``, each with the shared ``granularity``,
+    ``rounding``, ``branches`` and ``allow_larger`` (a rank that would not save parameters keeps the layer unless
+    ``allow_larger``). ``layers``: :class:`~lrdlab.lowrank.plan_config.Layers`, the include / exclude / force glob
+    patterns and the probe forward's input (default: every layer, probed on the model's known input).
+    ``method`` picks the form of k×k convs: ``"auto"`` (Tucker-2, 3 layers; but a layer whose Tucker rank reaches a
+    mode's size, as on a 3-channel stem, gets the Tucker-1 form without that useless full-rank factor),
+    ``"tucker2"`` (always), ``"channel_svd"`` or ``"input_svd"`` (2 layers; see :mod:`lrdlab.lowrank.methods`);
+    Linear and 1×1 convs always use SVD. ``options``: methods' options objects (e.g. ``Tucker2Options(init="hooi")``);
+    the plan records every form's options, the defaults where none is given. ``model_name`` is recorded in the plan
+    (default: the name :func:`lrdlab.get_model` gave the model, else its class). Attention lrdlab cannot rewrite
+    exactly and tied/shared layers are kept, with the reason in the plan, as are the layers the probe forward finds
+    unsafe to replace (unless ``force`` names them).
+
+    ``make_plan(model, Ratio(2, granularity=8), Layers(exclude="conv1"))``
     """
     model = guards.unwrap(model)
     if not isinstance(model, nn.Module):
         hint = f"build it first: make_plan(get_model({model!r}), ...)" if isinstance(model, str) else \
             "pass an nn.Module (e.g. lrdlab.get_model('resnet20'))"
         raise ValueError(f"make_plan needs a model (nn.Module), got {type(model).__name__}; {hint}")
-    chosen = [k for k, v in dict(ratio=ratio, energy=energy, vbmf=vbmf or None, rank=rank).items() if v is not None]
-    if len(chosen) != 1:
-        raise ValueError(f"choose exactly one rank policy of ratio / energy / vbmf / rank (got {chosen or 'none'})")
-    kind = chosen[0]
-    if kind == "ratio":
-        ratio = real(ratio, "ratio", "2 halves each layer's weights")
-        ranks.check_ratio(ratio)
-    if kind == "energy":
-        energy = real(energy, "energy", "e.g. 0.9 keeps 90% of Σσ²")
-        if not 0 < energy <= 1:
-            raise ValueError(f"energy must be in (0, 1] (got {energy!r}); e.g. 0.9 keeps 90% of Σσ²")
-    if kind == "rank":
-        if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-            rank = positive_int(rank, "rank")
-        elif not (rank == "full" or isinstance(rank, dict)):
-            raise ValueError(f"rank must be an int >= 1, 'full' or a dict {{layer name: rank}} (got {rank!r})")
-    value = {"ratio": ratio, "energy": energy, "vbmf": True, "rank": rank}[kind]
+    policy = check_policy(policy)
+    select = Layers() if layers is None else layers
+    if not isinstance(select, Layers):
+        raise ValueError(f"layers must be a Layers(...) (got {layers!r}); e.g. Layers(exclude='conv1')")
     kxk = methods.kxk_method_names()
     method = method.name if isinstance(method, Method) else method
     if method != "auto" and method not in kxk:
         raise ValueError(f"method must be 'auto' or one of {kxk} (got {method!r})")
     chosen_options = recorded_options(options)
-    if rounding not in ranks.ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ranks.ROUNDING_MODES} (got {rounding!r})")
-    granularity = positive_int(granularity, "granularity")
-    branches = positive_int(branches, "branches")
-    min_rank = positive_int(min_rank, "min_rank")
-    beta = real(beta, "beta", "R2 = β·R1; 1 makes both Tucker ranks equal")
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0 (got {beta}); R2 = β·R1, 1 makes both Tucker ranks equal")
 
     guards.check_model(model, LowRankLayer)
-    layers = candidate_layers(model)
-    names = [n for n, _ in layers]
-    if not layers:
+    candidates = candidate_layers(model)
+    names = [n for n, _ in candidates]
+    if not candidates:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
-    include, exclude = to_patterns(include, "include"), to_patterns(exclude, "exclude")
-    force = to_patterns(force, "force")
+    include, exclude, force = (select.patterns(what) for what in ("include", "exclude", "force"))
     for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force")):
         _check_patterns(names, patterns, what)
-    if isinstance(rank, dict):
-        unknown = sorted(set(rank) - set(names))
+    if isinstance(policy.value, dict):
+        unknown = sorted(set(policy.value) - set(names))
         if unknown:
-            raise ValueError(f"rank dict names layers that do not exist: {unknown}")
+            raise ValueError(f"FixedRank: the rank dict names layers that do not exist: {unknown}; "
+                             f"layer names look like {names[:3]}")
     unrewritable = attention.skip_reasons(model)
     shared = sharing.shared_reasons(model, names)
     fastpath = attention.fastpath_notes(model)
-    kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in layers if not _matches(n, force)],
-                                           set(unrewritable) | set(fastpath), example_input, input_shape)
-    policy = {"kind": kind, "value": value, "beta": beta, "branches": branches}
+    kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in candidates if not _matches(n, force)],
+                                           set(unrewritable) | set(fastpath), select.example_input,
+                                           select.input_shape)
 
     rows = []
-    for name, module in layers:
+    for name, module in candidates:
         info = describe(module)
         row = LayerPlan(
             name=name, type=info["type"], in_channels=info["in_channels"], out_channels=info["out_channels"],
@@ -366,27 +329,22 @@ def make_plan(
         form = methods.default_method(info)
         if form.kxk and method != "auto":
             form = get_method(method)
-        target, why = policy_ranks(module, info, form, policy, name)
+        target, why = policy.targets(module, info, form, name)
         if not target:
             row.reason = f"kept: {why}"
             continue
         if method == "auto":  # an explicit method="tucker2" keeps Tucker-2 (capped ranks) on every k×k conv
             form, target, why = reduce_capped(module, info, form, target, policy, name, why)
-        if kind == "rank":
-            target, why = fit_fixed_ranks(name, info, form, target, isinstance(rank, dict), why)
-        row.branches = branches if form.branchable else 1
-        round_and_check(row, info, form, target, granularity, rounding, allow_larger, why)
-        if kind == "ratio":
-            keep_below_min_rank(row, info, min_rank)
+        target, why = policy.fit(name, info, form, target, why)
+        row.branches = policy.branches if form.branchable else 1
+        round_and_check(row, info, form, target, policy, why)
+        policy.review(row, info)
         forced = _matches(name, force)
         notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
         if row.decomposed and any(notes):
             row.reason += "".join(f"; {n}" for n in notes if n)
 
-    settings = {
-        "policy": kind, "value": value, "granularity": granularity, "rounding": rounding,
-        "method": method, "options": chosen_options, "beta": beta, "branches": branches,
-        "include": include, "exclude": exclude, "allow_larger": allow_larger, "force": force, "probe": probe_note,
-    }
+    settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
+                "exclude": exclude, "force": force, "probe": probe_note}
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
     return Plan(model=name, layers=rows, settings=settings)

@@ -1,7 +1,9 @@
-"""Rank policies: the target ranks of one layer under ratio / energy / VBMF / fixed ranks, and input checks.
+"""Rank policies' shared machinery: input checks, fixed ranks against full ranks, the reduced form, rounding and the
+break-even, the minimum-rank rule.
 
-``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is the dict
-``{"kind": "ratio" | "energy" | "vbmf" | "rank", "value": …, "beta": β, "branches": N}``.
+``make_plan`` calls these for every candidate layer; they know nothing of plans. A policy is one of the
+frozen dataclasses of :mod:`lrdlab.lowrank.plan_config` (``Ratio``, ``Energy``, ``VBMF``, ``FixedRank``), each of
+which computes its own target ranks.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import torch
 from torch import nn
 
 from lrdlab.lowrank import ranks
-from lrdlab.lowrank.layers import dense_weight
 from lrdlab.lowrank.methods import Method, get_method
 
 if TYPE_CHECKING:
     from lrdlab.lowrank.plan import LayerPlan
+    from lrdlab.lowrank.plan_config import RankPolicy
 
 # --- checking what users pass ------------------------------------------------------------------------
 
@@ -61,36 +63,6 @@ def positive_int(value: Any, what: str) -> int:
 # --- target ranks -----------------------------------------------------------------------------------
 
 
-def policy_ranks(module: nn.Module, info: dict[str, Any], form: Method, policy: dict[str, Any],
-                  name: str) -> tuple[list[int], str]:
-    """Target ranks of one layer under the chosen policy (not yet range-checked), and words for the reason."""
-    kind, value = policy["kind"], policy["value"]
-    if kind == "ratio":
-        return form.rank_for_ratio(info, value, policy["beta"], policy["branches"]), f"ratio {value:g}"
-    if kind == "energy":
-        return [ranks.energy_rank(s.numpy(), value) for s in form.spectra(dense_weight(module))], f"energy {value:g}"
-    if kind == "vbmf":
-        mats = form.unfoldings(dense_weight(module).detach().double())
-        return [max(1, ranks.vbmf_rank(m.numpy())) for m in mats], "vbmf"
-    # fixed ranks: an int, "full", or a dict by layer name
-    chosen = value.get(name) if isinstance(value, dict) else value
-    if chosen is None:
-        return [], "not in the rank dict"
-    if chosen == "full":
-        return form.full_ranks(info), "full rank"
-    if isinstance(chosen, numbers.Integral) and not isinstance(chosen, bool):
-        return [int(chosen)] * form.n_ranks, "fixed rank"
-    try:
-        out = [int(r) for r in chosen]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"layer {name!r}: rank must be an int, 'full' or a list of ints (got {chosen!r})") from err
-    if len(out) == 1:
-        out = out * form.n_ranks
-    if len(out) != form.n_ranks:
-        raise ValueError(f"layer {name!r}: method {form.name} takes {form.n_ranks} rank(s), got {out}")
-    return out, "fixed rank"
-
-
 def fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[int], per_layer: bool,
                      why: str) -> tuple[list[int], str]:
     """Fixed ranks against the full ranks: a per-layer (dict) rank must fit; one rank for all is capped."""
@@ -105,18 +77,18 @@ def fit_fixed_ranks(name: str, info: dict[str, Any], form: Method, target: list[
 
 
 def reduce_capped(module: nn.Module, info: dict[str, Any], form: Method, target: list[int],
-                   policy: dict[str, Any], name: str, why: str) -> tuple[Method, list[int], str]:
+                   policy: RankPolicy, name: str, why: str) -> tuple[Method, list[int], str]:
     """When a rank reaches its mode's size (Tucker-2 on a 3-channel stem), that factor is a useless full-rank
     1×1 conv: re-solve the policy for the form without it (Tucker-1; the ratio for the remaining mode)."""
-    found = form.reduced(info, target, policy["branches"])
+    found = form.reduced(info, target, policy.branches)
     if found is None:
         return form, target, why
     reduced, kept = found
     full = 1 - kept  # the mode whose factor is dropped
-    if policy["kind"] == "rank":  # fixed ranks: keep the other mode's rank
+    if policy.kind == "rank":  # fixed ranks: keep the other mode's rank
         new_target, new_why = [target[kept]], why
     else:
-        new_target, new_why = policy_ranks(module, info, reduced, policy, name)
+        new_target, new_why = policy.targets(module, info, reduced, name)
     return reduced, new_target, (f"{new_why}; {form.name} {form.rank_names[full]} rank {target[full]} reaches its "
                                  f"size {form.full_ranks(info)[full]}, so {reduced.name} (no full-rank factor) "
                                  f"instead")
@@ -134,9 +106,10 @@ def params_of(info: dict[str, Any], method: str | None, layer_ranks: Sequence[in
     return get_method(method).params(info, layer_ranks, branches) + bias
 
 
-def round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], granularity: int,
-                     rounding: str, allow_larger: bool, why: str) -> None:
+def round_and_check(row: LayerPlan, info: dict[str, Any], form: Method, target: list[int], policy: RankPolicy,
+                    why: str) -> None:
     """Fill ``row`` with the rounded ranks, or keep the layer with the reason it cannot save."""
+    granularity, rounding, allow_larger = policy.granularity, policy.rounding, policy.allow_larger
     method = form.name
     branches = row.branches if form.branchable else 1
     step = math.lcm(granularity, branches)
@@ -186,5 +159,5 @@ def keep_below_min_rank(row: LayerPlan, info: dict[str, Any], min_rank: int) -> 
     small = min(info["in_channels"], info["out_channels"])
     why = (f"its dimensions ({info['in_channels']}→{info['out_channels']}) are below min_rank={min_rank}"
            if small < min_rank else f"ranks {row.ranks} fall below min_rank={min_rank}")
-    row.keep(f"kept: {why}, too few to keep its function (min_rank=1 decomposes it anyway)")
+    row.keep(f"kept: {why}, too few to keep its function (Ratio(..., min_rank=1) decomposes it anyway)")
     row.target_ranks = None

@@ -13,8 +13,8 @@ The check runs one *probe* forward (eval mode, no grad, restored afterwards) on 
 HuggingFace language model; without one it is skipped and the plan says so. During the probe each candidate
 module's class is swapped for a subclass that counts calls and reads of ``.weight`` made outside its own forward.
 
-Opting in: ``make_plan(..., force=["name"])`` decomposes a kept layer anyway; :func:`register_safe_layer` marks a
-subclass whose forward computes what its base class computes.
+Opting in: ``make_plan(model, policy, Layers(force=["name"]))`` decomposes a kept layer anyway;
+:func:`register_safe_layer` marks a subclass whose forward computes what its base class computes.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def overridden_forward(module: nn.Module) -> str | None:
         return None
     return (f"kept: {cls.__name__} overrides {base.__name__}.{own[0]}, so plain factors would compute something "
             f"else; if it computes what {base.__name__} does, opt in with lrdlab.register_safe_layer({cls.__name__}) "
-            f"or make_plan(..., force=[name])")
+            f"or Layers(force=[name])")
 
 
 # --- the probe forward ---------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def probe(model: nn.Module, modules: dict[str, nn.Module], example_input: Any = 
     """Run the probe forward: ``({name: calls and outside reads}, note)``, or ``(None, why not)``."""
     found = probe_input(model, example_input, input_shape)
     if found is None:
-        return None, ("not probed: no input known; pass make_plan(..., input_shape=...) or example_input= so "
+        return None, ("not probed: no input known; pass Layers(input_shape=...) or Layers(example_input=...) so "
                       "layers the forward never calls are kept")
     args, kwargs, where, given = found
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
@@ -195,7 +195,7 @@ def probe(model: nn.Module, modules: dict[str, nn.Module], example_input: Any = 
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported, never swallowed silently
         if given:
             raise ValueError(f"the probe forward on {where} failed ({type(err).__name__}: {err}); give the input "
-                             f"the model takes as make_plan(..., example_input=...)") from err
+                             f"the model takes as Layers(example_input=...)") from err
         return None, f"not probed: the forward on {where} failed ({type(err).__name__}); pass example_input="
     finally:
         for m, mode in training.items():
@@ -229,5 +229,5 @@ def usage_reasons(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], exe
     records, note = probe(model, spied, example_input, input_shape)
     for name, record in (records or {}).items():
         if (why := _why(record)) is not None:
-            reasons[name] = f"{why}; opt in with make_plan(..., force=[{name!r}])"
+            reasons[name] = f"{why}; opt in with Layers(force=[{name!r}])"
     return reasons, note

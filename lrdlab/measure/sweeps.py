@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from lrdlab.lowrank.decompose import apply_structure, check_plan
 from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
-from lrdlab.lowrank.plan import Plan, make_plan, params_of
+from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan, params_of
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compare import check_backend, compare
 from lrdlab.measure.interleave import interleave
@@ -93,11 +93,13 @@ def speed_table(
 
 
 def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-                      exclude: Sequence[str] | None = None, **plan_kw) -> dict[str, Plan]:
-    """``{"g=G": plan}``: a ratio plan with ranks rounded down to multiples of each G."""
+                      exclude: Sequence[str] | None = None, *, rounding: str = "down",
+                      model_name: str | None = None) -> dict[str, Plan]:
+    """``{"g=G": plan}``: a ratio plan with ranks rounded (``rounding``, default down) to multiples of each G."""
     names = [n for n, _ in model.named_modules()]
     exclude = [p for p in (exclude or []) if any(_glob(n, p) for n in names)]
-    return {f"g={g}": make_plan(model, ratio=ratio, granularity=int(g), exclude=exclude or None, **plan_kw)
+    return {f"g={g}": make_plan(model, Ratio(ratio, granularity=int(g), rounding=rounding),
+                                Layers(exclude=exclude or None), model_name=model_name)
             for g in granularities}
 
 

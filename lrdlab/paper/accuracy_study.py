@@ -71,7 +71,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     """Rows (one per ratio × variant) for one model of :data:`STUDY_MODELS`."""
     from lrdlab.lowrank.calibration import calibrated_decompose, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.zoo.pretrained import pretrained
 
@@ -83,7 +83,8 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
     rows = [{**base, "ratio": 1.0, "granularity": granularity, "variant": "original", "accuracy": acc0,
              "loss": loss0, "params": base["params_original"], "flops": base["flops_original"], "seconds": 0.0}]
     for ratio in ratios:
-        plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], granularity=granularity, model_name=name)
+        plan = make_plan(original, Ratio(ratio, granularity=granularity), Layers(exclude=spec["exclude"]),
+                         model_name=name)
         made: dict[str, tuple[torch.nn.Module, float]] = {}
         made["weights"] = _timed(decompose, original, plan)
         if "weights+bn" in variants:
@@ -131,14 +132,14 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
     from lrdlab.finetune.loop import set_seed
     from lrdlab.lowrank.calibration import calibration_batches
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data import Images, get_loaders
 
     models = shipped_study_models() if models is None else list(models)
     unknown = sorted(set(models) - set(STUDY_MODELS))
     if unknown:
         raise ValueError(f"unknown study models {unknown}; choose from {sorted(STUDY_MODELS)}")
     set_seed(seed)
-    loaders = get_loaders("mnist5k", batch_size, seed=seed, channels=3)
+    loaders = get_loaders("mnist5k", batch_size, Images(channels=3), seed=seed)
     calibration = calibration_batches(loaders.train, calibration_images)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -126,7 +126,7 @@ def run_freezing_study(
     from lrdlab.lowrank.calibration import calibration_batches
     from lrdlab.lowrank.plan import applicable_patterns
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data import Images, get_loaders
     from lrdlab.zoo.start import decomposed_start, train_original
 
     finetune_epochs = finetune_epochs or epochs
@@ -138,8 +138,8 @@ def run_freezing_study(
     from lrdlab.zoo.models import input_size
 
     small = data in ("mnist5k", "digits")  # embedded grey digits: repeat to the model's channels
-    loaders = get_loaders(data, batch_size, cache_dir=cache_dir, subset=subset, seed=seed,
-                          channels=input_size(model)[0] if small else None)
+    loaders = get_loaders(data, batch_size, Images(channels=input_size(model)[0] if small else None),
+                          cache_dir=cache_dir, subset=subset, seed=seed)
     original, history = train_original(model, loaders, epochs=epochs, lr=lr, seed=seed, device=device,
                                        progress=progress)
     histories = [history.assign(variant="original", mode="original")]

@@ -19,7 +19,7 @@ import torch
 from lrdlab.finetune.loop import evaluate, fit
 from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.decode import as_dict, compare_phase
 from lrdlab.measure.decode_search import TokenShapeSearch, choices_text, search_at_token_shape
@@ -53,7 +53,7 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
     dense = evaluate(model, loaders.test)
     rows = []
     for ratio in ratios:
-        plan = make_plan(model, ratio=ratio)
+        plan = make_plan(model, Ratio(ratio))
         t0 = time.perf_counter()
         built = {"weights_only": decompose(model, plan, progress=False),
                  "one_shot_whitening": calibrated_decompose(model, plan, calib, mode="one-shot", progress=False),
@@ -118,7 +118,7 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
     before = torch.get_num_threads()
     torch.manual_seed(0)
     dense = llama_from_config(**(config or LLAMA_100M))
-    plans = {g: make_plan(dense, ratio=ratio, granularity=g) for g in granularities}
+    plans = {g: make_plan(dense, Ratio(ratio, granularity=g)) for g in granularities}
     lows = {g: decompose(dense, plan, progress=False) for g, plan in plans.items()}
     results, searched = [], []
     try:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from lrdlab.lowrank.decompose import decompose, planned_structure
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.measure.records import read_record, write_record
 from lrdlab.paper import numbers as paper
@@ -71,7 +71,7 @@ def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str,
     rows, ranks = [], {}
     for name in ("resnet50", "resnet101", "resnet152"):
         model = get_model(name).eval()
-        plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
+        plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name=name)
         small = planned_structure(model, plan)
         shape = (1, 3, 224, 224)
         f0, f1 = count_flops(model, shape), count_flops(small, shape)
@@ -87,7 +87,7 @@ def stage_paper_models(settings: Settings, results: dict[str, Any]) -> dict[str,
 def stage_decompose_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """Wall time to decompose all bottleneck convs + fc of ResNet-50 at 2x with HOSVD (median of 3)."""
     model = get_model("resnet50").eval()
-    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE)
+    plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE))
     times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -118,7 +118,7 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     shape = (settings.layer_batch, 3, 224, 224)
     for name in ("resnet152", "resnet50"):
         model = get_model(name).eval()
-        plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name=name)
+        plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name=name)
         # P1's Algorithm 1 as written (the reproduction); lrdlab's default is the robust search
         optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
                                           repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir,
@@ -159,7 +159,7 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
 
     torch.manual_seed(0)
     model = get_model("resnet50").eval()
-    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     models = technique_models(model, plan)
     optimized = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
     models = {**dict(list(models.items())[:2]), "optimized ranks": decompose(model, optimized),
@@ -192,7 +192,7 @@ def stage_breakdown(settings: Settings, results: dict[str, Any]) -> dict[str, An
     from lrdlab.measure.breakdown import plan_breakdown
 
     model = get_model("resnet50").eval()
-    plans = {"vanilla 2x": make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")}
+    plans = {"vanilla 2x": make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")}
     if "optimize" in results:
         plans["optimized ranks"] = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
     out = {name: plan_breakdown(model, plan, settings.bench_shape, rounds=4 * settings.rounds,

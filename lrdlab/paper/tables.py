@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.speed_text import speedup_text, throughput_table  # noqa: F401 - used here and by callers
@@ -232,7 +232,7 @@ def render_freezing(report, res: dict[str, Any], out: Path) -> None:
     if weights.exists():
         model = build("resnet20", num_classes=10)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        plan = make_plan(model, ratio=2, exclude=["conv1"])  # the stem stays, as in the study
+        plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))  # the stem stays, as in the study
         names = [r.name for r in plan.decomposed_layers][:: max(1, len(plan.decomposed_layers) // 4)][:4]
         fig = plots.plot_spectra(model, ranks_by_layer={n: (plan[n].ranks or [0])[0] for n in names}, names=names)
         report.heading("F10 — singular-value spectra of the trained ResNet-20")

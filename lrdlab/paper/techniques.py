@@ -25,7 +25,7 @@ from lrdlab.lowrank import factorize
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
 from lrdlab.lowrank.methods import TUCKER2, get_method
-from lrdlab.lowrank.plan import Plan, make_plan
+from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.zoo.cifar_models import bottleneck_net
@@ -240,7 +240,8 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
 
     net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
     base, loaders, summary = train_base(data, base_epochs, **net)
-    plan = make_plan(base, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name="bottleneck_net")
+    plan = make_plan(base, Ratio(ratio, granularity=granularity), Layers(exclude=list(exclude)),
+                     model_name="bottleneck_net")
     calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
     variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
     bmodels, brows = branch_structures(base, plan, branches, (1, *loaders.input_size))
@@ -287,7 +288,7 @@ def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 
 
     torch.manual_seed(0)
     model = get_model(model_name).eval()
-    plan = make_plan(model, ratio=ratio, granularity=granularity, exclude=list(exclude), model_name=model_name)
+    plan = make_plan(model, Ratio(ratio, granularity=granularity), Layers(exclude=list(exclude)), model_name=model_name)
     models, rows = branch_structures(model, plan, branches, (1, 3, image_size, image_size))
     shape = (batch, 3, image_size, image_size)
     if speed:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lrdlab.finetune.distributed import world
 from lrdlab.measure.cache import default_cache_dir
+from lrdlab.zoo.data_config import Images, LoaderOptions
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -310,31 +311,40 @@ def rebatched(loader: DataLoader, batch_size: int, seed: int = 0) -> DataLoader:
     return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler, collate_fn=loader.collate_fn)
 
 
-def get_loaders(name: str, batch_size: int = 128, *, test_batch_size: int | None = None,
-                cache_dir: str | Path | None = None, root: str | Path | None = None, image_size: int | None = None,
-                channels: int | None = None, subset: int | None = None, seed: int = 0, num_workers: int = 0,
-                augment: bool = True, shift: int = 0, drop_last: bool = False, **loader_kw: Any) -> Loaders:
+def get_loaders(name: str, batch_size: int = 128, images: Images | None = None, *, subset: int | None = None,
+                seed: int = 0, cache_dir: str | Path | None = None, root: str | Path | None = None,
+                loader: LoaderOptions | None = None) -> Loaders:
     """Train and test loaders for ``"mnist5k" | "digits" | "cifar10" | "imagenet:PATH"``.
 
+    ``images``: their size, channels and augmentation (:class:`Images`; default: the set's own).
+    ``subset``: that many training images (a stratified, ``seed``-fixed choice for the in-memory sets).
+    ``cache_dir``: where mnist5k is cached (CIFAR-10 under ``cache_dir/cifar10`` unless ``root`` names its folder).
+    ``loader``: :class:`LoaderOptions` (test batch, workers, ``drop_last``, ``pin_memory``).
     ``batch_size`` is the *global* batch: under ``torchrun`` each of W ranks gets ``batch_size // W``
     images per step, from a ``DistributedSampler`` (shuffled by ``seed`` + epoch; call
     ``loader.sampler.set_epoch(e)``, as :func:`lrdlab.fit` does). The test loader gives each
-    rank a disjoint shard, in order. ``shift`` randomly translates the training images of the
-    in-memory sets by up to that many pixels (off by default; CIFAR/ImageNet use ``augment``).
+    rank a disjoint shard, in order.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    train, test = datasets(name, cache_dir=cache_dir, root=root, image_size=image_size, channels=channels,
-                           subset=subset, seed=seed, augment=augment, shift=shift)
+    images = Images() if images is None else images
+    loader = LoaderOptions() if loader is None else loader
+    for what, value, kind, example in (("images", images, Images, "Images(channels=3)"),
+                                       ("loader", loader, LoaderOptions, "LoaderOptions(num_workers=2)")):
+        if not isinstance(value, kind):
+            raise ValueError(f"get_loaders: {what} must be {kind.__name__}(...) (got {value!r}); e.g. {example}")
+    train, test = datasets(name, cache_dir=cache_dir, root=root, image_size=images.size, channels=images.channels,
+                           subset=subset, seed=seed, augment=images.augment, shift=images.shift)
     rank, size = world()
     if batch_size % size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the {size} processes; make it a multiple")
     sampler: DistributedSampler = DistributedSampler(train, num_replicas=size, rank=rank, shuffle=True, seed=seed,
-                                                     drop_last=drop_last)
+                                                     drop_last=loader.drop_last)
     arrays = isinstance(train, ArrayDataset)
-    kw = dict(num_workers=num_workers, collate_fn=_collate_arrays if arrays else None, **loader_kw)
-    train_loader = DataLoader(train, batch_size=batch_size // size, sampler=sampler, drop_last=drop_last, **kw)
-    test_loader = DataLoader(test, batch_size=test_batch_size or max(batch_size // size, 256 // size),
+    kw: dict[str, Any] = dict(num_workers=loader.num_workers, collate_fn=_collate_arrays if arrays else None,
+                              pin_memory=loader.pin_memory)
+    train_loader = DataLoader(train, batch_size=batch_size // size, sampler=sampler, drop_last=loader.drop_last, **kw)
+    test_loader = DataLoader(test, batch_size=loader.test_batch_size or max(batch_size // size, 256 // size),
                              sampler=ShardSampler(len(test), rank, size), **kw)  # type: ignore[arg-type]
     x, _ = train[0]
     return Loaders(train_loader, test_loader, _num_classes(train), tuple(x.shape))

@@ -114,12 +114,12 @@ def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storag
     """
     from lrdlab.finetune.loop import evaluate
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data import Images, get_loaders
     from lrdlab.zoo.models import get_model, input_size
 
     run_dir, directory = Path(run_dir), Path(directory)
     state = torch.load(run_dir / "state_dict.pt", map_location="cpu", weights_only=True)
-    loaders = get_loaders(data, batch_size, channels=input_size(model_name)[0])
+    loaders = get_loaders(data, batch_size, Images(channels=input_size(model_name)[0]))
     model = get_model(model_name, num_classes=loaders.num_classes)
     model.load_state_dict(state)
     fp32 = evaluate(model, loaders.test)

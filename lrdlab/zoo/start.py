@@ -14,7 +14,7 @@ from torch import nn
 
 from lrdlab.finetune.loop import fit, set_seed
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.plan import Plan, applicable_patterns, make_plan
+from lrdlab.lowrank.plan import Layers, Plan, Ratio, applicable_patterns, make_plan
 from lrdlab.zoo.models import get_model
 
 
@@ -33,13 +33,12 @@ def train_original(model: str | nn.Module, loaders: Any, *, epochs: int, lr: flo
 
 
 def decomposed_start(original: nn.Module, *, ratio: float, exclude: str | Sequence[str] | None = None,
-                     model_name: str | None = None, calibration: Iterable | None = None,
-                     **plan_kw: Any) -> tuple[Plan, nn.Module]:
+                     model_name: str | None = None, calibration: Iterable | None = None) -> tuple[Plan, nn.Module]:
     """Plan ``original`` at ``ratio`` (exclusions kept where they match a layer) and decompose a copy.
 
     ``calibration`` (input batches): the data-aware decomposition with BatchNorm re-estimation, so
     fine-tuning starts from a working model rather than from chance (see lrdlab.lowrank.calibration).
     """
-    plan = make_plan(original, ratio=ratio, exclude=applicable_patterns(original, exclude) or None,
-                     model_name=model_name, **plan_kw)
+    plan = make_plan(original, Ratio(ratio), Layers(exclude=applicable_patterns(original, exclude) or None),
+                     model_name=model_name)
     return plan, decompose(original, plan, calibration=calibration)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrdlab.explore import accuracy_lab
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Ratio, make_plan
 
 
 def _net():
@@ -20,7 +20,7 @@ def _net():
 def test_calibrated_decompose_leaves_the_original_untouched():
     net = _net().eval()
     before = copy.deepcopy(net.state_dict())
-    plan = make_plan(net, ratio=2)
+    plan = make_plan(net, Ratio(2))
     out = accuracy_lab.calibrated_decompose(net, plan, [torch.randn(4, 3, 6, 6)])
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert out is not net and not out.training

@@ -9,9 +9,9 @@ import torch
 from lrdlab.explore.freezing_runs import PERIODS, FreezingGrid, schedule_name
 from lrdlab.explore.freezing_widget import FreezingExplorer
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.paper.freezing_grid import SCHEDULES
-from lrdlab.zoo.data import get_loaders
+from lrdlab.zoo.data import Images, get_loaders
 from lrdlab.zoo.models import get_model
 
 
@@ -33,10 +33,10 @@ def _tiny():
     def start(ratio):
         torch.manual_seed(0)
         net = get_model("resnet20", num_classes=10)
-        return decompose(net, make_plan(net, ratio=ratio, exclude=["conv1"]))
+        return decompose(net, make_plan(net, Ratio(ratio), Layers(exclude=["conv1"])))
 
     def loaders():
-        d = get_loaders("digits", 32, image_size=8, channels=3, subset=64)
+        d = get_loaders("digits", 32, Images(size=8, channels=3), subset=64)
         return d.train, d.test
 
     return start, loaders

@@ -5,7 +5,7 @@ import torch
 
 from lrdlab.explore import lab_models, rank_lab
 from lrdlab.explore.network_lab import network_plan
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.zoo import pretrained
 
 PREFIX = "encoder.layers.encoder_layer_0."
@@ -55,7 +55,7 @@ def test_vit_layers_are_the_plans_attention_and_mlp_rows(shipped_vit, lab):
     names = lab.layer_names(shipped_vit)
     assert names[1:7] == ATTENTION + MLP and names[0] == "conv_proj" and names[-1] == "heads.head"
     model = lab_models.load(shipped_vit)
-    plan = make_plan(model, ratio=2.0, granularity=8)
+    plan = make_plan(model, Ratio(2.0, granularity=8))
     attn = model.encoder.layers[0].self_attention
     for name, weight in zip(ATTENTION, (*attn.in_proj_weight.detach().chunk(3), attn.out_proj.weight.detach())):
         s = lab.state(shipped_vit, name, 2.0, 8)

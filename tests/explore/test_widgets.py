@@ -8,7 +8,7 @@ import torch
 
 from lrdlab.explore import freezing_lab, plots, rank_lab, widgets
 from lrdlab.lowrank import factorize
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Ratio, make_plan
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def lab(tmp_cache):
 
 def test_state_ranks_params_and_error_agree_with_the_library(lab):
     s = lab.state("resnet18", "layer1.0.conv2", 2.0, 8)
-    row = make_plan(rank_lab._model("resnet18"), ratio=2.0, granularity=8)["layer1.0.conv2"]
+    row = make_plan(rank_lab._model("resnet18"), Ratio(2.0, granularity=8))["layer1.0.conv2"]
     assert s["ranks"] == tuple(row.ranks) == (32, 32) and s["target_ranks"] == [38, 38]
     assert s["params_after"] == row.params_after
     assert s["compression_ratio"] == pytest.approx(row.params_before / row.params_after)

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.loop import evaluate, fit
-from lrdlab.zoo.data import get_loaders
+from lrdlab.zoo.data import Images, get_loaders
 
 
 def _net(seed: int) -> nn.Module:
@@ -41,7 +41,7 @@ def test_bad_settings_are_refused(kw, match):
 
 
 def test_fit_with_a_teacher_trains_the_student_only():
-    loaders = get_loaders("digits", 64, channels=1, seed=0)
+    loaders = get_loaders("digits", 64, Images(channels=1), seed=0)
     teacher = _net(0)
     fit(teacher, loaders.train, loaders.test, 3, 0.05, progress=False)
     teacher.requires_grad_(False).train()  # the user's choices must survive

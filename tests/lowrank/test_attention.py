@@ -10,7 +10,17 @@ import torch
 from torch import nn
 
 import lrdlab
-from lrdlab import Freezer, count_params, decompose, load_decomposed, make_plan, save_decomposed
+from lrdlab import (
+    FixedRank,
+    Freezer,
+    Layers,
+    Ratio,
+    count_params,
+    decompose,
+    load_decomposed,
+    make_plan,
+    save_decomposed,
+)
 from lrdlab.lowrank.attention import FactorizedMultiheadAttention
 from lrdlab.lowrank.decompose import planned_structure
 from lrdlab.lowrank.layers import LowRankLayer
@@ -77,7 +87,7 @@ def test_factorized_attention_gradients_match_and_it_scripts():
 
 def test_plan_has_real_rows_for_q_k_v_and_out_proj():
     model = encoder()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     names = [r.name for r in plan.layers]
     block = ["layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.0.self_attn.v_proj",
              "layers.0.self_attn.out_proj", "layers.0.linear1", "layers.0.linear2"]
@@ -86,14 +96,14 @@ def test_plan_has_real_rows_for_q_k_v_and_out_proj():
     assert "fast path off" in plan["layers.0.self_attn.q_proj"].reason
     assert "fast path off" in plan["layers.1.linear2"].reason
     # the patterns see the attention rows too
-    only_q = make_plan(model, ratio=2, include=["*.q_proj"], min_rank=1)
+    only_q = make_plan(model, Ratio(2, min_rank=1), Layers(include=["*.q_proj"]))
     assert [r.name for r in only_q.decomposed_layers] == ["layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj"]
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_full_rank_encoder_is_exact_in_float64_train_and_eval(batch_first):
     model = encoder(batch_first, dtype=torch.double)
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True))
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)))
     assert sum(isinstance(m, FactorizedMultiheadAttention) for m in full.modules()) == 2
     assert sum(isinstance(m, LowRankLayer) for m in full.modules()) == 12
     x = torch.randn((3, 5, 16) if batch_first else (5, 3, 16), dtype=torch.double)
@@ -112,7 +122,7 @@ def test_fast_path_conditions_run_and_match(include):
     x = torch.randn(3, 6, 16)
     kpm = torch.zeros(3, 6, dtype=torch.bool)
     kpm[1, 4:] = True
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True, include=include))
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True), Layers(include=include)))
     assert not full.use_nested_tensor
     assert all(isinstance(layer.self_attn, FactorizedMultiheadAttention) for layer in full.layers)
     with torch.no_grad():
@@ -121,7 +131,7 @@ def test_fast_path_conditions_run_and_match(include):
     keep = ~kpm  # PyTorch's nested-tensor path writes 0 at padded positions
     assert (a[keep] - b[keep]).abs().max() < 1e-4
     assert torch.isfinite(single).all()
-    small = decompose(model, make_plan(model, ratio=2, include=include, min_rank=1))
+    small = decompose(model, make_plan(model, Ratio(2, min_rank=1), Layers(include=include)))
     with torch.no_grad():
         assert torch.isfinite(small(x, src_key_padding_mask=kpm)).all()
 
@@ -129,7 +139,7 @@ def test_fast_path_conditions_run_and_match(include):
 def test_cross_attention_in_a_decoder_layer_is_exact():
     torch.manual_seed(0)
     dec = nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0).double().eval()
-    plan = make_plan(dec, rank="full", allow_larger=True)
+    plan = make_plan(dec, FixedRank("full", allow_larger=True))
     assert plan["multihead_attn.k_proj"].decomposed
     full = decompose(dec, plan)
     tgt, memory = torch.randn(5, 2, 16, dtype=torch.double), torch.randn(7, 2, 16, dtype=torch.double)
@@ -155,7 +165,7 @@ class MyAttention(nn.MultiheadAttention):
 def test_attention_lrdlab_cannot_rewrite_is_left_unchanged_with_a_reason():
     torch.manual_seed(0)
     model = BiasKV().eval()
-    plan = make_plan(model, rank="full", allow_larger=True)
+    plan = make_plan(model, FixedRank("full", allow_larger=True))
     for p in ("q_proj", "k_proj", "v_proj", "out_proj"):
         assert not plan[f"attn.{p}"].decomposed and "add_bias_kv" in plan[f"attn.{p}"].reason
         assert not plan[f"zero.{p}"].decomposed and "add_zero_attn" in plan[f"zero.{p}"].reason
@@ -166,12 +176,12 @@ def test_attention_lrdlab_cannot_rewrite_is_left_unchanged_with_a_reason():
     with torch.no_grad():
         assert rel(out(x), model(x)) < 1e-5
     sub = nn.Sequential(MyAttention(8, 2))
-    sub_plan = make_plan(sub, ratio=2, min_rank=1)
+    sub_plan = make_plan(sub, Ratio(2, min_rank=1))
     assert not sub_plan.decomposed_layers and "subclasses" in sub_plan["0.out_proj"].reason
     # an encoder layer whose self_attn cannot be rewritten keeps its MLP (its fast path reads linear1.weight)
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
     layer.self_attn = nn.MultiheadAttention(16, 2, add_bias_kv=True, batch_first=True)
-    assert "fast path" in make_plan(layer, ratio=2, min_rank=1)["linear1"].reason
+    assert "fast path" in make_plan(layer, Ratio(2, min_rank=1))["linear1"].reason
 
 
 def vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
@@ -183,7 +193,7 @@ def vit(seed: int = 0, dtype=torch.float32) -> nn.Module:
 
 def test_vit_every_projection_is_decomposed_and_full_rank_is_exact():
     model = vit(dtype=torch.double)
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     enc = [r for r in plan.decomposed_layers if r.name.startswith("encoder.")]
     assert len(enc) == 6 * 6  # q, k, v, out, 2 MLP per block
     small = decompose(model, plan)
@@ -192,14 +202,14 @@ def test_vit_every_projection_is_decomposed_and_full_rank_is_exact():
         assert torch.isfinite(small(x)).all()
     assert count_params(small) < 0.6 * count_params(model)
     assert count_params(small) == count_params(planned_structure(model, plan))
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True))
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)))
     with torch.no_grad():
         assert rel(full(x), model(x)) < 1e-10
 
 
 def test_decompose_leaves_the_model_untouched_when_a_layer_fails():
     model = vit()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     with torch.no_grad():
         model.encoder.layers[-1].self_attention.in_proj_weight[0, 0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -213,7 +223,7 @@ def test_decompose_leaves_the_model_untouched_when_a_layer_fails():
 
 def test_save_and_load_round_trip(tmp_path):
     model = vit()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     small = decompose(model, plan)
     save_decomposed(small, plan, tmp_path / "vit")
     keys = small.state_dict().keys()
@@ -230,7 +240,7 @@ def mlp_and_attention_factors(model: nn.Module) -> dict[str, LowRankLayer]:
 
 
 def test_regular_freezing_trains_last_of_every_svd_attention_and_mlp_layer():
-    model = decompose(encoder(), make_plan(encoder(), ratio=2, min_rank=1))
+    model = decompose(encoder(), make_plan(encoder(), Ratio(2, min_rank=1)))
     Freezer(model, "regular")
     layers = mlp_and_attention_factors(model)
     assert sorted(n.rsplit(".", 1)[-1] for n in layers) == ["k_proj", "linear1", "linear2", "out_proj", "q_proj",
@@ -243,7 +253,7 @@ def test_regular_freezing_trains_last_of_every_svd_attention_and_mlp_layer():
 
 
 def test_sequential_freezing_rotates_last_then_first_and_frozen_weights_do_not_move():
-    model = decompose(encoder(), make_plan(encoder(), ratio=2, min_rank=1))
+    model = decompose(encoder(), make_plan(encoder(), Ratio(2, min_rank=1)))
     f = Freezer(model, "sequential", period=2, unit="iteration")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
@@ -271,7 +281,7 @@ def test_unfuse_makes_every_projection_a_called_module_with_the_same_plan_rows()
     x = torch.randn(2, 5, 16, dtype=torch.double)
     with torch.no_grad():
         assert rel(unfused(x), model(x)) < 1e-12
-    plan, plan_unfused = make_plan(model, ratio=2, min_rank=1), make_plan(unfused, ratio=2, min_rank=1)
+    plan, plan_unfused = make_plan(model, Ratio(2, min_rank=1)), make_plan(unfused, Ratio(2, min_rank=1))
     assert [(r.name, r.ranks) for r in plan.layers] == [(r.name, r.ranks) for r in plan_unfused.layers]
     names = [r.name for r in plan_unfused.decomposed_layers]
     shapes = layer_input_shapes(unfused, names, (2, 5, 16))
@@ -282,7 +292,7 @@ def test_unfuse_makes_every_projection_a_called_module_with_the_same_plan_rows()
 
 def test_decomposed_encoder_exports_and_traces():
     model = encoder(True)
-    small = decompose(model, make_plan(model, ratio=2, min_rank=1)).eval()
+    small = decompose(model, make_plan(model, Ratio(2, min_rank=1))).eval()
     x = torch.randn(2, 5, 16)
     kpm = torch.zeros(2, 5, dtype=torch.bool)
     kpm[1, 3:] = True
@@ -305,7 +315,7 @@ def test_an_attention_module_used_twice_is_not_untied():
             return self.b(self.a(x, x, x)[0], x, x)[0]
 
     model = Twice().eval()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     assert not plan.decomposed_layers
     assert all("shared" in r.reason for r in plan.layers)
     out = decompose(model, plan)

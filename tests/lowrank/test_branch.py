@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import count_flops, count_params, decompose, make_plan
+from lrdlab import Layers, Ratio, count_flops, count_params, decompose, make_plan
 from lrdlab.lowrank.decompose import load_decomposed, save_decomposed
 from lrdlab.lowrank.factorize import block_diagonal_core, reconstruct_tucker2, tucker2_factors
 from lrdlab.lowrank.layers import decompose_layer
@@ -53,7 +53,7 @@ def test_one_branch_is_plain_tucker2_exactly(tucker):
 
 def test_one_branch_plan_equals_the_default_plan():
     model = bottleneck_net().eval()
-    p1, p0 = make_plan(model, ratio=2, branches=1), make_plan(model, ratio=2)
+    p1, p0 = make_plan(model, Ratio(2, branches=1)), make_plan(model, Ratio(2))
     assert [(r.name, r.method, r.ranks, r.params_after) for r in p1.layers] == \
            [(r.name, r.method, r.ranks, r.params_after) for r in p0.layers]
     x = torch.randn(2, 3, 16, 16)
@@ -128,7 +128,7 @@ def test_the_error_of_dropping_off_diagonal_blocks():
 @pytest.mark.parametrize("n", [2, 4])
 def test_plan_ranks_are_multiples_of_n_and_counts_agree(n):
     model = bottleneck_net().eval()
-    plan = make_plan(model, ratio=2, branches=n, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2, branches=n), Layers(exclude=["conv1"]))
     tucker = [r for r in plan.layers if r.method == "tucker2"]
     assert tucker and all(r.branches == n and r.ranks[0] % n == 0 and r.ranks[1] % n == 0 for r in tucker)
     assert all(r.branches == 1 for r in plan.layers if r.method == "svd")
@@ -148,7 +148,7 @@ def test_branched_ratio_formula_gives_larger_ranks():
 
 def test_branched_model_saves_and_reloads(tmp_path):
     model = bottleneck_net().eval()
-    plan = make_plan(model, ratio=2, branches=4, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2, branches=4), Layers(exclude=["conv1"]))
     out = decompose(model, plan)
     save_decomposed(out, plan, tmp_path)
     back = load_decomposed(tmp_path, bottleneck_net()).eval()
@@ -163,7 +163,7 @@ def test_impossible_branch_counts_raise():
     with pytest.raises(ValueError, match="multiples"):
         decompose_layer(m, "tucker2", (8, 12), branches=5)
     with pytest.raises(ValueError, match="branches"):
-        make_plan(bottleneck_net(), ratio=2, branches=0)
+        make_plan(bottleneck_net(), Ratio(2, branches=0))
 
 
 # --- the recorded tables' building blocks ------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_with_branches_keeps_ranks_and_divides_core_params():
     from lrdlab.paper.techniques import with_branches
 
     model = bottleneck_net().eval()
-    plan = make_plan(model, ratio=2, granularity=8, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2, granularity=8), Layers(exclude=["conv1"]))
     for n in (1, 2, 4, 8):
         p = with_branches(plan, n)
         assert [r.ranks for r in p.layers] == [r.ranks for r in plan.layers]
@@ -182,14 +182,14 @@ def test_with_branches_keeps_ranks_and_divides_core_params():
             if r.method == "tucker2":
                 assert r.branches == n and count_params(out.get_submodule(r.name)) == r.params_after
     with pytest.raises(ValueError, match="multiples"):
-        with_branches(make_plan(model, ratio=2, exclude=["conv1"]), 8)
+        with_branches(make_plan(model, Ratio(2), Layers(exclude=["conv1"])), 8)
 
 
 def test_branch_structures_rows():
     from lrdlab.paper.techniques import branch_structures
 
     model = bottleneck_net().eval()
-    plan = make_plan(model, ratio=2, granularity=8, exclude=["conv1", "*.downsample.*"])
+    plan = make_plan(model, Ratio(2, granularity=8), Layers(exclude=["conv1", "*.downsample.*"]))
     models, rows = branch_structures(model, plan, (1, 2, 4, 8), (1, 3, 16, 16))
     assert [r["branches"] for r in rows] == [1, 2, 4, 8]
     assert [r["params"] for r in rows] == sorted((r["params"] for r in rows), reverse=True)

@@ -181,7 +181,7 @@ def test_whitened_tucker2_with_white_inputs_matches_weight_only_at_full_input_ra
 
 def test_calibrated_decompose_at_full_rank_reproduces_the_model_and_never_modifies_it():
     model = _model()
-    plan = lrdlab.make_plan(model, rank="full", allow_larger=True)
+    plan = lrdlab.make_plan(model, lrdlab.FixedRank("full", allow_larger=True))
     before = _state(model)
     out = calibrated_decompose(model, plan, _batches(), bn=False)
     x = torch.randn(4, 3, 8, 8)
@@ -194,7 +194,7 @@ def test_decompose_with_calibration_is_data_aware_and_the_default_stays_weight_o
     model = _model()
     model.train()
     before = _state(model)
-    plan = lrdlab.make_plan(model, ratio=2.5, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2.5, min_rank=1))
     xs = _batches()
     weights = lrdlab.decompose(model, plan)
     calibrated = lrdlab.decompose(model, plan, calibration=[(x, torch.zeros(len(x))) for x in xs])
@@ -220,7 +220,7 @@ def test_layers_are_fitted_in_forward_order_on_the_decomposed_network():
 
 def test_inplace_calibration_changes_the_model_itself():
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1))
     out = calibrated_decompose(model, plan, _batches(), inplace=True)
     assert out is model and isinstance(model.conv2, lrdlab.LowRankLayer)
 
@@ -251,7 +251,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_calibration_input_is_a_value_error_naming_the_shape_and_the_model_is_untouched(case):
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1))
     before = _state(model)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         lrdlab.decompose(model, plan, calibration=BAD[case]())
@@ -263,7 +263,8 @@ def test_bad_calibration_input_is_a_value_error_naming_the_shape_and_the_model_i
 
 def test_wrong_image_size_for_a_registered_model_names_its_input_shape():
     model = lrdlab.get_model("vit_tiny", num_classes=10).eval()
-    plan = lrdlab.make_plan(model, ratio=2, include=["encoder.layers.encoder_layer_0.*"], model_name="vit_tiny")
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2), lrdlab.Layers(include=["encoder.layers.encoder_layer_0.*"]),
+                            model_name="vit_tiny")
     before = _state(model)
     with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\)"):
         lrdlab.decompose(model, plan, calibration=[torch.randn(2, 3, 28, 28)])
@@ -273,7 +274,7 @@ def test_wrong_image_size_for_a_registered_model_names_its_input_shape():
 def test_copy_of_batches_is_not_needed_twice():
     """A one-shot iterator (e.g. a generator) is read once and still used for every layer and BN."""
     model = _model()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1))
     xs = _batches()
     a = calibrated_decompose(model, plan, (x for x in xs))
     b = calibrated_decompose(copy.deepcopy(model), plan, xs)
@@ -285,7 +286,7 @@ def test_cached_blockwise_inputs_give_the_same_result_as_whole_network_runs(monk
     torch.manual_seed(0)
     seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5)).eval()
-    plan = lrdlab.make_plan(seq, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(seq, lrdlab.Ratio(2, min_rank=1))
     xs = _batches()
     cached = calibrated_decompose(seq, plan, xs)
     monkeypatch.setattr("lrdlab.lowrank.calibration.sequential_unit", lambda model, name: None)
@@ -300,7 +301,7 @@ def test_a_small_vit_calibrates_block_by_block_and_reproduces_itself_at_full_ran
                    mlp_dim=32).eval()
     nn.init.normal_(vit.heads.head.weight)
     assert sequential_unit(vit, "encoder.layers.encoder_layer_1.mlp.0") == "encoder.layers"
-    plan = lrdlab.make_plan(vit, rank="full", allow_larger=True)
+    plan = lrdlab.make_plan(vit, lrdlab.FixedRank("full", allow_larger=True))
     out = lrdlab.decompose(vit, plan, calibration=_batches())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(out(x), vit(x), atol=1e-4, rtol=1e-4)
@@ -314,7 +315,7 @@ def test_attention_projections_are_fitted_to_their_own_inputs():
 
     torch.manual_seed(0)
     vit = vit_tiny(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32).eval()
-    plan = lrdlab.make_plan(vit, ratio=2, include=["*self_attention*"], min_rank=1)
+    plan = lrdlab.make_plan(vit, lrdlab.Ratio(2, min_rank=1), lrdlab.Layers(include=["*self_attention*"]))
     batches = _batches()
     fitted = unfuse(lrdlab.decompose(vit, plan, calibration=batches))
     plain = unfuse(lrdlab.decompose(vit, plan))
@@ -365,7 +366,7 @@ def test_corrected_objective_is_never_worse_than_weight_only_on_its_own_data(S, 
 def test_upstream_correction_beats_the_sequential_fit_after_a_badly_truncated_first_layer():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 8)).eval()
-    plan = lrdlab.make_plan(net, rank={"0": 2, "2": 24, "4": 8}, allow_larger=True)
+    plan = lrdlab.make_plan(net, lrdlab.FixedRank({"0": 2, "2": 24, "4": 8}, allow_larger=True))
     xs = [torch.randn(64, 16) @ torch.randn(16, 16) for _ in range(4)]
     x = torch.cat(xs)
     with torch.no_grad():
@@ -377,7 +378,7 @@ def test_upstream_correction_beats_the_sequential_fit_after_a_badly_truncated_fi
 
 def test_calibration_modes_are_checked():
     with pytest.raises(ValueError, match="mode must be one of"):
-        calibrated_decompose(_model(), lrdlab.make_plan(_model(), ratio=2), _batches(), mode="svd-llm")
+        calibrated_decompose(_model(), lrdlab.make_plan(_model(), lrdlab.Ratio(2)), _batches(), mode="svd-llm")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -385,7 +386,7 @@ def test_non_finite_calibration_batches_are_a_value_error_naming_the_batch(bad):
     xs = _batches()
     xs[1][0, 0, 0, 0] = bad
     with pytest.raises(ValueError, match="calibration batch 1 holds NaN or infinite"):
-        calibrated_decompose(_model(), lrdlab.make_plan(_model(), ratio=2), xs)
+        calibrated_decompose(_model(), lrdlab.make_plan(_model(), lrdlab.Ratio(2)), xs)
 
 
 def test_a_layer_that_never_runs_is_named_with_the_exclude_fix():
@@ -398,7 +399,7 @@ def test_a_layer_that_never_runs_is_named_with_the_exclude_fix():
             return self.body(x) if not self.training else self.aux1(self.body(x))
 
     model = WithAux().eval()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1))
     with pytest.raises(ValueError, match=r"\['aux1.0'\] never ran.*exclude=\['aux1\.\*'\]"):
         calibrated_decompose(model, plan, _batches())
 
@@ -406,7 +407,7 @@ def test_a_layer_that_never_runs_is_named_with_the_exclude_fix():
 def test_too_few_calibration_rows_warn_with_the_layer_and_the_images_needed():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
-    plan = lrdlab.make_plan(net, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(net, lrdlab.Ratio(2, min_rank=1))
     with pytest.warns(UserWarning, match=r"layer '0' has 64-dimensional inputs.*only 8 rows.*at least 64"):
         out = calibrated_decompose(net, plan, [torch.randn(8, 64)])
     assert torch.isfinite(out(torch.randn(3, 64))).all()
@@ -415,7 +416,7 @@ def test_too_few_calibration_rows_warn_with_the_layer_and_the_images_needed():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_models_calibrate_with_float64_statistics(dtype):
     model = _model().to(dtype)
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1))
     xs = [x.to(dtype) for x in _batches()]
     out = calibrated_decompose(model, plan, xs)
     layers = [m for m in out.modules() if isinstance(m, lrdlab.LowRankLayer)]

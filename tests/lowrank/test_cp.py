@@ -9,7 +9,7 @@ from lrdlab.finetune.freezing import Freezer
 from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
 from lrdlab.lowrank.layers import decompose_layer, describe
 from lrdlab.lowrank.methods import get_method, kxk_method_names
-from lrdlab.lowrank.plan import make_plan, params_of
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan, params_of
 
 CP = get_method("cp")
 
@@ -58,7 +58,7 @@ def net() -> nn.Module:
 
 def test_plan_decompose_save_load_and_freezing_through_the_registry(tmp_path):
     model = net()
-    plan = make_plan(model, ratio=2, method="cp", exclude=["0"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["0"]), method="cp")
     row = plan["2"]
     assert row.method == "cp" and row.params_after == params_of(describe(model[2]), "cp", row.ranks)
     assert row.params_after - 8 <= (row.params_before - 8) / 2  # weights halved; the bias is kept

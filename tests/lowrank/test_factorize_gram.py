@@ -58,11 +58,11 @@ def test_an_all_zero_weight_gives_zero_factors_not_nan():
 def test_decompose_on_two_threads_gives_the_same_model_and_restores_the_threads():
     from torchvision.models import resnet18
 
-    from lrdlab import decompose, make_plan
+    from lrdlab import Layers, Ratio, decompose, make_plan
 
     torch.manual_seed(0)
     model = resnet18().eval()
-    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import torchvision.models as tv
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lrdlab import decompose, make_plan
+from lrdlab import FixedRank, Layers, Ratio, decompose, make_plan
 from lrdlab.lowrank.layers import LowRankLayer
 
 slow = pytest.mark.slow
@@ -107,10 +107,10 @@ def _calls(model: nn.Module, inputs) -> dict[str, int]:
 
 def check_family(model: nn.Module, inputs, exclude: list[str] | None = None) -> None:
     """Full rank exact; at 2x FLOPs fall and every decomposed layer is called."""
-    kw = {"example_input": inputs, "exclude": exclude}
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True, **kw), progress=False)
+    layers = Layers(example_input=inputs, exclude=exclude)
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True), layers), progress=False)
     torch.testing.assert_close(_run(full, inputs), _run(model, inputs), rtol=1e-8, atol=1e-10)
-    plan = make_plan(model, ratio=2, **kw)
+    plan = make_plan(model, Ratio(2), layers)
     small = decompose(model, plan, progress=False)
     assert plan.decomposed_layers, plan
     before, after = _flops(model, inputs), _flops(small, inputs)
@@ -147,7 +147,7 @@ def test_huggingface_family(name):
 
 def test_t5_feed_forward_output_kept_because_its_weight_dtype_is_read():
     model, inputs = _hf("t5")
-    plan = make_plan(model, ratio=2, example_input=inputs)
+    plan = make_plan(model, Ratio(2), Layers(example_input=inputs))
     wo = [r for r in plan.layers if r.name.endswith("DenseReluDense.wo")]
     assert wo and all(not r.decomposed and "outside its forward" in r.reason for r in wo)
 
@@ -155,7 +155,7 @@ def test_t5_feed_forward_output_kept_because_its_weight_dtype_is_read():
 @pytest.mark.parametrize("builder", [_tiny_swin, lambda: tv.swin_t(num_classes=10)], ids=["tiny", "swin_t"])
 def test_swin_qkv_and_proj_kept_and_flops_not_higher(builder):
     model, x = _tv(builder, 32)
-    plan = make_plan(model, ratio=2, example_input=x)
+    plan = make_plan(model, Ratio(2), Layers(example_input=x))
     attn = [r for r in plan.layers if ".attn." in r.name]
     assert attn and all(not r.decomposed and "never called" in r.reason for r in attn)
     assert _flops(decompose(model, plan, progress=False), x) <= _flops(model, x)
@@ -165,7 +165,7 @@ def test_swin_qkv_and_proj_kept_and_flops_not_higher(builder):
 def test_calibration_runs(name):
     model, x = _tv(*TORCHVISION[name])
     batches = [torch.randn(2, *x.shape[1:], dtype=torch.float64) for _ in range(2)]
-    plan = make_plan(model, ratio=2, example_input=x)
+    plan = make_plan(model, Ratio(2), Layers(example_input=x))
     out = decompose(model, plan, calibration=batches, progress=False)
     assert torch.isfinite(_run(out, x)).all()
     assert all(_calls(out, x).values())
@@ -176,11 +176,11 @@ def test_huggingface_lm_calibrates_on_token_batches(name):
     """Causal LMs take token-id batches: exact at full rank, and at 2x every layer is fitted and called."""
     model, inputs = _hf(name)
     batches = [torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
-    kw = {"example_input": inputs}
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True, **kw), calibration=batches,
+    layers = Layers(example_input=inputs)
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True), layers), calibration=batches,
                      progress=False)
     torch.testing.assert_close(_run(full, inputs), _run(model, inputs), rtol=1e-6, atol=1e-8)
-    plan = make_plan(model, ratio=2, **kw)
+    plan = make_plan(model, Ratio(2), layers)
     out = decompose(model, plan, calibration=batches, progress=False)
     assert torch.isfinite(_run(out, inputs)).all()
     assert set(_calls(out, inputs)) == {r.name for r in plan.decomposed_layers} and all(_calls(out, inputs).values())

@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import count_flops, count_params, decompose, decompose_layer, load_decomposed, make_plan, save_decomposed
+from lrdlab import (
+    FixedRank,
+    Ratio,
+    count_flops,
+    count_params,
+    decompose,
+    decompose_layer,
+    load_decomposed,
+    make_plan,
+    save_decomposed,
+)
 from lrdlab.lowrank.layers import LowRankLayer
 
 transformers = pytest.importorskip("transformers")
@@ -50,12 +60,12 @@ def test_conv1d_decomposes_exactly_as_its_transposed_linear():
 def test_gpt2_every_conv1d_decomposed_tied_head_skipped_and_exact_at_full_rank():
     model = gpt2(torch.double)
     assert model.lm_head.weight is model.transformer.wte.weight
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     conv1d = [n for n, m in model.named_modules() if is_conv1d(m)]
     assert len(conv1d) == 8 and sorted(r.name for r in plan.decomposed_layers) == sorted(conv1d)
     assert not plan["lm_head"].decomposed and "tied" in plan["lm_head"].reason
     ids = torch.randint(0, 300, (2, 12))
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True))
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)))
     assert not isinstance(full.lm_head, LowRankLayer)
     with torch.no_grad():
         assert rel(full(ids).logits, model(ids).logits) < 1e-10
@@ -70,7 +80,7 @@ def test_gpt2_every_conv1d_decomposed_tied_head_skipped_and_exact_at_full_rank()
 
 def test_gpt2_save_load_and_flops_on_token_ids(tmp_path):
     model = gpt2()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     small = decompose(model, plan)
     save_decomposed(small, plan, tmp_path / "gpt2")
     loaded = load_decomposed(tmp_path / "gpt2", gpt2()).eval()
@@ -86,11 +96,11 @@ def test_gpt2_save_load_and_flops_on_token_ids(tmp_path):
 def test_bert_linear_layers_decompose_exactly():
     torch.manual_seed(0)
     model = bert_from_config(**BERT).double()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     attn = [r for r in plan.decomposed_layers if ".attention.self." in r.name]
     assert len(attn) == 2 * 3  # query, key, value per layer
     assert len(plan.decomposed_layers) >= 2 * 6
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True))
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)))
     ids = torch.randint(0, 300, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, 7:] = 0
@@ -121,7 +131,7 @@ def test_shared_parameters_and_modules_are_skipped_and_counted_once():
     torch.manual_seed(0)
     model = TinyLM()
     assert count_params(model) == 100 * 32 + 2 * (32 * 32 + 32)
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     assert "tied" in plan["head"].reason and not plan["head"].decomposed
     assert "shared" in plan["mix"].reason and not plan["mix"].decomposed
     assert plan["body"].decomposed

@@ -7,7 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import decompose, get_model, load_decomposed, make_plan, merge_bottlenecks, save_decomposed
+from lrdlab import (
+    VBMF,
+    Energy,
+    FixedRank,
+    Layers,
+    Ratio,
+    decompose,
+    get_model,
+    load_decomposed,
+    make_plan,
+    merge_bottlenecks,
+    save_decomposed,
+)
 from lrdlab.lowrank import ranks
 from lrdlab.lowrank.decompose import check_plan
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
@@ -31,23 +43,23 @@ def resnet20():
 
 
 def test_save_refuses_an_undecomposed_model(resnet20, tmp_path):
-    plan = make_plan(resnet20, ratio=2)
+    plan = make_plan(resnet20, Ratio(2))
     with pytest.raises(ValueError, match=r"layer '.*' is a plain Conv2d, but the plan decomposes it.*decompose\("):
         save_decomposed(resnet20, plan, tmp_path / "out")
     assert not (tmp_path / "out" / "plan.json").exists()
 
 
 def test_save_refuses_a_plan_with_other_ranks(resnet20, tmp_path):
-    two = decompose(resnet20, make_plan(resnet20, ratio=2, min_rank=1))
+    two = decompose(resnet20, make_plan(resnet20, Ratio(2, min_rank=1)))
     with pytest.raises(ValueError, match=r"by channel_svd ranks \[5\], but the plan says channel_svd ranks \[3\]"):
-        save_decomposed(two, make_plan(resnet20, ratio=3, min_rank=1), tmp_path)
+        save_decomposed(two, make_plan(resnet20, Ratio(3, min_rank=1)), tmp_path)
     assert not (tmp_path / "plan.json").exists()
 
 
 def test_load_refuses_a_state_dict_that_does_not_fit_and_leaves_the_model_whole(resnet20, tmp_path):
-    plan = make_plan(resnet20, ratio=2)
+    plan = make_plan(resnet20, Ratio(2))
     save_decomposed(decompose(resnet20, plan), plan, tmp_path)
-    make_plan(resnet20, ratio=3).save(tmp_path / "plan.json")  # a hand-edited folder
+    make_plan(resnet20, Ratio(3)).save(tmp_path / "plan.json")  # a hand-edited folder
     fresh = get_model("resnet20")
     before = copy.deepcopy(fresh)
     with pytest.raises(ValueError, match="state_dict.pt does not fit plan.json"):
@@ -59,7 +71,7 @@ def test_load_refuses_a_state_dict_that_does_not_fit_and_leaves_the_model_whole(
 def test_merged_models_save_and_reload(tmp_path, bn):
     torch.manual_seed(0)
     model = bottleneck_net(num_classes=10).eval()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     merged = merge_bottlenecks(model, plan, bn=bn).eval()
     save_decomposed(merged, plan, tmp_path)
     saved = Plan.load(tmp_path / "plan.json")
@@ -76,7 +88,7 @@ def test_merged_models_save_and_reload(tmp_path, bn):
 
 
 def test_a_plan_for_a_smaller_model_is_refused_and_names_the_registered_model(resnet20):
-    plan = make_plan(resnet20, ratio=2)
+    plan = make_plan(resnet20, Ratio(2))
     assert plan.model == "resnet20"
     with pytest.raises(ValueError, match=r"no row for \d+ layer\(s\).*made for 'resnet20'"):
         decompose(get_model("resnet32"), plan)
@@ -87,7 +99,7 @@ def test_a_plan_for_a_smaller_model_is_refused_and_names_the_registered_model(re
 
 def test_a_capped_tucker_mode_is_resolved_as_tucker1():
     model = get_model("resnet50")
-    row = make_plan(model, ratio=2)["conv1"]  # 3→64, 7×7: Tucker-2 would give [3, 9], 4.9×
+    row = make_plan(model, Ratio(2))["conv1"]  # 3→64, 7×7: Tucker-2 would give [3, 9], 4.9×
     assert row.method == "channel_svd" and 1.9 < row.params_before / row.params_after <= 2.1
     assert "reaches its size 3" in row.reason
     stem = decompose_layer(model.conv1, row.method, row.ranks)
@@ -96,16 +108,16 @@ def test_a_capped_tucker_mode_is_resolved_as_tucker1():
 
 def test_an_output_capped_tucker_mode_drops_the_last_factor():
     model = nn.Sequential(nn.Conv2d(64, 3, 3, padding=1))
-    row = make_plan(model, ratio=2)["0"]
+    row = make_plan(model, Ratio(2))["0"]
     assert row.method == "input_svd" and 1.9 < row.params_before / row.params_after <= 2.2  # floor of a small R
 
 
 def test_one_fixed_rank_caps_the_3_channel_stem_instead_of_refusing_the_model(resnet20):
-    plan = make_plan(resnet20, rank=8)
+    plan = make_plan(resnet20, FixedRank(8))
     stem = plan["conv1"]
     assert stem.method == "channel_svd" and stem.ranks == [8] and "channel_svd" in stem.reason
     assert plan["layer1.0.conv1"].ranks == [8, 8]
-    big = make_plan(resnet20, rank=64)  # above every full rank: capped, then kept as not saving
+    big = make_plan(resnet20, FixedRank(64))  # above every full rank: capped, then kept as not saving
     assert all(not r.decomposed or "capped" in r.reason for r in big.layers)
 
 
@@ -153,33 +165,36 @@ def test_vbmf_noise_bound_matches_nakajimas_reference():
 
 
 def test_one_string_is_one_pattern(resnet20):
-    plan = make_plan(resnet20, ratio=2, exclude="conv1")
+    plan = make_plan(resnet20, Ratio(2), Layers(exclude="conv1"))
     assert plan["conv1"].reason == "excluded by 'conv1'" and plan["layer1.0.conv1"].decomposed
-    only = make_plan(resnet20, ratio=2, include="layer3.*")
+    only = make_plan(resnet20, Ratio(2), Layers(include="layer3.*"))
     assert [r.name for r in only.decomposed_layers] == [r.name for r in only.layers if r.name.startswith("layer3.")]
     with pytest.raises(ValueError, match="glob pattern or a list"):
-        make_plan(resnet20, ratio=2, exclude=["conv1", 3])
+        make_plan(resnet20, Ratio(2), Layers(exclude=["conv1", 3]))
 
 
 def test_numpy_scalars_are_numbers(resnet20):
-    plan = make_plan(resnet20, ratio=np.float32(2), granularity=np.int64(8), beta=np.float64(1), branches=np.int8(1))
+    plan = make_plan(resnet20, Ratio(np.float32(2), granularity=np.int64(8), beta=np.float64(1), branches=np.int8(1)))
     assert plan.settings["granularity"] == 8 and isinstance(plan.settings["granularity"], int)
     assert plan.to_json()  # still JSON-able
     assert all(r % 8 == 0 for row in plan.decomposed_layers for r in row.ranks)
-    assert make_plan(resnet20, rank=np.int64(4))["layer1.0.conv1"].ranks == [4, 4]
+    assert make_plan(resnet20, FixedRank(np.int64(4)))["layer1.0.conv1"].ranks == [4, 4]
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"ratio": 2, "beta": "1"}, "beta must be a finite real number"),
-    ({"ratio": "2"}, "ratio must be a finite real number"),
-    ({"ratio": 2, "granularity": 8.5}, "granularity must be a positive integer"),
-    ({"rank": 2.5}, "rank must be an int >= 1, 'full' or a dict"),
-    ({"rank": True}, "rank must be an int >= 1"),
-    ({"energy": "0.9"}, "energy must be a finite real number"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: Ratio(2, beta="1"), "Ratio: beta must be a finite real number"),
+    (lambda: Ratio("2"), "Ratio: ratio must be a finite real number"),
+    (lambda: Ratio(2, granularity=8.5), "Ratio: granularity must be a positive integer"),
+    (lambda: FixedRank(2.5), "FixedRank: rank must be an int >= 1, 'full' or a dict"),
+    (lambda: FixedRank(True), "FixedRank: rank must be an int >= 1"),
+    (lambda: Energy("0.9"), "Energy: energy must be a finite real number"),
+    (lambda: VBMF(allow_larger=1), "VBMF: allow_larger must be True or False"),
+    (lambda: Layers(input_shape=(1, 0)), "Layers: input_shape must be positive ints"),
+    (lambda: Layers(input_shape=(1, 8), example_input=torch.ones(1, 8)), "not both"),
 ])
-def test_wrong_types_get_a_value_error(resnet20, kw, match):
+def test_wrong_types_get_a_value_error_naming_the_field(make, match):
     with pytest.raises(ValueError, match=match):
-        make_plan(resnet20, **kw)
+        make()
 
 
 def test_ranks_functions_reject_a_string_beta():
@@ -202,11 +217,11 @@ def test_decompose_layer_wants_a_sequence_of_ranks():
 
 def test_make_plan_of_a_name_points_to_get_model():
     with pytest.raises(ValueError, match=r"make_plan\(get_model\('resnet20'\), \.\.\.\)"):
-        make_plan("resnet20", ratio=2)
+        make_plan("resnet20", Ratio(2))
 
 
 def test_decompose_refuses_what_is_not_a_model(resnet20):
-    plan = make_plan(resnet20, ratio=2)
+    plan = make_plan(resnet20, Ratio(2))
     with pytest.raises(ValueError, match="expected a model"):
         check_plan("resnet20", plan)
     with pytest.raises(ValueError, match="expected an lrdlab Plan"):
@@ -230,7 +245,7 @@ def test_plan_files_missing_or_not_json(tmp_path):
 
 
 def test_save_decomposed_into_a_file_path_is_refused(resnet20, tmp_path):
-    plan = make_plan(resnet20, ratio=2, include="layer3.*")
+    plan = make_plan(resnet20, Ratio(2), Layers(include="layer3.*"))
     net = decompose(resnet20, plan)
     (tmp_path / "taken").write_text("x")
     with pytest.raises(ValueError, match="is a file; save_decomposed needs a folder"):
@@ -241,7 +256,7 @@ def test_save_decomposed_into_a_file_path_is_refused(resnet20, tmp_path):
 def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
     from lrdlab import SearchConfig, optimize_plan
 
-    plan = make_plan(resnet20, ratio=2, include="layer3.*")
+    plan = make_plan(resnet20, Ratio(2), Layers(include="layer3.*"))
     with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
         optimize_plan(resnet20, plan, (3, 32, 32), cache_dir=None,
                       config=SearchConfig(time_fn=lambda module, shape: 1.0))
@@ -249,5 +264,5 @@ def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
 
 def test_branched_tucker_keeps_a_full_rank_first_factor():
     model = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1))  # Eq. 7 with N = 4 reaches R1 = C = 32
-    assert make_plan(model, ratio=2, branches=4)["0"].method == "tucker2"  # it mixes channels across branches
-    assert make_plan(model, ratio=2)["0"].method == "tucker2"  # N = 1: R1 = 29 < 32, no cap
+    assert make_plan(model, Ratio(2, branches=4))["0"].method == "tucker2"  # it mixes channels across branches
+    assert make_plan(model, Ratio(2))["0"].method == "tucker2"  # N = 1: R1 = 29 < 32, no cap

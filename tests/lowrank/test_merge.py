@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lrdlab import count_params, decompose, make_plan
+from lrdlab import FixedRank, Layers, Ratio, count_params, decompose, make_plan
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.merge import (
     BN_MODES,
@@ -142,7 +142,7 @@ def test_finds_torchvision_and_own_bottlenecks():
 @pytest.mark.parametrize("bn", ["fold", "fresh"])
 def test_merged_resnet50_keeps_its_conv_count(bn):
     model = torchvision.models.resnet50(num_classes=10).eval()
-    plan = make_plan(model, ratio=2, exclude=["conv1", "*.downsample.*", "fc"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1", "*.downsample.*", "fc"]))
     merged = merge_bottlenecks(model, plan, bn=bn)
     assert convs(merged) == convs(model) == 53
     assert count_layers(merged) == count_layers(model) == 50
@@ -161,7 +161,7 @@ def test_merged_resnet50_keeps_its_conv_count(bn):
 def test_merge_without_relu_equals_the_decomposed_model(bn):
     """With no ReLU between them, merging (BN folded) must be exact: merged ≡ Tucker-2 of the conv2s (+ fc SVD)."""
     model = no_relu(small())
-    plan = make_plan(model, ratio=2, exclude=["conv1", "*.conv1", "*.conv3"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1", "*.conv1", "*.conv3"]))
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     merged, vanilla = merge_bottlenecks(model, plan, bn=bn), decompose(model, plan)
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_merge_without_relu_equals_the_decomposed_model(bn):
 
 def test_full_rank_merge_without_relu_equals_the_original():
     model = no_relu(small())
-    plan = make_plan(model, rank="full", include=["*.conv2"], allow_larger=True)
+    plan = make_plan(model, FixedRank("full", allow_larger=True), Layers(include=["*.conv2"]))
     assert all(r["merged"] for r in merge_report(model, plan))
     merged = merge_bottlenecks(model, plan)
     assert merged.layer2[0].conv1.out_channels == model.layer2[0].conv1.out_channels  # full ranks: same widths
@@ -186,7 +186,7 @@ def test_merge_with_stride_on_conv1_resnet_v1():
     block = torchvision.models.resnet.Bottleneck(16, 8, downsample=down)
     block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
     model = no_relu(randomise_bn(nn.Sequential(block))).double().eval()
-    plan = make_plan(model, rank="full", include=["0.conv2"], allow_larger=True)
+    plan = make_plan(model, FixedRank("full", allow_larger=True), Layers(include=["0.conv2"]))
     assert merge_report(model, plan)[0]["merged"]
     merged = merge_bottlenecks(model, plan)
     assert merged[0].conv1.stride == (2, 2)
@@ -197,7 +197,7 @@ def test_merge_with_stride_on_conv1_resnet_v1():
 
 def test_fresh_equals_fold_in_eval_and_calibration_keeps_it():
     model = small()
-    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     fold = merge_bottlenecks(model, plan, bn="fold")
     fresh = merge_bottlenecks(model, plan, bn="fresh")
@@ -224,7 +224,7 @@ def test_fresh_equals_fold_in_eval_and_calibration_keeps_it():
 def test_fold_changes_only_where_the_relu_acts():
     """With ReLUs, merging is inexact, but a full-rank merge moves only the ReLU: error is finite and nonzero."""
     model = small()
-    plan = make_plan(model, rank="full", include=["*.conv2"], allow_larger=True)
+    plan = make_plan(model, FixedRank("full", allow_larger=True), Layers(include=["*.conv2"]))
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         err = rel_err(merge_bottlenecks(model, plan)(x), model(x))
@@ -233,7 +233,7 @@ def test_fold_changes_only_where_the_relu_acts():
 
 def test_exact_mode_merges_nothing_across_relu():
     model = small()
-    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     report = merge_report(model, plan, bn="exact")
     assert [r["merged"] for r in report] == [False] * 3 and "ReLU" in report[0]["reason"]
     exact = merge_bottlenecks(model, plan, bn="exact")
@@ -246,7 +246,7 @@ def test_exact_mode_merges_nothing_across_relu():
 def test_merge_never_modifies_the_input_model():
     model = small()
     before = copy.deepcopy(model.state_dict())
-    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     merge_bottlenecks(model, plan, bn="fresh", calibration=[torch.randn(4, 3, 16, 16, dtype=torch.float64)])
     assert list(model.state_dict()) == list(before)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
@@ -255,12 +255,12 @@ def test_merge_never_modifies_the_input_model():
 
 def test_inplace_merge_and_failure_leaves_the_model_whole():
     model = small()
-    plan = make_plan(model, ratio=2, exclude=["conv1"], method="channel_svd")
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]), method="channel_svd")
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="Tucker-2"):
         merge_bottlenecks(model, plan, inplace=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    good = make_plan(model, ratio=2, exclude=["conv1"])
+    good = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     out = merge_bottlenecks(model, good, inplace=True)
     assert out is model and model.layer1[0].conv1.out_channels == good["layer1.0.conv2"].ranks[0]
 
@@ -271,12 +271,12 @@ def test_inplace_merge_and_failure_leaves_the_model_whole():
 def test_unsupported_models_raise(make, match):
     model = make().eval()
     with pytest.raises(ValueError, match=match):
-        merge_bottlenecks(model, make_plan(model, ratio=2))
+        merge_bottlenecks(model, make_plan(model, Ratio(2)))
 
 
 def test_bad_options_raise():
     model = small()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     with pytest.raises(ValueError, match="bn must be"):
         merge_bottlenecks(model, plan, bn="drop")
     with pytest.raises(ValueError, match="calibration"):
@@ -290,7 +290,7 @@ def test_bad_options_raise():
 
 def test_blocks_the_plan_keeps_are_not_merged():
     model = small()
-    plan = make_plan(model, ratio=2, exclude=["conv1", "layer1.*", "*.downsample.*"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1", "layer1.*", "*.downsample.*"]))
     report = merge_report(model, plan)
     assert [r["merged"] for r in report] == [False, True, True]
     merged = merge_bottlenecks(model, plan)
@@ -300,7 +300,7 @@ def test_blocks_the_plan_keeps_are_not_merged():
 
 def test_merged_model_trains():
     model = small().float().train()
-    plan = make_plan(model, ratio=2, exclude=["conv1"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     for bn in ("fold", "fresh"):
         merged = merge_bottlenecks(model, plan, bn=bn).train()
         assert merged.training and merged.layer1[0].conv1.training
@@ -313,7 +313,7 @@ def test_technique_models_for_table2():
     from lrdlab.paper.techniques import structure_row, technique_models
 
     model = small().float()
-    plan = make_plan(model, ratio=2, exclude=["conv1", "*.downsample.*"], min_rank=1)  # the 10-class fc too
+    plan = make_plan(model, Ratio(2, min_rank=1), Layers(exclude=["conv1", "*.downsample.*"]))  # the 10-class fc too
     models = technique_models(model, plan)
     assert list(models) == ["original", "vanilla LRD", "layer freezing", "layer merging"]
     rows = {n: structure_row(n, m, model, (1, 3, 16, 16)) for n, m in models.items()}

@@ -15,7 +15,7 @@ from lrdlab.lowrank import methods
 from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
 from lrdlab.lowrank.layers import build, decompose_layer, describe
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, Tucker2Options, get_method, method_names
-from lrdlab.lowrank.plan import Plan, make_plan, params_of
+from lrdlab.lowrank.plan import Plan, Ratio, make_plan, params_of
 
 CONV = nn.Conv2d(6, 10, 3, padding=1, bias=True)
 LINEAR = nn.Linear(12, 7)
@@ -125,8 +125,8 @@ def test_a_new_form_is_one_class_and_one_register_call(monkeypatch):
 
 def test_make_plan_lists_the_registered_kxk_forms():
     with pytest.raises(ValueError, match=r"'auto' or one of \('channel_svd', 'input_svd', 'tucker2', 'cp'\)"):
-        make_plan(nn.Sequential(CONV), ratio=2, method="svd")
-    plan = make_plan(nn.Sequential(nn.Conv2d(32, 32, 3)), ratio=2, method="input_svd")
+        make_plan(nn.Sequential(CONV), Ratio(2), method="svd")
+    plan = make_plan(nn.Sequential(nn.Conv2d(32, 32, 3)), Ratio(2), method="input_svd")
     assert plan["0"].method == "input_svd" and plan["0"].params_after <= plan["0"].params_before / 2
 
 
@@ -186,7 +186,7 @@ def test_a_form_with_its_own_factor_names_and_options_runs_everywhere(monkeypatc
     toy = methods.register(SpatialMix())
     model, x = _net(), torch.randn(2, 6, 8, 8)
     # plan: the form by object, its options recorded in the JSON and read back
-    plan = Plan.from_dict(json.loads(make_plan(model, ratio=2, method=toy, options=FlipOptions(flip=True)).to_json()))
+    plan = Plan.from_dict(json.loads(make_plan(model, Ratio(2), method=toy, options=FlipOptions(flip=True)).to_json()))
     assert [r.method for r in plan.decomposed_layers] == [toy.name, toy.name]
     assert plan.settings["options"][toy.name] == {"flip": True} and plan.options_for(toy) == FlipOptions(flip=True)
     # decompose: the recorded option reaches the form's factorize
@@ -222,7 +222,7 @@ def test_a_form_with_its_own_factor_names_and_options_runs_everywhere(monkeypatc
 def test_tucker_options_live_in_the_method_and_old_plans_keep_theirs():
     model = nn.Sequential(nn.Conv2d(8, 12, 3))
     assert TUCKER2.options_type is Tucker2Options and TUCKER2.options() == Tucker2Options()
-    plan = make_plan(model, ratio=2, min_rank=1, options=Tucker2Options(init="hooi", sweeps=2))
+    plan = make_plan(model, Ratio(2, min_rank=1), options=Tucker2Options(init="hooi", sweeps=2))
     assert plan.settings["options"]["tucker2"] == {"init": "hooi", "sweeps": 2}
     hooi = decompose_layer(model[0], "tucker2", plan["0"].ranks, options=Tucker2Options(init="hooi", sweeps=2))
     assert torch.equal(decompose(model, plan)[0].core.weight, hooi.core.weight)
@@ -234,12 +234,12 @@ def test_tucker_options_live_in_the_method_and_old_plans_keep_theirs():
     with pytest.raises(ValueError, match="'tucker2' has no option 'n_iter'"):
         Plan.from_dict({**old, "settings": {"options": {"tucker2": {"n_iter": 3}}}})
     with pytest.raises(ValueError, match="options must be one options object per method"):
-        make_plan(model, ratio=2, options=[MethodOptions()])
-    assert lrdlab.make_plan(model, ratio=2).settings["options"]["tucker2"] == Tucker2Options().to_dict()
+        make_plan(model, Ratio(2), options=[MethodOptions()])
+    assert lrdlab.make_plan(model, lrdlab.Ratio(2)).settings["options"]["tucker2"] == Tucker2Options().to_dict()
 
 
 def test_a_form_without_unfoldings_says_which_policies_need_them(monkeypatch):
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
     methods.register(Mirror())
-    with pytest.raises(ValueError, match="'mirror_svd' has no unfoldings.*ratio= or rank="):
+    with pytest.raises(ValueError, match=r"'mirror_svd' has no unfoldings.*Ratio\(...\) or FixedRank"):
         get_method("mirror_svd").spectra(LINEAR.weight)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize, prune
 
 import lrdlab
-from lrdlab import count_flops, decompose, load_decomposed, make_plan, save_decomposed
+from lrdlab import FixedRank, Layers, Ratio, count_flops, decompose, load_decomposed, make_plan, save_decomposed
 from lrdlab.lowrank import usage
 from lrdlab.lowrank.layers import LowRankLayer
 
@@ -51,8 +51,8 @@ class ReadsDtype(nn.Module):
         return self.wo(self.wi(x).to(self.wo.weight.dtype))
 
 
-def _full(model, **kw):
-    return make_plan(model, rank="full", allow_larger=True, **kw)
+def _full(model, layers=None):
+    return make_plan(model, FixedRank("full", allow_larger=True), layers)
 
 
 # --- decide from what the forward does -------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _full(model, **kw):
 def test_subclass_with_its_own_forward_is_kept_and_stays_exact(layer):
     model = nn.Sequential(layer).double().eval()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64) if isinstance(layer, nn.Conv2d) else torch.randn(2, 8).double()
-    plan = _full(model, example_input=x)
+    plan = _full(model, Layers(example_input=x))
     assert not plan["0"].decomposed and "overrides" in plan["0"].reason and "register_safe_layer" in plan["0"].reason
     assert torch.equal(decompose(model, plan)(x), model(x))
 
@@ -75,7 +75,7 @@ def test_register_safe_layer_and_force_opt_in():
     model = nn.Sequential(LoggingLinear(8, 8), ScaledLinear(8, 8))
     try:
         lrdlab.register_safe_layer(LoggingLinear)
-        plan = _full(model, input_shape=(1, 8), force=["1"])
+        plan = _full(model, Layers(input_shape=(1, 8), force=["1"]))
     finally:
         usage.SAFE_LAYERS.discard(LoggingLinear)
     assert plan["0"].decomposed and plan["1"].decomposed and "forced" in plan["1"].reason
@@ -85,14 +85,14 @@ def test_register_safe_layer_and_force_opt_in():
 
 def test_a_layer_used_through_its_weight_is_kept_and_flops_do_not_grow():
     model = ReadsWeight().eval()
-    plan = make_plan(model, ratio=2, input_shape=(1, 16), allow_larger=True, min_rank=1)
+    plan = make_plan(model, Ratio(2, allow_larger=True, min_rank=1), Layers(input_shape=(1, 16)))
     assert not plan["qkv"].decomposed and "never called" in plan["qkv"].reason and "force=['qkv']" in plan["qkv"].reason
     assert plan["mlp"].decomposed
     assert count_flops(decompose(model, plan), (1, 16)) <= count_flops(model, (1, 16))
 
 
 def test_a_layer_whose_weight_is_read_outside_its_forward_is_kept():
-    plan = make_plan(ReadsDtype(), ratio=2, input_shape=(1, 16), allow_larger=True, min_rank=1)
+    plan = make_plan(ReadsDtype(), Ratio(2, allow_larger=True, min_rank=1), Layers(input_shape=(1, 16)))
     assert plan["wi"].decomposed and not plan["wo"].decomposed and "outside its forward" in plan["wo"].reason
 
 
@@ -108,7 +108,7 @@ def test_an_uncalled_layer_is_kept_and_the_probe_leaves_the_model_as_it_was():
     model = Unused().train()
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    plan = make_plan(model, ratio=2, input_shape=(1, 16), min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1), Layers(input_shape=(1, 16)))
     assert "not called" in plan["aux"].reason and plan["used"].decomposed
     assert model.training and all(m.training for m in model.modules())
     assert type(model.used) is nn.Linear and not model.used._forward_pre_hooks and not model.used._forward_hooks
@@ -119,12 +119,12 @@ def test_an_uncalled_layer_is_kept_and_the_probe_leaves_the_model_as_it_was():
 
 def test_probe_input_sources():
     plain = nn.Sequential(nn.Linear(8, 8))
-    assert make_plan(plain, ratio=2, min_rank=1).settings["probe"].startswith("not probed: no input known")
-    assert "registry" in make_plan(lrdlab.get_model("resnet20"), ratio=2, min_rank=1).settings["probe"]
+    assert make_plan(plain, Ratio(2, min_rank=1)).settings["probe"].startswith("not probed: no input known")
+    assert "registry" in make_plan(lrdlab.get_model("resnet20"), Ratio(2, min_rank=1)).settings["probe"]
     with pytest.raises(ValueError, match="probe forward on input_shape"):
-        make_plan(plain, ratio=2, input_shape=(1, 3), min_rank=1)
+        make_plan(plain, Ratio(2, min_rank=1), Layers(input_shape=(1, 3)))
     with pytest.raises(ValueError, match="not both"):
-        make_plan(plain, ratio=2, input_shape=(1, 8), example_input=torch.randn(1, 8), min_rank=1)
+        make_plan(plain, Ratio(2, min_rank=1), Layers(input_shape=(1, 8), example_input=torch.randn(1, 8)))
 
 
 # --- parametrized, weight-normed and pruned layers -------------------------------------------------------
@@ -137,7 +137,7 @@ def test_parametrized_layers_give_exact_trainable_factors(parametrization):
     model = model.double().eval()
     x = torch.randn(2, 8, dtype=torch.float64)
     model[2] = nn.Identity()
-    plan = _full(model, example_input=x)
+    plan = _full(model, Layers(example_input=x))
     out = decompose(model, plan)
     assert torch.allclose(out(x), model(x), atol=1e-10)
     assert all(p.requires_grad for p in out[0].parameters()) and "parametrized" in plan["0"].reason
@@ -147,11 +147,11 @@ def test_parametrized_layers_give_exact_trainable_factors(parametrization):
 def test_old_weight_norm_and_prune_are_refused_with_the_fix():
     wn = nn.Sequential(nn.utils.weight_norm(nn.Linear(8, 8)))
     with pytest.raises(ValueError, match=r"layer '0'.*remove_weight_norm"):
-        make_plan(wn, ratio=2, min_rank=1)
+        make_plan(wn, Ratio(2, min_rank=1))
     pruned = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
-    plan = make_plan(pruned, ratio=2, min_rank=1)
+    plan = make_plan(pruned, Ratio(2, min_rank=1))
     prune.l1_unstructured(pruned[1], "weight", amount=0.5)
-    for call in (lambda: make_plan(pruned, ratio=2, min_rank=1), lambda: decompose(pruned, plan)):
+    for call in (lambda: make_plan(pruned, Ratio(2, min_rank=1)), lambda: decompose(pruned, plan)):
         with pytest.raises(ValueError, match=r"layer '1'.*prune.remove\(layer, 'weight'\)"):
             call()
 
@@ -183,7 +183,7 @@ def test_hooks_on_a_rewritten_attention_module_move_too():
     seen = []
     model.mha.register_forward_hook(lambda mod, args, out: seen.append(type(mod).__name__))
     x = torch.randn(1, 4, 16, dtype=torch.float64)
-    plan = _full(model, example_input=x)
+    plan = _full(model, Layers(example_input=x))
     seen.clear()  # the probe forward is an ordinary forward: the model's hooks ran
     out = decompose(model, plan)
     torch.testing.assert_close(out(x), model(x))
@@ -194,7 +194,7 @@ def test_state_dict_hooks_are_refused_before_anything_changes():
     model = nn.Sequential(nn.Linear(8, 8))
     model[0]._register_state_dict_hook(lambda *a: None)
     with pytest.raises(ValueError, match=r"layer '0' has state dict hooks"):
-        decompose(model, make_plan(model, ratio=2, min_rank=1), inplace=True)
+        decompose(model, make_plan(model, Ratio(2, min_rank=1)), inplace=True)
     assert isinstance(model[0], nn.Linear)
 
 
@@ -203,29 +203,29 @@ def test_state_dict_hooks_are_refused_before_anything_changes():
 
 def test_single_layer_and_already_decomposed_models_get_a_clear_answer():
     with pytest.raises(ValueError, match="single Linear.*wrap it"):
-        make_plan(nn.Linear(64, 64), ratio=2, min_rank=1)
+        make_plan(nn.Linear(64, 64), Ratio(2, min_rank=1))
     model = nn.Sequential(nn.Linear(32, 32))
-    decomposed = decompose(model, make_plan(model, ratio=2, min_rank=1))
+    decomposed = decompose(model, make_plan(model, Ratio(2, min_rank=1)))
     with pytest.raises(ValueError, match=r"already decomposed \(layer '0'"):
-        make_plan(decomposed, ratio=2, min_rank=1)
+        make_plan(decomposed, Ratio(2, min_rank=1))
 
 
 def test_lazy_layer_kept_until_materialised():
     model = nn.Sequential(nn.LazyLinear(64), nn.Linear(64, 64))
-    plan = make_plan(model, ratio=2, input_shape=(1, 16), min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1), Layers(input_shape=(1, 16)))
     assert plan["0"].reason == "kept: lazy: not materialised, run a forward first" and plan["1"].decomposed
     assert "lazy" in plan.settings["probe"] and isinstance(model[0], nn.LazyLinear)  # the probe did not run it
 
 
 def test_tensor_ratio_is_a_number():
     model = nn.Sequential(nn.Linear(32, 32))
-    plan = make_plan(model, ratio=torch.tensor(2.0), min_rank=1)
-    assert plan.to_dict() == make_plan(model, ratio=2.0, min_rank=1).to_dict()
+    plan = make_plan(model, Ratio(torch.tensor(2.0), min_rank=1))
+    assert plan.to_dict() == make_plan(model, Ratio(2.0, min_rank=1)).to_dict()
 
 
 def test_channels_last_factors_stay_channels_last():
     model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 3)).to(memory_format=torch.channels_last)
-    out = decompose(model, make_plan(model, ratio=2, method="tucker2", min_rank=1))
+    out = decompose(model, make_plan(model, Ratio(2, min_rank=1), method="tucker2"))
     core = out[0].core.weight
     assert core.is_contiguous(memory_format=torch.channels_last) and not core.is_contiguous()
 
@@ -238,7 +238,7 @@ def test_wrappers_are_unwrapped_for_planning_saving_and_loading(wrap, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     wrapped = wrap(model)
-    plan = make_plan(wrapped, ratio=2, min_rank=1)
+    plan = make_plan(wrapped, Ratio(2, min_rank=1))
     assert [r.name for r in plan.layers] == ["0", "2"]
     out = decompose(wrapped, plan)
     save_decomposed(out, plan, tmp_path)

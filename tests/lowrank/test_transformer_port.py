@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import SearchConfig, decompose, load_decomposed, make_plan, optimize_plan, save_decomposed
+from lrdlab import Layers, Ratio, SearchConfig, decompose, load_decomposed, make_plan, optimize_plan, save_decomposed
 from lrdlab.lowrank.attention import FactorizedMultiheadAttention
 from lrdlab.lowrank.layers import LowRankLayer, build, describe
 from lrdlab.lowrank.methods import get_method, linear_like
@@ -46,7 +46,7 @@ def test_views_are_plan_names_but_not_submodules():
 
 def test_partial_plan_without_attention_rows_is_refused():
     model = AttnNet()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     plan.layers = [r for r in plan.layers if r.name != "attn.v_proj"]
     with pytest.raises(ValueError, match="no row"):
         decompose(model, plan)
@@ -55,7 +55,7 @@ def test_partial_plan_without_attention_rows_is_refused():
 def test_keeping_the_attention_saves_and_loads(tmp_path):
     torch.manual_seed(0)
     model = AttnNet().eval()
-    plan = make_plan(model, ratio=2, include="fc", min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1), Layers(include="fc"))
     small = decompose(model, plan)
     assert type(small.attn) is nn.MultiheadAttention and isinstance(small.fc, LowRankLayer)
     save_decomposed(small, plan, tmp_path / "m")
@@ -67,15 +67,15 @@ def test_keeping_the_attention_saves_and_loads(tmp_path):
 
 def test_saving_with_the_wrong_plan_is_refused_for_attention_rows(tmp_path):
     model = AttnNet()
-    small = decompose(model, make_plan(model, ratio=2, include="attn.*", min_rank=1))
+    small = decompose(model, make_plan(model, Ratio(2, min_rank=1), Layers(include="attn.*")))
     assert isinstance(small.attn, FactorizedMultiheadAttention)
     with pytest.raises(ValueError, match="plan"):
-        save_decomposed(small, make_plan(model, ratio=2, include="fc", min_rank=1), tmp_path / "m")
+        save_decomposed(small, make_plan(model, Ratio(2, min_rank=1), Layers(include="fc")), tmp_path / "m")
 
 
 def test_optimize_plan_times_the_q_k_v_rows_on_their_real_inputs(tmp_path):
     model = AttnNet()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     seen: dict[tuple, int] = {}
 
     def timer(module: nn.Module, shape) -> float:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 from lrdlab.cli import main
 from lrdlab.measure.breakdown import REST, WHOLE, amdahl_speedup, breakdown_text, needed_layer_speedup, time_breakdown
 
@@ -76,7 +76,7 @@ def test_a_plan_names_the_layers_and_the_callers_models_are_untouched():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).train()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     dec = decompose(model, plan, progress=False).train()
     df = time_breakdown(model, dec, (2, 3, 16, 16), plan, rounds=3, warmup=0, progress=False)
     assert list(df["part"]) == [*(r.name for r in plan.decomposed_layers), REST, WHOLE]

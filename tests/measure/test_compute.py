@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import make_plan
+from lrdlab import Ratio, make_plan
 from lrdlab.measure import compute
 from lrdlab.measure.compute import apply_compute, busy, compute_info, current_compute
 from lrdlab.measure.threads import bench_threads, threads_table
@@ -95,7 +95,7 @@ def test_bad_thread_counts_and_modes():
 def test_bench_per_thread_count_names_its_compute():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     before = torch.get_num_threads()
     reports = bench_threads(model, plan, (2, 3, 16, 16), [1], rounds=2, max_rounds=2, warmup=1, repeats=1)
     assert torch.get_num_threads() == before  # restored
@@ -111,7 +111,7 @@ def test_the_searched_plan_records_its_thread_count(tmp_path):
     from lrdlab.measure.search_config import SearchConfig
 
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     with compute_policy(1):
         new, _ = optimize_plan(model, plan, (1, 3, 8, 8), lower=0.9, cache_dir=tmp_path,
                                config=SearchConfig(method="paper", time_fn=lambda layer, shape: 1e-3, progress=False))
@@ -150,7 +150,7 @@ def test_bench_says_when_the_plan_was_searched_at_another_thread_count(tmp_path,
     from lrdlab.cli import main
     from lrdlab.zoo.models import get_model
 
-    plan = make_plan(get_model("resnet20"), ratio=2, model_name="resnet20")
+    plan = make_plan(get_model("resnet20"), Ratio(2), model_name="resnet20")
     plan.settings["optimize"] = {"threads": 2}
     plan.save(tmp_path / "p.json")
     argv = ["bench", "resnet20", "--plan", str(tmp_path / "p.json"), "--threads", "1", "--rounds", "2",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import make_plan
+from lrdlab import FixedRank, make_plan
 from lrdlab.cli import main
 from lrdlab.measure.plan_choice import ORIGINAL, choose_plan, pick
 
@@ -58,8 +58,8 @@ def test_choose_plan_times_whole_networks_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = wide()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    slow = make_plan(model, rank=255)  # ~as many FLOPs as the original: not a clear win
-    fast = make_plan(model, rank=8)    # 32x fewer FLOPs in both layers
+    slow = make_plan(model, FixedRank(255))  # ~as many FLOPs as the original: not a clear win
+    fast = make_plan(model, FixedRank(8))    # 32x fewer FLOPs in both layers
     choice = choose_plan(model, {"rank 255": slow, "rank 8": fast}, (256, 512), rounds=5, warmup=1, progress=False)
     assert choice.name == "rank 8" and choice.plan is fast
     table = choice.table.set_index("name")
@@ -71,7 +71,7 @@ def test_choose_plan_times_whole_networks_and_leaves_the_model_alone():
 
 def test_choose_plan_refuses_bad_input():
     model = wide()
-    plan = make_plan(model, rank=8)
+    plan = make_plan(model, FixedRank(8))
     with pytest.raises(ValueError, match="at least one plan"):
         choose_plan(model, {}, (4, 512))
     with pytest.raises(ValueError, match="rename"):

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lrdlab import decompose, make_plan
+from lrdlab import Layers, Ratio, decompose, make_plan
 from lrdlab.cli import main
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import Plan
@@ -33,7 +33,7 @@ def tiny() -> nn.Module:
 
 
 def tiny_plan(model):
-    return make_plan(model, ratio=2, exclude=["0"], min_rank=1)  # the 64→10 head too (rank 4)
+    return make_plan(model, Ratio(2, min_rank=1), Layers(exclude=["0"]))  # the 64→10 head too (rank 4)
 
 
 class FakeTimer:
@@ -207,7 +207,7 @@ def test_layer_input_shapes_are_the_real_activations():
 def test_bad_inputs_are_clear_errors():
     model = tiny()
     plan = tiny_plan(model)
-    other = make_plan(torchvision.models.resnet18(num_classes=10), ratio=2)
+    other = make_plan(torchvision.models.resnet18(num_classes=10), Ratio(2))
     with pytest.raises(ValueError, match="plan"):
         optimize_plan(model, other, (2, 3, 8, 8), cache_dir=None,
                       config=SearchConfig(time_fn=FakeTimer(), progress=False))
@@ -232,7 +232,7 @@ def test_bad_inputs_are_clear_errors():
 def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
     """The per-layer ORG fallback keeps the optimized model at least as fast as the original (within noise)."""
     model = torchvision.models.resnet18(num_classes=10).eval()
-    plan = make_plan(model, ratio=2, exclude=["conv1", "*.downsample.*"])
+    plan = make_plan(model, Ratio(2), Layers(exclude=["conv1", "*.downsample.*"]))
     shape = (8, 3, 32, 32)
     new, traces = optimize_plan(model, plan, shape, lower=0.95, repeats=5, rounds=2, cache_dir=tmp_path,
                                 config=SearchConfig(margin=0.05, progress=False, method="paper"))
@@ -290,7 +290,7 @@ def test_cli_optimize_writes_a_plan(tmp_path, capsys):
 
 def test_branched_tucker_searches_multiples_of_the_branches():
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1))
-    plan = make_plan(model, ratio=2, branches=4, exclude=["0"])
+    plan = make_plan(model, Ratio(2, branches=4), Layers(exclude=["0"]))
     new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None,
                                 config=SearchConfig(time_fn=FakeTimer(), progress=False))
     for label in traces["ranks"]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import make_plan
+from lrdlab import Layers, Ratio, make_plan
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, robust_candidate
 from lrdlab.measure.search_config import SearchConfig
@@ -22,7 +22,7 @@ def linear_model() -> nn.Module:
 
 
 def plan_of(model):
-    plan = make_plan(model, ratio=2, include=["0"])
+    plan = make_plan(model, Ratio(2), Layers(include=["0"]))
     assert plan["0"].ranks == [128]
     return plan
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrdlab import make_plan
+from lrdlab import Layers, Ratio, make_plan
 from lrdlab.cli import main
 from lrdlab.measure import stats
 from lrdlab.measure.compare import BackendUnavailable, check_backend, compare, onnx_session
@@ -167,7 +167,7 @@ def test_decomposed_model_gives_the_same_outputs_in_onnxruntime():
     from lrdlab import decompose
 
     model = tiny()
-    dec = decompose(model, make_plan(model, ratio=2, exclude=["0"]), progress=False).eval()
+    dec = decompose(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), progress=False).eval()
     x = torch.randn(2, 3, 8, 8)
     session = onnx_session(dec, tuple(x.shape))
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
@@ -178,7 +178,7 @@ def test_decomposed_model_gives_the_same_outputs_in_onnxruntime():
 def test_bench_on_onnxruntime_reports_backend_and_interval():
     pytest.importorskip("onnxruntime")
     model = tiny()
-    report = bench_plan(model, make_plan(model, ratio=2, exclude=["0"]), (2, 3, 8, 8), rounds=3, warmup=1,
+    report = bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), rounds=3, warmup=1,
                         repeats=2, backend="onnxruntime", max_rounds=3)
     inf = report["inference"]
     assert report["settings"]["backend"] == "onnxruntime"
@@ -186,7 +186,8 @@ def test_bench_on_onnxruntime_reports_backend_and_interval():
     assert inf["speedup_pct"]["ci_low"] <= inf["speedup_pct"]["median"] <= inf["speedup_pct"]["ci_high"]
     assert "backend onnxruntime" in format_bench(report) and "95% CI" in format_bench(report)
     with pytest.raises(ValueError, match="inference only"):
-        bench_plan(model, make_plan(model, ratio=2, exclude=["0"]), (2, 3, 8, 8), train=True, backend="onnxruntime")
+        bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), train=True,
+                   backend="onnxruntime")
 
 
 def test_missing_backend_library_is_one_line_naming_the_extra(monkeypatch, capsys):

@@ -56,7 +56,7 @@ def test_f5_f7_f9_draw_error_bars():
 def test_f7_throughput_rows_carry_intervals_and_sequential_averages_its_phases(monkeypatch):
     """freezing_throughput's arithmetic on known paired round times: the sequential time of a round is the mean
     of its phases' times, inference is measured once for every decomposed variant, every row has intervals."""
-    from lrdlab import decompose, make_plan
+    from lrdlab import Layers, Ratio, decompose, make_plan
     from lrdlab.paper.freezing_study import freezing_throughput
     from lrdlab.paper.tables import throughput_table
     from lrdlab.zoo.models import get_model
@@ -74,7 +74,7 @@ def test_f7_throughput_rows_carry_intervals_and_sequential_averages_its_phases(m
 
     monkeypatch.setattr("lrdlab.measure.compare.compare", fake_compare)
     model = get_model("resnet20", num_classes=10).eval()
-    lrd = decompose(model, make_plan(model, ratio=2, exclude=["conv1"]), progress=False)
+    lrd = decompose(model, make_plan(model, Ratio(2), Layers(exclude=["conv1"])), progress=False)
     t = freezing_throughput(model, lrd, (8, 3, 32, 32), rounds=4).set_index("technique")
     assert calls[1] == ("inference", ["original", "lrd"])  # freezing does not change inference: timed once
     assert t.loc["lrd", "train_speedup_pct"] == pytest.approx(100.0)

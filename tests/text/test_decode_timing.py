@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 
 pytest.importorskip("transformers")
 from lrdlab.measure.decode import bytes_per_token, compare_phase, decode_step  # noqa: E402
@@ -29,7 +29,7 @@ def test_bytes_per_token_skips_the_embedding_table_and_compare_runs(tiny_llama):
     emb = model.get_input_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
     assert bytes_per_token(model) == 4 * (total - emb.numel())
-    low = decompose(model, make_plan(model, ratio=2))
+    low = decompose(model, make_plan(model, Ratio(2)))
     result = compare_phase(model, low, "decode", 1, 2, context=4, rounds=2)
     assert result.rounds == 2 and result.ci_low <= result.speedup <= result.ci_high
     assert 1.5 < result.bytes_ideal < 2.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 
 transformers = pytest.importorskip("transformers")
 from lrdlab.lowrank.hf_save import load_hf, merge_to_dense, save_hf  # noqa: E402
@@ -14,7 +14,7 @@ from lrdlab.lowrank.hf_save import load_hf, merge_to_dense, save_hf  # noqa: E40
 @pytest.fixture(scope="module")
 def decomposed(tiny_llama):
     model = tiny_llama()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     x = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
     return model, plan, decompose(model, plan, calibration=[x]), x
 
@@ -54,4 +54,4 @@ def test_save_hf_refuses_a_model_without_a_config(tmp_path):
 
     net = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(ValueError, match="Hugging Face model"):
-        save_hf(net, make_plan(net, ratio=2), tmp_path / "x")
+        save_hf(net, make_plan(net, Ratio(2)), tmp_path / "x")

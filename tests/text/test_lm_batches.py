@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 from lrdlab.finetune.loop import evaluate, fit
 
 pytest.importorskip("transformers")
@@ -31,7 +31,7 @@ def logits_error(model, reference, x):
 def test_calibration_takes_token_ids_and_dicts_and_beats_weights_only_with_gqa(llama):
     attn = llama.model.layers[0].self_attn
     assert attn.k_proj.out_features < attn.q_proj.out_features  # grouped-query attention
-    plan = make_plan(llama, ratio=2)
+    plan = make_plan(llama, Ratio(2))
     assert "model.layers.0.self_attn.k_proj" in {r.name for r in plan.decomposed_layers}
     x = ids(8, 32)
     as_dict = {"input_ids": x[4:], "attention_mask": torch.ones_like(x[4:])}
@@ -51,14 +51,14 @@ def test_calibration_takes_token_ids_and_dicts_and_beats_weights_only_with_gqa(l
      "padded"),
 ])
 def test_bad_calibration_batches_are_named(llama, batch, words):
-    plan = make_plan(llama, ratio=2)
+    plan = make_plan(llama, Ratio(2))
     with pytest.raises(ValueError, match=words) as err:
         decompose(llama, plan, calibration=[ids(2, 8), batch])
     assert "calibration batch 1" in str(err.value)
 
 
 def test_too_few_calibration_tokens_warn_naming_the_layer(llama):
-    plan = make_plan(llama, ratio=2)
+    plan = make_plan(llama, Ratio(2))
     with pytest.warns(UserWarning, match=r"fewer than layer 'model\.layers\.0\.self_attn\.q_proj'"):
         decompose(llama, plan, calibration=[ids(1, 16)])
 
@@ -92,6 +92,6 @@ def test_fit_trains_a_causal_lm_on_dict_batches_with_and_without_a_teacher(tiny_
         history = fit(model, train, [text[:2]], 3, lr=1e-2, optimizer="adamw", progress=False,
                       evaluate_start=True)
     assert history["loss"].iloc[-1] < 0.5 * history["loss"].iloc[0]
-    student = decompose(model, make_plan(model, ratio=2))
+    student = decompose(model, make_plan(model, Ratio(2)))
     history = fit(student, train, [text[:2]], 1, lr=1e-3, optimizer="adamw", teacher=model, progress=False)
     assert math.isfinite(history["loss"].iloc[-1])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 from lrdlab.lowrank.calibration import calibrated_decompose, input_covariance, one_shot_moments
 
 
@@ -17,7 +17,7 @@ def test_one_shot_uses_the_original_models_statistics_and_beats_weights_only(tin
     moments = one_shot_moments(model, [name], [x])[name]
     assert moments.gram is not None and moments.rows == 8 * 32
     assert torch.allclose(moments.gram / moments.rows, input_covariance(model, model.get_submodule(name), [x]))
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     one_shot = calibrated_decompose(model, plan, [x], mode="one-shot")
     weights = decompose(model, plan, progress=False)
     with torch.no_grad():

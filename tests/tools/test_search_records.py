@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lrdlab import get_model, make_plan
+from lrdlab import Layers, Ratio, get_model, make_plan
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.rank_search import rank_table
 from tools.record.search import plan_from_t1
@@ -10,7 +10,7 @@ from tools.record.search import plan_from_t1
 
 def test_plan_from_t1_round_trips_the_rank_table_with_params_that_follow_the_ranks():
     model = get_model("resnet20").eval()
-    vanilla = make_plan(model, ratio=2, exclude=["conv1"])
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     optimized = Plan.from_dict(vanilla.to_dict())
     rows = optimized.decomposed_layers
     rows[0].ranks = [r - 2 for r in rows[0].ranks]  # Tucker, r1 = r2: shown as one number
@@ -33,7 +33,7 @@ def test_the_search_is_read_at_the_thread_count_it_was_recorded_at(tmp_path):
 
     assert search_file(1) == SEARCH_FILE and search_file(2) == "search_robust_resnet50_cpu_2threads.json"
     model = get_model("resnet20").eval()
-    vanilla = make_plan(model, ratio=2, exclude=["conv1"])
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=["conv1"]))
     two, first = Plan.from_dict(vanilla.to_dict()), vanilla.decomposed_layers[0].name
     two[first].keep("ORG: searched at 2 threads")
     (tmp_path / search_file(2)).write_text(json.dumps({"t1": rank_table(vanilla, two).to_dict(orient="records")}))

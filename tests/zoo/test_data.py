@@ -9,7 +9,17 @@ import pytest
 import torch
 
 from lrdlab.zoo import data
-from lrdlab.zoo.data import ArrayDataset, ShardSampler, digits, get_loaders, random_shift, stratified_split, to_images
+from lrdlab.zoo.data import (
+    ArrayDataset,
+    Images,
+    LoaderOptions,
+    ShardSampler,
+    digits,
+    get_loaders,
+    random_shift,
+    stratified_split,
+    to_images,
+)
 
 
 def test_stratified_split_is_deterministic_disjoint_and_stratified():
@@ -42,7 +52,7 @@ def test_digits_loaders():
     x, y = next(iter(loaders.train))
     assert x.shape == (64, 1, 8, 8) and y.dtype == torch.long
     assert abs(float(loaders.train.dataset.images.mean())) < 0.1
-    bigger = get_loaders("digits", 32, image_size=16, channels=3, subset=100)
+    bigger = get_loaders("digits", 32, Images(size=16, channels=3), subset=100)
     assert bigger.input_size == (3, 16, 16) and len(bigger.train.dataset) == 100
 
 
@@ -79,7 +89,7 @@ def write_fake_cifar(root, n=6):
 
 def test_cifar10_from_local_files(tmp_path):
     write_fake_cifar(tmp_path)
-    loaders = get_loaders("cifar10", 4, root=tmp_path, test_batch_size=4)
+    loaders = get_loaders("cifar10", 4, root=tmp_path, loader=LoaderOptions(test_batch_size=4))
     assert len(loaders.train.dataset) == 30 and len(loaders.test.dataset) == 6
     assert loaders.num_classes == 10 and loaders.input_size == (3, 32, 32)
     x, y = next(iter(loaders.test))
@@ -105,7 +115,7 @@ def write_image_folder(root):
 
 def test_imagenet_folder(tmp_path):
     write_image_folder(tmp_path)
-    loaders = get_loaders(f"imagenet:{tmp_path}", 2, image_size=16, test_batch_size=2)
+    loaders = get_loaders(f"imagenet:{tmp_path}", 2, Images(size=16), loader=LoaderOptions(test_batch_size=2))
     assert loaders.num_classes == 2 and loaders.input_size == (3, 16, 16)
     assert len(loaders.train.dataset) == 6 and len(loaders.test.dataset) == 4
     x, y = next(iter(loaders.test))
@@ -164,4 +174,24 @@ def test_shift_augments_training_images_only():
     with pytest.raises(ValueError, match="shift must be an int"):
         ArrayDataset(train.images, train.labels, shift=-1)
     with pytest.raises(ValueError, match="in-memory sets"):
-        get_loaders("cifar10", shift=2)
+        get_loaders("cifar10", images=Images(shift=2))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: Images(size=0), "Images: size must be an int >= 1 or None"),
+    (lambda: Images(channels=2.5), "Images: channels must be an int >= 1 or None"),
+    (lambda: Images(shift=-1), "Images: shift must be an int >= 0"),
+    (lambda: Images(augment="no"), "Images: augment must be True or False"),
+    (lambda: LoaderOptions(num_workers=-1), "LoaderOptions: num_workers must be an int >= 0"),
+    (lambda: LoaderOptions(test_batch_size=0), "LoaderOptions: test_batch_size must be an int >= 1 or None"),
+    (lambda: get_loaders("digits", 8, {"channels": 3}), r"images must be Images\(...\) .*e.g. Images\(channels=3\)"),
+])
+def test_loader_configs_name_the_bad_field(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+def test_loader_options_reach_the_loaders():
+    loaders = get_loaders("digits", 32, loader=LoaderOptions(test_batch_size=5, drop_last=True, pin_memory=True))
+    assert loaders.test.batch_size == 5 and loaders.train.drop_last and loaders.train.pin_memory
+    assert len(loaders.train.dataset) % 32 != 0 and all(len(x) == 32 for x, _ in loaders.train)

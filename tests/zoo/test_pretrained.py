@@ -36,7 +36,7 @@ def test_shipped_weights_are_small_and_documented(name):
 def test_shipped_weights_score_at_least_95_percent_on_the_mnist5k_test_split(name):
     model = pretrained(name)
     assert not model.training
-    loaders = lrdlab.get_loaders("mnist5k", 250, channels=3)
+    loaders = lrdlab.get_loaders("mnist5k", 250, lrdlab.Images(channels=3))
     result = lrdlab.evaluate(model, loaders.test)
     assert result["images"] == 1000
     assert result["accuracy"] >= 95.0

@@ -11,11 +11,11 @@ from typing import Any
 
 from lrdlab.finetune.loop import evaluate, set_seed
 from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import write_record
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
-from lrdlab.zoo.data import get_loaders
+from lrdlab.zoo.data import Images, get_loaders
 from lrdlab.zoo.pretrained import pretrained
 
 
@@ -41,8 +41,8 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
     spec = STUDY_MODELS[name]
     set_seed(0)
     original = pretrained(spec["pretrained"])
-    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
-    plan = make_plan(original, ratio=ratio, exclude=spec["exclude"], model_name=name)
+    loaders = get_loaders("mnist5k", 128, Images(channels=3), seed=0)
+    plan = make_plan(original, Ratio(ratio), Layers(exclude=spec["exclude"]), model_name=name)
     start = calibrated_decompose(original, plan, calibration_batches(loaders.train, calibration_images))
     acc0, start_acc = accuracy(original, loaders.test), accuracy(start, loaders.test)
     rows = []

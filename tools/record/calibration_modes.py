@@ -49,14 +49,14 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
     from lrdlab.finetune.loop import evaluate, set_seed
     from lrdlab.lowrank.calibration import calibrated_decompose, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.counting import count_params
     from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.zoo.data import Images, get_loaders
     from lrdlab.zoo.pretrained import kept_stem, pretrained
 
     set_seed(0)
-    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
+    loaders = get_loaders("mnist5k", 128, Images(channels=3), seed=0)
     cal = calibration_sets(loaders.train)
     original = pretrained("resnet20_mnist5k")
     rows = [{"variant": "original", "accuracy": round(evaluate(original, loaders.test)["accuracy"], 2),
@@ -64,8 +64,8 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
     for s in sets:
         for head in heads:
             for ratio in ratios:
-                plan = make_plan(original, ratio=ratio, exclude=kept_stem("resnet20"), model_name="resnet20",
-                                 min_rank=HEADS[head])
+                plan = make_plan(original, Ratio(ratio, min_rank=HEADS[head]), Layers(exclude=kept_stem("resnet20")),
+                                 model_name="resnet20")
                 for variant in variants:
                     t0 = time.perf_counter()
                     if variant.startswith("weights"):
@@ -99,12 +99,12 @@ def vit_logit_errors(ratios: Sequence[float] = (2.0, 3.0, 4.0), modes: Sequence[
 
     from lrdlab.finetune.loop import set_seed
     from lrdlab.lowrank.calibration import calibrated_decompose
-    from lrdlab.lowrank.plan import make_plan
-    from lrdlab.zoo.data import get_loaders
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.zoo.data import Images, get_loaders
     from lrdlab.zoo.pretrained import kept_stem, pretrained
 
     set_seed(0)
-    loaders = get_loaders("mnist5k", 128, seed=0, channels=3)
+    loaders = get_loaders("mnist5k", 128, Images(channels=3), seed=0)
     cal = calibration_sets(loaders.train)[calibration_set]
     original = pretrained("vit_tiny_mnist5k").eval()
     test = list(loaders.test)
@@ -120,7 +120,7 @@ def vit_logit_errors(ratios: Sequence[float] = (2.0, 3.0, 4.0), modes: Sequence[
     reference = logits(original)
     rows = [{"model": "vit_tiny_mnist5k", "variant": "original", "accuracy": accuracy(reference)}]
     for ratio in ratios:
-        plan = make_plan(original, ratio=ratio, exclude=kept_stem("vit_tiny"), model_name="vit_tiny")
+        plan = make_plan(original, Ratio(ratio), Layers(exclude=kept_stem("vit_tiny")), model_name="vit_tiny")
         for mode in modes:
             t0 = time.perf_counter()
             model = calibrated_decompose(original, plan, cal, mode=mode)

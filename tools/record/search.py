@@ -30,7 +30,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     import torch
 
     from lrdlab.lowrank.merge import merge_bottlenecks
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.rank_search import optimize_plan, rank_table
@@ -42,12 +42,12 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     load_before, threads = os.getloadavg(), torch.get_num_threads()
     shape = (batch, 3, image_size, image_size)
     model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     t = time.perf_counter()
     searched, traces = optimize_plan(model, vanilla, shape, repeats=5,
                                      config=SearchConfig(method="robust", progress=False))
     search_s = time.perf_counter() - t
-    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    g32 = make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
             "merging + robust search": merge_bottlenecks(model, searched),
             "merging + g=32": merge_bottlenecks(model, g32)}
@@ -72,7 +72,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     import torch
 
     from lrdlab.lowrank.merge import merge_bottlenecks
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.sweeps import speed_table
@@ -81,10 +81,10 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
 
     load_before, threads = os.getloadavg(), torch.get_num_threads()
     model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     searched = recorded_search_plan(out, model, vanilla, threads)
     rows = {"vanilla 2x": vanilla, "robust search ranks": searched,
-            "g=32": make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50"),
+            "g=32": make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50"),
             "merging + robust search ranks": merge_bottlenecks(model, searched)}
     with round_limits(factor=12, budget_s=budget_s):
         table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
@@ -129,7 +129,7 @@ def plan_from_t1(model, vanilla, t1: list[dict[str, Any]]):
 def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: int = 40) -> Path:
     """ResNet-50 at 2x, where the time goes: each decomposed layer timed in place, the rest of the network, and
     the ceiling the rest puts on the whole-network speed-up (vanilla, the recorded searched ranks, g=32)."""
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.breakdown import needed_pct, plan_breakdown
     from lrdlab.measure.machine import machine_info
     from lrdlab.paper.numbers import PAPER_EXCLUDE
@@ -138,11 +138,11 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     load_before = os.getloadavg()
     shape = (batch, 3, image_size, image_size)
     model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     plans = {"vanilla 2x": vanilla}
     if (out / SEARCH_FILE).exists():
         plans["robust search ranks"] = recorded_search_plan(out, model, vanilla)
-    plans["g=32"] = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    plans["g=32"] = make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     results = {}
     for name, plan in plans.items():
         part = plan_breakdown(model, plan, shape, rounds=rounds, progress=False)
@@ -163,7 +163,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
                        backends: tuple[str, ...] = ("eager", "compile")) -> Path:
     """ResNet-50 at 2x: the recorded searched ranks (default) vs the robust search at granularity 32 (run here,
     from the g=32 plan), chosen on each backend by :func:`lrdlab.measure.plan_choice.choose_plan`."""
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
@@ -175,8 +175,8 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     load_before = os.getloadavg()
     shape = (batch, 3, image_size, image_size)
     model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
-    g32 = make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
+    g32 = make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     t = time.perf_counter()
     searched_g32, _ = optimize_plan(model, g32, shape, repeats=5,
                                     config=SearchConfig(method="robust", granularity=32, progress=False))

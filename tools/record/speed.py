@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lrdlab.explore.plots import rank_cliffs
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import AUTO
 from lrdlab.measure.machine import machine_info
@@ -31,7 +31,7 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
     shape = (batch, 3, image_size, image_size)
     load_before = os.getloadavg()
     model = torchvision.models.resnet50().eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     opt_fwd, traces_fwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, repeats=layer_repeats,
                                         rounds=search_rounds, cache_dir=cache_dir)
     plans = {"vanilla 2x": vanilla, "optimized (fwd)": opt_fwd}

@@ -36,7 +36,7 @@ def probe(threads: int) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from lrdlab import decompose, make_plan
+    from lrdlab import Layers, Ratio, decompose, make_plan
     from lrdlab.measure.compute import compute_info
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
@@ -54,7 +54,7 @@ def probe(threads: int) -> dict[str, Any]:
                                "resnet18_forward_ms": 1e3 * median_time(lambda: r18(xb), 5)}
     for name, exclude in (("resnet50", PAPER_EXCLUDE), ("vit_b_16", None)):
         model = get_model(name).eval()
-        plan = make_plan(model, ratio=2, exclude=exclude)
+        plan = make_plan(model, Ratio(2), Layers(exclude=exclude))
         t = time.perf_counter()
         decompose(model, plan, progress=False)
         out[f"decompose_{name}_s"] = time.perf_counter() - t
@@ -129,7 +129,7 @@ def record_aa(out: Path, rounds: int = 5) -> Path:
 def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntime", "compile"),
                     image_size: int = 112, batch: int = 8, budget_s: float = 240.0) -> Path:
     """ResNet-50 at 2x: original vs decomposed on each backend (a backend that fails is recorded with its error)."""
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.sweeps import bench_plan
     from lrdlab.paper.numbers import PAPER_EXCLUDE
@@ -137,7 +137,7 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
 
     load_before = os.getloadavg()
     model = get_model("resnet50").eval()
-    plan = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     results: dict[str, Any] = {}
     for backend in backends:
         t = time.perf_counter()
@@ -164,12 +164,12 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
                           backends: tuple[str, ...] = ("eager", "compile")) -> dict[str, Any]:
     """The best pipeline (layer merging + granularity 32) against the original, per backend, up to 60 rounds."""
     from lrdlab.lowrank.merge import merge_bottlenecks
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.paper.numbers import PAPER_EXCLUDE
 
-    merged = merge_bottlenecks(model, make_plan(model, ratio=2, granularity=32, exclude=PAPER_EXCLUDE,
+    merged = merge_bottlenecks(model, make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE),
                                                 model_name="resnet50"))
     out: dict[str, Any] = {}
     for backend in backends:

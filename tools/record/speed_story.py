@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.compare import round_limits
 from lrdlab.measure.compute import compute_policy, current_compute
 from lrdlab.measure.machine import machine_info
@@ -25,7 +25,7 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
     the shipped ones), else the 1-thread search, and each run names its search file."""
     data = data or data_dir()
     model = get_model("resnet50").eval()
-    vanilla = make_plan(model, ratio=2, exclude=PAPER_EXCLUDE, model_name="resnet50")
+    vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     modes = ("train", "inference") if train else ("inference",)  # the README's table is inference
     settings, load_before, runs = reproduce.Settings(quick=True, speed_modes=modes), os.getloadavg(), []
     for n in threads:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lrdlab.lowrank.merge import DEFAULT_BN
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.measure.records import read_record, write_record
 from lrdlab.paper.numbers import PAPER_EXCLUDE
@@ -30,7 +30,7 @@ def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: i
 
     torch.manual_seed(0)
     model = get_model(model_name).eval()
-    plan = make_plan(model, ratio=ratio, exclude=list(exclude), model_name=model_name)
+    plan = make_plan(model, Ratio(ratio), Layers(exclude=list(exclude)), model_name=model_name)
     models = technique_models(model, plan, bn=bn, also=also)
     shape = (batch, 3, image_size, image_size)
     rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]

@@ -31,7 +31,7 @@ from torch import nn
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
@@ -64,7 +64,7 @@ def train_vit_tiny(loaders: Any, *, epochs: int = TRAIN["epochs"], seed: int = 0
 
 def _decompose(model: nn.Module, ratio: float, calibration: Iterable[torch.Tensor] | None) -> nn.Module:
     """``decompose(model, make_plan(model, ratio), calibration=…)``: data-aware when batches are given."""
-    return decompose(model, make_plan(model, ratio=ratio, exclude=STUDY_MODELS["vit_tiny"]["exclude"]),
+    return decompose(model, make_plan(model, Ratio(ratio), Layers(exclude=STUDY_MODELS["vit_tiny"]["exclude"])),
                      calibration=calibration).eval()
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from lrdlab.lowrank import factorize, ranks
 from lrdlab.lowrank.decompose import decompose
-from lrdlab.lowrank.plan import make_plan
+from lrdlab.lowrank.plan import FixedRank, Ratio, make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
@@ -64,7 +64,7 @@ def vit_b_16_target() -> dict[str, Any]:
     model: Any = get_model("vit_b_16").eval()
     nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises the head
     t = time.perf_counter()
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     plan_s = time.perf_counter() - t
     with _SvdClock() as clock:
         t = time.perf_counter()
@@ -74,7 +74,7 @@ def vit_b_16_target() -> dict[str, Any]:
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         y_small, y = small(x), model(x)
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True), progress=False)
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)), progress=False)
     with torch.no_grad():
         full_err = _rel(full(x), y)
     return {
@@ -99,9 +99,9 @@ def gpt2_target() -> dict[str, Any]:
     torch.manual_seed(0)
     model: Any = gpt2_from_config(n_layer=2)
     conv1d = [n for n, m in model.named_modules() if is_conv1d(m)]
-    plan = make_plan(model, ratio=2)
+    plan = make_plan(model, Ratio(2))
     small: Any = decompose(model, plan, progress=False)
-    full = decompose(model, make_plan(model, rank="full", allow_larger=True), progress=False)
+    full = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)), progress=False)
     ids = torch.randint(0, model.config.vocab_size, (2, 32))
     with torch.no_grad():
         logits = model(ids).logits

@@ -1,6 +1,6 @@
 """Which Tucker-2 factorization is the default: weight error and time of HOSVD and HOOI on ResNet-50 at 2x.
 
-Every Tucker-2 conv of ``make_plan(resnet50, ratio=2, exclude="conv1")`` (torchvision's random init) is
+Every Tucker-2 conv of ``make_plan(resnet50, Ratio(2), Layers(exclude="conv1"))`` (torchvision's random init) is
 factorized by each variant: ``hosvd``, HOOI from the HOSVD start with 1 or 3 sweeps, and HOOI run to
 convergence. A row gives the mean relative weight error ``‖W − Ŵ‖ / ‖W‖`` and the seconds for all of them
 (one thread, the best of ``repeats`` runs: a shared machine's neighbours only add time). ``decompose_s`` is
@@ -39,14 +39,14 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
 
     from lrdlab.lowrank import factorize
     from lrdlab.lowrank.decompose import decompose
-    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.records import write_record
     from lrdlab.zoo.models import get_model
 
     torch.manual_seed(0)
     model = get_model("resnet50").eval()
-    plan = make_plan(model, ratio=ratio, exclude="conv1")
+    plan = make_plan(model, Ratio(ratio), Layers(exclude="conv1"))
     convs = []
     for r in plan.decomposed_layers:
         conv = model.get_submodule(r.name)

@@ -1,0 +1,61 @@
+"""How :func:`lrdlab.zoo.data.get_loaders` shapes the images (:class:`Images`) and runs its DataLoaders
+(:class:`LoaderOptions`): frozen dataclasses, checked when made."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+
+def _count(value: Any, what: str, least: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        kind = "an int >= 1" if least == 1 else f"an int >= {least}"
+        raise ValueError(f"{what} must be {kind}{' or None' if optional else ''} (got {value!r})")
+
+
+def _flag(value: Any, what: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be True or False (got {value!r})")
+
+
+@dataclass(frozen=True)
+class Images:
+    """How :func:`get_loaders` shapes the images: ``size`` pixels a side (None: the set's own, 32 for mnist5k
+    and CIFAR-10, 8 for digits, 224 for ImageNet); ``channels`` of the in-memory sets (None: 3 for mnist5k, 1 for
+    digits); ``augment``: CIFAR/ImageNet's random crop + flip for training; ``shift``: the in-memory sets' training
+    images randomly translated by up to that many pixels (0: off).
+
+    ``get_loaders("digits", 64, Images(size=16, channels=3))``
+    """
+
+    size: int | None = None
+    channels: int | None = None
+    augment: bool = True
+    shift: int = 0
+
+    def __post_init__(self) -> None:
+        _count(self.size, "Images: size", 1, optional=True)
+        _count(self.channels, "Images: channels", 1, optional=True)
+        _flag(self.augment, "Images: augment")
+        _count(self.shift, "Images: shift", 0)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The DataLoaders' mechanics: ``test_batch_size`` (None: the training batch per process, at least 256
+    images over all processes), ``num_workers``, ``drop_last`` (the training loader's last partial batch) and
+    ``pin_memory``."""
+
+    test_batch_size: int | None = None
+    num_workers: int = 0
+    drop_last: bool = False
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        _count(self.test_batch_size, "LoaderOptions: test_batch_size", 1, optional=True)
+        _count(self.num_workers, "LoaderOptions: num_workers", 0)
+        _flag(self.drop_last, "LoaderOptions: drop_last")
+        _flag(self.pin_memory, "LoaderOptions: pin_memory")
