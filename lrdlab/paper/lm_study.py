@@ -126,7 +126,7 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
             torch.set_num_threads(n or _all_cores())
             variants = [({"granularity": g}, low) for g, low in lows.items()]
             for options in search:
-                found = search_at_token_shape(dense, plans.get(1) or make_plan(dense, ratio=ratio), options)
+                found = search_at_token_shape(dense, plans.get(1) or make_plan(dense, Ratio(ratio)), options)
                 variants.append(({"granularity": options.config.granularity, "searched": options.shape},
                                  decompose(dense, found.plan, progress=False)))
                 searched.append({**found.record(), "params": count_params(variants[-1][1])})

@@ -138,11 +138,11 @@ def test_unsupported_layers_raise_with_reason():
 
 
 def _svd_layer():
-    from lrdlab import decompose, make_plan
+    from lrdlab import FixedRank, decompose, make_plan
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(24, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12)).double()
-    dec = decompose(model, make_plan(model, rank="full", min_rank=1, allow_larger=True), progress=False)
+    dec = decompose(model, make_plan(model, FixedRank("full", allow_larger=True)), progress=False)
     return model, dec
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from torch import nn
 
-from lrdlab import decompose, make_plan
+from lrdlab import Ratio, decompose, make_plan
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.measure import rank_search
 from lrdlab.measure.counting import count_params
@@ -48,7 +48,7 @@ class CliffTimer:
 
 def _setup(tiny_llama, original: float = 1e3):
     model = tiny_llama()
-    plan = make_plan(model, ratio=2, min_rank=1)
+    plan = make_plan(model, Ratio(2, min_rank=1))
     targets = {(r.in_channels, r.out_channels): r.ranks[0] for r in plan.decomposed_layers}
     return model, plan, CliffTimer(targets, original)
 
@@ -130,4 +130,4 @@ def test_bad_models_and_plans_are_one_line(tiny_llama):
         search_at_token_shape(model, plan)
     conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
     with pytest.raises(ValueError, match="'0' is a Conv2d: token shapes are for Linear layers"):
-        search_at_token_shape(conv, make_plan(conv, ratio=2, min_rank=1))
+        search_at_token_shape(conv, make_plan(conv, Ratio(2, min_rank=1)))
