@@ -33,6 +33,7 @@ _API = {
     "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
+    "FitConfig": "lrdlab.finetune.fit_config",
     "evaluate": "lrdlab.finetune.loop",
     "count_params": "lrdlab.measure.counting",
     "count_flops": "lrdlab.measure.counting",
@@ -45,10 +46,13 @@ _API = {
     "get_loaders": "lrdlab.zoo.data",
     "pretrained": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
+    "FreezingStudyConfig": "lrdlab.paper.freezing_study",
 }
 
 __all__ = [
+    "FitConfig",
     "Freezer",
+    "FreezingStudyConfig",
     "LayerPlan",
     "LowRankLayer",
     "Plan",
@@ -91,6 +95,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers see the real objects
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
     from lrdlab.lowrank.calibration import recalibrate_bn
@@ -106,7 +111,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import bench_plan
-    from lrdlab.paper.freezing_study import run_freezing_study
+    from lrdlab.paper.freezing_study import FreezingStudyConfig, run_freezing_study
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.models import get_model
     from lrdlab.zoo.pretrained import pretrained
