@@ -194,7 +194,8 @@ def fit(
     callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
 ) -> pd.DataFrame:
     """Train ``model`` by ``config`` (:class:`~lrdlab.finetune.fit_config.FitConfig`: epochs, learning rate,
-    optimizer, schedule, seed …; default ``FitConfig()``) and return the history, one row per epoch.
+    optimizer, schedule, seed …; default ``FitConfig()``) and return the history, one row per epoch:
+    ``fit(model, train_loader, test_loader, FitConfig(epochs=2, lr=0.01), Freezer(model, "sequential"))``.
 
     Columns: ``epoch`` (1-based; 0 is the model before training when ``config.evaluate_start``), test
     ``loss``, ``accuracy`` and ``top5`` (%), ``train_loss``, ``train_accuracy``, ``epoch_s`` (training

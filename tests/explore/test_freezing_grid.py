@@ -141,19 +141,23 @@ def test_shipped_grid_starts_from_the_default_calibrated_model():
     assert grid["settings"]["calibration_images"] == f11["settings"]["calibration_images"]
 
 
-def test_the_default_grid_config_is_the_shipped_grid_so_a_rerun_resumes_with_nothing_to_do(tmp_path):
+def test_the_default_grid_config_is_the_shipped_grids_recipe_so_a_rerun_has_nothing_to_do(tmp_path):
+    """The shipped grid's settings with today's recipe note (the note grew after the recording): every run is
+    there, so recording by the default config resumes, runs nothing and leaves the file alone."""
     from lrdlab.explore.freezing_lab import REFERENCE_GRID
     from lrdlab.explore.freezing_runs import FreezingGridConfig
-    from lrdlab.paper.freezing_grid import record_freezing_grid
+    from lrdlab.paper.freezing_grid import RECIPE_NOTE, record_freezing_grid
 
+    shipped = json.loads(REFERENCE_GRID.read_text())
+    shipped["settings"]["recipe_note"] = RECIPE_NOTE
     copy = tmp_path / "grid.json"
-    copy.write_text(REFERENCE_GRID.read_text())
+    copy.write_text(json.dumps(shipped))
 
     def no_run(message):
         raise AssertionError(f"re-ran a recorded run: {message}")
 
     assert record_freezing_grid(copy, FreezingGridConfig(), progress=no_run) == copy
-    assert copy.read_text() == REFERENCE_GRID.read_text()
+    assert json.loads(copy.read_text()) == shipped
 
 
 @pytest.mark.parametrize("kw, words", [

@@ -159,7 +159,7 @@ def test_cli_train_decomposed_with_freezing_then_resume(tmp_path, capsys):
     for name in ("history.csv", "history.json", "checkpoint.pt", "plan.json", "state_dict.pt"):
         assert (out / name).is_file(), name
     history = pd.read_csv(out / "history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [0, 1] and (history["label"] == "resnet20").all()
     assert len(json.loads((out / "history.json").read_text())) == 2
     from lrdlab import load_decomposed
 
