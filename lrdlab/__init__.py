@@ -39,6 +39,7 @@ _API = {
     "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
+    "FitConfig": "lrdlab.finetune.fit_config",
     "evaluate": "lrdlab.finetune.loop",
     "count_params": "lrdlab.measure.counting",
     "count_flops": "lrdlab.measure.counting",
@@ -53,13 +54,16 @@ _API = {
     "LoaderOptions": "lrdlab.zoo.data_config",
     "pretrained": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
+    "FreezingStudyConfig": "lrdlab.paper.freezing_study",
 }
 
 __all__ = [
     "VBMF",
     "Energy",
     "FixedRank",
+    "FitConfig",
     "Freezer",
+    "FreezingStudyConfig",
     "Images",
     "LayerPlan",
     "Layers",
@@ -107,6 +111,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers see the real objects
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
     from lrdlab.lowrank.calibration import recalibrate_bn
@@ -123,7 +128,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import bench_plan
-    from lrdlab.paper.freezing_study import run_freezing_study
+    from lrdlab.paper.freezing_study import FreezingStudyConfig, run_freezing_study
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.data_config import Images, LoaderOptions
     from lrdlab.zoo.models import get_model

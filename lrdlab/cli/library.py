@@ -294,6 +294,7 @@ def _add_train(sub) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from lrdlab.finetune.distributed import init_distributed
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import train_and_save
     from lrdlab.zoo import models
     from lrdlab.zoo.data import Images, get_loaders
@@ -307,11 +308,11 @@ def _run_train(args: argparse.Namespace) -> int:
     model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
     policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
     plan = _load_or_make_plan(model, args) if policy else None
-    history = train_and_save(model, loaders, args.out, plan=plan, freeze=args.freeze, period=args.period,
-                             unit=args.unit, epochs=args.epochs, lr=args.lr, resume=args.resume, device=args.device,
-                             seed=args.seed, optimizer=args.optimizer, schedule=args.schedule,
-                             weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                             label=args.model)
+    config = FitConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
+                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
+                       label=args.model)
+    history = train_and_save(model, loaders, args.out, config, plan=plan, freeze=args.freeze, period=args.period,
+                             unit=args.unit, resume=args.resume, device=args.device)
     last = history.iloc[-1]
     print(f"{args.model}: epoch {int(last['epoch'])}, test top-1 {last['accuracy']:.2f}%, "
           f"{history['train_img_s'].median():.0f} img/s (median epoch); wrote {args.out}")

@@ -114,6 +114,7 @@ class FreezingLab:
 
     def base_model(self, progress: Callable[[str], None] | None = None) -> nn.Module:
         """The trained-then-decomposed starting point of every short run (trained once, cached on disk)."""
+        from lrdlab.finetune.fit_config import FitConfig
         from lrdlab.finetune.loop import fit, set_seed
         from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
 
@@ -129,7 +130,8 @@ class FreezingLab:
                 progress(f"training {s.model} from scratch for {s.pretrain_epochs} epochs (once; cached)")
             set_seed(s.seed)
             original = models.get_model(s.model, num_classes=loaders.num_classes)
-            fit(original, loaders.train, loaders.test, s.pretrain_epochs, s.lr, seed=s.seed, progress=False)
+            fit(original, loaders.train, loaders.test, FitConfig(epochs=s.pretrain_epochs, lr=s.lr, seed=s.seed,
+                                                                 progress=False))
             names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
             exclude = [p for p in s.exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
             plan = make_plan(original.eval(), Ratio(s.ratio), Layers(exclude=exclude or None), model_name=s.model)
@@ -143,6 +145,7 @@ class FreezingLab:
         """Fine-tune a copy of :meth:`base_model` with ``Freezer(mode, period)``; add its history to the cache."""
         import copy
 
+        from lrdlab.finetune.fit_config import FitConfig
         from lrdlab.finetune.freezing import MODES, Freezer
         from lrdlab.finetune.loop import fit
 
@@ -160,8 +163,8 @@ class FreezingLab:
             if progress:
                 progress(f"{mode} N={period}: epoch {row['epoch']}/{epochs}, accuracy {row['accuracy']:.2f}%")
 
-        h = fit(net, loaders.train, loaders.test, epochs, s.finetune_lr, freezer, seed=s.seed,
-                evaluate_start=True, progress=False, callbacks=[report])
+        config = FitConfig(epochs=epochs, lr=s.finetune_lr, seed=s.seed, evaluate_start=True, progress=False)
+        h = fit(net, loaders.train, loaders.test, config, freezer, callbacks=[report])
         name = f"{mode}" + (f" N={period}" if mode == "sequential" else "")
         h = h.assign(run=name, mode=mode, period=period)
         return self.add(h, source="here" if save else "unsaved")

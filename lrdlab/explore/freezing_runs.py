@@ -21,7 +21,8 @@ import pandas as pd
 from torch import nn
 
 from lrdlab.explore.freezing_lab import REFERENCE_GRID
-from lrdlab.finetune.freezing import Freezer
+from lrdlab.finetune.fit_config import check_count, check_number
+from lrdlab.finetune.freezing import MODES, UNITS, Freezer
 from lrdlab.measure.cache import default_cache_dir
 from lrdlab.measure.machine import machine_info
 
@@ -175,6 +176,7 @@ class BackgroundRun:
             self.thread.join(timeout)
 
     def _work(self, r: RunRequest) -> None:
+        from lrdlab.finetune.fit_config import FitConfig
         from lrdlab.finetune.loop import fit
 
         name = schedule_name(r.mode, r.period, r.unit)
@@ -194,7 +196,8 @@ class BackgroundRun:
 
             freezer = _WatchedFreezer(net, r.mode, period=r.period, unit=r.unit, on_batch=on_batch,
                                       cancel=self.cancel_event)
-            h = fit(net, train, test, r.epochs, self.lr, freezer, evaluate_start=True, progress=False)
+            h = fit(net, train, test, FitConfig(epochs=r.epochs, lr=self.lr, evaluate_start=True, progress=False),
+                    freezer)
             h = h.assign(key=f"{r.ratio:g}|{r.mode}|{r.period}|{r.unit}|here", ratio=r.ratio, mode=r.mode,
                          period=r.period, unit=r.unit)
             self.key = self.grid.add(h[[c for c in GRID_COLUMNS if c != "source"]])
@@ -208,9 +211,49 @@ class BackgroundRun:
             self._set("failed", f"failed: {type(err).__name__}: {err}")
 
 
+# (mode, period, unit): none and regular have no period; sequential rotates every N epochs or every iteration
+SCHEDULES: tuple[tuple[str, int, str], ...] = (
+    ("none", 1, "epoch"), ("regular", 1, "epoch"),
+    ("sequential", 1, "epoch"), ("sequential", 2, "epoch"), ("sequential", 1, "iteration"),
+)  # over 4 epochs, sequential N=4 trains the regular factor throughout (it is regular) and N=3 differs from
+# regular only in its last epoch: neither is recorded (the explorer runs them live)
+
+
+@dataclass(frozen=True)
+class FreezingGridConfig:
+    """The freezing grid (``python -m tools.record freezing-grid``): each of ``ratios`` × ``schedules`` (mode,
+    period, unit) fine-tuned from the calibrated start (``calibration_images``; the ``exclude`` layers kept) for
+    ``epochs`` at OneCycle peak ``lr``, on ``subset`` training images in batches of ``batch_size``. The defaults
+    are the shipped grid's recipe (:data:`GRID_RECIPE`), which the explorer's live runs use too."""
+
+    ratios: tuple[float, ...] = (2.0, 3.0)
+    subset: int = 1024
+    epochs: int = 4
+    lr: float = 0.003
+    batch_size: int = 32
+    calibration_images: int = 512
+    exclude: tuple[str, ...] = ("conv1",)
+    schedules: tuple[tuple[str, int, str], ...] = SCHEDULES
+
+    def __post_init__(self) -> None:
+        me = "FreezingGridConfig"
+        for name in ("ratios", "exclude", "schedules"):  # lists are welcome too
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("subset", "epochs", "batch_size"):
+            check_count(me, name, getattr(self, name))
+        check_count(me, "calibration_images", self.calibration_images, 0)
+        check_number(me, "lr", self.lr, lambda v: v > 0, "a number > 0", 0.003)
+        for ratio in self.ratios:
+            check_number(me, "ratios", ratio, lambda v: v > 1, "compression ratios > 1", (2.0, 3.0))
+        bad = [s for s in self.schedules if len(s) != 3 or s[0] not in MODES or s[2] not in UNITS
+               or isinstance(s[1], bool) or not isinstance(s[1], int) or s[1] < 1]
+        if bad:
+            raise ValueError(f"{me}: schedules are (mode, period, unit) with a mode of {MODES}, a period >= 1 and "
+                             f"a unit of {UNITS} (got {bad}); e.g. {me}(schedules=(('sequential', 2, 'epoch'),))")
+
+
 # the recipe of the shipped grid (python -m tools.record freezing-grid) and of the explorer's live runs
-GRID_RECIPE: dict[str, Any] = {"subset": 1024, "finetune_epochs": 4, "finetune_lr": 0.003, "batch_size": 32,
-                               "calibration_images": 512, "exclude": ["conv1"]}
+GRID_RECIPE = FreezingGridConfig()
 
 
 def calibrated_start(ratio: float, exclude: Any = ("conv1",), calibration_images: int = 512) -> nn.Module:
@@ -235,8 +278,8 @@ def default_start_model(settings: dict[str, Any]) -> Callable[[float], nn.Module
 
     def start(ratio: float) -> nn.Module:
         if ratio not in memo:
-            memo[ratio] = calibrated_start(ratio, settings.get("exclude", GRID_RECIPE["exclude"]),
-                                           int(settings.get("calibration_images", GRID_RECIPE["calibration_images"])))
+            memo[ratio] = calibrated_start(ratio, settings.get("exclude", GRID_RECIPE.exclude),
+                                           int(settings.get("calibration_images", GRID_RECIPE.calibration_images)))
         return memo[ratio]
 
     return start
@@ -247,8 +290,8 @@ def default_loaders(settings: dict[str, Any]) -> Callable[[], tuple[Any, Any]]:
     from lrdlab.explore.accuracy_lab import data_loaders
 
     def loaders() -> tuple[Any, Any]:
-        d = data_loaders(subset=settings.get("subset", GRID_RECIPE["subset"]),
-                         batch_size=int(settings.get("batch_size", GRID_RECIPE["batch_size"])))
+        d = data_loaders(subset=settings.get("subset", GRID_RECIPE.subset),
+                         batch_size=int(settings.get("batch_size", GRID_RECIPE.batch_size)))
         return d.train, d.test
 
     return loaders

@@ -8,10 +8,10 @@ splits each global batch across ranks) and ``fit`` wraps the model in ``Distribu
 
 from __future__ import annotations
 
-import numbers
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,11 @@ from tqdm.auto import tqdm
 
 from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.distributed import all_sum, world
+from lrdlab.finetune.fit_config import OPTIMIZERS, SCHEDULES, FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.inputs import check_device, check_labels
 from lrdlab.finetune.text_batches import forward_batch
 from lrdlab.lowrank.token_batches import is_causal_lm
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("onecycle", "cosine", "constant")
-
 
 # --- setup -------------------------------------------------------------------------------------------
 
@@ -169,7 +166,7 @@ def _train_epoch(net, loader, optimizer, scheduler, criterion, freezer, epoch, i
         loss = criterion(out, y) if not isinstance(criterion, DistillationLoss) else criterion(out, y, x)
         if not torch.isfinite(loss):
             raise ValueError(f"the training loss became {float(loss.detach())} in epoch {epoch + 1} (iteration "
-                             f"{iteration}); lower the learning rate or clip gradients (clip_grad_norm=1.0)")
+                             f"{iteration}); lower the learning rate or clip gradients (FitConfig(clip_grad_norm=1.0))")
         loss.backward()
         if clip:
             nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
@@ -187,47 +184,40 @@ def fit(
     model: nn.Module,
     train_loader,
     test_loader,
-    epochs: int,
-    lr: float = 0.05,
+    config: FitConfig | None = None,
     freezer: Freezer | None = None,
     *,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    schedule: str = "onecycle",
-    label_smoothing: float = 0.0,
     teacher: nn.Module | None = None,
-    distill_alpha: float = 0.5,
-    distill_temperature: float = 4.0,
-    clip_grad_norm: float | None = None,
     device: str | torch.device = "cpu",
-    seed: int = 0,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    evaluate_start: bool = False,
-    progress: bool = True,
     callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
-    label: str = "",
 ) -> pd.DataFrame:
-    """Train ``model`` for ``epochs`` and return the history, one row per epoch.
+    """Train ``model`` by ``config`` (:class:`~lrdlab.finetune.fit_config.FitConfig`: epochs, learning rate,
+    optimizer, schedule, seed …; default ``FitConfig()``) and return the history, one row per epoch:
+    ``fit(model, train_loader, test_loader, FitConfig(epochs=2, lr=0.01), Freezer(model, "sequential"))``.
 
-    Columns: ``epoch`` (1-based; 0 is the model before training when ``evaluate_start``), test
+    Columns: ``epoch`` (1-based; 0 is the model before training when ``config.evaluate_start``), test
     ``loss``, ``accuracy`` and ``top5`` (%), ``train_loss``, ``train_accuracy``, ``epoch_s`` (training
     wall time of the epoch, evaluation excluded), ``wall_s`` (cumulative training seconds),
     ``train_img_s`` (images / ``epoch_s``, all ranks), ``eval_img_s``, ``lr``, ``trainable_params``,
     ``phase`` (freezing phase at the end of the epoch), ``world_size``, ``label``.
 
-    ``checkpoint``: a file rewritten after every epoch (model, optimiser, schedule, history, RNG).
-    ``resume=True`` continues from it — the same history, the same data order (the sampler is seeded
-    by epoch) and the same freezing phase — so an interruption loses at most the current epoch.
-    ``callbacks`` get each epoch's row (e.g. a live plot); an exception there stops training after
-    the checkpoint was written. ``teacher`` (e.g. the original of a decomposed model) adds knowledge
-    distillation (:class:`~lrdlab.finetune.distill.DistillationLoss` with ``distill_alpha``,
-    ``distill_temperature``); the teacher is never trained.
+    ``freezer``: a :class:`~lrdlab.finetune.freezing.Freezer` built for ``model``. ``checkpoint``: a file
+    rewritten after every epoch (model, optimiser, schedule, history, RNG). ``resume=True`` continues from
+    it — the same history, the same data order (the sampler is seeded by epoch) and the same freezing
+    phase — so an interruption loses at most the current epoch. ``callbacks`` get each epoch's row (e.g. a
+    live plot); an exception there stops training after the checkpoint was written. ``teacher`` (e.g. the
+    original of a decomposed model) adds knowledge distillation
+    (:class:`~lrdlab.finetune.distill.DistillationLoss` with ``config.distill_alpha`` and
+    ``config.distill_temperature``); the teacher is never trained.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    epochs = int(epochs)
+    config = FitConfig() if config is None else config
+    if not isinstance(config, FitConfig):
+        hint = f"epochs={config!r}" if isinstance(config, int) else "epochs=3, lr=0.05"
+        raise ValueError(f"fit's 4th argument is a FitConfig, got {type(config).__name__} {config!r}; e.g. "
+                         f"fit(model, train_loader, test_loader, FitConfig({hint}), freezer)")
+    epochs = config.epochs
     if freezer is not None and _unwrap(freezer.model) is not _unwrap(model):
         raise ValueError("the freezer was built for another model; build it as Freezer(model, ...) for this one")
     if resume and checkpoint is None:
@@ -245,10 +235,10 @@ def fit(
                          "(with drop_last=True a batch larger than the data set gives no batch)")
     dev = check_device(device)
     rank, size = world()
-    set_seed(seed)
+    set_seed(config.seed)
     model.to(dev)
-    opt = make_optimizer(model, optimizer, lr, momentum, weight_decay)
-    sched = make_scheduler(opt, schedule, lr, epochs * steps)
+    opt = make_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    sched = make_scheduler(opt, config.schedule, config.lr, epochs * steps)
     records: list[dict[str, Any]] = []
     start, iteration = 0, 0
     ckpt = Path(checkpoint) if checkpoint else None
@@ -272,9 +262,10 @@ def fit(
         # become trainable again, as the uninterrupted run did at that boundary
         freezer.attach_optimizer(opt)
         freezer.sync(start, iteration)
-    criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=label_smoothing) if teacher is None else \
-        DistillationLoss(teacher.to(dev), distill_alpha, distill_temperature, label_smoothing)
-    show = progress and rank == 0
+    criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing) if teacher is None else \
+        DistillationLoss(teacher.to(dev), config.distill_alpha, config.distill_temperature, config.label_smoothing)
+    show = config.progress and rank == 0
+    label = config.label
     wall = records[-1]["wall_s"] if records else 0.0
 
     def row(epoch: int, metrics: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +276,7 @@ def fit(
                 "trainable_params": counts["trainable"], "phase": freezer.phase if freezer is not None else 0,
                 "world_size": size, "label": label}
 
-    if evaluate_start and not records:
+    if config.evaluate_start and not records:
         empty = {"train_loss": float("nan"), "train_accuracy": float("nan"), "epoch_s": 0.0,
                  "train_img_s": float("nan")}
         records.append(row(0, evaluate(net, test_loader, dev), empty))
@@ -298,7 +289,7 @@ def fit(
         _sync(dev)
         t0 = time.perf_counter()
         loss_sum, correct, n, iteration = _train_epoch(net, train_loader, opt, sched, criterion, freezer, epoch,
-                                                       iteration, dev, bar, clip_grad_norm)
+                                                       iteration, dev, bar, config.clip_grad_norm)
         _sync(dev)
         seconds = time.perf_counter() - t0
         wall += seconds
@@ -315,7 +306,7 @@ def fit(
                 "scheduler": sched.state_dict() if sched is not None else None, "history": records,
                 "epoch": epoch + 1, "epochs": epochs, "steps_per_epoch": steps, "iteration": iteration,
                 "freezer": freezer.state_dict() if freezer is not None else None, "rng": torch.get_rng_state(),
-                "seed": seed,
+                "seed": config.seed,
             })
         for callback in callbacks:
             callback(records[-1])
@@ -326,11 +317,11 @@ def fit(
 # --- one training run with its files (the ``lrdlab train`` command) ---------------------------------------
 
 
-def train_and_save(model: nn.Module, loaders, out: str | Path, *, plan=None, freeze: str = "none", period: int = 1,
-                   unit: str = "epoch", epochs: int = 6, lr: float = 0.05, resume: bool = False,
-                   device: str = "cpu", seed: int = 0, progress: bool = True, label: str = "",
-                   **fit_kw: Any) -> pd.DataFrame:
-    """Decompose ``model`` by ``plan`` (if given), fine-tune with freezing, and write into ``out``:
+def train_and_save(model: nn.Module, loaders, out: str | Path, config: FitConfig | None = None, *, plan=None,
+                   freeze: str = "none", period: int = 1, unit: str = "epoch", resume: bool = False,
+                   device: str = "cpu") -> pd.DataFrame:
+    """Decompose ``model`` by ``plan`` (if given), fine-tune it by ``config`` (:func:`fit`; with a plan the
+    history starts at epoch 0) with freezing (``Freezer(model, freeze, period=, unit=)``), and write into ``out``:
 
     ``history.csv`` / ``history.json`` (the :func:`fit` history), ``checkpoint.pt`` (rewritten every
     epoch; ``resume=True`` continues from it), and the trained weights — ``plan.json`` +
@@ -339,14 +330,15 @@ def train_and_save(model: nn.Module, loaders, out: str | Path, *, plan=None, fre
     """
     from lrdlab.lowrank.decompose import decompose, save_decomposed
 
+    config = FitConfig() if config is None else config
     out = Path(out)
     rank, _ = world()
     if plan is not None:
-        model = decompose(model, plan, progress=progress and rank == 0)
+        model = decompose(model, plan, progress=config.progress and rank == 0)
+        config = replace(config, evaluate_start=True)
     freezer = Freezer(model, freeze, period=period, unit=unit) if freeze != "none" or plan is not None else None
-    history = fit(model, loaders.train, loaders.test, epochs, lr, freezer, device=device, seed=seed,
-                  checkpoint=out / "checkpoint.pt", resume=resume, evaluate_start=plan is not None,
-                  progress=progress, label=label, **fit_kw)
+    history = fit(model, loaders.train, loaders.test, config, freezer, device=device,
+                  checkpoint=out / "checkpoint.pt", resume=resume)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         history.to_csv(out / "history.csv", index=False)

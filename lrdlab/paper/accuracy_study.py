@@ -56,13 +56,15 @@ def finetune(net: torch.nn.Module, teacher: torch.nn.Module, loaders, epochs: in
     """:func:`lrdlab.fit` by a recipe (:data:`STUDY_MODELS`' ``finetune``, or one of the fine-tuning sweep's in the
     checkout's tools/record/accuracy.py): its optimizer, learning rate and batch size (the training set
     rebatched), ``teacher`` distilling when ``distill``."""
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import fit
     from lrdlab.zoo.data import rebatched
 
-    opts = {k: v for k, v in recipe.items() if k not in ("lr", "batch_size", "distill")}
-    return fit(net, rebatched(loaders.train, recipe["batch_size"], seed), loaders.test, epochs, recipe["lr"], freezer,
-               teacher=teacher if recipe["distill"] else None, seed=seed, progress=progress, label=label,
-               evaluate_start=freezer is not None, **opts)
+    opts = {k: v for k, v in recipe.items() if k not in ("batch_size", "distill")}  # the rest: FitConfig fields
+    config = FitConfig(epochs=epochs, seed=seed, progress=progress, label=label, evaluate_start=freezer is not None,
+                       **opts)
+    return fit(net, rebatched(loaders.train, recipe["batch_size"], seed), loaders.test, config, freezer,
+               teacher=teacher if recipe["distill"] else None)
 
 
 def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[torch.Tensor], *,

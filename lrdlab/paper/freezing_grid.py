@@ -4,8 +4,8 @@
 :func:`lrdlab.explore.accuracy_lab.trained_model`) is decomposed at each ratio and calibrated as the README and
 ``python -m tools.record accuracy`` do it (:func:`~lrdlab.explore.freezing_runs.calibrated_start`, so epoch 0 is the
 default calibrated model), then a copy is fine-tuned on a subset of the training images with every freezing
-schedule in :data:`SCHEDULES`, by :data:`~lrdlab.explore.freezing_runs.GRID_RECIPE` (the explorer's live runs use
-the same). Each finished run is written at once, so an interrupted recording resumes where it stopped.
+schedule, by :data:`~lrdlab.explore.freezing_runs.GRID_RECIPE` (a :class:`FreezingGridConfig`; the explorer's
+live runs use the same). Each finished run is written at once, so an interrupted recording resumes where it stopped.
 
 The recipe is small-batch and gentle on purpose: the earlier one (batch 128, LR 0.02, 8 steps per epoch, from a
 weights + BN start) lost most of its accuracy in the first epoch before the schedule's annealing recovered it;
@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,12 @@ import pandas as pd
 
 from lrdlab.explore.accuracy_lab import CALIBRATION, DATA, data_loaders
 from lrdlab.explore.freezing_lab import REFERENCE_GRID
-from lrdlab.explore.freezing_runs import GRID_RECIPE, calibrated_start
+from lrdlab.explore.freezing_runs import FreezingGridConfig, calibrated_start
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import fit
 from lrdlab.measure.machine import machine_info
 
-# (mode, period, unit): none and regular have no period; sequential rotates every N epochs or every iteration
-SCHEDULES: tuple[tuple[str, int, str], ...] = (
-    ("none", 1, "epoch"), ("regular", 1, "epoch"),
-    ("sequential", 1, "epoch"), ("sequential", 2, "epoch"), ("sequential", 1, "iteration"),
-)  # over 4 epochs, sequential N=4 trains the regular factor throughout (it is regular) and N=3 differs from
-# regular only in its last epoch: neither is recorded (the explorer runs them live)
 RECIPE_NOTE = (
     "Why this recipe: the previous grid (LR 0.02, batch 128 = 8 steps per epoch on 1,024 images, start = weights + "
     "BN re-estimation at 76.1%) fell to 12.7% after epoch 1 (no freezing, x2) before recovering to 93.6%; from the "
@@ -58,40 +53,37 @@ def run_key(ratio: float, mode: str, period: int, unit: str) -> str:
     return f"{ratio:g}|{mode}|{period}|{unit}"
 
 
-def record_freezing_grid(out: Path = REFERENCE_GRID, *, ratios: Sequence[float] = (2.0, 3.0),
-                         subset: int = GRID_RECIPE["subset"], epochs: int = GRID_RECIPE["finetune_epochs"],
-                         lr: float = GRID_RECIPE["finetune_lr"], batch_size: int = GRID_RECIPE["batch_size"],
-                         calibration_images: int = GRID_RECIPE["calibration_images"],
-                         exclude: Sequence[str] = tuple(GRID_RECIPE["exclude"]),
-                         schedules: Sequence[tuple[str, int, str]] = SCHEDULES,
-                         command: str = "", progress: Callable[[str], None] = print) -> Path:
-    """Record the grid to ``out`` (JSON), resuming from the runs already there."""
+def record_freezing_grid(out: Path = REFERENCE_GRID, config: FreezingGridConfig | None = None, *, command: str = "",
+                         progress: Callable[[str], None] = print) -> Path:
+    """Record the grid ``config`` describes (default ``FreezingGridConfig()``) to ``out`` (JSON), resuming from
+    the runs already there."""
+    c = FreezingGridConfig() if config is None else config
     out = Path(out)
     try:
         data = json.loads(out.read_text())
     except (OSError, ValueError):
         data = {}
     settings = {"model": "resnet20_mnist5k", "train_recipe": "lrdlab.zoo.pretrained.pretrained_info(model)",
-                "ratios": list(ratios), "subset": subset,
-                "finetune_epochs": epochs, "finetune_lr": lr, "batch_size": batch_size,
-                "calibration": f"{CALIBRATION}, the first {calibration_images} training images (as the README)",
-                "calibration_images": calibration_images, "optimizer": "sgd, momentum 0.9, weight decay 5e-4",
-                "schedule": "onecycle", "exclude": list(exclude), "seed": DATA["seed"], "recipe_note": RECIPE_NOTE}
+                "ratios": list(c.ratios), "subset": c.subset,
+                "finetune_epochs": c.epochs, "finetune_lr": c.lr, "batch_size": c.batch_size,
+                "calibration": f"{CALIBRATION}, the first {c.calibration_images} training images (as the README)",
+                "calibration_images": c.calibration_images, "optimizer": "sgd, momentum 0.9, weight decay 5e-4",
+                "schedule": "onecycle", "exclude": list(c.exclude), "seed": DATA["seed"], "recipe_note": RECIPE_NOTE}
     if data.get("settings") != settings:
         data = {}
     runs = pd.DataFrame(data.get("runs", []))
     done = set(runs["key"]) if not runs.empty else set()
-    loaders = data_loaders(subset=subset, batch_size=batch_size)
-    for ratio in ratios:
-        todo = [s for s in schedules if run_key(ratio, *s) not in done]
+    loaders = data_loaders(subset=c.subset, batch_size=c.batch_size)
+    recipe = FitConfig(epochs=c.epochs, lr=c.lr, seed=DATA["seed"], evaluate_start=True, progress=False)
+    for ratio in c.ratios:
+        todo = [s for s in c.schedules if run_key(ratio, *s) not in done]
         if not todo:
             continue
-        start = calibrated_start(ratio, exclude, calibration_images)
+        start = calibrated_start(ratio, c.exclude, c.calibration_images)
         for mode, period, unit in todo:
             begin = time.perf_counter()
             net = copy.deepcopy(start)
-            h = fit(net, loaders.train, loaders.test, epochs, lr, Freezer(net, mode, period=period, unit=unit),
-                    seed=DATA["seed"], evaluate_start=True, progress=False)
+            h = fit(net, loaders.train, loaders.test, recipe, Freezer(net, mode, period=period, unit=unit))
             h = h.assign(key=run_key(ratio, mode, period, unit), ratio=ratio, mode=mode, period=period, unit=unit)
             keep = ["key", "ratio", "mode", "period", "unit", "epoch", "accuracy", "loss", "wall_s", "train_img_s",
                     "trainable_params"]

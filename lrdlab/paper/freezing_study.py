@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lrdlab.finetune.freezing import Freezer
+from lrdlab.finetune.fit_config import FitConfig, check_choice, check_count, check_number
+from lrdlab.finetune.freezing import MODES, UNITS, Freezer
 from lrdlab.finetune.loop import fit
 from lrdlab.measure import stats
 
@@ -32,8 +33,50 @@ STUDY_SCHEMA = {
 }
 
 
-STUDY_QUICK = {"epochs": 2, "finetune_epochs": 2, "subset": 1024, "bench_rounds": 3}
-STUDY_FULL = {"epochs": 4, "finetune_epochs": 3, "subset": None, "bench_rounds": 5}
+@dataclass(frozen=True)
+class FreezingStudyConfig:
+    """What :func:`run_freezing_study` runs: ``model`` trained from scratch on ``data`` (``subset`` training images
+    or all, batches of ``batch_size``) for ``epochs`` at OneCycle peak ``lr``; decomposed at ``ratio`` (the
+    ``exclude`` patterns that match a layer are kept), data-aware with BN re-estimated on ``calibration_images``
+    training images (0: weights only); one copy per freezing mode in ``modes`` fine-tuned for ``finetune_epochs``
+    (None: ``epochs``) at ``finetune_lr``, sequential freezing rotating every ``period`` ``unit``; throughput
+    timed over ``bench_rounds`` interleaved rounds. Presets: :data:`STUDY_QUICK`, :data:`STUDY_FULL`."""
+
+    model: str = "resnet20"
+    data: str = "mnist5k"
+    epochs: int = 6
+    finetune_epochs: int | None = None
+    ratio: float = 2.0
+    modes: tuple[str, ...] = MODES
+    period: int = 1
+    unit: str = "epoch"
+    batch_size: int = 128
+    lr: float = 0.1
+    finetune_lr: float = 0.02
+    subset: int | None = None
+    exclude: tuple[str, ...] = ("conv1", "*.downsample.*")
+    seed: int = 0
+    bench_rounds: int = 5
+    calibration_images: int = 512
+
+    def __post_init__(self) -> None:
+        me = "FreezingStudyConfig"
+        for name in ("exclude", "modes"):  # a list, one string or (exclude) None are welcome too
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
+        for name, least in (("epochs", 1), ("period", 1), ("batch_size", 1), ("bench_rounds", 1), ("seed", 0),
+                            ("calibration_images", 0), ("finetune_epochs", 1), ("subset", 1)):
+            check_count(me, name, getattr(self, name), least, optional=name in ("finetune_epochs", "subset"))
+        for name in ("lr", "finetune_lr"):
+            check_number(me, name, getattr(self, name), lambda v: v > 0, "a number > 0", 0.02)
+        check_number(me, "ratio", self.ratio, lambda v: v > 1, "a compression ratio > 1", 2.0)
+        check_choice(me, "unit", self.unit, UNITS)
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"{me}: modes must be some of {MODES} (got {self.modes!r}); e.g. {me}(modes={MODES!r})")
+
+
+STUDY_QUICK = FreezingStudyConfig(epochs=2, finetune_epochs=2, subset=1024, bench_rounds=3)
+STUDY_FULL = FreezingStudyConfig(epochs=4, finetune_epochs=3, subset=None, bench_rounds=5)
 
 
 CI_KEYS = (("median", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))  # summary key → column suffix
@@ -87,40 +130,17 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     return pd.DataFrame(rows)
 
 
-def run_freezing_study(
-    model: str = "resnet20",
-    data: str = "mnist5k",
-    epochs: int = 6,
-    finetune_epochs: int | None = None,
-    ratio: float = 2.0,
-    modes: Iterable[str] = ("none", "regular", "sequential"),
-    period: int = 1,
-    unit: str = "epoch",
-    batch_size: int = 128,
-    lr: float = 0.1,
-    finetune_lr: float = 0.02,
-    subset: int | None = None,
-    exclude: Iterable[str] | None = ("conv1", "*.downsample.*"),
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    bench_rounds: int = 5,
-    out: str | Path | None = None,
-    save_original: str | Path | None = None,
-    progress: bool = True,
-    calibration_images: int = 512,
-) -> dict[str, Any]:
-    """Train the original, decompose it at ``ratio``, fine-tune with each freezing mode; F7 + F8 data.
+def run_freezing_study(config: FreezingStudyConfig | None = None, *, device: str = "cpu",
+                       cache_dir: str | Path | None = None, out: str | Path | None = None,
+                       save_original: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the original, decompose it, fine-tune with each freezing mode, by ``config``; F7 + F8 data.
 
     ``save_original`` writes the trained original's ``state_dict`` there (e.g. for spectra plots).
-    Fine-tuning starts from the data-aware, BN-recalibrated decomposition on ``calibration_images``
-    training images (``0``: the papers' weight-only start, which sits at chance level before training).
-
-    The original is trained from scratch for ``epochs``; its trained weights are decomposed
-    (``make_plan(ratio, exclude)``) and each mode fine-tunes a copy for ``finetune_epochs`` (default
-    ``epochs``) with the same data order. Returns ``{"history", "throughput", "settings", "machine",
-    "schema"}`` (DataFrames for the first two) and writes them as JSON to ``out`` when given. Quick:
-    ``run_freezing_study(**STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
+    Fine-tuning starts from the data-aware, BN-recalibrated decomposition (``calibration_images=0``: the
+    papers' weight-only start, which sits at chance level before training), and every mode fine-tunes a
+    copy with the same data order. Returns ``{"history", "throughput", "settings", "machine", "schema"}``
+    (DataFrames for the first two) and writes them as JSON to ``out`` when given. Quick:
+    ``run_freezing_study(STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
     recorded ``data/freezing_mnist5k.json``.
     """
     from lrdlab.lowrank.calibration import calibration_batches
@@ -129,38 +149,40 @@ def run_freezing_study(
     from lrdlab.zoo.data import Images, get_loaders
     from lrdlab.zoo.start import decomposed_start, train_original
 
-    finetune_epochs = finetune_epochs or epochs
-    modes = list(modes)
-    settings = {k: v for k, v in locals().items() if k in (
-        "model", "data", "epochs", "finetune_epochs", "ratio", "modes", "period", "unit", "batch_size", "lr",
-        "finetune_lr", "subset", "seed", "device", "bench_rounds")}
-    settings["exclude"] = list(exclude or [])
+    c = FreezingStudyConfig() if config is None else config
+    if not isinstance(c, FreezingStudyConfig):
+        raise ValueError(f"config must be a FreezingStudyConfig (got {c!r}); e.g. FreezingStudyConfig(epochs=2)")
+    model, data, seed, exclude = c.model, c.data, c.seed, list(c.exclude)
+    finetune_epochs = c.finetune_epochs or c.epochs
+    settings = {k: v for k, v in asdict(c).items() if k not in ("exclude", "calibration_images")}
+    settings.update(finetune_epochs=finetune_epochs, modes=list(c.modes), device=device, exclude=exclude)
     from lrdlab.zoo.models import input_size
 
     small = data in ("mnist5k", "digits")  # embedded grey digits: repeat to the model's channels
-    loaders = get_loaders(data, batch_size, Images(channels=input_size(model)[0] if small else None),
-                          cache_dir=cache_dir, subset=subset, seed=seed)
-    original, history = train_original(model, loaders, epochs=epochs, lr=lr, seed=seed, device=device,
-                                       progress=progress)
+    loaders = get_loaders(data, c.batch_size, Images(channels=input_size(model)[0] if small else None),
+                          cache_dir=cache_dir, subset=c.subset, seed=seed)
+    original, history = train_original(model, loaders, FitConfig(epochs=c.epochs, lr=c.lr, seed=seed,
+                                                                 progress=progress, label="original"), device=device)
     histories = [history.assign(variant="original", mode="original")]
     if save_original is not None:
         Path(save_original).parent.mkdir(parents=True, exist_ok=True)
         torch.save(original.state_dict(), save_original)
-    calibration = calibration_batches(loaders.train, calibration_images) if calibration_images else None
-    plan, decomposed = decomposed_start(original, ratio=ratio, exclude=exclude, model_name=model,
+    calibration = calibration_batches(loaders.train, c.calibration_images) if c.calibration_images else None
+    plan, decomposed = decomposed_start(original, ratio=c.ratio, exclude=exclude, model_name=model,
                                         calibration=calibration)
     settings["exclude_applied"] = applicable_patterns(original, exclude)
-    settings["calibration_images"] = calibration_images
+    settings["calibration_images"] = c.calibration_images
     settings["decomposed_layers"] = len(plan.decomposed_layers)
-    for mode in modes:
+    recipe = FitConfig(epochs=finetune_epochs, lr=c.finetune_lr, seed=seed, evaluate_start=True, progress=progress)
+    for mode in c.modes:
         net = copy.deepcopy(decomposed)
-        freezer = Freezer(net, mode, period=period, unit=unit)
-        h = fit(net, loaders.train, loaders.test, finetune_epochs, finetune_lr, freezer, device=device, seed=seed,
-                evaluate_start=True, progress=progress, label=f"lrd {mode}")
+        freezer = Freezer(net, mode, period=c.period, unit=c.unit)
+        h = fit(net, loaders.train, loaders.test, replace(recipe, label=f"lrd {mode}"), freezer, device=device)
         histories.append(h.assign(variant="lrd", mode=mode))
     history = pd.concat(histories, ignore_index=True)
-    c, hgt, wid = loaders.input_size
-    throughput = freezing_throughput(original, decomposed.eval(), (batch_size, c, hgt, wid), bench_rounds, device)
+    ch, hgt, wid = loaders.input_size
+    throughput = freezing_throughput(original, decomposed.eval(), (c.batch_size, ch, hgt, wid), c.bench_rounds,
+                                     device)
     fit_speed = history[history["epoch"] > 0].groupby("mode")["train_img_s"].median()
     throughput["fit_train_img_s"] = throughput["technique"].map(
         lambda t: fit_speed.get("original" if t == "original" else

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import evaluate, fit
 from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.decompose import decompose
@@ -64,8 +65,8 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
             row[variant] = round(evaluate(net, loaders.test)["perplexity"], 4)
         if train:
             student = built["calibrated"]
-            history = fit(student, train, loaders.test, 1, 1e-3, optimizer="adamw", weight_decay=0.0,
-                          schedule="cosine", teacher=model, clip_grad_norm=1.0, progress=progress)
+            history = fit(student, train, loaders.test, FitConfig(lr=1e-3, optimizer="adamw", weight_decay=0.0,
+                          schedule="cosine", clip_grad_norm=1.0, progress=progress), teacher=model)
             row["calibrated_distilled"] = round(math.exp(float(history["loss"].iloc[-1])), 4)  # fit's evaluation
         rows.append(row)
     return {"model": name, "dense_perplexity": round(dense["perplexity"], 4), "dense_params": count_params(model),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,10 +144,10 @@ def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
 
     # quick: the whole embedded data set, shorter training (~2 min on 2 cores); full: the recorded study
-    preset = {**STUDY_QUICK, "epochs": 4, "subset": None} if settings.quick else STUDY_FULL
+    preset = replace(STUDY_QUICK, epochs=4, subset=None) if settings.quick else STUDY_FULL
     weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
-    result = run_freezing_study(model="resnet20", data=settings.data, device=settings.device, progress=True,
-                                save_original=weights, **preset)
+    result = run_freezing_study(replace(preset, model="resnet20", data=settings.data), device=settings.device,
+                                progress=True, save_original=weights)
     return {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
 
 

@@ -169,6 +169,7 @@ def _evaluate(model: nn.Module, loader) -> float:
 def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
                **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.get_loaders``); returns model, loaders, summary."""
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import set_seed
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.start import train_original
@@ -176,7 +177,8 @@ def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: 
     loaders = get_loaders(data, batch_size=batch, seed=seed)
     set_seed(seed)
     net = bottleneck_net(num_classes=loaders.num_classes, in_channels=loaders.input_size[0], **net_kw)
-    model, history = train_original(net, loaders, epochs=epochs, lr=lr, seed=seed, progress=False, label="base")
+    model, history = train_original(net, loaders, FitConfig(epochs=epochs, lr=lr, seed=seed, progress=False,
+                                                            label="base"))
     summary = {"data": data, "epochs": epochs, "lr": lr, "batch": batch, "seed": seed, "net": net_kw,
                "accuracy": float(history["accuracy"].iloc[-1]), "train_s": float(history["wall_s"].iloc[-1]),
                "input_shape": list(loaders.input_size)}
@@ -185,6 +187,7 @@ def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: 
 
 def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
     """Accuracy before and after fine-tuning a copy of ``model`` for ``epochs`` (OneCycle SGD)."""
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import fit
 
     before = _evaluate(model, loaders.test)
@@ -194,7 +197,8 @@ def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> di
     if order is not None:  # the seed also picks the data order (fine-tuning is otherwise deterministic)
         sampler.seed = seed
     try:
-        history = fit(net, loaders.train, loaders.test, epochs, lr=lr, seed=seed, progress=False, label="finetune")
+        history = fit(net, loaders.train, loaders.test, FitConfig(epochs=epochs, lr=lr, seed=seed, progress=False,
+                                                                  label="finetune"))
     finally:
         if order is not None:
             sampler.seed = order

@@ -45,6 +45,7 @@ def llama_from_config(**config: Any) -> nn.Module:
 def train_lm(out: str | Path | None = None, *, progress: bool = True, **recipe: Any) -> tuple[nn.Module, Any]:
     """Train :data:`TINY_LLAMA` on the corpus with :func:`lrdlab.fit` by :data:`RECIPE` (overridable);
     returns ``(model, history)`` and, with ``out``, writes ``state_dict.pt`` and ``history.json`` there."""
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import fit, set_seed
     from lrdlab.zoo.text import text_loaders
 
@@ -52,9 +53,10 @@ def train_lm(out: str | Path | None = None, *, progress: bool = True, **recipe: 
     set_seed(r["seed"])
     model = llama_from_config()
     loaders = text_loaders(r["seq_len"], r["batch_size"], seed=r["seed"])
-    history = fit(model, loaders.train, loaders.test, r["epochs"], r["lr"], optimizer=r["optimizer"],
-                  weight_decay=r["weight_decay"], schedule=r["schedule"], clip_grad_norm=r["clip_grad_norm"],
-                  seed=r["seed"], progress=progress, label="llama_pydoc")
+    config = FitConfig(epochs=r["epochs"], lr=r["lr"], optimizer=r["optimizer"], weight_decay=r["weight_decay"],
+                       schedule=r["schedule"], clip_grad_norm=r["clip_grad_norm"], seed=r["seed"], progress=progress,
+                       label="llama_pydoc")
+    history = fit(model, loaders.train, loaders.test, config)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -12,23 +12,22 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, applicable_patterns, make_plan
 from lrdlab.zoo.models import get_model
 
 
-def train_original(model: str | nn.Module, loaders: Any, *, epochs: int, lr: float, seed: int = 0,
-                   device: str = "cpu", progress: bool = True, label: str = "original",
-                   **fit_kw: Any) -> tuple[nn.Module, pd.DataFrame]:
-    """Train ``model`` (a registered name, built for the loaders' classes, or a module) from scratch.
+def train_original(model: str | nn.Module, loaders: Any, config: FitConfig, *,
+                   device: str = "cpu") -> tuple[nn.Module, pd.DataFrame]:
+    """Train ``model`` (a registered name, built for the loaders' classes, or a module) from scratch by ``config``.
 
     Returns the trained model on the CPU in eval mode, and its :func:`~lrdlab.fit` history.
     """
-    set_seed(seed)
+    set_seed(config.seed)
     net = get_model(model, num_classes=loaders.num_classes) if isinstance(model, str) else model
-    history = fit(net, loaders.train, loaders.test, epochs, lr, device=device, seed=seed, progress=progress,
-                  label=label, **fit_kw)
+    history = fit(net, loaders.train, loaders.test, config, device=device)
     return net.cpu().eval(), history
 
 

@@ -6,11 +6,10 @@ import statistics
 import pytest
 import torch
 
-from lrdlab.explore.freezing_runs import PERIODS, FreezingGrid, schedule_name
+from lrdlab.explore.freezing_runs import PERIODS, SCHEDULES, FreezingGrid, schedule_name
 from lrdlab.explore.freezing_widget import FreezingExplorer
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
-from lrdlab.paper.freezing_grid import SCHEDULES
 from lrdlab.zoo.data import Images, get_loaders
 from lrdlab.zoo.models import get_model
 
@@ -140,3 +139,34 @@ def test_shipped_grid_starts_from_the_default_calibrated_model():
         assert d["accuracy"].nunique() == 1  # every schedule starts from the same model
         assert abs(float(d["accuracy"].iloc[0]) - readme[float(ratio)]) <= 0.5, ratio
     assert grid["settings"]["calibration_images"] == f11["settings"]["calibration_images"]
+
+
+def test_the_default_grid_config_is_the_shipped_grids_recipe_so_a_rerun_has_nothing_to_do(tmp_path):
+    """The shipped grid's settings with today's recipe note (the note grew after the recording): every run is
+    there, so recording by the default config resumes, runs nothing and leaves the file alone."""
+    from lrdlab.explore.freezing_lab import REFERENCE_GRID
+    from lrdlab.explore.freezing_runs import FreezingGridConfig
+    from lrdlab.paper.freezing_grid import RECIPE_NOTE, record_freezing_grid
+
+    shipped = json.loads(REFERENCE_GRID.read_text())
+    shipped["settings"]["recipe_note"] = RECIPE_NOTE
+    copy = tmp_path / "grid.json"
+    copy.write_text(json.dumps(shipped))
+
+    def no_run(message):
+        raise AssertionError(f"re-ran a recorded run: {message}")
+
+    assert record_freezing_grid(copy, FreezingGridConfig(), progress=no_run) == copy
+    assert json.loads(copy.read_text()) == shipped
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"ratios": (2.0, 1.0)}, "ratios must be compression ratios > 1"), ({"lr": -0.1}, "lr must be a number > 0"),
+    ({"epochs": 0}, "epochs must be an int >= 1"), ({"schedules": (("sequential", 0, "epoch"),)}, "schedules are"),
+    ({"schedules": (("frozen", 1, "epoch"),)}, "schedules are"),
+])
+def test_grid_config_names_the_bad_field(kw, words):
+    from lrdlab.explore.freezing_runs import FreezingGridConfig
+
+    with pytest.raises(ValueError, match=f"^FreezingGridConfig: {words}.*e\\.g\\. FreezingGridConfig\\("):
+        FreezingGridConfig(**kw)

@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent("""
     from lrdlab.zoo.data import get_loaders
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.lowrank.layers import decompose_layer
+    from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import fit
 
     torch.set_num_threads(1)
@@ -38,7 +39,7 @@ SCRIPT = textwrap.dedent("""
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         model[1] = decompose_layer(model[1], "svd", (8,))
         freezer = Freezer(model, mode, period=3, unit="iteration")
-        history = fit(model, loaders.train, loaders.test, 2, 0.1, freezer, progress=False)
+        history = fit(model, loaders.train, loaders.test, FitConfig(epochs=2, lr=0.1, progress=False), freezer)
         results[mode] = {"state": model.state_dict(), "history": history.to_dict("list")}
     if world()[0] == 0:
         torch.save(results, sys.argv[1])

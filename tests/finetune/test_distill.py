@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lrdlab.finetune.distill import DistillationLoss
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import evaluate, fit
 from lrdlab.zoo.data import Images, get_loaders
 
@@ -43,11 +44,12 @@ def test_bad_settings_are_refused(kw, match):
 def test_fit_with_a_teacher_trains_the_student_only():
     loaders = get_loaders("digits", 64, Images(channels=1), seed=0)
     teacher = _net(0)
-    fit(teacher, loaders.train, loaders.test, 3, 0.05, progress=False)
+    fit(teacher, loaders.train, loaders.test, FitConfig(epochs=3, lr=0.05, progress=False))
     teacher.requires_grad_(False).train()  # the user's choices must survive
     before = copy.deepcopy(teacher.state_dict())
     student = _net(1)
-    h = fit(student, loaders.train, loaders.test, 2, 0.05, teacher=teacher, distill_alpha=0.8, progress=False)
+    h = fit(student, loaders.train, loaders.test, FitConfig(epochs=2, lr=0.05, distill_alpha=0.8, progress=False),
+            teacher=teacher)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert h["accuracy"].iloc[-1] > 50 and evaluate(student, loaders.test)["accuracy"] > 50

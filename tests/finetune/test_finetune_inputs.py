@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import evaluate, fit
 from lrdlab.lowrank.layers import decompose_layer
@@ -26,6 +29,9 @@ def loader(n: int = 16, classes: int = 4, batch: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, classes, (n,), generator=g))
     return DataLoader(data, batch_size=batch)
+
+
+QUIET = FitConfig(progress=False)  # one epoch
 
 
 class DictData(torch.utils.data.Dataset):
@@ -116,7 +122,7 @@ class WatchedFreezer(Freezer):
 def test_fit_resets_state_when_a_factor_comes_back():
     model = tucker_net()
     freezer = WatchedFreezer(model, "sequential", period=1, unit="iteration")
-    fit(model, loader(32), loader(), epochs=1, lr=0.1, freezer=freezer, progress=False, schedule="constant")
+    fit(model, loader(32), loader(), FitConfig(lr=0.1, schedule="constant", progress=False), freezer)
     assert freezer.returned > 0  # fit attached its optimizer, and factors came back with state to drop
 
 
@@ -126,7 +132,7 @@ def test_fit_resets_state_when_a_factor_comes_back():
 def test_an_empty_train_loader_is_a_clear_error():
     empty = DataLoader(TensorDataset(torch.randn(0, 3, 6, 6), torch.zeros(0, dtype=torch.long)), batch_size=4)
     with pytest.raises(ValueError, match="train_loader is empty"):
-        fit(tucker_net(), empty, loader(), epochs=1, progress=False)
+        fit(tucker_net(), empty, loader(), QUIET)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -134,7 +140,7 @@ def test_cuda_without_cuda_is_a_clear_error():
     model = tucker_net()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="CUDA is not available here.*device='cpu'"):
-        fit(model, loader(), loader(), epochs=1, device="cuda", progress=False)
+        fit(model, loader(), loader(), QUIET, device="cuda")
     with pytest.raises(ValueError, match="CUDA is not available"):
         evaluate(model, loader(), device="cuda")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -142,38 +148,65 @@ def test_cuda_without_cuda_is_a_clear_error():
 
 def test_an_unknown_device_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        fit(tucker_net(), loader(), loader(), epochs=1, device="gpu", progress=False)
+        fit(tucker_net(), loader(), loader(), QUIET, device="gpu")
 
 
 def test_dict_batches_are_read_by_their_keys():
     data = DataLoader(DictData(), batch_size=8)
-    history = fit(tucker_net(), data, data, epochs=1, progress=False)
+    history = fit(tucker_net(), data, data, QUIET)
     assert history["accuracy"].notna().all()
     with pytest.raises(ValueError, match=r"dict batch needs an input key.*got keys \['a', 'b'\]"):
-        fit(tucker_net(), DataLoader(DictData(("a", "b")), batch_size=8), data, epochs=1, progress=False)
+        fit(tucker_net(), DataLoader(DictData(("a", "b")), batch_size=8), data, QUIET)
 
 
 def test_labels_beyond_the_model_outputs_name_num_classes():
     with pytest.raises(ValueError, match="labels run from 0 to 9 but the model has 4 outputs.*num_classes=10"):
-        fit(tucker_net(), loader(64, classes=10), loader(), epochs=1, progress=False)
+        fit(tucker_net(), loader(64, classes=10), loader(), QUIET)
 
 
 def test_a_generator_is_not_a_loader():
     with pytest.raises(ValueError, match="re-iterable with a length"):
-        fit(tucker_net(), (b for b in loader()), loader(), epochs=1, progress=False)
+        fit(tucker_net(), (b for b in loader()), loader(), QUIET)
 
 
-@pytest.mark.parametrize("epochs", [0, 2.5, "3"])
+@pytest.mark.parametrize("epochs", [0, 2.5, "3", True])
 def test_epochs_must_be_a_positive_int(epochs):
-    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
-        fit(tucker_net(), loader(), loader(), epochs=epochs, progress=False)
+    with pytest.raises(ValueError, match=r"FitConfig: epochs must be an int >= 1 .*e\.g\. FitConfig\(epochs=1\)"):
+        FitConfig(epochs=epochs)
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("lr", 0, "lr must be a number > 0"), ("lr", float("nan"), "lr must be a number > 0"),
+    ("lr", "0.1", "lr must be a number > 0"), ("optimizer", "lion", "optimizer must be one of \\('sgd', 'adamw'\\)"),
+    ("momentum", 1.0, "momentum must be in \\[0, 1\\)"), ("weight_decay", -1e-4, "weight_decay must be a number >= 0"),
+    ("schedule", "step", "schedule must be one of"), ("label_smoothing", 1.0, "label_smoothing must be in"),
+    ("distill_alpha", 1.5, "distill_alpha must be in \\[0, 1\\]"), ("distill_temperature", 0, "distill_temperature"),
+    ("clip_grad_norm", 0.0, "clip_grad_norm must be a number > 0, or None"), ("seed", -1, "seed must be an int >= 0"),
+    ("seed", 2**32, "seed must be below 2\\*\\*32"), ("progress", "no", "progress must be a bool"),
+    ("evaluate_start", 1, "evaluate_start must be a bool"), ("label", 3, "label must be a str"),
+])
+def test_fit_config_names_the_bad_field_and_the_fix(field, value, rule):
+    with pytest.raises(ValueError, match=f"^FitConfig: {rule}") as err:
+        FitConfig(**{field: value})
+    fix = re.search(r"e\.g\. (FitConfig\(\w+=.*\))$", str(err.value))
+    assert fix and fix.group(1).startswith(f"FitConfig({field}=")
+    assert isinstance(eval(fix.group(1), {"FitConfig": FitConfig}), FitConfig)  # noqa: S307 - the fix it names works
+
+
+def test_fit_config_is_a_frozen_recipe_and_fit_takes_no_loose_epochs():
+    config = FitConfig(epochs=2, lr=0.01)
+    assert replace(config, lr=0.02) == FitConfig(epochs=2, lr=0.02) and config.lr == 0.01
+    with pytest.raises(FrozenInstanceError):
+        config.lr = 0.1  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"fit's 4th argument is a FitConfig, got int 3.*FitConfig\(epochs=3"):
+        fit(tucker_net(), loader(), loader(), 3)  # the old fit(model, train, test, epochs)
 
 
 def test_resume_without_a_checkpoint_and_a_folder_as_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="resume=True needs checkpoint=PATH"):
-        fit(tucker_net(), loader(), loader(), epochs=1, resume=True, progress=False)
+        fit(tucker_net(), loader(), loader(), QUIET, resume=True)
     with pytest.raises(ValueError, match="is a folder; give a file path"):
-        fit(tucker_net(), loader(), loader(), epochs=1, checkpoint=tmp_path, progress=False)
+        fit(tucker_net(), loader(), loader(), QUIET, checkpoint=tmp_path)
 
 
 def test_a_diverging_loss_stops_with_advice():
@@ -181,7 +214,7 @@ def test_a_diverging_loss_stops_with_advice():
     with torch.no_grad():
         model[5].weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="training loss became nan.*lower the learning rate"):
-        fit(model, loader(), loader(), epochs=1, progress=False)
+        fit(model, loader(), loader(), QUIET)
 
 
 def test_model_outputs_with_logits_are_read_and_others_refused():

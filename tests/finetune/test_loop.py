@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from lrdlab import cli
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import evaluate, fit
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
-from lrdlab.paper.freezing_study import load_study, save_study
+from lrdlab.paper.freezing_study import FreezingStudyConfig, load_study, save_study
 from lrdlab.zoo.data import get_loaders
 from lrdlab.zoo.models import MODELS, get_model, input_size, load_weights
 
@@ -37,7 +38,7 @@ HISTORY_COLUMNS = {"epoch", "loss", "accuracy", "top5", "train_loss", "train_acc
 
 def test_fit_learns_digits_well_above_chance(digits):
     model = mlp()
-    history = fit(model, digits.train, digits.test, epochs=3, lr=0.1, progress=False)
+    history = fit(model, digits.train, digits.test, FitConfig(epochs=3, lr=0.1, progress=False))
     assert isinstance(history, pd.DataFrame) and HISTORY_COLUMNS <= set(history.columns)
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["accuracy"].iloc[-1] > 80  # chance is 10 %
@@ -52,7 +53,8 @@ def test_fit_learns_digits_well_above_chance(digits):
 def test_fit_with_sequential_freezing_records_phases(digits):
     model = mlp(decomposed=True)
     freezer = Freezer(model, "sequential", period=1, unit="epoch")
-    history = fit(model, digits.train, digits.test, 3, 0.1, freezer, evaluate_start=True, progress=False)
+    history = fit(model, digits.train, digits.test, FitConfig(epochs=3, lr=0.1, evaluate_start=True, progress=False),
+                  freezer)
     assert history["epoch"].tolist() == [0, 1, 2, 3]
     assert history["phase"].tolist() == [0, 0, 1, 2]
     # phase 0 and 2 train `last` (8×32 + 32 bias), phase 1 trains `first` (64×8); the head is always trainable
@@ -63,9 +65,11 @@ def test_fit_with_sequential_freezing_records_phases(digits):
 
 def test_fit_rejects_bad_epochs(digits):
     with pytest.raises(ValueError, match="epochs"):
-        fit(mlp(), digits.train, digits.test, 0)
+        fit(mlp(), digits.train, digits.test, FitConfig(epochs=0))
     with pytest.raises(ValueError, match="optimizer"):
-        fit(mlp(), digits.train, digits.test, 1, optimizer="lion", progress=False)
+        fit(mlp(), digits.train, digits.test, FitConfig(optimizer="lion", progress=False))
+    with pytest.raises(ValueError, match="a FitConfig, got int 1"):
+        fit(mlp(), digits.train, digits.test, 1)
 
 
 class Interrupt(Exception):
@@ -92,7 +96,8 @@ def test_resume_at_every_epoch_reproduces_the_uninterrupted_run(digits, tmp_path
     def run(**kw):
         model = mlp(decomposed=True)
         freezer = Freezer(model, freeze, period=period, unit=unit)
-        return model, fit(model, digits.train, digits.test, 4, 0.1, freezer, progress=False, seed=1, **kw)
+        return model, fit(model, digits.train, digits.test, FitConfig(epochs=4, lr=0.1, progress=False, seed=1),
+                          freezer, **kw)
 
     straight_model, straight = run()
     cols = ["loss", "accuracy", "train_loss", "lr", "phase", "trainable_params"]
@@ -106,8 +111,8 @@ def test_resume_at_every_epoch_reproduces_the_uninterrupted_run(digits, tmp_path
         for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
             assert torch.equal(a, b), f"resumed after epoch {stop}: weights differ"
     with pytest.raises(ValueError, match="same --epochs"):
-        fit(mlp(decomposed=True), digits.train, digits.test, 5, checkpoint=tmp_path / "ck1.pt", resume=True,
-            progress=False)
+        fit(mlp(decomposed=True), digits.train, digits.test, FitConfig(epochs=5, progress=False),
+            checkpoint=tmp_path / "ck1.pt", resume=True)
 
 
 @pytest.mark.parametrize("name,params", [("resnet20", 0.27e6), ("resnet32", 0.46e6), ("resnet56", 0.85e6),
@@ -154,7 +159,7 @@ def test_cli_train_decomposed_with_freezing_then_resume(tmp_path, capsys):
     for name in ("history.csv", "history.json", "checkpoint.pt", "plan.json", "state_dict.pt"):
         assert (out / name).is_file(), name
     history = pd.read_csv(out / "history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [0, 1] and (history["label"] == "resnet20").all()
     assert len(json.loads((out / "history.json").read_text())) == 2
     from lrdlab import load_decomposed
 
@@ -180,14 +185,14 @@ def test_study_roundtrip(tmp_path):
 
 def test_fit_rejects_a_freezer_of_another_model(digits):
     with pytest.raises(ValueError, match="another model"):
-        fit(mlp(), digits.train, digits.test, 1, freezer=Freezer(mlp(decomposed=True), "regular"), progress=False)
+        fit(mlp(), digits.train, digits.test, FitConfig(progress=False), Freezer(mlp(decomposed=True), "regular"))
 
 
 def test_freezing_study_small(tmp_path):
     from lrdlab.paper.freezing_study import run_freezing_study
 
-    r = run_freezing_study(model="resnet20", data="digits", epochs=1, finetune_epochs=2, subset=128, batch_size=64,
-                           bench_rounds=1, progress=False, out=tmp_path / "study.json")
+    config = FreezingStudyConfig(data="digits", epochs=1, finetune_epochs=2, subset=128, batch_size=64, bench_rounds=1)
+    r = run_freezing_study(config, progress=False, out=tmp_path / "study.json")
     h, t = r["history"], r["throughput"]
     assert set(h["mode"]) == {"original", "none", "regular", "sequential"}
     assert h[h["mode"] == "sequential"]["phase"].tolist() == [0, 0, 1]
@@ -196,3 +201,24 @@ def test_freezing_study_small(tmp_path):
     assert (t["train_img_s"] > 0).all() and r["settings"]["exclude_applied"] == ["conv1"]
     assert r["machine"]["torch_version"] == torch.__version__
     assert load_study(tmp_path / "study.json")["history"].shape == h.shape
+    settings = r["settings"]  # the keys the recorded studies and the freezing explorer read
+    assert {k: settings[k] for k in ("model", "data", "epochs", "finetune_epochs", "modes", "exclude", "device")} == {
+        "model": "resnet20", "data": "digits", "epochs": 1, "finetune_epochs": 2,
+        "modes": ["none", "regular", "sequential"], "exclude": ["conv1", "*.downsample.*"], "device": "cpu"}
+    assert {"ratio", "period", "unit", "batch_size", "lr", "finetune_lr", "subset", "seed", "bench_rounds",
+            "calibration_images", "decomposed_layers", "params"} <= set(settings)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"modes": ("none", "sideways")}, "modes must be some of"),
+    ({"finetune_lr": 0}, "finetune_lr must be a number > 0"),
+    ({"ratio": 1.0}, "ratio must be a compression ratio > 1"),
+    ({"unit": "step"}, "unit must be one of"),
+    ({"subset": 0}, "subset must be an int >= 1"),
+    ({"calibration_images": -1}, "calibration_images must be an int >= 0"),
+])
+def test_freezing_study_config_names_the_bad_field(kw, words):
+    with pytest.raises(ValueError, match=f"^FreezingStudyConfig: {words}.*e\\.g\\. FreezingStudyConfig\\("):
+        FreezingStudyConfig(**kw)
+    loose = FreezingStudyConfig(exclude=None, modes=["sequential"])  # None and lists are welcome: kept as tuples
+    assert loose == FreezingStudyConfig(exclude=(), modes=("sequential",))

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from lrdlab import Ratio, decompose, make_plan
+from lrdlab import FitConfig, Ratio, decompose, make_plan
 from lrdlab.finetune.loop import evaluate, fit
 
 pytest.importorskip("transformers")
@@ -80,7 +80,7 @@ def test_evaluate_and_fit_name_bad_batches(llama, tiny_llama):
     with pytest.raises(ValueError, match="evaluate batch 0.*vocabulary"):
         evaluate(llama, [torch.full((2, 8), 999)])
     with pytest.raises(ValueError, match="training batch 0: input_ids is a ragged list"):
-        fit(tiny_llama(), [{"input_ids": [[1, 2, 3], [1, 2]]}], [ids(2, 8)], 1, progress=False)
+        fit(tiny_llama(), [{"input_ids": [[1, 2, 3], [1, 2]]}], [ids(2, 8)], FitConfig(progress=False))
 
 
 def test_fit_trains_a_causal_lm_on_dict_batches_with_and_without_a_teacher(tiny_llama):
@@ -89,9 +89,9 @@ def test_fit_trains_a_causal_lm_on_dict_batches_with_and_without_a_teacher(tiny_
     train = [{"input_ids": text[i:i + 4], "labels": text[i:i + 4]} for i in (0, 4)] * 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        history = fit(model, train, [text[:2]], 3, lr=1e-2, optimizer="adamw", progress=False,
-                      evaluate_start=True)
+        history = fit(model, train, [text[:2]], FitConfig(epochs=3, lr=1e-2, optimizer="adamw", progress=False,
+                                                          evaluate_start=True))
     assert history["loss"].iloc[-1] < 0.5 * history["loss"].iloc[0]
     student = decompose(model, make_plan(model, Ratio(2)))
-    history = fit(student, train, [text[:2]], 1, lr=1e-3, optimizer="adamw", teacher=model, progress=False)
+    history = fit(student, train, [text[:2]], FitConfig(lr=1e-3, optimizer="adamw", progress=False), teacher=model)
     assert math.isfinite(history["loss"].iloc[-1])

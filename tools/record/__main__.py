@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from lrdlab.cli.common import (
@@ -151,8 +152,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
 
         sizes = STUDY_QUICK if args.quick else STUDY_FULL
-        run_freezing_study(model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr, out=args.out,
-                           **sizes)
+        run_freezing_study(replace(sizes, model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr),
+                           out=args.out)
         print("wrote", args.out)
     elif args.what == "speed-checks":
         from tools.record import search as search_records
@@ -189,10 +190,11 @@ def run(args: argparse.Namespace, command: str) -> int:
                                  command=args.train_command)
         print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
     elif args.what == "freezing-grid":
+        from lrdlab.explore.freezing_runs import FreezingGridConfig
         from lrdlab.paper.freezing_grid import REFERENCE_GRID, record_freezing_grid
 
-        print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, ratios=args.ratios, subset=args.subset,
-                                            epochs=args.epochs, command=command))
+        grid_config = FreezingGridConfig(ratios=tuple(args.ratios), subset=args.subset, epochs=args.epochs)
+        print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, grid_config, command=command))
     elif args.what == "transformers":
         from tools.record import transformers_study, transformers_targets
 

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import evaluate, fit, set_seed
 from lrdlab.lowrank.decompose import decompose
@@ -49,16 +50,15 @@ SCHEMA = {
 }
 
 
-def train_vit_tiny(loaders: Any, *, epochs: int = TRAIN["epochs"], seed: int = 0, progress: bool = False,
-                   **kw: Any) -> tuple[nn.Module, pd.DataFrame]:
-    """A ViT-tiny trained from scratch on ``loaders`` (used when no trained weights are given)."""
+def train_vit_tiny(loaders: Any, *, epochs: int = TRAIN["epochs"], seed: int = 0,
+                   progress: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+    """A ViT-tiny trained from scratch on ``loaders`` by :data:`TRAIN` (used when no trained weights are given)."""
     from lrdlab.zoo.models import get_model
 
-    opts = {**{k: v for k, v in TRAIN.items() if k not in ("epochs", "batch_size")}, **kw}
-    lr = opts.pop("lr")
+    recipe = {k: v for k, v in TRAIN.items() if k not in ("epochs", "batch_size")}  # the rest: FitConfig fields
     set_seed(seed)
     model = get_model("vit_tiny", num_classes=loaders.num_classes)
-    history = fit(model, loaders.train, loaders.test, epochs, lr, seed=seed, progress=progress, **opts)
+    history = fit(model, loaders.train, loaders.test, FitConfig(epochs=epochs, seed=seed, progress=progress, **recipe))
     return model.eval(), history
 
 
