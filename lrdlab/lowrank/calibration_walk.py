@@ -12,6 +12,7 @@ outside every chain (DeepLab's head), not once per layer.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,14 +36,14 @@ class Probe:
 
 @dataclass
 class _Call:
-    args: tuple
-    kwargs: dict
-    start: int
-    end: int = -1
-    output: Any = None
-    version: int = -1  # the output's version counter when it was returned
-    entered: int = -1  # the input's version counter on entry, and on return (an in-place change shows)
+    """One call of a watched module, kept as numbers only (the probe holds no activations)."""
+
+    start: int  # its place in the log of calls; ``end``: the log's length when it returned
+    single: bool  # called with one positional tensor and nothing else
+    linked: bool  # that tensor is the one its parent's input or previous child's output was, unchanged
+    entered: int  # the input's version counter on entry and on return (an in-place change shows)
     left: int = -1
+    end: int = -1
 
 
 def _ancestors(names: list[str]) -> set[str]:
@@ -57,9 +58,12 @@ def _join(path: str, child: str) -> str:
     return f"{path}.{child}" if path else child
 
 
-def _one_tensor(call: _Call) -> Tensor | None:
-    arg = call.args[0] if len(call.args) == 1 and not call.kwargs else None
-    return arg if isinstance(arg, Tensor) else None
+def _parent(path: str) -> str | None:
+    return None if not path else path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _single(args: tuple, kwargs: dict) -> Tensor | None:
+    return args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Tensor) else None
 
 
 def _chain(path: str, calls: dict[str, list[_Call]], log: list[tuple[str, _Call]],
@@ -71,23 +75,17 @@ def _chain(path: str, calls: dict[str, list[_Call]], log: list[tuple[str, _Call]
     cached inputs would change under it (later children, e.g. ``ReLU(inplace=True)``, only run once each).
     """
     own = calls.get(path, [])
-    if len(own) != 1 or _one_tensor(own[0]) is None:
+    if len(own) != 1 or not own[0].single:
         return ()
-    handed, version = _one_tensor(own[0]), own[0].entered
-    depth = path.count(".") + 1 if path else 0
     chain: list[str] = []
     for child, kid in log[own[0].start + 1:own[0].end]:
-        if child.count(".") != depth or not child.startswith(f"{path}." if path else ""):
+        if _parent(child) != path:
             continue
-        arg = _one_tensor(kid)
         name = child.rsplit(".", 1)[-1]
         mutates = kid.left != kid.entered and (not chain or any(_inside(child, n) for n in planned))
-        if arg is None or arg is not handed or kid.entered != version or name in chain or mutates:
+        if not (kid.single and kid.linked) or name in chain or mutates:
             break
         chain.append(name)
-        if not isinstance(kid.output, Tensor):
-            break
-        handed, version = kid.output, kid.version
     return tuple(chain)
 
 
@@ -96,34 +94,39 @@ def probe(model: nn.Module, names: list[str], x: Any) -> Probe:
     """Run ``model`` once on ``x`` and watch the planned layers ``names`` and every module that holds one."""
     ancestors, planned = _ancestors(names), set(names)
     modules = dict(model.named_modules())
-    watched = {p for p in modules if p in ancestors or p.rsplit(".", 1)[0] in ancestors or "." not in p}
+    watched = {p for p in modules if p in ancestors or _parent(p) in ancestors}
     log: list[tuple[str, _Call]] = []
     calls: dict[str, list[_Call]] = {}
-    open_calls: dict[str, list[_Call]] = {}
+    handed: dict[str, tuple[Callable[[], Tensor | None], int]] = {}  # parent -> the tensor its next child must take
 
     def before(path: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            arg = args[0] if args and isinstance(args[0], Tensor) else None
-            call = _Call(args, kwargs, len(log), entered=arg._version if arg is not None else -1)
+            arg = _single(args, kwargs)
+            parent = _parent(path)
+            ref, version = handed.get(parent, (lambda: None, -1)) if parent is not None else (lambda: None, -1)
+            call = _Call(len(log), arg is not None, arg is not None and ref() is arg and arg._version == version,
+                         arg._version if arg is not None else -1)
             log.append((path, call))
             calls.setdefault(path, []).append(call)
-            open_calls.setdefault(path, []).append(call)
+            handed[path] = (weakref.ref(arg), arg._version) if arg is not None else (lambda: None, -1)
         return hook
 
     def after(path: str) -> Callable:
-        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            call = open_calls[path].pop()
-            call.end, call.output = len(log), output
-            call.version = output._version if isinstance(output, Tensor) else -1
-            arg = args[0] if args and isinstance(args[0], Tensor) else None
-            call.left = arg._version if arg is not None else -1
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            call = calls[path][-1]
+            arg = _single(args, kwargs)
+            call.end, call.left = len(log), arg._version if arg is not None else -1
+            parent = _parent(path)
+            if parent is not None:
+                handed[parent] = ((weakref.ref(output), output._version) if isinstance(output, Tensor)
+                                  else (lambda: None, -1))
         return hook
 
     handles = []
     try:
         for path in sorted(watched):
             handles.append(modules[path].register_forward_pre_hook(before(path), with_kwargs=True))
-            handles.append(modules[path].register_forward_hook(after(path)))
+            handles.append(modules[path].register_forward_hook(after(path), with_kwargs=True))
         feed(model, x)
     finally:
         for h in handles:
@@ -173,7 +176,7 @@ class _At:
 
 def fit_layers(walk: Walk, names: list[str], xs: list) -> None:
     """Fit the planned layers ``names`` (in the order they run) on the calibration batches ``xs``."""
-    _fit_under(walk, _At("", xs, xs if walk.reference is not None else None), list(names))
+    _fit_under(walk, _At("", xs, xs if walk.reference is not None else None), names)
 
 
 def _fit_under(walk: Walk, at: _At, names: list[str]) -> None:
@@ -182,7 +185,7 @@ def _fit_under(walk: Walk, at: _At, names: list[str]) -> None:
         for name in names:  # progressive BN: rerun the scope for each layer, as its statistics move
             _fit_one(walk, at, name)
         return
-    names = _walk_chain(walk, at, names)
+    names = _walk_chain(walk, at, list(names))
     while names:
         name = names[0]
         sub = _outer_chain(walk, at.path, name)
