@@ -45,7 +45,6 @@ from lrdlab.lowrank.calibration_fit import (
     MODES,
     Moments,
     calibrated_layer,
-    capture_input,
     child_of,
     feed,
     layer_moments,
@@ -53,6 +52,7 @@ from lrdlab.lowrank.calibration_fit import (
     one_shot_moments,
     sequential_unit,
 )
+from lrdlab.lowrank.calibration_walk import Walk, fit_layers, probe
 from lrdlab.lowrank.data_aware import (
     DEFAULT_RIDGE,
     add_ridge,
@@ -257,11 +257,10 @@ def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
     return seen + [n for n in names if n not in seen]
 
 
-@torch.no_grad()
-def captured_inputs(model: nn.Module, module: nn.Module, xs: list[Tensor]) -> list[Tensor] | None:
-    """``module``'s input tensor for each batch when ``model`` runs on ``xs``; None if it is not one tensor."""
-    got = [capture_input(model, module, x) for x in xs]
-    return [g for g in got if g is not None] if all(g is not None for g in got) else None
+def _bn_scope(model: nn.Module, name: str) -> str | None:
+    """Where progressive BN re-estimation acts for layer ``name``: the child of its outermost plain Sequential."""
+    unit = sequential_unit(model, name)
+    return None if unit is None else (f"{unit}." if unit else "") + child_of(unit, name)
 
 
 @torch.no_grad()
@@ -274,8 +273,10 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     layers run, so that it reproduces the *original* network's output from the inputs of the network
     decomposed so far; ``"sequential"`` fits each layer to its own output on those inputs;
     ``"one-shot"`` fits every layer to statistics collected in one pass of the original model. Inside a
-    plain ``nn.Sequential`` (ResNet stages, transformer encoders) the inputs of each child are cached, so
-    only that child reruns per layer (block-wise, as GPTQ processes transformer blocks). ``bn``:
+    *chain* (a module whose children each take the previous one's output: ``nn.Sequential``, ResNet stages,
+    transformer encoders, DeepLab's backbone) the inputs of each child are cached, so only the innermost
+    module holding a layer reruns for it (block-wise, as GPTQ processes transformer blocks) and the network
+    runs about once per part outside the chains (:mod:`~lrdlab.lowrank.calibration_walk`). ``bn``:
     ``True`` (= ``"end"``) re-estimates all BatchNorms at the end; ``"progressive"`` also re-estimates a
     child's BNs right after its layers are replaced; ``False`` never. ``batches`` are input tensors or
     ``(x, y)`` pairs on the model's device (512 images suffice for ResNet-20). Bad input raises
@@ -296,7 +297,8 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
         if not torch.isfinite(weight_of(work.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
     _trial_forward(work, xs[0], expected_input(model, plan))
-    pending = _run_order(work, list(rows), xs[0][:2])
+    watched = probe(work, list(rows), xs[0][:2])
+    pending = watched.order
     if len(pending) < len(rows):
         raise never_ran([n for n in rows if n not in pending])
     reference = copy.deepcopy(work) if mode != "sequential" else None  # the original network, never changed
@@ -314,38 +316,9 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
         assert reference is not None
         for name, moments in one_shot_moments(reference, pending, xs).items():
             replace(name, moments)
-        pending = []
-    while pending:
-        name = pending[0]
-        unit = sequential_unit(work, name)
-        seq = work.get_submodule(unit) if unit is not None else None
-        inputs = xs if unit == "" else captured_inputs(work, seq, xs) if seq is not None else None
-        if inputs is None:  # not inside a plain Sequential: run the whole network for this layer
-            ref = (reference, reference.get_submodule(name), xs) if reference is not None else None
-            replace(name, layer_moments(work, work.get_submodule(name), xs, ref))
-            pending.remove(name)
-            continue
-        assert seq is not None and unit is not None  # inputs were captured inside a plain Sequential
-        ref_seq = reference.get_submodule(unit) if reference is not None else None
-        ref_inputs = None
-        if reference is not None and ref_seq is not None:
-            ref_inputs = xs if unit == "" else captured_inputs(reference, ref_seq, xs)
-        prefix = f"{unit}." if unit else ""
-        for child_name, _ in seq.named_children():
-            inside = [n for n in pending if n.startswith(prefix) and child_of(unit, n) == child_name]
-            for n in inside:
-                ref = None
-                if reference is not None and ref_seq is not None and ref_inputs is not None:
-                    ref = (ref_seq.get_submodule(child_name), reference.get_submodule(n), ref_inputs)
-                replace(n, layer_moments(seq.get_submodule(child_name), work.get_submodule(n), inputs, ref))
-                pending.remove(n)
-                if bn == "progressive":
-                    _reestimate_bn(seq.get_submodule(child_name), inputs)
-            if not any(n.startswith(prefix) for n in pending):
-                break
-            inputs = [feed(seq.get_submodule(child_name), x) for x in inputs]
-            if ref_seq is not None and ref_inputs is not None:
-                ref_inputs = [feed(ref_seq.get_submodule(child_name), x) for x in ref_inputs]
+    else:
+        fit_layers(Walk(work, reference, watched.chains, replace, lambda name: _bn_scope(work, name),
+                        _reestimate_bn if bn == "progressive" else None), pending, xs)
     bar.close()
     if bn:
         _reestimate_bn(work, xs)

@@ -16,12 +16,17 @@ from lrdlab.lowrank.hf import is_conv1d
 DEFAULT_RIDGE = 1e-3
 
 
+def ridge_value(cov: Tensor, ridge: float = DEFAULT_RIDGE) -> float:
+    """``ridge · trace / d`` (``ridge`` where the trace is not positive): the ``λ`` :func:`add_ridge` adds."""
+    scale = float(cov.diagonal().mean()) if cov.shape[0] else 0.0
+    return ridge * (scale if scale > 0 else 1.0)
+
+
 def add_ridge(cov: Tensor, ridge: float = DEFAULT_RIDGE) -> Tensor:
     """``cov + ridge · (trace / d) · I``: a relative ridge that makes a second-moment matrix positive definite."""
-    d = cov.shape[0]
-    scale = float(cov.diagonal().mean()) if d else 0.0
-    scale = scale if scale > 0 else 1.0
-    return cov + (ridge * scale) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    out = cov.clone()
+    out.diagonal().add_(ridge_value(cov, ridge))
+    return out
 
 
 def reduced_rank_regression(weight: Tensor, cov: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -142,8 +147,12 @@ def corrected_weight(weight: Tensor, gram: Tensor, cross: Tensor,
     under that second moment (:func:`reduced_rank_regression`, :func:`whitened_tucker2`) is the
     reduced-rank fit of the original output.
     """
-    cov = add_ridge(gram.double(), ridge)
-    shift = cov - gram.double()  # λ I
+    gram = gram.double()
+    lam = ridge_value(gram, ridge)
+    cov = add_ridge(gram, ridge)
     W = weight.double()
-    target = W @ (cross.double() + shift)
+    target = (W @ cross.double()).add_(W, alpha=lam)  # W (cross + λ I), without a second D × D matrix
+    factor, info = torch.linalg.cholesky_ex(cov)  # half the work of an LU solve; a ridged Gram is positive definite
+    if int(info) == 0:
+        return torch.cholesky_solve(target.T, factor).T, cov
     return torch.linalg.solve(cov, target.T).T, cov
