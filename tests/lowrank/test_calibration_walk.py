@@ -87,7 +87,7 @@ def test_a_child_that_changes_its_input_in_place_ends_the_chain(monkeypatch):
     net = nn.Sequential(nn.Linear(8, 8), _Halve(), nn.Linear(8, 3)).eval()
     xs = [torch.randn(16, 8) for _ in range(2)]
     assert probe(net, ["0", "1.lin", "2"], xs[0]).chains == {"": ("0",)}
-    plan = lrdlab.make_plan(net, ratio=2, min_rank=1)
+    plan = lrdlab.make_plan(net, lrdlab.Ratio(2, min_rank=1))
     cached = calibrated_decompose(net, plan, xs)
     _without_chains(monkeypatch)
     whole = calibrated_decompose(net, plan, xs)
@@ -97,7 +97,8 @@ def test_a_child_that_changes_its_input_in_place_ends_the_chain(monkeypatch):
 
 def test_deeplab_backbone_and_head_are_chains():
     model = _tiny_deeplab()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1, example_input=torch.randn(1, 3, 64, 64))
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1),
+                            lrdlab.Layers(example_input=torch.randn(1, 3, 64, 64)))
     chains = probe(model, [r.name for r in plan.decomposed_layers], torch.randn(1, 3, 64, 64)).chains
     assert chains[""] == ("backbone",)  # the head takes features["out"], not the backbone's dict
     assert chains["backbone"] == tuple(str(i) for i in range(17))  # IntermediateLayerGetter: every block
@@ -111,7 +112,7 @@ def test_deeplab_runs_about_once_per_part_outside_the_chains_not_once_per_layer(
     once in the original network, and one pass to re-estimate BatchNorm (one-shot: one pass instead)."""
     model = _tiny_deeplab()
     xs = _images()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1, example_input=xs[0][:1])
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1), lrdlab.Layers(example_input=xs[0][:1]))
     passes, backbone = _Counter(model), _Counter(model.backbone[str(len(model.backbone) - 1)])
     calibrated_decompose(model, plan, xs, mode=mode, progress=False)
     assert len(plan.decomposed_layers) > 40
@@ -124,7 +125,7 @@ def test_deeplab_runs_about_once_per_part_outside_the_chains_not_once_per_layer(
 def test_cached_chains_give_the_model_that_whole_network_runs_give(mode, monkeypatch):
     model = _tiny_deeplab()
     xs = _images()
-    plan = lrdlab.make_plan(model, ratio=2, min_rank=1, example_input=xs[0][:1])
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2, min_rank=1), lrdlab.Layers(example_input=xs[0][:1]))
     cached = calibrated_decompose(model, plan, xs, mode=mode, progress=False)
     _without_chains(monkeypatch)
     passes = _Counter(model)
@@ -140,7 +141,7 @@ def test_torchvision_deeplabv3_calibrates_in_a_few_network_passes():
     torch.manual_seed(0)
     model = tv.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3).eval()
     xs = _images(2, 96)
-    plan = lrdlab.make_plan(model, ratio=2, example_input=xs[0][:1])
+    plan = lrdlab.make_plan(model, lrdlab.Ratio(2), lrdlab.Layers(example_input=xs[0][:1]))
     passes = _Counter(model)
     out = calibrated_decompose(model, plan, xs)
     assert passes.calls <= 2 + 3 * len(xs) < len(plan.decomposed_layers)
