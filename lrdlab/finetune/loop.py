@@ -79,11 +79,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     _sync(dev)
     seconds = time.perf_counter() - t0
     model.train(was_training)
-    loss_sum, top1, top5, n = all_sum([loss_sum, top1, top5, n], dev)
-    if n == 0:
+    loss_total, top1_total, top5_total, images = all_sum([loss_sum, top1, top5, n], dev)
+    if images == 0:
         raise ValueError("evaluate got an empty loader")
-    result: dict[str, float] = {"loss": loss_sum / n, "accuracy": 100.0 * top1 / n, "top5": 100.0 * top5 / n,
-                                "images": int(n), "eval_s": seconds, "eval_img_s": n / seconds}
+    result: dict[str, float] = {"loss": loss_total / images, "accuracy": 100.0 * top1_total / images,
+                                "top5": 100.0 * top5_total / images, "images": int(images), "eval_s": seconds,
+                                "eval_img_s": images / seconds}
     if causal:  # a causal LM: per scored token (``images`` counts tokens), and its perplexity
         result["perplexity"] = float(np.exp(result["loss"]))
     return result
@@ -283,7 +284,7 @@ def fit(
     epoch_bar = tqdm(range(start, epochs), desc=label or "fit", disable=not show, initial=start, total=epochs)
     for epoch in epoch_bar:
         sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         bar = partial(tqdm, desc=f"epoch {epoch + 1}", leave=False, total=steps, disable=not show)
         _sync(dev)

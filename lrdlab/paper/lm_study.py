@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import evaluate, fit
@@ -125,7 +126,7 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
     try:
         for n in threads:
             torch.set_num_threads(n or _all_cores())
-            variants = [({"granularity": g}, low) for g, low in lows.items()]
+            variants: list[tuple[dict[str, Any], nn.Module]] = [({"granularity": g}, low) for g, low in lows.items()]
             for options in search:
                 found = search_at_token_shape(dense, plans.get(1) or make_plan(dense, Ratio(ratio)), options)
                 variants.append(({"granularity": options.config.granularity, "searched": options.shape},
