@@ -10,7 +10,7 @@ from lrdlab.cli.common import thread_counts
 CONFIGS = ("llama100m", "tiny")
 
 
-def _add_bench_lm(sub) -> None:
+def add_bench_lm(sub) -> None:
     p = sub.add_parser("bench-lm", help="prefill and decode tokens/s of a causal LM, dense vs decomposed, interleaved")
     p.add_argument("--config", choices=CONFIGS, default="llama100m",
                    help="llama100m: ~124 M parameters (default); tiny: the shipped model's shape (~0.8 M)")
@@ -37,7 +37,7 @@ def granularities(text: str) -> list[int]:
     return values
 
 
-def _run_bench_lm(args: argparse.Namespace) -> int:
+def run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.paper.lm_study import speed_table
     from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA
 

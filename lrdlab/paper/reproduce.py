@@ -100,11 +100,13 @@ def stage_decompose_time(settings: Settings, results: dict[str, Any]) -> dict[st
 def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F1/F2: the [512, 512, 3, 3] conv (ResNet-152 layer4, 7×7 input at 224 px) by Tucker-2 at r = 242…269."""
     from lrdlab.measure.sweeps import rank_time_sweep
+    from lrdlab.measure.timing_config import TimingConfig
 
     ranks = list(range(paper.FIG2_CLIFF["ranks"][0], paper.FIG2_CLIFF["ranks"][1] + 1))
     shape = (settings.layer_batch * (8 if not settings.gpu else 1), 512, 7, 7)
-    df = rank_time_sweep(512, 512, 3, ranks, shape, device=settings.device, repeats=settings.repeats,
-                         rounds=settings.rounds, dtype="bf16" if settings.gpu else None)
+    timing = TimingConfig(rounds=settings.rounds, warmup=3, repeats=settings.repeats, device=settings.device,
+                          dtype="bf16" if settings.gpu else None)
+    df = rank_time_sweep(512, 512, 3, ranks, shape, timing)
     return {"input_shape": list(shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -133,9 +135,11 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F9: ResNet-50 at 2x with ranks rounded to multiples of g, measured against the original."""
     from lrdlab.measure.sweeps import granularity_sweep
+    from lrdlab.measure.timing_config import TimingConfig
 
-    df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, device=settings.device,
-                           exclude=PAPER_EXCLUDE, train=True, rounds=settings.rounds)
+    timing = TimingConfig(rounds=settings.rounds, warmup=1, device=settings.device)
+    df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, exclude=PAPER_EXCLUDE,
+                           timing=timing, train=True)
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -155,6 +159,7 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
     """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
     from lrdlab.lowrank.plan import Plan
     from lrdlab.measure.compute import current_compute, load_average
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.techniques import speed_columns, structure_row, technique_models
 
     torch.manual_seed(0)
@@ -166,7 +171,7 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
               **dict(list(models.items())[2:])}
     count_shape = (1, 3, 224, 224)
     rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
-    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3,
+    timing = speed_columns(models, settings.bench_shape, TimingConfig(rounds=settings.rounds, warmup=1, repeats=3),
                            modes=settings.speed_modes)
     for row in rows:
         row.update(timing[row["method"]])
@@ -176,11 +181,13 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
 
 def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F6: branched Tucker N ∈ {1, 2, 4, 8} on ResNet-50 (structure, speed); accuracy on a small net in full mode."""
-    from lrdlab.paper.techniques import accuracy_study, branch_sweep
+    from lrdlab.measure.timing_config import TimingConfig
+    from lrdlab.paper.techniques import BranchConfig, accuracy_study, branch_sweep
 
     n, c, h, w = settings.bench_shape
-    out = {"resnet50": branch_sweep("resnet50", (1, 2, 4, 8), batch=n, image_size=h,
-                                    rounds=settings.rounds)}
+    timing = TimingConfig(rounds=settings.rounds, warmup=1, repeats=2)
+    out = {"resnet50": branch_sweep("resnet50", BranchConfig(branches=(1, 2, 4, 8)), batch=n, image_size=h,
+                                    timing=timing)}
     if not settings.quick:
         out["accuracy"] = accuracy_study(data=settings.data, progress=True)
     return out
