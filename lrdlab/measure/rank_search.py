@@ -317,7 +317,7 @@ def optimize_plan(
         module = layers[row.name]  # attention q/k/v rows are views, not submodules
         info = describe(module)
         key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
-        space = SearchSpace(row.method, tuple(row.ranks), lower, granularity, row.branches)
+        space = SearchSpace(*row.spec, lower, granularity, row.branches)
         search = search_layer(module, space, inputs[row.name], timer, rounds=rounds, cache=cache, key=key,
                               progress=progress, desc=row.name)
         trace, levels = search.trace(), {}

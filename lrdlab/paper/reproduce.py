@@ -20,6 +20,7 @@ from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.measure.records import read_record, write_record
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.tables import render
@@ -100,7 +101,6 @@ def stage_decompose_time(settings: Settings, results: dict[str, Any]) -> dict[st
 def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F1/F2: the [512, 512, 3, 3] conv (ResNet-152 layer4, 7×7 input at 224 px) by Tucker-2 at r = 242…269."""
     from lrdlab.measure.sweeps import rank_time_sweep
-    from lrdlab.measure.timing_config import TimingConfig
 
     ranks = list(range(paper.FIG2_CLIFF["ranks"][0], paper.FIG2_CLIFF["ranks"][1] + 1))
     shape = (settings.layer_batch * (8 if not settings.gpu else 1), 512, 7, 7)
@@ -135,7 +135,6 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F9: ResNet-50 at 2x with ranks rounded to multiples of g, measured against the original."""
     from lrdlab.measure.sweeps import granularity_sweep
-    from lrdlab.measure.timing_config import TimingConfig
 
     timing = TimingConfig(rounds=settings.rounds, warmup=1, device=settings.device)
     df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, exclude=PAPER_EXCLUDE,
@@ -159,7 +158,6 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
     """T2/F4/F5: original, vanilla LRD, optimized ranks, layer freezing and layer merging of ResNet-50, measured."""
     from lrdlab.lowrank.plan import Plan
     from lrdlab.measure.compute import current_compute, load_average
-    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.techniques import speed_columns, structure_row, technique_models
 
     torch.manual_seed(0)
@@ -181,7 +179,6 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
 
 def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F6: branched Tucker N ∈ {1, 2, 4, 8} on ResNet-50 (structure, speed); accuracy on a small net in full mode."""
-    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.techniques import BranchConfig, accuracy_study, branch_sweep
 
     n, c, h, w = settings.bench_shape

@@ -130,9 +130,9 @@ class BranchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "branches", tuple(self.branches))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if not self.branches or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.branches):
+        if not self.branches or not all(type(n) is int and n >= 1 for n in self.branches):
             raise ValueError(f"BranchConfig: branches must be positive ints like (1, 2, 4, 8) (got {self.branches!r})")
-        if isinstance(self.granularity, bool) or not isinstance(self.granularity, int) or self.granularity < 1:
+        if type(self.granularity) is not int or self.granularity < 1:
             raise ValueError(f"BranchConfig: granularity must be a positive int (got {self.granularity!r})")
         odd = [n for n in self.branches if self.granularity % n]
         if odd:
