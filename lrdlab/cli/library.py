@@ -146,11 +146,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--breakdown times eager PyTorch layers in place: drop --backend/--compile/--channels-last")
     if args.breakdown and args.threads and len(args.threads) > 1:
         raise ValueError("--breakdown runs at one thread count: give --threads N, not a list")
-    model, shape = build_model(args)
-    plan = load_or_make_plan(model, args)
     timing = TimingConfig(rounds=args.rounds, repeats=args.repeats, device=args.device, dtype=args.dtype,
                           backend=backend, channels_last=args.channels_last, max_rounds=args.max_rounds,
-                          budget_s=args.budget)
+                          budget_s=args.budget)  # checked before the model is built
+    model, shape = build_model(args)
+    plan = load_or_make_plan(model, args)
     searched, load_before = plan.settings.get("optimize", {}).get("threads"), os.getloadavg()
     if searched and (args.threads or [current_compute().threads]) != [searched]:
         print(f"note: this plan's ranks were searched at {searched} thread(s); timed here at "
@@ -243,6 +243,8 @@ def run_choose(args: argparse.Namespace) -> int:
     names = [p.stem for p in args.plans]
     if len(set(names)) != len(names):
         raise ValueError(f"plan files need distinct names (got {names}): the table names each plan by its file")
+    timing = TimingConfig(rounds=args.rounds, warmup=1, repeats=args.repeats, device=args.device, dtype=args.dtype,
+                          backend=args.backend)
     model, shape = build_model(args)
     plans = {name: Plan.load(path) for name, path in zip(names, args.plans)}
     for path, plan in zip(args.plans, plans.values()):
@@ -250,8 +252,6 @@ def run_choose(args: argparse.Namespace) -> int:
             check_plan(model, plan)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-    timing = TimingConfig(rounds=args.rounds, warmup=1, repeats=args.repeats, device=args.device, dtype=args.dtype,
-                          backend=args.backend)
     with round_limits(budget_s=args.budget):
         choice = choose_plan(model, plans, (args.batch, *shape[1:]), timing, progress=not args.json)
     if args.json:

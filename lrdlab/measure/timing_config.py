@@ -51,8 +51,8 @@ class TimingConfig:
         _count(self.repeats, "repeats", 1)
         if not isinstance(self.device, str):
             raise ValueError(f"TimingConfig: device must be a string like 'cpu' or 'cuda' (got {self.device!r})")
-        measure.check_device(self.device)
         try:
+            measure.check_device(self.device)
             measure.check_dtype(self.dtype)
         except ValueError as err:
             raise ValueError(f"TimingConfig: {err}") from None
