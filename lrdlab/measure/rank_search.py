@@ -317,7 +317,8 @@ def optimize_plan(
         module = layers[row.name]  # attention q/k/v rows are views, not submodules
         info = describe(module)
         key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
-        space = SearchSpace(*row.spec, lower, granularity, row.branches)
+        form, target = row.spec
+        space = SearchSpace(form, target, lower, granularity, row.branches)
         search = search_layer(module, space, inputs[row.name], timer, rounds=rounds, cache=cache, key=key,
                               progress=progress, desc=row.name)
         trace, levels = search.trace(), {}

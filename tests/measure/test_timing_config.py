@@ -40,7 +40,7 @@ def test_the_config_is_frozen_exported_and_checked_where_it_is_taken():
     assert check_timing(None, timing) is timing
     with pytest.raises(ValueError, match=r"timing must be a TimingConfig, got dict; e.g. timing=TimingConfig\("):
         check_timing({"rounds": 3}, timing)
-    model = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="timing must be a TimingConfig"):
         compare({"a": model}, (2, 4), "inference", 3)  # type: ignore[arg-type]  # the old positional rounds
     with pytest.raises(ValueError, match="timing must be a TimingConfig"):
