@@ -46,6 +46,7 @@ _API = {
     "compare": "lrdlab.measure.compare",
     "optimize_plan": "lrdlab.measure.rank_search",
     "SearchConfig": "lrdlab.measure.search_config",
+    "TimingConfig": "lrdlab.measure.timing_config",
     "choose_plan": "lrdlab.measure.plan_choice",
     "bench_plan": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
@@ -73,6 +74,7 @@ __all__ = [
     "RankPolicy",
     "Ratio",
     "SearchConfig",
+    "TimingConfig",
     "Tucker2Options",
     "bench_plan",
     "choose_plan",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import bench_plan
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.freezing_study import FreezingStudyConfig, run_freezing_study
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.data_config import Images, LoaderOptions

@@ -107,12 +107,12 @@ def test_a_bad_compute_environment_variable(monkeypatch, capsys):
 
 
 def test_outputs_are_checked_before_the_work(tmp_path, capsys, monkeypatch):
-    import lrdlab.cli.common as common
+    import lrdlab.cli.library as library
 
     def no_work(*a, **k):
         raise AssertionError("the work started before the output was checked")
 
-    monkeypatch.setattr(common, "_build", no_work)
+    monkeypatch.setattr(library, "build_model", no_work)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for argv, message in [

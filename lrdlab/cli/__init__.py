@@ -3,8 +3,8 @@
 Subcommands of the library live in :mod:`lrdlab.cli.library`, those of the papers in :mod:`lrdlab.cli.study`,
 the shared arguments in :mod:`lrdlab.cli.common`.
 
-Each subcommand is a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> int`` registered in
-:data:`SUBCOMMANDS`; heavy imports happen inside the ``_run_`` functions so ``--help`` is quick and the compute
+Each subcommand is a pair ``add_<name>(subparsers)`` / ``run_<name>(args) -> int`` registered in
+:data:`SUBCOMMANDS`; heavy imports happen inside the ``run_`` functions so ``--help`` is quick and the compute
 mode (``--compute`` / ``$LRDLAB_COMPUTE``) is applied before torch loads.
 """
 
@@ -26,17 +26,17 @@ from lrdlab.cli.common import (
 )
 
 SUBCOMMANDS = {
-    "plan": (library._add_plan, library._run_plan),
-    "stats": (library._add_stats, library._run_stats),
-    "decompose": (library._add_decompose, library._run_decompose),
-    "models": (library._add_models, library._run_models),
-    "reproduce": (study._add_reproduce, study._run_reproduce),
-    "bench": (library._add_bench, library._run_bench),
-    "optimize": (library._add_optimize, library._run_optimize),
-    "choose": (library._add_choose, library._run_choose),
-    "train": (library._add_train, library._run_train),
-    "merge": (library._add_merge, library._run_merge),
-    "bench-lm": (lm_cli._add_bench_lm, lm_cli._run_bench_lm),
+    "plan": (library.add_plan, library.run_plan),
+    "stats": (library.add_stats, library.run_stats),
+    "decompose": (library.add_decompose, library.run_decompose),
+    "models": (library.add_models, library.run_models),
+    "reproduce": (study.add_reproduce, study.run_reproduce),
+    "bench": (library.add_bench, library.run_bench),
+    "optimize": (library.add_optimize, library.run_optimize),
+    "choose": (library.add_choose, library.run_choose),
+    "train": (library.add_train, library.run_train),
+    "merge": (library.add_merge, library.run_merge),
+    "bench-lm": (lm_cli.add_bench_lm, lm_cli.run_bench_lm),
 }
 
 

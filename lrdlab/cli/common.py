@@ -13,13 +13,13 @@ from typing import Any
 from lrdlab.paper.numbers import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name, e.g. resnet50 (see `lrdlab models`)")
     p.add_argument("--image-size", type=int, default=None, help="input height = width (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
 
 
-def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     policy = p.add_mutually_exclusive_group()
     policy.add_argument("--ratio", type=float, help="per-layer compression target α (default 2: halve the weights)")
     policy.add_argument("--energy", type=float, help="keep this fraction of Σσ² per layer")
@@ -40,15 +40,15 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="the paper's setting for ResNets: ratio 2, stem and downsample convs excluded")
 
 
-def _add_model_and_plan(p: argparse.ArgumentParser,
+def add_model_and_plan(p: argparse.ArgumentParser,
                         plan_help: str = "a plan JSON (default: plan from the options above)") -> None:
     """MODEL, the plan options, and ``--plan FILE`` to use a saved plan instead."""
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
+    add_model_arguments(p)
+    add_plan_arguments(p)
     p.add_argument("--plan", type=Path, help=plan_help)
 
 
-def _build(args: argparse.Namespace):
+def build_model(args: argparse.Namespace):
     from lrdlab.zoo import models
 
     model = models.get_model(args.model, num_classes=args.num_classes).eval()
@@ -58,7 +58,7 @@ def _build(args: argparse.Namespace):
     return model, (1, c, h, w)
 
 
-def _plan_from_args(model, args: argparse.Namespace):
+def plan_from_args(model, args: argparse.Namespace):
     from lrdlab.lowrank.plan import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio, applicable_patterns, make_plan
 
     exclude = list(args.exclude or [])
@@ -127,14 +127,14 @@ def stats_dict(model, decomposed, plan, input_shape) -> dict[str, Any]:
     return out
 
 
-def _print_stats(report: dict[str, Any]) -> None:
+def print_stats(report: dict[str, Any]) -> None:
     p, f = report["params"], report["flops"]
     print(f"model {report['model']}, input {tuple(report['input_shape'])}")
     print(f"params: {p['original']:,} → {p['decomposed']:,} ({p['change_pct']:+.2f}%)")
     print(f"FLOPs:  {f['original']:,} → {f['decomposed']:,} ({f['change_pct']:+.2f}%)  [{f['counter']}]")
 
 
-def _add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3, many_threads: bool = False) -> None:
+def add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3, many_threads: bool = False) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
@@ -159,11 +159,11 @@ def _set_threads(args: argparse.Namespace) -> None:
 _POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude", "option")
 
 
-def _load_or_make_plan(model, args):
+def load_or_make_plan(model, args):
     from lrdlab.lowrank.plan import Plan
 
     if not getattr(args, "plan", None):
-        return _plan_from_args(model, args)
+        return plan_from_args(model, args)
     given = [f"--{k}" for k in _POLICY_OPTIONS if getattr(args, k, None) not in (None, False)]
     if given:
         raise ValueError(f"--plan {args.plan} fixes every layer's ranks, so {', '.join(given)} would be ignored; "

@@ -9,32 +9,32 @@ import sys
 from pathlib import Path
 
 from lrdlab.cli.common import (
-    _add_model_and_plan,
-    _add_model_arguments,
-    _add_plan_arguments,
-    _add_speed_arguments,
-    _build,
-    _load_or_make_plan,
-    _plan_from_args,
-    _print_stats,
+    add_model_and_plan,
+    add_model_arguments,
+    add_plan_arguments,
+    add_speed_arguments,
+    build_model,
+    load_or_make_plan,
+    plan_from_args,
+    print_stats,
     stats_dict,
 )
 
 
 # --- plan ------------------------------------------------------------------------------------------
-def _add_plan(sub) -> None:
+def add_plan(sub) -> None:
     p = sub.add_parser("plan", help="plan the decomposition of a model and print it")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
+    add_model_arguments(p)
+    add_plan_arguments(p)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--out", type=Path, help="also save the plan as JSON here")
 
 
-def _run_plan(args: argparse.Namespace) -> int:
+def run_plan(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import planned_structure
 
-    model, shape = _build(args)
-    plan = _plan_from_args(model, args)
+    model, shape = build_model(args)
+    plan = plan_from_args(model, args)
     if args.out:
         plan.save(args.out)
     if args.format == "csv":
@@ -47,53 +47,53 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 # --- stats -----------------------------------------------------------------------------------------
-def _add_stats(sub) -> None:
+def add_stats(sub) -> None:
     p = sub.add_parser("stats", help="params and FLOPs of the original and decomposed model")
-    _add_model_and_plan(p)
+    add_model_and_plan(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def _run_stats(args: argparse.Namespace) -> int:
+def run_stats(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import planned_structure
 
-    model, shape = _build(args)
-    plan = _load_or_make_plan(model, args)
+    model, shape = build_model(args)
+    plan = load_or_make_plan(model, args)
     report = stats_dict(model, planned_structure(model, plan), plan, shape)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(plan.summary())
-        _print_stats(report)
+        print_stats(report)
     return 0
 
 
 # --- decompose -------------------------------------------------------------------------------------
-def _add_decompose(sub) -> None:
+def add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="decompose a model and save plan.json + state_dict.pt")
-    _add_model_and_plan(p)
+    add_model_and_plan(p)
     p.add_argument("--out", type=Path, required=True, help="directory for plan.json and state_dict.pt")
 
 
-def _run_decompose(args: argparse.Namespace) -> int:
+def run_decompose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import decompose, save_decomposed
 
     if args.out.exists() and not args.out.is_dir():  # before minutes of work
         raise ValueError(f"--out {args.out} is a file; give a folder for plan.json and state_dict.pt")
-    model, shape = _build(args)
-    plan = _load_or_make_plan(model, args)
+    model, shape = build_model(args)
+    plan = load_or_make_plan(model, args)
     decomposed = decompose(model, plan, progress=True)
     save_decomposed(decomposed, plan, args.out)
-    _print_stats(stats_dict(model, decomposed, plan, shape))
+    print_stats(stats_dict(model, decomposed, plan, shape))
     print(f"saved {args.out / 'plan.json'} and {args.out / 'state_dict.pt'}")
     return 0
 
 
 # --- models ----------------------------------------------------------------------------------------
-def _add_models(sub) -> None:
+def add_models(sub) -> None:
     sub.add_parser("models", help="list the registered models")
 
 
-def _run_models(args: argparse.Namespace) -> int:
+def run_models(args: argparse.Namespace) -> int:
     from lrdlab.zoo.models import MODELS
 
     for name, spec in MODELS.items():
@@ -101,10 +101,10 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(sub) -> None:
+def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measured throughput of original vs decomposed model, beside the FLOP ideal")
-    _add_model_and_plan(p)
-    _add_speed_arguments(p, many_threads=True)
+    add_model_and_plan(p)
+    add_speed_arguments(p, many_threads=True)
     p.add_argument("--train", action="store_true", help="also time training steps (forward + backward + SGD)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved A B A B rounds (default 5)")
     p.add_argument("--channels-last", action="store_true")
@@ -135,35 +135,36 @@ def _record_bench(args: argparse.Namespace, report: dict, load_before: tuple[flo
                                    "load_average_after": list(os.getloadavg()), **report})
 
 
-def _run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace) -> int:
     from lrdlab.measure.compute import current_compute
     from lrdlab.measure.sweeps import bench_plan, format_bench
     from lrdlab.measure.threads import bench_threads, threads_table
+    from lrdlab.measure.timing_config import TimingConfig
 
     backend = args.backend or ("compile" if args.compile else "eager")
     if args.breakdown and (backend != "eager" or args.channels_last):
         raise ValueError("--breakdown times eager PyTorch layers in place: drop --backend/--compile/--channels-last")
     if args.breakdown and args.threads and len(args.threads) > 1:
         raise ValueError("--breakdown runs at one thread count: give --threads N, not a list")
-    model, shape = _build(args)
-    plan = _load_or_make_plan(model, args)
-    kw = dict(device=args.device, train=args.train, rounds=args.rounds, repeats=args.repeats,
-              dtype=None if args.dtype == "fp32" else args.dtype, channels_last=args.channels_last,
-              compile=args.compile, progress=not args.json, backend=backend, max_rounds=args.max_rounds,
-              budget_s=args.budget)
+    timing = TimingConfig(rounds=args.rounds, repeats=args.repeats, device=args.device, dtype=args.dtype,
+                          backend=backend, channels_last=args.channels_last, max_rounds=args.max_rounds,
+                          budget_s=args.budget)  # checked before the model is built
+    model, shape = build_model(args)
+    plan = load_or_make_plan(model, args)
     searched, load_before = plan.settings.get("optimize", {}).get("threads"), os.getloadavg()
     if searched and (args.threads or [current_compute().threads]) != [searched]:
         print(f"note: this plan's ranks were searched at {searched} thread(s); timed here at "
               f"{','.join(map(str, args.threads or [current_compute().threads]))}", file=sys.stderr)
     if args.threads and len(args.threads) > 1:
-        reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, **kw)
+        reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, timing, train=args.train,
+                                progress=not args.json)
         _record_bench(args, {"model": args.model, "threads": args.threads, "reports": reports}, load_before)
         if args.json:
             print(json.dumps({"model": args.model, "threads": args.threads, "reports": reports}, indent=2))
         else:
             print("\n\n".join(threads_table(reports, mode) for mode in ("inference", "train") if mode in reports[0]))
         return 0
-    report = bench_plan(model, plan, (args.batch, *shape[1:]), **kw)
+    report = bench_plan(model, plan, (args.batch, *shape[1:]), timing, train=args.train, progress=not args.json)
     report["compute"] = current_compute().to_dict()
     text = format_bench(report) + f"\n{current_compute()}"
     if args.breakdown:
@@ -178,10 +179,10 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 # --- optimize --------------------------------------------------------------------------------------
-def _add_optimize(sub) -> None:
+def add_optimize(sub) -> None:
     p = sub.add_parser("optimize", help="measured rank search (robust, or P1's Algorithm 1): optimized plan + T1 table")
-    _add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
-    _add_speed_arguments(p, repeats=10)
+    add_model_and_plan(p, "a plan JSON to optimize (default: plan from the options above)")
+    add_speed_arguments(p, repeats=10)
     p.add_argument("--backward", action="store_true", help="time forward + backward (training) per layer")
     p.add_argument("--lower", type=float, default=0.75, help="search down to this fraction of the rank (0.75)")
     p.add_argument("--search", choices=["robust", "paper"], default="robust",
@@ -193,13 +194,13 @@ def _add_optimize(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
 
 
-def _run_optimize(args: argparse.Namespace) -> int:
+def run_optimize(args: argparse.Namespace) -> int:
     from lrdlab.measure.compute import current_compute
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.search_config import SearchConfig
 
-    model, shape = _build(args)
-    plan = _load_or_make_plan(model, args)
+    model, shape = build_model(args)
+    plan = load_or_make_plan(model, args)
     new, traces = optimize_plan(
         model, plan, (args.batch, *shape[1:]), device=args.device, backward=args.backward, lower=args.lower,
         repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
@@ -217,12 +218,12 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
 
 # --- choose ----------------------------------------------------------------------------------------
-def _add_choose(sub) -> None:
+def add_choose(sub) -> None:
     p = sub.add_parser("choose", help="time candidate plans as whole networks on a backend and keep the fastest "
                                       "with 95%% confidence (the first plan is the default)")
-    _add_model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("plans", nargs="+", type=Path, help="plan JSON files, the default first (e.g. searched ranks)")
-    _add_speed_arguments(p)
+    add_speed_arguments(p)
     p.add_argument("--backend", choices=["eager", "compile", "onnxruntime"], default="eager",
                    help="where the network will run (default eager)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds before adapting (default 5)")
@@ -231,17 +232,20 @@ def _add_choose(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the choice and its table as JSON")
 
 
-def _run_choose(args: argparse.Namespace) -> int:
+def run_choose(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import check_plan
     from lrdlab.lowrank.plan import Plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.compute import current_compute
     from lrdlab.measure.plan_choice import choose_plan
+    from lrdlab.measure.timing_config import TimingConfig
 
     names = [p.stem for p in args.plans]
     if len(set(names)) != len(names):
         raise ValueError(f"plan files need distinct names (got {names}): the table names each plan by its file")
-    model, shape = _build(args)
+    timing = TimingConfig(rounds=args.rounds, warmup=1, repeats=args.repeats, device=args.device, dtype=args.dtype,
+                          backend=args.backend)
+    model, shape = build_model(args)
     plans = {name: Plan.load(path) for name, path in zip(names, args.plans)}
     for path, plan in zip(args.plans, plans.values()):
         try:
@@ -249,9 +253,7 @@ def _run_choose(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     with round_limits(budget_s=args.budget):
-        choice = choose_plan(model, plans, (args.batch, *shape[1:]), backend=args.backend, device=args.device,
-                             rounds=args.rounds, repeats=args.repeats,
-                             dtype=None if args.dtype == "fp32" else args.dtype, progress=not args.json)
+        choice = choose_plan(model, plans, (args.batch, *shape[1:]), timing, progress=not args.json)
     if args.json:
         print(json.dumps({**choice.to_dict(), "backend": args.backend, "compute": current_compute().to_dict()},
                          indent=2, default=str))
@@ -266,9 +268,9 @@ def _run_choose(args: argparse.Namespace) -> int:
 
 
 # --- train -----------------------------------------------------------------------------------------
-def _add_train(sub) -> None:
+def add_train(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune (original or decomposed, with freezing); torchrun-ready")
-    _add_model_and_plan(p, "a plan JSON: decompose before training (or give --ratio etc.)")
+    add_model_and_plan(p, "a plan JSON: decompose before training (or give --ratio etc.)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), digits, cifar10, imagenet:PATH")
     p.add_argument("--data-root", type=Path, help="CIFAR-10 folder holding cifar-10-batches-py/")
     p.add_argument("--cache-dir", type=Path, default=None, help="data set cache (default: the lrdlab cache)")
@@ -292,7 +294,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
     from lrdlab.finetune.distributed import init_distributed
     from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.loop import train_and_save
@@ -307,7 +309,7 @@ def _run_train(args: argparse.Namespace) -> int:
                           subset=args.subset, seed=args.seed)
     model = models.get_model(args.model, num_classes=args.num_classes or loaders.num_classes, weights=args.weights)
     policy = args.plan or args.ratio or args.energy or args.vbmf or args.rank or args.paper
-    plan = _load_or_make_plan(model, args) if policy else None
+    plan = load_or_make_plan(model, args) if policy else None
     config = FitConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
                        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
                        label=args.model)
@@ -320,22 +322,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # --- merge -----------------------------------------------------------------------------------------
-def _add_merge(sub) -> None:
+def add_merge(sub) -> None:
     p = sub.add_parser("merge", help="layer merging: bottlenecks Tucker-2 decomposed and merged back to 3 convs")
-    _add_model_arguments(p)
-    _add_plan_arguments(p)
+    add_model_arguments(p)
+    add_plan_arguments(p)
     p.add_argument("--bn", choices=["fresh", "fold", "exact"], default="fresh",
                    help="BN/ReLU between merged convs: fresh (new BN, default), fold (no BN), exact (no merge)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def _run_merge(args: argparse.Namespace) -> int:
+def run_merge(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.merge import merge_bottlenecks, merge_report
     from lrdlab.paper.techniques import structure_row
 
-    model, shape = _build(args)
-    plan = _plan_from_args(model, args)
+    model, shape = build_model(args)
+    plan = plan_from_args(model, args)
     blocks = merge_report(model, plan, args.bn)
     models = {"original": model, "vanilla LRD": decompose(model, plan),
               f"layer merging (bn={args.bn})": merge_bottlenecks(model, plan, bn=args.bn)}

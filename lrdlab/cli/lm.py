@@ -11,7 +11,7 @@ CONFIGS = ("llama100m", "tiny")
 SHAPES = ("decode", "prefill")
 
 
-def _add_bench_lm(sub) -> None:
+def add_bench_lm(sub) -> None:
     p = sub.add_parser("bench-lm", help="prefill and decode tokens/s of a causal LM, dense vs decomposed, interleaved")
     p.add_argument("--config", choices=CONFIGS, default="llama100m",
                    help="llama100m: ~124 M parameters (default); tiny: the shipped model's shape (~0.8 M)")
@@ -70,7 +70,7 @@ def searches(args: argparse.Namespace) -> list:
     return [TokenShapeSearch(tokens=1 if s == "decode" else args.prompt, config=config) for s in args.search]
 
 
-def _run_bench_lm(args: argparse.Namespace) -> int:
+def run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.measure.decode_search import choices_text
     from lrdlab.paper.lm_study import speed_table
     from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA

@@ -10,7 +10,7 @@ from lrdlab.cli.common import thread_count
 
 
 # --- reproduce -------------------------------------------------------------------------------------
-def _add_reproduce(sub) -> None:
+def add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the papers' tables and figures on this machine: report.md + figures")
     p.add_argument("--quick", action="store_true", help="the small version (< 10 min on 2 CPU cores)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -20,7 +20,7 @@ def _add_reproduce(sub) -> None:
                    help="torch threads of every measurement (default: as --compute leaves them)")
 
 
-def _run_reproduce(args: argparse.Namespace) -> int:
+def run_reproduce(args: argparse.Namespace) -> int:
     from lrdlab.measure.compute import current_compute
     from lrdlab.measure.timing import check_device
     from lrdlab.paper.reproduce import Settings, reproduce

@@ -19,6 +19,7 @@ from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, candidate_layers, make_plan
 from lrdlab.measure import compare, stats
 from lrdlab.measure.counting import count_flops, count_params
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.zoo.pretrained import STEMS
 
 
@@ -70,8 +71,8 @@ class NetworkLab:
             start = time.perf_counter()
             variants = {"original": model.eval()}
             variants.update({label: decompose(model, plan).eval() for label, plan in plans.items()})
-            df = compare.compare(variants, (self.batch, *input_size), rounds=self.rounds, warmup=1, repeats=3,
-                                 on_round=on_round)
+            timing = TimingConfig(rounds=self.rounds, warmup=1, repeats=3)
+            df = compare.compare(variants, (self.batch, *input_size), timing=timing, on_round=on_round)
             where = f"measured here ({conditions()})"
             self._speed[key] = {
                 str(r["name"]): {"img_s": float(r["throughput"]), "speedup": float(r["speedup_vs_first"]),

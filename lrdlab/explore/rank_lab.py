@@ -38,6 +38,7 @@ from lrdlab.measure.cache import TimeCache
 from lrdlab.measure.compare import compare
 from lrdlab.measure.counting import count_flops
 from lrdlab.measure.shapes import layer_input_shapes
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.zoo import models
 
 REFERENCE_DIR = Path(str(files("lrdlab.explore") / "reference"))  # shipped inside the package (pyproject package-data)
@@ -227,7 +228,8 @@ class RankLab:
         data = self.layer(model, name)
         shape = self.timing_shape(data)
         variants = {str(r): self._timing_module(data, r) for r in todo}
-        per_round = compare(variants, shape, rounds=rounds, max_rounds=rounds, warmup=1, repeats=3,
+        timing = TimingConfig(rounds=rounds, max_rounds=rounds, warmup=1, repeats=3)
+        per_round = compare(variants, shape, timing=timing,
                             on_round=None if progress is None else lambda done: progress(done, rounds),
                             ).attrs["per_round"]
         out = {}

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
+from lrdlab.lowrank.apply import check_plan, set_module
 from lrdlab.lowrank.calibration_fit import (
     DEFAULT_MODE,
     MODES,
@@ -63,7 +64,6 @@ from lrdlab.lowrank.data_aware import (
     reduced_rank_regression,
     whitened_tucker2,
 )
-from lrdlab.lowrank.decompose import check_plan, set_module
 from lrdlab.lowrank.layers import weight_of
 from lrdlab.lowrank.plan import Plan
 from lrdlab.lowrank.token_batches import calibration_ids, takes_tokens

@@ -4,121 +4,29 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention, guards
-from lrdlab.lowrank.factorize import one_thread
-from lrdlab.lowrank.layers import LowRankLayer, build, decompose_layer, dense_weight, describe
-from lrdlab.lowrank.methods import get_method
-from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
+from lrdlab.lowrank.apply import (  # check_plan, set_module and merged_blocks are used from here too
+    check_decomposed,
+    check_plan,
+    decompose_weights,
+    merge_parts,
+    merged_blocks,
+    set_module,
+)
+from lrdlab.lowrank.calibration import calibrated_decompose
+from lrdlab.lowrank.layers import build, describe
+from lrdlab.lowrank.merge import merge_block_in_place
+from lrdlab.lowrank.plan import Plan
+
+__all__ = ["apply_structure", "check_decomposed", "check_plan", "decompose", "load_decomposed", "merged_blocks",
+           "planned_structure", "recorded_plan", "save_decomposed", "set_module"]
 
 # --- applying a plan -------------------------------------------------------------------------------
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    guards.move_hooks(getattr(parent, child), new)
-    setattr(parent, child, new)
-
-
-MERGED = "lrdlab_merged"  # attribute merge_bottlenecks sets on each merged block: its bn mode
-
-
-def merged_blocks(model: nn.Module) -> dict[str, str]:
-    """``{block name: bn mode}`` of the bottlenecks :func:`~lrdlab.lowrank.merge.merge_bottlenecks` merged."""
-    return {name: getattr(m, MERGED) for name, m in model.named_modules() if isinstance(getattr(m, MERGED, None), str)}
-
-
-def _merge_parts(plan: Plan) -> tuple[dict[str, str], set[str]]:
-    """The plan's recorded merge: ``{block: bn}`` and the names of the convs merging replaced."""
-    record = plan.settings.get("merge") or {}
-    blocks = {b: record.get("bn", "fresh") for b in record.get("blocks", [])}
-    parts = {f"{b}.{p}" if b else p for b in blocks for p in ("conv1", "conv2", "conv3")}
-    return blocks, parts
-
-
-def _inside_low_rank(model: nn.Module) -> set[str]:
-    """Names of the modules inside a LowRankLayer (its factors)."""
-    return {f"{name}.{sub}" for name, m in model.named_modules() if isinstance(m, LowRankLayer)
-            for sub, _ in m.named_modules() if sub}
-
-
-def check_plan(model: nn.Module, plan: Plan) -> None:
-    """Raise ``ValueError`` unless ``plan`` fits ``model``: one row per Linear/Conv layer, matching shapes."""
-    if not isinstance(plan, Plan):
-        raise ValueError(f"expected an lrdlab Plan, got {type(plan).__name__}; build one with make_plan()")
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"expected a model (nn.Module), got {type(model).__name__}; build one with get_model()")
-    guards.check_hook_rewrites(model)
-    modules = named_layers(model)
-    for row in plan.layers:
-        module = modules.get(row.name)
-        if module is None:
-            raise ValueError(
-                f"plan row {row.name!r} names no layer of this model: the plan was made for "
-                f"{plan.model!r}; make a new plan for this model"
-            )
-        if isinstance(module, LowRankLayer):
-            raise ValueError(f"layer {row.name!r} is already decomposed; apply the plan to the original model")
-        info = describe(module)
-        expected = (row.type, row.in_channels, row.out_channels, list(row.kernel_size))
-        actual = (info["type"], info.get("in_channels"), info.get("out_channels"), info.get("kernel_size"))
-        if expected != actual:
-            raise ValueError(
-                f"layer {row.name!r}: the plan expects {expected} but the model has {actual}; "
-                f"the plan was made for {plan.model!r} — make a new plan for this model"
-            )
-        if row.decomposed:
-            method, layer_ranks = row.spec
-            form = get_method(method)
-            reason = form.unsupported(info)
-            if reason:
-                raise ValueError(f"layer {row.name!r}: {reason}")
-            form.check_ranks(info, layer_ranks, f"layer {row.name!r}")
-    planned = {row.name for row in plan.layers}
-    inside = _inside_low_rank(model)
-    missing = [n for n, _ in candidate_layers(model) if n not in planned and n not in inside]
-    if missing:
-        raise ValueError(
-            f"the plan has no row for {len(missing)} layer(s) of this model (e.g. {missing[:3]}): it was made for "
-            f"{plan.model!r}, which has fewer layers; make a new plan for this model (make_plan(model, ...))"
-        )
-
-
-def check_decomposed(model: nn.Module, plan: Plan) -> None:
-    """Raise ``ValueError`` unless ``model`` has exactly the structure ``plan`` gives (the check before saving)."""
-    if not isinstance(plan, Plan):
-        raise ValueError(f"expected an lrdlab Plan, got {type(plan).__name__}")
-    modules = named_layers(model)
-    _, merged_parts = _merge_parts(plan)
-    for row in plan.layers:
-        module = modules.get(row.name)
-        if module is None:
-            raise ValueError(f"plan row {row.name!r} names no layer of this model: the plan was made for "
-                             f"{plan.model!r}; save the model with the plan it was decomposed by")
-        if row.name in merged_parts:
-            continue
-        if row.decomposed and not isinstance(module, LowRankLayer):
-            raise ValueError(f"layer {row.name!r} is a plain {type(module).__name__}, but the plan decomposes it "
-                             f"({row.method} ranks {row.ranks}): save the model decompose(model, plan) returned")
-        if isinstance(module, LowRankLayer):
-            found = (module.method, list(module.ranks), module.branches)
-            if not row.decomposed or found != (row.method, list(row.ranks or []), row.branches):
-                planned = f"says {row.method} ranks {row.ranks}" if row.decomposed else "keeps it"
-                raise ValueError(f"layer {row.name!r} is decomposed by {found[0]} ranks {found[1]}, but the plan "
-                                 f"{planned}: save the model with the plan it was decomposed by")
-    rows = {row.name for row in plan.layers}
-    stray = [n for n, m in modules.items() if isinstance(m, LowRankLayer) and n not in rows]
-    if stray:
-        raise ValueError(f"layers {stray[:3]} are decomposed but not in the plan: save the model with the plan "
-                         f"it was decomposed by")
 
 
 def recorded_plan(model: nn.Module, plan: Plan) -> Plan:
@@ -167,56 +75,8 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     """
     model = guards.unwrap(model)
     if calibration is not None:
-        from lrdlab.lowrank.calibration import calibrated_decompose
-
         return calibrated_decompose(model, plan, calibration, inplace=inplace, progress=progress)
-    check_plan(model, plan)
-    rows = plan.decomposed_layers
-    layers = named_layers(model)
-    for row in rows:
-        guards.check_state_hooks(layers[row.name], row.name)
-        if not torch.isfinite(dense_weight(layers[row.name])).all():
-            raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
-    target = model if inplace else copy.deepcopy(model)
-    disable = (len(rows) < 20) if progress is None else not progress
-    # attention modules with a decomposed projection become FactorizedMultiheadAttention (exact; attached below)
-    new_attention = attention.converted(target, [row.name for row in rows])
-    layers = {**dict(target.named_modules()),
-              **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
-    replacements = _factorize_all(layers, rows, plan, disable)
-    attention.attach(target, new_attention)
-    for name, layer in replacements.items():
-        set_module(target, name, layer)
-    return target
-
-
-def _factorize_all(layers: dict[str, nn.Module], rows: list, plan: Plan, disable: bool) -> dict[str, nn.Module]:
-    """Every planned layer's replacement. Each factorization runs on one BLAS/LAPACK thread, and as many of them
-    at once as torch has threads: on a quiet machine the cores share the work, on a loaded one nothing spins."""
-    workers = min(len(rows), torch.get_num_threads())
-
-    @torch.no_grad()  # grad mode is per thread
-    def one(row) -> nn.Module:
-        if workers > 1:
-            torch.set_num_threads(1)  # this worker's own BLAS threads
-        method, layer_ranks = row.spec
-        return decompose_layer(layers[row.name], method, layer_ranks, plan.options_for(method), row.branches)
-
-    bar = tqdm(total=len(rows), desc="decompose", disable=disable, leave=False)
-    with one_thread():
-        if workers <= 1:
-            out = {}
-            for row in rows:
-                out[row.name] = one(row)
-                bar.update(1)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                futures = {row.name: pool.submit(one, row) for row in rows}
-                for _ in as_completed(futures.values()):
-                    bar.update(1)
-                out = {name: f.result() for name, f in futures.items()}
-    bar.close()
-    return out
+    return decompose_weights(model, plan, inplace=inplace, progress=progress)
 
 
 def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
@@ -230,10 +90,8 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
            for row in plan.decomposed_layers}
     for name, layer in new.items():
         set_module(model, name, layer)
-    blocks, _ = _merge_parts(plan)
+    blocks, _ = merge_parts(plan)
     if blocks:
-        from lrdlab.lowrank.merge import merge_block_in_place  # merge builds on this module
-
         for block, bn in blocks.items():
             merge_block_in_place(model, block, bn)
     return model

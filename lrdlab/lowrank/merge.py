@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank.decompose import MERGED, check_plan, decompose, set_module
+from lrdlab.lowrank.apply import MERGED, check_plan, decompose_weights, set_module
 from lrdlab.lowrank.layers import LowRankLayer, tensor_of, weight_of
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan
@@ -358,7 +358,7 @@ def merge_bottlenecks(
     for row in sub_plan.layers:
         if row.name in absorbed and row.decomposed:
             row.keep("absorbed by layer merging")
-    work = decompose(model, sub_plan, inplace=False, progress=progress)
+    work = decompose_weights(model, sub_plan, inplace=False, progress=progress)
     replacements: dict[str, nn.Module] = {
         row.name: work.get_submodule(row.name) for row in sub_plan.decomposed_layers
         if not any(row.name == prefix[b] + "conv2" for b in merged_blocks)

@@ -22,8 +22,8 @@ from torch import nn
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compute import load_average
 from lrdlab.measure.interleave import Rounds, interleave
+from lrdlab.measure.timing_config import BACKENDS, TimingConfig, check_timing
 
-BACKENDS = ("eager", "compile", "onnxruntime")
 ONNX_EXTRA = "pip install 'lrdlab[onnx]'  (onnx, onnxruntime)"
 
 
@@ -103,8 +103,9 @@ ROUND_LIMITS: dict[str, float | None] = {"factor": 3, "budget_s": 600.0}  # defa
 
 @contextlib.contextmanager
 def round_limits(factor: float = 3, budget_s: float | None = 600.0) -> Iterator[None]:
-    """Within the block, :func:`compare` adds rounds up to ``factor``·rounds and ``budget_s`` seconds by
-    default (``lrdlab reproduce --quick`` uses ``factor=1``: a fixed number of rounds, quick and honest)."""
+    """Within the block, :func:`compare` adds rounds up to ``factor``·rounds and ``budget_s`` seconds where its
+    :class:`TimingConfig` leaves ``max_rounds`` / ``budget_s`` at None (``lrdlab reproduce --quick`` uses
+    ``factor=1``: a fixed number of rounds, quick and honest)."""
     saved = dict(ROUND_LIMITS)
     ROUND_LIMITS.update(factor=factor, budget_s=budget_s)
     try:
@@ -113,21 +114,33 @@ def round_limits(factor: float = 3, budget_s: float | None = 600.0) -> Iterator[
         ROUND_LIMITS.update(saved)
 
 
+def effective_limits(timing: TimingConfig) -> tuple[int, float | None]:
+    """The most rounds and the seconds (None: no limit) :func:`compare` spends under ``timing``, here and now
+    (:func:`round_limits` fills what ``timing`` leaves at None)."""
+    factor = float(ROUND_LIMITS["factor"] or 1)
+    rounds = timing.rounds
+    top = timing.max_rounds if timing.max_rounds is not None else (
+        max(rounds, int(factor * rounds)) if rounds >= 3 else rounds)
+    budget = ROUND_LIMITS["budget_s"] if timing.budget_s is None else timing.budget_s
+    return top, None if budget is None or budget == float("inf") else float(budget)
+
+
+DEFAULT_TIMING = TimingConfig()
+
+
 def compare(
-    models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference", rounds: int = 5,
-    device: str = "cpu", warmup: int = 2, repeats: int = 3, dtype: str | None = None, channels_last: bool = False,
-    compile: bool = False, num_classes: int | None = None, *, backend: str | None = None,
-    max_rounds: int | None = None, half_width: float = 0.03, budget_s: float | None = -1.0, dedupe: bool = True,
+    models: dict[str, nn.Module], input_shape: Sequence[int], mode: str = "inference",
+    timing: TimingConfig = DEFAULT_TIMING, *, num_classes: int | None = None, dedupe: bool = True,
     clock: Callable[[], float] | None = None, on_round: Callable[[int], None] | None = None,
 ):
     """Time models interleaved, A B C then C B A (the order alternates each round, so no model always runs
     first); the first model is the baseline.
 
-    Each round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value
-    is their median). After ``rounds`` rounds, more are added while any speed-up's 95% interval is
-    wider than ±``half_width`` (0.03 = 3 points), up to ``max_rounds`` (default 3·rounds when
-    rounds ≥ 3, else rounds; see :func:`round_limits`) or ``budget_s`` seconds (default 600; None:
-    no limit); ``converged`` says whether it got there.
+    ``timing`` (:class:`~lrdlab.measure.timing_config.TimingConfig`): device, dtype, backend and the rounds. Each
+    round times every model (``warmup`` untimed + ``repeats`` timed batches; the round's value is their median).
+    After ``rounds`` rounds, more are added while any speed-up's 95% interval is wider than ±``half_width``, up
+    to ``max_rounds`` or ``budget_s`` seconds (:func:`effective_limits`); ``converged`` says whether it got there.
+    ``num_classes``: the labels of a training step (``mode="train"``).
     With ``dedupe``, models identical in speed (same structure and parameter shapes; training: same
     trainable parameters) are timed once and share that measurement (``same_as``); an A/A check
     (a model against its own copy) passes ``dedupe=False``. ``clock`` replaces ``time.perf_counter``
@@ -144,16 +157,12 @@ def compare(
 
     if not models:
         raise ValueError("compare needs at least one model")
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int (got {rounds!r})")
-    measure.check_counts(warmup, repeats)
-    dev = measure.check_device(device)
+    timing = check_timing(timing, DEFAULT_TIMING)
+    rounds, warmup, repeats = timing.rounds, timing.warmup, timing.repeats
+    dev = measure.check_device(timing.device)
     shape = measure.check_shape(input_shape)
-    backend = check_backend(backend or ("compile" if compile else "eager"), mode, dev)
-    factor = float(ROUND_LIMITS["factor"] or 1)
-    top = max_rounds if max_rounds is not None else (max(rounds, int(factor * rounds)) if rounds >= 3 else rounds)
-    if budget_s is not None and budget_s < 0:  # the default
-        budget_s = ROUND_LIMITS["budget_s"]
+    backend = check_backend(timing.backend, mode, dev)
+    top, budget_s = effective_limits(timing)
     extra = {"num_classes": num_classes} if mode == "train" else {}
     same_as: dict[str, str] = {}
     seen: dict[str, str] = {}
@@ -161,7 +170,7 @@ def compare(
         fp = fingerprint(m, mode)
         same_as[name] = seen.setdefault(fp, name) if dedupe else name
     timed = [n for n in models if same_as[n] == n]
-    kw = {"dtype": dtype, "channels_last": channels_last, **extra} if backend != "onnxruntime" else {}
+    kw = {"dtype": timing.dtype, "channels_last": timing.channels_last, **extra} if backend != "onnxruntime" else {}
     steps = {n: partial(_round_time, make_backend_step(models[n], shape, mode, dev, backend, **kw), dev, warmup,
                         repeats, clock) for n in timed}
     record: Rounds[str] = Rounds(order="alternate")
@@ -175,7 +184,7 @@ def compare(
             continue
         ups = {n: record.speedup(base, same_as[n]) for n in names}
         wide = max((ups[n].half_width for n in names if same_as[n] != base), default=0.0)
-        converged = done >= 3 and wide <= half_width
+        converged = done >= 3 and wide <= timing.half_width
         if converged or done >= top or (budget_s is not None and time.perf_counter() - start > budget_s):
             break
     per_round = record.times

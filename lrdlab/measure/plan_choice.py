@@ -25,7 +25,8 @@ from torch import nn
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.compare import check_backend
 from lrdlab.measure.stats import SpeedUp
-from lrdlab.measure.sweeps import speed_table
+from lrdlab.measure.sweeps import PLAN_TIMING, speed_table
+from lrdlab.measure.timing_config import TimingConfig, check_timing
 
 ORIGINAL = "original"
 
@@ -80,11 +81,10 @@ def _bare(up: SpeedUp) -> str:
     return up.text().removesuffix(", within noise")
 
 
-def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequence[int], *, backend: str = "eager",
-                device: str = "cpu", rounds: int = 5, warmup: int = 1, repeats: int = 3, dtype: str | None = None,
-                progress: bool = True) -> PlanChoice:
-    """Time ``model`` and each plan's network (random weights of the plan's shapes) on ``backend``, interleaved
-    with adaptive rounds (:func:`lrdlab.measure.compare.compare`), and choose by :func:`pick`.
+def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequence[int],
+                timing: TimingConfig = PLAN_TIMING, *, progress: bool = True) -> PlanChoice:
+    """Time ``model`` and each plan's network (random weights of the plan's shapes) on ``timing.backend``,
+    interleaved with adaptive rounds (:func:`lrdlab.measure.compare.compare`), and choose by :func:`pick`.
 
     ``plans`` is in order of preference: the first is the default. ``model`` is not modified.
     """
@@ -92,9 +92,9 @@ def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequen
         raise ValueError("choose_plan needs at least one plan, e.g. {'searched': plan, 'g=32': plan_g32}")
     if ORIGINAL in plans:
         raise ValueError(f"{ORIGINAL!r} names the model itself: rename that plan")
-    check_backend(backend, "inference", device)
-    table = speed_table(model, dict(plans), input_shape, device=device, rounds=rounds, warmup=warmup, repeats=repeats,
-                        dtype=dtype, progress=progress, backend=backend)
+    timing = check_timing(timing, PLAN_TIMING)
+    check_backend(timing.backend, "inference", timing.device)
+    table = speed_table(model, dict(plans), input_shape, timing, progress=progress)
     names = list(plans)
     choice, reason, versus = pick(table.attrs["per_round"], names)
     table["vs_default_pct"] = [versus[n].pct for n in table["name"]]

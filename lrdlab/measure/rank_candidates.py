@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
+
+from lrdlab.lowrank.methods import get_method
 
 TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
 METHODS = ("robust", "paper")
@@ -49,6 +53,39 @@ def scaled_ranks(target: Sequence[int], r: int, multiple: int = 1) -> tuple[int,
     """
     R = target[0]
     return tuple([r] + [max(multiple, round(r * t / R) // multiple * multiple) for t in target[1:]])
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """One layer's search space: decomposed by ``method`` at ``target`` ranks (leading rank R), the ranks searched
+    are R, then the multiples of ``granularity`` (and of ``branches``, the groups of a branched Tucker core) down to
+    ceil(``lower``·R); the other ranks scale with the leading one (:func:`scaled_ranks`)."""
+
+    method: str
+    target: tuple[int, ...]
+    lower: float = 0.75
+    granularity: int = 1
+    branches: int = 1
+
+    def __post_init__(self) -> None:
+        get_method(self.method)  # a ValueError naming the registered methods
+        try:
+            target = tuple(int(r) for r in self.target)
+        except (TypeError, ValueError):
+            target = ()
+        if not target or any(r < 1 for r in target):
+            raise ValueError(f"SearchSpace: target must be the layer's ranks, positive ints like (64, 64) "
+                             f"(got {self.target!r})")
+        object.__setattr__(self, "target", target)
+        if isinstance(self.branches, bool) or not isinstance(self.branches, numbers.Integral) or self.branches < 1:
+            raise ValueError(f"SearchSpace: branches must be a positive int (got {self.branches!r})")
+        candidate_ranks(1, self.lower, self.granularity)  # validates lower and granularity
+
+    def ranks(self) -> dict[int, tuple[int, ...]]:
+        """Leading rank → the layer's full ranks, for every rank searched (descending)."""
+        step = math.lcm(self.granularity, self.branches)
+        return {r: scaled_ranks(self.target, r, self.branches)
+                for r in candidate_ranks(self.target[0], self.lower, step)}
 
 
 def rank_label(ranks: Sequence[int]) -> str:

@@ -47,7 +47,14 @@ from lrdlab.measure import timing as measure
 from lrdlab.measure.cache import AUTO, TimeCache, shape_key, spread
 from lrdlab.measure.interleave import Rounds, interleave
 from lrdlab.measure.machine import device_name, machine_info
-from lrdlab.measure.rank_candidates import candidate_ranks, pick_rank, rank_label, scaled_ranks, show_ranks  # noqa: F401
+from lrdlab.measure.rank_candidates import (  # noqa: F401
+    SearchSpace,
+    candidate_ranks,
+    pick_rank,
+    rank_label,
+    scaled_ranks,
+    show_ranks,
+)
 from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.stats import SpeedUp
@@ -148,17 +155,19 @@ class LayerSearch:
 
 
 def search_layer(
-    module: nn.Module, method: str, target: Sequence[int], input_shape: Sequence[int], time_fn: TimeFn, *,
-    lower: float = 0.75, granularity: int = 1, branches: int = 1, rounds: int = 3, cache: TimeCache | None = None,
-    key: str | None = None, progress: bool = False, desc: str = "",
+    module: nn.Module, space: SearchSpace, input_shape: Sequence[int], time_fn: TimeFn, *, rounds: int = 3,
+    cache: TimeCache | None = None, key: str | None = None, progress: bool = False, desc: str = "",
 ) -> LayerSearch:
-    """Time the original layer and each candidate rank in ``rounds`` interleaved passes.
+    """Time the original layer and each rank of ``space`` in ``rounds`` interleaved passes.
 
     Samples found in ``cache`` under ``key`` (and not too noisy) are not re-measured; fresh ones are stored.
     """
-    leading = candidate_ranks(int(target[0]), lower, math.lcm(granularity, branches))
-    full = {r: scaled_ranks(target, r, branches) for r in leading}
-    out = LayerSearch(module, method, branches, tuple(input_shape), full, [], {})
+    if not isinstance(space, SearchSpace):
+        raise ValueError(f"space must be a SearchSpace, got {type(space).__name__}; "
+                         f"e.g. SearchSpace('tucker2', (64, 64), granularity=8)")
+    full = space.ranks()
+    leading = list(full)
+    out = LayerSearch(module, space.method, space.branches, tuple(input_shape), full, [], {})
     labels: dict[str, int | None] = {"original": None, **{rank_label(full[r]): r for r in leading}}
     found: dict[str, list[float]] = {}
     for label in labels:
@@ -308,8 +317,9 @@ def optimize_plan(
         module = layers[row.name]  # attention q/k/v rows are views, not submodules
         info = describe(module)
         key = shape_key(info, inputs[row.name], row.method, str(dev), dtype, backward, timing)
-        search = search_layer(module, row.method, row.ranks, inputs[row.name], timer, lower=lower,
-                              granularity=granularity, branches=row.branches, rounds=rounds, cache=cache, key=key,
+        form, target = row.spec
+        space = SearchSpace(form, target, lower, granularity, row.branches)
+        search = search_layer(module, space, inputs[row.name], timer, rounds=rounds, cache=cache, key=key,
                               progress=progress, desc=row.name)
         trace, levels = search.trace(), {}
         if method == "paper":

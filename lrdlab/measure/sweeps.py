@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -16,10 +17,14 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan, params_of
 from lrdlab.measure import timing as measure
-from lrdlab.measure.compare import check_backend, compare
+from lrdlab.measure.compare import DEFAULT_TIMING, check_backend, compare, effective_limits
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.stats import SpeedUp
+from lrdlab.measure.timing_config import TimingConfig, check_timing
+
+PLAN_TIMING = TimingConfig(warmup=1)  # speed_table's and granularity_sweep's default
+LAYER_TIMING = TimingConfig(rounds=3, warmup=3, repeats=10)  # rank_time_sweep's default: one layer, fast to time
 
 # --- models with random weights of a plan's shapes -------------------------------------------------
 
@@ -39,17 +44,11 @@ def speed_table(
     model: nn.Module,
     plans: Mapping[str, Plan | nn.Module],
     input_shape: Sequence[int],
+    timing: TimingConfig = PLAN_TIMING,
     *,
-    device: str = "cpu",
     train: bool = False,
-    rounds: int = 5,
-    warmup: int = 1,
-    repeats: int = 3,
-    train_warmup: int | None = None,
-    train_repeats: int | None = None,
-    dtype: str | None = None,
+    train_timing: TimingConfig | None = None,
     progress: bool = True,
-    backend: str = "eager",
 ):
     """Params, FLOPs and measured speed-up vs the original of each plan, all timed interleaved.
 
@@ -59,8 +58,9 @@ def speed_table(
     original_ms, speedup (×, median of per-round ratios), speedup_pct with its 95% interval
     speedup_pct_ci_low/high, within_noise (the interval covers 0), rounds, converged, speedup_q1/q3,
     throughput, spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed
-    ``train_``. ``df.attrs["per_round"]``: the inference round times of ``"original"`` and each plan.
-    Rounds adapt (:func:`lrdlab.measure.compare.compare`); ``backend`` as there.
+    ``train_``, timed under ``train_timing`` (None: ``timing`` on the eager backend). ``df.attrs["per_round"]``:
+    the inference round times of ``"original"`` and each plan. ``timing``: a
+    :class:`~lrdlab.measure.timing_config.TimingConfig` (rounds adapt as in :func:`lrdlab.measure.compare.compare`).
     """
     import pandas as pd
 
@@ -73,12 +73,11 @@ def speed_table(
         models[name] = m
         layers = None if isinstance(plan, nn.Module) else len(plan.decomposed_layers)
         info[name] = {"name": name, "layers": layers, **model_costs(m, shape)}
-    results = {"inference": _compare(models, shape, "inference", device, rounds, warmup, repeats, dtype, progress,
-                                     backend)}
+    timing = check_timing(timing, PLAN_TIMING)
+    results = {"inference": _compare(models, shape, "inference", timing, progress)}
     if train:
-        results["train"] = _compare(models, shape, "train", device, rounds,
-                                    warmup if train_warmup is None else train_warmup,
-                                    repeats if train_repeats is None else train_repeats, dtype, progress)
+        train_timing = replace(timing, backend="eager") if train_timing is None else check_timing(train_timing, timing)
+        results["train"] = _compare(models, shape, "train", train_timing, progress)
     rows = []
     for name, row in info.items():
         ideal = measure.ideal_speedup(base["flops"], row["flops"])
@@ -109,24 +108,20 @@ def granularity_sweep(
     ratio: float = 2,
     granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
     exclude: Sequence[str] | None = None,
+    timing: TimingConfig = PLAN_TIMING,
     *,
-    device: str = "cpu",
+    rounding: str = "down",
     train: bool = False,
-    rounds: int = 5,
-    warmup: int = 1,
-    repeats: int = 3,
-    dtype: str | None = None,
     progress: bool = True,
-    **plan_kw,
 ):
-    """F9: for each granularity g, a ratio plan rounded to multiples of g; params, FLOPs and measured time.
+    """F9: for each granularity g, a ratio plan rounded (``rounding``: down, up or nearest) to multiples of g;
+    params, FLOPs and measured time.
 
-    The original and all g are timed interleaved (:func:`lrdlab.compare`). Columns: those of
+    The original and all g are timed interleaved under ``timing`` (:func:`lrdlab.compare`). Columns: those of
     :func:`speed_table` plus ``granularity``.
     """
-    plans = granularity_plans(model, ratio, granularities, exclude, **plan_kw)
-    df = speed_table(model, plans, input_shape, device=device, train=train, rounds=rounds, warmup=warmup,
-                     repeats=repeats, dtype=dtype, progress=progress)
+    plans = granularity_plans(model, ratio, granularities, exclude, rounding=rounding)
+    df = speed_table(model, plans, input_shape, timing, train=train, progress=progress)
     df.insert(0, "granularity", [int(g) for g in granularities])
     return df
 
@@ -137,14 +132,11 @@ def _glob(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def _compare(models, input_shape, mode, device, rounds, warmup, repeats, dtype, progress, backend="eager"):
-    from tqdm.auto import tqdm
-
+def _compare(models, input_shape, mode: str, timing: TimingConfig, progress: bool):
     # rounds adapt, so the bar counts them without a total
-    with tqdm(desc=f"timing {len(models)} models ({mode}, {backend}, ≥{rounds} interleaved rounds)", unit="round",
-              disable=not progress) as bar:
-        return compare(models, input_shape, mode=mode, rounds=rounds, device=device, warmup=warmup,
-                       repeats=repeats, dtype=dtype, backend=backend, on_round=lambda _: bar.update())
+    with tqdm(desc=f"timing {len(models)} models ({mode}, {timing.backend}, ≥{timing.rounds} interleaved rounds)",
+              unit="round", disable=not progress) as bar:
+        return compare(models, input_shape, mode, timing, on_round=lambda _: bar.update())
 
 
 def _speed_columns(df, name: str, prefix: str, ideal: float) -> dict[str, Any]:
@@ -173,22 +165,19 @@ def rank_time_sweep(
     k: int,
     ranks: Sequence[int],
     input_shape: Sequence[int],
+    timing: TimingConfig = LAYER_TIMING,
     *,
     method: str = "tucker2",
-    device: str = "cpu",
-    backward: bool = False,
-    warmup: int = 3,
-    repeats: int = 10,
-    rounds: int = 3,
-    dtype: str | None = None,
     stride: int = 1,
+    backward: bool = False,
     progress: bool = True,
 ):
     """F1/F2: time of one C→S k×k conv decomposed at each rank (Tucker-2 with r1 = r2 = r, or SVD forms).
 
-    ``input_shape`` is the layer's input (N, C, H, W). Ranks are timed in ``rounds`` interleaved
+    ``input_shape`` is the layer's input (N, C, H, W). Ranks are timed in ``timing.rounds`` interleaved
     passes in shuffled order (with the original conv in each pass; a pass's value is the median of
-    ``repeats`` runs); per rank: median over the passes and quartiles.
+    ``repeats`` runs after ``warmup``; eager PyTorch on ``timing.device``, fixed rounds); per rank: median over
+    the passes and quartiles. ``backward`` times forward + backward.
     Columns: rank, time_ms, time_lo_ms, time_hi_ms, original_ms, params, params_removed_pct.
     """
     import pandas as pd
@@ -196,13 +185,18 @@ def rank_time_sweep(
     shape = measure.check_shape(input_shape)
     if shape[1] != C:
         raise ValueError(f"input_shape {shape} must have C={C} channels")
-    dev = measure.check_device(device)
+    timing = check_timing(timing, LAYER_TIMING)
+    if timing.backend != "eager" or timing.channels_last:
+        raise ValueError("rank_time_sweep times eager PyTorch layers: give a TimingConfig with backend='eager' and "
+                         "channels_last=False")
+    dev = measure.check_device(timing.device)
+    rounds, warmup, repeats = timing.rounds, timing.warmup, timing.repeats
     conv = nn.Conv2d(C, S, k, stride=stride, padding=k // 2, bias=False)
     info = describe(conv)
     layers: dict[Any, nn.Module] = {"original": conv}
     for r in ranks:
         layers[r] = build(info, method, (r,) * get_method(method).n_ranks)
-    steps = {name: partial(_median_s, measure.layer_step(m, shape, dev, backward, dtype), dev, warmup, repeats)
+    steps = {name: partial(_median_s, measure.layer_step(m, shape, dev, backward, timing.dtype), dev, warmup, repeats)
              for name, m in layers.items()}
     bar = tqdm(total=rounds * len(steps), desc=f"rank sweep [{S},{C},{k},{k}]", disable=not progress)
     samples = interleave(steps, rounds, order="shuffle", on_step=lambda _name: bar.update()).times
@@ -225,19 +219,10 @@ def bench_plan(
     model: nn.Module,
     plan: Plan,
     input_shape: Sequence[int],
+    timing: TimingConfig = DEFAULT_TIMING,
     *,
-    device: str = "cpu",
     train: bool = False,
-    rounds: int = 5,
-    warmup: int = 2,
-    repeats: int = 3,
-    dtype: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
     progress: bool = False,
-    backend: str | None = None,
-    max_rounds: int | None = None,
-    budget_s: float | None = 600.0,
 ) -> dict[str, Any]:
     """Original vs decomposed (plan structure, random factor weights) measured interleaved, with the FLOP ideal.
 
@@ -246,23 +231,25 @@ def bench_plan(
     median times, throughputs, the measured speed-up (median of per-round ratios, with quartiles)
     and ``realised`` = (speed-up − 1) / (ideal − 1), and ``speedup_pct`` = ``{"median", "ci_low",
     "ci_high", "rounds", "converged"}`` (95% bootstrap interval; rounds adapt until it is ±3 points
-    or ``budget_s`` ends). ``backend``: eager (default), compile (both models compiled) or
-    onnxruntime (both exported to ONNX; inference only).
+    or the budget ends). ``timing`` (:class:`~lrdlab.measure.timing_config.TimingConfig`): device, rounds, and
+    the backend: eager (default), compile (both models compiled) or onnxruntime (both exported to ONNX;
+    inference only).
     """
     check_plan(model, plan)
     shape = measure.check_shape(input_shape)
-    dev = measure.check_device(device)
-    backend = backend or ("compile" if compile else "eager")
+    timing = check_timing(timing, DEFAULT_TIMING)
+    dev = measure.check_device(timing.device)
     for mode in ["inference"] + (["train"] if train else []):
-        check_backend(backend, mode, dev)
+        check_backend(timing.backend, mode, dev)
+    max_rounds, budget_s = effective_limits(timing)
     decomposed = shaped_model(model, plan)
     before, after = model_costs(model, shape), model_costs(decomposed, shape)
     ideal = measure.ideal_speedup(before["flops"], after["flops"])
     report: dict[str, Any] = {
         "model": plan.model, "input_shape": list(shape), "machine": machine_info(dev),
-        "settings": {"rounds": rounds, "max_rounds": max_rounds, "budget_s": budget_s, "warmup": warmup,
-                     "repeats": repeats, "dtype": measure.check_dtype(dtype), "channels_last": channels_last,
-                     "backend": backend},
+        "settings": {"rounds": timing.rounds, "max_rounds": max_rounds, "budget_s": budget_s,
+                     "warmup": timing.warmup, "repeats": timing.repeats, "dtype": measure.check_dtype(timing.dtype),
+                     "channels_last": timing.channels_last, "backend": timing.backend},
         "layers_decomposed": len(plan.decomposed_layers),
         "params": {"original": before["params"], "decomposed": after["params"]},
         "flops": {"original": before["flops"], "decomposed": after["flops"]},
@@ -270,10 +257,8 @@ def bench_plan(
     }
     for mode in ["inference"] + (["train"] if train else []):
         if progress:
-            print(f"timing original vs decomposed ({mode}, {rounds} interleaved rounds) …", flush=True)
-        df = compare({"original": model, "decomposed": decomposed}, shape, mode=mode, rounds=rounds,
-                     device=str(dev), warmup=warmup, repeats=repeats, dtype=dtype, channels_last=channels_last,
-                     backend=backend, max_rounds=max_rounds, budget_s=budget_s)
+            print(f"timing original vs decomposed ({mode}, {timing.rounds} interleaved rounds) …", flush=True)
+        df = compare({"original": model, "decomposed": decomposed}, shape, mode, timing)
         o, d = df.iloc[0], df.iloc[1]
         up = SpeedUp.from_row(d)
         report[mode] = {

@@ -16,18 +16,22 @@ from torch import nn
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.compute import check_threads, compute_policy, current_compute
 from lrdlab.measure.stats import verdict
+from lrdlab.measure.timing_config import TimingConfig
 
 
 def bench_threads(model: nn.Module, plan: Plan, input_shape: Sequence[int], threads: Sequence[int],
-                  **bench_kw: Any) -> list[dict[str, Any]]:
-    """:func:`lrdlab.bench_plan` at each thread count; each report also names the compute it ran with."""
+                  timing: TimingConfig | None = None, *, train: bool = False,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`lrdlab.bench_plan` at each thread count (``timing`` None: its default); each report also names the
+    compute it ran with."""
+    from lrdlab.measure.compare import DEFAULT_TIMING
     from lrdlab.measure.sweeps import bench_plan
 
     counts = [check_threads(n) for n in threads]
     reports = []
     for n in counts:
         with compute_policy(n):
-            report = bench_plan(model, plan, input_shape, **bench_kw)
+            report = bench_plan(model, plan, input_shape, timing or DEFAULT_TIMING, train=train, progress=progress)
             report["compute"] = current_compute().to_dict()
         reports.append(report)
     return reports
@@ -49,20 +53,22 @@ def threads_table(reports: Sequence[dict[str, Any]], mode: str = "inference") ->
 
 
 def thread_scaling(model: nn.Module, plans: Mapping[str, Plan | nn.Module], input_shape: Sequence[int],
-                   threads: Sequence[int], **speed_kw: Any):
-    """F12's data: :func:`lrdlab.measure.sweeps.speed_table` at each thread count, with a ``threads`` column.
+                   threads: Sequence[int], timing: TimingConfig | None = None, *, train: bool = False,
+                   progress: bool = True):
+    """F12's data: :func:`lrdlab.measure.sweeps.speed_table` at each thread count (``timing`` None: its default),
+    with a ``threads`` column.
 
     Each count's rows share one interleaved measurement with the original; ``original_ms`` is the
     original's time at that count, so the original's own scaling reads off the same table.
     """
     import pandas as pd
 
-    from lrdlab.measure.sweeps import speed_table
+    from lrdlab.measure.sweeps import PLAN_TIMING, speed_table
 
     frames = []
     for n in [check_threads(n) for n in threads]:
         with compute_policy(n):
-            df = speed_table(model, plans, input_shape, **speed_kw)
+            df = speed_table(model, plans, input_shape, timing or PLAN_TIMING, train=train, progress=progress)
             now = current_compute()
         df.insert(0, "threads", n)
         df["compute_mode"], df["wait_policy"] = now.mode, now.wait_policy

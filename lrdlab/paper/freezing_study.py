@@ -103,6 +103,7 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     and speed-up has its 95% bootstrap interval (``*_ci_low`` / ``*_ci_high``).
     """
     from lrdlab.measure.compare import compare
+    from lrdlab.measure.timing_config import TimingConfig
 
     variants: dict[str, nn.Module] = {"original": original, "lrd": decomposed}
     regular = copy.deepcopy(decomposed)
@@ -114,10 +115,11 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     for p, name in enumerate(phases):
         freezer.update(p)
         variants[name] = copy.deepcopy(seq)
-    train = compare(variants, batch, mode="train", rounds=rounds, device=device, warmup=1, repeats=3).attrs["per_round"]
+    train = compare(variants, batch, "train",
+                    timing=TimingConfig(rounds=rounds, warmup=1, repeats=3, device=device)).attrs["per_round"]
     train["lrd+sequential"] = [statistics.fmean(ts) for ts in zip(*(train[p] for p in phases))]
-    infer = compare({"original": original, "lrd": decomposed}, batch, mode="inference", rounds=rounds,
-                    device=device, warmup=1, repeats=5).attrs["per_round"]
+    infer = compare({"original": original, "lrd": decomposed}, batch, "inference",
+                    timing=TimingConfig(rounds=rounds, warmup=1, repeats=5, device=device)).attrs["per_round"]
     n = batch[0]
     inference = {name: _speed("infer", infer["original"], t, n) for name, t in infer.items()}
     inference[None] = dict.fromkeys(inference["lrd"], float("nan"))  # a phase alone is never deployed

@@ -7,6 +7,8 @@ Freezing and Rank Quantization", arXiv 2309.03824 (2023).
 
 from __future__ import annotations
 
+from typing import Any
+
 # The paper's setting for ResNets: every bottleneck conv and the fc decomposed, not the 7×7 stem, not the
 # downsample 1×1 convs (this reproduces P1 Table 2's FLOP reductions to within 0.4 points)
 PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
@@ -40,7 +42,7 @@ TABLE2: dict[tuple[str, str], tuple[int, float, float, float, float]] = {
 TABLE2_COLUMNS = ("layers", "params_pct", "flops_pct", "train_speedup_pct", "infer_speedup_pct")
 
 # P1 Figure 2 (the [512, 512, 3, 3] conv of ResNet-152, Tucker-2 rank r): the cliff between 256 and 257
-FIG2_CLIFF = {"rank_below": 256, "rank_above": 257, "time_drop_pct": 15.0, "ranks": (242, 269)}
+FIG2_CLIFF: dict[str, Any] = {"rank_below": 256, "rank_above": 257, "time_drop_pct": 15.0, "ranks": (242, 269)}
 
 # P2 abstract: combined rank optimization + sequential freezing
 P2_CLAIM = {"train_speedup_pct": 60.0, "infer_speedup_pct": 37.0}

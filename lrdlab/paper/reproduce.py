@@ -20,6 +20,7 @@ from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.measure.records import read_record, write_record
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper import numbers as paper
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.tables import render
@@ -103,8 +104,9 @@ def stage_rank_time(settings: Settings, results: dict[str, Any]) -> dict[str, An
 
     ranks = list(range(paper.FIG2_CLIFF["ranks"][0], paper.FIG2_CLIFF["ranks"][1] + 1))
     shape = (settings.layer_batch * (8 if not settings.gpu else 1), 512, 7, 7)
-    df = rank_time_sweep(512, 512, 3, ranks, shape, device=settings.device, repeats=settings.repeats,
-                         rounds=settings.rounds, dtype="bf16" if settings.gpu else None)
+    timing = TimingConfig(rounds=settings.rounds, warmup=3, repeats=settings.repeats, device=settings.device,
+                          dtype="bf16" if settings.gpu else None)
+    df = rank_time_sweep(512, 512, 3, ranks, shape, timing)
     return {"input_shape": list(shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -134,8 +136,9 @@ def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, 
     """F9: ResNet-50 at 2x with ranks rounded to multiples of g, measured against the original."""
     from lrdlab.measure.sweeps import granularity_sweep
 
-    df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, device=settings.device,
-                           exclude=PAPER_EXCLUDE, train=True, rounds=settings.rounds)
+    timing = TimingConfig(rounds=settings.rounds, warmup=1, device=settings.device)
+    df = granularity_sweep(get_model("resnet50").eval(), settings.bench_shape, ratio=2, exclude=PAPER_EXCLUDE,
+                           timing=timing, train=True)
     return {"input_shape": list(settings.bench_shape), "sweep": df.to_dict(orient="records")}
 
 
@@ -166,7 +169,7 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
               **dict(list(models.items())[2:])}
     count_shape = (1, 3, 224, 224)
     rows = [structure_row(name, m, model, count_shape) for name, m in models.items()]
-    timing = speed_columns(models, settings.bench_shape, rounds=settings.rounds, warmup=1, repeats=3,
+    timing = speed_columns(models, settings.bench_shape, TimingConfig(rounds=settings.rounds, warmup=1, repeats=3),
                            modes=settings.speed_modes)
     for row in rows:
         row.update(timing[row["method"]])
@@ -176,11 +179,12 @@ def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, A
 
 def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F6: branched Tucker N ∈ {1, 2, 4, 8} on ResNet-50 (structure, speed); accuracy on a small net in full mode."""
-    from lrdlab.paper.techniques import accuracy_study, branch_sweep
+    from lrdlab.paper.techniques import BranchConfig, accuracy_study, branch_sweep
 
     n, c, h, w = settings.bench_shape
-    out = {"resnet50": branch_sweep("resnet50", (1, 2, 4, 8), batch=n, image_size=h,
-                                    rounds=settings.rounds)}
+    timing = TimingConfig(rounds=settings.rounds, warmup=1, repeats=2)
+    out = {"resnet50": branch_sweep("resnet50", BranchConfig(branches=(1, 2, 4, 8)), batch=n, image_size=h,
+                                    timing=timing)}
     if not settings.quick:
         out["accuracy"] = accuracy_study(data=settings.data, progress=True)
     return out

@@ -15,8 +15,10 @@ Every function returns plain JSON-able dicts (``rows`` plus the machine and sett
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,8 +29,12 @@ from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
+from lrdlab.measure.timing_config import TimingConfig, check_timing
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.zoo.cifar_models import bottleneck_net
+
+TECHNIQUE_TIMING = TimingConfig(rounds=3, warmup=1, repeats=2)  # speed_columns' and branch_sweep's default
+ACCURACY_TIMING = TimingConfig(rounds=5, warmup=2, repeats=3)  # accuracy_study's speed of the small net
 
 # --- the techniques of P1 Table 2 ----------------------------------------------------------------------------
 
@@ -37,7 +43,7 @@ def with_branches(plan: Plan, branches: int) -> Plan:
     """A copy of ``plan`` whose Tucker-2 rows use ``branches`` groups at the *same* ranks (core params ÷ N)."""
     out = copy.deepcopy(plan)
     for row in out.layers:
-        if not row.method or not get_method(row.method).branchable:
+        if not row.method or not row.ranks or not get_method(row.method).branchable:
             continue
         r1, r2 = row.ranks
         if r1 % branches or r2 % branches:
@@ -86,20 +92,17 @@ def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape:
     }
 
 
-def _speedups(models: dict[str, nn.Module], shape, mode: str, rounds: int, warmup: int, repeats: int):
+def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], timing: TimingConfig = TECHNIQUE_TIMING,
+                  modes: Sequence[str] = ("train", "inference")) -> dict[str, dict[str, Any]]:
+    """Measured train / inference time and speed-up % vs the first model (interleaved, lrdlab.compare)."""
     from lrdlab.measure.compare import compare
 
-    frame = compare(models, shape, mode=mode, rounds=rounds, warmup=warmup, repeats=repeats)
-    return {r["name"]: r for r in frame.to_dict("records")}
-
-
-def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], rounds: int = 3, warmup: int = 1,
-                  repeats: int = 2, modes: Sequence[str] = ("train", "inference")) -> dict[str, dict[str, Any]]:
-    """Measured train / inference time and speed-up % vs the first model (interleaved, lrdlab.compare)."""
+    timing = check_timing(timing, TECHNIQUE_TIMING)
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
     for mode in modes:
         p = "infer" if mode == "inference" else mode  # the results vocabulary: infer_*, train_*
-        for name, r in _speedups(models, input_shape, mode, rounds, warmup, repeats).items():
+        for r in compare(models, input_shape, mode, timing).to_dict("records"):
+            name = r["name"]
             out[name].update({
                 f"{p}_s": r["median_s"], f"{p}_img_s": r["throughput"],
                 f"{p}_speedup_pct": 100.0 * (r["speedup_vs_first"] - 1),
@@ -111,6 +114,45 @@ def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], roun
 
 
 # --- branched Tucker -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """The branched-Tucker studies' plan and branch counts: a ``ratio`` plan (``exclude`` globs kept whole) with
+    ranks rounded down to multiples of ``granularity``, decomposed with each count in ``branches`` at those same
+    ranks, so ``granularity`` must be a multiple of every count."""
+
+    branches: tuple[int, ...] = (1, 2, 4, 8)
+    ratio: float = 2.0
+    granularity: int = 8
+    exclude: tuple[str, ...] = tuple(PAPER_EXCLUDE)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "branches", tuple(self.branches))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if not self.branches or not all(type(n) is int and n >= 1 for n in self.branches):
+            raise ValueError(f"BranchConfig: branches must be positive ints like (1, 2, 4, 8) (got {self.branches!r})")
+        if type(self.granularity) is not int or self.granularity < 1:
+            raise ValueError(f"BranchConfig: granularity must be a positive int (got {self.granularity!r})")
+        odd = [n for n in self.branches if self.granularity % n]
+        if odd:
+            raise ValueError(f"BranchConfig: granularity {self.granularity} is not a multiple of branches {odd}; "
+                             f"give granularity={math.lcm(self.granularity, *odd)}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio > 1:
+            raise ValueError(f"BranchConfig: ratio must be a compression ratio > 1, e.g. 2.0 (got {self.ratio!r})")
+        if not all(isinstance(p, str) for p in self.exclude):
+            raise ValueError(f"BranchConfig: exclude must be layer-name globs like 'conv1' (got {self.exclude!r})")
+
+    def plan(self, model: nn.Module, model_name: str) -> Plan:
+        """The shared plan of ``model``: ratio ``ratio``, ranks multiples of ``granularity``, ``exclude`` kept."""
+        return make_plan(model, Ratio(self.ratio, granularity=self.granularity), Layers(exclude=list(self.exclude)),
+                         model_name=model_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "granularity": self.granularity, "exclude": list(self.exclude)}
+
+
+DEFAULT_BRANCHES = BranchConfig()
 
 
 @torch.no_grad()
@@ -148,7 +190,7 @@ def branch_structures(model: nn.Module, plan: Plan, branches: Sequence[int], inp
     for n in branches:
         p = with_branches(plan, n)
         models[n] = decompose(model, p)
-        errors = [block_diagonal_error(model.get_submodule(r.name), r.ranks, n) for r in tucker]
+        errors = [block_diagonal_error(cast(nn.Conv2d, model.get_submodule(r.name)), r.ranks or [], n) for r in tucker]
         row = structure_row(f"N={n}", models[n], model, input_shape)
         row.update(branches=n, tucker_layers=len(tucker),
                    weight_rel_error=sum(e["weight_rel_error"] for e in errors) / max(len(errors), 1),
@@ -194,13 +236,13 @@ def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> di
     net = copy.deepcopy(model)
     sampler = getattr(loaders.train, "sampler", None)
     order = getattr(sampler, "seed", None)
-    if order is not None:  # the seed also picks the data order (fine-tuning is otherwise deterministic)
+    if sampler is not None and order is not None:  # the seed also picks the data order (else deterministic)
         sampler.seed = seed
     try:
         history = fit(net, loaders.train, loaders.test, FitConfig(epochs=epochs, lr=lr, seed=seed, progress=False,
                                                                   label="finetune"))
     finally:
-        if order is not None:
+        if sampler is not None and order is not None:
             sampler.seed = order
     return {"acc_before": before, "acc_after": float(history["accuracy"].iloc[-1]),
             "acc_curve": [float(a) for a in history["accuracy"]], "finetune_s": float(history["wall_s"].iloc[-1])}
@@ -229,26 +271,29 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int = 2, ft_lr: float = 0.01,
-                   seeds: Sequence[int] = (0, 1, 2), branches: Sequence[int] = (1, 2, 4, 8), granularity: int = 8,
-                   calib_batches: int = 8, ratio: float = 2.0, exclude: Sequence[str] = PAPER_EXCLUDE,
-                   speed_rounds: int = 5, progress: bool = True, net: dict[str, Any] | None = None) -> dict[str, Any]:
+                   seeds: Sequence[int] = (0, 1, 2), config: BranchConfig = DEFAULT_BRANCHES, calib_batches: int = 8,
+                   timing: TimingConfig = ACCURACY_TIMING, progress: bool = True,
+                   net: dict[str, Any] | None = None) -> dict[str, Any]:
     """Layer-merging options and branch counts on a small Bottleneck net: accuracy before / after fine-tuning.
 
-    One base model is trained; the plan (ratio 2, ranks rounded to multiples of ``granularity`` so every
-    branch count divides them) is shared by all variants; each variant is fine-tuned ``ft_epochs``
-    once per seed. Branch variants also get measured inference / train speed (batch of the loaders).
+    One base model is trained for ``base_epochs``; the plan of ``config`` (:class:`BranchConfig`) is shared by
+    all variants; each variant is fine-tuned ``ft_epochs`` at peak rate ``ft_lr`` once per seed. The ``fresh``
+    merge is calibrated on ``calib_batches`` training batches. Branch variants also get measured inference /
+    train speed under ``timing`` (batch of the loaders). ``net``: :func:`bottleneck_net` options.
     """
     from tqdm.auto import tqdm
 
     from lrdlab.measure.machine import machine_info
 
+    if not isinstance(config, BranchConfig):
+        raise ValueError(f"config must be a BranchConfig, got {type(config).__name__}; e.g. BranchConfig(ratio=3)")
+    timing = check_timing(timing, ACCURACY_TIMING)
     net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
     base, loaders, summary = train_base(data, base_epochs, **net)
-    plan = make_plan(base, Ratio(ratio, granularity=granularity), Layers(exclude=list(exclude)),
-                     model_name="bottleneck_net")
+    plan = config.plan(base, "bottleneck_net")
     calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
     variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
-    bmodels, brows = branch_structures(base, plan, branches, (1, *loaders.input_size))
+    bmodels, brows = branch_structures(base, plan, config.branches, (1, *loaders.input_size))
     variants.update({f"branches N={n}": m for n, m in bmodels.items()})
     rows = {name: structure_row(name, m, base, (1, *loaders.input_size)) for name, m in variants.items()}
     vanilla = next(n for n in variants if n.startswith("vanilla"))
@@ -260,51 +305,50 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
         rows[name].update(_summarise([finetune(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
     shape = (loaders.train.batch_size, *loaders.input_size)
     timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
-    timing = speed_columns(timed, shape, rounds=speed_rounds, warmup=2, repeats=3)
+    speed = speed_columns(timed, shape, timing)
     for row in brows:
         row.update(rows[f"branches N={row['branches']}"])
-        row.update(timing[f"N={row['branches']}"])
+        row.update(speed[f"N={row['branches']}"])
         row["method"] = f"N={row['branches']}"
+    tucker = {r.name: r.ranks for r in plan.layers if r.method and get_method(r.method) is TUCKER2}
     return {
         "what": "accuracy (%) of each layer-merging option and branch count before / after a short fine-tune",
-        "base": summary, "plan": {"ratio": ratio, "granularity": granularity, "exclude": list(exclude),
-                                  "tucker_ranks": {r.name: r.ranks for r in plan.layers
-                                                   if r.method and get_method(r.method) is TUCKER2}},
+        "base": summary, "plan": {**config.to_dict(), "tucker_ranks": tucker},
         "finetune": {"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd",
                      "seeds": list(seeds)},
-        "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": timing["original"],
+        "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": speed["original"],
         "machine": machine_info("cpu"), "merge_rows": [rows[n] for n in variants if not n.startswith("branches")],
         "branch_rows": brows,
     }
 
 
-def branch_sweep(model_name: str = "resnet50", branches: Sequence[int] = (1, 2, 4, 8), batch: int = 8,
-                 image_size: int = 224, ratio: float = 2.0, granularity: int = 8,
-                 exclude: Sequence[str] = PAPER_EXCLUDE, rounds: int = 3, warmup: int = 1, repeats: int = 2,
-                 speed: bool = True) -> dict[str, Any]:
+def branch_sweep(model_name: str = "resnet50", config: BranchConfig = DEFAULT_BRANCHES, batch: int = 8,
+                 image_size: int = 224, timing: TimingConfig | None = TECHNIQUE_TIMING) -> dict[str, Any]:
     """F6 on a registered model (random weights): params, FLOPs, weight error and speed for each branch count.
 
-    All counts use the same ranks (ratio ``ratio`` ranks rounded down to multiples of ``granularity``),
-    so only the core's grouping changes: core parameters ÷ N.
+    All counts of ``config`` (:class:`BranchConfig`) use the same ranks, so only the core's grouping changes:
+    core parameters ÷ N. Speed is timed under ``timing`` at ``batch`` images of ``image_size``; None: no timing.
     """
     from lrdlab.measure.machine import machine_info
     from lrdlab.zoo.models import get_model
 
+    if not isinstance(config, BranchConfig):
+        raise ValueError(f"config must be a BranchConfig, got {type(config).__name__}; e.g. BranchConfig(ratio=3)")
     torch.manual_seed(0)
     model = get_model(model_name).eval()
-    plan = make_plan(model, Ratio(ratio, granularity=granularity), Layers(exclude=list(exclude)), model_name=model_name)
-    models, rows = branch_structures(model, plan, branches, (1, 3, image_size, image_size))
+    plan = config.plan(model, model_name)
+    models, rows = branch_structures(model, plan, config.branches, (1, 3, image_size, image_size))
     shape = (batch, 3, image_size, image_size)
-    if speed:
-        timing = speed_columns({"original": model, **{f"N={n}": m for n, m in models.items()}}, shape,
-                               rounds, warmup, repeats)
+    if timing is not None:
+        timing = check_timing(timing, TECHNIQUE_TIMING)
+        speed = speed_columns({"original": model, **{f"N={n}": m for n, m in models.items()}}, shape, timing)
         for row in rows:
-            row.update(timing[f"N={row['branches']}"])
+            row.update(speed[f"N={row['branches']}"])
     return {
         "what": f"branched Tucker sweep (F6) on {model_name}: same ranks, core as N groups; % change vs original",
-        "model": model_name, "input_shape": list(shape), "ratio": ratio, "granularity": granularity,
-        "exclude": list(exclude), "flop_counter": FLOP_COUNTER, "machine": machine_info("cpu"),
-        "speed": {"harness": "lrdlab.compare", "rounds": rounds, "warmup": warmup, "repeats": repeats}
-        if speed else None,
+        "model": model_name, "input_shape": list(shape), **config.to_dict(),
+        "flop_counter": FLOP_COUNTER, "machine": machine_info("cpu"),
+        "speed": {"harness": "lrdlab.compare", "rounds": timing.rounds, "warmup": timing.warmup,
+                  "repeats": timing.repeats} if timing is not None else None,
         "rows": rows,
     }

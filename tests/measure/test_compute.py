@@ -16,6 +16,7 @@ from lrdlab import Ratio, make_plan
 from lrdlab.measure import compute
 from lrdlab.measure.compute import apply_compute, busy, compute_info, current_compute
 from lrdlab.measure.threads import bench_threads, threads_table
+from lrdlab.measure.timing_config import TimingConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +98,7 @@ def test_bench_per_thread_count_names_its_compute():
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)).eval()
     plan = make_plan(model, Ratio(2))
     before = torch.get_num_threads()
-    reports = bench_threads(model, plan, (2, 3, 16, 16), [1], rounds=2, max_rounds=2, warmup=1, repeats=1)
+    reports = bench_threads(model, plan, (2, 3, 16, 16), [1], TimingConfig(rounds=2, max_rounds=2, warmup=1, repeats=1))
     assert torch.get_num_threads() == before  # restored
     assert reports[0]["compute"]["threads"] == 1 and reports[0]["inference"]["threads"] == 1
     assert reports[0]["machine"]["compute_mode"] in ("default", "shared")

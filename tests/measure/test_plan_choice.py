@@ -13,6 +13,7 @@ from torch import nn
 from lrdlab import FixedRank, make_plan
 from lrdlab.cli import main
 from lrdlab.measure.plan_choice import ORIGINAL, choose_plan, pick
+from lrdlab.measure.timing_config import TimingConfig
 
 
 def rounds(level: float, noise: float, n: int = 30, seed: int = 0) -> list[float]:
@@ -60,7 +61,8 @@ def test_choose_plan_times_whole_networks_and_leaves_the_model_alone():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     slow = make_plan(model, FixedRank(255))  # ~as many FLOPs as the original: not a clear win
     fast = make_plan(model, FixedRank(8))    # 32x fewer FLOPs in both layers
-    choice = choose_plan(model, {"rank 255": slow, "rank 8": fast}, (256, 512), rounds=5, warmup=1, progress=False)
+    choice = choose_plan(model, {"rank 255": slow, "rank 8": fast}, (256, 512), TimingConfig(rounds=5, warmup=1),
+                         progress=False)
     assert choice.name == "rank 8" and choice.plan is fast
     table = choice.table.set_index("name")
     assert bool(table.loc["rank 8", "chosen"]) and not bool(table.loc["rank 255", "chosen"])
@@ -77,7 +79,7 @@ def test_choose_plan_refuses_bad_input():
     with pytest.raises(ValueError, match="rename"):
         choose_plan(model, {"original": plan}, (4, 512))
     with pytest.raises(ValueError, match="backend"):
-        choose_plan(model, {"rank 8": plan}, (4, 512), backend="tensorrt")
+        choose_plan(model, {"rank 8": plan}, (4, 512), TimingConfig(backend="tensorrt"))
 
 
 def test_cli_choose_writes_the_chosen_plan(tmp_path, capsys):

@@ -20,6 +20,9 @@ from lrdlab.measure.rank_search import candidate_ranks, optimize_plan, pick_rank
 from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.sweeps import granularity_sweep, rank_time_sweep, shaped_model
+from lrdlab.measure.timing_config import TimingConfig
+
+ONE_ROUND = TimingConfig(rounds=1, warmup=0, repeats=1)
 
 
 def tiny() -> nn.Module:
@@ -241,7 +244,8 @@ def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
             assert d.loc[d["chosen"], "time_s"].iloc[0] < 0.95 * d["original_s"].iloc[0]
         else:
             assert not new[name].decomposed and new[name].reason.startswith("ORG: original")
-    df = compare({"original": model, "optimized": shaped_model(model, new)}, shape, rounds=9, repeats=5)
+    df = compare({"original": model, "optimized": shaped_model(model, new)}, shape,
+                 timing=TimingConfig(rounds=9, repeats=5))
     opt = df.iloc[1]
     # "never slower within noise": the median ratio is within 15% of 1 or the upper quartile reaches 1
     assert opt["speedup_vs_first"] > 0.85 or opt["speedup_q3"] >= 1.0, df.to_string()
@@ -249,8 +253,8 @@ def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
 
 def test_granularity_sweep_columns_and_params():
     model = tiny()
-    df = granularity_sweep(model, (2, 3, 8, 8), granularities=(1, 2, 4), exclude=["0"], rounds=1, repeats=1,
-                           warmup=0, progress=False)
+    df = granularity_sweep(model, (2, 3, 8, 8), granularities=(1, 2, 4), exclude=["0"], timing=ONE_ROUND,
+                           progress=False)
     assert list(df["granularity"]) == [1, 2, 4]
     assert {"params", "flops", "time_ms", "speedup", "speedup_pct", "ideal_speedup", "realised",
             "params_removed_pct", "flops_removed_pct"} <= set(df.columns)
@@ -259,19 +263,22 @@ def test_granularity_sweep_columns_and_params():
 
 
 def test_granularity_sweep_train_columns():
-    df = granularity_sweep(tiny(), (2, 3, 8, 8), granularities=(4,), exclude=["0"], train=True, rounds=1,
-                           repeats=1, warmup=0, progress=False)
+    df = granularity_sweep(tiny(), (2, 3, 8, 8), granularities=(4,), exclude=["0"], timing=ONE_ROUND, train=True,
+                           progress=False)
     assert df["train_time_ms"].iloc[0] > 0 and "train_speedup" in df.columns
 
 
 def test_rank_time_sweep():
-    df = rank_time_sweep(32, 32, 3, [8, 12, 16], (2, 32, 8, 8), rounds=1, repeats=2, warmup=1, progress=False)
+    df = rank_time_sweep(32, 32, 3, [8, 12, 16], (2, 32, 8, 8), TimingConfig(rounds=1, repeats=2, warmup=1),
+                         progress=False)
     assert list(df["rank"]) == [8, 12, 16]
     assert (df["time_lo_ms"] <= df["time_ms"]).all() and (df["time_ms"] <= df["time_hi_ms"]).all()
     assert df["params_removed_pct"].is_monotonic_decreasing
     assert df["params"].iloc[0] == 32 * 8 + 9 * 8 * 8 + 8 * 32
     with pytest.raises(ValueError, match="channels"):
         rank_time_sweep(32, 32, 3, [8], (2, 16, 8, 8))
+    with pytest.raises(ValueError, match="eager"):
+        rank_time_sweep(32, 32, 3, [8], (2, 32, 8, 8), TimingConfig(backend="compile"))
 
 
 def test_cli_optimize_writes_a_plan(tmp_path, capsys):
@@ -296,3 +303,22 @@ def test_branched_tucker_searches_multiples_of_the_branches():
     for label in traces["ranks"]:
         assert all(int(r) % 4 == 0 for r in label.split(","))
     assert scaled_ranks((32, 44), 16, 4) == (16, 20)
+
+
+def test_search_space_lists_the_ranks_searched_and_refuses_bad_fields():
+    from lrdlab.measure.rank_search import SearchSpace, search_layer
+
+    space = SearchSpace("tucker2", [64, 32], lower=0.75, granularity=8, branches=2)
+    assert space.target == (64, 32)  # a plan row's list becomes a tuple
+    assert space.ranks() == {64: (64, 32), 56: (56, 28), 48: (48, 24)}
+    assert list(SearchSpace("svd", (10,), lower=0.5, granularity=3).ranks()) == [10, 9, 6]
+    for kw, match in [({"method": "nope"}, "unknown decomposition method"), ({"target": ()}, "target"),
+                      ({"target": (0,)}, "target"), ({"lower": 1.5}, "lower"), ({"granularity": 0}, "granularity"),
+                      ({"branches": 0}, "branches")]:
+        with pytest.raises(ValueError, match=match):
+            SearchSpace(**{"method": "svd", "target": (8,), **kw})
+    with pytest.raises(ValueError, match="space must be a SearchSpace"):
+        search_layer(nn.Linear(8, 8), "svd", (2, 8), lambda m, s: 1.0)  # type: ignore[arg-type]
+    search = search_layer(nn.Linear(16, 16), SearchSpace("svd", (8,), granularity=2), (2, 16), lambda m, s: 1.0,
+                          rounds=2)
+    assert sorted(search.samples) == [6, 8] and len(search.original) == 2

@@ -16,6 +16,7 @@ from torch import nn
 from lrdlab.cli import main
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compare import compare
+from lrdlab.measure.timing_config import TimingConfig
 
 
 def fake_timer(durations):
@@ -109,7 +110,8 @@ def test_compare_interleaves_and_baseline_is_one():
             order.append(self.name)
             return x
 
-    df = compare({"a": Probe("a"), "b": Probe("b")}, (2, 3), rounds=3, warmup=0, repeats=1, max_rounds=3)
+    df = compare({"a": Probe("a"), "b": Probe("b")}, (2, 3), timing=TimingConfig(rounds=3, warmup=0, repeats=1,
+                                                                                 max_rounds=3))
     assert list(df["name"]) == ["a", "b"]
     assert df["speedup_vs_first"].iloc[0] == 1.0
     assert set(df.columns) >= {"name", "median_s", "throughput", "speedup_vs_first", "spread"}
@@ -120,7 +122,7 @@ def test_compare_interleaves_and_baseline_is_one():
 
 def test_compare_sees_a_slower_model():
     fast, slow = nn.Linear(256, 256), nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])
-    df = compare({"fast": fast, "slow": slow}, (256, 256), rounds=3, repeats=5)
+    df = compare({"fast": fast, "slow": slow}, (256, 256), timing=TimingConfig(rounds=3, repeats=5))
     assert df["speedup_vs_first"].iloc[1] < 0.7  # 4× the work
 
 
@@ -170,8 +172,8 @@ def test_cuda_events_time_a_gpu_model():
 def test_bad_mode_and_rounds():
     with pytest.raises(ValueError, match="mode"):
         compare({"a": tiny_net()}, (2, 3, 8, 8), mode="eval")
-    with pytest.raises(ValueError, match="rounds"):
-        compare({"a": tiny_net()}, (2, 3, 8, 8), rounds=0)
+    with pytest.raises(ValueError, match="timing must be a TimingConfig"):
+        compare({"a": tiny_net()}, (2, 3, 8, 8), "inference", 5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="BatchNorm"):
         measure.measure_training(tiny_net(), (1, 3, 8, 8))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from lrdlab.measure import stats
 from lrdlab.measure.compare import BackendUnavailable, check_backend, compare, onnx_session
 from lrdlab.measure.compute import choose_threads, compute_info, compute_policy
 from lrdlab.measure.sweeps import bench_plan, format_bench, shaped_model
+from lrdlab.measure.timing_config import TimingConfig
 
 
 def tiny(seed: int = 0) -> nn.Module:
@@ -91,16 +93,17 @@ def test_aa_intervals_cover_zero_at_about_the_nominal_rate():
 
 def test_aa_check_through_compare_with_a_fake_clock():
     model = tiny()
-    df = compare({"a": model, "a copy": copy.deepcopy(model)}, (2, 3, 8, 8), rounds=9, warmup=0, repeats=3,
-                 dedupe=False, clock=FakeClock([1.0, 1.0], 3), max_rounds=9)
+    df = compare({"a": model, "a copy": copy.deepcopy(model)}, (2, 3, 8, 8),
+                 timing=TimingConfig(rounds=9, warmup=0, repeats=3, max_rounds=9), dedupe=False,
+                 clock=FakeClock([1.0, 1.0], 3))
     row = df.iloc[1]
     assert row["same_as"] == "a copy" and row["rounds"] == 9
     assert row["speedup_ci_low"] <= 1.0 <= row["speedup_ci_high"]
 
 
 def test_a_real_difference_is_outside_noise_and_throughput_agrees_with_the_speedup():
-    df = compare({"slow": tiny(0), "fast": tiny(1)}, (2, 3, 8, 8), rounds=5, warmup=0, repeats=3, dedupe=False,
-                 clock=FakeClock([1.25, 1.0], 3, noise=0.03))
+    df = compare({"slow": tiny(0), "fast": tiny(1)}, (2, 3, 8, 8), timing=TimingConfig(rounds=5, warmup=0, repeats=3),
+                 dedupe=False, clock=FakeClock([1.25, 1.0], 3, noise=0.03))
     fast = df.iloc[1]
     assert fast["speedup_ci_low"] > 1.1 and fast["converged"]
     # throughput and speed-up come from the same paired measurement
@@ -110,14 +113,14 @@ def test_a_real_difference_is_outside_noise_and_throughput_agrees_with_the_speed
 
 def test_rounds_adapt_until_the_interval_is_narrow_or_the_budget_ends():
     models = {"a": tiny(0), "b": tiny(1)}
-    quiet = compare(models, (2, 3, 8, 8), rounds=3, warmup=0, repeats=2, dedupe=False,
-                    clock=FakeClock([1.0, 0.8], 2, noise=0.0))
+    quick = TimingConfig(rounds=3, warmup=0, repeats=2)
+    quiet = compare(models, (2, 3, 8, 8), timing=quick, dedupe=False, clock=FakeClock([1.0, 0.8], 2, noise=0.0))
     assert quiet.iloc[1]["rounds"] == 3 and quiet.iloc[1]["converged"]
-    noisy = compare(models, (2, 3, 8, 8), rounds=3, warmup=0, repeats=2, dedupe=False, max_rounds=12,
+    noisy = compare(models, (2, 3, 8, 8), timing=replace(quick, max_rounds=12), dedupe=False,
                     clock=FakeClock([1.0, 0.8], 2, noise=0.4))
     assert 3 < noisy.iloc[1]["rounds"] <= 12
-    broke = compare(models, (2, 3, 8, 8), rounds=3, warmup=0, repeats=2, dedupe=False, budget_s=0.0,
-                    max_rounds=50, clock=FakeClock([1.0, 0.8], 2, noise=0.4))
+    broke = compare(models, (2, 3, 8, 8), timing=replace(quick, budget_s=0.0, max_rounds=50), dedupe=False,
+                    clock=FakeClock([1.0, 0.8], 2, noise=0.4))
     assert broke.iloc[1]["rounds"] == 3 and not broke.iloc[1]["converged"]  # flagged, never a crash
 
 
@@ -127,11 +130,12 @@ def test_models_identical_in_speed_are_measured_once():
     frozen = copy.deepcopy(model)
     for p in frozen[0].parameters():
         p.requires_grad_(False)
-    df = compare({"base": tiny(1), "lrd": model, "lrd frozen": frozen}, (2, 3, 8, 8), rounds=3, warmup=0,
-                 repeats=2, clock=clock)
+    df = compare({"base": tiny(1), "lrd": model, "lrd frozen": frozen}, (2, 3, 8, 8),
+                 timing=TimingConfig(rounds=3, warmup=0, repeats=2), clock=clock)
     assert list(df["same_as"]) == ["base", "base", "base"]  # same structure: one measurement for all
     assert clock.reads == 3 * 2 * 2  # 3 rounds × 2 repeats × 2 reads, one model
-    train = compare({"lrd": model, "lrd frozen": frozen}, (2, 3, 8, 8), mode="train", rounds=1, warmup=0, repeats=1)
+    train = compare({"lrd": model, "lrd frozen": frozen}, (2, 3, 8, 8), mode="train",
+                    timing=TimingConfig(rounds=1, warmup=0, repeats=1))
     assert list(train["same_as"]) == ["lrd", "lrd frozen"]  # training differs: both timed
 
 
@@ -178,16 +182,15 @@ def test_decomposed_model_gives_the_same_outputs_in_onnxruntime():
 def test_bench_on_onnxruntime_reports_backend_and_interval():
     pytest.importorskip("onnxruntime")
     model = tiny()
-    report = bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), rounds=3, warmup=1,
-                        repeats=2, backend="onnxruntime", max_rounds=3)
+    onnx = TimingConfig(rounds=3, warmup=1, repeats=2, backend="onnxruntime", max_rounds=3)
+    report = bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), onnx)
     inf = report["inference"]
     assert report["settings"]["backend"] == "onnxruntime"
     assert set(inf["speedup_pct"]) == {"median", "ci_low", "ci_high", "rounds", "converged"}
     assert inf["speedup_pct"]["ci_low"] <= inf["speedup_pct"]["median"] <= inf["speedup_pct"]["ci_high"]
     assert "backend onnxruntime" in format_bench(report) and "95% CI" in format_bench(report)
     with pytest.raises(ValueError, match="inference only"):
-        bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), train=True,
-                   backend="onnxruntime")
+        bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), onnx, train=True)
 
 
 def test_missing_backend_library_is_one_line_naming_the_extra(monkeypatch, capsys):

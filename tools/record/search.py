@@ -36,6 +36,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import speed_table
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -52,7 +53,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
             "merging + robust search": merge_bottlenecks(model, searched),
             "merging + g=32": merge_bottlenecks(model, g32)}
     with round_limits(factor=12, budget_s=budget_s):  # up to 60 rounds: the ±3-point interval, or the budget
-        table = speed_table(model, rows, shape, rounds=5, warmup=1, repeats=3, progress=False)
+        table = speed_table(model, rows, shape, TimingConfig(rounds=5, warmup=1, repeats=3), progress=False)
     return write_record(out / search_file(threads), {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded: the robust rank search (default "
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
@@ -76,6 +77,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.sweeps import speed_table
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -87,8 +89,8 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
             "g=32": make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50"),
             "merging + robust search ranks": merge_bottlenecks(model, searched)}
     with round_limits(factor=12, budget_s=budget_s):
-        table = speed_table(model, rows, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
-                            progress=False, backend="compile")
+        table = speed_table(model, rows, (batch, 3, image_size, image_size),
+                            TimingConfig(rounds=5, warmup=2, repeats=3, backend="compile"), progress=False)
     name = search_file(threads).replace("search_robust", "search_compile")
     return write_record(out / name, {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, every model torch.compile'd (inductor): "
@@ -169,6 +171,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.search_config import SearchConfig
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -185,7 +188,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     choices = {}
     for backend in backends:
         with round_limits(factor=12, budget_s=budget_s):
-            choice = choose_plan(model, plans, shape, backend=backend, rounds=5, warmup=2, progress=False)
+            choice = choose_plan(model, plans, shape, TimingConfig(rounds=5, warmup=2, backend=backend), progress=False)
         choices[backend] = choice.to_dict()
     return write_record(out / "plan_choice_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference: the recorded robust-search "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from lrdlab.measure.machine import machine_info
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, rank_table
 from lrdlab.measure.records import write_record
 from lrdlab.measure.sweeps import granularity_plans, rank_time_sweep, speed_table
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 
 
@@ -44,8 +46,8 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
         outputs.update(plan_bwd=opt_bwd, traces_bwd=traces_bwd)
     for name, plan in granularity_plans(model, 2, granularities, PAPER_EXCLUDE, model_name="resnet50").items():
         plans[name] = plan
-    table = speed_table(model, plans, shape, device=str(dev), train=train, rounds=rounds, warmup=1, repeats=3,
-                        train_warmup=1, train_repeats=1)
+    timing = TimingConfig(rounds=rounds, warmup=1, repeats=3, device=str(dev))
+    table = speed_table(model, plans, shape, timing, train=train, train_timing=replace(timing, repeats=1))
     table.insert(1, "granularity", [1, 1, *([1] if train else []), *granularities])
     table.to_csv(out / f"bench_{tag}.csv", index=False)
     t1 = rank_table(vanilla, opt_fwd)
@@ -85,7 +87,8 @@ def record_f1(out: Path, *, input_shape: Sequence[int] = (8, 512, 7, 7), ranks: 
     """F1/F2: the [512,512,3,3] conv (ResNet layer4 conv2) by Tucker-2 at r = 242…269, time per batch."""
     dev = measure.check_device(device)
     load_before = os.getloadavg()
-    df = rank_time_sweep(512, 512, 3, list(ranks), input_shape, device=str(dev), rounds=rounds, repeats=repeats)
+    df = rank_time_sweep(512, 512, 3, list(ranks), input_shape,
+                         TimingConfig(rounds=rounds, warmup=3, repeats=repeats, device=str(dev)))
     tag = f"f1_conv512_{dev.type}"
     df.to_csv(out / f"optimize_{tag}.csv", index=False)
     meta = {

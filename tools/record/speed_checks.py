@@ -111,12 +111,13 @@ def record_aa(out: Path, rounds: int = 5) -> Path:
     """ResNet-18 (batch 8, 112 px) against its own copy, interleaved, adaptive rounds, no de-duplication."""
     from lrdlab.measure.compare import compare
     from lrdlab.measure.machine import machine_info
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.zoo.models import get_model
 
     load_before = os.getloadavg()
     model = get_model("resnet18").eval()
-    df = compare({"resnet18": model, "resnet18 copy": copy.deepcopy(model)}, (8, 3, 112, 112), rounds=rounds,
-                 warmup=1, repeats=3, dedupe=False)
+    df = compare({"resnet18": model, "resnet18 copy": copy.deepcopy(model)}, (8, 3, 112, 112),
+                 timing=TimingConfig(rounds=rounds, warmup=1, repeats=3), dedupe=False)
     up = SpeedUp.from_row(df.iloc[1])
     return write_record(out / "aa_check_cpu.json", {
         "what": "A/A check: ResNet-18 timed interleaved against its own copy; speed-up % with its 95% bootstrap "
@@ -132,6 +133,7 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.sweeps import bench_plan
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
@@ -142,8 +144,8 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
     for backend in backends:
         t = time.perf_counter()
         try:
-            report = bench_plan(model, plan, (batch, 3, image_size, image_size), rounds=5, warmup=2, repeats=3,
-                                backend=backend, budget_s=budget_s)
+            report = bench_plan(model, plan, (batch, 3, image_size, image_size),
+                                TimingConfig(rounds=5, warmup=2, repeats=3, backend=backend, budget_s=budget_s))
             results[backend] = {**report["inference"], "ideal_speedup": report["ideal_speedup"],
                                 "wall_s": time.perf_counter() - t}
         except Exception as err:  # noqa: BLE001 - recorded, not hidden
@@ -167,6 +169,7 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.sweeps import speed_table
+    from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
 
     merged = merge_bottlenecks(model, make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE),
@@ -174,8 +177,8 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
     out: dict[str, Any] = {}
     for backend in backends:
         with round_limits(factor=12, budget_s=budget_s):
-            r = speed_table(model, {"merging + g=32": merged}, shape, rounds=5, warmup=2, repeats=3,
-                            progress=False, backend=backend).iloc[0]
+            r = speed_table(model, {"merging + g=32": merged}, shape,
+                            TimingConfig(rounds=5, warmup=2, repeats=3, backend=backend), progress=False).iloc[0]
         out[f"{backend}, merging + g=32"] = {"speedup_pct": table_speedup(r).to_pct(), "realised": r["realised"],
                                              "ideal_speedup": r["ideal_speedup"]}
     return out

@@ -14,6 +14,7 @@ from lrdlab.lowrank.merge import DEFAULT_BN
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.measure.records import read_record, write_record
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.techniques import accuracy_study, branch_sweep, speed_columns, structure_row, technique_models
 
@@ -35,7 +36,7 @@ def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: i
     shape = (batch, 3, image_size, image_size)
     rows = [structure_row(name, m, model, (1, 3, image_size, image_size)) for name, m in models.items()]
     if speed:
-        timing = speed_columns(models, shape, rounds, warmup, repeats)
+        timing = speed_columns(models, shape, TimingConfig(rounds=rounds, warmup=warmup, repeats=repeats))
         for row in rows:
             row.update(timing[row["method"]])
     return {
@@ -92,7 +93,8 @@ def record_techniques(what: str, out: str | Path, *, model: str = "resnet50", ba
     if what == "table":
         result = techniques_table(model, batch, image_size, bn=bn, rounds=rounds)
     elif what == "branch":
-        result = branch_sweep(model, batch=batch, image_size=image_size, rounds=rounds)
+        result = branch_sweep(model, batch=batch, image_size=image_size,
+                              timing=TimingConfig(rounds=rounds, warmup=1, repeats=2))
     elif what == "accuracy":
         result = accuracy_study(data, base_epochs=base_epochs, ft_epochs=ft_epochs, seeds=list(seeds))
     elif what == "combine":

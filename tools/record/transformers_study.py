@@ -35,6 +35,7 @@ from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
+from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
 from tools.record.transformers_targets import median_time
 
@@ -135,8 +136,8 @@ def _granularity_rows(model: nn.Module, ratio: float, granularities: Sequence[in
     (:func:`lrdlab.measure.sweeps.granularity_sweep`, ranks rounded to the nearest multiple)."""
     from lrdlab.measure.sweeps import granularity_sweep
 
-    df = granularity_sweep(model, input_shape, ratio, granularities, train=True, rounds=rounds, warmup=1, repeats=3,
-                           progress=False, rounding="nearest")
+    df = granularity_sweep(model, input_shape, ratio, granularities, timing=TimingConfig(rounds=rounds, warmup=1),
+                           rounding="nearest", train=True, progress=False)
     first = df.iloc[0]
     rows = [{"variant": "original", "params": count_params(model), "inference_ms": first["original_ms"],
              "inference_speedup_vs_original": 1.0, "train_ms": first["train_original_ms"],
