@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def run_one(path: Path, out: Path, timeout: float | None) -> dict:
 
     timer = threading.Timer(timeout, stop) if timeout else None
     load_before, start, error = os.getloadavg(), time.perf_counter(), None
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    date = datetime.now(UTC).isoformat(timespec="seconds")
     if timer:
         timer.start()
     try:

@@ -26,6 +26,13 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
     for node in ast.parse("".join(tagged[0]["source"])).body:
         assert isinstance(node, ast.Assign), f"{path.name}: the parameters cell holds a statement, not a parameter"
         ast.literal_eval(node.value)  # a literal, not computed from another parameter
+    # and no later cell sets a parameter again: full mode (papermill's QUICK = False) must reach every cell
+    names = {n.id for n in ast.walk(ast.parse("".join(tagged[0]["source"]))) if isinstance(n, ast.Name)}
+    for cell in code:
+        if cell is not tagged[0]:
+            stored = {n.id for n in ast.walk(ast.parse("".join(cell["source"])))
+                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            assert not stored & names, f"{path.name}: a later cell sets {stored & names}"
 
 
 @pytest.mark.slow
