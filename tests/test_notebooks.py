@@ -97,7 +97,8 @@ def test_full_runner_stops_a_notebook_past_its_timeout_and_reads_its_conditions(
     import nbformat
 
     runner = _full_runner()
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
     nb.cells = [nbformat.v4.new_code_cell("QUICK = True", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("print('1 torch thread · load 0.1 (1/5/15 min)')"),
                 nbformat.v4.new_code_cell("import time\nif not QUICK:\n    time.sleep(120)")]
