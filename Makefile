@@ -31,8 +31,8 @@ lab: $(STAMP)
 readme: $(STAMP)  # rewrite the generated sections of README.md and docs/ from data/ (after `python -m tools.record ...`)
 	$(PY) -m tools.readme
 
-notebooks-full: $(STAMP)  # every notebook with QUICK=False, times to data/notebooks_full_times.json (long: hours)
-	$(PY) tests/run_notebooks_full.py $(NOTEBOOKS)
+notebooks-full: $(STAMP)  # notebooks with QUICK=False, times merged into data/notebooks_full_times.json (long)
+	$(PY) tests/run_notebooks_full.py $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -26,6 +26,13 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
     for node in ast.parse("".join(tagged[0]["source"])).body:
         assert isinstance(node, ast.Assign), f"{path.name}: the parameters cell holds a statement, not a parameter"
         ast.literal_eval(node.value)  # a literal, not computed from another parameter
+    # and no later cell sets a parameter again: full mode (papermill's QUICK = False) must reach every cell
+    names = {n.id for n in ast.walk(ast.parse("".join(tagged[0]["source"]))) if isinstance(n, ast.Name)}
+    for cell in code:
+        if cell is not tagged[0]:
+            stored = {n.id for n in ast.walk(ast.parse("".join(cell["source"])))
+                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            assert not stored & names, f"{path.name}: a later cell sets {stored & names}"
 
 
 @pytest.mark.slow
@@ -42,3 +49,65 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, tmp_cache):
     assert not errors
     assert any("image/png" in o.get("data", {}) for c in out["cells"] for o in c.get("outputs", [])), \
         "every notebook shows at least one figure"
+
+
+def _full_runner():
+    """``tests/run_notebooks_full.py`` (a script, not a module of the package) loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_notebooks_full", Path(__file__).parent / "run_notebooks_full.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_runner_merges_runs_and_lists_notebooks_not_run(tmp_path, monkeypatch):
+    runner = _full_runner()
+    (tmp_path / "notebooks").mkdir()
+    for name in ("00_a", "01_b", "02_c", "03_d"):
+        (tmp_path / "notebooks" / f"{name}.ipynb").write_text("{}")
+    out = tmp_path / "times.json"
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    monkeypatch.setattr(runner, "OUT", out)
+    seconds = {"00_a": 5.0, "01_b": 2000.0, "02_c": 7.0}
+
+    def fake(path, _out, timeout):
+        ok = seconds[path.stem] < (timeout or 1e9)
+        return {"notebook": path.name, "status": "ok" if ok else "stopped", "ok": ok, "seconds": seconds[path.stem],
+                "error": None if ok else "not completed", "load_average_before": (1.0, 1.0, 1.0),
+                "load_average_after": (2.0, 1.0, 1.0)}
+
+    monkeypatch.setattr(runner, "run_one", fake)
+    runner.main(["00"])
+    runner.main(["--timeout", "1200", "01"])
+    runner.main(["--not-run", "03", "too long under this load"])
+    saved = json.loads(out.read_text())
+    assert [r["notebook"] for r in saved["rows"]] == ["00_a.ipynb", "01_b.ipynb"]  # the first run's row is kept
+    assert [r["status"] for r in saved["rows"]] == ["ok", "stopped"]
+    assert saved["not_run"] == [{"notebook": "02_c.ipynb", "reason": "not run yet"},
+                                {"notebook": "03_d.ipynb", "reason": "too long under this load"}]
+    assert saved["machine"]["cpu"] and saved["target_s"] == 900
+    runner.main(["02"])
+    assert [r["notebook"] for r in json.loads(out.read_text())["not_run"]] == ["03_d.ipynb"]
+
+
+@pytest.mark.slow
+def test_full_runner_stops_a_notebook_past_its_timeout_and_reads_its_conditions(tmp_path):
+    pytest.importorskip("papermill")
+    import nbformat
+
+    runner = _full_runner()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell("QUICK = True", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('1 torch thread · load 0.1 (1/5/15 min)')"),
+                nbformat.v4.new_code_cell("import time\nif not QUICK:\n    time.sleep(120)")]
+    path = tmp_path / "slow.ipynb"
+    nbformat.write(nb, path)
+    row = runner.run_one(path, tmp_path / "out.ipynb", timeout=8)
+    assert row["status"] == "stopped" and not row["ok"] and row["seconds"] < 60 and "8 s" in row["error"]
+    assert row["conditions"] is None or row["conditions"].startswith("1 torch thread")
+    nb.cells[2] = nbformat.v4.new_code_cell("assert not QUICK")  # full mode reached the notebook
+    nbformat.write(nb, path)
+    row = runner.run_one(path, tmp_path / "out.ipynb", timeout=60)
+    assert row["status"] == "ok" and row["conditions"] == "1 torch thread · load 0.1 (1/5/15 min)"

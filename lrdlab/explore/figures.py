@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from lrdlab.explore import plots
 
@@ -100,62 +101,109 @@ def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machin
     return fig
 
 
+def _rank_axes() -> tuple[Figure, Any]:
+    """The rank figure's empty canvas: three panels side by side (call inside :func:`plots.style`)."""
+    fig, axes = plots.new_figure(1, 3, width=12.5, height=3.6, layout=None)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.82, wspace=0.3)
+    return fig, axes
+
+
+def _clear_data(axes: Sequence[Any]) -> None:
+    """Remove what :func:`_draw_rank` drew (lines, texts, legends), keeping the axes and their ticks for reuse."""
+    for ax in axes:
+        for artist in [*ax.lines, *ax.texts]:
+            artist.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.set_prop_cycle(None)  # the colours start again where a new axes' start (the style's palette)
+        ax.relim()
+        ax.viewLim.set_points(Bbox.unit().get_points())  # a new axes' limits, kept where nothing is drawn
+        ax.set_autoscale_on(True)
+
+
 def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> Figure:
     """Rank explorer figure: every channel spectrum with the unrounded and rounded ranks, energy, and layer times.
 
     ``lab``: a :class:`~lrdlab.explore.rank_lab.RankLab` (for the layer's spectra and the time cache). Times are
     drawn per source (reference file vs measured here), never mixed on one line.
     """
+    with plots.style():
+        fig, axes = _rank_axes()
+        _draw_rank(fig, axes, lab, state, reference_cpu)
+    return fig
+
+
+class RankFigure:
+    """The rank figure as one reused ``Figure``: each :meth:`png` redraws the data of a state into the same axes.
+
+    What :func:`rank_figure` draws, for widgets: no figure, axes or ticks are made anew per state, and the Agg
+    renderer (with its text-layout cache) stays, so a redraw costs the drawing only. Not thread-safe: one caller.
+    """
+
+    def __init__(self, dpi: int = 72):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        self.dpi = dpi
+        with plots.style():
+            self.fig, self.axes = _rank_axes()
+        FigureCanvasAgg(self.fig)  # kept: ``savefig`` then renders on it instead of a new canvas per call
+        self.fig.set_dpi(dpi)
+
+    def png(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> bytes:
+        """PNG bytes of :func:`rank_figure` of ``state`` at :attr:`dpi`."""
+        with plots.style():
+            _clear_data(self.axes)
+            _draw_rank(self.fig, self.axes, lab, state, reference_cpu)
+        return plots.to_png(self.fig, dpi=self.dpi)
+
+
+def _draw_rank(fig: Figure, axes: Sequence[Any], lab: Any, state: dict[str, Any], reference_cpu: str | None) -> None:
     from lrdlab.lowrank.methods import get_method
 
+    ax_s, ax_e, ax_t = axes
     data = lab.layer(state["model"], state["layer"])
     names = get_method(data.method).rank_names
     twin = state.get("unrounded", {})
-    with plots.style():
-        fig, (ax_s, ax_e, ax_t) = plots.new_figure(1, 3, width=12.5, height=3.6, layout=None)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.82, wspace=0.3)
-        for i, sigma in enumerate(data.spectra):
-            sigma = np.asarray(sigma, dtype=float)
-            idx = np.arange(1, len(sigma) + 1)
-            rel = sigma / sigma[0]
-            energy = 100 * plots.cumulative_energy(sigma)
-            label = names[i] if i < len(names) else f"mode {i}"
-            (line,) = ax_s.semilogy(idx, np.maximum(rel, 1e-6), label=label)
-            ax_e.plot(idx, energy, color=line.get_color(), label=label)
-            for ranks, filled in ((twin.get("ranks"), False), (state["ranks"], True)):
-                if ranks and i < len(ranks):
-                    r = min(ranks[i], len(sigma))
-                    kw = {"color": line.get_color(), "markeredgecolor": "black", "markersize": 8,
-                          "markerfacecolor": line.get_color() if filled else "white"}
-                    ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)
-                    ax_e.plot([r], [energy[r - 1]], "o", **kw)
-        ax_s.set(xlabel="index i", ylabel="σ_i / σ_1 (floored at 1e-6)")
-        _plain_log_axis(ax_s)
-        ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
-        ax_s.legend(fontsize="x-small")
-        times = lab.times(state["model"], state["layer"], state["input_shape"])
-        for source, d in times.groupby("source"):
-            where = "measured here" if source == "here" else f"reference file, {reference_cpu or '?'}"
-            dec, orig = d[d["rank"] > 0], d[d["rank"] == 0]
-            (line,) = ax_t.plot(dec["rank"], dec["time_ms"], "o-" if source == "here" else "s--", markersize=4,
-                                label=f"decomposed ({where})")
-            if not orig.empty:
-                ax_t.axhline(float(orig["time_ms"].iloc[0]), color=line.get_color(), linestyle=":",
-                             label=f"original ({where})")
-        for d, filled in ((twin, False), (state, True)):
-            if d.get("ranks") and d.get("time_ms") is not None:
-                ax_t.plot([d["ranks"][0]], [d["time_ms"]], "o", color="tab:red", markersize=9,
-                          markeredgecolor="black", markerfacecolor="tab:red" if filled else "white")
-        ax_t.set(xlabel=f"rank ({names[0]})", ylabel=f"time per batch of {state['input_shape'][0]} (ms)")
-        _titles((ax_s, ax_e, ax_t), ("channel spectra", "cumulative energy (○ g=1, ● rounded)", "layer time"))
-        ax_t.set_ylim(bottom=0)
-        if ax_t.lines:
-            ax_t.legend(fontsize="x-small")
-        else:
-            ax_t.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax_t.transAxes)
-        kept = " · KEPT: " + str(state["reason"]) if state["ranks"] is None else ""
-        fig.suptitle(f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
-                     f"k={'×'.join(map(str, state['kernel']))}, {state['method']}) · α={state['ratio']:g}, "
-                     f"g={state['granularity']} ({state['rounding']}){kept}", fontsize="medium")
-    return fig
-
+    for i, sigma in enumerate(data.spectra):
+        sigma = np.asarray(sigma, dtype=float)
+        idx = np.arange(1, len(sigma) + 1)
+        rel = sigma / sigma[0]
+        energy = 100 * plots.cumulative_energy(sigma)
+        label = names[i] if i < len(names) else f"mode {i}"
+        (line,) = ax_s.semilogy(idx, np.maximum(rel, 1e-6), label=label)
+        ax_e.plot(idx, energy, color=line.get_color(), label=label)
+        for ranks, filled in ((twin.get("ranks"), False), (state["ranks"], True)):
+            if ranks and i < len(ranks):
+                r = min(ranks[i], len(sigma))
+                kw = {"color": line.get_color(), "markeredgecolor": "black", "markersize": 8,
+                      "markerfacecolor": line.get_color() if filled else "white"}
+                ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)
+                ax_e.plot([r], [energy[r - 1]], "o", **kw)
+    ax_s.set(xlabel="index i", ylabel="σ_i / σ_1 (floored at 1e-6)")
+    _plain_log_axis(ax_s)
+    ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
+    ax_s.legend(fontsize="x-small")
+    times = lab.times(state["model"], state["layer"], state["input_shape"])
+    for source, d in times.groupby("source"):
+        where = "measured here" if source == "here" else f"reference file, {reference_cpu or '?'}"
+        dec, orig = d[d["rank"] > 0], d[d["rank"] == 0]
+        (line,) = ax_t.plot(dec["rank"], dec["time_ms"], "o-" if source == "here" else "s--", markersize=4,
+                            label=f"decomposed ({where})")
+        if not orig.empty:
+            ax_t.axhline(float(orig["time_ms"].iloc[0]), color=line.get_color(), linestyle=":",
+                         label=f"original ({where})")
+    for d, filled in ((twin, False), (state, True)):
+        if d.get("ranks") and d.get("time_ms") is not None:
+            ax_t.plot([d["ranks"][0]], [d["time_ms"]], "o", color="tab:red", markersize=9,
+                      markeredgecolor="black", markerfacecolor="tab:red" if filled else "white")
+    ax_t.set(xlabel=f"rank ({names[0]})", ylabel=f"time per batch of {state['input_shape'][0]} (ms)")
+    _titles((ax_s, ax_e, ax_t), ("channel spectra", "cumulative energy (○ g=1, ● rounded)", "layer time"))
+    ax_t.set_ylim(bottom=0)
+    if ax_t.lines:
+        ax_t.legend(fontsize="x-small")
+    else:
+        ax_t.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax_t.transAxes)
+    kept = " · KEPT: " + str(state["reason"]) if state["ranks"] is None else ""
+    fig.suptitle(f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
+                 f"k={'×'.join(map(str, state['kernel']))}, {state['method']}) · α={state['ratio']:g}, "
+                 f"g={state['granularity']} ({state['rounding']}){kept}", fontsize="medium")

@@ -6,9 +6,8 @@ import threading
 import time
 from typing import Any
 
-from lrdlab.explore import plots
 from lrdlab.explore.compute import conditions
-from lrdlab.explore.figures import rank_figure
+from lrdlab.explore.figures import RankFigure
 from lrdlab.explore.freezing_widget import FreezingExplorer
 from lrdlab.explore.lab_models import default_keys, lab_model, load
 from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
@@ -38,13 +37,21 @@ class RankExplorer:
     browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
     ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
     (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
-    (``background=False``: at once, before the readout), and :meth:`wait` waits for that.
+    (``background=False``: at once, before the readout), and :meth:`wait` waits for that. Once a setting has
+    stood still for :attr:`PRERENDER_DELAY_S`, the other layers' figures at that setting are drawn in a background
+    thread, the :attr:`PRERENDER_LAYERS` nearest first (``prerender=False``, or the class's :attr:`PRERENDER` when
+    None: not), so a layer change mostly swaps an image; any update stops that thread after at most one layer.
     """
+
+    PRERENDER = True
+    PRERENDER_DELAY_S = 0.3
+    PRERENDER_LAYERS = 12  # the nearest layers in the dropdown: a bounded background cost per setting
+    PNG_MEMO = 512  # figures kept (≈ 40 kB each), oldest dropped first
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
                  granularity: int = 8, rounding: str = "down", lab: RankLab | None = None, auto_measure: bool = True,
                  model_names: list[str] | None = None, network: NetworkLab | None = None,
-                 measure_network: bool = False, background: bool = True):
+                 measure_network: bool = False, background: bool = True, prerender: bool | None = None):
         import ipywidgets as W
 
         self.lab = lab or RankLab()
@@ -86,6 +93,13 @@ class RankExplorer:
         self._missing: list = []  # (accuracy lab, plan) of the current setting without an accuracy yet
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
+        self._figure = RankFigure(dpi=72)  # one figure redrawn per setting: no figure or axes made per move
+        self._network_key: tuple | None = None  # the (model, α, g, rounding) of self.network
+        self._busy = threading.RLock()  # an update, or one prerendered layer: never both (one figure, global rc)
+        self._foreground = threading.Event()  # set while an update waits or runs: the prerender stops
+        self._generation = 0
+        self.prerender = self.PRERENDER if prerender is None else prerender
+        self.prerender_thread: threading.Thread | None = None
         self.state: dict[str, Any] = {}
         self.network: dict[str, Any] = {}
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
@@ -221,8 +235,47 @@ class RankExplorer:
             job.join(max(0.0, deadline - time.perf_counter()))
 
     def update(self, measure_network: bool = False) -> None:
-        """Recompute everything for the current controls and redraw (measuring first if asked and needed)."""
+        """Recompute everything for the current controls and redraw (measuring first if asked and needed); then
+        prerender the other layers at this setting in the background."""
         start = time.perf_counter()
+        self._foreground.set()
+        try:
+            with self._busy:
+                self._update(start, measure_network)
+        finally:
+            self._foreground.clear()
+        if self.prerender:
+            self._generation += 1
+            self.prerender_thread = threading.Thread(target=self._prerender, args=(self._generation,), daemon=True,
+                                                     name="lrdlab-rank-prerender")
+            self.prerender_thread.start()
+
+    def _png_for(self, state: dict[str, Any]) -> bytes:
+        """The figure of a state, drawn once per setting and times (memoised; call holding ``_busy``)."""
+        values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
+        key = (values, len(self.lab.cache.entries), state["time_ms"], state["original_ms"])
+        if key not in self._png:
+            if len(self._png) >= self.PNG_MEMO:
+                self._png.pop(next(iter(self._png)))
+            self._png[key] = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
+        return self._png[key]
+
+    def _prerender(self, generation: int) -> None:
+        """Draw the other layers of the current model at the current setting, nearest first, until an update."""
+        time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
+        model, layer, *setting = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
+                                  self.rounding.value)
+        names = list(self.layer.options)
+        here = names.index(layer) if layer in names else 0
+        for _, name in sorted((abs(i - here), name) for i, name in enumerate(names))[:self.PRERENDER_LAYERS + 1]:
+            if generation != self._generation or self._foreground.is_set():
+                return
+            with self._busy:
+                if generation != self._generation or self._foreground.is_set():
+                    return
+                self._png_for(self.lab.state(model, name, *setting))
+
+    def _update(self, start: float, measure_network: bool) -> None:
         values = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
         state = self.lab.state(*values)
         if self.auto_measure.value:
@@ -230,16 +283,16 @@ class RankExplorer:
             self.status.value = f"measuring {values[1]} here ({conditions()}) …"
             state = self.lab.ensure_times(state, self._progress)
             self.progress.layout.visibility = "hidden"
-        self.network = self.network_state(measure=measure_network or bool(self._measure_network))
+        network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
+        if measure_network or network_key != self._network_key:
+            self.network = self.network_state(measure=measure_network or bool(self._measure_network))
+            self._network_key = network_key
         self.progress.layout.visibility = "hidden"
         if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
                       self.rounding.value):
             return  # the controls moved meanwhile: their own update draws the current state
         cpu = self.lab.cache.reference_machine.get("cpu")
-        fig_key = (values, len(self.lab.cache.entries), state["time_ms"], state["original_ms"])
-        if fig_key not in self._png:  # a setting drawn before with the same times is not drawn again
-            self._png[fig_key] = plots.to_png(rank_figure(self.lab, state, cpu), dpi=72)
-        self.image.value = self._png[fig_key]
+        self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
         self.readout.value = readout_text(state, cpu)
         self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
                                               self.network["accuracy"], model_label(values[0]))

@@ -65,3 +65,14 @@ def shipped_vit(weights_dirs, monkeypatch, tmp_cache):
     """lrdlab's weights folder patched to one holding resnet20_mnist5k and the stand-in vit_tiny_mnist5k."""
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights_dirs["vit"])
     return VIT_KEY
+
+
+@pytest.fixture(autouse=True)
+def no_prerender(monkeypatch):
+    """Rank explorers made by tests draw only what they show, so no background drawing outlives its test
+    (``test_widgets`` tests the prerender itself, with ``prerender=True``)."""
+    try:
+        from lrdlab.explore.widgets import RankExplorer
+    except ImportError:  # no ipywidgets: no explorer either
+        return
+    monkeypatch.setattr(RankExplorer, "PRERENDER", False)

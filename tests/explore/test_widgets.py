@@ -136,6 +136,51 @@ def test_measuring_the_network_disables_its_button_and_counts_rounds(lab):
     assert not ex.measure_net.disabled and ex.progress.layout.visibility == "hidden"
 
 
+def _pixels(png: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
+    from lrdlab.explore.figures import RankFigure, rank_figure
+
+    lab.cache.put(*rank_lab._key("resnet18", "fc", None, (2, 512)), [0.004, 0.0041, 0.0039])
+    states = [lab.state("resnet18", "layer2.0.conv2", 2.0, 8), lab.state("resnet18", "fc", 4.0, 1),
+              lab.state("resnet18", "layer1.0.conv1", 2.0, 32, "up")]  # Tucker-2 (two spectra), SVD with a time
+    reused = RankFigure(dpi=72)
+    for state in states + states[:1]:  # each drawn over the previous one's axes
+        new = _pixels(plots.to_png(rank_figure(lab, state), dpi=72))
+        again = _pixels(reused.png(lab, state))
+        assert new.shape == again.shape and (new == again).all(), state["layer"]
+    assert len(reused.fig.axes) == 3
+    assert plots.figure_lines(reused.fig) == plots.figure_lines(rank_figure(lab, states[0]))
+
+
+def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
+    ex = widgets.RankExplorer(model="resnet18", layer="layer2.0.conv1", lab=lab, auto_measure=False, prerender=True)
+    ex.prerender_thread.join(60)
+    names = list(ex.layer.options)
+    here = names.index("layer2.0.conv1")
+    near = {names[i] for i in range(len(names)) if abs(i - here) <= 2}
+    drawn = {key[0][1] for key in ex._png}
+    assert near <= drawn and len(drawn) == min(len(names), ex.PRERENDER_LAYERS + 1)
+    ex.render_seconds.clear()
+    ex.layer.value = names[here + 1]  # a prerendered layer: the image of the memo, the same a new drawing gives
+    fresh = widgets.RankExplorer(model="resnet18", layer=names[here + 1], lab=lab, auto_measure=False,
+                                 prerender=False)
+    assert (_pixels(ex.image.value) == _pixels(fresh.image.value)).all()
+    ex.ratio.value = 4.0  # a new setting: the running prerender stops, the next starts for α = 4
+    thread = ex.prerender_thread
+    ex.granularity.value = 16
+    assert not thread.is_alive() or thread is not ex.prerender_thread
+    ex.prerender_thread.join(60)
+    assert {key[0][1] for key in ex._png if key[0][2:] == (4.0, 16, "down")} >= near
+
+
 # --- freezing explorer ----------------------------------------------------------------------------------
 
 
