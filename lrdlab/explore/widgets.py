@@ -38,9 +38,11 @@ class RankExplorer:
     ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
     (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
     (``background=False``: at once, before the readout), and :meth:`wait` waits for that. Once a setting has
-    stood still for :attr:`PRERENDER_DELAY_S`, the other layers' figures at that setting are drawn in a background
-    thread, the :attr:`PRERENDER_LAYERS` nearest first (``prerender=False``, or the class's :attr:`PRERENDER` when
-    None: not), so a layer change mostly swaps an image; any update stops that thread after at most one layer.
+    stood still for :attr:`PRERENDER_DELAY_S`, a background thread prepares the settings one move away — the
+    layer at the neighbouring α and g and the other roundings, then the :attr:`PRERENDER_LAYERS` nearest layers at
+    this setting — timing them first when "measure missing times here" is on, and drawing them (``prerender=False``,
+    or the class's :attr:`PRERENDER` when None: not), so a move mostly swaps an image; any update stops that thread
+    after at most one setting.
     """
 
     PRERENDER = True
@@ -251,29 +253,47 @@ class RankExplorer:
             self.prerender_thread.start()
 
     def _png_for(self, state: dict[str, Any]) -> bytes:
-        """The figure of a state, drawn once per setting and times (memoised; call holding ``_busy``)."""
+        """The figure of a state, drawn once per setting and the layer's times (memoised; call holding ``_busy``)."""
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
-        key = (values, len(self.lab.cache.entries), state["time_ms"], state["original_ms"])
+        drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
+        key = (values, drawn_times, state["time_ms"], state["original_ms"])
         if key not in self._png:
             if len(self._png) >= self.PNG_MEMO:
                 self._png.pop(next(iter(self._png)))
             self._png[key] = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
         return self._png[key]
 
-    def _prerender(self, generation: int) -> None:
-        """Draw the other layers of the current model at the current setting, nearest first, until an update."""
-        time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
-        model, layer, *setting = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
-                                  self.rounding.value)
+    def _one_move_away(self) -> list[tuple[str, float, int, str]]:
+        """(layer, α, g, rounding) one control move from the current setting: the neighbouring g and α on their
+        sliders and the other roundings, then the nearest layers at this setting."""
+        layer, ratio, g, rounding = self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value
+        near: list[tuple[str, float, int, str]] = []
+        for step in (1, -1):
+            i = GRANULARITIES.index(g) + step
+            near += [(layer, ratio, GRANULARITIES[i], rounding)] if 0 <= i < len(GRANULARITIES) else []
+        for step in (1, -1):
+            i = RATIOS.index(ratio) + step
+            near += [(layer, RATIOS[i], g, rounding)] if 0 <= i < len(RATIOS) else []
+        near += [(layer, ratio, g, r) for r in ROUNDINGS if r != rounding]
         names = list(self.layer.options)
         here = names.index(layer) if layer in names else 0
-        for _, name in sorted((abs(i - here), name) for i, name in enumerate(names))[:self.PRERENDER_LAYERS + 1]:
+        nearest = sorted((abs(i - here), name) for i, name in enumerate(names))[1:self.PRERENDER_LAYERS + 1]
+        return near + [(name, ratio, g, rounding) for _, name in nearest]
+
+    def _prerender(self, generation: int) -> None:
+        """Time (when measuring here) and draw the settings one move away, until an update."""
+        time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
+        model = self.model.value
+        for layer, ratio, g, rounding in self._one_move_away():
             if generation != self._generation or self._foreground.is_set():
                 return
             with self._busy:
                 if generation != self._generation or self._foreground.is_set():
                     return
-                self._png_for(self.lab.state(model, name, *setting))
+                state = self.lab.state(model, layer, ratio, g, rounding)
+                if self.auto_measure.value:
+                    state = self.lab.ensure_times(state)
+                self._png_for(state)
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)

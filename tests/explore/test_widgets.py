@@ -168,6 +168,10 @@ def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
     near = {names[i] for i in range(len(names)) if abs(i - here) <= 2}
     drawn = {key[0][1] for key in ex._png}
     assert near <= drawn and len(drawn) == min(len(names), ex.PRERENDER_LAYERS + 1)
+    settings = {key[0][1:] for key in ex._png if key[0][1] == "layer2.0.conv1"}  # one slider move away, drawn too
+    g, ratio = ex.granularity.value, ex.ratio.value
+    assert {("layer2.0.conv1", ratio, 16, "down"), ("layer2.0.conv1", ratio, 4, "down"), ("layer2.0.conv1", 2.5, g,
+            "down"), ("layer2.0.conv1", 1.5, g, "down"), ("layer2.0.conv1", ratio, g, "up")} <= settings
     ex.render_seconds.clear()
     ex.layer.value = names[here + 1]  # a prerendered layer: the image of the memo, the same a new drawing gives
     fresh = widgets.RankExplorer(model="resnet18", layer=names[here + 1], lab=lab, auto_measure=False,

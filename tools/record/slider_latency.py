@@ -9,7 +9,8 @@ made as a user makes it — a key on a slider's handle, a click on a rounding bu
 and its latency is the browser's own clock from that input event to the frame in which both the layer readout and
 the plot show the new setting (polled every animation frame). The moves visit settings on the shipped grid
 (:mod:`tools.record.explorer_grids`), each for the first time, then revisit some; layer changes pick layers not
-shown before. The target is a median of at most 200 ms.
+shown before. Moves are ``--settle`` seconds apart (default 3: a user reads each answer; in that pause the
+explorer prepares the settings one move away). The target is a median of at most 200 ms.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _summary(moves: list[Move]) -> dict[str, Any]:
     return {"alpha_g_rounding": stats({"slider", "rounding"}), "layer": stats({"layer"})}
 
 
-def record(out: Path, settle_s: float = 1.0) -> dict[str, Any]:
+def record(out: Path, settle_s: float = 3.0) -> dict[str, Any]:
     """Open the explorer in Chromium, make every move, and write the latencies with the machine and load."""
     before = load_average()
     started = time.perf_counter()
@@ -132,7 +133,8 @@ def record(out: Path, settle_s: float = 1.0) -> dict[str, Any]:
             moves = measure_moves(page, settle_s)
     rec = {"what": "rank explorer latency in Chromium: input event → readout and plot redrawn (ms)",
            "command": COMMAND, "browser": "Debian chromium, headless, Playwright", "explorer": SOURCE,
-           "target_ms": TARGET_MS, "summary": _summary(moves), "moves": [asdict(m) for m in moves],
+           "target_ms": TARGET_MS, "settle_s": settle_s, "summary": _summary(moves),
+           "moves": [asdict(m) for m in moves],
            "machine": machine_info(), "load_average_before": before, "load_average_after": load_average(),
            "seconds": round(time.perf_counter() - started, 1)}
     write_record(out, rec)
@@ -142,7 +144,7 @@ def record(out: Path, settle_s: float = 1.0) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=data_dir() / "explorer_latency_chromium.json")
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds between moves (default 1)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between moves (default 3)")
     args = parser.parse_args(argv)
     rec = record(args.out, args.settle)
     for m in rec["moves"]:
