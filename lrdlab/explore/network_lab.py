@@ -71,8 +71,7 @@ class NetworkLab:
             start = time.perf_counter()
             variants = {"original": model.eval()}
             variants.update({label: decompose(model, plan).eval() for label, plan in plans.items()})
-            timing = TimingConfig(rounds=self.rounds, warmup=1, repeats=3)
-            df = compare.compare(variants, (self.batch, *input_size), timing=timing, on_round=on_round)
+            df = compare.compare(variants, (self.batch, *input_size), timing=self.timing(), on_round=on_round)
             where = f"measured here ({conditions()})"
             self._speed[key] = {
                 str(r["name"]): {"img_s": float(r["throughput"]), "speedup": float(r["speedup_vs_first"]),
@@ -91,10 +90,13 @@ class NetworkLab:
         """Whether :meth:`speed` has measured these plans already (it would answer at once)."""
         return self._speed_key(name, plans) in self._speed
 
+    def timing(self) -> TimingConfig:
+        """How :meth:`speed` times the network."""
+        return TimingConfig(rounds=self.rounds, warmup=1, repeats=3)
+
     def most_rounds(self) -> int:
         """The most interleaved rounds :meth:`speed` can take (it adds rounds while an interval is wide)."""
-        factor = float(compare.ROUND_LIMITS["factor"] or 1)
-        return max(self.rounds, int(factor * self.rounds)) if self.rounds >= 3 else self.rounds
+        return compare.effective_limits(self.timing())[0]
 
     def use_accuracy(self, pretrained: str) -> AccuracyLab:
         """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""

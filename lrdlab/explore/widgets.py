@@ -142,14 +142,14 @@ class RankExplorer:
             self.progress.layout.visibility = "hidden"
             self.progress.description = "measuring"
 
-    def _network_progress(self) -> None:
+    def _network_progress(self, net: NetworkLab) -> None:
         """Show the rounds bar and say what the network measurement about to start measures."""
-        net = self._network_lab()
-        self.progress.description, self.progress.value, self.progress.max = "rounds", 0, net.most_rounds()
+        most = net.most_rounds()
+        self.progress.description, self.progress.value, self.progress.max = "rounds", 0, most
         self.progress.layout.visibility = "visible"
         self.status.value = (f"measuring the whole network here ({conditions()}): the original and both plans at "
-                             f"batch {net.batch}, interleaved, up to {net.most_rounds()} rounds — this can take "
-                             "minutes on a large model …")
+                             f"batch {net.batch}, interleaved, up to {most} rounds — this can take minutes on a "
+                             "large model …")
 
     def _network_lab(self) -> NetworkLab:
         if self.net_lab is None:
@@ -172,7 +172,7 @@ class RankExplorer:
         counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
                   for label, plan in plans.items()}
         if measure and not net.has_speed(name, plans):
-            self._network_progress()
+            self._network_progress(net)
         speed = net.speed(name, model, plans, size, measure=measure,
                           on_round=lambda done: setattr(self.progress, "value", done))
         acc: dict[str, Any] = {label: None for label in plans}
@@ -238,7 +238,7 @@ class RankExplorer:
 
     def update(self, measure_network: bool = False) -> None:
         """Recompute everything for the current controls and redraw (measuring first if asked and needed); then
-        prerender the other layers at this setting in the background."""
+        prepare the settings one move away in the background (:meth:`_one_move_away`)."""
         start = time.perf_counter()
         self._foreground.set()
         try:
