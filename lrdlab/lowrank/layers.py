@@ -13,6 +13,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules import module as torch_module
 
 from lrdlab.lowrank import guards, hf, methods
 from lrdlab.lowrank.methods import Method, MethodOptions, get_method
@@ -109,10 +110,9 @@ def _unwatched_linear(module: nn.Module) -> TypeGuard[nn.Linear]:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as m
-
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
+    """Whether any module-wide hook is registered (``torch.nn.modules.module.register_module_forward_hook`` …)."""
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+                or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks)
 
 
 def _apply_factors(layer: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
