@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrdlab.lowrank.calibration_patches import patch_moment, shift_moment_applies
+from lrdlab.lowrank.calibration_patches import patch_moment, shift_moment_applies, symmetric
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge, corrected_weight, input_rows, position_step
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight
 from lrdlab.lowrank.methods import get_method
@@ -44,7 +44,7 @@ class Moments:
             cross = patch_moment(module, x, x_hat) if x is not None else None
         else:
             cols_hat = input_rows(module, x_hat, batches)
-            gram, rows = cols_hat @ cols_hat.T, cols_hat.shape[1]
+            gram, rows = symmetric(cols_hat @ cols_hat.T), cols_hat.shape[1]
             cross = input_rows(module, x, batches) @ cols_hat.T if x is not None else None
         self.gram = gram if self.gram is None else self.gram + gram
         if cross is not None:

@@ -62,4 +62,10 @@ def patch_moment(module: nn.Conv2d, x: Tensor, y: Tensor) -> Tensor:
                     out[:, a, b, :, a + dr, b + ds] = blocks[a, b]
                     if same:
                         out[:, a + dr, b + ds, :, a, b] = blocks[a, b].T
-    return out.reshape(C * kh * kw, C * kh * kw)
+    out = out.reshape(C * kh * kw, C * kh * kw)
+    return symmetric(out) if same else out
+
+
+def symmetric(gram: Tensor) -> Tensor:
+    """``(G + Gᵀ) / 2``: exactly symmetric on every BLAS path (a product ``X Xᵀ`` need not be, bit for bit)."""
+    return (gram + gram.T) / 2

@@ -14,15 +14,31 @@ from lrdlab.cli import main
 from lrdlab.measure.breakdown import REST, WHOLE, amdahl_speedup, breakdown_text, needed_layer_speedup, time_breakdown
 
 
-class Sleep(nn.Module):
-    """Takes ``ms`` milliseconds (works on the meta device: no FLOPs)."""
+class FakeClock:
+    """``time.perf_counter`` that only :class:`Sleep` advances: times exact on any machine, at any load."""
 
-    def __init__(self, ms: float):
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = FakeClock()  # module-level: time_breakdown deep-copies the models, and must not copy their clock
+
+
+class Sleep(nn.Module):
+    """Takes ``ms`` milliseconds: of :data:`CLOCK` when ``fake``, else for real (no FLOPs)."""
+
+    def __init__(self, ms: float, fake: bool = False):
         super().__init__()
-        self.ms = ms
+        self.ms, self.fake = ms, fake
 
     def forward(self, x):
-        time.sleep(self.ms / 1e3)
+        if self.fake:
+            CLOCK.now += self.ms / 1e3
+        else:
+            time.sleep(self.ms / 1e3)
         return x
 
 
@@ -37,10 +53,10 @@ class Skip(nn.Module):
         return self.inner[1](x)
 
 
-def two_part(layer_ms: float, width: int) -> nn.Module:
+def two_part(layer_ms: float, width: int, fake: bool = False) -> nn.Module:
     """A 4 ms part that is never decomposed, then the 'layer': Linear(s) of ``width`` and a sleep."""
     inner = [nn.Linear(8, 8)] if width == 8 else [nn.Linear(8, width), nn.Linear(width, 8)]
-    return nn.Sequential(Sleep(4.0), nn.Sequential(*inner, Sleep(layer_ms))).eval()
+    return nn.Sequential(Sleep(4.0, fake), nn.Sequential(*inner, Sleep(layer_ms, fake))).eval()
 
 
 def test_amdahl_and_the_needed_layer_speedup_agree():
@@ -55,19 +71,19 @@ def test_amdahl_and_the_needed_layer_speedup_agree():
         needed_layer_speedup(0.5, 1.0, 0.5, 0.0)
 
 
-def test_layer_and_rest_times_are_attributed_where_they_are_spent():
-    original, decomposed = two_part(6.0, 8), two_part(2.0, 2)
+def test_layer_and_rest_times_are_attributed_where_they_are_spent(monkeypatch):
+    monkeypatch.setattr(time, "perf_counter", CLOCK)  # the Linears take no time on it: exact, whatever the load
+    original, decomposed = two_part(6.0, 8, fake=True), two_part(2.0, 2, fake=True)
     df = time_breakdown(original, decomposed, (4, 8), ["1"], rounds=6, warmup=1, progress=False)
     assert list(df["part"]) == ["1", REST, WHOLE]
     row = df.set_index("part")
-    assert 6.0 <= row.loc["1", "original_ms"] < 8.0 and 2.0 <= row.loc["1", "decomposed_ms"] < 4.0
-    assert 4.0 <= row.loc[REST, "original_ms"] < 6.0 and 4.0 <= row.loc[REST, "decomposed_ms"] < 6.0
-    assert row.loc[WHOLE, "original_ms"] == pytest.approx(row.loc["1", "original_ms"] + row.loc[REST, "original_ms"],
-                                                          rel=0.05)
+    assert row.loc["1", "original_ms"] == pytest.approx(6.0) and row.loc["1", "decomposed_ms"] == pytest.approx(2.0)
+    assert row.loc[REST, "original_ms"] == pytest.approx(4.0) and row.loc[REST, "decomposed_ms"] == pytest.approx(4.0)
+    assert row.loc[WHOLE, "original_ms"] == pytest.approx(10.0) and row.loc[WHOLE, "decomposed_ms"] == pytest.approx(6.0)
     s = df.attrs["summary"]
-    assert s["layers"]["ci_low"] > 50  # 6 ms → 2 ms: far beyond noise
-    assert 50 <= s["layers_share_pct"] <= 65  # 6 of 10 ms
-    assert 100 <= s["ceiling_pct"] <= 160  # 10 ms / 4 ms of rest: +150%
+    assert s["layers"]["ci_low"] == pytest.approx(200)  # 6 ms → 2 ms in every round
+    assert s["layers_share_pct"] == pytest.approx(60)  # 6 of 10 ms
+    assert s["ceiling_pct"] == pytest.approx(150)  # 10 ms / 4 ms of rest
     assert s["layers_flop_ratio"] == pytest.approx(2.0)  # Linear 8→8 against 8→2→8
     assert "unreachable" in breakdown_text(s, target_pct=200)  # 10 ms / 3 would leave less than the 4 ms rest
 
