@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, guards, hf, methods, sharing, usage
+from lrdlab.lowrank import attention, conv_kinds, guards, hf, methods, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
@@ -340,7 +340,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         round_and_check(row, info, form, target, policy, why)
         policy.review(row, info)
         forced = _matches(name, force)
-        notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
+        notes = [fastpath.get(name), guards.parametrized_note(module), conv_kinds.note(module),
+                 forced and f"forced by {forced!r}"]
         if row.decomposed and any(notes):
             row.reason += "".join(f"; {n}" for n in notes if n)
 
