@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, conv_kinds, guards, hf, methods, sharing, usage
+from lrdlab.lowrank import attention, conv_kinds, force_check, guards, hf, methods, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
@@ -345,6 +345,9 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         if row.decomposed and any(notes):
             row.reason += "".join(f"; {n}" for n in notes if n)
 
+    decomposed = {row.name for row in rows if row.decomposed}
+    force_check.check_forced(model, {n: m for n, m in candidates if n in decomposed and _matches(n, force)},
+                             select.example_input, select.input_shape)
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
                 "exclude": exclude, "force": force, "probe": probe_note}
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
