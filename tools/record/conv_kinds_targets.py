@@ -49,8 +49,9 @@ def _whisper(size: str) -> Callable[[], tuple[nn.Module, Any, str]]:
         from transformers import WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-        widths = {"tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
-                  "small": dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072)}
+        widths: dict[str, dict[str, Any]] = {
+            "tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
+            "small": dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072)}
         config = WhisperConfig(num_mel_bins=80, **widths[size])
         encoder = WhisperEncoder(config)
         return (encoder, {"input_features": torch.randn(1, 80, 3000)},
