@@ -10,6 +10,7 @@ from torch import nn
 from lrdlab import FixedRank, Layers, Ratio, count_flops, decompose, load_decomposed, make_plan, save_decomposed
 from lrdlab.lowrank import conv_kinds
 from lrdlab.lowrank.calibration import calibrated_decompose
+from lrdlab.lowrank.calibration_fit import Moments
 from lrdlab.lowrank.data_aware import input_rows
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, describe, full_ranks
 from lrdlab.lowrank.methods import Tucker2Options, get_method
@@ -176,6 +177,27 @@ def test_a_timm_net_is_planned_decomposed_saved_reloaded_and_scripted(tmp_path):
     assert torch.equal(again(x), low(x))
     scripted = torch.jit.script(low)
     assert torch.allclose(scripted(x), low(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", [timm_layers.Conv2dSame(3, 5, 4), timm_layers.Conv2dSame(3, 5, 3, stride=2),
+                                  timm_layers.StdConv2dSame(3, 5, 3, stride=2)])
+def test_input_rows_of_a_same_padded_conv_are_what_its_weight_multiplies(conv):
+    conv = conv.double()
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    out = conv_kinds.effective_weight(conv, conv.weight).reshape(5, -1) @ input_rows(conv, x)
+    if conv.bias is not None:
+        out = out + conv.bias[:, None]
+    assert torch.allclose(out, conv(x).movedim(1, 0).reshape(5, -1), atol=1e-10)
+
+
+def test_calibration_moments_of_a_same_padded_stride_1_conv_are_those_of_its_padded_input():
+    conv = timm_layers.Conv2dSame(3, 5, 4).double()  # stride 1, even kernel: padded 1 before, 2 after, at run time
+    x, x_hat = torch.randn(2, 3, 9, 10, dtype=torch.float64), torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    moments = Moments()
+    moments.add(conv, x_hat, x)
+    rows, rows_hat = input_rows(conv, x), input_rows(conv, x_hat)
+    assert moments.rows == rows.shape[1] == 2 * 9 * 10
+    assert torch.allclose(moments.gram, rows_hat @ rows_hat.T) and torch.allclose(moments.cross, rows @ rows_hat.T)
 
 
 # --- whole models: plans, FLOPs and calibration ------------------------------------------------------------------
