@@ -1,6 +1,7 @@
 """Issue 34 item 5 targets: models whose convs are Conv1d / Conv3d / timm's standardised and TF-"same" convs.
 
 ``python -m tools.record.conv_kinds_targets --out data/conv_kinds_targets_cpu.json [--threads 2] [--only NAME ...]``
+(``--ratios 2 3 …``: only the FLOPs at those per-layer ratios, e.g. for the Whisper encoder)
 
 Random weights (configs only, nothing downloaded). For each model: the plan at full rank (every planned layer's
 output reproduced: the model's relative output error), and the plan at ``Ratio(2)`` (per-layer parameters halved):
@@ -108,10 +109,18 @@ def _all_called(model: nn.Module, x: Any) -> tuple[int, int]:
     return sum(1 for n in low if calls[n]), len(low)
 
 
-def measure(name: str) -> dict[str, Any]:
+def measure(name: str, ratios: list[float]) -> dict[str, Any]:
     model, x, what = MODELS[name]()
     model.eval()
     layers = Layers(example_input=x)
+    if ratios:  # FLOPs only, at other per-layer ratios
+        before = _flops(model, x)
+        cuts = {}
+        for ratio in ratios:
+            after = _flops(decompose(model, make_plan(model, Ratio(ratio), layers)), x)
+            cuts[f"Ratio({ratio:g})"] = {"flops_before": before, "flops_after": after,
+                                         "flops_cut_percent": round(100 * (1 - after / before), 2)}
+        return {"model": what, "flops_at_ratios": cuts}
     expected = _main_output(_run(model, x))
     t = time.perf_counter()
     full = make_plan(model, FixedRank("full", allow_larger=True), layers)
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=sorted(MODELS), default=None)
+    parser.add_argument("--ratios", nargs="+", type=float, default=[],
+                        help="only FLOPs, at these Ratio(...) values (default: the full record at Ratio(2))")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.only or list(MODELS):
         print(f"{name} ...", file=sys.stderr, flush=True)
-        record[name] = measure(name)
+        record[name] = measure(name, args.ratios)
         print(record[name], file=sys.stderr, flush=True)
     record["load_average_after"] = list(os.getloadavg())
     write_record(args.out, record)
