@@ -329,6 +329,9 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         form = methods.default_method(info)
         if form.kxk and method != "auto":
             form = get_method(method)
+            if (cannot := form.unsupported(info)) is not None:  # e.g. 'cp' on a 1-D/3-D conv
+                row.reason = f"kept: {cannot}"
+                continue
         target, why = policy.targets(module, info, form, name)
         if not target:
             row.reason = f"kept: {why}"

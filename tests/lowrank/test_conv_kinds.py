@@ -86,6 +86,10 @@ def test_truncated_tucker2_of_a_conv1d_conv3d_matches_its_reconstruction(dims):
 def test_cp_refuses_a_3d_conv_with_a_reason():
     assert "2-D convs" in get_method("cp").unsupported(describe(nn.Conv3d(4, 4, 3)))
     assert get_method("cp").unsupported(describe(nn.Conv2d(4, 4, 3))) is None
+    model = nn.Sequential(nn.Conv3d(4, 8, 3), nn.ReLU(), nn.Conv3d(8, 8, 1))
+    plan = make_plan(model, Ratio(2, min_rank=1), Layers(input_shape=(1, 4, 5, 5, 5)), method="cp")
+    assert not plan["0"].decomposed and "'cp' is for 2-D convs" in plan["0"].reason
+    assert plan["2"].decomposed and plan["2"].method == "svd"  # pointwise: SVD whatever the k×k method
 
 
 @pytest.mark.parametrize("conv", [nn.Conv1d(3, 5, 3, stride=2, dilation=2, padding=2, padding_mode="reflect"),
