@@ -89,15 +89,16 @@ def expected_input(model: nn.Module, plan: Plan | None = None) -> str:
     if size is not None:
         return "(N, {}, {}, {})".format(*size)
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return f"(N, {m.in_channels}, H, W)"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return "(N, {}, {})".format(m.in_channels, ", ".join(("L",) if isinstance(m, nn.Conv1d) else
+                                                                  ("D", "H", "W")[-len(m.kernel_size):]))
         if isinstance(m, nn.Linear):
             return f"(N, ..., {m.in_features})"
     return "the model's input"
 
 
 def _first_layer(model: nn.Module) -> nn.Module | None:
-    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
 
 
 def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None) -> list[Tensor]:
@@ -130,7 +131,8 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
         if x.device != device:
             raise ValueError(f"{where} is on {x.device}, the model on {device}; move the batches "
                              f"(inputs shaped {expect}) to {device}")
-        if isinstance(first, nn.Conv2d) and (x.ndim != 4 or x.shape[1] != first.in_channels):
+        if (isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+                and (x.ndim != len(first.kernel_size) + 2 or x.shape[1] != first.in_channels)):
             raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")
         if isinstance(first, nn.Linear) and (x.ndim < 2 or x.shape[-1] != first.in_features):
             raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")

@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrdlab.lowrank import conv_kinds
+
 
 def shift_moment_applies(module: nn.Module, step: int) -> bool:
     """Whether :func:`patch_moment` gives this layer's patch moments: a dense, stride-1, undilated Conv2d
     with zero padding given as numbers, every output position kept (``step`` 1) and a kernel larger than 1×1."""
     return (isinstance(module, nn.Conv2d) and step == 1 and module.groups == 1 and module.stride == (1, 1)
             and module.dilation == (1, 1) and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str) and module.kernel_size != (1, 1))
+            and not isinstance(module.padding, str) and module.kernel_size != (1, 1)
+            and not conv_kinds.dynamic_same(module))  # timm's Conv2dSame pads at run time, not by module.padding
 
 
 def _bands(size: int, kernel: int, pad: int) -> tuple[list[tuple[int, int]], Tensor]:

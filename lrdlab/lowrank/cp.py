@@ -53,6 +53,9 @@ class CP(Method):
     def unsupported(self, info: Info) -> str | None:
         if linear_like(info):
             return f"a {info['type']} layer is decomposed by 'svd', not 'cp'"
+        if len(info["kernel_size"]) != 2:
+            return (f"'cp' is for 2-D convs (a {info['type']} has a {len(info['kernel_size'])}-D kernel); "
+                    f"use 'tucker2', 'channel_svd' or 'input_svd'")
         if tuple(info["kernel_size"]) == (1, 1):
             return "'cp' is for k×k convs; a 1×1 conv is decomposed by 'svd'"
         return None

@@ -7,10 +7,13 @@ methods cited and the network walk). Pure functions of tensors, float64 inside.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrdlab.lowrank import conv_kinds
 from lrdlab.lowrank.hf import is_conv1d
 
 DEFAULT_RIDGE = 1e-3
@@ -58,17 +61,18 @@ def channel_covariance(patch_cov: Tensor, channels: int) -> Tensor:
 
 
 def whitened_tucker2(weight: Tensor, patch_cov: Tensor, r1: int, r2: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Data-aware Tucker-2 of a conv weight ``[S, C, kh, kw]`` from its input patch covariance ``[C·k², C·k²]``.
+    """Data-aware Tucker-2 of a conv weight ``[S, C, *kernel]`` from its input patch covariance ``[C·k², C·k²]``
+    (``k²``: the kernel's taps, 1-D, 2-D or 3-D).
 
     Input factor: leading left singular vectors of ``Lᵀ W₍₁₎`` mapped back by ``L⁻ᵀ`` (``L``: Cholesky
     factor of the channel covariance). Core and output factor: reduced-rank regression of ``W X`` on the
-    projected patches. Returns float64 ``first`` ``[R1, C]``, ``core`` ``[R2, R1, kh, kw]``, ``last`` ``[S, R2]``.
+    projected patches. Returns float64 ``first`` ``[R1, C]``, ``core`` ``[R2, R1, *kernel]``, ``last`` ``[S, R2]``.
     """
     W, cov = weight.double(), patch_cov.double()
-    S, C, kh, kw = W.shape
-    taps = kh * kw
+    S, C, kernel = W.shape[0], W.shape[1], tuple(W.shape[2:])
+    taps = math.prod(kernel)
     Lc = torch.linalg.cholesky(channel_covariance(cov, C))
-    unfolding = W.permute(1, 0, 2, 3).reshape(C, -1)
+    unfolding = W.transpose(0, 1).reshape(C, -1)
     U = torch.linalg.svd(Lc.T @ unfolding, full_matrices=False)[0][:, :r1]
     first = torch.linalg.solve_triangular(Lc.T, U, upper=True).T  # Uᵀ L⁻¹: rows span the kept input space
     cov4 = cov.reshape(C, taps, C, taps)
@@ -77,30 +81,52 @@ def whitened_tucker2(weight: Tensor, patch_cov: Tensor, r1: int, r2: int) -> tup
     cov_z = (cov_z + cov_z.T) / 2
     regression = torch.linalg.solve(cov_z, cross.T).T  # best unconstrained core·last given ``first``
     core, last = reduced_rank_regression(regression, cov_z, r2)
-    return first, core.reshape(r2, r1, kh, kw), last
+    return first, core.reshape(r2, r1, *kernel), last
 
 
-def _patches(module: nn.Conv2d, x: Tensor, step: int = 1) -> Tensor:
-    """im2col patches ``[B, C·kh·kw, L]`` of a conv's input (its padding and padding mode applied).
+def _padded(module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """``x`` with what the conv pads applied explicitly where unfolding cannot (TF "same", a string padding, a
+    non-zero padding mode), and the zero padding left for the unfolding to add."""
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    dims = len(module.kernel_size)
+    if conv_kinds.dynamic_same(module):
+        x = conv_kinds.pad_same(x, conv_kinds.same_pad_args(list(module.kernel_size), list(module.stride),
+                                                            list(module.dilation)))
+    padding = module.padding
+    if isinstance(padding, str):  # "valid": none; "same": d·(k−1) in all, the odd one on the far side (as torch)
+        totals = [0 if padding == "valid" else d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        pads = [p for t in reversed(totals) for p in (t // 2, t - t // 2)]
+        return F.pad(x, pads, mode=module.padding_mode if module.padding_mode != "zeros" else "constant"), (0,) * dims
+    if module.padding_mode != "zeros" or dims != 2:
+        pads = [p for p in reversed(padding) for _ in range(2)]
+        return F.pad(x, pads, mode=module.padding_mode if module.padding_mode != "zeros" else "constant"), (0,) * dims
+    return x, tuple(padding)
+
+
+def _patches(module: nn.Module, x: Tensor, step: int = 1) -> Tensor:
+    """im2col patches ``[B, C·k…, L]`` of a 1-D, 2-D or 3-D conv's input (its padding and padding mode applied),
+    rows ordered as the weight's ``[C, *kernel]`` flattening.
 
     ``step > 1`` keeps only every ``step``-th output position in each direction.
     """
-    padding = module.padding
-    if isinstance(padding, str):
-        padding = (0, 0) if padding == "valid" else tuple(d * (k - 1) // 2 for k, d in
-                                                         zip(module.kernel_size, module.dilation))
-    if module.padding_mode != "zeros":
-        pads = [p for p in reversed(padding) for _ in range(2)]
-        x, padding = F.pad(x, pads, mode=module.padding_mode), (0, 0)
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    x, padding = _padded(module, x)
     stride = tuple(st * step for st in module.stride)
-    return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=stride)
+    if len(module.kernel_size) == 2:
+        return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=stride)
+    dims = len(module.kernel_size)
+    for axis, (k, d, st) in enumerate(zip(module.kernel_size, module.dilation, stride)):
+        x = x.unfold(2 + axis, (k - 1) * d + 1, st)[..., ::d]  # windows of this axis go last
+    positions = x.shape[2:2 + dims]
+    order = [0, 1, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims)]  # [B, C, *kernel, *positions]
+    return x.permute(order).reshape(x.shape[0], -1, math.prod(positions))
 
 
 def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
-    """The rows a layer multiplies by its weight matrix: features (Linear) or im2col patches (Conv2d)."""
+    """The rows a layer multiplies by its weight matrix: features (Linear) or im2col patches (a conv)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), f"a Linear or conv, not {type(module).__name__}"
     cols = _patches(module, x)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
@@ -122,9 +148,9 @@ def input_rows(module: nn.Module, x: Tensor, batches: int = 1) -> Tensor:
     """
     if isinstance(module, nn.Linear) or is_conv1d(module):  # HF's Conv1D multiplies the last dimension too
         return x.reshape(-1, x.shape[-1]).T.double()
-    assert isinstance(module, nn.Conv2d), f"a Linear or Conv2d, not {type(module).__name__}"
-    positions = x.shape[2] * x.shape[3] // (module.stride[0] * module.stride[1])  # about the output size
-    dim = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    assert isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), f"a Linear or conv, not {type(module).__name__}"
+    positions = math.prod(x.shape[2:]) // math.prod(module.stride)  # about the output size
+    dim = module.in_channels * math.prod(module.kernel_size)
     cols = _patches(module, x, step=position_step(batches * x.shape[0] * positions, dim))
     return cols.transpose(0, 1).reshape(dim, -1).double()
 

@@ -84,16 +84,16 @@ def leading_left_vectors(matrix: Tensor, rank: int) -> Tensor:
 
 
 def mode_unfolding(weight: Tensor, mode: int) -> Tensor:
-    """Mode-``mode`` unfolding of a conv weight ``[S, C, kh, kw]`` (0: output channels, 1: input)."""
+    """Mode-``mode`` unfolding of a conv weight ``[S, C, *kernel]`` (0: output channels, 1: input)."""
     return weight.movedim(mode, 0).reshape(weight.shape[mode], -1)
 
 
 def tucker2_factors(
     weight: Tensor, r1: int, r2: int, method: str = "hosvd", n_iter_max: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Tucker-2 over the two channel modes of ``[S, C, kh, kw]``.
+    """Tucker-2 over the two channel modes of ``[S, C, *kernel]`` (a 1-D, 2-D or 3-D kernel).
 
-    Returns ``u_in`` ``[C, R1]``, ``core`` ``[R2, R1, kh, kw]`` and ``u_out`` ``[S, R2]`` with
+    Returns ``u_in`` ``[C, R1]``, ``core`` ``[R2, R1, *kernel]`` and ``u_out`` ``[S, R2]`` with
     ``W ≈ core ×₀ u_out ×₁ u_in``. ``hosvd`` takes one SVD per mode; ``hooi`` refines it by
     ``n_iter_max`` sweeps of higher-order orthogonal iteration (:func:`hooi_factors`; one sweep gets
     most of HOOI's gain at well under twice HOSVD's time, see docs/accuracy.md).
@@ -106,7 +106,7 @@ def tucker2_factors(
         u_in = leading_left_vectors(mode_unfolding(W, 1), r1)
         if method == "hooi":
             u_in, u_out = hooi_factors(weight.detach(), u_in, u_out, n_iter_max)
-        core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
+        core = torch.einsum("sc...,sa,cb->ab...", W, u_out, u_in)
     return u_in.to(weight.dtype), core.to(weight.dtype), u_out.to(weight.dtype)
 
 
@@ -121,10 +121,10 @@ def hooi_factors(weight: Tensor, u_in: Tensor, u_out: Tensor, n_iter_max: int = 
     u_in, u_out = u_in.to(dtype), u_out.to(dtype)
     before = 0.0
     for _ in range(n_iter_max):
-        u_out = leading_left_vectors(mode_unfolding(torch.einsum("scij,cb->sbij", W, u_in), 0), u_out.shape[1])
-        projected = torch.einsum("scij,sa->acij", W, u_out)
+        u_out = leading_left_vectors(mode_unfolding(torch.einsum("sc...,cb->sb...", W, u_in), 0), u_out.shape[1])
+        projected = torch.einsum("sc...,sa->ac...", W, u_out)
         u_in = leading_left_vectors(mode_unfolding(projected, 1), u_in.shape[1])
-        energy = float(torch.einsum("acij,cb->abij", projected, u_in).double().pow(2).sum())
+        energy = float(torch.einsum("ac...,cb->ab...", projected, u_in).double().pow(2).sum())
         if energy - before <= tol * energy:
             break
         before = energy
@@ -132,7 +132,7 @@ def hooi_factors(weight: Tensor, u_in: Tensor, u_out: Tensor, n_iter_max: int = 
 
 
 def block_diagonal_core(core: Tensor, branches: int) -> Tensor:
-    """Grouped-conv weight ``[R2, R1/N, kh, kw]`` holding the N diagonal blocks of a Tucker core.
+    """Grouped-conv weight ``[R2, R1/N, *kernel]`` holding the N diagonal blocks of a Tucker core.
 
     The off-diagonal blocks are dropped: exact for N = 1, an approximation otherwise.
     """
@@ -145,8 +145,8 @@ def block_diagonal_core(core: Tensor, branches: int) -> Tensor:
 
 
 def reconstruct_tucker2(u_in: Tensor, core: Tensor, u_out: Tensor) -> Tensor:
-    """``core ×₀ u_out ×₁ u_in``: the dense ``[S, C, kh, kw]`` weight a Tucker-2 triple stands for."""
-    return torch.einsum("abij,sa,cb->scij", core, u_out, u_in)
+    """``core ×₀ u_out ×₁ u_in``: the dense ``[S, C, *kernel]`` weight a Tucker-2 triple stands for."""
+    return torch.einsum("ab...,sa,cb->sc...", core, u_out, u_in)
 
 
 def tucker2_kept_energy(weight: Tensor) -> Tensor:
@@ -160,8 +160,8 @@ def tucker2_kept_energy(weight: Tensor) -> Tensor:
     with one_thread():
         u_out = leading_left_vectors(mode_unfolding(W, 0), W.shape[0])
         u_in = leading_left_vectors(mode_unfolding(W, 1), W.shape[1])
-    core = torch.einsum("scij,sa,cb->abij", W, u_out, u_in)
-    block = (core ** 2).sum(dim=(2, 3))
+    core = torch.einsum("sc...,sa,cb->ab...", W, u_out, u_in)
+    block = (core ** 2).reshape(core.shape[0], core.shape[1], -1).sum(dim=2)
     table = torch.zeros(block.shape[0] + 1, block.shape[1] + 1, dtype=torch.float64)
     table[1:, 1:] = block.cumsum(0).cumsum(1)
     return table

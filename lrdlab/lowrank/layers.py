@@ -1,4 +1,4 @@
-"""The decomposed layer: a small ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv2d`` modules.
+"""The decomposed layer: a small ``nn.Sequential`` of plain ``nn.Linear`` / ``nn.Conv1d/2d/3d`` modules.
 
 ``LowRankLayer`` children are named by its method's ``factor_names`` (``first``, ``core``, ``last`` for
 Tucker-2) — see docs/architecture.md.
@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules import module as torch_module
 
-from lrdlab.lowrank import guards, hf, methods
+from lrdlab.lowrank import conv_kinds, guards, hf, methods
 from lrdlab.lowrank.methods import Method, MethodOptions, get_method
 
 
@@ -27,7 +27,8 @@ class LowRankLayer(nn.Sequential):
     ``padding`` / ``dilation`` / ``groups`` / ``padding_mode`` (conv), and ``weight`` / ``bias``.
     ``weight`` is a *reconstruction*: a new tensor multiplied out of the factors on every read
     (differentiable, not a Parameter; writing to it changes nothing; ``[out, in]`` for a replaced HF ``Conv1D``).
-    ``bias`` is ``last.bias``.
+    ``bias`` is ``last.bias``. A layer that replaced a TF-"same" conv (timm's ``Conv2dSame``) pads its input as
+    that conv did before the first factor (:mod:`lrdlab.lowrank.conv_kinds`).
     """
 
     __jit_unused_properties__ = [
@@ -48,10 +49,15 @@ class LowRankLayer(nn.Sequential):
         self.ranks = tuple(int(r) for r in ranks)
         self.original = dict(original)
         self.branches = int(branches)
+        self.same_pad = (conv_kinds.same_pad_args(original["kernel_size"], original["stride"],
+                                                             original["dilation"])
+                                    if original.get("same_pad") else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Each factor in turn, as ``nn.Sequential``; a plain ``nn.Linear`` factor that no hook watches is applied
         as ``F.linear`` directly (at a one-token decode step the module calls cost a visible share of the GEMVs)."""
+        if len(self.same_pad) > 0:
+            x = conv_kinds.pad_same(x, self.same_pad)
         if torch.jit.is_scripting():
             for factor in self:
                 x = factor(x)
@@ -103,6 +109,11 @@ class LowRankLayer(nn.Sequential):
         return f"method={self.method}, ranks={self.ranks}{extra}"
 
 
+# TF "same" padding's [k, s, d] per axis, empty for none: typed for TorchScript, which cannot infer an empty list's
+# type and cannot read this module's postponed (string) annotations
+LowRankLayer.__annotations__ = {**LowRankLayer.__annotations__, "same_pad": list[int]}
+
+
 def _unwatched_linear(module: nn.Module) -> TypeGuard[nn.Linear]:
     """A plain ``nn.Linear`` (not a subclass, not parametrized) with no hook of its own."""
     return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks
@@ -141,11 +152,12 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 def dense_weight(module: nn.Module) -> torch.Tensor:
     """The weight as ``[S, C, ...]`` (out first), transposing HuggingFace's ``Conv1D`` (stored ``[in, out]``);
-    a parametrized weight as its effective value in eval mode (no spectral-norm power step)."""
+    a parametrized weight as its effective value in eval mode (no spectral-norm power step); a weight-standardised
+    conv's as its forward standardises it (:func:`lrdlab.lowrank.conv_kinds.effective_weight`)."""
     if hf.is_conv1d(module):
         return hf.conv1d_weight(module)
     with guards.parametrizations_in_eval(module):
-        return weight_of(module)
+        return conv_kinds.effective_weight(module, weight_of(module))
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -167,6 +179,8 @@ def describe(module: nn.Module) -> dict[str, Any]:
             groups=module.groups,
             padding_mode=module.padding_mode,
         )
+        if conv_kinds.dynamic_same(module):
+            info["same_pad"] = True
     return info
 
 
@@ -178,13 +192,11 @@ def unsupported_reason(module: nn.Module) -> str | None:
         return None
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         return "skipped: transposed conv not supported"
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if module.groups > 1:
             kind = "depthwise" if module.groups == module.in_channels == module.out_channels else "grouped"
             return f"skipped: {kind} conv (groups={module.groups})"
         return None
-    if isinstance(module, (nn.Conv1d, nn.Conv3d)):
-        return f"skipped: {type(module).__name__} not supported"
     return f"skipped: {type(module).__name__} not supported"
 
 
@@ -210,13 +222,14 @@ def decompose_layer(
     module: nn.Module, method: str | Method, ranks: Sequence[int], options: MethodOptions | None = None,
     branches: int = 1,
 ) -> LowRankLayer:
-    """Decompose one ``nn.Linear`` / ``nn.Conv2d`` into a ``LowRankLayer`` with the given ranks.
+    """Decompose one ``nn.Linear`` / ``nn.Conv1d/2d/3d`` into a ``LowRankLayer`` with the given ranks.
 
     ``ranks`` is a sequence (one rank per :attr:`Method.rank_names`: ``(8,)`` for SVD, ``(8, 8)`` for
     Tucker-2). ``options``: the method's options (its ``options_type``, e.g. ``Tucker2Options(init="hooi")``;
     None: the defaults). A HuggingFace ``Conv1D`` is decomposed as the Linear it computes. The factors keep the
-    original weight's dtype, device, ``requires_grad`` (a parametrized weight's: its originals') and memory format
-    (``channels_last``).
+    original weight's dtype, device, ``requires_grad`` (a parametrized weight's: its originals'; a standardised
+    weight's: the raw weight's) and memory format (``channels_last``). timm's weight-standardised and TF-"same" convs
+    are decomposed as their forward computes (:mod:`lrdlab.lowrank.conv_kinds`).
     """
     reason = unsupported_reason(module)
     if reason:
@@ -230,7 +243,7 @@ def decompose_layer(
     layer = layer.to_empty(device=weight.device).to(weight.dtype)
     if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
         layer = layer.to(memory_format=torch.channels_last)
-    trainable = guards.weight_requires_grad(module, weight)
+    trainable = guards.weight_requires_grad(module, weight_of(module) if conv_kinds.kind_of(module) else weight)
     for name, value in form.factorize(weight, layer.ranks, options, layer.branches).items():
         target = weight_of(layer.get_submodule(name))
         target.copy_(value.reshape(target.shape))

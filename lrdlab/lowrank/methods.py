@@ -10,7 +10,8 @@ the name back into the object. A new form is one subclass of :class:`~lrdlab.low
 plus :func:`register`.
 
 A layer is described by :func:`lrdlab.lowrank.layers.describe` (``in_channels`` C, ``out_channels``
-S, ``kernel_size``, …). Weights are ``[S, C, kh, kw]`` (convs) or ``[S, C]`` (Linear; a HuggingFace
+S, ``kernel_size``, …). Weights are ``[S, C, *kernel]`` (1-D, 2-D and 3-D convs, each factored into convs of its
+own dimensionality) or ``[S, C]`` (Linear; a HuggingFace
 ``Conv1D`` is handed over transposed to this form, see :mod:`lrdlab.lowrank.hf`).
 """
 
@@ -34,16 +35,31 @@ from lrdlab.lowrank.method_base import (  # noqa: F401  (Info, linear_like, Meth
     linear_like,
 )
 
+_CONVS: dict[int, Callable[..., nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
-def _conv(cin: int, cout: int, kernel: int | Sequence[int], bias: bool, like: Info | None = None,
-          groups: int = 1) -> nn.Conv2d:
-    """A Conv2d; with ``like`` (a ``describe()`` dict) it copies stride, padding, dilation and padding mode."""
-    size = kernel if isinstance(kernel, int) else (int(kernel[0]), int(kernel[1]))
-    if like is None:
-        return nn.Conv2d(cin, cout, size, bias=bias, groups=groups)
-    padding = like["padding"] if isinstance(like["padding"], str) else tuple(like["padding"])
-    return nn.Conv2d(cin, cout, size, bias=bias, groups=groups, stride=tuple(like["stride"]), padding=padding,
-                     dilation=tuple(like["dilation"]), padding_mode=like["padding_mode"])
+
+def _conv(info: Info, cin: int, cout: int, kernel: int | Sequence[int], bias: bool, like: bool = False,
+          groups: int = 1) -> nn.Conv1d | nn.Conv2d | nn.Conv3d:
+    """A conv of the layer ``info``'s dimensionality (1-, 2- or 3-D, from its ``kernel_size``); ``kernel`` 1 is a
+    pointwise one. With ``like`` it copies the layer's stride, padding, dilation and padding mode."""
+    dims = len(info["kernel_size"])
+    size = (kernel,) * dims if isinstance(kernel, int) else tuple(int(k) for k in kernel)
+    kind = _CONVS[dims]
+    if not like:
+        return kind(cin, cout, size, bias=bias, groups=groups)
+    padding = info["padding"] if isinstance(info["padding"], str) else tuple(info["padding"])
+    return kind(cin, cout, size, bias=bias, groups=groups, stride=tuple(info["stride"]), padding=padding,
+                dilation=tuple(info["dilation"]), padding_mode=info["padding_mode"])
+
+
+def _pointwise(info: Info) -> bool:
+    """A Linear-like layer or a conv whose kernel is 1 in every dimension."""
+    return linear_like(info) or all(k == 1 for k in info["kernel_size"])
+
+
+def _spatial(weight: Tensor) -> tuple[int, ...]:
+    """Trailing singleton dimensions that make a ``[S, C]`` matrix a pointwise conv weight like ``weight``."""
+    return (1,) * (weight.dim() - 2)
 
 
 def _k2(info: Info) -> int:
@@ -69,8 +85,8 @@ class SVD(Method):
     spectral_error = True
 
     def unsupported(self, info: Info) -> str | None:
-        if not linear_like(info) and tuple(info["kernel_size"]) != (1, 1):
-            return (f"'svd' needs a Linear or 1×1 conv (kernel {tuple(info['kernel_size'])}); "
+        if not _pointwise(info):
+            return (f"'svd' needs a Linear or pointwise conv (kernel {tuple(info['kernel_size'])}); "
                     f"use 'channel_svd' or 'tucker2'")
         return None
 
@@ -90,19 +106,19 @@ class SVD(Method):
         C, S, bias, (r,) = info["in_channels"], info["out_channels"], info["bias"], layer_ranks
         if linear_like(info):  # Linear, its subclasses and HF Conv1D become two nn.Linear
             return OrderedDict(first=nn.Linear(C, r, bias=False), last=nn.Linear(r, S, bias=bias))
-        return OrderedDict(first=_conv(C, r, 1, False, like=info), last=_conv(r, S, 1, bias))
+        return OrderedDict(first=_conv(info, C, r, 1, False, like=True), last=_conv(info, r, S, 1, bias))
 
     def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
         S, C = weight.shape[:2]
         first, last = factorize.svd_factors(weight.reshape(S, -1), layer_ranks[0])
-        extra = (1,) * (weight.dim() - 2)
+        extra = _spatial(weight)
         return {"first": first.reshape(first.shape[0], -1, *extra), "last": last.reshape(S, -1, *extra)}
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         first, last = factors["first"], factors["last"]
         dense = last.reshape(last.shape[0], -1) @ first.reshape(first.shape[0], -1)
-        return dense if linear_like(info) else dense[:, :, None, None]
+        return dense if linear_like(info) else dense.reshape(*dense.shape, *(1,) * len(info["kernel_size"]))
 
 
     def data_aware(self, weight: Tensor, cov: Tensor, layer_ranks: Sequence[int],
@@ -112,7 +128,8 @@ class SVD(Method):
 
 
 class ChannelSVD(Method):
-    """k×k conv C→S as a k×k conv C→R, then a 1×1 conv R→S (Tucker-1 on the output channels)."""
+    """k×k conv C→S as a k×k conv C→R, then a 1×1 conv R→S (Tucker-1 on the output channels); 1-D and 3-D convs
+    alike."""
 
     name = "channel_svd"
     description = "channel SVD: k×k conv C→R, 1×1 conv R→S"
@@ -137,17 +154,18 @@ class ChannelSVD(Method):
 
     def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
         C, S, (r,) = info["in_channels"], info["out_channels"], layer_ranks
-        return OrderedDict(first=_conv(C, r, info["kernel_size"], False, like=info),
-                           last=_conv(r, S, 1, info["bias"]))
+        return OrderedDict(first=_conv(info, C, r, info["kernel_size"], False, like=True),
+                           last=_conv(info, r, S, 1, info["bias"]))
 
     def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
-        S, C, kh, kw = weight.shape
+        S = weight.shape[0]
         first, last = factorize.svd_factors(weight.reshape(S, -1), layer_ranks[0])
-        return {"first": first.reshape(-1, C, kh, kw), "last": last[:, :, None, None]}
+        return {"first": first.reshape(-1, *weight.shape[1:]), "last": last.reshape(S, -1, *_spatial(weight))}
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
-        return torch.einsum("sr,rcij->scij", factors["last"][:, :, 0, 0], factors["first"])
+        last = factors["last"]
+        return torch.einsum("sr,rc...->sc...", last.reshape(last.shape[0], -1), factors["first"])
 
     data_aware = SVD.data_aware  # the same regression on the flattened [S, C·k²] weight
 
@@ -181,18 +199,20 @@ class InputSVD(Method):
 
     def build(self, info: Info, layer_ranks: Sequence[int], branches: int = 1) -> OrderedDict[str, nn.Module]:
         C, S, (r,) = info["in_channels"], info["out_channels"], layer_ranks
-        return OrderedDict(first=_conv(C, r, 1, False),
-                           last=_conv(r, S, info["kernel_size"], info["bias"], like=info))
+        return OrderedDict(first=_conv(info, C, r, 1, False),
+                           last=_conv(info, r, S, info["kernel_size"], info["bias"], like=True))
 
     def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
-        S, C, kh, kw = weight.shape
-        # W's input-channel unfolding [C, S·kh·kw] ≈ Uᵀ-side × V-side; svd_factors takes [rows, cols] = its transpose
+        S, kernel = weight.shape[0], weight.shape[2:]
+        # W's input-channel unfolding [C, S·k…] ≈ Uᵀ-side × V-side; svd_factors takes [rows, cols] = its transpose
         first, last = factorize.svd_factors(factorize.mode_unfolding(weight, 1).T, layer_ranks[0])
-        return {"first": first[:, :, None, None], "last": last.reshape(S, kh, kw, -1).permute(0, 3, 1, 2)}
+        return {"first": first.reshape(*first.shape, *_spatial(weight)),
+                "last": last.reshape(S, *kernel, -1).movedim(-1, 1)}
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
-        return torch.einsum("srij,rc->scij", factors["last"], factors["first"][:, :, 0, 0])
+        first = factors["first"]
+        return torch.einsum("sr...,rc->sc...", factors["last"], first.reshape(first.shape[0], -1))
 
 
 @dataclass(frozen=True)
@@ -213,7 +233,8 @@ class Tucker2Options(MethodOptions):
 
 
 class Tucker2(Method):
-    """k×k conv C→S as 1×1 C→R1, k×k core R1→R2 (optionally ``branches`` groups), 1×1 R2→S (paper §1)."""
+    """k×k conv C→S as 1×1 C→R1, k×k core R1→R2 (optionally ``branches`` groups), 1×1 R2→S (paper §1); a 1-D or
+    3-D conv as the same three convs of its dimensionality."""
 
     name = "tucker2"
     description = "Tucker-2: 1×1 conv C→R1, k×k core R1→R2, 1×1 conv R2→S"
@@ -254,30 +275,31 @@ class Tucker2(Method):
                 or r1 % branches or r2 % branches):
             raise ValueError(f"branched Tucker: ranks ({r1}, {r2}) must be multiples of the branch count "
                              f"{branches!r} (a positive int); round them or choose another branch count")
-        return OrderedDict(first=_conv(C, r1, 1, False),
-                           core=_conv(r1, r2, info["kernel_size"], False, like=info, groups=branches),
-                           last=_conv(r2, S, 1, info["bias"]))
+        return OrderedDict(first=_conv(info, C, r1, 1, False),
+                           core=_conv(info, r1, r2, info["kernel_size"], False, like=True, groups=branches),
+                           last=_conv(info, r2, S, 1, info["bias"]))
 
     def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
         opts = self.options(options)
         assert isinstance(opts, Tucker2Options)
         u_in, core, u_out = factorize.tucker2_factors(weight, layer_ranks[0], layer_ranks[1], opts.init, opts.sweeps)
-        return {"first": u_in.T[:, :, None, None], "core": factorize.block_diagonal_core(core, branches),
-                "last": u_out[:, :, None, None]}
+        extra = _spatial(weight)
+        return {"first": u_in.T.reshape(*u_in.T.shape, *extra), "core": factorize.block_diagonal_core(core, branches),
+                "last": u_out.reshape(*u_out.shape, *extra)}
 
     def reconstruct(self, factors: Mapping[str, Tensor], info: Info) -> Tensor:
         first, core, last = factors["first"], factors["core"], factors["last"]
         r1 = first.shape[0]
         branches = r1 // core.shape[1]
-        if branches > 1:  # grouped core: expand to the block-diagonal [R2, R1, kh, kw]
+        if branches > 1:  # grouped core: expand to the block-diagonal [R2, R1, *kernel]
             r2, b1 = core.shape[0], core.shape[1]
             full = core.new_zeros(r2, r1, *core.shape[2:])
             b2 = r2 // branches
             for g in range(branches):
                 full[g * b2:(g + 1) * b2, g * b1:(g + 1) * b1] = core[g * b2:(g + 1) * b2]
             core = full
-        return factorize.reconstruct_tucker2(first[:, :, 0, 0].T, core, last[:, :, 0, 0])
+        return factorize.reconstruct_tucker2(first.reshape(r1, -1).T, core, last.reshape(last.shape[0], -1))
 
     def errors(self, weight: Tensor, info: Info) -> Callable[[Sequence[int]], float]:
         """The HOSVD truncation's error at every (R1, R2), from one table of kept energy."""
@@ -336,5 +358,5 @@ def get_method(method: str | Method) -> Method:
 
 
 def default_method(info: Info) -> Method:
-    """SVD for Linear and 1×1 convs, Tucker-2 for k×k convs (paper §1)."""
+    """SVD for Linear and pointwise convs, Tucker-2 for k×k convs of any dimensionality (paper §1)."""
     return SVD_METHOD if SVD_METHOD.unsupported(info) is None else TUCKER2

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, guards, hf, methods, sharing, usage
+from lrdlab.lowrank import attention, conv_kinds, force_check, guards, hf, methods, sharing, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
@@ -329,6 +329,9 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         form = methods.default_method(info)
         if form.kxk and method != "auto":
             form = get_method(method)
+            if (cannot := form.unsupported(info)) is not None:  # e.g. 'cp' on a 1-D/3-D conv
+                row.reason = f"kept: {cannot}"
+                continue
         target, why = policy.targets(module, info, form, name)
         if not target:
             row.reason = f"kept: {why}"
@@ -340,10 +343,14 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
         round_and_check(row, info, form, target, policy, why)
         policy.review(row, info)
         forced = _matches(name, force)
-        notes = [fastpath.get(name), guards.parametrized_note(module), forced and f"forced by {forced!r}"]
+        notes = [fastpath.get(name), guards.parametrized_note(module), conv_kinds.note(module),
+                 forced and f"forced by {forced!r}"]
         if row.decomposed and any(notes):
             row.reason += "".join(f"; {n}" for n in notes if n)
 
+    decomposed = {row.name for row in rows if row.decomposed}
+    force_check.check_forced(model, {n: m for n, m in candidates if n in decomposed and _matches(n, force)},
+                             select.example_input, select.input_shape)
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
                 "exclude": exclude, "force": force, "probe": probe_note}
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank import hf
+from lrdlab.lowrank import conv_kinds, hf
 
 SAFE_LAYERS: set[type] = set()  # subclasses registered as computing what their torch base class computes
 
@@ -50,7 +50,8 @@ def _torch_base(cls: type) -> type:
 def overridden_forward(module: nn.Module) -> str | None:
     """Why a layer subclass cannot be replaced by plain factors (its own ``forward``), or None."""
     cls = type(module)
-    if hf.is_conv1d(module) or cls in SAFE_LAYERS or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+    if (hf.is_conv1d(module) or cls in SAFE_LAYERS or conv_kinds.kind_of(module) is not None
+            or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))):
         return None
     base = _torch_base(cls)
     own = [f for f in ("forward", "_conv_forward") if getattr(cls, f, None) is not getattr(base, f, None)]

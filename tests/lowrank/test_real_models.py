@@ -72,13 +72,18 @@ def test_register_safe_layer_and_force_opt_in():
         def forward(self, x):
             return super().forward(x)
 
-    model = nn.Sequential(LoggingLinear(8, 8), ScaledLinear(8, 8))
+    model = nn.Sequential(LoggingLinear(8, 8), ScaledLinear(8, 8), LoggingLinear(8, 8))
     try:
         lrdlab.register_safe_layer(LoggingLinear)
-        plan = _full(model, Layers(input_shape=(1, 8), force=["1"]))
+        plan = _full(model, Layers(input_shape=(1, 8), force=["2"]))
     finally:
         usage.SAFE_LAYERS.discard(LoggingLinear)
-    assert plan["0"].decomposed and plan["1"].decomposed and "forced" in plan["1"].reason
+    assert plan["0"].decomposed and plan["2"].decomposed and "forced" in plan["2"].reason
+    assert not plan["1"].decomposed and "overrides" in plan["1"].reason
+    # a forced layer whose forward is not the plain one fails the full-rank check, with the measured error
+    with pytest.raises(ValueError, match=r"force=\['1'\]\): ScaledLinear '1' decomposed at full rank changes its "
+                                         r"output on input_shape \[1, 8\] by [0-9.e-]+ \(RMS"):
+        _full(model, Layers(input_shape=(1, 8), force=["1"]))
     with pytest.raises(ValueError, match="subclass of nn.Linear"):
         lrdlab.register_safe_layer(nn.ReLU)
 
