@@ -148,14 +148,6 @@ def add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3, many_threa
                        help="torch CPU threads (default: as --compute leaves them)")
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    """Re-apply ``--threads N`` (:func:`main` already applied the compute mode and the threads before the work)."""
-    if isinstance(getattr(args, "threads", None), int):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 _POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude", "option")
 
 

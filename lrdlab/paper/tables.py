@@ -1,7 +1,7 @@
 """The reproduction report's tables and figures, rendered from the cached stage results.
 
 Every measured speed-up is printed with its 95% bootstrap interval, and "within noise" where that
-interval covers 0 (:func:`lrdlab.measure.stats.verdict`); the backend it was measured on is a column.
+interval covers 0 (:meth:`lrdlab.measure.stats.SpeedUp.text`); the backend it was measured on is a column.
 """
 
 from __future__ import annotations
@@ -20,8 +20,27 @@ import torch
 
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
+from lrdlab.measure.stats import SpeedUp
 from lrdlab.paper import numbers as paper
-from lrdlab.paper.speed_text import speedup_text, throughput_table  # noqa: F401 - used here and by callers
+
+
+def speedup_text(row: Any, prefix: str = "") -> str:
+    """A recorded row's ``{prefix}speedup_pct`` columns as :meth:`SpeedUp.text` (``"—"`` when it has none)."""
+    up = SpeedUp.from_flat(row, prefix)
+    return "—" if up is None else up.text()
+
+
+def throughput_table(throughput: pd.DataFrame) -> pd.DataFrame:
+    """F7 as a reader sees it: per technique, training / inference images/s and speed-up with its interval
+    (the sequential freezing phases are summarised in ``lrd+sequential``; the original is the baseline)."""
+    def speed(r: dict[str, Any], prefix: str) -> str:
+        return "baseline" if r["technique"] == "original" else speedup_text(r, prefix)
+
+    rows = throughput[~throughput["technique"].str.contains(r"\[")].to_dict("records")
+    return pd.DataFrame([{"technique": r["technique"], "train img/s": round(r["train_img_s"], 1),
+                          "train speed-up % [95% CI]": speed(r, "train_"),
+                          "inference img/s": round(r["infer_img_s"], 1),
+                          "inference speed-up % [95% CI]": speed(r, "infer_")} for r in rows])
 
 # --- rendering ----------------------------------------------------------------------------------------
 
