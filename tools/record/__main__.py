@@ -184,14 +184,14 @@ def run(args: argparse.Namespace, command: str) -> int:
                            command=command)
         print("wrote", args.out)
     elif args.what == "pretrained":
-        from lrdlab.zoo.pretrained import export_pretrained
+        from tools.record.weights import export_pretrained
 
         info = export_pretrained(args.name, args.run_dir, args.model, storage=args.storage,
                                  command=args.train_command)
         print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
     elif args.what == "freezing-grid":
         from lrdlab.explore.freezing_runs import FreezingGridConfig
-        from lrdlab.paper.freezing_grid import REFERENCE_GRID, record_freezing_grid
+        from tools.record.freezing_grid import REFERENCE_GRID, record_freezing_grid
 
         grid_config = FreezingGridConfig(ratios=tuple(args.ratios), subset=args.subset, epochs=args.epochs)
         print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, grid_config, command=command))
