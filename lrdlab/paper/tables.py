@@ -20,27 +20,8 @@ import torch
 
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
-from lrdlab.measure.stats import SpeedUp
 from lrdlab.paper import numbers as paper
-
-
-def speedup_text(row: Any, prefix: str = "") -> str:
-    """A recorded row's ``{prefix}speedup_pct`` columns as :meth:`SpeedUp.text` (``"—"`` when it has none)."""
-    up = SpeedUp.from_flat(row, prefix)
-    return "—" if up is None else up.text()
-
-
-def throughput_table(throughput: pd.DataFrame) -> pd.DataFrame:
-    """F7 as a reader sees it: per technique, training / inference images/s and speed-up with its interval
-    (the sequential freezing phases are summarised in ``lrd+sequential``; the original is the baseline)."""
-    def speed(r: dict[str, Any], prefix: str) -> str:
-        return "baseline" if r["technique"] == "original" else speedup_text(r, prefix)
-
-    rows = throughput[~throughput["technique"].str.contains(r"\[")].to_dict("records")
-    return pd.DataFrame([{"technique": r["technique"], "train img/s": round(r["train_img_s"], 1),
-                          "train speed-up % [95% CI]": speed(r, "train_"),
-                          "inference img/s": round(r["infer_img_s"], 1),
-                          "inference speed-up % [95% CI]": speed(r, "infer_")} for r in rows])
+from lrdlab.paper.recorded import speedup_text, throughput_table  # noqa: F401 - used here and by notebook 05
 
 # --- rendering ----------------------------------------------------------------------------------------
 
