@@ -81,7 +81,9 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=2.0)
+    from lrdlab.cli.common import add_ratio_argument
+
+    add_ratio_argument(parser, default=2.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out")
     args = parser.parse_args()
