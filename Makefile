@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 deadcode: $(STAMP)  # names nothing uses (tools/vulture_whitelist.py lists the ones used from outside the code)
-	$(VENV)/bin/vulture lrdlab tools tests tools/vulture_whitelist.py --min-confidence 60
+	$(VENV)/bin/vulture lrdlab tools tests --min-confidence 60
 
 test-fast: lint  # the quick tier: no `slow`, no `browser` tests (a few minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow and not browser" --durations=25

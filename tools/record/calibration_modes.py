@@ -150,14 +150,6 @@ def record_vit(out: str | Path, ratios: Sequence[float] = (2.0, 3.0, 4.0),
     return result
 
 
-def merge(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """One result from several runs' files (rows concatenated, the original row once)."""
-    parts = [read_record(Path(f)) for f in files]
-    result = {**parts[0], "rows": [parts[0]["rows"][0]] + [r for p in parts for r in p["rows"][1:]]}
-    write_record(out, result)
-    return result
-
-
 LABELS = {"weights": "weights only", "weights+bn": "+ BN re-estimation", "one-shot": "one-shot + BN (lrdlab's own)",
           "sequential": "sequential + BN", "corrected": "corrected + BN (default)"}
 HEAD_LABELS = {"kept": "", "squeezed": "head cut to rank 2–4: "}
