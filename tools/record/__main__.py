@@ -146,11 +146,12 @@ def run(args: argparse.Namespace, command: str) -> int:
                                          seeds=args.seeds, base_epochs=args.base_epochs, ft_epochs=args.ft_epochs,
                                          inputs=args.inputs, command=command))
     elif args.what == "freezing":
-        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study, save_study
 
         sizes = STUDY_QUICK if args.quick else STUDY_FULL
-        run_freezing_study(replace(sizes, model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr),
-                           out=args.out)
+        study = run_freezing_study(replace(sizes, model="resnet20", data="mnist5k", lr=args.lr,
+                                           finetune_lr=args.finetune_lr))
+        save_study(replace(study, command=command), args.out)
         print("wrote", args.out)
     elif args.what == "speed-checks":
         from tools.record import search as search_records
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace, command: str) -> int:
 
         if not args.study.is_file():
             raise ValueError(f"no study file {args.study}: produce one with run_freezing_study(out=...)")
-        print("wrote", build_reference_freezing(args.study))
+        print("wrote", build_reference_freezing(args.study, command=command))
     return 0
 
 
