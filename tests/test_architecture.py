@@ -271,3 +271,10 @@ def test_the_wheel_carries_the_reference_data(tmp_path):
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "lrdlab/py.typed" in names
     assert not any(n.startswith(("tests/", "notebooks/", "data/", "tools/")) for n in names)
+
+
+def test_docs_architecture_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(p.relative_to(ROOT)) for p in _modules()
+               if p.name not in ("__init__.py", "__main__.py") and f"`{p.stem}`" not in doc]
+    assert not missing, f"docs/architecture.md does not name these modules: {missing}"
