@@ -27,6 +27,7 @@ dense_tokens_s
 decomposed_tokens_s
 realised_of_bytes_ideal
 dense_gb_s
+schema  # paper/freezing_study.py: FreezingStudy field (the JSON schema it carries)
 weights_dir  # explore/lab_models.py: a dataclass field tests pass
 first_visit  # tools/record/slider_latency.py: a recorded field
 # used by the notebooks (vulture does not read .ipynb)
