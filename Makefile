@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= reports/quick
 
-.PHONY: reproduce test lint browser lab readme clean notebooks-full
+.PHONY: reproduce test test-fast lint deadcode browser lab readme clean notebooks-full
 
 $(STAMP): environment.yml pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,10 +20,18 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null)
 
-test: $(STAMP) browser
+lint: $(STAMP)
 	$(VENV)/bin/ruff check lrdlab tests tools
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+
+deadcode: $(STAMP)  # names nothing uses (tools/vulture_whitelist.py lists the ones used from outside the code)
+	$(VENV)/bin/vulture lrdlab tools tests --min-confidence 60
+
+test-fast: lint  # the quick tier: no `slow`, no `browser` tests (a few minutes on 2 cores)
+	$(PY) -m pytest -q -m "not slow and not browser" --durations=25
+
+test: lint deadcode browser  # everything, notebooks and the real-browser tests included
+	$(PY) -m pytest -q --durations=25
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -1,9 +1,12 @@
 """The package's shape: stages import only earlier stages, no module imports itself back (not even from inside
 a function), no private name crosses modules, public functions take few parameters, `import lrdlab` stays light,
-modules stay small, the papers' code is a small share of the library (developer tools live in tools/, outside it),
-and an installed wheel carries the reference data the explorers read and the shipped weights, and no tools."""
+each concept has one home (one speed-up record, one interleaved timer, each shared CLI option defined once), the
+papers' code is a small share of the library (developer tools live in tools/, outside it), and an installed wheel
+carries the reference data the explorers read and the shipped weights, and no tools. Functions stay simple by
+ruff's per-function complexity limit (C901, pyproject.toml), not by a cap on module length."""
 
 import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -15,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "lrdlab"
 STAGES = ["lowrank", "finetune", "measure", "zoo", "explore", "paper", "cli"]  # the flow of data, in order
 HEAVY = ["matplotlib", "seaborn", "ipywidgets", "mlxtend", "sklearn", "transformers", "onnxruntime"]
-MAX_LINES = 400
 
 
 def _stage(module: str) -> str | None:
@@ -43,9 +45,8 @@ MAX_PARAMS = 10
 # Public functions over MAX_PARAMS parameters today, each to move its options into a config object; none may join.
 TOO_MANY_PARAMS: set[str] = set()
 # lrdlab/paper/ holds only what `lrdlab reproduce` and its report need; recording and README generation are developer
-# tools in tools/. The bound is the target, 15% of the package's lines (23% before tools/ existed).
-PAPER_SHARE = 0.15
-PAPER_SHARE_TARGET = 0.15
+# tools in tools/ (23% of the package before tools/ existed, 15% after, 13% with the recorders moved out too).
+PAPER_SHARE = 0.14
 # Import cycles allowed (none: move the shared part down a level instead).
 CYCLE_EXCEPTIONS: list[set[str]] = []
 # Modules whose private names other modules may use (none: make the name public or move it).
@@ -189,8 +190,6 @@ def test_the_papers_code_is_a_small_share_of_the_package():
     share = paper / package
     assert share <= PAPER_SHARE, (f"lrdlab/paper/ is {paper} of {package} lines ({share:.1%} > {PAPER_SHARE:.0%}): "
                                   "move recording and generating code to tools/, keep what `lrdlab reproduce` needs")
-    assert share > PAPER_SHARE_TARGET or PAPER_SHARE == PAPER_SHARE_TARGET, \
-        f"the paper's share ({share:.1%}) reached the target: set PAPER_SHARE = PAPER_SHARE_TARGET"
 
 
 def test_the_package_never_imports_the_developer_tools():
@@ -208,9 +207,40 @@ def _tool_imports(path: Path) -> set[str]:
     return {m for m in found if m == "tools" or m.startswith("tools.")}
 
 
-def test_modules_stay_small():
-    big = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert not big, f"modules over {MAX_LINES} lines: {big}"
+# One home per concept: a pattern → the files (under lrdlab/ and tools/) where it may appear. Anything else is a
+# second copy of something that exists (use the home instead).
+ONE_HOME: dict[str, set[str]] = {
+    # speed-ups: the one record is measure/stats.py's SpeedUp (of, from_pct, from_row, from_flat, text, to_pct)
+    r"(?m)^def (ratio_summary|verdict|within_noise|half_width|_recorded)\(": set(),  # dict-based copies of it
+    r"class SpeedUp\b": {"lrdlab/measure/stats.py"},
+    r"def speedup_text\(": {"lrdlab/paper/recorded.py",
+                            "lrdlab/explore/rank_lab.py"},  # the explorer's text of a live widget state
+    # timing: the one interleaved loop (A B, then B A) is measure/interleave.py; the one clock is time_function
+    r"\[::\s*-1\s*\]?\s*if\b[^\n]*% 2": {"lrdlab/measure/interleave.py"},
+    r"def (measure_inference|measure_training)\(|class Timing\b": set(),
+    # one count check (finetune/fit_config.check_count) and each shared CLI option defined once (cli/common.py)
+    r"def _count\(": set(),
+    r"[\"']--(threads|ratio|granularity)[\"']": {"lrdlab/cli/common.py"},
+}
+
+
+def _home_violations(files: dict[str, str]) -> list[str]:
+    return [f"{name}: {pattern}" for pattern, homes in ONE_HOME.items() for name, text in files.items()
+            if name not in homes and re.search(pattern, text)]
+
+
+def test_each_concept_has_one_home():
+    files = {str(p.relative_to(ROOT)): p.read_text() for d in ("lrdlab", "tools") for p in (ROOT / d).rglob("*.py")}
+    wrong = _home_violations(files)
+    assert not wrong, "a second copy of something that has one home (see ONE_HOME):\n" + "\n".join(wrong)
+    assert all(h in files for homes in ONE_HOME.values() for h in homes), "a home in ONE_HOME no longer exists"
+
+
+def test_the_one_home_check_sees_copies():
+    copies = {"a.py": "def ratio_summary(a, b):", "b.py": "order = steps[:: -1 if r % 2 else 1]",
+              "c.py": 'p.add_argument("--threads", type=int)', "d.py": "def _count(v, name, least):"}
+    assert len(_home_violations(copies)) == 4
+    assert _home_violations({"lrdlab/cli/common.py": 'p.add_argument("--threads")'}) == []
 
 
 def test_import_lrdlab_loads_no_ui_plotting_or_dataset_library():
@@ -241,3 +271,10 @@ def test_the_wheel_carries_the_reference_data(tmp_path):
     assert shipped and shipped <= names, sorted(shipped - names)
     assert "lrdlab/py.typed" in names
     assert not any(n.startswith(("tests/", "notebooks/", "data/", "tools/")) for n in names)
+
+
+def test_docs_architecture_names_every_module():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(p.relative_to(ROOT)) for p in _modules()
+               if p.name not in ("__init__.py", "__main__.py") and f"`{p.stem}`" not in doc]
+    assert not missing, f"docs/architecture.md does not name these modules: {missing}"

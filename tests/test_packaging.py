@@ -36,3 +36,17 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+def test_the_version_is_one_number():
+    import lrdlab
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == lrdlab.__version__
+
+
+def test_make_has_a_fast_tier_and_a_full_one_with_durations():
+    make = (ROOT / "Makefile").read_text()
+    fast = make[make.index("\ntest-fast:"):].split("\n\n")[0]
+    full = make[make.index("\ntest:"):].split("\n\n")[0]
+    assert '-m "not slow and not browser"' in fast and "--durations=" in fast
+    assert "-m " not in full.split("pytest", 1)[1] and "--durations=" in full and "deadcode" in full

@@ -11,10 +11,9 @@ import pandas as pd
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import SpeedUp
 from lrdlab.paper.accuracy_study import VARIANTS
+from lrdlab.paper.recorded import speedup_text
 from lrdlab.paper.speed_story import STORY_FILE, recorded_rows, recorded_story, story_table, threads_sentence
-from lrdlab.paper.speed_text import speedup_text
 from lrdlab.paper.transformers_report import load_transformers_study, multiple_summary
-from tools.record import current_command
 from tools.record.speed_checks import table_speedup
 
 # --- docs/speed.md: every speed check -----------------------------------------------------------------
@@ -173,7 +172,7 @@ def speed_story_section(data: Path, links: str = "") -> str:
             f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
             f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
             f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
-            f"`{current_command(story['command'])}`: the stage `lrdlab reproduce --quick` runs, with the same "
+            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same "
             f"settings; searched ranks: {story.get('search', 'the recorded robust search')}.",
             "",
             story_table(rows),

@@ -21,11 +21,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     policy = p.add_mutually_exclusive_group()
-    policy.add_argument("--ratio", type=float, help="per-layer compression target α (default 2: halve the weights)")
+    add_ratio_argument(policy)
     policy.add_argument("--energy", type=float, help="keep this fraction of Σσ² per layer")
     policy.add_argument("--vbmf", action="store_true", help="ranks by empirical variational Bayes (VBMF)")
     policy.add_argument("--rank", type=int, help="one fixed rank for every layer")
-    p.add_argument("--granularity", type=int, default=1, help="round ranks to multiples of G (default 1)")
+    add_granularity_argument(p)
     p.add_argument("--rounding", choices=["down", "up", "nearest"], default="down")
     p.add_argument("--method", default="auto", metavar="FORM",
                    help="form of k×k convs: auto, or a registered k×k method (lrdlab.lowrank.methods."
@@ -139,21 +139,53 @@ def add_speed_arguments(p: argparse.ArgumentParser, repeats: int = 3, many_threa
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype (default fp32)")
     p.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per measurement (default {repeats})")
-    if many_threads:
-        p.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
-                       help="torch CPU threads, or a list (1,2,4) for one measurement per count "
-                            "(default: as --compute leaves them)")
-    else:
-        p.add_argument("--threads", type=thread_count, default=None, metavar="N",
-                       help="torch CPU threads (default: as --compute leaves them)")
+    add_threads_argument(p, many=many_threads)
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    """Re-apply ``--threads N`` (:func:`main` already applied the compute mode and the threads before the work)."""
-    if isinstance(getattr(args, "threads", None), int):
-        import torch
+# --- the options several commands share, each defined here once ------------------------------------------------
 
-        torch.set_num_threads(args.threads)
+
+def add_threads_argument(p: Any, *, many: bool = False, default: list[int] | None = None,
+                         default_text: str = "as --compute leaves them") -> None:
+    """``--threads N``, or with ``many`` ``--threads 1,2,4`` (one measurement per count)."""
+    p.add_argument("--threads", type=thread_counts if many else thread_count, default=default,
+                   metavar="N[,N…]" if many else "N",
+                   help=f"torch CPU threads{', a list for one measurement per count' if many else ''} "
+                        f"(default: {default_text})")
+
+
+def add_ratio_argument(p: Any, default: float | None = None) -> None:
+    """``--ratio α``: the per-layer compression target (None: the plan's default, 2)."""
+    p.add_argument("--ratio", type=float, default=default,
+                   help=f"per-layer compression target α (default {default or 2:g}: 1/α of the weights)")
+
+
+def add_granularity_argument(p: Any, *, many: bool = False, default: list[int] | None = None) -> None:
+    """``--granularity G`` (ranks rounded to multiples of G), or with ``many`` a list ``1,64`` timed each."""
+    chosen: Any = (default or [1]) if many else 1
+    shown = ",".join(map(str, chosen)) if many else "1"
+    p.add_argument("--granularity", type=granularities if many else int, default=chosen,  # int: checked >= 1 later
+                   metavar="G[,G…]" if many else "G",
+                   help=f"round ranks down to multiples of G (default {shown}){'; a list times each' if many else ''}")
+
+
+def granularities(text: str) -> list[int]:
+    """argparse type of ``--granularity 1,64``: distinct whole numbers ≥ 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers, e.g. 1,64") from None
+    if min(values) < 1 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: granularities are distinct whole numbers ≥ 1, e.g. 1,64")
+    return values
+
+
+def one_granularity(text: str) -> int:
+    """argparse type of ``--search-granularity 16``: one whole number ≥ 1."""
+    values = granularities(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: one granularity, e.g. 16")
+    return values[0]
 
 
 _POLICY_OPTIONS = ("ratio", "energy", "vbmf", "rank", "paper", "include", "exclude", "option")

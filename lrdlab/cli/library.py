@@ -334,7 +334,7 @@ def add_merge(sub) -> None:
 def run_merge(args: argparse.Namespace) -> int:
     from lrdlab.lowrank.decompose import decompose
     from lrdlab.lowrank.merge import merge_bottlenecks, merge_report
-    from lrdlab.paper.techniques import structure_row
+    from lrdlab.measure.counting import structure_row
 
     model, shape = build_model(args)
     plan = plan_from_args(model, args)

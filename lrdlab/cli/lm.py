@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lrdlab.cli.common import thread_counts
+from lrdlab.cli.common import add_granularity_argument, add_ratio_argument, add_threads_argument, one_granularity
 
 CONFIGS = ("llama100m", "tiny")
 SHAPES = ("decode", "prefill")
@@ -15,11 +15,9 @@ def add_bench_lm(sub) -> None:
     p = sub.add_parser("bench-lm", help="prefill and decode tokens/s of a causal LM, dense vs decomposed, interleaved")
     p.add_argument("--config", choices=CONFIGS, default="llama100m",
                    help="llama100m: ~124 M parameters (default); tiny: the shipped model's shape (~0.8 M)")
-    p.add_argument("--ratio", type=float, default=2.0, help="compression ratio of the decomposed model (default 2)")
-    p.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
-                   help="torch threads, one measurement per count, e.g. 1,2 (default: 1 and all cores)")
-    p.add_argument("--granularity", type=granularities, default=[1], metavar="G[,G…]",
-                   help="round the ranks down to multiples of G (default 1: unrounded); a list times each")
+    add_ratio_argument(p, default=2.0)
+    add_threads_argument(p, many=True, default_text="1 and all cores")
+    add_granularity_argument(p, many=True)
     p.add_argument("--search", type=search_shapes, default=[], metavar="SHAPE[,SHAPE]",
                    help="also time the plan with each layer shape's rank searched (at or below the unrounded ranks) "
                         "at the decode shape (batch 1, one token: a GEMV) and/or the prefill prompt, e.g. decode; "
@@ -31,25 +29,6 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def granularities(text: str) -> list[int]:
-    """argparse type of ``--granularity 1,64``: distinct whole numbers ≥ 1."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers, e.g. 1,64") from None
-    if min(values) < 1 or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"{text!r}: granularities are distinct whole numbers ≥ 1, e.g. 1,64")
-    return values
-
-
-def one_granularity(text: str) -> int:
-    """argparse type of ``--search-granularity 16``: one whole number ≥ 1."""
-    values = granularities(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: one granularity, e.g. 16")
-    return values[0]
 
 
 def search_shapes(text: str) -> list[str]:

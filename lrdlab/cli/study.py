@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lrdlab.cli.common import thread_count
+from lrdlab.cli.common import add_threads_argument
 
 
 # --- reproduce -------------------------------------------------------------------------------------
@@ -16,8 +16,7 @@ def add_reproduce(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
     p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")
-    p.add_argument("--threads", type=thread_count, default=None,
-                   help="torch threads of every measurement (default: as --compute leaves them)")
+    add_threads_argument(p)
 
 
 def run_reproduce(args: argparse.Namespace) -> int:

@@ -253,14 +253,14 @@ def plot_time_breakdown(summaries: Mapping[str, Mapping[str, Any]], target_pct: 
     bar is labelled with its whole-network speed-up and 95% interval; ``target_pct`` draws the time a
     speed-up of that size needs. The original bar is the median over the plans' own measurements.
     """
-    from lrdlab.measure.stats import verdict
+    from lrdlab.measure.stats import SpeedUp
 
     if not summaries:
         raise ValueError("plot_time_breakdown needs at least one breakdown summary")
     measured = list(summaries.values())
     rows = [("original", float(np.median([s["original_layers_ms"] for s in measured])),
              float(np.median([s["original_ms"] - s["original_layers_ms"] for s in measured])), "")]
-    rows += [(name, s["decomposed_layers_ms"], s["decomposed_rest_ms"], verdict(s["whole"]))
+    rows += [(name, s["decomposed_layers_ms"], s["decomposed_rest_ms"], SpeedUp.from_pct(s["whole"]).text())
              for name, s in summaries.items()]
     with style():
         fig, ax = new_figure(width=7.5, height=1.2 + 0.6 * len(rows))

@@ -20,8 +20,8 @@ def check_count(owner: str, name: str, value: object, least: int = 1, *, optiona
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"{owner}: {name} must be an int >= {least} (got {value!r}); e.g. "
-                         f"{owner}({name}={max(least, 1)})")
+        raise ValueError(f"{owner}: {name} must be an int >= {least}{' or None' if optional else ''} "
+                         f"(got {value!r}); e.g. {owner}({name}={max(least, 1)})")
 
 
 def check_number(owner: str, name: str, value: object, ok: Callable[[float], bool], rule: str,

@@ -24,7 +24,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank.plan import Plan
-from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compute import load_average
 from lrdlab.measure.counting import count_flops
@@ -218,9 +217,9 @@ def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> 
     """The breakdown in three lines: the layers, the rest, the whole network and its ceiling."""
     lines = [
         f"decomposed layers ({summary['layers_share_pct']:.0f}% of the original's time), in place: "
-        f"{stats.verdict(summary['layers'])}",
-        f"rest of the network: {stats.verdict(summary['rest'])}",
-        f"whole network: {stats.verdict(summary['whole'])}; ceiling if the layers took no time: "
+        f"{SpeedUp.from_pct(summary['layers']).text()}",
+        f"rest of the network: {SpeedUp.from_pct(summary['rest']).text()}",
+        f"whole network: {SpeedUp.from_pct(summary['whole']).text()}; ceiling if the layers took no time: "
         f"{summary['ceiling_pct']:+.0f}%" + ("" if math.isnan(summary["layers_flop_ratio"]) else
                                               f"; at the layers' FLOP ideal ({summary['layers_flop_ratio']:.2f}x): "
                                               f"{summary['at_flop_ideal_pct']:+.0f}%"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,3 +57,14 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor, dty
 def percent_change(before: float, after: float) -> float:
     """Signed change in percent, as the paper's tables print it (−50.00 = halved)."""
     return 100.0 * (after - before) / before
+
+
+def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """Layers (P1's count), params and forward FLOPs of ``model``, and their % change vs ``original``."""
+    p0, p1 = count_params(original), count_params(model)
+    f0, f1 = count_flops(original, input_shape), count_flops(model, input_shape)
+    return {
+        "method": name, "layers": count_layers(model), "params": p1, "params_pct": percent_change(p0, p1),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "flops": f1, "flops_pct": percent_change(f0, f1),
+    }

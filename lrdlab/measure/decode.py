@@ -5,8 +5,9 @@ Prefill multiplies every weight by P token vectors: compute-bound, so a decompos
 allow minus the cost of two thinner matrix products. Decode at batch 1 multiplies every weight by one vector:
 the time goes into reading the weights, so the *bytes ideal* — parameter bytes read per token, dense over
 decomposed (the token embedding table is not read, only one row of it) — is what a decomposition can gain.
-Each speed-up is the median over rounds of the paired ratio (:func:`lrdlab.measure.stats.ratio_summary`),
-rounds alternating A B then B A; ``realised`` is :func:`lrdlab.measure.timing.realised_fraction` of it.
+Each speed-up is the median over rounds of the paired ratio (:meth:`lrdlab.measure.stats.SpeedUp.of`),
+rounds alternating A B then B A (:func:`lrdlab.measure.interleave.interleave`); ``realised`` is
+:func:`lrdlab.measure.timing.realised_fraction` of it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.measure import stats
 from lrdlab.measure.compute import load_average
+from lrdlab.measure.interleave import interleave
+from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.timing import realised_fraction, time_function
 
 
@@ -102,12 +104,10 @@ class PhaseResult:
 def interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
                 repeats: int = 2) -> dict[str, list[float]]:
     """Each step's per-round median seconds, the steps run A B … then … B A in alternate rounds."""
-    per_round: dict[str, list[float]] = {n: [] for n in steps}
-    for r in range(rounds):
-        order = list(steps.items())[:: -1 if r % 2 else 1]
-        for name, fn in order:
-            per_round[name].append(statistics.median(time_function(fn, "cpu", warmup, repeats)))
-    return per_round
+    def timed(fn: Callable[[], Any]) -> Callable[[], float]:
+        return lambda: statistics.median(time_function(fn, "cpu", warmup, repeats))
+
+    return interleave({n: timed(fn) for n, fn in steps.items()}, rounds).times
 
 
 def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: int, tokens: int, *,
@@ -121,13 +121,12 @@ def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: in
     make = (lambda m: prefill_step(m, batch, tokens, vocab)) if phase == "prefill" else \
         (lambda m: decode_step(m, batch, context, tokens, vocab))
     times = interleaved({"dense": make(dense), "decomposed": make(decomposed)}, rounds)
-    ci = stats.ratio_summary(times["dense"], times["decomposed"])
+    up = SpeedUp.of(times["dense"], times["decomposed"])
     ideal = bytes_per_token(dense) / bytes_per_token(decomposed)
     n = batch * tokens
     dense_s = statistics.median(times["dense"])
     return PhaseResult(phase, batch, tokens, n / dense_s, n / statistics.median(times["decomposed"]),
-                       ci["median"], ci["ci_low"], ci["ci_high"], ci["rounds"], ideal,
-                       realised_fraction(ci["median"], ideal),
+                       up.median, up.ci_low, up.ci_high, up.rounds, ideal, realised_fraction(up.median, ideal),
                        bytes_per_token(dense) * (tokens if phase == "decode" else 1) / dense_s / 1e9,
                        torch.get_num_threads(), load_average())
 

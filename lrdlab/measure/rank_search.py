@@ -251,15 +251,8 @@ def confirm(search: LayerSearch, candidate: int, time_fn: TimeFn, rounds: int = 
         interleaved(variants, search.input_shape, time_fn, 2, samples)
     keep = vs_original.ci_low > need
     return {"candidate": candidate, "choice": choice if keep else None,
-            "vs_target_pct": _recorded(vs_target) if vs_target else None,
-            "vs_original_pct": _recorded(vs_original), "rounds": len(samples["original"])}
-
-
-def _recorded(up: SpeedUp) -> dict[str, Any]:
-    """A confirmation's interval as recorded: percent ``{"median", "ci_low", "ci_high", "rounds"}``."""
-    pct = up.to_pct()
-    del pct["converged"]
-    return pct
+            "vs_target_pct": vs_target.to_pct() if vs_target else None,
+            "vs_original_pct": vs_original.to_pct(), "rounds": len(samples["original"])}
 
 
 # --- the whole plan ----------------------------------------------------------------------------------

@@ -3,22 +3,16 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
+from lrdlab.finetune.fit_config import check_count
 from lrdlab.measure import timing as measure
 from lrdlab.measure.rank_candidates import METHODS
 
 TimeFn = Callable[[nn.Module, tuple[int, ...]], float]
-
-
-def _count(value: object, name: str, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        kind = "positive int" if least == 1 else "non-negative int"
-        raise ValueError(f"SearchConfig: {name} must be a {kind} (got {value!r})")
 
 
 @dataclass(frozen=True)
@@ -50,9 +44,9 @@ class SearchConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} (got {self.method!r})")
         measure.check_dtype(self.dtype)
-        _count(self.warmup, "warmup", 0)
-        _count(self.max_rounds, "max_rounds", 1)
-        _count(self.confirm_rounds, "confirm_rounds", 1)
+        check_count("SearchConfig", "warmup", self.warmup, 0)
+        check_count("SearchConfig", "max_rounds", self.max_rounds, 1)
+        check_count("SearchConfig", "confirm_rounds", self.confirm_rounds, 1)
         if not (0 <= self.margin < 1):
             raise ValueError(f"margin must be in [0, 1) (got {self.margin!r})")
         for name in ("resolution", "min_step"):

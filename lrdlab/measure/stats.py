@@ -47,29 +47,6 @@ def bootstrap_median_ci(values: Values, level: float = LEVEL, n_boot: int = N_BO
     return med, float(min(lo, med)), float(max(hi, med))
 
 
-def ratio_summary(baseline: Values, other: Values, level: float = LEVEL) -> dict[str, Any]:
-    """Speed-up of ``other`` over ``baseline`` from paired rounds: per-round ratio baseline / other.
-
-    Returns ``{"median", "ci_low", "ci_high", "rounds"}`` as ratios (1.2 = 20 % faster).
-    """
-    b = np.asarray(baseline, dtype=np.float64)
-    o = np.asarray(other, dtype=np.float64)
-    if b.shape != o.shape:
-        raise ValueError(f"paired rounds needed: {b.size} baseline vs {o.size} other times")
-    med, lo, hi = bootstrap_median_ci(b / o, level)
-    return {"median": med, "ci_low": lo, "ci_high": hi, "rounds": int(b.size)}
-
-
-def half_width(ci: dict[str, Any]) -> float:
-    """Half the interval's width, in the interval's own units."""
-    return (ci["ci_high"] - ci["ci_low"]) / 2.0
-
-
-def within_noise(ci: dict[str, Any], null: float = 1.0) -> bool:
-    """True when the interval covers ``null`` (1 for ratios, 0 for percentages): no detectable difference."""
-    return bool(ci["ci_low"] <= null <= ci["ci_high"])
-
-
 @dataclass(frozen=True)
 class SpeedUp:
     """A paired speed-up: the median over rounds of baseline time / this time and its 95% bootstrap
@@ -83,9 +60,12 @@ class SpeedUp:
 
     @classmethod
     def of(cls, baseline: Values, other: Values, *, level: float = LEVEL, converged: bool = True) -> SpeedUp:
-        """From paired rounds (see :func:`ratio_summary`)."""
-        s = ratio_summary(baseline, other, level)
-        return cls(s["median"], s["ci_low"], s["ci_high"], s["rounds"], converged)
+        """From paired rounds: the per-round ratios baseline / other and their median's bootstrap interval."""
+        b, o = np.asarray(baseline, dtype=np.float64), np.asarray(other, dtype=np.float64)
+        if b.shape != o.shape:
+            raise ValueError(f"paired rounds needed: {b.size} baseline vs {o.size} other times")
+        med, lo, hi = bootstrap_median_ci(b / o, level)
+        return cls(med, lo, hi, int(b.size), converged)
 
     @classmethod
     def from_pct(cls, pct: Mapping[str, Any]) -> SpeedUp:
@@ -99,6 +79,22 @@ class SpeedUp:
         return cls(float(row[f"{prefix}speedup_vs_first"]), float(row[f"{prefix}speedup_ci_low"]),
                    float(row[f"{prefix}speedup_ci_high"]), int(row[f"{prefix}rounds"]),
                    bool(row[f"{prefix}converged"]))
+
+    @classmethod
+    def from_flat(cls, row: Any, prefix: str = "") -> SpeedUp | None:
+        """From the flat recorded percent columns ``{prefix}speedup_pct``, ``…_ci_low``, ``…_ci_high`` (the freezing
+        study's rows); None when the row has no speed-up. A row that predates intervals has a NaN interval."""
+        def get(key: str) -> float | None:
+            v = row.get(f"{prefix}{key}")
+            return None if v is None or v != v else float(v)  # v != v: NaN
+
+        med = get("speedup_pct")
+        if med is None:
+            return None
+        lo, hi = get("speedup_pct_ci_low"), get("speedup_pct_ci_high")
+        nan = float("nan")
+        return cls.from_pct({"median": med, "ci_low": nan if lo is None else lo, "ci_high": nan if hi is None else hi,
+                             "rounds": int(get("rounds") or 0), "converged": bool(row.get(f"{prefix}converged", True))})
 
     @property
     def pct(self) -> float:
@@ -131,6 +127,8 @@ class SpeedUp:
     def text(self, rounds: bool = False) -> str:
         """``"+12.3% [+8.1, +16.0]"``, then ``", within noise"`` when the interval covers 0; with ``rounds``
         also ``" (9 rounds)"`` (``", not converged"`` inside when it did not)."""
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
+            return f"{self.pct:+.1f}% (no interval)"
         out = f"{self.pct:+.1f}% [{self.pct_low:+.1f}, {self.pct_high:+.1f}]"
         out += ", within noise" if self.within_noise else ""
         if rounds:
@@ -141,11 +139,6 @@ class SpeedUp:
         """The recorded form: ``{"median", "ci_low", "ci_high", "rounds", "converged"}`` in percent."""
         return {"median": self.pct, "ci_low": self.pct_low, "ci_high": self.pct_high, "rounds": self.rounds,
                 "converged": self.converged}
-
-
-def verdict(ci_pct: Mapping[str, Any]) -> str:
-    """The text of a recorded percent interval (:meth:`SpeedUp.text`)."""
-    return SpeedUp.from_pct(ci_pct).text()
 
 
 # --- noise of a rank curve ---------------------------------------------------------------------------

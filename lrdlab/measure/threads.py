@@ -8,14 +8,14 @@ thread is not the speed-up at all cores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.compute import check_threads, compute_policy, current_compute
-from lrdlab.measure.stats import verdict
+from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.timing_config import TimingConfig
 
 
@@ -48,29 +48,5 @@ def threads_table(reports: Sequence[dict[str, Any]], mode: str = "inference") ->
     for r in reports:
         m = r[mode]
         lines.append(f"{r['compute']['threads']:>7d}  {1e3 * m['original_s']:>11.1f}  {1e3 * m['decomposed_s']:>13.1f}"
-                     f"  {verdict(m['speedup_pct']):<36s} {m['realised']:>8.2f}  {m['load_average']}")
+                     f"  {SpeedUp.from_pct(m['speedup_pct']).text():<36s} {m['realised']:>8.2f}  {m['load_average']}")
     return "\n".join(lines)
-
-
-def thread_scaling(model: nn.Module, plans: Mapping[str, Plan | nn.Module], input_shape: Sequence[int],
-                   threads: Sequence[int], timing: TimingConfig | None = None, *, train: bool = False,
-                   progress: bool = True):
-    """F12's data: :func:`lrdlab.measure.sweeps.speed_table` at each thread count (``timing`` None: its default),
-    with a ``threads`` column.
-
-    Each count's rows share one interleaved measurement with the original; ``original_ms`` is the
-    original's time at that count, so the original's own scaling reads off the same table.
-    """
-    import pandas as pd
-
-    from lrdlab.measure.sweeps import PLAN_TIMING, speed_table
-
-    frames = []
-    for n in [check_threads(n) for n in threads]:
-        with compute_policy(n):
-            df = speed_table(model, plans, input_shape, timing or PLAN_TIMING, train=train, progress=progress)
-            now = current_compute()
-        df.insert(0, "threads", n)
-        df["compute_mode"], df["wait_policy"] = now.mode, now.wait_policy
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)

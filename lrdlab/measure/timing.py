@@ -1,4 +1,4 @@
-"""Measured speed: per-layer latency and whole-model inference / training throughput.
+"""Measured speed: the steps (one batch of a model, one call of a layer) and the clock that times them.
 
 Every number here is measured, never assumed: warm-up runs, then ``repeats`` timed runs
 (``time.perf_counter`` on CPU; CUDA events with a synchronisation on GPU), reported as the median
@@ -14,51 +14,15 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from lrdlab.finetune.inputs import check_device
-from lrdlab.measure.machine import device_name
 
 DTYPES = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("inference", "train")
-
-
-@dataclass
-class Timing:
-    """One measured configuration: median and quartiles of the time per batch, plus its context."""
-
-    median_s: float
-    q1_s: float
-    q3_s: float
-    repeats: int
-    batch: int
-    mode: str
-    device: str
-    device_name: str
-    dtype: str
-    torch_version: str
-    settings: dict = field(default_factory=dict)
-    times_s: list[float] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float:
-        """Items (images, rows) per second: batch / median time per batch."""
-        return self.batch / self.median_s
-
-    @property
-    def spread(self) -> float:
-        """Relative interquartile range (q3 − q1) / median."""
-        return (self.q3_s - self.q1_s) / self.median_s
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["throughput"] = self.throughput
-        out["spread"] = self.spread
-        return out
 
 
 # --- checking inputs ---------------------------------------------------------------------------------
@@ -153,15 +117,6 @@ def _autocast(dev: torch.device, dtype: str | None):
     return torch.autocast(device_type=dev.type, dtype=torch_dtype)
 
 
-def _timing(times, batch, mode, dev, dtype, settings) -> Timing:
-    q1, med, q3 = quartiles(times)
-    return Timing(
-        median_s=med, q1_s=q1, q3_s=q3, repeats=len(times), batch=batch, mode=mode,
-        device=str(dev), device_name=device_name(dev), dtype=check_dtype(dtype),
-        torch_version=torch.__version__, settings=settings, times_s=list(times),
-    )
-
-
 # --- whole models --------------------------------------------------------------------------------------
 
 
@@ -229,48 +184,6 @@ def make_step(
         return loss
 
     return train
-
-
-def _measure(model, input_shape, mode, device, warmup, repeats, dtype, channels_last, compile, **extra) -> Timing:
-    check_counts(warmup, repeats)
-    step = make_step(model, input_shape, mode, device, dtype, channels_last, compile, **extra)
-    dev = check_device(device)
-    times = time_function(step, dev, warmup, repeats)
-    settings = {
-        "input_shape": list(check_shape(input_shape)), "warmup": warmup, "channels_last": channels_last,
-        "compile": compile, "torch_threads": torch.get_num_threads(), "model": type(model).__name__, **extra,
-    }
-    return _timing(times, input_shape[0], mode, dev, dtype, settings)
-
-
-def measure_inference(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    device: str = "cpu",
-    warmup: int = 3,
-    repeats: int = 10,
-    dtype: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-) -> Timing:
-    """Forward time per batch of ``model`` (eval, no_grad) on random input of ``input_shape``."""
-    return _measure(model, input_shape, "inference", device, warmup, repeats, dtype, channels_last, compile)
-
-
-def measure_training(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    num_classes: int | None = None,
-    device: str = "cpu",
-    warmup: int = 2,
-    repeats: int = 5,
-    dtype: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-) -> Timing:
-    """Training-step time per batch (forward + backward + SGD step, random labels)."""
-    return _measure(model, input_shape, "train", device, warmup, repeats, dtype, channels_last, compile,
-                    num_classes=num_classes)
 
 
 # --- single layers -------------------------------------------------------------------------------------

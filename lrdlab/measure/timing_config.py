@@ -3,18 +3,12 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
+from lrdlab.finetune.fit_config import check_count
 from lrdlab.measure import timing as measure
 
 BACKENDS = ("eager", "compile", "onnxruntime")
-
-
-def _count(value: object, name: str, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        kind = "positive int" if least == 1 else "non-negative int"
-        raise ValueError(f"TimingConfig: {name} must be a {kind} (got {value!r})")
 
 
 def _number(value: object) -> bool:
@@ -46,9 +40,9 @@ class TimingConfig:
     half_width: float = 0.03
 
     def __post_init__(self) -> None:
-        _count(self.rounds, "rounds", 1)
-        _count(self.warmup, "warmup", 0)
-        _count(self.repeats, "repeats", 1)
+        check_count("TimingConfig", "rounds", self.rounds, 1)
+        check_count("TimingConfig", "warmup", self.warmup, 0)
+        check_count("TimingConfig", "repeats", self.repeats, 1)
         if not isinstance(self.device, str):
             raise ValueError(f"TimingConfig: device must be a string like 'cpu' or 'cuda' (got {self.device!r})")
         try:
@@ -61,7 +55,7 @@ class TimingConfig:
         if not isinstance(self.channels_last, bool):
             raise ValueError(f"TimingConfig: channels_last must be True or False (got {self.channels_last!r})")
         if self.max_rounds is not None:
-            _count(self.max_rounds, "max_rounds", 1)
+            check_count("TimingConfig", "max_rounds", self.max_rounds, 1)
             if self.max_rounds < self.rounds:
                 raise ValueError(f"TimingConfig: max_rounds ({self.max_rounds}) is below rounds ({self.rounds}); "
                                  f"raise it, or give max_rounds=None (3·rounds)")

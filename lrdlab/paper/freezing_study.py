@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import html
 import statistics
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +136,14 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
 
 def run_freezing_study(config: FreezingStudyConfig | None = None, *, device: str = "cpu",
                        cache_dir: str | Path | None = None, out: str | Path | None = None,
-                       save_original: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                       save_original: str | Path | None = None, progress: bool = True) -> FreezingStudy:
     """Train the original, decompose it, fine-tune with each freezing mode, by ``config``; F7 + F8 data.
 
     ``save_original`` writes the trained original's ``state_dict`` there (e.g. for spectra plots).
     Fine-tuning starts from the data-aware, BN-recalibrated decomposition (``calibration_images=0``: the
     papers' weight-only start, which sits at chance level before training), and every mode fine-tunes a
-    copy with the same data order. Returns ``{"history", "throughput", "settings", "machine", "schema"}``
-    (DataFrames for the first two) and writes them as JSON to ``out`` when given. Quick:
+    copy with the same data order. Returns a :class:`FreezingStudy` and writes it as JSON to ``out`` when
+    given. Quick:
     ``run_freezing_study(STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
     recorded ``data/freezing_mnist5k.json``.
     """
@@ -192,24 +194,66 @@ def run_freezing_study(config: FreezingStudyConfig | None = None, *, device: str
     from lrdlab.measure.counting import count_params
 
     settings["params"] = {"original": count_params(original), "decomposed": count_params(decomposed)}
-    result = {"history": history, "throughput": throughput, "settings": settings,
-              "machine": machine_info(device), "schema": STUDY_SCHEMA}
+    result = FreezingStudy(history, throughput, settings, machine_info(device), STUDY_SCHEMA)
     if out is not None:
         save_study(result, out)
     return result
 
 
-def save_study(result: dict[str, Any], path: str | Path) -> Path:
-    """Write a freezing study as one JSON file (DataFrames as lists of records)."""
+@dataclass(frozen=True)
+class FreezingStudy:
+    """A freezing study's result: fine-tuning ``history`` per (variant, mode, epoch) and the interleaved
+    ``throughput`` per technique (DataFrames, columns in :data:`STUDY_SCHEMA`), the ``settings`` it ran with,
+    the ``machine`` and the ``command`` that recorded it. ``study["history"]`` reads a field as before."""
+
+    history: pd.DataFrame
+    throughput: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, str] = field(default_factory=dict)
+    command: str = ""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def final_accuracy(self) -> dict[str, float]:
+        """Each mode's test accuracy (%) after its last epoch."""
+        last = self.history.sort_values("epoch").groupby("mode")["accuracy"].last()
+        return {str(k): float(v) for k, v in last.items()}
+
+    def __repr__(self) -> str:
+        s = self.settings
+        acc = ", ".join(f"{m} {a:.1f}%" for m, a in self.final_accuracy().items())
+        return (f"FreezingStudy({s.get('model', '?')} on {s.get('data', '?')}, ratio {s.get('ratio', '?')}: "
+                f"final accuracy {acc}; {len(self.throughput)} throughput rows)")
+
+    def _repr_html_(self) -> str:
+        from lrdlab.paper.recorded import throughput_table
+
+        return f"<p>{html.escape(repr(self))}</p>" + throughput_table(self.throughput).to_html(index=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (DataFrames as lists of records)."""
+        return {f.name: (v.to_dict("records") if isinstance(v := getattr(self, f.name), pd.DataFrame) else v)
+                for f in fields(self)}
+
+
+def save_study(result: FreezingStudy | Mapping[str, Any], path: str | Path) -> Path:
+    """Write a freezing study (or a study-shaped mapping of DataFrames) as one JSON file."""
     from lrdlab.measure.records import write_record
 
-    plain = {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
+    items = result.to_dict().items() if isinstance(result, FreezingStudy) else result.items()
+    plain = {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in items}
     return write_record(path, plain)
 
 
-def load_study(path: str | Path) -> dict[str, Any]:
-    """Read a saved freezing study back (``history`` and ``throughput`` as DataFrames)."""
+def load_study(path: str | Path) -> FreezingStudy:
+    """Read a saved freezing study back (files recorded before ``command`` was stored read with ``command=""``)."""
     from lrdlab.measure.records import read_record
 
     raw = read_record(path)
-    return {k: (pd.DataFrame(v) if k in ("history", "throughput") else v) for k, v in raw.items()}
+    known = {f.name for f in fields(FreezingStudy)}
+    return FreezingStudy(**{k: (pd.DataFrame(v) if k in ("history", "throughput") else v)
+                            for k, v in raw.items() if k in known})

@@ -46,6 +46,3 @@ FIG2_CLIFF: dict[str, Any] = {"rank_below": 256, "rank_above": 257, "time_drop_p
 
 # P2 abstract: combined rank optimization + sequential freezing
 P2_CLAIM = {"train_speedup_pct": 60.0, "infer_speedup_pct": 37.0}
-
-# torchvision IMAGENET1K_V1 top-1 implied by P1 Tables 3-5
-BASELINE_TOP1 = {"resnet50": 76.13, "resnet101": 77.37, "resnet152": 78.31}

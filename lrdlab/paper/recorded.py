@@ -14,8 +14,9 @@ from typing import Any
 import pandas as pd
 
 from lrdlab.measure.records import data_dir, read_record
+from lrdlab.measure.stats import SpeedUp
 
-__all__ = ["ROW_KEYS", "Recorded", "available", "data_dir", "read"]
+__all__ = ["ROW_KEYS", "Recorded", "available", "data_dir", "read", "speedup_text", "throughput_table"]
 ROW_KEYS = ("rows", "merge_rows", "branch_rows")
 
 
@@ -74,3 +75,22 @@ def read(name: str, directory: str | Path | None = None, rows: str = "rows") -> 
         raise ValueError(f"recorded results are .json or .csv files (got {name!r})")
     return Recorded(name=name, rows=table, machine=meta.get("machine", {}), command=meta.get("command", ""),
                     meta=meta)
+
+
+def speedup_text(row: Any, prefix: str = "") -> str:
+    """A recorded row's ``{prefix}speedup_pct`` columns as :meth:`SpeedUp.text` (``"—"`` when it has none)."""
+    up = SpeedUp.from_flat(row, prefix)
+    return "—" if up is None else up.text()
+
+
+def throughput_table(throughput: pd.DataFrame) -> pd.DataFrame:
+    """F7 as a reader sees it: per technique, training / inference images/s and speed-up with its interval
+    (the sequential freezing phases are summarised in ``lrd+sequential``; the original is the baseline)."""
+    def speed(r: dict[str, Any], prefix: str) -> str:
+        return "baseline" if r["technique"] == "original" else speedup_text(r, prefix)
+
+    rows = throughput[~throughput["technique"].str.contains(r"\[")].to_dict("records")
+    return pd.DataFrame([{"technique": r["technique"], "train img/s": round(r["train_img_s"], 1),
+                          "train speed-up % [95% CI]": speed(r, "train_"),
+                          "inference img/s": round(r["infer_img_s"], 1),
+                          "inference speed-up % [95% CI]": speed(r, "infer_")} for r in rows])

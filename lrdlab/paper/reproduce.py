@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from lrdlab.lowrank.decompose import decompose, planned_structure
@@ -151,7 +150,7 @@ def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
     result = run_freezing_study(replace(preset, model="resnet20", data=settings.data), device=settings.device,
                                 progress=True, save_original=weights)
-    return {k: (v.to_dict("records") if isinstance(v, pd.DataFrame) else v) for k, v in result.items()}
+    return result.to_dict()
 
 
 def stage_techniques(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:

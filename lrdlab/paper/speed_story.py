@@ -44,9 +44,9 @@ class StoryRow:
 
     @property
     def cell(self) -> str:
-        from lrdlab.measure.stats import verdict
+        from lrdlab.measure.stats import SpeedUp
 
-        return f"{verdict(self.speedup_pct)}; {self.realised:.2f}"
+        return f"{SpeedUp.from_pct(self.speedup_pct).text()}; {self.realised:.2f}"
 
 
 def story_rows(techniques: dict[str, Any], threads: int | None = None) -> list[StoryRow]:

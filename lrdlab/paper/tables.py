@@ -1,7 +1,7 @@
 """The reproduction report's tables and figures, rendered from the cached stage results.
 
 Every measured speed-up is printed with its 95% bootstrap interval, and "within noise" where that
-interval covers 0 (:func:`lrdlab.measure.stats.verdict`); the backend it was measured on is a column.
+interval covers 0 (:meth:`lrdlab.measure.stats.SpeedUp.text`); the backend it was measured on is a column.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.paper import numbers as paper
-from lrdlab.paper.speed_text import speedup_text, throughput_table  # noqa: F401 - used here and by callers
+from lrdlab.paper.recorded import speedup_text, throughput_table  # noqa: F401 - used here and by notebook 05
 
 # --- rendering ----------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan
-from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
+from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change, structure_row  # noqa: F401 - re-exported for notebook 06
 from lrdlab.measure.timing_config import TimingConfig, check_timing
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.zoo.cifar_models import bottleneck_net
@@ -79,17 +79,6 @@ def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN, also: S
     }
     out.update({f"layer merging (bn={b})": merge_bottlenecks(model, plan, bn=b) for b in also if b != bn})
     return out
-
-
-def structure_row(name: str, model: nn.Module, original: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
-    """Layers (P1's count), params and forward FLOPs of ``model``, and their % change vs ``original``."""
-    p0, p1 = count_params(original), count_params(model)
-    f0, f1 = count_flops(original, input_shape), count_flops(model, input_shape)
-    return {
-        "method": name, "layers": count_layers(model), "params": p1, "params_pct": percent_change(p0, p1),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "flops": f1, "flops_pct": percent_change(f0, f1),
-    }
 
 
 def speed_columns(models: dict[str, nn.Module], input_shape: Sequence[int], timing: TimingConfig = TECHNIQUE_TIMING,

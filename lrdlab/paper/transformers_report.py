@@ -16,7 +16,7 @@ import pandas as pd
 
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import robust_sigma
-from lrdlab.paper.speed_text import throughput_table
+from lrdlab.paper.recorded import throughput_table
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 

@@ -3,17 +3,10 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
-
-def _count(value: Any, what: str, least: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        kind = "an int >= 1" if least == 1 else f"an int >= {least}"
-        raise ValueError(f"{what} must be {kind}{' or None' if optional else ''} (got {value!r})")
+from lrdlab.finetune.fit_config import check_count
 
 
 def _flag(value: Any, what: str) -> None:
@@ -37,10 +30,10 @@ class Images:
     shift: int = 0
 
     def __post_init__(self) -> None:
-        _count(self.size, "Images: size", 1, optional=True)
-        _count(self.channels, "Images: channels", 1, optional=True)
+        check_count("Images", "size", self.size, 1, optional=True)
+        check_count("Images", "channels", self.channels, 1, optional=True)
         _flag(self.augment, "Images: augment")
-        _count(self.shift, "Images: shift", 0)
+        check_count("Images", "shift", self.shift, 0)
 
 
 @dataclass(frozen=True)
@@ -55,7 +48,7 @@ class LoaderOptions:
     pin_memory: bool = False
 
     def __post_init__(self) -> None:
-        _count(self.test_batch_size, "LoaderOptions: test_batch_size", 1, optional=True)
-        _count(self.num_workers, "LoaderOptions: num_workers", 0)
+        check_count("LoaderOptions", "test_batch_size", self.test_batch_size, 1, optional=True)
+        check_count("LoaderOptions", "num_workers", self.num_workers, 0)
         _flag(self.drop_last, "LoaderOptions: drop_last")
         _flag(self.pin_memory, "LoaderOptions: pin_memory")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.measure.records import read_record, write_record
+from lrdlab.measure.records import read_record
 from lrdlab.zoo.packing import (  # noqa: F401  (re-exported: one place to pack and unpack shipped weights)
     FORMAT,
     STORAGES,
@@ -99,47 +99,3 @@ def pretrained(name: str) -> nn.Module:
     model = get_model(info["model"], num_classes=info["num_classes"])
     model.load_state_dict(unpack_state_dict(packed))
     return model.eval()
-
-
-# --- writing (maintainers) -----------------------------------------------------------------------------
-
-
-def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storage: str = "fp16",
-                      command: str = "", data: str = "mnist5k", directory: str | Path = WEIGHTS_DIR,
-                      batch_size: int = 250) -> dict[str, Any]:
-    """Pack ``run_dir/state_dict.pt`` (from ``lrdlab train``) as ``NAME.pt`` + ``NAME.json`` in ``directory``.
-
-    The JSON records the accuracy of the stored (packed) weights and of the float32 ones on ``data``'s
-    test split, the recipe (``run_dir/history.json``), ``command`` and the machine.
-    """
-    from lrdlab.finetune.loop import evaluate
-    from lrdlab.measure.machine import machine_info
-    from lrdlab.zoo.data import Images, get_loaders
-    from lrdlab.zoo.models import get_model, input_size
-
-    run_dir, directory = Path(run_dir), Path(directory)
-    state = torch.load(run_dir / "state_dict.pt", map_location="cpu", weights_only=True)
-    loaders = get_loaders(data, batch_size, Images(channels=input_size(model_name)[0]))
-    model = get_model(model_name, num_classes=loaders.num_classes)
-    model.load_state_dict(state)
-    fp32 = evaluate(model, loaders.test)
-    packed = pack_state_dict(state, storage)
-    model.load_state_dict(unpack_state_dict(packed))
-    stored = evaluate(model, loaders.test)
-    history = read_record(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(packed, directory / f"{name}.pt")
-    info = {
-        "name": name, "model": model_name, "num_classes": loaders.num_classes,
-        "input_size": list(input_size(model_name)),
-        "data": data, "split": "MNIST-5k: 4,000 train / 1,000 test (stratified, seed 0)",
-        "storage": storage, "bytes": (directory / f"{name}.pt").stat().st_size,
-        "test_accuracy": round(stored["accuracy"], 2), "test_accuracy_fp32": round(fp32["accuracy"], 2),
-        "test_loss": round(stored["loss"], 4), "command": command,
-        "recipe": {"epochs": len(history), "train_s": round(sum(h.get("epoch_s", 0) for h in history), 1),
-                   "final_train_accuracy": history[-1].get("train_accuracy") if history else None,
-                   "history_accuracy": [round(h["accuracy"], 2) for h in history]},
-        "machine": machine_info("cpu"),
-    }
-    write_record(directory / f"{name}.json", info)
-    return info

@@ -111,7 +111,7 @@ def test_runs_made_here_are_drawn_beside_the_grid_not_into_it(tmp_path, tmp_cach
 
 
 def _shipped_grid():
-    from lrdlab.paper.freezing_grid import load_grid
+    from tools.record.freezing_grid import load_grid
 
     return load_grid()
 
@@ -146,7 +146,7 @@ def test_the_default_grid_config_is_the_shipped_grids_recipe_so_a_rerun_has_noth
     there, so recording by the default config resumes, runs nothing and leaves the file alone."""
     from lrdlab.explore.freezing_lab import REFERENCE_GRID
     from lrdlab.explore.freezing_runs import FreezingGridConfig
-    from lrdlab.paper.freezing_grid import RECIPE_NOTE, record_freezing_grid
+    from tools.record.freezing_grid import RECIPE_NOTE, record_freezing_grid
 
     shipped = json.loads(REFERENCE_GRID.read_text())
     shipped["settings"]["recipe_note"] = RECIPE_NOTE

@@ -179,8 +179,13 @@ def test_study_roundtrip(tmp_path):
     result = {"history": pd.DataFrame({"mode": ["none"], "epoch": [1], "accuracy": [90.0]}),
               "throughput": pd.DataFrame({"technique": ["lrd"], "train_img_s": [10.0]}), "settings": {"epochs": 1}}
     back = load_study(save_study(result, tmp_path / "s.json"))
-    pd.testing.assert_frame_equal(back["history"], result["history"])
-    assert back["settings"] == {"epochs": 1}
+    pd.testing.assert_frame_equal(back.history, result["history"])
+    assert back.settings == {"epochs": 1} and back.command == "" and back.final_accuracy() == {"none": 90.0}
+    again = load_study(save_study(back, tmp_path / "t.json"))
+    pd.testing.assert_frame_equal(again.throughput, back.throughput)
+    assert "FreezingStudy(" in repr(again) and "none 90.0%" in repr(again)
+    with pytest.raises(KeyError):
+        again["nothing"]
 
 
 def test_fit_rejects_a_freezer_of_another_model(digits):

@@ -35,7 +35,33 @@ def test_a_bare_name_is_read_from_the_data_folder(tmp_path, monkeypatch):
         read_record("missing.json")
 
 
-def test_the_shipped_files_read_as_they_parse():
-    files = sorted(DATA.glob("*.json"))
-    assert len(files) > 20 and all(read_record(p) == json.loads(p.read_text()) for p in files)
-    assert read_record("aa_check_cpu.json") == json.loads((DATA / "aa_check_cpu.json").read_text())  # by name
+# Plan files (a Plan's own format, no record fields): the bench record beside them names the command.
+PLAN_FILES = {"optimize_resnet50_cpu_plan.json", "optimize_resnet50_cpu_plan_train.json"}
+# Files whose recorder belongs to another lane this round (issue 36 item 7): still without a command.
+NO_COMMAND_YET = {"lm_perplexity_pydoc.json"}
+RUNNABLE = ("python -m tools.record", "lrdlab ", "make ", "OMP_NUM_THREADS=1 ", "LRDLAB_CACHE=", "nice -n 5 ")
+
+
+def _shipped_records():
+    ref = Path(__file__).resolve().parents[2] / "lrdlab" / "explore" / "reference"
+    return [p for p in sorted(DATA.glob("*.json")) + sorted(ref.glob("*.json"))
+            if p.name not in PLAN_FILES | NO_COMMAND_YET]
+
+
+def test_every_shipped_record_names_a_command_that_runs_today_and_its_machine():
+    """Each file says how to re-create it with today's commands (``lrdlab record`` moved to ``python -m
+    tools.record``) and where it was measured; a bare name reads from data/."""
+    files = _shipped_records()
+    assert len(files) > 30
+    for path in files:
+        rec = read_record(path)
+        command = rec.get("command", "")
+        assert command.startswith(RUNNABLE), f"{path.name}: command {command!r} (say how to re-create the file)"
+        assert "lrdlab record " not in command, f"{path.name}: `lrdlab record` is `python -m tools.record` now"
+        if command.startswith("python -m tools.record "):  # a sub-command python -m tools.record knows
+            from tools.record.__main__ import build_parser
+
+            what = command.split()[3]
+            assert what in build_parser()._subparsers._group_actions[0].choices, f"{path.name}: {what}"
+        assert "machine" in rec or "inputs" in rec or path.name == "branch_sweep.json", f"{path.name}: no machine"
+    assert read_record("aa_check_cpu.json")["command"].startswith("python -m tools.record")  # by name

@@ -14,10 +14,10 @@ from lrdlab.measure.timing_config import TimingConfig, check_timing
 
 
 @pytest.mark.parametrize("kw, field, fix", [
-    ({"rounds": 0}, "rounds", "positive int"),
-    ({"rounds": True}, "rounds", "positive int"),
-    ({"warmup": -1}, "warmup", "non-negative int"),
-    ({"repeats": 2.5}, "repeats", "positive int"),
+    ({"rounds": 0}, "rounds", "int >= 1"),
+    ({"rounds": True}, "rounds", "int >= 1"),
+    ({"warmup": -1}, "warmup", "int >= 0"),
+    ({"repeats": 2.5}, "repeats", "int >= 1"),
     ({"device": "banana"}, "device", "cpu"),
     ({"dtype": "int8"}, "dtype", "bf16"),
     ({"backend": "tensorrt"}, "backend", "onnxruntime"),

@@ -66,16 +66,29 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_median():
     assert wide[2] - wide[1] > 5 * (narrow[2] - narrow[1])
 
 
-def test_ratio_summary_percent_and_verdict():
-    ci = stats.ratio_summary([2.0, 2.0, 2.0], [1.6, 1.6, 1.6])
-    assert ci == {"median": 1.25, "ci_low": 1.25, "ci_high": 1.25, "rounds": 3}
+def test_speedup_percent_and_verdict():
     up = stats.SpeedUp.of([2.0, 2.0, 2.0], [1.6, 1.6, 1.6])
+    assert (up.median, up.ci_low, up.ci_high, up.rounds) == (1.25, 1.25, 1.25, 3)
     assert up.pct == pytest.approx(25.0) and not up.within_noise and up.verdict == "faster"
-    assert stats.verdict({"median": 1.0, "ci_low": -2.0, "ci_high": 4.0}) == "+1.0% [-2.0, +4.0], within noise"
-    assert stats.verdict(up.to_pct()) == up.text() == "+25.0% [+25.0, +25.0]"
-    assert stats.SpeedUp.from_pct(up.to_pct()) == up
+    noisy = stats.SpeedUp.from_pct({"median": 1.0, "ci_low": -2.0, "ci_high": 4.0})
+    assert noisy.text() == "+1.0% [-2.0, +4.0], within noise"
+    assert up.text() == "+25.0% [+25.0, +25.0]" and stats.SpeedUp.from_pct(up.to_pct()) == up
     with pytest.raises(ValueError, match="paired"):
-        stats.ratio_summary([1.0, 2.0], [1.0])
+        stats.SpeedUp.of([1.0, 2.0], [1.0])
+
+
+def test_every_recorded_shape_reads_as_one_speedup():
+    """The percent dict, a compare row and the flat ``*_speedup_pct`` columns of older files give one record."""
+    up = stats.SpeedUp.of([2.0, 2.2, 1.9], [1.6, 1.7, 1.6])
+    pct = up.to_pct()
+    flat = {"train_speedup_pct": pct["median"], "train_speedup_pct_ci_low": pct["ci_low"],
+            "train_speedup_pct_ci_high": pct["ci_high"], "train_rounds": 3}
+    row = {"speedup_vs_first": up.median, "speedup_ci_low": up.ci_low, "speedup_ci_high": up.ci_high, "rounds": 3,
+           "converged": True}
+    for other in (stats.SpeedUp.from_pct(pct), stats.SpeedUp.from_flat(flat, "train_"), stats.SpeedUp.from_row(row)):
+        assert other.text(rounds=True) == up.text(rounds=True)
+    assert stats.SpeedUp.from_flat({"speedup_pct": 5.0}).text() == "+5.0% (no interval)"  # older recorded data
+    assert stats.SpeedUp.from_flat({}) is None
 
 
 def test_aa_intervals_cover_zero_at_about_the_nominal_rate():
@@ -84,7 +97,7 @@ def test_aa_intervals_cover_zero_at_about_the_nominal_rate():
     for seed in range(200):
         rng = np.random.default_rng(seed)
         a, b = rng.normal(1, 0.08, 15), rng.normal(1, 0.08, 15)
-        covered.append(stats.within_noise(stats.ratio_summary(a, b)))
+        covered.append(stats.SpeedUp.of(a, b).within_noise)
     assert np.mean(covered) >= 0.88  # percentile bootstrap of a median of 15: close to, a bit under, 95%
 
 

@@ -38,7 +38,8 @@ def techniques(threads: int, speedups: dict[str, float], original_s: float = 0.1
 
 
 def story(tmp_path) -> dict:
-    data = {"command": "lrdlab record speed-story --threads 1,2", "search": "robust search", "machine": MACHINE,
+    data = {"command": "python -m tools.record speed-story --threads 1,2", "search": "robust search",
+            "machine": MACHINE,
             "load_average_before": [0.3, 0, 0], "load_average_after": [0.5, 0, 0],
             "runs": [techniques(1, {"vanilla LRD": 40.0, "optimized ranks": 50.0, "layer merging": 70.0}, 0.3),
                      techniques(2, {"vanilla LRD": 10.0, "optimized ranks": 12.0, "layer merging": 30.0}, 0.2)]}

@@ -10,7 +10,6 @@ from lrdlab.measure.records import data_dir
 from lrdlab.paper.speed_story import STORY_FILE
 from tools.readme import current_block
 from tools.readme_blocks import STORY_BEGIN, STORY_END, speed_story_section
-from tools.record import current_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = {"cpu": "Test CPU", "cpu_count": 2, "torch_version": "2.x", "omp_wait_policy": "default",
@@ -27,9 +26,9 @@ def techniques(threads: int, vanilla_pct: float, original_s: float = 0.1) -> dic
     return {"input_shape": [8, 3, 112, 112], "rows": [row, lrd], "compute": {"threads": threads, "mode": "default"}}
 
 
-def test_the_block_names_machine_records_and_todays_command(tmp_path):
+def test_the_block_names_machine_records_and_the_command(tmp_path):
     (tmp_path / STORY_FILE).write_text(json.dumps({
-        "command": "lrdlab record speed-story --threads 1,2", "search": "robust search", "machine": MACHINE,
+        "command": "python -m tools.record speed-story --threads 1,2", "search": "robust search", "machine": MACHINE,
         "load_average_before": [0.3, 0, 0], "load_average_after": [0.5, 0, 0],
         "runs": [techniques(1, 40.0, 0.3), techniques(2, 10.0, 0.2)]}))
     section = speed_story_section(tmp_path)
@@ -39,12 +38,6 @@ def test_the_block_names_machine_records_and_todays_command(tmp_path):
     assert "| eager, 2 threads, batch 8, 112 px | 200 | +10.0% [+7.0, +13.0]" in section
     assert "(../data/" in speed_story_section(tmp_path, links="../")
     assert "No speed recording yet" in speed_story_section(tmp_path / "nothing-here")
-
-
-def test_a_recorded_command_reads_as_it_runs_today():
-    assert current_command("lrdlab record speed --out data/") == "python -m tools.record speed --out data/"
-    assert current_command("lrdlab reproduce --quick") == "lrdlab reproduce --quick"
-    assert current_command("python -m tools.record aa") == "python -m tools.record aa"
 
 
 def test_docs_speed_is_the_generated_block():

@@ -16,13 +16,14 @@ from lrdlab.cli.common import (
     CommandLineError,
     OneLineParser,
     add_compute_argument,
+    add_granularity_argument,
+    add_threads_argument,
     apply_compute_from_args,
     check_outputs,
     honour_tqdm_disable,
-    thread_count,
-    thread_counts,
+    one_granularity,
 )
-from lrdlab.cli.lm import granularities, one_granularity, search_shapes, searches
+from lrdlab.cli.lm import search_shapes, searches
 
 FOLDERS = {("record", "speed"), ("record", "speed-checks"), ("record", "speed-story"), *FOLDER_OUTPUTS}
 
@@ -73,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     story = what.add_parser("speed-story", help="the quick reproduction's techniques stage at each thread count: the "
                                                 "README's speed table and F12 (tools.record.speed_story)")
     story.add_argument("--out", type=Path, default=Path("data"), help="output folder (default data/)")
-    story.add_argument("--threads", type=thread_counts, default=[1, 2], metavar="N[,N…]",
-                       help="thread counts (default 1,2)")
+    add_threads_argument(story, many=True, default=[1, 2], default_text="1,2")
     frz = what.add_parser("reference-freezing", help="ship a freezing-study JSON as the freezing explorer's data")
     frz.add_argument("study", type=Path, help="a run_freezing_study JSON file")
     acc = what.add_parser("accuracy", help="F11: accuracy vs compression (weights / +BN / data-aware / fine-tuned)")
@@ -107,10 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm = what.add_parser("lm-speed", help="prefill and decode of the 125 M-parameter Llama: unrounded, rounded and "
                                           "decode-searched ranks (lrdlab.paper.lm_study.record_lm_speed)")
     lm.add_argument("--out", type=Path, default=Path("data/lm_decode_llama100m_cpu.json"), help="JSON file to write")
-    lm.add_argument("--threads", type=thread_counts, default=None, metavar="N[,N…]",
-                    help="thread counts (default: 1 and all cores)")
-    lm.add_argument("--granularity", type=granularities, default=[1, 64], metavar="G[,G…]",
-                    help="rank roundings timed (default 1,64)")
+    add_threads_argument(lm, many=True, default_text="1 and all cores")
+    add_granularity_argument(lm, many=True, default=[1, 64])
     lm.add_argument("--search", type=search_shapes, default=["decode"], metavar="SHAPE[,SHAPE]",
                     help="token shapes the ranks are searched at (default decode)")
     lm.add_argument("--search-granularity", type=one_granularity, default=16, metavar="G")
@@ -119,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--batch", type=int, default=8, help="the second decode batch (default 8)")
     lm.add_argument("--tokens", type=int, default=8, help="decode tokens per timed call (default 8)")
     for q in (speed, tech, ref, study, checks, frz, acc, sweep, pre, grid, tfm):
-        q.add_argument("--threads", type=thread_count, default=None,
-                       help="torch CPU threads (default: as --compute leaves them)")
+        add_threads_argument(q)
     add_compute_argument(parser)
     return parser
 
@@ -149,11 +146,12 @@ def run(args: argparse.Namespace, command: str) -> int:
                                          seeds=args.seeds, base_epochs=args.base_epochs, ft_epochs=args.ft_epochs,
                                          inputs=args.inputs, command=command))
     elif args.what == "freezing":
-        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study, save_study
 
         sizes = STUDY_QUICK if args.quick else STUDY_FULL
-        run_freezing_study(replace(sizes, model="resnet20", data="mnist5k", lr=args.lr, finetune_lr=args.finetune_lr),
-                           out=args.out)
+        study = run_freezing_study(replace(sizes, model="resnet20", data="mnist5k", lr=args.lr,
+                                           finetune_lr=args.finetune_lr))
+        save_study(replace(study, command=command), args.out)
         print("wrote", args.out)
     elif args.what == "speed-checks":
         from tools.record import search as search_records
@@ -184,14 +182,14 @@ def run(args: argparse.Namespace, command: str) -> int:
                            command=command)
         print("wrote", args.out)
     elif args.what == "pretrained":
-        from lrdlab.zoo.pretrained import export_pretrained
+        from tools.record.weights import export_pretrained
 
         info = export_pretrained(args.name, args.run_dir, args.model, storage=args.storage,
                                  command=args.train_command)
         print(f"wrote {args.name}: {info['bytes']:,} bytes, test accuracy {info['test_accuracy']:.2f}%")
     elif args.what == "freezing-grid":
         from lrdlab.explore.freezing_runs import FreezingGridConfig
-        from lrdlab.paper.freezing_grid import REFERENCE_GRID, record_freezing_grid
+        from tools.record.freezing_grid import REFERENCE_GRID, record_freezing_grid
 
         grid_config = FreezingGridConfig(ratios=tuple(args.ratios), subset=args.subset, epochs=args.epochs)
         print("wrote", record_freezing_grid(args.out or REFERENCE_GRID, grid_config, command=command))
@@ -220,7 +218,7 @@ def run(args: argparse.Namespace, command: str) -> int:
 
         if not args.study.is_file():
             raise ValueError(f"no study file {args.study}: produce one with run_freezing_study(out=...)")
-        print("wrote", build_reference_freezing(args.study))
+        print("wrote", build_reference_freezing(args.study, command=command))
     return 0
 
 

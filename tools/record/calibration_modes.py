@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +81,8 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
                                  "params": count_params(model), "seconds": round(seconds, 1),
                                  "load": os.getloadavg()[0]})
                     print(f"set {s} {head} {ratio:g}x {variant:10s} {acc:6.2f}% ({seconds:.0f} s)", flush=True)
-    result = {"rows": rows, "model": "resnet20_mnist5k", "calibration_images": 512,
+    result = {"command": "python -m tools.record.calibration_modes " + " ".join(sys.argv[1:]),
+              "rows": rows, "model": "resnet20_mnist5k", "calibration_images": 512,
               "test": "MNIST-5k test split (1,000 images)", "threads": torch.get_num_threads(),
               "machine": machine_info("cpu"), "note": "seconds are wall time on a shared machine; load = 1-min "
               "load average when the row finished"}
@@ -147,14 +149,6 @@ def record_vit(out: str | Path, ratios: Sequence[float] = (2.0, 3.0, 4.0),
                      "plan": "make_plan(vit, ratio=r, exclude=kept_stem('vit_tiny')): patch embedding and head kept",
                      "threads": torch.get_num_threads(), "machine": machine_info("cpu")}
     write_record(path, result)
-    return result
-
-
-def merge(files: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """One result from several runs' files (rows concatenated, the original row once)."""
-    parts = [read_record(Path(f)) for f in files]
-    result = {**parts[0], "rows": [parts[0]["rows"][0]] + [r for p in parts for r in p["rows"][1:]]}
-    write_record(out, result)
     return result
 
 

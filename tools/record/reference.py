@@ -58,11 +58,12 @@ def build_reference_layer_times(
     return write_record(path, data)
 
 
-def build_reference_freezing(study: str | Path, path: Path = REFERENCE_FREEZING) -> Path:
+def build_reference_freezing(study: str | Path, path: Path = REFERENCE_FREEZING, command: str = "") -> Path:
     """Ship a :func:`lrdlab.paper.freezing_study.run_freezing_study` result (its JSON) as the explorer's reference.
 
     Produce the study with ``lrdlab train``'s study mode or ``run_freezing_study(out='study.json')``.
     """
     data = read_record(Path(study).absolute())
     data["source"] = f"lrdlab.paper.freezing_study.run_freezing_study, copied from {Path(study).name}"
+    data["command"] = command
     return write_record(path, data)

@@ -112,7 +112,7 @@ def measure_moves(page: Any, settle_s: float) -> list[Move]:
     return moves
 
 
-def _summary(moves: list[Move]) -> dict[str, Any]:
+def summary(moves: list[Move]) -> dict[str, Any]:
     def stats(kind: set[str]) -> dict[str, Any]:
         ms = [m.ms for m in moves if m.kind in kind]
         return {"moves": len(ms), "median_ms": round(statistics.median(ms), 1), "max_ms": round(max(ms), 1),
@@ -133,7 +133,7 @@ def record(out: Path, settle_s: float = 3.0) -> dict[str, Any]:
             moves = measure_moves(page, settle_s)
     rec = {"what": "rank explorer latency in Chromium: input event → readout and plot redrawn (ms)",
            "command": COMMAND, "browser": "Debian chromium, headless, Playwright", "explorer": SOURCE,
-           "target_ms": TARGET_MS, "settle_s": settle_s, "summary": _summary(moves),
+           "target_ms": TARGET_MS, "settle_s": settle_s, "summary": summary(moves),
            "moves": [asdict(m) for m in moves],
            "machine": machine_info(), "load_average_before": before, "load_average_after": load_average(),
            "seconds": round(time.perf_counter() - started, 1)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
     t0 = time.perf_counter()
     decompose(model, plan)
     whole = time.perf_counter() - t0
-    result = {"what": f"Tucker-2 factorization of the {len(convs)} Tucker-2 convs of ResNet-50 (torchvision random "
+    result = {"command": "python -m tools.record.tucker_default " + " ".join(sys.argv[1:]),
+              "what": f"Tucker-2 factorization of the {len(convs)} Tucker-2 convs of ResNet-50 (torchvision random "
                       f"init, seed 0) at ratio {ratio:g}, stem kept", "default": factorize.TUCKER_INIT,
               "rows": [asdict(r) for r in rows], "decompose_s": round(whole, 2),
               "note": "seconds: best of repeats, one thread inside each factorization; wall time on a shared "
@@ -81,7 +83,9 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=2.0)
+    from lrdlab.cli.common import add_ratio_argument
+
+    add_ratio_argument(parser, default=2.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out")
     args = parser.parse_args()
