@@ -103,8 +103,9 @@ def untie_lm_head(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__}'s output head is not tied to its input embedding; plan it as it is "
                          "(make_plan decomposes an untied lm_head like any Linear)")
     out = copy.deepcopy(model)
-    head = out.get_submodule(tied[0])
-    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    head: Any = out.get_submodule(tied[0])
+    weight: Tensor = head.weight
+    head.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
     config: Any = getattr(out, "config", None)
     if config is not None and hasattr(config, "tie_word_embeddings"):
         config.tie_word_embeddings = False
@@ -129,7 +130,8 @@ def plan_untied_lm_head(model: nn.Module, policy: Any, layers: Any = None, **opt
     plan.settings["model_params"] = count_params(model)
     if tied is not None:
         plan.settings["untied"] = {tied[0]: tied[1]}
-        plan.settings["untied_params"] = untied.get_submodule(tied[0]).weight.numel()
+        head: Any = untied.get_submodule(tied[0])
+        plan.settings["untied_params"] = int(head.weight.numel())
         row = plan[tied[0]]
         row.reason += f"; untied from {tied[1]} (kept as it is)"
     return untied, plan
