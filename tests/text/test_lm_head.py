@@ -10,8 +10,8 @@ import torch
 from lrdlab import Ratio, count_params, decompose, make_plan
 
 pytest.importorskip("transformers")
-from lrdlab.lowrank.hf import plan_untied_lm_head, tied_lm_head, untie_lm_head  # noqa: E402
 from lrdlab.lowrank.hf_save import load_hf, save_hf  # noqa: E402
+from lrdlab.lowrank.lm_head import plan_untied_lm_head, tied_lm_head, untie_lm_head  # noqa: E402
 
 
 @pytest.fixture
