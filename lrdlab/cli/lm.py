@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 from lrdlab.cli.common import thread_counts
@@ -40,6 +43,8 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
+                   help="also write the report, with the machine, load and this command, to FILE.json")
 
 
 def granularities(text: str) -> list[int]:
@@ -99,6 +104,16 @@ def run_bench_lm(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         dense, what = llama_from_config(**config), {"config": config}
     report = {**what, **decode_table(dense, bench)}
+    if args.out is not None:
+        from lrdlab.measure.machine import machine_info
+        from lrdlab.measure.records import write_record
+
+        command = "python -m lrdlab.cli " + shlex.join(sys.argv[1:]) if "bench-lm" in sys.argv else \
+            "lrdlab.cli.main([... 'bench-lm' ...]) from Python"
+        write_record(args.out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only); speed-up = "
+                                        "median paired ratio over interleaved rounds, 95% bootstrap interval; "
+                                        "bytes_ideal = parameter bytes read per decode token, dense / decomposed",
+                                "command": command, **report, "machine": machine_info("cpu")})
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

@@ -132,9 +132,13 @@ def test_bench_lm_says_which_compute_ran_under_auto(capsys, checkpoint, fresh_co
 
     folder, _ = checkpoint
     monkeypatch.setattr(fresh_compute, "busy", lambda *a, **k: True)  # a loaded machine: auto picks shared
-    assert main(["bench-lm", "--compute", "auto", "--model", str(folder), *TINY_RUN[:-1]]) == 0
+    out_file = folder.parent / "bench.json"
+    assert main(["bench-lm", "--compute", "auto", "--model", str(folder), *TINY_RUN[:-1], "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "compute: shared (asked auto)" in out and "Plan for" in out
+    record = json.loads(out_file.read_text())
+    assert record["machine"]["compute_mode"] == "shared" and record["machine"]["load_average"]
+    assert "bench-lm" in record["command"] and record["results"][0]["compute"]["compute_asked"] == "auto"
 
 
 def test_bench_lm_refuses_a_model_it_cannot_find_in_one_line(capsys, tmp_path):
