@@ -1,9 +1,14 @@
-"""``lrdlab bench-lm``: prefill and KV-cache decode of a random-weight Llama, dense vs decomposed."""
+"""``lrdlab bench-lm``: prefill and KV-cache decode of a causal LM, dense vs decomposed: the user's model
+(``--model`` a shipped name, a checkpoint folder or a GGUF file) or a random-weight Llama (``--config``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
 
 from lrdlab.cli.common import add_granularity_argument, add_ratio_argument, add_threads_argument, one_granularity
 
@@ -13,8 +18,15 @@ SHAPES = ("decode", "prefill")
 
 def add_bench_lm(sub) -> None:
     p = sub.add_parser("bench-lm", help="prefill and decode tokens/s of a causal LM, dense vs decomposed, interleaved")
+    p.add_argument("--model", default=None, metavar="NAME|FOLDER|FILE.gguf",
+                   help="the causal LM to measure: smollm2_135m (the shipped SmolLM2-135M-Instruct), a Hugging Face "
+                        "checkpoint folder or a .gguf file (default: a random-weight Llama, --config)")
     p.add_argument("--config", choices=CONFIGS, default="llama100m",
-                   help="llama100m: ~124 M parameters (default); tiny: the shipped model's shape (~0.8 M)")
+                   help="without --model, a random-weight Llama: llama100m (~124 M parameters, default) or tiny "
+                        "(the shipped byte model's shape, ~0.8 M)")
+    p.add_argument("--lm-head", action="store_true",
+                   help="also decompose a tied lm_head, untied from the input embedding (kept as it is); its cost "
+                        "is in the plan")
     add_ratio_argument(p, default=2.0)
     add_threads_argument(p, many=True, default_text="1 and all cores")
     add_granularity_argument(p, many=True)
@@ -29,6 +41,8 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
+                   help="also write the report, with the machine, load and this command, to FILE.json")
 
 
 def search_shapes(text: str) -> list[str]:
@@ -51,17 +65,40 @@ def searches(args: argparse.Namespace) -> list:
 
 def run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.measure.decode_search import choices_text
-    from lrdlab.paper.lm_study import speed_table
-    from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA
+    from lrdlab.measure.decode_table import DecodeBench, decode_table
+    from lrdlab.zoo.lm import LLAMA_100M, TINY_LLAMA, llama_from_config
 
-    config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
-    report = speed_table(config, args.ratio, threads=args.threads or (1, 0), granularities=args.granularity,
-                         search=searches(args), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
-                         rounds=args.rounds)
+    bench = DecodeBench(ratio=args.ratio, threads=tuple(args.threads or (1, 0)), granularities=tuple(args.granularity),
+                        search=tuple(searches(args)), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
+                        rounds=args.rounds, lm_head=args.lm_head)
+    if args.model is not None:
+        from lrdlab.zoo.causal_lm import load_causal_lm
+
+        dense = load_causal_lm(args.model)
+        what: dict[str, Any] = {"model": str(args.model)}
+    else:
+        import torch
+
+        config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
+        torch.manual_seed(0)
+        dense, what = llama_from_config(**config), {"config": config}
+    report = {**what, **decode_table(dense, bench)}
+    if args.out is not None:
+        from lrdlab.measure.machine import machine_info
+        from lrdlab.measure.records import write_record
+
+        command = "python -m lrdlab.cli " + shlex.join(sys.argv[1:]) if "bench-lm" in sys.argv else \
+            "lrdlab.cli.main([... 'bench-lm' ...]) from Python"
+        write_record(args.out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only); speed-up = "
+                                        "median paired ratio over interleaved rounds, 95% bootstrap interval; "
+                                        "bytes_ideal = parameter bytes read per decode token, dense / decomposed",
+                                "command": command, **report, "machine": machine_info("cpu")})
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{args.config}: {report['dense_params']:,} → {report['decomposed_params']:,} parameters at {args.ratio}x")
+    print(f"{args.model or args.config}: {report['dense_params']:,} → {report['decomposed_params']:,} parameters "
+          f"at {args.ratio}x{' (lm_head decomposed)' if report['lm_head_decomposed'] else ''}")
+    print(report["plan_summary"])
     for s in report.get("searched", []):
         print(f"searched at {s['shape']}, {s['threads']} thr, {s['seconds']:.0f} s, {s['params']:,} parameters: "
               f"{choices_text(s['shapes'])}")
@@ -72,4 +109,7 @@ def run_bench_lm(args: argparse.Namespace) -> int:
               f"decomposed {r['decomposed_tokens_s']:8.1f} tok/s, ×{r['speedup']:.2f} "
               f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] (bytes ideal ×{r['bytes_ideal']:.2f}, "
               f"realised {r['realised_of_bytes_ideal']:.0%}); load {r['load_average']}")
+    compute = report["results"][-1]["compute"] if report["results"] else {}
+    print(f"compute: {compute.get('compute_mode')} (asked {compute.get('compute_asked', compute.get('compute_mode'))}),"
+          f" OpenMP wait policy {compute.get('omp_wait_policy')}")
     return 0

@@ -120,13 +120,21 @@ class Plan:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        before = sum(r.params_before for r in self.layers)
-        after = sum(r.params_after for r in self.layers)
+        """Decomposed layers' parameters before → after (kept layers, e.g. a tied lm_head, are not counted among
+        them) and, where the plan records the model's count, the whole model's."""
+        done = self.decomposed_layers
+        before, after = sum(r.params_before for r in done), sum(r.params_after for r in done)
         removed = 100 * (1 - after / before) if before else 0.0
-        return (
-            f"Plan for {self.model}: {len(self.decomposed_layers)} of {len(self.layers)} layers decomposed; "
-            f"planned layers' params {before:,} → {after:,} ({removed:.2f}% removed)"
-        )
+        text = (f"Plan for {self.model}: {len(done)} of {len(self.layers)} layers decomposed; decomposed layers' "
+                f"params {_count(before)} → {_count(after)} ({removed:.2f}% removed)")
+        for name in self.settings.get("untied", {}):  # an output head untied from the input embedding
+            head = self[name]
+            text += f"; of which the untied {name} {_count(head.params_before)} → {_count(head.params_after)}"
+        total = self.settings.get("model_params")
+        if total:  # an untied head adds its own weight before its decomposition (lrdlab.lowrank.hf.untie_lm_head)
+            whole = total + self.settings.get("untied_params", 0) - (before - after)
+            text += f"; whole model {_count(total)} → {_count(whole)} ({100 * (1 - whole / total):.2f}% removed)"
+        return text
 
     def __str__(self) -> str:
         return self.summary() + "\n" + self.to_frame().to_string(index=False)
@@ -191,6 +199,10 @@ class Plan:
 
 
 # --- building a plan -------------------------------------------------------------------------------
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
 def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -352,6 +364,7 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     force_check.check_forced(model, {n: m for n, m in candidates if n in decomposed and _matches(n, force)},
                              select.example_input, select.input_shape)
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
-                "exclude": exclude, "force": force, "probe": probe_note}
+                "exclude": exclude, "force": force, "probe": probe_note,
+                "model_params": sum(p.numel() for p in model.parameters())}  # tied counted once
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
     return Plan(model=name, layers=rows, settings=settings)

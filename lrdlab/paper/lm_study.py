@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import evaluate, fit
@@ -23,8 +22,8 @@ from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.counting import count_params
-from lrdlab.measure.decode import as_dict, compare_phase
-from lrdlab.measure.decode_search import TokenShapeSearch, choices_text, search_at_token_shape
+from lrdlab.measure.decode_search import TokenShapeSearch, choices_text
+from lrdlab.measure.decode_table import DecodeBench, decode_table
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import read_record, write_record
 
@@ -110,49 +109,15 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", *, p
 def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
                 granularities: Sequence[int] = (1,), search: Sequence[TokenShapeSearch] = (), prompt: int = 128,
                 batch: int = 8, decode_tokens: int = 8, context: int = 64, rounds: int = 7) -> dict[str, Any]:
-    """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after
-    a ``context`` prompt) of a random-weight Llama (default :data:`~lrdlab.zoo.lm.LLAMA_100M`), dense vs its
-    weights-only decomposition at ``ratio`` with ranks rounded to each of ``granularities`` (1: unrounded), and
-    with the unrounded plan's ranks searched at each of ``search``'s token shapes (``searched`` in the record: the
-    ranks picked), for each thread count (0: all cores; the search runs at each)."""
+    """:func:`lrdlab.measure.decode_table.decode_table` of a random-weight Llama (default
+    :data:`~lrdlab.zoo.lm.LLAMA_100M`), with its config in the record."""
     from lrdlab.zoo.lm import LLAMA_100M, llama_from_config
 
-    before = torch.get_num_threads()
     torch.manual_seed(0)
     dense = llama_from_config(**(config or LLAMA_100M))
-    plans = {g: make_plan(dense, Ratio(ratio, granularity=g)) for g in granularities}
-    lows = {g: decompose(dense, plan, progress=False) for g, plan in plans.items()}
-    results, searched = [], []
-    try:
-        for n in threads:
-            torch.set_num_threads(n or _all_cores())
-            variants: list[tuple[dict[str, Any], nn.Module]] = [({"granularity": g}, low) for g, low in lows.items()]
-            for options in search:
-                found = search_at_token_shape(dense, plans.get(1) or make_plan(dense, Ratio(ratio)), options)
-                variants.append(({"granularity": options.config.granularity, "searched": options.shape},
-                                 decompose(dense, found.plan, progress=False)))
-                searched.append({**found.record(), "params": count_params(variants[-1][1])})
-            for tags, low in variants:
-                for phase, b, tokens in (("prefill", 1, prompt), ("decode", 1, decode_tokens),
-                                         ("decode", batch, decode_tokens)):
-                    row = as_dict(compare_phase(dense, low, phase, b, tokens, context=context, rounds=rounds))
-                    results.append({**row, **tags})
-    finally:
-        torch.set_num_threads(before)
-    first = next(iter(plans))
-    return {"config": config or LLAMA_100M, "ratio": ratio, "dense_params": count_params(dense),
-            "decomposed_params": count_params(lows[first]),
-            "kept_layers": len(plans[first].layers) - len(plans[first].decomposed_layers),
-            "decomposed": [{"granularity": g, "params": count_params(lows[g]),
-                            "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, p in plans.items()],
-            **({"searched": searched} if searched else {}), "prompt": prompt, "context": context,
-            "rounds": rounds, "dtype": "float32", "results": results}
-
-
-def _all_cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    bench = DecodeBench(ratio=ratio, threads=tuple(threads), granularities=tuple(granularities), search=tuple(search),
+                        prompt=prompt, batch=batch, decode_tokens=decode_tokens, context=context, rounds=rounds)
+    return {"config": config or LLAMA_100M, **decode_table(dense, bench)}
 
 
 def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", command: str | None = None,

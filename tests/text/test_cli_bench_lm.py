@@ -81,3 +81,69 @@ def test_bench_lm_search_refuses_bad_input_in_one_line(capsys, args, words):
     assert main(["bench-lm", "--config", "tiny", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
+
+
+# --- the user's model: --model FOLDER | FILE.gguf | smollm2_135m, --lm-head, --compute ---------------------
+
+TINY_RUN = ["--threads", "1", "--rounds", "1", "--prompt", "8", "--tokens", "1", "--batch", "2", "--json"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_llama):
+    model = tiny_llama(vocab_size=512, tie_word_embeddings=True)
+    model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt", model
+
+
+@pytest.fixture
+def fresh_compute(monkeypatch):
+    """--compute sets process-wide state: put it back after the test."""
+    import torch
+
+    from lrdlab.measure import compute
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(compute, "_CURRENT", None)
+    yield compute
+    torch.set_num_threads(threads)
+
+
+def test_bench_lm_measures_a_checkpoint_folder_with_its_lm_head_decomposed(capsys, checkpoint, fresh_compute):
+    from lrdlab.cli import main
+    from lrdlab.measure.counting import count_params
+
+    folder, model = checkpoint
+    assert main(["bench-lm", "--model", str(folder), "--ratio", "2", *TINY_RUN]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["model"] == str(folder) and kept["dense_params"] == count_params(model)
+    assert not kept["lm_head_decomposed"] and "untied" not in kept["plan_summary"]
+    assert main(["bench-lm", "--model", str(folder), "--ratio", "2", "--lm-head", *TINY_RUN]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["lm_head_decomposed"] and "untied lm_head" in report["plan_summary"]
+    assert report["decomposed_params"] > kept["decomposed_params"]  # the head's factors sit beside the embedding
+    decode1 = report["results"][1]
+    assert (decode1["phase"], decode1["batch"]) == ("decode", 1)
+    assert decode1["bytes_ideal"] > kept["results"][1]["bytes_ideal"]  # the head is no longer read in full
+    assert decode1["compute"]["compute_mode"] == "default" and decode1["compute"]["torch_threads"] == 1
+
+
+def test_bench_lm_says_which_compute_ran_under_auto(capsys, checkpoint, fresh_compute, monkeypatch):
+    from lrdlab.cli import main
+
+    folder, _ = checkpoint
+    monkeypatch.setattr(fresh_compute, "busy", lambda *a, **k: True)  # a loaded machine: auto picks shared
+    out_file = folder.parent / "bench.json"
+    assert main(["bench-lm", "--compute", "auto", "--model", str(folder), *TINY_RUN[:-1], "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "compute: shared (asked auto)" in out and "Plan for" in out
+    record = json.loads(out_file.read_text())
+    assert record["machine"]["compute_mode"] == "shared" and record["machine"]["load_average"]
+    assert "bench-lm" in record["command"] and record["results"][0]["compute"]["compute_asked"] == "auto"
+
+
+def test_bench_lm_refuses_a_model_it_cannot_find_in_one_line(capsys, tmp_path):
+    from lrdlab.cli import main
+
+    assert main(["bench-lm", "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "smollm2_135m" in err and ".gguf" in err, err

@@ -1,0 +1,90 @@
+"""Prefill and decode of any causal LM, dense against its weights-only decomposition, at each thread count.
+
+:func:`decode_table` takes the user's model (a Hugging Face causal LM: a Llama from a config, a checkpoint folder,
+a GGUF file, ``lrdlab.pretrained("smollm2_135m")``) and a :class:`DecodeBench`; each row is one phase timed by
+:func:`lrdlab.measure.decode.compare_phase`. With ``lm_head=True`` a tied output head is untied and decomposed too
+(:mod:`lrdlab.lowrank.lm_head`), the input embedding kept. The record names the compute mode that ran
+(:func:`lrdlab.measure.compute.compute_info`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrdlab.lowrank.decompose import decompose
+from lrdlab.lowrank.lm_head import plan_untied_lm_head, tied_lm_head
+from lrdlab.lowrank.plan import Plan, Ratio, make_plan
+from lrdlab.measure.compute import available_cores, compute_info
+from lrdlab.measure.counting import count_params
+from lrdlab.measure.decode import as_dict, compare_phase
+from lrdlab.measure.decode_search import TokenShapeSearch, search_at_token_shape
+
+
+@dataclass(frozen=True)
+class DecodeBench:
+    """What :func:`decode_table` times: the ratio, thread counts (0: all cores), rank granularities (1: unrounded),
+    rank searches at token shapes, prompt length, the second decode batch, tokens per decode call, the decode
+    context, interleaved rounds, and whether a tied ``lm_head`` is untied and decomposed."""
+
+    ratio: float = 2.0
+    threads: Sequence[int] = (1, 0)
+    granularities: Sequence[int] = (1,)
+    search: Sequence[TokenShapeSearch] = field(default_factory=tuple)
+    prompt: int = 128
+    batch: int = 8
+    decode_tokens: int = 8
+    context: int = 64
+    rounds: int = 7
+    lm_head: bool = False
+
+
+def _plan(dense: nn.Module, ratio: float, granularity: int, lm_head: bool) -> tuple[nn.Module, Plan]:
+    policy = Ratio(ratio, granularity=granularity)
+    if lm_head and tied_lm_head(dense) is not None:
+        return plan_untied_lm_head(dense, policy)
+    return dense, make_plan(dense, policy)
+
+
+def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str, Any]:
+    """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after a
+    ``context`` prompt) of ``dense`` against its weights-only decomposition at ``ratio``, with ranks rounded to each
+    granularity and searched at each of ``search``'s token shapes (``searched``: the ranks picked), for each thread
+    count; the searches run at each count. ``dense`` is left as it is."""
+    bench = bench or DecodeBench()
+    before = torch.get_num_threads()
+    planned = {g: _plan(dense, bench.ratio, g, bench.lm_head) for g in bench.granularities}
+    lows = {g: decompose(source, plan, progress=False) for g, (source, plan) in planned.items()}
+    results, searched = [], []
+    try:
+        for n in bench.threads:
+            torch.set_num_threads(n or available_cores())
+            variants: list[tuple[dict[str, Any], nn.Module]] = [({"granularity": g}, low) for g, low in lows.items()]
+            for options in bench.search:
+                source, plan = planned.get(1) or _plan(dense, bench.ratio, 1, bench.lm_head)
+                found = search_at_token_shape(source, plan, options)
+                variants.append(({"granularity": options.config.granularity, "searched": options.shape},
+                                 decompose(source, found.plan, progress=False)))
+                searched.append({**found.record(), "params": count_params(variants[-1][1])})
+            for tags, low in variants:
+                for phase, b, tokens in (("prefill", 1, bench.prompt), ("decode", 1, bench.decode_tokens),
+                                         ("decode", bench.batch, bench.decode_tokens)):
+                    row = as_dict(compare_phase(dense, low, phase, b, tokens, context=bench.context,
+                                                rounds=bench.rounds))
+                    results.append({**row, **tags, "compute": compute_info()})
+    finally:
+        torch.set_num_threads(before)
+    first = next(iter(planned))
+    plan = planned[first][1]
+    return {"ratio": bench.ratio, "lm_head_decomposed": bool(bench.lm_head and "untied" in plan.settings),
+            "dense_params": count_params(dense), "decomposed_params": count_params(lows[first]),
+            "plan_summary": plan.summary(), "kept_layers": len(plan.layers) - len(plan.decomposed_layers),
+            "decomposed": [{"granularity": g, "params": count_params(lows[g]),
+                            "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, (_, p) in planned.items()],
+            **({"searched": searched} if searched else {}), "prompt": bench.prompt, "context": bench.context,
+            "rounds": bench.rounds, "dtype": str(next(dense.parameters()).dtype).removeprefix("torch."),
+            "results": results, "bench": {k: v for k, v in asdict(bench).items() if k != "search"}}
