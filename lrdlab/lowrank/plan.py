@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -120,13 +121,24 @@ class Plan:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
+        """One line: layers decomposed, the planned layers' parameters, the parameters outside any row, and a loud
+        "NOT PROBED" when no probe forward checked which layers the model calls."""
         before = sum(r.params_before for r in self.layers)
         after = sum(r.params_after for r in self.layers)
         removed = 100 * (1 - after / before) if before else 0.0
-        return (
-            f"Plan for {self.model}: {len(self.decomposed_layers)} of {len(self.layers)} layers decomposed; "
-            f"planned layers' params {before:,} → {after:,} ({removed:.2f}% removed)"
-        )
+        line = (f"Plan for {self.model}: {len(self.decomposed_layers)} of {len(self.layers)} layers decomposed; "
+                f"planned layers' params {before:,} → {after:,} ({removed:.2f}% removed)")
+        rest = self.settings.get("uncovered") or {}
+        if rest.get("params"):
+            total = before + rest["params"]
+            line += (f"; {rest['params']:,} params in {rest['tensors']} tensor(s) outside any row, left whole "
+                     f"(largest {rest['largest']!r} {rest['largest_shape']}); whole model {total:,} → "
+                     f"{after + rest['params']:,} ({100 * (before - after) / total:.2f}% removed)")
+        probe = str(self.settings.get("probe", ""))
+        if probe.startswith("not probed"):
+            line += (" — NOT PROBED: layers the model never calls or whose weight it reads may be decomposed and "
+                     "make it slower; give an input, Layers(example_input=...)")
+        return line
 
     def __str__(self) -> str:
         return self.summary() + "\n" + self.to_frame().to_string(index=False)
@@ -229,13 +241,37 @@ def applicable_patterns(model: nn.Module, patterns: str | Sequence[str] | None) 
     return [p for p in wanted if any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
-def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
-            raise ValueError(
-                f"{what} pattern {p!r} matches no Linear/Conv layer of this model; "
-                f"layer names look like {names[:3]} (glob patterns, e.g. 'layer1.*')"
-            )
+def _check_patterns(names: list[str], patterns: list[str], what: str) -> list[str]:
+    """The patterns of ``patterns`` that match no layer. A list none of whose patterns matches raises a
+    ValueError (a typo); one that matches nothing beside one that does is dropped with a warning (the README's
+    ``exclude=["conv1", "*.downsample.*"]`` on a ResNet without downsample convs)."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched and len(unmatched) == len(patterns):
+        raise ValueError(
+            f"{what} pattern {unmatched[0]!r} matches no Linear/Conv layer of this model; "
+            f"layer names look like {names[:3]} (glob patterns, e.g. 'layer1.*')"
+        )
+    if unmatched:
+        warnings.warn(f"{what} pattern(s) {unmatched} match no Linear/Conv layer of this model and are ignored "
+                      f"(the other {what} patterns apply); layer names look like {names[:3]}", stacklevel=3)
+    return unmatched
+
+
+def _uncovered(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> dict[str, Any]:
+    """The parameter tensors no plan row covers (norms, embeddings, 3-D expert weights ...): count, size, largest."""
+    modules = dict(model.named_modules())
+    covered: set[int] = set()
+    for name, m in candidates:
+        if modules.get(name) is m:
+            covered.update(id(p) for p in m.parameters())
+        else:  # an attention q/k/v view: its module's packed in_proj parameters
+            covered.update(id(p) for p in modules[name.rpartition(".")[0]].parameters(recurse=False))
+    rest = [(n, p) for n, p in model.named_parameters() if id(p) not in covered]
+    if not rest:
+        return {"params": 0, "tensors": 0}
+    name, largest = max(rest, key=lambda item: item[1].numel())
+    return {"params": sum(p.numel() for _, p in rest), "tensors": len(rest), "largest": name,
+            "largest_shape": list(largest.shape)}
 
 
 def recorded_options(given: MethodOptions | Sequence[MethodOptions] | None) -> dict[str, dict[str, Any]]:
@@ -294,8 +330,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
     include, exclude, force = (select.patterns(what) for what in ("include", "exclude", "force"))
-    for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force")):
-        _check_patterns(names, patterns, what)
+    unmatched = {what: bad for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force"))
+                 if (bad := _check_patterns(names, patterns, what))}
     if isinstance(policy.value, dict):
         unknown = sorted(set(policy.value) - set(names))
         if unknown:
@@ -307,6 +343,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in candidates if not _matches(n, force)],
                                            set(unrewritable) | set(fastpath), select.example_input,
                                            select.input_shape)
+    if probe_note.startswith("not probed"):
+        warnings.warn(f"make_plan: {probe_note}", UserWarning, stacklevel=2)
 
     rows = []
     for name, module in candidates:
@@ -345,6 +383,9 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
             row.reason += "".join(f"; {n}" for n in notes if n)
 
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
-                "exclude": exclude, "force": force, "probe": probe_note}
+                "exclude": exclude, "force": force, "probe": probe_note,
+                "uncovered": _uncovered(model, candidates)}
+    if unmatched:
+        settings["unmatched_patterns"] = unmatched
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
     return Plan(model=name, layers=rows, settings=settings)
