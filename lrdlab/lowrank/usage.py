@@ -197,11 +197,12 @@ def _why(record: _Record) -> str | None:
     return READ_OUTSIDE if record.reads else None
 
 
-def _forward_source(cls: type) -> tuple[str, str]:
+def _forward_source(cls: type[nn.Module]) -> tuple[str, str]:
     """``(source of cls.forward, its first parameter's name)``; empty when the source is not available."""
     try:
-        own = next(iter(inspect.signature(cls.forward).parameters), "self")
-        return inspect.getsource(cls.forward), own
+        forward = cls.forward
+        own = next(iter(inspect.signature(forward).parameters), "self")
+        return inspect.getsource(forward), own
     except (OSError, TypeError, ValueError):
         return "", "self"
 
