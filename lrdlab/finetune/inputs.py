@@ -32,7 +32,8 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
         return batch[0], batch[1]
     inputs, labels = split_labels(batch) if isinstance(batch, Mapping) else (batch, None)
     if isinstance(batch, Mapping) and labels is None or isinstance(inputs, Mapping) and not inputs:
-        raise ValueError(f"a dict batch needs inputs and a label key (one of {LABEL_KEYS}); got keys {sorted(batch)}")
+        raise ValueError(f"a dict batch needs an input key (the forward's argument names) and a label key "
+                         f"(one of {LABEL_KEYS}); got keys {sorted(batch)}")
     if labels is None:
         raise ValueError(f"batches must be (inputs, labels) pairs or dicts, got a {type(batch).__name__}; "
                          f"wrap the data set so that it yields (x, y)")

@@ -175,6 +175,7 @@ class Plan:
                     get_method(row.method)
                 except ValueError as err:
                     raise ValueError(f"plan row {row.name!r}: {err}") from err
+                _check_params_after(row)
         return plan
 
     def save(self, path: str | Path) -> None:
@@ -197,9 +198,27 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not a JSON plan ({err}); write one with `lrdlab plan MODEL --out "
                              f"{path.name}` or Plan.save") from err
+        except RecursionError as err:  # JSON nested deeper than Python's recursion limit
+            raise ValueError(f"{path} is not an lrdlab plan (its JSON is nested too deeply to read); write plans "
+                             f"with Plan.save or `lrdlab plan MODEL --out {path.name}`") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} holds JSON but not an lrdlab plan; write one with Plan.save")
         return cls.from_dict(data)
+
+
+def _check_params_after(row: LayerPlan) -> None:
+    """``ValueError`` when a decomposed row's ``params_after`` is not what its method and ranks give (an edited
+    plan file): the row's own shape, method and ranks decide the parameters, the number only reports them."""
+    info = {"type": row.type, "in_channels": row.in_channels, "out_channels": row.out_channels,
+            "kernel_size": tuple(row.kernel_size), "bias": False}
+    try:
+        bias = row.params_before - params_of(info, None, None)
+        expected = params_of(info, row.method, row.ranks, row.branches) + bias
+    except (KeyError, TypeError, ValueError, IndexError):  # a row shaped unlike any form: checked by check_plan
+        return
+    if row.params_after != expected:
+        raise ValueError(f"plan row {row.name!r}: params_after is {row.params_after:,} but {row.method} at ranks "
+                         f"{row.ranks} gives {expected:,}; the plan file was edited: fix params_after or re-plan")
 
 
 # --- building a plan -------------------------------------------------------------------------------

@@ -281,8 +281,10 @@ def _as_ids(value: Any, where: str, what: str) -> Tensor:
     elif isinstance(value, (list, tuple)):
         lengths = {len(row) for row in value if isinstance(row, (list, tuple))}
         if len(lengths) > 1:
-            raise ValueError(f"{where}: {what} is a ragged list (sequence lengths {sorted(lengths)}); pad the "
-                             f"sequences to one length and pass an attention_mask (0 at padding)")
+            fix = ("cut or pack them to one length without padding (calibration statistics must not see padding)"
+                   if where.startswith("calibration") else
+                   "pad the sequences to one length and pass an attention_mask (0 at padding)")
+            raise ValueError(f"{where}: {what} is a ragged list (sequence lengths {sorted(lengths)}); {fix}")
         try:
             t = torch.tensor(value)
         except (TypeError, ValueError) as err:
@@ -347,7 +349,8 @@ def calibration_ids(model: nn.Module, batches: Iterable, plan: Any = None) -> li
         tb = token_batch(batch, vocab, f"calibration batch {i}")
         if tb.attention_mask is not None and not bool(tb.attention_mask.all()):
             raise ValueError(f"calibration batch {i} is padded (attention_mask has zeros): padding would enter the "
-                             f"layers' input statistics; calibrate on fixed-length sequences without padding")
+                             f"layers' input statistics; calibration needs sequences of one length without padding "
+                             f"(cut or pack the texts to one length; fit/evaluate accept padding with a mask)")
         if ids and tb.input_ids.shape[1] != ids[0].shape[1]:
             raise ValueError(f"calibration batch {i} has length {tb.input_ids.shape[1]} but batch 0 "
                              f"{ids[0].shape[1]}; use sequences of one length")
