@@ -69,11 +69,11 @@ from lrdlab.lowrank.data_aware import (
 from lrdlab.lowrank.layers import weight_of
 from lrdlab.lowrank.plan import Plan
 from lrdlab.lowrank.token_batches import (
+    LM_KEYS,
     Batch,
     ModelCall,
     calibration_ids,
     head,
-    is_token_batch,
     model_call,
     samples,
     split_labels,
@@ -126,7 +126,8 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
         raise ValueError(f"calibration takes an iterable of batches (e.g. [x] or a DataLoader), not one "
                          f"{type(batches).__name__}; each batch shaped {expect}")
     batches = list(batches)
-    if takes_tokens(model) and all(is_token_batch(b) for b in batches):  # lowrank/token_batches.py
+    several = any(isinstance(b, Mapping) and not set(b) <= LM_KEYS for b in batches)
+    if takes_tokens(model) and not several:  # token batches, checked as such (lowrank/token_batches.py)
         return list(calibration_ids(model, batches, plan))
     expect = expected_input(model, plan)
     param = next(model.parameters(), None)

@@ -162,18 +162,6 @@ def samples(value: Any) -> int:
     return ModelCall((value,)).size
 
 
-def is_token_batch(batch: Any) -> bool:
-    """Whether ``batch`` is a language-model batch :func:`token_batch` reads: integer ids, lists of ids, an
-    ``(ids, labels)`` pair, or a dict of ``input_ids`` / ``attention_mask`` / ``labels`` only."""
-    if isinstance(batch, Mapping):
-        return "input_ids" in batch and set(batch) <= LM_KEYS
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        batch = batch[0]
-    if isinstance(batch, Tensor):
-        return not batch.is_floating_point() and not batch.is_complex()
-    return isinstance(batch, list) and bool(batch) and all(isinstance(r, (list, tuple)) for r in batch)
-
-
 def move(value: Any, device: torch.device | str) -> Any:
     """``value`` (a tensor, call, or lists / tuples / dicts of them) on ``device``."""
     if isinstance(value, (Tensor, ModelCall, TokenBatch)):
