@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-INPUT_KEYS = ("input", "inputs", "x", "image", "images", "img", "pixel_values", "input_ids")
-LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+from lrdlab.lowrank.token_batches import LABEL_KEYS, split_labels
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -26,19 +25,19 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels)`` of one batch: a pair (tuple/list) or a dict with an input and a label key."""
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """``(inputs, labels)`` of one batch: a pair (tuple/list) or a dict with a label key
+    (:func:`~lrdlab.lowrank.token_batches.split_labels`; the inputs go to the model through ``run_model``)."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
-        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
-        if x is None or y is None:
-            raise ValueError(f"a dict batch needs an input key (one of {INPUT_KEYS}) and a label key (one of "
-                             f"{LABEL_KEYS}); got keys {sorted(batch)}")
-        return x, y
-    raise ValueError(f"batches must be (inputs, labels) pairs or dicts, got a {type(batch).__name__}; "
-                     f"wrap the data set so that it yields (x, y)")
+    inputs, labels = split_labels(batch) if isinstance(batch, Mapping) else (batch, None)
+    if isinstance(batch, Mapping) and labels is None or isinstance(inputs, Mapping) and not inputs:
+        raise ValueError(f"a dict batch needs an input key (the forward's argument names) and a label key "
+                         f"(one of {LABEL_KEYS}); got keys {sorted(batch)}")
+    if labels is None:
+        raise ValueError(f"batches must be (inputs, labels) pairs or dicts, got a {type(batch).__name__}; "
+                         f"wrap the data set so that it yields (x, y)")
+    return inputs, labels
 
 
 def logits_of(out: Any) -> torch.Tensor:

@@ -15,7 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from lrdlab.finetune.inputs import logits_of, split_batch
-from lrdlab.lowrank.token_batches import TokenBatch, input_embedding, is_causal_lm, run_model, token_batch
+from lrdlab.lowrank.token_batches import (
+    TokenBatch,
+    input_embedding,
+    is_causal_lm,
+    model_call,
+    move,
+    run_model,
+    token_batch,
+)
 
 
 def forward_batch(model: nn.Module, batch: Any, device: torch.device, index: int = 0,
@@ -25,8 +33,8 @@ def forward_batch(model: nn.Module, batch: Any, device: torch.device, index: int
         causal = is_causal_lm(model)
     if not causal:
         x, y = split_batch(batch)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        return x, y, logits_of(run_model(model, x))
+        call, y = move(model_call(model, x), device), y.to(device, non_blocking=True)
+        return call, y, logits_of(run_model(model, call))
     emb = input_embedding(model)
     tb = token_batch(batch, emb.num_embeddings if emb is not None else None, f"{where} {index}").to(device)
     if tb.input_ids.shape[1] < 2:

@@ -33,7 +33,9 @@ ablations: ``data/calibration_modes_mnist5k.json`` and ``data/accuracy_f11_mnist
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import re
+import warnings
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +68,17 @@ from lrdlab.lowrank.data_aware import (
 )
 from lrdlab.lowrank.layers import weight_of
 from lrdlab.lowrank.plan import Plan
-from lrdlab.lowrank.token_batches import calibration_ids, takes_tokens
+from lrdlab.lowrank.token_batches import (
+    LM_KEYS,
+    Batch,
+    ModelCall,
+    calibration_ids,
+    head,
+    model_call,
+    samples,
+    split_labels,
+    takes_tokens,
+)
 
 # --- input statistics ------------------------------------------------------------------------------------
 
@@ -101,31 +113,35 @@ def _first_layer(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
 
 
-def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None) -> list[Tensor]:
-    """The input tensors of ``batches`` (tensors or ``(x, y)`` pairs), checked against ``model``.
+def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None) -> list[Batch]:
+    """The inputs of ``batches``, checked against ``model``: each batch as
+    :func:`~lrdlab.lowrank.token_batches.model_call` reads it (a tensor or ``(x, y)`` pair; a dict of tensors passed
+    as keyword arguments; a tuple of positional arguments; a list of images for torchvision detection).
 
     Raises ``ValueError`` naming the expected input shape for: no batches, a non-tensor, a non-float or
     wrong dtype, a device other than the model's, the wrong rank or channels for the first layer, or
     batches of different shapes. Reads ``batches`` once (an iterator is consumed).
     """
-    if takes_tokens(model):  # a language model: token-id tensors or dicts (lowrank/token_batches.py)
-        return calibration_ids(model, batches, plan)
+    if batches is None or isinstance(batches, (Tensor, Mapping)) or not isinstance(batches, Iterable):
+        expect = expected_input(model, plan)
+        raise ValueError(f"calibration takes an iterable of batches (e.g. [x] or a DataLoader), not one "
+                         f"{type(batches).__name__}; each batch shaped {expect}")
+    batches = list(batches)
+    several = any(isinstance(b, Mapping) and not set(b) <= LM_KEYS for b in batches)
+    if takes_tokens(model) and not several:  # token batches, checked as such (lowrank/token_batches.py)
+        return list(calibration_ids(model, batches, plan))
     expect = expected_input(model, plan)
-    if batches is None or isinstance(batches, Tensor) and batches.ndim == 0:
-        raise ValueError(f"calibration needs batches of inputs shaped {expect}")
-    if isinstance(batches, Tensor):
-        raise ValueError(f"calibration takes an iterable of batches (e.g. [x] or a DataLoader), not one tensor; "
-                         f"each batch shaped {expect}")
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     first = _first_layer(model)
-    xs: list[Tensor] = []
+    xs: list[Batch] = []
     for i, batch in enumerate(batches):
-        x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        x = model_call(model, batch)
         where = f"calibration batch {i}"
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{where} is a {type(x).__name__}, not a tensor; expected inputs shaped {expect}")
+        if isinstance(x, ModelCall):  # keyword arguments, several positional ones, a list of images
+            xs.append(_checked_call(x, f"{where} (a {type(batch).__name__})", dtype, device, expect))
+            continue
         if x.dtype != dtype:
             raise ValueError(f"{where} has dtype {x.dtype}, the model {dtype}; expected {dtype} inputs shaped {expect}")
         if x.device != device:
@@ -136,7 +152,7 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
             raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")
         if isinstance(first, nn.Linear) and (x.ndim < 2 or x.shape[-1] != first.in_features):
             raise ValueError(f"{where} has shape {tuple(x.shape)}; expected {expect}")
-        if xs and x.shape[1:] != xs[0].shape[1:]:
+        if xs and isinstance(xs[0], Tensor) and x.shape[1:] != xs[0].shape[1:]:
             raise ValueError(f"{where} has shape {tuple(x.shape)} but batch 0 {tuple(xs[0].shape)}; "
                              f"all batches must be shaped {expect}")
         if x.shape[0] == 0:
@@ -149,23 +165,47 @@ def check_batches(model: nn.Module, batches: Iterable, plan: Plan | None = None)
     return xs
 
 
-def _trial_forward(model: nn.Module, x: Tensor, expect: str) -> None:
+def _checked_call(call: ModelCall, where: str, dtype: torch.dtype, device: torch.device, expect: str) -> ModelCall:
+    """A batch that is not one tensor (a dict passed as keyword arguments, a tuple, a list of images), checked:
+    its tensors on the model's device, floating ones in its dtype and finite, and at least one sample."""
+    tensors = call.tensors()
+    if not tensors or call.size == 0:
+        raise ValueError(f"{where} holds no input tensor; expected inputs shaped {expect}, or the model's forward "
+                         f"arguments (a dict of tensors, a tuple, or a list of images)")
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"{where} has a tensor on {t.device}, the model on {device}; move the batches to {device}")
+        if t.is_floating_point() and t.dtype != dtype:
+            raise ValueError(f"{where} has a {t.dtype} tensor, the model {dtype}; cast the inputs to {dtype}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where} holds NaN or infinite values; calibrate on finite inputs")
+    return call
+
+
+def _trial_forward(model: nn.Module, x: Tensor | ModelCall, expect: str) -> None:
     try:
         with torch.no_grad():
-            feed(model, x[:2])
-    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
-        raise ValueError(f"the model cannot run on calibration batches shaped {tuple(x.shape)} "
-                         f"(expected {expect}): {err}") from err
+            feed(model, head(x, 2))
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError, KeyError) as err:
+        shape = f"shaped {tuple(x.shape)}" if isinstance(x, Tensor) else f"of {_described(x)}"
+        raise ValueError(f"the model cannot run on calibration batches {shape} (expected {expect}): "
+                         f"{type(err).__name__}: {err}") from err
 
 
-def calibration_batches(loader: Iterable, images: int = 512) -> list[Tensor]:
-    """The first ``images`` inputs of ``loader`` (``(x, y)`` batches or tensors) as a list of input batches."""
-    out, seen = [], 0
+def _described(call: ModelCall) -> str:
+    args = [f"list of {len(a)}" if isinstance(a, list) else tuple(getattr(a, "shape", ())) for a in call.args]
+    return ", ".join([*map(str, args), *(f"{k}={tuple(getattr(v, 'shape', ()))}" for k, v in call.kwargs.items())])
+
+
+def calibration_batches(loader: Iterable, images: int = 512) -> list:
+    """The first ``images`` inputs of ``loader`` (any batch :func:`~lrdlab.lowrank.token_batches.model_call`
+    reads; labels left out) as a list of input batches."""
+    out: list = []
+    seen = 0
     for batch in loader:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        x = x[: images - seen]
+        x = head(split_labels(batch)[0], images - seen)
         out.append(x)
-        seen += len(x)
+        seen += samples(x)
         if seen >= images:
             break
     return out
@@ -198,7 +238,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable) -> nn.Module:
 
 
 @torch.no_grad()
-def _reestimate_bn(model: nn.Module, xs: list[Tensor]) -> None:
+def _reestimate_bn(model: nn.Module, xs: list[Batch]) -> None:
     """:func:`recalibrate_bn` without the checks (``xs``: input tensors known to fit ``model``)."""
     bns = _bn_layers(model)
     if not bns:
@@ -253,6 +293,49 @@ def _run_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
     return seen
 
 
+def _ran_order(model: nn.Module, names: list[str], xs: list[Batch]) -> list[str]:
+    """The layers of ``names`` that run on any of the batches ``xs``, in the order they first run (a routed
+    expert may get no token of the first batch)."""
+    seen: dict[str, None] = {}
+    for x in tqdm(xs, desc="which layers run", leave=False, disable=len(xs) < 20):
+        seen.update(dict.fromkeys(_run_order(model, names, x)))
+        if len(seen) == len(names):
+            break
+    return list(seen)
+
+
+def _unrouted(plan: Plan, missing: list[str], ran: list[str]) -> list[str]:
+    """The planned layers that never ran on any batch but whose siblings did (``experts.7.w1`` beside a running
+    ``experts.0.w1``: an expert the router sent no calibration token): their rows keep them, saying so.
+    Any other layer that never ran is a ``ValueError`` (:func:`never_ran`), raised before anything changes."""
+    def shape(name: str) -> str:
+        return re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", name)
+
+    shapes = {shape(n) for n in ran}
+    others = [n for n in missing if shape(n) not in shapes]
+    if others:
+        raise never_ran(others)
+    for name in missing:
+        plan[name].keep("kept: never ran on any calibration batch (an expert the router sent none of their "
+                        "tokens), so it cannot be fitted; calibrate on more data or decompose it without calibration")
+    return missing
+
+
+def _say_fallbacks(plan: Plan, unpaired: list[str], kept: list[str], mode: str) -> None:
+    """Note in the plan's rows (and a warning) the layers fitted without row pairing, and the experts kept."""
+    note = ("calibrated on its own inputs (sequential fit): its row count depends on the data, so the original "
+            "and decomposed inputs cannot be paired")
+    for name in unpaired:
+        if note not in plan[name].reason:
+            plan[name].reason += f"; {note}"
+    if unpaired:
+        warnings.warn(f"calibration mode {mode!r}: layer(s) {unpaired} see a data-dependent number of rows; each was "
+                      f"{note.split(':')[0]} (said in the plan's rows)", stacklevel=3)
+    if kept:
+        warnings.warn(f"layer(s) {kept} never ran on any calibration batch and are kept whole (said in the "
+                      f"plan's rows)", stacklevel=3)
+
+
 def forward_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
     """``names`` sorted by when the layers first run on ``x``; layers that never run come last."""
     seen = _run_order(model, names, x)
@@ -299,10 +382,9 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
         if not torch.isfinite(weight_of(work.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")
     _trial_forward(work, xs[0], expected_input(model, plan))
-    watched = probe(work, list(rows), xs[0][:2])
-    pending = watched.order
-    if len(pending) < len(rows):
-        raise never_ran([n for n in rows if n not in pending])
+    watched = probe(work, list(rows), head(xs[0], 2))
+    pending = watched.order if len(watched.order) == len(rows) else _ran_order(work, list(rows), xs)
+    kept = _unrouted(plan, [n for n in rows if n not in pending], pending)
     reference = copy.deepcopy(work) if mode != "sequential" else None  # the original network, never changed
     bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,
                disable=(len(pending) < 20) if progress is None else not progress)
@@ -312,7 +394,11 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
         module = work.get_submodule(name)
         set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), moments, ridge,
                                                  rows[name].branches, name))
+        if moments.unpaired:
+            unpaired.append(name)
         bar.update()
+
+    unpaired: list[str] = []
 
     if mode == "one-shot":
         assert reference is not None
@@ -322,6 +408,7 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
         fit_layers(Walk(work, reference, watched.chains, replace, lambda name: _bn_scope(work, name),
                         _reestimate_bn if bn == "progressive" else None), pending, xs)
     bar.close()
+    _say_fallbacks(plan, unpaired, kept, mode)
     if bn:
         _reestimate_bn(work, xs)
     work.eval()

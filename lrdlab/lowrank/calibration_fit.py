@@ -35,9 +35,18 @@ class Moments:
     cross: Tensor | None = None
     rows: int = 0
     images: int = 0
+    unpaired: bool = False  # the original and decomposed inputs differed in shape once: no cross-moment
 
     def add(self, module: nn.Module, x_hat: Tensor, x: Tensor | None = None, batches: int = 1) -> None:
-        """Add one batch: ``x_hat`` the layer's input in the decomposed network, ``x`` in the original."""
+        """Add one batch: ``x_hat`` the layer's input in the decomposed network, ``x`` in the original.
+
+        When their shapes differ (the row count depends on the data: a selection ``h[h[:, 0] > 0]``, detection
+        proposals, tokens routed to an expert) the rows cannot be paired: the cross-moment is dropped for good and
+        the layer gets the fit on its own inputs (``unpaired``)."""
+        if x is not None and x.shape != x_hat.shape:
+            self.unpaired = True
+        if self.unpaired:
+            x, self.cross = None, None
         if _shifted(module, x_hat, batches):  # a stride-1 conv: the same sums without im2col (exact)
             assert isinstance(module, nn.Conv2d)
             gram, rows = patch_moment(module, x_hat, x_hat), _positions(module, x_hat)
@@ -69,7 +78,7 @@ def _positions(module: nn.Conv2d, x: Tensor) -> int:
     return x.shape[0] * (x.shape[2] + 2 * ph - kh + 1) * (x.shape[3] + 2 * pw - kw + 1)
 
 
-def feed(model: nn.Module, batch: Tensor) -> Any:
+def feed(model: nn.Module, batch: Any) -> Any:
     """Run ``model`` (or a part of it) on one calibration batch (:func:`~lrdlab.lowrank.token_batches.run_model`)."""
     return run_model(model, batch)
 
@@ -116,7 +125,7 @@ def layer_moments(runner: nn.Module, module: nn.Module, inputs: list[Tensor],
 
 
 @torch.no_grad()
-def one_shot_moments(model: nn.Module, names: list[str], xs: list[Tensor]) -> dict[str, Moments]:
+def one_shot_moments(model: nn.Module, names: list[str], xs: list) -> dict[str, Moments]:
     """Every named layer's input moments from one pass of ``model`` over ``xs`` (SVD-LLM's one-shot statistics)."""
     acc = {n: Moments() for n in names}
     handles = [model.get_submodule(n).register_forward_pre_hook(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -133,7 +134,11 @@ def load_decomposed(directory: str | Path, model: nn.Module) -> nn.Module:
     if not (directory / "state_dict.pt").is_file():
         raise FileNotFoundError(f"no state_dict.pt in {directory}; save the model with save_decomposed first")
     plan = Plan.load(directory / "plan.json")
-    state = torch.load(directory / "state_dict.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(directory / "state_dict.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message is several lines about allow-lists
+        raise ValueError(f"{directory / 'state_dict.pt'} holds more than tensors (objects that loading would have to "
+                         f"run code for), so it is not read; save the model with save_decomposed") from err
     expected = {k: tuple(v.shape) for k, v in planned_structure(model, plan).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:

@@ -53,6 +53,7 @@ from lrdlab.lowrank.apply import MERGED, check_plan, decompose_weights, set_modu
 from lrdlab.lowrank.layers import LowRankLayer, tensor_of, weight_of
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Plan
+from lrdlab.lowrank.token_batches import model_call, run_model, samples
 
 BN_MODES = ("fold", "fresh", "exact")
 DEFAULT_BN = "fresh"
@@ -301,9 +302,9 @@ def calibrate_bn(model: nn.Module, bns: list[nn.BatchNorm2d], batches: Iterable[
     seen = 0
     try:
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
-            seen += x.shape[0]
+            call = model_call(model, batch)
+            run_model(model, call)
+            seen += samples(call)
     finally:
         for h in handles:
             h.remove()

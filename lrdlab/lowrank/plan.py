@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -120,8 +121,9 @@ class Plan:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        """Decomposed layers' parameters before → after (kept layers, e.g. a tied lm_head, are not counted among
-        them) and, where the plan records the model's count, the whole model's."""
+        """One line: layers decomposed, their parameters before → after (kept layers, e.g. a tied lm_head, are not
+        counted among them), the parameters outside any row, the whole model's where the plan records it, and a loud
+        "NOT PROBED" when no probe forward checked which layers the model calls."""
         done = self.decomposed_layers
         before, after = sum(r.params_before for r in done), sum(r.params_after for r in done)
         removed = 100 * (1 - after / before) if before else 0.0
@@ -130,10 +132,18 @@ class Plan:
         for name in self.settings.get("untied", {}):  # an output head untied from the input embedding
             head = self[name]
             text += f"; of which the untied {name} {_count(head.params_before)} → {_count(head.params_after)}"
+        rest = self.settings.get("uncovered") or {}
+        if rest.get("params"):
+            text += (f"; {_count(rest['params'])} params in {rest['tensors']} tensor(s) outside any row, left whole "
+                     f"(largest {rest['largest']!r} {rest['largest_shape']})")
         total = self.settings.get("model_params")
         if total:  # an untied head adds its own weight before its decomposition (lrdlab.lowrank.hf.untie_lm_head)
             whole = total + self.settings.get("untied_params", 0) - (before - after)
             text += f"; whole model {_count(total)} → {_count(whole)} ({100 * (1 - whole / total):.2f}% removed)"
+        probe = str(self.settings.get("probe", ""))
+        if probe.startswith("not probed"):
+            text += (" — NOT PROBED: layers the model never calls or whose weight it reads may be decomposed and "
+                     "make it slower; give an input, Layers(example_input=...)")
         return text
 
     def __str__(self) -> str:
@@ -171,6 +181,7 @@ class Plan:
                     get_method(row.method)
                 except ValueError as err:
                     raise ValueError(f"plan row {row.name!r}: {err}") from err
+                _check_params_after(row)
         return plan
 
     def save(self, path: str | Path) -> None:
@@ -193,9 +204,27 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not a JSON plan ({err}); write one with `lrdlab plan MODEL --out "
                              f"{path.name}` or Plan.save") from err
+        except RecursionError as err:  # JSON nested deeper than Python's recursion limit
+            raise ValueError(f"{path} is not an lrdlab plan (its JSON is nested too deeply to read); write plans "
+                             f"with Plan.save or `lrdlab plan MODEL --out {path.name}`") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} holds JSON but not an lrdlab plan; write one with Plan.save")
         return cls.from_dict(data)
+
+
+def _check_params_after(row: LayerPlan) -> None:
+    """``ValueError`` when a decomposed row's ``params_after`` is not what its method and ranks give (an edited
+    plan file): the row's own shape, method and ranks decide the parameters, the number only reports them."""
+    info = {"type": row.type, "in_channels": row.in_channels, "out_channels": row.out_channels,
+            "kernel_size": tuple(row.kernel_size), "bias": False}
+    try:
+        bias = row.params_before - params_of(info, None, None)
+        expected = params_of(info, row.method, row.ranks, row.branches) + bias
+    except (KeyError, TypeError, ValueError, IndexError):  # a row shaped unlike any form: checked by check_plan
+        return
+    if row.params_after != expected:
+        raise ValueError(f"plan row {row.name!r}: params_after is {row.params_after:,} but {row.method} at ranks "
+                         f"{row.ranks} gives {expected:,}; the plan file was edited: fix params_after or re-plan")
 
 
 # --- building a plan -------------------------------------------------------------------------------
@@ -241,13 +270,37 @@ def applicable_patterns(model: nn.Module, patterns: str | Sequence[str] | None) 
     return [p for p in wanted if any(fnmatch.fnmatchcase(n, p) for n in names)]
 
 
-def _check_patterns(names: list[str], patterns: list[str], what: str) -> None:
-    for p in patterns:
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
-            raise ValueError(
-                f"{what} pattern {p!r} matches no Linear/Conv layer of this model; "
-                f"layer names look like {names[:3]} (glob patterns, e.g. 'layer1.*')"
-            )
+def _check_patterns(names: list[str], patterns: list[str], what: str) -> list[str]:
+    """The patterns of ``patterns`` that match no layer. A list none of whose patterns matches raises a
+    ValueError (a typo); one that matches nothing beside one that does is dropped with a warning (the README's
+    ``exclude=["conv1", "*.downsample.*"]`` on a ResNet without downsample convs)."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched and len(unmatched) == len(patterns):
+        raise ValueError(
+            f"{what} pattern {unmatched[0]!r} matches no Linear/Conv layer of this model; "
+            f"layer names look like {names[:3]} (glob patterns, e.g. 'layer1.*')"
+        )
+    if unmatched:
+        warnings.warn(f"{what} pattern(s) {unmatched} match no Linear/Conv layer of this model and are ignored "
+                      f"(the other {what} patterns apply); layer names look like {names[:3]}", stacklevel=3)
+    return unmatched
+
+
+def _uncovered(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> dict[str, Any]:
+    """The parameter tensors no plan row covers (norms, embeddings, 3-D expert weights ...): count, size, largest."""
+    modules = dict(model.named_modules())
+    covered: set[int] = set()
+    for name, m in candidates:
+        if modules.get(name) is m:
+            covered.update(id(p) for p in m.parameters())
+        else:  # an attention q/k/v view: its module's packed in_proj parameters
+            covered.update(id(p) for p in modules[name.rpartition(".")[0]].parameters(recurse=False))
+    rest = [(n, p) for n, p in model.named_parameters() if id(p) not in covered]
+    if not rest:
+        return {"params": 0, "tensors": 0}
+    name, largest = max(rest, key=lambda item: item[1].numel())
+    return {"params": sum(p.numel() for _, p in rest), "tensors": len(rest), "largest": name,
+            "largest_shape": list(largest.shape)}
 
 
 def recorded_options(given: MethodOptions | Sequence[MethodOptions] | None) -> dict[str, dict[str, Any]]:
@@ -306,8 +359,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv layer to decompose")
     include, exclude, force = (select.patterns(what) for what in ("include", "exclude", "force"))
-    for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force")):
-        _check_patterns(names, patterns, what)
+    unmatched = {what: bad for patterns, what in ((include, "include"), (exclude, "exclude"), (force, "force"))
+                 if (bad := _check_patterns(names, patterns, what))}
     if isinstance(policy.value, dict):
         unknown = sorted(set(policy.value) - set(names))
         if unknown:
@@ -319,6 +372,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
     kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in candidates if not _matches(n, force)],
                                            set(unrewritable) | set(fastpath), select.example_input,
                                            select.input_shape)
+    if probe_note.startswith("not probed"):
+        warnings.warn(f"make_plan: {probe_note}", UserWarning, stacklevel=2)
 
     rows = []
     for name, module in candidates:
@@ -365,6 +420,9 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
                              select.example_input, select.input_shape)
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
                 "exclude": exclude, "force": force, "probe": probe_note,
-                "model_params": sum(p.numel() for p in model.parameters())}  # tied counted once
+                "model_params": sum(p.numel() for p in model.parameters()),  # tied counted once
+                "uncovered": _uncovered(model, candidates)}
+    if unmatched:
+        settings["unmatched_patterns"] = unmatched
     name = model_name or getattr(model, "lrdlab_name", None) or type(model).__name__
     return Plan(model=name, layers=rows, settings=settings)

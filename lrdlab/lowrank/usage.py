@@ -19,6 +19,8 @@ Opting in: ``make_plan(model, policy, Layers(force=["name"]))`` decomposes a kep
 
 from __future__ import annotations
 
+import inspect
+import re
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from lrdlab.lowrank import conv_kinds, hf
+from lrdlab.lowrank.probe_inputs import inferred_input, random_input
 
 SAFE_LAYERS: set[type] = set()  # subclasses registered as computing what their torch base class computes
 
@@ -121,49 +124,24 @@ def _spying(modules: dict[str, nn.Module]) -> Iterator[dict[str, _Record]]:
             _ACTIVE.pop(id(m), None)
 
 
-def _like(model: nn.Module) -> dict[str, Any]:
-    """dtype and device for a probe input: the model's first floating parameter's."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return {"dtype": p.dtype, "device": p.device}
-    return {}
-
-
-def _random(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """A random input that leaves torch's global random state alone."""
-    like = _like(model)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=like.get("dtype", torch.float32))
-    return x.to(like.get("device", "cpu"))
-
-
 def probe_input(model: nn.Module, example_input: Any = None,
                 input_shape: Sequence[int] | None = None) -> tuple[tuple, dict[str, Any], str, bool] | None:
-    """``(args, kwargs, description, given)`` for the probe forward, or None when no input is known."""
+    """``(args, kwargs, description, given)`` for the probe forward, or None when no input is known
+    (the user's input, else what the model's metadata gives: :mod:`lrdlab.lowrank.probe_inputs`)."""
     if example_input is not None and input_shape is not None:
         raise ValueError("pass example_input= or input_shape=, not both")
     if example_input is not None:
         if isinstance(example_input, dict):
             return (), dict(example_input), "example_input", True
-        args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+        args = tuple(example_input) if isinstance(example_input, tuple) else (example_input,)
         return args, {}, "example_input", True
     if input_shape is not None:
         shape = tuple(input_shape)
         if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
             raise ValueError(f"input_shape must be positive ints, e.g. (1, 3, 224, 224) (got {input_shape!r})")
-        return (_random(model, shape),), {}, f"input_shape {list(shape)}", True
-    size = getattr(model, "lrdlab_input_size", None)  # set by lrdlab.get_model
-    if size is not None:
-        shape = (1, *size)
-        return (_random(model, shape),), {}, f"the registry's input {list(shape)}", False
-    config = getattr(model, "config", None)
-    if getattr(model, "main_input_name", None) == "input_ids" and getattr(config, "vocab_size", None):
-        device = _like(model).get("device")
-        ids = torch.ones(1, 8, dtype=torch.long, device=device)
-        kwargs = {"input_ids": ids}
-        if getattr(config, "is_encoder_decoder", False):
-            kwargs["decoder_input_ids"] = ids
-        return (), kwargs, "8 token ids", False
-    return None
+        return (random_input(model, shape),), {}, f"input_shape {list(shape)}", True
+    found = inferred_input(model)
+    return None if found is None else (found.args, found.kwargs, found.source, False)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -220,10 +198,35 @@ def _why(record: _Record) -> str | None:
     return READ_OUTSIDE if record.reads else None
 
 
+def _forward_source(cls: type[nn.Module]) -> tuple[str, str]:
+    """``(source of cls.forward, its first parameter's name)``; empty when the source is not available."""
+    try:
+        forward = cls.forward
+        own = next(iter(inspect.signature(forward).parameters), "self")
+        return inspect.getsource(forward), own
+    except (OSError, TypeError, ValueError):
+        return "", "self"
+
+
+def read_in_source(model: nn.Module, name: str) -> str | None:
+    """The class whose ``forward`` source reads ``self.<child>.weight`` of layer ``name`` (a static check for a
+    model that could not be probed), or None."""
+    parent, _, child = name.rpartition(".")
+    try:
+        holder = model.get_submodule(parent)
+    except AttributeError:
+        return None
+    source, own = _forward_source(type(holder))
+    if re.search(rf"\b{re.escape(own)}\.{re.escape(child)}\.weight\b", source):
+        return type(holder).__name__
+    return None
+
+
 def usage_reasons(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], exempt: set[str],
                   example_input: Any = None, input_shape: Sequence[int] | None = None) -> tuple[dict[str, str], str]:
     """``({layer name: why it is kept}, probe note)``; ``exempt`` names (attention projections lrdlab rewrites
-    itself) are not probed."""
+    itself) are not probed. Without a probe, layers whose parent's ``forward`` source reads their weight
+    (``F.linear(x, self.qkv.weight)``) are kept by a static check, and the note starts with "not probed"."""
     reasons = {name: why.replace("[name]", f"[{name!r}]") for name, m in layers if (why := overridden_forward(m))}
     modules = dict(model.named_modules())
     spied = {n: m for n, m in layers if n not in exempt and modules.get(n) is m and n not in reasons}
@@ -231,4 +234,10 @@ def usage_reasons(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], exe
     for name, record in (records or {}).items():
         if (why := _why(record)) is not None:
             reasons[name] = f"{why}; opt in with Layers(force=[{name!r}])"
+    if records is None:
+        for name in spied:
+            if (owner := read_in_source(model, name)) is not None:
+                reasons[name] = (f"kept: not probed, and {owner}.forward reads its .weight directly (a decomposed "
+                                 f"layer's weight is multiplied out on every read); give an input, "
+                                 f"Layers(example_input=...), or opt in with Layers(force=[{name!r}])")
     return reasons, note

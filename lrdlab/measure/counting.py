@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lrdlab.lowrank.token_batches import model_call, run_model
+
 
 def count_layers(model: nn.Module, exclude_downsample: bool = True) -> int:
     """Conv2d + Linear layers, as P1 Table 2 counts them (downsample convs excluded: ResNet-50 → 50)."""
@@ -27,30 +29,50 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields each Parameter object once
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor, dtype: torch.dtype | None = None) -> int:
+def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | Any,
+                dtype: torch.dtype | None = None) -> int:
     """Forward FLOPs of ``model`` on one input (batch included), counted on the meta device.
 
-    ``input_shape`` is a shape (a float input, or ``dtype``: ``torch.long`` for token ids) or an example
-    input tensor (its shape and dtype are used). A model whose forward needs real values (some HuggingFace
-    models check their inputs) is counted on the example tensor itself, in eval mode and without gradients.
+    ``input_shape`` is a shape (a float input, or ``dtype``: ``torch.long`` for token ids), an example input tensor
+    (its shape and dtype are used), or any batch the model's forward takes (a dict of keyword arguments, a tuple,
+    a list of images: :func:`~lrdlab.lowrank.token_batches.model_call`), counted on the real model. A model whose
+    forward needs real values (some HuggingFace models check their inputs) is counted on the example itself.
+    Counting runs in eval mode, without gradients, with the parameters' ``requires_grad`` switched off meanwhile
+    (torch's module tracker fails on some models otherwise: HF Mamba, DeBERTa-v2) and restored.
     """
+    if not isinstance(input_shape, torch.Tensor) and not _is_shape(input_shape):
+        return _count_real(model, model_call(model, input_shape))
     example = input_shape if isinstance(input_shape, torch.Tensor) else None
     if example is not None and dtype is None:
         dtype = example.dtype
     shape = tuple(example.shape) if example is not None else tuple(input_shape)
-    meta = copy.deepcopy(model).to("meta").eval()
+    meta = copy.deepcopy(model).to("meta").eval().requires_grad_(False)
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             meta(torch.zeros(shape, dtype=dtype, device="meta"))
     except (NotImplementedError, RuntimeError):
         real = example if example is not None else torch.zeros(shape, dtype=dtype)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        was_training = model.training
-        try:
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                model.eval()(real.to(device))
-        finally:
-            model.train(was_training)
+        return _count_real(model, real.to(device))
+    return int(counter.get_total_flops())
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, Sequence) and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+
+
+def _count_real(model: nn.Module, call: Any) -> int:
+    """FLOPs of ``model`` on ``call`` (a tensor or a ModelCall), in eval mode without gradients, restored after."""
+    was_training = model.training
+    grads = {p: p.requires_grad for p in model.parameters()}
+    try:
+        model.eval().requires_grad_(False)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            run_model(model, call)
+    finally:
+        model.train(was_training)
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 

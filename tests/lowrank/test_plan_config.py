@@ -46,7 +46,8 @@ def test_a_plan_written_before_the_configs_loads_and_decomposes_the_same(tmp_pat
         [(r.name, r.method, r.ranks, r.reason) for r in new.layers]
     assert old.policy == Ratio(2, granularity=2)  # min_rank was not recorded then: it reads as the default
     old_settings = set(OLD_PLAN["settings"])
-    assert old_settings <= set(new.settings) and set(new.settings) - old_settings == {"min_rank", "model_params"}
+    assert old_settings <= set(new.settings)
+    assert set(new.settings) - old_settings == {"min_rank", "model_params", "uncovered"}
     small = decompose(net, old)
     save_decomposed(small, old, tmp_path)
     (tmp_path / "plan.json").write_text(json.dumps(OLD_PLAN))  # the folder as an older lrdlab saved it
