@@ -101,8 +101,9 @@ def _split(args: tuple, kwargs: dict) -> tuple[Tensor, BlockCall] | None:
         kw["use_cache"] = False
     if args and isinstance(args[0], Tensor):
         return args[0], BlockCall(0, tuple(None if _is_cache(a) else a for a in args[1:]), kw)
-    if isinstance(kw.get("hidden_states"), Tensor):
-        return kw.pop("hidden_states"), BlockCall("hidden_states", tuple(args), kw)
+    hidden = kw.pop("hidden_states", None)
+    if isinstance(hidden, Tensor):
+        return hidden, BlockCall("hidden_states", tuple(args), kw)
     return None
 
 
@@ -197,9 +198,9 @@ def calibrate_stack(job: StackFit, stack: Stack, names: list[str], captured: lis
         inside = [n[len(path) + 1:] for n in names if _inside(path, n)]
         if job.mode == "one-shot":  # the original block: moments and outputs in one pass, then the fits
             assert ref_in is not None
-            moments, ref_in = _one_shot(block, inside, ref_in, calls[i])
+            stats, ref_in = _one_shot(block, inside, ref_in, calls[i])
             for name in inside:
-                job.fit(f"{path}.{name}", moments[name])
+                job.fit(f"{path}.{name}", stats[name])
             continue
         assert work_in is not None
         reference = shared_copy(block) if ref_in is not None else None  # this block as it was
