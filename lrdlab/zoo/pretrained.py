@@ -50,9 +50,12 @@ def available() -> list[str]:
 
 
 def _check_name(name: str) -> None:
+    from lrdlab.zoo.smollm import LANGUAGE_MODELS
+
     names = available()
     if name not in names:
-        raise ValueError(f"no pretrained model named {name!r}; available: {', '.join(names) or 'none'}")
+        raise ValueError(f"no pretrained model named {name!r}; available: {', '.join(names) or 'none'}; "
+                         f"language models (lrdlab[lm]): {', '.join(LANGUAGE_MODELS)}")
 
 
 def pretrained_info(name: str) -> dict[str, Any]:
@@ -87,8 +90,14 @@ def pretrained(name: str) -> nn.Module:
     """A trained reference model in eval mode, e.g. ``pretrained("resnet20_mnist5k")`` (see :func:`available`).
 
     Inputs: MNIST-5k as :func:`lrdlab.get_loaders` gives it (3×32×32, normalised); 10 classes.
+    ``pretrained("smollm2_135m")`` is the real language model SmolLM2-135M-Instruct (extra ``lrdlab[lm]``; its
+    tokenizer: :func:`lrdlab.zoo.smollm.load_smollm2`).
     """
     from lrdlab.zoo.models import get_model
+    from lrdlab.zoo.smollm import LANGUAGE_MODELS, load_smollm2
+
+    if name in LANGUAGE_MODELS:
+        return load_smollm2().model
 
     info = pretrained_info(name)
     packed = torch.load(WEIGHTS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
