@@ -196,37 +196,66 @@ def calibrate_stack(job: StackFit, stack: Stack, names: list[str], captured: lis
     for i, path in enumerate(stack.blocks[:last + 1]):
         block = job.work.get_submodule(path)
         inside = [n[len(path) + 1:] for n in names if _inside(path, n)]
-        if job.mode == "one-shot":  # the original block: moments and outputs in one pass, then the fits
-            assert ref_in is not None
-            stats, ref_in = _one_shot(block, inside, ref_in, calls[i])
-            for name in inside:
-                job.fit(f"{path}.{name}", stats[name])
-            continue
+        ref_seen: dict[str, list[Tensor]] | None = None
+        if ref_in is not None:  # the block as it was, on the original network's inputs: one pass, before any fit
+            if job.mode == "one-shot":
+                stats = {n: Moments() for n in inside}
+                ref_in = _run_watched(block, inside, ref_in, calls[i],
+                                      _accumulate(stats, len(captured)))
+                for name in inside:
+                    job.fit(f"{path}.{name}", stats[name])
+                continue
+            ref_seen = {n: [] for n in inside}
+            ref_in = _run_watched(block, inside, ref_in, calls[i],
+                                  _keep(ref_seen))
         assert work_in is not None
-        reference = shared_copy(block) if ref_in is not None else None  # this block as it was
         left = inside
         while left:
-            group, moments = _group_moments(block, reference, left, work_in, ref_in, calls[i])
+            group, moments = _group_moments(block, left, work_in, calls[i], ref_seen)
             for name in group:
                 job.fit(f"{path}.{name}", moments)
             left = [n for n in left if n not in group]
         if i < last:
-            work_in = [hidden_of(call.run(block, h)) for h, call in zip(work_in, calls[i])]  # type: ignore[misc]
-            if reference is not None and ref_in is not None:
-                ref_in = [hidden_of(call.run(reference, h)) for h, call in zip(ref_in, calls[i])]  # type: ignore[misc]
+            work_in = [_hidden(call.run(block, h)) for h, call in zip(work_in, calls[i])]
 
 
-def _one_shot(block: nn.Module, names: list[str], inputs: list[Tensor],
-              calls: list[BlockCall]) -> tuple[dict[str, Moments], list[Tensor]]:
-    acc = {n: Moments() for n in names}
+def _hidden(output: Any) -> Tensor:
+    hidden = hidden_of(output)
+    assert hidden is not None  # capture_stack checked that the blocks hand hidden states on
+    return hidden
+
+
+Seen = Callable[[str, int, nn.Module, Tensor], None]  # (layer name, batch index, layer, its input)
+
+
+def _accumulate(stats: dict[str, Moments], batches: int) -> Seen:
+    def seen(name: str, b: int, layer: nn.Module, x: Tensor) -> None:
+        stats[name].add(layer, x, batches=batches)
+    return seen
+
+
+def _keep(store: dict[str, list[Tensor]]) -> Seen:
+    def seen(name: str, b: int, layer: nn.Module, x: Tensor) -> None:
+        if len(store[name]) == b:  # a layer that runs twice in a block: its first input
+            store[name].append(x)
+    return seen
+
+
+def _run_watched(block: nn.Module, names: list[str], inputs: list[Tensor], calls: list[BlockCall],
+                 seen: Seen) -> list[Tensor]:
+    """``block``'s outputs on ``inputs``, with ``seen(name, batch, layer, x)`` called on each named layer's input."""
+    batch = [0]
     handles = [block.get_submodule(n).register_forward_pre_hook(
-        lambda mod, args, n=n: acc[n].add(mod, args[0].detach(), batches=len(inputs))) for n in names]
+        lambda mod, args, n=n: seen(n, batch[0], mod, args[0].detach())) for n in names]
+    outputs = []
     try:
-        outputs = [hidden_of(call.run(block, h)) for h, call in zip(inputs, calls)]
+        for b, (h, call) in enumerate(zip(inputs, calls)):
+            batch[0] = b
+            outputs.append(_hidden(call.run(block, h)))
     finally:
-        for h in handles:
-            h.remove()
-    return acc, outputs  # type: ignore[return-value]
+        for handle in handles:
+            handle.remove()
+    return outputs
 
 
 def _run_until(block: nn.Module, names: list[str], hidden: Tensor, call: BlockCall,
@@ -261,10 +290,10 @@ def _run_until(block: nn.Module, names: list[str], hidden: Tensor, call: BlockCa
     return seen
 
 
-def _group_moments(block: nn.Module, reference: nn.Module | None, names: list[str], work_in: list[Tensor],
-                   ref_in: list[Tensor] | None, calls: list[BlockCall]) -> tuple[list[str], Moments]:
+def _group_moments(block: nn.Module, names: list[str], work_in: list[Tensor], calls: list[BlockCall],
+                   ref_seen: dict[str, list[Tensor]] | None) -> tuple[list[str], Moments]:
     """The first group of ``names`` in ``block`` and its moments over all batches (cross-moments with the
-    ``reference`` block's inputs where given)."""
+    original network's inputs ``ref_seen`` of each layer and batch, where given)."""
     moments = Moments()
     group: list[str] | None = None
     for b, (hidden, call) in enumerate(zip(work_in, calls)):
@@ -277,10 +306,11 @@ def _group_moments(block: nn.Module, reference: nn.Module | None, names: list[st
             continue
         x_hat = next(iter(seen.values()))
         x_ref = None
-        if reference is not None and ref_in is not None:
-            x_ref = next(iter(_run_until(reference, group, ref_in[b], call, group).values()), None)
-            if x_ref is None:
+        if ref_seen is not None:
+            refs = ref_seen[group[0]]
+            if b >= len(refs):
                 continue
+            x_ref = refs[b]
         moments.add(block.get_submodule(group[0]), x_hat, x_ref, len(work_in))
     assert group is not None
     return group, moments
