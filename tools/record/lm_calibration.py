@@ -4,7 +4,8 @@ The model loads with :func:`lrdlab.zoo.smollm.load_smollm2` (float32). Calibrati
 (SmolLM2's own tokenizer) of the pydoc training split (the first 90% of the corpus's bytes, ``lrdlab.zoo.text``) in
 ``--window``-token windows, ``--batch`` windows a batch. Each mode is timed around ``decompose(model, plan,
 calibration=Calibration(batches, mode=...))``; the peak resident memory above the loaded model is sampled from
-``/proc/self/statm`` every 20 ms. Perplexity: the pydoc validation split in non-overlapping windows.
+``/proc/self/statm`` every 20 ms; the process's CPU time is recorded beside the wall time (on a shared, loaded
+machine the wall time is mostly waiting). Perplexity: the pydoc validation split in non-overlapping windows.
 
 Run ``python -m tools.record.lm_calibration --out data/lm_calibration_smollm2_cpu.json``.
 """
@@ -108,12 +109,12 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
     for mode in modes:
         load_start = os.getloadavg()
         with PeakMemory() as memory:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             low = decompose(model, plan, calibration=Calibration(calibration, mode=mode), progress=True)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         load_end = os.getloadavg()
         ppl = perplexity(low, validation)
-        rows.append({"mode": mode, "wall_s": round(wall, 1), "peak_mb_above_loaded": round(memory.above_start_mb, 1),
+        rows.append({"mode": mode, "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1), "peak_mb_above_loaded": round(memory.above_start_mb, 1),
                      "validation_perplexity": round(ppl, 3), "params": count_params(low),
                      "load_avg_start": [round(x, 2) for x in load_start],
                      "load_avg_end": [round(x, 2) for x in load_end]})
