@@ -270,7 +270,8 @@ class Calibration:
     """A data-aware decomposition's settings: ``decompose(model, plan, calibration=Calibration(batches, ...))``.
 
     ``batches``: input tensors or ``(x, y)`` pairs (images), token-id tensors or dicts (language models), on the
-    model's device; read once. ``mode``: ``"corrected"`` (default), ``"one-shot"`` or ``"sequential"``, the
+    model's device; read once, and checked when the decomposition starts (the error names the input shape the
+    model expects). ``mode``: ``"corrected"`` (default), ``"one-shot"`` or ``"sequential"``, the
     objective of each layer's fit (:mod:`lrdlab.lowrank.calibration`). ``bn``: ``True`` (= ``"end"``) re-estimates
     BatchNorm statistics at the end, ``"progressive"`` also after each part, ``False`` never. ``ridge``: added
     to each input second moment, times its mean eigenvalue (``>= 0``). A plain iterable of batches given as
@@ -283,9 +284,6 @@ class Calibration:
     ridge: float = DEFAULT_RIDGE
 
     def __post_init__(self) -> None:
-        if self.batches is None or isinstance(self.batches, (Tensor, str)):
-            raise ValueError("Calibration takes an iterable of batches (e.g. [x] or a DataLoader), not "
-                             f"{type(self.batches).__name__}")
         if self.mode not in MODES:
             raise ValueError(f"Calibration mode must be one of {MODES} (got {self.mode!r})")
         if self.bn not in (True, False, "progressive", "end") or not isinstance(self.bn, (bool, str)):

@@ -142,8 +142,8 @@ def test_calibration_is_a_public_checked_config():
     for bad in (dict(mode="greedy"), dict(bn="sometimes"), dict(ridge=-1.0), dict(ridge=float("nan"))):
         with pytest.raises(ValueError, match="Calibration"):
             Calibration(xs, **bad)
-    with pytest.raises(ValueError, match="iterable of batches"):
-        Calibration(xs[0])
+    with pytest.raises(ValueError, match="iterable of batches"):  # checked with the model, naming its input
+        decompose(model, plan, calibration=Calibration(xs[0]))
     config = Calibration(xs, mode="one-shot", bn=False, ridge=1e-2)
     with pytest.raises(AttributeError):
         config.mode = "corrected"  # type: ignore[misc]
