@@ -129,7 +129,7 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
                 "above the loaded model while decompose(model, plan, calibration=Calibration(batches, mode=...)) "
                 "runs, and perplexity on the pydoc validation split",
         "command": "python -m tools.record.lm_calibration " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "note": "Intel Xeon 2-core shared box (6 other engineers' jobs running)",
+        "machine": {**machine_info(), "note": "the shared 2-core box (6 other engineers' jobs running)",
                     "load_avg_at_start": [round(x, 2) for x in load_before]},
         "model": {"name": lm.name, "source": lm.source, "load_s": round(load_s, 1), "params": count_params(model),
                   "resident_mb_loaded": round(loaded_mb, 1)},
