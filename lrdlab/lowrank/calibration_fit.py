@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +159,25 @@ def _warn_if_few_rows(name: str, moments: Moments, dim: int) -> None:
                   stacklevel=4)
 
 
+SMALL_LAPACK = 2048  # fits of layers up to this input size run their factorisations on one thread
+
+
+@contextmanager
+def _small_lapack(dim: int) -> Iterator[None]:
+    """One torch thread for the factorisations of a small fit: LAPACK's SVD of a few-hundred-wide float64 matrix
+    gains little from threads and loses up to 10x (in CPU time too) when the cores are shared with other jobs
+    (measured: 576 x 1536 SVD 1.8 s on 1 thread, 17 s on 2, at load 10)."""
+    threads = torch.get_num_threads()
+    if dim > SMALL_LAPACK or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def calibrated_layer(module: nn.Module, method: str, ranks: tuple[int, ...], moments: Moments | Tensor,
                      ridge: float = DEFAULT_RIDGE, branches: int = 1, name: str = "") -> LowRankLayer:
@@ -179,12 +200,13 @@ def calibrated_layer(module: nn.Module, method: str, ranks: tuple[int, ...], mom
     scale = max(moments.rows, 1)
     gram = moments.gram / scale
     try:
-        if moments.cross is None:
-            target, cov = weight.double(), add_ridge(gram, ridge)
-        else:
-            flat, cov = corrected_weight(weight.reshape(weight.shape[0], -1), gram, moments.cross / scale, ridge)
-            target = flat.reshape(weight.shape)
-        factors = get_method(method).data_aware(target, cov, ranks, branches)
+        with _small_lapack(dim):
+            if moments.cross is None:
+                target, cov = weight.double(), add_ridge(gram, ridge)
+            else:
+                flat, cov = corrected_weight(weight.reshape(weight.shape[0], -1), gram, moments.cross / scale, ridge)
+                target = flat.reshape(weight.shape)
+            factors = get_method(method).data_aware(target, cov, ranks, branches)
     except torch.linalg.LinAlgError as err:  # only non-finite activations get here: batches are checked
         raise ValueError(f"layer {name!r}: its calibration statistics are not finite ({err}); check the "
                          f"activations the calibration batches give (overflow in a low-precision model?)") from err
