@@ -49,7 +49,8 @@ class PairedOrder:
 
     def text(self, a: str, b: str) -> str:
         """One line naming the ratio, its interval and the verdict."""
-        head = f"{a} / {b} perplexity ×{self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] on {self.sequences} sequences"
+        head = (f"{a} / {b} perplexity ×{self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
+                f"on {self.sequences} sequences")
         if self.verdict == "within noise":
             return f"{head}: within noise, this sample cannot rank them"
         return f"{head}: {a} is {self.verdict} than {b}"
@@ -59,7 +60,8 @@ def paired_order(nll_a: Tensor, nll_b: Tensor, *, resamples: int = 2000, seed: i
     """Compare two models' per-sequence losses on the same sequences (a paired bootstrap over sequences)."""
     if nll_a.shape != nll_b.shape or nll_a.ndim != 1 or len(nll_a) < 2:
         raise ValueError(f"paired_order needs two 1-D loss vectors of the same sequences (at least 2), got shapes "
-                         f"{tuple(nll_a.shape)} and {tuple(nll_b.shape)}: pass sequence_nll of both models on one loader")
+                         f"{tuple(nll_a.shape)} and {tuple(nll_b.shape)}: pass sequence_nll of both models on one "
+                         "loader")
     diff = (nll_a - nll_b).double()
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(diff), (resamples, len(diff)), generator=gen)
