@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,13 @@ def _step(options: Sequence[Any], value: Any, key: str) -> Any:
 def _timed(page: Any, events: Sequence[str], action: Callable[[], None]) -> float:
     page.evaluate(ARM, [list(events)])
     action()
-    return float(page.wait_for_function(DONE, polling="raf", timeout=120_000).json_value())
+    try:
+        return float(page.wait_for_function(DONE, polling="raf", timeout=120_000).json_value())
+    except Exception as err:  # what the page showed: the explorer's status and a screenshot beside the record
+        shot = Path(tempfile.gettempdir()) / "slider_latency_timeout.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise RuntimeError(f"no redraw within 120 s; status: {_status(page)!r}; "
+                           f"armed: {page.evaluate('() => window.__lrd.t0')}; screenshot {shot}") from err
 
 
 def _status(page: Any) -> str:
@@ -167,14 +174,14 @@ def measure_moves(page: Any, settle_s: float, models: Sequence[str]) -> list[Mov
     time.sleep(settle_s)
     select = page.locator(".lrd-layer select")
     for layer in LAYERS:
-        ms = _timed(page, ("change", "input"), lambda layer=layer: select.select_option(layer))
+        ms = _timed(page, ("change", "input"), partial(select.select_option, layer))
         setting.layer = layer
         moves.append(Move("layer", str(setting), setting.on_grid(), ms, _status(page)))
         time.sleep(settle_s)
     model_select = page.locator(".lrd-model select")
     first = model_select.input_value()
     for label in [m for m in models if m != first] + [first]:
-        ms = _timed(page, ("change", "input"), lambda label=label: model_select.select_option(label))
+        ms = _timed(page, ("change", "input"), partial(model_select.select_option, label))
         setting.model, setting.layer = _model_key(label), page.locator(".lrd-layer select").input_value()
         moves.append(Move("model", str(setting), setting.on_grid(), ms, _status(page)))
         time.sleep(settle_s)
