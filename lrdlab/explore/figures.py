@@ -31,8 +31,9 @@ def _titles(axes: Sequence[Any], titles: Sequence[str]) -> None:
 
 def _plain_log_axis(ax: Any) -> None:
     """Log-axis labels as plain numbers, no minor ticks: no mathtext to lay out (the slowest part of a redraw)."""
-    from matplotlib.ticker import FuncFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks at 1-2-5: several per decade
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
 

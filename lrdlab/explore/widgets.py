@@ -74,7 +74,8 @@ class RankExplorer:
                                              style={"description_width": "initial"})
         self.rounding = W.ToggleButtons(options=list(ROUNDINGS), value=rounding, description="rounding")
         self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times here")
-        self.measure_net = W.Button(description="measure network throughput", icon="tachometer")
+        self.measure_net = W.Button(description="measure network throughput", icon="tachometer",
+                                    layout={"width": "auto"})  # the whole label, never "measure netw…"
         self.progress = W.IntProgress(min=0, max=1, value=0, description="measuring", layout={"visibility": "hidden"})
         self.scoring = W.IntProgress(min=0, max=1, value=0, description="accuracy",
                                      layout={"visibility": "hidden"}, style={"description_width": "initial"})
