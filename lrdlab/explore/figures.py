@@ -12,6 +12,8 @@ from matplotlib.transforms import Bbox
 
 from lrdlab.explore import plots
 
+TEST_IMAGES = 1000  # the freezing grid's test split (MNIST-5k): the error bars' binomial interval
+MIN_ACCURACY_SPAN = 4.0  # points: the accuracy panels never zoom into less than this
 SCHEDULE_ORDER = ("none", "regular", "sequential every it", "sequential N=1", "sequential N=2", "sequential N=3",
                   "sequential N=4")
 
@@ -51,6 +53,11 @@ def _schedule_lines(ax_epoch: Any, ax_time: Any, runs: pd.DataFrame, selected: s
               "label": name + suffix}
         if ax_epoch is not None:
             ax_epoch.plot(d["epoch"], d["accuracy"], **kw)
+            if bold:  # the selected schedule's 95% binomial interval on the test split: what noise looks like
+                p = d["accuracy"].to_numpy() / 100
+                half = 100 * 1.96 * np.sqrt(p * (1 - p) / TEST_IMAGES)
+                ax_epoch.errorbar(d["epoch"], d["accuracy"], yerr=half, fmt="none", ecolor=kw["color"], capsize=3,
+                                  linewidth=1.0)
         ax_time.plot(d["wall_s"], d["accuracy"], **kw)
         trained = d[d["epoch"] > 0]["train_img_s"]
         if not trained.empty:
@@ -87,6 +94,11 @@ def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machin
         else:
             for ax in axes[:3]:
                 ax.text(0.5, 0.5, "no recorded runs at this ratio", ha="center", va="center", transform=ax.transAxes)
+        for ax in axes[:2] if panels == 3 else (*axes[:2], axes[3]):
+            low, high = ax.get_ylim()
+            if high - low < MIN_ACCURACY_SPAN:  # a few tenths of a point must not fill the panel: noise is ±1
+                mid = (low + high) / 2
+                ax.set_ylim(mid - MIN_ACCURACY_SPAN / 2, min(100.5, mid + MIN_ACCURACY_SPAN / 2))
         clock = f"recorded on {machine}" if machine else "recorded clock"
         axes[0].set(xlabel="fine-tuning epoch (0 = calibrated start)", ylabel="test accuracy (%)")
         axes[1].set(xlabel=f"training seconds ({clock})", ylabel="test accuracy (%)")

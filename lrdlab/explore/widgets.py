@@ -97,6 +97,7 @@ class RankExplorer:
         self._measurer: threading.Thread | None = None  # times the current setting's layer here, in the background
         self._to_measure: tuple | None = None
         self._states: dict[tuple, dict[str, Any]] = {}
+        self._memo_lock = threading.Lock()
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
         self._figure = RankFigure(dpi=72)  # one figure redrawn per setting: no figure or axes made per move
@@ -286,7 +287,8 @@ class RankExplorer:
                         return
                 self.progress.layout.visibility = "visible"
                 self.lab.ensure_times(self.lab.state(*values), self._progress)
-                self._states.clear()  # states carry the cached times: the new ones are read anew
+                with self._memo_lock:
+                    self._states.clear()  # states carry the cached times: the new ones are read anew
                 self.progress.layout.visibility = "hidden"
                 if values == self._values():
                     self.update()
@@ -297,11 +299,14 @@ class RankExplorer:
 
     def _state(self, values: tuple) -> dict[str, Any]:
         """:meth:`RankLab.state` of ``values`` (model, layer, α, g, rounding), memoised until new times arrive."""
-        if values not in self._states:
-            if len(self._states) >= self.PNG_MEMO:
-                self._states.pop(next(iter(self._states)))
-            self._states[values] = self.lab.state(*values)
-        return self._states[values]
+        state = self._states.get(values)  # the measuring thread may clear the memo at any time: read it once
+        if state is None:
+            state = self.lab.state(*values)
+            with self._memo_lock:  # the prerender thread fills it too
+                while len(self._states) >= self.PNG_MEMO:
+                    self._states.pop(next(iter(self._states)))
+                self._states[values] = state
+        return state
 
     def _values(self) -> tuple:
         return (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
@@ -311,11 +316,14 @@ class RankExplorer:
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
-        if key not in self._png:
-            if len(self._png) >= self.PNG_MEMO:
-                self._png.pop(next(iter(self._png)))
-            self._png[key] = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
-        return self._png[key]
+        png = self._png.get(key)
+        if png is None:
+            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
+            with self._memo_lock:
+                while len(self._png) >= self.PNG_MEMO:
+                    self._png.pop(next(iter(self._png)))
+                self._png[key] = png
+        return png
 
     def _one_move_away(self) -> list[tuple[str, float, int, str]]:
         """(layer, α, g, rounding) one control move from the current setting: the neighbouring g and α on their
@@ -356,8 +364,9 @@ class RankExplorer:
         if measuring and not self.background:
             measured = self.lab.ensure_times(state, self._progress)
             if measured is not state:  # new times: every memoised state of this layer is stale
-                self._states.clear()
-                self._states[values] = state = measured
+                with self._memo_lock:
+                    self._states.clear()
+                    self._states[values] = state = measured
             measuring = False
         elif measuring:
             self._measure_in_background(values)

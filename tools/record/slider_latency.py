@@ -41,6 +41,7 @@ from tools.record.explorer_grids import GRIDS
 COMMAND = "python -m tools.record.slider_latency"
 TARGET_MS = 150.0
 MAX_MS = 500.0
+TIMEOUT_MS = 60_000  # a move with no redraw by then counts as this long
 BUSY = 2  # processes spinning a core each: a 2-core machine with both cores taken by other work
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "00_start_here.ipynb"
 MODEL = "resnet20_mnist5k"  # the explorer notebook 00 opens on, at α 2, g 8, down
@@ -139,12 +140,12 @@ def _timed(page: Any, events: Sequence[str], action: Callable[[], None]) -> floa
     page.evaluate(ARM, [list(events)])
     action()
     try:
-        return float(page.wait_for_function(DONE, polling="raf", timeout=120_000).json_value())
-    except Exception as err:  # what the page showed: the explorer's status and a screenshot beside the record
-        shot = Path(tempfile.gettempdir()) / "slider_latency_timeout.png"
+        return float(page.wait_for_function(DONE, polling="raf", timeout=TIMEOUT_MS).json_value())
+    except Exception:  # recorded as a miss at the timeout (the page kept as a screenshot), and the next move goes on
+        shot = Path(tempfile.gettempdir()) / f"slider_latency_timeout_{int(time.time())}.png"
         page.screenshot(path=str(shot), full_page=True)
-        raise RuntimeError(f"no redraw within 120 s; status: {_status(page)!r}; "
-                           f"armed: {page.evaluate('() => window.__lrd.t0')}; screenshot {shot}") from err
+        print(f"no redraw within {TIMEOUT_MS / 1000:.0f} s: status {_status(page)!r}, screenshot {shot}", flush=True)
+        return float(TIMEOUT_MS)
 
 
 def _status(page: Any) -> str:
@@ -158,7 +159,9 @@ def _slider_or_button(page: Any, setting: Setting, what: str, control: str, how:
         page.locator(f".{control} .noUi-handle").focus()
         ms = _timed(page, ("keydown",), lambda: page.keyboard.press(how))
     setting.apply(control, how)
-    return Move(what, str(setting), setting.on_grid(), ms, _status(page))
+    move = Move(what, str(setting), setting.on_grid(), ms, _status(page))
+    print(f"{ms:8.1f} ms  {what:<9} {setting}", flush=True)
+    return move
 
 
 def measure_moves(page: Any, settle_s: float, models: Sequence[str]) -> list[Move]:
