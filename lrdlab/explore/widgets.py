@@ -102,6 +102,8 @@ class RankExplorer:
         self._png: dict[tuple, bytes] = {}
         self._figure = RankFigure(dpi=72)  # one figure redrawn per setting: no figure or axes made per move
         self._network_key: tuple | None = None  # the (model, α, g, rounding) of self.network
+        self._net_thread: threading.Thread | None = None  # computes the network readout after a move
+        self._net_again = False
         self._busy = threading.RLock()  # an update, or one prerendered layer: never both (one figure, global rc)
         self._foreground = threading.Event()  # set while an update waits or runs: the prerender stops
         self._generation = 0
@@ -235,9 +237,44 @@ class RankExplorer:
         self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
                                               self.network["accuracy"], model_label(self.model.value))
 
+    def _network_key_now(self) -> tuple:
+        return (self.model.value, self.ratio.value, self.granularity.value, self.rounding.value)
+
+    def _network_in_background(self) -> None:
+        """Compute the network readout of the current controls in a worker thread (one at a time; it redoes the
+        work while the controls keep moving) and draw it when it is the controls' setting."""
+        with self._lock:
+            if self._net_thread is not None:
+                self._net_again = True
+                return
+            self._net_again = False
+            self._net_thread = threading.Thread(target=self._run_network, daemon=True, name="lrdlab-network")
+            self._net_thread.start()
+
+    def _run_network(self) -> None:
+        try:
+            while True:
+                key = self._network_key_now()
+                network = self.network_state(measure=bool(self._measure_network))
+                with self._lock:
+                    if key == self._network_key_now() and not self._net_again:
+                        self.network, self._network_key = network, key
+                        self._net_thread = None
+                        break
+                    self._net_again = False
+            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
+                                                  model_label(key[0]))
+        except BaseException:
+            with self._lock:
+                self._net_thread = None
+            raise
+
     def wait(self, timeout: float = 600.0) -> None:
-        """Wait for the background scoring (and the one it starts for a setting that moved meanwhile) to end."""
+        """Wait for the network readout and the background scoring (and the one it starts for a setting that
+        moved meanwhile) to end."""
         deadline = time.perf_counter() + timeout
+        while (net := self._net_thread) is not None and time.perf_counter() < deadline:
+            net.join(max(0.0, deadline - time.perf_counter()))
         while (job := self._job) is not None and time.perf_counter() < deadline:
             job.join(max(0.0, deadline - time.perf_counter()))
 
@@ -371,9 +408,13 @@ class RankExplorer:
         elif measuring:
             self._measure_in_background(values)
         network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
-        if measure_network or network_key != self._network_key:
+        network_pending = False
+        if measure_network or not self.background or self._network_key is None:  # the first one: at once
             self.network = self.network_state(measure=measure_network or bool(self._measure_network))
             self._network_key = network_key
+        elif network_key != self._network_key:  # the whole network's counts: a worker thread, never this move
+            network_pending = True
+            self._network_in_background()
         self.progress.layout.visibility = "hidden"
         if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
                       self.rounding.value):
@@ -381,8 +422,12 @@ class RankExplorer:
         cpu = self.lab.cache.reference_machine.get("cpu")
         self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
         self.readout.value = readout_text(state, cpu)
-        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                              self.network["accuracy"], model_label(values[0]))
+        if network_pending:
+            self.net_readout.value = (f"<i>whole network at α={values[2]:g}, g={values[3]} ({values[4]}): "
+                                      "counting in the background …</i>")
+        else:
+            self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
+                                                  self.network["accuracy"], model_label(values[0]))
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
         pending = f"measuring {values[1]} here in the background ({conditions()}) … · " if measuring else ""

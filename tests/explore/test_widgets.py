@@ -86,8 +86,8 @@ def test_a_kept_layer_says_why(lab):
 
 
 def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
-    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab)
-    for g in rank_lab.GRANULARITIES:  # first pass measures what is missing
+    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab, background=False)
+    for g in rank_lab.GRANULARITIES:  # first pass measures what is missing (at once: background=False)
         ex.granularity.value = g
     ex.render_seconds.clear()
     images, readouts = set(), set()
@@ -98,12 +98,13 @@ def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
         assert ex.state["granularity"] == g and ex.state["ranks"][0] % g == 0
         assert f"g={g}" in ex.readout.value and "unrounded (g=1)" in ex.readout.value
     ex.render_seconds.clear()
+    drawn = ex._figure.full_draws
     for g in rank_lab.GRANULARITIES:  # third pass: every setting drawn before with these times (PNG memo)
         ex.granularity.value = g
     median = statistics.median(ex.render_seconds)
     print(f"rank explorer redraw over cached data: median {median * 1000:.0f} ms, max "
           f"{max(ex.render_seconds) * 1000:.0f} ms over {len(ex.render_seconds)} moves")
-    assert median < 0.2
+    assert ex._figure.full_draws == drawn  # no figure laid out: each move is a lookup (no timing bound: any load)
     assert len(readouts) >= 5 and len(images) >= 5  # distinct ranks → distinct plots
     assert ex.progress.layout.visibility == "hidden"
 
