@@ -2,16 +2,42 @@
 
 import ast
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 3
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_json_is_valid_nbformat(path):
+    """JupyterLab refuses what nbformat's schema refuses (cell ids under a minor version below 5, for one)."""
+    import nbformat
+
+    nbformat.validate(nbformat.read(path, as_version=nbformat.NO_CONVERT))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_data_found_through_the_package_and_solutions_hidden(path):
+    """No path relative to the working folder; every solution cell collapsed, its code and its output, so Run All
+    shows no answer until the reader opens it."""
+    nb = json.loads(path.read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    for relative in ('"../data', "'../data", 'Path("..")', 'Path("data")', "Path('data')", '"data/'):
+        assert relative not in code, f"{path.name} reads {relative}…: use lrdlab.measure.records.data_dir()"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "".join(cell["source"]).lstrip().startswith("# Solution"):
+            assert "solution" in cell["metadata"].get("tags", []), f"{path.name}: an untagged solution"
+            hidden = cell["metadata"].get("jupyter", {})
+            assert hidden.get("source_hidden") and hidden.get("outputs_hidden"), f"{path.name}: a visible solution"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -37,11 +63,17 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_quick_mode(path, tmp_path, tmp_cache):
+def test_notebook_runs_in_quick_mode(path, tmp_path, tmp_cache, monkeypatch):
+    """Run from a copy of the notebook in an empty folder (data is found through the package, never the working
+    folder), with this checkout's lrdlab first on the kernel's path."""
     papermill = pytest.importorskip("papermill")
+    copy = tmp_path / "elsewhere" / path.name
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
-    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"QUICK": True},
-                               cwd=str(path.parent), kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(str(copy), str(tmp_path / path.name), parameters={"QUICK": True},
+                               cwd=str(copy.parent), kernel_name="python3", progress_bar=False)
     seconds = time.perf_counter() - start
     print(f"{path.name}: {seconds:.1f} s")
     out = json.loads((tmp_path / path.name).read_text())

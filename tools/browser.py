@@ -62,7 +62,9 @@ def jupyterlab(root: Path, scratch: Path) -> Iterator[tuple[str, str, Path]]:
     yields ``(base_url, token, log_path)`` and stops the server afterwards."""
     settings = _settings(root)
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "LRDLAB_CACHE": str(scratch / "cache"), "JUPYTER_CONFIG_DIR": str(scratch / "jcfg"),
+    checkout = str(Path(__file__).resolve().parents[1])  # the kernels import this checkout's lrdlab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])),
+           "LRDLAB_CACHE": str(scratch / "cache"), "JUPYTER_CONFIG_DIR": str(scratch / "jcfg"),
            "JUPYTER_RUNTIME_DIR": str(scratch / "jrt")}
     log = scratch / "jupyterlab.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",

@@ -12,6 +12,8 @@ from matplotlib.transforms import Bbox
 
 from lrdlab.explore import plots
 
+TEST_IMAGES = 1000  # the freezing grid's test split (MNIST-5k): the error bars' binomial interval
+MIN_ACCURACY_SPAN = 4.0  # points: the accuracy panels never zoom into less than this
 SCHEDULE_ORDER = ("none", "regular", "sequential every it", "sequential N=1", "sequential N=2", "sequential N=3",
                   "sequential N=4")
 
@@ -31,8 +33,9 @@ def _titles(axes: Sequence[Any], titles: Sequence[str]) -> None:
 
 def _plain_log_axis(ax: Any) -> None:
     """Log-axis labels as plain numbers, no minor ticks: no mathtext to lay out (the slowest part of a redraw)."""
-    from matplotlib.ticker import FuncFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # ticks at 1-2-5: several per decade
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
 
@@ -50,6 +53,11 @@ def _schedule_lines(ax_epoch: Any, ax_time: Any, runs: pd.DataFrame, selected: s
               "label": name + suffix}
         if ax_epoch is not None:
             ax_epoch.plot(d["epoch"], d["accuracy"], **kw)
+            if bold:  # the selected schedule's 95% binomial interval on the test split: what noise looks like
+                p = d["accuracy"].to_numpy() / 100
+                half = 100 * 1.96 * np.sqrt(p * (1 - p) / TEST_IMAGES)
+                ax_epoch.errorbar(d["epoch"], d["accuracy"], yerr=half, fmt="none", ecolor=kw["color"], capsize=3,
+                                  linewidth=1.0)
         ax_time.plot(d["wall_s"], d["accuracy"], **kw)
         trained = d[d["epoch"] > 0]["train_img_s"]
         if not trained.empty:
@@ -86,6 +94,11 @@ def freezing_grid_figure(runs: pd.DataFrame, selected: str, ratio: float, machin
         else:
             for ax in axes[:3]:
                 ax.text(0.5, 0.5, "no recorded runs at this ratio", ha="center", va="center", transform=ax.transAxes)
+        for ax in axes[:2] if panels == 3 else (*axes[:2], axes[3]):
+            low, high = ax.get_ylim()
+            if high - low < MIN_ACCURACY_SPAN:  # a few tenths of a point must not fill the panel: noise is ±1
+                mid = (low + high) / 2
+                ax.set_ylim(mid - MIN_ACCURACY_SPAN / 2, min(100.5, mid + MIN_ACCURACY_SPAN / 2))
         clock = f"recorded on {machine}" if machine else "recorded clock"
         axes[0].set(xlabel="fine-tuning epoch (0 = calibrated start)", ylabel="test accuracy (%)")
         axes[1].set(xlabel=f"training seconds ({clock})", ylabel="test accuracy (%)")
@@ -133,56 +146,122 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
     return fig
 
 
-class RankFigure:
-    """The rank figure as one reused ``Figure``: each :meth:`png` redraws the data of a state into the same axes.
+_TITLE_AT = (0.5, 0.98)  # where the rank figure's title goes (suptitle's place), in figure coordinates
 
-    What :func:`rank_figure` draws, for widgets: no figure, axes or ticks are made anew per state, and the Agg
-    renderer (with its text-layout cache) stays, so a redraw costs the drawing only. Not thread-safe: one caller.
+
+class RankFigure:
+    """The rank figure for widgets, drawn in two layers on two identical figures.
+
+    What depends on the layer and its times (spectra, energy, time curves, axes, legends) is drawn once per layer
+    on the *back* figure (:meth:`background`, under a lock: a background thread may prepare it) and kept as
+    pixels with the axes' limits and line colours; a move restores those pixels on the *front* figure and draws
+    only the rank markers and the title (blitting), then encodes the PNG with fast compression. A move within a
+    prepared layer costs milliseconds and never waits for matplotlib's layout; a move to an unprepared layer
+    draws its background first (or waits for the one being prepared).
     """
 
+    BACKGROUNDS = 64  # layers kept (one RGBA image each, ≈ 1 MB at 72 dpi), oldest dropped first
+
     def __init__(self, dpi: int = 72):
+        import threading
+
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         self.dpi = dpi
         with plots.style():
             self.fig, self.axes = _rank_axes()
-        FigureCanvasAgg(self.fig)  # kept: ``savefig`` then renders on it instead of a new canvas per call
+            self._title = self.fig.text(*_TITLE_AT, "", ha="center", va="top", fontsize="medium")
+            self._back, self._back_axes = _rank_axes()
+        self.canvas, self._back_canvas = FigureCanvasAgg(self.fig), FigureCanvasAgg(self._back)
         self.fig.set_dpi(dpi)
+        self._back.set_dpi(dpi)
+        self.axes[0].set_yscale("log")  # the spectra's axis: limits come from each background
+        self._backgrounds: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
+        self._draw_lock, self._blit_lock = threading.Lock(), threading.Lock()
+        self.full_draws = 0  # how many backgrounds were drawn (tests read it)
+
+    @staticmethod
+    def background_key(lab: Any, state: dict[str, Any]) -> tuple:
+        """What the background depends on: the model, the layer and its times."""
+        times = lab.times(state["model"], state["layer"], state["input_shape"])
+        total = round(float(times["time_ms"].sum()), 9) if len(times) else 0.0
+        return (state["model"], state["layer"], tuple(state["input_shape"]), len(times), total,
+                tuple(sorted(set(times["source"]))) if len(times) else ())
+
+    def has_background(self, lab: Any, state: dict[str, Any]) -> bool:
+        """Whether a move to ``state`` only blits (its layer's background with these times is kept)."""
+        return self.background_key(lab, state) in self._backgrounds
+
+    def background(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> tuple:
+        """Draw the layer's background (what no move within the layer changes), unless kept already; returns
+        its pixels, the axes' limits and the spectra's colours."""
+        key = self.background_key(lab, state)
+        with self._draw_lock:
+            if key in self._backgrounds:
+                return self._backgrounds[key]
+            with plots.style():
+                _clear_data(self._back_axes)
+                _draw_static(self._back_axes, lab, state, reference_cpu)
+                self._back_canvas.draw()
+            limits = [(ax.get_xlim(), ax.get_ylim()) for ax in self._back_axes]
+            colours = [line.get_color() for line in self._back_axes[0].lines]
+            if len(self._backgrounds) >= self.BACKGROUNDS:
+                self._backgrounds.pop(next(iter(self._backgrounds)))
+            self._backgrounds[key] = (self._back_canvas.copy_from_bbox(self._back.bbox), limits, colours)
+            self.full_draws += 1
+            return self._backgrounds[key]
 
     def png(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> bytes:
-        """PNG bytes of :func:`rank_figure` of ``state`` at :attr:`dpi`."""
-        with plots.style():
-            _clear_data(self.axes)
-            _draw_rank(self.fig, self.axes, lab, state, reference_cpu)
-        return plots.to_png(self.fig, dpi=self.dpi)
+        """PNG bytes of :func:`rank_figure` of ``state`` at :attr:`dpi` (the background drawn first if new)."""
+        import io
+
+        from PIL import Image
+
+        region, limits, colours = self.background(lab, state, reference_cpu)
+        with self._blit_lock:
+            for ax, (xlim, ylim) in zip(self.axes, limits):
+                ax.set_autoscale_on(False)
+                ax.set_xlim(xlim)
+                ax.set_ylim(ylim)
+            self.canvas.restore_region(region)
+            artists = _markers(self.axes, lab, state, colours)
+            self._title.set_text(_title_text(state))
+            renderer = self.canvas.get_renderer()
+            for ax, artist in artists:
+                artist.set_clip_box(ax.bbox)
+                artist.draw(renderer)
+                artist.remove()
+            self._title.draw(renderer)
+            width, height = self.canvas.get_width_height()
+            image = Image.frombuffer("RGBA", (width, height), bytes(self.canvas.buffer_rgba()), "raw", "RGBA", 0, 1)
+        buf = io.BytesIO()
+        image.save(buf, format="png", compress_level=1)
+        return buf.getvalue()
 
 
 def _draw_rank(fig: Figure, axes: Sequence[Any], lab: Any, state: dict[str, Any], reference_cpu: str | None) -> None:
+    _draw_static(axes, lab, state, reference_cpu)
+    _markers(axes, lab, state, [line.get_color() for line in axes[0].lines])
+    fig.text(*_TITLE_AT, _title_text(state), ha="center", va="top", fontsize="medium")
+
+
+def _draw_static(axes: Sequence[Any], lab: Any, state: dict[str, Any], reference_cpu: str | None) -> None:
+    """What depends only on the layer and its times: spectra, energy, time curves, labels, legends."""
     from lrdlab.lowrank.methods import get_method
 
     ax_s, ax_e, ax_t = axes
     data = lab.layer(state["model"], state["layer"])
     names = get_method(data.method).rank_names
-    twin = state.get("unrounded", {})
     for i, sigma in enumerate(data.spectra):
         sigma = np.asarray(sigma, dtype=float)
         idx = np.arange(1, len(sigma) + 1)
-        rel = sigma / sigma[0]
-        energy = 100 * plots.cumulative_energy(sigma)
         label = names[i] if i < len(names) else f"mode {i}"
-        (line,) = ax_s.semilogy(idx, np.maximum(rel, 1e-6), label=label)
-        ax_e.plot(idx, energy, color=line.get_color(), label=label)
-        for ranks, filled in ((twin.get("ranks"), False), (state["ranks"], True)):
-            if ranks and i < len(ranks):
-                r = min(ranks[i], len(sigma))
-                kw = {"color": line.get_color(), "markeredgecolor": "black", "markersize": 8,
-                      "markerfacecolor": line.get_color() if filled else "white"}
-                ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)
-                ax_e.plot([r], [energy[r - 1]], "o", **kw)
+        (line,) = ax_s.semilogy(idx, np.maximum(sigma / sigma[0], 1e-6), label=label)
+        ax_e.plot(idx, 100 * plots.cumulative_energy(sigma), color=line.get_color(), label=label)
     ax_s.set(xlabel="index i", ylabel="σ_i / σ_1 (floored at 1e-6)")
     _plain_log_axis(ax_s)
     ax_e.set(xlabel="rank", ylabel="energy kept (%)", ylim=(0, 101))
-    ax_s.legend(fontsize="x-small")
+    ax_s.legend(fontsize="x-small", loc="lower left")
     times = lab.times(state["model"], state["layer"], state["input_shape"])
     for source, d in times.groupby("source"):
         where = "measured here" if source == "here" else f"reference file, {reference_cpu or '?'}"
@@ -192,18 +271,41 @@ def _draw_rank(fig: Figure, axes: Sequence[Any], lab: Any, state: dict[str, Any]
         if not orig.empty:
             ax_t.axhline(float(orig["time_ms"].iloc[0]), color=line.get_color(), linestyle=":",
                          label=f"original ({where})")
-    for d, filled in ((twin, False), (state, True)):
-        if d.get("ranks") and d.get("time_ms") is not None:
-            ax_t.plot([d["ranks"][0]], [d["time_ms"]], "o", color="tab:red", markersize=9,
-                      markeredgecolor="black", markerfacecolor="tab:red" if filled else "white")
     ax_t.set(xlabel=f"rank ({names[0]})", ylabel=f"time per batch of {state['input_shape'][0]} (ms)")
     _titles((ax_s, ax_e, ax_t), ("channel spectra", "cumulative energy (○ g=1, ● rounded)", "layer time"))
     ax_t.set_ylim(bottom=0)
     if ax_t.lines:
-        ax_t.legend(fontsize="x-small")
+        ax_t.legend(fontsize="x-small", loc="lower right")
     else:
         ax_t.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax_t.transAxes)
+
+
+def _markers(axes: Sequence[Any], lab: Any, state: dict[str, Any], colours: list[Any]) -> list[tuple[Any, Any]]:
+    """The unrounded (○) and rounded (●) ranks on the spectra, energy and time panels: (axes, artist) pairs."""
+    ax_s, ax_e, ax_t = axes
+    data = lab.layer(state["model"], state["layer"])
+    twin = state.get("unrounded", {})
+    out = []
+    for i, sigma in enumerate(data.spectra):
+        sigma = np.asarray(sigma, dtype=float)
+        rel, energy = sigma / sigma[0], 100 * plots.cumulative_energy(sigma)
+        colour = colours[i] if i < len(colours) else "grey"
+        for ranks, filled in ((twin.get("ranks"), False), (state["ranks"], True)):
+            if ranks and i < len(ranks):
+                r = min(ranks[i], len(sigma))
+                kw = {"color": colour, "markeredgecolor": "black", "markersize": 8,
+                      "markerfacecolor": colour if filled else "white"}
+                out.append((ax_s, ax_s.plot([r], [max(rel[r - 1], 1e-6)], "o", **kw)[0]))
+                out.append((ax_e, ax_e.plot([r], [energy[r - 1]], "o", **kw)[0]))
+    for d, filled in ((twin, False), (state, True)):
+        if d.get("ranks") and d.get("time_ms") is not None:
+            out.append((ax_t, ax_t.plot([d["ranks"][0]], [d["time_ms"]], "o", color="tab:red", markersize=9,
+                                        markeredgecolor="black", markerfacecolor="tab:red" if filled else "white")[0]))
+    return out
+
+
+def _title_text(state: dict[str, Any]) -> str:
     kept = " · KEPT: " + str(state["reason"]) if state["ranks"] is None else ""
-    fig.suptitle(f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
-                 f"k={'×'.join(map(str, state['kernel']))}, {state['method']}) · α={state['ratio']:g}, "
-                 f"g={state['granularity']} ({state['rounding']}){kept}", fontsize="medium")
+    return (f"{state['model']} · {state['layer']} ({state['C']}→{state['S']}, "
+            f"k={'×'.join(map(str, state['kernel']))}, {state['method']}) · α={state['ratio']:g}, "
+            f"g={state['granularity']} ({state['rounding']}){kept}")

@@ -71,7 +71,8 @@ class FreezingExplorer:
         self._here = machine_info()  # this machine, for the live-vs-recorded settings line
         self._png: dict[tuple, bytes] = {}
         self._joined: str | None = None
-        self.widget = W.VBox([W.HBox([self.mode]), W.HBox([self.period, self.ratio]),
+        # one row per slider: the period's readout ("every iteration") has room and never runs into the next label
+        self.widget = W.VBox([W.HBox([self.mode]), self.period, self.ratio,
                               W.HBox([self.run_button, self.cancel_button, self.bar]), self.status, self.image,
                               self.summary])
         for control in (self.mode, self.period, self.ratio):

@@ -74,7 +74,8 @@ class RankExplorer:
                                              style={"description_width": "initial"})
         self.rounding = W.ToggleButtons(options=list(ROUNDINGS), value=rounding, description="rounding")
         self.auto_measure = W.Checkbox(value=auto_measure, description="measure missing times here")
-        self.measure_net = W.Button(description="measure network throughput", icon="tachometer")
+        self.measure_net = W.Button(description="measure network throughput", icon="tachometer",
+                                    layout={"width": "auto"})  # the whole label, never "measure netw…"
         self.progress = W.IntProgress(min=0, max=1, value=0, description="measuring", layout={"visibility": "hidden"})
         self.scoring = W.IntProgress(min=0, max=1, value=0, description="accuracy",
                                      layout={"visibility": "hidden"}, style={"description_width": "initial"})
@@ -93,10 +94,16 @@ class RankExplorer:
         self._job: threading.Thread | None = None
         self._lock = threading.Lock()
         self._missing: list = []  # (accuracy lab, plan) of the current setting without an accuracy yet
+        self._measurer: threading.Thread | None = None  # times the current setting's layer here, in the background
+        self._to_measure: tuple | None = None
+        self._states: dict[tuple, dict[str, Any]] = {}
+        self._memo_lock = threading.Lock()
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
         self._figure = RankFigure(dpi=72)  # one figure redrawn per setting: no figure or axes made per move
         self._network_key: tuple | None = None  # the (model, α, g, rounding) of self.network
+        self._net_thread: threading.Thread | None = None  # computes the network readout after a move
+        self._net_again = False
         self._busy = threading.RLock()  # an update, or one prerendered layer: never both (one figure, global rc)
         self._foreground = threading.Event()  # set while an update waits or runs: the prerender stops
         self._generation = 0
@@ -230,9 +237,44 @@ class RankExplorer:
         self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
                                               self.network["accuracy"], model_label(self.model.value))
 
+    def _network_key_now(self) -> tuple:
+        return (self.model.value, self.ratio.value, self.granularity.value, self.rounding.value)
+
+    def _network_in_background(self) -> None:
+        """Compute the network readout of the current controls in a worker thread (one at a time; it redoes the
+        work while the controls keep moving) and draw it when it is the controls' setting."""
+        with self._lock:
+            if self._net_thread is not None:
+                self._net_again = True
+                return
+            self._net_again = False
+            self._net_thread = threading.Thread(target=self._run_network, daemon=True, name="lrdlab-network")
+            self._net_thread.start()
+
+    def _run_network(self) -> None:
+        try:
+            while True:
+                key = self._network_key_now()
+                network = self.network_state(measure=bool(self._measure_network))
+                with self._lock:
+                    if key == self._network_key_now() and not self._net_again:
+                        self.network, self._network_key = network, key
+                        self._net_thread = None
+                        break
+                    self._net_again = False
+            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
+                                                  model_label(key[0]))
+        except BaseException:
+            with self._lock:
+                self._net_thread = None
+            raise
+
     def wait(self, timeout: float = 600.0) -> None:
-        """Wait for the background scoring (and the one it starts for a setting that moved meanwhile) to end."""
+        """Wait for the network readout and the background scoring (and the one it starts for a setting that
+        moved meanwhile) to end."""
         deadline = time.perf_counter() + timeout
+        while (net := self._net_thread) is not None and time.perf_counter() < deadline:
+            net.join(max(0.0, deadline - time.perf_counter()))
         while (job := self._job) is not None and time.perf_counter() < deadline:
             job.join(max(0.0, deadline - time.perf_counter()))
 
@@ -252,16 +294,73 @@ class RankExplorer:
                                                      name="lrdlab-rank-prerender")
             self.prerender_thread.start()
 
+    @staticmethod
+    def _lacks_times(state: dict[str, Any]) -> bool:
+        """Whether :meth:`RankLab.ensure_times` would measure (times missing, or from different sources)."""
+        twin = state.get("unrounded", {})
+        needed = [(state["original_ms"], state["original_source"])]
+        needed += [(state["time_ms"], state["time_source"])] if state["ranks"] else []
+        needed += [(twin.get("time_ms"), twin.get("time_source"))] if twin.get("ranks") else []
+        return any(ms is None for ms, _ in needed) or len({src for _, src in needed}) > 1
+
+    def _measure_in_background(self, values: tuple) -> None:
+        """Time the setting ``values`` here in a worker thread (one at a time: a later setting waits for the
+        running one), then redraw if the controls still show it. The move itself is drawn at once, with the times
+        known so far."""
+        with self._lock:
+            self._to_measure = values
+            if self._measurer is not None:
+                return
+            self._measurer = threading.Thread(target=self._run_measure, daemon=True, name="lrdlab-layer-times")
+            self._measurer.start()
+
+    def _run_measure(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    values, self._to_measure = self._to_measure, None
+                    if values is None:
+                        self._measurer = None
+                        return
+                self.progress.layout.visibility = "visible"
+                self.lab.ensure_times(self.lab.state(*values), self._progress)
+                with self._memo_lock:
+                    self._states.clear()  # states carry the cached times: the new ones are read anew
+                self.progress.layout.visibility = "hidden"
+                if values == self._values():
+                    self.update()
+        except BaseException:
+            with self._lock:
+                self._measurer = None
+            raise
+
+    def _state(self, values: tuple) -> dict[str, Any]:
+        """:meth:`RankLab.state` of ``values`` (model, layer, α, g, rounding), memoised until new times arrive."""
+        state = self._states.get(values)  # the measuring thread may clear the memo at any time: read it once
+        if state is None:
+            state = self.lab.state(*values)
+            with self._memo_lock:  # the prerender thread fills it too
+                while len(self._states) >= self.PNG_MEMO:
+                    self._states.pop(next(iter(self._states)))
+                self._states[values] = state
+        return state
+
+    def _values(self) -> tuple:
+        return (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
+
     def _png_for(self, state: dict[str, Any]) -> bytes:
         """The figure of a state, drawn once per setting and the layer's times (memoised; call holding ``_busy``)."""
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
-        if key not in self._png:
-            if len(self._png) >= self.PNG_MEMO:
-                self._png.pop(next(iter(self._png)))
-            self._png[key] = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
-        return self._png[key]
+        png = self._png.get(key)
+        if png is None:
+            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
+            with self._memo_lock:
+                while len(self._png) >= self.PNG_MEMO:
+                    self._png.pop(next(iter(self._png)))
+                self._png[key] = png
+        return png
 
     def _one_move_away(self) -> list[tuple[str, float, int, str]]:
         """(layer, α, g, rounding) one control move from the current setting: the neighbouring g and α on their
@@ -281,32 +380,41 @@ class RankExplorer:
         return near + [(name, ratio, g, rounding) for _, name in nearest]
 
     def _prerender(self, generation: int) -> None:
-        """Time (when measuring here) and draw the settings one move away, until an update."""
+        """Prepare the settings one move away (their states, and the backgrounds of the nearest layers), until an
+        update. Never measures (a timing here would compete with the foreground) and never holds the update's
+        lock: a move waits at most for the one background being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
         model = self.model.value
+        cpu = self.lab.cache.reference_machine.get("cpu")
         for layer, ratio, g, rounding in self._one_move_away():
             if generation != self._generation or self._foreground.is_set():
                 return
-            with self._busy:
-                if generation != self._generation or self._foreground.is_set():
-                    return
-                state = self.lab.state(model, layer, ratio, g, rounding)
-                if self.auto_measure.value:
-                    state = self.lab.ensure_times(state)
-                self._png_for(state)
+            state = self._state((model, layer, ratio, g, rounding))
+            if generation != self._generation or self._foreground.is_set():
+                return
+            self._figure.background(self.lab, state, cpu)
 
     def _update(self, start: float, measure_network: bool) -> None:
-        values = (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
-        state = self.lab.state(*values)
-        if self.auto_measure.value:
-            self.progress.layout.visibility = "visible"
-            self.status.value = f"measuring {values[1]} here ({conditions()}) …"
-            state = self.lab.ensure_times(state, self._progress)
-            self.progress.layout.visibility = "hidden"
+        values = self._values()
+        state = self._state(values)
+        measuring = self.auto_measure.value and self._lacks_times(state)
+        if measuring and not self.background:
+            measured = self.lab.ensure_times(state, self._progress)
+            if measured is not state:  # new times: every memoised state of this layer is stale
+                with self._memo_lock:
+                    self._states.clear()
+                    self._states[values] = state = measured
+            measuring = False
+        elif measuring:
+            self._measure_in_background(values)
         network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
-        if measure_network or network_key != self._network_key:
+        network_pending = False
+        if measure_network or not self.background or self._network_key is None:  # the first one: at once
             self.network = self.network_state(measure=measure_network or bool(self._measure_network))
             self._network_key = network_key
+        elif network_key != self._network_key:  # the whole network's counts: a worker thread, never this move
+            network_pending = True
+            self._network_in_background()
         self.progress.layout.visibility = "hidden"
         if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
                       self.rounding.value):
@@ -314,11 +422,16 @@ class RankExplorer:
         cpu = self.lab.cache.reference_machine.get("cpu")
         self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
         self.readout.value = readout_text(state, cpu)
-        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                              self.network["accuracy"], model_label(values[0]))
+        if network_pending:
+            self.net_readout.value = (f"<i>whole network at α={values[2]:g}, g={values[3]} ({values[4]}): "
+                                      "counting in the background …</i>")
+        else:
+            self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
+                                                  self.network["accuracy"], model_label(values[0]))
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
-        self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
+        pending = f"measuring {values[1]} here in the background ({conditions()}) … · " if measuring else ""
+        self.status.value = (f"{pending}updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
                              "compare the two columns — rounding to g changes the ranks and can keep small layers "
                              "whole; whether that costs accuracy or buys speed is in the readouts, measured, not "
                              "assumed; a speed-up is shown only between times from the same source. Accuracy: "

@@ -29,6 +29,12 @@ def test_calibrated_decompose_leaves_the_original_untouched():
 
 
 @pytest.mark.slow
+def _network_ready(ex) -> None:
+    """Wait for the network readout's worker (not for the accuracy scoring it may start)."""
+    while (thread := ex._net_thread) is not None:
+        thread.join()
+
+
 def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
     from lrdlab.explore.widgets import RankExplorer
 
@@ -44,6 +50,7 @@ def test_rank_explorer_accuracy_moves_with_the_ratio(tmp_cache):
     assert ex.network["accuracy"][key]["accuracy"] != first and "α=4" in ex.readout.value
     print(f"accuracy update: {ex.render_seconds[-1]:.2f} s")
     ex.model.value = "resnet18"  # the trained model's layers do not exist there: the layer follows the model
+    ex.wait()  # the network readout follows the move in a worker thread
     assert ex.state["model"] == "resnet18" and ex.state["layer"] == ex.layer.value in ex.layer.options
     assert "untrained" in ex.net_readout.value and "accuracy means nothing" in ex.net_readout.value
 
@@ -101,10 +108,12 @@ def test_slider_moves_on_the_grid_answer_from_the_file_off_grid_in_the_backgroun
     ex.render_seconds.clear()
     for ratio in (3.0, 4.0, 2.0, 6.0, 1.5, 2.0, 3.0, 4.0, 6.0, 2.0):  # all on the shipped grid at g=8, down
         ex.ratio.value = ratio
+        _network_ready(ex)
         acc = ex.network["accuracy"]
         assert all(a["source"] == "recorded grid" for a in acc.values()) and ex._job is None
     print(f"grid moves: median {1000 * statistics.median(ex.render_seconds):.0f} ms over 10 (figures drawn anew)")
     ex.granularity.value = 4  # off the grid: scored here in the background, with a progress bar
+    _network_ready(ex)
     rounded = next(k for k in ex.network["accuracy"] if k.startswith("rounded"))
     assert ex.network["accuracy"][rounded].get("pending") and "background" in ex.net_readout.value
     assert ex.scoring.layout.visibility == "visible"

@@ -94,7 +94,9 @@ def test_rank_explorer_on_the_trained_vit(shipped_vit, lab):
     ex.layer.value = MLP[0]
     assert ex.state["layer"] == MLP[0] and ex.state["method"] == "svd" and "α=4" in ex.readout.value
     ex.ratio.value = 2.0  # back to a setting seen before: accuracy and figure come from the caches
+    ex.wait()  # the network readout follows the move in a worker thread
     assert ex.network["accuracy"][rounded]["accuracy"] == accuracy and ex.network["accuracy"][rounded]["seconds"] < 0.05
     print(f"ViT update from the caches: {ex.render_seconds[-1]:.2f} s")
     ex.model.value = lab_models.DEFAULT_MODEL  # the ResNet's own accuracy lab, layers and stem
+    ex.wait()
     assert ex.net_lab.accuracy.name == "resnet20_mnist5k" and ex.state["layer"] == "layer3.2.conv2"

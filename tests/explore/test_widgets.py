@@ -86,8 +86,8 @@ def test_a_kept_layer_says_why(lab):
 
 
 def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
-    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab)
-    for g in rank_lab.GRANULARITIES:  # first pass measures what is missing
+    ex = widgets.RankExplorer(model="resnet18", layer="layer4.1.conv2", lab=lab, background=False)
+    for g in rank_lab.GRANULARITIES:  # first pass measures what is missing (at once: background=False)
         ex.granularity.value = g
     ex.render_seconds.clear()
     images, readouts = set(), set()
@@ -98,12 +98,13 @@ def test_rank_explorer_slider_redraws_fast_over_cached_data(lab):
         assert ex.state["granularity"] == g and ex.state["ranks"][0] % g == 0
         assert f"g={g}" in ex.readout.value and "unrounded (g=1)" in ex.readout.value
     ex.render_seconds.clear()
+    drawn = ex._figure.full_draws
     for g in rank_lab.GRANULARITIES:  # third pass: every setting drawn before with these times (PNG memo)
         ex.granularity.value = g
     median = statistics.median(ex.render_seconds)
     print(f"rank explorer redraw over cached data: median {median * 1000:.0f} ms, max "
           f"{max(ex.render_seconds) * 1000:.0f} ms over {len(ex.render_seconds)} moves")
-    assert median < 0.2
+    assert ex._figure.full_draws == drawn  # no figure laid out: each move is a lookup (no timing bound: any load)
     assert len(readouts) >= 5 and len(images) >= 5  # distinct ranks → distinct plots
     assert ex.progress.layout.visibility == "hidden"
 
@@ -157,7 +158,9 @@ def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
         again = _pixels(reused.png(lab, state))
         assert new.shape == again.shape and (new == again).all(), state["layer"]
     assert len(reused.fig.axes) == 3
-    assert plots.figure_lines(reused.fig) == plots.figure_lines(rank_figure(lab, states[0]))
+    assert reused.full_draws == 3  # one background per layer: the revisit only blits its markers and title
+    reused.png(lab, lab.state("resnet18", "layer2.0.conv2", 3.0, 16))  # another setting of a drawn layer
+    assert reused.full_draws == 3
 
 
 def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
@@ -166,9 +169,9 @@ def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
     names = list(ex.layer.options)
     here = names.index("layer2.0.conv1")
     near = {names[i] for i in range(len(names)) if abs(i - here) <= 2}
-    drawn = {key[0][1] for key in ex._png}
+    drawn = {key[1] for key in ex._figure._backgrounds}  # the layers' backgrounds: a move there only blits
     assert near <= drawn and len(drawn) == min(len(names), ex.PRERENDER_LAYERS + 1)
-    settings = {key[0][1:] for key in ex._png if key[0][1] == "layer2.0.conv1"}  # one slider move away, drawn too
+    settings = {v[1:] for v in ex._states if v[1] == "layer2.0.conv1"}  # one slider move away: states prepared
     g, ratio = ex.granularity.value, ex.ratio.value
     assert {("layer2.0.conv1", ratio, 16, "down"), ("layer2.0.conv1", ratio, 4, "down"), ("layer2.0.conv1", 2.5, g,
             "down"), ("layer2.0.conv1", 1.5, g, "down"), ("layer2.0.conv1", ratio, g, "up")} <= settings
@@ -182,7 +185,7 @@ def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
     ex.granularity.value = 16
     assert not thread.is_alive() or thread is not ex.prerender_thread
     ex.prerender_thread.join(60)
-    assert {key[0][1] for key in ex._png if key[0][2:] == (4.0, 16, "down")} >= near
+    assert {v[1] for v in ex._states if v[2:] == (4.0, 16, "down")} >= near - {names[here]} | {names[here + 1]}
 
 
 # --- freezing explorer ----------------------------------------------------------------------------------
