@@ -96,7 +96,7 @@ def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 
     if windows.ndim != 2 or windows.is_floating_point():
         raise ValueError(f"windows must be token ids [N, T] (got {tuple(windows.shape)} {windows.dtype})")
     data = [{"input_ids": w, "labels": w} for w in windows]
-    sampler = RandomSampler(data, replacement=False, num_samples=batch * batches,  # type: ignore[arg-type]
+    sampler = RandomSampler(data, replacement=False, num_samples=batch * batches,
                             generator=torch.Generator().manual_seed(seed))
     return DataLoader(data, batch_size=batch, sampler=sampler)  # type: ignore[arg-type]
 

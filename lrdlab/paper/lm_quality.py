@@ -89,7 +89,8 @@ def generations(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = PROMP
     out = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        gen = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        generate: Any = model.generate  # transformers' GenerationMixin
+        gen = generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
     return out
 
