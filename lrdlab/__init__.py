@@ -36,6 +36,7 @@ _API = {
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
+    "Calibration": "lrdlab.lowrank.calibration",
     "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
@@ -60,6 +61,7 @@ _API = {
 
 __all__ = [
     "VBMF",
+    "Calibration",
     "Energy",
     "FixedRank",
     "FitConfig",
@@ -116,7 +118,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
-    from lrdlab.lowrank.calibration import recalibrate_bn
+    from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks

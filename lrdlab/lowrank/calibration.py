@@ -32,8 +32,9 @@ ablations: ``data/calibration_modes_mnist5k.json`` and ``data/accuracy_f11_mnist
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
 from lrdlab.lowrank.apply import check_plan, set_module
+from lrdlab.lowrank.calibration_blocks import StackFit, calibrate_stack, capture_stack, find_stack, shared_copy
 from lrdlab.lowrank.calibration_fit import (
     DEFAULT_MODE,
     MODES,
@@ -263,33 +265,80 @@ def _bn_scope(model: nn.Module, name: str) -> str | None:
     return None if unit is None else (f"{unit}." if unit else "") + child_of(unit, name)
 
 
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A data-aware decomposition's settings: ``decompose(model, plan, calibration=Calibration(batches, ...))``.
+
+    ``batches``: input tensors or ``(x, y)`` pairs (images), token-id tensors or dicts (language models), on the
+    model's device; read once. ``mode``: ``"corrected"`` (default), ``"one-shot"`` or ``"sequential"``, the
+    objective of each layer's fit (:mod:`lrdlab.lowrank.calibration`). ``bn``: ``True`` (= ``"end"``) re-estimates
+    BatchNorm statistics at the end, ``"progressive"`` also after each part, ``False`` never. ``ridge``: added
+    to each input second moment, times its mean eigenvalue (``>= 0``). A plain iterable of batches given as
+    ``calibration`` means ``Calibration(batches)``.
+    """
+
+    batches: Iterable = field(repr=False)
+    mode: str = DEFAULT_MODE
+    bn: bool | str = True
+    ridge: float = DEFAULT_RIDGE
+
+    def __post_init__(self) -> None:
+        if self.batches is None or isinstance(self.batches, (Tensor, str)):
+            raise ValueError("Calibration takes an iterable of batches (e.g. [x] or a DataLoader), not "
+                             f"{type(self.batches).__name__}")
+        if self.mode not in MODES:
+            raise ValueError(f"Calibration mode must be one of {MODES} (got {self.mode!r})")
+        if self.bn not in (True, False, "progressive", "end") or not isinstance(self.bn, (bool, str)):
+            raise ValueError(f"Calibration bn must be True, False, 'progressive' or 'end' (got {self.bn!r})")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not (
+                math.isfinite(self.ridge) and self.ridge >= 0):
+            raise ValueError(f"Calibration ridge must be a finite number >= 0 (got {self.ridge!r}); "
+                             f"the default is {DEFAULT_RIDGE}")
+
+    @classmethod
+    def of(cls, calibration: Calibration | Iterable) -> Calibration:
+        """``calibration`` as a :class:`Calibration` (a plain iterable of batches: the default settings)."""
+        return calibration if isinstance(calibration, Calibration) else cls(calibration)
+
+
+def _only_planned(model: nn.Module, names: list[str]) -> Callable[[nn.Parameter], bool]:
+    """Whether a parameter belongs to planned layers only (they are replaced, so a copy may share it)."""
+    owners: dict[int, set[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(path)
+    planned = set(names)
+    return lambda p: owners.get(id(p), {""}) <= planned
+
+
 @torch.no_grad()
 def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mode: str = DEFAULT_MODE,
                          bn: bool | str = True, ridge: float = DEFAULT_RIDGE, inplace: bool = False,
                          progress: bool | None = None) -> nn.Module:
     """Data-aware decomposition of ``model`` by ``plan`` with BN re-estimation; returns a model in eval mode.
 
+    The engine behind ``decompose(model, plan, calibration=Calibration(batches, mode=..., bn=..., ridge=...))``.
     ``mode`` (see the module docstring): ``"corrected"`` (default) fits each layer, in the order the
     layers run, so that it reproduces the *original* network's output from the inputs of the network
     decomposed so far; ``"sequential"`` fits each layer to its own output on those inputs;
-    ``"one-shot"`` fits every layer to statistics collected in one pass of the original model. Inside a
+    ``"one-shot"`` fits every layer to statistics of the original model. A stack of repeated blocks (a
+    ``ModuleList``: a transformer's layers) is calibrated block by block from inputs captured once and carried
+    forward (:mod:`~lrdlab.lowrank.calibration_blocks`), a few model passes whatever the depth. Inside a
     *chain* (a module whose children each take the previous one's output: ``nn.Sequential``, ResNet stages,
-    transformer encoders, DeepLab's backbone) the inputs of each child are cached, so only the innermost
-    module holding a layer reruns for it (block-wise, as GPTQ processes transformer blocks) and the network
+    DeepLab's backbone) the inputs of each child are cached, so only the innermost
+    module holding a layer reruns for it and the network
     runs about once per part outside the chains (:mod:`~lrdlab.lowrank.calibration_walk`). ``bn``:
     ``True`` (= ``"end"``) re-estimates all BatchNorms at the end; ``"progressive"`` also re-estimates a
     child's BNs right after its layers are replaced; ``False`` never. ``batches`` are input tensors or
     ``(x, y)`` pairs on the model's device (512 images suffice for ResNet-20). Bad input raises
     ``ValueError`` before anything changes; ``model`` itself only changes with ``inplace=True``.
     """
-    if bn not in (True, False, "progressive", "end"):
-        raise ValueError(f"bn must be True, False, 'progressive' or 'end' (got {bn!r})")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+    settings = Calibration((), mode=mode, bn=bn, ridge=ridge)  # checks the settings; the batches come next
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
     rows = {row.name: row for row in plan.decomposed_layers}
-    work = copy.deepcopy(model).eval()
+    # the planned layers' own weights are shared, not copied: they are replaced, and only read until then
+    work = shared_copy(model, _only_planned(model, list(rows))).eval()
     # attention modules with planned projections become an exact dense FactorizedMultiheadAttention first, so
     # q/k/v/out are real Linear modules that see their own inputs and are fitted to them like any layer
     attention.attach(work, attention.converted(work, list(rows)))
@@ -301,24 +350,33 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     pending = watched.order
     if len(pending) < len(rows):
         raise never_ran([n for n in rows if n not in pending])
-    reference = copy.deepcopy(work) if mode != "sequential" else None  # the original network, never changed
-    bar = tqdm(total=len(pending), desc="calibrated decompose", leave=False,
+    # the original network, never changed: it shares every parameter with ``work`` (whose layers are replaced,
+    # never changed in place), so it costs its structure and buffers only
+    reference = shared_copy(work) if mode != "sequential" else None
+    bar = tqdm(total=len(pending), desc=f"calibrated decompose ({mode})", leave=False,
                disable=(len(pending) < 20) if progress is None else not progress)
 
     def replace(name: str, moments: Moments) -> None:
         method, layer_ranks = rows[name].spec
         module = work.get_submodule(name)
-        set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), moments, ridge,
+        set_module(work, name, calibrated_layer(module, method, tuple(layer_ranks), moments, settings.ridge,
                                                  rows[name].branches, name))
         bar.update()
 
-    if mode == "one-shot":
-        assert reference is not None
-        for name, moments in one_shot_moments(reference, pending, xs).items():
-            replace(name, moments)
-    else:
-        fit_layers(Walk(work, reference, watched.chains, replace, lambda name: _bn_scope(work, name),
-                        _reestimate_bn if bn == "progressive" else None), pending, xs)
+    walk = Walk(work, reference, watched.chains, replace, lambda name: _bn_scope(work, name),
+                _reestimate_bn if bn == "progressive" else None)
+
+    def outside(names: list[str]) -> None:
+        if mode == "one-shot":
+            assert reference is not None
+            for name, moments in one_shot_moments(reference, names, xs).items():
+                replace(name, moments)
+        else:
+            fit_layers(walk, names, xs)
+
+    rest = _by_blocks(work, pending, xs, StackFit(work, mode, replace), bn == "progressive")
+    if rest:
+        outside(rest)
     bar.close()
     if bn:
         _reestimate_bn(work, xs)
@@ -330,9 +388,28 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     return model.eval()
 
 
+def _by_blocks(work: nn.Module, pending: list[str], xs: list, job: StackFit, progressive: bool) -> list[str]:
+    """Fit the layers of ``pending`` that sit in a stack of blocks, block by block, if the stack runs as one
+    (:mod:`~lrdlab.lowrank.calibration_blocks`); returns the layers left for the walk."""
+    stack = find_stack(work, pending)
+    if stack is None:
+        return pending
+    if progressive and any(_bn_layers(work.get_submodule(stack.path))):
+        return pending  # progressive BN acts inside the blocks: the walk settles them as it goes
+    inside = [n for n in pending if any(n.startswith(f"{b}.") for b in stack.blocks)]
+    if pending.index(inside[0]) > 0:
+        return pending  # a planned layer runs before the stack: its inputs would change under the capture
+    captured = capture_stack(work, stack, xs)
+    if captured is None:
+        return pending
+    calibrate_stack(job, stack, inside, captured)
+    return [n for n in pending if n not in inside]
+
+
 __all__ = [
-    "DEFAULT_MODE", "DEFAULT_RIDGE", "MODES", "Moments", "add_ridge", "calibrated_decompose", "calibrated_layer",
-    "calibration_batches", "channel_covariance", "check_batches", "expected_input", "feed", "forward_order",
+    "Calibration", "DEFAULT_MODE", "DEFAULT_RIDGE", "MODES", "Moments", "add_ridge", "calibrated_decompose",
+    "calibrated_layer", "calibration_batches", "channel_covariance", "check_batches", "expected_input", "feed",
+    "forward_order",
     "input_covariance", "input_gram", "layer_inputs", "layer_moments", "one_shot_moments", "output_error",
     "recalibrate_bn", "reduced_rank_regression", "sequential_unit", "whitened_tucker2",
 ]

@@ -18,7 +18,7 @@ from lrdlab.lowrank.apply import (  # check_plan, set_module and merged_blocks a
     merged_blocks,
     set_module,
 )
-from lrdlab.lowrank.calibration import calibrated_decompose
+from lrdlab.lowrank.calibration import Calibration, calibrated_decompose
 from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.merge import merge_block_in_place
 from lrdlab.lowrank.plan import Plan
@@ -56,7 +56,7 @@ def recorded_plan(model: nn.Module, plan: Plan) -> Plan:
 
 
 @torch.no_grad()
-def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = None, inplace: bool = False,
+def decompose(model: nn.Module, plan: Plan, *, calibration: Calibration | Iterable | None = None, inplace: bool = False,
               progress: bool | None = None) -> nn.Module:
     """Return a copy of ``model`` with every planned layer replaced by its ``LowRankLayer``.
 
@@ -65,9 +65,11 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     ``nn.MultiheadAttention`` with a decomposed projection is replaced as a whole by an exact
     :class:`~lrdlab.lowrank.attention.FactorizedMultiheadAttention` holding the new layers.
 
-    ``calibration`` (input batches, or ``(x, y)`` pairs, ~512 images): a data-aware decomposition,
-    each layer fitted to its inputs inside the partly decomposed network, then BatchNorm statistics
-    re-estimated (:func:`lrdlab.lowrank.calibration.calibrated_decompose`). Without it: weight-only
+    ``calibration``: a :class:`~lrdlab.lowrank.calibration.Calibration` (``lrdlab.Calibration(batches, mode=...,
+    bn=..., ridge=...)``) or just the batches (input tensors or ``(x, y)`` pairs, ~512 images; token ids for a
+    language model), for its default settings: a data-aware decomposition, each layer fitted to its inputs inside
+    the partly decomposed network (block by block in a transformer), then BatchNorm statistics re-estimated
+    (:func:`lrdlab.lowrank.calibration.calibrated_decompose`). Without it: weight-only
     SVD / HOSVD, the papers' method, each form with the options the plan records (``Plan.options_for``).
 
     A ``torch.compile`` / ``DataParallel`` / DDP wrapper is unwrapped: the result is the plain decomposed model
@@ -75,7 +77,9 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Iterable | None = No
     """
     model = guards.unwrap(model)
     if calibration is not None:
-        return calibrated_decompose(model, plan, calibration, inplace=inplace, progress=progress)
+        settings = Calibration.of(calibration)
+        return calibrated_decompose(model, plan, settings.batches, mode=settings.mode, bn=settings.bn,
+                                    ridge=settings.ridge, inplace=inplace, progress=progress)
     return decompose_weights(model, plan, inplace=inplace, progress=progress)
 
 
