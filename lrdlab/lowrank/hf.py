@@ -7,7 +7,10 @@
   decomposed as one matrix: that is how the model calls it.
 - BERT and most other HF models use ``nn.Linear``: nothing special.
 - Tied input/output embeddings (``lm_head.weight is wte.weight``) are found by the generic shared-parameter
-  check (:mod:`lrdlab.lowrank.sharing`) and left unchanged with a reason.
+  check (:mod:`lrdlab.lowrank.sharing`) and left unchanged with a reason, unless the plan unties the output
+  head (:func:`untie_lm_head`, ``make_plan(..., lm_head=True)``).
+- A model transformers loaded from a GGUF file is dequantized to plain float tensors but keeps a GGUF
+  ``quantization_config`` and quantizer, which make ``save_pretrained`` refuse it: :func:`drop_gguf_quantization`.
 
 Models built from configs (no download) are in :mod:`lrdlab.zoo.hf_models`.
 """
@@ -42,3 +45,36 @@ def require_transformers() -> Any:
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(INSTALL_HINT) from err
     return transformers
+
+
+def _is_gguf(quantization: Any) -> bool:
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else \
+        getattr(quantization, "quant_method", None)
+    return str(getattr(method, "value", method)) == "gguf"  # a QuantizationMethod enum or its string
+
+
+def is_gguf_quantized(model: nn.Module) -> bool:
+    """True for a model transformers loaded with ``gguf_file=``: its config names GGUF as its quantization."""
+    return _is_gguf(getattr(getattr(model, "config", None), "quantization_config", None))
+
+
+def drop_gguf_quantization(model: nn.Module) -> nn.Module:
+    """``model`` (in place) without the GGUF quantization record and quantizer transformers leaves on a model it
+    dequantized from a GGUF file (its weights are plain float tensors), so that ``save_pretrained`` accepts it.
+    Other quantization methods are left as they are."""
+    if not is_gguf_quantized(model):
+        return model
+    config: Any = getattr(model, "config", None)
+    del config.quantization_config
+    for attribute, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
+        if attribute in vars(model):
+            setattr(model, attribute, value)
+    return model
+
+
+def config_without_gguf(config: Any) -> dict[str, Any]:
+    """``config.to_dict()`` without a GGUF ``quantization_config`` (the dequantized weights need none)."""
+    fields: dict[str, Any] = config.to_dict()
+    if _is_gguf(fields.get("quantization_config")):
+        fields.pop("quantization_config")
+    return fields

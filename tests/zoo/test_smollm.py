@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lrdlab
+from lrdlab.lowrank.hf import drop_gguf_quantization
 from lrdlab.zoo import smollm
 from lrdlab.zoo.pretrained import pretrained
 
@@ -41,7 +42,7 @@ def fake_gguf(tmp_path, monkeypatch):
                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
         model.config.quantization_config = transformers.GgufConfig() if hasattr(transformers, "GgufConfig") \
             else {"quant_method": "gguf"}
-        return smollm.drop_quantization(model).eval(), _tiny_tokenizer()
+        return drop_gguf_quantization(model).eval(), _tiny_tokenizer()
 
     monkeypatch.setenv(smollm.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(smollm, "gguf_path", lambda: gguf)
