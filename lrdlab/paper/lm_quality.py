@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from lrdlab.finetune.distill import LMDistillation
 from lrdlab.finetune.loop import evaluate
+from lrdlab.lowrank.allocation import LayerSpectrum
 from lrdlab.lowrank.apply import set_module
 from lrdlab.lowrank.calibration_fit import Moments, calibrated_layer, one_shot_moments
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE
-from lrdlab.lowrank.loss_spectra import spectra_from_moments, svd_layers
+from lrdlab.lowrank.loss_spectra import LossSpectra, spectra_from_moments, svd_layers
 from lrdlab.lowrank.plan import Plan, Ratio, make_plan
 from lrdlab.lowrank.plan_config import LossAware
 from lrdlab.measure.records import read_record, write_record
@@ -144,6 +145,20 @@ def _moments(model: nn.Module, calib: Tensor, cache: str | None) -> dict[str, Mo
     return moments
 
 
+def _spectra(model: nn.Module, moments: Mapping[str, Moments], cache: str | None) -> LossSpectra:
+    path = Path(f"{cache}.spectra") if cache else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return LossSpectra({k: LayerSpectrum(s, int(o), int(i)) for k, (s, o, i) in saved["layers"].items()},
+                           int(saved["tokens"]), float(saved["ridge"]))
+    spectra = spectra_from_moments(model, moments, progress=True)
+    if path is not None:
+        torch.save({"layers": {k: (v.singular_values, v.out_features, v.in_features)
+                               for k, v in spectra.layers.items()}, "tokens": spectra.tokens, "ridge": spectra.ridge},
+                   path)
+    return spectra
+
+
 def _scores(model: nn.Module, texts: Mapping[str, Tensor]) -> dict[str, float]:
     return {name: round(perplexity(model, win), 3) for name, win in texts.items()}
 
@@ -162,7 +177,7 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
     calib = train[: run.calibration]
     t0 = time.perf_counter()
     moments = _moments(model, calib, run.moments_cache)
-    spectra = spectra_from_moments(model, moments)
+    spectra = _spectra(model, moments, run.moments_cache)
     stats_s = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
 
