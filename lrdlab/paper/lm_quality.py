@@ -31,6 +31,7 @@ from lrdlab.lowrank.plan_config import LossAware
 from lrdlab.measure.records import read_record, write_record
 
 SEQ_LEN = 256
+CURVE_WINDOWS = 8  # the distillation curve scores the first 8 validation windows (the final rows score all 16)
 PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
            "To read a file line by line in Python, you")
 
@@ -206,8 +207,8 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
             if f"{base}_distilled" in wanted:
                 assert run.distill is not None
                 t = time.perf_counter()
-                history = distill_language_model(low, model, train[run.calibration:], texts["pydoc_validation"],
-                                                 run.distill)
+                history = distill_language_model(low, model, train[run.calibration:],
+                                                 texts["pydoc_validation"][:CURVE_WINDOWS], run.distill)
                 add({"variant": f"{base}_distilled", "ratio": ratio, "policy": repr(policy),
                      **_scores(low.eval(), texts), "distill": asdict(run.distill),
                      "distill_s": round(time.perf_counter() - t, 1),
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--normalise", default="relative")
     ap.add_argument("--by-type", action="store_true")
     ap.add_argument("--distill-steps", type=int, default=80)
+    ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--moments-cache", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="data/lm_quality_smollm2.json")
@@ -240,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
                      normalise=args.normalise, by_type=args.by_type,
-                     distill=LMDistillation(steps=args.distill_steps), moments_cache=args.moments_cache)
+                     distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),
+                     moments_cache=args.moments_cache)
     load = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
     result = measure(run, lambda row: print({k: v for k, v in row.items() if k != "curve"}, flush=True))
