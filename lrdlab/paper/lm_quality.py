@@ -127,6 +127,7 @@ class QualityRun:
     distill: LMDistillation | None = None
     moments_cache: str | None = None
     generate: bool = True
+    dense: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -189,7 +190,8 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
         rows.append(row)
         log(row)
 
-    add({"variant": "dense", "ratio": 1.0, **_scores(model, texts)}, model)
+    if run.dense:
+        add({"variant": "dense", "ratio": 1.0, **_scores(model, texts)}, model)
     for ratio in run.ratios:
         for base in ("svd_llm", "loss_aware"):
             wanted = [v for v in run.variants if v.startswith(base)]
@@ -236,14 +238,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--distill-steps", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--moments-cache", default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--out", default="data/lm_quality_smollm2.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
                      normalise=args.normalise, by_type=args.by_type,
                      distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),
-                     moments_cache=args.moments_cache)
+                     moments_cache=args.moments_cache, dense=not args.no_dense)
     load = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
     result = measure(run, lambda row: print({k: v for k, v in row.items() if k != "curve"}, flush=True))
