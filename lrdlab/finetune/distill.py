@@ -10,7 +10,9 @@ windows, with a held-out perplexity curve.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -102,10 +104,12 @@ def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 
 
 
 def distill_language_model(student: nn.Module, teacher: nn.Module, train_windows: Tensor, eval_windows: Tensor,
-                           recipe: LMDistillation | None = None) -> pd.DataFrame:
+                           recipe: LMDistillation | None = None,
+                           callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> pd.DataFrame:
     """Distil ``student`` (trained in place) from ``teacher`` on ``train_windows`` with :func:`lrdlab.fit`;
     returns its history, one row per evaluation, with the ``perplexity`` on ``eval_windows`` (the curve)
-    and the cumulative training seconds ``wall_s``. Keep ``eval_windows`` out of ``train_windows``."""
+    and the cumulative training seconds ``wall_s`` (``callbacks`` get each row as it comes, as in ``fit``).
+    Keep ``eval_windows`` out of ``train_windows``."""
     from lrdlab.finetune.loop import fit
 
     recipe = LMDistillation() if recipe is None else recipe
@@ -116,4 +120,4 @@ def distill_language_model(student: nn.Module, teacher: nn.Module, train_windows
         raise ValueError(f"{len(train_windows)} training windows cannot fill a batch of {recipe.batch}")
     train = token_windows_loader(train_windows, recipe.batch, recipe.eval_every, recipe.seed)
     test = [{"input_ids": w, "labels": w} for w in eval_windows.split(4)]
-    return fit(student, train, test, recipe.fit_config(), teacher=teacher)
+    return fit(student, train, test, recipe.fit_config(), teacher=teacher, callbacks=callbacks)

@@ -210,7 +210,9 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
                 assert run.distill is not None
                 t = time.perf_counter()
                 history = distill_language_model(low, model, train[run.calibration:],
-                                                 texts["pydoc_validation"][:CURVE_WINDOWS], run.distill)
+                                                 texts["pydoc_validation"][:CURVE_WINDOWS], run.distill,
+                                                 [lambda r: log({"curve": r["epoch"], "perplexity": r["perplexity"],
+                                                                 "wall_s": r["wall_s"]})])
                 add({"variant": f"{base}_distilled", "ratio": ratio, "policy": repr(policy),
                      **_scores(low.eval(), texts), "distill": asdict(run.distill),
                      "distill_s": round(time.perf_counter() - t, 1),
@@ -249,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      moments_cache=args.moments_cache, dense=not args.no_dense)
     load = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
-    result = measure(run, lambda row: print({k: v for k, v in row.items() if k != "curve"}, flush=True))
+    result = measure(run, lambda row: print(row, flush=True))
     out = Path(args.out)
     runs = read_record(out)["runs"] if out.is_file() else []
     runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
