@@ -86,24 +86,32 @@ def _weights(layers: Mapping[str, LayerSpectrum], normalise: str) -> dict[str, f
     return out
 
 
-def allocate(layers: Mapping[str, LayerSpectrum], budget: int, *, step: int = 1, min_rank: int | None = None,
-             normalise: str = "output") -> dict[str, int]:
+def uniform_ranks(layers: Mapping[str, LayerSpectrum], ratio: float, step: int = 1) -> dict[str, int]:
+    """Each layer's rank at ``Ratio(ratio)`` rounded down to ``step`` (see :func:`uniform_budget`)."""
+    return {name: (math.floor(spec.dense_params / (ratio * spec.cost_per_rank)) // step) * step
+            for name, spec in layers.items()}
+
+
+def allocate(layers: Mapping[str, LayerSpectrum], budget: int, *, step: int = 1,
+             min_rank: int | Mapping[str, int] | None = None, normalise: str = "output") -> dict[str, int]:
     """Ranks (multiples of ``step``) minimising the summed (weighted) truncation loss with
-    ``Σ rank · (S + D) ≤ budget``: every layer starts at ``min_rank`` (default ``step``), then the chunk of
-    ``step`` singular values with the largest loss decrease per parameter is added next, while it fits the
-    budget and the layer stays below its break-even rank. A ValueError when the budget cannot hold every layer
-    at ``min_rank``."""
+    ``Σ rank · (S + D) ≤ budget``: every layer starts at ``min_rank`` (default ``step``; a dict gives each
+    layer its own), then the chunk of ``step`` singular values with the largest loss decrease per parameter is
+    added next, while it fits the budget and the layer stays below its break-even rank. A ValueError when the
+    budget cannot hold every layer at ``min_rank``."""
     if step < 1:
         raise ValueError(f"step must be a positive int (got {step})")
-    floor = step if min_rank is None else min_rank
+    floors = min_rank if isinstance(min_rank, Mapping) else {n: step if min_rank is None else min_rank for n in layers}
+    floor = max(floors.values(), default=0)
     weights = _weights(layers, normalise)
     ranks: dict[str, int] = {}
     spent = 0
     for name, spec in layers.items():
-        ranks[name] = min(floor, spec.max_saving_rank)
+        ranks[name] = min(floors[name], spec.max_saving_rank)
         spent += ranks[name] * spec.cost_per_rank
     if spent > budget:
-        raise ValueError(f"a budget of {budget:,} parameters cannot hold every layer at rank {floor} ({spent:,}); "
+        raise ValueError(f"a budget of {budget:,} parameters cannot hold every layer at its least rank (up to {floor}: "
+                         f"{spent:,}); "
                          f"compress less (a smaller ratio) or plan fewer layers")
 
     def gain(name: str) -> float | None:
@@ -131,13 +139,20 @@ def allocate(layers: Mapping[str, LayerSpectrum], budget: int, *, step: int = 1,
     return ranks
 
 
+def floors(layers: Mapping[str, LayerSpectrum], ratio: float, fraction: float, step: int = 1) -> dict[str, int]:
+    """Least ranks: ``fraction`` of each layer's uniform rank at ``ratio``, rounded down to ``step`` (at least
+    ``step``), so that no layer is cut far below what uniform compression gives it."""
+    return {n: max(step, int(fraction * r) // step * step) for n, r in uniform_ranks(layers, ratio, step).items()}
+
+
 def allocate_groups(layers: Mapping[str, LayerSpectrum], ratio: float, groups: Mapping[str, Sequence[str]], *,
-                    step: int = 1, normalise: str = "output") -> dict[str, int]:
+                    step: int = 1, normalise: str = "output", floor: float = 0.0) -> dict[str, int]:
     """:func:`allocate` within each group of layer names, each group at its own uniform budget (``ratio``)."""
     out: dict[str, int] = {}
     for names in groups.values():
         part = {n: layers[n] for n in names}
-        out.update(allocate(part, uniform_budget(part, ratio, step), step=step, normalise=normalise))
+        out.update(allocate(part, uniform_budget(part, ratio, step), step=step, normalise=normalise,
+                            min_rank=floors(part, ratio, floor, step)))
     return out
 
 

@@ -124,6 +124,7 @@ class QualityRun:
     calibration: int = 16
     normalise: str = "relative"
     by_type: bool = False
+    floor: float = 0.5
     distill: LMDistillation | None = None
     moments_cache: str | None = None
     generate: bool = True
@@ -198,7 +199,7 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
             if not wanted:
                 continue
             policy = Ratio(ratio) if base == "svd_llm" else LossAware(ratio, spectra, normalise=run.normalise,
-                                                                      by_type=run.by_type)
+                                                                      by_type=run.by_type, floor=run.floor)
             plan = make_plan(model, policy)
             t = time.perf_counter()
             low = decompose_from_moments(model, plan, moments)
@@ -237,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--variants", default="svd_llm,loss_aware")
     ap.add_argument("--normalise", default="relative")
     ap.add_argument("--by-type", action="store_true")
+    ap.add_argument("--floor", type=float, default=0.5)
     ap.add_argument("--distill-steps", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--moments-cache", default=None)
@@ -246,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
-                     normalise=args.normalise, by_type=args.by_type,
+                     normalise=args.normalise, by_type=args.by_type, floor=args.floor,
                      distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),
                      moments_cache=args.moments_cache, dense=not args.no_dense)
     load = [round(v, 2) for v in os.getloadavg()]

@@ -117,3 +117,15 @@ def test_loss_aware_checks_its_fields():
     with pytest.raises(ValueError, match="normalise"):
         LossAware(2.0, spectra, normalise="energy")
     assert repr(LossAware(2, spectra)).startswith("LossAware(2.0, LossSpectra(0 layers")
+
+
+def test_floors_keep_every_layer_near_its_uniform_rank():
+    gen = torch.Generator().manual_seed(3)
+    layers = {"a": LayerSpectrum(torch.logspace(0, -9, 32, dtype=torch.float64), 32, 32),
+              "b": _spectrum(gen, 32, 32, 0.0)}
+    budget = uniform_budget(layers, 2)
+    free = allocate(layers, budget)
+    floored = allocate(layers, budget, min_rank=allocation.floors(layers, 2, 0.5))
+    assert free["a"] < 4 <= floored["a"]  # uniform rank 8: at least half of it
+    assert allocation.params(layers, floored) <= budget
+    assert allocation.total_loss(layers, floored) >= allocation.total_loss(layers, free)
