@@ -231,7 +231,9 @@ class LossAware(RankPolicy):
     ``"relative"`` weighs each layer's output error by its output energy, ``"output"`` takes it as it is;
     ``by_type``: each layer type (the name's last part, e.g. ``q_proj``) keeps the budget uniform compression gives
     it, and ranks move only between layers of one type. ``floor``: no layer's rank falls below that fraction
-    of its uniform rank (0 lets the greedy rule cut a layer to rank ``granularity``).
+    of its uniform rank (0 lets the greedy rule cut a layer to rank ``granularity``). A layer's own output error
+    is a proxy for the model's loss: measure the plan against uniform ``Ratio`` on held-out data (on
+    SmolLM2-135M: ``data/lm_quality_smollm2.json``).
     """
 
     kind: ClassVar[str] = "loss_aware"
