@@ -202,7 +202,8 @@ def fit(
     ``loss``, ``accuracy`` and ``top5`` (%), ``train_loss``, ``train_accuracy``, ``epoch_s`` (training
     wall time of the epoch, evaluation excluded), ``wall_s`` (cumulative training seconds),
     ``train_img_s`` (images / ``epoch_s``, all ranks), ``eval_img_s``, ``lr``, ``trainable_params``,
-    ``phase`` (freezing phase at the end of the epoch), ``world_size``, ``label``.
+    ``phase`` (freezing phase at the end of the epoch), ``world_size``, ``label``; a causal language model's history
+    adds the test ``perplexity``.
 
     ``freezer``: a :class:`~lrdlab.finetune.freezing.Freezer` built for ``model``. ``checkpoint``: a file
     rewritten after every epoch (model, optimiser, schedule, history, RNG). ``resume=True`` continues from
@@ -272,8 +273,9 @@ def fit(
     def row(epoch: int, metrics: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
         counts = freezer.counts() if freezer is not None else {
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        scores = {"perplexity": metrics["perplexity"]} if "perplexity" in metrics else {}  # a causal LM's
         return {"epoch": epoch, "loss": metrics["loss"], "accuracy": metrics["accuracy"], "top5": metrics["top5"],
-                **extra, "wall_s": wall, "eval_img_s": metrics["eval_img_s"], "lr": opt.param_groups[0]["lr"],
+                **scores, **extra, "wall_s": wall, "eval_img_s": metrics["eval_img_s"], "lr": opt.param_groups[0]["lr"],
                 "trainable_params": counts["trainable"], "phase": freezer.phase if freezer is not None else 0,
                 "world_size": size, "label": label}
 

@@ -220,6 +220,83 @@ class FixedRank(RankPolicy):
         return fit_fixed_ranks(name, info, form, target, isinstance(self.rank, Mapping), why)
 
 
+@dataclass(frozen=True, repr=False)
+class LossAware(RankPolicy):
+    """Per-layer ranks allocated by measured truncation loss, at the parameter budget of ``Ratio(ratio)`` over the
+    measured layers (the layers :func:`~lrdlab.lowrank.loss_spectra.loss_spectra` saw; others are kept):
+
+    ``spectra = loss_spectra(model, batches)``; ``plan = make_plan(model, LossAware(1.25, spectra))``.
+
+    Greedy by loss decrease per parameter (:func:`lrdlab.lowrank.allocation.allocate`). ``normalise``:
+    ``"relative"`` weighs each layer's output error by its output energy, ``"output"`` takes it as it is;
+    ``by_type``: each layer type (the name's last part, e.g. ``q_proj``) keeps the budget uniform compression gives
+    it, and ranks move only between layers of one type. ``floor``: no layer's rank falls below that fraction
+    of its uniform rank (0 lets the greedy rule cut a layer to rank ``granularity``). A layer's own output error
+    is a proxy for the model's loss: measure the plan against uniform ``Ratio`` on held-out data (on
+    SmolLM2-135M: ``data/lm_quality_smollm2.json``).
+    """
+
+    kind: ClassVar[str] = "loss_aware"
+    ratio: float
+    spectra: Any
+    normalise: str = field(default="relative", kw_only=True)
+    by_type: bool = field(default=False, kw_only=True)
+    floor: float = field(default=0.5, kw_only=True)
+    allocated: Mapping[str, int] = field(default_factory=dict, kw_only=True, init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lrdlab.lowrank import allocation
+        from lrdlab.lowrank.loss_spectra import LossSpectra
+
+        _set(self, "ratio", real(self.ratio, "LossAware: ratio", "e.g. LossAware(2, spectra) halves the weights"))
+        if not self.ratio > 1:
+            raise ValueError(f"LossAware: ratio must be > 1 (got {self.ratio:g}); e.g. LossAware(2, spectra)")
+        if not isinstance(self.spectra, LossSpectra):
+            raise ValueError(f"LossAware: spectra must be a LossSpectra (got {type(self.spectra).__name__}); "
+                             f"measure it first: spectra = loss_spectra(model, calibration_batches)")
+        if self.normalise not in allocation.NORMALISATIONS:
+            raise ValueError(f"LossAware: normalise must be one of {allocation.NORMALISATIONS} "
+                             f"(got {self.normalise!r})")
+        if not isinstance(self.by_type, bool):
+            raise ValueError(f"LossAware: by_type must be True or False (got {self.by_type!r})")
+        _set(self, "floor", real(self.floor, "LossAware: floor", "e.g. floor=0.5 keeps half the uniform rank"))
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"LossAware: floor must be in [0, 1] (got {self.floor:g}); e.g. floor=0.5 keeps at "
+                             f"least half of each layer's uniform rank")
+        layers = self.spectra.layers
+        if self.by_type:
+            groups: dict[str, list[str]] = {}
+            for name in layers:
+                groups.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+            chosen = allocation.allocate_groups(layers, self.ratio, groups, step=self.granularity,
+                                                normalise=self.normalise, floor=self.floor)
+        else:
+            budget = allocation.uniform_budget(layers, self.ratio, self.granularity)
+            chosen = allocation.allocate(layers, budget, step=self.granularity, normalise=self.normalise,
+                                         min_rank=allocation.floors(layers, self.ratio, self.floor,
+                                                                    self.granularity))
+        _set(self, "allocated", chosen)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("normalise", "by_type", "floor", "granularity")
+                        if getattr(self, k) != type(self).__dataclass_fields__[k].default)
+        return f"LossAware({self.ratio!r}, {self.spectra!r}{extra})"
+
+    @property
+    def value(self) -> float:
+        return self.ratio
+
+    def targets(self, module: nn.Module, info: Info, form: Method, name: str) -> tuple[list[int], str]:
+        rank = self.allocated.get(name)
+        if rank is None:
+            return [], "not measured by loss_spectra"
+        return [rank], f"loss-aware {self.ratio:g}"
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "normalise": self.normalise, "by_type": self.by_type, "floor": self.floor}
+
+
 POLICIES: dict[str, type[RankPolicy]] = {p.kind: p for p in (Ratio, Energy, VBMF, FixedRank)}
 
 

