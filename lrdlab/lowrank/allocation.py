@@ -165,3 +165,15 @@ def total_loss(layers: Mapping[str, LayerSpectrum], ranks: Mapping[str, int], no
 def params(layers: Mapping[str, LayerSpectrum], ranks: Mapping[str, int]) -> int:
     """The factors' parameters at ``ranks``."""
     return sum(ranks[n] * spec.cost_per_rank for n, spec in layers.items())
+
+
+@dataclass(frozen=True, eq=False)
+class LossSpectra:
+    """Per-layer whitened spectra (:class:`~lrdlab.lowrank.allocation.LayerSpectrum`) and what measured them."""
+
+    layers: Mapping[str, LayerSpectrum]
+    tokens: int = 0
+    ridge: float = 1e-3  # lrdlab.lowrank.data_aware.DEFAULT_RIDGE
+
+    def __repr__(self) -> str:
+        return f"LossSpectra({len(self.layers)} layers, {self.tokens} rows, ridge={self.ridge:g})"

@@ -10,27 +10,14 @@ once each spectrum is taken. ``make_plan(model, LossAware(1.25, spectra))`` then
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank.allocation import LayerSpectrum, whitened_spectrum
+from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra, whitened_spectrum
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
 from lrdlab.lowrank.layers import dense_weight
-
-
-@dataclass(frozen=True, eq=False)
-class LossSpectra:
-    """Per-layer whitened spectra (:class:`~lrdlab.lowrank.allocation.LayerSpectrum`) and what measured them."""
-
-    layers: Mapping[str, LayerSpectrum]
-    tokens: int = 0
-    ridge: float = DEFAULT_RIDGE
-
-    def __repr__(self) -> str:
-        return f"LossSpectra({len(self.layers)} layers, {self.tokens} rows, ridge={self.ridge:g})"
 
 
 def svd_layers(model: nn.Module, layers=None) -> list[str]:

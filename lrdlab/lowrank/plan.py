@@ -128,18 +128,18 @@ class Plan:
         before, after = sum(r.params_before for r in done), sum(r.params_after for r in done)
         removed = 100 * (1 - after / before) if before else 0.0
         text = (f"Plan for {self.model}: {len(done)} of {len(self.layers)} layers decomposed; decomposed layers' "
-                f"params {_count(before)} → {_count(after)} ({removed:.2f}% removed)")
+                f"params {_millions(before)} → {_millions(after)} ({removed:.2f}% removed)")
         for name in self.settings.get("untied", {}):  # an output head untied from the input embedding
             head = self[name]
-            text += f"; of which the untied {name} {_count(head.params_before)} → {_count(head.params_after)}"
+            text += f"; of which the untied {name} {_millions(head.params_before)} → {_millions(head.params_after)}"
         rest = self.settings.get("uncovered") or {}
         if rest.get("params"):
-            text += (f"; {_count(rest['params'])} params in {rest['tensors']} tensor(s) outside any row, left whole "
+            text += (f"; {_millions(rest['params'])} params in {rest['tensors']} tensor(s) outside any row, left whole "
                      f"(largest {rest['largest']!r} {rest['largest_shape']})")
         total = self.settings.get("model_params")
         if total:  # an untied head adds its own weight before its decomposition (lrdlab.lowrank.hf.untie_lm_head)
             whole = total + self.settings.get("untied_params", 0) - (before - after)
-            text += f"; whole model {_count(total)} → {_count(whole)} ({100 * (1 - whole / total):.2f}% removed)"
+            text += f"; whole model {_millions(total)} → {_millions(whole)} ({100 * (1 - whole / total):.2f}% removed)"
         probe = str(self.settings.get("probe", ""))
         if probe.startswith("not probed"):
             text += (" — NOT PROBED: layers the model never calls or whose weight it reads may be decomposed and "
@@ -230,7 +230,7 @@ def _check_params_after(row: LayerPlan) -> None:
 # --- building a plan -------------------------------------------------------------------------------
 
 
-def _count(n: int) -> str:
+def _millions(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 

@@ -247,7 +247,7 @@ class LossAware(RankPolicy):
     def __post_init__(self) -> None:
         super().__post_init__()
         from lrdlab.lowrank import allocation
-        from lrdlab.lowrank.loss_spectra import LossSpectra
+        from lrdlab.lowrank.allocation import LossSpectra
 
         _set(self, "ratio", real(self.ratio, "LossAware: ratio", "e.g. LossAware(2, spectra) halves the weights"))
         if not self.ratio > 1:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrdlab.finetune.distill import LMDistillation
+from lrdlab.finetune.lm_distill import LMDistillation
 from lrdlab.finetune.loop import evaluate
 from lrdlab.lowrank.allocation import LayerSpectrum
 from lrdlab.lowrank.apply import set_module
@@ -169,7 +169,7 @@ def _scores(model: nn.Module, texts: Mapping[str, Tensor]) -> dict[str, float]:
 def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
     """Dense and decomposed perplexities (pydoc validation, IDLE history) and generations, by ``run``; ``log``
     gets each row as it is measured."""
-    from lrdlab.finetune.distill import distill_language_model
+    from lrdlab.finetune.lm_distill import distill_language_model
     from lrdlab.zoo.smollm import load_smollm2
 
     lm = load_smollm2()
@@ -242,11 +242,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--distill-steps", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--moments-cache", default=None)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--out", default="data/lm_quality_smollm2.json")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # the records are 1-thread measurements
     run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
                      normalise=args.normalise, by_type=args.by_type, floor=args.floor,
                      distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),

@@ -39,7 +39,8 @@ def test_a_bare_name_is_read_from_the_data_folder(tmp_path, monkeypatch):
 PLAN_FILES = {"optimize_resnet50_cpu_plan.json", "optimize_resnet50_cpu_plan_train.json"}
 # Files whose recorder belongs to another lane this round (issue 36 item 7): still without a command.
 NO_COMMAND_YET = {"lm_perplexity_pydoc.json"}
-RUNNABLE = ("python -m tools.record", "lrdlab ", "make ", "OMP_NUM_THREADS=1 ", "LRDLAB_CACHE=", "nice -n 5 ")
+RUNNABLE = ("python -m tools.record", "lrdlab ", "python -m lrdlab.cli ", "python -m lrdlab.paper.",
+            "make ", "OMP_NUM_THREADS=1 ", "LRDLAB_CACHE=", "nice -n 5 ")
 
 
 def _shipped_records():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lrdlab.finetune.distill import LMDistillation, distill_language_model, token_windows_loader
+from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, token_windows_loader
 from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.loss_spectra import loss_spectra
 from lrdlab.lowrank.plan import Ratio, make_plan

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree
 
+from lrdlab.cli.common import add_threads_argument
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.plan import FixedRank, Layers, Plan, Ratio, make_plan
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.record.conv_kinds_targets",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_argument(parser, default_text="2")
+    parser.set_defaults(threads=2)
     parser.add_argument("--only", nargs="+", choices=sorted(MODELS), default=None)
     parser.add_argument("--ratios", nargs="+", type=float, default=[],
                         help="only FLOPs, at these Ratio(...) values (default: the full record at Ratio(2))")

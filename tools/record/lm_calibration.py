@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from lrdlab.cli.common import add_ratio_argument, add_threads_argument
+
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:
@@ -152,14 +154,14 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.record.lm_calibration", description=__doc__.splitlines()[0])
-    parser.add_argument("--ratio", type=float, default=1.25)
+    add_ratio_argument(parser, default=1.25)
     parser.add_argument("--modes", nargs="+", default=["corrected"], choices=["corrected", "one-shot", "sequential"])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4, help="windows per calibration batch")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-dense", dest="dense", action="store_false", help="skip the dense model's perplexity")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_threads_argument(parser, default_text="torch's")
     args = parser.parse_args(argv)
     run(args.ratio, args.modes, args.tokens, args.window, args.batch, args.out, args.dense, args.threads)
 
