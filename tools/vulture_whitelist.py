@@ -47,3 +47,4 @@ run_short
 freezing_figure
 accuracy_images
 _params
+pre_tokenizer  # tests/zoo/test_smollm.py: a tokenizers attribute set for its library

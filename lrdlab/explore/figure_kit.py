@@ -58,7 +58,3 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], figure: str) -> No
     if missing:
         raise ValueError(f"{figure} needs columns {missing}; got {list(df.columns)}")
 
-
-def figure_lines(fig: Figure) -> int:
-    """Number of data lines drawn on all axes of ``fig`` (for tests and sanity checks)."""
-    return sum(len(ax.get_lines()) for ax in fig.axes)

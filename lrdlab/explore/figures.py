@@ -188,10 +188,6 @@ class RankFigure:
         return (state["model"], state["layer"], tuple(state["input_shape"]), len(times), total,
                 tuple(sorted(set(times["source"]))) if len(times) else ())
 
-    def has_background(self, lab: Any, state: dict[str, Any]) -> bool:
-        """Whether a move to ``state`` only blits (its layer's background with these times is kept)."""
-        return self.background_key(lab, state) in self._backgrounds
-
     def background(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> tuple:
         """Draw the layer's background (what no move within the layer changes), unless kept already; returns
         its pixels, the axes' limits and the spectra's colours."""

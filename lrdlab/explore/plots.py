@@ -25,7 +25,6 @@ from lrdlab.explore.figure_kit import (  # noqa: F401
     MODE_ORDER,
     PALETTE,
     LrdFigure,
-    figure_lines,
     new_figure,
     one_thread,
     require_columns,
