@@ -420,7 +420,8 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
                              select.example_input, select.input_shape)
     settings = {**policy.settings(), "method": method, "options": chosen_options, "include": include,
                 "exclude": exclude, "force": force, "probe": probe_note,
-                "model_params": sum(p.numel() for p in model.parameters()),  # tied counted once
+                "model_params": sum(p.numel() for p in model.parameters()  # tied counted once; lazy ones unknown
+                                    if not isinstance(p, nn.parameter.UninitializedParameter)),
                 "uncovered": _uncovered(model, candidates)}
     if unmatched:
         settings["unmatched_patterns"] = unmatched
