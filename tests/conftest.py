@@ -21,7 +21,7 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-# Tests over ~9 s in a `pytest -m "not slow and not browser" --durations=60` run on the shared 2-core Intel Xeon box
+# Tests over ~9 s in a `pytest -m "not slow and not browser" --durations=60` run on the shared 2-core AMD EPYC box
 # (load 2 → 8, the whole tier 16 min before this list): marked `slow` here, in one place, so that `make test-fast`
 # stays a few minutes; `make test` runs them. A parametrized test is listed once for all its cases.
 SLOW = {

@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     runs = read_record(out)["runs"] if out.is_file() else []
     runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
-                 "machine": {**machine_info("cpu"), "name": "Intel Xeon 2-core shared box"}, "load_before": load,
+                 "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "load_before": load,
                  "seconds": round(time.perf_counter() - t0, 1)})
     write_record(out, {"runs": runs})
 
