@@ -40,11 +40,6 @@ CP_METHOD  # lowrank/cp.py: the registered method, looked up by name
 train_lm
 export_lm
 # DEAD, to delete by the lanes that own these files this round (listed here only so that `make deadcode` passes
-# meanwhile; issue 36 item 4): explore/freezing_lab.py FreezingLab.find/run_short and freezing_figure,
-# explore/lab_models.py accuracy_images, finetune/freezing.py _params
-find
-run_short
-freezing_figure
+# meanwhile; issue 36 item 4): explore/lab_models.py accuracy_images
 accuracy_images
-_params
 pre_tokenizer  # tests/zoo/test_smollm.py: a tokenizers attribute set for its library

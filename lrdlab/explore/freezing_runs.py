@@ -257,19 +257,15 @@ GRID_RECIPE = FreezingGridConfig()
 
 
 def calibrated_start(ratio: float, exclude: Any = ("conv1",), calibration_images: int = 512) -> nn.Module:
-    """The default calibrated model at ``ratio``: ``decompose(model, plan, calibration=)`` on the first
-    ``calibration_images`` training images, as the README and ``python -m tools.record accuracy`` make it."""
-    import fnmatch
-
-    from lrdlab.explore.accuracy_lab import calibrated_decompose, data_loaders, trained_model
+    """The default calibrated model at ``ratio`` (:func:`~lrdlab.zoo.start.decomposed_start` calibrated on the first
+    ``calibration_images`` training images), as the README and ``python -m tools.record accuracy`` make it."""
+    from lrdlab.explore.accuracy_lab import data_loaders, trained_model
     from lrdlab.lowrank.calibration import calibration_batches
-    from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.zoo.start import decomposed_start
 
-    original = trained_model()
-    names = [n for n, m in original.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    skip = [p for p in exclude if any(fnmatch.fnmatchcase(n, p) for n in names)]
-    plan = make_plan(original, Ratio(ratio), Layers(exclude=skip or None), model_name="resnet20")
-    return calibrated_decompose(original, plan, calibration_batches(data_loaders().train, calibration_images))
+    calibration = calibration_batches(data_loaders().train, calibration_images)
+    return decomposed_start(trained_model(), ratio=ratio, exclude=exclude, model_name="resnet20",
+                            calibration=calibration)[1].eval()
 
 
 def default_start_model(settings: dict[str, Any]) -> Callable[[float], nn.Module]:

@@ -133,9 +133,6 @@ class Freezer:
         root: nn.Module = getattr(self.model, "module", self.model)
         return root
 
-    def _params(self) -> list[nn.Parameter]:
-        return list(self._root().parameters())
-
     def attach_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
         """The optimizer whose state is reset for parameters that become trainable again (see the class doc)."""
         self._optimizer = optimizer

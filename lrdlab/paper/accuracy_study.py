@@ -51,20 +51,19 @@ def _accuracy(model, loader) -> tuple[float, float]:
     return round(r["accuracy"], 2), round(r["loss"], 4)
 
 
-def finetune(net: torch.nn.Module, teacher: torch.nn.Module, loaders, epochs: int, recipe: dict[str, Any],
-             freezer=None, *, seed: int = 0, progress: bool = False, label: str = ""):
-    """:func:`lrdlab.fit` by a recipe (:data:`STUDY_MODELS`' ``finetune``, or one of the fine-tuning sweep's in the
-    checkout's tools/record/accuracy.py): its optimizer, learning rate and batch size (the training set
-    rebatched), ``teacher`` distilling when ``distill``."""
+def recipe_finetune(net: torch.nn.Module, teacher: torch.nn.Module, loaders, epochs: int, recipe: dict[str, Any],
+                    freezer=None, *, seed: int = 0, progress: bool = False, label: str = ""):
+    """:func:`lrdlab.zoo.start.finetune` by a recipe (:data:`STUDY_MODELS`' ``finetune``, or one of the fine-tuning
+    sweep's in the checkout's tools/record/accuracy.py): its optimizer, learning rate and batch size,
+    ``teacher`` distilling when ``distill``."""
     from lrdlab.finetune.fit_config import FitConfig
-    from lrdlab.finetune.loop import fit
-    from lrdlab.zoo.data import rebatched
+    from lrdlab.zoo.start import finetune
 
     opts = {k: v for k, v in recipe.items() if k not in ("batch_size", "distill")}  # the rest: FitConfig fields
     config = FitConfig(epochs=epochs, seed=seed, progress=progress, label=label, evaluate_start=freezer is not None,
                        **opts)
-    return fit(net, rebatched(loaders.train, recipe["batch_size"], seed), loaders.test, config, freezer,
-               teacher=teacher if recipe["distill"] else None)
+    return finetune(net, loaders, config, batch_size=recipe["batch_size"], freezer=freezer,
+                    teacher=teacher if recipe["distill"] else None)
 
 
 def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[torch.Tensor], *,
@@ -97,7 +96,7 @@ def study_model(name: str, ratios: Sequence[float], loaders, calibration: list[t
         made["data+bn"] = (m, made["data"][1] + s)  # = calibrated_decompose(bn=True), one calibration saved
         if "data+bn+ft" in variants and finetune_epochs > 0:
             net = copy.deepcopy(made["data+bn"][0])
-            _, s = _timed(finetune, net, original, loaders, finetune_epochs, spec["finetune"], seed=seed,
+            _, s = _timed(recipe_finetune, net, original, loaders, finetune_epochs, spec["finetune"], seed=seed,
                           label=f"{name} {ratio}")
             made["data+bn+ft"] = (net.eval(), made["data+bn"][1] + s)
         params, flops = count_params(made["weights"][0]), count_flops(made["weights"][0], shape)

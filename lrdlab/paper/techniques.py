@@ -216,24 +216,14 @@ def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: 
     return model, loaders, summary
 
 
-def finetune(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
+def finetuned(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
     """Accuracy before and after fine-tuning a copy of ``model`` for ``epochs`` (OneCycle SGD)."""
     from lrdlab.finetune.fit_config import FitConfig
-    from lrdlab.finetune.loop import fit
+    from lrdlab.zoo.start import finetune
 
-    before = _evaluate(model, loaders.test)
-    net = copy.deepcopy(model)
-    sampler = getattr(loaders.train, "sampler", None)
-    order = getattr(sampler, "seed", None)
-    if sampler is not None and order is not None:  # the seed also picks the data order (else deterministic)
-        sampler.seed = seed
-    try:
-        history = fit(net, loaders.train, loaders.test, FitConfig(epochs=epochs, lr=lr, seed=seed, progress=False,
-                                                                  label="finetune"))
-    finally:
-        if sampler is not None and order is not None:
-            sampler.seed = order
-    return {"acc_before": before, "acc_after": float(history["accuracy"].iloc[-1]),
+    history = finetune(copy.deepcopy(model), loaders, FitConfig(epochs=epochs, lr=lr, seed=seed, progress=False,
+                                                                 label="finetune"))
+    return {"acc_before": _evaluate(model, loaders.test), "acc_after": float(history["accuracy"].iloc[-1]),
             "acc_curve": [float(a) for a in history["accuracy"]], "finetune_s": float(history["wall_s"].iloc[-1])}
 
 
@@ -291,7 +281,7 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
             rows[name].update({k: v for k, v in rows[vanilla].items() if k not in ("method",)})
             rows[name]["same_model_as"] = vanilla
             continue
-        rows[name].update(_summarise([finetune(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
+        rows[name].update(_summarise([finetuned(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
     shape = (loaders.train.batch_size, *loaders.input_size)
     timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
     speed = speed_columns(timed, shape, timing)

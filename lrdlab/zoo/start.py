@@ -1,7 +1,8 @@
 """The starting point of every fine-tuning study: a trained original and its decomposition.
 
 One place for "train the original → keep the exclusions that apply → plan → decompose (calibrated)",
-used by the freezing study (F7/F8), the techniques study (T2, F6) and the freezing explorer.
+then "fine-tune it", used by the freezing study (F7/F8), the accuracy study (F11), the techniques study
+(T2, F6) and the freezing explorer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import fit, set_seed
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, applicable_patterns, make_plan
+from lrdlab.zoo.data import rebatched
 from lrdlab.zoo.models import get_model
 
 
@@ -41,3 +43,14 @@ def decomposed_start(original: nn.Module, *, ratio: float, exclude: str | Sequen
     plan = make_plan(original, Ratio(ratio), Layers(exclude=applicable_patterns(original, exclude) or None),
                      model_name=model_name)
     return plan, decompose(original, plan, calibration=calibration)
+
+
+def finetune(net: nn.Module, loaders: Any, config: FitConfig, *, batch_size: int | None = None,
+             teacher: nn.Module | None = None, freezer: Any = None) -> pd.DataFrame:
+    """Fine-tune ``net`` in place by ``config`` (:func:`~lrdlab.fit`); returns its history.
+
+    The training set is reshuffled by ``config.seed`` (the seed picks the data order too) in batches of
+    ``batch_size`` (default: the loaders' own); ``teacher`` distils, ``freezer`` freezes.
+    """
+    train = rebatched(loaders.train, batch_size or loaders.train.batch_size, config.seed)
+    return fit(net, train, loaders.test, config, freezer, teacher=teacher)

@@ -210,8 +210,9 @@ def test_study_runs_become_explorer_runs(tmp_path):
     runs = freezing_lab.runs_from_study(json.loads(_study(tmp_path).read_text()))
     assert set(runs["run"]) == {"none", "regular", "sequential N=1"}  # the from-scratch original is not a fine-tune
     assert list(runs.columns) == freezing_lab.RUN_COLUMNS and (runs["source"] == "reference").all()
-    setup = freezing_lab.FreezingSetup.from_study({"model": "resnet20", "epochs": 4, "period": 1, "lr": 0.1})
-    assert setup.pretrain_epochs == 4 and setup.lr == 0.1
+    lab = freezing_lab.FreezingLab(_study(tmp_path))
+    assert lab.runs().equals(runs) and lab.reference_machine == {"cpu": "Test CPU"}
+    assert list(lab.throughput()["technique"]) == ["original", "lrd", "lrd+sequential[0]"]
 
 
 def test_rank_readout_speedup_has_an_interval_only_for_paired_rounds():

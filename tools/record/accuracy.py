@@ -14,7 +14,7 @@ from lrdlab.lowrank.calibration import calibrated_decompose, calibration_batches
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import write_record
-from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
+from lrdlab.paper.accuracy_study import STUDY_MODELS, recipe_finetune
 from lrdlab.zoo.data import Images, get_loaders
 from lrdlab.zoo.pretrained import pretrained
 
@@ -50,7 +50,7 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
         for seed in seeds:
             net = copy.deepcopy(start)
             t0 = time.process_time()  # this process's CPU time: wall time on a shared machine measures the load
-            finetune(net, original, loaders, epochs, cfg, seed=seed)
+            recipe_finetune(net, original, loaders, epochs, cfg, seed=seed)
             seconds = time.process_time() - t0
             acc = accuracy(net, loaders.test)
             rows.append({**cfg, "seed": seed, "accuracy": acc, "cpu_s": round(seconds, 1)})

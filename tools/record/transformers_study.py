@@ -36,7 +36,7 @@ from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.timing_config import TimingConfig
-from lrdlab.paper.accuracy_study import STUDY_MODELS, finetune
+from lrdlab.paper.accuracy_study import STUDY_MODELS, recipe_finetune
 from tools.record.transformers_targets import median_time
 
 TRAIN: dict[str, Any] = {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.05, "batch_size": 64}
@@ -81,7 +81,7 @@ def accuracy_vs_ratio(model: nn.Module, loaders: Any, ratios: Sequence[float], *
         row = {"ratio": ratio, "params": count_params(small), "calibrated": calibration is not None,
                "accuracy_zero_shot": evaluate(small, loaders.test)["accuracy"], "accuracy_finetuned": None}
         if ratio in finetune_ratios:
-            h = finetune(small, model, loaders, finetune_epochs, FINETUNE, seed=seed, progress=progress)
+            h = recipe_finetune(small, model, loaders, finetune_epochs, FINETUNE, seed=seed, progress=progress)
             row["accuracy_finetuned"] = float(h["accuracy"].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -100,7 +100,7 @@ def freezing_runs(model: nn.Module, loaders: Any, ratio: float = 2.0, *, modes: 
     for mode in modes:
         net = copy.deepcopy(decomposed)
         freezer = Freezer(net, mode, period=period, unit=unit)
-        h = finetune(net, model, loaders, epochs, FINETUNE, freezer, seed=seed, progress=progress,
+        h = recipe_finetune(net, model, loaders, epochs, FINETUNE, freezer, seed=seed, progress=progress,
                      label=f"lrd {mode}")
         out.append(h.assign(mode=mode, ratio=ratio))
     return pd.concat(out, ignore_index=True)
