@@ -49,7 +49,7 @@ _API = {
     "SearchConfig": "lrdlab.measure.search_config",
     "TimingConfig": "lrdlab.measure.timing_config",
     "choose_plan": "lrdlab.measure.plan_choice",
-    "bench_plan": "lrdlab.measure.sweeps",
+    "bench_plan": "lrdlab.measure.bench",
     "get_model": "lrdlab.zoo.models",
     "get_loaders": "lrdlab.zoo.data",
     "Images": "lrdlab.zoo.data_config",
@@ -126,12 +126,12 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
     from lrdlab.lowrank.plan_config import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
     from lrdlab.lowrank.usage import register_safe_layer
+    from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
-    from lrdlab.measure.sweeps import bench_plan
     from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.freezing_study import FreezingStudyConfig, run_freezing_study
     from lrdlab.zoo.data import get_loaders

@@ -136,9 +136,8 @@ def _record_bench(args: argparse.Namespace, report: dict, load_before: tuple[flo
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from lrdlab.measure.bench import bench_plan, bench_threads, threads_table
     from lrdlab.measure.compute import current_compute
-    from lrdlab.measure.sweeps import bench_plan, format_bench
-    from lrdlab.measure.threads import bench_threads, threads_table
     from lrdlab.measure.timing_config import TimingConfig
 
     backend = args.backend or ("compile" if args.compile else "eager")
@@ -158,15 +157,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads and len(args.threads) > 1:
         reports = bench_threads(model, plan, (args.batch, *shape[1:]), args.threads, timing, train=args.train,
                                 progress=not args.json)
-        _record_bench(args, {"model": args.model, "threads": args.threads, "reports": reports}, load_before)
+        recorded = {"model": args.model, "threads": args.threads, "reports": [r.to_dict() for r in reports]}
+        _record_bench(args, recorded, load_before)
         if args.json:
-            print(json.dumps({"model": args.model, "threads": args.threads, "reports": reports}, indent=2))
+            print(json.dumps(recorded, indent=2))
         else:
-            print("\n\n".join(threads_table(reports, mode) for mode in ("inference", "train") if mode in reports[0]))
+            print("\n\n".join(threads_table(reports, mode) for mode in reports[0].modes()))
         return 0
-    report = bench_plan(model, plan, (args.batch, *shape[1:]), timing, train=args.train, progress=not args.json)
-    report["compute"] = current_compute().to_dict()
-    text = format_bench(report) + f"\n{current_compute()}"
+    bench = bench_plan(model, plan, (args.batch, *shape[1:]), timing, train=args.train, progress=not args.json)
+    report = {**bench.to_dict(), "compute": current_compute().to_dict()}
+    text = f"{bench}\n{current_compute()}"
     if args.breakdown:
         from lrdlab.measure.breakdown import breakdown_text, plan_breakdown
 

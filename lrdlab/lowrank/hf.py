@@ -7,8 +7,8 @@
   decomposed as one matrix: that is how the model calls it.
 - BERT and most other HF models use ``nn.Linear``: nothing special.
 - Tied input/output embeddings (``lm_head.weight is wte.weight``) are found by the generic shared-parameter
-  check (:mod:`lrdlab.lowrank.sharing`) and left unchanged with a reason, unless the plan unties the output
-  head (:mod:`lrdlab.lowrank.lm_head`).
+  check (:func:`lrdlab.lowrank.guards.shared_reasons`) and left unchanged with a reason, unless the plan unties
+  the output head (:mod:`lrdlab.lowrank.lm_head`).
 - A model transformers loaded from a GGUF file is dequantized to plain float tensors but keeps a GGUF
   ``quantization_config`` and quantizer, which make ``save_pretrained`` refuse it: :func:`drop_gguf_quantization`.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, conv_kinds, force_check, guards, hf, methods, sharing, usage
+from lrdlab.lowrank import attention, conv_kinds, force_check, guards, hf, methods, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
@@ -367,7 +367,7 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
             raise ValueError(f"FixedRank: the rank dict names layers that do not exist: {unknown}; "
                              f"layer names look like {names[:3]}")
     unrewritable = attention.skip_reasons(model)
-    shared = sharing.shared_reasons(model, names)
+    shared = guards.shared_reasons(model, names)
     fastpath = attention.fastpath_notes(model)
     kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in candidates if not _matches(n, force)],
                                            set(unrewritable) | set(fastpath), select.example_input,

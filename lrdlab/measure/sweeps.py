@@ -1,4 +1,4 @@
-"""Sweeps and benches of whole plans: speed tables, granularity sweeps, the rank-time curve and bench_plan."""
+"""Sweeps of whole plans: speed tables, granularity sweeps and the rank-time curve (``bench_plan``: :mod:`.bench`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank.decompose import apply_structure, check_plan
+from lrdlab.lowrank.decompose import apply_structure
 from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan, params_of
 from lrdlab.measure import timing as measure
-from lrdlab.measure.compare import DEFAULT_TIMING, check_backend, compare, effective_limits
+from lrdlab.measure.compare import compare
 from lrdlab.measure.interleave import interleave
-from lrdlab.measure.machine import machine_info
 from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.timing_config import TimingConfig, check_timing
 
@@ -210,93 +209,6 @@ def rank_time_sweep(
         rows.append({"rank": r, "time_ms": 1e3 * med, "time_lo_ms": 1e3 * q1, "time_hi_ms": 1e3 * q3,
                      "original_ms": original_ms, "params": after, "params_removed_pct": 100 * (1 - after / before)})
     return pd.DataFrame(rows)
-
-
-# --- whole-model bench -------------------------------------------------------------------------------
-
-
-def bench_plan(
-    model: nn.Module,
-    plan: Plan,
-    input_shape: Sequence[int],
-    timing: TimingConfig = DEFAULT_TIMING,
-    *,
-    train: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Original vs decomposed (plan structure, random factor weights) measured interleaved, with the FLOP ideal.
-
-    Returns a JSON-able report: machine, settings, params and FLOPs of both, the FLOP-ideal speed-up
-    (original FLOPs / decomposed FLOPs) and per mode (inference, and train with ``train``) the
-    median times, throughputs, the measured speed-up (median of per-round ratios, with quartiles)
-    and ``realised`` = (speed-up − 1) / (ideal − 1), and ``speedup_pct`` = ``{"median", "ci_low",
-    "ci_high", "rounds", "converged"}`` (95% bootstrap interval; rounds adapt until it is ±3 points
-    or the budget ends). ``timing`` (:class:`~lrdlab.measure.timing_config.TimingConfig`): device, rounds, and
-    the backend: eager (default), compile (both models compiled) or onnxruntime (both exported to ONNX;
-    inference only).
-    """
-    check_plan(model, plan)
-    shape = measure.check_shape(input_shape)
-    timing = check_timing(timing, DEFAULT_TIMING)
-    dev = measure.check_device(timing.device)
-    for mode in ["inference"] + (["train"] if train else []):
-        check_backend(timing.backend, mode, dev)
-    max_rounds, budget_s = effective_limits(timing)
-    decomposed = shaped_model(model, plan)
-    before, after = model_costs(model, shape), model_costs(decomposed, shape)
-    ideal = measure.ideal_speedup(before["flops"], after["flops"])
-    report: dict[str, Any] = {
-        "model": plan.model, "input_shape": list(shape), "machine": machine_info(dev),
-        "settings": {"rounds": timing.rounds, "max_rounds": max_rounds, "budget_s": budget_s,
-                     "warmup": timing.warmup, "repeats": timing.repeats, "dtype": measure.check_dtype(timing.dtype),
-                     "channels_last": timing.channels_last, "backend": timing.backend},
-        "layers_decomposed": len(plan.decomposed_layers),
-        "params": {"original": before["params"], "decomposed": after["params"]},
-        "flops": {"original": before["flops"], "decomposed": after["flops"]},
-        "ideal_speedup": ideal,
-    }
-    for mode in ["inference"] + (["train"] if train else []):
-        if progress:
-            print(f"timing original vs decomposed ({mode}, {timing.rounds} interleaved rounds) …", flush=True)
-        df = compare({"original": model, "decomposed": decomposed}, shape, mode, timing)
-        o, d = df.iloc[0], df.iloc[1]
-        up = SpeedUp.from_row(d)
-        report[mode] = {
-            "speedup_pct": up.to_pct(), "within_noise": up.within_noise,
-            "realised_ci": [measure.realised_fraction(float(d["speedup_ci_low"]), ideal),
-                            measure.realised_fraction(float(d["speedup_ci_high"]), ideal)],
-            "threads": int(d["threads"]), "load_average": d["load_average"],
-            "original_s": float(o["median_s"]), "decomposed_s": float(d["median_s"]),
-            "original_throughput": float(o["throughput"]), "decomposed_throughput": float(d["throughput"]),
-            "speedup": float(d["speedup_vs_first"]), "speedup_q1": float(d["speedup_q1"]),
-            "speedup_q3": float(d["speedup_q3"]), "spread_original": float(o["spread"]),
-            "spread_decomposed": float(d["spread"]),
-            "realised": measure.realised_fraction(float(d["speedup_vs_first"]), ideal),
-        }
-    return report
-
-
-def format_bench(report: dict[str, Any]) -> str:
-    """The bench report as a few lines of text."""
-    m = report["machine"]
-    lines = [
-        f"{report['model']}, input {tuple(report['input_shape'])}, {m['device']} ({m['device_name']}, "
-        f"{m['torch_threads']} threads), torch {m['torch_version']}, backend {report['settings']['backend']}",
-        f"params {report['params']['original']:,} → {report['params']['decomposed']:,}; "
-        f"FLOPs {report['flops']['original']:,} → {report['flops']['decomposed']:,}; "
-        f"FLOP-ideal speed-up ×{report['ideal_speedup']:.3f}",
-    ]
-    for mode in ("inference", "train"):
-        if mode not in report:
-            continue
-        r = report[mode]
-        lines.append(
-            f"{mode:9s}: original {r['original_throughput']:.1f}/s, decomposed {r['decomposed_throughput']:.1f}/s, "
-            f"speed-up {SpeedUp.from_pct(r['speedup_pct']).text()} (95% CI, {r['speedup_pct']['rounds']} rounds"
-            f"{'' if r['speedup_pct']['converged'] else ', not converged'}), "
-            f"{100 * r['realised']:.0f}% of the FLOP ideal realised; load {r['load_average']}"
-        )
-    return "\n".join(lines)
 
 
 def _median_s(step: Callable[[], Any], dev: Any, warmup: int, repeats: int) -> float:

@@ -14,8 +14,8 @@ from torch import nn
 
 from lrdlab import Ratio, make_plan
 from lrdlab.measure import compute
+from lrdlab.measure.bench import bench_threads, threads_table
 from lrdlab.measure.compute import apply_compute, busy, compute_info, current_compute
-from lrdlab.measure.threads import bench_threads, threads_table
 from lrdlab.measure.timing_config import TimingConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,8 +100,8 @@ def test_bench_per_thread_count_names_its_compute():
     before = torch.get_num_threads()
     reports = bench_threads(model, plan, (2, 3, 16, 16), [1], TimingConfig(rounds=2, max_rounds=2, warmup=1, repeats=1))
     assert torch.get_num_threads() == before  # restored
-    assert reports[0]["compute"]["threads"] == 1 and reports[0]["inference"]["threads"] == 1
-    assert reports[0]["machine"]["compute_mode"] in ("default", "shared")
+    assert reports[0].compute is not None and reports[0].compute["threads"] == 1
+    assert reports[0].inference.threads == 1 and reports[0].machine["compute_mode"] in ("default", "shared")
     text = threads_table(reports)
     assert "wait policy" in text and text.splitlines()[-1].split()[0] == "1"
 

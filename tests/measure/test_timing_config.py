@@ -8,8 +8,8 @@ import pytest
 from torch import nn
 
 import lrdlab
+from lrdlab.measure.bench import bench_plan
 from lrdlab.measure.compare import compare, effective_limits, round_limits
-from lrdlab.measure.sweeps import bench_plan
 from lrdlab.measure.timing_config import TimingConfig, check_timing
 
 
@@ -61,6 +61,6 @@ def test_bench_plan_records_the_limits_it_ran_under():
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
     timing = TimingConfig(rounds=2, warmup=0, repeats=1, budget_s=float("inf"))
     report = bench_plan(model, lrdlab.make_plan(model, lrdlab.FixedRank(4)), (2, 16), timing)
-    assert report["settings"] == {"rounds": 2, "max_rounds": 2, "budget_s": None, "warmup": 0, "repeats": 1,
+    assert report.settings == {"rounds": 2, "max_rounds": 2, "budget_s": None, "warmup": 0, "repeats": 1,
                                   "dtype": "fp32", "channels_last": False, "backend": "eager"}
-    assert report["inference"]["speedup_pct"]["rounds"] == 2
+    assert report.inference.speedup.rounds == 2 and report.to_dict()["inference"]["speedup_pct"]["rounds"] == 2

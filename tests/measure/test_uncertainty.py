@@ -15,9 +15,10 @@ from torch import nn
 from lrdlab import Layers, Ratio, make_plan
 from lrdlab.cli import main
 from lrdlab.measure import stats
+from lrdlab.measure.bench import bench_plan
 from lrdlab.measure.compare import BackendUnavailable, check_backend, compare, onnx_session
 from lrdlab.measure.compute import choose_threads, compute_info, compute_policy
-from lrdlab.measure.sweeps import bench_plan, format_bench, shaped_model
+from lrdlab.measure.sweeps import shaped_model
 from lrdlab.measure.timing_config import TimingConfig
 
 
@@ -197,11 +198,11 @@ def test_bench_on_onnxruntime_reports_backend_and_interval():
     model = tiny()
     onnx = TimingConfig(rounds=3, warmup=1, repeats=2, backend="onnxruntime", max_rounds=3)
     report = bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), onnx)
-    inf = report["inference"]
-    assert report["settings"]["backend"] == "onnxruntime"
+    inf = report.to_dict()["inference"]
+    assert report.settings["backend"] == "onnxruntime" and report.train is None
     assert set(inf["speedup_pct"]) == {"median", "ci_low", "ci_high", "rounds", "converged"}
     assert inf["speedup_pct"]["ci_low"] <= inf["speedup_pct"]["median"] <= inf["speedup_pct"]["ci_high"]
-    assert "backend onnxruntime" in format_bench(report) and "95% CI" in format_bench(report)
+    assert "backend onnxruntime" in str(report) and "95% CI" in str(report)
     with pytest.raises(ValueError, match="inference only"):
         bench_plan(model, make_plan(model, Ratio(2), Layers(exclude=["0"])), (2, 3, 8, 8), onnx, train=True)
 

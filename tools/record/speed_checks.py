@@ -131,8 +131,8 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
                     image_size: int = 112, batch: int = 8, budget_s: float = 240.0) -> Path:
     """ResNet-50 at 2x: original vs decomposed on each backend (a backend that fails is recorded with its error)."""
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.machine import machine_info
-    from lrdlab.measure.sweeps import bench_plan
     from lrdlab.measure.timing_config import TimingConfig
     from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
@@ -146,7 +146,7 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
         try:
             report = bench_plan(model, plan, (batch, 3, image_size, image_size),
                                 TimingConfig(rounds=5, warmup=2, repeats=3, backend=backend, budget_s=budget_s))
-            results[backend] = {**report["inference"], "ideal_speedup": report["ideal_speedup"],
+            results[backend] = {**report.inference.to_dict(), "ideal_speedup": report.ideal_speedup,
                                 "wall_s": time.perf_counter() - t}
         except Exception as err:  # noqa: BLE001 - recorded, not hidden
             results[backend] = {"error": f"{type(err).__name__}: {str(err)[:300]}", "wall_s": time.perf_counter() - t}

@@ -16,8 +16,7 @@ from torch import nn
 
 from lrdlab.measure.records import read_record, write_record
 from lrdlab.zoo.lm import RECIPE, TINY_LLAMA, llama_from_config
-from lrdlab.zoo.packing import pack_state_dict, unpack_state_dict
-from lrdlab.zoo.pretrained import WEIGHTS_DIR
+from lrdlab.zoo.pretrained import WEIGHTS_DIR, pack_state_dict, unpack_state_dict
 
 
 def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storage: str = "fp16",
