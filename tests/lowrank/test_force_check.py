@@ -5,33 +5,11 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lrdlab import FixedRank, Layers, decompose, make_plan
+from lrdlab import Layers, decompose
 from lrdlab.lowrank import force_check
-
-
-class StdConv(nn.Conv2d):
-    """A weight-standardised conv lrdlab does not know (timm's own are decomposed from their effective weight)."""
-
-    def forward(self, x):
-        w = self.weight
-        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding)
-
-
-class ReadsWeight(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.qkv, self.mlp = nn.Linear(16, 16), nn.Linear(16, 16)
-
-    def forward(self, x):
-        return self.mlp(F.linear(x, self.qkv.weight, self.qkv.bias))
-
-
-def _full(model, layers):
-    return make_plan(model, FixedRank("full", allow_larger=True), layers)
+from tests.lowrank.real_code_layers import ReadsWeight, StdConv, full_rank_plan
 
 
 def test_a_forced_layer_that_plain_factors_cannot_reproduce_is_refused_with_the_measured_error():
@@ -42,7 +20,7 @@ def test_a_forced_layer_that_plain_factors_cannot_reproduce_is_refused_with_the_
     measured = (r"StdConv '0' decomposed at full rank changes its output .* by ([0-9.e-]+) "
                 r"\(RMS; the output's RMS is ([0-9.e-]+)\)")
     with pytest.raises(ValueError, match=measured) as err:
-        _full(model, Layers(input_shape=(2, 3, 8, 8), force=["0"]))
+        full_rank_plan(model, Layers(input_shape=(2, 3, 8, 8), force=["0"]))
     found = re.search(measured, str(err.value))
     assert found and float(found[1]) > 0.1 * float(found[2])  # a real difference, not round-off
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
@@ -52,7 +30,7 @@ def test_a_forced_layer_that_plain_factors_cannot_reproduce_is_refused_with_the_
 def test_a_forced_layer_used_through_its_weight_passes_on_the_models_output_and_is_decomposed():
     torch.manual_seed(0)
     model = ReadsWeight()
-    plan = _full(model, Layers(input_shape=(2, 16), force=["qkv"]))
+    plan = full_rank_plan(model, Layers(input_shape=(2, 16), force=["qkv"]))
     assert plan["qkv"].decomposed and "forced" in plan["qkv"].reason
     x = torch.randn(2, 16)
     assert torch.allclose(decompose(model, plan)(x), model(x), atol=1e-5)
@@ -61,7 +39,7 @@ def test_a_forced_layer_used_through_its_weight_passes_on_the_models_output_and_
 
 def test_force_needs_an_input_to_check_on():
     with pytest.raises(ValueError, match=r"Layers\(input_shape=...\)"):
-        _full(ReadsWeight(), Layers(force=["qkv"]))
+        full_rank_plan(ReadsWeight(), Layers(force=["qkv"]))
 
 
 def test_output_error_and_tolerance():

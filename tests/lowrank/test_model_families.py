@@ -91,7 +91,7 @@ FAMILIES = {
     "mixtral": _mixtral,
     "mamba": _mamba,
 }
-SLOW_FAMILIES = {
+SLOW_FAMILIES = {  # the same test, marked slow
     "torchvision swin_t": lambda: torchvision.models.swin_t(),
     "torchvision r3d_18": lambda: torchvision.models.video.r3d_18(),
     "faster r-cnn": _frcnn,
@@ -99,24 +99,13 @@ SLOW_FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", [*FAMILIES, *(pytest.param(f, marks=pytest.mark.slow) for f in SLOW_FAMILIES)])
 def test_a_plan_without_input_probes_or_says_so_and_never_adds_flops(family):
     torch.manual_seed(0)
-    model = FAMILIES[family]().eval()
+    model = {**FAMILIES, **SLOW_FAMILIES}[family]().eval()
     plan, caught = _plan(model)
     _probed_or_loud(plan, caught)
     assert plan.settings["probe"].startswith("probed")  # each of these has metadata that gives an input
-    _never_more_flops(model, plan)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("family", list(SLOW_FAMILIES))
-def test_large_families_probe_and_never_add_flops(family):
-    torch.manual_seed(0)
-    model = SLOW_FAMILIES[family]().eval()
-    plan, caught = _plan(model)
-    _probed_or_loud(plan, caught)
-    assert plan.settings["probe"].startswith("probed")
     _never_more_flops(model, plan)
 
 

@@ -5,39 +5,19 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize, prune
 
 import lrdlab
-from lrdlab import FixedRank, Layers, Ratio, count_flops, decompose, load_decomposed, make_plan, save_decomposed
+from lrdlab import Layers, Ratio, count_flops, decompose, load_decomposed, make_plan, save_decomposed
 from lrdlab.lowrank import usage
 from lrdlab.lowrank.layers import LowRankLayer
-
-
-class StdConv(nn.Conv2d):
-    """timm's StdConv2d pattern: the weight is standardised in forward."""
-
-    def forward(self, x):
-        w = self.weight
-        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+from tests.lowrank.real_code_layers import ReadsWeight, StdConv, full_rank_plan
 
 
 class ScaledLinear(nn.Linear):
     def forward(self, x):
         return super().forward(x) * 0.125
-
-
-class ReadsWeight(nn.Module):
-    """Swin's pattern: ``qkv`` is used through its weight, never called; ``mlp`` is called."""
-
-    def __init__(self):
-        super().__init__()
-        self.qkv, self.mlp = nn.Linear(16, 16), nn.Linear(16, 16)
-
-    def forward(self, x):
-        return self.mlp(F.linear(x, self.qkv.weight, self.qkv.bias))
 
 
 class ReadsDtype(nn.Module):
@@ -51,9 +31,6 @@ class ReadsDtype(nn.Module):
         return self.wo(self.wi(x).to(self.wo.weight.dtype))
 
 
-def _full(model, layers=None):
-    return make_plan(model, FixedRank("full", allow_larger=True), layers)
-
 
 # --- decide from what the forward does -------------------------------------------------------------------
 
@@ -62,7 +39,7 @@ def _full(model, layers=None):
 def test_subclass_with_its_own_forward_is_kept_and_stays_exact(layer):
     model = nn.Sequential(layer).double().eval()
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64) if isinstance(layer, nn.Conv2d) else torch.randn(2, 8).double()
-    plan = _full(model, Layers(example_input=x))
+    plan = full_rank_plan(model, Layers(example_input=x))
     assert not plan["0"].decomposed and "overrides" in plan["0"].reason and "register_safe_layer" in plan["0"].reason
     assert torch.equal(decompose(model, plan)(x), model(x))
 
@@ -75,7 +52,7 @@ def test_register_safe_layer_and_force_opt_in():
     model = nn.Sequential(LoggingLinear(8, 8), ScaledLinear(8, 8), LoggingLinear(8, 8))
     try:
         lrdlab.register_safe_layer(LoggingLinear)
-        plan = _full(model, Layers(input_shape=(1, 8), force=["2"]))
+        plan = full_rank_plan(model, Layers(input_shape=(1, 8), force=["2"]))
     finally:
         usage.SAFE_LAYERS.discard(LoggingLinear)
     assert plan["0"].decomposed and plan["2"].decomposed and "forced" in plan["2"].reason
@@ -83,7 +60,7 @@ def test_register_safe_layer_and_force_opt_in():
     # a forced layer whose forward is not the plain one fails the full-rank check, with the measured error
     with pytest.raises(ValueError, match=r"force=\['1'\]\): ScaledLinear '1' decomposed at full rank changes its "
                                          r"output on input_shape \[1, 8\] by [0-9.e-]+ \(RMS"):
-        _full(model, Layers(input_shape=(1, 8), force=["1"]))
+        full_rank_plan(model, Layers(input_shape=(1, 8), force=["1"]))
     with pytest.raises(ValueError, match="subclass of nn.Linear"):
         lrdlab.register_safe_layer(nn.ReLU)
 
@@ -142,7 +119,7 @@ def test_parametrized_layers_give_exact_trainable_factors(parametrization):
     model = model.double().eval()
     x = torch.randn(2, 8, dtype=torch.float64)
     model[2] = nn.Identity()
-    plan = _full(model, Layers(example_input=x))
+    plan = full_rank_plan(model, Layers(example_input=x))
     out = decompose(model, plan)
     assert torch.allclose(out(x), model(x), atol=1e-10)
     assert all(p.requires_grad for p in out[0].parameters()) and "parametrized" in plan["0"].reason
@@ -168,7 +145,7 @@ def test_hooks_move_to_the_replacement():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)).double()
     handle = model[0].register_forward_hook(lambda mod, args, out: out.clamp(-0.1, 0.1))
     x = torch.randn(4, 8, dtype=torch.float64)
-    out = decompose(model, _full(model), inplace=True)
+    out = decompose(model, full_rank_plan(model), inplace=True)
     assert isinstance(out[0], LowRankLayer) and out[0]._forward_hooks
     assert out(x).abs().max() > 0 and torch.allclose(out[0](x).abs().max(), torch.tensor(0.1, dtype=torch.float64))
     handle.remove()  # the user's handle still removes it
@@ -188,7 +165,7 @@ def test_hooks_on_a_rewritten_attention_module_move_too():
     seen = []
     model.mha.register_forward_hook(lambda mod, args, out: seen.append(type(mod).__name__))
     x = torch.randn(1, 4, 16, dtype=torch.float64)
-    plan = _full(model, Layers(example_input=x))
+    plan = full_rank_plan(model, Layers(example_input=x))
     seen.clear()  # the probe forward is an ordinary forward: the model's hooks ran
     out = decompose(model, plan)
     torch.testing.assert_close(out(x), model(x))

