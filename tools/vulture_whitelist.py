@@ -6,6 +6,7 @@ that nothing uses any more belongs deleted, not listed here."""
 # protocols called by name: module __dir__, Jupyter's rich display, nn.Module.extra_repr, pytest hooks and fixtures
 __dir__
 _repr_png_
+_repr_pretty_  # IPython's pretty printer (BenchReport, Breakdown)
 _ipython_display_
 extra_repr
 pytest_collection_modifyitems
@@ -23,6 +24,8 @@ inter_op_num_threads
 __class__  # lowrank/usage.py: swapping a module's class in place
 # record fields (dataclass fields read through asdict / JSON)
 tokens_per_call
+spread_original  # measure/bench.py: ModeBench fields, recorded through to_dict
+spread_decomposed
 dense_tokens_s
 decomposed_tokens_s
 realised_of_bytes_ideal
@@ -34,7 +37,6 @@ first_visit  # tools/record/slider_latency.py: a recorded field
 FreezingLab  # notebooks/05
 TABLE2_COLUMNS  # notebooks/07
 P2_CLAIM  # notebooks/07
-record_lm_perplexity  # notebooks/09, docs/language_models.md
 CP_METHOD  # lowrank/cp.py: the registered method, looked up by name
 # maintainers' entry points run by hand (their commands are recorded in lrdlab/zoo/weights/llama_pydoc.json)
 train_lm

@@ -189,7 +189,7 @@ def add_optimize(sub) -> None:
                    help="robust: step model + confirmation with 95%% intervals (default); paper: P1's Algorithm 1")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved timing passes per layer (default 3 robust, 1 paper)")
-    p.add_argument("--cache-dir", default="auto", help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
+    p.add_argument("--cache-dir", default=None, help="layer-time cache (default $LRDLAB_CACHE, else ~/.cache/lrdlab)")
     p.add_argument("--traces", type=Path, help="also write the per-layer traces t(r) as CSV here")
     p.add_argument("--out", type=Path, required=True, help="write the optimized plan JSON here")
 
@@ -201,12 +201,10 @@ def run_optimize(args: argparse.Namespace) -> int:
 
     model, shape = build_model(args)
     plan = load_or_make_plan(model, args)
-    new, traces = optimize_plan(
-        model, plan, (args.batch, *shape[1:]), device=args.device, backward=args.backward, lower=args.lower,
-        repeats=args.repeats, rounds=args.rounds, cache_dir=args.cache_dir,
-        config=SearchConfig(method=args.search, granularity=args.granularity,
-                            dtype=None if args.dtype == "fp32" else args.dtype),
-    )
+    new, traces = optimize_plan(model, plan, (args.batch, *shape[1:]), SearchConfig(
+        device=args.device, backward=args.backward, lower=args.lower, repeats=args.repeats, rounds=args.rounds,
+        cache_dir=args.cache_dir, method=args.search, granularity=args.granularity,
+        dtype=None if args.dtype == "fp32" else args.dtype))
     new.save(args.out)
     if args.traces:
         traces.to_csv(args.traces, index=False)

@@ -59,9 +59,8 @@ def data_loaders(cache_dir: Path | None = None, subset: int | None = None, batch
     """MNIST-5k loaders at the models' 3×32×32 input (test split: the same 1,000 images for every subset)."""
     from lrdlab.zoo.data import Images, get_loaders
 
-    root = Path(cache_dir or default_cache_dir())
     return get_loaders(DATA["data"], batch_size, Images(channels=3), subset=subset, seed=DATA["seed"],
-                       cache_dir=root / "datasets" if cache_dir else None)
+                       cache_dir=cache_dir)
 
 
 def plan_key(plan: Plan) -> str:

@@ -97,7 +97,7 @@ class BenchReport:
                 f"{100 * r.realised:.0f}% of the FLOP ideal realised; load {r.load_average}")
         return "\n".join(lines)
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter: the text, not the fields
+    def _repr_pretty_(self, p: Any, _cycle: bool) -> None:  # IPython / Jupyter: the text, not the fields
         p.text(str(self))
 
 

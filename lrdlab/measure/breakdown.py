@@ -54,7 +54,7 @@ class Breakdown:
     def __str__(self) -> str:
         return breakdown_text(self.summary)
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython / Jupyter: the text, not the fields
+    def _repr_pretty_(self, p: Any, _cycle: bool) -> None:  # IPython / Jupyter: the text, not the fields
         p.text(str(self))
 
 

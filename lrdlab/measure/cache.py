@@ -21,7 +21,6 @@ import torch
 from lrdlab.measure import timing as measure
 from lrdlab.measure.machine import device_name, machine_info
 
-AUTO = "auto"  # a cache directory argument meaning default_cache_dir()
 VERSION = 2
 
 
@@ -84,21 +83,21 @@ def _legacy_reference(times: dict[str, float]) -> dict[str, dict[str, dict[str, 
 class TimeCache:
     """Layer-time samples (seconds) by configuration key and variant label, persisted as one JSON file.
 
-    ``directory`` (default :func:`default_cache_dir`; None: memory only) holds ``layer_times.json``;
-    ``path`` names the file directly. ``reference`` is a read-only file consulted after this
+    ``directory`` (None: :func:`default_cache_dir`) holds ``layer_times.json``; ``path`` names the file
+    directly; ``persist=False`` keeps the samples in memory only. ``reference`` is a read-only file consulted after this
     machine's own entries (:meth:`lookup`). :meth:`get` returns own samples only, and treats an
     entry whose spread exceeds ``max_spread`` as missing (``stale`` counts those).
     """
 
-    def __init__(self, directory: str | Path | None = AUTO, filename: str = "layer_times.json", *,
+    def __init__(self, directory: str | Path | None = None, filename: str = "layer_times.json", *,
                  path: str | Path | None = None, reference: str | Path | None = None,
-                 max_spread: float | None = 0.25) -> None:
-        if path is not None:
-            self.path: Path | None = Path(path)
-        elif directory is None:
-            self.path = None
+                 max_spread: float | None = 0.25, persist: bool = True) -> None:
+        if not persist:
+            self.path: Path | None = None
+        elif path is not None:
+            self.path = Path(path)
         else:
-            self.path = Path(default_cache_dir() if directory == AUTO else directory) / filename
+            self.path = Path(directory or default_cache_dir()) / filename
         self.max_spread = max_spread
         self.entries = self._entries(read_json(self.path))
         ref = read_json(reference)

@@ -199,8 +199,9 @@ def search_at_token_shape(model: nn.Module, plan: Plan, options: TokenShapeSearc
     sub = Plan(plan.model, [dataclasses.replace(g[0], name=n) for n, g in zip(names, groups)],
                copy.deepcopy(plan.settings))
     t0 = time.perf_counter()
-    found, traces = optimize_plan(stand_in, sub, (opts.batch, opts.tokens), lower=opts.lower, repeats=opts.repeats,
-                                  rounds=opts.rounds, cache_dir=opts.cache_dir, config=opts.config)
+    found, traces = optimize_plan(stand_in, sub, (opts.batch, opts.tokens), dataclasses.replace(
+        opts.config, lower=opts.lower, repeats=opts.repeats, rounds=opts.rounds, cache_dir=opts.cache_dir,
+        cache=opts.cache_dir is not None))
     seconds = time.perf_counter() - t0
     settings = found.settings["optimize"]
     out = Plan.from_dict(copy.deepcopy(plan.to_dict()))

@@ -31,7 +31,6 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +43,7 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.plan import Plan, named_layers, params_of
 from lrdlab.measure import stats
 from lrdlab.measure import timing as measure
-from lrdlab.measure.cache import AUTO, TimeCache, shape_key, spread
+from lrdlab.measure.cache import TimeCache, shape_key, spread
 from lrdlab.measure.interleave import Rounds, interleave
 from lrdlab.measure.machine import device_name, machine_info
 from lrdlab.measure.rank_candidates import (  # noqa: F401
@@ -258,22 +257,17 @@ def confirm(search: LayerSearch, candidate: int, time_fn: TimeFn, rounds: int = 
 # --- the whole plan ----------------------------------------------------------------------------------
 
 
-def optimize_plan(
-    model: nn.Module, plan: Plan, example_input_shape: Sequence[int], *, device: str = "cpu", backward: bool = False,
-    lower: float = 0.75, repeats: int = 10, rounds: int | None = None, cache_dir: str | Path | None = AUTO,
-    config: SearchConfig | None = None,
-):
+def optimize_plan(model: nn.Module, plan: Plan, example_input_shape: Sequence[int], config: SearchConfig | None = None):
     """Measured rank search over every decomposed row of ``plan``: returns (optimized Plan, traces DataFrame).
 
     ``config``: how the search runs (:class:`~lrdlab.measure.search_config.SearchConfig`: ``method``
     ``"robust"``, the default, with step model, refinement and confirmation, see the module docstring, or
-    ``"paper"``, P1 Algorithm 1 as written; ``granularity``, ``margin``, the timer, progress bars, …).
-    ``example_input_shape`` is the whole model's input (batch first); each layer is timed on the input it
-    really receives. Ranks searched: the plan's rank R, then multiples of the granularity down to
-    ceil(``lower``·R) (Tucker: r2 scaled with r1), each ``rounds`` times interleaved (default 3 robust, 1 paper),
-    each time the median of ``repeats`` runs. ``backward`` times forward + backward. A decomposition must beat
+    ``"paper"``, P1 Algorithm 1 as written; device, ``lower``, ``rounds``, ``repeats``, ``granularity``,
+    ``margin``, the cache, the timer, progress bars, …). ``example_input_shape`` is the whole model's input (batch
+    first); each layer is timed on the input it really receives. Ranks searched: the plan's rank R, then multiples
+    of the granularity down to ceil(``lower``·R) (Tucker: r2 scaled with r1). A decomposition must beat
     the original by the margin (paper: t < (1 − margin)·T; robust: the confidence interval of T/t above
-    1/(1 − margin)). ``cache_dir=None`` disables the disk cache. ``traces``: one row per (layer, rank) with
+    1/(1 − margin)). ``traces``: one row per (layer, rank) with
     layer, key, rank, ranks, time_s, time_ms, spread, samples, level_ms (robust step model), original_s,
     original_ms, drop_ms, target, r_opt (None for ORG), chosen, method.
     """
@@ -287,7 +281,8 @@ def optimize_plan(
         c.progress
     max_rounds, resolution, confirm_rounds, margin, min_step = c.max_rounds, c.resolution, c.confirm_rounds, \
         c.margin, c.min_step
-    rounds = DEFAULT_ROUNDS[method] if rounds is None else rounds
+    device, backward, lower, repeats = c.device, c.backward, c.lower, c.repeats
+    rounds = DEFAULT_ROUNDS[method] if c.rounds is None else c.rounds
     check_plan(model, plan)
     shape = measure.check_shape(example_input_shape, "example_input_shape")
     dev = measure.check_device(device)
@@ -298,7 +293,7 @@ def optimize_plan(
             raise ValueError(f"{name} must be a positive int (got {value!r})")
     candidate_ranks(1, lower, granularity)  # validates lower and granularity
     timer = time_fn or default_time_fn(str(dev), backward, warmup, repeats, dtype)
-    cache = TimeCache(cache_dir)
+    cache = TimeCache(c.cache_dir, persist=c.cache)
     timing = {"warmup": warmup, "repeats": repeats, "rounds": rounds, "timer": "injected" if time_fn else "time_layer"}
     rows = plan.decomposed_layers
     inputs = layer_input_shapes(model, [r.name for r in rows], shape)

@@ -1,10 +1,11 @@
-"""How the measured rank search runs: :class:`SearchConfig`, the options of
-:func:`lrdlab.measure.rank_search.optimize_plan` beside what it measures (device, direction, ranks, repeats)."""
+"""How the measured rank search runs: :class:`SearchConfig`, every option of
+:func:`lrdlab.measure.rank_search.optimize_plan` (where and what it times, the algorithm, its statistics, the cache)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -26,6 +27,11 @@ class SearchConfig:
     ``min_step`` is the smallest relative step the step model accepts. ``margin``: a decomposition must be this
     much faster than the original. ``time_fn`` replaces the timer, (module, input_shape) → seconds (tests).
     ``progress``: progress bars.
+
+    Where and what: ``device``; ``backward`` times forward + backward; ranks from the plan's R down to
+    ceil(``lower``·R); each rank timed ``rounds`` times interleaved (None: 3 robust, 1 paper), each the median of
+    ``repeats`` runs. ``cache_dir``: the layer-time cache's folder (None: the lrdlab cache, ``$LRDLAB_CACHE`` else
+    ``~/.cache/lrdlab``, as everywhere); ``cache=False`` measures afresh and writes nothing.
     """
 
     method: str = "robust"
@@ -39,6 +45,13 @@ class SearchConfig:
     min_step: float = 0.02
     time_fn: TimeFn | None = None
     progress: bool = True
+    device: str = "cpu"
+    backward: bool = False
+    lower: float = 0.75
+    repeats: int = 10
+    rounds: int | None = None
+    cache_dir: str | Path | None = None
+    cache: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -47,6 +60,12 @@ class SearchConfig:
         check_count("SearchConfig", "warmup", self.warmup, 0)
         check_count("SearchConfig", "max_rounds", self.max_rounds, 1)
         check_count("SearchConfig", "confirm_rounds", self.confirm_rounds, 1)
+        check_count("SearchConfig", "repeats", self.repeats, 1)
+        if self.rounds is not None:
+            check_count("SearchConfig", "rounds", self.rounds, 1)
+        for name in ("backward", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SearchConfig: {name} must be True or False (got {getattr(self, name)!r})")
         if not (0 <= self.margin < 1):
             raise ValueError(f"margin must be in [0, 1) (got {self.margin!r})")
         for name in ("resolution", "min_step"):

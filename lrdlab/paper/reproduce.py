@@ -121,9 +121,9 @@ def stage_optimize(settings: Settings, results: dict[str, Any]) -> dict[str, Any
         model = get_model(name).eval()
         plan = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name=name)
         # P1's Algorithm 1 as written (the reproduction); lrdlab's default is the robust search
-        optimized, traces = optimize_plan(model, plan, shape, device=settings.device, lower=0.75,
-                                          repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir,
-                                          config=SearchConfig(method="paper"))
+        optimized, traces = optimize_plan(model, plan, shape, SearchConfig(
+            device=settings.device, lower=0.75, repeats=settings.repeats, rounds=settings.rounds, cache_dir=cache_dir,
+            method="paper"))
         out[name] = {"plan": optimized.to_dict(), "traces": traces.to_dict(orient="records")}
     out["ranks"] = {row["name"]: ("ORG" if row["method"] is None else row["ranks"][0])
                     for row in out["resnet152"]["plan"]["layers"] if row["reason"].startswith(("optimized", "ORG"))}

@@ -258,8 +258,7 @@ def test_optimize_plan_without_the_batch_dimension_says_so(resnet20, tmp_cache):
 
     plan = make_plan(resnet20, Ratio(2), Layers(include="layer3.*"))
     with pytest.raises(ValueError, match=r"does it lack the batch dimension\? e.g. \(1, 3, 32, 32\)"):
-        optimize_plan(resnet20, plan, (3, 32, 32), cache_dir=None,
-                      config=SearchConfig(time_fn=lambda module, shape: 1.0))
+        optimize_plan(resnet20, plan, (3, 32, 32), SearchConfig(cache=False, time_fn=lambda module, shape: 1.0))
 
 
 def test_branched_tucker_keeps_a_full_rank_first_factor():

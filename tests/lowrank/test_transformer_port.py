@@ -82,8 +82,8 @@ def test_optimize_plan_times_the_q_k_v_rows_on_their_real_inputs(tmp_path):
         seen[tuple(shape)] = seen.get(tuple(shape), 0) + 1
         return 1e-3 * (sum(p.numel() for p in module.parameters()) + 1)
 
-    new, traces = optimize_plan(model, plan, (2, 5, 16), lower=0.5, cache_dir=None,
-                                config=SearchConfig(time_fn=timer, progress=False))
+    new, traces = optimize_plan(model, plan, (2, 5, 16), SearchConfig(
+        lower=0.5, cache=False, time_fn=timer, progress=False))
     assert {"attn.q_proj", "attn.k_proj", "attn.v_proj"} <= set(traces["layer"])
     assert set(seen) == {(2, 5, 16)}
     assert all(r.decomposed for r in new.layers)

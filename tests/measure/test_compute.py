@@ -114,8 +114,8 @@ def test_the_searched_plan_records_its_thread_count(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
     plan = make_plan(model, Ratio(2))
     with compute_policy(1):
-        new, _ = optimize_plan(model, plan, (1, 3, 8, 8), lower=0.9, cache_dir=tmp_path,
-                               config=SearchConfig(method="paper", time_fn=lambda layer, shape: 1e-3, progress=False))
+        new, _ = optimize_plan(model, plan, (1, 3, 8, 8), SearchConfig(
+            lower=0.9, cache_dir=tmp_path, method="paper", time_fn=lambda layer, shape: 1e-3, progress=False))
     assert new.settings["optimize"]["threads"] == 1
     assert new.settings["optimize"]["machine"]["compute_mode"] in ("default", "shared")
 

@@ -103,8 +103,8 @@ def test_fallback_and_cliff_with_a_fake_timer(tmp_path, method):
     model = tiny()
     plan = tiny_plan(model)
     timer = FakeTimer()
-    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=tmp_path,
-                                config=SearchConfig(time_fn=timer, progress=False, method=method))
+    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(
+        lower=0.5, cache_dir=tmp_path, time_fn=timer, progress=False, method=method))
     assert new["2"].ranks == [16, 16] and new["2"].reason == "optimized: 19→16"
     assert new["4"].ranks == [16, 16]
     org = "ORG: original faster" if method == "paper" else "ORG: original not beaten with confidence"
@@ -131,17 +131,17 @@ def test_cache_hit_means_no_retiming(tmp_path):
     plan = tiny_plan(model)
     kw = dict(lower=0.5, cache_dir=tmp_path)
     paper = dict(progress=False, method="paper")
-    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=FakeTimer(), **paper))
+    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(time_fn=FakeTimer(), **kw, **paper))
     assert (tmp_path / "layer_times.json").exists()
     again = FakeTimer()
-    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=again, **paper))
+    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(time_fn=again, **kw, **paper))
     assert sum(again.calls.values()) == 0
     assert second.to_dict()["layers"] == first.to_dict()["layers"]
     assert second.settings["optimize"]["cache_misses"] == 0
     # another batch size, or a more careful measurement, is another key: timed afresh
     for shape, more in (((4, 3, 8, 8), {}), ((2, 3, 8, 8), {"rounds": 3})):
         other = FakeTimer()
-        optimize_plan(model, plan, shape, **{**kw, **more}, config=SearchConfig(time_fn=other, **paper))
+        optimize_plan(model, plan, shape, SearchConfig(time_fn=other, **{**kw, **more}, **paper))
         assert sum(other.calls.values()) > 0
 
 
@@ -149,9 +149,9 @@ def test_robust_rerun_reuses_the_search_but_confirms_afresh(tmp_path):
     model = tiny()
     plan = tiny_plan(model)
     kw = dict(lower=0.5, cache_dir=tmp_path)
-    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=FakeTimer(), progress=False))
+    first, _ = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(time_fn=FakeTimer(), progress=False, **kw))
     again = FakeTimer()
-    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), **kw, config=SearchConfig(time_fn=again, progress=False))
+    second, _ = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(time_fn=again, progress=False, **kw))
     assert second.to_dict()["layers"] == first.to_dict()["layers"]
     assert again.calls[(32, 32, (10, 10))] == 0  # far from the step: answered by the cache
     assert again.calls[(32, 32, (16, 16))] == 15 + 10  # refinement (15 rounds) and the fresh confirmation run
@@ -181,19 +181,19 @@ def test_margin_and_rounds():
     model = tiny()
     plan = tiny_plan(model)
     for method in ("paper", "robust"):
-        strict, _ = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None,
-                                  config=SearchConfig(margin=0.5, time_fn=FakeTimer(), progress=False, method=method))
+        strict, _ = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(
+            lower=0.5, cache=False, margin=0.5, time_fn=FakeTimer(), progress=False, method=method))
         assert not strict["2"].decomposed  # 1.16 is not < 0.5 · 2.0
     timer = FakeTimer()
-    optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, rounds=3, cache_dir=None,
-                  config=SearchConfig(time_fn=timer, progress=False, method="paper"))
+    optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(
+        lower=0.5, rounds=3, cache=False, time_fn=timer, progress=False, method="paper"))
     assert timer.calls[(32, 32, (16, 16))] == 3
 
 
 def test_optimized_plan_decomposes_and_round_trips(tmp_path):
     model = tiny()
-    new, _ = optimize_plan(model, tiny_plan(model), (2, 3, 8, 8), lower=0.5, cache_dir=None,
-                           config=SearchConfig(time_fn=FakeTimer(), progress=False))
+    new, _ = optimize_plan(model, tiny_plan(model), (2, 3, 8, 8), SearchConfig(
+        lower=0.5, cache=False, time_fn=FakeTimer(), progress=False))
     again = Plan.from_dict(json.loads(new.to_json()))
     out = decompose(model, again)
     assert isinstance(out[2], LowRankLayer) and out[2].ranks == (16, 16) and isinstance(out[6], nn.Conv2d)
@@ -212,20 +212,18 @@ def test_bad_inputs_are_clear_errors():
     plan = tiny_plan(model)
     other = make_plan(torchvision.models.resnet18(num_classes=10), Ratio(2))
     with pytest.raises(ValueError, match="plan"):
-        optimize_plan(model, other, (2, 3, 8, 8), cache_dir=None,
-                      config=SearchConfig(time_fn=FakeTimer(), progress=False))
+        optimize_plan(model, other, (2, 3, 8, 8), SearchConfig(cache=False, time_fn=FakeTimer(), progress=False))
     with pytest.raises(ValueError, match="batch"):
-        optimize_plan(model, plan, (0, 3, 8, 8), cache_dir=None,
-                      config=SearchConfig(time_fn=FakeTimer(), progress=False))
+        optimize_plan(model, plan, (0, 3, 8, 8), SearchConfig(cache=False, time_fn=FakeTimer(), progress=False))
     with pytest.raises(ValueError, match="device"):
-        optimize_plan(model, plan, (2, 3, 8, 8), device="tpu", cache_dir=None, config=SearchConfig(progress=False))
+        optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(device="tpu", cache=False, progress=False))
     for kw, cfg in ((dict(lower=0), {}), ({}, dict(granularity=0)), (dict(rounds=0), {}), ({}, dict(margin=1)),
                     ({}, dict(dtype="int4")), ({}, dict(confirm_rounds=0)), ({}, dict(method="argmax"))):
         with pytest.raises(ValueError):
-            optimize_plan(model, plan, (2, 3, 8, 8), cache_dir=None, **kw,
-                          config=SearchConfig(time_fn=FakeTimer(), progress=False, **cfg))
+            optimize_plan(model, plan, (2, 3, 8, 8),
+                          SearchConfig(cache=False, time_fn=FakeTimer(), progress=False, **kw, **cfg))
     with pytest.raises(ValueError, match="config must be a SearchConfig"):
-        optimize_plan(model, plan, (2, 3, 8, 8), cache_dir=None, config={"method": "paper"})
+        optimize_plan(model, plan, (2, 3, 8, 8), {"method": "paper"})  # type: ignore[arg-type]
 
 
 # --- real timing ---------------------------------------------------------------------------------
@@ -237,8 +235,8 @@ def test_optimized_plan_is_never_slower_on_cpu(tmp_path):
     model = torchvision.models.resnet18(num_classes=10).eval()
     plan = make_plan(model, Ratio(2), Layers(exclude=["conv1", "*.downsample.*"]))
     shape = (8, 3, 32, 32)
-    new, traces = optimize_plan(model, plan, shape, lower=0.95, repeats=5, rounds=2, cache_dir=tmp_path,
-                                config=SearchConfig(margin=0.05, progress=False, method="paper"))
+    new, traces = optimize_plan(model, plan, shape, SearchConfig(
+        lower=0.95, repeats=5, rounds=2, cache_dir=tmp_path, margin=0.05, progress=False, method="paper"))
     for name, d in traces.groupby("layer"):
         if d["chosen"].any():  # a kept decomposition was measured at least 5% faster than the original layer
             assert d.loc[d["chosen"], "time_s"].iloc[0] < 0.95 * d["original_s"].iloc[0]
@@ -298,8 +296,8 @@ def test_cli_optimize_writes_a_plan(tmp_path, capsys):
 def test_branched_tucker_searches_multiples_of_the_branches():
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1))
     plan = make_plan(model, Ratio(2, branches=4), Layers(exclude=["0"]))
-    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), lower=0.5, cache_dir=None,
-                                config=SearchConfig(time_fn=FakeTimer(), progress=False))
+    new, traces = optimize_plan(model, plan, (2, 3, 8, 8), SearchConfig(
+        lower=0.5, cache=False, time_fn=FakeTimer(), progress=False))
     for label in traces["ranks"]:
         assert all(int(r) % 4 == 0 for r in label.split(","))
     assert scaled_ranks((32, 44), 16, 4) == (16, 20)

@@ -70,8 +70,8 @@ def original_fastest_truth(r):
 
 def run(truth, seed, method="robust", timer=NoisyTimer):
     model = linear_model()
-    new, traces = optimize_plan(model, plan_of(model), (4, 512), cache_dir=None,
-                                config=SearchConfig(method=method, time_fn=timer(truth, seed), progress=False))
+    new, traces = optimize_plan(model, plan_of(model), (4, 512), SearchConfig(
+        cache=False, method=method, time_fn=timer(truth, seed), progress=False))
     return new, traces
 
 

@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vit_tiny_mnist5k (shipped) or a trained vit_tiny state_dict file (else: train one)")
     tfm.add_argument("--train-epochs", type=int, default=6)
     tfm.add_argument("--quick", action="store_true", help="study: one ratio, one round (a smoke run)")
+    ppl = what.add_parser("lm-perplexity", help="validation perplexity of the shipped llama_pydoc vs compression, per "
+                                                "variant (tools/record/lm_study.py record_lm_perplexity)")
+    ppl.add_argument("--out", type=Path, default=Path("data/lm_perplexity_pydoc.json"), help="JSON file to write")
+    ppl.add_argument("--processes", type=int, default=1, help="one-thread processes the ratios are split over")
     lm = what.add_parser("lm-speed", help="prefill and decode of the 125 M-parameter Llama: unrounded, rounded and "
-                                          "decode-searched ranks (lrdlab.paper.lm_study.record_lm_speed)")
+                                          "decode-searched ranks (tools/record/lm_study.py record_lm_speed)")
     lm.add_argument("--out", type=Path, default=Path("data/lm_decode_llama100m_cpu.json"), help="JSON file to write")
     add_threads_argument(lm, many=True, default_text="1 and all cores")
     add_granularity_argument(lm, many=True, default=[1, 64])
@@ -202,8 +206,13 @@ def run(args: argparse.Namespace, command: str) -> int:
             transformers_study.record_study(args.out, weights=args.weights, train_epochs=args.train_epochs,
                                             quick=args.quick, command=command)
         print("wrote", args.out)
+    elif args.what == "lm-perplexity":
+        from tools.record.lm_study import record_lm_perplexity
+
+        record_lm_perplexity(args.out, command, processes=args.processes)
+        print("wrote", args.out)
     elif args.what == "lm-speed":
-        from lrdlab.paper.lm_study import record_lm_speed
+        from tools.record.lm_study import record_lm_speed
 
         record_lm_speed(args.out, command, threads=args.threads or (1, 0), granularities=args.granularity,
                         search=searches(args), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,

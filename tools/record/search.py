@@ -45,8 +45,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
     model = get_model("resnet50").eval()
     vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     t = time.perf_counter()
-    searched, traces = optimize_plan(model, vanilla, shape, repeats=5,
-                                     config=SearchConfig(method="robust", progress=False))
+    searched, traces = optimize_plan(model, vanilla, shape, SearchConfig(repeats=5, method="robust", progress=False))
     search_s = time.perf_counter() - t
     g32 = make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     rows = {"vanilla 2x": vanilla, "robust search": searched, "g=32": g32,
@@ -181,8 +180,8 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     g32 = make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
     t = time.perf_counter()
-    searched_g32, _ = optimize_plan(model, g32, shape, repeats=5,
-                                    config=SearchConfig(method="robust", granularity=32, progress=False))
+    searched_g32, _ = optimize_plan(model, g32, shape, SearchConfig(repeats=5, method="robust", granularity=32,
+                                                                    progress=False))
     search_s = time.perf_counter() - t
     plans = {"robust search ranks": recorded_search_plan(out, model, vanilla), "robust search at g=32": searched_g32}
     choices = {}

@@ -12,10 +12,10 @@ import torch
 from lrdlab.explore.plots import rank_cliffs
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure import timing as measure
-from lrdlab.measure.cache import AUTO
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, rank_table
 from lrdlab.measure.records import write_record
+from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.sweeps import granularity_plans, rank_time_sweep, speed_table
 from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper.numbers import PAPER_EXCLUDE
@@ -23,7 +23,7 @@ from lrdlab.paper.numbers import PAPER_EXCLUDE
 
 def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device: str = "cpu", rounds: int = 5,
                     lower: float = 0.75, layer_repeats: int = 5, search_rounds: int = 3,
-                    cache_dir: str | Path | None = AUTO,
+                    cache_dir: str | Path | None = None,
                     granularities: Sequence[int] = (2, 4, 8, 16, 32, 64), train: bool = True) -> Path:
     """ResNet-50 at 2x (stem + downsample excluded): vanilla vs optimized ranks vs granularities, inference + train."""
     import torchvision
@@ -34,14 +34,14 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
     load_before = os.getloadavg()
     model = torchvision.models.resnet50().eval()
     vanilla = make_plan(model, Ratio(2), Layers(exclude=PAPER_EXCLUDE), model_name="resnet50")
-    opt_fwd, traces_fwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, repeats=layer_repeats,
-                                        rounds=search_rounds, cache_dir=cache_dir)
+    search = SearchConfig(
+        device=str(dev), lower=lower, repeats=layer_repeats, rounds=search_rounds, cache_dir=cache_dir)
+    opt_fwd, traces_fwd = optimize_plan(model, vanilla, shape, search)
     plans = {"vanilla 2x": vanilla, "optimized (fwd)": opt_fwd}
     outputs = {"plan_fwd": opt_fwd, "traces_fwd": traces_fwd}
     if train:
-        opt_bwd, traces_bwd = optimize_plan(model, vanilla, shape, device=str(dev), lower=lower, backward=True,
-                                            repeats=max(3, layer_repeats // 2), rounds=max(1, search_rounds - 1),
-                                            cache_dir=cache_dir)
+        opt_bwd, traces_bwd = optimize_plan(model, vanilla, shape, replace(
+            search, backward=True, repeats=max(3, layer_repeats // 2), rounds=max(1, search_rounds - 1)))
         plans["optimized (fwd+bwd)"] = opt_bwd
         outputs.update(plan_bwd=opt_bwd, traces_bwd=traces_bwd)
     for name, plan in granularity_plans(model, 2, granularities, PAPER_EXCLUDE, model_name="resnet50").items():
