@@ -1,4 +1,5 @@
-"""The freezing explorer over a shipped grid (mode × period × ratio) and new runs in a background thread.
+"""The freezing explorer over a shipped grid (mode × period × ratio) and new runs in a background thread, and the
+shipped freezing study's runs and throughput (:class:`FreezingLab`).
 
 :class:`FreezingGrid` reads ``reference/freezing_grid.json`` (``python -m tools.record freezing-grid``) plus the
 runs made here, and answers selections instantly. :class:`BackgroundRun` fine-tunes one new schedule in a
@@ -20,12 +21,14 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from lrdlab.explore.freezing_lab import REFERENCE_GRID
+from lrdlab.explore.rank_lab import REFERENCE_DIR, REFERENCE_FREEZING
 from lrdlab.finetune.fit_config import check_count, check_number
 from lrdlab.finetune.freezing import MODES, UNITS, Freezer
-from lrdlab.measure.cache import default_cache_dir
+from lrdlab.measure.cache import default_cache_dir, read_json
 from lrdlab.measure.machine import machine_info
 
+REFERENCE_GRID = REFERENCE_DIR / "freezing_grid.json"  # python -m tools.record freezing-grid
+RUN_COLUMNS = ["run", "source", "mode", "period", "epoch", "wall_s", "accuracy", "loss", "train_img_s"]
 # period choices of the explorer: (label, period, unit)
 # (the grid's sequential periods: over its 4 epochs, N=4 is regular and N=3 differs from it only in epoch 4)
 PERIODS: tuple[tuple[str, int, str], ...] = (("every iteration", 1, "iteration"), ("1 epoch", 1, "epoch"),
@@ -291,3 +294,40 @@ def default_loaders(settings: dict[str, Any]) -> Callable[[], tuple[Any, Any]]:
         return d.train, d.test
 
     return loaders
+
+
+# --- the shipped freezing study (F7, F8) ------------------------------------------------------------------
+
+
+def runs_from_study(study: dict[str, Any]) -> pd.DataFrame:
+    """A saved freezing study (``run_freezing_study`` JSON) as explorer runs: its fine-tuning histories only."""
+    h = pd.DataFrame(study.get("history", []))
+    if h.empty:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    period = int(study.get("settings", {}).get("period", 1))
+    h = h[h["mode"] != "original"].copy()
+    h["period"] = period
+    h["run"] = [m + (f" N={period}" if m == "sequential" else "") for m in h["mode"]]
+    h["source"] = "reference"
+    return h[RUN_COLUMNS]
+
+
+class FreezingLab:
+    """The shipped freezing study (``reference``, :func:`lrdlab.run_freezing_study` JSON) without widgets.
+
+    ``runs()`` has one row per (run, epoch) with :data:`RUN_COLUMNS`; ``throughput()`` is its interleaved
+    benchmark (F7 columns of :func:`lrdlab.paper.freezing_study.freezing_throughput`); ``reference_machine``
+    the machine it was recorded on.
+    """
+
+    def __init__(self, reference: Path | None = REFERENCE_FREEZING):
+        ref = read_json(reference) if reference else {}
+        self.reference_machine: dict[str, Any] = ref.get("machine", {})
+        self._runs = runs_from_study(ref)
+        self._throughput = pd.DataFrame(ref.get("throughput", []))
+
+    def runs(self) -> pd.DataFrame:
+        return self._runs.copy()
+
+    def throughput(self) -> pd.DataFrame:
+        return self._throughput.copy()

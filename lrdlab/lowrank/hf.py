@@ -12,7 +12,7 @@
 - A model transformers loaded from a GGUF file is dequantized to plain float tensors but keeps a GGUF
   ``quantization_config`` and quantizer, which make ``save_pretrained`` refuse it: :func:`drop_gguf_quantization`.
 
-Models built from configs (no download) are in :mod:`lrdlab.zoo.hf_models`.
+Models built from configs (no download) are in :mod:`lrdlab.zoo.lm`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Llama-architecture language models from configs, and the small one trained on the embedded corpus.
+"""HuggingFace models from configs with random weights (nothing is downloaded; extra ``lrdlab[hf]``): Llama, GPT-2
+and BERT, and the small Llama trained on the embedded corpus.
 
 ``lrdlab.pretrained("llama_pydoc")`` is a ``transformers`` ``LlamaForCausalLM`` (grouped-query attention,
 RMSNorm, SwiGLU) over UTF-8 bytes, trained with ``lrdlab.fit`` on the CPython help topics
@@ -38,6 +39,18 @@ def llama_from_config(**config: Any) -> nn.Module:
     cfg = transformers.LlamaConfig(**{**TINY_LLAMA, **config})
     cfg._attn_implementation = "eager"  # same maths on every machine; sdpa is selectable by the caller
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def gpt2_from_config(**config: Any) -> nn.Module:
+    """A ``GPT2LMHeadModel`` with random weights from ``GPT2Config(**config)``, in eval mode."""
+    transformers = require_transformers()
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+
+
+def bert_from_config(**config: Any) -> nn.Module:
+    """A ``BertModel`` with random weights from ``BertConfig(**config)``, in eval mode."""
+    transformers = require_transformers()
+    return transformers.BertModel(transformers.BertConfig(**config)).eval()
 
 
 def load_lm(info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:

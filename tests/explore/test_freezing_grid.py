@@ -144,8 +144,7 @@ def test_shipped_grid_starts_from_the_default_calibrated_model():
 def test_the_default_grid_config_is_the_shipped_grids_recipe_so_a_rerun_has_nothing_to_do(tmp_path):
     """The shipped grid's settings with today's recipe note (the note grew after the recording): every run is
     there, so recording by the default config resumes, runs nothing and leaves the file alone."""
-    from lrdlab.explore.freezing_lab import REFERENCE_GRID
-    from lrdlab.explore.freezing_runs import FreezingGridConfig
+    from lrdlab.explore.freezing_runs import REFERENCE_GRID, FreezingGridConfig
     from tools.record.freezing_grid import RECIPE_NOTE, record_freezing_grid
 
     shipped = json.loads(REFERENCE_GRID.read_text())

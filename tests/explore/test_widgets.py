@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from lrdlab.explore import freezing_lab, plots, rank_lab, widgets
+from lrdlab.explore import freezing_runs, plots, rank_lab, widgets
 from lrdlab.lowrank import factorize
 from lrdlab.lowrank.plan import Ratio, make_plan
 
@@ -207,10 +207,10 @@ def _study(tmp_path):
 
 
 def test_study_runs_become_explorer_runs(tmp_path):
-    runs = freezing_lab.runs_from_study(json.loads(_study(tmp_path).read_text()))
+    runs = freezing_runs.runs_from_study(json.loads(_study(tmp_path).read_text()))
     assert set(runs["run"]) == {"none", "regular", "sequential N=1"}  # the from-scratch original is not a fine-tune
-    assert list(runs.columns) == freezing_lab.RUN_COLUMNS and (runs["source"] == "reference").all()
-    lab = freezing_lab.FreezingLab(_study(tmp_path))
+    assert list(runs.columns) == freezing_runs.RUN_COLUMNS and (runs["source"] == "reference").all()
+    lab = freezing_runs.FreezingLab(_study(tmp_path))
     assert lab.runs().equals(runs) and lab.reference_machine == {"cpu": "Test CPU"}
     assert list(lab.throughput()["technique"]) == ["original", "lrd", "lrd+sequential[0]"]
 

@@ -24,7 +24,7 @@ from lrdlab.lowrank.layers import LowRankLayer
 
 transformers = pytest.importorskip("transformers")
 from lrdlab.lowrank.hf import is_conv1d  # noqa: E402
-from lrdlab.zoo.hf_models import bert_from_config, gpt2_from_config  # noqa: E402
+from lrdlab.zoo.lm import bert_from_config, gpt2_from_config  # noqa: E402
 
 GPT2 = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
 BERT = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=300,
@@ -142,7 +142,7 @@ def test_shared_parameters_and_modules_are_skipped_and_counted_once():
 
 
 def test_import_lrdlab_does_not_import_transformers():
-    code = ("import sys, lrdlab, lrdlab.lowrank.plan, lrdlab.lowrank.hf, lrdlab.zoo.hf_models; "
+    code = ("import sys, lrdlab, lrdlab.lowrank.plan, lrdlab.lowrank.hf, lrdlab.zoo.lm; "
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -24,8 +24,7 @@ from typing import Any
 import pandas as pd
 
 from lrdlab.explore.accuracy_lab import CALIBRATION, DATA, data_loaders
-from lrdlab.explore.freezing_lab import REFERENCE_GRID
-from lrdlab.explore.freezing_runs import FreezingGridConfig, calibrated_start
+from lrdlab.explore.freezing_runs import REFERENCE_GRID, FreezingGridConfig, calibrated_start
 from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.freezing import Freezer
 from lrdlab.finetune.loop import fit

@@ -94,7 +94,7 @@ def vit_b_16_target() -> dict[str, Any]:
 
 def gpt2_target() -> dict[str, Any]:
     from lrdlab.lowrank.hf import is_conv1d
-    from lrdlab.zoo.hf_models import gpt2_from_config
+    from lrdlab.zoo.lm import gpt2_from_config
 
     torch.manual_seed(0)
     model: Any = gpt2_from_config(n_layer=2)

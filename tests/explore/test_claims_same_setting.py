@@ -4,7 +4,7 @@ and the notebook names what differs between them."""
 import json
 from pathlib import Path
 
-from lrdlab.explore.same_setting import differences, searched_ranks_rows
+from lrdlab.explore.claims import differences, searched_ranks_rows
 from lrdlab.measure.records import data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
