@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lrdlab.paper.numbers import PAPER_EXCLUDE  # the paper's exclusions (--paper), light to import
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE  # the paper's exclusions (--paper)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 Info = dict[str, Any]
 
 KINDS = "Ratio(2), Energy(0.9), VBMF() or FixedRank(16)"
+# P1's setting for ResNets (``Layers(exclude=PAPER_EXCLUDE)``, ``lrdlab … --paper``): every bottleneck conv and the fc
+# decomposed, not the 7×7 stem, not the downsample 1×1 convs (P1 Table 2's FLOP reductions to within 0.4 points)
+PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
 
 
 def _set(obj: object, name: str, value: Any) -> None:

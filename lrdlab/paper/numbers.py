@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The paper's setting for ResNets: every bottleneck conv and the fc decomposed, not the 7×7 stem, not the
-# downsample 1×1 convs (this reproduces P1 Table 2's FLOP reductions to within 0.4 points)
-PAPER_EXCLUDE = ["conv1", "*.downsample.*"]
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE  # noqa: F401  (re-exported beside the paper's numbers)
 
 # P1 Table 1 (ResNet-152 on ImageNet): layer -> (C, S, kernel, 2x rank, optimized rank or "ORG")
 TABLE1: dict[str, tuple[int, int, int, int, int | str]] = {
