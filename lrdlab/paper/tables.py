@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from lrdlab.explore import plots
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.paper import numbers as paper
@@ -51,8 +52,6 @@ def table2_structure(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def render_rank_time(report, res: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
-
     df = pd.DataFrame(res["sweep"])
     report.heading("F1/F2 — layer time and parameter reduction vs Tucker rank, [512, 512, 3, 3] conv")
     cliffs = plots.rank_cliffs(df, rounds=int(res.get("rounds", 1)))
@@ -72,7 +71,6 @@ def render_rank_time(report, res: dict[str, Any]) -> None:
 
 
 def render_optimize(report, res: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
     from lrdlab.lowrank.plan import Plan
 
     report.heading("F3 — Algorithm 1 traces (measured rank search), ResNet-152")
@@ -92,8 +90,6 @@ def render_optimize(report, res: dict[str, Any]) -> None:
 
 
 def render_granularity(report, res: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
-
     df = pd.DataFrame(res["sweep"])
     report.heading("F9 — rank granularity sweep, ResNet-50 at 2x")
     report.figure(plots.plot_granularity_sweep(df), "F9_granularity",
@@ -134,7 +130,6 @@ def table2(rows: list[dict[str, Any]], model: str = "resnet50") -> pd.DataFrame:
 
 
 def render_breakdown(report, res: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
     from lrdlab.measure.breakdown import breakdown_text
 
     summaries = {name: p["summary"] for name, p in res["plans"].items()}
@@ -148,8 +143,6 @@ def render_breakdown(report, res: dict[str, Any]) -> None:
 
 
 def render_techniques(report, results: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
-
     res = results["techniques"]
     rows = res["rows"]
     report.heading("T2 — ResNet-50: each technique's layers, params, FLOPs and measured speed-ups, paper vs lrdlab")
@@ -183,8 +176,6 @@ def render_techniques(report, results: dict[str, Any]) -> None:
 
 
 def render_branches(report, res: dict[str, Any]) -> None:
-    from lrdlab.explore import plots
-
     big = pd.DataFrame(res["resnet50"]["rows"])
     big["time_ms"] = 1e3 * big["infer_s"]
     report.heading("F6 — branched Tucker: N groups in the core at the same ranks")
@@ -204,7 +195,6 @@ def render_branches(report, res: dict[str, Any]) -> None:
 
 
 def render_freezing(report, res: dict[str, Any], out: Path) -> None:
-    from lrdlab.explore import plots
     from lrdlab.zoo.models import get_model as build
 
     history = pd.DataFrame(res["history"])
