@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from lrdlab.lowrank.decompose import apply_structure
 from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
-from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan, params_of
+from lrdlab.lowrank.plan import Layers, Plan, Ratio, applicable_patterns, make_plan, params_of
 from lrdlab.measure import timing as measure
 from lrdlab.measure.compare import compare
 from lrdlab.measure.interleave import interleave
@@ -94,8 +94,7 @@ def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequenc
                       exclude: Sequence[str] | None = None, *, rounding: str = "down",
                       model_name: str | None = None) -> dict[str, Plan]:
     """``{"g=G": plan}``: a ratio plan with ranks rounded (``rounding``, default down) to multiples of each G."""
-    names = [n for n, _ in model.named_modules()]
-    exclude = [p for p in (exclude or []) if any(_glob(n, p) for n in names)]
+    exclude = applicable_patterns(model, exclude)
     return {f"g={g}": make_plan(model, Ratio(ratio, granularity=int(g), rounding=rounding),
                                 Layers(exclude=exclude or None), model_name=model_name)
             for g in granularities}
@@ -123,12 +122,6 @@ def granularity_sweep(
     df = speed_table(model, plans, input_shape, timing, train=train, progress=progress)
     df.insert(0, "granularity", [int(g) for g in granularities])
     return df
-
-
-def _glob(name: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def _compare(models, input_shape, mode: str, timing: TimingConfig, progress: bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from torch import nn
@@ -64,3 +65,6 @@ def test_bench_plan_records_the_limits_it_ran_under():
     assert report.settings == {"rounds": 2, "max_rounds": 2, "budget_s": None, "warmup": 0, "repeats": 1,
                                   "dtype": "fp32", "channels_last": False, "backend": "eager"}
     assert report.inference.speedup.rounds == 2 and report.to_dict()["inference"]["speedup_pct"]["rounds"] == 2
+    recorded = json.loads(json.dumps(report.to_dict()))  # the recorded form is JSON as it is
+    assert recorded["params"] == dict(zip(("original", "decomposed"), report.params)) and "train" not in recorded
+    assert str(report).splitlines()[-1].startswith("inference") and "95% CI" in str(report)
