@@ -40,9 +40,10 @@ def check_choice(owner: str, name: str, value: object, choices: Collection[str])
 
 
 def check_type(owner: str, name: str, value: object, kind: type, example: object) -> None:
-    """A ValueError naming ``owner``'s field ``name`` unless ``value`` is a ``kind``."""
+    """A ValueError naming ``owner``'s field ``name`` unless ``value`` is a ``kind`` (a flag: ``bool``)."""
     if not isinstance(value, kind):
-        raise ValueError(f"{owner}: {name} must be a {kind.__name__} (got {type(value).__name__} {value!r}); e.g. "
+        what = "True or False" if kind is bool else f"a {kind.__name__}"
+        raise ValueError(f"{owner}: {name} must be {what} (got {type(value).__name__} {value!r}); e.g. "
                          f"{owner}({name}={example!r})")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lrdlab.finetune.fit_config import check_count
+from lrdlab.finetune.fit_config import check_count, check_type
 from lrdlab.measure import timing as measure
 from lrdlab.measure.rank_candidates import METHODS
 
@@ -63,9 +63,8 @@ class SearchConfig:
         check_count("SearchConfig", "repeats", self.repeats, 1)
         if self.rounds is not None:
             check_count("SearchConfig", "rounds", self.rounds, 1)
-        for name in ("backward", "cache"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SearchConfig: {name} must be True or False (got {getattr(self, name)!r})")
+        for name in ("backward", "cache", "progress"):
+            check_type("SearchConfig", name, getattr(self, name), bool, True)
         if not (0 <= self.margin < 1):
             raise ValueError(f"margin must be in [0, 1) (got {self.margin!r})")
         for name in ("resolution", "min_step"):

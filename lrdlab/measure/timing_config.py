@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lrdlab.finetune.fit_config import check_count
+from lrdlab.finetune.fit_config import check_count, check_type
 from lrdlab.measure import timing as measure
 
 BACKENDS = ("eager", "compile", "onnxruntime")
@@ -52,8 +52,7 @@ class TimingConfig:
             raise ValueError(f"TimingConfig: {err}") from None
         if self.backend not in BACKENDS:
             raise ValueError(f"TimingConfig: backend must be one of {BACKENDS} (got {self.backend!r})")
-        if not isinstance(self.channels_last, bool):
-            raise ValueError(f"TimingConfig: channels_last must be True or False (got {self.channels_last!r})")
+        check_type("TimingConfig", "channels_last", self.channels_last, bool, True)
         if self.max_rounds is not None:
             check_count("TimingConfig", "max_rounds", self.max_rounds, 1)
             if self.max_rounds < self.rounds:

@@ -4,14 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from lrdlab.finetune.fit_config import check_count
-
-
-def _flag(value: Any, what: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{what} must be True or False (got {value!r})")
+from lrdlab.finetune.fit_config import check_count, check_type
 
 
 @dataclass(frozen=True)
@@ -32,7 +26,7 @@ class Images:
     def __post_init__(self) -> None:
         check_count("Images", "size", self.size, 1, optional=True)
         check_count("Images", "channels", self.channels, 1, optional=True)
-        _flag(self.augment, "Images: augment")
+        check_type("Images", "augment", self.augment, bool, False)
         check_count("Images", "shift", self.shift, 0)
 
 
@@ -50,5 +44,5 @@ class LoaderOptions:
     def __post_init__(self) -> None:
         check_count("LoaderOptions", "test_batch_size", self.test_batch_size, 1, optional=True)
         check_count("LoaderOptions", "num_workers", self.num_workers, 0)
-        _flag(self.drop_last, "LoaderOptions: drop_last")
-        _flag(self.pin_memory, "LoaderOptions: pin_memory")
+        check_type("LoaderOptions", "drop_last", self.drop_last, bool, True)
+        check_type("LoaderOptions", "pin_memory", self.pin_memory, bool, True)

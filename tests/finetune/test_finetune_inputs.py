@@ -182,8 +182,8 @@ def test_epochs_must_be_a_positive_int(epochs):
     ("schedule", "step", "schedule must be one of"), ("label_smoothing", 1.0, "label_smoothing must be in"),
     ("distill_alpha", 1.5, "distill_alpha must be in \\[0, 1\\]"), ("distill_temperature", 0, "distill_temperature"),
     ("clip_grad_norm", 0.0, "clip_grad_norm must be a number > 0, or None"), ("seed", -1, "seed must be an int >= 0"),
-    ("seed", 2**32, "seed must be below 2\\*\\*32"), ("progress", "no", "progress must be a bool"),
-    ("evaluate_start", 1, "evaluate_start must be a bool"), ("label", 3, "label must be a str"),
+    ("seed", 2**32, "seed must be below 2\\*\\*32"), ("progress", "no", "progress must be True or False"),
+    ("evaluate_start", 1, "evaluate_start must be True or False"), ("label", 3, "label must be a str"),
 ])
 def test_fit_config_names_the_bad_field_and_the_fix(field, value, rule):
     with pytest.raises(ValueError, match=f"^FitConfig: {rule}") as err:
