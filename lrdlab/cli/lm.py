@@ -27,6 +27,12 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--lm-head", action="store_true",
                    help="also decompose a tied lm_head, untied from the input embedding (kept as it is); its cost "
                         "is in the plan")
+    p.add_argument("--layout", choices=("gemv", "as-built"), default="gemv",
+                   help="the decomposed model's widening factors stored [in, out] for one-token decode (gemv, "
+                        "default) or as decompose builds them (as-built)")
+    p.add_argument("--dense-layout", choices=("as-loaded", "gemv"), default="as-loaded",
+                   help="the dense baseline as the user has it (as-loaded, default) or with every widening Linear "
+                        "stored as --layout gemv does (a like-for-like baseline)")
     add_ratio_argument(p, default=2.0)
     add_threads_argument(p, many=True, default_text="1 and all cores")
     add_granularity_argument(p, many=True)
@@ -70,7 +76,8 @@ def run_bench_lm(args: argparse.Namespace) -> int:
 
     bench = DecodeBench(ratio=args.ratio, threads=tuple(args.threads or (1, 0)), granularities=tuple(args.granularity),
                         search=tuple(searches(args)), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
-                        rounds=args.rounds, lm_head=args.lm_head)
+                        rounds=args.rounds, lm_head=args.lm_head, layout=args.layout,
+                        dense_layout=args.dense_layout)
     if args.model is not None:
         from lrdlab.zoo.causal_lm import load_causal_lm
 
@@ -108,7 +115,9 @@ def run_bench_lm(args: argparse.Namespace) -> int:
               f"dense {r['dense_tokens_s']:8.1f} tok/s, "
               f"decomposed {r['decomposed_tokens_s']:8.1f} tok/s, ×{r['speedup']:.2f} "
               f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] (bytes ideal ×{r['bytes_ideal']:.2f}, "
-              f"realised {r['realised_of_bytes_ideal']:.0%}); load {r['load_average']}")
+              f"realised {r['realised_of_bytes_ideal']:.0%}); fastest rounds {r['dense_ms_min']:.1f} vs "
+              f"{r['decomposed_ms_min']:.1f} ms/step ×{r['min_round_speedup']:.2f}; load {r['load_average']}")
+    print(f"layouts: decomposed {args.layout}, dense {args.dense_layout}")
     compute = report["results"][-1]["compute"] if report["results"] else {}
     print(f"compute: {compute.get('compute_mode')} (asked {compute.get('compute_asked', compute.get('compute_mode'))}),"
           f" OpenMP wait policy {compute.get('omp_wait_policy')}")

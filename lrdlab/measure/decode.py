@@ -7,7 +7,9 @@ the time goes into reading the weights, so the *bytes ideal* — parameter bytes
 decomposed (the token embedding table is not read, only one row of it) — is what a decomposition can gain.
 Each speed-up is the median over rounds of the paired ratio (:meth:`lrdlab.measure.stats.SpeedUp.of`),
 rounds alternating A B then B A (:func:`lrdlab.measure.interleave.interleave`); ``realised`` is
-:func:`lrdlab.measure.timing.realised_fraction` of it.
+:func:`lrdlab.measure.timing.realised_fraction` of it. On a loaded machine other processes only ever add time, so
+each model's fastest round (``*_ms_min``, per token step) and their ratio (``min_round_speedup``) are recorded too:
+they are what the load distorts least.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ class PhaseResult:
     dense_gb_s: float
     threads: int
     load_average: list[float] | None
+    dense_ms_min: float = float("nan")
+    decomposed_ms_min: float = float("nan")
+    min_round_speedup: float = float("nan")
 
 
 def interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
@@ -125,10 +130,12 @@ def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: in
     ideal = bytes_per_token(dense) / bytes_per_token(decomposed)
     n = batch * tokens
     dense_s = statistics.median(times["dense"])
+    fastest = {name: min(t) for name, t in times.items()}
     return PhaseResult(phase, batch, tokens, n / dense_s, n / statistics.median(times["decomposed"]),
                        up.median, up.ci_low, up.ci_high, up.rounds, ideal, realised_fraction(up.median, ideal),
                        bytes_per_token(dense) * (tokens if phase == "decode" else 1) / dense_s / 1e9,
-                       torch.get_num_threads(), load_average())
+                       torch.get_num_threads(), load_average(), 1e3 * fastest["dense"] / tokens,
+                       1e3 * fastest["decomposed"] / tokens, fastest["dense"] / fastest["decomposed"])
 
 
 def as_dict(result: PhaseResult) -> dict[str, Any]:
