@@ -26,6 +26,7 @@ from lrdlab.lowrank.plan import Plan, Ratio, make_plan
 from lrdlab.measure.compute import available_cores, compute_info
 from lrdlab.measure.counting import count_params
 from lrdlab.measure.decode import as_dict, compare_phase
+from lrdlab.measure.decode_profile import decode_profile
 from lrdlab.measure.decode_search import TokenShapeSearch, search_at_token_shape
 
 LAYOUTS = ("gemv", "as-built")  # the decomposed model's factors: stored for one-token decode, or as decompose builds
@@ -37,7 +38,8 @@ class DecodeBench:
     """What :func:`decode_table` times: the ratio, thread counts (0: all cores), rank granularities (1: unrounded),
     rank searches at token shapes, prompt length, the second decode batch, tokens per decode call, the decode
     context, interleaved rounds, whether a tied ``lm_head`` is untied and decomposed, and the weight layouts
-    (:data:`LAYOUTS`, :data:`DENSE_LAYOUTS`)."""
+    (:data:`LAYOUTS`, :data:`DENSE_LAYOUTS`); ``profile``: also profile batch-1 decode of both models
+    (:func:`lrdlab.measure.decode_profile.decode_profile`, at the first thread count)."""
 
     ratio: float = 2.0
     threads: Sequence[int] = (1, 0)
@@ -51,6 +53,7 @@ class DecodeBench:
     lm_head: bool = False
     layout: str = "gemv"
     dense_layout: str = "as-loaded"
+    profile: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -86,10 +89,15 @@ def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str
     if bench.dense_layout == "gemv":
         baseline = copy.deepcopy(dense)
         gemv_layout(baseline, "all")
-    results, searched = [], []
+    results, searched, profiles = [], [], {}
     try:
         for n in bench.threads:
             torch.set_num_threads(n or available_cores())
+            if bench.profile and not profiles:
+                pair = {"dense": baseline, "decomposed": next(iter(lows.values()))}
+                profiles = {name: {"threads": torch.get_num_threads(),
+                                   **decode_profile(m, 1, bench.context, bench.decode_tokens).to_dict()}
+                            for name, m in pair.items()}
             variants: list[tuple[dict[str, Any], nn.Module]] = [({"granularity": g}, low) for g, low in lows.items()]
             for options in bench.search:
                 source, plan = planned.get(1) or _plan(dense, bench.ratio, 1, bench.lm_head)
@@ -112,6 +120,7 @@ def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str
             "plan_summary": plan.summary(), "kept_layers": len(plan.layers) - len(plan.decomposed_layers),
             "decomposed": [{"granularity": g, "params": count_params(lows[g]),
                             "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, (_, p) in planned.items()],
-            **({"searched": searched} if searched else {}), "prompt": bench.prompt, "context": bench.context,
+            **({"searched": searched} if searched else {}), **({"profile": profiles} if profiles else {}),
+            "prompt": bench.prompt, "context": bench.context,
             "rounds": bench.rounds, "dtype": str(next(dense.parameters()).dtype).removeprefix("torch."),
             "results": results, "bench": {k: v for k, v in asdict(bench).items() if k != "search"}}
