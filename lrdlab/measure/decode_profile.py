@@ -51,7 +51,8 @@ def decode_profile(model: nn.Module, batch: int = 1, context: int = 64, tokens: 
     from torch.profiler import ProfilerActivity, profile
 
     if vocab is None:
-        emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+        get = getattr(model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
         vocab = int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else 0
     if vocab < 1 or min(batch, context, tokens, calls, top) < 1:
         raise ValueError(f"decode_profile: batch, context, tokens, calls, top and the vocabulary must be ≥ 1 (got "

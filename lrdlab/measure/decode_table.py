@@ -89,7 +89,8 @@ def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str
     if bench.dense_layout == "gemv":
         baseline = copy.deepcopy(dense)
         gemv_layout(baseline, "all")
-    results, searched, profiles = [], [], {}
+    results, searched = [], []
+    profiles: dict[str, dict[str, Any]] = {}
     try:
         for n in bench.threads:
             torch.set_num_threads(n or available_cores())
