@@ -27,6 +27,12 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--lm-head", action="store_true",
                    help="also decompose a tied lm_head, untied from the input embedding (kept as it is); its cost "
                         "is in the plan")
+    p.add_argument("--layout", choices=("gemv", "as-built"), default="gemv",
+                   help="the decomposed model's widening factors stored [in, out] for one-token decode (gemv, "
+                        "default) or as decompose builds them (as-built)")
+    p.add_argument("--dense-layout", choices=("as-loaded", "gemv"), default="as-loaded",
+                   help="the dense baseline as the user has it (as-loaded, default) or with every widening Linear "
+                        "stored as --layout gemv does (a like-for-like baseline)")
     add_ratio_argument(p, default=2.0)
     add_threads_argument(p, many=True, default_text="1 and all cores")
     add_granularity_argument(p, many=True)
@@ -40,6 +46,9 @@ def add_bench_lm(sub) -> None:
     p.add_argument("--batch", type=int, default=4, help="the second decode batch size (default 4; batch 1 always)")
     p.add_argument("--tokens", type=int, default=4, help="decode tokens per timed call (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile batch-1 decode of both models at the first thread count (torch.profiler): "
+                        "milliseconds per token in the matrix products, by shape, and in everything else")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
                    help="also write the report, with the machine, load and this command, to FILE.json")
@@ -63,6 +72,14 @@ def searches(args: argparse.Namespace) -> list:
     return [TokenShapeSearch(tokens=1 if s == "decode" else args.prompt, config=config) for s in args.search]
 
 
+def cpu_text(row: dict[str, Any]) -> str:
+    """``; CPU time 40.1 vs 25.3 ms/step ×1.58 [1.50, 1.62]`` for a one-thread row, else empty."""
+    if row.get("cpu_speedup") is None:
+        return ""
+    return (f"; CPU time {row['dense_cpu_ms']:.1f} vs {row['decomposed_cpu_ms']:.1f} ms/step ×{row['cpu_speedup']:.2f} "
+            f"[{row['cpu_ci_low']:.2f}, {row['cpu_ci_high']:.2f}]")
+
+
 def run_bench_lm(args: argparse.Namespace) -> int:
     from lrdlab.measure.decode_search import choices_text
     from lrdlab.measure.decode_table import DecodeBench, decode_table
@@ -70,7 +87,8 @@ def run_bench_lm(args: argparse.Namespace) -> int:
 
     bench = DecodeBench(ratio=args.ratio, threads=tuple(args.threads or (1, 0)), granularities=tuple(args.granularity),
                         search=tuple(searches(args)), prompt=args.prompt, batch=args.batch, decode_tokens=args.tokens,
-                        rounds=args.rounds, lm_head=args.lm_head)
+                        rounds=args.rounds, lm_head=args.lm_head, layout=args.layout,
+                        dense_layout=args.dense_layout, profile=args.profile)
     if args.model is not None:
         from lrdlab.zoo.causal_lm import load_causal_lm
 
@@ -108,7 +126,14 @@ def run_bench_lm(args: argparse.Namespace) -> int:
               f"dense {r['dense_tokens_s']:8.1f} tok/s, "
               f"decomposed {r['decomposed_tokens_s']:8.1f} tok/s, ×{r['speedup']:.2f} "
               f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] (bytes ideal ×{r['bytes_ideal']:.2f}, "
-              f"realised {r['realised_of_bytes_ideal']:.0%}); load {r['load_average']}")
+              f"realised {r['realised_of_bytes_ideal']:.0%}); fastest rounds {r['dense_ms_min']:.1f} vs "
+              f"{r['decomposed_ms_min']:.1f} ms/step ×{r['min_round_speedup']:.2f}{cpu_text(r)}; "
+              f"load {r['load_average']}")
+    for name, prof in report.get("profile", {}).items():
+        shapes = ", ".join(f"{p['shapes']} {p['ms']:.1f}" for p in prof["products"][:4])
+        print(f"profile {name}: {prof['total_ms']:.1f} ms/token, products {prof['products_ms']:.1f}, "
+              f"other {prof['other_ms']:.1f} (slowest: {shapes})")
+    print(f"layouts: decomposed {args.layout}, dense {args.dense_layout}")
     compute = report["results"][-1]["compute"] if report["results"] else {}
     print(f"compute: {compute.get('compute_mode')} (asked {compute.get('compute_asked', compute.get('compute_mode'))}),"
           f" OpenMP wait policy {compute.get('omp_wait_policy')}")

@@ -50,7 +50,8 @@ def shared_entries(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
         seen[key] = name
         overlaps = tensor.numel() > 0 and pointer in storages
         storages.add(pointer)
-        stored[name] = tensor.clone() if overlaps or not tensor.is_contiguous() else tensor
+        stored[name] = (tensor.clone(memory_format=torch.contiguous_format)  # safetensors stores row-major only
+                        if overlaps or not tensor.is_contiguous() else tensor)
     return stored, aliases
 
 

@@ -7,13 +7,18 @@ the time goes into reading the weights, so the *bytes ideal* — parameter bytes
 decomposed (the token embedding table is not read, only one row of it) — is what a decomposition can gain.
 Each speed-up is the median over rounds of the paired ratio (:meth:`lrdlab.measure.stats.SpeedUp.of`),
 rounds alternating A B then B A (:func:`lrdlab.measure.interleave.interleave`); ``realised`` is
-:func:`lrdlab.measure.timing.realised_fraction` of it.
+:func:`lrdlab.measure.timing.realised_fraction` of it. On a loaded machine other processes only ever add time, so
+each model's fastest round (``*_ms_min``, per token step) and their ratio (``min_round_speedup``) are recorded too,
+and at one thread the CPU time the timed calls spent (``*_cpu_ms``, per token step, the median round; ``cpu_speedup``
+the median of the paired ratios and its interval; None at more threads): time the process waited for a core is not
+in it, so it is what a loaded machine distorts least (its caches and memory bus are still shared).
 """
 
 from __future__ import annotations
 
 import inspect
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -99,15 +104,37 @@ class PhaseResult:
     dense_gb_s: float
     threads: int
     load_average: list[float] | None
+    dense_ms_min: float = float("nan")
+    decomposed_ms_min: float = float("nan")
+    min_round_speedup: float = float("nan")
+    dense_cpu_ms: float | None = None
+    decomposed_cpu_ms: float | None = None
+    cpu_speedup: float | None = None
+    cpu_ci_low: float | None = None
+    cpu_ci_high: float | None = None
 
 
-def interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-                repeats: int = 2) -> dict[str, list[float]]:
-    """Each step's per-round median seconds, the steps run A B … then … B A in alternate rounds."""
-    def timed(fn: Callable[[], Any]) -> Callable[[], float]:
-        return lambda: statistics.median(time_function(fn, "cpu", warmup, repeats))
+def interleaved(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, repeats: int = 2,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Each step's per-round median seconds, the steps run A B … then … B A in alternate rounds; ``cpu``, when
+    given, receives each step's per-round median CPU seconds of this thread over the same calls."""
+    def timed(name: str, fn: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
+            spent: list[float] = []
 
-    return interleave({n: timed(fn) for n, fn in steps.items()}, rounds).times
+            def counted() -> Any:
+                start = time.thread_time()
+                out = fn()
+                spent.append(time.thread_time() - start)
+                return out
+
+            wall = time_function(counted, "cpu", warmup, repeats)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(statistics.median(spent[warmup:]))
+            return statistics.median(wall)
+        return run
+
+    return interleave({n: timed(n, fn) for n, fn in steps.items()}, rounds).times
 
 
 def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: int, tokens: int, *,
@@ -120,15 +147,23 @@ def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: in
     vocab = vocab or (emb.num_embeddings if isinstance(emb, nn.Embedding) else 0)
     make = (lambda m: prefill_step(m, batch, tokens, vocab)) if phase == "prefill" else \
         (lambda m: decode_step(m, batch, context, tokens, vocab))
-    times = interleaved({"dense": make(dense), "decomposed": make(decomposed)}, rounds)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved({"dense": make(dense), "decomposed": make(decomposed)}, rounds, cpu=cpu)
     up = SpeedUp.of(times["dense"], times["decomposed"])
+    one_thread = torch.get_num_threads() == 1  # else the other threads' work is not in this thread's CPU time
+    cpu_up = SpeedUp.of(cpu["dense"], cpu["decomposed"]) if one_thread else None
+    cpu_ms = {k: 1e3 * statistics.median(v) / tokens if one_thread else None for k, v in cpu.items()}
     ideal = bytes_per_token(dense) / bytes_per_token(decomposed)
     n = batch * tokens
     dense_s = statistics.median(times["dense"])
+    fastest = {name: min(t) for name, t in times.items()}
     return PhaseResult(phase, batch, tokens, n / dense_s, n / statistics.median(times["decomposed"]),
                        up.median, up.ci_low, up.ci_high, up.rounds, ideal, realised_fraction(up.median, ideal),
                        bytes_per_token(dense) * (tokens if phase == "decode" else 1) / dense_s / 1e9,
-                       torch.get_num_threads(), load_average())
+                       torch.get_num_threads(), load_average(), 1e3 * fastest["dense"] / tokens,
+                       1e3 * fastest["decomposed"] / tokens, fastest["dense"] / fastest["decomposed"],
+                       cpu_ms["dense"], cpu_ms["decomposed"], *((cpu_up.median, cpu_up.ci_low, cpu_up.ci_high)
+                                                                if cpu_up is not None else (None,) * 3))
 
 
 def as_dict(result: PhaseResult) -> dict[str, Any]:

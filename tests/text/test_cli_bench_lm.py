@@ -147,3 +147,35 @@ def test_bench_lm_refuses_a_model_it_cannot_find_in_one_line(capsys, tmp_path):
     assert main(["bench-lm", "--model", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "smollm2_135m" in err and ".gguf" in err, err
+
+
+def test_bench_lm_records_the_layouts_and_each_model_s_fastest_round(capsys):
+    from lrdlab.cli import main
+
+    assert main(["bench-lm", "--config", "tiny", "--rounds", "2", "--dense-layout", "gemv", *TINY_RUN]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["bench"]["layout"], report["bench"]["dense_layout"]) == ("gemv", "gemv")
+    for r in report["results"]:
+        per_step = 1e3 * r["batch"] / r["decomposed_tokens_s"]  # the median round, ms per step
+        assert 0 < r["decomposed_ms_min"] <= per_step * (1 + 1e-9) and r["dense_ms_min"] > 0
+        assert r["min_round_speedup"] == pytest.approx(r["dense_ms_min"] / r["decomposed_ms_min"])
+    assert main(["bench-lm", "--config", "tiny", "--layout", "rows"]) == 2
+    assert "--layout" in capsys.readouterr().err
+
+
+def test_bench_lm_profile_splits_decode_time_into_products_and_the_rest(capsys):
+    from lrdlab.cli import main
+
+    assert main(["bench-lm", "--config", "tiny", "--profile", *TINY_RUN]) == 0
+    report = json.loads(capsys.readouterr().out)
+    dense, low = report["profile"]["dense"], report["profile"]["decomposed"]
+    for prof in (dense, low):
+        assert prof["threads"] == 1 and prof["products"]
+        assert prof["total_ms"] == pytest.approx(prof["products_ms"] + prof["other_ms"])
+        assert 0 < sum(p["ms"] for p in prof["products"]) <= prof["products_ms"] * (1 + 1e-9)
+    calls = {p["shapes"]: p["calls"] for p in low["products"]}
+    assert sum(p["calls"] for p in low["products"]) > sum(p["calls"] for p in dense["products"])  # two per layer
+    assert all(c > 0 for c in calls.values())
+    row = report["results"][1]
+    assert row["cpu_speedup"] > 0 and row["cpu_ci_low"] <= row["cpu_speedup"] <= row["cpu_ci_high"]
+    assert row["dense_cpu_ms"] > 0 and row["decomposed_cpu_ms"] > 0

@@ -33,3 +33,22 @@ def test_bytes_per_token_skips_the_embedding_table_and_compare_runs(tiny_llama):
     result = compare_phase(model, low, "decode", 1, 2, context=4, rounds=2)
     assert result.rounds == 2 and result.ci_low <= result.speedup <= result.ci_high
     assert 1.5 < result.bytes_ideal < 2.5
+
+
+def test_a_model_in_gemv_layout_decodes_the_same_saves_and_reloads(tiny_llama, tmp_path):
+    from lrdlab.lowrank.gemv_layout import gemv_layout, output_major
+    from lrdlab.lowrank.hf_save import load_hf, save_hf
+
+    model = tiny_llama()
+    plan = make_plan(model, Ratio(2))
+    low = decompose(model, plan)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = low(ids).logits
+    first = decode_step(low, batch=1, context=8, tokens=3, vocab=256)()  # row-major, as decompose built it
+    assert gemv_layout(low) and any(output_major(m) for m in low.modules() if isinstance(m, torch.nn.Linear))
+    back = load_hf(save_hf(low, plan, tmp_path / "low"))  # safetensors stores the laid-out weights row-major
+    with torch.no_grad():
+        torch.testing.assert_close(low(ids).logits, reference)
+        torch.testing.assert_close(back(ids).logits, reference)
+    assert torch.equal(decode_step(back, batch=1, context=8, tokens=3, vocab=256)(), first)  # stored row-major
