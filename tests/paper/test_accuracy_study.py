@@ -10,12 +10,14 @@ def test_accuracy_study_rows_on_the_shipped_resnet20():
     from lrdlab.paper.accuracy_study import run_accuracy_study
 
     result = run_accuracy_study(["resnet20"], [2.0], calibration_images=128, finetune_epochs=0, progress=False)
-    acc = {r["variant"]: r["accuracy"] for r in result["rows"]}
+    assert "data+bn" in str(result) and "<table" in result._repr_html_()
+    acc = {r["variant"]: r["accuracy"] for r in result.rows}
     assert set(acc) == {"original", "weights", "weights+bn", "data", "data+bn"}
     assert acc["data+bn"] > acc["weights+bn"] > acc["weights"]
-    row = result["rows"][1]
+    row = result.rows[1]
     assert row["params"] < row["params_original"] and row["flops"] < row["flops_original"]
-    assert result["settings"]["calibration_images"] == 128 and "cpu" in result["machine"]
+    assert result.settings["calibration_images"] == 128 and "cpu" in result.machine
+    assert result.to_dict()["rows"] == result.rows  # the recorded JSON form
 
 
 def test_f11_plot_from_the_recorded_study():
