@@ -251,7 +251,7 @@ def _evaluate(model: nn.Module, loader) -> float:
     return evaluate(model, loader)["accuracy"]
 
 
-def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
+def _train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
                **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.get_loaders``); returns model, loaders, summary."""
     from lrdlab.finetune.fit_config import FitConfig
@@ -322,7 +322,7 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
         raise ValueError(f"config must be a BranchConfig, got {type(config).__name__}; e.g. BranchConfig(ratio=3)")
     timing = check_timing(timing, ACCURACY_TIMING)
     net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
-    base, loaders, summary = train_base(data, base_epochs, **net)
+    base, loaders, summary = _train_base(data, base_epochs, **net)
     plan = config.plan(base, "bottleneck_net")
     calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
     variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
