@@ -57,27 +57,19 @@ def with_branches(plan: Plan, branches: int) -> Plan:
     return out
 
 
-def regular_freezing(model: nn.Module) -> nn.Module:
-    """``model`` (decomposed) with P1's regular freezing applied: only the SVD ``last`` / Tucker ``core`` train."""
-    from lrdlab.finetune.freezing import Freezer
-
-    Freezer(model, mode="regular")
-    return model
-
-
 def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN, also: Sequence[str] = ()
                      ) -> dict[str, nn.Module]:
     """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``.
 
     ``layer merging`` uses merge option ``bn``; each option in ``also`` adds a ``layer merging (bn=…)`` row.
     """
+    from lrdlab.finetune.freezing import Freezer
+
     vanilla = decompose(model, plan)
-    out = {
-        "original": model,
-        "vanilla LRD": vanilla,
-        "layer freezing": regular_freezing(copy.deepcopy(vanilla)),
-        "layer merging": merge_bottlenecks(model, plan, bn=bn),
-    }
+    frozen = copy.deepcopy(vanilla)
+    Freezer(frozen, mode="regular")  # P1's regular freezing: only the SVD ``last`` / Tucker ``core`` train
+    out = {"original": model, "vanilla LRD": vanilla, "layer freezing": frozen,
+           "layer merging": merge_bottlenecks(model, plan, bn=bn)}
     out.update({f"layer merging (bn={b})": merge_bottlenecks(model, plan, bn=b) for b in also if b != bn})
     return out
 
