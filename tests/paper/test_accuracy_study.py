@@ -33,6 +33,13 @@ def test_f11_plot_from_the_recorded_study():
     assert len(ax.get_lines()) == 1 + 5 and len(twin.get_lines()) == 2
     with pytest.raises(ValueError, match="no rows"):
         plot_accuracy_study(path, "resnet56")
+    from lrdlab.measure.records import read_record
+    from lrdlab.paper.accuracy_study import AccuracyStudy
+
+    rec = read_record(path)
+    study = AccuracyStudy(rows=rec["rows"], settings=rec["settings"], machine=rec["machine"])
+    assert len(plot_accuracy_study(study, "resnet20").axes[0].get_lines()) == 1 + 5  # the record plots as its JSON
+    assert "resnet20" in str(study) and "data+bn" in str(study) and "seconds" in study._repr_html_()
 
 
 def test_report_renders_f11_per_model(tmp_path):
