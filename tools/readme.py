@@ -12,7 +12,7 @@ Section = tuple[str, str, Callable[[Path], str]]  # begin marker, end marker, re
 
 def sections() -> dict[str, Section]:
     """The generated sections by name."""
-    from lrdlab.paper import lm_study
+    from tools import lm_section as lm_study
     from tools import readme_blocks as blocks
     from tools.record import calibration_modes
 

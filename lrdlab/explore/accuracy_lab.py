@@ -40,11 +40,6 @@ def grid_path(name: str) -> Path:
     return Path(str(files("lrdlab.explore") / "reference")) / f"explorer_grid_{name}.json"
 
 
-def calibrated_decompose(model: nn.Module, plan: Plan, batches: Sequence[Any]) -> nn.Module:
-    """The decomposed, calibrated copy of ``model`` (the original is untouched)."""
-    return decompose(model, plan, calibration=batches).eval()
-
-
 # --- trained models ----------------------------------------------------------------------------------
 
 
@@ -166,7 +161,7 @@ class AccuracyLab:
     def _score_plan(self, plan: Plan) -> float:
         if not plan.decomposed_layers:  # every layer kept: the original model itself (no BN re-estimation)
             return self.original()
-        return self.score(calibrated_decompose(self.model, plan, self.calibration))
+        return self.score(decompose(self.model, plan, calibration=self.calibration).eval())
 
     def prefetch(self, plans: Sequence[Plan], on_done: Callable[[int, int], None] | None = None) -> None:
         """Compute the accuracies of ``plans`` not seen before at once, one per core (each on one torch thread):

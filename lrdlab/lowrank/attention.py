@@ -6,21 +6,12 @@ attention module that has a decomposed projection by :class:`FactorizedMultihead
 with ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` as ordinary children (``nn.Linear`` or
 :class:`~lrdlab.lowrank.layers.LowRankLayer`). It is exact at full rank (same function, same masks and dropout).
 
-**q, k, v separately, not the fused ``in_proj``.** Measured at ratio 2 with the same parameters either way
-(fused: one SVD of the [3E, E] ``in_proj_weight`` at rank 3E/8; separate: three SVDs of [E, E] at rank E/4;
-``data/transformers_targets_cpu.json``, ``qkv_choice``):
-
-- error: ViT-B/16 (random init) relative weight error 0.621 fused vs 0.614 separate, attention-output error
-  0.639 vs 0.634; a vit_tiny trained 5 epochs on MNIST-5k (55%): 0.579 vs 0.571 (weights), but 0.134 vs 0.185
-  (output: fused is better there);
-- CPU time of the projections, mixed: 47.0 vs 53.0 ms (ViT-B, 1,576 tokens; dense 89.1 ms), 72.1 vs 41.7 ms
-  (vit_tiny, 16,640 tokens), 1 thread, interleaved medians on a shared 2-core Xeon under load ~5.
-
-Neither wins clearly, so function decides: separate projections work for cross-attention and
-``kdim``/``vdim`` ≠ ``embed_dim`` (a shared first factor cannot serve different inputs), each gets its own
-rank, plan row and freezing, and the rows
-match BERT-style models' ``query``/``key``/``value`` Linears. (GPT-2's fused ``c_attn`` Conv1D stays one
-matrix: the model calls it as one.)
+**q, k, v separately, not the fused ``in_proj``.** At ratio 2 with the same parameters either way (fused: one
+SVD of the [3E, E] ``in_proj_weight`` at rank 3E/8; separate: three SVDs of [E, E] at rank E/4), neither wins
+clearly on error or CPU time (``data/transformers_targets_cpu.json``, ``qkv_choice``), so function decides:
+separate projections work for cross-attention and ``kdim``/``vdim`` ≠ ``embed_dim`` (a shared first factor cannot
+serve different inputs), each gets its own rank, plan row and freezing, and the rows match BERT-style models'
+``query``/``key``/``value`` Linears. (GPT-2's fused ``c_attn`` Conv1D stays one matrix: the model calls it as one.)
 
 **PyTorch's fast paths.** ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``
 have fused inference kernels (eval mode, no grad) that read the dense ``in_proj_weight`` and ``linear1.weight``.

@@ -28,14 +28,10 @@ to them is the ``bn`` option (:data:`BN_MODES`):
     Merge only where nothing non-linear sits between. In a torchvision bottleneck a ReLU always does,
     so no block is merged: the result is the plain decomposition (5 convs per block).
 
-Why ``"fresh"`` is the default: no merge across a ReLU is exact, so the merged model must be
-fine-tuned, and what matters is how well each option recovers. Measured on a small Bottleneck net
-on MNIST-5k (``data/techniques_accuracy_mnist5k.json``: ratio 2, base 96.5%, 2 fine-tuning epochs,
-3 seeds), all merge options start at 27.9% (the rank truncation, not the merge, dominates: vanilla
-LRD starts at 30.5%) and reach 88.6% (88.3–88.9) for ``"fresh"`` with calibration, 87.5%
-(86.7–88.3) for ``"fresh"`` without, 87.1% (86.0–87.8) for ``"fold"``; vanilla LRD (= ``"exact"``)
-reaches 94.7% with more parameters and 2.3× the layers. Pass ``calibration`` (a few training
-batches) for the best start; BN can be folded away again for deployment.
+Why ``"fresh"`` is the default: no merge across a ReLU is exact, so the merged model must be fine-tuned, and
+``"fresh"`` with calibration recovers best of the merge options (``data/techniques_accuracy_mnist5k.json``;
+vanilla LRD, = ``"exact"``, recovers more with more parameters and layers). Pass ``calibration`` (a few
+training batches) for the best start; BN can be folded away again for deployment.
 
 See :func:`merge_report` for what happens to each block and why.
 """

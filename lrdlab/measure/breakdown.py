@@ -58,13 +58,6 @@ class Breakdown:
         p.text(str(self))
 
 
-def amdahl_speedup(share: float, layer_speedup: float) -> float:
-    """Whole-network speed-up when a part taking ``share`` of the time gets ``layer_speedup`` faster."""
-    if not (0 <= share <= 1) or layer_speedup <= 0:
-        raise ValueError(f"share must be in [0, 1] and layer_speedup > 0 (got {share!r}, {layer_speedup!r})")
-    return 1.0 / ((1.0 - share) + share / layer_speedup)
-
-
 def needed_layer_speedup(original_layers_s: float, original_total_s: float, rest_s: float, target: float) -> float:
     """How much faster the decomposed layers must run for the whole network to be ``target`` × faster.
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def data_dir() -> Path:
@@ -19,9 +20,12 @@ def data_dir() -> Path:
 
 
 def _plain(value: Any) -> Any:
-    """What :func:`json.dumps` cannot write: an array's numbers, another number as a float, else its text."""
+    """What :func:`json.dumps` cannot write: an array's numbers, a record's ``to_dict()``, another number as a float,
+    else its text."""
     if hasattr(value, "tolist"):  # numpy and torch scalars and arrays
         return value.tolist()
+    if hasattr(value, "to_dict"):  # a typed record (StudyRecord, BenchReport, a config)
+        return value.to_dict()
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -53,3 +57,39 @@ def read_record(name_or_path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no recorded file {path}: record it first (the commands are in docs/reproduction.md)")
     return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """Base of a study's typed result: its ``rows`` (one dict per measured variant) and what it ran with.
+
+    A notebook shows it as a table of the rows' :attr:`COLUMNS` (``str()`` the same as text); :meth:`table` is all
+    the rows as a DataFrame and :meth:`to_dict` the recorded JSON form (the fields by name)."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ()
+
+    def row_list(self) -> list[dict[str, Any]]:
+        """The rows shown: the ``rows`` field (a subclass with other row fields overrides this)."""
+        return list(self.rows)  # type: ignore[attr-defined]
+
+    def title(self) -> str:
+        return type(self).__name__
+
+    def table(self):
+        """The rows as a pandas DataFrame (every column)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.row_list())
+
+    def _shown(self):
+        table = self.table()
+        return table[[c for c in self.COLUMNS if c in table.columns] or list(table.columns)]
+
+    def __str__(self) -> str:
+        return f"{self.title()}\n{self._shown().to_string(index=False)}"
+
+    def _repr_html_(self) -> str:
+        return f"<p>{self.title()}</p>{self._shown().to_html(index=False)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

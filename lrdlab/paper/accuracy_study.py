@@ -18,12 +18,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lrdlab.measure.records import read_record, write_record
+from lrdlab.measure.records import StudyRecord, read_record, write_record
 from lrdlab.zoo.pretrained import kept_stem
 
 RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -34,6 +35,22 @@ STUDY_MODELS: dict[str, dict[str, Any]] = {
     "vit_tiny": {"pretrained": "vit_tiny_mnist5k", "exclude": kept_stem("vit_tiny"),
                  "finetune": {"optimizer": "adamw", "lr": 2e-4, "batch_size": 32, "distill": True}},
 }  # fine-tuning: batch 32 (125 steps per epoch) with the original as distillation teacher (lrdlab.fit(teacher=))
+
+
+@dataclass(frozen=True)
+class AccuracyStudy(StudyRecord):
+    """:func:`run_accuracy_study`'s result: one row per model × granularity × ratio × variant (``accuracy`` %,
+    ``loss``, ``params``, ``flops``, ``seconds``), the settings, the machine and the command that ran it."""
+
+    COLUMNS = ("model", "granularity", "ratio", "variant", "accuracy", "params", "flops", "seconds")
+    rows: list[dict[str, Any]]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    command: str = ""
+    total_s: float = 0.0
+
+    def title(self) -> str:
+        return f"F11 accuracy study ({self.settings['calibration_images']} calibration images, {self.total_s:g} s)"
 
 
 def _timed(fn, *args, **kw):
@@ -122,13 +139,12 @@ def shipped_study_models() -> list[str]:
 def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[float] = RATIOS, *,
                        calibration_images: int = 512, finetune_epochs: int = 1, granularities: Sequence[int] = (1,),
                        batch_size: int = 128, seed: int = 0, out: str | Path | None = None,
-                       progress: bool = True, command: str = "") -> dict[str, Any]:
+                       progress: bool = True, command: str = "") -> AccuracyStudy:
     """The F11 data set: accuracy vs ratio for every model × granularity × variant, with params and FLOPs.
 
     Calibration uses the first ``calibration_images`` training images (seeded loader order); accuracy
     is on the 1,000-image MNIST-5k test split. ``models`` defaults to those with shipped weights.
-    Returns ``{"rows", "settings", "machine", "command"}``
-    and writes it as JSON to ``out`` when given.
+    Writes its JSON form to ``out`` when given.
     """
     from lrdlab.finetune.loop import set_seed
     from lrdlab.lowrank.calibration import calibration_batches
@@ -148,29 +164,28 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
         for g in granularities:
             rows += study_model(name, ratios, loaders, calibration, granularity=g,
                                 finetune_epochs=finetune_epochs, seed=seed, progress=progress)
-    result = {
-        "rows": rows,
-        "settings": {"models": list(models), "ratios": list(ratios), "granularities": list(granularities),
-                     "calibration_images": calibration_images, "finetune_epochs": finetune_epochs,
-                     "batch_size": batch_size, "seed": seed, "data": "mnist5k (4,000 train / 1,000 test)",
-                     "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
-                     "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
-                     "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
-        "machine": machine_info("cpu"),
-        "command": command,
-        "total_s": round(time.perf_counter() - t0, 1),
-    }
+    result = AccuracyStudy(
+        rows=rows,
+        settings={"models": list(models), "ratios": list(ratios), "granularities": list(granularities),
+                  "calibration_images": calibration_images, "finetune_epochs": finetune_epochs,
+                  "batch_size": batch_size, "seed": seed, "data": "mnist5k (4,000 train / 1,000 test)",
+                  "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
+                  "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
+                  "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
+        machine=machine_info("cpu"), command=command, total_s=round(time.perf_counter() - t0, 1))
     if out is not None:
-        write_record(out, result)
+        write_record(out, result.to_dict())
     return result
 
 
-def plot_accuracy_study(result: dict[str, Any] | str | Path, model: str = "resnet20", granularity: int = 1):
+def plot_accuracy_study(result: AccuracyStudy | dict[str, Any] | str | Path, model: str = "resnet20",
+                        granularity: int = 1):
     """F11: test accuracy vs compression ratio, one line per variant; params and FLOPs (% of the original)
-    on a second axis. ``result``: :func:`run_accuracy_study`'s dict or its JSON file. Returns the Figure."""
+    on a second axis. ``result``: :func:`run_accuracy_study`'s result, its JSON form or file. Returns the Figure."""
     import matplotlib.pyplot as plt
 
-    data: dict[str, Any] = result if isinstance(result, dict) else read_record(result)
+    data = result.to_dict() if isinstance(result, AccuracyStudy) else result if isinstance(result, dict) \
+        else read_record(result)
     rows = [r for r in data["rows"] if r["model"] == model and r["granularity"] == granularity]
     if not rows:
         raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")

@@ -183,9 +183,9 @@ def stage_branches(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     n, c, h, w = settings.bench_shape
     timing = TimingConfig(rounds=settings.rounds, warmup=1, repeats=2)
     out = {"resnet50": branch_sweep("resnet50", BranchConfig(branches=(1, 2, 4, 8)), batch=n, image_size=h,
-                                    timing=timing)}
+                                    timing=timing).to_dict()}
     if not settings.quick:
-        out["accuracy"] = accuracy_study(data=settings.data, progress=True)
+        out["accuracy"] = accuracy_study(data=settings.data, progress=True).to_dict()
     return out
 
 
@@ -211,7 +211,7 @@ def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any
     # ViT-tiny), every ratio, 1 epoch of fine-tuning
     models, ratios, epochs = (["resnet20"], (1.5, 2.0, 3.0), 0) if settings.quick else (None, RATIOS, 1)
     return run_accuracy_study(models, ratios, finetune_epochs=epochs, progress=False,
-                              command="lrdlab reproduce" + (" --quick" if settings.quick else ""))
+                              command="lrdlab reproduce" + (" --quick" if settings.quick else "")).to_dict()
 
 
 STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]]]] = [

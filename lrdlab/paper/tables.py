@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lrdlab.paper.reproduce import Settings
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -230,14 +229,6 @@ def render_freezing(report, res: dict[str, Any], out: Path) -> None:
                       "markers: the 2x rank.")
 
 
-def environment_block(settings: Settings) -> dict[str, Any]:
-    from lrdlab.measure.machine import machine_info
-
-    info = machine_info(settings.device)
-    info.update({k: v for k, v in asdict(settings).items() if k != "out"})
-    return info
-
-
 def render_accuracy(report, res: dict[str, Any]) -> None:
     """F11 and its table: accuracy after decomposition, beside params and FLOPs."""
     from lrdlab.paper.accuracy_study import plot_accuracy_study
@@ -269,10 +260,11 @@ def _render_recorded_transformers(report) -> None:
 
 def render(settings: Settings, results: dict[str, dict[str, Any]]):
     """Write report.md / report.html with every table and figure from the cached results."""
+    from lrdlab.measure.machine import machine_info
     from lrdlab.paper.report import Report
 
     report = Report(Path(settings.out), "lrdlab reproduction of P1/P2 on this machine")
-    env = environment_block(settings)
+    env = machine_info(settings.device)
     report.text(
         f"Device: **{env['device_name']}** ({env['device']}, {env['cpu_count']} cores, {env['torch_threads']} torch "
         f"threads, compute mode {env['compute_mode']}, OpenMP wait policy {env['omp_wait_policy']}), "

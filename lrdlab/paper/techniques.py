@@ -8,8 +8,8 @@
   a short fine-tune, on a small trained model.
 - :func:`bottleneck_net` — a small Bottleneck ResNet that trains on a CPU in seconds.
 
-Every function returns plain JSON-able dicts (``rows`` plus the machine and settings), written under
-``data/`` by ``python -m tools.record techniques`` (see ``--help``).
+The two studies return typed records (:class:`BranchSweep`, :class:`TechniqueAccuracy`) that show as tables in a
+notebook; their ``to_dict()`` is what ``python -m tools.record techniques`` writes under ``data/`` (see ``--help``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change, structure_row  # noqa: F401 - re-exported for notebook 06
+from lrdlab.measure.records import StudyRecord
 from lrdlab.measure.timing_config import TimingConfig, check_timing
 from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.zoo.cifar_models import bottleneck_net
@@ -56,27 +57,19 @@ def with_branches(plan: Plan, branches: int) -> Plan:
     return out
 
 
-def regular_freezing(model: nn.Module) -> nn.Module:
-    """``model`` (decomposed) with P1's regular freezing applied: only the SVD ``last`` / Tucker ``core`` train."""
-    from lrdlab.finetune.freezing import Freezer
-
-    Freezer(model, mode="regular")
-    return model
-
-
 def technique_models(model: nn.Module, plan: Plan, bn: str = DEFAULT_BN, also: Sequence[str] = ()
                      ) -> dict[str, nn.Module]:
     """P1 Table 2's models: ``original``, ``vanilla LRD``, ``layer freezing`` (regular) and ``layer merging``.
 
     ``layer merging`` uses merge option ``bn``; each option in ``also`` adds a ``layer merging (bn=…)`` row.
     """
+    from lrdlab.finetune.freezing import Freezer
+
     vanilla = decompose(model, plan)
-    out = {
-        "original": model,
-        "vanilla LRD": vanilla,
-        "layer freezing": regular_freezing(copy.deepcopy(vanilla)),
-        "layer merging": merge_bottlenecks(model, plan, bn=bn),
-    }
+    frozen = copy.deepcopy(vanilla)
+    Freezer(frozen, mode="regular")  # P1's regular freezing: only the SVD ``last`` / Tucker ``core`` train
+    out = {"original": model, "vanilla LRD": vanilla, "layer freezing": frozen,
+           "layer merging": merge_bottlenecks(model, plan, bn=bn)}
     out.update({f"layer merging (bn={b})": merge_bottlenecks(model, plan, bn=b) for b in also if b != bn})
     return out
 
@@ -143,6 +136,59 @@ class BranchConfig:
 
 DEFAULT_BRANCHES = BranchConfig()
 
+_BRANCH_COLUMNS = ("method", "branches", "params_pct", "flops_pct", "weight_rel_error", "acc_before", "acc_after",
+                   "infer_speedup_pct", "train_speedup_pct")
+
+
+@dataclass(frozen=True)
+class BranchSweep(StudyRecord):
+    """:func:`branch_sweep`'s result: one row per branch count (structure, weight error and, when timed, speed)."""
+
+    COLUMNS = _BRANCH_COLUMNS
+    model: str
+    input_shape: tuple[int, ...]
+    config: BranchConfig
+    machine: dict[str, Any]
+    speed: dict[str, Any] | None  # the timing settings; None: not timed
+    rows: list[dict[str, Any]]
+
+    def title(self) -> str:
+        return f"branched Tucker sweep on {self.model}, input {self.input_shape}: % change vs the original"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": f"branched Tucker sweep (F6) on {self.model}: same ranks, core as N groups; % change vs "
+                        "original", "model": self.model, "input_shape": list(self.input_shape),
+                **self.config.to_dict(), "flop_counter": FLOP_COUNTER, "machine": self.machine, "speed": self.speed,
+                "rows": self.rows}
+
+
+@dataclass(frozen=True)
+class TechniqueAccuracy(StudyRecord):
+    """:func:`accuracy_study`'s result: the base model's summary, the shared plan, the fine-tuning settings, a row
+    per layer-merging option (``merge_rows``) and per branch count (``branch_rows``, with speed)."""
+
+    COLUMNS = ("method", *_BRANCH_COLUMNS[2:4], "acc_before", "acc_after", "infer_speedup_pct")
+    base: dict[str, Any]
+    plan: dict[str, Any]
+    finetune: dict[str, Any]
+    calibration_batches: int
+    speed_input_shape: tuple[int, ...]
+    original_timing: dict[str, Any]
+    machine: dict[str, Any]
+    merge_rows: list[dict[str, Any]]
+    branch_rows: list[dict[str, Any]]
+
+    def row_list(self) -> list[dict[str, Any]]:
+        return self.merge_rows + self.branch_rows
+
+    def title(self) -> str:
+        return (f"accuracy (%) of each layer-merging option and branch count before / after a short fine-tune "
+                f"({self.base['data']})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": "accuracy (%) of each layer-merging option and branch count before / after a short "
+                        "fine-tune", **super().to_dict(), "speed_input_shape": list(self.speed_input_shape)}
+
 
 @torch.no_grad()
 def block_diagonal_error(module: nn.Conv2d, ranks: Sequence[int], branches: int, tucker: str = "hosvd") -> dict:
@@ -197,7 +243,7 @@ def _evaluate(model: nn.Module, loader) -> float:
     return evaluate(model, loader)["accuracy"]
 
 
-def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
+def _train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: int = 128, seed: int = 0,
                **net_kw: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """A :func:`bottleneck_net` trained on ``data`` (``lrdlab.get_loaders``); returns model, loaders, summary."""
     from lrdlab.finetune.fit_config import FitConfig
@@ -216,7 +262,7 @@ def train_base(data: str = "mnist5k", epochs: int = 4, lr: float = 0.05, batch: 
     return model, loaders, summary
 
 
-def finetuned(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
+def _finetuned(model: nn.Module, loaders, epochs: int, lr: float, seed: int) -> dict[str, Any]:
     """Accuracy before and after fine-tuning a copy of ``model`` for ``epochs`` (OneCycle SGD)."""
     from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.zoo.start import finetune
@@ -252,7 +298,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int = 2, ft_lr: float = 0.01,
                    seeds: Sequence[int] = (0, 1, 2), config: BranchConfig = DEFAULT_BRANCHES, calib_batches: int = 8,
                    timing: TimingConfig = ACCURACY_TIMING, progress: bool = True,
-                   net: dict[str, Any] | None = None) -> dict[str, Any]:
+                   net: dict[str, Any] | None = None) -> TechniqueAccuracy:
     """Layer-merging options and branch counts on a small Bottleneck net: accuracy before / after fine-tuning.
 
     One base model is trained for ``base_epochs``; the plan of ``config`` (:class:`BranchConfig`) is shared by
@@ -268,7 +314,7 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
         raise ValueError(f"config must be a BranchConfig, got {type(config).__name__}; e.g. BranchConfig(ratio=3)")
     timing = check_timing(timing, ACCURACY_TIMING)
     net = {"stem_stride": 2} if net is None and data == "mnist5k" else (net or {})
-    base, loaders, summary = train_base(data, base_epochs, **net)
+    base, loaders, summary = _train_base(data, base_epochs, **net)
     plan = config.plan(base, "bottleneck_net")
     calibration = [x for (x, _), _ in zip(loaders.train, range(calib_batches))]
     variants = {"original (fine-tuned as well)": base, **merge_variants(base, plan, calibration)}
@@ -281,7 +327,7 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
             rows[name].update({k: v for k, v in rows[vanilla].items() if k not in ("method",)})
             rows[name]["same_model_as"] = vanilla
             continue
-        rows[name].update(_summarise([finetuned(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
+        rows[name].update(_summarise([_finetuned(m, loaders, ft_epochs, ft_lr, s) for s in seeds]))
     shape = (loaders.train.batch_size, *loaders.input_size)
     timed = {"original": base, **{f"N={n}": m for n, m in bmodels.items()}}
     speed = speed_columns(timed, shape, timing)
@@ -290,19 +336,16 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
         row.update(speed[f"N={row['branches']}"])
         row["method"] = f"N={row['branches']}"
     tucker = {r.name: r.ranks for r in plan.layers if r.method and get_method(r.method) is TUCKER2}
-    return {
-        "what": "accuracy (%) of each layer-merging option and branch count before / after a short fine-tune",
-        "base": summary, "plan": {**config.to_dict(), "tucker_ranks": tucker},
-        "finetune": {"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd",
-                     "seeds": list(seeds)},
-        "calibration_batches": calib_batches, "speed_input_shape": list(shape), "original_timing": speed["original"],
-        "machine": machine_info("cpu"), "merge_rows": [rows[n] for n in variants if not n.startswith("branches")],
-        "branch_rows": brows,
-    }
+    return TechniqueAccuracy(
+        base=summary, plan={**config.to_dict(), "tucker_ranks": tucker},
+        finetune={"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd", "seeds": list(seeds)},
+        calibration_batches=calib_batches, speed_input_shape=tuple(shape), original_timing=speed["original"],
+        machine=machine_info("cpu"), merge_rows=[rows[n] for n in variants if not n.startswith("branches")],
+        branch_rows=brows)
 
 
 def branch_sweep(model_name: str = "resnet50", config: BranchConfig = DEFAULT_BRANCHES, batch: int = 8,
-                 image_size: int = 224, timing: TimingConfig | None = TECHNIQUE_TIMING) -> dict[str, Any]:
+                 image_size: int = 224, timing: TimingConfig | None = TECHNIQUE_TIMING) -> BranchSweep:
     """F6 on a registered model (random weights): params, FLOPs, weight error and speed for each branch count.
 
     All counts of ``config`` (:class:`BranchConfig`) use the same ranks, so only the core's grouping changes:
@@ -323,11 +366,7 @@ def branch_sweep(model_name: str = "resnet50", config: BranchConfig = DEFAULT_BR
         speed = speed_columns({"original": model, **{f"N={n}": m for n, m in models.items()}}, shape, timing)
         for row in rows:
             row.update(speed[f"N={row['branches']}"])
-    return {
-        "what": f"branched Tucker sweep (F6) on {model_name}: same ranks, core as N groups; % change vs original",
-        "model": model_name, "input_shape": list(shape), **config.to_dict(),
-        "flop_counter": FLOP_COUNTER, "machine": machine_info("cpu"),
-        "speed": {"harness": "lrdlab.compare", "rounds": timing.rounds, "warmup": timing.warmup,
-                  "repeats": timing.repeats} if timing is not None else None,
-        "rows": rows,
-    }
+    timed = {"harness": "lrdlab.compare", "rounds": timing.rounds, "warmup": timing.warmup,
+             "repeats": timing.repeats} if timing is not None else None
+    return BranchSweep(model=model_name, input_shape=shape, config=config, machine=machine_info("cpu"), speed=timed,
+                       rows=rows)

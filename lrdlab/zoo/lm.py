@@ -47,12 +47,6 @@ def gpt2_from_config(**config: Any) -> nn.Module:
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
 
 
-def bert_from_config(**config: Any) -> nn.Module:
-    """A ``BertModel`` with random weights from ``BertConfig(**config)``, in eval mode."""
-    transformers = require_transformers()
-    return transformers.BertModel(transformers.BertConfig(**config)).eval()
-
-
 def load_lm(info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """The model a shipped record describes (``info["llama_config"]``) with its (unpacked) weights, in eval mode."""
     model = llama_from_config(**info["llama_config"])

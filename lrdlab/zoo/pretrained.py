@@ -78,8 +78,8 @@ def kept_stem(arch: str) -> list[str]:
 
     The stem sees 3 input channels: its re-solved rank is not a position on its channel spectrum, and it
     holds few parameters (report F10). Families by name prefix: ``resnet*`` → ``conv1``, ``vit*`` →
-    ``conv_proj`` and the classifier ``heads.head`` (its 2x rank is 4 for 10 classes: the calibrated ViT-tiny at
-    2x scores 50% with it decomposed, 97.6% with it kept); other architectures keep nothing.
+    ``conv_proj`` and the classifier ``heads.head`` (its 2x rank is 4 for 10 classes); other architectures keep
+    nothing.
     """
     return next((list(stem) for family, stem in STEMS.items() if arch.startswith(family)), [])
 

@@ -140,14 +140,3 @@ def load_smollm2(*, cache: bool = True) -> LanguageModel:
     if cache:
         _write_cache(entry, model, tokenizer)
     return LanguageModel(model, tokenizer, NAME, "gguf")
-
-
-def smollm2_tokenizer() -> Any:
-    """The tokenizer of :func:`load_smollm2` (reads the cache entry when there is one)."""
-    entry = _entry(cache_dir())
-    if (entry / "tokenizer").is_dir():
-        _require("transformers")
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(entry / "tokenizer"))
-    return load_smollm2().tokenizer

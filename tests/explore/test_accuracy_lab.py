@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from lrdlab import decompose
 from lrdlab.explore import accuracy_lab
 from lrdlab.lowrank.plan import Ratio, make_plan
 
@@ -17,16 +18,15 @@ def _net():
                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
 
 
-def test_calibrated_decompose_leaves_the_original_untouched():
+def test_the_calibrated_decomposition_the_explorers_score_leaves_the_original_untouched():
     net = _net().eval()
     before = copy.deepcopy(net.state_dict())
     plan = make_plan(net, Ratio(2))
-    out = accuracy_lab.calibrated_decompose(net, plan, [torch.randn(4, 3, 6, 6)])
+    out = decompose(net, plan, calibration=[torch.randn(4, 3, 6, 6)])
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert out is not net and not out.training
     with pytest.raises(ValueError, match="calibration"):
-        accuracy_lab.calibrated_decompose(net, plan, [])
-
+        decompose(net, plan, calibration=[])
 
 @pytest.mark.slow
 def _network_ready(ex) -> None:

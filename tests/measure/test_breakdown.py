@@ -11,7 +11,7 @@ from torch import nn
 
 from lrdlab import Ratio, decompose, make_plan
 from lrdlab.cli import main
-from lrdlab.measure.breakdown import REST, WHOLE, amdahl_speedup, breakdown_text, needed_layer_speedup, time_breakdown
+from lrdlab.measure.breakdown import REST, WHOLE, breakdown_text, needed_layer_speedup, time_breakdown
 
 
 class FakeClock:
@@ -59,14 +59,10 @@ def two_part(layer_ms: float, width: int, fake: bool = False) -> nn.Module:
     return nn.Sequential(Sleep(4.0, fake), nn.Sequential(*inner, Sleep(layer_ms, fake))).eval()
 
 
-def test_amdahl_and_the_needed_layer_speedup_agree():
-    assert amdahl_speedup(0.5, 2.0) == pytest.approx(4 / 3)
-    assert amdahl_speedup(0.0, 5.0) == 1.0 and amdahl_speedup(1.0, 3.0) == pytest.approx(3.0)
+def test_the_needed_layer_speedup_inverts_amdahls_law():
     need = needed_layer_speedup(0.68, 1.0, 0.32, 1.6)  # the rest unchanged by the decomposition
-    assert amdahl_speedup(0.68, need) == pytest.approx(1.6)
+    assert 1 / (0.32 + 0.68 / need) == pytest.approx(1.6)  # Amdahl: the whole network's speed-up at that need
     assert math.isinf(needed_layer_speedup(0.5, 1.0, 0.7, 1.5))  # the rest alone is over the budget
-    with pytest.raises(ValueError):
-        amdahl_speedup(1.5, 2.0)
     with pytest.raises(ValueError):
         needed_layer_speedup(0.5, 1.0, 0.5, 0.0)
 

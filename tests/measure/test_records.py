@@ -66,3 +66,22 @@ def test_every_shipped_record_names_a_command_that_runs_today_and_its_machine():
             assert what in build_parser()._subparsers._group_actions[0].choices, f"{path.name}: {what}"
         assert "machine" in rec or "inputs" in rec or path.name == "branch_sweep.json", f"{path.name}: no machine"
     assert read_record("aa_check_cpu.json")["command"].startswith("python -m tools.record")  # by name
+
+
+def test_a_study_record_shows_its_columns_and_writes_its_fields(tmp_path):
+    from dataclasses import dataclass
+    from typing import Any
+
+    from lrdlab.measure.records import StudyRecord
+
+    @dataclass(frozen=True)
+    class Study(StudyRecord):
+        COLUMNS = ("name", "acc")
+        rows: list[dict[str, Any]]
+        machine: dict[str, Any]
+
+    study = Study(rows=[{"name": "a", "acc": 91.5, "hidden": 1}], machine={"cpu": "x"})
+    assert str(study).splitlines()[1].split() == ["name", "acc"] and "hidden" not in str(study)
+    assert "<table" in study._repr_html_() and list(study.table().columns) == ["name", "acc", "hidden"]
+    path = write_record(tmp_path / "s.json", {"study": study})  # nested records are written as their to_dict()
+    assert read_record(path) == {"study": {"rows": study.rows, "machine": {"cpu": "x"}}}

@@ -10,12 +10,14 @@ def test_accuracy_study_rows_on_the_shipped_resnet20():
     from lrdlab.paper.accuracy_study import run_accuracy_study
 
     result = run_accuracy_study(["resnet20"], [2.0], calibration_images=128, finetune_epochs=0, progress=False)
-    acc = {r["variant"]: r["accuracy"] for r in result["rows"]}
+    assert "data+bn" in str(result) and "<table" in result._repr_html_()
+    acc = {r["variant"]: r["accuracy"] for r in result.rows}
     assert set(acc) == {"original", "weights", "weights+bn", "data", "data+bn"}
     assert acc["data+bn"] > acc["weights+bn"] > acc["weights"]
-    row = result["rows"][1]
+    row = result.rows[1]
     assert row["params"] < row["params_original"] and row["flops"] < row["flops_original"]
-    assert result["settings"]["calibration_images"] == 128 and "cpu" in result["machine"]
+    assert result.settings["calibration_images"] == 128 and "cpu" in result.machine
+    assert result.to_dict()["rows"] == result.rows  # the recorded JSON form
 
 
 def test_f11_plot_from_the_recorded_study():
@@ -31,6 +33,13 @@ def test_f11_plot_from_the_recorded_study():
     assert len(ax.get_lines()) == 1 + 5 and len(twin.get_lines()) == 2
     with pytest.raises(ValueError, match="no rows"):
         plot_accuracy_study(path, "resnet56")
+    from lrdlab.measure.records import read_record
+    from lrdlab.paper.accuracy_study import AccuracyStudy
+
+    rec = read_record(path)
+    study = AccuracyStudy(rows=rec["rows"], settings=rec["settings"], machine=rec["machine"])
+    assert len(plot_accuracy_study(study, "resnet20").axes[0].get_lines()) == 1 + 5  # the record plots as its JSON
+    assert "resnet20" in str(study) and "data+bn" in str(study) and "seconds" in study._repr_html_()
 
 
 def test_report_renders_f11_per_model(tmp_path):

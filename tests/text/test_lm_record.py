@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lrdlab.paper.lm_study import SECTION_BEGIN, SECTION_END, lm_section
+from tools.lm_section import SECTION_BEGIN, SECTION_END, lm_section
 from tools.readme import current_block
 
 ROOT = Path(__file__).resolve().parents[2]

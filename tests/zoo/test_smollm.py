@@ -88,7 +88,6 @@ def test_first_load_writes_the_cache_and_the_second_reads_it(fake_gguf, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(b(ids).logits, a(ids).logits)
     assert second.tokenizer("a b c")["input_ids"] == first.tokenizer("a b c")["input_ids"]
-    assert smollm.smollm2_tokenizer()("c a")["input_ids"] == [3, 1]
 
 
 def test_cache_false_writes_nothing(fake_gguf, tmp_path):

@@ -2,7 +2,7 @@
 (``data/lm_perplexity_pydoc.json``: ``python -m tools.record lm-perplexity``), and prefill / decode speed of a
 ~100 M-parameter Llama config (random weights: speed needs no training), dense vs decomposed
 (``data/lm_decode_llama100m_cpu.json``: ``python -m tools.record lm-speed``); each file names its machine, threads,
-load and settings. docs/language_models.md renders them (:func:`lrdlab.paper.lm_study.lm_section`).
+load and settings. docs/language_models.md renders them (:func:`tools.lm_section.lm_section`).
 """
 
 from __future__ import annotations

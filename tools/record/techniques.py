@@ -94,9 +94,9 @@ def record_techniques(what: str, out: str | Path, *, model: str = "resnet50", ba
         result = techniques_table(model, batch, image_size, bn=bn, rounds=rounds)
     elif what == "branch":
         result = branch_sweep(model, batch=batch, image_size=image_size,
-                              timing=TimingConfig(rounds=rounds, warmup=1, repeats=2))
+                              timing=TimingConfig(rounds=rounds, warmup=1, repeats=2)).to_dict()
     elif what == "accuracy":
-        result = accuracy_study(data, base_epochs=base_epochs, ft_epochs=ft_epochs, seeds=list(seeds))
+        result = accuracy_study(data, base_epochs=base_epochs, ft_epochs=ft_epochs, seeds=list(seeds)).to_dict()
     elif what == "combine":
         if len(inputs) != 2:
             raise ValueError("record techniques combine needs --inputs BRANCH_JSON ACCURACY_JSON")

@@ -12,7 +12,7 @@ from typing import Any
 from lrdlab.measure.decode_search import choices_text
 from lrdlab.measure.records import read_record
 
-SECTION_BEGIN = "<!-- lm-section: generated from data/ by lrdlab.paper.lm_study -->"
+SECTION_BEGIN = "<!-- lm-section: generated from data/ by tools/lm_section.py -->"
 SECTION_END = "<!-- /lm-section -->"
 
 
