@@ -98,27 +98,33 @@ class NetworkLab:
         """The most interleaved rounds :meth:`speed` can take (it adds rounds while an interval is wide)."""
         return compare.effective_limits(self.timing())[0]
 
-    def use_accuracy(self, pretrained: str) -> AccuracyLab:
-        """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""
+    def accuracy_lab(self, pretrained: str) -> AccuracyLab:
+        """The accuracy lab of a shipped model (made once per model), leaving :attr:`accuracy` as it is."""
         if self.accuracy is not None:
             self._accuracy_labs.setdefault(self.accuracy.name, self.accuracy)
         if pretrained not in self._accuracy_labs:
             self._accuracy_labs[pretrained] = AccuracyLab(pretrained)
-        self.accuracy = self._accuracy_labs[pretrained]
+        return self._accuracy_labs[pretrained]
+
+    def use_accuracy(self, pretrained: str) -> AccuracyLab:
+        """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""
+        self.accuracy = self.accuracy_lab(pretrained)
         return self.accuracy
 
-    def accuracy_of(self, plan: Plan) -> dict[str, Any] | None:
-        """Calibrated test accuracy after decomposition (trained models only), with the original's."""
-        if self.accuracy is None:
+    def accuracy_of(self, plan: Plan, lab: AccuracyLab | None = None) -> dict[str, Any] | None:
+        """Calibrated test accuracy after decomposition (trained models only), with the original's; ``lab``:
+        the model's accuracy lab (default: the current :attr:`accuracy`)."""
+        lab = lab or self.accuracy
+        if lab is None:
             return None
-        original = self.accuracy.original()
-        acc = self.accuracy.accuracy(plan)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.accuracy.model.modules())
+        original = lab.original()
+        acc = lab.accuracy(plan)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in lab.model.modules())
         label = CALIBRATION if has_bn else "data-aware (no BatchNorm to re-estimate)"
         return {"accuracy": acc, "original": original, "calibration": label,
-                "calibration_images": sum(len(x) for x in self.accuracy.calibration),
-                "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds,
-                "source": self.accuracy.source(plan), "original_source": self.accuracy.source()}
+                "calibration_images": sum(len(x) for x in lab.calibration),
+                "test_images": len(lab.test_y), "seconds": lab.last_seconds,
+                "source": lab.source(plan), "original_source": lab.source()}
 
 
 def speed_text(s: dict[str, Any]) -> str:

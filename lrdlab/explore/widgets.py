@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+from lrdlab.explore.background import Foreground, pausing_modules
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import RankFigure
 from lrdlab.explore.freezing_widget import FreezingExplorer
@@ -24,6 +25,7 @@ from lrdlab.explore.rank_lab import (
 from lrdlab.zoo import models
 
 __all__ = ["FreezingExplorer", "RankExplorer", "rank_explorer"]
+_STALE = ("stale",)  # a network key no setting has: the readout is recomputed
 
 
 class RankExplorer:
@@ -105,7 +107,8 @@ class RankExplorer:
         self._net_thread: threading.Thread | None = None  # computes the network readout after a move
         self._net_again = False
         self._busy = threading.RLock()  # an update, or one prerendered layer: never both (one figure, global rc)
-        self._foreground = threading.Event()  # set while an update waits or runs: the prerender stops
+        self.gate = Foreground()  # a move runs alone: background threads wait at their next step meanwhile
+        self._background_work = threading.Lock()  # one background job at a time (timing, scoring)
         self._generation = 0
         self.prerender = self.PRERENDER if prerender is None else prerender
         self.prerender_thread: threading.Thread | None = None
@@ -138,6 +141,11 @@ class RankExplorer:
     def _progress(self, done: int, total: int) -> None:
         self.progress.max, self.progress.value = total, done
 
+    def _yielding_progress(self, done: int, total: int) -> None:
+        """:meth:`_progress` of a background timing, which waits for a move between its rounds."""
+        self._progress(done, total)
+        self.gate.pause()
+
     def measure_network(self) -> None:
         """Time the whole network here (the button): the button is disabled and a bar counts the interleaved
         rounds while it runs, the status says what is measured, and the readouts redraw when it ends."""
@@ -158,69 +166,88 @@ class RankExplorer:
                              f"batch {net.batch}, interleaved, up to {most} rounds — this can take minutes on a "
                              "large model …")
 
-    def _network_lab(self) -> NetworkLab:
+    def _network_lab(self, name: str) -> NetworkLab:
+        """The network lab, its current accuracy lab that of ``name`` when trained (what notebooks read)."""
         if self.net_lab is None:
             self.net_lab = NetworkLab(batch=self.lab.batch)
-        spec = lab_model(self.model.value)
+        spec = lab_model(name)
         if spec.pretrained is not None:
             self.net_lab.use_accuracy(spec.pretrained)
         return self.net_lab
 
-    def network_state(self, measure: bool) -> dict[str, Any]:
-        """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g."""
-        name = self.model.value
+    def network_state(self, measure: bool, key: tuple | None = None) -> dict[str, Any]:
+        """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g, of
+        ``key`` = (model, α, g, rounding) (default: the controls now). ``"missing"``: the plans whose accuracy is
+        still to be scored (at once when ``background`` is False, else by :meth:`_show_network`'s job)."""
+        name, ratio, granularity, rounding = key or self._network_key_now()
         model, spec = load(name), lab_model(name)
         size = models.input_size(spec.arch)
-        net = self._network_lab()
-        plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),
-                 f"rounded (g={self.granularity.value}, {self.rounding.value})":
-                     network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
-        grid = net.accuracy if spec.trained and net.accuracy is not None else None  # the grid's counts are instant
-        counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
-                  for label, plan in plans.items()}
+        net = self._network_lab(name)
+        plans = {"unrounded (g=1)": network_plan(model, ratio, 1, exclude=spec.stem),
+                 f"rounded (g={granularity}, {rounding})":
+                     network_plan(model, ratio, granularity, rounding, spec.stem)}
+        accuracy = net.accuracy_lab(spec.pretrained) if spec.pretrained is not None else None
+        counts = {label: (accuracy and accuracy.structure(plan)) or net.counts(name, model, plan, size)
+                  for label, plan in plans.items()}  # the shipped grid's counts are instant
         if measure and not net.has_speed(name, plans):
             self._network_progress(net)
         speed = net.speed(name, model, plans, size, measure=measure,
                           on_round=lambda done: setattr(self.progress, "value", done))
         acc: dict[str, Any] = {label: None for label in plans}
-        self._missing = []
-        if spec.trained and net.accuracy is not None:
-            missing = [p for p in plans.values() if not net.accuracy.known(p)]
-            self._missing = [(net.accuracy, p) for p in missing]
-            if missing and self.background:
-                self._score_in_background(missing)
-            elif missing:
-                net.accuracy.prefetch(missing)  # both plans at once, one per core
-            acc = {label: net.accuracy_of(plan) if net.accuracy.known(plan) else {"pending": True}
+        missing: list = []
+        if accuracy is not None:
+            missing = [(accuracy, p) for p in plans.values() if not accuracy.known(p)]
+            if missing and not self.background:
+                accuracy.prefetch([p for _, p in missing])  # both plans at once, one per core
+                missing = []
+            acc = {label: net.accuracy_of(plan, accuracy) if accuracy.known(plan) else {"pending": True}
                    for label, plan in plans.items()}
-        return {"counts": counts, "speed": speed, "accuracy": acc}
+        return {"counts": counts, "speed": speed, "accuracy": acc, "missing": missing, "key": (name, ratio,
+                                                                                                granularity, rounding)}
 
-    def _score_in_background(self, plans: list) -> None:
-        """Score ``plans`` (the current setting's :attr:`_missing`) in a background thread, one job at a time, the
-        progress bar counting them; then redraw the network readout of the controls' current setting and score
-        that setting too if the controls moved meanwhile."""
+    def _show_network(self, network: dict[str, Any]) -> bool:
+        """Show a :meth:`network_state` if it is of the controls' setting now (else drop it: a later one comes),
+        and score what it lacks in the background. One writer of :attr:`network` and the network readout."""
+        key = network["key"]
+        with self._lock:
+            if key != self._network_key_now():
+                return False
+            self.network, self._network_key = network, key
+            self._missing = list(network["missing"])
+            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
+                                                  model_label(key[0]))
+        if network["missing"]:
+            self._score_in_background()
+        return True
+
+    def _score_in_background(self) -> None:
+        """Score the shown setting's :attr:`_missing` plans in a background thread (one job at a time, the progress
+        bar counting them, each plan yielding to every move); then redraw the network readout, and score the
+        setting shown then if the controls moved meanwhile."""
         with self._lock:
             if self._job is not None:
-                return  # the running job redraws when it ends, and scores the current setting then
-            self.scoring.max, self.scoring.value = len(plans), 0
-            self.scoring.description = f"scoring {len(plans)} plan{'s' if len(plans) > 1 else ''} here"
+                return  # the running job scores the current setting's plans when it ends the one in hand
+            self.scoring.max, self.scoring.value = len(self._missing), 0
+            self.scoring.description = (f"scoring {len(self._missing)} plan{'s' if len(self._missing) > 1 else ''} "
+                                        "here")
             self.scoring.layout.visibility = "visible"
             self._job = threading.Thread(target=self._run_job, daemon=True, name="lrdlab-accuracy")
             self._job.start()
 
     def _run_job(self) -> None:
-        def step(done: int, total: int) -> None:
-            self.scoring.max, self.scoring.value = total, done
-
         try:
             while True:
                 with self._lock:  # the controls may have moved to another unscored setting meanwhile
-                    todo = list(self._missing)
+                    todo = [(lab, p) for lab, p in self._missing if not lab.known(p)]
                     if not todo:
                         self._end_job()
                         return
-                lab = todo[0][0]
-                lab.prefetch([p for owner, p in todo if owner is lab], on_done=step)
+                    self.scoring.max, self.scoring.value = len(todo), 0
+                for done, (lab, plan) in enumerate(todo, 1):
+                    self.gate.pause()
+                    with self._background_work, pausing_modules(self.gate):
+                        lab.accuracy(plan)  # one thread; every module forward waits while a move runs
+                    self.scoring.value = done
                 self._redraw_network()
         except BaseException:
             with self._lock:
@@ -232,18 +259,22 @@ class RankExplorer:
         self._job = None
 
     def _redraw_network(self) -> None:
-        """The network readout of the current controls (after a background job)."""
-        self.network = self.network_state(measure=False)
-        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                              self.network["accuracy"], model_label(self.model.value))
+        """Recompute and show the network readout of the current controls (after scoring), in the worker."""
+        with self._lock:
+            self._network_key = _STALE
+        self._network_in_background()
 
     def _network_key_now(self) -> tuple:
         return (self.model.value, self.ratio.value, self.granularity.value, self.rounding.value)
 
     def _network_in_background(self) -> None:
         """Compute the network readout of the current controls in a worker thread (one at a time; it redoes the
-        work while the controls keep moving) and draw it when it is the controls' setting."""
+        work while the controls keep moving) and show it when it is the controls' setting. Says so meanwhile."""
         with self._lock:
+            key = self._network_key_now()
+            if self._network_key != key:
+                self.net_readout.value = (f"<i>whole network · {model_label(key[0])} at α={key[1]:g}, g={key[2]} "
+                                          f"({key[3]}): counting in the background …</i>")
             if self._net_thread is not None:
                 self._net_again = True
                 return
@@ -254,16 +285,14 @@ class RankExplorer:
     def _run_network(self) -> None:
         try:
             while True:
-                key = self._network_key_now()
+                self.gate.pause()  # after the move is drawn
                 network = self.network_state(measure=bool(self._measure_network))
                 with self._lock:
-                    if key == self._network_key_now() and not self._net_again:
-                        self.network, self._network_key = network, key
+                    again, self._net_again = self._net_again, False
+                    if not again and network["key"] == self._network_key_now():
                         self._net_thread = None
                         break
-                    self._net_again = False
-            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
-                                                  model_label(key[0]))
+            self._show_network(network)
         except BaseException:
             with self._lock:
                 self._net_thread = None
@@ -273,23 +302,21 @@ class RankExplorer:
         """Wait for the network readout and the background scoring (and the one it starts for a setting that
         moved meanwhile) to end."""
         deadline = time.perf_counter() + timeout
-        while (net := self._net_thread) is not None and time.perf_counter() < deadline:
-            net.join(max(0.0, deadline - time.perf_counter()))
-        while (job := self._job) is not None and time.perf_counter() < deadline:
-            job.join(max(0.0, deadline - time.perf_counter()))
+        while time.perf_counter() < deadline:
+            threads = [t for t in (self._net_thread, self._job) if t is not None]
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.perf_counter()))
 
     def update(self, measure_network: bool = False) -> None:
         """Recompute everything for the current controls and redraw (measuring first if asked and needed); then
         prepare the settings one move away in the background (:meth:`_one_move_away`)."""
         start = time.perf_counter()
-        self._foreground.set()
-        try:
-            with self._busy:
-                self._update(start, measure_network)
-        finally:
-            self._foreground.clear()
+        self._generation += 1  # a running prerender stops at its next step
+        with self.gate.move(), self._busy:  # background work waits meanwhile, and while the browser draws
+            self._update(start, measure_network)
         if self.prerender:
-            self._generation += 1
             self.prerender_thread = threading.Thread(target=self._prerender, args=(self._generation,), daemon=True,
                                                      name="lrdlab-rank-prerender")
             self.prerender_thread.start()
@@ -322,8 +349,10 @@ class RankExplorer:
                     if values is None:
                         self._measurer = None
                         return
+                self.gate.pause()
                 self.progress.layout.visibility = "visible"
-                self.lab.ensure_times(self.lab.state(*values), self._progress)
+                with self._background_work:  # never timed while a plan is scored, nor while a move runs
+                    self.lab.ensure_times(self.lab.state(*values), self._yielding_progress)
                 with self._memo_lock:
                     self._states.clear()  # states carry the cached times: the new ones are read anew
                 self.progress.layout.visibility = "hidden"
@@ -387,10 +416,12 @@ class RankExplorer:
         model = self.model.value
         cpu = self.lab.cache.reference_machine.get("cpu")
         for layer, ratio, g, rounding in self._one_move_away():
-            if generation != self._generation or self._foreground.is_set():
+            self.gate.pause()
+            if generation != self._generation:
                 return
             state = self._state((model, layer, ratio, g, rounding))
-            if generation != self._generation or self._foreground.is_set():
+            self.gate.pause()
+            if generation != self._generation:
                 return
             self._figure.background(self.lab, state, cpu)
 
@@ -408,13 +439,11 @@ class RankExplorer:
         elif measuring:
             self._measure_in_background(values)
         network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
-        network_pending = False
         if measure_network or not self.background or self._network_key is None:  # the first one: at once
-            self.network = self.network_state(measure=measure_network or bool(self._measure_network))
-            self._network_key = network_key
-        elif network_key != self._network_key:  # the whole network's counts: a worker thread, never this move
-            network_pending = True
-            self._network_in_background()
+            self._show_network(self.network_state(measure=measure_network or bool(self._measure_network),
+                                                  key=network_key))
+        elif network_key != self._network_key or self._net_thread is not None:
+            self._network_in_background()  # the whole network's counts: a worker thread, never this move
         self.progress.layout.visibility = "hidden"
         if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
                       self.rounding.value):
@@ -422,12 +451,6 @@ class RankExplorer:
         cpu = self.lab.cache.reference_machine.get("cpu")
         self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
         self.readout.value = readout_text(state, cpu)
-        if network_pending:
-            self.net_readout.value = (f"<i>whole network at α={values[2]:g}, g={values[3]} ({values[4]}): "
-                                      "counting in the background …</i>")
-        else:
-            self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                                  self.network["accuracy"], model_label(values[0]))
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
         pending = f"measuring {values[1]} here in the background ({conditions()}) … · " if measuring else ""

@@ -233,3 +233,35 @@ def test_accuracy_cell_names_the_binomial_interval_and_within_noise():
     assert "within noise of the original" in accuracy_cell({**base, "accuracy": 96.7})  # "beats" it by 0.7 points
     assert "within noise" not in accuracy_cell({**base, "accuracy": 83.3})
     assert "±2.2" in accuracy_cell({**base, "accuracy": 96.0})
+
+
+def test_network_readout_follows_a_model_switch_made_while_the_old_one_is_computed(lab):
+    """The regression of the browser test: a redraw of the previous model's network (after scoring) that ends after
+    the switch must not show the previous model's numbers under the new model's name."""
+    import threading
+
+    from lrdlab.measure.counting import count_params
+
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False)
+    entered, release = threading.Event(), threading.Event()
+    real = ex.network_state
+
+    def slow_for_resnet18(measure, key=None):
+        key = key or ex._network_key_now()
+        if key[0] == "resnet18":
+            entered.set()
+            release.wait(60)
+        return real(measure, key)
+
+    ex.network_state = slow_for_resnet18
+    redraw = threading.Thread(target=ex._redraw_network)  # what the scoring job does when its plans are scored
+    redraw.start()
+    assert entered.wait(60)
+    ex.model.value = "resnet34"  # the switch, while resnet18's readout is being computed
+    release.set()
+    redraw.join(60)
+    ex.wait()
+    params = count_params(rank_lab._model("resnet34")) / 1e6
+    assert ex.network["key"][0] == "resnet34" and ex.state["model"] == "resnet34"
+    assert f"original: {params:.3g}M params" in ex.net_readout.value and "resnet34" in ex.net_readout.value
+    assert "accuracy means nothing" in ex.net_readout.value
