@@ -66,7 +66,17 @@ class LabModel:
 
 
 def trained_models() -> dict[str, LabModel]:
-    """The shipped trained models, by key (read from the weights folder on every call)."""
+    """The shipped trained models, by key (read anew whenever the weights folder changes)."""
+    folder = pretrained.WEIGHTS_DIR
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+    return dict(_trained_models(str(folder), stamp))
+
+
+@lru_cache(maxsize=8)
+def _trained_models(_folder: str, _stamp: int) -> dict[str, LabModel]:
     out = {}
     for name in pretrained.available():
         info = pretrained.pretrained_info(name)

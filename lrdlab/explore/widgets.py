@@ -378,7 +378,7 @@ class RankExplorer:
         return (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
 
     def _png_for(self, state: dict[str, Any]) -> bytes:
-        """The figure of a state, drawn once per setting and the layer's times (memoised; call holding ``_busy``)."""
+        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread)."""
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
@@ -409,21 +409,30 @@ class RankExplorer:
         return near + [(name, ratio, g, rounding) for _, name in nearest]
 
     def _prerender(self, generation: int) -> None:
-        """Prepare the settings one move away (their states, and the backgrounds of the nearest layers), until an
-        update. Never measures (a timing here would compete with the foreground) and never holds the update's
-        lock: a move waits at most for the one background being drawn."""
+        """Prepare what a next move shows, until an update: the figures of the settings one slider or button move
+        away (such a move only looks its image up), the backgrounds of the nearest layers, then the states of
+        every other α, g and rounding of this layer. Never measures (a timing here would compete with the
+        foreground), never holds the update's lock, and waits at :attr:`gate` before each step: a move waits at
+        most for the one step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
-        model = self.model.value
+        model, layer = self.model.value, self.layer.value
         cpu = self.lab.cache.reference_machine.get("cpu")
-        for layer, ratio, g, rounding in self._one_move_away():
+        near = self._one_move_away()
+        rest = [(layer, r, g, mode) for r in RATIOS for g in GRANULARITIES for mode in ROUNDINGS]
+        for i, (name, ratio, g, rounding) in enumerate(near + rest):
             self.gate.pause()
             if generation != self._generation:
                 return
-            state = self._state((model, layer, ratio, g, rounding))
+            state = self._state((model, name, ratio, g, rounding))
+            if i >= len(near):
+                continue
             self.gate.pause()
             if generation != self._generation:
                 return
-            self._figure.background(self.lab, state, cpu)
+            if name == layer:
+                self._png_for(state)
+            else:
+                self._figure.background(self.lab, state, cpu)
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()

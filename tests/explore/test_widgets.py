@@ -143,7 +143,7 @@ def _pixels(png: bytes):
     import numpy as np
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(png)))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
@@ -154,9 +154,11 @@ def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
               lab.state("resnet18", "layer1.0.conv1", 2.0, 32, "up")]  # Tucker-2 (two spectra), SVD with a time
     reused = RankFigure(dpi=72)
     for state in states + states[:1]:  # each drawn over the previous one's axes
-        new = _pixels(plots.to_png(rank_figure(lab, state), dpi=72))
-        again = _pixels(reused.png(lab, state))
+        new = _pixels(plots.to_png(rank_figure(lab, state), dpi=72))[..., :3]
+        again = reused.pixels(lab, state)
         assert new.shape == again.shape and (new == again).all(), state["layer"]
+        sent = _pixels(reused.png(lab, state)).astype(int)  # 256 colours: every pixel within a few levels
+        assert sent.shape == new.shape and abs(sent - new).max() <= 24 and abs(sent - new).mean() < 3
     assert len(reused.fig.axes) == 3
     assert reused.full_draws == 3  # one background per layer: the revisit only blits its markers and title
     reused.png(lab, lab.state("resnet18", "layer2.0.conv2", 3.0, 16))  # another setting of a drawn layer
