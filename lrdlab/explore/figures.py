@@ -180,6 +180,7 @@ class RankFigure:
         self._backgrounds: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
         self._draw_lock, self._blit_lock = threading.Lock(), threading.Lock()
         self._limits: list[Any] | None = None  # the axes' limits the front figure has now
+        self._latest: dict[tuple, tuple] = {}  # (model, layer, input shape) → the key of its newest background
         self.full_draws = 0  # how many backgrounds were drawn (tests read it)
 
     @staticmethod
@@ -190,10 +191,16 @@ class RankFigure:
         return (state["model"], state["layer"], tuple(state["input_shape"]), len(times), total,
                 tuple(sorted(set(times["source"]))) if len(times) else ())
 
-    def background(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> tuple:
+    def background(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None,
+                   stale_ok: bool = False) -> tuple:
         """Draw the layer's background (what no move within the layer changes), unless kept already; returns
-        its pixels, the axes' limits and the spectra's colours."""
+        its pixels, the axes' limits and the spectra's colours. ``stale_ok``: the layer's latest background will do
+        when its times changed since (a background thread draws the new one; :meth:`stale` says when)."""
         key = self.background_key(lab, state)
+        if stale_ok:
+            hit = self._backgrounds.get(key) or self._backgrounds.get(self._latest.get(key[:3], ()))
+            if hit is not None:
+                return hit
         with self._draw_lock:
             if key in self._backgrounds:
                 return self._backgrounds[key]
@@ -207,12 +214,20 @@ class RankFigure:
             if len(self._backgrounds) >= self.BACKGROUNDS:
                 self._backgrounds.pop(next(iter(self._backgrounds)))
             self._backgrounds[key] = (self._back_canvas.copy_from_bbox(self._back.bbox), limits, colours)
+            self._latest[key[:3]] = key
             self.full_draws += 1
             return self._backgrounds[key]
 
-    def pixels(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> np.ndarray:
-        """RGB pixels of :func:`rank_figure` of ``state`` at :attr:`dpi` (the background drawn first if new)."""
-        region, limits, colours = self.background(lab, state, reference_cpu)
+    def stale(self, lab: Any, state: dict[str, Any]) -> bool:
+        """Whether :meth:`background` with ``stale_ok`` would give the layer's background of older times."""
+        key = self.background_key(lab, state)
+        return key not in self._backgrounds and self._latest.get(key[:3], ()) in self._backgrounds
+
+    def pixels(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None,
+               stale_ok: bool = False) -> np.ndarray:
+        """RGB pixels of :func:`rank_figure` of ``state`` at :attr:`dpi` (the background drawn first if new;
+        ``stale_ok``: see :meth:`background`)."""
+        region, limits, colours = self.background(lab, state, reference_cpu, stale_ok)
         with self._blit_lock:
             if limits is not self._limits:  # a move within the layer keeps its limits: no axis to set anew
                 for ax, (xlim, ylim) in zip(self.axes, limits):
@@ -229,14 +244,14 @@ class RankFigure:
             self._title.draw(renderer)
             return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
 
-    def png(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None) -> bytes:
+    def png(self, lab: Any, state: dict[str, Any], reference_cpu: str | None = None, stale_ok: bool = False) -> bytes:
         """PNG bytes of :meth:`pixels`: 256 colours (a line figure's; each pixel within a few levels of the drawn
         one) with fast compression, which encodes about twice as fast as RGBA."""
         import io
 
         from PIL import Image
 
-        image = Image.fromarray(self.pixels(lab, state, reference_cpu)).quantize(256,
+        image = Image.fromarray(self.pixels(lab, state, reference_cpu, stale_ok)).quantize(256,
                                                                                   method=Image.Quantize.FASTOCTREE)
         buf = io.BytesIO()
         image.save(buf, format="png", compress_level=1)

@@ -10,7 +10,7 @@ from lrdlab.explore.background import Foreground, pausing_modules
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import RankFigure
 from lrdlab.explore.freezing_widget import FreezingExplorer
-from lrdlab.explore.lab_models import default_keys, lab_model, load
+from lrdlab.explore.lab_models import default_keys, is_loaded, lab_model, load
 from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
 from lrdlab.explore.rank_lab import (
     DEFAULT_LAYER,
@@ -22,10 +22,11 @@ from lrdlab.explore.rank_lab import (
     model_label,
     readout_text,
 )
-from lrdlab.zoo import models
 
 __all__ = ["FreezingExplorer", "RankExplorer", "rank_explorer"]
 _STALE = ("stale",)  # a network key no setting has: the readout is recomputed
+LM_QUALITY = ("perplexity, not accuracy: notebook 09 measures it live and shows the recorded table "
+              "(data/lm_quality_smollm2.json)")
 
 
 class RankExplorer:
@@ -49,7 +50,7 @@ class RankExplorer:
 
     PRERENDER = True
     PRERENDER_DELAY_S = 0.3
-    PRERENDER_LAYERS = 12  # the nearest layers in the dropdown: a bounded background cost per setting
+    PRERENDER_LAYERS = 24  # the nearest layers in the dropdown (all of ResNet-20): a bounded background cost
     PNG_MEMO = 512  # figures kept (≈ 40 kB each), oldest dropped first
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
@@ -117,6 +118,8 @@ class RankExplorer:
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
                               W.HBox([self.rounding]), W.HBox([self.auto_measure, self.measure_net, self.progress]),
                               self.scoring, self.status, self.image, self.readout, self.net_readout])
+        self._shown_model = model  # the model whose layers the layer list holds (the dropdown's, once loaded)
+        self._loader: threading.Thread | None = None
         self.model.observe(self._on_model, names="value")
         self._quiet = False
         for control in (self.layer, self.ratio, self.granularity, self.rounding):
@@ -129,11 +132,33 @@ class RankExplorer:
         return next((n for n in (DEFAULT_LAYER, "layer4.1.conv2") if n in options), options[len(options) // 2])
 
     def _on_model(self, change) -> None:
-        options = self.lab.layer_names(change["new"])
-        self._quiet = True  # one update for the new model, not one per intermediate layer value
+        name = change["new"]
+        if not is_loaded(name) and lab_model(name).kind == "lm" and self.background:
+            # a language model's first load takes seconds: in a thread, the controls showing the previous model
+            # meanwhile (and working); the switch happens when it is loaded, if the dropdown still names it
+            self.status.value = (f"loading {model_label(name)} (first use: its weights are read once, seconds to a "
+                                 "minute on a busy machine) — the explorer keeps answering for "
+                                 f"{model_label(self._shown_model)} meanwhile …")
+            self._loader = threading.Thread(target=self._load_then_switch, args=(name,), daemon=True,
+                                            name="lrdlab-load-model")
+            self._loader.start()
+            return
+        self._switch_model(name)
+
+    def _load_then_switch(self, name: str) -> None:
+        self.lab.layer_names(name)  # loads it
+        if self.model.value == name:
+            self._switch_model(name)
+
+    def _switch_model(self, name: str) -> None:
+        """Show ``name``'s layers and redraw (once, not once per intermediate layer value)."""
+        options = self.lab.layer_names(name)
+        self._quiet = True
         try:
-            self.layer.options = options
-            self.layer.value = self._default_layer(options)
+            with self._busy:  # no move draws a mix of the two models
+                self._shown_model = name
+                self.layer.options = options
+                self.layer.value = self._default_layer(options)
         finally:
             self._quiet = False
         self.update()
@@ -171,7 +196,7 @@ class RankExplorer:
         if self.net_lab is None:
             self.net_lab = NetworkLab(batch=self.lab.batch)
         spec = lab_model(name)
-        if spec.pretrained is not None:
+        if spec.scored and spec.pretrained is not None:
             self.net_lab.use_accuracy(spec.pretrained)
         return self.net_lab
 
@@ -181,19 +206,23 @@ class RankExplorer:
         still to be scored (at once when ``background`` is False, else by :meth:`_show_network`'s job)."""
         name, ratio, granularity, rounding = key or self._network_key_now()
         model, spec = load(name), lab_model(name)
-        size = models.input_size(spec.arch)
+        size, lm = spec.input_size, spec.kind == "lm"
         net = self._network_lab(name)
         plans = {"unrounded (g=1)": network_plan(model, ratio, 1, exclude=spec.stem),
                  f"rounded (g={granularity}, {rounding})":
                      network_plan(model, ratio, granularity, rounding, spec.stem)}
-        accuracy = net.accuracy_lab(spec.pretrained) if spec.pretrained is not None else None
-        counts = {label: (accuracy and accuracy.structure(plan)) or net.counts(name, model, plan, size)
+        accuracy = net.accuracy_lab(spec.pretrained) if spec.scored and spec.pretrained is not None else None
+        counts = {label: (accuracy and accuracy.structure(plan)) or net.counts(name, model, plan, size,
+                                                                               spec.input_dtype)
                   for label, plan in plans.items()}  # the shipped grid's counts are instant
+        if lm:  # per sequence of tokens; its speed and quality are notebook 09's (decode, perplexity)
+            counts = {label: {**c, "per": f"{size[0]}-token sequence"} for label, c in counts.items()}
+        measure = measure and not lm
         if measure and not net.has_speed(name, plans):
             self._network_progress(net)
         speed = net.speed(name, model, plans, size, measure=measure,
                           on_round=lambda done: setattr(self.progress, "value", done))
-        acc: dict[str, Any] = {label: None for label in plans}
+        acc: dict[str, Any] = {label: {"text": LM_QUALITY} if lm else None for label in plans}
         missing: list = []
         if accuracy is not None:
             missing = [(accuracy, p) for p in plans.values() if not accuracy.known(p)]
@@ -265,7 +294,7 @@ class RankExplorer:
         self._network_in_background()
 
     def _network_key_now(self) -> tuple:
-        return (self.model.value, self.ratio.value, self.granularity.value, self.rounding.value)
+        return (self._shown_model, self.ratio.value, self.granularity.value, self.rounding.value)
 
     def _network_in_background(self) -> None:
         """Compute the network readout of the current controls in a worker thread (one at a time; it redoes the
@@ -302,6 +331,8 @@ class RankExplorer:
         """Wait for the network readout and the background scoring (and the one it starts for a setting that
         moved meanwhile) to end."""
         deadline = time.perf_counter() + timeout
+        if self._loader is not None:
+            self._loader.join(timeout)
         while time.perf_counter() < deadline:
             threads = [t for t in (self._net_thread, self._job) if t is not None]
             if not threads:
@@ -356,6 +387,9 @@ class RankExplorer:
                 with self._memo_lock:
                     self._states.clear()  # states carry the cached times: the new ones are read anew
                 self.progress.layout.visibility = "hidden"
+                if values == self._values():  # the layer's new background first, outside the update's lock
+                    self.gate.pause()
+                    self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
                 if values == self._values():
                     self.update()
         except BaseException:
@@ -375,21 +409,37 @@ class RankExplorer:
         return state
 
     def _values(self) -> tuple:
-        return (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
+        return (self._shown_model, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
 
-    def _png_for(self, state: dict[str, Any]) -> bytes:
-        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread)."""
+    def _png_for(self, state: dict[str, Any], stale_ok: bool = False) -> bytes:
+        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread).
+
+        ``stale_ok`` (a move): when the layer's times changed since its background was drawn, draw on the old
+        background at once and let a background thread draw the new one and redraw (never memoised stale)."""
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
         png = self._png.get(key)
         if png is None:
-            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
+            stale = stale_ok and self._figure.stale(self.lab, state)
+            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"), stale_ok)
+            if stale:  # drawn on the layer's previous background
+                threading.Thread(target=self._refresh, args=(values,), daemon=True, name="lrdlab-refresh").start()
+                return png
             with self._memo_lock:
                 while len(self._png) >= self.PNG_MEMO:
                     self._png.pop(next(iter(self._png)))
                 self._png[key] = png
         return png
+
+    def _refresh(self, values: tuple) -> None:
+        """Draw the layer's background with its new times (yielding to moves), then redraw if still shown."""
+        self.gate.pause()
+        if values[:2] != self._values()[:2]:
+            return
+        self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
+        if values == self._values():
+            self.update()
 
     def _one_move_away(self) -> list[tuple[str, float, int, str]]:
         """(layer, α, g, rounding) one control move from the current setting: the neighbouring g and α on their
@@ -409,14 +459,13 @@ class RankExplorer:
         return near + [(name, ratio, g, rounding) for _, name in nearest]
 
     def _prerender(self, generation: int) -> None:
-        """Prepare what a next move shows, until an update: the figures of the settings one slider or button move
-        away (such a move only looks its image up), the backgrounds of the nearest layers, then the states of
-        every other α, g and rounding of this layer. Never measures (a timing here would compete with the
+        """Prepare what a next move shows, until an update: the figures of the settings one move away — the
+        neighbouring α and g, the other roundings, the nearest layers (such a move only looks its image up) — then
+        the states of every other α, g and rounding of this layer. Never measures (a timing here would compete with the
         foreground), never holds the update's lock, and waits at :attr:`gate` before each step: a move waits at
         most for the one step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
-        model, layer = self.model.value, self.layer.value
-        cpu = self.lab.cache.reference_machine.get("cpu")
+        model, layer = self._shown_model, self.layer.value
         near = self._one_move_away()
         rest = [(layer, r, g, mode) for r in RATIOS for g in GRANULARITIES for mode in ROUNDINGS]
         for i, (name, ratio, g, rounding) in enumerate(near + rest):
@@ -429,10 +478,7 @@ class RankExplorer:
             self.gate.pause()
             if generation != self._generation:
                 return
-            if name == layer:
-                self._png_for(state)
-            else:
-                self._figure.background(self.lab, state, cpu)
+            self._png_for(state)  # the layer's background first, once
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()
@@ -454,16 +500,15 @@ class RankExplorer:
         elif network_key != self._network_key or self._net_thread is not None:
             self._network_in_background()  # the whole network's counts: a worker thread, never this move
         self.progress.layout.visibility = "hidden"
-        if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
-                      self.rounding.value):
+        if values != self._values():
             return  # the controls moved meanwhile: their own update draws the current state
         cpu = self.lab.cache.reference_machine.get("cpu")
-        self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
+        self.image.value = self._png_for(state, stale_ok=True)  # a setting drawn before is looked up
         self.readout.value = readout_text(state, cpu)
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
-        pending = f"measuring {values[1]} here in the background ({conditions()}) … · " if measuring else ""
-        self.status.value = (f"{pending}updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
+        pending = f" · measuring {values[1]} here in the background …" if measuring else ""
+        self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s{pending} · live times: {conditions()}. Read: "
                              "compare the two columns — rounding to g changes the ranks and can keep small layers "
                              "whole; whether that costs accuracy or buys speed is in the readouts, measured, not "
                              "assumed; a speed-up is shown only between times from the same source. Accuracy: "

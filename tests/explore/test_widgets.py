@@ -267,3 +267,12 @@ def test_network_readout_follows_a_model_switch_made_while_the_old_one_is_comput
     assert ex.network["key"][0] == "resnet34" and ex.state["model"] == "resnet34"
     assert f"original: {params:.3g}M params" in ex.net_readout.value and "resnet34" in ex.net_readout.value
     assert "accuracy means nothing" in ex.net_readout.value
+
+
+def test_every_readout_names_its_setting_even_for_a_kept_layer(lab):
+    """Two settings never share a readout (the browser sees a move only when the readout changes)."""
+    states = [lab.state("resnet18", "conv1", 8.0, 64, mode) for mode in rank_lab.ROUNDINGS]
+    states += [lab.state("resnet18", "conv1", 8.0, 32, "down")]
+    texts = [rank_lab.readout_text(s) for s in states]
+    assert len(set(texts)) == len(texts)
+    assert all(f"g={s['granularity']} ({s['rounding']})" in t for s, t in zip(states, texts))
