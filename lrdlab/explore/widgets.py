@@ -36,16 +36,18 @@ class RankExplorer:
     network readout shows params, FLOPs, measured throughput (interleaved, with a 95% interval) and, for a trained
     model, the calibrated test accuracy of both plans. Models (``model_names``, default
     :func:`~lrdlab.explore.lab_models.default_keys`): every shipped trained model — a ViT too, whose layers
-    include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a
-    browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
-    ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
+    include its attention ``q_proj/k_proj/v_proj/out_proj`` —, the pretrained language model SmolLM2-135M-Instruct
+    (loaded in a thread when first chosen) and random-init ones. Drive it without a browser by setting control
+    ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``, ``.net_readout.value``,
+    ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
     (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
-    (``background=False``: at once, before the readout), and :meth:`wait` waits for that. Once a setting has
-    stood still for :attr:`PRERENDER_DELAY_S`, a background thread prepares the settings one move away — the
-    layer at the neighbouring α and g and the other roundings, then the :attr:`PRERENDER_LAYERS` nearest layers at
-    this setting — timing them first when "measure missing times here" is on, and drawing them (``prerender=False``,
-    or the class's :attr:`PRERENDER` when None: not), so a move mostly swaps an image; any update stops that thread
-    after at most one setting.
+    (``background=False``: at once, before the readout), and :meth:`wait` waits for that. A move is drawn alone:
+    background work (layer timing, scoring, the network readout, the prerender) waits at :attr:`gate` while a move
+    runs and while the browser draws it (:mod:`lrdlab.explore.background`). Once a setting has stood still, a
+    background thread draws the settings one move away — the neighbouring α and g, the other roundings, the
+    :attr:`PRERENDER_LAYERS` nearest layers — and then the states of the layer's whole α × g × rounding grid
+    (``prerender=False``, or the class's :attr:`PRERENDER` when None: not), so a move mostly looks its image up;
+    any update stops that thread after at most one step.
     """
 
     PRERENDER = True
