@@ -3,12 +3,14 @@
 :class:`Foreground` marks a move (``with gate.move(): ...``); background threads call :meth:`Foreground.pause`
 between units of work and wait there while a move runs and for :attr:`Foreground.grace_s` after it (the browser,
 another process, needs the cores to draw the answer). :func:`pausing_modules` puts that pause before every module
-forward of the calling thread, so a long torch job (scoring a decomposed model) yields within one layer.
+forward of the calling thread, so a long torch job (scoring a decomposed model) yields within one layer;
+:func:`lower_priority` lowers the calling thread's OS priority (Linux: per thread), for work that rarely holds the GIL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -72,3 +74,19 @@ def pausing_modules(gate: Foreground) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+BACKGROUND_NICE = 10
+
+
+def lower_priority(nice: int = BACKGROUND_NICE) -> bool:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux, where niceness is per thread); whether it
+    did. Only for threads that spend their time in torch (which releases the GIL): a low-priority thread holding
+    the GIL would hold up the foreground."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError:
+        return False
+    return True

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from lrdlab.explore.background import Foreground, pausing_modules
+from lrdlab.explore.background import Foreground, lower_priority, pausing_modules
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import RankFigure
 from lrdlab.explore.freezing_widget import FreezingExplorer
@@ -43,16 +43,17 @@ class RankExplorer:
     (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
     (``background=False``: at once, before the readout), and :meth:`wait` waits for that. A move is drawn alone:
     background work (layer timing, scoring, the network readout, the prerender) waits at :attr:`gate` while a move
-    runs and while the browser draws it (:mod:`lrdlab.explore.background`). Once a setting has stood still, a
-    background thread draws the settings one move away — the neighbouring α and g, the other roundings, the
-    :attr:`PRERENDER_LAYERS` nearest layers — and then the states of the layer's whole α × g × rounding grid
-    (``prerender=False``, or the class's :attr:`PRERENDER` when None: not), so a move mostly looks its image up;
-    any update stops that thread after at most one step.
+    runs and while the browser draws it (:mod:`lrdlab.explore.background`; the scoring thread also runs at a
+    lower OS priority). Once a setting has stood still, a background thread draws the settings one move away — the
+    neighbouring α and g, the other roundings, the nearest layers (:meth:`_prerender`; ``prerender=False``, or the
+    class's :attr:`PRERENDER` when None: not), so a move mostly looks its image up; any update stops that thread
+    after at most one step.
     """
 
     PRERENDER = True
     PRERENDER_DELAY_S = 0.3
-    PRERENDER_LAYERS = 24  # the nearest layers in the dropdown (all of ResNet-20): a bounded background cost
+    PRERENDER_LAYERS = 24  # the nearest layers in the dropdown (all of ResNet-20): their backgrounds, once per layer
+    PRERENDER_FIGURES = 4  # of which the nearest: their figures at this setting (drawn anew at every setting)
     PNG_MEMO = 512  # figures kept (≈ 40 kB each), oldest dropped first
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
@@ -266,6 +267,7 @@ class RankExplorer:
             self._job.start()
 
     def _run_job(self) -> None:
+        lower_priority()  # the scorer's CPU goes to the browser and the kernel's foreground first
         try:
             while True:
                 with self._lock:  # the controls may have moved to another unscored setting meanwhile
@@ -462,25 +464,27 @@ class RankExplorer:
 
     def _prerender(self, generation: int) -> None:
         """Prepare what a next move shows, until an update: the figures of the settings one move away — the
-        neighbouring α and g, the other roundings, the nearest layers (such a move only looks its image up) — then
-        the states of every other α, g and rounding of this layer. Never measures (a timing here would compete with the
-        foreground), never holds the update's lock, and waits at :attr:`gate` before each step: a move waits at
-        most for the one step being drawn."""
+        neighbouring α and g, the other roundings and the :attr:`PRERENDER_FIGURES` nearest layers (such a move
+        only looks its image up) — and the backgrounds of the other nearest layers (drawn once per layer: a move
+        there blits). Never measures (a timing here would compete with the foreground), never holds the update's
+        lock, and waits at :attr:`gate` before each step: a move waits at most for the one step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
         model, layer = self._shown_model, self.layer.value
+        cpu = self.lab.cache.reference_machine.get("cpu")
         near = self._one_move_away()
-        rest = [(layer, r, g, mode) for r in RATIOS for g in GRANULARITIES for mode in ROUNDINGS]
-        for i, (name, ratio, g, rounding) in enumerate(near + rest):
+        figures = len(near) - self.PRERENDER_LAYERS + self.PRERENDER_FIGURES
+        for i, (name, ratio, g, rounding) in enumerate(near):
             self.gate.pause()
             if generation != self._generation:
                 return
             state = self._state((model, name, ratio, g, rounding))
-            if i >= len(near):
-                continue
             self.gate.pause()
             if generation != self._generation:
                 return
-            self._png_for(state)  # the layer's background first, once
+            if i < figures or name == layer:
+                self._png_for(state)
+            else:
+                self._figure.background(self.lab, state, cpu)
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()
