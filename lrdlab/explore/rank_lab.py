@@ -105,6 +105,12 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @lru_cache(maxsize=8)
+def _layer_names(name: str, _model_id: int) -> tuple[str, ...]:
+    """:func:`_layers` of a loaded model (a model switch reads its list, never walks the model again)."""
+    return tuple(_layers(_model(name)))
+
+
+@lru_cache(maxsize=8)
 def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Input shape (batch 1) of every layer row (:func:`lrdlab.measure.shapes.layer_input_shapes`); a language
     model's Linear layers see (1, tokens, in_features)."""
@@ -127,7 +133,7 @@ class RankLab:
     @staticmethod
     def layer_names(model: str) -> list[str]:
         """Decomposable Linear/Conv2d layers of an explorer model, in module order (a ViT's q/k/v/out too)."""
-        return list(_layers(_model(model)))
+        return list(_layer_names(model, id(_model(model))))
 
     def layer(self, model: str, name: str) -> LayerData:
         key = (model, name)
