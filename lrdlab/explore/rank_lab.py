@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lrdlab.explore import plots
-from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, load, model_label
+from lrdlab.explore.lab_models import DEFAULT_MODEL, arch, is_trained, lab_model, load, model_label
 from lrdlab.lowrank.layers import build, describe, unsupported_reason, weight_of
 from lrdlab.lowrank.methods import default_method, get_method
 from lrdlab.lowrank.plan import Layers, Ratio, candidate_layers, make_plan
@@ -39,7 +39,6 @@ from lrdlab.measure.compare import compare
 from lrdlab.measure.counting import count_flops
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.timing_config import TimingConfig
-from lrdlab.zoo import models
 
 REFERENCE_DIR = Path(str(files("lrdlab.explore") / "reference"))  # shipped inside the package (pyproject package-data)
 REFERENCE_LAYER_TIMES = REFERENCE_DIR / "reference_layer_times.json"
@@ -106,10 +105,19 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 @lru_cache(maxsize=8)
+def _layer_names(name: str, _model_id: int) -> tuple[str, ...]:
+    """:func:`_layers` of a loaded model (a model switch reads its list, never walks the model again)."""
+    return tuple(_layers(_model(name)))
+
+
+@lru_cache(maxsize=8)
 def _input_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Input shape (batch 1) of every layer row (:func:`lrdlab.measure.shapes.layer_input_shapes`)."""
-    model = _model(name)
-    return layer_input_shapes(model, list(_layers(model)), (1, *models.input_size(arch(name))))
+    """Input shape (batch 1) of every layer row (:func:`lrdlab.measure.shapes.layer_input_shapes`); a language
+    model's Linear layers see (1, tokens, in_features)."""
+    model, spec = _model(name), lab_model(name)
+    if spec.kind == "lm":
+        return {n: (1, *spec.input_size, m.in_features) for n, m in _layers(model).items() if isinstance(m, nn.Linear)}
+    return layer_input_shapes(model, list(_layers(model)), (1, *spec.input_size))
 
 
 class RankLab:
@@ -125,7 +133,7 @@ class RankLab:
     @staticmethod
     def layer_names(model: str) -> list[str]:
         """Decomposable Linear/Conv2d layers of an explorer model, in module order (a ViT's q/k/v/out too)."""
-        return list(_layers(_model(model)))
+        return list(_layer_names(model, id(_model(model))))
 
     def layer(self, model: str, name: str) -> LayerData:
         key = (model, name)
@@ -295,7 +303,7 @@ def speedup_text(state: dict[str, Any], d: dict[str, Any]) -> str:
 def readout_text(state: dict[str, Any], reference_cpu: str | None = None) -> str:
     """HTML summary of a :meth:`RankLab.state`: unrounded vs rounded side by side, every time with its source."""
     head = (f"<b>{state['layer']}</b> ({state['C']}→{state['S']}, k={'×'.join(map(str, state['kernel']))}, "
-            f"{state['method']}) at compression α={state['ratio']:g}")
+            f"{state['method']}) at compression α={state['ratio']:g}, g={state['granularity']} ({state['rounding']})")
     if state["ranks"] is None:
         return (f"{head}: <b>kept</b> (not decomposed) — {state['reason']}. A kept layer costs the same as before; "
                 f"its time is {time_text(state['original_ms'], state['original_source'], reference_cpu)}.")

@@ -6,10 +6,11 @@ import threading
 import time
 from typing import Any
 
+from lrdlab.explore.background import Foreground, lower_priority, pausing_modules
 from lrdlab.explore.compute import conditions
 from lrdlab.explore.figures import RankFigure
 from lrdlab.explore.freezing_widget import FreezingExplorer
-from lrdlab.explore.lab_models import default_keys, lab_model, load
+from lrdlab.explore.lab_models import default_keys, is_loaded, lab_model, load
 from lrdlab.explore.network_lab import NetworkLab, network_plan, network_text
 from lrdlab.explore.rank_lab import (
     DEFAULT_LAYER,
@@ -21,9 +22,11 @@ from lrdlab.explore.rank_lab import (
     model_label,
     readout_text,
 )
-from lrdlab.zoo import models
 
 __all__ = ["FreezingExplorer", "RankExplorer", "rank_explorer"]
+_STALE = ("stale",)  # a network key no setting has: the readout is recomputed
+LM_QUALITY = ("perplexity, not accuracy: notebook 09 measures it live and shows the recorded table "
+              "(data/lm_quality_smollm2.json)")
 
 
 class RankExplorer:
@@ -33,21 +36,24 @@ class RankExplorer:
     network readout shows params, FLOPs, measured throughput (interleaved, with a 95% interval) and, for a trained
     model, the calibrated test accuracy of both plans. Models (``model_names``, default
     :func:`~lrdlab.explore.lab_models.default_keys`): every shipped trained model — a ViT too, whose layers
-    include its attention ``q_proj/k_proj/v_proj/out_proj`` — and random-init ones. Drive it without a
-    browser by setting control ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``,
-    ``.net_readout.value``, ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
+    include its attention ``q_proj/k_proj/v_proj/out_proj`` —, the pretrained language model SmolLM2-135M-Instruct
+    (loaded in a thread when first chosen) and random-init ones. Drive it without a browser by setting control
+    ``.value`` s and reading ``.state``, ``.network``, ``.readout.value``, ``.net_readout.value``,
+    ``.render_seconds``. Accuracy comes from the shipped grid where it holds the plan
     (:mod:`tools.record.explorer_grids`); other plans are scored here, in the background with a progress bar
-    (``background=False``: at once, before the readout), and :meth:`wait` waits for that. Once a setting has
-    stood still for :attr:`PRERENDER_DELAY_S`, a background thread prepares the settings one move away — the
-    layer at the neighbouring α and g and the other roundings, then the :attr:`PRERENDER_LAYERS` nearest layers at
-    this setting — timing them first when "measure missing times here" is on, and drawing them (``prerender=False``,
-    or the class's :attr:`PRERENDER` when None: not), so a move mostly swaps an image; any update stops that thread
-    after at most one setting.
+    (``background=False``: at once, before the readout), and :meth:`wait` waits for that. A move is drawn alone:
+    background work (layer timing, scoring, the network readout, the prerender) waits at :attr:`gate` while a move
+    runs and while the browser draws it (:mod:`lrdlab.explore.background`; the scoring thread also runs at a
+    lower OS priority). Once a setting has stood still, a background thread draws the settings one move away — the
+    neighbouring α and g, the other roundings, the nearest layers (:meth:`_prerender`; ``prerender=False``, or the
+    class's :attr:`PRERENDER` when None: not), so a move mostly looks its image up; any update stops that thread
+    after at most one step.
     """
 
     PRERENDER = True
     PRERENDER_DELAY_S = 0.3
-    PRERENDER_LAYERS = 12  # the nearest layers in the dropdown: a bounded background cost per setting
+    PRERENDER_LAYERS = 24  # the nearest layers in the dropdown (all of ResNet-20): their backgrounds, once per layer
+    PRERENDER_FIGURES = 4  # of which the nearest: their figures at this setting (drawn anew at every setting)
     PNG_MEMO = 512  # figures kept (≈ 40 kB each), oldest dropped first
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
@@ -105,7 +111,8 @@ class RankExplorer:
         self._net_thread: threading.Thread | None = None  # computes the network readout after a move
         self._net_again = False
         self._busy = threading.RLock()  # an update, or one prerendered layer: never both (one figure, global rc)
-        self._foreground = threading.Event()  # set while an update waits or runs: the prerender stops
+        self.gate = Foreground()  # a move runs alone: background threads wait at their next step meanwhile
+        self._background_work = threading.Lock()  # one background job at a time (timing, scoring)
         self._generation = 0
         self.prerender = self.PRERENDER if prerender is None else prerender
         self.prerender_thread: threading.Thread | None = None
@@ -114,6 +121,8 @@ class RankExplorer:
         self.widget = W.VBox([W.HBox([self.model, self.layer]), W.HBox([self.ratio, self.granularity]),
                               W.HBox([self.rounding]), W.HBox([self.auto_measure, self.measure_net, self.progress]),
                               self.scoring, self.status, self.image, self.readout, self.net_readout])
+        self._shown_model = model  # the model whose layers the layer list holds (the dropdown's, once loaded)
+        self._loader: threading.Thread | None = None
         self.model.observe(self._on_model, names="value")
         self._quiet = False
         for control in (self.layer, self.ratio, self.granularity, self.rounding):
@@ -126,17 +135,44 @@ class RankExplorer:
         return next((n for n in (DEFAULT_LAYER, "layer4.1.conv2") if n in options), options[len(options) // 2])
 
     def _on_model(self, change) -> None:
-        options = self.lab.layer_names(change["new"])
-        self._quiet = True  # one update for the new model, not one per intermediate layer value
+        name = change["new"]
+        if not is_loaded(name) and lab_model(name).kind == "lm" and self.background:
+            # a language model's first load takes seconds: in a thread, the controls showing the previous model
+            # meanwhile (and working); the switch happens when it is loaded, if the dropdown still names it
+            self.status.value = (f"loading {model_label(name)} (first use: its weights are read once, seconds to a "
+                                 "minute on a busy machine) — the explorer keeps answering for "
+                                 f"{model_label(self._shown_model)} meanwhile …")
+            self._loader = threading.Thread(target=self._load_then_switch, args=(name,), daemon=True,
+                                            name="lrdlab-load-model")
+            self._loader.start()
+            return
+        self._switch_model(name)
+
+    def _load_then_switch(self, name: str) -> None:
+        self.lab.layer_names(name)  # loads it
+        if self.model.value == name:
+            self._switch_model(name)
+
+    def _switch_model(self, name: str) -> None:
+        """Show ``name``'s layers and redraw (once, not once per intermediate layer value)."""
+        options = self.lab.layer_names(name)
+        self._quiet = True
         try:
-            self.layer.options = options
-            self.layer.value = self._default_layer(options)
+            with self._busy:  # no move draws a mix of the two models
+                self._shown_model = name
+                self.layer.options = options
+                self.layer.value = self._default_layer(options)
         finally:
             self._quiet = False
         self.update()
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.max, self.progress.value = total, done
+
+    def _yielding_progress(self, done: int, total: int) -> None:
+        """:meth:`_progress` of a background timing, which waits for a move between its rounds."""
+        self._progress(done, total)
+        self.gate.pause()
 
     def measure_network(self) -> None:
         """Time the whole network here (the button): the button is disabled and a bar counts the interleaved
@@ -158,69 +194,93 @@ class RankExplorer:
                              f"batch {net.batch}, interleaved, up to {most} rounds — this can take minutes on a "
                              "large model …")
 
-    def _network_lab(self) -> NetworkLab:
+    def _network_lab(self, name: str) -> NetworkLab:
+        """The network lab, its current accuracy lab that of ``name`` when trained (what notebooks read)."""
         if self.net_lab is None:
             self.net_lab = NetworkLab(batch=self.lab.batch)
-        spec = lab_model(self.model.value)
-        if spec.pretrained is not None:
+        spec = lab_model(name)
+        if spec.scored and spec.pretrained is not None:
             self.net_lab.use_accuracy(spec.pretrained)
         return self.net_lab
 
-    def network_state(self, measure: bool) -> dict[str, Any]:
-        """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g."""
-        name = self.model.value
+    def network_state(self, measure: bool, key: tuple | None = None) -> dict[str, Any]:
+        """Whole-network counts, throughput (measured here, or None) and accuracy at g = 1 and the chosen g, of
+        ``key`` = (model, α, g, rounding) (default: the controls now). ``"missing"``: the plans whose accuracy is
+        still to be scored (at once when ``background`` is False, else by :meth:`_show_network`'s job)."""
+        name, ratio, granularity, rounding = key or self._network_key_now()
         model, spec = load(name), lab_model(name)
-        size = models.input_size(spec.arch)
-        net = self._network_lab()
-        plans = {"unrounded (g=1)": network_plan(model, self.ratio.value, 1, exclude=spec.stem),
-                 f"rounded (g={self.granularity.value}, {self.rounding.value})":
-                     network_plan(model, self.ratio.value, self.granularity.value, self.rounding.value, spec.stem)}
-        grid = net.accuracy if spec.trained and net.accuracy is not None else None  # the grid's counts are instant
-        counts = {label: (grid and grid.structure(plan)) or net.counts(name, model, plan, size)
-                  for label, plan in plans.items()}
+        size, lm = spec.input_size, spec.kind == "lm"
+        net = self._network_lab(name)
+        plans = {"unrounded (g=1)": network_plan(model, ratio, 1, exclude=spec.stem),
+                 f"rounded (g={granularity}, {rounding})":
+                     network_plan(model, ratio, granularity, rounding, spec.stem)}
+        accuracy = net.accuracy_lab(spec.pretrained) if spec.scored and spec.pretrained is not None else None
+        counts = {label: (accuracy and accuracy.structure(plan)) or net.counts(name, model, plan, size,
+                                                                               spec.input_dtype)
+                  for label, plan in plans.items()}  # the shipped grid's counts are instant
+        if lm:  # per sequence of tokens; its speed and quality are notebook 09's (decode, perplexity)
+            counts = {label: {**c, "per": f"{size[0]}-token sequence"} for label, c in counts.items()}
+        measure = measure and not lm
         if measure and not net.has_speed(name, plans):
             self._network_progress(net)
         speed = net.speed(name, model, plans, size, measure=measure,
                           on_round=lambda done: setattr(self.progress, "value", done))
-        acc: dict[str, Any] = {label: None for label in plans}
-        self._missing = []
-        if spec.trained and net.accuracy is not None:
-            missing = [p for p in plans.values() if not net.accuracy.known(p)]
-            self._missing = [(net.accuracy, p) for p in missing]
-            if missing and self.background:
-                self._score_in_background(missing)
-            elif missing:
-                net.accuracy.prefetch(missing)  # both plans at once, one per core
-            acc = {label: net.accuracy_of(plan) if net.accuracy.known(plan) else {"pending": True}
+        acc: dict[str, Any] = {label: {"text": LM_QUALITY} if lm else None for label in plans}
+        missing: list = []
+        if accuracy is not None:
+            missing = [(accuracy, p) for p in plans.values() if not accuracy.known(p)]
+            if missing and not self.background:
+                accuracy.prefetch([p for _, p in missing])  # both plans at once, one per core
+                missing = []
+            acc = {label: net.accuracy_of(plan, accuracy) if accuracy.known(plan) else {"pending": True}
                    for label, plan in plans.items()}
-        return {"counts": counts, "speed": speed, "accuracy": acc}
+        return {"counts": counts, "speed": speed, "accuracy": acc, "missing": missing, "key": (name, ratio,
+                                                                                                granularity, rounding)}
 
-    def _score_in_background(self, plans: list) -> None:
-        """Score ``plans`` (the current setting's :attr:`_missing`) in a background thread, one job at a time, the
-        progress bar counting them; then redraw the network readout of the controls' current setting and score
-        that setting too if the controls moved meanwhile."""
+    def _show_network(self, network: dict[str, Any]) -> bool:
+        """Show a :meth:`network_state` if it is of the controls' setting now (else drop it: a later one comes),
+        and score what it lacks in the background. One writer of :attr:`network` and the network readout."""
+        key = network["key"]
+        with self._lock:
+            if key != self._network_key_now():
+                return False
+            self.network, self._network_key = network, key
+            self._missing = list(network["missing"])
+            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
+                                                  model_label(key[0]))
+        if network["missing"]:
+            self._score_in_background()
+        return True
+
+    def _score_in_background(self) -> None:
+        """Score the shown setting's :attr:`_missing` plans in a background thread (one job at a time, the progress
+        bar counting them, each plan yielding to every move); then redraw the network readout, and score the
+        setting shown then if the controls moved meanwhile."""
         with self._lock:
             if self._job is not None:
-                return  # the running job redraws when it ends, and scores the current setting then
-            self.scoring.max, self.scoring.value = len(plans), 0
-            self.scoring.description = f"scoring {len(plans)} plan{'s' if len(plans) > 1 else ''} here"
+                return  # the running job scores the current setting's plans when it ends the one in hand
+            self.scoring.max, self.scoring.value = len(self._missing), 0
+            self.scoring.description = (f"scoring {len(self._missing)} plan{'s' if len(self._missing) > 1 else ''} "
+                                        "here")
             self.scoring.layout.visibility = "visible"
             self._job = threading.Thread(target=self._run_job, daemon=True, name="lrdlab-accuracy")
             self._job.start()
 
     def _run_job(self) -> None:
-        def step(done: int, total: int) -> None:
-            self.scoring.max, self.scoring.value = total, done
-
+        lower_priority()  # the scorer's CPU goes to the browser and the kernel's foreground first
         try:
             while True:
                 with self._lock:  # the controls may have moved to another unscored setting meanwhile
-                    todo = list(self._missing)
+                    todo = [(lab, p) for lab, p in self._missing if not lab.known(p)]
                     if not todo:
                         self._end_job()
                         return
-                lab = todo[0][0]
-                lab.prefetch([p for owner, p in todo if owner is lab], on_done=step)
+                    self.scoring.max, self.scoring.value = len(todo), 0
+                for done, (lab, plan) in enumerate(todo, 1):
+                    self.gate.pause()
+                    with self._background_work, pausing_modules(self.gate):
+                        lab.accuracy(plan)  # one thread; every module forward waits while a move runs
+                    self.scoring.value = done
                 self._redraw_network()
         except BaseException:
             with self._lock:
@@ -232,18 +292,22 @@ class RankExplorer:
         self._job = None
 
     def _redraw_network(self) -> None:
-        """The network readout of the current controls (after a background job)."""
-        self.network = self.network_state(measure=False)
-        self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                              self.network["accuracy"], model_label(self.model.value))
+        """Recompute and show the network readout of the current controls (after scoring), in the worker."""
+        with self._lock:
+            self._network_key = _STALE
+        self._network_in_background()
 
     def _network_key_now(self) -> tuple:
-        return (self.model.value, self.ratio.value, self.granularity.value, self.rounding.value)
+        return (self._shown_model, self.ratio.value, self.granularity.value, self.rounding.value)
 
     def _network_in_background(self) -> None:
         """Compute the network readout of the current controls in a worker thread (one at a time; it redoes the
-        work while the controls keep moving) and draw it when it is the controls' setting."""
+        work while the controls keep moving) and show it when it is the controls' setting. Says so meanwhile."""
         with self._lock:
+            key = self._network_key_now()
+            if self._network_key != key:
+                self.net_readout.value = (f"<i>whole network · {model_label(key[0])} at α={key[1]:g}, g={key[2]} "
+                                          f"({key[3]}): counting in the background …</i>")
             if self._net_thread is not None:
                 self._net_again = True
                 return
@@ -254,16 +318,14 @@ class RankExplorer:
     def _run_network(self) -> None:
         try:
             while True:
-                key = self._network_key_now()
+                self.gate.pause()  # after the move is drawn
                 network = self.network_state(measure=bool(self._measure_network))
                 with self._lock:
-                    if key == self._network_key_now() and not self._net_again:
-                        self.network, self._network_key = network, key
+                    again, self._net_again = self._net_again, False
+                    if not again and network["key"] == self._network_key_now():
                         self._net_thread = None
                         break
-                    self._net_again = False
-            self.net_readout.value = network_text(network["counts"], network["speed"], network["accuracy"],
-                                                  model_label(key[0]))
+            self._show_network(network)
         except BaseException:
             with self._lock:
                 self._net_thread = None
@@ -273,23 +335,23 @@ class RankExplorer:
         """Wait for the network readout and the background scoring (and the one it starts for a setting that
         moved meanwhile) to end."""
         deadline = time.perf_counter() + timeout
-        while (net := self._net_thread) is not None and time.perf_counter() < deadline:
-            net.join(max(0.0, deadline - time.perf_counter()))
-        while (job := self._job) is not None and time.perf_counter() < deadline:
-            job.join(max(0.0, deadline - time.perf_counter()))
+        if self._loader is not None:
+            self._loader.join(timeout)
+        while time.perf_counter() < deadline:
+            threads = [t for t in (self._net_thread, self._job) if t is not None]
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.perf_counter()))
 
     def update(self, measure_network: bool = False) -> None:
         """Recompute everything for the current controls and redraw (measuring first if asked and needed); then
         prepare the settings one move away in the background (:meth:`_one_move_away`)."""
         start = time.perf_counter()
-        self._foreground.set()
-        try:
-            with self._busy:
-                self._update(start, measure_network)
-        finally:
-            self._foreground.clear()
+        self._generation += 1  # a running prerender stops at its next step
+        with self.gate.move(), self._busy:  # background work waits meanwhile, and while the browser draws
+            self._update(start, measure_network)
         if self.prerender:
-            self._generation += 1
             self.prerender_thread = threading.Thread(target=self._prerender, args=(self._generation,), daemon=True,
                                                      name="lrdlab-rank-prerender")
             self.prerender_thread.start()
@@ -322,11 +384,16 @@ class RankExplorer:
                     if values is None:
                         self._measurer = None
                         return
+                self.gate.pause()
                 self.progress.layout.visibility = "visible"
-                self.lab.ensure_times(self.lab.state(*values), self._progress)
+                with self._background_work:  # never timed while a plan is scored, nor while a move runs
+                    self.lab.ensure_times(self.lab.state(*values), self._yielding_progress)
                 with self._memo_lock:
                     self._states.clear()  # states carry the cached times: the new ones are read anew
                 self.progress.layout.visibility = "hidden"
+                if values == self._values():  # the layer's new background first, outside the update's lock
+                    self.gate.pause()
+                    self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
                 if values == self._values():
                     self.update()
         except BaseException:
@@ -346,21 +413,37 @@ class RankExplorer:
         return state
 
     def _values(self) -> tuple:
-        return (self.model.value, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
+        return (self._shown_model, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
 
-    def _png_for(self, state: dict[str, Any]) -> bytes:
-        """The figure of a state, drawn once per setting and the layer's times (memoised; call holding ``_busy``)."""
+    def _png_for(self, state: dict[str, Any], stale_ok: bool = False) -> bytes:
+        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread).
+
+        ``stale_ok`` (a move): when the layer's times changed since its background was drawn, draw on the old
+        background at once and let a background thread draw the new one and redraw (never memoised stale)."""
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
         png = self._png.get(key)
         if png is None:
-            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"))
+            stale = stale_ok and self._figure.stale(self.lab, state)
+            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"), stale_ok)
+            if stale:  # drawn on the layer's previous background
+                threading.Thread(target=self._refresh, args=(values,), daemon=True, name="lrdlab-refresh").start()
+                return png
             with self._memo_lock:
                 while len(self._png) >= self.PNG_MEMO:
                     self._png.pop(next(iter(self._png)))
                 self._png[key] = png
         return png
+
+    def _refresh(self, values: tuple) -> None:
+        """Draw the layer's background with its new times (yielding to moves), then redraw if still shown."""
+        self.gate.pause()
+        if values[:2] != self._values()[:2]:
+            return
+        self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
+        if values == self._values():
+            self.update()
 
     def _one_move_away(self) -> list[tuple[str, float, int, str]]:
         """(layer, α, g, rounding) one control move from the current setting: the neighbouring g and α on their
@@ -380,19 +463,28 @@ class RankExplorer:
         return near + [(name, ratio, g, rounding) for _, name in nearest]
 
     def _prerender(self, generation: int) -> None:
-        """Prepare the settings one move away (their states, and the backgrounds of the nearest layers), until an
-        update. Never measures (a timing here would compete with the foreground) and never holds the update's
-        lock: a move waits at most for the one background being drawn."""
+        """Prepare what a next move shows, until an update: the figures of the settings one move away — the
+        neighbouring α and g, the other roundings and the :attr:`PRERENDER_FIGURES` nearest layers (such a move
+        only looks its image up) — and the backgrounds of the other nearest layers (drawn once per layer: a move
+        there blits). Never measures (a timing here would compete with the foreground), never holds the update's
+        lock, and waits at :attr:`gate` before each step: a move waits at most for the one step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
-        model = self.model.value
+        model, layer = self._shown_model, self.layer.value
         cpu = self.lab.cache.reference_machine.get("cpu")
-        for layer, ratio, g, rounding in self._one_move_away():
-            if generation != self._generation or self._foreground.is_set():
+        near = self._one_move_away()
+        figures = len(near) - self.PRERENDER_LAYERS + self.PRERENDER_FIGURES
+        for i, (name, ratio, g, rounding) in enumerate(near):
+            self.gate.pause()
+            if generation != self._generation:
                 return
-            state = self._state((model, layer, ratio, g, rounding))
-            if generation != self._generation or self._foreground.is_set():
+            state = self._state((model, name, ratio, g, rounding))
+            self.gate.pause()
+            if generation != self._generation:
                 return
-            self._figure.background(self.lab, state, cpu)
+            if i < figures or name == layer:
+                self._png_for(state)
+            else:
+                self._figure.background(self.lab, state, cpu)
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()
@@ -408,30 +500,21 @@ class RankExplorer:
         elif measuring:
             self._measure_in_background(values)
         network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
-        network_pending = False
         if measure_network or not self.background or self._network_key is None:  # the first one: at once
-            self.network = self.network_state(measure=measure_network or bool(self._measure_network))
-            self._network_key = network_key
-        elif network_key != self._network_key:  # the whole network's counts: a worker thread, never this move
-            network_pending = True
-            self._network_in_background()
+            self._show_network(self.network_state(measure=measure_network or bool(self._measure_network),
+                                                  key=network_key))
+        elif network_key != self._network_key or self._net_thread is not None:
+            self._network_in_background()  # the whole network's counts: a worker thread, never this move
         self.progress.layout.visibility = "hidden"
-        if values != (self.model.value, self.layer.value, self.ratio.value, self.granularity.value,
-                      self.rounding.value):
+        if values != self._values():
             return  # the controls moved meanwhile: their own update draws the current state
         cpu = self.lab.cache.reference_machine.get("cpu")
-        self.image.value = self._png_for(state)  # a setting drawn before with the same times is not drawn again
+        self.image.value = self._png_for(state, stale_ok=True)  # a setting drawn before is looked up
         self.readout.value = readout_text(state, cpu)
-        if network_pending:
-            self.net_readout.value = (f"<i>whole network at α={values[2]:g}, g={values[3]} ({values[4]}): "
-                                      "counting in the background …</i>")
-        else:
-            self.net_readout.value = network_text(self.network["counts"], self.network["speed"],
-                                                  self.network["accuracy"], model_label(values[0]))
         self.state = state
         self.render_seconds.append(time.perf_counter() - start)
-        pending = f"measuring {values[1]} here in the background ({conditions()}) … · " if measuring else ""
-        self.status.value = (f"{pending}updated in {self.render_seconds[-1]:.2f} s · live times: {conditions()}. Read: "
+        pending = f" · measuring {values[1]} here in the background …" if measuring else ""
+        self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s{pending} · live times: {conditions()}. Read: "
                              "compare the two columns — rounding to g changes the ranks and can keep small layers "
                              "whole; whether that costs accuracy or buys speed is in the readouts, measured, not "
                              "assumed; a speed-up is shown only between times from the same source. Accuracy: "

@@ -7,6 +7,7 @@ readout change. Without /usr/bin/chromium (or Playwright) the test fails when ``
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -96,9 +97,6 @@ def _require_browser():
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known regression (round 5): after the network readout moved to a worker thread, switching "
-                          "the model in JupyterLab leaves the whole-network readout on the previous model; every "
-                          "control before that step passes", strict=False)
 def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
     """Model, layer, α, g and rounding each change the plot and readouts, and they stay consistent."""
     from playwright.sync_api import expect
@@ -123,16 +121,13 @@ def test_rank_explorer_every_control_in_jupyterlab(jupyterlab, tmp_path):
         page.locator(".lrd-layer select").select_option("layer2.0.conv2")
         expect(readout).to_contain_text("layer2.0.conv2", timeout=90_000)
         page.locator(".lrd-model select").select_option(label="resnet18 · untrained (random init)")
-        expect(net).to_contain_text("untrained", timeout=180_000)
+        expect(net).to_contain_text("accuracy means nothing", timeout=180_000)  # the new model's whole network
         expect(page.locator(".lrd-layer select")).not_to_have_value("layer2.0.conv2")
         layer = page.locator(".lrd-layer select").input_value()
         expect(readout).to_contain_text(layer, timeout=180_000)  # the readout names the layer the dropdown shows
-        assert "accuracy means nothing" in net.inner_text()
-        for source in ("measured here", "reference file"):
-            if source in readout.inner_text():
-                break
-        else:
-            raise AssertionError("every time names its source")
+        assert "resnet18" in net.inner_text() and "resnet20" not in net.inner_text()  # the new model's network
+        # every time names its source (a layer with no time yet is timed here in the background, then redrawn)
+        expect(readout).to_contain_text(re.compile("measured here|reference file"), timeout=180_000)
         page.screenshot(path=str(tmp_path / "rank_explorer_controls.png"), full_page=True)
 
 

@@ -143,7 +143,7 @@ def _pixels(png: bytes):
     import numpy as np
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(png)))
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
@@ -154,9 +154,11 @@ def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
               lab.state("resnet18", "layer1.0.conv1", 2.0, 32, "up")]  # Tucker-2 (two spectra), SVD with a time
     reused = RankFigure(dpi=72)
     for state in states + states[:1]:  # each drawn over the previous one's axes
-        new = _pixels(plots.to_png(rank_figure(lab, state), dpi=72))
-        again = _pixels(reused.png(lab, state))
+        new = _pixels(plots.to_png(rank_figure(lab, state), dpi=72))[..., :3]
+        again = reused.pixels(lab, state)
         assert new.shape == again.shape and (new == again).all(), state["layer"]
+        sent = _pixels(reused.png(lab, state)).astype(int)  # 256 colours: every pixel within a few levels
+        assert sent.shape == new.shape and abs(sent - new).max() <= 24 and abs(sent - new).mean() < 3
     assert len(reused.fig.axes) == 3
     assert reused.full_draws == 3  # one background per layer: the revisit only blits its markers and title
     reused.png(lab, lab.state("resnet18", "layer2.0.conv2", 3.0, 16))  # another setting of a drawn layer
@@ -234,3 +236,44 @@ def test_accuracy_cell_names_the_binomial_interval_and_within_noise():
     assert "within noise of the original" in accuracy_cell({**base, "accuracy": 96.7})  # "beats" it by 0.7 points
     assert "within noise" not in accuracy_cell({**base, "accuracy": 83.3})
     assert "±2.2" in accuracy_cell({**base, "accuracy": 96.0})
+
+
+def test_network_readout_follows_a_model_switch_made_while_the_old_one_is_computed(lab):
+    """The regression of the browser test: a redraw of the previous model's network (after scoring) that ends after
+    the switch must not show the previous model's numbers under the new model's name."""
+    import threading
+
+    from lrdlab.measure.counting import count_params
+
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False)
+    entered, release = threading.Event(), threading.Event()
+    real = ex.network_state
+
+    def slow_for_resnet18(measure, key=None):
+        key = key or ex._network_key_now()
+        if key[0] == "resnet18":
+            entered.set()
+            release.wait(60)
+        return real(measure, key)
+
+    ex.network_state = slow_for_resnet18
+    redraw = threading.Thread(target=ex._redraw_network)  # what the scoring job does when its plans are scored
+    redraw.start()
+    assert entered.wait(60)
+    ex.model.value = "resnet34"  # the switch, while resnet18's readout is being computed
+    release.set()
+    redraw.join(60)
+    ex.wait()
+    params = count_params(rank_lab._model("resnet34")) / 1e6
+    assert ex.network["key"][0] == "resnet34" and ex.state["model"] == "resnet34"
+    assert f"original: {params:.3g}M params" in ex.net_readout.value and "resnet34" in ex.net_readout.value
+    assert "accuracy means nothing" in ex.net_readout.value
+
+
+def test_every_readout_names_its_setting_even_for_a_kept_layer(lab):
+    """Two settings never share a readout (the browser sees a move only when the readout changes)."""
+    states = [lab.state("resnet18", "conv1", 8.0, 64, mode) for mode in rank_lab.ROUNDINGS]
+    states += [lab.state("resnet18", "conv1", 8.0, 32, "down")]
+    texts = [rank_lab.readout_text(s) for s in states]
+    assert len(set(texts)) == len(texts)
+    assert all(f"g={s['granularity']} ({s['rounding']})" in t for s, t in zip(states, texts))
