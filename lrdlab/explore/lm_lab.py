@@ -1,16 +1,92 @@
-"""Notebook 09's live perplexity check: per-sequence losses, and whether a small sample can rank two models.
+"""Notebook 09's language-model lab on the shipped SmolLM2-135M-Instruct: its texts, spectra per layer type,
+perplexity per window (and whether a small sample can rank two models), greedy generations, and the recorded
+quality and decode tables.
 
-A perplexity measured on a few sequences moves with the sample; two decompositions are ranked only where a
-paired bootstrap over the same sequences puts the ratio of their perplexities clear of 1.
+Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration reads the training split, perplexity the
+validation split) and, never calibrated on, IDLE's release history that ships with CPython. A perplexity measured
+on a few windows moves with the sample; two models are ranked only where a paired bootstrap over the same windows
+puts the ratio of their perplexities clear of 1. Recorded numbers are read from ``data/`` (:func:`data_dir`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
+
+from lrdlab.explore.figure_kit import PALETTE, new_figure, style
+from lrdlab.explore.plots import cumulative_energy, layer_spectrum
+from lrdlab.lowrank.plan_config import Layers, Ratio
+from lrdlab.measure.records import data_dir, read_record
+
+SEQ_LEN = 256
+PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
+           "To read a file line by line in Python, you")  # the prompts of data/lm_quality_smollm2.json
+TEXTS = ("train", "validation", "history")
+LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QUALITY_FILE = "lm_quality_smollm2.json"
+DECODE_FILES = ("lm_decode_smollm2_cpu.json", "lm_decode_smollm2_cpu_tied_head.json",
+                "lm_decode_smollm2_cpu_auto.json")
+
+
+def smollm2() -> Any:
+    """The shipped SmolLM2-135M-Instruct and its tokenizer (``.model``, ``.tokenizer``), offline, float32."""
+    from lrdlab.zoo.smollm import load_smollm2
+
+    return load_smollm2()
+
+
+# --- texts and perplexity --------------------------------------------------------------------------------
+
+
+def history_path() -> Path:
+    """IDLE's release history as CPython ships it (English prose the model never calibrates on)."""
+    import idlelib
+
+    return Path(idlelib.__file__).parent / "HISTORY.txt"
+
+
+def text_windows(tokenizer: Any, which: str, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
+    """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None) of
+    ``"train"`` / ``"validation"`` (the pydoc corpus's splits, cut at 90% of the bytes) or ``"history"``."""
+    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text
+
+    if which not in TEXTS:
+        raise ValueError(f"text_windows: which must be one of {TEXTS}, got {which!r}")
+    if which == "history":
+        text = history_path().read_text(encoding="utf-8")
+    else:
+        raw = corpus_text().encode("utf-8")
+        cut = int(len(raw) * TRAIN_FRACTION)
+        text = (raw[:cut] if which == "train" else raw[cut:]).decode("utf-8", errors="ignore")
+    ids = _token_prefix(tokenizer, text, None if count is None else count * seq_len)
+    usable = len(ids) // seq_len
+    n = usable if count is None else min(count, usable)
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def _token_prefix(tokenizer: Any, text: str, tokens: int | None) -> Tensor:
+    """The ids of ``text``'s first ``tokens`` tokens (all when None), tokenizing only a prefix of the text: the
+    ids away from a cut are those of the whole text, so the prefix is cut well past the last id kept."""
+    chars = len(text) if tokens is None else 8 * tokens + 256
+    while True:
+        ids = tokenizer(text[:chars])["input_ids"]
+        if chars >= len(text) or tokens is None or len(ids) > tokens + 32:
+            return torch.tensor(ids[:tokens] if tokens is not None else ids, dtype=torch.long)
+        chars *= 2
+
+
+def batches(windows: Tensor, batch: int = 4) -> list[dict[str, Tensor]]:
+    """``{"input_ids"}`` batches of ``batch`` windows (what :func:`sequence_nll` and a calibration take)."""
+    return [{"input_ids": w} for w in windows.split(batch)]
 
 
 @torch.no_grad()
@@ -31,6 +107,28 @@ def sequence_nll(model: nn.Module, loader: Iterable) -> Tensor:
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def perplexity(nll: Tensor) -> float:
+    """The perplexity of equal-length sequences from their :func:`sequence_nll`."""
+    return math.exp(float(nll.double().mean()))
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = PROMPTS, tokens: int = 30) -> list[str]:
+    """Greedy continuations of ``prompts`` (``tokens`` new tokens each, the prompt left out)."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        generate: Any = model.generate  # transformers' GenerationMixin
+        gen = generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def blocks_only(blocks: Iterable[int]) -> Layers:
+    """The layers of the named decoder blocks only (``model.layers.{i}.*``): a plan over a few blocks."""
+    return Layers(include=[f"model.layers.{int(b)}.*" for b in blocks])
 
 
 @dataclass(frozen=True)
@@ -69,3 +167,126 @@ def paired_order(nll_a: Tensor, nll_b: Tensor, *, resamples: int = 2000, seed: i
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
     return PairedOrder(float(diff.mean().exp()), float(torch.tensor(low).exp()), float(torch.tensor(high).exp()),
                        len(diff))
+
+
+# --- spectra per layer type ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TypeSpectra:
+    """Each layer's weight spectrum and its *data* spectrum (singular values of ``W L``, ``L`` the Cholesky
+    factor of its calibration inputs' second moment: what SVD-LLM truncates), and per layer the share of each
+    energy kept at the rank of ``Ratio(ratio)`` (``table``: block, type, rank, weight_energy, data_energy)."""
+
+    weights: dict[str, np.ndarray]
+    data: dict[str, np.ndarray]
+    table: pd.DataFrame
+    ratio: float
+    tokens: int
+
+
+def spectra_by_type(model: nn.Module, calibration: Sequence, blocks: Sequence[int], ratio: float = 2.0) -> TypeSpectra:
+    """Weight and data spectra of every Linear in the decoder ``blocks`` of a Llama-style ``model``, from one
+    pass over ``calibration`` (token-id batches), with the energy each keeps at ``Ratio(ratio)``'s ranks."""
+    from lrdlab.lowrank.loss_spectra import loss_spectra
+    from lrdlab.lowrank.plan import make_plan
+
+    layers = blocks_only(blocks)
+    measured = loss_spectra(model, calibration, layers, progress=False)
+    plan = make_plan(model, Ratio(ratio), layers)
+    weights, data, rows = {}, {}, []
+    for row in plan.decomposed_layers:
+        name, rank = row.name, row.spec[1][0]
+        weights[name] = layer_spectrum(model.get_submodule(name))
+        data[name] = measured.layers[name].singular_values.numpy()
+        rows.append({"block": int(name.split(".")[2]), "type": name.rsplit(".", 1)[-1], "rank": rank,
+                     "weight_energy": float(cumulative_energy(weights[name])[rank - 1]),
+                     "data_energy": float(cumulative_energy(data[name])[rank - 1])})
+    return TypeSpectra(weights, data, pd.DataFrame(rows), ratio, measured.tokens)
+
+
+def plot_type_spectra(spectra: TypeSpectra, block: int) -> Figure:
+    """Cumulative energy against rank for each layer type of one block: the weights' (left) and the data's (right,
+    what the whitened fit keeps), each type's ``Ratio`` rank marked."""
+    names = [n for n in spectra.weights if int(n.split(".")[2]) == block]
+    if not names:
+        raise ValueError(f"plot_type_spectra: block {block} was not measured; measured: "
+                         f"{sorted(set(spectra.table['block']))}")
+    ranks = spectra.table.set_index(["block", "type"])["rank"]
+    import seaborn as sns
+
+    with style():
+        fig, axes = new_figure(1, 2, width=10, height=3.6)
+        colors = sns.color_palette(PALETTE, len(names))
+        for ax, source, title in ((axes[0], spectra.weights, "weights"),
+                                  (axes[1], spectra.data, f"data (whitened, {spectra.tokens:,} tokens)")):
+            for color, name in zip(colors, names):
+                kind = name.rsplit(".", 1)[-1]
+                energy = cumulative_energy(source[name])
+                rank = int(ranks[(block, kind)])
+                ax.plot(np.arange(1, len(energy) + 1), energy, color=color, lw=1.4,
+                        label=f"{kind} ({100 * energy[rank - 1]:.1f}% at r={rank})")
+                ax.plot([rank], [energy[rank - 1]], "o", color=color, ms=4)
+            ax.set(xlabel="rank", ylabel="energy kept", title=f"block {block}: {title}", ylim=(0, 1.02))
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"SmolLM2-135M, decoder block {block}: what a rank cut keeps (dots: ranks at {spectra.ratio}x)")
+    return fig
+
+
+# --- recorded tables -------------------------------------------------------------------------------------
+
+
+def _quality_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for run in record.get("runs", []):
+        rows += [{**r, "command": run.get("command", record.get("command"))} for r in run.get("rows", [])]
+    for run in record.get("unfinished_runs", {}).values():
+        rows += [{**r, "command": run.get("command", "")} for r in run.get("rows", [])]
+    return rows
+
+
+def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
+    """The recorded SmolLM2 perplexities (``data/lm_quality_smollm2.json``): one row per (variant, ratio), the
+    latest run's, with pydoc validation and IDLE history perplexity, parameters and greedy generations."""
+    record = read_record(Path(path) if path else data_dir() / QUALITY_FILE)
+    rows = _quality_rows(record)
+    if not rows:
+        raise ValueError(f"{path or QUALITY_FILE} holds no rows; record it with python -m lrdlab.paper.lm_quality")
+    columns = ["variant", "ratio", "policy", "pydoc_validation", "idle_history", "params_after", "generations",
+               "command"]
+    df = pd.DataFrame(rows).reindex(columns=columns)
+    return df.drop_duplicates(["variant", "ratio"], keep="last").sort_values(["ratio", "variant"]).reset_index(
+        drop=True)
+
+
+def recorded_decode(names: Sequence[str] = DECODE_FILES) -> pd.DataFrame:
+    """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``), one row per file and phase, each named by
+    its phase, batch, ``lm_head`` treatment and compute mode, with its interval and the bytes ideal."""
+    rows = []
+    for name in names:
+        path = data_dir() / name
+        if not path.is_file():
+            continue
+        rec = read_record(path)
+        head = "lm_head low-rank" if rec.get("lm_head_decomposed") else "lm_head kept (tied)"
+        for r in rec["results"]:
+            mode = r.get("compute", {}).get("compute_asked") or r.get("compute", {}).get("compute_mode", "default")
+            rows.append({"setting": f"{r['phase']} b{r['batch']} · {head} · compute {mode}", "phase": r["phase"],
+                         "batch": r["batch"], "lm_head": rec.get("lm_head_decomposed", False), "compute": mode,
+                         "dense_tokens_s": r["dense_tokens_s"], "decomposed_tokens_s": r["decomposed_tokens_s"],
+                         "speedup": r["speedup"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                         "bytes_ideal": r["bytes_ideal"], "threads": r["threads"],
+                         "load": r["load_average"][0], "file": name})
+    return pd.DataFrame(rows)
+
+
+def recorded_calibration(name: str = "lm_calibration_smollm2_cpu.json") -> dict[str, Any] | None:
+    """The recorded run of lrdlab's default calibration on SmolLM2 (None when not recorded)."""
+    path = data_dir() / name
+    return read_record(path) if path.is_file() else None
+
+
+def repetition(tokens: Sequence) -> float:
+    """Share of the adjacent token pairs of ``tokens`` that repeat an earlier pair (0: none; 0 under 3 tokens)."""
+    pairs = list(zip(tokens, tokens[1:]))
+    return 1 - len(set(pairs)) / len(pairs) if len(pairs) > 1 else 0.0
