@@ -169,6 +169,100 @@ def paired_order(nll_a: Tensor, nll_b: Tensor, *, resamples: int = 2000, seed: i
                        len(diff))
 
 
+# --- a live check: dense against decompositions at the same ranks ------------------------------------------
+
+VARIANTS = ("weights only", "SVD-LLM")
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    """What :func:`live_check` runs: each of ``variants`` (:data:`VARIANTS`) at each of ``ratios``, calibrated on
+    the first ``calibration`` 256-token windows of the pydoc training split and scored on the first ``evaluation``
+    ``seq_len``-token validation windows; ``blocks``: only those decoder blocks are decomposed (None: every
+    Linear the plan takes); greedy continuations of the first ``prompts`` of :data:`PROMPTS`, ``tokens`` each."""
+
+    ratios: tuple[float, ...] = (2.0,)
+    variants: tuple[str, ...] = VARIANTS
+    calibration: int = 4
+    evaluation: int = 4
+    seq_len: int = SEQ_LEN
+    blocks: tuple[int, ...] | None = None
+    prompts: int = 1
+    tokens: int = 20
+    history: bool = False  # also score IDLE's release history (never calibrated on), column "idle_history"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"LiveCheck: unknown variants {unknown}; choose from {VARIANTS}")
+        if self.calibration < 1 or self.evaluation < 2 or not self.ratios:
+            raise ValueError(f"LiveCheck needs calibration >= 1, evaluation >= 2 windows (a paired comparison) and "
+                             f"a ratio; got {self.calibration}, {self.evaluation}, {self.ratios}")
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """:func:`live_check`'s rows (name, ratio, variant, layers decomposed, params, perplexity, fit_s), each model's
+    per-window losses (``nll``) and greedy continuations (``generations``), keyed by ``name``."""
+
+    rows: pd.DataFrame
+    nll: dict[str, Tensor]
+    generations: dict[str, list[str]]
+    calibration_tokens: int
+    evaluation_tokens: int
+
+    def order(self, a: str, b: str) -> PairedOrder:
+        """Model ``a``'s perplexity over ``b``'s on the same windows, with its bootstrap interval."""
+        return paired_order(self.nll[a], self.nll[b])
+
+
+def _decomposed(model: nn.Module, plan: Any, variant: str, calibration: list) -> nn.Module:
+    from lrdlab.lowrank.calibration import Calibration
+    from lrdlab.lowrank.decompose import decompose
+
+    if variant == "weights only":
+        return decompose(model, plan, progress=False)
+    return decompose(model, plan, calibration=Calibration(calibration, mode="one-shot"), progress=False)
+
+
+def live_check(model: nn.Module, tokenizer: Any, check: LiveCheck = LiveCheck()) -> LiveResult:
+    """Dense against each decomposition of ``check`` at the same ranks: perplexity on the same validation windows
+    and greedy continuations. One decomposed copy is held at a time."""
+    import time
+
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.counting import count_params
+
+    calib = batches(text_windows(tokenizer, "train", check.calibration), 2)
+    evaluation = batches(text_windows(tokenizer, "validation", check.evaluation, check.seq_len))
+    prompts = PROMPTS[: check.prompts]
+    layers = blocks_only(check.blocks) if check.blocks is not None else None
+    history = batches(text_windows(tokenizer, "history")) if check.history else None
+    nll = {"dense": sequence_nll(model, evaluation)}
+    generations = {"dense": greedy(model, tokenizer, prompts, check.tokens)}
+    rows = [{"name": "dense", "ratio": 1.0, "variant": "dense", "layers decomposed": 0,
+             "params": count_params(model), "perplexity": perplexity(nll["dense"]), "fit_s": 0.0}]
+    if history is not None:
+        rows[0]["idle_history"] = perplexity(sequence_nll(model, history))
+    for ratio in check.ratios:
+        plan = make_plan(model, Ratio(ratio), layers)
+        for variant in check.variants:
+            start = time.perf_counter()
+            low = _decomposed(model, plan, variant, calib)
+            fit_s = time.perf_counter() - start
+            name = f"{variant} {ratio:g}x"
+            nll[name] = sequence_nll(low, evaluation)
+            generations[name] = greedy(low, tokenizer, prompts, check.tokens)
+            rows.append({"name": name, "ratio": ratio, "variant": variant,
+                         "layers decomposed": len(plan.decomposed_layers), "params": count_params(low),
+                         "perplexity": perplexity(nll[name]), "fit_s": round(fit_s, 1)})
+            if history is not None:
+                rows[-1]["idle_history"] = perplexity(sequence_nll(low, history))
+            del low
+    tokens = lambda bs: sum(int(b["input_ids"].numel()) for b in bs)  # noqa: E731
+    return LiveResult(pd.DataFrame(rows), nll, generations, tokens(calib), tokens(evaluation))
+
+
 # --- spectra per layer type ------------------------------------------------------------------------------
 
 
