@@ -179,17 +179,18 @@ class LiveCheck:
     """What :func:`live_check` runs: each of ``variants`` (:data:`VARIANTS`) at each of ``ratios``, calibrated on
     the first ``calibration`` 256-token windows of the pydoc training split and scored on the first ``evaluation``
     ``seq_len``-token validation windows; ``blocks``: only those decoder blocks are decomposed (None: every
-    Linear the plan takes); greedy continuations of the first ``prompts`` of :data:`PROMPTS`, ``tokens`` each."""
+    Linear the plan takes); greedy continuations of the first ``prompts`` of :data:`PROMPTS`, ``tokens`` each;
+    ``history``: that many 256-token windows of IDLE's release history scored too (0: none; None: all)."""
 
     ratios: tuple[float, ...] = (2.0,)
     variants: tuple[str, ...] = VARIANTS
-    calibration: int = 4
+    calibration: int = 6  # 1,536 tokens: as many as the widest input (the MLP down projection) has dimensions
     evaluation: int = 4
     seq_len: int = SEQ_LEN
     blocks: tuple[int, ...] | None = None
     prompts: int = 1
     tokens: int = 20
-    history: bool = False  # also score IDLE's release history (never calibrated on), column "idle_history"
+    history: int | None = 0  # windows of IDLE's release history also scored, column "idle_history" (None: all)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -237,7 +238,7 @@ def live_check(model: nn.Module, tokenizer: Any, check: LiveCheck = LiveCheck())
     evaluation = batches(text_windows(tokenizer, "validation", check.evaluation, check.seq_len))
     prompts = PROMPTS[: check.prompts]
     layers = blocks_only(check.blocks) if check.blocks is not None else None
-    history = batches(text_windows(tokenizer, "history")) if check.history else None
+    history = batches(text_windows(tokenizer, "history", check.history)) if check.history != 0 else None
     nll = {"dense": sequence_nll(model, evaluation)}
     generations = {"dense": greedy(model, tokenizer, prompts, check.tokens)}
     rows = [{"name": "dense", "ratio": 1.0, "variant": "dense", "layers decomposed": 0,

@@ -216,7 +216,7 @@ def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 
 def stage_language_model(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """SmolLM2-135M-Instruct live: dense against weights-only and SVD-LLM decompositions at the same ranks
-    (quick: 2x, 4 calibration and 4 validation windows of 256 tokens, one generation each; full: 1.25x and 2x,
+    (quick: 2x, 6 calibration and 4 validation windows of 256 tokens, one generation each; full: 1.25x and 2x,
     16 and 16 windows, IDLE's history too, three generations each)."""
     from lrdlab.explore.lm_lab import LiveCheck, live_check, smollm2
     from lrdlab.measure.compute import load_average
@@ -224,7 +224,7 @@ def stage_language_model(settings: Settings, results: dict[str, Any]) -> dict[st
     before = load_average()
     lm = smollm2()
     check = LiveCheck() if settings.quick else LiveCheck(ratios=(1.25, 2.0), calibration=16, evaluation=16,
-                                                         prompts=3, history=True)
+                                                         prompts=3, history=None)
     out = live_check(lm.model, lm.tokenizer, check)
     return {"rows": out.rows.to_dict(orient="records"), "generations": out.generations,
             "orders": {name: asdict(out.order(name, name.replace("SVD-LLM", "weights only")))

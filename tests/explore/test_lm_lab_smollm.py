@@ -43,7 +43,8 @@ def test_text_windows_are_the_windows_the_quality_record_scored():
 
 
 def test_live_check_scores_dense_and_each_decomposition_on_the_same_windows(byte_model):
-    check = lm_lab.LiveCheck(ratios=(2.0,), calibration=2, evaluation=4, seq_len=64, blocks=(1,), tokens=4)
+    check = lm_lab.LiveCheck(ratios=(2.0,), calibration=2, evaluation=4, seq_len=64, blocks=(1,), tokens=4,
+                             history=2)
     result = lm_lab.live_check(byte_model, Bytes(), check)
     rows = result.rows.set_index("name")
     assert list(rows.index) == ["dense", "weights only 2x", "SVD-LLM 2x"]
@@ -54,6 +55,7 @@ def test_live_check_scores_dense_and_each_decomposition_on_the_same_windows(byte
         assert nll.shape == (4,) and rows.loc[name, "perplexity"] == pytest.approx(float(nll.mean().exp()))
         assert len(result.generations[name]) == 1
     assert result.order("SVD-LLM 2x", "weights only 2x").sequences == 4
+    assert (rows["idle_history"] > 1).all()  # the second text, scored for every model
     assert rows.loc["weights only 2x", "perplexity"] != rows.loc["SVD-LLM 2x", "perplexity"]
 
 
