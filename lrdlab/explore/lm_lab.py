@@ -147,7 +147,7 @@ class PairedOrder:
 
     def text(self, a: str, b: str) -> str:
         """One line naming the ratio, its interval and the verdict."""
-        head = (f"{a} / {b} perplexity ×{self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
+        head = (f"{a} / {b} perplexity ×{self.ratio:.3g} [{self.ci_low:.3g}, {self.ci_high:.3g}] "
                 f"on {self.sequences} sequences")
         if self.verdict == "within noise":
             return f"{head}: within noise, this sample cannot rank them"
