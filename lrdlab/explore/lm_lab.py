@@ -33,8 +33,7 @@ PROMPTS = ("The Python programming language is", "Once upon a time, there was a 
 TEXTS = ("train", "validation", "history")
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUALITY_FILE = "lm_quality_smollm2.json"
-DECODE_FILES = ("lm_decode_smollm2_cpu.json", "lm_decode_smollm2_cpu_tied_head.json",
-                "lm_decode_smollm2_cpu_auto.json")
+DECODE_PREFIX = "lm_decode_smollm2_cpu"
 
 
 def smollm2() -> Any:
@@ -354,24 +353,29 @@ def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
         drop=True)
 
 
-def recorded_decode(names: Sequence[str] = DECODE_FILES) -> pd.DataFrame:
-    """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``), one row per file and phase, each named by
-    its phase, batch, ``lm_head`` treatment and compute mode, with its interval and the bytes ideal."""
+def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``: every ``data/lm_decode_smollm2_cpu*.json``
+    unless ``names`` are given), one row per file, phase and batch, each ``setting`` named by its phase, batch and
+    file (``default``, ``auto``, ``quiet``, …), with its ``lm_head`` treatment, factor layout, compute mode, load,
+    interval and bytes ideal."""
+    paths = (sorted(data_dir().glob(f"{DECODE_PREFIX}*.json")) if names is None
+             else [data_dir() / n for n in names if (data_dir() / n).is_file()])
     rows = []
-    for name in names:
-        path = data_dir() / name
-        if not path.is_file():
-            continue
+    for path in paths:
         rec = read_record(path)
-        head = "lm_head low-rank" if rec.get("lm_head_decomposed") else "lm_head kept (tied)"
+        bench = rec.get("bench", {})
+        label = path.stem[len(DECODE_PREFIX):].lstrip("_") or "default"
         for r in rec["results"]:
-            mode = r.get("compute", {}).get("compute_asked") or r.get("compute", {}).get("compute_mode", "default")
-            rows.append({"setting": f"{r['phase']} b{r['batch']} · {head} · compute {mode}", "phase": r["phase"],
-                         "batch": r["batch"], "lm_head": rec.get("lm_head_decomposed", False), "compute": mode,
+            compute = r.get("compute", {})
+            rows.append({"setting": f"{r['phase']} b{r['batch']} · {label}", "phase": r["phase"], "batch": r["batch"],
+                         "lm_head": bool(rec.get("lm_head_decomposed", False)),
+                         "layout": bench.get("layout", "as built"),
+                         "dense_layout": bench.get("dense_layout", "as loaded"),
+                         "compute": compute.get("compute_asked") or compute.get("compute_mode", "default"),
                          "dense_tokens_s": r["dense_tokens_s"], "decomposed_tokens_s": r["decomposed_tokens_s"],
                          "speedup": r["speedup"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                         "bytes_ideal": r["bytes_ideal"], "threads": r["threads"],
-                         "load": r["load_average"][0], "file": name})
+                         "bytes_ideal": r["bytes_ideal"], "threads": r["threads"], "load": r["load_average"][0],
+                         "file": path.name})
     return pd.DataFrame(rows)
 
 

@@ -111,13 +111,17 @@ def test_recorded_decode_names_each_setting_once(tmp_path, monkeypatch):
                 "speedup": speedup, "ci_low": speedup - 0.1, "ci_high": speedup + 0.1, "bytes_ideal": ideal,
                 "threads": 1, "load_average": [3.0, 2.0, 1.0], "compute": {"compute_mode": "default"}}
 
-    _write(tmp_path / "low.json", {"lm_head_decomposed": True, "results": [result("prefill", 1, 1.5, 2.0),
-                                                                           result("decode", 1, 1.3, 2.0)]})
-    _write(tmp_path / "tied.json", {"lm_head_decomposed": False, "results": [result("decode", 1, 1.2, 1.65)]})
+    _write(tmp_path / "lm_decode_smollm2_cpu.json", {
+        "lm_head_decomposed": True, "bench": {"layout": "gemv"},
+        "results": [result("prefill", 1, 1.5, 2.0), result("decode", 1, 1.3, 2.0)]})
+    _write(tmp_path / "lm_decode_smollm2_cpu_tied_head.json", {"lm_head_decomposed": False,
+                                                               "results": [result("decode", 1, 1.2, 1.65)]})
+    _write(tmp_path / "lm_decode_llama100m_cpu.json", {"results": [result("decode", 1, 9.9, 2.0)]})  # not SmolLM2
     monkeypatch.setenv("LRDLAB_DATA", str(tmp_path))
-    df = lm_lab.recorded_decode(("low.json", "tied.json", "absent.json"))
-    assert df["setting"].is_unique and len(df) == 3
-    assert list(df["lm_head"]) == [True, True, False] and "lm_head kept (tied)" in df["setting"].iloc[2]
+    df = lm_lab.recorded_decode()
+    assert list(df["setting"]) == ["prefill b1 · default", "decode b1 · default", "decode b1 · tied_head"]
+    assert list(df["lm_head"]) == [True, True, False] and list(df["layout"]) == ["gemv", "gemv", "as built"]
+    assert len(lm_lab.recorded_decode(["lm_decode_smollm2_cpu_tied_head.json", "absent.json"])) == 1
 
 
 def test_repetition_counts_repeated_adjacent_pairs():
