@@ -20,7 +20,7 @@ class Bytes:
         ids = list(text.encode("utf-8"))
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids, **options):  # skip_special_tokens: there are none
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
@@ -127,3 +127,10 @@ def test_recorded_decode_names_each_setting_once(tmp_path, monkeypatch):
 def test_repetition_counts_repeated_adjacent_pairs():
     assert lm_lab.repetition([1, 2, 1, 2, 1, 2]) == pytest.approx(1 - 2 / 5)
     assert lm_lab.repetition([1, 2, 3, 4]) == 0.0 and lm_lab.repetition([7, 7]) == 0.0
+
+
+def test_recorded_calibration_is_read_from_the_data_folder_or_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRDLAB_DATA", str(tmp_path))
+    assert lm_lab.recorded_calibration() is None
+    _write(tmp_path / "lm_calibration_smollm2_cpu.json", {"ratio": 1.25, "rows": [{"mode": "corrected"}]})
+    assert lm_lab.recorded_calibration()["rows"][0]["mode"] == "corrected"

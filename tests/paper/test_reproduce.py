@@ -82,7 +82,7 @@ class _Bytes:
         ids = list(text.encode("utf-8"))
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
-    def decode(self, ids, skip_special_tokens=True):
+    def decode(self, ids, **options):  # skip_special_tokens: there are none
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
