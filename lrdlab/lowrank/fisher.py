@@ -64,7 +64,9 @@ def _lm_loss(model: nn.Module, batch: object) -> Tensor:
     out = model(**tb.kwargs())
     logits = out.logits if hasattr(out, "logits") else out
     scored, target = tb.scored(logits)
-    return F.cross_entropy(scored.float(), target, reduction="sum")
+    if scored.dtype in (torch.float16, torch.bfloat16):
+        scored = scored.float()
+    return F.cross_entropy(scored, target, reduction="sum")
 
 
 def output_fisher(model: nn.Module, batches: Iterable, names: Sequence[str], *, full: bool = False,
@@ -98,7 +100,7 @@ def output_fisher(model: nn.Module, batches: Iterable, names: Sequence[str], *, 
             with torch.enable_grad():
                 loss = _lm_loss(model, batch)
                 keys = [(n, i) for n, ts in outs.items() for i in range(len(ts))]
-                grads = torch.autograd.grad(loss, [outs[n][i] for n, i in keys], allow_unused=True)
+                grads = torch.autograd.grad(loss, [outs[n][i] for n, i in keys], allow_unused=True) if keys else ()
             for (n, _), g in zip(keys, grads):
                 if g is not None:
                     fisher[n].add(g, full)

@@ -278,10 +278,6 @@ def _record(where: str, study: Callable[[Callable[[dict[str, Any]], None]], dict
     write_record(out, {"runs": runs})
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- loss-weighted study: output-Fisher weighting and allocation against uniform SVD-LLM ---------------------
 
 ALLOCATIONS = ("uniform", "loss")
@@ -376,3 +372,7 @@ def _by_type(ranks: Mapping[str, int]) -> dict[str, list[float]]:
     for name, r in ranks.items():
         by.setdefault(name.rsplit(".", 1)[-1], []).append(r)
     return {k: [min(v), round(sum(v) / len(v), 1), max(v)] for k, v in by.items()}
+
+
+if __name__ == "__main__":
+    main()
