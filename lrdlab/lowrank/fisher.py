@@ -58,8 +58,10 @@ class OutputFisher:
 
 def _lm_loss(model: nn.Module, batch: object) -> Tensor:
     """The summed next-token cross-entropy of a causal LM on one batch (ids, or a dict with ``input_ids``)."""
-    from lrdlab.lowrank.token_batches import token_batch
+    from lrdlab.lowrank.token_batches import ModelCall, token_batch
 
+    if isinstance(batch, ModelCall):  # a checked dict batch: its keyword arguments
+        batch = batch.kwargs
     tb = token_batch(batch, None, "calibration batch")
     out = model(**tb.kwargs())
     logits = out.logits if hasattr(out, "logits") else out

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra
@@ -25,6 +25,7 @@ from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
 from lrdlab.lowrank.fisher import OutputFisher, output_fisher
 from lrdlab.lowrank.layers import LowRankLayer, build, dense_weight, describe
 from lrdlab.lowrank.output_weighted import WeightedSVD, weighted_svd
+from lrdlab.lowrank.plan import Plan
 
 WEIGHTINGS = ("plain", "diagonal", "full")
 
@@ -98,12 +99,58 @@ def build_decomposed(model: nn.Module, svds: Mapping[str, WeightedSVD], ranks: M
         layer: LowRankLayer = build(describe(module), "svd", (rank,))
         layer = layer.to(device=weight.device, dtype=weight.dtype)
         first, last = svds[name].factors(rank)
-        layer.first.weight.copy_(first.reshape(layer.first.weight.shape))
-        layer.last.weight.copy_(last.reshape(layer.last.weight.shape))
-        bias = getattr(module, "bias", None)
-        if bias is not None and layer.last.bias is not None:
-            layer.last.bias.copy_(bias)
+        for child, value in (("first", first), ("last", last)):
+            target: Tensor = getattr(layer, child).weight
+            target.copy_(value.reshape(target.shape))
+        bias, new_bias = getattr(module, "bias", None), layer.last.bias
+        if bias is not None and new_bias is not None:
+            new_bias.copy_(bias)
         for p in layer.parameters():
             p.requires_grad_(weight.requires_grad)
         set_module(work, name, layer)
     return work
+
+
+@dataclass(frozen=True)
+class LossWeighted:
+    """Settings of :func:`decompose_loss_weighted`: ``ratio`` the parameter budget (that of ``Ratio(ratio)`` over
+    the measured layers); ``allocate``: ranks by the loss estimate (greedy per parameter, no layer below ``floor``
+    of its uniform rank) rather than uniform; ``weighting``: ``"diagonal"`` (output channels weighted by
+    ``E[g²]``), ``"full"`` (by ``E[g gᵀ]``) or ``"plain"`` (SVD-LLM); ``ridge``: as ``Calibration``'s."""
+
+    ratio: float
+    allocate: bool = True
+    floor: float = 0.5
+    weighting: str = "diagonal"
+    ridge: float = DEFAULT_RIDGE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio > 1:
+            raise ValueError(f"LossWeighted: ratio must be a number > 1 (got {self.ratio!r}); e.g. LossWeighted(1.25)")
+        if not isinstance(self.allocate, bool):
+            raise ValueError(f"LossWeighted: allocate must be True or False (got {self.allocate!r})")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ValueError(f"LossWeighted: floor must be in [0, 1] (got {self.floor!r}); e.g. floor=0.5 keeps at "
+                             f"least half of each layer's uniform rank")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"LossWeighted: weighting must be one of {WEIGHTINGS} (got {self.weighting!r})")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
+            raise ValueError(f"LossWeighted: ridge must be a number >= 0 (got {self.ridge!r}); the default is "
+                             f"{DEFAULT_RIDGE}")
+
+
+def decompose_loss_weighted(model: nn.Module, batches: Iterable, config: LossWeighted, layers=None, *,
+                            progress: bool = True) -> tuple[nn.Module, Plan]:
+    """A decomposed copy of the causal LM ``model`` and its plan: each Linear fitted by the loss-weighted SVD on
+    the calibration ``batches`` (token ids), its rank chosen as ``config`` says. ``layers``: a
+    :class:`~lrdlab.lowrank.plan_config.Layers` (which layers to plan). The model is left as it was."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan_config import LossAware, Ratio
+
+    stats = measure_loss_weights(model, batches, layers, full=config.weighting == "full", progress=progress)
+    svds = weighted_svds(model, stats, config.weighting, config.ridge, progress=progress)
+    policy = (LossAware(config.ratio, spectra_of(svds, stats.tokens, config.ridge), normalise="output",
+                        floor=config.floor) if config.allocate else Ratio(config.ratio))
+    plan = make_plan(model, policy, layers)
+    ranks = {row.name: row.spec[1][0] for row in plan.decomposed_layers if row.name in svds}
+    return build_decomposed(model, svds, ranks), plan

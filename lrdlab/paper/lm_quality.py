@@ -300,23 +300,26 @@ class WeightedRun:
 
 
 def _loss_weights(model: nn.Module, calib: Tensor, run: WeightedRun) -> Any:
-    from lrdlab.lowrank.fisher import OutputFisher
-    from lrdlab.lowrank.loss_weighted import LossWeights, measure_loss_weights
+    """Input moments (the one-shot statistics SVD-LLM uses, cached as ``_moments`` caches them) and output
+    gradients (a second pass, forward and backward, two windows at a time) of the first ``run.calibration``
+    windows."""
+    from lrdlab.lowrank.fisher import OutputFisher, output_fisher
+    from lrdlab.lowrank.loss_weighted import LossWeights
 
-    full = True  # the [S, S] output moments cost one more product per layer in the same pass: keep them for "full"
-    path = Path(run.cache) / f"loss_weights_{run.calibration}.pt" if run.cache else None
+    full = "full" in run.weightings
+    base = Path(run.cache) if run.cache else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    moments = _moments(model, calib, str(base / f"moments_{run.calibration}.pt") if base else None)
+    path = base / f"fisher_{run.calibration}{'_full' if full else ''}.pt" if base else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return LossWeights({k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved["moments"].items()},
-                           {k: OutputFisher(sq, gram, int(r)) for k, (sq, gram, r) in saved["fisher"].items()},
-                           int(saved["tokens"]))
-    stats = measure_loss_weights(model, list(calib.split(4)), full=full)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"moments": {k: (m.gram, m.rows) for k, m in stats.moments.items()},
-                    "fisher": {k: (f.sq, f.gram, f.rows) for k, f in stats.fisher.items()},
-                    "tokens": stats.tokens}, path)
-    return stats
+        fisher = {k: OutputFisher(sq, gram, int(r)) for k, (sq, gram, r) in saved.items()}
+    else:
+        fisher, _ = output_fisher(model, list(calib.split(2)), list(moments), full=full, moments=False)
+        if path is not None:
+            torch.save({k: (f.sq, f.gram, f.rows) for k, f in fisher.items()}, path)
+    return LossWeights(moments, fisher, max(m.rows for m in moments.values()))
 
 
 def weighted_study(run: WeightedRun, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:

@@ -124,3 +124,38 @@ def test_a_layer_that_never_runs_is_named():
     fisher, moments = output_fisher(model, _batches(), ["model.layers.1.mlp.extra"], progress=False)
     with pytest.raises(ValueError, match="never received a gradient"):
         fisher["model.layers.1.mlp.extra"].diagonal()
+
+
+def test_decompose_loss_weighted_fits_the_budget_and_saves(tmp_path):
+    from lrdlab.lowrank.decompose import load_decomposed, save_decomposed
+    from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
+
+    model = _llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = {"input_ids": _batches(5)[0]}
+    batches = [{"input_ids": b} for b in _batches()]  # dict batches, as a tokenizer gives them
+    uniform = make_plan(model, Ratio(1.5))
+
+    def after(plan):
+        return sum(r.params_after for r in plan.decomposed_layers)
+
+    for allocate in (False, True):
+        low, plan = decompose_loss_weighted(model, batches, LossWeighted(1.5, allocate=allocate), progress=False)
+        assert after(plan) <= after(uniform)
+        assert not torch.equal(low(**ids).logits, model(**ids).logits)
+        if not allocate:
+            assert [r.spec for r in plan.decomposed_layers] == [r.spec for r in uniform.decomposed_layers]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    save_decomposed(low, plan, tmp_path)
+    again = load_decomposed(tmp_path, _llama(3)).double()  # the factors are rebuilt in the default dtype
+    torch.testing.assert_close(again(**ids).logits, low(**ids).logits)
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=1.0), dict(ratio=2, floor=1.5), dict(ratio=2, weighting="kfac"),
+                                 dict(ratio=2, allocate="yes"), dict(ratio=2, ridge=-1.0)])
+def test_loss_weighted_settings_are_checked(bad):
+    from lrdlab.lowrank.loss_weighted import LossWeighted
+
+    with pytest.raises(ValueError, match="LossWeighted"):
+        LossWeighted(**bad)
