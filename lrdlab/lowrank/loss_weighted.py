@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -102,7 +103,8 @@ def build_decomposed(model: nn.Module, svds: Mapping[str, WeightedSVD], ranks: M
         for child, value in (("first", first), ("last", last)):
             target: Tensor = getattr(layer, child).weight
             target.copy_(value.reshape(target.shape))
-        bias, new_bias = getattr(module, "bias", None), layer.last.bias
+        last_factor: Any = layer[-1]
+        bias, new_bias = getattr(module, "bias", None), last_factor.bias
         if bias is not None and new_bias is not None:
             new_bias.copy_(bias)
         for p in layer.parameters():
