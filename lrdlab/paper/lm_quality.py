@@ -3,7 +3,9 @@ and a short distillation from the dense model, scored by perplexity on two texts
 
 Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration and distillation read the training split,
 perplexity the validation split) and, never calibrated on, IDLE's release history that ships with CPython
-(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``.
+(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``;
+``--study weighted`` compares the output-Fisher weighted SVD (:mod:`lrdlab.lowrank.loss_weighted`), at uniform
+ranks and at ranks allocated by its loss estimate, with uniform SVD-LLM on the same calibration windows.
 """
 
 from __future__ import annotations
