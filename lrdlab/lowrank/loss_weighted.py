@@ -1,0 +1,158 @@
+"""Loss-weighted decomposition of a language model's Linear layers: measure, factorise once, build at any ranks.
+
+``stats = measure_loss_weights(model, batches)`` (one forward and backward pass per batch: every planned
+Linear's input moments and output-gradient sums, :mod:`lrdlab.lowrank.fisher`); ``svds = weighted_svds(model,
+stats)`` (each layer's :class:`~lrdlab.lowrank.output_weighted.WeightedSVD`, taken once); ``spectra_of(svds)``
+gives the per-layer loss estimates the rank allocation reads (:class:`~lrdlab.lowrank.plan_config.LossAware`
+with ``normalise="output"``), and ``build_decomposed(model, svds, ranks)`` a decomposed copy at any ranks
+without another SVD.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra
+from lrdlab.lowrank.apply import set_module
+from lrdlab.lowrank.calibration_fit import Moments
+from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
+from lrdlab.lowrank.fisher import OutputFisher, output_fisher
+from lrdlab.lowrank.layers import LowRankLayer, build, dense_weight, describe
+from lrdlab.lowrank.output_weighted import WeightedSVD, weighted_svd
+from lrdlab.lowrank.plan import Plan
+
+WEIGHTINGS = ("plain", "diagonal", "full")
+
+
+@dataclass(frozen=True, eq=False)
+class LossWeights:
+    """What :func:`measure_loss_weights` measured: per layer, input moments and output-gradient sums."""
+
+    moments: Mapping[str, Moments]
+    fisher: Mapping[str, OutputFisher]
+    tokens: int
+
+    def __repr__(self) -> str:
+        return f"LossWeights({len(self.moments)} layers, {self.tokens} tokens)"
+
+
+def measure_loss_weights(model: nn.Module, batches: Iterable, layers=None, *, full: bool = False,
+                         progress: bool = True) -> LossWeights:
+    """Input moments and output-gradient sums of the Linear layers a plan over ``layers`` decomposes by SVD, from
+    one forward and backward pass of the causal LM ``model`` per batch (``full``: keep the ``[S, S]`` output
+    second moments too)."""
+    from lrdlab.lowrank.calibration import check_batches
+    from lrdlab.lowrank.loss_spectra import svd_layers
+
+    names = svd_layers(model, layers)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to plan by SVD")
+    xs = check_batches(model, batches)
+    fisher, moments = output_fisher(model, xs, names, full=full, progress=progress)
+    for n in names:
+        if moments[n].gram is None or fisher[n].sq is None:
+            raise ValueError(f"layer {n!r} never ran (or never reached the loss) on the calibration batches; leave "
+                             f"it out of the plan, e.g. Layers(exclude={n!r})")
+    return LossWeights(moments, fisher, max(m.rows for m in moments.values()))
+
+
+def weighted_svds(model: nn.Module, stats: LossWeights, weighting: str = "diagonal", ridge: float = DEFAULT_RIDGE,
+                  dtype: torch.dtype = torch.float64, progress: bool = True) -> dict[str, WeightedSVD]:
+    """Each measured layer's :class:`WeightedSVD`: ``"plain"`` (SVD-LLM's input whitening only), ``"diagonal"``
+    (output channels weighted by ``E[g²]``) or ``"full"`` (by ``E[g gᵀ]``); computed in float64, the factors
+    kept in ``dtype`` (float32 halves the memory of a whole model's)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS} (got {weighting!r})")
+    out = {}
+    for name, m in tqdm(stats.moments.items(), desc=f"{weighting} weighted SVDs", leave=False,
+                        disable=not progress):
+        assert m.gram is not None
+        cov = add_ridge(m.gram / m.rows, ridge)
+        f = stats.fisher[name]
+        g = None if weighting == "plain" else f.diagonal(ridge) if weighting == "diagonal" else f.full(ridge)
+        svd = weighted_svd(dense_weight(model.get_submodule(name)).detach(), cov, g)
+        out[name] = WeightedSVD(svd.left.to(dtype), svd.s, svd.right.to(dtype))
+    return out
+
+
+def spectra_of(svds: Mapping[str, WeightedSVD], tokens: int = 0, ridge: float = DEFAULT_RIDGE) -> LossSpectra:
+    """The weighted singular values as :class:`LossSpectra` (allocate with ``LossAware(..., normalise="output")``:
+    with output weights, each layer's discarded ``σ²`` estimates its loss increase, in one unit for all)."""
+    return LossSpectra({n: LayerSpectrum(s.s, s.left.shape[0], s.right.shape[1]) for n, s in svds.items()},
+                       tokens, ridge)
+
+
+@torch.no_grad()
+def build_decomposed(model: nn.Module, svds: Mapping[str, WeightedSVD], ranks: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` with each layer of ``ranks`` replaced by its rank-``r`` weighted fit (an SVD
+    ``LowRankLayer``, bias kept); layers not in ``ranks`` stay as they are."""
+    work = copy.deepcopy(model)
+    for name, rank in ranks.items():
+        module = work.get_submodule(name)
+        weight = dense_weight(module)
+        layer: LowRankLayer = build(describe(module), "svd", (rank,))
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+        first, last = svds[name].factors(rank)
+        for child, value in (("first", first), ("last", last)):
+            target: Tensor = getattr(layer, child).weight
+            target.copy_(value.reshape(target.shape))
+        last_factor: Any = layer[-1]
+        bias, new_bias = getattr(module, "bias", None), last_factor.bias
+        if bias is not None and new_bias is not None:
+            new_bias.copy_(bias)
+        for p in layer.parameters():
+            p.requires_grad_(weight.requires_grad)
+        set_module(work, name, layer)
+    return work
+
+
+@dataclass(frozen=True)
+class LossWeighted:
+    """Settings of :func:`decompose_loss_weighted`: ``ratio`` the parameter budget (that of ``Ratio(ratio)`` over
+    the measured layers); ``allocate``: ranks by the loss estimate (greedy per parameter, no layer below ``floor``
+    of its uniform rank) rather than uniform; ``weighting``: ``"diagonal"`` (output channels weighted by
+    ``E[g²]``), ``"full"`` (by ``E[g gᵀ]``) or ``"plain"`` (SVD-LLM); ``ridge``: as ``Calibration``'s."""
+
+    ratio: float
+    allocate: bool = True
+    floor: float = 0.5
+    weighting: str = "diagonal"
+    ridge: float = DEFAULT_RIDGE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not self.ratio > 1:
+            raise ValueError(f"LossWeighted: ratio must be a number > 1 (got {self.ratio!r}); e.g. LossWeighted(1.25)")
+        if not isinstance(self.allocate, bool):
+            raise ValueError(f"LossWeighted: allocate must be True or False (got {self.allocate!r})")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ValueError(f"LossWeighted: floor must be in [0, 1] (got {self.floor!r}); e.g. floor=0.5 keeps at "
+                             f"least half of each layer's uniform rank")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"LossWeighted: weighting must be one of {WEIGHTINGS} (got {self.weighting!r})")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
+            raise ValueError(f"LossWeighted: ridge must be a number >= 0 (got {self.ridge!r}); the default is "
+                             f"{DEFAULT_RIDGE}")
+
+
+def decompose_loss_weighted(model: nn.Module, batches: Iterable, config: LossWeighted, layers=None, *,
+                            progress: bool = True) -> tuple[nn.Module, Plan]:
+    """A decomposed copy of the causal LM ``model`` and its plan: each Linear fitted by the loss-weighted SVD on
+    the calibration ``batches`` (token ids), its rank chosen as ``config`` says. ``layers``: a
+    :class:`~lrdlab.lowrank.plan_config.Layers` (which layers to plan). The model is left as it was."""
+    from lrdlab.lowrank.plan import make_plan
+    from lrdlab.lowrank.plan_config import LossAware, Ratio
+
+    stats = measure_loss_weights(model, batches, layers, full=config.weighting == "full", progress=progress)
+    svds = weighted_svds(model, stats, config.weighting, config.ridge, progress=progress)
+    policy = (LossAware(config.ratio, spectra_of(svds, stats.tokens, config.ridge), normalise="output",
+                        floor=config.floor) if config.allocate else Ratio(config.ratio))
+    plan = make_plan(model, policy, layers)
+    ranks = {row.name: row.spec[1][0] for row in plan.decomposed_layers if row.name in svds}
+    return build_decomposed(model, svds, ranks), plan
