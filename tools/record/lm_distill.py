@@ -3,7 +3,9 @@
 distill_language_model` on the pydoc training windows after the calibration ones, with its perplexity curve and
 the final perplexities (all 16 pydoc validation windows, IDLE's history) and greedy generations.
 
-``python -m lrdlab.paper.lm_distill --ratio 1.25 --steps 200`` appends a run to ``data/lm_distill_smollm2.json``.
+``python -m tools.record.lm_distill --ratio 1.25 --steps 24 --eval-every 8`` appends a run to
+``data/lm_distill_smollm2.json``; the process's CPU time is recorded beside the wall time (on a shared, loaded machine
+the wall time is mostly waiting).
 """
 
 from __future__ import annotations
@@ -19,25 +21,32 @@ from typing import Any
 import torch
 
 from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model
+from lrdlab.lowrank.calibration_fit import Moments, one_shot_moments
+from lrdlab.lowrank.loss_spectra import svd_layers
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.records import read_record, write_record
-from lrdlab.paper.lm_quality import (
-    CURVE_WINDOWS,
-    _moments,
-    decompose_from_moments,
-    generations,
-    perplexity,
-    text_ids,
-    windows,
-)
+from lrdlab.paper.lm_quality import CURVE_WINDOWS, decompose_from_moments, generations, perplexity, text_ids, windows
 
 CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
+
+
+def start_moments(model: torch.nn.Module, calibration: torch.Tensor, cache: str | None) -> dict[str, Moments]:
+    """The one-shot input moments of every SVD layer on ``calibration`` windows, read from / written to ``cache``
+    (the file ``python -m lrdlab.paper.lm_quality --moments-cache`` writes)."""
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
+    moments = one_shot_moments(model, svd_layers(model), list(calibration.split(4)))
+    if cache:
+        torch.save({k: (m.gram, m.rows) for k, m in moments.items()}, cache)
+    return moments
 
 
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the SVD-LLM one-shot start at ``ratio`` (if ``start``; the curve's
-    step 0 scores it on the curve's windows anyway), and that start distilled by ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row."""
+    step 0 scores it on the curve's windows anyway), and that start distilled by ``recipe``: one row each,
+    with perplexities, generations and the curve; ``log`` gets each row."""
     from lrdlab.zoo.smollm import load_smollm2
 
     lm = load_smollm2()
@@ -57,8 +66,8 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     if dense:
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
-    low = decompose_from_moments(model, make_plan(model, Ratio(ratio)), _moments(model, train[:CALIBRATION],
-                                                                                 moments_cache))
+    low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
+                                 start_moments(model, train[:CALIBRATION], moments_cache))
     if start:
         add({"variant": "svd_llm", "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
@@ -109,15 +118,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                             warmup=args.warmup, schedule=args.schedule, temperature=args.temperature,
                             lm_weight=args.lm_weight, trainable=args.trainable)
     load = [round(v, 2) for v in os.getloadavg()]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True))
     out = Path(args.out)
     runs = read_record(out)["runs"] if out.is_file() else []
-    runs.append({**result, "command": "python -m lrdlab.paper.lm_distill " + " ".join(sys.argv[1:]),
+    runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),
                  "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "threads": args.threads,
                  "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
-                 "seconds": round(time.perf_counter() - t0, 1)})
+                 "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)})
     write_record(out, {"runs": runs})
 
 
