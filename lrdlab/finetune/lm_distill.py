@@ -33,6 +33,7 @@ class LMDistillation:
     the next-token cross-entropy. ``trainable``: which of the student's parameters train — ``"factors"`` (those of
     its decomposed layers), ``"factors_norms"`` (also every 1-D parameter: norm scales, biases) or ``"all"``
     (embeddings too); the others are frozen for the run and the user's ``requires_grad`` is restored after it.
+    The defaults are the recipe ``data/lm_distill_smollm2.json`` records (with its tuning notes).
     """
 
     steps: int = 80
