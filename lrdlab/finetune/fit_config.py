@@ -52,7 +52,8 @@ class FitConfig:
     """How :func:`lrdlab.fit` trains: ``fit(model, train, test, FitConfig(epochs=2, lr=0.01))``.
 
     ``epochs``; ``lr``: the peak learning rate; ``optimizer``: ``"sgd"`` (with ``momentum``) or ``"adamw"``, both
-    with ``weight_decay``; ``schedule`` (per iteration): ``"onecycle"``, ``"cosine"`` (to zero) or ``"constant"``;
+    with ``weight_decay``; ``schedule`` (per iteration): ``"onecycle"``, ``"cosine"`` (to zero) or ``"constant"``, the
+latter two after a linear ``warmup`` over that fraction of the iterations (0: none);
     ``label_smoothing`` of the cross-entropy. With a ``teacher`` given to ``fit``: ``distill_alpha`` (the
     teacher's share of the loss) and ``distill_temperature``. ``clip_grad_norm``: the largest norm of the
     trainable gradients (None: no clipping). ``seed`` seeds Python, NumPy and torch before training.
@@ -67,6 +68,7 @@ class FitConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
+    warmup: float = 0.0
     label_smoothing: float = 0.0
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
@@ -84,6 +86,10 @@ class FitConfig:
         check_number(me, "momentum", self.momentum, lambda v: 0 <= v < 1, "in [0, 1)", 0.9)
         check_number(me, "weight_decay", self.weight_decay, lambda v: v >= 0, "a number >= 0", 5e-4)
         check_choice(me, "schedule", self.schedule, SCHEDULES)
+        check_number(me, "warmup", self.warmup, lambda v: 0 <= v < 1, "a fraction of the iterations in [0, 1)", 0.05)
+        if self.warmup and self.schedule == "onecycle":
+            raise ValueError(f"{me}: warmup applies to the 'cosine' and 'constant' schedules ('onecycle' warms up "
+                             f"by itself); e.g. {me}(schedule='cosine', warmup={self.warmup!r})")
         check_number(me, "label_smoothing", self.label_smoothing, lambda v: 0 <= v < 1, "in [0, 1)", 0.1)
         check_number(me, "distill_alpha", self.distill_alpha, lambda v: 0 <= v <= 1,
                      "in [0, 1] (the teacher's share of the loss)", 0.5)

@@ -1,9 +1,11 @@
-"""Distillation of a decomposed causal LM from its dense original: pure KL on the logits over token windows,
-with a held-out perplexity curve (:func:`distill_language_model`, through :func:`lrdlab.fit`)."""
+"""Distillation of a decomposed causal LM from its dense original: KL on the logits (optionally blended with the
+next-token loss) over token windows, with a held-out perplexity curve (:func:`distill_language_model`, through
+:func:`lrdlab.fit`). The measured recipe and its curves: ``data/lm_distill_smollm2.json``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,24 +14,37 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from lrdlab.finetune.fit_config import FitConfig, check_count
+from lrdlab.finetune.fit_config import FitConfig, check_choice, check_count, check_number, check_type
 from lrdlab.finetune.loop import fit
+from lrdlab.lowrank.layers import LowRankLayer
+
+TRAINABLE = ("factors", "factors_norms", "all")
 
 
 @dataclass(frozen=True)
 class LMDistillation:
     """A short distillation of a decomposed causal LM from its dense original (:func:`distill_language_model`).
 
-    ``steps`` optimiser steps of ``batch`` windows each, drawn at random from the training windows; the held-out
-    perplexity is measured every ``eval_every`` steps (and before the first), which gives the curve. Pure KL
-    on the logits (temperature ``temperature``), AdamW at a constant ``lr`` without weight decay.
+    ``steps`` AdamW steps (no weight decay) of ``batch`` windows each, drawn at random from the training windows;
+    the held-out perplexity is measured every ``eval_every`` steps (and before the first): the curve.
+    ``lr``: the peak learning rate, reached after a linear ``warmup`` (a fraction of the steps), then held
+    (``schedule="constant"``) or annealed to zero (``"cosine"``). The loss: ``(1 - lm_weight)·T²·KL`` of the
+    teacher's and the student's next-token distributions at temperature ``temperature``, plus ``lm_weight`` times
+    the next-token cross-entropy. ``trainable``: which of the student's parameters train — ``"factors"`` (those of
+    its decomposed layers), ``"factors_norms"`` (also every 1-D parameter: norm scales, biases) or ``"all"``
+    (embeddings too); the others are frozen for the run and the user's ``requires_grad`` is restored after it.
+    The defaults are the recipe ``data/lm_distill_smollm2.json`` records (with its tuning notes).
     """
 
     steps: int = 80
     batch: int = 2
     eval_every: int = 10
     lr: float = 1e-4
+    warmup: float = 0.0
+    schedule: str = "constant"
     temperature: float = 1.0
+    lm_weight: float = 0.0
+    trainable: str = "all"
     clip_grad_norm: float | None = 1.0
     seed: int = 0
     label: str = "distill"
@@ -44,13 +59,52 @@ class LMDistillation:
             raise ValueError(f"{me}: steps ({self.steps}) must be a multiple of eval_every ({self.eval_every}); "
                              f"e.g. {me}(steps={self.steps - self.steps % self.eval_every or self.eval_every}, "
                              f"eval_every={self.eval_every})")
+        check_number(me, "lr", self.lr, lambda v: v > 0, "a number > 0", 5e-4)
+        check_number(me, "warmup", self.warmup, lambda v: 0 <= v < 1, "a fraction of the steps in [0, 1)", 0.05)
+        check_choice(me, "schedule", self.schedule, ("cosine", "constant"))
+        check_number(me, "temperature", self.temperature, lambda v: v > 0, "a number > 0", 1.0)
+        check_number(me, "lm_weight", self.lm_weight, lambda v: 0 <= v <= 1,
+                     "in [0, 1] (the next-token loss's share; 0 is pure KL)", 0.0)
+        check_choice(me, "trainable", self.trainable, TRAINABLE)
+        if self.clip_grad_norm is not None:
+            check_number(me, "clip_grad_norm", self.clip_grad_norm, lambda v: v > 0,
+                         "a number > 0, or None for no clipping", 1.0)
+        check_count(me, "seed", self.seed, 0)
+        check_type(me, "label", self.label, str, "distill")
+        check_type(me, "progress", self.progress, bool, False)
 
     def fit_config(self) -> FitConfig:
         """The :class:`FitConfig` ``fit`` runs: one 'epoch' per evaluation interval."""
         return FitConfig(epochs=self.steps // self.eval_every, lr=self.lr, optimizer="adamw", weight_decay=0.0,
-                         schedule="constant", distill_alpha=1.0, distill_temperature=self.temperature,
-                         clip_grad_norm=self.clip_grad_norm, seed=self.seed, evaluate_start=True, label=self.label,
-                         progress=self.progress)
+                         schedule=self.schedule, warmup=self.warmup, distill_alpha=1.0 - self.lm_weight,
+                         distill_temperature=self.temperature, clip_grad_norm=self.clip_grad_norm, seed=self.seed,
+                         evaluate_start=True, label=self.label, progress=self.progress)
+
+
+def trainable_parameters(model: nn.Module, which: str) -> list[nn.Parameter]:
+    """The parameters of ``model`` that ``LMDistillation(trainable=which)`` trains (see :class:`LMDistillation`)."""
+    check_choice("LMDistillation", "trainable", which, TRAINABLE)
+    if which == "all":
+        return list(model.parameters())
+    factors = {id(p) for m in model.modules() if isinstance(m, LowRankLayer) for p in m.parameters()}
+    if not factors:
+        raise ValueError(f"LMDistillation(trainable={which!r}): the student has no decomposed layer; decompose it "
+                         f"first or train every parameter with LMDistillation(trainable='all')")
+    return [p for p in model.parameters() if id(p) in factors or (which == "factors_norms" and p.ndim == 1)]
+
+
+@contextmanager
+def training_only(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Within the block only ``params`` of ``model`` require grad; every flag is restored after it."""
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    keep = {id(p) for p in params}
+    try:
+        for p, _ in saved:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 0) -> DataLoader:
@@ -67,16 +121,21 @@ def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 
 def distill_language_model(student: nn.Module, teacher: nn.Module, train_windows: Tensor, eval_windows: Tensor,
                            recipe: LMDistillation | None = None,
                            callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> pd.DataFrame:
-    """Distil ``student`` (trained in place) from ``teacher`` on ``train_windows`` with :func:`lrdlab.fit`;
-    returns its history, one row per evaluation, with the ``perplexity`` on ``eval_windows`` (the curve)
-    and the cumulative training seconds ``wall_s`` (``callbacks`` get each row as it comes, as in ``fit``).
-    Keep ``eval_windows`` out of ``train_windows``."""
+    """Distil ``student`` (trained in place) from ``teacher`` (never trained) on ``train_windows`` with
+    :func:`lrdlab.fit`; returns its history, one row per evaluation, with the ``perplexity`` on ``eval_windows``
+    (the curve), the cumulative training seconds ``wall_s`` and the ``lr`` (``callbacks`` get each row as it comes,
+    as in ``fit``). Keep ``eval_windows`` out of ``train_windows``."""
     recipe = LMDistillation() if recipe is None else recipe
     if not isinstance(recipe, LMDistillation):
         raise ValueError(f"recipe must be an LMDistillation (got {type(recipe).__name__}); "
                          f"e.g. LMDistillation(steps=80)")
+    if student is teacher:
+        raise ValueError("the student is the teacher: distil a decomposed copy, e.g. decompose(model, plan)")
     if len(train_windows) < recipe.batch:
-        raise ValueError(f"{len(train_windows)} training windows cannot fill a batch of {recipe.batch}")
+        raise ValueError(f"{len(train_windows)} training windows cannot fill a batch of {recipe.batch}; "
+                         f"LMDistillation(batch={max(1, len(train_windows))}) or more windows")
+    params = trainable_parameters(student, recipe.trainable)
     train = token_windows_loader(train_windows, recipe.batch, recipe.eval_every, recipe.seed)
     test = [{"input_ids": w, "labels": w} for w in eval_windows.split(4)]
-    return fit(student, train, test, recipe.fit_config(), teacher=teacher, callbacks=callbacks)
+    with training_only(student, params):
+        return fit(student, train, test, recipe.fit_config(), teacher=teacher, callbacks=callbacks)

