@@ -93,11 +93,12 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
+    from lrdlab.cli.common import add_ratio_argument, add_threads_argument
     from lrdlab.measure.machine import machine_info
 
     d = LMDistillation()
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ratio", type=float, default=1.25)
+    add_ratio_argument(ap, default=1.25)
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--eval-every", type=int, default=d.eval_every)
     ap.add_argument("--batch", type=int, default=d.batch)
@@ -107,12 +108,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=d.temperature)
     ap.add_argument("--lm-weight", type=float, default=d.lm_weight)
     ap.add_argument("--trainable", default=d.trainable)
-    ap.add_argument("--threads", type=int, default=1)
+    add_threads_argument(ap, default_text="1")
     ap.add_argument("--moments-cache", default=None)
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
     ap.add_argument("--out", default="data/lm_distill_smollm2.json")
     args = ap.parse_args(argv)
+    args.threads = args.threads or 1
     torch.set_num_threads(args.threads)
     recipe = LMDistillation(steps=args.steps, batch=args.batch, eval_every=args.eval_every, lr=args.lr,
                             warmup=args.warmup, schedule=args.schedule, temperature=args.temperature,
