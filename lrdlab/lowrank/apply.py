@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank import attention, guards
+from lrdlab.lowrank import attention, experts, guards
 from lrdlab.lowrank.factorize import one_thread
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight, describe
 from lrdlab.lowrank.methods import get_method
@@ -23,6 +23,12 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     guards.move_hooks(getattr(parent, child), new)
     setattr(parent, child, new)
+
+
+def rewritten(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """Exact dense replacements (not attached) for the modules that hold the rows ``names`` as views: an
+    ``nn.MultiheadAttention`` with a planned q/k/v/out projection, a 3-D experts module with a planned expert."""
+    return {**attention.converted(model, names), **experts.converted(model, names)}
 
 
 MERGED = "lrdlab_merged"  # attribute merge_bottlenecks sets on each merged block: its bn mode
@@ -134,12 +140,13 @@ def decompose_weights(model: nn.Module, plan: Plan, *, inplace: bool = False, pr
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
     disable = (len(rows) < 20) if progress is None else not progress
-    # attention modules with a decomposed projection become FactorizedMultiheadAttention (exact; attached below)
-    new_attention = attention.converted(target, [row.name for row in rows])
+    # attention modules with a decomposed projection become FactorizedMultiheadAttention, 3-D experts with a
+    # decomposed expert FactorizedExperts (exact; attached below)
+    new_holders = rewritten(target, [row.name for row in rows])
     layers = {**dict(target.named_modules()),
-              **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
+              **{f"{n}.{c}" if n else c: m for n, new in new_holders.items() for c, m in new.named_modules() if c}}
     replacements = _factorize_all(layers, rows, plan, disable)
-    attention.attach(target, new_attention)
+    attention.attach(target, new_holders)
     for name, layer in replacements.items():
         set_module(target, name, layer)
     return target
