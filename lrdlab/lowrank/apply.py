@@ -18,10 +18,15 @@ from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks."""
+    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks, and the
+    training mode of an old leaf layer (an eval model's decomposed conv is in eval mode too: torch's quantization
+    fusion checks that a conv and its BatchNorm agree)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    guards.move_hooks(getattr(parent, child), new)
+    old = getattr(parent, child)
+    guards.move_hooks(old, new)
+    if isinstance(old, nn.Module) and not any(True for _ in old.children()):
+        new.train(old.training)
     setattr(parent, child, new)
 
 

@@ -28,7 +28,7 @@ from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import write_record
 
-WIDTHS: dict[str, dict[str, int]] = {  # the encoders of openai/whisper-{size}
+WIDTHS: dict[str, dict[str, Any]] = {  # the encoders of openai/whisper-{size}
     "tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536),
     "small": dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072),
     "medium": dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096),
