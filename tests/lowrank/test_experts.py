@@ -9,6 +9,7 @@ import torch
 from lrdlab import FixedRank, Layers, Ratio, count_flops, count_params, decompose, make_plan
 from lrdlab.lowrank.decompose import load_decomposed, save_decomposed
 from lrdlab.lowrank.experts import FactorizedExperts, unsupported_reason
+from lrdlab.lowrank.hf_save import load_hf, save_hf
 from lrdlab.lowrank.layers import LowRankLayer
 
 T = pytest.importorskip("transformers")
@@ -85,9 +86,12 @@ def test_saved_experts_reload_by_state_dict(tmp_path):
     assert "model.layers.0.mlp.experts.down_proj.2.first.weight" in keys
     assert not any(k.endswith("experts.gate_up_proj") for k in keys)
     loaded = load_decomposed(tmp_path, T.MixtralForCausalLM(_config()).eval())
+    save_hf(small, plan, tmp_path / "hf")
+    from_hf = load_hf(tmp_path / "hf")
     ids = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, small(ids).logits)
+        want = small(ids).logits
+        assert torch.equal(loaded(ids).logits, want) and torch.equal(from_hf(ids).logits, want)
 
 
 def test_an_experts_module_with_its_own_forward_stays_whole_and_is_counted():
