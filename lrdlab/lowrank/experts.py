@@ -18,6 +18,7 @@ eager loop, whatever ``config._experts_implementation`` the original used (other
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -89,6 +90,7 @@ class FactorizedExperts(nn.Module):
 # --- recognising ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _eager_source(cls: type) -> str:
     forward = getattr(cls, "forward", None)
     forward = getattr(forward, "__wrapped__", forward)  # transformers' use_experts_implementation dispatcher
