@@ -90,7 +90,7 @@ class FactorizedExperts(nn.Module):
 # --- recognising ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eager_source(cls: type) -> str:
     forward = getattr(cls, "forward", None)
     forward = getattr(forward, "__wrapped__", forward)  # transformers' use_experts_implementation dispatcher
