@@ -18,7 +18,6 @@ eager loop, whatever ``config._experts_implementation`` the original used (other
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 
@@ -90,14 +89,19 @@ class FactorizedExperts(nn.Module):
 # --- recognising ---------------------------------------------------------------------------------------------
 
 
-@functools.cache
+_SOURCES: dict[type, str] = {}
+
+
 def _eager_source(cls: type) -> str:
-    forward = getattr(cls, "forward", None)
-    forward = getattr(forward, "__wrapped__", forward)  # transformers' use_experts_implementation dispatcher
-    try:
-        return inspect.getsource(forward) if forward is not None else ""
-    except (OSError, TypeError):
-        return ""
+    """The source of ``cls``'s eager forward (behind transformers' dispatcher), cached per class."""
+    if cls not in _SOURCES:
+        forward = getattr(cls, "forward", None)
+        forward = getattr(forward, "__wrapped__", forward)  # transformers' use_experts_implementation dispatcher
+        try:
+            _SOURCES[cls] = inspect.getsource(forward) if forward is not None else ""
+        except (OSError, TypeError):
+            _SOURCES[cls] = ""
+    return _SOURCES[cls]
 
 
 _REFERENCE: list[str] = []
