@@ -190,6 +190,6 @@ def converted(model: nn.Module, names: list[str]) -> dict[str, FactorizedExperts
     for layer in names:
         holder, _, index = layer.rpartition(".")
         owner, _, tensor = holder.rpartition(".")
-        if tensor in (GATE_UP, DOWN) and index.isdigit() and (owner in found or (not owner and "" in found)):
+        if tensor in (GATE_UP, DOWN) and index.isdigit() and owner in found:
             wanted.add(owner)
     return {n: FactorizedExperts.from_experts(found[n]) for n in sorted(wanted)}

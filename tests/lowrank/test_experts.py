@@ -138,3 +138,17 @@ def test_count_flops_counts_the_grouped_mm_experts_kernel():
         config._experts_implementation = kernel
         counts[kernel] = count_flops(T.MixtralForCausalLM(config).eval(), ids)
     assert counts["grouped_mm"] == counts["eager"]
+
+
+def test_a_plan_without_expert_rows_still_applies_and_leaves_the_experts_whole(tmp_path):
+    """Plans saved before lrdlab planned 3-D experts have no rows for them."""
+    model = _mixtral()
+    plan = _plan(model, Ratio(2, min_rank=1))
+    plan.layers = [r for r in plan.layers if ".experts." not in r.name]
+    small = decompose(model, plan)
+    assert type(small.model.layers[0].mlp.experts) is MixtralExperts
+    save_decomposed(small, plan, tmp_path)
+    loaded = load_decomposed(tmp_path, T.MixtralForCausalLM(_config()).eval())
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, small(ids).logits)
