@@ -152,3 +152,23 @@ def test_a_plan_without_expert_rows_still_applies_and_leaves_the_experts_whole(t
     ids = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, small(ids).logits)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "olmoe", "qwen2_moe"])
+def test_other_families_with_the_mixtral_experts_forward_get_expert_rows_exact_at_full_rank(family):
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=64, experts_implementation="eager", num_experts=E, num_experts_per_tok=2,
+                  eos_token_id=None)
+    configs = {"qwen3_moe": lambda: T.Qwen3MoeConfig(**common, moe_intermediate_size=24, intermediate_size=48),
+               "olmoe": lambda: T.OlmoeConfig(**common, intermediate_size=24),
+               "qwen2_moe": lambda: T.Qwen2MoeConfig(**common, moe_intermediate_size=24, intermediate_size=48,
+                                                     shared_expert_intermediate_size=24)}
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(configs[family]()).eval().double()
+    plan = _plan(model, FixedRank("full", allow_larger=True), Layers(include="*experts*"))
+    assert sum(".experts.down_proj." in r.name for r in plan.decomposed_layers) == E
+    small = decompose(model, plan)
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        want, got = model(ids).logits, small(ids).logits
+    assert torch.allclose(got, want, rtol=0, atol=1e-10 * want.abs().max().item())
