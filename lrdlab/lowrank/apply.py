@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrdlab.lowrank import attention, guards
+from lrdlab.lowrank import attention, experts, guards
 from lrdlab.lowrank.factorize import one_thread
 from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight, describe
 from lrdlab.lowrank.methods import get_method
@@ -18,11 +18,22 @@ from lrdlab.lowrank.plan import Plan, candidate_layers, named_layers
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks."""
+    """Put ``new`` in place of ``model``'s submodule ``name`` (dotted); it takes over the old one's hooks, and the
+    training mode of an old leaf layer (an eval model's decomposed conv is in eval mode too: torch's quantization
+    fusion checks that a conv and its BatchNorm agree)."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    guards.move_hooks(getattr(parent, child), new)
+    old = getattr(parent, child)
+    guards.move_hooks(old, new)
+    if isinstance(old, nn.Module) and not any(True for _ in old.children()):
+        new.train(old.training)
     setattr(parent, child, new)
+
+
+def rewritten(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """Exact dense replacements (not attached) for the modules that hold the rows ``names`` as views: an
+    ``nn.MultiheadAttention`` with a planned q/k/v/out projection, a 3-D experts module with a planned expert."""
+    return {**attention.converted(model, names), **experts.converted(model, names)}
 
 
 MERGED = "lrdlab_merged"  # attribute merge_bottlenecks sets on each merged block: its bn mode
@@ -81,7 +92,9 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
             form.check_ranks(info, layer_ranks, f"layer {row.name!r}")
     planned = {row.name for row in plan.layers}
     inside = _inside_low_rank(model)
-    missing = [n for n, _ in candidate_layers(model) if n not in planned and n not in inside]
+    # a plan written before lrdlab planned 3-D experts has no rows for them: they stay whole, as it said
+    older = set(experts.notes(model)) if not planned & set(experts.notes(model)) else set()
+    missing = [n for n, _ in candidate_layers(model) if n not in planned and n not in inside and n not in older]
     if missing:
         raise ValueError(
             f"the plan has no row for {len(missing)} layer(s) of this model (e.g. {missing[:3]}): it was made for "
@@ -134,12 +147,13 @@ def decompose_weights(model: nn.Module, plan: Plan, *, inplace: bool = False, pr
             raise ValueError(f"layer {row.name!r} has NaN or infinite weights; fix or exclude it")
     target = model if inplace else copy.deepcopy(model)
     disable = (len(rows) < 20) if progress is None else not progress
-    # attention modules with a decomposed projection become FactorizedMultiheadAttention (exact; attached below)
-    new_attention = attention.converted(target, [row.name for row in rows])
+    # attention modules with a decomposed projection become FactorizedMultiheadAttention, 3-D experts with a
+    # decomposed expert FactorizedExperts (exact; attached below)
+    new_holders = rewritten(target, [row.name for row in rows])
     layers = {**dict(target.named_modules()),
-              **{f"{n}.{c}": m for n, new in new_attention.items() for c, m in new.named_children()}}
+              **{f"{n}.{c}" if n else c: m for n, new in new_holders.items() for c, m in new.named_modules() if c}}
     replacements = _factorize_all(layers, rows, plan, disable)
-    attention.attach(target, new_attention)
+    attention.attach(target, new_holders)
     for name, layer in replacements.items():
         set_module(target, name, layer)
     return target

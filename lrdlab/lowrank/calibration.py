@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
-from lrdlab.lowrank.apply import check_plan, set_module
+from lrdlab.lowrank.apply import check_plan, rewritten, set_module
 from lrdlab.lowrank.calibration_blocks import StackFit, calibrate_stack, capture_stack, find_stack, shared_copy
 from lrdlab.lowrank.calibration_fit import (
     DEFAULT_MODE,
@@ -424,7 +424,7 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     work = shared_copy(model, _only_planned(model, list(rows))).eval()
     # attention modules with planned projections become an exact dense FactorizedMultiheadAttention first, so
     # q/k/v/out are real Linear modules that see their own inputs and are fitted to them like any layer
-    attention.attach(work, attention.converted(work, list(rows)))
+    attention.attach(work, rewritten(work, list(rows)))
     for name in rows:
         if not torch.isfinite(weight_of(work.get_submodule(name))).all():
             raise ValueError(f"layer {name!r} has NaN or infinite weights; fix or exclude it")

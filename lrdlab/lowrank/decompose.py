@@ -17,6 +17,7 @@ from lrdlab.lowrank.apply import (  # check_plan, set_module and merged_blocks a
     decompose_weights,
     merge_parts,
     merged_blocks,
+    rewritten,
     set_module,
 )
 from lrdlab.lowrank.calibration import Calibration, calibrated_decompose
@@ -90,7 +91,7 @@ def apply_structure(model: nn.Module, plan: Plan) -> nn.Module:
     A plan saved from a merged model (``settings["merge"]``) also gets its bottlenecks merged.
     """
     check_plan(model, plan)
-    attention.attach(model, attention.converted(model, [row.name for row in plan.decomposed_layers]))
+    attention.attach(model, rewritten(model, [row.name for row in plan.decomposed_layers]))
     new = {row.name: build(describe(model.get_submodule(row.name)), row.spec[0], row.spec[1], row.branches)
            for row in plan.decomposed_layers}
     for name, layer in new.items():

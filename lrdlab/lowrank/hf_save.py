@@ -105,9 +105,14 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> nn.Modul
     config_path = directory / "config.json"
     if not config_path.is_file() or not (directory / WEIGHTS).is_file():
         raise FileNotFoundError(f"{directory} has no config.json and {WEIGHTS}; write it with save_hf")
-    saved = json.loads(config_path.read_text())
-    if saved.get("model_type") != MODEL_TYPE or "lrdlab" not in saved:
-        raise ValueError(f"{directory} is not an lrdlab decomposed model (model_type {saved.get('model_type')!r}); "
+    try:
+        saved = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nested too deeply
+        raise ValueError(f"{config_path} is not a JSON config ({type(err).__name__}); write the model with "
+                         f"save_hf") from err
+    if not isinstance(saved, dict) or saved.get("model_type") != MODEL_TYPE or "lrdlab" not in saved:
+        kind = saved.get("model_type") if isinstance(saved, dict) else None
+        raise ValueError(f"{directory} is not an lrdlab decomposed model (model_type {kind!r}); "
                          "load a dense checkpoint with transformers' from_pretrained")
     plan = Plan.from_dict(saved["lrdlab"]["plan"])
     model = apply_structure(_original_model(saved), plan)

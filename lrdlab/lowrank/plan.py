@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from lrdlab.lowrank import attention, conv_kinds, force_check, guards, hf, methods, usage
+from lrdlab.lowrank import attention, conv_kinds, experts, force_check, guards, hf, methods, usage
 from lrdlab.lowrank.layers import LowRankLayer, describe, unsupported_reason
 from lrdlab.lowrank.methods import TUCKER2, Method, MethodOptions, get_method
 from lrdlab.lowrank.plan_config import (  # noqa: F401  (the configs re-exported beside make_plan)
@@ -238,9 +238,11 @@ def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every Linear, Conv and HF Conv1D layer of ``model`` (supported or not), in module order.
 
     An ``nn.MultiheadAttention``'s q/k/v projections (slices of its ``in_proj_weight``) come as ``nn.Linear``
-    views named ``<mha>.q_proj`` / ``k_proj`` / ``v_proj``, before its ``out_proj`` (:mod:`lrdlab.lowrank.attention`).
+    views named ``<mha>.q_proj`` / ``k_proj`` / ``v_proj``, before its ``out_proj`` (:mod:`lrdlab.lowrank.attention`);
+    a HuggingFace MoE block's 3-D expert tensors come as one ``nn.Linear`` view per expert matrix,
+    ``<experts>.gate_up_proj.<e>`` / ``<experts>.down_proj.<e>`` (:mod:`lrdlab.lowrank.experts`).
     """
-    views = attention.projection_views(model)
+    views = _views(model)
     out: list[tuple[str, nn.Module]] = []
     for name, m in model.named_modules():
         out.extend(views.get(name, []))
@@ -249,9 +251,14 @@ def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def _views(model: nn.Module) -> dict[str, list[tuple[str, nn.Linear]]]:
+    """``{module name: [(row name, nn.Linear view)]}``: the rows of weights that are no module of their own."""
+    return {**attention.projection_views(model), **experts.expert_views(model)}
+
+
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``named_modules()`` plus the attention q/k/v views: every name a plan row can have."""
-    views = {n: v for rows in attention.projection_views(model).values() for n, v in rows}
+    """``named_modules()`` plus the attention q/k/v and expert views: every name a plan row can have."""
+    views = {n: v for rows in _views(model).values() for n, v in rows}
     return {**views, **dict(model.named_modules())}
 
 
@@ -293,8 +300,11 @@ def _uncovered(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> dic
     for name, m in candidates:
         if modules.get(name) is m:
             covered.update(id(p) for p in m.parameters())
-        else:  # an attention q/k/v view: its module's packed in_proj parameters
-            covered.update(id(p) for p in modules[name.rpartition(".")[0]].parameters(recurse=False))
+        else:  # a q/k/v or expert view: the parameters of the module holding it (packed in_proj, 3-D experts)
+            owner = name.rpartition(".")[0]
+            while owner not in modules:
+                owner = owner.rpartition(".")[0]
+            covered.update(id(p) for p in modules[owner].parameters(recurse=False))
     rest = [(n, p) for n, p in model.named_parameters() if id(p) not in covered]
     if not rest:
         return {"params": 0, "tensors": 0}
@@ -368,7 +378,7 @@ def make_plan(model: nn.Module, policy: RankPolicy, layers: Layers | None = None
                              f"layer names look like {names[:3]}")
     unrewritable = attention.skip_reasons(model)
     shared = guards.shared_reasons(model, names)
-    fastpath = attention.fastpath_notes(model)
+    fastpath = {**attention.fastpath_notes(model), **experts.notes(model)}
     kept, probe_note = usage.usage_reasons(model, [(n, m) for n, m in candidates if not _matches(n, force)],
                                            set(unrewritable) | set(fastpath), select.example_input,
                                            select.input_shape)

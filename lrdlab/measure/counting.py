@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,20 @@ def count_layers(model: nn.Module, exclude_downsample: bool = True) -> int:
 FLOP_COUNTER = "torch.utils.flop_counter (2 FLOPs per multiply-add; conv/matmul only)"
 
 
+def grouped_mm_flops(a_shape: Sequence[int], b_shape: Sequence[int], *args: Any, out_shape: Sequence[int],
+                     **kwargs: Any) -> int:
+    """FLOPs of ``torch._grouped_mm`` (HF MoE experts' default CPU/GPU kernel), which torch's counter leaves out:
+    groups split the rows of a 2-D ``a`` or the columns of a 2-D ``b`` (each output element is a ``K``-long dot
+    product), or, both 2-D, the contracted dimension ``K``."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
+def _counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten._grouped_mm: grouped_mm_flops})
+
+
 def count_params(model: nn.Module) -> int:
     """All parameters of ``model`` (trainable or not); a parameter shared by several modules (tied) counts once."""
     return sum(p.numel() for p in model.parameters())  # parameters() yields each Parameter object once
@@ -38,7 +53,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | An
     a list of images: :func:`~lrdlab.lowrank.token_batches.model_call`), counted on the real model. A model whose
     forward needs real values (some HuggingFace models check their inputs) is counted on the example itself.
     Counting runs in eval mode, without gradients, with the parameters' ``requires_grad`` switched off meanwhile
-    (torch's module tracker fails on some models otherwise: HF Mamba, DeBERTa-v2) and restored.
+    (torch's module tracker fails on some models otherwise: HF Mamba, DeBERTa-v2) and restored. ``torch._grouped_mm``
+    (HF MoE experts) is counted too (:func:`grouped_mm_flops`).
     """
     if not isinstance(input_shape, torch.Tensor) and not _is_shape(input_shape):
         return _count_real(model, model_call(model, input_shape))
@@ -48,7 +64,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] | torch.Tensor | An
     shape = tuple(example.shape) if example is not None else tuple(input_shape)
     meta = copy.deepcopy(model).to("meta").eval().requires_grad_(False)
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with _counter() as counter, torch.no_grad():
             meta(torch.zeros(shape, dtype=dtype, device="meta"))
     except (NotImplementedError, RuntimeError):
         real = example if example is not None else torch.zeros(shape, dtype=dtype)
@@ -67,7 +83,7 @@ def _count_real(model: nn.Module, call: Any) -> int:
     grads = {p: p.requires_grad for p in model.parameters()}
     try:
         model.eval().requires_grad_(False)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with _counter() as counter, torch.no_grad():
             run_model(model, call)
     finally:
         model.train(was_training)
