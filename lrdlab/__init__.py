@@ -55,6 +55,7 @@ _API = {
     "Images": "lrdlab.zoo.data_config",
     "LoaderOptions": "lrdlab.zoo.data_config",
     "pretrained": "lrdlab.zoo.pretrained",
+    "pretrained_info": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
     "FreezingStudyConfig": "lrdlab.paper.freezing_study",
 }
@@ -94,6 +95,7 @@ __all__ = [
     "merge_bottlenecks",
     "optimize_plan",
     "pretrained",
+    "pretrained_info",
     "recalibrate_bn",
     "register_safe_layer",
     "run_freezing_study",
@@ -137,4 +139,4 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.data_config import Images, LoaderOptions
     from lrdlab.zoo.models import get_model
-    from lrdlab.zoo.pretrained import pretrained
+    from lrdlab.zoo.pretrained import pretrained, pretrained_info

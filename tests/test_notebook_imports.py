@@ -12,7 +12,6 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 # What each notebook still imports from inside the package (to move behind `lrdlab` / `lrdlab.explore`).
 STILL_INTERNAL = {
-    "00_start_here": {"lrdlab.zoo.pretrained"},
     "01_svd_basics": {"lrdlab.lowrank", "lrdlab.measure.machine", "lrdlab.lowrank.layers"},
     "02_tucker2_conv": {"lrdlab.lowrank", "lrdlab.lowrank.layers"},
     "03_whole_network": {"lrdlab.measure", "lrdlab.cli", "lrdlab.measure.counting", "lrdlab.measure.stats",
