@@ -59,6 +59,11 @@ _API = {
     "run_freezing_study": "lrdlab.paper.freezing_study",
     "FreezingStudyConfig": "lrdlab.paper.freezing_study",
 }
+# public module -> its path (the pure maths, used whole: ``from lrdlab import ranks``)
+_MODULES = {
+    "factorize": "lrdlab.lowrank.factorize",
+    "ranks": "lrdlab.lowrank.ranks",
+}
 
 __all__ = [
     "VBMF",
@@ -87,6 +92,7 @@ __all__ = [
     "decompose",
     "decompose_layer",
     "evaluate",
+    "factorize",
     "fit",
     "get_loaders",
     "get_model",
@@ -96,6 +102,7 @@ __all__ = [
     "optimize_plan",
     "pretrained",
     "pretrained_info",
+    "ranks",
     "recalibrate_bn",
     "register_safe_layer",
     "run_freezing_study",
@@ -109,17 +116,22 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value
+    if name in _MODULES:
+        module = importlib.import_module(_MODULES[name])
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'lrdlab' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | set(_MODULES))
 
 
 if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
+    from lrdlab.lowrank import factorize, ranks
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
