@@ -45,6 +45,7 @@ _API = {
     "count_params": "lrdlab.measure.counting",
     "count_flops": "lrdlab.measure.counting",
     "compare": "lrdlab.measure.compare",
+    "machine_info": "lrdlab.measure.machine",
     "optimize_plan": "lrdlab.measure.rank_search",
     "SearchConfig": "lrdlab.measure.search_config",
     "TimingConfig": "lrdlab.measure.timing_config",
@@ -97,6 +98,7 @@ __all__ = [
     "get_loaders",
     "get_model",
     "load_decomposed",
+    "machine_info",
     "make_plan",
     "merge_bottlenecks",
     "optimize_plan",
@@ -143,6 +145,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig

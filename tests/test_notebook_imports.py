@@ -12,7 +12,6 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 # What each notebook still imports from inside the package (to move behind `lrdlab` / `lrdlab.explore`).
 STILL_INTERNAL = {
-    "01_svd_basics": {"lrdlab.lowrank", "lrdlab.measure.machine", "lrdlab.lowrank.layers"},
     "03_whole_network": {"lrdlab.measure", "lrdlab.cli", "lrdlab.measure.counting", "lrdlab.measure.stats",
                          "lrdlab.paper", "lrdlab.paper.accuracy_study"},
     "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
