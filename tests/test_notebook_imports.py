@@ -17,7 +17,7 @@ STILL_INTERNAL = {
     "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
                              "lrdlab.lowrank.plan", "lrdlab.measure.records", "lrdlab.measure.plan_choice",
                              "lrdlab.paper.speed_story"},
-    "05_freezing": {"lrdlab.finetune.freezing", "lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
+    "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
     "06_merging_branching": {"lrdlab.lowrank", "lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
                              "lrdlab.zoo.cifar_models"},
     "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.measure.counting",
