@@ -30,6 +30,8 @@ _API = {
     "Layers": "lrdlab.lowrank.plan_config",
     "Tucker2Options": "lrdlab.lowrank.methods",
     "LowRankLayer": "lrdlab.lowrank.layers",
+    "FactorizedMultiheadAttention": "lrdlab.lowrank.attention",
+    "unfuse": "lrdlab.lowrank.attention",
     "decompose_layer": "lrdlab.lowrank.layers",
     "decompose": "lrdlab.lowrank.decompose",
     "save_decomposed": "lrdlab.lowrank.decompose",
@@ -70,6 +72,7 @@ __all__ = [
     "VBMF",
     "Calibration",
     "Energy",
+    "FactorizedMultiheadAttention",
     "FixedRank",
     "FitConfig",
     "Freezer",
@@ -109,6 +112,7 @@ __all__ = [
     "register_safe_layer",
     "run_freezing_study",
     "save_decomposed",
+    "unfuse",
 ]
 __version__ = "0.2.0"
 
@@ -134,6 +138,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
     from lrdlab.lowrank import factorize, ranks
+    from lrdlab.lowrank.attention import FactorizedMultiheadAttention, unfuse
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer

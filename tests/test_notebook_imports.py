@@ -22,9 +22,8 @@ STILL_INTERNAL = {
                              "lrdlab.zoo.cifar_models"},
     "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.measure.counting",
                         "lrdlab.lowrank.decompose", "lrdlab.paper.recorded", "lrdlab.measure.cache"},
-    "08_transformers": {"lrdlab.measure.records", "lrdlab.finetune.freezing", "lrdlab.lowrank.attention",
-                        "lrdlab.zoo.cifar_models", "lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report",
-                        "lrdlab.lowrank"},
+    "08_transformers": {"lrdlab.measure.records", "lrdlab.zoo.cifar_models", "lrdlab.zoo.pretrained",
+                        "lrdlab.paper.transformers_report"},
 }
 
 
