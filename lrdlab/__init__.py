@@ -35,6 +35,7 @@ _API = {
     "decompose_layer": "lrdlab.lowrank.layers",
     "decompose": "lrdlab.lowrank.decompose",
     "save_decomposed": "lrdlab.lowrank.decompose",
+    "planned_structure": "lrdlab.lowrank.decompose",
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
@@ -105,6 +106,7 @@ __all__ = [
     "make_plan",
     "merge_bottlenecks",
     "optimize_plan",
+    "planned_structure",
     "pretrained",
     "pretrained_info",
     "ranks",
@@ -140,7 +142,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank import factorize, ranks
     from lrdlab.lowrank.attention import FactorizedMultiheadAttention, unfuse
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
-    from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
+    from lrdlab.lowrank.decompose import decompose, load_decomposed, planned_structure, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options

@@ -22,8 +22,7 @@ STILL_INTERNAL = {
                              "lrdlab.zoo.cifar_models"},
     "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.measure.counting",
                         "lrdlab.lowrank.decompose", "lrdlab.paper.recorded", "lrdlab.measure.cache"},
-    "08_transformers": {"lrdlab.measure.records", "lrdlab.zoo.cifar_models", "lrdlab.zoo.pretrained",
-                        "lrdlab.paper.transformers_report"},
+    "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
 }
 
 
@@ -57,6 +56,17 @@ def test_the_checker_sees_internal_imports(tmp_path):
     path = tmp_path / "n.ipynb"
     path.write_text(json.dumps(nb))
     assert internal_imports(path) == {"lrdlab.lowrank.plan", "lrdlab.measure.stats"}
+
+
+def test_the_explorers_helpers_resolve_and_come_from_earlier_stages():
+    import lrdlab.explore as explore
+
+    stages = ["lowrank", "finetune", "measure", "zoo"]  # before explore (tests/test_architecture.py STAGES)
+    for name in explore.__all__:
+        assert getattr(explore, name) is not None, name
+        assert explore._HELPERS[name].split(".")[1] in stages, name
+    with pytest.raises(AttributeError):
+        explore.no_such_thing  # noqa: B018
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
