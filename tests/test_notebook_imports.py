@@ -20,8 +20,7 @@ STILL_INTERNAL = {
     "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
     "06_merging_branching": {"lrdlab.lowrank", "lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
                              "lrdlab.zoo.cifar_models"},
-    "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.measure.counting",
-                        "lrdlab.lowrank.decompose", "lrdlab.paper.recorded", "lrdlab.measure.cache"},
+    "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
     "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
 }
 
