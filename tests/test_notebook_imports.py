@@ -12,14 +12,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 # What each notebook still imports from inside the package (to move behind `lrdlab` / `lrdlab.explore`).
 STILL_INTERNAL = {
-    "03_whole_network": {"lrdlab.measure", "lrdlab.cli", "lrdlab.measure.counting", "lrdlab.measure.stats",
-                         "lrdlab.paper", "lrdlab.paper.accuracy_study"},
+    "03_whole_network": {"lrdlab.cli", "lrdlab.paper", "lrdlab.paper.accuracy_study"},
     "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
-                             "lrdlab.lowrank.plan", "lrdlab.measure.records", "lrdlab.measure.plan_choice",
                              "lrdlab.paper.speed_story"},
     "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
-    "06_merging_branching": {"lrdlab.lowrank", "lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
-                             "lrdlab.zoo.cifar_models"},
+    "06_merging_branching": {"lrdlab.lowrank", "lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
     "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
     "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
 }
