@@ -38,6 +38,7 @@ _API = {
     "planned_structure": "lrdlab.lowrank.decompose",
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
+    "find_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
     "Calibration": "lrdlab.lowrank.calibration",
     "register_safe_layer": "lrdlab.lowrank.usage",
@@ -98,6 +99,7 @@ __all__ = [
     "decompose_layer",
     "evaluate",
     "factorize",
+    "find_bottlenecks",
     "fit",
     "get_loaders",
     "get_model",
@@ -144,7 +146,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, planned_structure, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
-    from lrdlab.lowrank.merge import merge_bottlenecks
+    from lrdlab.lowrank.merge import find_bottlenecks, merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
     from lrdlab.lowrank.plan_config import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio

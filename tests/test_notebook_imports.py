@@ -16,7 +16,7 @@ STILL_INTERNAL = {
     "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
                              "lrdlab.paper.speed_story"},
     "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
-    "06_merging_branching": {"lrdlab.lowrank", "lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
+    "06_merging_branching": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
     "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
     "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
 }
