@@ -28,6 +28,7 @@ _API = {
     "FixedRank": "lrdlab.lowrank.plan_config",
     "RankPolicy": "lrdlab.lowrank.plan_config",
     "Layers": "lrdlab.lowrank.plan_config",
+    "PAPER_EXCLUDE": "lrdlab.lowrank.plan_config",
     "Tucker2Options": "lrdlab.lowrank.methods",
     "LowRankLayer": "lrdlab.lowrank.layers",
     "FactorizedMultiheadAttention": "lrdlab.lowrank.attention",
@@ -71,6 +72,7 @@ _MODULES = {
 }
 
 __all__ = [
+    "PAPER_EXCLUDE",
     "VBMF",
     "Calibration",
     "Energy",
@@ -149,7 +151,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.merge import find_bottlenecks, merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
-    from lrdlab.lowrank.plan_config import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE, VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
     from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.compare import compare

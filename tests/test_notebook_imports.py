@@ -12,12 +12,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 # What each notebook still imports from inside the package (to move behind `lrdlab` / `lrdlab.explore`).
 STILL_INTERNAL = {
-    "03_whole_network": {"lrdlab.cli", "lrdlab.paper", "lrdlab.paper.accuracy_study"},
-    "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.numbers", "lrdlab.paper.recorded",
-                             "lrdlab.paper.speed_story"},
+    "03_whole_network": {"lrdlab.paper", "lrdlab.paper.accuracy_study"},
+    "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.recorded", "lrdlab.paper.speed_story"},
     "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
-    "06_merging_branching": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
-    "07_reproduction": {"lrdlab.paper", "lrdlab.paper.numbers", "lrdlab.paper.recorded"},
+    "06_merging_branching": {"lrdlab.paper", "lrdlab.paper.recorded"},
+    "07_reproduction": {"lrdlab.paper", "lrdlab.paper.recorded"},
     "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
 }
 
