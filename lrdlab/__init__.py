@@ -28,13 +28,18 @@ _API = {
     "FixedRank": "lrdlab.lowrank.plan_config",
     "RankPolicy": "lrdlab.lowrank.plan_config",
     "Layers": "lrdlab.lowrank.plan_config",
+    "PAPER_EXCLUDE": "lrdlab.lowrank.plan_config",
     "Tucker2Options": "lrdlab.lowrank.methods",
     "LowRankLayer": "lrdlab.lowrank.layers",
+    "FactorizedMultiheadAttention": "lrdlab.lowrank.attention",
+    "unfuse": "lrdlab.lowrank.attention",
     "decompose_layer": "lrdlab.lowrank.layers",
     "decompose": "lrdlab.lowrank.decompose",
     "save_decomposed": "lrdlab.lowrank.decompose",
+    "planned_structure": "lrdlab.lowrank.decompose",
     "load_decomposed": "lrdlab.lowrank.decompose",
     "merge_bottlenecks": "lrdlab.lowrank.merge",
+    "find_bottlenecks": "lrdlab.lowrank.merge",
     "recalibrate_bn": "lrdlab.lowrank.calibration",
     "Calibration": "lrdlab.lowrank.calibration",
     "LossWeighted": "lrdlab.lowrank.loss_weighted",
@@ -47,6 +52,7 @@ _API = {
     "count_params": "lrdlab.measure.counting",
     "count_flops": "lrdlab.measure.counting",
     "compare": "lrdlab.measure.compare",
+    "machine_info": "lrdlab.measure.machine",
     "optimize_plan": "lrdlab.measure.rank_search",
     "SearchConfig": "lrdlab.measure.search_config",
     "TimingConfig": "lrdlab.measure.timing_config",
@@ -57,14 +63,22 @@ _API = {
     "Images": "lrdlab.zoo.data_config",
     "LoaderOptions": "lrdlab.zoo.data_config",
     "pretrained": "lrdlab.zoo.pretrained",
+    "pretrained_info": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
     "FreezingStudyConfig": "lrdlab.paper.freezing_study",
 }
+# public module -> its path (the pure maths, used whole: ``from lrdlab import ranks``)
+_MODULES = {
+    "factorize": "lrdlab.lowrank.factorize",
+    "ranks": "lrdlab.lowrank.ranks",
+}
 
 __all__ = [
+    "PAPER_EXCLUDE",
     "VBMF",
     "Calibration",
     "Energy",
+    "FactorizedMultiheadAttention",
     "FixedRank",
     "FitConfig",
     "Freezer",
@@ -90,18 +104,25 @@ __all__ = [
     "decompose_layer",
     "decompose_loss_weighted",
     "evaluate",
+    "factorize",
+    "find_bottlenecks",
     "fit",
     "get_loaders",
     "get_model",
     "load_decomposed",
+    "machine_info",
     "make_plan",
     "merge_bottlenecks",
     "optimize_plan",
+    "planned_structure",
     "pretrained",
+    "pretrained_info",
+    "ranks",
     "recalibrate_bn",
     "register_safe_layer",
     "run_freezing_study",
     "save_decomposed",
+    "unfuse",
 ]
 __version__ = "0.2.0"
 
@@ -111,29 +132,36 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value
+    if name in _MODULES:
+        module = importlib.import_module(_MODULES[name])
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'lrdlab' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | set(_MODULES))
 
 
 if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.finetune.fit_config import FitConfig
     from lrdlab.finetune.freezing import Freezer
     from lrdlab.finetune.loop import evaluate, fit
+    from lrdlab.lowrank import factorize, ranks
+    from lrdlab.lowrank.attention import FactorizedMultiheadAttention, unfuse
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
-    from lrdlab.lowrank.decompose import decompose, load_decomposed, save_decomposed
+    from lrdlab.lowrank.decompose import decompose, load_decomposed, planned_structure, save_decomposed
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
-    from lrdlab.lowrank.merge import merge_bottlenecks
+    from lrdlab.lowrank.merge import find_bottlenecks, merge_bottlenecks
     from lrdlab.lowrank.methods import Tucker2Options
     from lrdlab.lowrank.plan import LayerPlan, Plan, make_plan
-    from lrdlab.lowrank.plan_config import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE, VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
     from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
+    from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
@@ -142,4 +170,4 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.data_config import Images, LoaderOptions
     from lrdlab.zoo.models import get_model
-    from lrdlab.zoo.pretrained import pretrained
+    from lrdlab.zoo.pretrained import pretrained, pretrained_info
