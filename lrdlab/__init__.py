@@ -44,6 +44,7 @@ _API = {
     "Calibration": "lrdlab.lowrank.calibration",
     "LossWeighted": "lrdlab.lowrank.loss_weighted",
     "decompose_loss_weighted": "lrdlab.lowrank.loss_weighted",
+    "gemv_layout": "lrdlab.lowrank.gemv_layout",
     "register_safe_layer": "lrdlab.lowrank.usage",
     "Freezer": "lrdlab.finetune.freezing",
     "fit": "lrdlab.finetune.loop",
@@ -107,6 +108,7 @@ __all__ = [
     "factorize",
     "find_bottlenecks",
     "fit",
+    "gemv_layout",
     "get_loaders",
     "get_model",
     "load_decomposed",
@@ -151,6 +153,7 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.attention import FactorizedMultiheadAttention, unfuse
     from lrdlab.lowrank.calibration import Calibration, recalibrate_bn
     from lrdlab.lowrank.decompose import decompose, load_decomposed, planned_structure, save_decomposed
+    from lrdlab.lowrank.gemv_layout import gemv_layout
     from lrdlab.lowrank.layers import LowRankLayer, decompose_layer
     from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
     from lrdlab.lowrank.merge import find_bottlenecks, merge_bottlenecks
