@@ -353,6 +353,31 @@ def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
         drop=True)
 
 
+LOSS_WEIGHTED = "loss-weighted (Fisher), loss-allocated"  # lrdlab.decompose_loss_weighted's rows
+_SUMMARY_VARIANTS = {"diagonal/loss": LOSS_WEIGHTED, "plain/uniform": "SVD-LLM"}
+
+
+def recorded_loss_weighted(path: str | Path | None = None, calibration_windows: int = 16) -> pd.DataFrame:
+    """The recorded ``lrdlab.decompose_loss_weighted`` perplexities (``loss_weighted_summary`` of
+    ``data/lm_quality_smollm2.json``) beside uniform SVD-LLM's on the same ``calibration_windows`` and budget: one
+    row per (method, ratio) with pydoc validation and IDLE history perplexity, and each text's ratio to SVD-LLM's
+    at that ratio, computed here from the two rows."""
+    record = read_record(Path(path) if path else data_dir() / QUALITY_FILE)
+    rows = [r for r in record.get("loss_weighted_summary", {}).get("rows", [])
+            if r.get("calibration_windows") == calibration_windows and r.get("variant") in _SUMMARY_VARIANTS]
+    if not rows:
+        raise ValueError(f"{path or QUALITY_FILE} holds no loss_weighted_summary rows at {calibration_windows} "
+                         "calibration windows; pass one of the recorded calibration_windows")
+    df = pd.DataFrame(rows)
+    df["method"] = df["variant"].map(_SUMMARY_VARIANTS)
+    svd = df[df["method"] == "SVD-LLM"].set_index("ratio")
+    for text in ("pydoc_validation", "idle_history"):
+        df[f"{text}_vs_svd_llm"] = df[text] / df["ratio"].map(svd[text])
+    columns = ["method", "ratio", "calibration_windows", "pydoc_validation", "idle_history",
+               "pydoc_validation_vs_svd_llm", "idle_history_vs_svd_llm"]
+    return df[columns].sort_values(["ratio", "method"]).reset_index(drop=True)  # SVD-LLM first at each ratio
+
+
 def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:
     """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``: every ``data/lm_decode_smollm2_cpu*.json``
     unless ``names`` are given), one row per file, phase and batch, each ``setting`` named by its phase, batch and
