@@ -170,19 +170,19 @@ def paired_order(nll_a: Tensor, nll_b: Tensor, *, resamples: int = 2000, seed: i
 
 # --- a live check: dense against decompositions at the same ranks ------------------------------------------
 
-VARIANTS = ("weights only", "SVD-LLM")
+VARIANTS = ("weights only", "SVD-LLM", "loss-weighted")  # the last: lrdlab.decompose_loss_weighted at the budget
 
 
 @dataclass(frozen=True)
 class LiveCheck:
-    """What :func:`live_check` runs: each of ``variants`` (:data:`VARIANTS`) at each of ``ratios``, calibrated on
+    """What :func:`live_check` runs: each of ``variants`` (of :data:`VARIANTS`) at each of ``ratios``, calibrated on
     the first ``calibration`` 256-token windows of the pydoc training split and scored on the first ``evaluation``
     ``seq_len``-token validation windows; ``blocks``: only those decoder blocks are decomposed (None: every
     Linear the plan takes); greedy continuations of the first ``prompts`` of :data:`PROMPTS`, ``tokens`` each;
     ``history``: that many 256-token windows of IDLE's release history scored too (0: none; None: all)."""
 
     ratios: tuple[float, ...] = (2.0,)
-    variants: tuple[str, ...] = VARIANTS
+    variants: tuple[str, ...] = VARIANTS[:2]
     calibration: int = 6  # 1,536 tokens: as many as the widest input (the MLP down projection) has dimensions
     evaluation: int = 4
     seq_len: int = SEQ_LEN
@@ -216,10 +216,15 @@ class LiveResult:
         return paired_order(self.nll[a], self.nll[b])
 
 
-def _decomposed(model: nn.Module, plan: Any, variant: str, calibration: list) -> nn.Module:
+def _decomposed(model: nn.Module, plan: Any, variant: str, calibration: list, ratio: float,
+                layers: Layers | None) -> nn.Module:
     from lrdlab.lowrank.calibration import Calibration
     from lrdlab.lowrank.decompose import decompose
+    from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
 
+    if variant == "loss-weighted":  # the same parameter budget as the plan's Ratio, ranks allocated by the loss
+        return decompose_loss_weighted(model, calibration, LossWeighted(ratio), layers,
+                                       progress=False)[0]
     if variant == "weights only":
         return decompose(model, plan, progress=False)
     return decompose(model, plan, calibration=Calibration(calibration, mode="one-shot"), progress=False)
@@ -248,7 +253,7 @@ def live_check(model: nn.Module, tokenizer: Any, check: LiveCheck = LiveCheck())
         plan = make_plan(model, Ratio(ratio), layers)
         for variant in check.variants:
             start = time.perf_counter()
-            low = _decomposed(model, plan, variant, calib)
+            low = _decomposed(model, plan, variant, calib, ratio, layers)
             fit_s = time.perf_counter() - start
             name = f"{variant} {ratio:g}x"
             nll[name] = sequence_nll(low, evaluation)
@@ -351,6 +356,31 @@ def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
     df = pd.DataFrame(rows).reindex(columns=columns)
     return df.drop_duplicates(["variant", "ratio"], keep="last").sort_values(["ratio", "variant"]).reset_index(
         drop=True)
+
+
+LOSS_WEIGHTED = "loss-weighted (Fisher), loss-allocated"  # lrdlab.decompose_loss_weighted's rows
+_SUMMARY_VARIANTS = {"diagonal/loss": LOSS_WEIGHTED, "plain/uniform": "SVD-LLM"}
+
+
+def recorded_loss_weighted(path: str | Path | None = None, calibration_windows: int = 16) -> pd.DataFrame:
+    """The recorded ``lrdlab.decompose_loss_weighted`` perplexities (``loss_weighted_summary`` of
+    ``data/lm_quality_smollm2.json``) beside uniform SVD-LLM's on the same ``calibration_windows`` and budget: one
+    row per (method, ratio) with pydoc validation and IDLE history perplexity, and each text's ratio to SVD-LLM's
+    at that ratio, computed here from the two rows."""
+    record = read_record(Path(path) if path else data_dir() / QUALITY_FILE)
+    rows = [r for r in record.get("loss_weighted_summary", {}).get("rows", [])
+            if r.get("calibration_windows") == calibration_windows and r.get("variant") in _SUMMARY_VARIANTS]
+    if not rows:
+        raise ValueError(f"{path or QUALITY_FILE} holds no loss_weighted_summary rows at {calibration_windows} "
+                         "calibration windows; pass one of the recorded calibration_windows")
+    df = pd.DataFrame(rows)
+    df["method"] = df["variant"].map(_SUMMARY_VARIANTS)
+    svd = df[df["method"] == "SVD-LLM"].set_index("ratio")
+    for text in ("pydoc_validation", "idle_history"):
+        df[f"{text}_vs_svd_llm"] = df[text] / df["ratio"].map(svd[text])
+    columns = ["method", "ratio", "calibration_windows", "pydoc_validation", "idle_history",
+               "pydoc_validation_vs_svd_llm", "idle_history_vs_svd_llm"]
+    return df[columns].sort_values(["ratio", "method"]).reset_index(drop=True)  # SVD-LLM first at each ratio
 
 
 def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:

@@ -215,10 +215,11 @@ def stage_accuracy(settings: Settings, results: dict[str, Any]) -> dict[str, Any
 
 
 def stage_language_model(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
-    """SmolLM2-135M-Instruct live: dense against weights-only and SVD-LLM decompositions at the same ranks
-    (quick: 2x, 6 calibration and 4 validation windows of 256 tokens, one generation each; full: 1.25x and 2x,
-    16 and 16 windows, IDLE's history too, three generations each)."""
-    from lrdlab.explore.lm_lab import LiveCheck, live_check, smollm2
+    """SmolLM2-135M-Instruct live: dense against weights-only and SVD-LLM decompositions at the same ranks, and
+    ``lrdlab.decompose_loss_weighted`` at the same budget on the same calibration windows (quick: 2x, 6
+    calibration and 4 validation windows of 256 tokens, one generation each; full: 1.25x and 2x, 16 and 16
+    windows, IDLE's history too, three generations each)."""
+    from lrdlab.explore.lm_lab import VARIANTS, LiveCheck, live_check, smollm2
     from lrdlab.measure.compute import load_average
 
     before = load_average()
@@ -226,12 +227,14 @@ def stage_language_model(settings: Settings, results: dict[str, Any]) -> dict[st
         lm = smollm2()
     except ValueError as err:  # the [lm] extra is not installed: the report says so and shows the recorded table
         return {"skipped": str(err)}
-    check = LiveCheck() if settings.quick else LiveCheck(ratios=(1.25, 2.0), calibration=16, evaluation=16,
-                                                         prompts=3, history=None)
+    check = LiveCheck(variants=VARIANTS) if settings.quick else LiveCheck(
+        ratios=(1.25, 2.0), variants=VARIANTS, calibration=16, evaluation=16, prompts=3, history=None)
     out = live_check(lm.model, lm.tokenizer, check)
     return {"rows": out.rows.to_dict(orient="records"), "generations": out.generations,
             "orders": {name: asdict(out.order(name, name.replace("SVD-LLM", "weights only")))
                        for name in out.nll if name.startswith("SVD-LLM")},
+            "weighted_orders": {name: asdict(out.order(name, name.replace("loss-weighted", "SVD-LLM")))
+                                for name in out.nll if name.startswith("loss-weighted")},
             "calibration_tokens": out.calibration_tokens, "evaluation_tokens": out.evaluation_tokens,
             "windows": check.evaluation, "seq_len": check.seq_len, "threads": torch.get_num_threads(),
             "load_before": before, "load_after": load_average()}
@@ -248,7 +251,8 @@ STAGES: list[tuple[str, str, Callable[[Settings, dict[str, Any]], dict[str, Any]
     ("freezing", "F7/F8: fine-tuning with no / regular / sequential freezing", stage_freezing),
     ("techniques", "T2/F4/F5: each technique on ResNet-50, measured", stage_techniques),
     ("branches", "F6: branched Tucker sweep", stage_branches),
-    ("language_model", "SmolLM2-135M: perplexity and text, dense vs 2x (weights only, SVD-LLM)", stage_language_model),
+    ("language_model", "SmolLM2-135M: perplexity and text, dense vs 2x (weights only, SVD-LLM, "
+     "loss-weighted)", stage_language_model),
 ]
 
 

@@ -260,7 +260,7 @@ def _render_recorded_transformers(report) -> None:
 
 def render_language_model(report, res: dict[str, Any]) -> None:
     """The language-model section: the live check beside the recorded perplexities (explore/lm_lab.py)."""
-    from lrdlab.explore.lm_lab import recorded_quality
+    from lrdlab.explore.lm_lab import recorded_loss_weighted, recorded_quality
 
     report.heading("Language model — SmolLM2-135M-Instruct: perplexity and text, dense vs decomposed")
     if "skipped" in res:
@@ -273,14 +273,20 @@ def render_language_model(report, res: dict[str, Any]) -> None:
                  "Recorded (data/lm_quality_smollm2.json, 1 thread, the machine and load named there): 16 pydoc "
                  "validation windows of 256 tokens and IDLE's history (never calibrated on); distilled: SVD-LLM "
                  "then a short distillation from the dense model (its command is in the file).", floatfmt="{:,.2f}")
+    report.table(recorded_loss_weighted().drop(columns="calibration_windows"),
+                 "Recorded, same file (loss_weighted_summary): lrdlab.decompose_loss_weighted (output-Fisher weighted "
+                 "SVD, ranks allocated by the loss) beside uniform SVD-LLM at the same budget, both calibrated on 16 "
+                 "windows; *_vs_svd_llm: each perplexity over SVD-LLM's at that ratio.", floatfmt="{:,.3f}")
 
 
 def _render_live_language_model(report, res: dict[str, Any]) -> None:
     from lrdlab.explore.lm_lab import PROMPTS, PairedOrder
 
     report.text(f"Live on this machine: {res['evaluation_tokens']:,} pydoc validation tokens ({res['windows']} windows "
-                f"of {res['seq_len']}), SVD-LLM calibrated on {res['calibration_tokens']:,} tokens of the training "
-                f"split, {res['threads']} torch thread(s), load {res['load_before']} before and {res['load_after']} "
+                f"of {res['seq_len']}), SVD-LLM and loss-weighted (lrdlab.decompose_loss_weighted: output-Fisher "
+                f"weighted SVD, ranks allocated by the loss at the same budget) calibrated on "
+                f"{res['calibration_tokens']:,} tokens of the training split, {res['threads']} torch thread(s), "
+                f"load {res['load_before']} before and {res['load_after']} "
                 "after. A sample this small gives noisy perplexities: two models are ranked only by a paired "
                 "bootstrap over the windows (below), and the recorded table is the one to quote.")
     live = pd.DataFrame(res["rows"]).drop(columns=["ratio", "variant"])
@@ -288,6 +294,8 @@ def _render_live_language_model(report, res: dict[str, Any]) -> None:
                  "wall time of the decomposition.", floatfmt="{:,.3f}")
     for name, order in res["orders"].items():
         report.text(f"{name}: " + PairedOrder(**order).text("SVD-LLM", "weights only"))
+    for name, order in res.get("weighted_orders", {}).items():  # lrdlab.decompose_loss_weighted, same budget
+        report.text(f"{name}: " + PairedOrder(**order).text("loss-weighted", "SVD-LLM"))
     report.table(pd.DataFrame({"model": list(res["generations"]), "continuation": [
         repr(t[0]) for t in res["generations"].values()]}), f"Greedy continuations of {PROMPTS[0]!r}.")
 

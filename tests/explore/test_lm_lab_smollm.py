@@ -105,6 +105,37 @@ def test_recorded_quality_keeps_each_variants_latest_row_and_the_unfinished_runs
         lm_lab.recorded_quality(_write(tmp_path / "empty.json", {"runs": []}))
 
 
+def test_recorded_loss_weighted_pairs_each_ratio_with_svd_llm_at_the_asked_calibration(tmp_path):
+    def row(windows, ratio, variant, pydoc, idle):
+        return {"calibration_windows": windows, "ratio": ratio, "variant": variant, "pydoc_validation": pydoc,
+                "idle_history": idle}
+
+    rec = {"runs": [], "loss_weighted_summary": {"rows": [
+        row(16, 2.0, "plain/uniform", 200.0, 1000.0), row(16, 2.0, "diagonal/loss", 50.0, 300.0),
+        row(16, 2.0, "diagonal/uniform", 100.0, 800.0), row(64, 2.0, "diagonal/loss", 40.0, 250.0),
+        row(64, 2.0, "plain/uniform", 160.0, 1100.0)]}}
+    path = _write(tmp_path / "q.json", rec)
+    df = lm_lab.recorded_loss_weighted(path)
+    assert list(df["method"]) == ["SVD-LLM", lm_lab.LOSS_WEIGHTED]
+    assert df["pydoc_validation_vs_svd_llm"].tolist() == pytest.approx([1.0, 0.25])
+    assert df["idle_history_vs_svd_llm"].tolist() == pytest.approx([1.0, 0.3])
+    assert lm_lab.recorded_loss_weighted(path, 64)["pydoc_validation_vs_svd_llm"].tolist() == pytest.approx([1.0, 0.25])
+    with pytest.raises(ValueError, match="calibration_windows"):
+        lm_lab.recorded_loss_weighted(path, 8)
+
+
+def test_recorded_loss_weighted_ratios_agree_with_the_recorded_ones():
+    """The shipped record's own vs-SVD-LLM columns (rounded to 3 places) agree with the ratios computed here."""
+    df = lm_lab.recorded_loss_weighted()
+    stored = {(r["ratio"], r["variant"]): r for r in lm_lab.read_record(lm_lab.data_dir() / lm_lab.QUALITY_FILE)[
+        "loss_weighted_summary"]["rows"] if r["calibration_windows"] == 16}
+    lw = df[df["method"] == lm_lab.LOSS_WEIGHTED]
+    assert set(lw["ratio"]) == {1.25, 1.5, 2.0}
+    for _, r in lw.iterrows():
+        assert r["pydoc_validation_vs_svd_llm"] == pytest.approx(stored[(r["ratio"], "diagonal/loss")][
+            "pydoc_vs_svd_llm"], abs=2e-3)
+
+
 def test_recorded_decode_names_each_setting_once(tmp_path, monkeypatch):
     def result(phase, batch, speedup, ideal):
         return {"phase": phase, "batch": batch, "dense_tokens_s": 10.0, "decomposed_tokens_s": 10.0 * speedup,

@@ -99,14 +99,19 @@ def test_language_model_stage_reports_the_live_check_beside_the_recorded_table(t
     monkeypatch.setattr(lm_lab, "smollm2", lambda: SimpleNamespace(model=lrdlab.pretrained("llama_pydoc"),
                                                                   tokenizer=_Bytes()))
     res = stage_language_model(Settings(out=str(tmp_path)), {})
-    assert [r["name"] for r in res["rows"]] == ["dense", "weights only 2x", "SVD-LLM 2x"]
+    assert [r["name"] for r in res["rows"]] == ["dense", "weights only 2x", "SVD-LLM 2x", "loss-weighted 2x"]
+    params = {r["name"]: r["params"] for r in res["rows"]}
+    assert params["loss-weighted 2x"] <= params["SVD-LLM 2x"] < params["dense"]  # the same budget
     assert res["evaluation_tokens"] == 4 * 256 and set(res["generations"]) == {r["name"] for r in res["rows"]}
     assert set(res["orders"]) == {"SVD-LLM 2x"} and res["orders"]["SVD-LLM 2x"]["sequences"] == 4
+    assert set(res["weighted_orders"]) == {"loss-weighted 2x"}
     report = Report(tmp_path, "lm")
     render_language_model(report, res)
     md = report.markdown()
     assert "1,024 pydoc validation tokens (4 windows of 256)" in md and "paired bootstrap" in md
     assert "SVD-LLM 2x: SVD-LLM / weights only perplexity" in md
+    assert "loss-weighted 2x: loss-weighted / SVD-LLM perplexity" in md and "| loss-weighted 2x |" in md
+    assert md.count("| loss-weighted (Fisher), loss-allocated |") == 3  # the recorded 16-window rows
     assert "| weights only 2x |" in md and "data/lm_quality_smollm2.json" in md
     assert md.count("| svd_llm |") == 2  # the recorded 1.25x and 2x rows
 
