@@ -1,7 +1,9 @@
-"""The distillation record on the real SmolLM2-135M-Instruct: uniform SVD-LLM one-shot at a ratio (the start of
-``data/lm_quality_smollm2.json``), distilled from the dense model by :func:`~lrdlab.finetune.lm_distill.
-distill_language_model` on the pydoc training windows after the calibration ones, with its perplexity curve and
-the final perplexities (all 16 pydoc validation windows, IDLE's history) and greedy generations.
+"""The distillation record on the real SmolLM2-135M-Instruct: a one-shot start at a ratio (``--start svd-llm``:
+uniform SVD-LLM, the start of ``data/lm_quality_smollm2.json``; ``--start loss-weighted``: the output-Fisher weighted
+SVD at loss-allocated ranks, as ``lm_quality --study weighted`` builds its ``diagonal/loss`` row), distilled from
+the dense model by :func:`~lrdlab.finetune.lm_distill.distill_language_model` on the pydoc training windows after
+the calibration ones, with its perplexity curve and the final perplexities (all 16 pydoc validation windows, IDLE's
+history) and greedy generations.
 
 ``python -m tools.record.lm_distill --ratio 1.25 --steps 24 --eval-every 8`` appends a run to
 ``data/lm_distill_smollm2.json``; the process's CPU time is recorded beside the wall time (on a shared, loaded machine
@@ -28,6 +30,7 @@ from lrdlab.measure.records import read_record, write_record
 from lrdlab.paper.lm_quality import CURVE_WINDOWS, decompose_from_moments, generations, perplexity, text_ids, windows
 
 CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
+STARTS = {"svd-llm": "svd_llm", "loss-weighted": "loss_weighted"}  # --start → the rows' variant name
 
 
 def start_moments(model: torch.nn.Module, calibration: torch.Tensor, cache: str | None) -> dict[str, Moments]:
@@ -42,13 +45,36 @@ def start_moments(model: torch.nn.Module, calibration: torch.Tensor, cache: str 
     return moments
 
 
+def loss_weighted_start(model: torch.nn.Module, calibration: torch.Tensor, ratio: float,
+                        cache: str | None) -> torch.nn.Module:
+    """The ``diagonal/loss`` model of ``lm_quality --study weighted`` at ``ratio``: output-Fisher weighted SVDs
+    of the ``calibration`` windows at ranks allocated by their loss estimate (statistics cached in the ``cache``
+    directory, as that study caches them)."""
+    from lrdlab.lowrank.loss_weighted import build_decomposed, spectra_of, weighted_svds
+    from lrdlab.lowrank.plan_config import LossAware
+    from lrdlab.paper.lm_quality import WeightedRun
+    from lrdlab.paper.lm_quality import _loss_weights as loss_weights
+
+    run = WeightedRun(ratios=(ratio,), weightings=("diagonal",), allocations=("loss",),
+                      calibration=len(calibration), cache=cache)
+    stats = loss_weights(model, calibration, run)
+    svds = weighted_svds(model, stats, "diagonal", dtype=torch.float32)
+    ranks = LossAware(ratio, spectra_of(svds, stats.tokens), normalise="output", floor=run.floor).allocated
+    return build_decomposed(model, svds, dict(ranks))
+
+
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
-                start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
-    """The dense model's scores (if ``dense``), the SVD-LLM one-shot start at ``ratio`` (if ``start``; the curve's
-    step 0 scores it on the curve's windows anyway), and that start distilled by ``recipe``: one row each,
-    with perplexities, generations and the curve; ``log`` gets each row."""
+                start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
+                init: str = "svd-llm") -> dict[str, Any]:
+    """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
+    (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
+    ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
+    ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted)."""
     from lrdlab.zoo.smollm import load_smollm2
 
+    if init not in STARTS:
+        raise ValueError(f"distill_run: unknown start {init!r}; choose one of {sorted(STARTS)}")
+    variant = STARTS[init]
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
     texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
@@ -66,10 +92,13 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     if dense:
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
-    low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
-                                 start_moments(model, train[:CALIBRATION], moments_cache))
+    if init == "loss-weighted":
+        low = loss_weighted_start(model, train[:CALIBRATION], ratio, moments_cache)
+    else:
+        low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
+                                     start_moments(model, train[:CALIBRATION], moments_cache))
     if start:
-        add({"variant": "svd_llm", "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
+        add({"variant": variant, "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
     history = distill_language_model(low, model, train[CALIBRATION:], texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
@@ -77,7 +106,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
                                                              "wall_s": round(r["wall_s"], 1),
                                                              "load": round(os.getloadavg()[0], 2)})])
     seconds = time.perf_counter() - t
-    add({"variant": "svd_llm_distilled", "ratio": ratio, "distill": asdict(recipe),
+    add({"variant": f"{variant}_distilled", "ratio": ratio, "distill": asdict(recipe),
          "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
          "curve": [{"step": int(r.epoch) * recipe.eval_every, "wall_s": round(r.wall_s, 1),
                     "perplexity": round(r.perplexity, 3), "lr": r.lr} for r in history.itertuples()]}, low.eval())
@@ -109,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lm-weight", type=float, default=d.lm_weight)
     ap.add_argument("--trainable", default=d.trainable)
     add_threads_argument(ap, default_text="1")
-    ap.add_argument("--moments-cache", default=None)
+    ap.add_argument("--start", choices=sorted(STARTS), default="svd-llm",
+                    help="the one-shot start: uniform SVD-LLM or the loss-weighted SVD at loss-allocated ranks")
+    ap.add_argument("--moments-cache", default=None,
+                    help="svd-llm: the moments file; loss-weighted: the statistics directory (lm_quality's)")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
     ap.add_argument("--out", default="data/lm_distill_smollm2.json")
@@ -122,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
-                         lambda row: print(row, flush=True))
+                         lambda row: print(row, flush=True), args.start)
     out = Path(args.out)
     runs = read_record(out)["runs"] if out.is_file() else []
     runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),

@@ -1,0 +1,22 @@
+"""``python -m tools.record.lm_distill --start``: which one-shot start the distillation record begins from."""
+
+from __future__ import annotations
+
+import pytest
+
+from lrdlab.finetune.lm_distill import LMDistillation
+from tools.record.lm_distill import STARTS, distill_run, main
+
+
+def test_start_choices_are_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--start", "random"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--start" in err and "loss-weighted" in err and "svd-llm" in err
+
+
+def test_distill_run_rejects_an_unknown_start_before_loading_anything():
+    assert set(STARTS) == {"svd-llm", "loss-weighted"}
+    with pytest.raises(ValueError, match="unknown start 'random'"):
+        distill_run(1.25, LMDistillation(), init="random")
