@@ -156,12 +156,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True), args.start)
     out = Path(args.out)
-    runs = read_record(out)["runs"] if out.is_file() else []
+    record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
+    runs = record.setdefault("runs", [])
     runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),
                  "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "threads": args.threads,
                  "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
                  "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)})
-    write_record(out, {"runs": runs})
+    record["command"] = "python -m tools.record.lm_distill --ratio R --start svd-llm|loss-weighted (each run: its own)"
+    record["machine"] = runs[-1]["machine"]
+    write_record(out, record)
 
 
 if __name__ == "__main__":
