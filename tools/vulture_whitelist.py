@@ -45,3 +45,20 @@ export_lm
 # meanwhile; issue 36 item 4): explore/lab_models.py accuracy_images
 accuracy_images
 pre_tokenizer  # tests/zoo/test_smollm.py: a tokenizers attribute set for its library
+# record fields written through asdict / to_dict (measure/decode.py PhaseResult, measure/decode_profile.py,
+# paper/techniques.py TechniqueAccuracy)
+dense_ms_min
+decomposed_ms_min
+min_round_speedup
+dense_cpu_ms
+decomposed_cpu_ms
+cpu_speedup
+cpu_ci_low
+cpu_ci_high
+total_ms
+products_ms
+other_ms
+original_timing
+# attributes that transformers / torch read (tests/lowrank/test_experts.py, test_quantization.py)
+_experts_implementation
+qconfig
