@@ -16,7 +16,6 @@ import sys
 from lrdlab.cli import library, study
 from lrdlab.cli import lm as lm_cli
 from lrdlab.cli.common import (
-    PAPER_EXCLUDE,  # noqa: F401  (re-exported: notebooks and tests use it)
     CommandLineError,
     OneLineParser,
     add_compute_argument,

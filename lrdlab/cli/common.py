@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lrdlab.lowrank.plan_config import PAPER_EXCLUDE  # the paper's exclusions (--paper)
-
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name, e.g. resnet50 (see `lrdlab models`)")
@@ -63,6 +61,8 @@ def plan_from_args(model, args: argparse.Namespace):
 
     exclude = list(args.exclude or [])
     if args.paper:  # the paper's exclusions where this model has such layers (CIFAR ResNets have no downsample conv)
+        from lrdlab.lowrank.plan_config import PAPER_EXCLUDE  # here: torch must not load before --compute applies
+
         exclude += [p for p in applicable_patterns(model, PAPER_EXCLUDE) if p not in exclude]
     shared: dict[str, Any] = dict(granularity=args.granularity, rounding=args.rounding, branches=args.branches)
     policy: RankPolicy  # --ratio / --energy / --vbmf / --rank are mutually exclusive; none: ratio 2

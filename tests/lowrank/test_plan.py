@@ -9,8 +9,19 @@ import torchvision
 from torch import nn
 
 import lrdlab
-from lrdlab import VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio, count_flops, count_params, decompose, make_plan
-from lrdlab.cli import PAPER_EXCLUDE
+from lrdlab import (
+    PAPER_EXCLUDE,
+    VBMF,
+    Energy,
+    FixedRank,
+    Layers,
+    RankPolicy,
+    Ratio,
+    count_flops,
+    count_params,
+    decompose,
+    make_plan,
+)
 from lrdlab.lowrank.decompose import load_decomposed, planned_structure, save_decomposed
 from lrdlab.lowrank.layers import LowRankLayer
 from lrdlab.lowrank.methods import Tucker2Options
