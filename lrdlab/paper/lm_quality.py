@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lrdlab.explore.lm_lab import PROMPTS  # noqa: F401  (the prompts every LM record generates from)
+from lrdlab.explore.lm_lab import greedy as generations
 from lrdlab.finetune.lm_distill import LMDistillation
 from lrdlab.finetune.loop import evaluate
 from lrdlab.lowrank.allocation import LayerSpectrum
@@ -34,8 +36,6 @@ from lrdlab.measure.records import read_record, write_record
 
 SEQ_LEN = 256
 CURVE_WINDOWS = 8  # the distillation curve scores the first 8 validation windows (the final rows score all 16)
-PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
-           "To read a file line by line in Python, you")
 
 
 def second_text_path() -> Path:
@@ -87,18 +87,6 @@ def decompose_from_moments(model: nn.Module, plan: Plan, moments: Mapping, ridge
     return work
 
 
-@torch.no_grad()
-def generations(model: nn.Module, tokenizer: Any, prompts: Sequence[str] = PROMPTS, tokens: int = 30) -> list[str]:
-    """Greedy continuations of ``prompts`` (``tokens`` new tokens each)."""
-    out = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        generate: Any = model.generate  # transformers' GenerationMixin
-        gen = generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
-    return out
-
-
 def rank_summary(plan: Plan) -> dict[str, Any]:
     """Planned ranks per layer type (min, mean, max) and the decoder Linears' parameters before and after."""
     by_type: dict[str, list[int]] = {}
@@ -140,7 +128,8 @@ class QualityRun:
             raise ValueError("QualityRun: a distilled variant needs distill=LMDistillation(...)")
 
 
-def _moments(model: nn.Module, calib: Tensor, cache: str | None) -> dict[str, Moments]:
+def cached_moments(model: nn.Module, calib: Tensor, cache: str | None) -> dict[str, Moments]:
+    """One-shot input moments of every SVD layer on ``calib`` windows, read from / written to the file ``cache``."""
     if cache and Path(cache).is_file():
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
@@ -181,7 +170,7 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
     train = windows(text_ids(tok, "train"))
     calib = train[: run.calibration]
     t0 = time.perf_counter()
-    moments = _moments(model, calib, run.moments_cache)
+    moments = cached_moments(model, calib, run.moments_cache)
     spectra = _spectra(model, moments, run.moments_cache)
     stats_s = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
@@ -302,7 +291,7 @@ class WeightedRun:
 
 
 def _loss_weights(model: nn.Module, calib: Tensor, run: WeightedRun) -> Any:
-    """Input moments (the one-shot statistics SVD-LLM uses, cached as ``_moments`` caches them) and output
+    """Input moments (the one-shot statistics SVD-LLM uses, cached as ``cached_moments`` caches them) and output
     gradients (a second pass, forward and backward, two windows at a time) of the first ``run.calibration``
     windows."""
     from lrdlab.lowrank.fisher import OutputFisher, output_fisher
@@ -312,7 +301,7 @@ def _loss_weights(model: nn.Module, calib: Tensor, run: WeightedRun) -> Any:
     base = Path(run.cache) if run.cache else None
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
-    moments = _moments(model, calib, str(base / f"moments_{run.calibration}.pt") if base else None)
+    moments = cached_moments(model, calib, str(base / f"moments_{run.calibration}.pt") if base else None)
     path = base / f"fisher_{run.calibration}{'_full' if full else ''}.pt" if base else None
     if path is not None and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -23,26 +23,20 @@ from typing import Any
 import torch
 
 from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model
-from lrdlab.lowrank.calibration_fit import Moments, one_shot_moments
-from lrdlab.lowrank.loss_spectra import svd_layers
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.records import read_record, write_record
-from lrdlab.paper.lm_quality import CURVE_WINDOWS, decompose_from_moments, generations, perplexity, text_ids, windows
+from lrdlab.paper.lm_quality import (
+    CURVE_WINDOWS,
+    cached_moments,
+    decompose_from_moments,
+    generations,
+    perplexity,
+    text_ids,
+    windows,
+)
 
 CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
 STARTS = {"svd-llm": "svd_llm", "loss-weighted": "loss_weighted"}  # --start → the rows' variant name
-
-
-def start_moments(model: torch.nn.Module, calibration: torch.Tensor, cache: str | None) -> dict[str, Moments]:
-    """The one-shot input moments of every SVD layer on ``calibration`` windows, read from / written to ``cache``
-    (the file ``python -m lrdlab.paper.lm_quality --moments-cache`` writes)."""
-    if cache and Path(cache).is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        return {k: Moments(gram=g, rows=int(r)) for k, (g, r) in saved.items()}
-    moments = one_shot_moments(model, svd_layers(model), list(calibration.split(4)))
-    if cache:
-        torch.save({k: (m.gram, m.rows) for k, m in moments.items()}, cache)
-    return moments
 
 
 def loss_weighted_start(model: torch.nn.Module, calibration: torch.Tensor, ratio: float,
@@ -96,7 +90,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
         low = loss_weighted_start(model, train[:CALIBRATION], ratio, moments_cache)
     else:
         low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
-                                     start_moments(model, train[:CALIBRATION], moments_cache))
+                                     cached_moments(model, train[:CALIBRATION], moments_cache))
     if start:
         add({"variant": variant, "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
