@@ -12,6 +12,7 @@ from lrdlab.paper import numbers as paper
 from lrdlab.paper.report import Report
 from lrdlab.paper.reproduce import STAGES, Settings, run_stages
 from lrdlab.paper.tables import table1
+from tests.text.byte_tokenizer import Bytes
 
 
 def test_report_writes_markdown_and_html_with_tables_and_figures(tmp_path):
@@ -71,19 +72,6 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().out.count("cached") == len(STAGES) and time.perf_counter() - start < 60
 
 
-class _Bytes:
-    """A Hugging Face-like tokenizer over UTF-8 bytes, for the shipped byte model."""
-
-    eos_token_id = 0
-
-    def __call__(self, text, return_tensors=None):
-        import torch
-
-        ids = list(text.encode("utf-8"))
-        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
-
-    def decode(self, ids, **options):  # skip_special_tokens: there are none
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
 def test_language_model_stage_reports_the_live_check_beside_the_recorded_table(tmp_path, monkeypatch):
@@ -97,7 +85,7 @@ def test_language_model_stage_reports_the_live_check_beside_the_recorded_table(t
     from lrdlab.paper.tables import render_language_model
 
     monkeypatch.setattr(lm_lab, "smollm2", lambda: SimpleNamespace(model=lrdlab.pretrained("llama_pydoc"),
-                                                                  tokenizer=_Bytes()))
+                                                                  tokenizer=Bytes()))
     res = stage_language_model(Settings(out=str(tmp_path)), {})
     assert [r["name"] for r in res["rows"]] == ["dense", "weights only 2x", "SVD-LLM 2x", "loss-weighted 2x"]
     params = {r["name"]: r["params"] for r in res["rows"]}
