@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +39,31 @@ def _depthwise(rank: int, info: Info, axis: int) -> nn.Conv2d:
     return nn.Conv2d(rank, rank, (kh, 1) if axis == 0 else (1, kw), groups=rank, bias=False,
                      stride=_axis(info, "stride", axis, 1), padding=_axis(info, "padding", axis, 0),
                      dilation=_axis(info, "dilation", axis, 1), padding_mode=info["padding_mode"])
+
+
+def _als_terms(w: np.ndarray, r: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rank-r CP of ``w`` by tensorly's ``parafac`` (ALS from an SVD start, deterministic)."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
+    with warnings.catch_warnings():  # an SVD start wider than a mode is filled at random: expected here
+        warnings.simplefilter("ignore", UserWarning)
+        lam, factors = parafac(tl.tensor(w), rank=r, init="svd", n_iter_max=N_ITER, tol=1e-10, random_state=0)
+    return lam, list(factors)
+
+
+def _fiber_terms(w: np.ndarray, r: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """An exact CP with one term per fiber along the largest mode (unit vectors on the other three modes):
+    ``prod(shape) / max(shape)`` terms reproduce ``w``."""
+    largest = int(np.argmax(w.shape))
+    others = [axis for axis in range(w.ndim) if axis != largest]
+    fibers = np.moveaxis(w, largest, 0).reshape(w.shape[largest], -1)
+    n = fibers.shape[1]
+    factors = [np.zeros((size, r)) for size in w.shape]  # r == n at full rank
+    for index, axis in zip(np.indices([w.shape[a] for a in others]).reshape(len(others), -1), others):
+        factors[axis][index, np.arange(n)] = 1.0
+    factors[largest][:, :n] = fibers
+    return np.ones(r), factors
 
 
 class CP(Method):
@@ -88,16 +114,12 @@ class CP(Method):
 
     def factorize(self, weight: Tensor, layer_ranks: Sequence[int], options: MethodOptions | None = None,
                   branches: int = 1) -> dict[str, Tensor]:
-        """Rank-R CP by alternating least squares (tensorly ``parafac``, SVD start, deterministic)."""
-        import tensorly as tl
-        from tensorly.decomposition import parafac
-
+        """Rank-R CP by alternating least squares (tensorly ``parafac``, SVD start, deterministic); at full rank
+        the exact fiber construction instead."""
         (r,) = layer_ranks
         w = weight.detach().to("cpu", torch.float64).numpy()
-        with warnings.catch_warnings():  # an SVD start wider than a mode is filled at random: expected here
-            warnings.simplefilter("ignore", UserWarning)
-            lam, (out_f, in_f, v_f, h_f) = parafac(tl.tensor(w), rank=int(r), init="svd", n_iter_max=N_ITER,
-                                                   tol=1e-10, random_state=0)
+        exact = r >= math.prod(w.shape) // max(w.shape)  # full rank: exact by construction, no iteration
+        lam, (out_f, in_f, v_f, h_f) = _fiber_terms(w, int(r)) if exact else _als_terms(w, int(r))
         # spread each term's scale evenly over its four factors, so no factor is far larger than the others
         out_t, in_t, v_t, h_t = (torch.from_numpy(f.copy()) for f in (out_f, in_f, v_f, h_f))
         norms = [f.norm(dim=0).clamp_min(1e-300) for f in (out_t, in_t, v_t, h_t)]

@@ -26,9 +26,21 @@ def test_full_rank_reconstructs_and_error_falls_with_rank():
     full = CP.full_ranks({"in_channels": 5, "out_channels": 4, "kernel_size": [3, 3]})[0]
     exact = decompose_layer(conv, "cp", (full,))
     assert [n for n, _ in exact.named_children()] == list(CP.factor_names)
-    assert rel(exact.weight, conv.weight) < 1e-4 and rel(exact(x), conv(x)) < 1e-4  # stride and padding kept
+    assert rel(exact.weight, conv.weight) < 1e-6 and rel(exact(x), conv(x)) < 1e-6  # stride and padding kept
     errors = [rel(decompose_layer(conv, "cp", (r,)).weight, conv.weight) for r in (2, 8, full)]
     assert errors[0] > errors[1] > errors[2]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", [(4, 5, 3, 3), (3, 2, 5, 1), (2, 3, 1, 7), (6, 6, 3, 3)])
+def test_full_rank_is_exact_in_float64_whichever_mode_is_largest(shape):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1], shape[0], shape[2:], padding="same").double()
+    info = {"in_channels": shape[1], "out_channels": shape[0], "kernel_size": list(shape[2:])}
+    full = CP.full_ranks(info)[0]
+    x = torch.randn(2, shape[1], 8, 8, dtype=torch.float64)
+    layer = decompose_layer(conv, "cp", (full,))
+    assert rel(layer.weight, conv.weight) < 1e-12 and rel(layer(x), conv(x)) < 1e-12
 
 
 @torch.no_grad()
