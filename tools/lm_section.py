@@ -35,12 +35,12 @@ def lm_section(data: Path) -> str:
              f"{_machine(ppl['machine'])}): original {ppl['dense_perplexity']:.3f} "
              f"({ppl['dense_params']:,} parameters), unigram {base.get('unigram_perplexity', float('nan')):.2f}, "
              f"bigram {base.get('bigram_perplexity', float('nan')):.2f}.", "",
-             f"| ratio | parameters | weights only | one-shot whitening | calibrated (default) | "
-             f"+ distilled ({steps} steps) |", "|---|---|---|---|---|---|"]
+             f"| ratio | parameters | weights only | one-shot whitening | corrected | loss-weighted (default) | "
+             f"corrected + distilled ({steps} steps) |", "|---|---|---|---|---|---|---|"]
+    fitted = ("weights_only", "one_shot_whitening", "calibrated", "loss_weighted")
     for r in ppl["rows"]:
-        best = min(r["one_shot_whitening"], r["calibrated"])
-        cells = [f"**{r[v]:.3f}**" if v == "calibrated" and r[v] <= best else f"{r[v]:.3f}"
-                 for v in ("weights_only", "one_shot_whitening", "calibrated")]
+        best = min(r.get(v, float("inf")) for v in fitted)
+        cells = [f"**{r[v]:.3f}**" if r.get(v) == best else f"{r.get(v, float('nan')):.3f}" for v in fitted]
         lines.append(f"| {r['ratio']:g}x | {r['params']:,} | {' | '.join(cells)} | "
                      f"{r.get('calibrated_distilled', float('nan')):.3f} |")
     lines += ["", f"Prefill and KV-cache decode of a {speed['dense_params'] / 1e6:.0f} M-parameter random-weight "

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from lrdlab.explore.lab_models import ACCURACY_IMAGES, DEFAULT_ACCURACY_IMAGES, DEFAULT_PRETRAINED
-from lrdlab.lowrank.calibration_fit import DEFAULT_MODE
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.cache import default_cache_dir, read_json
@@ -88,7 +87,7 @@ class AccuracyLab:
         self.model = trained_model(name)
         weights = hashlib.sha1(b"".join(p.detach().numpy().tobytes()[:4096] for p in self.model.parameters()))
         self.weights = weights.hexdigest()[:10]
-        key = f"{name}_{self.weights}_{DEFAULT_MODE}_{calibration_images}_{test_images}"
+        key = f"{name}_{self.weights}_corrected_{calibration_images}_{test_images}"
         self.path = self.cache_dir / f"accuracy_{key}.json"
         loaders = data_loaders(cache_dir)
         train = iter(loaders.train)
@@ -111,7 +110,7 @@ class AccuracyLab:
     def settings(self) -> dict[str, Any]:
         """What an accuracy here depends on besides the plan: weights, calibration and images."""
         return {"pretrained": self.name, "weights": self.weights, "calibration": CALIBRATION,
-                "calibration_mode": DEFAULT_MODE, "calibration_images": sum(len(x) for x in self.calibration),
+                "calibration_mode": "corrected", "calibration_images": sum(len(x) for x in self.calibration),
                 "test_images": len(self.test_y)}
 
     def _read_grid(self) -> None:

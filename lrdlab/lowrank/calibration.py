@@ -8,13 +8,16 @@ Two tools, both driven by a few *calibration batches* (input tensors, or ``(inpu
   layer by layer, then re-estimates BN statistics. ``mode`` picks the objective of each layer's fit,
   with ``X`` its inputs in the original network and ``X̂`` in the network decomposed so far:
 
-  - ``"corrected"`` (default): ``‖W X − W' X̂‖²``, the decomposed layer reproduces the *original*
-    layer's output on the original inputs, so it also corrects the errors of the layers before it. The
-    closed form needs the Gram ``X̂ X̂ᵀ`` and the cross-moment ``X X̂ᵀ``, streamed in float64
+  - ``"corrected"`` (the default, ``"auto"``, for all but causal LMs): ``‖W X − W' X̂‖²``, the decomposed
+    layer reproduces the *original* layer's output on the original inputs, so it also corrects the errors of
+    the layers before it. The closed form needs the Gram ``X̂ X̂ᵀ`` and the cross-moment ``X X̂ᵀ``, streamed in float64
     (:func:`~lrdlab.lowrank.data_aware.corrected_weight`, then the reduced-rank fit below).
   - ``"one-shot"``: ``‖W X − W' X‖²`` from statistics collected in one pass of the original model
     (SVD-LLM's way; lrdlab's own implementation).
   - ``"sequential"``: ``‖W X̂ − W' X̂‖²``, each layer fitted to its own output on the inputs it sees.
+  - ``"loss-weighted"`` (the default for a causal LM planned by SVD): ``‖D^½ (W − W') X‖²`` with ``D`` the
+    next-token loss's output-channel Fisher ``E[(∂L/∂y)²]``, from one backward pass
+    (:mod:`lrdlab.lowrank.loss_weighted`).
 
 The per-layer maths needs only second moments ``Σ`` of the inputs (patches for a conv):
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +47,14 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank import attention
 from lrdlab.lowrank.apply import check_plan, rewritten, set_module
-from lrdlab.lowrank.calibration_blocks import StackFit, calibrate_stack, capture_stack, find_stack, shared_copy
+from lrdlab.lowrank.calibration_blocks import (
+    StackFit,
+    calibrate_stack,
+    capture_stack,
+    find_stack,
+    planned_only,
+    shared_copy,
+)
 from lrdlab.lowrank.calibration_fit import (
     DEFAULT_MODE,
     MODES,
@@ -76,6 +86,7 @@ from lrdlab.lowrank.token_batches import (
     ModelCall,
     calibration_ids,
     head,
+    is_causal_lm,
     model_call,
     samples,
     split_labels,
@@ -356,11 +367,13 @@ class Calibration:
 
     ``batches``: input tensors or ``(x, y)`` pairs (images), token-id tensors or dicts (language models), on the
     model's device; read once, and checked when the decomposition starts (the error names the input shape the
-    model expects). ``mode``: ``"corrected"`` (default), ``"one-shot"`` or ``"sequential"``, the
-    objective of each layer's fit (:mod:`lrdlab.lowrank.calibration`). ``bn``: ``True`` (= ``"end"``) re-estimates
-    BatchNorm statistics at the end, ``"progressive"`` also after each part, ``False`` never. ``ridge``: added
-    to each input second moment, times its mean eigenvalue (``>= 0``). A plain iterable of batches given as
-    ``calibration`` means ``Calibration(batches)``.
+    model expects). ``mode``: the objective of each layer's fit (:mod:`lrdlab.lowrank.calibration`):
+    ``"auto"`` (default: ``"loss-weighted"`` for a causal LM planned by SVD, ``"corrected"`` otherwise),
+    ``"corrected"``, ``"one-shot"``, ``"sequential"`` or ``"loss-weighted"`` (each Linear's output channels weighted
+    by the next-token loss's sensitivity, :func:`lrdlab.lowrank.loss_weighted.fit_plan`). ``bn``: ``True``
+    (= ``"end"``) re-estimates BatchNorm statistics at the end, ``"progressive"`` also after each part, ``False``
+    never. ``ridge``: added to each input second moment, times its mean eigenvalue (``>= 0``). A plain iterable
+    of batches given as ``calibration`` means ``Calibration(batches)``.
     """
 
     batches: Iterable = field(repr=False)
@@ -384,14 +397,15 @@ class Calibration:
         return calibration if isinstance(calibration, Calibration) else cls(calibration)
 
 
-def _only_planned(model: nn.Module, names: list[str]) -> Callable[[nn.Parameter], bool]:
-    """Whether a parameter belongs to planned layers only (they are replaced, so a copy may share it)."""
-    owners: dict[int, set[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), set()).add(path)
-    planned = set(names)
-    return lambda p: owners.get(id(p), {""}) <= planned
+def resolved_mode(model: nn.Module, plan: Plan, mode: str) -> str:
+    """The mode ``mode`` stands for: ``"auto"`` is ``"loss-weighted"`` for a causal LM whose planned layers are
+    all Linear layers decomposed by SVD, else ``"corrected"``; any other mode is itself."""
+    if mode != "auto":
+        return mode
+    from lrdlab.lowrank.loss_weighted import fits_by_svd
+
+    lm = is_causal_lm(model) and all(fits_by_svd(model, row) for row in plan.decomposed_layers)
+    return "loss-weighted" if lm else "corrected"
 
 
 @torch.no_grad()
@@ -401,7 +415,8 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     """Data-aware decomposition of ``model`` by ``plan`` with BN re-estimation; returns a model in eval mode.
 
     The engine behind ``decompose(model, plan, calibration=Calibration(batches, mode=..., bn=..., ridge=...))``.
-    ``mode`` (see the module docstring): ``"corrected"`` (default) fits each layer, in the order the
+    ``mode`` (see the module docstring; ``"auto"``, the default, picks ``"loss-weighted"`` for a causal LM
+    planned by SVD, :func:`resolved_mode`): ``"corrected"`` fits each layer, in the order the
     layers run, so that it reproduces the *original* network's output from the inputs of the network
     decomposed so far; ``"sequential"`` fits each layer to its own output on those inputs;
     ``"one-shot"`` fits every layer to statistics of the original model. A stack of repeated blocks (a
@@ -419,9 +434,14 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     settings = Calibration((), mode=mode, bn=bn, ridge=ridge)  # checks the settings; the batches come next
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
+    mode = resolved_mode(model, plan, mode)
+    if mode == "loss-weighted":
+        from lrdlab.lowrank.loss_weighted import fit_plan
+
+        return fit_plan(model, plan, xs, settings.ridge, inplace=inplace, progress=progress)
     rows = {row.name: row for row in plan.decomposed_layers}
     # the planned layers' own weights are shared, not copied: they are replaced, and only read until then
-    work = shared_copy(model, _only_planned(model, list(rows))).eval()
+    work = shared_copy(model, planned_only(model, list(rows))).eval()
     # attention modules with planned projections become an exact dense FactorizedMultiheadAttention first, so
     # q/k/v/out are real Linear modules that see their own inputs and are fitted to them like any layer
     attention.attach(work, rewritten(work, list(rows)))
@@ -494,6 +514,7 @@ def _by_blocks(work: nn.Module, pending: list[str], xs: list, job: StackFit, pro
 
 __all__ = [
     "Calibration", "DEFAULT_MODE", "DEFAULT_RIDGE", "MODES", "Moments", "add_ridge", "calibrated_decompose",
+    "resolved_mode",
     "calibrated_layer", "calibration_batches", "channel_covariance", "check_batches", "expected_input", "feed",
     "forward_order",
     "input_covariance", "input_gram", "layer_inputs", "layer_moments", "one_shot_moments", "output_error",

@@ -176,6 +176,17 @@ def shared_copy(module: nn.Module, share: Callable[[nn.Parameter], bool] = lambd
     return copy.deepcopy(module, memo)
 
 
+def planned_only(model: nn.Module, names: list[str]) -> Callable[[nn.Parameter], bool]:
+    """Whether a parameter belongs to the planned layers ``names`` only (they are replaced, not changed, so a
+    :func:`shared_copy` may share it; a tied parameter that another module also holds is copied)."""
+    owners: dict[int, set[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(path)
+    planned = set(names)
+    return lambda p: owners.get(id(p), {""}) <= planned
+
+
 @dataclass
 class StackFit:
     """What :func:`calibrate_stack` works on: the network being decomposed, its mode, and ``fit(name, moments)``

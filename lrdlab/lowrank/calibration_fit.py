@@ -25,8 +25,10 @@ from lrdlab.lowrank.layers import LowRankLayer, decompose_layer, dense_weight
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.token_batches import run_model
 
-MODES = ("corrected", "one-shot", "sequential")
-DEFAULT_MODE = "corrected"  # chosen by measurement: data/calibration_modes_mnist5k.json
+MODES = ("auto", "corrected", "one-shot", "sequential", "loss-weighted")
+# "auto": "loss-weighted" for a causal LM planned by SVD (data/lm_quality_smollm2.json), "corrected" otherwise
+# (data/calibration_modes_mnist5k.json): both chosen by measurement
+DEFAULT_MODE = "auto"
 
 
 @dataclass

@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra
 from lrdlab.lowrank.apply import set_module
+from lrdlab.lowrank.calibration_blocks import planned_only, shared_copy
 from lrdlab.lowrank.calibration_fit import Moments
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
 from lrdlab.lowrank.fisher import OutputFisher, output_fisher
 from lrdlab.lowrank.layers import LowRankLayer, build, dense_weight, describe
 from lrdlab.lowrank.output_weighted import WeightedSVD, weighted_svd
-from lrdlab.lowrank.plan import Plan
+from lrdlab.lowrank.plan import LayerPlan, Plan
 
 WEIGHTINGS = ("plain", "diagonal", "full")
 
@@ -89,28 +90,89 @@ def spectra_of(svds: Mapping[str, WeightedSVD], tokens: int = 0, ridge: float = 
                        tokens, ridge)
 
 
+def _weighted_layer(module: nn.Module, svd: WeightedSVD, rank: int) -> LowRankLayer:
+    """The rank-``rank`` SVD ``LowRankLayer`` of ``svd`` in ``module``'s place (bias, dtype, device and
+    ``requires_grad`` kept)."""
+    weight = dense_weight(module)
+    layer: LowRankLayer = build(describe(module), "svd", (rank,))
+    layer = layer.to(device=weight.device, dtype=weight.dtype)
+    first, last = svd.factors(rank)
+    for child, value in (("first", first), ("last", last)):
+        target: Tensor = getattr(layer, child).weight
+        target.copy_(value.reshape(target.shape))
+    last_factor: Any = layer[-1]
+    bias, new_bias = getattr(module, "bias", None), last_factor.bias
+    if bias is not None and new_bias is not None:
+        new_bias.copy_(bias)
+    for p in layer.parameters():
+        p.requires_grad_(weight.requires_grad)
+    return layer
+
+
 @torch.no_grad()
 def build_decomposed(model: nn.Module, svds: Mapping[str, WeightedSVD], ranks: Mapping[str, int]) -> nn.Module:
     """A copy of ``model`` with each layer of ``ranks`` replaced by its rank-``r`` weighted fit (an SVD
     ``LowRankLayer``, bias kept); layers not in ``ranks`` stay as they are."""
     work = copy.deepcopy(model)
     for name, rank in ranks.items():
-        module = work.get_submodule(name)
-        weight = dense_weight(module)
-        layer: LowRankLayer = build(describe(module), "svd", (rank,))
-        layer = layer.to(device=weight.device, dtype=weight.dtype)
-        first, last = svds[name].factors(rank)
-        for child, value in (("first", first), ("last", last)):
-            target: Tensor = getattr(layer, child).weight
-            target.copy_(value.reshape(target.shape))
-        last_factor: Any = layer[-1]
-        bias, new_bias = getattr(module, "bias", None), last_factor.bias
-        if bias is not None and new_bias is not None:
-            new_bias.copy_(bias)
-        for p in layer.parameters():
-            p.requires_grad_(weight.requires_grad)
-        set_module(work, name, layer)
+        set_module(work, name, _weighted_layer(work.get_submodule(name), svds[name], rank))
     return work
+
+
+def fits_by_svd(model: nn.Module, row: LayerPlan) -> bool:
+    """Whether the loss-weighted fit applies to a plan row: a Linear (or GPT-2 ``Conv1D``) decomposed by SVD."""
+    from lrdlab.lowrank.hf import is_conv1d
+
+    try:
+        module = model.get_submodule(row.name)
+    except AttributeError:  # a row of 3-D expert weights names a parameter, not a module
+        return False
+    return row.method == "svd" and (isinstance(module, nn.Linear) or is_conv1d(module))
+
+
+def check_loss_weighted(model: nn.Module, plan: Plan) -> None:
+    """Raise ``ValueError`` unless ``Calibration(mode="loss-weighted")`` applies: a causal LM (its next-token
+    loss gives the weights) whose planned layers are all decomposed by SVD."""
+    from lrdlab.lowrank.token_batches import is_causal_lm
+
+    if not is_causal_lm(model):
+        raise ValueError(f"Calibration mode 'loss-weighted' weights each layer by the next-token loss, and "
+                         f"{type(model).__name__} is not a causal LM; use mode='corrected' (or set "
+                         f"model.lrdlab_causal_lm = True if it predicts the next token)")
+    for row in plan.decomposed_layers:
+        if not fits_by_svd(model, row):
+            raise ValueError(f"layer {row.name!r}: Calibration mode 'loss-weighted' fits Linear layers decomposed "
+                             f"by 'svd' (its plan says {row.method!r} of a {row.type}); use "
+                             f"mode='corrected' or exclude the layer")
+
+
+@torch.no_grad()
+def fit_plan(model: nn.Module, plan: Plan, batches: list, ridge: float = DEFAULT_RIDGE, *, inplace: bool = False,
+             progress: bool | None = None) -> nn.Module:
+    """``decompose(model, plan, calibration=Calibration(batches, mode="loss-weighted"))``: every planned layer
+    replaced by its output-Fisher weighted SVD (:func:`~lrdlab.lowrank.output_weighted.weighted_svd`, the
+    ``"diagonal"`` weighting) at the plan's rank, from one forward and backward pass per batch of checked
+    ``batches``. Each layer's statistics are freed once it is fitted; every new layer is computed before any is
+    put in place, so on an error the model is as it was. Returns the model in eval mode."""
+    check_loss_weighted(model, plan)
+    rows = {row.name: row for row in plan.decomposed_layers}
+    show = len(rows) >= 20 if progress is None else progress
+    with torch.enable_grad():
+        fisher, moments = output_fisher(model, batches, list(rows), progress=show)
+    new: dict[str, LowRankLayer] = {}
+    for name in tqdm(list(rows), desc="loss-weighted fits", leave=False, disable=not show):
+        m, f = moments.pop(name), fisher.pop(name)
+        if m.gram is None or f.sq is None:
+            raise ValueError(f"layer {name!r} never ran (or never reached the loss) on the calibration batches; "
+                             f"leave it out of the plan, e.g. Layers(exclude={name!r})")
+        module = model.get_submodule(name)
+        svd = weighted_svd(dense_weight(module).detach(), add_ridge(m.gram / m.rows, ridge), f.diagonal(ridge))
+        new[name] = _weighted_layer(module, svd, int(rows[name].spec[1][0]))
+    # the copy shares the planned layers' own weights: they are replaced right away
+    work = model if inplace else shared_copy(model, planned_only(model, list(rows)))
+    for name, layer in new.items():
+        set_module(work, name, layer)
+    return work.eval()
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def _count_calls(model: nn.Module) -> tuple[list[int], list[int]]:
     return embedding, layers
 
 
-@pytest.mark.parametrize("mode", ["corrected", "one-shot", "sequential"])
+@pytest.mark.parametrize("mode", ["corrected", "one-shot", "sequential", "loss-weighted"])
 def test_the_passes_do_not_grow_with_depth(mode):
     xs = _batches()
     seen = {}
@@ -72,7 +72,7 @@ def test_the_passes_do_not_grow_with_depth(mode):
     assert embedding_calls <= 2 + 3 * len(xs) and most <= 2 + 16 * len(xs), seen
 
 
-@pytest.mark.parametrize("mode", ["corrected", "one-shot", "sequential"])
+@pytest.mark.parametrize("mode", ["corrected", "one-shot", "sequential", "loss-weighted"])
 def test_full_rank_reproduces_the_model(mode):
     model = _llama(4)
     xs = _batches()
@@ -94,7 +94,7 @@ def test_decoder_families_calibrate_block_by_block(name):
     assert stack is not None and len(stack.blocks) == 3
     captured = capture_stack(model, stack, xs)
     assert captured is not None and all(len(c.calls) == 3 for c in captured)
-    out = decompose(model, plan, calibration=xs)
+    out = decompose(model, plan, calibration=Calibration(xs, mode="corrected"))
     with torch.no_grad():
         torch.testing.assert_close(out(xs[0]).logits, model(xs[0]).logits, rtol=1e-7, atol=1e-9)
 
@@ -119,7 +119,7 @@ def test_corrected_is_never_worse_than_one_shot_on_its_own_objective():
     xs = _batches(n=3, rows=2, length=32)  # 192 tokens: more than any layer's input dimension (64)
     plan = make_plan(model, Ratio(2))
     names = [r.name for r in plan.decomposed_layers]
-    corrected = decompose(model, plan, calibration=Calibration(xs, ridge=0.0))
+    corrected = decompose(model, plan, calibration=Calibration(xs, mode="corrected", ridge=0.0))
     one_shot = decompose(model, plan, calibration=Calibration(xs, mode="one-shot", ridge=0.0))
     original, fitted = _layer_io(model, names, xs), _layer_io(corrected, names, xs)
     better = 0

@@ -159,3 +159,73 @@ def test_loss_weighted_settings_are_checked(bad):
 
     with pytest.raises(ValueError, match="LossWeighted"):
         LossWeighted(**bad)
+
+
+def test_auto_is_loss_weighted_for_a_causal_lm_and_corrected_otherwise():
+    from lrdlab.lowrank.calibration import resolved_mode
+
+    model = _llama()
+    plan = make_plan(model, Ratio(1.5))
+    assert resolved_mode(model, plan, "auto") == "loss-weighted"
+    assert resolved_mode(model, plan, "one-shot") == "one-shot"
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    assert resolved_mode(cnn, make_plan(cnn, Ratio(2)), "auto") == "corrected"
+
+
+def test_the_loss_weighted_mode_is_the_weighted_svd_at_the_plans_ranks():
+    from lrdlab import Calibration, decompose
+    from lrdlab.lowrank.loss_weighted import LossWeighted, decompose_loss_weighted
+
+    model = _llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = make_plan(model, Ratio(1.5))
+    batches = _batches()
+    default = decompose(model, plan, calibration=batches, progress=False)  # "auto": a causal LM
+    named = decompose(model, plan, calibration=Calibration(batches, mode="loss-weighted"), progress=False)
+    reference, _ = decompose_loss_weighted(model, batches, LossWeighted(1.5, allocate=False), progress=False)
+    ids = _batches(7)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(default(input_ids=ids).logits, reference(input_ids=ids).logits)
+        torch.testing.assert_close(named(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert [type(m).__name__ for m in named.modules()].count("LowRankLayer") == len(plan.decomposed_layers)
+    assert not named.training
+    for k, v in model.state_dict().items():  # the user's model is left as it was, tied weights included
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    assert named.lm_head.weight.data_ptr() != model.lm_head.weight.data_ptr()
+
+
+def test_the_loss_weighted_fit_is_never_worse_than_svd_llm_on_its_own_objective():
+    """Each layer's fit minimises ‖D^½ (W − W′) X‖² (D: the output-channel Fisher, X: its inputs) over its rank;
+    SVD-LLM's (one-shot) layer at the same rank does no better on it."""
+    from lrdlab import Calibration, decompose
+    from lrdlab.lowrank.layers import dense_weight
+
+    model = _llama()
+    plan = make_plan(model, Ratio(2))
+    batches = list(torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(2)).split(2))
+    stats = measure_loss_weights(model, batches, progress=False)  # 192 tokens: more than any input dimension
+    ours = decompose(model, plan, calibration=Calibration(batches, mode="loss-weighted", ridge=0.0))
+    svd_llm = decompose(model, plan, calibration=Calibration(batches, mode="one-shot", ridge=0.0, bn=False))
+
+    def objective(net: nn.Module, name: str) -> float:
+        delta = dense_weight(model.get_submodule(name)) - dense_weight(net.get_submodule(name))
+        cov = stats.moments[name].gram / stats.moments[name].rows
+        return float((stats.fisher[name].diagonal(0.0) * (delta @ cov @ delta.T).diagonal()).sum())
+
+    better = 0
+    for row in plan.decomposed_layers:
+        mine, theirs = objective(ours, row.name), objective(svd_llm, row.name)
+        assert mine <= theirs * (1 + 1e-9) + 1e-12, (row.name, mine, theirs)
+        better += mine < 0.99 * theirs
+    assert better >= len(plan.decomposed_layers) // 2, better
+
+
+def test_the_loss_weighted_mode_refuses_what_it_cannot_fit_and_changes_nothing():
+    from lrdlab import Calibration, decompose
+
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    before = [p.clone() for p in cnn.parameters()]
+    with pytest.raises(ValueError, match="not a causal LM; use mode='corrected'"):
+        decompose(cnn, make_plan(cnn, Ratio(2)), calibration=Calibration([torch.randn(2, 3, 8, 8)],
+                                                                          mode="loss-weighted"))
+    assert all(torch.equal(a, b) for a, b in zip(before, cnn.parameters()))

@@ -18,7 +18,7 @@ import torch
 
 from lrdlab.finetune.fit_config import FitConfig
 from lrdlab.finetune.loop import evaluate, fit
-from lrdlab.lowrank.calibration import calibrated_decompose
+from lrdlab.lowrank.calibration import Calibration
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.counting import count_params
@@ -28,7 +28,7 @@ from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import write_record
 
 RATIOS = (1.25, 1.5, 2.0, 3.0)
-VARIANTS = ("weights_only", "one_shot_whitening", "calibrated", "calibrated_distilled")
+VARIANTS = ("weights_only", "one_shot_whitening", "calibrated", "loss_weighted", "calibrated_distilled")
 
 
 def _write(out: str | Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +40,10 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
                      distill_steps: int | None = None, validation_sequences: int | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Validation perplexity of the shipped LM and of its decompositions at each ratio, by :data:`VARIANTS`:
-    weights only; one-shot whitening (``calibrated_decompose(..., mode="one-shot")``); lrdlab's calibrated
-    default (``decompose(..., calibration=...)``); and that plus one epoch of distilled fine-tuning on the train
-    split (AdamW, the original as teacher; ``distill_steps`` caps its steps, ``0`` leaves the variant out)."""
+    weights only; one-shot whitening (``mode="one-shot"``); the corrected fit (``mode="corrected"``, the key
+    ``calibrated``); the loss-weighted fit (``mode="loss-weighted"``, what ``"auto"`` picks for a causal LM); and
+    the corrected model plus one epoch of distilled fine-tuning on the train split (AdamW, the original as
+    teacher; ``distill_steps`` caps its steps, ``0`` leaves the variant out)."""
     from lrdlab.zoo.pretrained import pretrained, pretrained_info
     from lrdlab.zoo.text import text_loaders
 
@@ -56,9 +57,10 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
     for ratio in ratios:
         plan = make_plan(model, Ratio(ratio))
         t0 = time.perf_counter()
-        built = {"weights_only": decompose(model, plan, progress=False),
-                 "one_shot_whitening": calibrated_decompose(model, plan, calib, mode="one-shot", progress=False),
-                 "calibrated": decompose(model, plan, calibration=calib, progress=False)}
+        built = {"weights_only": decompose(model, plan, progress=False)}
+        for variant, mode in (("one_shot_whitening", "one-shot"), ("calibrated", "corrected"),
+                              ("loss_weighted", "loss-weighted")):
+            built[variant] = decompose(model, plan, calibration=Calibration(calib, mode=mode), progress=False)
         row: dict[str, Any] = {"ratio": ratio, "params": count_params(built["calibrated"]),
                                "decompose_s": round(time.perf_counter() - t0, 2)}
         for variant, net in built.items():
@@ -96,9 +98,12 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", comm
                             "one_shot_whitening": "SVD-LLM truncation-aware whitening, every layer's statistics "
                                                   "from the original model in one pass (calibrated_decompose(..., "
                                                   "mode='one-shot'))",
-                            "calibrated": "lrdlab's default decompose(model, plan, calibration=batches): the same "
-                                          "whitening, each layer fitted to its inputs inside the network decomposed "
-                                          "so far",
+                            "calibrated": "Calibration(batches, mode='corrected'): the same whitening, each layer "
+                                          "fitted to its inputs inside the network decomposed so far (the default "
+                                          "for all but causal LMs)",
+                            "loss_weighted": "Calibration(batches, mode='loss-weighted'), what the default 'auto' "
+                                             "picks for a causal LM: each Linear's output channels weighted by the "
+                                             "next-token loss's Fisher, at the plan's uniform ranks",
                             "calibrated_distilled": "calibrated + distill_steps AdamW steps (one epoch of the train "
                                                     "split when distill_steps == distill_epoch_steps; batch 32, lr "
                                                     "1e-3, cosine) with the original as teacher (Hinton loss, alpha "
