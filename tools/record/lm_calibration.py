@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lrdlab.cli.common import add_ratio_argument, add_threads_argument
+from lrdlab.lowrank.calibration_fit import MODES
 
 
 def _rss() -> int:
@@ -89,8 +90,9 @@ def perplexity(model: torch.nn.Module, rows: torch.Tensor, batch: int = 4) -> fl
 
 
 def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int, out: Path | None,
-        dense: bool = True, threads: int | None = None) -> dict[str, Any]:
+        dense: bool = True, threads: int | None = None, note: str = "") -> dict[str, Any]:
     from lrdlab import Calibration, Ratio, decompose, make_plan
+    from lrdlab.lowrank.calibration import resolved_mode
     from lrdlab.measure.counting import count_params
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.records import write_record
@@ -119,7 +121,8 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         load_end = os.getloadavg()
         ppl = perplexity(low, validation)
-        rows.append({"mode": mode, "wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
+        rows.append({"mode": mode, "resolved_mode": resolved_mode(model, plan, mode), "wall_s": round(wall, 1),
+                     "process_cpu_s": round(cpu, 1),
                      "peak_mb_above_loaded": round(memory.above_start_mb, 1),
                      "validation_perplexity": round(ppl, 3), "params": count_params(low),
                      "load_avg_start": [round(x, 2) for x in load_start],
@@ -131,7 +134,7 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
                 "above the loaded model while decompose(model, plan, calibration=Calibration(batches, mode=...)) "
                 "runs, and perplexity on the pydoc validation split",
         "command": "python -m tools.record.lm_calibration " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "note": "the shared 2-core box (6 other engineers' jobs running)",
+        "machine": {**machine_info(), "name": "AMD EPYC 2-core shared box", "note": note,
                     "load_avg_at_start": [round(x, 2) for x in load_before]},
         "model": {"name": lm.name, "source": lm.source, "load_s": round(load_s, 1), "params": count_params(model),
                   "resident_mb_loaded": round(loaded_mb, 1)},
@@ -155,7 +158,8 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.record.lm_calibration", description=__doc__.splitlines()[0])
     add_ratio_argument(parser, default=1.25)
-    parser.add_argument("--modes", nargs="+", default=["corrected"], choices=["corrected", "one-shot", "sequential"])
+    parser.add_argument("--modes", nargs="+", default=["auto"], choices=list(MODES))
+    parser.add_argument("--note", default="", help="what else ran on the machine meanwhile (recorded)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4, help="windows per calibration batch")
@@ -163,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-dense", dest="dense", action="store_false", help="skip the dense model's perplexity")
     add_threads_argument(parser, default_text="torch's")
     args = parser.parse_args(argv)
-    run(args.ratio, args.modes, args.tokens, args.window, args.batch, args.out, args.dense, args.threads)
+    run(args.ratio, args.modes, args.tokens, args.window, args.batch, args.out, args.dense, args.threads, args.note)
 
 
 if __name__ == "__main__":
