@@ -383,6 +383,35 @@ def recorded_loss_weighted(path: str | Path | None = None, calibration_windows: 
     return df[columns].sort_values(["ratio", "method"]).reset_index(drop=True)  # SVD-LLM first at each ratio
 
 
+DISTILL_FILE = "lm_distill_smollm2.json"
+_STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGHTED}
+
+
+def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
+    """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
+    run, with its start (SVD-LLM or loss-weighted), ratio, recipe (steps, peak lr, schedule, warm-up), training
+    minutes, and the final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
+    record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
+    dense = record["dense"]
+    rows = []
+    for run in record.get("runs", []):
+        for r in run.get("rows", []):
+            if r.get("variant") not in _STARTS:
+                continue
+            recipe = r["distill"]
+            rows.append({"start": _STARTS[r["variant"]], "ratio": r["ratio"], "steps": recipe["steps"],
+                         "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
+                         "train_min": r["train_s"] / 60, "pydoc_validation": r["pydoc_validation"],
+                         "idle_history": r["idle_history"],
+                         "pydoc_x_dense": r["pydoc_validation"] / dense["pydoc_validation"],
+                         "idle_x_dense": r["idle_history"] / dense["idle_history"],
+                         "load_after": run.get("load_after", [None])[0], "command": run.get("command", "")})
+    if not rows:
+        raise ValueError(f"{path or DISTILL_FILE} holds no distilled rows; record them with "
+                         "python -m tools.record.lm_distill")
+    return pd.DataFrame(rows).sort_values(["ratio", "start", "steps"]).reset_index(drop=True)
+
+
 def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:
     """The recorded SmolLM2 speed-ups (``bench-lm --model smollm2_135m``: every ``data/lm_decode_smollm2_cpu*.json``
     unless ``names`` are given), one row per file, phase and batch, each ``setting`` named by its phase, batch and

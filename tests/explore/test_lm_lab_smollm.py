@@ -153,3 +153,22 @@ def test_recorded_calibration_is_read_from_the_data_folder_or_absent(tmp_path, m
     assert lm_lab.recorded_calibration() is None
     _write(tmp_path / "lm_calibration_smollm2_cpu.json", {"ratio": 1.25, "rows": [{"mode": "corrected"}]})
     assert lm_lab.recorded_calibration()["rows"][0]["mode"] == "corrected"
+
+
+def test_recorded_distillation_reads_each_distilled_run_against_dense(tmp_path):
+    recipe = {"steps": 24, "lr": 1e-4, "schedule": "constant", "warmup": 0.0}
+    run = {"command": "python -m tools.record.lm_distill ...", "load_after": [2.0, 2.5, 3.0],
+           "rows": [{"variant": "svd_llm", "ratio": 2.0, "pydoc_validation": 200.0, "idle_history": 900.0},
+                    {"variant": "loss_weighted_distilled", "ratio": 1.25, "distill": recipe, "train_s": 300.0,
+                     "pydoc_validation": 15.0, "idle_history": 60.0}]}
+    _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run]})
+    df = lm_lab.recorded_distillation(tmp_path / "d.json")
+    assert list(df["start"]) == [lm_lab.LOSS_WEIGHTED]  # the undistilled start is not a distillation
+    row = df.iloc[0]
+    assert row["train_min"] == 5.0 and row["pydoc_x_dense"] == 1.5 and row["idle_x_dense"] == 2.0
+    assert row["steps"] == 24 and row["load_after"] == 2.0
+    _write(tmp_path / "e.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": []})
+    with pytest.raises(ValueError, match="no distilled rows"):
+        lm_lab.recorded_distillation(tmp_path / "e.json")
+    shipped = lm_lab.recorded_distillation()
+    assert set(shipped["start"]) <= {"SVD-LLM", lm_lab.LOSS_WEIGHTED} and (shipped["pydoc_x_dense"] > 1).all()
