@@ -86,7 +86,6 @@ from lrdlab.lowrank.token_batches import (
     ModelCall,
     calibration_ids,
     head,
-    is_causal_lm,
     model_call,
     samples,
     split_labels,
@@ -397,26 +396,15 @@ class Calibration:
         return calibration if isinstance(calibration, Calibration) else cls(calibration)
 
 
-def resolved_mode(model: nn.Module, plan: Plan, mode: str) -> str:
-    """The mode ``mode`` stands for: ``"auto"`` is ``"loss-weighted"`` for a causal LM whose planned layers are
-    all Linear layers decomposed by SVD, else ``"corrected"``; any other mode is itself."""
-    if mode != "auto":
-        return mode
-    from lrdlab.lowrank.loss_weighted import fits_by_svd
-
-    lm = is_causal_lm(model) and all(fits_by_svd(model, row) for row in plan.decomposed_layers)
-    return "loss-weighted" if lm else "corrected"
-
-
 @torch.no_grad()
-def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mode: str = DEFAULT_MODE,
+def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mode: str = "corrected",
                          bn: bool | str = True, ridge: float = DEFAULT_RIDGE, inplace: bool = False,
                          progress: bool | None = None) -> nn.Module:
     """Data-aware decomposition of ``model`` by ``plan`` with BN re-estimation; returns a model in eval mode.
 
     The engine behind ``decompose(model, plan, calibration=Calibration(batches, mode=..., bn=..., ridge=...))``.
-    ``mode`` (see the module docstring; ``"auto"``, the default, picks ``"loss-weighted"`` for a causal LM
-    planned by SVD, :func:`resolved_mode`): ``"corrected"`` fits each layer, in the order the
+    ``mode`` (see the module docstring; ``decompose`` resolves ``"auto"`` and runs ``"loss-weighted"`` itself):
+    ``"corrected"`` (default) fits each layer, in the order the
     layers run, so that it reproduces the *original* network's output from the inputs of the network
     decomposed so far; ``"sequential"`` fits each layer to its own output on those inputs;
     ``"one-shot"`` fits every layer to statistics of the original model. A stack of repeated blocks (a
@@ -432,13 +420,12 @@ def calibrated_decompose(model: nn.Module, plan: Plan, batches: Iterable, *, mod
     ``ValueError`` before anything changes; ``model`` itself only changes with ``inplace=True``.
     """
     settings = Calibration((), mode=mode, bn=bn, ridge=ridge)  # checks the settings; the batches come next
+    if mode in ("auto", "loss-weighted"):
+        raise ValueError(f"calibrated_decompose runs the modes 'corrected', 'one-shot' and 'sequential' (got "
+                         f"{mode!r}); for {mode!r} use decompose(model, plan, calibration=Calibration(batches, "
+                         f"mode={mode!r}))")
     check_plan(model, plan)
     xs = check_batches(model, batches, plan)
-    mode = resolved_mode(model, plan, mode)
-    if mode == "loss-weighted":
-        from lrdlab.lowrank.loss_weighted import fit_plan
-
-        return fit_plan(model, plan, xs, settings.ridge, inplace=inplace, progress=progress)
     rows = {row.name: row for row in plan.decomposed_layers}
     # the planned layers' own weights are shared, not copied: they are replaced, and only read until then
     work = shared_copy(model, planned_only(model, list(rows))).eval()
@@ -514,7 +501,6 @@ def _by_blocks(work: nn.Module, pending: list[str], xs: list, job: StackFit, pro
 
 __all__ = [
     "Calibration", "DEFAULT_MODE", "DEFAULT_RIDGE", "MODES", "Moments", "add_ridge", "calibrated_decompose",
-    "resolved_mode",
     "calibrated_layer", "calibration_batches", "channel_covariance", "check_batches", "expected_input", "feed",
     "forward_order",
     "input_covariance", "input_gram", "layer_inputs", "layer_moments", "one_shot_moments", "output_error",

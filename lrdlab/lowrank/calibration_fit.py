@@ -59,9 +59,10 @@ class Moments:
             cols_hat = input_rows(module, x_hat, batches)
             gram, rows = symmetric(cols_hat @ cols_hat.T), cols_hat.shape[1]
             cross = input_rows(module, x, batches) @ cols_hat.T if x is not None else None
-        self.gram = gram if self.gram is None else self.gram + gram
+        # summed in place: a long calibration then holds one buffer per sum, not a new one per batch
+        self.gram = gram if self.gram is None else self.gram.add_(gram)
         if cross is not None:
-            self.cross = cross if self.cross is None else self.cross + cross
+            self.cross = cross if self.cross is None else self.cross.add_(cross)
         self.rows += rows
         self.images += x_hat.shape[0]
 

@@ -22,6 +22,7 @@ from lrdlab.lowrank.apply import (  # check_plan, set_module and merged_blocks a
 )
 from lrdlab.lowrank.calibration import Calibration, calibrated_decompose
 from lrdlab.lowrank.layers import build, describe
+from lrdlab.lowrank.loss_weighted import fit_plan, resolved_mode
 from lrdlab.lowrank.merge import merge_block_in_place
 from lrdlab.lowrank.plan import Plan
 
@@ -80,7 +81,11 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Calibration | Iterab
     model = guards.unwrap(model)
     if calibration is not None:
         settings = Calibration.of(calibration)
-        return calibrated_decompose(model, plan, settings.batches, mode=settings.mode, bn=settings.bn,
+        check_plan(model, plan)
+        mode = resolved_mode(model, plan, settings.mode)
+        if mode == "loss-weighted":
+            return fit_plan(model, plan, settings.batches, settings.ridge, inplace=inplace, progress=progress)
+        return calibrated_decompose(model, plan, settings.batches, mode=mode, bn=settings.bn,
                                     ridge=settings.ridge, inplace=inplace, progress=progress)
     return decompose_weights(model, plan, inplace=inplace, progress=progress)
 

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank.calibration_fit import Moments
+from lrdlab.lowrank.token_batches import ModelCall, TokenBatch, token_batch
 
 
 @dataclass
@@ -33,10 +34,10 @@ class OutputFisher:
     def add(self, grad: Tensor, full: bool) -> None:
         g = grad.detach().reshape(-1, grad.shape[-1]).double()
         sq = (g * g).sum(0)
-        self.sq = sq if self.sq is None else self.sq + sq
+        self.sq = sq if self.sq is None else self.sq.add_(sq)
         if full:
             gram = g.T @ g
-            self.gram = gram if self.gram is None else self.gram + gram
+            self.gram = gram if self.gram is None else self.gram.add_(gram)
         self.rows += g.shape[0]
 
     def diagonal(self, ridge: float = 1e-3) -> Tensor:
@@ -56,13 +57,15 @@ class OutputFisher:
         return out
 
 
-def _lm_loss(model: nn.Module, batch: object) -> Tensor:
-    """The summed next-token cross-entropy of a causal LM on one batch (ids, or a dict with ``input_ids``)."""
-    from lrdlab.lowrank.token_batches import ModelCall, token_batch
-
+def _token_batch(batch: object) -> TokenBatch:
+    """A calibration batch (ids, a dict with ``input_ids``, or a checked call) as a :class:`TokenBatch`."""
     if isinstance(batch, ModelCall):  # a checked dict batch: its keyword arguments
         batch = batch.kwargs
-    tb = token_batch(batch, None, "calibration batch")
+    return token_batch(batch, None, "calibration batch")
+
+
+def _lm_loss(model: nn.Module, tb: TokenBatch) -> Tensor:
+    """The summed next-token cross-entropy of a causal LM on one batch."""
     out = model(**tb.kwargs())
     logits = out.logits if hasattr(out, "logits") else out
     scored, target = tb.scored(logits)
@@ -82,14 +85,17 @@ def output_fisher(model: nn.Module, batches: Iterable, names: Sequence[str], *, 
     fisher = {n: OutputFisher() for n in names}
     inputs = {n: Moments() for n in names}
     batches = list(batches)
-    outs: dict[str, list[Tensor]] = {}
+    leaves: list[Tensor] = []
 
     def hook(mod: nn.Module, args: tuple, out: Tensor, name: str) -> Tensor:
         if moments:
             inputs[name].add(mod, args[0].detach(), batches=len(batches))
-        if not out.requires_grad:  # no parameter upstream requires grad: make this output a node of the graph
-            out = out + torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True)
-        outs.setdefault(name, []).append(out)
+        # a zero leaf of its own puts this output on the backward path whatever requires grad upstream; the
+        # tensor hook adds its gradient to the sums as the backward pass reaches it, then lets it go
+        leaf = torch.zeros((), dtype=out.dtype, device=out.device, requires_grad=True)
+        out = out + leaf
+        out.register_hook(lambda g: fisher[name].add(g, full))
+        leaves.append(leaf)
         return out
 
     handles = [model.get_submodule(n).register_forward_hook(
@@ -98,15 +104,14 @@ def output_fisher(model: nn.Module, batches: Iterable, names: Sequence[str], *, 
     model.eval()
     try:
         for batch in tqdm(batches, desc="output Fisher", leave=False, disable=not progress):
-            outs.clear()
-            with torch.enable_grad():
-                loss = _lm_loss(model, batch)
-                keys = [(n, i) for n, ts in outs.items() for i in range(len(ts))]
-                grads = torch.autograd.grad(loss, [outs[n][i] for n, i in keys], allow_unused=True) if keys else ()
-            for (n, _), g in zip(keys, grads):
-                if g is not None:
-                    fisher[n].add(g, full)
-            outs.clear()
+            tb = _token_batch(batch)
+            for row in range(tb.input_ids.shape[0]):  # one sequence a pass: the sums are the same, the graph smaller
+                leaves.clear()
+                with torch.enable_grad():
+                    loss = _lm_loss(model, tb.rows(row, row + 1))
+                    if leaves:
+                        torch.autograd.grad(loss, leaves, allow_unused=True)
+                leaves.clear()
     finally:
         for h in handles:
             h.remove()

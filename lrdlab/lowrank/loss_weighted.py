@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra
-from lrdlab.lowrank.apply import set_module
+from lrdlab.lowrank.apply import check_plan, set_module
 from lrdlab.lowrank.calibration_blocks import planned_only, shared_copy
 from lrdlab.lowrank.calibration_fit import Moments
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
@@ -130,6 +130,17 @@ def fits_by_svd(model: nn.Module, row: LayerPlan) -> bool:
     return row.method == "svd" and (isinstance(module, nn.Linear) or is_conv1d(module))
 
 
+def resolved_mode(model: nn.Module, plan: Plan, mode: str) -> str:
+    """The calibration mode ``mode`` stands for: ``"auto"`` is ``"loss-weighted"`` for a causal LM whose planned
+    layers are all Linear layers decomposed by SVD, else ``"corrected"``; any other mode is itself."""
+    from lrdlab.lowrank.token_batches import is_causal_lm
+
+    if mode != "auto":
+        return mode
+    lm = is_causal_lm(model) and all(fits_by_svd(model, row) for row in plan.decomposed_layers)
+    return "loss-weighted" if lm else "corrected"
+
+
 def check_loss_weighted(model: nn.Module, plan: Plan) -> None:
     """Raise ``ValueError`` unless ``Calibration(mode="loss-weighted")`` applies: a causal LM (its next-token
     loss gives the weights) whose planned layers are all decomposed by SVD."""
@@ -147,18 +158,22 @@ def check_loss_weighted(model: nn.Module, plan: Plan) -> None:
 
 
 @torch.no_grad()
-def fit_plan(model: nn.Module, plan: Plan, batches: list, ridge: float = DEFAULT_RIDGE, *, inplace: bool = False,
-             progress: bool | None = None) -> nn.Module:
+def fit_plan(model: nn.Module, plan: Plan, batches: Iterable, ridge: float = DEFAULT_RIDGE, *,
+             inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """``decompose(model, plan, calibration=Calibration(batches, mode="loss-weighted"))``: every planned layer
     replaced by its output-Fisher weighted SVD (:func:`~lrdlab.lowrank.output_weighted.weighted_svd`, the
-    ``"diagonal"`` weighting) at the plan's rank, from one forward and backward pass per batch of checked
+    ``"diagonal"`` weighting) at the plan's rank, from one forward and backward pass per sequence of
     ``batches``. Each layer's statistics are freed once it is fitted; every new layer is computed before any is
     put in place, so on an error the model is as it was. Returns the model in eval mode."""
+    from lrdlab.lowrank.calibration import check_batches
+
+    check_plan(model, plan)
     check_loss_weighted(model, plan)
+    xs = check_batches(model, batches, plan)
     rows = {row.name: row for row in plan.decomposed_layers}
     show = len(rows) >= 20 if progress is None else progress
     with torch.enable_grad():
-        fisher, moments = output_fisher(model, batches, list(rows), progress=show)
+        fisher, moments = output_fisher(model, xs, list(rows), progress=show)
     new: dict[str, LowRankLayer] = {}
     for name in tqdm(list(rows), desc="loss-weighted fits", leave=False, disable=not show):
         m, f = moments.pop(name), fisher.pop(name)

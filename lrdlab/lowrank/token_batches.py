@@ -69,6 +69,13 @@ class TokenBatch:
 
         return TokenBatch(self.input_ids.to(device, non_blocking=True), move(self.attention_mask), move(self.labels))
 
+    def rows(self, start: int, stop: int) -> TokenBatch:
+        """Rows ``start:stop`` of the batch (ids, mask and labels alike)."""
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return TokenBatch(self.input_ids[start:stop], cut(self.attention_mask), cut(self.labels))
+
     def kwargs(self) -> dict[str, Tensor]:
         """Keyword arguments of a Hugging Face forward (no labels: the loss is computed outside)."""
         out = {"input_ids": self.input_ids}

@@ -162,7 +162,7 @@ def test_loss_weighted_settings_are_checked(bad):
 
 
 def test_auto_is_loss_weighted_for_a_causal_lm_and_corrected_otherwise():
-    from lrdlab.lowrank.calibration import resolved_mode
+    from lrdlab.lowrank.loss_weighted import resolved_mode
 
     model = _llama()
     plan = make_plan(model, Ratio(1.5))
@@ -229,3 +229,9 @@ def test_the_loss_weighted_mode_refuses_what_it_cannot_fit_and_changes_nothing()
         decompose(cnn, make_plan(cnn, Ratio(2)), calibration=Calibration([torch.randn(2, 3, 8, 8)],
                                                                           mode="loss-weighted"))
     assert all(torch.equal(a, b) for a, b in zip(before, cnn.parameters()))
+    from lrdlab.lowrank.calibration import calibrated_decompose
+
+    model = _llama()
+    for mode in ("auto", "loss-weighted"):  # the engine of the other modes points to decompose for these
+        with pytest.raises(ValueError, match=r"use decompose\(model, plan, calibration=Calibration"):
+            calibrated_decompose(model, make_plan(model, Ratio(1.5)), _batches(), mode=mode)

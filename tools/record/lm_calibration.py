@@ -92,7 +92,7 @@ def perplexity(model: torch.nn.Module, rows: torch.Tensor, batch: int = 4) -> fl
 def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int, out: Path | None,
         dense: bool = True, threads: int | None = None, note: str = "") -> dict[str, Any]:
     from lrdlab import Calibration, Ratio, decompose, make_plan
-    from lrdlab.lowrank.calibration import resolved_mode
+    from lrdlab.lowrank.loss_weighted import resolved_mode
     from lrdlab.measure.counting import count_params
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.records import write_record
