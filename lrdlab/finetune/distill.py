@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lrdlab.finetune.text_batches import teacher_logits
+from lrdlab.finetune.inputs import teacher_logits
 
 
 class DistillationLoss(nn.Module):

@@ -26,8 +26,7 @@ from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.fit_config import OPTIMIZERS, SCHEDULES, FitConfig
 from lrdlab.finetune.freezing import Freezer
-from lrdlab.finetune.inputs import check_device, check_labels
-from lrdlab.finetune.text_batches import forward_batch
+from lrdlab.finetune.inputs import check_device, check_labels, forward_batch
 from lrdlab.lowrank.token_batches import is_causal_lm
 
 # --- setup -------------------------------------------------------------------------------------------
