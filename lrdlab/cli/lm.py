@@ -90,7 +90,7 @@ def run_bench_lm(args: argparse.Namespace) -> int:
                         rounds=args.rounds, lm_head=args.lm_head, layout=args.layout,
                         dense_layout=args.dense_layout, profile=args.profile)
     if args.model is not None:
-        from lrdlab.zoo.causal_lm import load_causal_lm
+        from lrdlab.zoo.smollm import load_causal_lm
 
         dense = load_causal_lm(args.model)
         what: dict[str, Any] = {"model": str(args.model)}
