@@ -59,6 +59,7 @@ total_ms
 products_ms
 other_ms
 original_timing
+kept_layers  # measure/decode_table.py: a DecodeTable field, recorded through to_dict
 # attributes that transformers / torch read (tests/lowrank/test_experts.py, test_quantization.py)
 _experts_implementation
 qconfig

@@ -1,6 +1,7 @@
 """The ``lrdlab`` command line. JSON output (``--format json`` / ``--json``) is a stable interface.
 
-Subcommands of the library live in :mod:`lrdlab.cli.library`, those of the papers in :mod:`lrdlab.cli.study`,
+Subcommands of the library live in :mod:`lrdlab.cli.library`, the language models' in :mod:`lrdlab.cli.lm`, the
+papers' (``lrdlab reproduce``; re-recording the shipped results is ``python -m tools.record`` in the checkout) here,
 the shared arguments in :mod:`lrdlab.cli.common`.
 
 Each subcommand is a pair ``add_<name>(subparsers)`` / ``run_<name>(args) -> int`` registered in
@@ -12,24 +13,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from lrdlab.cli import library, study
+from lrdlab.cli import library
 from lrdlab.cli import lm as lm_cli
 from lrdlab.cli.common import (
     CommandLineError,
     OneLineParser,
     add_compute_argument,
+    add_threads_argument,
     apply_compute_from_args,
     check_outputs,
     honour_tqdm_disable,
 )
+
+
+def add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the papers' tables and figures on this machine: report.md + figures")
+    p.add_argument("--quick", action="store_true", help="the small version (< 10 min on 2 CPU cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")
+    add_threads_argument(p)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from lrdlab.measure.compute import current_compute
+    from lrdlab.measure.timing import check_device
+    from lrdlab.paper.reproduce import Settings, reproduce
+
+    check_device(args.device)
+    out = args.out or Path("reports") / ("quick" if args.quick else "full")
+    print(current_compute(), flush=True)
+    reproduce(Settings(quick=args.quick, device=args.device, data=args.data, out=str(out), threads=args.threads))
+    return 0
+
 
 SUBCOMMANDS = {
     "plan": (library.add_plan, library.run_plan),
     "stats": (library.add_stats, library.run_stats),
     "decompose": (library.add_decompose, library.run_decompose),
     "models": (library.add_models, library.run_models),
-    "reproduce": (study.add_reproduce, study.run_reproduce),
+    "reproduce": (add_reproduce, run_reproduce),
     "bench": (library.add_bench, library.run_bench),
     "optimize": (library.add_optimize, library.run_optimize),
     "choose": (library.add_choose, library.run_choose),

@@ -168,11 +168,12 @@ def run_bench(args: argparse.Namespace) -> int:
     report = {**bench.to_dict(), "compute": current_compute().to_dict()}
     text = f"{bench}\n{current_compute()}"
     if args.breakdown:
-        from lrdlab.measure.breakdown import breakdown_text, plan_breakdown
+        from lrdlab.measure.breakdown import plan_breakdown
 
-        report["breakdown"] = plan_breakdown(model, plan, (args.batch, *shape[1:]), rounds=max(args.rounds, 2),
-                                             device=args.device, progress=not args.json)
-        text += "\nbreakdown (in place, eager, 95% CI):\n" + breakdown_text(report["breakdown"]["summary"])
+        part = plan_breakdown(model, plan, (args.batch, *shape[1:]), rounds=max(args.rounds, 2), device=args.device,
+                              progress=not args.json)
+        report["breakdown"] = part.to_dict()
+        text += f"\nbreakdown (in place, eager, 95% CI):\n{part}"
     _record_bench(args, report, load_before)
     print(json.dumps(report, indent=2) if args.json else text)
     return 0

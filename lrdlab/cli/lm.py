@@ -90,7 +90,7 @@ def run_bench_lm(args: argparse.Namespace) -> int:
                         rounds=args.rounds, lm_head=args.lm_head, layout=args.layout,
                         dense_layout=args.dense_layout, profile=args.profile)
     if args.model is not None:
-        from lrdlab.zoo.causal_lm import load_causal_lm
+        from lrdlab.zoo.smollm import load_causal_lm
 
         dense = load_causal_lm(args.model)
         what: dict[str, Any] = {"model": str(args.model)}
@@ -100,7 +100,8 @@ def run_bench_lm(args: argparse.Namespace) -> int:
         config = LLAMA_100M if args.config == "llama100m" else TINY_LLAMA
         torch.manual_seed(0)
         dense, what = llama_from_config(**config), {"config": config}
-    report = {**what, **decode_table(dense, bench)}
+    table = decode_table(dense, bench)
+    report = {**what, **table.to_dict()}
     if args.out is not None:
         from lrdlab.measure.machine import machine_info
         from lrdlab.measure.records import write_record
@@ -114,13 +115,13 @@ def run_bench_lm(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{args.model or args.config}: {report['dense_params']:,} → {report['decomposed_params']:,} parameters "
-          f"at {args.ratio}x{' (lm_head decomposed)' if report['lm_head_decomposed'] else ''}")
-    print(report["plan_summary"])
-    for s in report.get("searched", []):
+    print(f"{args.model or args.config}: {table.dense_params:,} → {table.decomposed_params:,} parameters "
+          f"at {args.ratio}x{' (lm_head decomposed)' if table.lm_head_decomposed else ''}")
+    print(table.plan_summary)
+    for s in table.searched:
         print(f"searched at {s['shape']}, {s['threads']} thr, {s['seconds']:.0f} s, {s['params']:,} parameters: "
               f"{choices_text(s['shapes'])}")
-    for r in report["results"]:
+    for r in table.results:
         label = f"searched@{r['searched']}" if "searched" in r else f"g={r['granularity']}"
         print(f"{label:<16}{r['phase']:>7} batch {r['batch']:<2} {r['threads']} thr: "
               f"dense {r['dense_tokens_s']:8.1f} tok/s, "
@@ -129,12 +130,12 @@ def run_bench_lm(args: argparse.Namespace) -> int:
               f"realised {r['realised_of_bytes_ideal']:.0%}); fastest rounds {r['dense_ms_min']:.1f} vs "
               f"{r['decomposed_ms_min']:.1f} ms/step ×{r['min_round_speedup']:.2f}{cpu_text(r)}; "
               f"load {r['load_average']}")
-    for name, prof in report.get("profile", {}).items():
+    for name, prof in table.profile.items():
         shapes = ", ".join(f"{p['shapes']} {p['ms']:.1f}" for p in prof["products"][:4])
         print(f"profile {name}: {prof['total_ms']:.1f} ms/token, products {prof['products_ms']:.1f}, "
               f"other {prof['other_ms']:.1f} (slowest: {shapes})")
     print(f"layouts: decomposed {args.layout}, dense {args.dense_layout}")
-    compute = report["results"][-1]["compute"] if report["results"] else {}
+    compute = table.results[-1]["compute"] if table.results else {}
     print(f"compute: {compute.get('compute_mode')} (asked {compute.get('compute_asked', compute.get('compute_mode'))}),"
           f" OpenMP wait policy {compute.get('omp_wait_policy')}")
     return 0

@@ -350,7 +350,7 @@ def recorded_quality(path: str | Path | None = None) -> pd.DataFrame:
     record = read_record(Path(path) if path else data_dir() / QUALITY_FILE)
     rows = _quality_rows(record)
     if not rows:
-        raise ValueError(f"{path or QUALITY_FILE} holds no rows; record it with python -m lrdlab.paper.lm_quality")
+        raise ValueError(f"{path or QUALITY_FILE} holds no rows; record it with python -m tools.record.lm_quality")
     columns = ["variant", "ratio", "policy", "pydoc_validation", "idle_history", "params_after", "generations",
                "command"]
     df = pd.DataFrame(rows).reindex(columns=columns)

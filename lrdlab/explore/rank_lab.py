@@ -35,7 +35,7 @@ from lrdlab.lowrank.methods import default_method, get_method
 from lrdlab.lowrank.plan import Layers, Ratio, candidate_layers, make_plan
 from lrdlab.measure import stats
 from lrdlab.measure.cache import TimeCache
-from lrdlab.measure.compare import compare
+from lrdlab.measure.compare import compare, round_times
 from lrdlab.measure.counting import count_flops
 from lrdlab.measure.shapes import layer_input_shapes
 from lrdlab.measure.timing_config import TimingConfig
@@ -237,9 +237,8 @@ class RankLab:
         shape = self.timing_shape(data)
         variants = {str(r): self._timing_module(data, r) for r in todo}
         timing = TimingConfig(rounds=rounds, max_rounds=rounds, warmup=1, repeats=3)
-        per_round = compare(variants, shape, timing=timing,
-                            on_round=None if progress is None else lambda done: progress(done, rounds),
-                            ).attrs["per_round"]
+        per_round = round_times(compare(variants, shape, timing=timing,
+                                        on_round=None if progress is None else lambda done: progress(done, rounds)))
         out = {}
         for r in todo:
             out[r] = 1000.0 * float(np.median(per_round[str(r)]))

@@ -1,4 +1,12 @@
-"""What the training loop accepts: devices, batches (pairs or dicts), model outputs and labels, checked clearly."""
+"""What the training loop accepts: devices, batches (pairs or dicts), model outputs and labels, checked clearly;
+and one forward pass of ``fit``/``evaluate`` on any batch (:func:`forward_batch`).
+
+For a causal language model (:func:`~lrdlab.lowrank.token_batches.is_causal_lm`) a batch is token ids or a
+dict (``input_ids``, ``attention_mask``, ``labels``); the model is scored on its next-token predictions, flattened
+to ``[M, vocab]`` logits and ``[M]`` targets (padding and ``-100`` labels left out), so the cross-entropy,
+accuracy and distillation of the loop apply unchanged and ``evaluate``'s loss is the mean next-token negative
+log-likelihood (perplexity = ``exp(loss)``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from lrdlab.lowrank.token_batches import LABEL_KEYS, split_labels
+from lrdlab.lowrank.token_batches import (
+    LABEL_KEYS,
+    TokenBatch,
+    input_embedding,
+    is_causal_lm,
+    model_call,
+    move,
+    run_model,
+    split_labels,
+    token_batch,
+)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -59,3 +78,26 @@ def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels run from {int(labels.min())} to {int(labels.max())} but the model has "
                          f"{logits.shape[1]} outputs; build it with num_classes={int(labels.max()) + 1} "
                          f"(get_model(name, num_classes=...)) or check the data set")
+
+
+def forward_batch(model: nn.Module, batch: Any, device: torch.device, index: int = 0,
+                  causal: bool | None = None, where: str = "batch") -> tuple[Any, Tensor, Tensor]:
+    """``(inputs, labels, logits)`` of one batch on ``device``; ``inputs`` is what a teacher needs to rerun it."""
+    if causal is None:
+        causal = is_causal_lm(model)
+    if not causal:
+        x, y = split_batch(batch)
+        call, y = move(model_call(model, x), device), y.to(device, non_blocking=True)
+        return call, y, logits_of(run_model(model, call))
+    emb = input_embedding(model)
+    tb = token_batch(batch, emb.num_embeddings if emb is not None else None, f"{where} {index}").to(device)
+    if tb.input_ids.shape[1] < 2:
+        raise ValueError(f"{where} {index} has sequences of length 1: next-token prediction needs T >= 2")
+    logits, labels = tb.scored(logits_of(run_model(model, tb)))
+    return tb, labels, logits
+
+
+def teacher_logits(teacher: nn.Module, inputs: Any) -> Tensor:
+    """The teacher's logits for the same predictions ``forward_batch`` scored (its ``inputs``)."""
+    logits = logits_of(run_model(teacher, inputs))
+    return inputs.scored(logits)[0] if isinstance(inputs, TokenBatch) else logits

@@ -4,6 +4,11 @@
 (the CLI does), build the loaders with :func:`lrdlab.get_loaders` (a ``DistributedSampler``
 splits each global batch across ranks) and ``fit`` wraps the model in ``DistributedDataParallel``
 (gloo on CPU, NCCL on GPU). Only rank 0 writes checkpoints and shows progress bars.
+
+``fit(..., teacher=original)`` adds the knowledge distillation of Hinton et al. (2015), "Distilling the Knowledge in
+a Neural Network" (:class:`DistillationLoss`): after a low-rank decomposition the original knows what the factorized
+layers should compute, and its soft targets carry more per image than a label. :mod:`lrdlab.finetune.lm_distill` is
+the recipe for a decomposed causal LM: pure KL on the logits over token windows, with a held-out perplexity curve.
 """
 
 from __future__ import annotations
@@ -19,18 +24,49 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.distributed import all_sum, world
 from lrdlab.finetune.fit_config import OPTIMIZERS, SCHEDULES, FitConfig
 from lrdlab.finetune.freezing import Freezer
-from lrdlab.finetune.inputs import check_device, check_labels
-from lrdlab.finetune.text_batches import forward_batch
+from lrdlab.finetune.inputs import check_device, check_labels, forward_batch, teacher_logits
 from lrdlab.lowrank.token_batches import is_causal_lm
 
 # --- setup -------------------------------------------------------------------------------------------
+
+
+class DistillationLoss(nn.Module):
+    """``criterion(student_logits, labels, inputs)``: cross-entropy blended with the teacher's soft targets,
+    ``(1 − α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))``.
+
+    The teacher runs under ``no_grad`` in eval mode and is never trained; it may be the very model the
+    student was decomposed from.
+    """
+
+    def __init__(self, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distillation alpha must be in [0, 1] (the teacher's share of the loss), got {alpha}")
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        self.teacher = [teacher]  # a list: not a submodule, so it is not moved, trained or saved with the loss
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        teacher = self.teacher[0]
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            soft = teacher_logits(teacher, inputs)
+        teacher.train(was_training)
+        t = self.temperature
+        kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(soft / t, dim=1), log_target=True,
+                      reduction="batchmean")
+        return (1.0 - self.alpha) * self.ce(logits, labels) + self.alpha * t * t * kl
 
 
 def set_seed(seed: int) -> None:
@@ -218,7 +254,7 @@ def fit(
     phase — so an interruption loses at most the current epoch. ``callbacks`` get each epoch's row (e.g. a
     live plot); an exception there stops training after the checkpoint was written. ``teacher`` (e.g. the
     original of a decomposed model) adds knowledge distillation
-    (:class:`~lrdlab.finetune.distill.DistillationLoss` with ``config.distill_alpha`` and
+    (:class:`DistillationLoss` with ``config.distill_alpha`` and
     ``config.distill_temperature``); the teacher is never trained.
     """
     config = FitConfig() if config is None else config

@@ -27,23 +27,21 @@ class ProbeInput:
     source: str = ""
 
 
-def like(model: nn.Module) -> dict[str, Any]:
-    """dtype and device for a probe input: the model's first floating parameter's."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return {"dtype": p.dtype, "device": p.device}
-    return {}
+def _first_float(model: nn.Module) -> torch.Tensor | None:
+    """The model's first floating parameter (a probe input takes its dtype and device), or None."""
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
 
 
 def random_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     """A random input in the model's dtype and device that leaves torch's global random state alone."""
-    found = like(model)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=found.get("dtype", torch.float32))
-    return x.to(found.get("device", "cpu"))
+    p = _first_float(model)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float32 if p is None else p.dtype)
+    return x.to("cpu" if p is None else p.device)
 
 
 def _ids(model: nn.Module, length: int = 8) -> torch.Tensor:
-    return torch.ones(1, length, dtype=torch.long, device=like(model).get("device"))
+    p = _first_float(model)
+    return torch.ones(1, length, dtype=torch.long, device=None if p is None else p.device)
 
 
 def _sub(config: Any, key: str) -> Any:

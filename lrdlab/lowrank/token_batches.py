@@ -1,7 +1,7 @@
 """Language-model batches: token-id tensors and dicts (``input_ids``, ``attention_mask``, ``labels``), checked.
 
 One reader for every place that feeds a model text: calibration (:func:`calibration_ids`), ``fit`` and
-``evaluate`` (:mod:`lrdlab.finetune.text_batches`); :func:`run_model` is the one adapter from a batch to a model
+``evaluate`` (:mod:`lrdlab.finetune.inputs`); :func:`run_model` is the one adapter from a batch to a model
 call. A batch is a ``[N, T]`` integer tensor of token ids, a list of equal-length id lists, an ``(input_ids,
 labels)`` pair, or a dict with ``input_ids`` and optionally ``attention_mask`` and ``labels`` (``-100`` = ignored,
 as in Hugging Face). Bad batches raise ``ValueError`` naming the batch before anything runs.

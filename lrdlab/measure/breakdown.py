@@ -220,10 +220,10 @@ def needed_pct(summary: dict[str, Any], target_pct: float) -> float:
     return 100 * (need - 1)
 
 
-def plan_breakdown(model: nn.Module, plan: Plan, input_shape: Sequence[int], **kwargs: Any) -> dict[str, Any]:
-    """:func:`time_breakdown` of ``model`` against the plan's structure (random factors: timing only), in its
-    recorded form ``{"summary", "parts"}`` (:meth:`Breakdown.to_dict`); ``kwargs`` go to :func:`time_breakdown`."""
-    return time_breakdown(model, shaped_model(model, plan), input_shape, plan, **kwargs).to_dict()
+def plan_breakdown(model: nn.Module, plan: Plan, input_shape: Sequence[int], **kwargs: Any) -> Breakdown:
+    """:func:`time_breakdown` of ``model`` against the plan's structure (random factors: timing only); ``kwargs``
+    go to :func:`time_breakdown`."""
+    return time_breakdown(model, shaped_model(model, plan), input_shape, plan, **kwargs)
 
 
 def breakdown_text(summary: dict[str, Any], target_pct: float | None = None) -> str:

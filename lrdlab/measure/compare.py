@@ -151,7 +151,8 @@ def compare(
     bootstrap interval), ``speedup_q1``/``speedup_q3``, ``throughput`` (the baseline's batch / median
     time × this speed-up: throughputs and speed-ups come from the same paired measurement),
     ``spread`` (relative IQR of the round times), ``rounds``, ``converged``, ``backend``, ``threads``
-    and ``load_average``. ``df.attrs["per_round"]``: each model's round times (seconds), paired by round.
+    ``load_average`` and ``round_s``: the model's round times (seconds), paired by round across rows
+    (:func:`round_times` reads them by name).
     """
     import pandas as pd
 
@@ -201,11 +202,14 @@ def compare(
             "speedup_ci_low": up.ci_low, "speedup_ci_high": up.ci_high, "speedup_q1": r1, "speedup_q3": r3,
             "spread": (q3 - q1) / med, "rounds": done, "converged": converged, "same_as": same_as[n],
             "mode": mode, "batch": shape[0], "backend": backend, "threads": torch.get_num_threads(),
-            "load_average": load_average(),
+            "load_average": load_average(), "round_s": list(t),
         })
-    df = pd.DataFrame(rows)
-    df.attrs["per_round"] = {n: list(per_round[same_as[n]]) for n in names}
-    return df
+    return pd.DataFrame(rows)
+
+
+def round_times(table: Any) -> dict[str, list[float]]:
+    """Each model's round times (seconds, paired by round) from a :func:`compare` table: ``{name: round_s}``."""
+    return dict(zip(table["name"], table["round_s"]))
 
 
 def _round_time(step: Callable[[], Any], dev: torch.device, warmup: int, repeats: int,

@@ -20,7 +20,7 @@ import inspect
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -164,7 +164,3 @@ def compare_phase(dense: nn.Module, decomposed: nn.Module, phase: str, batch: in
                        1e3 * fastest["decomposed"] / tokens, fastest["dense"] / fastest["decomposed"],
                        cpu_ms["dense"], cpu_ms["decomposed"], *((cpu_up.median, cpu_up.ci_low, cpu_up.ci_high)
                                                                 if cpu_up is not None else (None,) * 3))
-
-
-def as_dict(result: PhaseResult) -> dict[str, Any]:
-    return asdict(result)

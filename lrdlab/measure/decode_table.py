@@ -25,9 +25,10 @@ from lrdlab.lowrank.lm_head import plan_untied_lm_head, tied_lm_head
 from lrdlab.lowrank.plan import Plan, Ratio, make_plan
 from lrdlab.measure.compute import available_cores, compute_info
 from lrdlab.measure.counting import count_params
-from lrdlab.measure.decode import as_dict, compare_phase
+from lrdlab.measure.decode import compare_phase
 from lrdlab.measure.decode_profile import decode_profile
 from lrdlab.measure.decode_search import TokenShapeSearch, search_at_token_shape
+from lrdlab.measure.records import StudyRecord
 
 LAYOUTS = ("gemv", "as-built")  # the decomposed model's factors: stored for one-token decode, or as decompose builds
 DENSE_LAYOUTS = ("as-loaded", "gemv")  # the dense model: as the user has it, or its widening Linears as above
@@ -76,7 +77,40 @@ def _laid_out(low: nn.Module, bench: DecodeBench) -> nn.Module:
     return low
 
 
-def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DecodeTable(StudyRecord):
+    """What :func:`decode_table` measured: one row in ``results`` per (variant, phase, batch, threads), the models'
+    parameters and plan, the rank searches (``searched``) and decode profiles (``profile``) when asked, and the
+    :class:`DecodeBench` it ran (``bench``, its searches left out). A table of the rows in a notebook;
+    :meth:`to_dict` is the recorded JSON form (``searched`` and ``profile`` only when present)."""
+
+    COLUMNS = ("granularity", "searched", "phase", "batch", "threads", "dense_tokens_s", "decomposed_tokens_s",
+               "speedup", "ci_low", "ci_high", "bytes_ideal")
+
+    ratio: float
+    lm_head_decomposed: bool
+    dense_params: int
+    decomposed_params: int
+    plan_summary: str
+    kept_layers: int
+    decomposed: list[dict[str, Any]]
+    searched: list[dict[str, Any]]
+    profile: dict[str, dict[str, Any]]
+    prompt: int
+    context: int
+    rounds: int
+    dtype: str
+    results: list[dict[str, Any]]
+    bench: dict[str, Any]
+
+    def row_list(self) -> list[dict[str, Any]]:
+        return list(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if v or k not in ("searched", "profile")}
+
+
+def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> DecodeTable:
     """Prefill (``prompt`` tokens, batch 1) and decode (``decode_tokens`` per call at batch 1 and ``batch``, after a
     ``context`` prompt) of ``dense`` against its weights-only decomposition at ``ratio``, with ranks rounded to each
     granularity and searched at each of ``search``'s token shapes (``searched``: the ranks picked), for each thread
@@ -109,19 +143,17 @@ def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> dict[str
             for tags, low in variants:
                 for phase, b, tokens in (("prefill", 1, bench.prompt), ("decode", 1, bench.decode_tokens),
                                          ("decode", bench.batch, bench.decode_tokens)):
-                    row = as_dict(compare_phase(baseline, low, phase, b, tokens, context=bench.context,
-                                                rounds=bench.rounds))
+                    row = asdict(compare_phase(baseline, low, phase, b, tokens, context=bench.context,
+                                               rounds=bench.rounds))
                     results.append({**row, **tags, "compute": compute_info()})
     finally:
         torch.set_num_threads(before)
     first = next(iter(planned))
     plan = planned[first][1]
-    return {"ratio": bench.ratio, "lm_head_decomposed": bool(bench.lm_head and "untied" in plan.settings),
-            "dense_params": count_params(dense), "decomposed_params": count_params(lows[first]),
-            "plan_summary": plan.summary(), "kept_layers": len(plan.layers) - len(plan.decomposed_layers),
-            "decomposed": [{"granularity": g, "params": count_params(lows[g]),
-                            "kept_layers": len(p.layers) - len(p.decomposed_layers)} for g, (_, p) in planned.items()],
-            **({"searched": searched} if searched else {}), **({"profile": profiles} if profiles else {}),
-            "prompt": bench.prompt, "context": bench.context,
-            "rounds": bench.rounds, "dtype": str(next(dense.parameters()).dtype).removeprefix("torch."),
-            "results": results, "bench": {k: v for k, v in asdict(bench).items() if k != "search"}}
+    return DecodeTable(
+        bench.ratio, bool(bench.lm_head and "untied" in plan.settings), count_params(dense), count_params(lows[first]),
+        plan.summary(), len(plan.layers) - len(plan.decomposed_layers),
+        [{"granularity": g, "params": count_params(lows[g]), "kept_layers": len(p.layers) - len(p.decomposed_layers)}
+         for g, (_, p) in planned.items()], searched, profiles, bench.prompt, bench.context, bench.rounds,
+        str(next(dense.parameters()).dtype).removeprefix("torch."), results,
+        {k: v for k, v in asdict(bench).items() if k != "search"})

@@ -25,7 +25,7 @@ from torch import nn
 from lrdlab.lowrank.plan import Plan
 from lrdlab.measure.compare import check_backend
 from lrdlab.measure.stats import SpeedUp
-from lrdlab.measure.sweeps import PLAN_TIMING, speed_table
+from lrdlab.measure.sweeps import PLAN_TIMING, speed_table_rounds
 from lrdlab.measure.timing_config import TimingConfig, check_timing
 
 ORIGINAL = "original"
@@ -94,9 +94,9 @@ def choose_plan(model: nn.Module, plans: Mapping[str, Plan], input_shape: Sequen
         raise ValueError(f"{ORIGINAL!r} names the model itself: rename that plan")
     timing = check_timing(timing, PLAN_TIMING)
     check_backend(timing.backend, "inference", timing.device)
-    table = speed_table(model, dict(plans), input_shape, timing, progress=progress)
+    table, per_round = speed_table_rounds(model, dict(plans), input_shape, timing, progress=progress)
     names = list(plans)
-    choice, reason, versus = pick(table.attrs["per_round"], names)
+    choice, reason, versus = pick(per_round, names)
     table["vs_default_pct"] = [versus[n].pct for n in table["name"]]
     table["vs_default_ci_low"] = [versus[n].pct_low for n in table["name"]]
     table["vs_default_ci_high"] = [versus[n].pct_high for n in table["name"]]

@@ -17,7 +17,7 @@ from lrdlab.lowrank.layers import build, describe
 from lrdlab.lowrank.methods import get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, applicable_patterns, make_plan, params_of
 from lrdlab.measure import timing as measure
-from lrdlab.measure.compare import compare
+from lrdlab.measure.compare import compare, round_times
 from lrdlab.measure.interleave import interleave
 from lrdlab.measure.stats import SpeedUp
 from lrdlab.measure.timing_config import TimingConfig, check_timing
@@ -57,10 +57,19 @@ def speed_table(
     original_ms, speedup (×, median of per-round ratios), speedup_pct with its 95% interval
     speedup_pct_ci_low/high, within_noise (the interval covers 0), rounds, converged, speedup_q1/q3,
     throughput, spread, realised (fraction of the FLOP-ideal gain); with ``train`` the same prefixed
-    ``train_``, timed under ``train_timing`` (None: ``timing`` on the eager backend). ``df.attrs["per_round"]``:
-    the inference round times of ``"original"`` and each plan. ``timing``: a
+    ``train_``, timed under ``train_timing`` (None: ``timing`` on the eager backend). ``timing``: a
     :class:`~lrdlab.measure.timing_config.TimingConfig` (rounds adapt as in :func:`lrdlab.measure.compare.compare`).
     """
+    return speed_table_rounds(model, plans, input_shape, timing, train=train, train_timing=train_timing,
+                              progress=progress)[0]
+
+
+def speed_table_rounds(model: nn.Module, plans: Mapping[str, Plan | nn.Module], input_shape: Sequence[int],
+                       timing: TimingConfig = PLAN_TIMING, *, train: bool = False,
+                       train_timing: TimingConfig | None = None,
+                       progress: bool = True) -> tuple[Any, dict[str, list[float]]]:
+    """:func:`speed_table` and the inference round times (seconds) of ``"original"`` and each plan, paired by round
+    (:func:`lrdlab.measure.compare.round_times`)."""
     import pandas as pd
 
     shape = measure.check_shape(input_shape)
@@ -85,9 +94,7 @@ def speed_table(
         for mode, df in results.items():
             out.update(_speed_columns(df, name, "" if mode == "inference" else "train_", ideal))
         rows.append(out)
-    df = pd.DataFrame(rows)
-    df.attrs["per_round"] = results["inference"].attrs["per_round"]  # paired round times, "original" included
-    return df
+    return pd.DataFrame(rows), round_times(results["inference"])
 
 
 def granularity_plans(model: nn.Module, ratio: float = 2, granularities: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),

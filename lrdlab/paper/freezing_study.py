@@ -104,7 +104,7 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     Inference is timed once for the decomposed model (freezing does not change it). Every throughput
     and speed-up has its 95% bootstrap interval (``*_ci_low`` / ``*_ci_high``).
     """
-    from lrdlab.measure.compare import compare
+    from lrdlab.measure.compare import compare, round_times
     from lrdlab.measure.timing_config import TimingConfig
 
     variants: dict[str, nn.Module] = {"original": original, "lrd": decomposed}
@@ -117,13 +117,14 @@ def freezing_throughput(original: nn.Module, decomposed: nn.Module, batch: tuple
     for p, name in enumerate(phases):
         freezer.update(p)
         variants[name] = copy.deepcopy(seq)
-    train = compare(variants, batch, "train",
-                    timing=TimingConfig(rounds=rounds, warmup=1, repeats=3, device=device)).attrs["per_round"]
+    train = round_times(compare(variants, batch, "train",
+                                timing=TimingConfig(rounds=rounds, warmup=1, repeats=3, device=device)))
     train["lrd+sequential"] = [statistics.fmean(ts) for ts in zip(*(train[p] for p in phases))]
-    infer = compare({"original": original, "lrd": decomposed}, batch, "inference",
-                    timing=TimingConfig(rounds=rounds, warmup=1, repeats=5, device=device)).attrs["per_round"]
+    infer = round_times(compare({"original": original, "lrd": decomposed}, batch, "inference",
+                                timing=TimingConfig(rounds=rounds, warmup=1, repeats=5, device=device)))
     n = batch[0]
-    inference = {name: _speed("infer", infer["original"], t, n) for name, t in infer.items()}
+    inference: dict[str | None, dict[str, float]] = {name: _speed("infer", infer["original"], t, n)
+                                                     for name, t in infer.items()}
     inference[None] = dict.fromkeys(inference["lrd"], float("nan"))  # a phase alone is never deployed
     rows = []
     for tech, inf in (("original", "original"), ("lrd", "lrd"), ("lrd+regular", "lrd"), ("lrd+sequential", "lrd"),

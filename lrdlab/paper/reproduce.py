@@ -199,7 +199,7 @@ def stage_breakdown(settings: Settings, results: dict[str, Any]) -> dict[str, An
     if "optimize" in results:
         plans["optimized ranks"] = Plan.from_dict(results["optimize"]["resnet50"]["plan"])
     out = {name: plan_breakdown(model, plan, settings.bench_shape, rounds=4 * settings.rounds,
-                                device=settings.device, progress=False) for name, plan in plans.items()}
+                                device=settings.device, progress=False).to_dict() for name, plan in plans.items()}
     return {"input_shape": list(settings.bench_shape), "plans": out}
 
 

