@@ -298,7 +298,7 @@ def plot_accuracy_study(result: StudyRecord | Mapping[str, Any] | str | Path, mo
         raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
     variants = data.get("settings", {}).get("variants") or list(dict.fromkeys(r["variant"] for r in rows))
     with style():
-        fig, ax = new_figure(width=7, height=4)
+        fig, ax = new_figure(width=7, height=4.6)
         base = next((r for r in rows if r["variant"] == "original"), None)
         if base is not None:
             ax.axhline(base["accuracy"], color="k", lw=0.8, ls=":", label=f"original {base['accuracy']:.1f}%")
@@ -318,5 +318,6 @@ def plot_accuracy_study(result: StudyRecord | Mapping[str, Any] | str | Path, mo
         twin.set(ylabel="params / FLOPs (% of original)", ylim=(0, 105))
         twin.grid(False)
         lines, more = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="upper center",
+                  bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # below the axes: no line hidden
     return fig
