@@ -59,6 +59,9 @@ _API = {
     "TimingConfig": "lrdlab.measure.timing_config",
     "choose_plan": "lrdlab.measure.plan_choice",
     "bench_plan": "lrdlab.measure.bench",
+    "time_breakdown": "lrdlab.measure.breakdown",
+    "granularity_sweep": "lrdlab.measure.sweeps",
+    "rank_time_sweep": "lrdlab.measure.sweeps",
     "get_model": "lrdlab.zoo.models",
     "get_loaders": "lrdlab.zoo.data",
     "Images": "lrdlab.zoo.data_config",
@@ -67,6 +70,10 @@ _API = {
     "pretrained_info": "lrdlab.zoo.pretrained",
     "run_freezing_study": "lrdlab.paper.freezing_study",
     "FreezingStudyConfig": "lrdlab.paper.freezing_study",
+    "freezing_throughput": "lrdlab.paper.freezing_study",
+    "technique_models": "lrdlab.paper.techniques",
+    "branch_structures": "lrdlab.paper.techniques",
+    "speed_columns": "lrdlab.paper.techniques",
 }
 # public module -> its path (the pure maths, used whole: ``from lrdlab import ranks``)
 _MODULES = {
@@ -97,6 +104,7 @@ __all__ = [
     "TimingConfig",
     "Tucker2Options",
     "bench_plan",
+    "branch_structures",
     "choose_plan",
     "compare",
     "count_flops",
@@ -108,9 +116,11 @@ __all__ = [
     "factorize",
     "find_bottlenecks",
     "fit",
+    "freezing_throughput",
     "gemv_layout",
     "get_loaders",
     "get_model",
+    "granularity_sweep",
     "load_decomposed",
     "machine_info",
     "make_plan",
@@ -119,11 +129,15 @@ __all__ = [
     "planned_structure",
     "pretrained",
     "pretrained_info",
+    "rank_time_sweep",
     "ranks",
     "recalibrate_bn",
     "register_safe_layer",
     "run_freezing_study",
     "save_decomposed",
+    "speed_columns",
+    "technique_models",
+    "time_breakdown",
     "unfuse",
 ]
 __version__ = "0.2.0"
@@ -162,14 +176,17 @@ if TYPE_CHECKING:  # static checkers see the real objects
     from lrdlab.lowrank.plan_config import PAPER_EXCLUDE, VBMF, Energy, FixedRank, Layers, RankPolicy, Ratio
     from lrdlab.lowrank.usage import register_safe_layer
     from lrdlab.measure.bench import bench_plan
+    from lrdlab.measure.breakdown import time_breakdown
     from lrdlab.measure.compare import compare
     from lrdlab.measure.counting import count_flops, count_params
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan
     from lrdlab.measure.search_config import SearchConfig
+    from lrdlab.measure.sweeps import granularity_sweep, rank_time_sweep
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.freezing_study import FreezingStudyConfig, run_freezing_study
+    from lrdlab.paper.freezing_study import FreezingStudyConfig, freezing_throughput, run_freezing_study
+    from lrdlab.paper.techniques import branch_structures, speed_columns, technique_models
     from lrdlab.zoo.data import get_loaders
     from lrdlab.zoo.data_config import Images, LoaderOptions
     from lrdlab.zoo.models import get_model

@@ -213,7 +213,7 @@ ONE_HOME: dict[str, set[str]] = {
     # speed-ups: the one record is measure/stats.py's SpeedUp (of, from_pct, from_row, from_flat, text, to_pct)
     r"(?m)^def (ratio_summary|verdict|within_noise|half_width|_recorded)\(": set(),  # dict-based copies of it
     r"class SpeedUp\b": {"lrdlab/measure/stats.py"},
-    r"def speedup_text\(": {"lrdlab/paper/recorded.py",
+    r"def speedup_text\(": {"lrdlab/explore/recorded.py",
                             "lrdlab/explore/rank_lab.py"},  # the explorer's text of a live widget state
     # timing: the one interleaved loop (A B, then B A) is measure/interleave.py; the one clock is time_function
     r"\[::\s*-1\s*\]?\s*if\b[^\n]*% 2": {"lrdlab/measure/interleave.py"},

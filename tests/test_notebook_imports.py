@@ -1,6 +1,5 @@
 """Notebooks import only the public API (`lrdlab`) and the explorers (`lrdlab.explore`), as a user's code would
-(issue 36 item 2): an import from inside another stage fails here. The notebooks that still do are listed with what
-they import; the list may only shrink (drop a module from it once no notebook needs it)."""
+(issue 36 item 2): an import from inside another stage fails here."""
 
 import ast
 import json
@@ -9,16 +8,6 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-
-# What each notebook still imports from inside the package (to move behind `lrdlab` / `lrdlab.explore`).
-STILL_INTERNAL = {
-    "03_whole_network": {"lrdlab.paper", "lrdlab.paper.accuracy_study"},
-    "04_rank_optimization": {"lrdlab.measure", "lrdlab.paper.recorded", "lrdlab.paper.speed_story"},
-    "05_freezing": {"lrdlab.paper.freezing_study", "lrdlab.paper.tables"},
-    "06_merging_branching": {"lrdlab.paper", "lrdlab.paper.recorded"},
-    "07_reproduction": {"lrdlab.paper", "lrdlab.paper.recorded"},
-    "08_transformers": {"lrdlab.zoo.pretrained", "lrdlab.paper.transformers_report"},
-}
 
 
 def public(module: str) -> bool:
@@ -67,6 +56,5 @@ def test_the_explorers_helpers_resolve_and_come_from_earlier_stages():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebooks_import_only_the_public_api_and_the_explorers(path):
     found = internal_imports(path)
-    known = STILL_INTERNAL.get(path.stem, set())
-    assert found <= known, (f"{path.name} imports {sorted(found - known)} from inside the package: use `lrdlab` "
-                            "(export the name in lrdlab/__init__.py) or `lrdlab.explore`")
+    assert not found, (f"{path.name} imports {sorted(found)} from inside the package: use `lrdlab` (export the name in "
+                       "lrdlab/__init__.py) or `lrdlab.explore`")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lrdlab.paper.recorded import read
+from lrdlab.explore.recorded import read
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["weights", "weights+bn", "data", "data+bn", "data+bn+ft"]

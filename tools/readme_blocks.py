@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 
+from lrdlab.explore.recorded import speedup_text
+from lrdlab.explore.speed_story import STORY_FILE, recorded_rows, recorded_story, story_table, threads_sentence
+from lrdlab.explore.transformers_report import load_transformers_study, multiple_summary
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import SpeedUp
 from lrdlab.paper.accuracy_study import VARIANTS
-from lrdlab.paper.recorded import speedup_text
-from lrdlab.paper.speed_story import STORY_FILE, recorded_rows, recorded_story, story_table, threads_sentence
-from lrdlab.paper.transformers_report import load_transformers_study, multiple_summary
 from tools.record.speed_checks import table_speedup
 
 # --- docs/speed.md: every speed check -----------------------------------------------------------------

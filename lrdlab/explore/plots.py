@@ -33,6 +33,7 @@ from lrdlab.explore.figure_kit import (  # noqa: F401
 )
 from lrdlab.explore.result_plots import (  # noqa: F401  (one namespace of figures)
     ideal_speedup_pct,
+    plot_accuracy_study,
     plot_branch_sweep,
     plot_convergence,
     plot_granularity_sweep,

@@ -1,10 +1,11 @@
 """Figures of whole-model results: F4/F7 bars by technique, F5 speed-up vs FLOPs, F6 branches, F8
-convergence, F9 granularity, where the time goes (reached through :mod:`lrdlab.explore.plots`, the one
-namespace of figures)."""
+convergence, F9 granularity, F11 accuracy vs compression, where the time goes (reached through
+:mod:`lrdlab.explore.plots`, the one namespace of figures)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from lrdlab.explore.figure_kit import MODE_ORDER, PALETTE, new_figure, require_columns, style
+from lrdlab.measure.records import StudyRecord, read_record
 
 # --- F4 / F7: bars by technique ------------------------------------------------------------------
 
@@ -278,4 +280,44 @@ def plot_time_breakdown(summaries: Mapping[str, Mapping[str, Any]], target_pct: 
         ax.set_xlim(0, 1.45 * max(a + b for _, a, b, _ in rows))
         ax.set(xlabel="ms per batch (median of interleaved rounds)", title=title)
         ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    return fig
+
+
+# --- F11: accuracy vs compression ----------------------------------------------------------------
+
+
+def plot_accuracy_study(result: StudyRecord | Mapping[str, Any] | str | Path, model: str = "resnet20",
+                        granularity: int = 1) -> Figure:
+    """F11: test accuracy vs compression ratio, one line per variant; params and FLOPs (% of the original)
+    on a second axis. ``result``: the accuracy study (``lrdlab.paper.accuracy_study.run_accuracy_study``), its
+    JSON form or file (``data/accuracy_f11_mnist5k.json``)."""
+    data = result.to_dict() if isinstance(result, StudyRecord) else result if isinstance(result, Mapping) \
+        else read_record(result)
+    rows = [r for r in data["rows"] if r["model"] == model and r["granularity"] == granularity]
+    if not rows:
+        raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
+    variants = data.get("settings", {}).get("variants") or list(dict.fromkeys(r["variant"] for r in rows))
+    with style():
+        fig, ax = new_figure(width=7, height=4.6)
+        base = next((r for r in rows if r["variant"] == "original"), None)
+        if base is not None:
+            ax.axhline(base["accuracy"], color="k", lw=0.8, ls=":", label=f"original {base['accuracy']:.1f}%")
+        for variant in [v for v in variants if v != "original"]:
+            pts = sorted((r["ratio"], r["accuracy"]) for r in rows if r["variant"] == variant)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=variant)
+        ax.set(xlabel="compression ratio α (per layer, stem kept)", ylabel="MNIST-5k test accuracy (%)",
+               ylim=(0, 100), title=f"F11: {model}, accuracy right after decomposition")
+        twin = ax.twinx()
+        sizes = sorted({(r["ratio"], r["params"] / r["params_original"], r["flops"] / r["flops_original"])
+                        for r in rows if r["variant"] == "weights"})
+        if sizes:
+            ratios, params, flops = zip(*sizes)
+            twin.plot(ratios, [100 * p for p in params], color="grey", ls="--", label="params %")
+            twin.plot(ratios, [100 * f for f in flops], color="grey", ls="-.", label="FLOPs %")
+        twin.set(ylabel="params / FLOPs (% of original)", ylim=(0, 105))
+        twin.grid(False)
+        lines, more = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="x-small", loc="upper center",
+                  bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)  # below the axes: no line hidden
     return fig

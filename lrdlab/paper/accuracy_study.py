@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lrdlab.measure.records import StudyRecord, read_record, write_record
+from lrdlab.measure.records import StudyRecord, write_record
 from lrdlab.zoo.pretrained import kept_stem
 
 RATIOS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -177,38 +177,3 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
         write_record(out, result.to_dict())
     return result
 
-
-def plot_accuracy_study(result: AccuracyStudy | dict[str, Any] | str | Path, model: str = "resnet20",
-                        granularity: int = 1):
-    """F11: test accuracy vs compression ratio, one line per variant; params and FLOPs (% of the original)
-    on a second axis. ``result``: :func:`run_accuracy_study`'s result, its JSON form or file. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    data = result.to_dict() if isinstance(result, AccuracyStudy) else result if isinstance(result, dict) \
-        else read_record(result)
-    rows = [r for r in data["rows"] if r["model"] == model and r["granularity"] == granularity]
-    if not rows:
-        raise ValueError(f"no rows for model {model!r} at granularity {granularity} in this study")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    base = next((r for r in rows if r["variant"] == "original"), None)
-    if base is not None:
-        ax.axhline(base["accuracy"], color="k", lw=0.8, ls=":", label=f"original {base['accuracy']:.1f}%")
-    for variant in VARIANTS:
-        pts = sorted((r["ratio"], r["accuracy"]) for r in rows if r["variant"] == variant)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=variant)
-    ax.set(xlabel="compression ratio α (per layer, stem kept)", ylabel="MNIST-5k test accuracy (%)", ylim=(0, 100),
-           title=f"F11: {model}, accuracy right after decomposition")
-    twin = ax.twinx()
-    sizes = sorted({(r["ratio"], r["params"] / r["params_original"], r["flops"] / r["flops_original"])
-                    for r in rows if r["variant"] == "weights"})
-    if sizes:
-        ratios, params, flops = zip(*sizes)
-        twin.plot(ratios, [100 * p for p in params], color="grey", ls="--", label="params %")
-        twin.plot(ratios, [100 * f for f in flops], color="grey", ls="-.", label="FLOPs %")
-    twin.set(ylabel="params / FLOPs (% of original)", ylim=(0, 105))
-    lines = ax.get_legend_handles_labels()
-    more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
-    fig.tight_layout()
-    return fig

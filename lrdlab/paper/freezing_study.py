@@ -231,7 +231,7 @@ class FreezingStudy:
                 f"final accuracy {acc}; {len(self.throughput)} throughput rows)")
 
     def _repr_html_(self) -> str:
-        from lrdlab.paper.recorded import throughput_table
+        from lrdlab.explore.recorded import throughput_table
 
         return f"<p>{html.escape(repr(self))}</p>" + throughput_table(self.throughput).to_html(index=False)
 

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from lrdlab.explore import numbers as paper
 from lrdlab.lowrank.decompose import decompose, planned_structure
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
 from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change
 from lrdlab.measure.records import read_record, write_record
 from lrdlab.measure.timing_config import TimingConfig
-from lrdlab.paper import numbers as paper
-from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.tables import render
 from lrdlab.zoo.models import get_model
 

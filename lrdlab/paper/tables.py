@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from lrdlab.explore import numbers as paper
 from lrdlab.explore import plots
+from lrdlab.explore.recorded import speedup_text, throughput_table
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
 from lrdlab.measure.counting import FLOP_COUNTER
-from lrdlab.paper import numbers as paper
-from lrdlab.paper.recorded import speedup_text, throughput_table  # noqa: F401 - used here and by notebook 05
 
 # --- rendering ----------------------------------------------------------------------------------------
 
@@ -231,8 +231,6 @@ def render_freezing(report, res: dict[str, Any], out: Path) -> None:
 
 def render_accuracy(report, res: dict[str, Any]) -> None:
     """F11 and its table: accuracy after decomposition, beside params and FLOPs."""
-    from lrdlab.paper.accuracy_study import plot_accuracy_study
-
     rows = pd.DataFrame(res["rows"])
     for model in rows["model"].unique():
         name = {"resnet20": "ResNet-20", "vit_tiny": "ViT-tiny"}.get(model, model)
@@ -244,14 +242,14 @@ def render_accuracy(report, res: dict[str, Any]) -> None:
                      "whitening / whitened Tucker-2), data-aware + BN; "
                      f"{res['settings']['calibration_images']} calibration images, no gradient step unless `+ft` "
                      "(1 epoch, batch 32, distilled from the original).")
-        report.figure(plot_accuracy_study(res, model), f"F11_accuracy_{model}", f"F11 ({name}): accuracy vs "
+        report.figure(plots.plot_accuracy_study(res, model), f"F11_accuracy_{model}", f"F11 ({name}): accuracy vs "
                       "compression; params and FLOPs (% of the original) on the right axis.")
 
 
 def _render_recorded_transformers(report) -> None:
     """P2's transformer half, from the recorded study (``python -m tools.record transformers study``), when recorded."""
-    from lrdlab.paper.recorded import data_dir
-    from lrdlab.paper.transformers_report import render_transformers
+    from lrdlab.explore.recorded import data_dir
+    from lrdlab.explore.transformers_report import render_transformers
 
     study, targets = data_dir() / "transformers_mnist5k.json", data_dir() / "transformers_targets_cpu.json"
     if study.is_file():
@@ -332,7 +330,7 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
         render_breakdown(report, results["breakdown"])
     if "techniques" in results:
         render_techniques(report, results)
-        from lrdlab.paper.speed_story import render_story
+        from lrdlab.explore.speed_story import render_story
 
         render_story(report, results)
     if "branches" in results:

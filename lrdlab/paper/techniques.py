@@ -28,10 +28,10 @@ from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.merge import DEFAULT_BN, merge_bottlenecks
 from lrdlab.lowrank.methods import TUCKER2, get_method
 from lrdlab.lowrank.plan import Layers, Plan, Ratio, make_plan
-from lrdlab.measure.counting import FLOP_COUNTER, count_flops, count_layers, count_params, percent_change, structure_row  # noqa: F401 - re-exported for notebook 06
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
+from lrdlab.measure.counting import FLOP_COUNTER, structure_row
 from lrdlab.measure.records import StudyRecord
 from lrdlab.measure.timing_config import TimingConfig, check_timing
-from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.zoo.cifar_models import bottleneck_net
 
 TECHNIQUE_TIMING = TimingConfig(rounds=3, warmup=1, repeats=2)  # speed_columns' and branch_sweep's default

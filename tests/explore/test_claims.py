@@ -2,8 +2,8 @@
 
 import pytest
 
+from lrdlab.explore import recorded
 from lrdlab.explore.claims import accuracy_order, range_order
-from lrdlab.paper import recorded
 
 
 def test_accuracy_order_ranks_only_beyond_the_noise_of_the_test_split():

@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from lrdlab.explore import plots
+from lrdlab.explore.recorded import read
 from lrdlab.lowrank import ranks
 from lrdlab.measure import rank_search, stats
-from lrdlab.paper.recorded import read
 
 
 def _labels(fig):

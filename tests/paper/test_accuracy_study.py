@@ -2,7 +2,7 @@
 
 import pytest
 
-from lrdlab.paper.recorded import data_dir
+from lrdlab.explore.recorded import data_dir
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_f11_plot_from_the_recorded_study():
 
     matplotlib.use("Agg")
 
-    from lrdlab.paper.accuracy_study import plot_accuracy_study
+    from lrdlab.explore.plots import plot_accuracy_study
 
     path = data_dir() / "accuracy_f11_mnist5k.json"
     fig = plot_accuracy_study(path, "resnet20")

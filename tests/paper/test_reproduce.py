@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from lrdlab.cli import main
-from lrdlab.paper import numbers as paper
+from lrdlab.explore import numbers as paper
 from lrdlab.paper.report import Report
 from lrdlab.paper.reproduce import STAGES, Settings, run_stages
 from lrdlab.paper.tables import table1

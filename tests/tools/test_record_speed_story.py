@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lrdlab.explore.speed_story import STORY_FILE
 from lrdlab.measure.records import data_dir
-from lrdlab.paper.speed_story import STORY_FILE
 from tools.readme import current_block
 from tools.readme_blocks import STORY_BEGIN, STORY_END, speed_story_section
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lrdlab.explore.transformers_report import load_transformers_study, multiple_summary, render_transformers
 from lrdlab.paper.report import Report
-from lrdlab.paper.transformers_report import load_transformers_study, multiple_summary, render_transformers
 from lrdlab.zoo.cifar_models import vit_tiny
 from tools.record import transformers_study as study
 

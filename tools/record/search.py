@@ -31,13 +31,13 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
 
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
     load_before, threads = os.getloadavg(), torch.get_num_threads()
@@ -73,11 +73,11 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
 
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
     load_before, threads = os.getloadavg(), torch.get_num_threads()
@@ -131,9 +131,9 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
     """ResNet-50 at 2x, where the time goes: each decomposed layer timed in place, the rest of the network, and
     the ceiling the rest puts on the whole-network speed-up (vanilla, the recorded searched ranks, g=32)."""
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.breakdown import needed_pct, plan_breakdown
     from lrdlab.measure.machine import machine_info
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
     load_before = os.getloadavg()
@@ -165,13 +165,13 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
     """ResNet-50 at 2x: the recorded searched ranks (default) vs the robust search at granularity 32 (run here,
     from the g=32 plan), chosen on each backend by :func:`lrdlab.measure.plan_choice.choose_plan`."""
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.plan_choice import choose_plan
     from lrdlab.measure.rank_search import optimize_plan, rank_table
     from lrdlab.measure.search_config import SearchConfig
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
     load_before = os.getloadavg()

@@ -11,6 +11,7 @@ import torch
 
 from lrdlab.explore.plots import rank_cliffs
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
 from lrdlab.measure import timing as measure
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.rank_search import optimize_plan, pick_rank, rank_table
@@ -18,7 +19,6 @@ from lrdlab.measure.records import write_record
 from lrdlab.measure.search_config import SearchConfig
 from lrdlab.measure.sweeps import granularity_plans, rank_time_sweep, speed_table
 from lrdlab.measure.timing_config import TimingConfig
-from lrdlab.paper.numbers import PAPER_EXCLUDE
 
 
 def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device: str = "cpu", rounds: int = 5,

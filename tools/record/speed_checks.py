@@ -37,8 +37,8 @@ def probe(threads: int) -> dict[str, Any]:
     from torch import nn
 
     from lrdlab import Layers, Ratio, decompose, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.compute import compute_info
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
     from tools.record.transformers_targets import median_time
 
@@ -131,10 +131,10 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
                     image_size: int = 112, batch: int = 8, budget_s: float = 240.0) -> Path:
     """ResNet-50 at 2x: original vs decomposed on each backend (a backend that fails is recorded with its error)."""
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.bench import bench_plan
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
     from lrdlab.zoo.models import get_model
 
     load_before = os.getloadavg()
@@ -167,10 +167,10 @@ def _pipeline_on_backends(model, shape: tuple[int, ...], budget_s: float,
     """The best pipeline (layer merging + granularity 32) against the original, per backend, up to 60 rounds."""
     from lrdlab.lowrank.merge import merge_bottlenecks
     from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+    from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
     from lrdlab.measure.compare import round_limits
     from lrdlab.measure.sweeps import speed_table
     from lrdlab.measure.timing_config import TimingConfig
-    from lrdlab.paper.numbers import PAPER_EXCLUDE
 
     merged = merge_bottlenecks(model, make_plan(model, Ratio(2, granularity=32), Layers(exclude=PAPER_EXCLUDE),
                                                 model_name="resnet50"))

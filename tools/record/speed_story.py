@@ -1,19 +1,19 @@
 """Recording the speed story: the quick reproduction's techniques stage at each thread count
-(``python -m tools.record speed-story``); :mod:`lrdlab.paper.speed_story` renders it in the report."""
+(``python -m tools.record speed-story``); :mod:`lrdlab.explore.speed_story` renders it in the report."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from lrdlab.explore.speed_story import STORY_FILE
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
 from lrdlab.measure.compare import round_limits
 from lrdlab.measure.compute import compute_policy, current_compute
 from lrdlab.measure.machine import machine_info
 from lrdlab.measure.records import data_dir, write_record
 from lrdlab.paper import reproduce
-from lrdlab.paper.numbers import PAPER_EXCLUDE
-from lrdlab.paper.speed_story import STORY_FILE
 from lrdlab.zoo.models import get_model
 from tools.record.search import recorded_search_plan, search_file
 

@@ -12,10 +12,10 @@ import torch
 
 from lrdlab.lowrank.merge import DEFAULT_BN
 from lrdlab.lowrank.plan import Layers, Ratio, make_plan
+from lrdlab.lowrank.plan_config import PAPER_EXCLUDE
 from lrdlab.measure.counting import FLOP_COUNTER
 from lrdlab.measure.records import read_record, write_record
 from lrdlab.measure.timing_config import TimingConfig
-from lrdlab.paper.numbers import PAPER_EXCLUDE
 from lrdlab.paper.techniques import accuracy_study, branch_sweep, speed_columns, structure_row, technique_models
 
 

@@ -9,8 +9,7 @@ import json
 import pandas as pd
 
 from lrdlab.explore.plots import plot_thread_scaling
-from lrdlab.paper.report import Report
-from lrdlab.paper.speed_story import (
+from lrdlab.explore.speed_story import (
     STORY_FILE,
     SpeedConfig,
     differences,
@@ -21,6 +20,7 @@ from lrdlab.paper.speed_story import (
     story_table,
     threads_sentence,
 )
+from lrdlab.paper.report import Report
 
 MACHINE = {"cpu": "Test CPU", "cpu_count": 2, "torch_version": "2.x", "omp_wait_policy": "default",
            "compute_mode": "default", "load_average": [0.2, 0.2, 0.2]}

@@ -2,7 +2,7 @@
 
 Hook it into the reproduction report with one call where the other sections are rendered::
 
-    from lrdlab.paper.transformers_report import render_transformers
+    from lrdlab.explore.transformers_report import render_transformers
     render_transformers(report, "data/transformers_mnist5k.json", "data/transformers_targets_cpu.json")
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lrdlab.explore.recorded import throughput_table
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import robust_sigma
-from lrdlab.paper.recorded import throughput_table
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lrdlab.lowrank.plan_config import PAPER_EXCLUDE  # noqa: F401  (re-exported beside the paper's numbers)
-
 # P1 Table 1 (ResNet-152 on ImageNet): layer -> (C, S, kernel, 2x rank, optimized rank or "ORG")
 TABLE1: dict[str, tuple[int, int, int, int, int | str]] = {
     "layer1.0.conv1": (64, 64, 1, 16, "ORG"),
