@@ -36,12 +36,12 @@ class LMDistillation:
     The defaults are the recipe ``data/lm_distill_smollm2.json`` records (with its tuning notes).
     """
 
-    steps: int = 80
+    steps: int = 180
     batch: int = 2
-    eval_every: int = 10
+    eval_every: int = 60
     lr: float = 1e-4
-    warmup: float = 0.0
-    schedule: str = "constant"
+    warmup: float = 0.1
+    schedule: str = "cosine"
     temperature: float = 1.0
     lm_weight: float = 0.0
     trainable: str = "all"
