@@ -16,7 +16,7 @@ def test_the_language_models_page_quotes_the_recorded_numbers():
     assert current_block(page, SECTION_BEGIN, SECTION_END) == lm_section(ROOT / "data"), "run `make readme`"
 
 
-def test_the_calibrated_default_is_never_worse_than_one_shot_whitening_and_beats_the_baselines():
+def test_the_corrected_fit_is_never_worse_than_one_shot_whitening_and_beats_the_baselines():
     rec = json.loads((ROOT / "data" / "lm_perplexity_pydoc.json").read_text())
     assert [r["ratio"] for r in rec["rows"]] == [1.25, 1.5, 2.0, 3.0]
     for r in rec["rows"]:

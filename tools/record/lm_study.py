@@ -109,7 +109,8 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", comm
                                                     "1e-3, cosine) with the original as teacher (Hinton loss, alpha "
                                                     "0.5, T 4)"},
                         **({"command": command} if command else {}), **table,
-                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        "machine": {**machine_info("cpu"), "torch_threads": 1}})  # the tables' processes: 1 thread
 
 
 def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
