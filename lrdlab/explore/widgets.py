@@ -480,28 +480,37 @@ class RankExplorer:
     def _prerender(self, generation: int) -> None:
         """Prepare what a next move shows, until an update: the figures of the settings one move away — the
         neighbouring α and g, the other roundings and the :attr:`PRERENDER_FIGURES` nearest layers (such a move
-        only looks its image up) — and the backgrounds of the other nearest layers (drawn once per layer: a move
-        there blits). Never measures (a timing here would compete with the foreground), never holds the update's
-        lock, and waits at :attr:`gate` before each step; it draws on a figure of its own, so a move never waits for
-        the step being drawn. Then, with :attr:`PRERENDER_GRID`, the figures of every other setting of the layer."""
+        only looks its image up) —, the figure each other loaded model opens on at this setting (a model switch
+        looks it up), and the backgrounds of the other nearest layers (drawn once per layer: a move there blits).
+        Then, with :attr:`PRERENDER_GRID`, the figures of every other setting of the layer. Never measures (a
+        timing here would compete with the foreground), never holds the update's lock, and waits at :attr:`gate`
+        before each step; it draws on a figure of its own, so a move never waits for the step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
         model, layer = self._shown_model, self.layer.value
         cpu = self.lab.cache.reference_machine.get("cpu")
         near = self._one_move_away()
         figures = len(near) - self.PRERENDER_LAYERS + self.PRERENDER_FIGURES
-        grid = self._layer_grid()[1:] if self.PRERENDER_GRID else []
-        for i, (name, ratio, g, rounding) in enumerate(near + grid):
+        steps = [((model, *v), i < figures or v[0] == layer) for i, v in enumerate(near)]
+        steps[figures:figures] = [(v, True) for v in self._other_models_here()]
+        steps += [((model, *v), True) for v in (self._layer_grid()[1:] if self.PRERENDER_GRID else [])]
+        for values, figure in steps:
             self.gate.pause()
             if generation != self._generation:
                 return
-            state = self._state((model, name, ratio, g, rounding))
+            state = self._state(values)
             self.gate.pause()
             if generation != self._generation:
                 return
-            if i < figures or name == layer:
+            if figure:
                 self._png_for(state, figure=self._back_figure)
             else:
                 self._back_figure.background(self.lab, state, cpu)
+
+    def _other_models_here(self) -> list[tuple]:
+        """(model, layer, α, g, rounding) that a switch to each other loaded model shows (its default layer)."""
+        setting = (self.ratio.value, self.granularity.value, self.rounding.value)
+        return [(name, self._default_layer(self.lab.layer_names(name)), *setting)
+                for _, name in self.model.options if name != self._shown_model and is_loaded(name)]
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()
