@@ -191,7 +191,6 @@ def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab, monk
     assert {v[1] for v in ex._states if v[2:] == (4.0, 16, "down")} >= near - {names[here]} | {names[here + 1]}
 
 
-@pytest.mark.slow
 def test_rank_explorer_prerenders_every_setting_of_the_layer_and_a_move_there_is_a_lookup(lab, monkeypatch):
     monkeypatch.setattr(widgets.RankExplorer, "PRERENDER_LAYERS", 0)  # this layer's grid only
     ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False, prerender=True)
