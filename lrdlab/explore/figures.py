@@ -157,12 +157,14 @@ class RankFigure:
     pixels with the axes' limits and line colours; a move restores those pixels on the *front* figure and draws
     only the rank markers and the title (blitting), then encodes the PNG with fast compression. A move within a
     prepared layer costs milliseconds and never waits for matplotlib's layout; a move to an unprepared layer
-    draws its background first (or waits for the one being prepared).
+    draws its background first (or waits for the one being prepared). ``backgrounds``: another RankFigure whose
+    layer backgrounds this one shares (a background thread draws on its own figure, never holding the locks of
+    the one the moves draw on).
     """
 
     BACKGROUNDS = 64  # layers kept (one RGBA image each, ≈ 1 MB at 72 dpi), oldest dropped first
 
-    def __init__(self, dpi: int = 72):
+    def __init__(self, dpi: int = 72, backgrounds: RankFigure | None = None):
         import threading
 
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -177,10 +179,12 @@ class RankFigure:
         self.fig.set_dpi(dpi)
         self._back.set_dpi(dpi)
         self.axes[0].set_yscale("log")  # the spectra's axis: limits come from each background
-        self._backgrounds: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
+        self._backgrounds: dict[tuple, tuple[Any, list[Any], list[Any]]] = \
+            {} if backgrounds is None else backgrounds._backgrounds
         self._draw_lock, self._blit_lock = threading.Lock(), threading.Lock()
         self._limits: list[Any] | None = None  # the axes' limits the front figure has now
-        self._latest: dict[tuple, tuple] = {}  # (model, layer, input shape) → the key of its newest background
+        # (model, layer, input shape) → the key of its newest background
+        self._latest: dict[tuple, tuple] = {} if backgrounds is None else backgrounds._latest
         self.full_draws = 0  # how many backgrounds were drawn (tests read it)
 
     @staticmethod
@@ -211,8 +215,8 @@ class RankFigure:
                 self._back_canvas.draw()
             limits = [(ax.get_xlim(), ax.get_ylim()) for ax in self._back_axes]
             colours = [line.get_color() for line in self._back_axes[0].lines]
-            if len(self._backgrounds) >= self.BACKGROUNDS:
-                self._backgrounds.pop(next(iter(self._backgrounds)))
+            while len(self._backgrounds) >= self.BACKGROUNDS:
+                self._backgrounds.pop(next(iter(self._backgrounds)), None)
             self._backgrounds[key] = (self._back_canvas.copy_from_bbox(self._back.bbox), limits, colours)
             self._latest[key[:3]] = key
             self.full_draws += 1

@@ -129,6 +129,7 @@ class RankLab:
         self.measure = measure
         self._layers: dict[tuple[str, str], LayerData] = {}
         self._flop_memo: dict[tuple, int] = {}
+        self._row_memo: dict[tuple, Any] = {}  # (model, layer, α, g, rounding, form) → its plan row
 
     @staticmethod
     def layer_names(model: str) -> list[str]:
@@ -164,8 +165,7 @@ class RankLab:
         data = self.layer(model, name)
         form = data.method if get_method(data.method).kxk else "auto"  # one form at every ratio
         # the ranks this α implies, even below the network's min_rank
-        row = make_plan(_model(model), Ratio(ratio, granularity=granularity, rounding=rounding, min_rank=1),
-                        Layers(include=[name]), method=form)[name]
+        row = self._row(model, name, ratio, granularity, rounding, form)
         shape = self.timing_shape(data)
         out: dict[str, Any] = {
             "model": model, "layer": name, "ratio": ratio, "granularity": granularity, "rounding": rounding,
@@ -193,6 +193,16 @@ class RankLab:
                 {k: out[k] for k in ("ranks", "params_after", "flops_after", "rel_error", "time_ms", "time_source",
                                      "time_samples", "reason", "compression_ratio")}
         return out
+
+    def _row(self, model: str, name: str, ratio: float, granularity: int, rounding: str, form: str) -> Any:
+        """The layer's plan row at one setting, memoised: a state built anew (new times) never plans again."""
+        key = (model, id(_model(model)), name, ratio, granularity, rounding, form)
+        row = self._row_memo.get(key)
+        if row is None:
+            row = make_plan(_model(model), Ratio(ratio, granularity=granularity, rounding=rounding, min_rank=1),
+                            Layers(include=[name]), method=form)[name]
+            self._row_memo[key] = row
+        return row
 
     def _flops(self, data: LayerData, layer_ranks: tuple[int, ...] | None) -> int:
         """Forward FLOPs of one sample through the layer (original when ``layer_ranks`` is None), memoised."""

@@ -54,6 +54,7 @@ class RankExplorer:
     PRERENDER_DELAY_S = 0.3
     PRERENDER_LAYERS = 24  # the nearest layers in the dropdown (all of ResNet-20): their backgrounds, once per layer
     PRERENDER_FIGURES = 4  # of which the nearest: their figures at this setting (drawn anew at every setting)
+    PRERENDER_GRID = True  # then every other α, g and rounding of the layer, nearest first: any slider move a lookup
     PNG_MEMO = 512  # figures kept (≈ 40 kB each), oldest dropped first
 
     def __init__(self, model: str = DEFAULT_MODEL, layer: str | None = None, ratio: float = 2.0,
@@ -107,6 +108,9 @@ class RankExplorer:
         self.render_seconds: list[float] = []
         self._png: dict[tuple, bytes] = {}
         self._figure = RankFigure(dpi=72)  # one figure redrawn per setting: no figure or axes made per move
+        # background threads draw on a figure of their own (sharing the layers' backgrounds): a move never waits
+        # for the lock of a prerender step
+        self._back_figure = RankFigure(dpi=72, backgrounds=self._figure)
         self._network_key: tuple | None = None  # the (model, α, g, rounding) of self.network
         self._net_thread: threading.Thread | None = None  # computes the network readout after a move
         self._net_again = False
@@ -158,7 +162,7 @@ class RankExplorer:
         options = self.lab.layer_names(name)
         self._quiet = True
         try:
-            with self._busy:  # no move draws a mix of the two models
+            with self._busy, self.layer.hold_sync():  # no move draws a mix of the two models; one message
                 self._shown_model = name
                 self.layer.options = options
                 self.layer.value = self._default_layer(options)
@@ -393,7 +397,8 @@ class RankExplorer:
                 self.progress.layout.visibility = "hidden"
                 if values == self._values():  # the layer's new background first, outside the update's lock
                     self.gate.pause()
-                    self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
+                    self._back_figure.background(self.lab, self._state(values),
+                                                 self.lab.cache.reference_machine.get("cpu"))
                 if values == self._values():
                     self.update()
         except BaseException:
@@ -415,18 +420,20 @@ class RankExplorer:
     def _values(self) -> tuple:
         return (self._shown_model, self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value)
 
-    def _png_for(self, state: dict[str, Any], stale_ok: bool = False) -> bytes:
-        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread).
+    def _png_for(self, state: dict[str, Any], stale_ok: bool = False, figure: RankFigure | None = None) -> bytes:
+        """The figure of a state, drawn once per setting and the layer's times (memoised; any thread), on
+        ``figure`` (default: the moves' own).
 
         ``stale_ok`` (a move): when the layer's times changed since its background was drawn, draw on the old
         background at once and let a background thread draw the new one and redraw (never memoised stale)."""
+        figure = figure or self._figure
         values = tuple(state[k] for k in ("model", "layer", "ratio", "granularity", "rounding"))
         drawn_times = len(self.lab.times(state["model"], state["layer"], state["input_shape"]))
         key = (values, drawn_times, state["time_ms"], state["original_ms"])
         png = self._png.get(key)
         if png is None:
-            stale = stale_ok and self._figure.stale(self.lab, state)
-            png = self._figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"), stale_ok)
+            stale = stale_ok and figure.stale(self.lab, state)
+            png = figure.png(self.lab, state, self.lab.cache.reference_machine.get("cpu"), stale_ok)
             if stale:  # drawn on the layer's previous background
                 threading.Thread(target=self._refresh, args=(values,), daemon=True, name="lrdlab-refresh").start()
                 return png
@@ -441,7 +448,7 @@ class RankExplorer:
         self.gate.pause()
         if values[:2] != self._values()[:2]:
             return
-        self._figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
+        self._back_figure.background(self.lab, self._state(values), self.lab.cache.reference_machine.get("cpu"))
         if values == self._values():
             self.update()
 
@@ -462,29 +469,48 @@ class RankExplorer:
         nearest = sorted((abs(i - here), name) for i, name in enumerate(names))[1:self.PRERENDER_LAYERS + 1]
         return near + [(name, ratio, g, rounding) for _, name in nearest]
 
+    def _layer_grid(self) -> list[tuple[str, float, int, str]]:
+        """Every (layer, α, g, rounding) of the current layer, the fewest slider steps from the setting first."""
+        layer, ratio, g, rounding = self.layer.value, self.ratio.value, self.granularity.value, self.rounding.value
+        a, k = RATIOS.index(ratio), GRANULARITIES.index(g)
+        grid = [(abs(i - a) + abs(j - k) + (r != rounding), (layer, RATIOS[i], GRANULARITIES[j], r))
+                for i in range(len(RATIOS)) for j in range(len(GRANULARITIES)) for r in ROUNDINGS]
+        return [setting for _, setting in sorted(grid, key=lambda item: item[0])]
+
     def _prerender(self, generation: int) -> None:
         """Prepare what a next move shows, until an update: the figures of the settings one move away — the
         neighbouring α and g, the other roundings and the :attr:`PRERENDER_FIGURES` nearest layers (such a move
-        only looks its image up) — and the backgrounds of the other nearest layers (drawn once per layer: a move
-        there blits). Never measures (a timing here would compete with the foreground), never holds the update's
-        lock, and waits at :attr:`gate` before each step: a move waits at most for the one step being drawn."""
+        only looks its image up) —, the figure each other loaded model opens on at this setting (a model switch
+        looks it up), and the backgrounds of the other nearest layers (drawn once per layer: a move there blits).
+        Then, with :attr:`PRERENDER_GRID`, the figures of every other setting of the layer. Never measures (a
+        timing here would compete with the foreground), never holds the update's lock, and waits at :attr:`gate`
+        before each step; it draws on a figure of its own, so a move never waits for the step being drawn."""
         time.sleep(self.PRERENDER_DELAY_S)  # a setting passed through quickly is not prerendered
         model, layer = self._shown_model, self.layer.value
         cpu = self.lab.cache.reference_machine.get("cpu")
         near = self._one_move_away()
         figures = len(near) - self.PRERENDER_LAYERS + self.PRERENDER_FIGURES
-        for i, (name, ratio, g, rounding) in enumerate(near):
+        steps = [((model, *v), i < figures or v[0] == layer) for i, v in enumerate(near)]
+        steps[figures:figures] = [(v, True) for v in self._other_models_here()]
+        steps += [((model, *v), True) for v in (self._layer_grid()[1:] if self.PRERENDER_GRID else [])]
+        for values, figure in steps:
             self.gate.pause()
             if generation != self._generation:
                 return
-            state = self._state((model, name, ratio, g, rounding))
+            state = self._state(values)
             self.gate.pause()
             if generation != self._generation:
                 return
-            if i < figures or name == layer:
-                self._png_for(state)
+            if figure:
+                self._png_for(state, figure=self._back_figure)
             else:
-                self._figure.background(self.lab, state, cpu)
+                self._back_figure.background(self.lab, state, cpu)
+
+    def _other_models_here(self) -> list[tuple]:
+        """(model, layer, α, g, rounding) that a switch to each other loaded model shows (its default layer)."""
+        setting = (self.ratio.value, self.granularity.value, self.rounding.value)
+        return [(name, self._default_layer(self.lab.layer_names(name)), *setting)
+                for _, name in self.model.options if name != self._shown_model and is_loaded(name)]
 
     def _update(self, start: float, measure_network: bool) -> None:
         values = self._values()
@@ -500,18 +526,20 @@ class RankExplorer:
         elif measuring:
             self._measure_in_background(values)
         network_key = (values[0], *values[2:])  # model, α, g, rounding: a layer change leaves the network as it is
-        if measure_network or not self.background or self._network_key is None:  # the first one: at once
+        at_once = measure_network or not self.background or self._network_key is None  # the first one
+        if at_once:
             self._show_network(self.network_state(measure=measure_network or bool(self._measure_network),
                                                   key=network_key))
-        elif network_key != self._network_key or self._net_thread is not None:
-            self._network_in_background()  # the whole network's counts: a worker thread, never this move
         self.progress.layout.visibility = "hidden"
         if values != self._values():
             return  # the controls moved meanwhile: their own update draws the current state
         cpu = self.lab.cache.reference_machine.get("cpu")
+        # the plot and the layer readout are the move's first messages to the browser (what it waits to see)
         self.image.value = self._png_for(state, stale_ok=True)  # a setting drawn before is looked up
         self.readout.value = readout_text(state, cpu)
         self.state = state
+        if not at_once and (network_key != self._network_key or self._net_thread is not None):
+            self._network_in_background()  # the whole network's counts: a worker thread, never this move
         self.render_seconds.append(time.perf_counter() - start)
         pending = f" · measuring {values[1]} here in the background …" if measuring else ""
         self.status.value = (f"updated in {self.render_seconds[-1]:.2f} s{pending} · live times: {conditions()}. Read: "

@@ -165,9 +165,10 @@ def test_reused_rank_figure_draws_what_a_new_one_draws(lab):
     assert reused.full_draws == 3
 
 
-def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
+def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab, monkeypatch):
+    monkeypatch.setattr(widgets.RankExplorer, "PRERENDER_GRID", False)  # the layer's whole grid: its own test
     ex = widgets.RankExplorer(model="resnet18", layer="layer2.0.conv1", lab=lab, auto_measure=False, prerender=True)
-    ex.prerender_thread.join(60)
+    ex.prerender_thread.join(600)  # a generous wait, not a bound: the thread ends once its list is drawn
     names = list(ex.layer.options)
     here = names.index("layer2.0.conv1")
     near = {names[i] for i in range(len(names)) if abs(i - here) <= 2}
@@ -186,8 +187,30 @@ def test_rank_explorer_prerenders_nearby_layers_and_an_update_stops_it(lab):
     thread = ex.prerender_thread
     ex.granularity.value = 16
     assert not thread.is_alive() or thread is not ex.prerender_thread
-    ex.prerender_thread.join(60)
+    ex.prerender_thread.join(600)
     assert {v[1] for v in ex._states if v[2:] == (4.0, 16, "down")} >= near - {names[here]} | {names[here + 1]}
+
+
+def test_rank_explorer_prerenders_every_setting_of_the_layer_and_a_move_there_is_a_lookup(lab, monkeypatch):
+    monkeypatch.setattr(widgets.RankExplorer, "PRERENDER_LAYERS", 0)  # this layer's grid only
+    ex = widgets.RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False, prerender=True)
+    grid = ex._layer_grid()
+    assert len(grid) == len(set(grid)) == len(rank_lab.RATIOS) * len(rank_lab.GRANULARITIES) * len(rank_lab.ROUNDINGS)
+    assert grid[0] == ("fc", ex.ratio.value, ex.granularity.value, ex.rounding.value)
+    steps = [abs(rank_lab.RATIOS.index(a) - rank_lab.RATIOS.index(ex.ratio.value))
+             + abs(rank_lab.GRANULARITIES.index(g) - rank_lab.GRANULARITIES.index(ex.granularity.value))
+             + (r != ex.rounding.value) for _, a, g, r in grid]
+    assert steps == sorted(steps)  # nearest first
+    ex.prerender_thread.join(600)  # a generous wait, not a bound: the thread ends once the grid is drawn
+    assert not ex.prerender_thread.is_alive()
+    assert {v[1:] for v in ex._states if v[:2] == ("resnet18", "fc")} == set(grid)
+    drawn, memo = ex._figure.full_draws, len(ex._png)
+    ex.prerender = False
+    ex.ratio.value, ex.granularity.value, ex.rounding.value = 8.0, 64, "nearest"  # far from the start
+    assert len(ex._png) == memo and ex._figure.full_draws == drawn  # looked up: nothing drawn by the moves
+    fresh = widgets.RankExplorer(model="resnet18", layer="fc", ratio=8.0, granularity=64, rounding="nearest",
+                                 lab=lab, auto_measure=False, prerender=False)
+    assert (_pixels(ex.image.value) == _pixels(fresh.image.value)).all() and ex.readout.value == fresh.readout.value
 
 
 # --- freezing explorer ----------------------------------------------------------------------------------
