@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,6 +150,9 @@ def rank_figure(lab: Any, state: dict[str, Any], reference_cpu: str | None = Non
 _TITLE_AT = (0.5, 0.98)  # where the rank figure's title goes (suptitle's place), in figure coordinates
 
 
+_MATPLOTLIB = threading.RLock()  # held by every draw of every RankFigure (see there)
+
+
 class RankFigure:
     """The rank figure for widgets, drawn in two layers on two identical figures.
 
@@ -158,19 +162,19 @@ class RankFigure:
     only the rank markers and the title (blitting), then encodes the PNG with fast compression. A move within a
     prepared layer costs milliseconds and never waits for matplotlib's layout; a move to an unprepared layer
     draws its background first (or waits for the one being prepared). ``backgrounds``: another RankFigure whose
-    layer backgrounds this one shares (a background thread draws on its own figure, never holding the locks of
-    the one the moves draw on).
+    layer backgrounds this one shares (a background thread draws on its own figure). Every draw of every
+    RankFigure holds one process-wide lock: matplotlib's style context (global rcParams) and its font cache are
+    not thread-safe, so two explorers' threads must never draw at once; a move waits at most for one background
+    step, since background work pauses between steps while a move runs.
     """
 
     BACKGROUNDS = 64  # layers kept (one RGBA image each, ≈ 1 MB at 72 dpi), oldest dropped first
 
     def __init__(self, dpi: int = 72, backgrounds: RankFigure | None = None):
-        import threading
-
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         self.dpi = dpi
-        with plots.style():
+        with _MATPLOTLIB, plots.style():
             self.fig, self.axes = _rank_axes()
             self._title = _setting_title(self.fig, "")
             self._back, self._back_axes = _rank_axes()
@@ -181,7 +185,6 @@ class RankFigure:
         self.axes[0].set_yscale("log")  # the spectra's axis: limits come from each background
         self._backgrounds: dict[tuple, tuple[Any, list[Any], list[Any]]] = \
             {} if backgrounds is None else backgrounds._backgrounds
-        self._draw_lock, self._blit_lock = threading.Lock(), threading.Lock()
         self._limits: list[Any] | None = None  # the axes' limits the front figure has now
         # (model, layer, input shape) → the key of its newest background
         self._latest: dict[tuple, tuple] = {} if backgrounds is None else backgrounds._latest
@@ -205,7 +208,7 @@ class RankFigure:
             hit = self._backgrounds.get(key) or self._backgrounds.get(self._latest.get(key[:3], ()))
             if hit is not None:
                 return hit
-        with self._draw_lock:
+        with _MATPLOTLIB:
             if key in self._backgrounds:
                 return self._backgrounds[key]
             with plots.style():
@@ -232,7 +235,7 @@ class RankFigure:
         """RGB pixels of :func:`rank_figure` of ``state`` at :attr:`dpi` (the background drawn first if new;
         ``stale_ok``: see :meth:`background`)."""
         region, limits, colours = self.background(lab, state, reference_cpu, stale_ok)
-        with self._blit_lock:
+        with _MATPLOTLIB:
             if limits is not self._limits:  # a move within the layer keeps its limits: no axis to set anew
                 for ax, (xlim, ylim) in zip(self.axes, limits):
                     ax.set_autoscale_on(False)
