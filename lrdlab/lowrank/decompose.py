@@ -81,8 +81,7 @@ def decompose(model: nn.Module, plan: Plan, *, calibration: Calibration | Iterab
     model = guards.unwrap(model)
     if calibration is not None:
         settings = Calibration.of(calibration)
-        check_plan(model, plan)
-        mode = resolved_mode(model, plan, settings.mode)
+        mode = resolved_mode(model, plan, settings.mode)  # both engines check the plan first
         if mode == "loss-weighted":
             return fit_plan(model, plan, settings.batches, settings.ridge, inplace=inplace, progress=progress)
         return calibrated_decompose(model, plan, settings.batches, mode=mode, bn=settings.bn,

@@ -57,11 +57,23 @@ def measure_loss_weights(model: nn.Module, batches: Iterable, layers=None, *, fu
         raise ValueError(f"{type(model).__name__} has no Linear layer to plan by SVD")
     xs = check_batches(model, batches)
     fisher, moments = output_fisher(model, xs, names, full=full, progress=progress)
+    _require_ran(names, moments, fisher)
+    return LossWeights(moments, fisher, max(m.rows for m in moments.values()))
+
+
+def _require_ran(names: Iterable[str], moments: Mapping[str, Moments], fisher: Mapping[str, OutputFisher]) -> None:
+    """Raise ``ValueError`` naming the first layer that never ran, or whose output never reached the loss."""
     for n in names:
         if moments[n].gram is None or fisher[n].sq is None:
             raise ValueError(f"layer {n!r} never ran (or never reached the loss) on the calibration batches; leave "
                              f"it out of the plan, e.g. Layers(exclude={n!r})")
-    return LossWeights(moments, fisher, max(m.rows for m in moments.values()))
+
+
+def _layer_svd(module: nn.Module, m: Moments, f: OutputFisher, weighting: str, ridge: float) -> WeightedSVD:
+    """One layer's weighted SVD from its input moments ``m`` and output-gradient sums ``f`` (float64)."""
+    assert m.gram is not None
+    g = None if weighting == "plain" else f.diagonal(ridge) if weighting == "diagonal" else f.full(ridge)
+    return weighted_svd(dense_weight(module).detach(), add_ridge(m.gram / m.rows, ridge), g)
 
 
 def weighted_svds(model: nn.Module, stats: LossWeights, weighting: str = "diagonal", ridge: float = DEFAULT_RIDGE,
@@ -74,11 +86,7 @@ def weighted_svds(model: nn.Module, stats: LossWeights, weighting: str = "diagon
     out = {}
     for name, m in tqdm(stats.moments.items(), desc=f"{weighting} weighted SVDs", leave=False,
                         disable=not progress):
-        assert m.gram is not None
-        cov = add_ridge(m.gram / m.rows, ridge)
-        f = stats.fisher[name]
-        g = None if weighting == "plain" else f.diagonal(ridge) if weighting == "diagonal" else f.full(ridge)
-        svd = weighted_svd(dense_weight(model.get_submodule(name)).detach(), cov, g)
+        svd = _layer_svd(model.get_submodule(name), m, stats.fisher[name], weighting, ridge)
         out[name] = WeightedSVD(svd.left.to(dtype), svd.s, svd.right.to(dtype))
     return out
 
@@ -174,14 +182,11 @@ def fit_plan(model: nn.Module, plan: Plan, batches: Iterable, ridge: float = DEF
     show = len(rows) >= 20 if progress is None else progress
     with torch.enable_grad():
         fisher, moments = output_fisher(model, xs, list(rows), progress=show)
+    _require_ran(rows, moments, fisher)
     new: dict[str, LowRankLayer] = {}
     for name in tqdm(list(rows), desc="loss-weighted fits", leave=False, disable=not show):
-        m, f = moments.pop(name), fisher.pop(name)
-        if m.gram is None or f.sq is None:
-            raise ValueError(f"layer {name!r} never ran (or never reached the loss) on the calibration batches; "
-                             f"leave it out of the plan, e.g. Layers(exclude={name!r})")
         module = model.get_submodule(name)
-        svd = weighted_svd(dense_weight(module).detach(), add_ridge(m.gram / m.rows, ridge), f.diagonal(ridge))
+        svd = _layer_svd(module, moments.pop(name), fisher.pop(name), "diagonal", ridge)
         new[name] = _weighted_layer(module, svd, int(rows[name].spec[1][0]))
     # the copy shares the planned layers' own weights: they are replaced right away
     work = model if inplace else shared_copy(model, planned_only(model, list(rows)))
