@@ -122,10 +122,11 @@ def token_windows_loader(windows: Tensor, batch: int, batches: int, seed: int = 
 @torch.no_grad()
 def teacher_windows(teacher: nn.Module, count: int, length: int, *, batch: int = 16, top_p: float = 0.95,
                     seed: int = 0, progress: bool = True) -> Tensor:
-    """``count`` token windows ``[count, length]`` sampled from the causal LM ``teacher`` (a transformers model:
-    ``generate`` from its BOS token, nucleus ``top_p``; the same ``seed`` and ``batch`` give the same windows): text on which to distil a student beside the
-    calibration text, so that it learns the teacher's whole distribution rather than one corpus's (data-free
-    distillation, as LLM-QAT does). The teacher is left as it was."""
+    """``count`` token windows ``[count, length]`` sampled from the causal LM ``teacher`` (a transformers
+    model: ``generate`` from its BOS token, nucleus ``top_p``; the same ``seed`` and ``batch`` give the same
+    windows): text on which to distil a student beside the calibration text, so that it learns the teacher's
+    whole distribution rather than one corpus's (data-free distillation, as LLM-QAT does). The teacher and the
+    caller's random stream are left as they were."""
     check_count("teacher_windows", "count", count)
     check_count("teacher_windows", "length", length)
     check_count("teacher_windows", "batch", batch)

@@ -20,3 +20,23 @@ def test_distill_run_rejects_an_unknown_start_before_loading_anything():
     assert set(STARTS) == {"svd-llm", "loss-weighted"}
     with pytest.raises(ValueError, match="unknown start 'random'"):
         distill_run(1.25, LMDistillation(), init="random")
+
+
+def test_sampled_windows_are_kept_for_the_next_run(tmp_path, monkeypatch):
+    import torch
+
+    import tools.record.lm_distill as tool
+
+    calls = []
+
+    def fake(model, count, length):
+        calls.append(count)
+        return torch.arange(count * length).reshape(count, length)
+
+    monkeypatch.setattr(tool, "teacher_windows", fake)
+    cache = str(tmp_path / "samples.pt")
+    first = tool.sampled_windows(None, 4, 3, cache)
+    again = tool.sampled_windows(None, 2, 3, cache)  # fewer: read from the file
+    assert calls == [4] and torch.equal(again, first[:2])
+    tool.sampled_windows(None, 2, 5, cache)  # another length: sampled afresh
+    assert calls == [4, 2]

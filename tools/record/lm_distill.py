@@ -50,15 +50,29 @@ def loss_weighted_start(model: torch.nn.Module, calibration: torch.Tensor, ratio
     return build_decomposed(model, svds, dict(ranks))
 
 
+def sampled_windows(model: torch.nn.Module, count: int, length: int, cache: str | None) -> torch.Tensor:
+    """``count`` windows sampled from ``model`` (:func:`teacher_windows`, seed 0), read from / kept in ``cache``."""
+    path = Path(cache) if cache else None
+    if path is not None and path.is_file():
+        kept = torch.load(path, weights_only=True)
+        if kept.shape[0] >= count and kept.shape[1] == length:
+            return kept[:count]
+    windows = teacher_windows(model, count, length)
+    if path is not None:
+        torch.save(windows, path)
+    return windows
+
+
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
-                init: str = "svd-llm", samples: int = 0) -> dict[str, Any]:
+                init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
     (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
     ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
     ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted); ``samples``: that
     many windows sampled from the dense model (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join the
-    distillation text (their sampling time counts in the run's)."""
+    distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
+    next run, whose sampling time is then the load's)."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
@@ -90,7 +104,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     t = time.perf_counter()
     distil_text = train[CALIBRATION:]
     if samples:
-        distil_text = torch.cat([distil_text, teacher_windows(model, samples, distil_text.shape[1])])
+        distil_text = torch.cat([distil_text, sampled_windows(model, samples, distil_text.shape[1], samples_cache)])
     sample_s = time.perf_counter() - t
     history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
@@ -139,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="svd-llm: the moments file; loss-weighted: the statistics directory (lm_quality's)")
     ap.add_argument("--teacher-samples", type=int, default=0,
                     help="windows sampled from the dense model added to the distillation text (default 0)")
+    ap.add_argument("--samples-cache", default=None, help="a .pt file keeping the sampled windows between runs")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
     ap.add_argument("--out", default="data/lm_distill_smollm2.json")
@@ -151,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
-                         lambda row: print(row, flush=True), args.start, args.teacher_samples)
+                         lambda row: print(row, flush=True), args.start, args.teacher_samples,
+                         args.samples_cache)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
