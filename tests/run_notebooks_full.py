@@ -3,11 +3,11 @@
 ``python tests/run_notebooks_full.py [--timeout S] [--not-run NAME REASON] [NAME ...]`` runs the notebooks whose
 names start with a NAME (all when none is given), one at a time, and merges them into
 ``data/notebooks_full_times.json``: per notebook its wall time, its status (``ok``; ``failed`` with the error;
-``stopped`` when it ran past ``--timeout`` and its kernel was ended), the date, the torch threads and compute
-conditions the notebook itself printed, and the load averages before and after (a shared machine is slower: say
-so beside any time). Rows of notebooks not run this time are kept; ``not_run`` lists the notebooks without a row,
-with the reason given by ``--not-run`` if any. Each row is written as soon as its notebook ends, so a long run can
-be stopped and read. Not a test: full mode takes minutes per notebook.
+``stopped`` when it ran past ``--timeout`` and its kernel was ended), its kernel's CPU time and the CPU model, the
+date, the torch threads and compute conditions the notebook itself printed, and the load averages before and after
+(a shared machine is slower: say so beside any time). Rows of notebooks not run this time are kept; ``not_run``
+lists the notebooks without a row, with the reason given by ``--not-run`` if any. Each row is written as soon as its
+notebook ends, so a long run can be stopped and read. Not a test: full mode takes minutes per notebook.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def run_one(path: Path, out: Path, timeout: float | None) -> dict:
 
     timer = threading.Timer(timeout, stop) if timeout else None
     load_before, start, error = os.getloadavg(), time.perf_counter(), None
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     date = datetime.now(UTC).isoformat(timespec="seconds")
     if timer:
         timer.start()
@@ -79,8 +81,11 @@ def run_one(path: Path, out: Path, timeout: float | None) -> dict:
         if timer:
             timer.cancel()
     seconds = time.perf_counter() - start
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, a child of this process, reaped at its end
+    cpu_s = cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     status = "stopped" if stopped.is_set() else "ok" if error is None else "failed"
     return {"notebook": path.name, "status": status, "ok": status == "ok", "seconds": round(seconds, 1),
+            "kernel_cpu_s": round(cpu_s, 1),
             "within_target": status == "ok" and seconds <= TARGET_S,
             "error": f"not completed: stopped after the {timeout:.0f} s limit" if status == "stopped" else error,
             "date_utc": date, "conditions": _printed_conditions(out), "load_average_before": load_before,
@@ -109,7 +114,10 @@ def main(argv: list[str]) -> None:
               "command": "make notebooks-full (python tests/run_notebooks_full.py [--timeout S] [NAME ...])",
               "target_s": TARGET_S, "machine": machine_info("cpu"), "runner_threads": torch.get_num_threads(),
               "note": "2-core shared machine unless the machine says otherwise: other processes may have run "
-                      "(see each row's load averages). The runner's torch threads are not the notebooks': "
+                      "(see each row's load averages; a row's kernel_cpu_s, where present, is its kernel's CPU time, "
+                      "all threads: beside the wall time it shows how much other work slowed it). machine is the "
+                      "latest run's; a row's cpu, where present, names its own. The runner's torch threads are not "
+                      "the notebooks': "
                       "each row's conditions line is what the notebook printed for its live measurements."}
 
     def write() -> None:
@@ -120,7 +128,7 @@ def main(argv: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for path in todo:
-            rows[path.name] = run_one(path, Path(tmp) / path.name, args.timeout)
+            rows[path.name] = {**run_one(path, Path(tmp) / path.name, args.timeout), "cpu": result["machine"]["cpu"]}
             reasons.pop(path.name, None)
             r = rows[path.name]
             print(f"{path.name}: {r['seconds']:.0f} s, {r['status']}{'' if r['ok'] else ': ' + str(r['error'])}"
