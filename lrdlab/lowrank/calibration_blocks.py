@@ -15,7 +15,7 @@ the group being fitted.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,10 @@ class Stack:
 
     path: str
     blocks: tuple[str, ...]
+
+    def holds(self, name: str) -> bool:
+        """Whether the layer ``name`` sits inside one of the blocks."""
+        return any(_inside(b, name) for b in self.blocks)
 
 
 @dataclass
@@ -228,6 +232,72 @@ def calibrate_stack(job: StackFit, stack: Stack, names: list[str], captured: lis
             left = [n for n in left if n not in group]
         if i < last:
             work_in = [_hidden(call.run(block, h)) for h, call in zip(work_in, calls[i])]
+
+
+@torch.no_grad()
+def stack_moments(model: nn.Module, stack: Stack, names: list[str],
+                  captured: list[Captured]) -> Iterator[tuple[str, dict[str, Moments]]]:
+    """Block by block, in order, each block's path and the input moments of its planned layers ``names`` on the
+    original network (``model`` as it is), from the captured inputs carried forward: one run of each block per
+    batch. Layers that take the very same input tensors on every batch (q/k/v, gate/up) share one
+    :class:`Moments`; a layer that never ran is left out. Only one block's moments exist at a time, as long as
+    the caller lets each block's go before asking for the next."""
+    calls = [[c.calls[i] for c in captured] for i in range(len(stack.blocks))]
+    hidden = [c.hidden for c in captured]
+    held = [i for i, p in enumerate(stack.blocks) if any(_inside(p, n) for n in names)]
+    for i, path in enumerate(stack.blocks[:held[-1] + 1] if held else ()):
+        inside = [n[len(path) + 1:] for n in names if _inside(path, n)]
+        hidden, stats = _shared_moments(model.get_submodule(path), inside, hidden, calls[i])
+        out = {f"{path}.{n}": m for n, m in stats.items()}
+        del stats
+        yield path, out
+        del out
+
+
+def _shared_moments(block: nn.Module, names: list[str], inputs: list[Tensor],
+                    calls: list[BlockCall]) -> tuple[list[Tensor], dict[str, Moments]]:
+    """``block``'s outputs on ``inputs`` and its layers' ``names`` input moments (every call of a layer counted,
+    layers given the same tensors on every batch sharing one :class:`Moments`)."""
+    seen: dict[str, list[Tensor]] = {}
+    moments: dict[str, Moments] = {}
+    owner: dict[str, str] = {}  # layer -> the layer whose moments it shares (itself if its own)
+    handles = [block.get_submodule(n).register_forward_pre_hook(  # the tensors themselves: shared ones are the same
+        lambda mod, args, n=n: seen.setdefault(n, []).append(args[0])) for n in names]
+    outputs = []
+    try:
+        for b, (h, call) in enumerate(zip(inputs, calls)):
+            seen.clear()
+            outputs.append(_hidden(call.run(block, h)))
+            _add_batch(block, seen, moments, owner, first=b == 0, batches=len(inputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, {n: moments[o] for n, o in owner.items()}
+
+
+def _add_batch(block: nn.Module, seen: dict[str, list[Tensor]], moments: dict[str, Moments], owner: dict[str, str],
+               first: bool, batches: int) -> None:
+    """Add one batch's layer inputs ``seen`` (in run order) to the moments; a layer whose inputs are no longer
+    its owner's gets a copy of the shared sums first."""
+    def same(a: str, b: str) -> bool:
+        xs, ys = seen.get(a), seen.get(b)
+        return (xs is not None and ys is not None and len(xs) == len(ys) and all(x is y for x, y in zip(xs, ys))
+                and type(block.get_submodule(a)) is type(block.get_submodule(b)))
+
+    for name, own in list(owner.items()):
+        if own != name and not same(name, own):  # split off, with the sums of the batches it did share
+            moments[name], owner[name] = copy.deepcopy(moments[own]), name
+    for name in seen:
+        if name not in owner:
+            own = next(n for n in seen if same(n, name)) if first else name
+            owner[name] = own
+            if own == name:
+                moments[name] = Moments()
+    for name, xs in seen.items():
+        if owner[name] == name:
+            module = block.get_submodule(name)
+            for x in xs:
+                moments[name].add(module, x.detach(), batches=batches)
 
 
 def _hidden(output: Any) -> Tensor:

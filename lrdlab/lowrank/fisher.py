@@ -5,12 +5,12 @@ cross-entropy and its gradient with respect to every named layer's output ``y`` 
 parameter's ``.grad`` is touched and ``requires_grad`` stays as the user set it), and keeps, per layer and output
 channel, ``Σ_t (∂ℓ/∂y_{t,c})²`` over the tokens (and, with ``full=True``, the ``[S, S]`` sums ``Σ_t g_t g_tᵀ``).
 :mod:`lrdlab.lowrank.output_weighted` turns them into a loss-weighted fit and a loss estimate comparable across
-layers; the input moments come from the same pass.
+layers; the input moments may come from the same pass (``moments=``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,20 +75,23 @@ def _lm_loss(model: nn.Module, tb: TokenBatch) -> Tensor:
 
 
 def output_fisher(model: nn.Module, batches: Iterable, names: Sequence[str], *, full: bool = False,
-                  moments: bool = True, progress: bool = True) -> tuple[dict[str, OutputFisher], dict[str, Moments]]:
-    """Each named layer's output-gradient sums (:class:`OutputFisher`) and, with ``moments``, its input moments
-    (:class:`~lrdlab.lowrank.calibration_fit.Moments`, as SVD-LLM's statistics), from one forward and backward
-    pass of the causal LM ``model`` per batch. The model runs in eval mode and is left as it was."""
+                  moments: bool | Collection[str] = True,
+                  progress: bool = True) -> tuple[dict[str, OutputFisher], dict[str, Moments]]:
+    """Each named layer's output-gradient sums (:class:`OutputFisher`) and the input moments
+    (:class:`~lrdlab.lowrank.calibration_fit.Moments`, as SVD-LLM's statistics) of every named layer
+    (``moments=True``), of none (``False``) or of those named in ``moments``, from one forward and backward pass
+    of the causal LM ``model`` per sequence. The model runs in eval mode and is left as it was."""
     missing = [n for n in names if not isinstance(_get(model, n), nn.Module)]
     if missing:
         raise ValueError(f"output_fisher: no layer named {missing[0]!r} in {type(model).__name__}")
     fisher = {n: OutputFisher() for n in names}
-    inputs = {n: Moments() for n in names}
+    keep = set(names) if moments is True else set() if isinstance(moments, bool) else set(moments)
+    inputs = {n: Moments() for n in names if n in keep}
     batches = list(batches)
     leaves: list[Tensor] = []
 
     def hook(mod: nn.Module, args: tuple, out: Tensor, name: str) -> Tensor:
-        if moments:
+        if name in inputs:
             inputs[name].add(mod, args[0].detach(), batches=len(batches))
         # a zero leaf of its own puts this output on the backward path whatever requires grad upstream; the
         # tensor hook adds its gradient to the sums as the backward pass reaches it, then lets it go

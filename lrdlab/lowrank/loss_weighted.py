@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 
 from lrdlab.lowrank.allocation import LayerSpectrum, LossSpectra
 from lrdlab.lowrank.apply import check_plan, set_module
-from lrdlab.lowrank.calibration_blocks import planned_only, shared_copy
+from lrdlab.lowrank.calibration_blocks import (
+    Captured,
+    Stack,
+    capture_stack,
+    find_stack,
+    planned_only,
+    shared_copy,
+    stack_moments,
+)
 from lrdlab.lowrank.calibration_fit import Moments
 from lrdlab.lowrank.data_aware import DEFAULT_RIDGE, add_ridge
 from lrdlab.lowrank.fisher import OutputFisher, output_fisher
@@ -62,11 +70,16 @@ def measure_loss_weights(model: nn.Module, batches: Iterable, layers=None, *, fu
 
 
 def _require_ran(names: Iterable[str], moments: Mapping[str, Moments], fisher: Mapping[str, OutputFisher]) -> None:
-    """Raise ``ValueError`` naming the first layer that never ran, or whose output never reached the loss."""
+    """Raise ``ValueError`` naming the first layer that never ran, or whose output never reached the loss (the
+    moments of the layers in ``moments`` are checked too)."""
     for n in names:
-        if moments[n].gram is None or fisher[n].sq is None:
-            raise ValueError(f"layer {n!r} never ran (or never reached the loss) on the calibration batches; leave "
-                             f"it out of the plan, e.g. Layers(exclude={n!r})")
+        if fisher[n].sq is None or (n in moments and moments[n].gram is None):
+            raise _never_ran(n)
+
+
+def _never_ran(name: str) -> ValueError:
+    return ValueError(f"layer {name!r} never ran (or never reached the loss) on the calibration batches; leave it "
+                      f"out of the plan, e.g. Layers(exclude={name!r})")
 
 
 def _layer_svd(module: nn.Module, m: Moments, f: OutputFisher, weighting: str, ridge: float) -> WeightedSVD:
@@ -170,9 +183,13 @@ def fit_plan(model: nn.Module, plan: Plan, batches: Iterable, ridge: float = DEF
              inplace: bool = False, progress: bool | None = None) -> nn.Module:
     """``decompose(model, plan, calibration=Calibration(batches, mode="loss-weighted"))``: every planned layer
     replaced by its output-Fisher weighted SVD (:func:`~lrdlab.lowrank.output_weighted.weighted_svd`, the
-    ``"diagonal"`` weighting) at the plan's rank, from one forward and backward pass per sequence of
-    ``batches``. Each layer's statistics are freed once it is fitted; every new layer is computed before any is
-    put in place, so on an error the model is as it was. Returns the model in eval mode."""
+    ``"diagonal"`` weighting) at the plan's rank. One forward and backward pass per sequence of ``batches`` gives
+    the output-gradient sums (vectors); the float64 input moments of the layers inside a stack of repeated blocks
+    (decoder layers) come block by block from the original network's activations, captured once and carried
+    forward (:func:`~lrdlab.lowrank.calibration_blocks.stack_moments`), each block's fitted and freed before
+    the next, so the memory they take does not grow with depth; other layers' moments come from the backward
+    pass's forward. Every new layer is computed before any is put in place, so on an error the model is as it
+    was. Returns the model in eval mode."""
     from lrdlab.lowrank.calibration import check_batches
 
     check_plan(model, plan)
@@ -180,19 +197,50 @@ def fit_plan(model: nn.Module, plan: Plan, batches: Iterable, ridge: float = DEF
     xs = check_batches(model, batches, plan)
     rows = {row.name: row for row in plan.decomposed_layers}
     show = len(rows) >= 20 if progress is None else progress
-    with torch.enable_grad():
-        fisher, moments = output_fisher(model, xs, list(rows), progress=show)
-    _require_ran(rows, moments, fisher)
     new: dict[str, LowRankLayer] = {}
-    for name in tqdm(list(rows), desc="loss-weighted fits", leave=False, disable=not show):
+    bar = tqdm(total=len(rows), desc="loss-weighted fits", leave=False, disable=not show)
+
+    def fit(name: str, m: Moments | None, f: OutputFisher) -> None:
+        if m is None or m.gram is None:
+            raise _never_ran(name)
         module = model.get_submodule(name)
-        svd = _layer_svd(module, moments.pop(name), fisher.pop(name), "diagonal", ridge)
-        new[name] = _weighted_layer(module, svd, int(rows[name].spec[1][0]))
+        new[name] = _weighted_layer(module, _layer_svd(module, m, f, "diagonal", ridge), int(rows[name].spec[1][0]))
+        bar.update()
+
+    was_training = model.training
+    model.eval()
+    try:
+        stack, captured = _captured_stack(model, list(rows), xs)
+        inside = [n for n in rows if stack is not None and stack.holds(n)]
+        with torch.enable_grad():
+            fisher, moments = output_fisher(model, xs, list(rows), moments=[n for n in rows if n not in inside],
+                                            progress=show)
+        _require_ran(rows, moments, fisher)
+        for name in list(moments):
+            fit(name, moments.pop(name), fisher.pop(name))
+        if stack is not None and inside:
+            assert captured is not None
+            for path, block in stack_moments(model, stack, inside, captured):
+                for name in [n for n in inside if n.startswith(f"{path}.")]:
+                    fit(name, block.pop(name, None), fisher.pop(name))
+                del block  # this block's moments go before the next block's are made
+    finally:
+        model.train(was_training)
+        bar.close()
     # the copy shares the planned layers' own weights: they are replaced right away
     work = model if inplace else shared_copy(model, planned_only(model, list(rows)))
     for name, layer in new.items():
         set_module(work, name, layer)
     return work.eval()
+
+
+def _captured_stack(model: nn.Module, names: list[str], xs: list) -> tuple[Stack | None, list[Captured] | None]:
+    """The stack of repeated blocks holding the planned layers ``names`` and its inputs for each batch (one pass
+    of the network up to its last block), or ``(None, None)`` where there is none or it does not run as a
+    chain."""
+    stack = find_stack(model, names)
+    captured = capture_stack(model, stack, xs) if stack is not None else None
+    return (stack, captured) if captured is not None else (None, None)
 
 
 @dataclass(frozen=True)
