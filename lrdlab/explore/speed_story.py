@@ -193,8 +193,9 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
                       "recorded (README)": rec.cell if rec else "no row at this configuration",
                       "agree": "—" if rec is None else ("yes" if _overlap(row.speedup_pct, rec.speedup_pct) else
                                                         "NO")})
-    here = {**machine_info(), "load_average": results["techniques"].get("compute", {}).get("load_average")
-            or machine_info()["load_average"]}
+    machine = machine_info()
+    here = {**machine.to_dict(), "load_average": results["techniques"].get("compute", {}).get("load_average")
+            or machine.load_average}
     report.table(pd.DataFrame(table), "Inference speed-up % [95% CI]; realised fraction of the FLOP ideal. Same "
                  f"stage, same settings as the recording ({STORY_FILE}); the README's table is rendered from it.")
     if story is None:
