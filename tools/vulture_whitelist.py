@@ -23,6 +23,12 @@ intra_op_num_threads  # measure/compare.py: onnxruntime SessionOptions
 inter_op_num_threads
 __class__  # lowrank/usage.py: swapping a module's class in place
 # record fields (dataclass fields read through asdict / JSON)
+test_accuracy_fp32  # zoo/pretrained.py: PretrainedInfo fields, the shipped JSON's, recorded through to_dict
+test_loss
+validation_perplexity_fp32
+validation_tokens
+train_s
+history_perplexity
 tokens_per_call
 spread_original  # measure/bench.py: ModeBench fields, recorded through to_dict
 spread_decomposed
