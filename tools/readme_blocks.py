@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from lrdlab.explore.recorded import speedup_text
-from lrdlab.explore.speed_story import STORY_FILE, recorded_rows, recorded_story, story_table, threads_sentence
+from lrdlab.explore.speed_story import STORY_FILE, recorded_story, story_table, threads_sentence
 from lrdlab.explore.transformers_report import load_transformers_study, multiple_summary
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import SpeedUp
@@ -164,16 +164,16 @@ def speed_story_section(data: Path, links: str = "") -> str:
     if story is None:
         body = [f"No speed recording yet: `python -m tools.record speed-story` writes data/{STORY_FILE}."]
     else:
-        rows = recorded_rows(story)
-        m = story["machine"]
-        loads = [story["load_average_before"][0], story["load_average_after"][0]]
+        rows = story.rows
+        m = story.machine
+        loads = [story.load_average_before[0], story.load_average_after[0]]
         body = [
             "ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of "
             f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
             f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
             f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
-            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same "
-            f"settings; searched ranks: {story.get('search', 'the recorded robust search')}.",
+            f"`{story.command}`: the stage `lrdlab reproduce --quick` runs, with the same "
+            f"settings; searched ranks: {story.search or 'the recorded robust search'}.",
             "",
             story_table(rows),
             "",

@@ -7,6 +7,7 @@ that nothing uses any more belongs deleted, not listed here."""
 __dir__
 _repr_png_
 _repr_pretty_  # IPython's pretty printer (BenchReport, Breakdown)
+_repr_markdown_  # Jupyter's markdown display (SpeedStory)
 _ipython_display_
 extra_repr
 pytest_collection_modifyitems
