@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from lrdlab.explore.recorded import speedup_text
 from lrdlab.explore.speed_story import STORY_FILE, recorded_story, story_table, threads_sentence
 from lrdlab.explore.transformers_report import load_transformers_study, multiple_summary
@@ -194,13 +192,13 @@ def transformers_section(data: Path) -> str:
     """docs/transformers.md's summary, rendered from ``data/`` (``tests/test_readme.py`` keeps them equal)."""
     res = load_transformers_study(data / "transformers_mnist5k.json")
     tg = read_record(data / "transformers_targets_cpu.json")
-    acc = pd.DataFrame(res["accuracy"]).set_index("ratio")
-    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")
-    gains = multiple_summary(pd.DataFrame(res["gemm_ranks"]))
+    acc = res.accuracy.set_index("ratio")
+    tp = res.freezing_throughput.set_index("technique")
+    gains = multiple_summary(res.gemm_ranks)
     counts = gains["verdict"].value_counts()
-    rounds = tp.loc["lrd"].get("train_rounds", res["settings"]["rounds"])
+    rounds = tp.loc["lrd"].get("train_rounds", res.settings["rounds"])
     vit, gpt2 = tg["vit_b_16"], tg["gpt2"]
-    m = res["machine"]
+    m = res.machine
     return "\n".join([
         TRANSFORMERS_BEGIN,
         f"- **ViT-tiny on MNIST-5k** (`python -m tools.record transformers study --weights vit_tiny_mnist5k`, "
