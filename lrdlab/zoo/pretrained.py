@@ -149,8 +149,10 @@ class PretrainedInfo:
         data = self.data if isinstance(self.data, str) else self.data.get("name", "text")
         if self.test_accuracy is not None:
             score = f"test accuracy {self.test_accuracy:.1f}% on the {self.split} split"
-        else:
+        elif self.validation_perplexity is not None:
             score = f"validation perplexity {self.validation_perplexity:.2f}"
+        else:
+            score = "no recorded score"
         cpu = self.machine.get("cpu", "?")
         return (f"{self.name}: {self.model} trained on {data}, {score}; stored {self.storage} ({self.bytes:,} bytes); "
                 f"trained on {cpu} by `{self.command}`")
