@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
     reasons.update({p.name: reason for name, reason in args.not_run for p in every if p.stem.startswith(name)})
     result = {"what": "each notebook run headless with QUICK=False (papermill), wall time",
               "command": "make notebooks-full (python tests/run_notebooks_full.py [--timeout S] [NAME ...])",
-              "target_s": TARGET_S, "machine": machine_info("cpu"), "runner_threads": torch.get_num_threads(),
+              "target_s": TARGET_S, "machine": machine_info("cpu").to_dict(), "runner_threads": torch.get_num_threads(),
               "note": "2-core shared machine unless the machine says otherwise: other processes may have run "
                       "(see each row's load averages; a row's kernel_cpu_s, where present, is its kernel's CPU time, "
                       "all threads: beside the wall time it shows how much other work slowed it). machine is the "

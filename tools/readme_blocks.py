@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from lrdlab.explore.recorded import speedup_text
-from lrdlab.explore.speed_story import STORY_FILE, recorded_rows, recorded_story, story_table, threads_sentence
+from lrdlab.explore.speed_story import STORY_FILE, recorded_story, story_table, threads_sentence
 from lrdlab.explore.transformers_report import load_transformers_study, multiple_summary
 from lrdlab.measure.records import read_record
 from lrdlab.measure.stats import SpeedUp
@@ -164,16 +162,16 @@ def speed_story_section(data: Path, links: str = "") -> str:
     if story is None:
         body = [f"No speed recording yet: `python -m tools.record speed-story` writes data/{STORY_FILE}."]
     else:
-        rows = recorded_rows(story)
-        m = story["machine"]
-        loads = [story["load_average_before"][0], story["load_average_after"][0]]
+        rows = story.rows
+        m = story.machine
+        loads = [story.load_average_before[0], story.load_average_after[0]]
         body = [
             "ResNet-50 at 2x against the original, inference; each cell: speed-up % [95% CI]; realised fraction of "
             f"the FLOP ideal. Measured on {m['cpu']} ({m['cpu_count']} cores; compute mode "
             f"{m.get('compute_mode', 'default')}, OpenMP wait policy {m['omp_wait_policy']}; 1-minute load "
             f"{min(loads):.1f}–{max(loads):.1f}, other jobs shared the cores when it is above 1) by "
-            f"`{story['command']}`: the stage `lrdlab reproduce --quick` runs, with the same "
-            f"settings; searched ranks: {story.get('search', 'the recorded robust search')}.",
+            f"`{story.command}`: the stage `lrdlab reproduce --quick` runs, with the same "
+            f"settings; searched ranks: {story.search or 'the recorded robust search'}.",
             "",
             story_table(rows),
             "",
@@ -194,13 +192,13 @@ def transformers_section(data: Path) -> str:
     """docs/transformers.md's summary, rendered from ``data/`` (``tests/test_readme.py`` keeps them equal)."""
     res = load_transformers_study(data / "transformers_mnist5k.json")
     tg = read_record(data / "transformers_targets_cpu.json")
-    acc = pd.DataFrame(res["accuracy"]).set_index("ratio")
-    tp = pd.DataFrame(res["freezing_throughput"]).set_index("technique")
-    gains = multiple_summary(pd.DataFrame(res["gemm_ranks"]))
+    acc = res.accuracy.set_index("ratio")
+    tp = res.freezing_throughput.set_index("technique")
+    gains = multiple_summary(res.gemm_ranks)
     counts = gains["verdict"].value_counts()
-    rounds = tp.loc["lrd"].get("train_rounds", res["settings"]["rounds"])
+    rounds = tp.loc["lrd"].get("train_rounds", res.settings["rounds"])
     vit, gpt2 = tg["vit_b_16"], tg["gpt2"]
-    m = res["machine"]
+    m = res.machine
     return "\n".join([
         TRANSFORMERS_BEGIN,
         f"- **ViT-tiny on MNIST-5k** (`python -m tools.record transformers study --weights vit_tiny_mnist5k`, "

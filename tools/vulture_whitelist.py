@@ -7,6 +7,7 @@ that nothing uses any more belongs deleted, not listed here."""
 __dir__
 _repr_png_
 _repr_pretty_  # IPython's pretty printer (BenchReport, Breakdown)
+_repr_markdown_  # Jupyter's markdown display (SpeedStory)
 _ipython_display_
 extra_repr
 pytest_collection_modifyitems
@@ -23,6 +24,12 @@ intra_op_num_threads  # measure/compare.py: onnxruntime SessionOptions
 inter_op_num_threads
 __class__  # lowrank/usage.py: swapping a module's class in place
 # record fields (dataclass fields read through asdict / JSON)
+test_accuracy_fp32  # zoo/pretrained.py: PretrainedInfo fields, the shipped JSON's, recorded through to_dict
+test_loss
+validation_perplexity_fp32
+validation_tokens
+train_s
+history_perplexity
 tokens_per_call
 spread_original  # measure/bench.py: ModeBench fields, recorded through to_dict
 spread_decomposed

@@ -130,7 +130,8 @@ def _record_bench(args: argparse.Namespace, report: dict, load_before: tuple[flo
 
     if args.record is not None:
         write_record(args.record, {"what": f"lrdlab bench {args.model}: the plan against the original, interleaved",
-                                   "command": getattr(args, "command_line", ""), "machine": machine_info(args.device),
+                                   "command": getattr(args, "command_line", ""),
+                                   "machine": machine_info(args.device).to_dict(),
                                    "load_average_before": list(load_before),
                                    "load_average_after": list(os.getloadavg()), **report})
 

@@ -111,7 +111,7 @@ def run_bench_lm(args: argparse.Namespace) -> int:
         write_record(args.out, {"what": "prefill and KV-cache decode, dense vs decomposed (weights only); speed-up = "
                                         "median paired ratio over interleaved rounds, 95% bootstrap interval; "
                                         "bytes_ideal = parameter bytes read per decode token, dense / decomposed",
-                                "command": command, **report, "machine": machine_info("cpu")})
+                                "command": command, **report, "machine": machine_info("cpu").to_dict()})
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

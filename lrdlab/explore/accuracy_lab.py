@@ -78,10 +78,10 @@ class AccuracyLab:
         from lrdlab.zoo.pretrained import pretrained_info
 
         info = pretrained_info(name)
-        if info.get("data", DATA["data"]) != DATA["data"]:
-            raise ValueError(f"{name!r} was trained on {info['data']!r}; the explorers score on {DATA['data']!r} "
+        if info.data != DATA["data"]:
+            raise ValueError(f"{name!r} was trained on {info.data!r}; the explorers score on {DATA['data']!r} "
                              "only: choose a model trained on it")
-        default = ACCURACY_IMAGES.get(info["model"], DEFAULT_ACCURACY_IMAGES)
+        default = ACCURACY_IMAGES.get(info.model, DEFAULT_ACCURACY_IMAGES)
         calibration_images, test_images = calibration_images or default[0], test_images or default[1]
         self.name, self.cache_dir = name, Path(cache_dir or default_cache_dir())
         self.model = trained_model(name)

@@ -97,7 +97,7 @@ class FreezingGrid:
             self.runs = pd.concat([self.runs, rows], ignore_index=True)
             here = self.runs[self.runs["source"] == "here"][GRID_COLUMNS]
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"machine": machine_info(), "runs": here.to_dict("records")},
+            self.path.write_text(json.dumps({"machine": machine_info().to_dict(), "runs": here.to_dict("records")},
                                             default=float))
         return key
 

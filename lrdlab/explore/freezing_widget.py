@@ -68,7 +68,7 @@ class FreezingExplorer:
                                     loaders or default_loaders(settings), lr=float(settings.get("finetune_lr", 0.02)),
                                     on_change=self._on_run_change)
         self.render_seconds: list[float] = []
-        self._here = machine_info()  # this machine, for the live-vs-recorded settings line
+        self._here = machine_info().to_dict()  # this machine, for the live-vs-recorded settings line
         self._png: dict[tuple, bytes] = {}
         self._joined: str | None = None
         # one row per slider: the period's readout ("every iteration") has room and never runs into the next label

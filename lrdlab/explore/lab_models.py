@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import nn
@@ -36,13 +35,12 @@ ACCURACY_IMAGES: dict[str, tuple[int, int]] = {"vit_tiny": (32, TEST_IMAGES)}
 DEFAULT_ACCURACY_IMAGES = (128, TEST_IMAGES)
 
 
-def trained_key(info: dict[str, Any]) -> str:
-    """The dropdown key of a shipped model from its record: ``"resnet20 · trained (MNIST-5k)"``."""
-    data = info.get("data", "?")
-    return f"{info['model']} · trained ({DATA_LABELS.get(data, data)})"
+def trained_key(model: str, data: str) -> str:
+    """The dropdown key of a shipped model from its architecture and data: ``"resnet20 · trained (MNIST-5k)"``."""
+    return f"{model} · trained ({DATA_LABELS.get(data, data)})"
 
 
-DEFAULT_MODEL = trained_key({"model": "resnet20", "data": "mnist5k"})
+DEFAULT_MODEL = trained_key("resnet20", "mnist5k")
 
 
 @dataclass(frozen=True)
@@ -102,9 +100,10 @@ def _trained_models(_folder: str, _stamp: int) -> dict[str, LabModel]:
     out = {}
     for name in pretrained.available():
         info = pretrained.pretrained_info(name)
-        if info.get("kind") == "causal_lm":  # the language model is not an image classifier
+        if info.kind == "causal_lm" or not isinstance(info.data, str):  # the language model is no image classifier
             continue
-        out[trained_key(info)] = LabModel(trained_key(info), info["model"], name)
+        key = trained_key(info.model, info.data)
+        out[key] = LabModel(key, info.model, name)
     return out
 
 

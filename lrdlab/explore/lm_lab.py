@@ -441,10 +441,20 @@ def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def recorded_calibration(name: str = "lm_calibration_smollm2_cpu.json") -> dict[str, Any] | None:
-    """The recorded run of lrdlab's default calibration on SmolLM2 (None when not recorded)."""
+def recorded_calibration(name: str = "lm_calibration_smollm2_cpu.json") -> pd.DataFrame | None:
+    """The recorded runs of ``decompose(model, plan, calibration=batches)`` on SmolLM2 (``data/NAME``), one row per
+    calibration mode: the mode asked and the one it resolved to, ratio, validation tokens and perplexity, its
+    multiple of dense, wall seconds and peak memory above the loaded model (GB); None when not recorded."""
     path = data_dir() / name
-    return read_record(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_record(path)
+    dense = record["dense_perplexity"]
+    return pd.DataFrame([{"mode": r["mode"], "resolved_mode": r.get("resolved_mode", r["mode"]),
+                          "ratio": record["ratio"], "validation_tokens": record["evaluation"]["tokens"],
+                          "validation_perplexity": r["validation_perplexity"], "dense_perplexity": dense,
+                          "vs_dense": r["validation_perplexity"] / dense, "wall_s": r["wall_s"],
+                          "peak_gb_above_loaded": r["peak_mb_above_loaded"] / 1024} for r in record["rows"]])
 
 
 def repetition(tokens: Sequence) -> float:

@@ -76,16 +76,42 @@ def _row_threads(techniques: dict[str, Any]) -> int:
     return torch.get_num_threads()
 
 
-def recorded_story(data: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class SpeedStory:
+    """The recorded speed story (``data/speed_story_resnet50_cpu.json``): one :class:`StoryRow` per thread count and
+    technique, the command, the rank search, the machine and the load around it.
+
+    A notebook shows it as the README's table and the threads sentence (``str()`` the same); :meth:`table` is F12's
+    DataFrame."""
+
+    command: str
+    search: str | None
+    machine: dict[str, Any]
+    load_average_before: list[float]
+    load_average_after: list[float]
+    rows: list[StoryRow]
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> SpeedStory:
+        return cls(record["command"], record.get("search"), record["machine"], record["load_average_before"],
+                   record["load_average_after"], [row for run in record["runs"] for row in story_rows(run)])
+
+    def table(self):
+        return story_frame(self.rows)
+
+    def __str__(self) -> str:
+        return "\n\n".join(part for part in (story_table(self.rows), threads_sentence(self.rows)) if part)
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
+
+
+def recorded_story(data: Path) -> SpeedStory | None:
     """The recorded story file, or None where it has not been recorded."""
     from lrdlab.measure.records import read_record
 
     path = data / STORY_FILE
-    return read_record(path) if path.is_file() else None
-
-
-def recorded_rows(story: dict[str, Any]) -> list[StoryRow]:
-    return [row for run in story["runs"] for row in story_rows(run)]
+    return SpeedStory.from_dict(read_record(path)) if path.is_file() else None
 
 
 def story_table(rows: list[StoryRow]) -> str:
@@ -184,7 +210,7 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
         return
     local = story_rows(results["techniques"])
     story = recorded_story(data or data_dir())
-    recorded = recorded_rows(story) if story else []
+    recorded = story.rows if story else []
     report.heading("Speed at a glance — this run beside the README's recording")
     table = []
     for row in local:
@@ -193,8 +219,9 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
                       "recorded (README)": rec.cell if rec else "no row at this configuration",
                       "agree": "—" if rec is None else ("yes" if _overlap(row.speedup_pct, rec.speedup_pct) else
                                                         "NO")})
-    here = {**machine_info(), "load_average": results["techniques"].get("compute", {}).get("load_average")
-            or machine_info()["load_average"]}
+    machine = machine_info()
+    here = {**machine.to_dict(), "load_average": results["techniques"].get("compute", {}).get("load_average")
+            or machine.load_average}
     report.table(pd.DataFrame(table), "Inference speed-up % [95% CI]; realised fraction of the FLOP ideal. Same "
                  f"stage, same settings as the recording ({STORY_FILE}); the README's table is rendered from it.")
     if story is None:
@@ -202,7 +229,7 @@ def render_story(report, results: dict[str, Any], data: Path | None = None) -> N
                     "checkout) makes one.")
         return
     search_here = "P1's Algorithm 1 (quick reproduction)"
-    notes = differences(local, recorded, here, story["machine"], search_here, story.get("search", "?"))
+    notes = differences(local, recorded, here, story.machine, search_here, story.search or "?")
     report.text("\n".join(f"- {n}" for n in notes) if notes else
                 "Every speed-up here agrees with the recorded one of the same configuration within their intervals.")
     sentence = threads_sentence(recorded)

@@ -8,6 +8,8 @@ Hook it into the reproduction report with one call where the other sections are 
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,45 @@ from lrdlab.measure.stats import robust_sigma
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
 
 
-def load_transformers_study(path: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TransformersStudy:
+    """A recorded transformer study (``data/transformers_mnist5k.json``): its tables as DataFrames (accuracy vs
+    ratio, freezing history and throughput, the GEMM rank and granularity sweeps), the settings, machine, command
+    and load around it. ``str()`` says where and how it was measured; a notebook shows that and the accuracy table."""
+
+    accuracy: pd.DataFrame
+    freezing_history: pd.DataFrame
+    freezing_throughput: pd.DataFrame
+    gemm_ranks: pd.DataFrame
+    gemm_granularity: pd.DataFrame
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    load_average_before: list[float]
+    load_average_after: list[float]
+    command: str = ""
+    schema: dict[str, Any] | None = None
+    wall_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TransformersStudy:
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"transformer study fields {unknown} are unknown to TransformersStudy: add them to "
+                             "lrdlab.explore.transformers_report.TransformersStudy")
+        return cls(**{k: (pd.DataFrame(v) if k in FRAMES else v) for k, v in raw.items()})
+
+    def __str__(self) -> str:
+        return (f"transformer study on {self.machine.get('cpu', '?')}, {self.machine.get('torch_threads', '?')} "
+                f"thread(s), load average {self.load_average_before[0]:.1f} → {self.load_average_after[0]:.1f}; "
+                f"command: {self.command or '?'}")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(str(self))}</p>{self.accuracy.to_html(index=False)}"
+
+
+def load_transformers_study(path: str | Path) -> TransformersStudy:
     """A saved transformer study with its tables as DataFrames."""
-    raw = read_record(path)
-    return {k: (pd.DataFrame(v) if k in FRAMES else v) for k, v in raw.items()}
+    return TransformersStudy.from_dict(read_record(path))
 
 
 def multiple_summary(gemm: pd.DataFrame, multiples: tuple[int, ...] = (8, 16, 32, 64)) -> pd.DataFrame:
@@ -59,12 +96,12 @@ def _dashes(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype(object).where(df.notna(), "—")
 
 
-def render_transformers(report: Any, study: str | Path | dict[str, Any],
+def render_transformers(report: Any, study: str | Path | TransformersStudy,
                         targets: str | Path | dict[str, Any] | None = None) -> None:
     """Append the transformer section (tables; a convergence figure when matplotlib is there) to ``report``
     (a :class:`lrdlab.paper.report.Report`)."""
-    res = load_transformers_study(study) if not isinstance(study, dict) else study
-    st, machine = res["settings"], res["machine"]
+    res = study if isinstance(study, TransformersStudy) else load_transformers_study(study)
+    st, machine = res.settings, res.machine
     report.heading("Transformers — ViT-tiny on MNIST-5k (P2's transformer results)")
     trained = st.get("model") or {}
     ft = st["finetune"]
@@ -74,21 +111,21 @@ def render_transformers(report: Any, study: str | Path | dict[str, Any],
     report.text(f"ViT-tiny ({trained.get('source', 'given weights')}); decomposed with SVD on every attention "
                 f"projection (q/k/v/out) and MLP Linear; fine-tuning {st['finetune_epochs']} epoch(s), {recipe}; "
                 f"calibration: {st['calibration']}. Machine: {machine['cpu']}, "
-                f"{machine['torch_threads']} threads, load average {res['load_average_before'][0]:.1f} → "
-                f"{res['load_average_after'][0]:.1f}. Command: `{res.get('command', '')}`.")
-    acc = pd.DataFrame(res["accuracy"])
+                f"{machine['torch_threads']} threads, load average {res.load_average_before[0]:.1f} → "
+                f"{res.load_average_after[0]:.1f}. Command: `{res.command}`.")
+    acc = res.accuracy
     report.table(_dashes(acc), "Test accuracy (%) vs compression ratio: zero-shot and after fine-tuning (mode none).")
-    history = pd.DataFrame(res["freezing_history"])
+    history = res.freezing_history
     final = history[history["epoch"] == history.groupby("mode")["epoch"].transform("max")]
     report.table(final[["mode", "epoch", "accuracy", "loss", "train_img_s", "wall_s"]],
                  f"Fine-tuning at {st['freeze_ratio']}x per freezing mode (sequential: every "
                  f"{st['period_iterations']} iterations).")
-    report.table(throughput_table(pd.DataFrame(res["freezing_throughput"])),
+    report.table(throughput_table(res.freezing_throughput),
                  "Training / inference throughput, timed interleaved (sequential: mean over its phases; 95% "
                  "bootstrap intervals).")
-    report.table(_dashes(pd.DataFrame(res["gemm_granularity"])),
+    report.table(_dashes(res.gemm_granularity),
                  "Whole model at each rank granularity g (interleaved).")
-    report.table(multiple_summary(pd.DataFrame(res["gemm_ranks"])),
+    report.table(multiple_summary(res.gemm_ranks),
                  f"Factorized projection time on {st['gemm_tokens']} tokens: ranks that are multiples of m against a "
                  "line fitted through the other ranks (negative = cheaper than the line; noise = spread of the "
                  "others).")

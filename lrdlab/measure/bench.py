@@ -144,7 +144,7 @@ def bench_plan(
     settings = {"rounds": timing.rounds, "max_rounds": max_rounds, "budget_s": budget_s, "warmup": timing.warmup,
                 "repeats": timing.repeats, "dtype": measure.check_dtype(timing.dtype),
                 "channels_last": timing.channels_last, "backend": timing.backend}
-    return BenchReport(model=plan.model, input_shape=shape, machine=machine_info(dev), settings=settings,
+    return BenchReport(model=plan.model, input_shape=shape, machine=machine_info(dev).to_dict(), settings=settings,
                        layers_decomposed=len(plan.decomposed_layers), params=(before["params"], after["params"]),
                        flops=(before["flops"], after["flops"]), ideal_speedup=ideal, inference=timed["inference"],
                        train=timed.get("train"))

@@ -176,7 +176,7 @@ class TimeCache:
         for key, labels in self.entries.items():
             merged.setdefault(key, {}).update(labels)
         self.entries = merged
-        data = {"version": VERSION, "machine": machine_info(), "entries": merged, **extra}
+        data = {"version": VERSION, "machine": machine_info().to_dict(), "entries": merged, **extra}
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         tmp.replace(self.path)

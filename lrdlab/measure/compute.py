@@ -193,13 +193,31 @@ def compute_policy(threads: int | str | None = "auto") -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def compute_info() -> dict[str, Any]:
+@dataclass(frozen=True)
+class ComputeInfo:
+    """What every measurement records about the compute: the settings in force, interop threads, load, cores.
+
+    ``str()`` is one line; :meth:`to_dict` is the recorded JSON form (``compute_mode``, ``torch_threads``, …)."""
+
+    settings: ComputeSettings
+    interop_threads: int
+    load_average: list[float]
+    cpu_count: int | None
+
+    def __str__(self) -> str:
+        load = " ".join(f"{x:.2f}" for x in self.load_average) or "unknown"
+        return f"{self.settings}; {self.interop_threads} interop threads, {self.cpu_count} cores, load {load}"
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.settings
+        return {"compute_mode": s.mode, **({"compute_asked": s.asked} if s.asked != s.mode else {}),
+                "torch_threads": s.threads, "interop_threads": self.interop_threads,
+                "omp_wait_policy": s.wait_policy, **({"compute_note": s.note} if s.note else {}),
+                "load_average": self.load_average, "cpu_count": self.cpu_count}
+
+
+def compute_info() -> ComputeInfo:
     """What every measurement records about the compute: mode, threads, wait policy, load average, cores."""
     import torch
 
-    now = current_compute()
-    return {"compute_mode": now.mode, **({"compute_asked": now.asked} if now.asked != now.mode else {}),
-            "torch_threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "omp_wait_policy": now.wait_policy,
-            **({"compute_note": now.note} if now.note else {}), "load_average": load_average(),
-            "cpu_count": os.cpu_count()}
+    return ComputeInfo(current_compute(), torch.get_num_interop_threads(), load_average(), os.cpu_count())

@@ -145,7 +145,7 @@ def decode_table(dense: nn.Module, bench: DecodeBench | None = None) -> DecodeTa
                                          ("decode", bench.batch, bench.decode_tokens)):
                     row = asdict(compare_phase(baseline, low, phase, b, tokens, context=bench.context,
                                                rounds=bench.rounds))
-                    results.append({**row, **tags, "compute": compute_info()})
+                    results.append({**row, **tags, "compute": compute_info().to_dict()})
     finally:
         torch.set_num_threads(before)
     first = next(iter(planned))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import platform
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from lrdlab.measure.compute import ComputeInfo, compute_info
 
 # --- the machine -------------------------------------------------------------------------------------
 
@@ -29,15 +33,39 @@ def device_name(device: str | torch.device) -> str:
     return cpu_name()
 
 
-def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """What a recorded result must name: device, CPU, cores, threads, OpenMP wait policy, load average, torch."""
-    from lrdlab.measure.compute import compute_info
+@dataclass(frozen=True)
+class Machine:
+    """The machine a measurement ran on: device, CPU, the compute in force (threads, wait policy, load), torch.
 
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "cpu": cpu_name(),
-        **compute_info(),
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-    }
+    ``str()`` is one line for a notebook; :meth:`to_dict` is the flat JSON form every record stores as ``machine``."""
+
+    device: str
+    device_name: str
+    cpu: str
+    compute: ComputeInfo
+    torch_version: str
+    python: str
+
+    @property
+    def load_average(self) -> list[float]:
+        return self.compute.load_average
+
+    def __str__(self) -> str:
+        on = self.cpu if self.device_name == self.cpu else f"{self.device_name} ({self.device}), CPU {self.cpu}"
+        return f"{on}; {self.compute}; torch {self.torch_version}, Python {self.python}"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{html.escape(str(v))}"
+                       "</td></tr>" for k, v in self.to_dict().items())
+        return f"<table>{rows}</table>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "device_name": self.device_name, "cpu": self.cpu, **self.compute.to_dict(),
+                "torch_version": self.torch_version, "python": self.python}
+
+
+def machine_info(device: str | torch.device = "cpu") -> Machine:
+    """What a recorded result must name: device, CPU, cores, threads, OpenMP wait policy, load average, torch
+    (``machine_info().to_dict()`` is the recorded form)."""
+    return Machine(str(device), device_name(device), cpu_name(), compute_info(), torch.__version__,
+                   platform.python_version())

@@ -355,7 +355,7 @@ def optimize_plan(model: nn.Module, plan: Plan, example_input_shape: Sequence[in
         "dtype": measure.check_dtype(dtype), "backward": backward, "lower": lower, "granularity": granularity,
         "warmup": warmup, "repeats": repeats, "rounds": rounds, "max_rounds": max_rounds,
         "resolution": resolution, "confirm_rounds": confirm_rounds, "margin": margin,
-        "min_step": min_step, "torch": torch.__version__, "machine": machine_info(dev),
+        "min_step": min_step, "torch": torch.__version__, "machine": machine_info(dev).to_dict(),
         "threads": torch.get_num_threads(),  # searched at this count: layer times at other counts differ
         "timer": "injected" if time_fn else "lrdlab.measure.time_layer (median)",
         "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_remeasured": cache.stale,

@@ -172,7 +172,7 @@ def run_accuracy_study(models: Sequence[str] | None = None, ratios: Sequence[flo
                   "exclude": {m: STUDY_MODELS[m]["exclude"] for m in models},
                   "finetune": {m: STUDY_MODELS[m]["finetune"] for m in models},
                   "flops_input": [1, 3, 32, 32], "variants": list(VARIANTS)},
-        machine=machine_info("cpu"), command=command, total_s=round(time.perf_counter() - t0, 1))
+        machine=machine_info("cpu").to_dict(), command=command, total_s=round(time.perf_counter() - t0, 1))
     if out is not None:
         write_record(out, result.to_dict())
     return result

@@ -195,7 +195,7 @@ def run_freezing_study(config: FreezingStudyConfig | None = None, *, device: str
     from lrdlab.measure.counting import count_params
 
     settings["params"] = {"original": count_params(original), "decomposed": count_params(decomposed)}
-    result = FreezingStudy(history, throughput, settings, machine_info(device), STUDY_SCHEMA)
+    result = FreezingStudy(history, throughput, settings, machine_info(device).to_dict(), STUDY_SCHEMA)
     if out is not None:
         save_study(result, out)
     return result

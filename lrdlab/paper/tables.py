@@ -305,10 +305,11 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
 
     report = Report(Path(settings.out), "lrdlab reproduction of P1/P2 on this machine")
     env = machine_info(settings.device)
+    compute = env.compute.settings
     report.text(
-        f"Device: **{env['device_name']}** ({env['device']}, {env['cpu_count']} cores, {env['torch_threads']} torch "
-        f"threads, compute mode {env['compute_mode']}, OpenMP wait policy {env['omp_wait_policy']}), "
-        f"torch {env['torch_version']}, Python {env['python']}; "
+        f"Device: **{env.device_name}** ({env.device}, {env.compute.cpu_count} cores, {compute.threads} torch "
+        f"threads, compute mode {compute.mode}, OpenMP wait policy {compute.wait_policy}), "
+        f"torch {env.torch_version}, Python {env.python}; "
         f"mode: {'quick' if settings.quick else 'full'}; data: {settings.data}. FLOPs: {FLOP_COUNTER}."
     )
     report.heading("T1 — ranks at 2x compression (ResNet-152), paper vs lrdlab")

@@ -340,7 +340,7 @@ def accuracy_study(data: str = "mnist5k", base_epochs: int = 4, ft_epochs: int =
         base=summary, plan={**config.to_dict(), "tucker_ranks": tucker},
         finetune={"epochs": ft_epochs, "lr": ft_lr, "schedule": "onecycle", "optimizer": "sgd", "seeds": list(seeds)},
         calibration_batches=calib_batches, speed_input_shape=tuple(shape), original_timing=speed["original"],
-        machine=machine_info("cpu"), merge_rows=[rows[n] for n in variants if not n.startswith("branches")],
+        machine=machine_info("cpu").to_dict(), merge_rows=[rows[n] for n in variants if not n.startswith("branches")],
         branch_rows=brows)
 
 
@@ -368,5 +368,5 @@ def branch_sweep(model_name: str = "resnet50", config: BranchConfig = DEFAULT_BR
             row.update(speed[f"N={row['branches']}"])
     timed = {"harness": "lrdlab.compare", "rounds": timing.rounds, "warmup": timing.warmup,
              "repeats": timing.repeats} if timing is not None else None
-    return BranchSweep(model=model_name, input_shape=shape, config=config, machine=machine_info("cpu"), speed=timed,
-                       rows=rows)
+    return BranchSweep(model=model_name, input_shape=shape, config=config, machine=machine_info("cpu").to_dict(),
+                       speed=timed, rows=rows)

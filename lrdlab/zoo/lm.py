@@ -10,12 +10,15 @@ checkout's ``tools/record/weights.py`` (not in the wheel).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from lrdlab.lowrank.hf import require_transformers
+
+if TYPE_CHECKING:
+    from lrdlab.zoo.pretrained import PretrainedInfo
 
 TINY_LLAMA: dict[str, Any] = {  # the shipped model: ~0.8 M parameters, GQA with 2 key/value heads for 4 query heads
     "vocab_size": 256, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
@@ -47,8 +50,8 @@ def gpt2_from_config(**config: Any) -> nn.Module:
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
 
 
-def load_lm(info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    """The model a shipped record describes (``info["llama_config"]``) with its (unpacked) weights, in eval mode."""
-    model = llama_from_config(**info["llama_config"])
+def load_lm(info: PretrainedInfo, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model a shipped record describes (``info.llama_config``) with its (unpacked) weights, in eval mode."""
+    model = llama_from_config(**(info.llama_config or {}))
     model.load_state_dict(state)
     return model.eval()

@@ -13,6 +13,8 @@ in 2 MB; both are expanded to float32 on load. Re-create a file with::
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +100,71 @@ def _check_name(name: str) -> None:
                          f"language models (lrdlab[lm]): {', '.join(LANGUAGE_MODELS)}")
 
 
-def pretrained_info(name: str) -> dict[str, Any]:
-    """The JSON record beside the weights: model, recipe, command, accuracy, machine."""
+@dataclass(frozen=True)
+class PretrainedInfo:
+    """The record beside a shipped model's weights: architecture, data, how it was trained, its score, machine.
+
+    An image classifier has ``num_classes`` … ``test_loss``; the byte language model (``kind="causal_lm"``) has
+    ``llama_config`` … ``recorded``; the other kind's fields are None. ``str()`` is a line for a notebook;
+    :meth:`to_dict` is the JSON file's form (the fields that are set)."""
+
+    name: str
+    model: str
+    storage: str
+    bytes: int
+    data: str | dict[str, Any]
+    command: str
+    recipe: dict[str, Any]
+    machine: dict[str, Any]
+    kind: str | None = None
+    num_classes: int | None = None
+    input_size: list[int] | None = None
+    split: str | None = None
+    test_accuracy: float | None = None
+    test_accuracy_fp32: float | None = None
+    test_loss: float | None = None
+    llama_config: dict[str, Any] | None = None
+    parameters: int | None = None
+    seq_len: int | None = None
+    validation_perplexity: float | None = None
+    validation_perplexity_fp32: float | None = None
+    validation_tokens: int | None = None
+    baselines: dict[str, Any] | None = None
+    train_s: float | None = None
+    history_perplexity: list[float] | None = None
+    recorded: str | None = None
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PretrainedInfo:
+        unknown = sorted(set(record) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"pretrained record {record.get('name')!r} has fields {unknown} that PretrainedInfo "
+                             "does not know: add them to lrdlab.zoo.pretrained.PretrainedInfo")
+        return cls(**record)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __str__(self) -> str:
+        data = self.data if isinstance(self.data, str) else self.data.get("name", "text")
+        if self.test_accuracy is not None:
+            score = f"test accuracy {self.test_accuracy:.1f}% on the {self.split} split"
+        elif self.validation_perplexity is not None:
+            score = f"validation perplexity {self.validation_perplexity:.2f}"
+        else:
+            score = "no recorded score"
+        cpu = self.machine.get("cpu", "?")
+        return (f"{self.name}: {self.model} trained on {data}, {score}; stored {self.storage} ({self.bytes:,} bytes); "
+                f"trained on {cpu} by `{self.command}`")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(str(self))}</p>"
+
+
+def pretrained_info(name: str) -> PretrainedInfo:
+    """The record beside the weights: model, recipe, command, accuracy, machine."""
     _check_name(name)
-    return read_record(WEIGHTS_DIR / f"{name}.json")
+    return PretrainedInfo.from_dict(read_record(WEIGHTS_DIR / f"{name}.json"))
 
 
 def trained(weights: str | Path, model: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -111,7 +174,7 @@ def trained(weights: str | Path, model: str) -> tuple[nn.Module, dict[str, Any]]
 
     if str(weights) in available():
         return pretrained(str(weights)), {"source": f"lrdlab.pretrained({str(weights)!r})",
-                                          "training": pretrained_info(str(weights))}
+                                          "training": pretrained_info(str(weights)).to_dict()}
     if not Path(weights).is_file():
         raise ValueError(f"weights {str(weights)!r} is neither a shipped model ({', '.join(available())}) "
                          "nor a state_dict file")
@@ -141,10 +204,10 @@ def pretrained(name: str) -> nn.Module:
 
     info = pretrained_info(name)
     packed = torch.load(WEIGHTS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
-    if info.get("kind") == "causal_lm":  # a language model over bytes (lrdlab.zoo.lm)
+    if info.kind == "causal_lm":  # a language model over bytes (lrdlab.zoo.lm)
         from lrdlab.zoo.lm import load_lm
 
         return load_lm(info, unpack_state_dict(packed))
-    model = get_model(info["model"], num_classes=info["num_classes"])
+    model = get_model(info.model, num_classes=info.num_classes)
     model.load_state_dict(unpack_state_dict(packed))
     return model.eval()

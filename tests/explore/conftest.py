@@ -55,7 +55,8 @@ def weights_dirs(tmp_path_factory):
     model = _probed_vit(root / "data")
     torch.save(pretrained.pack_state_dict(model.state_dict()), dirs["vit"] / "vit_tiny_mnist5k.pt")
     info = {"name": "vit_tiny_mnist5k", "model": "vit_tiny", "num_classes": 10, "data": "mnist5k",
-            "input_size": [3, 32, 32], "storage": "fp16", "command": "tests/explore/conftest.py stand-in"}
+            "input_size": [3, 32, 32], "storage": "fp16", "command": "tests/explore/conftest.py stand-in",
+            "bytes": (dirs["vit"] / "vit_tiny_mnist5k.pt").stat().st_size, "recipe": {}, "machine": {}}
     (dirs["vit"] / "vit_tiny_mnist5k.json").write_text(json.dumps(info))
     return dirs
 

@@ -84,17 +84,17 @@ def test_the_shipped_grid_is_what_the_explorer_would_score(tmp_cache, name):
     lab = accuracy_lab.AccuracyLab(name)
     assert {k: grid[k] for k in lab.settings()} == lab.settings(), "re-record: python -m tools.record.explorer_grids"
     assert lab.settings()["test_images"] == 1000
-    assert lab.original() == pretrained_info(name)["test_accuracy"]  # the README's 97.7% for ResNet-20
+    assert lab.original() == pretrained_info(name).test_accuracy  # the README's 97.7% for ResNet-20
     assert lab.source() == "recorded grid"
     recorded = {(r["ratio"], r["granularity"], r["rounding"]) for r in grid["rows"]}
     assert set(grid_settings(name)) == recorded
-    plan = network_plan(lab.model, 2.0, 8, "down", kept_stem(pretrained_info(name)["model"]))  # the opening setting
+    plan = network_plan(lab.model, 2.0, 8, "down", kept_stem(pretrained_info(name).model))  # the opening setting
     assert lab.known(plan) and lab.source(plan) == "recorded grid"
     row = next(r for r in grid["rows"] if (r["ratio"], r["granularity"], r["rounding"]) == (2.0, 8, "down"))
     assert row["plan"] == accuracy_lab.plan_key(plan) and row["layers"] == len(plan.decomposed_layers)
     from lrdlab.explore.network_lab import NetworkLab
 
-    counted = NetworkLab().counts(name, lab.model, plan, pretrained_info(name)["input_size"])
+    counted = NetworkLab().counts(name, lab.model, plan, pretrained_info(name).input_size)
     assert lab.structure(plan) == counted  # the explorer's counts from the file equal the counted ones
 
 

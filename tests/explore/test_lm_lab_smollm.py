@@ -147,8 +147,17 @@ def test_repetition_counts_repeated_adjacent_pairs():
 def test_recorded_calibration_is_read_from_the_data_folder_or_absent(tmp_path, monkeypatch):
     monkeypatch.setenv("LRDLAB_DATA", str(tmp_path))
     assert lm_lab.recorded_calibration() is None
-    _write(tmp_path / "lm_calibration_smollm2_cpu.json", {"ratio": 1.25, "rows": [{"mode": "corrected"}]})
-    assert lm_lab.recorded_calibration()["rows"][0]["mode"] == "corrected"
+    rows = [{"mode": "auto", "resolved_mode": "loss-weighted", "validation_perplexity": 30.0, "wall_s": 100.0,
+             "peak_mb_above_loaded": 2048.0},
+            {"mode": "one-shot", "validation_perplexity": 40.0, "wall_s": 50.0, "peak_mb_above_loaded": 512.0}]
+    _write(tmp_path / "lm_calibration_smollm2_cpu.json", {"ratio": 1.25, "dense_perplexity": 10.0,
+                                                         "evaluation": {"tokens": 1024}, "rows": rows})
+    table = lm_lab.recorded_calibration()
+    assert list(table["mode"]) == ["auto", "one-shot"]
+    assert list(table["resolved_mode"]) == ["loss-weighted", "one-shot"]  # an old row without it: the mode asked
+    assert list(table["vs_dense"]) == pytest.approx([3.0, 4.0])
+    assert list(table["peak_gb_above_loaded"]) == pytest.approx([2.0, 0.5])
+    assert set(table["validation_tokens"]) == {1024} and set(table["ratio"]) == {1.25}
 
 
 def test_recorded_distillation_reads_each_distilled_run_against_dense(tmp_path):

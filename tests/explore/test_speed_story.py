@@ -13,9 +13,8 @@ from lrdlab.explore.speed_story import (
     STORY_FILE,
     SpeedConfig,
     differences,
-    recorded_rows,
+    recorded_story,
     render_story,
-    story_frame,
     story_rows,
     story_table,
     threads_sentence,
@@ -55,8 +54,13 @@ def test_rows_name_their_configuration_and_realised_fraction():
 
 
 def test_the_readme_table_has_one_row_per_configuration(tmp_path):
-    rows = recorded_rows(story(tmp_path))
+    assert recorded_story(tmp_path) is None  # not recorded
+    story(tmp_path)
+    recorded = recorded_story(tmp_path)
+    assert recorded is not None and recorded.search == "robust search" and recorded.machine == MACHINE
+    rows = recorded.rows
     table = story_table(rows).splitlines()
+    assert str(recorded) == f"{story_table(rows)}\n\n{threads_sentence(rows)}"  # what a notebook shows
     assert table[0] == "| configuration | original ms | vanilla 2x | searched ranks | merging |"
     assert table[2].startswith("| eager, 1 thread, batch 8, 112 px | 300 | +40.0% [+37.0, +43.0]; 0.40 |")
     assert table[3].startswith("| eager, 2 threads, batch 8, 112 px | 200 |") and len(table) == 4
@@ -67,7 +71,8 @@ def test_the_readme_table_has_one_row_per_configuration(tmp_path):
 
 
 def test_a_disagreement_names_the_settings_that_differ(tmp_path):
-    recorded = recorded_rows(story(tmp_path))
+    story(tmp_path)
+    recorded = recorded_story(tmp_path).rows
     local = story_rows(techniques(1, {"vanilla LRD": 41.0, "optimized ranks": 10.0}))
     here = {**MACHINE, "omp_wait_policy": "PASSIVE", "compute_mode": "shared"}
     notes = differences(local, recorded, here, MACHINE, "Algorithm 1", "robust search")
@@ -91,7 +96,8 @@ def test_the_report_puts_this_run_beside_the_recording(tmp_path):
 
 
 def test_f12_draws_every_technique(tmp_path):
-    df = story_frame(recorded_rows(story(tmp_path)))
+    story(tmp_path)
+    df = recorded_story(tmp_path).table()
     assert isinstance(df, pd.DataFrame) and set(df["threads"]) == {1, 2}
     fig = plot_thread_scaling(df)
     assert len(fig.axes) == 3 and len(fig.axes[2].lines) == 3

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = ("import json, os, sys\nfrom lrdlab.cli import build_parser\nfrom lrdlab.cli.common import "
          "apply_compute_from_args\nargs = build_parser().parse_args(sys.argv[1:])\napply_compute_from_args(args)\n"
          "import torch\nfrom lrdlab.measure.compute import compute_info\n"
-         "print(json.dumps({'env': os.environ.get('OMP_WAIT_POLICY'), **compute_info()}))\n")
+         "print(json.dumps({'env': os.environ.get('OMP_WAIT_POLICY'), **compute_info().to_dict()}))\n")
 
 
 def cli_compute(*argv: str, env: dict[str, str] | None = None) -> dict:
@@ -63,7 +63,7 @@ def test_shared_mode_after_torch_loaded_warns_and_records_it(monkeypatch):
             settings = apply_compute("shared")
         assert "OMP_WAIT_POLICY" not in os.environ  # nothing pretended
         assert settings.mode == "shared" and settings.wait_policy == "default" and "stays default" in settings.note
-        assert compute_info()["compute_note"] == settings.note
+        assert compute_info().settings.note == settings.note
     finally:
         torch.set_num_threads(before)
         monkeypatch.setattr(compute, "_CURRENT", None)
@@ -179,3 +179,29 @@ def test_bench_takes_a_list_of_thread_counts(capsys):
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(lines) if "OpenMP wait policy" in line)
     assert [r.split()[0] for r in lines[head + 2:]] == ["1", "2"]
+
+
+def test_the_machine_is_a_record_that_prints_one_line_and_writes_the_flat_recorded_form(monkeypatch):
+    from lrdlab.measure.machine import machine_info
+
+    monkeypatch.setattr(compute, "_CURRENT", compute.ComputeSettings("auto", "shared", 1, "PASSIVE", "a note"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        machine = machine_info("cpu")
+    finally:
+        torch.set_num_threads(before)
+    recorded = machine.to_dict()
+    # the keys every data/ file has stored under "machine", in that order (old files read the same)
+    assert list(recorded) == ["device", "device_name", "cpu", "compute_mode", "compute_asked", "torch_threads",
+                              "interop_threads", "omp_wait_policy", "compute_note", "load_average", "cpu_count",
+                              "torch_version", "python"]
+    assert recorded["compute_mode"] == "shared" and recorded["compute_asked"] == "auto"
+    assert recorded["torch_threads"] == 1 and recorded["omp_wait_policy"] == "PASSIVE"
+    assert machine.load_average == recorded["load_average"] and machine.cpu == recorded["cpu"]
+    line = str(machine)
+    assert "\n" not in line and machine.cpu in line and "compute shared" in line and "a note" in line
+    assert f"<td style='text-align:left'>{machine.torch_version}</td>" in machine._repr_html_()
+    monkeypatch.setattr(compute, "_CURRENT", None)  # the default mode: no asked or note keys
+    assert "compute_asked" not in compute.compute_info().to_dict()
+    assert "compute_note" not in compute.compute_info().to_dict()

@@ -172,7 +172,7 @@ def test_compute_policy_sets_and_restores_threads():
     with pytest.raises(ValueError):
         with compute_policy(0):
             pass
-    info = compute_info()
+    info = compute_info().to_dict()
     assert {"torch_threads", "omp_wait_policy", "load_average", "cpu_count"} <= set(info)
 
 

@@ -17,9 +17,11 @@ pytestmark = pytest.mark.skipif("llama_pydoc" not in available(), reason="llama_
 def test_shipped_lm_is_small_and_its_record_names_recipe_baselines_and_machine():
     info = pretrained_info("llama_pydoc")
     assert (WEIGHTS_DIR / "llama_pydoc.pt").stat().st_size < 4_000_000
-    assert info["recipe"]["epochs"] >= 1 and info["machine"]["cpu"]
-    assert info["baselines"]["bigram_perplexity"] == pytest.approx(ngram_perplexity(2), rel=1e-3)
-    assert info["validation_perplexity"] < 0.5 * info["baselines"]["bigram_perplexity"]
+    assert info.recipe["epochs"] >= 1 and info.machine["cpu"] and info.kind == "causal_lm"
+    assert info.baselines is not None and info.validation_perplexity is not None
+    assert info.baselines["bigram_perplexity"] == pytest.approx(ngram_perplexity(2), rel=1e-3)
+    assert info.validation_perplexity < 0.5 * info.baselines["bigram_perplexity"]
+    assert f"validation perplexity {info.validation_perplexity:.2f}" in str(info)
 
 
 def test_shipped_lm_loads_and_beats_the_bigram_baseline_on_validation():

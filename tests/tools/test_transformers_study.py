@@ -64,11 +64,12 @@ def test_whole_study_writes_json_that_the_report_renders(tmp_path):
                                  granularities=[1, 4], gemm_window=[7, 8], batch=4, rounds=1, out=out,
                                  model_info={"source": "test"})
     res = load_transformers_study(out)
-    tuned = res["accuracy"].set_index("ratio")["accuracy_finetuned"]
-    assert tuned[2] == res["freezing_history"].query("mode == 'none' and epoch == 1")["accuracy"].iloc[0]
-    assert isinstance(res["accuracy"], pd.DataFrame) and set(res["freezing_history"]["mode"]) == {
+    tuned = res.accuracy.set_index("ratio")["accuracy_finetuned"]
+    assert tuned[2] == res.freezing_history.query("mode == 'none' and epoch == 1")["accuracy"].iloc[0]
+    assert isinstance(res.accuracy, pd.DataFrame) and set(res.freezing_history["mode"]) == {
         "none", "regular", "sequential"}
-    assert list(res["gemm_granularity"]["variant"]) == ["original", "g=1", "g=4"]
+    assert list(res.gemm_granularity["variant"]) == ["original", "g=1", "g=4"]
+    assert res.machine["cpu"] in str(res) and "<table" in res._repr_html_()  # what a notebook shows
     report = Report(tmp_path / "report", "t")
     render_transformers(report, out)
     text = report.markdown()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lrdlab
+from lrdlab.measure.records import read_record
 from lrdlab.zoo.models import MODELS
 from lrdlab.zoo.pretrained import (
     WEIGHTS_DIR,
@@ -27,9 +28,11 @@ def test_both_references_are_shipped():
 def test_shipped_weights_are_small_and_documented(name):
     info = pretrained_info(name)
     assert (WEIGHTS_DIR / f"{name}.pt").stat().st_size <= 2_000_000
-    assert info["command"].startswith(("lrdlab train", "OMP_NUM_THREADS=1 lrdlab train"))
-    assert info["test_accuracy"] >= 95 and info["recipe"]["epochs"] >= 1
-    assert "cpu" in info["machine"] and info["model"] in MODELS
+    assert info.command.startswith(("lrdlab train", "OMP_NUM_THREADS=1 lrdlab train"))
+    assert info.test_accuracy is not None and info.test_accuracy >= 95 and info.recipe["epochs"] >= 1
+    assert "cpu" in info.machine and info.model in MODELS
+    assert info.to_dict() == read_record(WEIGHTS_DIR / f"{name}.json")  # the file's form, every field kept
+    assert f"test accuracy {info.test_accuracy:.1f}%" in str(info) and info.model in str(info)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -40,7 +43,7 @@ def test_shipped_weights_score_at_least_95_percent_on_the_mnist5k_test_split(nam
     result = lrdlab.evaluate(model, loaders.test)
     assert result["images"] == 1000
     assert result["accuracy"] >= 95.0
-    assert abs(result["accuracy"] - pretrained_info(name)["test_accuracy"]) < 0.05  # the recorded number
+    assert abs(result["accuracy"] - pretrained_info(name).test_accuracy) < 0.05  # the recorded number
 
 
 def test_unknown_name_lists_the_available_ones():

@@ -60,7 +60,7 @@ def finetune_sweep(name: str = "resnet20", ratio: float = 2.0, configs: Sequence
                       f"(decompose(model, plan, calibration={calibration_images} images)), per recipe and seed",
               "model": name, "ratio": ratio, "original_accuracy": acc0, "start_accuracy": start_acc, "rows": rows,
               "note": "recipes are compared on the test split (MNIST-5k has no validation split): the best is "
-                      "optimistic", "machine": machine_info("cpu"), "command": command}
+                      "optimistic", "machine": machine_info("cpu").to_dict(), "command": command}
     if out is not None:
         write_record(out, result)
     return result

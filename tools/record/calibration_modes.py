@@ -84,8 +84,8 @@ def run(sets: Sequence[int] = (0, 1), ratios: Sequence[float] = (2.0, 3.0, 4.0),
     result = {"command": "python -m tools.record.calibration_modes " + " ".join(sys.argv[1:]),
               "rows": rows, "model": "resnet20_mnist5k", "calibration_images": 512,
               "test": "MNIST-5k test split (1,000 images)", "threads": torch.get_num_threads(),
-              "machine": machine_info("cpu"), "note": "seconds are wall time on a shared machine; load = 1-min "
-              "load average when the row finished"}
+              "machine": machine_info("cpu").to_dict(),
+              "note": "seconds are wall time on a shared machine; load = 1-min load average when the row finished"}
     if out is not None:
         write_record(out, result)
     return result
@@ -147,7 +147,7 @@ def record_vit(out: str | Path, ratios: Sequence[float] = (2.0, 3.0, 4.0),
     result = read_record(path) if path.exists() else {"rows": []}
     result["vit"] = {"rows": vit_logit_errors(ratios, modes), "calibration_images": 512,
                      "plan": "make_plan(vit, ratio=r, exclude=kept_stem('vit_tiny')): patch embedding and head kept",
-                     "threads": torch.get_num_threads(), "machine": machine_info("cpu")}
+                     "threads": torch.get_num_threads(), "machine": machine_info("cpu").to_dict()}
     write_record(path, result)
     return result
 

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "issue 34 item 5: Conv1d / Conv3d / timm standardised and TF-'same' convs decomposed; "
                 "FLOPs at Ratio(2)",
         "command": "python -m tools.record.conv_kinds_targets " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info("cpu"), "load_average_before": list(os.getloadavg()),
+        "machine": machine_info("cpu").to_dict(), "load_average_before": list(os.getloadavg()),
     }
     for name in args.only or list(MODELS):
         print(f"{name} ...", file=sys.stderr, flush=True)

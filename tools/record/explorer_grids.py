@@ -50,7 +50,7 @@ def record_grid(name: str, out_dir: Path) -> Path:
     """Score every grid setting of one shipped model (unique plans once, one per core) and write its file."""
     lab = AccuracyLab(name, use_grid=False)
     lab.memo = {}  # never reuse a disk memo: every accuracy in the file is scored by this run
-    spec = str(pretrained.pretrained_info(name)["model"])  # the architecture
+    spec = pretrained.pretrained_info(name).model  # the architecture
     model, shape = lab.model, (1, *models.input_size(spec))
     load_before, start = os.getloadavg(), time.perf_counter()
     plans = {s: network_plan(model, s[0], s[1], s[2], pretrained.kept_stem(spec)) for s in grid_settings(name)}
@@ -71,7 +71,8 @@ def record_grid(name: str, out_dir: Path) -> Path:
         "command": COMMAND, **lab.settings(), "original": {"accuracy": round(original, 2),
                                                              "params": count_params(model),
                                                              "flops": count_flops(model, shape)},
-        "machine": machine_info("cpu"), "threads": torch.get_num_threads(), "load_average_before": load_before,
+        "machine": machine_info("cpu").to_dict(), "threads": torch.get_num_threads(),
+        "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1),
         "unique_plans": len(unique), "rows": rows,
         "note": "seconds are wall time on a shared 2-core machine (other processes ran: see the load averages)",

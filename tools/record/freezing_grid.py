@@ -87,7 +87,8 @@ def record_freezing_grid(out: Path = REFERENCE_GRID, config: FreezingGridConfig 
             keep = ["key", "ratio", "mode", "period", "unit", "epoch", "accuracy", "loss", "wall_s", "train_img_s",
                     "trainable_params"]
             runs = pd.concat([d for d in (runs, h[keep]) if not d.empty], ignore_index=True)
-            data = {"settings": settings, "machine": machine_info(), "command": command, "schema": GRID_SCHEMA,
+            data = {"settings": settings, "machine": machine_info().to_dict(), "command": command,
+                    "schema": GRID_SCHEMA,
                     "recorded_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                     "runs": runs.to_dict("records")}
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def run(ratio: float, modes: Sequence[str], tokens: int, window: int, batch: int
                 "above the loaded model while decompose(model, plan, calibration=Calibration(batches, mode=...)) "
                 "runs, and perplexity on the pydoc validation split",
         "command": "python -m tools.record.lm_calibration " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "name": "AMD EPYC 2-core shared box", "note": note,
+        "machine": {**machine_info().to_dict(), "name": "AMD EPYC 2-core shared box", "note": note,
                     "load_avg_at_start": [round(x, 2) for x in load_before]},
         "model": {"name": lm.name, "source": lm.source, "load_s": round(load_s, 1), "params": count_params(model),
                   "resident_mb_loaded": round(loaded_mb, 1)},

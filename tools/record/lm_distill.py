@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
     runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),
-                 "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "threads": args.threads,
+                 "machine": {**machine_info("cpu").to_dict(), "name": "AMD EPYC 2-core shared box"},
+                 "threads": args.threads,
                  "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
                  "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)})
     record["command"] = "python -m tools.record.lm_distill --ratio R --start svd-llm|loss-weighted (each run: its own)"

@@ -235,7 +235,8 @@ def _record(where: str, study: Callable[[Callable[[dict[str, Any]], None]], dict
     out = Path(where)
     runs = read_record(out)["runs"] if out.is_file() else []
     runs.append({**result, "command": "python -m tools.record.lm_quality " + " ".join(sys.argv[1:]),
-                 "machine": {**machine_info("cpu"), "name": "AMD EPYC 2-core shared box"}, "load_before": load,
+                 "machine": {**machine_info("cpu").to_dict(), "name": "AMD EPYC 2-core shared box"},
+                 "load_before": load,
                  "seconds": round(time.perf_counter() - t0, 1)})
     write_record(out, {"runs": runs})
 

@@ -48,8 +48,11 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
     from lrdlab.zoo.text import text_loaders
 
     info = pretrained_info(name)
+    if info.seq_len is None:
+        raise ValueError(f"{name!r} is not a shipped language model (its record has no seq_len): name one such as "
+                         "llama_pydoc")
     model = pretrained(name)
-    loaders = text_loaders(info["seq_len"], 32, validation_sequences=validation_sequences)
+    loaders = text_loaders(info.seq_len, 32, validation_sequences=validation_sequences)
     calib = loaders.calibration(calibration_sequences)
     train = list(itertools.islice(iter(loaders.train), distill_steps))  # None: the whole epoch
     dense = evaluate(model, loaders.test)
@@ -73,7 +76,7 @@ def perplexity_table(name: str = "llama_pydoc", ratios: Sequence[float] = RATIOS
         rows.append(row)
     return {"model": name, "dense_perplexity": round(dense["perplexity"], 4), "dense_params": count_params(model),
             "validation_tokens": dense["images"], "rows": rows, "calibration_tokens": sum(c.numel() for c in calib),
-            "distill_steps": len(train), "distill_epoch_steps": len(loaders.train), "baselines": info.get("baselines")}
+            "distill_steps": len(train), "distill_epoch_steps": len(loaders.train), "baselines": info.baselines}
 
 
 def _table_one_thread(kw: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +113,8 @@ def record_lm_perplexity(out: str | Path = "data/lm_perplexity_pydoc.json", comm
                                                     "0.5, T 4)"},
                         **({"command": command} if command else {}), **table,
                         "seconds": round(time.perf_counter() - t0, 1),
-                        "machine": {**machine_info("cpu"), "torch_threads": 1}})  # the tables' processes: 1 thread
+                        # the tables' processes: 1 thread
+                        "machine": {**machine_info("cpu").to_dict(), "torch_threads": 1}})
 
 
 def speed_table(config: dict[str, Any] | None = None, ratio: float = 2.0, *, threads: Sequence[int] = (1, 0),
@@ -138,4 +142,4 @@ def record_lm_speed(out: str | Path = "data/lm_decode_llama100m_cpu.json", comma
                                 "Llama; speed-up = median paired ratio over interleaved rounds, 95% bootstrap "
                                 "interval; bytes_ideal = parameter bytes read per decode token, dense / decomposed",
                         **({"command": command} if command else {}), **table,
-                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")})
+                        "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu").to_dict()})

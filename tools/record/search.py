@@ -58,7 +58,7 @@ def record_search(out: Path, image_size: int = 112, batch: int = 8, budget_s: fl
                 "settings, repeats 5), then original vs vanilla vs searched ranks vs g=32 vs merging + searched "
                 "ranks vs merging + g=32, inference, interleaved, adaptive rounds (up to 60)",
         "command": f"python -m tools.record speed-checks --only search --threads {threads}",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_s": search_s, "search_settings": searched.settings["optimize"],
         "t1": rank_table(vanilla, searched).to_dict(orient="records"), "rows": table.to_dict(orient="records"),
     })
@@ -96,7 +96,7 @@ def record_search_compile(out: Path, image_size: int = 112, batch: int = 8, budg
                 f"original vs vanilla vs the searched ranks recorded at {threads} thread(s) vs g=32 vs merging + "
                 "those ranks, inference, interleaved, adaptive rounds (up to 60)",
         "command": f"python -m tools.record speed-checks --only search-compile --threads {threads}",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "rows": table.to_dict(orient="records"),
     })
 
@@ -155,7 +155,7 @@ def record_breakdown(out: Path, image_size: int = 112, batch: int = 8, rounds: i
                 "no time",
         "command": "python -m tools.record speed-checks --only breakdown --threads "
                    f"{__import__('torch').get_num_threads()}",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "plans": results,
     })
 
@@ -196,7 +196,7 @@ def record_plan_choice(out: Path, image_size: int = 112, batch: int = 8, budget_
                 "default unless the other is faster with 95% confidence",
         "command": "python -m tools.record speed-checks --only plan-choice --threads "
                    f"{__import__('torch').get_num_threads()}",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "search_g32_s": search_s, "t1_g32": rank_table(g32, searched_g32).to_dict(orient="records"),
         "backends": choices,
     })

@@ -264,7 +264,7 @@ def record(out: Path, settle_s: float = 3.0, busy: int = BUSY) -> dict[str, Any]
            "load_made": f"{busy} processes spinning one core each (pids {pids}) for the whole recording",
            "load_average_found": found, "load_average_at_first_move": load_at_start,
            "load_average_after": load_average(), "summary": summary(moves), "moves": [asdict(m) for m in moves],
-           "machine": machine_info(), "seconds": round(time.perf_counter() - started, 1),
+           "machine": machine_info().to_dict(), "seconds": round(time.perf_counter() - started, 1),
            "first_loads": "a model's first load (its weights read) is listed apart and not held to the goal",
            "lm_weights": lm_weights,
            "meets_goal": all(s["meets_goal"] for s in summary(moves).values() if s["meets_goal"] is not None)}

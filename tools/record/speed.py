@@ -68,7 +68,7 @@ def record_resnet50(out: Path, *, image_size: int = 112, batch: int = 8, device:
         "command": f"python -m tools.record speed --out {out} --only resnet50 --image-size {image_size} "
                    f"--batch {batch} --rounds {rounds} --search-rounds {search_rounds} "
                    f"--threads {torch.get_num_threads()}",
-        "input_shape": list(shape), "machine": machine_info(dev),
+        "input_shape": list(shape), "machine": machine_info(dev).to_dict(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "settings": {"rounds": rounds, "inference": {"warmup": 1, "repeats": 3},
                      "train": {"warmup": 1, "repeats": 1, "optimizer": "SGD momentum 0.9", "labels": "random"},
@@ -95,7 +95,7 @@ def record_f1(out: Path, *, input_shape: Sequence[int] = (8, 512, 7, 7), ranks: 
         "what": "Tucker-2 (r1 = r2 = r) of a 512→512 3×3 conv, stride 1, padding 1, forward only, fp32; "
                 "time per batch, median (and quartiles) over rounds × repeats interleaved samples",
         "command": f"python -m tools.record speed --out {out} --only f1 --threads {torch.get_num_threads()}",
-        "input_shape": list(input_shape), "machine": machine_info(dev),
+        "input_shape": list(input_shape), "machine": machine_info(dev).to_dict(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "settings": {"rounds": rounds, "repeats": repeats, "warmup": 3},
         "cliffs": rank_cliffs(df, rounds=rounds),

@@ -59,7 +59,7 @@ def probe(threads: int) -> dict[str, Any]:
         decompose(model, plan, progress=False)
         out[f"decompose_{name}_s"] = time.perf_counter() - t
         out[f"decompose_{name}_layers"] = len(plan.decomposed_layers)
-    return {**out, **compute_info()}
+    return {**out, **compute_info().to_dict()}
 
 
 COMPETITOR = ("import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nend = time.time() + 600\n"
@@ -102,7 +102,7 @@ def record_compute(out: Path) -> Path:
                 "to decompose ResNet-50 (conv1/downsample excluded) and ViT-B/16 at 2x, per torch thread count and "
                 "OpenMP wait policy, each in a fresh process (the wait policy is fixed when torch loads); medians. "
                 "Rows with a competitor ran beside another 2-thread process (a matmul loop)",
-        "command": "python -m tools.record speed-checks --only compute", "machine": machine_info(),
+        "command": "python -m tools.record speed-checks --only compute", "machine": machine_info().to_dict(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "rows": rows,
     })
 
@@ -122,7 +122,7 @@ def record_aa(out: Path, rounds: int = 5) -> Path:
     return write_record(out / "aa_check_cpu.json", {
         "what": "A/A check: ResNet-18 timed interleaved against its own copy; speed-up % with its 95% bootstrap "
                 "interval (must cover 0)", "command": "python -m tools.record speed-checks --only aa",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "speedup_pct": up.to_pct(), "covers_zero": up.within_noise, "rows": df.to_dict(orient="records"),
     })
 
@@ -157,7 +157,7 @@ def record_backends(out: Path, backends: tuple[str, ...] = ("eager", "onnxruntim
                 f"(until the 95% interval is ±3 points, or {budget_s:.0f} s)",
         "command": "python -m tools.record speed-checks --only backends --threads "
                    f"{__import__('torch').get_num_threads()}",
-        "machine": machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info().to_dict(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "backends": results, "pipelines": pipelines,
     })
 

@@ -43,6 +43,6 @@ def record_speed_story(out: Path, threads: tuple[int, ...] = (1, 2), data: Path 
                 "thread count",
         "command": f"python -m tools.record speed-story --threads {','.join(map(str, threads))}",
         "search": "robust search at each thread count (" + ", ".join(sorted({r["search"] for r in runs})) + ")",
-        "machine": machine_info(),
+        "machine": machine_info().to_dict(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(), "runs": runs,
     })

@@ -46,7 +46,7 @@ def techniques_table(model_name: str = "resnet50", batch: int = 8, image_size: i
         "speed": {"harness": "lrdlab.compare (interleaved, median of per-round ratios)", "rounds": rounds,
                   "warmup": warmup, "repeats": repeats, "train_step": "forward + backward + SGD step, random labels"}
         if speed else None,
-        "machine": machine_info("cpu"), "rows": rows,
+        "machine": machine_info("cpu").to_dict(), "rows": rows,
     }
 
 

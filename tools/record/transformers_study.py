@@ -191,7 +191,7 @@ def run_transformers_study(model: nn.Module, loaders: Any, *, ratios: Sequence[f
                      "granularities": list(granularities), "gemm_tokens": tokens, "batch": batch, "rounds": rounds,
                      "seed": seed, "finetune": FINETUNE, "model": model_info,
                      "calibration": "given" if calibration is not None else "none (plain SVD)"},
-        "machine": machine_info("cpu"), "command": command, "schema": SCHEMA,
+        "machine": machine_info("cpu").to_dict(), "command": command, "schema": SCHEMA,
         "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
         "wall_s": time.perf_counter() - started,
     }

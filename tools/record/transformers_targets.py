@@ -193,7 +193,7 @@ def record_targets(out: str | Path, *, vit_tiny: str | Path | None = None, skip:
     """Measure the transformer targets (``vit_b_16``, ``gpt2``) and the q/k/v choice (``qkv``); write ``out``."""
     result: dict[str, Any] = {
         "what": "transformer targets and the q/k/v design measurement (random weights unless stated)",
-        "command": command, "machine": machine_info("cpu"), "load_average_before": list(os.getloadavg()),
+        "command": command, "machine": machine_info("cpu").to_dict(), "load_average_before": list(os.getloadavg()),
     }
     if "vit_b_16" not in skip:
         result["vit_b_16"] = vit_b_16_target()

@@ -75,7 +75,7 @@ def compare(ratio: float = 2.0, repeats: int = 2, out: str | Path | None = None)
               "rows": [asdict(r) for r in rows], "decompose_s": round(whole, 2),
               "note": "seconds: best of repeats, one thread inside each factorization; wall time on a shared "
                       "2-core machine where other jobs ran (load = 1-min load average after the variant)",
-              "machine": machine_info("cpu")}
+              "machine": machine_info("cpu").to_dict()}
     if out is not None:
         write_record(out, result)
     return result

@@ -54,7 +54,7 @@ def export_pretrained(name: str, run_dir: str | Path, model_name: str, *, storag
         "recipe": {"epochs": len(history), "train_s": round(sum(h.get("epoch_s", 0) for h in history), 1),
                    "final_train_accuracy": history[-1].get("train_accuracy") if history else None,
                    "history_accuracy": [round(h["accuracy"], 2) for h in history]},
-        "machine": machine_info("cpu"),
+        "machine": machine_info("cpu").to_dict(),
     }
     write_record(directory / f"{name}.json", info)
     return info
@@ -117,7 +117,7 @@ def export_lm(name: str, run_dir: str | Path, *, command: str = "", directory: s
         "command": command, "recipe": recipe,
         "train_s": round(sum(h.get("epoch_s", 0) for h in history), 1),
         "history_perplexity": [round(float(torch.tensor(h["loss"]).exp()), 3) for h in history],
-        "machine": machine_info("cpu"), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info("cpu").to_dict(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_record(directory / f"{name}.json", info)
     return info

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "HF WhisperEncoder FLOPs by aten op (meta device, exact counts), input_features 1x80x3000, before and "
                 "after per-layer Ratio plans; bound = (1 - 1/r) x the weight layers' FLOP share",
         "command": "python -m tools.record.whisper_flops " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info("cpu"), "load_average_before": list(os.getloadavg()),
+        "machine": machine_info("cpu").to_dict(), "load_average_before": list(os.getloadavg()),
     }
     for size in WIDTHS:
         print(f"whisper-{size} encoder ...", file=sys.stderr, flush=True)
