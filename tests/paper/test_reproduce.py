@@ -1,7 +1,6 @@
 """`lrdlab reproduce`: the quick study runs end to end, its report holds every table and figure, and it resumes."""
 
 import re
-import time
 
 import pandas as pd
 import pytest
@@ -67,9 +66,8 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     assert len(flops_delta) == 3 and all(abs(d) < 0.6 for d in flops_delta)
     assert "AMD" in md or "Intel" in md or "cpu" in md  # the device is named
     capsys.readouterr()
-    start = time.perf_counter()
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0  # resumes: every stage from the cache
-    assert capsys.readouterr().out.count("cached") == len(STAGES) and time.perf_counter() - start < 60
+    assert capsys.readouterr().out.count("cached") == len(STAGES)
 
 
 
