@@ -9,7 +9,7 @@ Hook it into the reproduction report with one call where the other sections are 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lrdlab.explore.recorded import throughput_table
-from lrdlab.measure.records import read_record
+from lrdlab.measure.records import check_fields, read_record
 from lrdlab.measure.stats import robust_sigma
 
 FRAMES = ("accuracy", "freezing_history", "freezing_throughput", "gemm_ranks", "gemm_granularity")
@@ -44,10 +44,7 @@ class TransformersStudy:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TransformersStudy:
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"transformer study fields {unknown} are unknown to TransformersStudy: add them to "
-                             "lrdlab.explore.transformers_report.TransformersStudy")
+        check_fields(cls, raw, "the transformer study")
         return cls(**{k: (pd.DataFrame(v) if k in FRAMES else v) for k, v in raw.items()})
 
     def __str__(self) -> str:

@@ -59,6 +59,15 @@ def read_record(name_or_path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
+def check_fields(cls: type, raw: dict[str, Any], what: str) -> None:
+    """Raise ``ValueError`` if the recorded ``raw`` has fields the record class ``cls`` does not know (``what``
+    names the record in the message), so that a newer file is not silently read in part."""
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{what} has fields {unknown} that {cls.__name__} does not know: add them to "
+                         f"{cls.__module__}.{cls.__qualname__}")
+
+
 @dataclass(frozen=True)
 class StudyRecord:
     """Base of a study's typed result: its ``rows`` (one dict per measured variant) and what it ran with.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrdlab.measure.records import read_record
+from lrdlab.measure.records import check_fields, read_record
 
 # --- compact storage of shipped weights: floats as fp16, or large matrices as per-row int8 -------------
 
@@ -136,10 +136,7 @@ class PretrainedInfo:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> PretrainedInfo:
-        unknown = sorted(set(record) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"pretrained record {record.get('name')!r} has fields {unknown} that PretrainedInfo "
-                             "does not know: add them to lrdlab.zoo.pretrained.PretrainedInfo")
+        check_fields(cls, record, f"pretrained record {record.get('name')!r}")
         return cls(**record)
 
     def to_dict(self) -> dict[str, Any]:

@@ -85,3 +85,13 @@ def test_a_study_record_shows_its_columns_and_writes_its_fields(tmp_path):
     assert "<table" in study._repr_html_() and list(study.table().columns) == ["name", "acc", "hidden"]
     path = write_record(tmp_path / "s.json", {"study": study})  # nested records are written as their to_dict()
     assert read_record(path) == {"study": {"rows": study.rows, "machine": {"cpu": "x"}}}
+
+
+def test_a_record_with_fields_its_class_does_not_know_is_refused_by_name():
+    from lrdlab.measure.records import check_fields
+    from lrdlab.zoo.pretrained import PretrainedInfo
+
+    with pytest.raises(ValueError, match=r"pretrained record 'x' has fields \['later'\] that PretrainedInfo does "
+                                         r"not know: add them to lrdlab.zoo.pretrained.PretrainedInfo"):
+        PretrainedInfo.from_dict({"name": "x", "later": 1})
+    check_fields(PretrainedInfo, {"name": "x"}, "a record")  # known fields only: nothing raised
