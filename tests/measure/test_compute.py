@@ -185,6 +185,7 @@ def test_the_machine_is_a_record_that_prints_one_line_and_writes_the_flat_record
     from lrdlab.measure.machine import machine_info
 
     monkeypatch.setattr(compute, "_CURRENT", compute.ComputeSettings("auto", "shared", 1, "PASSIVE", "a note"))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the policy in force is read from the environment
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
