@@ -30,7 +30,8 @@ from lrdlab.cli.common import (
 
 def add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the papers' tables and figures on this machine: report.md + figures")
-    p.add_argument("--quick", action="store_true", help="the small version (< 10 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="the small version: the embedded data, short training, "
+                   "few timing rounds (the report ends with each stage's time)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--data", default="mnist5k", help="mnist5k (embedded, default), cifar10 or imagenet:PATH")
     p.add_argument("--out", type=Path, default=None, help="output directory (default reports/quick or reports/full)")

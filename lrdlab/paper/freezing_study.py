@@ -144,9 +144,8 @@ def run_freezing_study(config: FreezingStudyConfig | None = None, *, device: str
     Fine-tuning starts from the data-aware, BN-recalibrated decomposition (``calibration_images=0``: the
     papers' weight-only start, which sits at chance level before training), and every mode fine-tunes a
     copy with the same data order. Returns a :class:`FreezingStudy` and writes it as JSON to ``out`` when
-    given. Quick:
-    ``run_freezing_study(STUDY_QUICK)`` takes ~2-3 minutes on 2 quiet cores; ``STUDY_FULL`` is the
-    recorded ``data/freezing_mnist5k.json``.
+    given. :data:`STUDY_QUICK` is a few minutes on 2 cores; :data:`STUDY_FULL` is the recorded
+    ``data/freezing_mnist5k.json``.
     """
     from lrdlab.lowrank.calibration import calibration_batches
     from lrdlab.lowrank.plan import applicable_patterns

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from lrdlab.measure.timing_config import TimingConfig
 from lrdlab.paper.tables import render
 from lrdlab.zoo.models import get_model
 
+if TYPE_CHECKING:
+    from lrdlab.paper.freezing_study import FreezingStudyConfig
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -36,6 +39,7 @@ class Settings:
     out: str = "reports/quick"
     threads: int | None = None  # torch threads of every measurement (None: as the compute mode leaves them)
     speed_modes: tuple[str, ...] = ("train", "inference")  # what the techniques stage times
+    freezing: FreezingStudyConfig | None = None  # F7/F8's sizes (None: the mode's own, see :attr:`freezing_study`)
 
     @property
     def gpu(self) -> bool:
@@ -52,6 +56,14 @@ class Settings:
     def layer_batch(self) -> int:
         """Batch of the per-layer searches (Algorithm 1, F1) at the paper's 224×224 activations."""
         return 32 if self.gpu else (1 if self.quick else 4)
+
+    @property
+    def freezing_study(self) -> FreezingStudyConfig:
+        """F7/F8's sizes: quick trains on the whole embedded data set for fewer epochs; full is the recorded study."""
+        from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK
+
+        preset = self.freezing or (replace(STUDY_QUICK, epochs=4, subset=None) if self.quick else STUDY_FULL)
+        return replace(preset, model="resnet20", data=self.data)
 
     @property
     def repeats(self) -> int:
@@ -143,13 +155,10 @@ def stage_granularity(settings: Settings, results: dict[str, Any]) -> dict[str, 
 
 def stage_freezing(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
     """F7/F8 (P2-style): ResNet-20 trained on the data, decomposed at 2x, fine-tuned with none/regular/sequential."""
-    from lrdlab.paper.freezing_study import STUDY_FULL, STUDY_QUICK, run_freezing_study
+    from lrdlab.paper.freezing_study import run_freezing_study
 
-    # quick: the whole embedded data set, shorter training (~2 min on 2 cores); full: the recorded study
-    preset = replace(STUDY_QUICK, epochs=4, subset=None) if settings.quick else STUDY_FULL
     weights = Path(settings.out) / "cache" / "resnet20_trained.pt"
-    result = run_freezing_study(replace(preset, model="resnet20", data=settings.data), device=settings.device,
-                                progress=True, save_original=weights)
+    result = run_freezing_study(settings.freezing_study, device=settings.device, progress=True, save_original=weights)
     return result.to_dict()
 
 

@@ -346,4 +346,12 @@ def render(settings: Settings, results: dict[str, dict[str, Any]]):
     d = results["decompose_time"]
     report.text(f"Decomposing the {d['layers']} layers of ResNet-50 (HOSVD, 2x) takes {d['median_s']:.2f} s "
                 f"(median of 3, {d['threads']} threads).")
+    report.text(run_time_text(results))
     return report.write()
+
+
+def run_time_text(results: dict[str, dict[str, Any]]) -> str:
+    """Each stage's computing time, as its cache recorded it (a resumed run adds nothing)."""
+    seconds = {name: res["_seconds"] for name, res in results.items() if "_seconds" in res}
+    stages = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+    return f"Run time: {sum(seconds.values()) / 60:.1f} min computing ({stages}); rendering is redone every run."

@@ -130,8 +130,9 @@ def test_torchvision_family(name):
     check_family(*_tv(*TORCHVISION[name]))
 
 
-# VGG's 25088→4096 classifier Linear costs minutes of float64 SVD at full rank: its convs carry the family
-BIG_CLASSIFIER = {"vgg11": ["classifier.0"]}
+# The 4096-wide classifier Linears (VGG 25088→4096→4096, AlexNet 9216→4096→4096) cost minutes of float64 SVD at
+# full rank and check nothing the last, smaller Linear does not: the convs and that Linear carry the family
+BIG_CLASSIFIER = {"vgg11": ["classifier.0", "classifier.3"], "alexnet": ["classifier.1", "classifier.4"]}
 
 
 @slow

@@ -1,6 +1,7 @@
 """`lrdlab reproduce`: the quick study runs end to end, its report holds every table and figure, and it resumes."""
 
 import re
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -8,6 +9,7 @@ from matplotlib.figure import Figure
 
 from lrdlab.cli import main
 from lrdlab.explore import numbers as paper
+from lrdlab.measure.records import read_record
 from lrdlab.paper.report import Report
 from lrdlab.paper.reproduce import STAGES, Settings, run_stages
 from lrdlab.paper.tables import table1
@@ -35,6 +37,13 @@ def test_table1_compares_with_the_paper():
     assert list(df["match"]) == ["yes"] * 6 + ["NO"]
 
 
+def test_the_report_states_each_stage_time_from_its_cache():
+    from lrdlab.paper.tables import run_time_text
+
+    text = run_time_text({"optimize": {"_seconds": 61.4}, "freezing": {"_seconds": 29.0}, "old": {"rows": []}})
+    assert text.startswith("Run time: 1.5 min computing (optimize 61 s, freezing 29 s)") and "old" not in text
+
+
 def test_stages_resume_from_the_cache(tmp_path, capsys):
     calls = []
 
@@ -51,9 +60,17 @@ def test_stages_resume_from_the_cache(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_reproduction_end_to_end(tmp_path, capsys):
+    """Every stage of ``make reproduce`` live, SmolLM2 included; F7/F8 at a smaller size than the quick preset (its
+    training was 40% of the run; the study's own tests cover its sizes), then a rerun through the CLI from the cache."""
+    from lrdlab.paper.freezing_study import STUDY_QUICK
+    from lrdlab.paper.reproduce import reproduce
+
     out = tmp_path / "quick"
-    assert main(["reproduce", "--quick", "--out", str(out)]) == 0
+    small = replace(STUDY_QUICK, epochs=1, finetune_epochs=1, subset=512, bench_rounds=2)
+    assert Settings(quick=True).freezing_study.subset is None  # the real quick run trains on every image
+    reproduce(Settings(quick=True, out=str(out), freezing=small))
     md = (out / "report.md").read_text()
+    assert read_record(out / "cache" / "freezing.json")["settings"]["subset"] == 512
     for heading in ("T1", "T2", "F1/F2", "F3", "F4", "F5", "F6", "F7/F8", "F9", "F10", "F11", "Where the time goes",
                     "Language model — SmolLM2-135M-Instruct"):
         assert heading in md, heading
@@ -65,6 +82,7 @@ def test_quick_reproduction_end_to_end(tmp_path, capsys):
     flops_delta = [float(x) for x in re.findall(r"\| (-?\d+\.\d+) \|\n", md.split("FLOPs Δ (points)")[1])[:3]]
     assert len(flops_delta) == 3 and all(abs(d) < 0.6 for d in flops_delta)
     assert "AMD" in md or "Intel" in md or "cpu" in md  # the device is named
+    assert md.count("Run time: ") == 1 and all(f"{name} " in md.split("Run time: ")[1] for name, _, _ in STAGES)
     capsys.readouterr()
     assert main(["reproduce", "--quick", "--out", str(out)]) == 0  # resumes: every stage from the cache
     assert capsys.readouterr().out.count("cached") == len(STAGES)
