@@ -13,16 +13,14 @@ from lrdlab import Calibration, FixedRank, Ratio, decompose, make_plan
 from lrdlab.lowrank.calibration import calibrated_decompose
 from lrdlab.lowrank.calibration_blocks import capture_stack, find_stack
 from lrdlab.lowrank.layers import LowRankLayer
+from tests.lowrank.tiny_llama import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 64
 
 
 def _llama(layers: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config).double().eval()
+    return tiny_llama(layers, VOCAB, seed)
 
 
 def _decoder(name: str) -> nn.Module:

@@ -16,16 +16,14 @@ from lrdlab.lowrank.loss_weighted import (
 )
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.lowrank.plan_config import LossAware
+from tests.lowrank.tiny_llama import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 48
 
 
 def _llama(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config).double().eval()
+    return tiny_llama(2, VOCAB, seed)
 
 
 def _batches(seed: int = 1) -> list[torch.Tensor]:

@@ -14,16 +14,14 @@ from lrdlab.lowrank.calibration_fit import Moments
 from lrdlab.lowrank.layers import LowRankLayer, dense_weight
 from lrdlab.lowrank.loss_weighted import fit_plan
 from lrdlab.lowrank.plan import Ratio, make_plan
+from tests.lowrank.tiny_llama import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 48
 
 
 def _llama(layers: int, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config).double().eval()  # lm_head untied: a planned layer outside the stack
+    return tiny_llama(layers, VOCAB, seed)
 
 
 def _batches(seed: int = 1) -> list[torch.Tensor]:
