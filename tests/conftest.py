@@ -14,6 +14,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+INIT_FUNCTIONS = {name: getattr(torch.nn.init, name) for name in dir(torch.nn.init) if name.endswith("_")
+                  and not name.startswith("_")}
+
+
+@pytest.fixture(autouse=True)
+def torch_init_intact():
+    """Every test leaves torch.nn.init as it found it. transformers' model loading swaps these functions for no-ops
+    process-wide while it runs; two loads at once in different threads can leave them swapped, and every model
+    built afterwards keeps uninitialised weights. This names the test that did it, not the hundreds after it."""
+    yield
+    swapped = sorted(name for name, fn in INIT_FUNCTIONS.items() if getattr(torch.nn.init, name) is not fn)
+    for name in swapped:
+        setattr(torch.nn.init, name, INIT_FUNCTIONS[name])
+    assert not swapped, f"torch.nn.init functions left swapped (restored now): {swapped}"
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     """Point lrdlab's measurement cache (``$LRDLAB_CACHE``) at a fresh temporary folder."""

@@ -12,6 +12,7 @@ Linear projections (q/k/v/o, gate/up/down of each of its 30 layers), with the sp
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -154,6 +155,7 @@ def is_loaded(key: str) -> bool:
 
 
 _loaded: set[tuple] = set()
+_LOADING = threading.Lock()  # the explorers load from background threads: one load at a time
 
 
 def load(key: str) -> nn.Module:
@@ -164,10 +166,12 @@ def load(key: str) -> nn.Module:
 
 @lru_cache(maxsize=4)
 def _load(arch_name: str, name: str | None, weights_dir: str) -> nn.Module:
-    if name is not None:
-        model = pretrained.pretrained(name).eval()
-    else:
-        torch.manual_seed(0)
-        model = models.get_model(arch_name).eval()
+    with _LOADING:  # a model in memory is answered without waiting for another one's load
+        if name is not None:
+            model = pretrained.pretrained(name).eval()
+        else:
+            with torch.random.fork_rng(devices=[]):  # seed 0 without moving the caller's random stream
+                torch.manual_seed(0)
+                model = models.get_model(arch_name).eval()
     _loaded.add((arch_name, name, weights_dir))
     return model

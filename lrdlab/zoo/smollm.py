@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,20 +110,15 @@ def _write_cache(entry: Path, model: nn.Module, tokenizer: Any) -> None:
             raise
 
 
-def _no_init() -> Any:
-    try:
-        from transformers.initialization import no_init_weights  # transformers 5
-    except ImportError:  # pragma: no cover - transformers 4
-        from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined,no-redef]
-    return no_init_weights()
-
-
 def _from_cache(entry: Path) -> tuple[nn.Module, Any]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig.from_dict(json.loads((entry / "config.json").read_text()))
     state = torch.load(entry / "state_dict.pt", map_location="cpu", weights_only=True)
-    with _no_init():  # every weight is loaded next: skip the random initialisation
+    # built with its random initialisation (a second): transformers' no_init_weights would swap torch.nn.init's
+    # functions for no-ops process-wide while it runs, and this runs in the explorers' background threads, where
+    # any model the user builds meanwhile, or a second such context, would keep uninitialised weights
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
         model = LlamaForCausalLM(config)
     model.load_state_dict(state, strict=True)
     model.tie_weights()
@@ -130,13 +126,22 @@ def _from_cache(entry: Path) -> tuple[nn.Module, Any]:
     return model.eval(), tokenizer
 
 
+_LOADING = threading.RLock()  # one load at a time: transformers' from_pretrained patches torch.nn.init while it runs
+
+
 def load_smollm2(*, cache: bool = True) -> LanguageModel:
     """SmolLM2-135M-Instruct and its tokenizer, in eval mode, float32 (offline).
 
     The first call reads the GGUF file (slow) and, with ``cache``, writes the cache entry under
     :func:`cache_dir`; later calls read the entry. ``cache=False`` reads the GGUF file and writes nothing.
+    Threads load one after another.
     """
     _require("transformers", "gguf", "accelerate")
+    with _LOADING:
+        return _load_smollm2(cache)
+
+
+def _load_smollm2(cache: bool) -> LanguageModel:
     entry = _entry(cache_dir())
     if cache and (entry / "state_dict.pt").is_file():
         model, tokenizer = _from_cache(entry)
@@ -151,7 +156,11 @@ def load_causal_lm(source: str | Path) -> nn.Module:
     """A causal LM from a shipped name (``smollm2_135m``), a checkpoint folder or a ``.gguf`` file (see above)."""
     if str(source) in LANGUAGE_MODELS:
         return load_smollm2().model
-    path = Path(source).expanduser()
+    with _LOADING:
+        return _load_causal_lm(Path(source).expanduser(), source)
+
+
+def _load_causal_lm(path: Path, source: str | Path) -> nn.Module:
     if path.is_file() and path.suffix == ".gguf":
         transformers = require_transformers()
         try:

@@ -141,3 +141,57 @@ def test_real_model_loads_from_gguf_then_cache_with_a_sane_perplexity(real_cache
     out = model.generate(first.tokenizer("The for statement", return_tensors="pt").input_ids, max_new_tokens=8,
                          do_sample=False)
     assert out.shape[1] > 3 and first.tokenizer.decode(out[0]).startswith("The for statement")
+
+
+def test_loading_from_the_cache_leaves_torch_init_alone_and_the_random_stream_where_it_was(fake_gguf, monkeypatch):
+    """The explorers load in background threads: a load must not swap torch.nn.init's functions for no-ops (as
+    transformers' no_init_weights does process-wide), or a model built meanwhile in another thread keeps
+    uninitialised weights; nor may it reseed the caller's generator."""
+    import transformers
+
+    smollm.load_smollm2()  # writes the cache entry
+    originals = (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_)
+    seen = []
+    build = transformers.LlamaForCausalLM.__init__
+
+    def recording(self, *args, **kwargs):
+        seen.append((torch.nn.init.normal_, torch.nn.init.kaiming_uniform_) == originals)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "__init__", recording)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert smollm.load_smollm2().source == "cache"
+    assert seen == [True] and torch.equal(torch.rand(3), expected)
+
+
+def test_threads_load_one_after_another(monkeypatch):
+    """Two explorer threads asking for models at once: the loads never overlap (transformers' loading patches
+    torch.nn.init process-wide; two at once can leave it patched)."""
+    import threading
+    import time
+
+    from lrdlab.explore import lab_models
+
+    active, most = [0], [0]
+
+    def slow_model(name):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        active[0] -= 1
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(lab_models.models, "get_model", slow_model)
+    lab_models._load.cache_clear()
+    try:
+        threads = [threading.Thread(target=lab_models.load, args=(key,)) for key in ("resnet18", "resnet20")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        lab_models._load.cache_clear()
+        lab_models._loaded.clear()
+    assert most[0] == 1
