@@ -13,6 +13,7 @@ Linear projections (q/k/v/o, gate/up/down of each of its 30 layers), with the sp
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -150,28 +151,36 @@ def model_label(key: str) -> str:
 
 def is_loaded(key: str) -> bool:
     """Whether :func:`load` answers at once (the model is in memory)."""
-    spec = lab_model(key)
-    return any(k[:2] == (spec.arch, spec.pretrained) for k in _loaded)
+    return _weights(lab_model(key)) in _models
 
 
-_loaded: set[tuple] = set()
-_LOADING = threading.Lock()  # the explorers load from background threads: one load at a time
+_models: OrderedDict[tuple, nn.Module] = OrderedDict()  # the last few loaded, by weights (the LM holds 0.5 GB)
+_KEEP = 4
+_LOADING = threading.Lock()  # the explorers load from background threads: one load at a time, each model once
+
+
+def _weights(spec: LabModel) -> tuple:
+    return spec.arch, spec.pretrained, str(pretrained.WEIGHTS_DIR)
 
 
 def load(key: str) -> nn.Module:
-    """The model in eval mode (trained weights, or random init with seed 0); cached per weights file."""
-    spec = lab_model(key)
-    return _load(spec.arch, spec.pretrained, str(pretrained.WEIGHTS_DIR))
+    """The model in eval mode (trained weights, or random init with seed 0); kept per weights file. A model in
+    memory is answered at once, even while another one loads."""
+    weights = _weights(lab_model(key))
+    model = _models.get(weights)
+    if model is not None:
+        return model
+    with _LOADING:
+        if weights not in _models:
+            _models[weights] = _build(*weights[:2])
+            while len(_models) > _KEEP:
+                _models.popitem(last=False)
+        return _models[weights]
 
 
-@lru_cache(maxsize=4)
-def _load(arch_name: str, name: str | None, weights_dir: str) -> nn.Module:
-    with _LOADING:  # a model in memory is answered without waiting for another one's load
-        if name is not None:
-            model = pretrained.pretrained(name).eval()
-        else:
-            with torch.random.fork_rng(devices=[]):  # seed 0 without moving the caller's random stream
-                torch.manual_seed(0)
-                model = models.get_model(arch_name).eval()
-    _loaded.add((arch_name, name, weights_dir))
-    return model
+def _build(arch_name: str, name: str | None) -> nn.Module:
+    if name is not None:
+        return pretrained.pretrained(name).eval()
+    with torch.random.fork_rng(devices=[]):  # seed 0 without moving the caller's random stream
+        torch.manual_seed(0)
+        return models.get_model(arch_name).eval()

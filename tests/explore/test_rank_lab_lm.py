@@ -10,8 +10,7 @@ Q0 = "model.layers.0.self_attn.q_proj"
 
 
 def test_the_lm_is_listed_without_being_loaded():
-    lab_models._load.cache_clear()
-    lab_models._loaded.clear()
+    lab_models._models.clear()
     assert lab_models.LM_KEY in lab_models.default_keys()
     spec = lab_models.lab_model(lab_models.LM_KEY)
     assert spec.kind == "lm" and spec.trained and not spec.scored and spec.input_size == (lab_models.LM_TOKENS,)
@@ -22,8 +21,7 @@ def test_the_lm_is_listed_without_being_loaded():
 def test_explorer_loads_the_lm_in_the_background_and_shows_its_real_spectra(tmp_cache):
     from lrdlab.explore.widgets import RankExplorer
 
-    lab_models._load.cache_clear()
-    lab_models._loaded.clear()
+    lab_models._models.clear()
     lab = rank_lab.RankLab(cache=rank_lab.TimeCache(path=tmp_cache / "t.json", reference=None), batch=2)
     ex = RankExplorer(model="resnet18", layer="fc", lab=lab, auto_measure=False)
     ex.model.value = lab_models.LM_KEY  # a first load: in a thread, the explorer keeps answering meanwhile

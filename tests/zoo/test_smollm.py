@@ -166,32 +166,30 @@ def test_loading_from_the_cache_leaves_torch_init_alone_and_the_random_stream_wh
     assert seen == [True] and torch.equal(torch.rand(3), expected)
 
 
-def test_threads_load_one_after_another(monkeypatch):
-    """Two explorer threads asking for models at once: the loads never overlap (transformers' loading patches
-    torch.nn.init process-wide; two at once can leave it patched)."""
+def test_threads_load_one_after_another_and_each_model_once(monkeypatch):
+    """Explorer threads asking for models at once: the loads never overlap (transformers' loading patches
+    torch.nn.init process-wide; two at once can leave it patched), and a model asked twice is built once."""
     import threading
     import time
 
     from lrdlab.explore import lab_models
 
-    active, most = [0], [0]
+    active, most, built = [0], [0], []
 
     def slow_model(name):
         active[0] += 1
         most[0] = max(most[0], active[0])
         time.sleep(0.2)
         active[0] -= 1
+        built.append(name)
         return torch.nn.Linear(2, 2)
 
     monkeypatch.setattr(lab_models.models, "get_model", slow_model)
-    lab_models._load.cache_clear()
-    try:
-        threads = [threading.Thread(target=lab_models.load, args=(key,)) for key in ("resnet18", "resnet20")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        lab_models._load.cache_clear()
-        lab_models._loaded.clear()
-    assert most[0] == 1
+    monkeypatch.setattr(lab_models, "_models", type(lab_models._models)())
+    threads = [threading.Thread(target=lab_models.load, args=(key,)) for key in ("resnet18", "resnet20", "resnet18")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and sorted(built) == ["resnet18", "resnet20"]
+    assert lab_models.is_loaded("resnet18") and lab_models.load("resnet18") is lab_models.load("resnet18")
