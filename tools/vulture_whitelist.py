@@ -13,6 +13,7 @@ extra_repr
 pytest_collection_modifyitems
 no_prerender  # tests/explore/conftest.py: autouse fixture
 highest_precision  # tests/lowrank/test_plan.py: autouse fixture
+torch_init_intact  # tests/conftest.py: autouse fixture
 pytestmark  # tests/text/test_shipped_lm.py
 aux  # tests/lowrank/test_real_models.py: an attribute torchvision's GoogLeNet reads
 # torchvision dataset internals overridden by name (zoo/data.py) and attributes set for their library
