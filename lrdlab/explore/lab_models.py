@@ -166,21 +166,22 @@ def _weights(spec: LabModel) -> tuple:
 def load(key: str) -> nn.Module:
     """The model in eval mode (trained weights, or random init with seed 0); kept per weights file. A model in
     memory is answered at once, even while another one loads."""
-    weights = _weights(lab_model(key))
+    spec = lab_model(key)
+    weights = _weights(spec)
     model = _models.get(weights)
     if model is not None:
         return model
     with _LOADING:
         if weights not in _models:
-            _models[weights] = _build(*weights[:2])
+            _models[weights] = _build(spec)
             while len(_models) > _KEEP:
                 _models.popitem(last=False)
         return _models[weights]
 
 
-def _build(arch_name: str, name: str | None) -> nn.Module:
-    if name is not None:
-        return pretrained.pretrained(name).eval()
+def _build(spec: LabModel) -> nn.Module:
+    if spec.pretrained is not None:
+        return pretrained.pretrained(spec.pretrained).eval()
     with torch.random.fork_rng(devices=[]):  # seed 0 without moving the caller's random stream
         torch.manual_seed(0)
-        return models.get_model(arch_name).eval()
+        return models.get_model(spec.arch).eval()

@@ -157,10 +157,11 @@ def load_causal_lm(source: str | Path) -> nn.Module:
     if str(source) in LANGUAGE_MODELS:
         return load_smollm2().model
     with _LOADING:
-        return _load_causal_lm(Path(source).expanduser(), source)
+        return _load_causal_lm(source)
 
 
-def _load_causal_lm(path: Path, source: str | Path) -> nn.Module:
+def _load_causal_lm(source: str | Path) -> nn.Module:
+    path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         transformers = require_transformers()
         try:
