@@ -182,6 +182,5 @@ def load(key: str) -> nn.Module:
 def _build(spec: LabModel) -> nn.Module:
     if spec.pretrained is not None:
         return pretrained.pretrained(spec.pretrained).eval()
-    with torch.random.fork_rng(devices=[]):  # seed 0 without moving the caller's random stream
-        torch.manual_seed(0)
+    with models.private_random(0):  # seed 0's weights; other threads' random stream left alone
         return models.get_model(spec.arch).eval()

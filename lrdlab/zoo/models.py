@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lrdlab.zoo import cifar_models
 
@@ -105,6 +110,56 @@ def get_model(name: str, num_classes: int | None = None, weights: str | Path | N
     setattr(model, "lrdlab_name", name)  # noqa: B010 - make_plan records it: a plan names the registered model
     setattr(model, "lrdlab_input_size", tuple(spec.input_size))  # noqa: B010 - calibration errors name the shape
     return model
+
+
+# the random fills that take a generator but no signature to read (C methods and functions)
+_RANDOM_BUILTINS = frozenset({
+    torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.random_, torch.Tensor.exponential_,
+    torch.Tensor.bernoulli_, torch.Tensor.cauchy_, torch.Tensor.log_normal_, torch.Tensor.geometric_,
+    torch.rand, torch.randn, torch.randint, torch.randperm, torch.normal, torch.bernoulli, torch.multinomial,
+    torch.poisson})
+
+
+@functools.cache
+def _draws(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` draws random numbers from a ``generator`` argument (``torch.nn.init``'s functions too)."""
+    if func in _RANDOM_BUILTINS:
+        return True
+    try:
+        return "generator" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _hashable(func: Any) -> bool:
+    try:
+        hash(func)
+    except TypeError:
+        return False
+    return True
+
+
+class _PrivateGenerator(TorchFunctionMode):
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if kwargs.get("generator") is None and _hashable(func) and _draws(func):
+            kwargs["generator"] = self.generator
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def private_random(seed: int) -> Iterator[None]:
+    """Within the block, this thread's random fills (``torch.nn.init``, ``Tensor.normal_``, ``torch.randn`` …)
+    draw from a private generator seeded with ``seed``: a model built here gets the weights it gets after
+    ``torch.manual_seed(seed)``, and the global random stream, which other threads draw from meanwhile, is neither
+    read nor moved (``fork_rng`` would rewind their draws). The mode is thread-local, like every torch function
+    mode. Dropout's draws (no generator argument) are not redirected: build models here, do not train them."""
+    with _PrivateGenerator(torch.Generator().manual_seed(seed)):
+        yield
 
 
 def input_size(name: str) -> tuple[int, int, int]:

@@ -113,12 +113,15 @@ def _write_cache(entry: Path, model: nn.Module, tokenizer: Any) -> None:
 def _from_cache(entry: Path) -> tuple[nn.Module, Any]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from lrdlab.zoo.models import private_random
+
     config = LlamaConfig.from_dict(json.loads((entry / "config.json").read_text()))
     state = torch.load(entry / "state_dict.pt", map_location="cpu", weights_only=True)
-    # built with its random initialisation (a second): transformers' no_init_weights would swap torch.nn.init's
-    # functions for no-ops process-wide while it runs, and this runs in the explorers' background threads, where
-    # any model the user builds meanwhile, or a second such context, would keep uninitialised weights
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
+    # built with its random initialisation (a second), from a private generator: transformers' no_init_weights
+    # would swap torch.nn.init's functions for no-ops process-wide while it runs, and this runs in the explorers'
+    # background threads, where any model the user builds meanwhile, or a second such context, would keep
+    # uninitialised weights; and the global random stream, which the user's thread draws from, is left alone
+    with private_random(0):
         model = LlamaForCausalLM(config)
     model.load_state_dict(state, strict=True)
     model.tie_weights()

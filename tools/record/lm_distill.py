@@ -28,7 +28,7 @@ from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.records import read_record, write_record
 from tools.record.lm_quality import CURVE_WINDOWS, cached_moments, decompose_from_moments, generations, perplexity
 
-CALIBRATION = 16  # the first 16 training windows calibrate the one-shot start (as lm_quality does)
+CALIBRATION = 16  # by default the first 16 training windows calibrate the one-shot start (as lm_quality does)
 STARTS = {"svd-llm": "svd_llm", "loss-weighted": "loss_weighted"}  # --start → the rows' variant name
 
 
@@ -65,14 +65,16 @@ def sampled_windows(model: torch.nn.Module, count: int, length: int, cache: str 
 
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
-                init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None) -> dict[str, Any]:
+                init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None,
+                calibration: int = CALIBRATION) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
     (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
     ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
     ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted); ``samples``: that
     many windows sampled from the dense model (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join the
     distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
-    next run, whose sampling time is then the load's)."""
+    next run, whose sampling time is then the load's); ``calibration``: the first that many training windows
+    calibrate the start, and the distillation text is the windows after them."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
@@ -95,14 +97,14 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
     if init == "loss-weighted":
-        low = loss_weighted_start(model, train[:CALIBRATION], ratio, moments_cache)
+        low = loss_weighted_start(model, train[:calibration], ratio, moments_cache)
     else:
         low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
-                                     cached_moments(model, train[:CALIBRATION], moments_cache))
+                                     cached_moments(model, train[:calibration], moments_cache))
     if start:
         add({"variant": variant, "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
-    distil_text = train[CALIBRATION:]
+    distil_text = train[calibration:]
     if samples:
         distil_text = torch.cat([distil_text, sampled_windows(model, samples, distil_text.shape[1], samples_cache)])
     sample_s = time.perf_counter() - t
@@ -121,8 +123,8 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
             "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows; "
                                           f"the curve scores the first {CURVE_WINDOWS}",
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
-                      "calibration": f"first {CALIBRATION} windows of the pydoc training split",
-                      "distillation": f"the {len(train) - CALIBRATION} later windows of the pydoc training split"
+                      "calibration": f"first {calibration} windows of the pydoc training split",
+                      "distillation": f"the {len(train) - calibration} later windows of the pydoc training split"
                                       + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
                                          if samples else "")},
             "seq_len": int(train.shape[1]), "rows": rows}
@@ -149,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_threads_argument(ap, default_text="1")
     ap.add_argument("--start", choices=sorted(STARTS), default="svd-llm",
                     help="the one-shot start: uniform SVD-LLM or the loss-weighted SVD at loss-allocated ranks")
+    ap.add_argument("--calibration", type=int, default=CALIBRATION,
+                    help=f"the first N pydoc training windows calibrate the start (default {CALIBRATION})")
     ap.add_argument("--moments-cache", default=None,
                     help="svd-llm: the moments file; loss-weighted: the statistics directory (lm_quality's)")
     ap.add_argument("--teacher-samples", type=int, default=0,
@@ -167,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True), args.start, args.teacher_samples,
-                         args.samples_cache)
+                         args.samples_cache, args.calibration)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
