@@ -389,9 +389,11 @@ _STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGH
 
 def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
-    run, with its start (SVD-LLM or loss-weighted), ratio, recipe (steps, peak lr, schedule, warm-up), the
-    windows sampled from the dense model that joined the pydoc text (``teacher_samples``), the minutes of sampling
-    and training, and the final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
+    run, with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it
+    (``calibration``; 16 for runs recorded before the record named it), ratio, recipe (steps, peak lr, schedule,
+    warm-up), the windows sampled from the dense model that joined the pydoc text (``teacher_samples``), the
+    minutes of sampling and training, and the final pydoc validation and IDLE history perplexities, each also as a
+    multiple of dense."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
     rows = []
@@ -400,7 +402,8 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
             if r.get("variant") not in _STARTS:
                 continue
             recipe = r["distill"]
-            rows.append({"start": _STARTS[r["variant"]], "ratio": r["ratio"], "steps": recipe["steps"],
+            rows.append({"start": _STARTS[r["variant"]], "calibration": run.get("calibration_windows", 16),
+                         "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
                          "teacher_samples": r.get("teacher_samples", 0),
                          "train_min": (r["train_s"] + r.get("sample_s", 0)) / 60,
@@ -412,7 +415,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"{path or DISTILL_FILE} holds no distilled rows; record them with "
                          "python -m tools.record.lm_distill")
-    return pd.DataFrame(rows).sort_values(["ratio", "start", "steps"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["ratio", "start", "calibration", "steps"]).reset_index(drop=True)
 
 
 def recorded_decode(names: Sequence[str] | None = None) -> pd.DataFrame:

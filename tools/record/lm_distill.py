@@ -127,7 +127,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
                       "distillation": f"the {len(train) - calibration} later windows of the pydoc training split"
                                       + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
                                          if samples else "")},
-            "seq_len": int(train.shape[1]), "rows": rows}
+            "seq_len": int(train.shape[1]), "calibration_windows": calibration, "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
