@@ -30,7 +30,7 @@ from lrdlab.measure.records import data_dir, read_record
 SEQ_LEN = 256
 PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
            "To read a file line by line in Python, you")  # the prompts of data/lm_quality_smollm2.json
-TEXTS = ("train", "validation", "history")
+TEXTS = ("train", "validation", "history", "docstrings")
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUALITY_FILE = "lm_quality_smollm2.json"
 DECODE_PREFIX = "lm_decode_smollm2_cpu"
@@ -55,13 +55,16 @@ def history_path() -> Path:
 
 def text_windows(tokenizer: Any, which: str, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
     """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None) of
-    ``"train"`` / ``"validation"`` (the pydoc corpus's splits, cut at 90% of the bytes) or ``"history"``."""
-    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text
+    ``"train"`` / ``"validation"`` (the pydoc corpus's splits, cut at 90% of the bytes), ``"history"`` or
+    ``"docstrings"`` (:func:`~lrdlab.zoo.text.stdlib_docstrings`: more text to distil on)."""
+    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text, stdlib_docstrings
 
     if which not in TEXTS:
         raise ValueError(f"text_windows: which must be one of {TEXTS}, got {which!r}")
     if which == "history":
         text = history_path().read_text(encoding="utf-8")
+    elif which == "docstrings":
+        text = stdlib_docstrings()
     else:
         raw = corpus_text().encode("utf-8")
         cut = int(len(raw) * TRAIN_FRACTION)
@@ -391,9 +394,9 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
     run, with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it
     (``calibration``; 16 for runs recorded before the record named it), ratio, recipe (steps, peak lr, schedule,
-    warm-up), the windows sampled from the dense model that joined the pydoc text (``teacher_samples``), the
-    minutes of sampling and training, and the final pydoc validation and IDLE history perplexities, each also as a
-    multiple of dense."""
+    warm-up), the windows sampled from the dense model (``teacher_samples``) and of the standard library's
+    docstrings (``docstring_windows``) that joined the pydoc text, the minutes of sampling and training, and the
+    final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
     rows = []
@@ -406,6 +409,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                          "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
                          "teacher_samples": r.get("teacher_samples", 0),
+                         "docstring_windows": r.get("docstring_windows", 0),
                          "train_min": (r["train_s"] + r.get("sample_s", 0)) / 60,
                          "pydoc_validation": r["pydoc_validation"],
                          "idle_history": r["idle_history"],

@@ -6,13 +6,20 @@ corpus's SHA-256 is recorded beside every measurement (:func:`corpus_info`). Spl
 order are joined with blank lines; the first 90% of the bytes train, the last 10% validate.
 The tokens are UTF-8 bytes: vocabulary 256, no unknown token, nothing to ship (``tests/text/byte_tokenizer.py`` wraps
 them as a Hugging Face-like tokenizer).
+
+A second, larger text for language-model distillation: the docstrings of the standard library's modules
+(:func:`stdlib_docstrings`), also shipped with every CPython.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import sys
+import sysconfig
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -28,6 +35,29 @@ def corpus_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+DOCSTRING_SKIP = frozenset({"test", "tests", "idlelib", "pydoc_data", "site-packages", "dist-packages"})
+DOCSTRING_MIN_CHARS = 200
+
+
+@lru_cache(maxsize=1)
+def stdlib_docstrings(min_chars: int = DOCSTRING_MIN_CHARS) -> str:
+    """The docstrings (modules, classes, functions) of at least ``min_chars`` characters of the standard
+    library's ``.py`` files in path order, joined by blank lines. Left out: the test suites, ``pydoc_data``
+    (the corpus above) and ``idlelib`` (its release history is the language models' never-seen text)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not DOCSTRING_SKIP.intersection(p.relative_to(root).parts))
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    texts = []
+    for path in files:
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # a template or a file for another Python version: not text to read
+            continue
+        texts += [d for node in ast.walk(tree) if isinstance(node, kinds)
+                  and (d := ast.get_docstring(node)) and len(d) >= min_chars]
+    return "\n\n".join(texts)
 
 
 def corpus_ids(split: str) -> Tensor:

@@ -26,6 +26,14 @@ def test_text_windows_from_a_prefix_are_the_windows_of_the_whole_text():
         lm_lab.text_windows(tok, "test")
 
 
+def test_docstring_windows_are_the_docstrings_text():
+    from lrdlab.zoo.text import stdlib_docstrings
+
+    windows = lm_lab.text_windows(Bytes(), "docstrings", 3, seq_len=64)
+    assert windows.shape == (3, 64)
+    assert bytes(windows.flatten().tolist()) == stdlib_docstrings().encode("utf-8")[:192]
+
+
 def test_live_check_scores_dense_and_each_decomposition_on_the_same_windows(byte_model):
     check = lm_lab.LiveCheck(ratios=(2.0,), calibration=2, evaluation=4, seq_len=64, blocks=(1,), tokens=4,
                              history=2)
@@ -106,6 +114,17 @@ def test_recorded_loss_weighted_pairs_each_ratio_with_svd_llm_at_the_asked_calib
     assert lm_lab.recorded_loss_weighted(path, 64)["pydoc_validation_vs_svd_llm"].tolist() == pytest.approx([1.0, 0.25])
     with pytest.raises(ValueError, match="calibration_windows"):
         lm_lab.recorded_loss_weighted(path, 8)
+
+
+def test_recorded_distillation_calibration_is_each_runs_command():
+    """The shipped distillation record: each run's calibration windows are those of its command's ``--calibration``
+    (16 when the command has none), so starts are compared at the windows that calibrated them."""
+    import re
+
+    df = lm_lab.recorded_distillation()
+    for command, calibration in zip(df["command"], df["calibration"]):
+        flag = re.search(r"--calibration (\d+)", command)
+        assert calibration == (int(flag.group(1)) if flag else 16), command
 
 
 def test_recorded_loss_weighted_ratios_agree_with_the_recorded_ones():

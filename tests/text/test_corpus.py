@@ -1,11 +1,11 @@
-"""The embedded corpus: a fixed split, byte tokens, fixed-length windows, n-gram baselines."""
+"""The embedded corpus: a fixed split, byte tokens, fixed-length windows, n-gram baselines; the docstrings text."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lrdlab.zoo.text import corpus_ids, corpus_info, ngram_perplexity, text_loaders
+from lrdlab.zoo.text import corpus_ids, corpus_info, ngram_perplexity, stdlib_docstrings, text_loaders
 
 
 def test_split_is_fixed_and_covers_the_corpus():
@@ -29,3 +29,16 @@ def test_loaders_give_fixed_length_dict_batches():
 
 def test_bigram_beats_unigram():
     assert ngram_perplexity(2) < ngram_perplexity(1) < 256
+
+
+def test_stdlib_docstrings_leave_out_idle_tests_and_the_corpus():
+    import idlelib.history
+    import inspect
+    import json.decoder
+
+    text = stdlib_docstrings()
+    assert len(text) > 2 * len(corpus_ids("train"))  # more text than the pydoc training split
+    assert inspect.getdoc(json.decoder.JSONDecoder)[:200] in text  # a class docstring of a module
+    # IDLE (its release history is the never-seen evaluation text) and the corpus itself are left out
+    assert inspect.getdoc(idlelib.history.History)[:200] not in text
+    assert stdlib_docstrings(min_chars=10**6) == ""

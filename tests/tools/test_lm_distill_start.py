@@ -40,3 +40,19 @@ def test_sampled_windows_are_kept_for_the_next_run(tmp_path, monkeypatch):
     assert calls == [4] and torch.equal(again, first[:2])
     tool.sampled_windows(None, 2, 5, cache)  # another length: sampled afresh
     assert calls == [4, 2]
+
+
+def test_docstring_windows_spread_over_the_whole_text():
+    import torch
+
+    from lrdlab.explore.lm_lab import text_windows
+    from tests.text.byte_tokenizer import Bytes
+    from tools.record.lm_distill import docstring_windows
+
+    every = text_windows(Bytes(), "docstrings")
+    picked = docstring_windows(Bytes(), 3)
+    half = (len(every) - 1) / 2  # the first, the middle and the last window: every module's docstrings can be drawn
+    assert torch.equal(picked[0], every[0]) and torch.equal(picked[2], every[-1])
+    assert any(torch.equal(picked[1], every[k]) for k in (int(half), int(half + 0.5)))
+    with pytest.raises(ValueError, match="--docstrings"):
+        docstring_windows(Bytes(), len(every) + 1)

