@@ -393,10 +393,11 @@ _STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGH
 def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
     run, with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it
-    (``calibration``; 16 for runs recorded before the record named it), ratio, recipe (steps, peak lr, schedule,
-    warm-up), the windows sampled from the dense model (``teacher_samples``) and of the standard library's
-    docstrings (``docstring_windows``) that joined the pydoc text, the minutes of sampling and training, and the
-    final pydoc validation and IDLE history perplexities, each also as a multiple of dense."""
+    (``calibration``; 16 for runs recorded before the record named it) and the docstring windows beside them
+    (``calibration_docstrings``), ratio, recipe (steps, peak lr, schedule, warm-up), the windows sampled from the
+    dense model (``teacher_samples``) and of the standard library's docstrings (``docstring_windows``) that joined
+    the pydoc text, the minutes of sampling and training, and the final pydoc validation and IDLE history
+    perplexities, each also as a multiple of dense."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
     rows = []
@@ -406,6 +407,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                 continue
             recipe = r["distill"]
             rows.append({"start": _STARTS[r["variant"]], "calibration": run.get("calibration_windows", 16),
+                         "calibration_docstrings": run.get("calibration_docstring_windows", 0),
                          "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
                          "teacher_samples": r.get("teacher_samples", 0),

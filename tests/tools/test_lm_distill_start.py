@@ -20,6 +20,8 @@ def test_distill_run_rejects_an_unknown_start_before_loading_anything():
     assert set(STARTS) == {"svd-llm", "loss-weighted"}
     with pytest.raises(ValueError, match="unknown start 'random'"):
         distill_run(1.25, LMDistillation(), init="random")
+    with pytest.raises(ValueError, match="need --start loss-weighted"):
+        distill_run(1.25, LMDistillation(), init="svd-llm", calibration_docstrings=4)
 
 
 def test_sampled_windows_are_kept_for_the_next_run(tmp_path, monkeypatch):

@@ -75,7 +75,8 @@ def docstring_windows(tokenizer: Any, count: int) -> torch.Tensor:
 def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
                 start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
                 init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None,
-                calibration: int = CALIBRATION, docstrings: int = 0) -> dict[str, Any]:
+                calibration: int = CALIBRATION, docstrings: int = 0,
+                calibration_docstrings: int = 0) -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
     (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
     ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
@@ -84,11 +85,15 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
     next run, whose sampling time is then the load's); ``calibration``: the first that many training windows
     calibrate the start, and the distillation text is the windows after them; ``docstrings``: that many windows
-    of the standard library's docstrings (:func:`docstring_windows`) join it."""
+    of the standard library's docstrings (:func:`docstring_windows`) join it; ``calibration_docstrings``: that
+    many docstring windows join the calibration windows (loss-weighted start only; its statistics are cached in a
+    subfolder of ``moments_cache`` named for them)."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
         raise ValueError(f"distill_run: unknown start {init!r}; choose one of {sorted(STARTS)}")
+    if calibration_docstrings and init != "loss-weighted":
+        raise ValueError("distill_run: docstring calibration windows need --start loss-weighted")
     variant = STARTS[init]
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
@@ -107,7 +112,11 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
     if init == "loss-weighted":
-        low = loss_weighted_start(model, train[:calibration], ratio, moments_cache)
+        calib, cache = train[:calibration], moments_cache
+        if calibration_docstrings:
+            calib = torch.cat([calib, docstring_windows(tok, calibration_docstrings)])
+            cache = str(Path(moments_cache) / f"docstrings_{calibration_docstrings}") if moments_cache else None
+        low = loss_weighted_start(model, calib, ratio, cache)
     else:
         low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
                                      cached_moments(model, train[:calibration], moments_cache))
@@ -135,14 +144,17 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
             "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows; "
                                           f"the curve scores the first {CURVE_WINDOWS}",
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
-                      "calibration": f"first {calibration} windows of the pydoc training split",
+                      "calibration": f"first {calibration} windows of the pydoc training split"
+                                     + (f" and {calibration_docstrings} windows of the standard library's docstrings "
+                                        "(spread evenly over the text)" if calibration_docstrings else ""),
                       "distillation": f"the {len(train) - calibration} later windows of the pydoc training split"
                                       + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
                                          if samples else "")
                                       + (f" and {docstrings} windows of the standard library's docstrings "
                                          "(lrdlab.zoo.text.stdlib_docstrings, spread evenly over the text)"
                                          if docstrings else "")},
-            "seq_len": int(train.shape[1]), "calibration_windows": calibration, "rows": rows}
+            "seq_len": int(train.shape[1]), "calibration_windows": calibration,
+            "calibration_docstring_windows": calibration_docstrings, "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -174,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="windows sampled from the dense model added to the distillation text (default 0)")
     ap.add_argument("--docstrings", type=int, default=0,
                     help="windows of the standard library's docstrings added to the distillation text (default 0)")
+    ap.add_argument("--calibration-docstrings", type=int, default=0,
+                    help="windows of the standard library's docstrings added to the calibration windows "
+                         "(loss-weighted start; default 0)")
     ap.add_argument("--samples-cache", default=None, help="a .pt file keeping the sampled windows between runs")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
@@ -188,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True), args.start, args.teacher_samples,
-                         args.samples_cache, args.calibration, args.docstrings)
+                         args.samples_cache, args.calibration, args.docstrings, args.calibration_docstrings)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
