@@ -49,12 +49,14 @@ def test_docstring_windows_spread_over_the_whole_text():
 
     from lrdlab.explore.lm_lab import text_windows
     from tests.text.byte_tokenizer import Bytes
-    from tools.record.lm_distill import docstring_windows
+    from tools.record.lm_distill import spread_windows
 
     every = text_windows(Bytes(), "docstrings")
-    picked = docstring_windows(Bytes(), 3)
+    picked = spread_windows(every, 3, "--docstrings")
     half = (len(every) - 1) / 2  # the first, the middle and the last window: every module's docstrings can be drawn
     assert torch.equal(picked[0], every[0]) and torch.equal(picked[2], every[-1])
     assert any(torch.equal(picked[1], every[k]) for k in (int(half), int(half + 0.5)))
     with pytest.raises(ValueError, match="--docstrings"):
-        docstring_windows(Bytes(), len(every) + 1)
+        spread_windows(every, len(every) + 1, "--docstrings")
+    with pytest.raises(ValueError, match="--calibration-docstrings"):
+        spread_windows(every, len(every) + 1, "--calibration-docstrings")

@@ -63,12 +63,11 @@ def sampled_windows(model: torch.nn.Module, count: int, length: int, cache: str 
     return windows
 
 
-def docstring_windows(tokenizer: Any, count: int) -> torch.Tensor:
-    """``count`` windows of the standard library's docstrings, evenly spaced over all of them (every module
-    contributes, not just the first ones in path order)."""
-    windows = text_windows(tokenizer, "docstrings")
+def spread_windows(windows: torch.Tensor, count: int, option: str) -> torch.Tensor:
+    """``count`` of ``windows``, evenly spaced over all of them (of the docstrings: every module contributes, not
+    just the first ones in path order); ``option``, the flag that asked for them, names the error."""
     if count > len(windows):
-        raise ValueError(f"--docstrings {count}: the docstrings hold only {len(windows)} windows")
+        raise ValueError(f"{option} {count}: the text holds only {len(windows)} windows")
     return windows[torch.linspace(0, len(windows) - 1, count).round().long()]
 
 
@@ -85,7 +84,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
     next run, whose sampling time is then the load's); ``calibration``: the first that many training windows
     calibrate the start, and the distillation text is the windows after them; ``docstrings``: that many windows
-    of the standard library's docstrings (:func:`docstring_windows`) join it; ``calibration_docstrings``: that
+    of the standard library's docstrings (:func:`spread_windows`) join it; ``calibration_docstrings``: that
     many docstring windows join the calibration windows (loss-weighted start only; its statistics are cached in a
     subfolder of ``moments_cache`` named for them)."""
     from lrdlab.zoo.smollm import load_smollm2
@@ -99,6 +98,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     model, tok = lm.model, lm.tokenizer
     texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
     train = text_windows(tok, "train")
+    docs = text_windows(tok, "docstrings") if docstrings or calibration_docstrings else train[:0]  # tokenized once
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any], net: torch.nn.Module) -> None:
@@ -114,7 +114,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     if init == "loss-weighted":
         calib, cache = train[:calibration], moments_cache
         if calibration_docstrings:
-            calib = torch.cat([calib, docstring_windows(tok, calibration_docstrings)])
+            calib = torch.cat([calib, spread_windows(docs, calibration_docstrings, "--calibration-docstrings")])
             cache = str(Path(moments_cache) / f"docstrings_{calibration_docstrings}") if moments_cache else None
         low = loss_weighted_start(model, calib, ratio, cache)
     else:
@@ -127,7 +127,7 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     if samples:
         distil_text = torch.cat([distil_text, sampled_windows(model, samples, distil_text.shape[1], samples_cache)])
     if docstrings:
-        distil_text = torch.cat([distil_text, docstring_windows(tok, docstrings)])
+        distil_text = torch.cat([distil_text, spread_windows(docs, docstrings, "--docstrings")])
     sample_s = time.perf_counter() - t
     history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
