@@ -30,7 +30,7 @@ from lrdlab.measure.records import data_dir, read_record
 SEQ_LEN = 256
 PROMPTS = ("The Python programming language is", "Once upon a time, there was a little",
            "To read a file line by line in Python, you")  # the prompts of data/lm_quality_smollm2.json
-TEXTS = ("train", "validation", "history", "docstrings")
+TEXTS = ("train", "validation", "history", "docstrings", "readmes")
 LAYER_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUALITY_FILE = "lm_quality_smollm2.json"
 DECODE_PREFIX = "lm_decode_smollm2_cpu"
@@ -56,8 +56,9 @@ def history_path() -> Path:
 def text_windows(tokenizer: Any, which: str, count: int | None = None, seq_len: int = SEQ_LEN) -> Tensor:
     """The first ``count`` non-overlapping ``seq_len``-token windows ``[count, seq_len]`` (all when None) of
     ``"train"`` / ``"validation"`` (the pydoc corpus's splits, cut at 90% of the bytes), ``"history"`` or
-    ``"docstrings"`` (:func:`~lrdlab.zoo.text.stdlib_docstrings`: more text to distil on)."""
-    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text, stdlib_docstrings
+    ``"docstrings"`` / ``"readmes"`` (:func:`~lrdlab.zoo.text.stdlib_docstrings`,
+    :func:`~lrdlab.zoo.text.package_readmes`: more text to distil on)."""
+    from lrdlab.zoo.text import TRAIN_FRACTION, corpus_text, package_readmes, stdlib_docstrings
 
     if which not in TEXTS:
         raise ValueError(f"text_windows: which must be one of {TEXTS}, got {which!r}")
@@ -65,6 +66,8 @@ def text_windows(tokenizer: Any, which: str, count: int | None = None, seq_len: 
         text = history_path().read_text(encoding="utf-8")
     elif which == "docstrings":
         text = stdlib_docstrings()
+    elif which == "readmes":
+        text = package_readmes()
     else:
         raw = corpus_text().encode("utf-8")
         cut = int(len(raw) * TRAIN_FRACTION)
@@ -412,6 +415,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
                          "teacher_samples": r.get("teacher_samples", 0),
                          "docstring_windows": r.get("docstring_windows", 0),
+                         "readme_windows": r.get("readme_windows", 0),
                          "train_min": (r["train_s"] + r.get("sample_s", 0)) / 60,
                          "pydoc_validation": r["pydoc_validation"],
                          "idle_history": r["idle_history"],

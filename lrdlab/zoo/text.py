@@ -7,8 +7,9 @@ order are joined with blank lines; the first 90% of the bytes train, the last 10
 The tokens are UTF-8 bytes: vocabulary 256, no unknown token, nothing to ship (``tests/text/byte_tokenizer.py`` wraps
 them as a Hugging Face-like tokenizer).
 
-A second, larger text for language-model distillation: the docstrings of the standard library's modules
-(:func:`stdlib_docstrings`), also shipped with every CPython.
+Two more texts for language-model distillation: the docstrings of the standard library's modules
+(:func:`stdlib_docstrings`), also shipped with every CPython, and the long descriptions (READMEs) of the installed
+packages (:func:`package_readmes`), which follow the environment: :func:`text_digest` names the text a run read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -58,6 +60,33 @@ def stdlib_docstrings(min_chars: int = DOCSTRING_MIN_CHARS) -> str:
         texts += [d for node in ast.walk(tree) if isinstance(node, kinds)
                   and (d := ast.get_docstring(node)) and len(d) >= min_chars]
     return "\n\n".join(texts)
+
+
+README_MIN_CHARS = 500
+
+
+@lru_cache(maxsize=1)
+def package_readmes(min_chars: int = README_MIN_CHARS) -> str:
+    """The long descriptions (the READMEs on PyPI) of at least ``min_chars`` characters of the installed
+    distributions, sorted by name (one per name), joined by blank lines; lrdlab's own is left out. Prose, lists
+    and code examples about software, written by many hands: more varied English than the help topics."""
+    from email.message import Message
+    from importlib.metadata import distributions
+
+    texts: dict[str, str] = {}
+    for dist in distributions():
+        meta = cast(Message, dist.metadata)  # an email message: the long description is its body
+        name = (meta.get("Name") or "").lower().replace("_", "-")
+        body = meta.get_payload()
+        text = (body if isinstance(body, str) and body.strip() else meta.get("Description") or "").strip()
+        if name and name != "lrdlab" and len(text) >= min_chars:
+            texts.setdefault(name, text)
+    return "\n\n".join(texts[n] for n in sorted(texts))
+
+
+def text_digest(text: str) -> str:
+    """The first 16 hex digits of ``text``'s SHA-256 (UTF-8): which text a recorded run read."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def corpus_ids(split: str) -> Tensor:

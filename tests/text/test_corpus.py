@@ -1,11 +1,20 @@
-"""The embedded corpus: a fixed split, byte tokens, fixed-length windows, n-gram baselines; the docstrings text."""
+"""The embedded corpus: a fixed split, byte tokens, fixed-length windows, n-gram baselines; the docstrings and the
+packages' READMEs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lrdlab.zoo.text import corpus_ids, corpus_info, ngram_perplexity, stdlib_docstrings, text_loaders
+from lrdlab.zoo.text import (
+    corpus_ids,
+    corpus_info,
+    ngram_perplexity,
+    package_readmes,
+    stdlib_docstrings,
+    text_digest,
+    text_loaders,
+)
 
 
 def test_split_is_fixed_and_covers_the_corpus():
@@ -42,3 +51,16 @@ def test_stdlib_docstrings_leave_out_idle_tests_and_the_corpus():
     # IDLE (its release history is the never-seen evaluation text) and the corpus itself are left out
     assert inspect.getdoc(idlelib.history.History)[:200] not in text
     assert stdlib_docstrings(min_chars=10**6) == ""
+
+
+def test_package_readmes_are_the_installed_packages_descriptions_in_name_order():
+    from importlib.metadata import metadata
+
+    text = package_readmes()
+    tqdm, torch_readme = (metadata(name).get_payload().strip() for name in ("tqdm", "torch"))
+    assert tqdm[:300] in text and torch_readme[:300] in text  # a README in reStructuredText, one in Markdown
+    assert text.index(torch_readme[:300]) < text.index(tqdm[:300])  # sorted by the packages' names
+    assert len(text) > len(corpus_ids("train"))  # more text than the pydoc training split
+    assert package_readmes(min_chars=10**8) == ""
+    assert text_digest(text) == text_digest(package_readmes()) != text_digest(text + " ")
+    assert len(text_digest(text)) == 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lrdlab.finetune.lm_distill import LMDistillation
-from tools.record.lm_distill import STARTS, distill_run, main
+from tools.record.lm_distill import STARTS, DistillText, distill_run, main
 
 
 def test_start_choices_are_checked_by_the_parser(capsys):
@@ -21,7 +21,7 @@ def test_distill_run_rejects_an_unknown_start_before_loading_anything():
     with pytest.raises(ValueError, match="unknown start 'random'"):
         distill_run(1.25, LMDistillation(), init="random")
     with pytest.raises(ValueError, match="need --start loss-weighted"):
-        distill_run(1.25, LMDistillation(), init="svd-llm", calibration_docstrings=4)
+        distill_run(1.25, LMDistillation(), DistillText(calibration_docstrings=4), init="svd-llm")
 
 
 def test_sampled_windows_are_kept_for_the_next_run(tmp_path, monkeypatch):
@@ -60,3 +60,16 @@ def test_docstring_windows_spread_over_the_whole_text():
         spread_windows(every, len(every) + 1, "--docstrings")
     with pytest.raises(ValueError, match="--calibration-docstrings"):
         spread_windows(every, len(every) + 1, "--calibration-docstrings")
+
+
+def test_distill_text_names_what_the_run_read():
+    from lrdlab.zoo.text import package_readmes, text_digest
+
+    plain = DistillText().describe(100)
+    assert plain == {"calibration": "first 16 windows of the pydoc training split",
+                     "distillation": "the 84 later windows of the pydoc training split"}
+    mixed = DistillText(calibration=64, calibration_docstrings=8, docstrings=5, readmes=3).describe(100)
+    assert "and 8 windows of the standard library's docstrings" in mixed["calibration"]
+    assert mixed["distillation"].startswith("the 36 later windows of the pydoc training split and 5 windows")
+    assert "and 3 windows of the installed packages' READMEs" in mixed["distillation"]
+    assert text_digest(package_readmes()) in mixed["distillation"]  # which READMEs: they follow the environment

