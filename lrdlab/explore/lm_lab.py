@@ -398,17 +398,32 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     run, with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it
     (``calibration``; 16 for runs recorded before the record named it) and the docstring windows beside them
     (``calibration_docstrings``), ratio, recipe (steps, peak lr, schedule, warm-up), the windows sampled from the
-    dense model (``teacher_samples``) and of the standard library's docstrings (``docstring_windows``) that joined
-    the pydoc text, the minutes of sampling and training, and the final pydoc validation and IDLE history
-    perplexities, each also as a multiple of dense."""
+    dense model (``teacher_samples``), of the standard library's docstrings (``docstring_windows``) and of the
+    installed packages' READMEs (``readme_windows``) that joined the pydoc text, the minutes of sampling and
+    training, the start's perplexities (``start_pydoc``, ``start_idle``: from the run that scored the same start,
+    else for a 16-window start from the quality record, :func:`recorded_loss_weighted`), the final pydoc
+    validation and IDLE history perplexities, each also as a multiple of dense, and the curve's last slope
+    (perplexity per step on the curve's windows: still falling where negative)."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
+
+    def start_key(run: dict[str, Any], variant: str, ratio: float) -> tuple[Any, ...]:
+        return (variant, ratio, run.get("calibration_windows", 16), run.get("calibration_docstring_windows", 0))
+
+    variants = {label: name.removesuffix("_distilled") for name, label in _STARTS.items()}
+    starts = {start_key({}, variants[q["method"]], q["ratio"]): q
+              for q in recorded_loss_weighted().to_dict("records") if q["method"] in variants}
+    starts.update({start_key(run, r["variant"], r["ratio"]): r for run in record.get("runs", [])
+                   for r in run.get("rows", []) if f"{r.get('variant')}_distilled" in _STARTS})
     rows = []
     for run in record.get("runs", []):
         for r in run.get("rows", []):
             if r.get("variant") not in _STARTS:
                 continue
-            recipe = r["distill"]
+            recipe, curve = r["distill"], r.get("curve", [])
+            start = starts.get(start_key(run, variants[_STARTS[r["variant"]]], r["ratio"]), {})
+            slope = ((curve[-1]["perplexity"] - curve[-2]["perplexity"]) / (curve[-1]["step"] - curve[-2]["step"])
+                     if len(curve) > 1 else math.nan)
             rows.append({"start": _STARTS[r["variant"]], "calibration": run.get("calibration_windows", 16),
                          "calibration_docstrings": run.get("calibration_docstring_windows", 0),
                          "ratio": r["ratio"], "steps": recipe["steps"],
@@ -417,10 +432,13 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                          "docstring_windows": r.get("docstring_windows", 0),
                          "readme_windows": r.get("readme_windows", 0),
                          "train_min": (r["train_s"] + r.get("sample_s", 0)) / 60,
+                         "start_pydoc": start.get("pydoc_validation", math.nan),
+                         "start_idle": start.get("idle_history", math.nan),
                          "pydoc_validation": r["pydoc_validation"],
                          "idle_history": r["idle_history"],
                          "pydoc_x_dense": r["pydoc_validation"] / dense["pydoc_validation"],
                          "idle_x_dense": r["idle_history"] / dense["idle_history"],
+                         "curve_slope": slope,
                          "load_after": run.get("load_after", [None])[0], "command": run.get("command", "")})
     if not rows:
         raise ValueError(f"{path or DISTILL_FILE} holds no distilled rows; record them with "

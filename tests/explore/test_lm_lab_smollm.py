@@ -181,17 +181,26 @@ def test_recorded_calibration_is_read_from_the_data_folder_or_absent(tmp_path, m
 
 def test_recorded_distillation_reads_each_distilled_run_against_dense(tmp_path):
     recipe = {"steps": 24, "lr": 1e-4, "schedule": "constant", "warmup": 0.0}
+    curve = [{"step": 0, "perplexity": 20.0}, {"step": 8, "perplexity": 18.0}, {"step": 16, "perplexity": 17.0}]
     run = {"command": "python -m tools.record.lm_distill ...", "load_after": [2.0, 2.5, 3.0],
+           "calibration_windows": 64, "calibration_docstring_windows": 8,
            "rows": [{"variant": "svd_llm", "ratio": 2.0, "pydoc_validation": 200.0, "idle_history": 900.0},
+                    {"variant": "loss_weighted", "ratio": 1.25, "pydoc_validation": 19.0, "idle_history": 70.0},
                     {"variant": "loss_weighted_distilled", "ratio": 1.25, "distill": recipe, "train_s": 300.0,
-                     "pydoc_validation": 15.0, "idle_history": 60.0}]}
-    _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run]})
+                     "pydoc_validation": 15.0, "idle_history": 60.0, "curve": curve}]}
+    later = {"calibration_windows": 64,  # another start (no docstrings) that no run scored; no curve
+             "rows": [{**run["rows"][2], "distill": {**recipe, "steps": 48}, "curve": []}]}
+    _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run, later]})
     df = lm_lab.recorded_distillation(tmp_path / "d.json")
-    assert list(df["start"]) == [lm_lab.LOSS_WEIGHTED]  # the undistilled start is not a distillation
+    assert list(df["start"]) == [lm_lab.LOSS_WEIGHTED] * 2  # the undistilled starts are not distillations
     row = df.iloc[0]
     assert row["train_min"] == 5.0 and row["pydoc_x_dense"] == 1.5 and row["idle_x_dense"] == 2.0
     assert row["steps"] == 24 and row["load_after"] == 2.0 and row["teacher_samples"] == 0
-    run["rows"][1].update(teacher_samples=96, sample_s=120.0)  # sampling the teacher counts in the minutes
+    # the start's scores come from the run that scored it; the curve's last interval fell 1 in 8 steps
+    assert (row["start_pydoc"], row["start_idle"], row["curve_slope"]) == (19.0, 70.0, -0.125)
+    assert df.iloc[1][["start_pydoc", "start_idle", "curve_slope"]].isna().all()  # 64 windows without docstrings
+    _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run]})
+    run["rows"][2].update(teacher_samples=96, sample_s=120.0)  # sampling the teacher counts in the minutes
     _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0}, "runs": [run]})
     row = lm_lab.recorded_distillation(tmp_path / "d.json").iloc[0]
     assert row["teacher_samples"] == 96 and row["train_min"] == 7.0

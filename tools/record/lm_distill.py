@@ -163,11 +163,15 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
     if text.readmes:
         distil_text = torch.cat([distil_text, spread_windows(text_windows(tok, "readmes"), text.readmes, "--readmes")])
     sample_s = time.perf_counter() - t
+    loads: list[float] = []  # the 1-minute load at each curve point: how quiet the machine was while it trained
+
+    def curve_point(r: dict[str, Any]) -> None:
+        loads.append(round(os.getloadavg()[0], 2))
+        log({"step": int(r["epoch"]) * recipe.eval_every, "perplexity": round(r["perplexity"], 3),
+             "wall_s": round(r["wall_s"], 1), "load": loads[-1]})
+
     history = distill_language_model(low, model, distil_text, texts["pydoc_validation"][:CURVE_WINDOWS],
-                                     recipe, [lambda r: log({"step": int(r["epoch"]) * recipe.eval_every,
-                                                             "perplexity": round(r["perplexity"], 3),
-                                                             "wall_s": round(r["wall_s"], 1),
-                                                             "load": round(os.getloadavg()[0], 2)})])
+                                     recipe, [curve_point])
     seconds = time.perf_counter() - t
     add({"variant": f"{variant}_distilled", "ratio": ratio, "distill": asdict(recipe),
          "train_s": round(float(history["wall_s"].iloc[-1]), 1), "distill_s": round(seconds, 1),
@@ -181,7 +185,8 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
                       **text.describe(len(train))},
             "seq_len": int(train.shape[1]), "calibration_windows": text.calibration,
-            "calibration_docstring_windows": text.calibration_docstrings, "rows": rows}
+            "calibration_docstring_windows": text.calibration_docstrings, "load_during": [min(loads), max(loads)],
+            "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
