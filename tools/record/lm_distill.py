@@ -113,10 +113,10 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
                 moments_cache: str | None = None, dense: bool = True, start: bool = True,
                 log: Callable[[dict[str, Any]], None] = lambda row: None, init: str = "svd-llm") -> dict[str, Any]:
     """The dense model's scores (if ``dense``), the one-shot start ``init`` (a key of :data:`STARTS`) at ``ratio``
-    (if ``start``; the curve's step 0 scores it on the curve's windows anyway), calibrated and distilled on
-    ``text``'s windows, and that start distilled by ``recipe``: one row each, with perplexities, generations and
-    the curve; ``log`` gets each row. ``moments_cache``: the moments file (svd-llm) or the statistics directory
-    (loss-weighted)."""
+    calibrated on ``text``'s calibration windows (if ``start``; the curve's step 0 scores it on the curve's windows
+    anyway), and that start distilled by ``recipe`` on ``text``'s distillation windows: one row each, with
+    perplexities, generations and the curve; ``log`` gets each row. ``moments_cache``: the moments file (svd-llm) or
+    the statistics directory (loss-weighted)."""
     from lrdlab.zoo.smollm import load_smollm2
 
     if init not in STARTS:
@@ -129,6 +129,7 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
     texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
     train = text_windows(tok, "train")
     docs = text_windows(tok, "docstrings") if text.docstrings or text.calibration_docstrings else train[:0]  # once
+    readmes = text_windows(tok, "readmes") if text.readmes else train[:0]
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any], net: torch.nn.Module) -> None:
@@ -161,7 +162,7 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
     if text.docstrings:
         distil_text = torch.cat([distil_text, spread_windows(docs, text.docstrings, "--docstrings")])
     if text.readmes:
-        distil_text = torch.cat([distil_text, spread_windows(text_windows(tok, "readmes"), text.readmes, "--readmes")])
+        distil_text = torch.cat([distil_text, spread_windows(readmes, text.readmes, "--readmes")])
     sample_s = time.perf_counter() - t
     loads: list[float] = []  # the 1-minute load at each curve point: how quiet the machine was while it trained
 
