@@ -400,10 +400,10 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     (``calibration_docstrings``), ratio, recipe (steps, peak lr, schedule, warm-up), the windows sampled from the
     dense model (``teacher_samples``), of the standard library's docstrings (``docstring_windows``) and of the
     installed packages' READMEs (``readme_windows``) that joined the pydoc text, the minutes of sampling and
-    training, the start's perplexities (``start_pydoc``, ``start_idle``: from the run that scored the same start,
-    else for a 16-window start from the quality record, :func:`recorded_loss_weighted`), the final pydoc
-    validation and IDLE history perplexities, each also as a multiple of dense, and the curve's last slope
-    (perplexity per step on the curve's windows: still falling where negative)."""
+    training, the start's perplexities (``start_pydoc``, ``start_idle``: the run's own, else from a run that
+    scored the same start, else for a 16-window start from the quality record, :func:`recorded_loss_weighted`),
+    the final pydoc validation and IDLE history perplexities, each also as a multiple of dense, and the curve's
+    last slope (perplexity per step on the curve's windows: still falling where negative)."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
 
@@ -421,7 +421,9 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
             if r.get("variant") not in _STARTS:
                 continue
             recipe, curve = r["distill"], r.get("curve", [])
-            start = starts.get(start_key(run, variants[_STARTS[r["variant"]]], r["ratio"]), {})
+            key = start_key(run, variants[_STARTS[r["variant"]]], r["ratio"])
+            start = next((s for s in run["rows"] if start_key(run, s["variant"], s["ratio"]) == key),  # its own
+                         starts.get(key, {}))
             slope = ((curve[-1]["perplexity"] - curve[-2]["perplexity"]) / (curve[-1]["step"] - curve[-2]["step"])
                      if len(curve) > 1 else math.nan)
             rows.append({"start": _STARTS[r["variant"]], "calibration": run.get("calibration_windows", 16),
