@@ -326,10 +326,13 @@ class RankExplorer:
                 network = self.network_state(measure=bool(self._measure_network))
                 with self._lock:
                     again, self._net_again = self._net_again, False
-                    if not again and network["key"] == self._network_key_now():
+                    if again or network["key"] != self._network_key_now():
+                        continue
+                shown = self._show_network(network)
+                with self._lock:  # done only once it is shown: wait() returns with the readout up to date
+                    if shown and not self._net_again:
                         self._net_thread = None
-                        break
-            self._show_network(network)
+                        return
         except BaseException:
             with self._lock:
                 self._net_thread = None
