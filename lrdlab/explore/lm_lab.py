@@ -394,21 +394,22 @@ _STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGH
 
 
 def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
-    """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per
-    run, with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it
-    (``calibration``; 16 for runs recorded before the record named it) and the docstring windows beside them
-    (``calibration_docstrings``), ratio, recipe (steps, peak lr, schedule, warm-up), the windows sampled from the
-    dense model (``teacher_samples``), of the standard library's docstrings (``docstring_windows``) and of the
-    installed packages' READMEs (``readme_windows``) that joined the pydoc text, the minutes of sampling and
-    training, the start's perplexities (``start_pydoc``, ``start_idle``: the run's own, else from a run that
-    scored the same start, else for a 16-window start from the quality record, :func:`recorded_loss_weighted`),
-    the final pydoc validation and IDLE history perplexities, each also as a multiple of dense, and the curve's
-    last slope (perplexity per step on the curve's windows: still falling where negative)."""
+    """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per run,
+    with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it (``calibration``; 16 for
+    runs recorded before the record named it) and the docstring and README windows beside them
+    (``calibration_docstrings``, ``calibration_readmes``), ratio, recipe (steps, peak lr, schedule, warm-up), the
+    windows sampled from the dense model (``teacher_samples``), of the standard library's docstrings
+    (``docstring_windows``) and of the installed packages' READMEs (``readme_windows``) that joined the pydoc text, the
+    minutes of sampling and training, the start's perplexities (``start_pydoc``, ``start_idle``: the run's own, else
+    from a run that scored the same start, else for a 16-window start from the quality record,
+    :func:`recorded_loss_weighted`), the final pydoc validation and IDLE history perplexities, each also as a multiple
+    of dense, and the curve's last slope (perplexity per step on the curve's windows: still falling where negative)."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
 
     def start_key(run: dict[str, Any], variant: str, ratio: float) -> tuple[Any, ...]:
-        return (variant, ratio, run.get("calibration_windows", 16), run.get("calibration_docstring_windows", 0))
+        return (variant, ratio, run.get("calibration_windows", 16), run.get("calibration_docstring_windows", 0),
+                run.get("calibration_readme_windows", 0))
 
     variants = {label: name.removesuffix("_distilled") for name, label in _STARTS.items()}
     starts = {start_key({}, variants[q["method"]], q["ratio"]): q
@@ -428,6 +429,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                      if len(curve) > 1 else math.nan)
             rows.append({"start": _STARTS[r["variant"]], "calibration": run.get("calibration_windows", 16),
                          "calibration_docstrings": run.get("calibration_docstring_windows", 0),
+                         "calibration_readmes": run.get("calibration_readme_windows", 0),
                          "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
                          "teacher_samples": r.get("teacher_samples", 0),

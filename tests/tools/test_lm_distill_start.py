@@ -22,6 +22,17 @@ def test_distill_run_rejects_an_unknown_start_before_loading_anything():
         distill_run(1.25, LMDistillation(), init="random")
     with pytest.raises(ValueError, match="need --start loss-weighted"):
         distill_run(1.25, LMDistillation(), DistillText(calibration_docstrings=4), init="svd-llm")
+    with pytest.raises(ValueError, match="need --start loss-weighted"):
+        distill_run(1.25, LMDistillation(), DistillText(calibration_readmes=4), init="svd-llm")
+
+
+def test_each_calibration_text_keeps_its_own_statistics(tmp_path):
+    base = str(tmp_path)
+    assert DistillText(calibration=64).calibration_cache(base) == base
+    assert DistillText(calibration_docstrings=192).calibration_cache(base) == str(tmp_path / "docstrings_192")
+    assert (DistillText(calibration_docstrings=192, calibration_readmes=64).calibration_cache(base)
+            == str(tmp_path / "docstrings_192_readmes_64"))
+    assert DistillText(calibration_readmes=64).calibration_cache(None) is None
 
 
 def test_sampled_windows_are_kept_for_the_next_run(tmp_path, monkeypatch):
@@ -73,3 +84,10 @@ def test_distill_text_names_what_the_run_read():
     assert mixed["distillation"].startswith("the 36 later windows of the pydoc training split and 5 windows")
     assert "and 3 windows of the installed packages' READMEs" in mixed["distillation"]
     assert text_digest(package_readmes()) in mixed["distillation"]  # which READMEs: they follow the environment
+    calibrated = DistillText(calibration=64, calibration_docstrings=8, calibration_readmes=6).describe(100)
+    assert calibrated["calibration"].endswith("and 8 windows of the standard library's docstrings (spread evenly "
+                                              f"over the text) and 6 windows of the installed packages' READMEs "
+                                              f"(lrdlab.zoo.text.package_readmes, spread evenly; "
+                                              f"{len(package_readmes())} characters, "
+                                              f"SHA-256 {text_digest(package_readmes())}…)")
+    assert calibrated["distillation"] == "the 36 later windows of the pydoc training split"

@@ -76,8 +76,9 @@ class DistillText:
     """Which windows calibrate the one-shot start and which join the distillation text (the flags of the same
     names). ``calibration``: the first that many pydoc training windows calibrate the start, and the distillation
     reads the windows after them; ``calibration_docstrings``: that many windows of the standard library's
-    docstrings (:func:`spread_windows`) join the calibration windows (loss-weighted start only; its statistics are
-    cached in a subfolder of the moments cache named for them); ``docstrings`` / ``readmes``: that many windows
+    docstrings (:func:`spread_windows`) join the calibration windows, and ``calibration_readmes`` windows of the
+    installed packages' READMEs after them (loss-weighted start only; its statistics are cached in a subfolder of the
+    moments cache named for them); ``docstrings`` / ``readmes``: that many windows
     of the docstrings / of the installed packages' READMEs (:func:`~lrdlab.zoo.text.package_readmes`) join the
     distillation text; ``samples``: that many windows sampled from the dense model
     (:func:`~lrdlab.finetune.lm_distill.teacher_windows`) join it (their sampling time counts in the run's;
@@ -85,6 +86,7 @@ class DistillText:
 
     calibration: int = CALIBRATION
     calibration_docstrings: int = 0
+    calibration_readmes: int = 0
     docstrings: int = 0
     readmes: int = 0
     samples: int = 0
@@ -94,10 +96,14 @@ class DistillText:
         """What the calibration and the distillation read, in words (the record's ``texts``)."""
         from lrdlab.zoo.text import package_readmes, text_digest
 
-        readmes = package_readmes() if self.readmes else ""
+        readmes = package_readmes() if self.readmes or self.calibration_readmes else ""
+        about_readmes = (f"lrdlab.zoo.text.package_readmes, spread evenly; {len(readmes)} characters, "
+                         f"SHA-256 {text_digest(readmes)}…")
         return {"calibration": f"first {self.calibration} windows of the pydoc training split"
                                + (f" and {self.calibration_docstrings} windows of the standard library's docstrings "
-                                  "(spread evenly over the text)" if self.calibration_docstrings else ""),
+                                  "(spread evenly over the text)" if self.calibration_docstrings else "")
+                               + (f" and {self.calibration_readmes} windows of the installed packages' READMEs "
+                                  f"({about_readmes})" if self.calibration_readmes else ""),
                 "distillation": f"the {train_windows - self.calibration} later windows of the pydoc training split"
                                 + (f" and {self.samples} windows sampled from the dense model (top-p 0.95)"
                                    if self.samples else "")
@@ -105,8 +111,16 @@ class DistillText:
                                    "(lrdlab.zoo.text.stdlib_docstrings, spread evenly over the text)"
                                    if self.docstrings else "")
                                 + (f" and {self.readmes} windows of the installed packages' READMEs "
-                                   f"(lrdlab.zoo.text.package_readmes, spread evenly; {len(readmes)} characters, "
-                                   f"SHA-256 {text_digest(readmes)}…)" if self.readmes else "")}
+                                   f"({about_readmes})" if self.readmes else "")}
+
+    def calibration_cache(self, moments_cache: str | None) -> str | None:
+        """The loss-weighted start's statistics directory: ``moments_cache`` itself for pydoc windows alone, else
+        its subfolder named for the docstring and README windows beside them."""
+        if not moments_cache or not (self.calibration_docstrings or self.calibration_readmes):
+            return moments_cache
+        name = f"docstrings_{self.calibration_docstrings}" + (
+            f"_readmes_{self.calibration_readmes}" if self.calibration_readmes else "")
+        return str(Path(moments_cache) / name)
 
 
 def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = DistillText(),
@@ -121,15 +135,15 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
 
     if init not in STARTS:
         raise ValueError(f"distill_run: unknown start {init!r}; choose one of {sorted(STARTS)}")
-    if text.calibration_docstrings and init != "loss-weighted":
-        raise ValueError("distill_run: docstring calibration windows need --start loss-weighted")
+    if (text.calibration_docstrings or text.calibration_readmes) and init != "loss-weighted":
+        raise ValueError("distill_run: docstring or README calibration windows need --start loss-weighted")
     variant = STARTS[init]
     lm = load_smollm2()
     model, tok = lm.model, lm.tokenizer
     texts = {"pydoc_validation": text_windows(tok, "validation", 16), "idle_history": text_windows(tok, "history")}
     train = text_windows(tok, "train")
     docs = text_windows(tok, "docstrings") if text.docstrings or text.calibration_docstrings else train[:0]  # once
-    readmes = text_windows(tok, "readmes") if text.readmes else train[:0]
+    readmes = text_windows(tok, "readmes") if text.readmes or text.calibration_readmes else train[:0]
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any], net: torch.nn.Module) -> None:
@@ -143,12 +157,10 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
         add({"variant": "dense", "ratio": 1.0}, model)
     t = time.perf_counter()
     if init == "loss-weighted":
-        calib, cache = train[:text.calibration], moments_cache
-        if text.calibration_docstrings:
-            calib = torch.cat([calib, spread_windows(docs, text.calibration_docstrings, "--calibration-docstrings")])
-            cache = (str(Path(moments_cache) / f"docstrings_{text.calibration_docstrings}") if moments_cache
-                     else None)
-        low = loss_weighted_start(model, calib, ratio, cache)
+        calib = torch.cat([train[:text.calibration],
+                           spread_windows(docs, text.calibration_docstrings, "--calibration-docstrings"),
+                           spread_windows(readmes, text.calibration_readmes, "--calibration-readmes")])
+        low = loss_weighted_start(model, calib, ratio, text.calibration_cache(moments_cache))
     else:
         low = decompose_from_moments(model, make_plan(model, Ratio(ratio)),
                                      cached_moments(model, train[:text.calibration], moments_cache))
@@ -186,7 +198,8 @@ def distill_run(ratio: float, recipe: LMDistillation, text: DistillText = Distil
                       "idle_history": "HISTORY.txt from CPython's idlelib, never trained or calibrated on",
                       **text.describe(len(train))},
             "seq_len": int(train.shape[1]), "calibration_windows": text.calibration,
-            "calibration_docstring_windows": text.calibration_docstrings, "load_during": [min(loads), max(loads)],
+            "calibration_docstring_windows": text.calibration_docstrings,
+            "calibration_readme_windows": text.calibration_readmes, "load_during": [min(loads), max(loads)],
             "rows": rows}
 
 
@@ -224,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--calibration-docstrings", type=int, default=0,
                     help="windows of the standard library's docstrings added to the calibration windows "
                          "(loss-weighted start; default 0)")
+    ap.add_argument("--calibration-readmes", type=int, default=0,
+                    help="windows of the installed packages' READMEs added to the calibration windows "
+                         "(loss-weighted start; default 0)")
     ap.add_argument("--samples-cache", default=None, help="a .pt file keeping the sampled windows between runs")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
@@ -237,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
     text = DistillText(calibration=args.calibration, calibration_docstrings=args.calibration_docstrings,
-                       docstrings=args.docstrings, readmes=args.readmes, samples=args.teacher_samples,
-                       samples_cache=args.samples_cache)
+                       calibration_readmes=args.calibration_readmes, docstrings=args.docstrings,
+                       readmes=args.readmes, samples=args.teacher_samples, samples_cache=args.samples_cache)
     result = distill_run(args.ratio, recipe, text, args.moments_cache, not args.no_dense, not args.no_start,
                          lambda row: print(row, flush=True), args.start)
     out = Path(args.out)
