@@ -6,8 +6,9 @@ the calibration ones, with its perplexity curve and the final perplexities (all 
 history) and greedy generations.
 
 ``python -m tools.record.lm_distill --ratio 1.25 --steps 24 --eval-every 8`` appends a run to
-``data/lm_distill_smollm2.json``; the process's CPU time is recorded beside the wall time (on a shared, loaded machine
-the wall time is mostly waiting).
+``data/lm_distill_smollm2.json``; the process's CPU time is recorded beside the wall time (on a shared, loaded
+machine the wall time is mostly waiting). ``--keep-freed-memory``: glibc's malloc keeps freed memory
+(:mod:`lrdlab.measure.allocator`: faster steps, more memory held).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from lrdlab.explore.lm_lab import text_windows
 from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, teacher_windows
 from lrdlab.lowrank.plan import Ratio, make_plan
+from lrdlab.measure.allocator import freed_memory_kept, keep_freed_memory
 from lrdlab.measure.records import read_record, write_record
 from tools.record.lm_quality import CURVE_WINDOWS, cached_moments, decompose_from_moments, generations, perplexity
 
@@ -241,11 +243,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="windows of the installed packages' READMEs added to the calibration windows "
                          "(loss-weighted start; default 0)")
     ap.add_argument("--samples-cache", default=None, help="a .pt file keeping the sampled windows between runs")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="lrdlab.measure.allocator.keep_freed_memory(): faster steps, more memory held")
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--no-start", action="store_true")
     ap.add_argument("--out", default="data/lm_distill_smollm2.json")
     args = ap.parse_args(argv)
     args.threads = args.threads or 1
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     recipe = LMDistillation(steps=args.steps, batch=args.batch, eval_every=args.eval_every, lr=args.lr,
                             warmup=args.warmup, schedule=args.schedule, temperature=args.temperature,
@@ -262,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = record.setdefault("runs", [])
     runs.append({**result, "command": "python -m tools.record.lm_distill " + " ".join(sys.argv[1:]),
                  "machine": {**machine_info("cpu").to_dict(), "name": "AMD EPYC 2-core shared box"},
-                 "threads": args.threads,
+                 "threads": args.threads, "keep_freed_memory": freed_memory_kept(),
                  "load_before": load, "load_after": [round(v, 2) for v in os.getloadavg()],
                  "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1)})
     record["command"] = "python -m tools.record.lm_distill --ratio R --start svd-llm|loss-weighted (each run: its own)"
