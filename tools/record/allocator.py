@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ SETTINGS = ("default", "kept")
 
 
 def child(kept: bool, steps: int, threads: int) -> dict[str, Any]:
-    """One setting's seconds per step, CPU seconds and page faults over ``steps`` distillation steps."""
+    """One setting's seconds per step, CPU seconds and page faults over ``steps`` distillation steps, and the
+    process's peak memory."""
     from lrdlab.measure.allocator import keep_freed_memory
 
     took = keep_freed_memory() if kept else False
@@ -48,24 +50,28 @@ def child(kept: bool, steps: int, threads: int) -> dict[str, Any]:
     return {"setting": "kept" if kept else "default", "took_effect": took,
             "s_per_step": float(history["wall_s"].iloc[-1]) / steps, "wall_s": time.perf_counter() - t,
             "user_s": after.ru_utime - before.ru_utime, "system_s": after.ru_stime - before.ru_stime,
-            "minor_faults": after.ru_minflt - before.ru_minflt}
+            "minor_faults": after.ru_minflt - before.ru_minflt, "max_rss_mb": round(after.ru_maxrss / 1024)}
 
 
 def record(rounds: int, steps: int, threads: int) -> dict[str, Any]:
-    """``rounds`` interleaved rounds of both settings, each in a fresh process, and the speed-up of ``kept``."""
+    """``rounds`` interleaved rounds of both settings (:func:`~lrdlab.measure.interleave.interleave`), each a fresh
+    process whose own seconds per step are the round's value, and the speed-up of ``kept``."""
     from lrdlab.measure.compute import load_average
-    from lrdlab.measure.stats import SpeedUp
+    from lrdlab.measure.interleave import interleave
 
-    rows = []
-    for r in range(rounds):
-        for setting in SETTINGS if r % 2 == 0 else SETTINGS[::-1]:
-            cmd = [sys.executable, "-m", "tools.record.allocator", "--child", setting, "--steps", str(steps),
-                   "--threads", str(threads)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append({"round": r, **json.loads(out.strip().splitlines()[-1]), "load_after": load_average()})
-            print(rows[-1], flush=True)
-    per = {s: [row["s_per_step"] for row in rows if row["setting"] == s] for s in SETTINGS}
-    return {"rows": rows, "speedup_pct": SpeedUp.of(per["default"], per["kept"]).to_pct()}
+    rows: list[dict[str, Any]] = []
+
+    def run(setting: str) -> float:
+        cmd = [sys.executable, "-m", "tools.record.allocator", "--child", setting, "--steps", str(steps),
+               "--threads", str(threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append({"round": len(rows) // len(SETTINGS), **json.loads(out.strip().splitlines()[-1]),
+                     "load_after": load_average()})
+        print(rows[-1], flush=True)
+        return float(rows[-1]["s_per_step"])
+
+    times = interleave({s: partial(run, s) for s in SETTINGS}, rounds)
+    return {"rows": rows, "speedup_pct": times.speedup("default", "kept").to_pct()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
