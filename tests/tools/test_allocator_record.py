@@ -16,6 +16,7 @@ def test_rounds_alternate_the_order_and_pair_the_ratios(monkeypatch):
 
     def run(cmd, **kw):
         setting = cmd[cmd.index("--child") + 1]
+        assert "--threads=1" in cmd
         calls.append(setting)
         row = {"setting": setting, "s_per_step": seconds[setting].pop(0)}
         return subprocess.CompletedProcess(cmd, 0, stdout="loading…\n" + json.dumps(row) + "\n")

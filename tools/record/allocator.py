@@ -63,7 +63,7 @@ def record(rounds: int, steps: int, threads: int) -> dict[str, Any]:
 
     def run(setting: str) -> float:
         cmd = [sys.executable, "-m", "tools.record.allocator", "--child", setting, "--steps", str(steps),
-               "--threads", str(threads)]
+               f"--threads={threads}"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append({"round": len(rows) // len(SETTINGS), **json.loads(out.strip().splitlines()[-1]),
                      "load_after": load_average()})
@@ -75,16 +75,18 @@ def record(rounds: int, steps: int, threads: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from lrdlab.cli.common import add_threads_argument
     from lrdlab.measure.machine import machine_info
     from lrdlab.measure.records import data_dir, write_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    add_threads_argument(ap, default_text="2")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(data_dir() / "allocator_smollm2_cpu.json"))
     args = ap.parse_args(argv)
+    args.threads = args.threads or 2
     if args.child:
         print(json.dumps(child(args.child == "kept", args.steps, args.threads)))
         return
