@@ -6,7 +6,7 @@ Each setting runs in its own process (the allocator is process-wide): SmolLM2-13
 system CPU seconds and page faults over them. Rounds alternate the order (default first, then kept first, …);
 the speed-up is the median of the per-round ratios with its 95% interval::
 
-    python -m tools.record.allocator --rounds 2 --steps 8   # writes data/allocator_smollm2_cpu.json
+    python -m tools.record.allocator --rounds 2 --steps 6   # writes data/allocator_smollm2_cpu.json
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
     add_threads_argument(ap, default_text="2")
     ap.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(data_dir() / "allocator_smollm2_cpu.json"))
