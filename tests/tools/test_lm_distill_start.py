@@ -16,6 +16,24 @@ def test_start_choices_are_checked_by_the_parser(capsys):
     assert "--start" in err and "loss-weighted" in err and "svd-llm" in err
 
 
+def test_the_seed_flag_reaches_the_recipe(monkeypatch, tmp_path):
+    import tools.record.lm_distill as tool
+
+    seen = []
+
+    def stop(ratio, recipe, *args):
+        seen.append(recipe)
+        raise RuntimeError("stop before loading the model")
+
+    monkeypatch.setattr(tool, "distill_run", stop)
+    monkeypatch.setattr(tool.torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    for argv, seed in ((["--seed", "3"], 3), ([], LMDistillation().seed)):
+        with pytest.raises(RuntimeError, match="stop before"):
+            main([*argv, "--out", str(tmp_path / "d.json")])
+        assert seen[-1].seed == seed
+    assert not (tmp_path / "d.json").exists()
+
+
 def test_distill_run_rejects_an_unknown_start_before_loading_anything():
     assert set(STARTS) == {"svd-llm", "loss-weighted"}
     with pytest.raises(ValueError, match="unknown start 'random'"):

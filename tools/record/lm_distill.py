@@ -223,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=d.temperature)
     ap.add_argument("--lm-weight", type=float, default=d.lm_weight)
     ap.add_argument("--trainable", default=d.trainable)
+    ap.add_argument("--seed", type=int, default=d.seed,
+                    help=f"the order the distillation windows are drawn in (default {d.seed})")
     add_threads_argument(ap, default_text="1")
     ap.add_argument("--start", choices=sorted(STARTS), default="svd-llm",
                     help="the one-shot start: uniform SVD-LLM or the loss-weighted SVD at loss-allocated ranks")
@@ -255,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     recipe = LMDistillation(steps=args.steps, batch=args.batch, eval_every=args.eval_every, lr=args.lr,
                             warmup=args.warmup, schedule=args.schedule, temperature=args.temperature,
-                            lm_weight=args.lm_weight, trainable=args.trainable)
+                            lm_weight=args.lm_weight, trainable=args.trainable, seed=args.seed)
     load = [round(v, 2) for v in os.getloadavg()]
     t0, cpu0 = time.perf_counter(), time.process_time()
     text = DistillText(calibration=args.calibration, calibration_docstrings=args.calibration_docstrings,
