@@ -19,7 +19,7 @@ from lrdlab.finetune.fit_config import FitConfig, check_choice, check_count, che
 from lrdlab.finetune.loop import fit
 from lrdlab.lowrank.layers import LowRankLayer
 
-TRAINABLE = ("factors", "factors_norms", "all")
+TRAINABLE = ("factors", "factors_norms", "all_but_embeddings", "all")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,10 @@ class LMDistillation:
     (``schedule="constant"``) or annealed to zero (``"cosine"``). The loss: ``(1 - lm_weight)·T²·KL`` of the
     teacher's and the student's next-token distributions at temperature ``temperature``, plus ``lm_weight`` times
     the next-token cross-entropy. ``trainable``: which of the student's parameters train — ``"factors"`` (those of
-    its decomposed layers), ``"factors_norms"`` (also every 1-D parameter: norm scales, biases) or ``"all"``
-    (embeddings too); the others are frozen for the run and the user's ``requires_grad`` is restored after it.
+    its decomposed layers), ``"factors_norms"`` (also every 1-D parameter: norm scales, biases),
+    ``"all_but_embeddings"`` (all but the ``nn.Embedding`` tables: the token table stays the dense model's, and
+    so does an ``lm_head`` tied to it) or ``"all"``; the others are frozen for the run and the user's
+    ``requires_grad`` is restored after it.
     The defaults are the recipe ``data/lm_distill_smollm2.json`` records (with its tuning notes).
     """
 
@@ -87,6 +89,9 @@ def trainable_parameters(model: nn.Module, which: str) -> list[nn.Parameter]:
     check_choice("LMDistillation", "trainable", which, TRAINABLE)
     if which == "all":
         return list(model.parameters())
+    if which == "all_but_embeddings":
+        tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return [p for p in model.parameters() if id(p) not in tables]
     factors = {id(p) for m in model.modules() if isinstance(m, LowRankLayer) for p in m.parameters()}
     if not factors:
         raise ValueError(f"LMDistillation(trainable={which!r}): the student has no decomposed layer; decompose it "

@@ -44,7 +44,7 @@ def _student(teacher):
     return decompose(teacher, make_plan(teacher, Ratio(3, min_rank=1)), progress=False)
 
 
-@pytest.mark.parametrize("trainable", ["factors", "factors_norms", "all"])
+@pytest.mark.parametrize("trainable", ["factors", "factors_norms", "all_but_embeddings", "all"])
 def test_distillation_lowers_the_loss_and_leaves_the_teacher_alone(trainable):
     teacher = _llama()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -70,6 +70,7 @@ def test_distillation_lowers_the_loss_and_leaves_the_teacher_alone(trainable):
     assert factor_names  # the factors always train
     assert ("model.embed_tokens.weight" in changed) == (trainable == "all")
     assert ("model.norm.weight" in changed) == (trainable != "factors")
+    assert ("model.layers.0.post_attention_layernorm.weight" in changed) == (trainable != "factors")
 
 
 def test_the_trainable_sets():
@@ -79,6 +80,14 @@ def test_the_trainable_sets():
     with_norms = {id(p) for p in trainable_parameters(student, "factors_norms")}
     assert factors < with_norms < {id(p) for p in student.parameters()}
     assert id(student.model.norm.weight) in with_norms - factors
+    but_embeddings = {id(p) for p in trainable_parameters(student, "all_but_embeddings")}
+    table = id(student.model.embed_tokens.weight)
+    assert with_norms <= but_embeddings == {id(p) for p in student.parameters()} - {table}
+    tied = _llama()
+    tied.config.tie_word_embeddings = True
+    tied.tie_weights()
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert id(tied.lm_head.weight) not in {id(p) for p in trainable_parameters(tied, "all_but_embeddings")}
     with pytest.raises(ValueError, match="no decomposed layer"):
         trainable_parameters(teacher, "factors")
     with pytest.raises(ValueError, match="the student is the teacher"):

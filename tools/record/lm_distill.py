@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lrdlab.explore.lm_lab import text_windows
-from lrdlab.finetune.lm_distill import LMDistillation, distill_language_model, teacher_windows
+from lrdlab.finetune.lm_distill import TRAINABLE, LMDistillation, distill_language_model, teacher_windows
 from lrdlab.lowrank.plan import Ratio, make_plan
 from lrdlab.measure.allocator import freed_memory_kept, keep_freed_memory
 from lrdlab.measure.records import read_record, write_record
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--schedule", default=d.schedule)
     ap.add_argument("--temperature", type=float, default=d.temperature)
     ap.add_argument("--lm-weight", type=float, default=d.lm_weight)
-    ap.add_argument("--trainable", default=d.trainable)
+    ap.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
     ap.add_argument("--seed", type=int, default=d.seed,
                     help=f"the order the distillation windows are drawn in (default {d.seed})")
     add_threads_argument(ap, default_text="1")
