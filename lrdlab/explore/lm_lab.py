@@ -395,15 +395,16 @@ _STARTS = {"svd_llm_distilled": "SVD-LLM", "loss_weighted_distilled": LOSS_WEIGH
 
 def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
     """The recorded distillations of SmolLM2 from its dense model (``data/lm_distill_smollm2.json``): one row per run,
-    with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it (``calibration``; 16 for
-    runs recorded before the record named it) and the docstring and README windows beside them
+    with its start (SVD-LLM or loss-weighted) and the pydoc training windows that calibrated it (``calibration``; 16
+    for runs recorded before the record named it) and the docstring and README windows beside them
     (``calibration_docstrings``, ``calibration_readmes``), ratio, recipe (steps, peak lr, schedule, warm-up, the
-    ``seed`` that drew the windows), the windows sampled from the dense model (``teacher_samples``), of the standard
-    library's docstrings (``docstring_windows``) and of the installed packages' READMEs (``readme_windows``) that joined
-    the pydoc text, the minutes of sampling and training, the start's perplexities (``start_pydoc``, ``start_idle``:
-    the run's own, else from a run that scored the same start, else for a 16-window start from the quality record,
-    :func:`recorded_loss_weighted`), the final pydoc validation and IDLE history perplexities, each also as a multiple
-    of dense, and the curve's last slope (perplexity per step on the curve's windows: still falling where negative)."""
+    ``seed`` that drew the windows, the ``trainable`` parameters), the windows sampled from the dense model
+    (``teacher_samples``), of the standard library's docstrings (``docstring_windows``) and of the installed
+    packages' READMEs (``readme_windows``) that joined the pydoc text, the minutes of sampling and training, the
+    start's perplexities (``start_pydoc``, ``start_idle``: the run's own, else from a run that scored the same
+    start, else for a 16-window start from the quality record, :func:`recorded_loss_weighted`), the final pydoc
+    validation and IDLE history perplexities, each also as a multiple of dense, and the curve's last slope
+    (perplexity per step on the curve's windows: still falling where negative)."""
     record = read_record(Path(path) if path else data_dir() / DISTILL_FILE)
     dense = record["dense"]
 
@@ -432,7 +433,7 @@ def recorded_distillation(path: str | Path | None = None) -> pd.DataFrame:
                          "calibration_readmes": run.get("calibration_readme_windows", 0),
                          "ratio": r["ratio"], "steps": recipe["steps"],
                          "lr": recipe["lr"], "schedule": recipe["schedule"], "warmup": recipe["warmup"],
-                         "seed": recipe.get("seed", 0),
+                         "seed": recipe.get("seed", 0), "trainable": recipe.get("trainable", "all"),
                          "teacher_samples": r.get("teacher_samples", 0),
                          "docstring_windows": r.get("docstring_windows", 0),
                          "readme_windows": r.get("readme_windows", 0),

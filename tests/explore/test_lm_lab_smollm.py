@@ -191,13 +191,15 @@ def test_recorded_distillation_reads_each_distilled_run_against_dense(tmp_path):
     later = {"calibration_windows": 64,  # another start (no docstrings) that no run scored; no curve
              "rows": [{**run["rows"][2], "distill": {**recipe, "steps": 48}, "curve": []}]}
     readmes = {**run, "calibration_readme_windows": 4,  # READMEs beside the docstrings: another start again
-               "rows": [{**run["rows"][2], "distill": {**recipe, "steps": 96, "seed": 1}}]}
+               "rows": [{**run["rows"][2], "distill": {**recipe, "steps": 96, "seed": 1,
+                                                       "trainable": "all_but_embeddings"}}]}
     _write(tmp_path / "d.json", {"dense": {"pydoc_validation": 10.0, "idle_history": 30.0},
                                  "runs": [run, later, readmes]})
     df = lm_lab.recorded_distillation(tmp_path / "d.json")
     assert list(df["start"]) == [lm_lab.LOSS_WEIGHTED] * 3  # the undistilled starts are not distillations
     assert list(df["calibration_readmes"]) == [0, 0, 4]
     assert list(df["seed"]) == [0, 0, 1]  # runs recorded before the seed was a flag drew with seed 0
+    assert list(df["trainable"]) == ["all", "all", "all_but_embeddings"]  # and trained every parameter
     assert df.iloc[2][["start_pydoc", "start_idle"]].isna().all()  # not the docstring-only run's start
     row = df.iloc[0]
     assert row["train_min"] == 5.0 and row["pydoc_x_dense"] == 1.5 and row["idle_x_dense"] == 2.0
